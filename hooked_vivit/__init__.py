@@ -1,0 +1,23 @@
+"""hooked-vivit: TransformerLens-style interpretability for video transformers (ViViT).
+
+    from hooked_vivit import HookedViViT
+    model = HookedViViT.from_pretrained("path/to/vivit")       # or google/vivit-b-16x2-kinetics400
+    logits, cache = model.run_with_cache(pixel_values)          # [batch, frames, 3, H, W]
+"""
+
+from hooked_vivit.config import HookedViViTConfig
+from hooked_vivit.labels import format_top_k, kinetics400_labels, top_k
+from hooked_vivit.model import HookedViViT, HookNameError
+from hooked_vivit.token_grid import TokenGrid
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "HookNameError",
+    "HookedViViT",
+    "HookedViViTConfig",
+    "TokenGrid",
+    "format_top_k",
+    "kinetics400_labels",
+    "top_k",
+]

@@ -1,0 +1,99 @@
+"""Joint space-time multi-head self-attention with TransformerLens's hooks.
+
+Two paths compute the same thing (timm's ``fused_attn`` idea): PyTorch's fused
+``scaled_dot_product_attention`` when nothing needs the scores or pattern, and an explicit path
+(softmax in fp32, as HF eager) whenever ``hook_attn_scores`` / ``hook_pattern`` carry a hook
+(caching counts) or ``cfg.use_sdpa`` is off.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from jaxtyping import Float
+from transformer_lens.FactoredMatrix import FactoredMatrix
+from transformer_lens.hook_points import HookPoint
+
+from hooked_vivit.config import HookedViViTConfig
+
+# [batch, pos, d_model] normally; [batch, pos, n_heads, d_model] with split (per-head) inputs.
+AttnInput = Float[torch.Tensor, "batch pos *heads d_model"]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: HookedViViTConfig):
+        super().__init__()
+        self.cfg = cfg
+        H, d, E = cfg.n_heads, cfg.d_model, cfg.d_head
+        self.W_Q: Float[torch.Tensor, "n_heads d_model d_head"] = nn.Parameter(torch.empty(H, d, E, dtype=cfg.dtype))
+        self.W_K: Float[torch.Tensor, "n_heads d_model d_head"] = nn.Parameter(torch.empty(H, d, E, dtype=cfg.dtype))
+        self.W_V: Float[torch.Tensor, "n_heads d_model d_head"] = nn.Parameter(torch.empty(H, d, E, dtype=cfg.dtype))
+        self.W_O: Float[torch.Tensor, "n_heads d_head d_model"] = nn.Parameter(torch.empty(H, E, d, dtype=cfg.dtype))
+        # Present (as zeros) even when cfg.qkv_bias is False: fold_ln writes into them.
+        self.b_Q: Float[torch.Tensor, "n_heads d_head"] = nn.Parameter(torch.zeros(H, E, dtype=cfg.dtype))
+        self.b_K: Float[torch.Tensor, "n_heads d_head"] = nn.Parameter(torch.zeros(H, E, dtype=cfg.dtype))
+        self.b_V: Float[torch.Tensor, "n_heads d_head"] = nn.Parameter(torch.zeros(H, E, dtype=cfg.dtype))
+        self.b_O: Float[torch.Tensor, "d_model"] = nn.Parameter(torch.zeros(d, dtype=cfg.dtype))
+        self.attn_scale = math.sqrt(E)
+
+        self.hook_q = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_k = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_v = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_attn_scores = HookPoint()  # [batch, head, query_pos, key_pos], scaled, pre-softmax
+        self.hook_pattern = HookPoint()  # [batch, head, query_pos, key_pos]
+        self.hook_z = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_result = HookPoint()  # [batch, pos, head, d_model], with cfg.use_attn_result
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def OV(self) -> FactoredMatrix:
+        return FactoredMatrix(self.W_V, self.W_O)
+
+    @property
+    def QK(self) -> FactoredMatrix:
+        return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
+
+    def needs_pattern(self) -> bool:
+        return not self.cfg.use_sdpa or self.hook_attn_scores.has_hooks() or self.hook_pattern.has_hooks()
+
+    def _project(self, x: AttnInput, W: torch.Tensor, b: torch.Tensor) -> Float[torch.Tensor, "batch pos head d_head"]:
+        if x.ndim == 4:  # per-head input copies
+            return torch.einsum("bphd,hde->bphe", x, W) + b
+        flat = torch.addmm(b.flatten(), x.flatten(0, -2), W.permute(1, 0, 2).flatten(1))
+        return flat.view(*x.shape[:-1], self.cfg.n_heads, self.cfg.d_head)
+
+    def _qkv(self, q_in: AttnInput, k_in: AttnInput, v_in: AttnInput):
+        if q_in is k_in is v_in and q_in.ndim == 3:
+            # One matmul for q, k and v.
+            W = torch.stack([self.W_Q, self.W_K, self.W_V]).permute(2, 0, 1, 3).flatten(1)
+            b = torch.stack([self.b_Q, self.b_K, self.b_V]).flatten()
+            qkv = torch.addmm(b, q_in.flatten(0, -2), W).view(*q_in.shape[:-1], 3, self.cfg.n_heads, self.cfg.d_head)
+            return qkv.unbind(-3)
+        return (
+            self._project(q_in, self.W_Q, self.b_Q),
+            self._project(k_in, self.W_K, self.b_K),
+            self._project(v_in, self.W_V, self.b_V),
+        )
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, q_in: AttnInput, k_in: AttnInput, v_in: AttnInput) -> Float[torch.Tensor, "batch pos d_model"]:
+        q, k, v = self._qkv(q_in, k_in, v_in)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        # [batch, head, pos, d_head] views for the matmuls.
+        qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if self.needs_pattern():
+            scores = self.hook_attn_scores(torch.matmul(qh, kh.transpose(-1, -2)) / self.attn_scale)
+            pattern = self.hook_pattern(F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype))
+            zh = torch.matmul(pattern, vh)
+        else:
+            zh = F.scaled_dot_product_attention(qh, kh, vh, scale=1.0 / self.attn_scale)
+        z = self.hook_z(zh.transpose(1, 2))
+        if self.cfg.use_attn_result:
+            result = self.hook_result(torch.einsum("bphe,hed->bphd", z, self.W_O))
+            return result.sum(-2) + self.b_O
+        B, P = z.shape[:2]
+        out = torch.addmm(self.b_O, z.reshape(B * P, -1), self.W_O.flatten(0, 1))
+        return out.view(B, P, -1)

@@ -1,0 +1,213 @@
+"""HookedViViTConfig: the shape of a ViViT (model 1, joint space-time attention).
+
+Extends TransformerLens's own config so that ActivationCache and the patching helpers find the
+fields they read (n_layers, n_heads, d_model, normalization_type, ...). Defaults are ViViT-B /
+Kinetics-400 (`google/vivit-b-16x2-kinetics400`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from transformer_lens.config import TransformerLensConfig
+
+from hooked_vivit.labels import default_id2label
+from hooked_vivit.token_grid import TokenGrid
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
+
+
+def to_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """'bfloat16' / torch.bfloat16 / None -> torch dtype (None stays None)."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    key = str(dtype).removeprefix("torch.")
+    if key not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)}")
+    return _DTYPES[key]
+
+
+@dataclass
+class HookedViViTConfig(TransformerLensConfig):
+    # TransformerLensConfig's required fields, given ViViT-B defaults (n_ctx is derived).
+    d_model: int = 768
+    d_head: int = 64
+    n_layers: int = 12
+    n_ctx: int = -1
+    n_heads: int = 12
+    d_mlp: int | None = 3072
+    eps: float = 1e-6
+    act_fn: str = "gelu_fast"
+    normalization_type: str | None = "LN"
+
+    # Video fields.
+    num_frames: int = 32
+    image_size: int | tuple[int, int] = 224
+    tubelet_size: tuple[int, int, int] = (2, 16, 16)
+    n_channels: int = 3
+    n_classes: int = 400
+    id2label: dict[int, str] = field(default_factory=dict)
+    qkv_bias: bool = True
+    initializer_range: float = 0.02
+
+    # Hook switches (TransformerLens names). use_attn_result and use_split_qkv_input come from
+    # TransformerLensConfig.
+    use_attn_in: bool = False
+    use_hook_mlp_in: bool = False
+    # timm's fused_attn: SDPA unless a hook needs the attention scores or pattern.
+    use_sdpa: bool = True
+
+    # Bookkeeping.
+    model_name: str = "vivit"
+    original_architecture: str = "VivitForVideoClassification"
+    # Weight processing applied at load time (see hooked_vivit.weight_processing).
+    folded_ln: bool = False
+    centered_writing_weights: bool = False
+    folded_value_biases: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.image_size, int):
+            self.image_size = (self.image_size, self.image_size)
+        self.image_size = tuple(int(s) for s in self.image_size)  # type: ignore[assignment]
+        self.tubelet_size = tuple(int(s) for s in self.tubelet_size)  # type: ignore[assignment]
+        if len(self.image_size) != 2 or len(self.tubelet_size) != 3:
+            raise ValueError(
+                f"image_size must be (H, W) and tubelet_size (t, h, w); got {self.image_size} "
+                f"and {self.tubelet_size}"
+            )
+        t, h, w = self.tubelet_size
+        H, W = self.image_size
+        for what, size, step in (("num_frames", self.num_frames, t), ("height", H, h), ("width", W, w)):
+            if size % step:
+                raise ValueError(f"{what} {size} is not a multiple of the tubelet size {step}")
+        if self.n_heads * self.d_head != self.d_model:
+            raise ValueError(
+                f"n_heads ({self.n_heads}) x d_head ({self.d_head}) must equal d_model ({self.d_model})"
+            )
+        n_ctx = self.grid.n_ctx
+        if self.n_ctx not in (-1, n_ctx):
+            raise ValueError(f"n_ctx {self.n_ctx} disagrees with the token grid, which gives {n_ctx}")
+        self.n_ctx = n_ctx
+        self.d_vocab = self.n_classes  # TransformerLens reads class count as d_vocab
+        self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+        if not self.id2label or all(v == f"LABEL_{k}" for k, v in self.id2label.items()):
+            self.id2label = default_id2label(self.n_classes)
+        self.dtype = to_dtype(self.dtype) or torch.float32
+        super().__post_init__()
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def grid(self) -> TokenGrid:
+        t, h, w = self.tubelet_size
+        H, W = self.image_size  # type: ignore[misc]
+        return TokenGrid(self.num_frames // t, H // h, W // w, tubelet_size=self.tubelet_size)
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {v: k for k, v in self.id2label.items()}
+
+    # ------------------------------------------------------------------ HF config <-> ours
+    @classmethod
+    def from_hf_config(cls, hf_config: Any, **overrides: Any) -> "HookedViViTConfig":
+        """Build from a `transformers.VivitConfig` or its config.json dict."""
+        d = hf_config if isinstance(hf_config, Mapping) else hf_config.to_dict()
+        model_type = d.get("model_type", "vivit")
+        if model_type != "vivit":
+            raise ValueError(f"expected a ViViT config (model_type 'vivit'), got {model_type!r}")
+        d_model = int(d.get("hidden_size", 768))
+        n_heads = int(d.get("num_attention_heads", 12))
+        id2label = d.get("id2label") or {}
+        archs = d.get("architectures") or ["VivitForVideoClassification"]
+        n_classes = len(id2label) if id2label else int(d.get("num_labels", 0) or 0)
+        kwargs: dict[str, Any] = dict(
+            d_model=d_model,
+            d_head=int(d.get("head_dim") or d_model // n_heads),
+            n_heads=n_heads,
+            n_layers=int(d.get("num_hidden_layers", 12)),
+            d_mlp=int(d.get("intermediate_size", 3072)),
+            eps=float(d.get("layer_norm_eps", 1e-6)),
+            act_fn=str(d.get("hidden_act", "gelu_fast")),
+            num_frames=int(d.get("num_frames", 32)),
+            image_size=d.get("image_size", 224),
+            tubelet_size=tuple(d.get("tubelet_size", (2, 16, 16))),
+            n_channels=int(d.get("num_channels", 3)),
+            n_classes=n_classes,
+            id2label=id2label,
+            qkv_bias=bool(d.get("qkv_bias", True)),
+            initializer_range=float(d.get("initializer_range", 0.02)),
+            model_name=str(d.get("_name_or_path") or "vivit"),
+            original_architecture=str(archs[0]),
+        )
+        kwargs.update(d.get("hooked_vivit", {}))  # processing flags saved by save_pretrained
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    def to_hf_config_dict(self) -> dict[str, Any]:
+        """A config.json dict that `transformers.VivitConfig` reads."""
+        d: dict[str, Any] = {
+            "model_type": "vivit",
+            "architectures": [self.original_architecture],
+            "hidden_size": self.d_model,
+            "num_attention_heads": self.n_heads,
+            "num_hidden_layers": self.n_layers,
+            "intermediate_size": self.d_mlp,
+            "layer_norm_eps": self.eps,
+            "hidden_act": self.act_fn,
+            "num_frames": self.num_frames,
+            "image_size": list(self.image_size) if self.image_size[0] != self.image_size[1] else self.image_size[0],  # type: ignore[index]
+            "tubelet_size": list(self.tubelet_size),
+            "num_channels": self.n_channels,
+            "qkv_bias": self.qkv_bias,
+            "initializer_range": self.initializer_range,
+            "hidden_dropout_prob": 0.0,
+            "attention_probs_dropout_prob": 0.0,
+            "_name_or_path": self.model_name,
+        }
+        if self.n_classes:
+            d["id2label"] = {str(k): v for k, v in sorted(self.id2label.items())}
+            d["label2id"] = {v: k for k, v in sorted(self.id2label.items())}
+        flags = {
+            "folded_ln": self.folded_ln,
+            "centered_writing_weights": self.centered_writing_weights,
+            "folded_value_biases": self.folded_value_biases,
+        }
+        if any(flags.values()):
+            d["hooked_vivit"] = {**flags, "normalization_type": self.normalization_type}
+        return d
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = str(v).removeprefix("torch.") if isinstance(v, torch.dtype) else v
+        return out
+
+    def save_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_hf_config_dict(), indent=2) + "\n")
+
+    def __repr__(self) -> str:
+        g = self.grid
+        path = "SDPA unless scores/pattern hooked" if self.use_sdpa else "explicit (pattern always)"
+        return (
+            f"HookedViViTConfig({self.model_name!r}: {self.n_layers} layers x {self.n_heads} heads, "
+            f"d_model {self.d_model}, d_mlp {self.d_mlp}, tokens 1 + {g.n_frame_slots}x{g.n_rows}x"
+            f"{g.n_cols} = {self.n_ctx}, input {self.num_frames}x{self.n_channels}x"
+            f"{self.image_size[0]}x{self.image_size[1]}, tubelet {self.tubelet_size}, "  # type: ignore[index]
+            f"{self.n_classes} classes, attention {path}, dtype {str(self.dtype).removeprefix('torch.')})"
+        )
+
+
+__all__ = ["HookedViViTConfig", "to_dtype"]

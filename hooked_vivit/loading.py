@@ -1,0 +1,131 @@
+"""Finding, reading and writing ViViT checkpoints (local directories or the Hugging Face hub)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from hooked_vivit.model import HookedViViT
+
+REAL_VIVIT = "google/vivit-b-16x2-kinetics400"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+_HOW_TO_GET = (
+    "To use the real ViViT-B on a machine with network:\n"
+    "  huggingface-cli download {name} --local-dir ./vivit-b   # or: hf download ...\n"
+    "then HookedViViT.from_pretrained('./vivit-b') (or the hub id, once it is in the local cache).\n"
+    "Offline, pass a local directory holding config.json and model.safetensors / pytorch_model.bin."
+)
+
+
+def resolve_checkpoint(name_or_path: str | Path) -> Path:
+    """A local checkpoint directory, or a hub id resolved through the local cache, then the hub."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ValueError(f"{path} is a file; expected a checkpoint directory (config.json + weights)")
+    name = str(name_or_path)
+    looks_like_repo = name.count("/") == 1 and not name.startswith((".", "/", "~"))
+    if not looks_like_repo:
+        raise FileNotFoundError(f"no checkpoint directory at {path}")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:  # pragma: no cover - a dependency
+        raise ImportError("loading from the hub needs huggingface_hub") from e
+    patterns = (["*.json", "*.safetensors"], ["*.json", "*.bin"])
+    errors = []
+    for local_only in (True, False):  # the cache first: works offline, costs no network
+        if not local_only and os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+            break
+        for allow in patterns:
+            try:
+                snap = Path(snapshot_download(name, allow_patterns=allow, local_files_only=local_only))
+            except Exception as e:  # noqa: BLE001 - every hub failure becomes one clear error below
+                errors.append(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                continue
+            if any((snap / f).exists() for f in WEIGHT_FILES):
+                return snap
+    raise OSError(
+        f"could not load {name!r}: it is not a local directory, not in the Hugging Face cache, and the hub "
+        f"could not be reached ({errors[-1] if errors else 'offline mode'}).\n" + _HOW_TO_GET.format(name=name)
+    )
+
+
+def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
+    """model.safetensors, sharded safetensors, or pytorch_model.bin (read with weights_only=True)."""
+    from safetensors.torch import load_file
+
+    def load_bin(p: Path) -> dict[str, torch.Tensor]:
+        try:
+            return torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"could not read {p} as a PyTorch checkpoint (weights_only=True): {e}") from e
+
+    def load_st(p: Path) -> dict[str, torch.Tensor]:
+        try:
+            return load_file(p)
+        except Exception as e:
+            raise ValueError(f"could not read {p} as safetensors: {e}") from e
+
+    for name, loader in (("model.safetensors", load_st), ("pytorch_model.bin", load_bin)):
+        single, index = directory / name, directory / f"{name}.index.json"
+        if single.exists():
+            return loader(single)
+        if index.exists():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            state: dict[str, torch.Tensor] = {}
+            for shard in shards:
+                state.update(loader(directory / shard))
+            return state
+    present = sorted(p.name for p in directory.iterdir())
+    raise FileNotFoundError(f"no weights in {directory}: expected one of {list(WEIGHT_FILES)}, found {present}")
+
+
+def read_config(directory: Path) -> dict[str, Any]:
+    path = directory / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no config.json in {directory}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+
+
+def load_checkpoint(name_or_path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    directory = resolve_checkpoint(name_or_path)
+    return read_config(directory), read_state_dict(directory)
+
+
+def save_checkpoint(model: "HookedViViT", path: Path, *, layout: str, overwrite: bool) -> Path:
+    """config.json + model.safetensors, written to a temporary sibling and renamed into place."""
+    from safetensors.torch import save_file
+
+    from weights_conversion import hooked_to_hf_weights
+
+    if path.exists() and not overwrite and any(path.iterdir() if path.is_dir() else [path]):
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if layout != "hooked":
+        state = hooked_to_hf_weights(state, model.cfg, layout=layout)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        config = model.cfg.to_hf_config_dict()
+        config["torch_dtype"] = str(model.cfg.dtype).removeprefix("torch.")
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        save_file({k: v.contiguous() for k, v in state.items()}, tmp / "model.safetensors", metadata={"format": "pt", "layout": layout})
+        if path.exists():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path

@@ -1,0 +1,220 @@
+"""ViViT checkpoint <-> hooked weights.
+
+Reads both Hugging Face key layouts, with or without the ``vivit.`` prefix:
+- the hub checkpoint's (transformers < 5.9): ``encoder.layer.{i}.attention.attention.query``,
+  ``attention.output.dense``, ``intermediate.dense``, ``output.dense``, ``layernorm_before/after``;
+- transformers >= 5.9's: ``layers.{i}.attention.q_proj|k_proj|v_proj|o_proj``, ``mlp.fc1|fc2``.
+A VivitModel checkpoint (no ``classifier``) converts with ``cfg.n_classes == 0``; its pooler
+(dense + tanh, unused by the classifier) is dropped. The reverse writes either layout.
+
+Kept beside tests/test_conversion.py and tests/test_parity.py: any change here is checked there
+against transformers itself.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from hooked_vivit.config import HookedViViTConfig
+
+StateDict = dict[str, torch.Tensor]
+
+# Old hub layout -> transformers >= 5.9 layout (after the optional "vivit." prefix is removed).
+_HUB_TO_NEW = [
+    (re.compile(r"^encoder\.layer\.(\d+)\."), r"layers.\1."),
+    (re.compile(r"\.attention\.attention\.query\."), ".attention.q_proj."),
+    (re.compile(r"\.attention\.attention\.key\."), ".attention.k_proj."),
+    (re.compile(r"\.attention\.attention\.value\."), ".attention.v_proj."),
+    (re.compile(r"\.attention\.output\.dense\."), ".attention.o_proj."),
+    (re.compile(r"\.intermediate\.dense\."), ".mlp.fc1."),
+    (re.compile(r"^(layers\.\d+)\.output\.dense\."), r"\1.mlp.fc2."),
+]
+_NEW_TO_HUB = [
+    (re.compile(r"^layers\.(\d+)\."), r"encoder.layer.\1."),
+    (re.compile(r"\.attention\.q_proj\."), ".attention.attention.query."),
+    (re.compile(r"\.attention\.k_proj\."), ".attention.attention.key."),
+    (re.compile(r"\.attention\.v_proj\."), ".attention.attention.value."),
+    (re.compile(r"\.attention\.o_proj\."), ".attention.output.dense."),
+    (re.compile(r"\.mlp\.fc1\."), ".intermediate.dense."),
+    (re.compile(r"\.mlp\.fc2\."), ".output.dense."),
+]
+_IGNORED = re.compile(r"^(vivit\.)?pooler\.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the config: lists every missing, unexpected or mis-shaped key."""
+
+
+def _rename(key: str, rules) -> str:
+    for pattern, repl in rules:
+        key = pattern.sub(repl, key)
+    return key
+
+
+def is_hooked_layout(state_dict: StateDict) -> bool:
+    return any(k.startswith("blocks.") for k in state_dict)
+
+
+def checkpoint_has_classifier(state_dict: StateDict) -> bool:
+    return any(k.startswith("classifier.") or k.startswith("unembed.") for k in state_dict)
+
+
+def normalize_hf_keys(state_dict: StateDict) -> StateDict:
+    """Either HF layout, with or without ``vivit.`` -> transformers >= 5.9 keys without prefix."""
+    out: StateDict = {}
+    for key, value in state_dict.items():
+        if _IGNORED.match(key):
+            continue
+        new = _rename(key.removeprefix("vivit."), _HUB_TO_NEW)
+        if new in out:
+            raise CheckpointError(f"checkpoint holds {new!r} twice (in both key layouts?)")
+        out[new] = value
+    return out
+
+
+def expected_hf_shapes(cfg: HookedViViTConfig) -> dict[str, tuple[int, ...]]:
+    """Every key (transformers >= 5.9 layout, no prefix) and its shape for this config."""
+    d, hd = cfg.d_model, cfg.n_heads * cfg.d_head
+    shapes: dict[str, tuple[int, ...]] = {
+        "embeddings.cls_token": (1, 1, d),
+        "embeddings.position_embeddings": (1, cfg.n_ctx, d),
+        "embeddings.patch_embeddings.projection.weight": (d, cfg.n_channels, *cfg.tubelet_size),
+        "embeddings.patch_embeddings.projection.bias": (d,),
+        "layernorm.weight": (d,),
+        "layernorm.bias": (d,),
+    }
+    for i in range(cfg.n_layers):
+        p = f"layers.{i}."
+        for m in "qkv":
+            shapes[p + f"attention.{m}_proj.weight"] = (hd, d)
+            if cfg.qkv_bias:
+                shapes[p + f"attention.{m}_proj.bias"] = (hd,)
+        shapes[p + "attention.o_proj.weight"] = (d, hd)
+        shapes[p + "attention.o_proj.bias"] = (d,)
+        for ln in ("layernorm_before", "layernorm_after"):
+            shapes[p + f"{ln}.weight"] = (d,)
+            shapes[p + f"{ln}.bias"] = (d,)
+        shapes[p + "mlp.fc1.weight"] = (cfg.d_mlp, d)  # type: ignore[assignment]
+        shapes[p + "mlp.fc1.bias"] = (cfg.d_mlp,)  # type: ignore[assignment]
+        shapes[p + "mlp.fc2.weight"] = (d, cfg.d_mlp)  # type: ignore[assignment]
+        shapes[p + "mlp.fc2.bias"] = (d,)
+    if cfg.n_classes:
+        shapes["classifier.weight"] = (cfg.n_classes, d)
+        shapes["classifier.bias"] = (cfg.n_classes,)
+    return shapes
+
+
+def check_keys(found: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]], what: str) -> None:
+    """Raise CheckpointError naming every missing, unexpected and mis-shaped key."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    misshaped = [f"{k}: checkpoint {found[k]} vs expected {expected[k]}" for k in expected if k in found and found[k] != expected[k]]
+    if missing or unexpected or misshaped:
+        parts = [f"{what} does not match the config"]
+        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", misshaped)):
+            if items:
+                shown = items if len(items) <= 20 else items[:20] + [f"... and {len(items) - 20} more"]
+                parts.append(f"{title} ({len(items)}):\n  " + "\n  ".join(shown))
+        raise CheckpointError("\n".join(parts))
+
+
+def expected_hooked_shapes(cfg: HookedViViTConfig) -> dict[str, tuple[int, ...]]:
+    from hooked_vivit.model import HookedViViT
+
+    with torch.device("meta"):
+        model = HookedViViT(_replace(cfg, device="meta"), init_weights=False)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _replace(cfg: HookedViViTConfig, **changes) -> HookedViViTConfig:
+    import dataclasses
+
+    return dataclasses.replace(cfg, **changes)
+
+
+def convert_vivit_weights(state_dict: StateDict, cfg: HookedViViTConfig) -> StateDict:
+    """A ViViT state dict (either HF layout, or already hooked) -> this library's parameter names."""
+    if is_hooked_layout(state_dict):
+        check_keys({k: tuple(v.shape) for k, v in state_dict.items()}, expected_hooked_shapes(cfg), "hooked checkpoint")
+        return dict(state_dict)
+    sd = normalize_hf_keys(state_dict)
+    check_keys({k: tuple(v.shape) for k, v in sd.items()}, expected_hf_shapes(cfg), "ViViT checkpoint")
+    H, E, d = cfg.n_heads, cfg.d_head, cfg.d_model
+    out: StateDict = {
+        "embed.W_E": sd["embeddings.patch_embeddings.projection.weight"],
+        "embed.b_E": sd["embeddings.patch_embeddings.projection.bias"],
+        "embed.cls_token": sd["embeddings.cls_token"].reshape(d),
+        "pos_embed.W_pos": sd["embeddings.position_embeddings"].reshape(cfg.n_ctx, d),
+        "ln_final.w": sd["layernorm.weight"],
+        "ln_final.b": sd["layernorm.bias"],
+    }
+    for i in range(cfg.n_layers):
+        p, b = f"layers.{i}.", f"blocks.{i}."
+        for m, hf in (("Q", "q"), ("K", "k"), ("V", "v")):
+            # nn.Linear weight [(h e), d] -> [h, d, e]
+            out[b + f"attn.W_{m}"] = sd[p + f"attention.{hf}_proj.weight"].reshape(H, E, d).transpose(1, 2)
+            bias = sd.get(p + f"attention.{hf}_proj.bias")
+            out[b + f"attn.b_{m}"] = bias.reshape(H, E) if bias is not None else torch.zeros(H, E, dtype=out["embed.W_E"].dtype)
+        out[b + "attn.W_O"] = sd[p + "attention.o_proj.weight"].T.reshape(H, E, d)  # [d, (h e)] -> [h, e, d]
+        out[b + "attn.b_O"] = sd[p + "attention.o_proj.bias"]
+        out[b + "ln1.w"], out[b + "ln1.b"] = sd[p + "layernorm_before.weight"], sd[p + "layernorm_before.bias"]
+        out[b + "ln2.w"], out[b + "ln2.b"] = sd[p + "layernorm_after.weight"], sd[p + "layernorm_after.bias"]
+        out[b + "mlp.W_in"], out[b + "mlp.b_in"] = sd[p + "mlp.fc1.weight"].T, sd[p + "mlp.fc1.bias"]
+        out[b + "mlp.W_out"], out[b + "mlp.b_out"] = sd[p + "mlp.fc2.weight"].T, sd[p + "mlp.fc2.bias"]
+    if cfg.n_classes:
+        out["unembed.W_U"] = sd["classifier.weight"].T
+        out["unembed.b_U"] = sd["classifier.bias"]
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def hooked_to_hf_weights(state_dict: StateDict, cfg: HookedViViTConfig, *, layout: str = "transformers", prefix: bool | None = None) -> StateDict:
+    """Hooked weights -> an HF state dict. ``layout``: "transformers" (>= 5.9 keys) or "hub".
+    ``prefix`` (default: when there is a classifier) adds ``vivit.`` as VivitForVideoClassification."""
+    if layout not in ("transformers", "hub"):
+        raise ValueError(f"layout must be 'transformers' or 'hub', got {layout!r}")
+    sd = state_dict
+    H, E, d = cfg.n_heads, cfg.d_head, cfg.d_model
+    ref = sd["embed.W_E"]
+
+    def ln(key: str, kind: str) -> torch.Tensor:
+        # LNPre (after fold_ln) has no parameters: the identity LayerNorm reproduces it.
+        if key in sd:
+            return sd[key]
+        return torch.ones(d, dtype=ref.dtype) if kind == "w" else torch.zeros(d, dtype=ref.dtype)
+
+    out: StateDict = {
+        "embeddings.cls_token": sd["embed.cls_token"].reshape(1, 1, d),
+        "embeddings.position_embeddings": sd["pos_embed.W_pos"].reshape(1, cfg.n_ctx, d),
+        "embeddings.patch_embeddings.projection.weight": sd["embed.W_E"],
+        "embeddings.patch_embeddings.projection.bias": sd["embed.b_E"],
+        "layernorm.weight": ln("ln_final.w", "w"),
+        "layernorm.bias": ln("ln_final.b", "b"),
+    }
+    for i in range(cfg.n_layers):
+        p, b = f"layers.{i}.", f"blocks.{i}."
+        for m, hf in (("Q", "q"), ("K", "k"), ("V", "v")):
+            out[p + f"attention.{hf}_proj.weight"] = sd[b + f"attn.W_{m}"].transpose(1, 2).reshape(H * E, d)
+            bias = sd[b + f"attn.b_{m}"]
+            if cfg.qkv_bias:
+                out[p + f"attention.{hf}_proj.bias"] = bias.reshape(H * E)
+            elif bias.abs().max() > 0:
+                raise ValueError(f"layer {i} has a non-zero b_{m} but the config says qkv_bias=False (processed weights?)")
+        out[p + "attention.o_proj.weight"] = sd[b + "attn.W_O"].reshape(H * E, d).T
+        out[p + "attention.o_proj.bias"] = sd[b + "attn.b_O"]
+        out[p + "layernorm_before.weight"], out[p + "layernorm_before.bias"] = ln(b + "ln1.w", "w"), ln(b + "ln1.b", "b")
+        out[p + "layernorm_after.weight"], out[p + "layernorm_after.bias"] = ln(b + "ln2.w", "w"), ln(b + "ln2.b", "b")
+        out[p + "mlp.fc1.weight"], out[p + "mlp.fc1.bias"] = sd[b + "mlp.W_in"].T, sd[b + "mlp.b_in"]
+        out[p + "mlp.fc2.weight"], out[p + "mlp.fc2.bias"] = sd[b + "mlp.W_out"].T, sd[b + "mlp.b_out"]
+    has_classifier = "unembed.W_U" in sd
+    if prefix is None:
+        prefix = has_classifier
+    result: StateDict = {}
+    for key, value in out.items():
+        key = _rename(key, _NEW_TO_HUB) if layout == "hub" else key
+        result[("vivit." if prefix else "") + key] = value.contiguous()
+    if has_classifier:
+        result["classifier.weight"] = sd["unembed.W_U"].T.contiguous()
+        result["classifier.bias"] = sd["unembed.b_U"].contiguous()
+    return result
