@@ -166,7 +166,17 @@ def convert_vivit_weights(state_dict: StateDict, cfg: HookedViViTConfig) -> Stat
     if cfg.n_classes:
         out["unembed.W_U"] = sd["classifier.weight"].T
         out["unembed.b_U"] = sd["classifier.bias"]
+    if cfg.normalization_type == "LNPre":
+        _drop_identity_layer_norms(out)
     return {k: v.contiguous() for k, v in out.items()}
+
+
+def _drop_identity_layer_norms(out: StateDict) -> None:
+    # A folded model saved in HF layout carries identity LayerNorms; LNPre has no parameters.
+    for key in [k for k in out if k.endswith(("ln1.w", "ln2.w", "ln_final.w"))]:
+        w, b = out.pop(key), out.pop(key[:-1] + "b")
+        if not (torch.all(w == 1) and torch.all(b == 0)):
+            raise CheckpointError(f"config says the LayerNorms are folded (LNPre) but {key} is not the identity")
 
 
 def hooked_to_hf_weights(state_dict: StateDict, cfg: HookedViViTConfig, *, layout: str = "transformers", prefix: bool | None = None) -> StateDict:

@@ -1,0 +1,134 @@
+"""Speed benchmarks, measured side by side in ONE process on the same input.
+
+    python -m benchmarks.run --device cpu --out benchmarks/results
+
+ViViT-B / Kinetics-400 shape (32 frames, 224 px, 3137 tokens) with random weights, batch 1 by
+default. Each case runs ``--warmup`` times, then the cases are timed round-robin ``--reps`` times
+(so drift hits all alike) and the median is kept. Ratios are what to quote; CPU seconds are not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from transformers import VivitConfig, VivitForVideoClassification
+
+from hooked_vivit import HookedViViT
+
+GOALS = {
+    "hooked / hf_sdpa": 1.05,
+    "hooked cache(patterns+resid) / hf_eager(output_attentions+hidden_states)": 1.05,
+}
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_cases(cases: dict[str, Callable[[], object]], device: str, warmup: int, reps: int) -> dict[str, float]:
+    for fn in cases.values():
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(reps):
+        for name, fn in cases.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def build_models(device: str, dtype: torch.dtype, layers: int):
+    config = VivitConfig(num_labels=400, num_hidden_layers=layers)
+    torch.manual_seed(0)
+    hf_sdpa = VivitForVideoClassification._from_config(config, attn_implementation="sdpa").eval()
+    hf_eager = VivitForVideoClassification._from_config(config, attn_implementation="eager").eval()
+    hf_eager.load_state_dict(hf_sdpa.state_dict())
+    hooked = HookedViViT.from_hf_model(hf_sdpa)
+    return [m.to(device=device, dtype=dtype) for m in (hf_sdpa, hf_eager, hooked)]
+
+
+def forward_benchmark(device: str, dtype: torch.dtype, batch: int, layers: int, warmup: int, reps: int) -> dict:
+    hf_sdpa, hf_eager, hooked = build_models(device, dtype, layers)
+    x = torch.randn(batch, 32, 3, 224, 224, device=device, dtype=dtype)
+    n = hooked.cfg.n_layers
+    with_patterns = [f"blocks.{l}.attn.hook_pattern" for l in range(n)] + [f"blocks.{l}.hook_resid_pre" for l in range(n)] + [f"blocks.{n - 1}.hook_resid_post"]
+    no_patterns = lambda name: "pattern" not in name and "attn_scores" not in name  # noqa: E731
+
+    def cache(names):
+        def run():
+            _, c = hooked.run_with_cache(x, names_filter=names)
+            del c
+        return run
+
+    cases = {
+        "hf_sdpa": lambda: hf_sdpa(x),
+        "hf_eager": lambda: hf_eager(x),
+        "hooked": lambda: hooked(x),
+        "hf_sdpa(output_hidden_states)": lambda: hf_sdpa(x, output_hidden_states=True),
+        "hooked cache(all but patterns/scores)": cache(no_patterns),
+        "hf_eager(output_attentions+hidden_states)": lambda: hf_eager(x, output_attentions=True, output_hidden_states=True),
+        "hooked cache(patterns+resid)": cache(with_patterns),
+    }
+    with torch.inference_mode():
+        times = time_cases(cases, device, warmup, reps)
+    ratios = {
+        "hooked / hf_sdpa": times["hooked"] / times["hf_sdpa"],
+        "hooked / hf_eager": times["hooked"] / times["hf_eager"],
+        "hooked cache(all but patterns/scores) / hf_sdpa(output_hidden_states)": times["hooked cache(all but patterns/scores)"] / times["hf_sdpa(output_hidden_states)"],
+        "hooked cache(patterns+resid) / hf_eager(output_attentions+hidden_states)": times["hooked cache(patterns+resid)"] / times["hf_eager(output_attentions+hidden_states)"],
+    }
+    return {"seconds": times, "ratios": ratios}
+
+
+def to_markdown(results: dict) -> str:
+    lines = [f"# Benchmarks ({results['meta']['device_name']}, {results['meta']['dtype']}, batch {results['meta']['batch']}, "
+             f"{results['meta']['layers']} layers)", "", "| ratio | measured | goal | met |", "|---|---|---|---|"]
+    for name, value in results["forward"]["ratios"].items():
+        goal = GOALS.get(name)
+        met = "" if goal is None else ("yes" if value <= goal else "no")
+        lines.append(f"| {name} | {value:.3f} | {'' if goal is None else f'<= {goal}'} | {met} |")
+    lines += ["", "| case | median seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.4f} |" for k, v in results["forward"]["seconds"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--layers", type=int, default=12, help="fewer layers for a quick look (ratios barely change)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    dtype = getattr(torch, args.dtype)
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    results = {
+        "meta": {"device": args.device, "device_name": device_name, "dtype": args.dtype, "batch": args.batch,
+                 "layers": args.layers, "torch": torch.__version__, "reps": args.reps},
+        "forward": forward_benchmark(args.device, dtype, args.batch, args.layers, args.warmup, args.reps),
+    }
+    md = to_markdown(results)
+    print(md)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (args.out / "results.md").write_text(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
