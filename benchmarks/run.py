@@ -23,6 +23,7 @@ from transformers import VivitConfig, VivitForVideoClassification
 from hooked_vivit import HookedViViT
 
 GOALS = {
+    "preprocess / VivitImageProcessor": 1.0,
     "hooked / hf_sdpa": 1.05,
     "hooked cache(patterns+resid) / hf_eager(output_attentions+hidden_states)": 1.05,
 }
@@ -50,10 +51,13 @@ def time_cases(cases: dict[str, Callable[[], object]], device: str, warmup: int,
 
 
 def build_models(device: str, dtype: torch.dtype, layers: int):
-    config = VivitConfig(num_labels=400, num_hidden_layers=layers)
+    def config() -> VivitConfig:  # one per model: _from_config writes the attention choice into it
+        return VivitConfig(num_labels=400, num_hidden_layers=layers)
+
     torch.manual_seed(0)
-    hf_sdpa = VivitForVideoClassification._from_config(config, attn_implementation="sdpa").eval()
-    hf_eager = VivitForVideoClassification._from_config(config, attn_implementation="eager").eval()
+    hf_sdpa = VivitForVideoClassification._from_config(config(), attn_implementation="sdpa").eval()
+    hf_eager = VivitForVideoClassification._from_config(config(), attn_implementation="eager").eval()
+    assert hf_sdpa.config._attn_implementation == "sdpa" and hf_eager.config._attn_implementation == "eager"
     hf_eager.load_state_dict(hf_sdpa.state_dict())
     hooked = HookedViViT.from_hf_model(hf_sdpa)
     return [m.to(device=device, dtype=dtype) for m in (hf_sdpa, hf_eager, hooked)]
@@ -92,15 +96,47 @@ def forward_benchmark(device: str, dtype: torch.dtype, batch: int, layers: int, 
     return {"seconds": times, "ratios": ratios}
 
 
+def video_benchmark(reps: int) -> dict:
+    """Preprocessing a 32-frame 360x640 clip vs VivitImageProcessor; rendering a 32x224x224 pair
+    on one thread (issue goal: <= 0.5 s)."""
+    import numpy as np
+    from transformers import VivitImageProcessor
+
+    from hooked_vivit import synthetic, video
+
+    frames = synthetic.render_clip("bowling", 0, num_frames=32, size=360).frames
+    frames = np.concatenate([frames, frames[:, :, :280]], axis=2)  # 360x640
+    proc = VivitImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    cases = {
+        "VivitImageProcessor(32x360x640)": lambda: proc(list(frames), return_tensors="pt"),
+        "hooked_vivit.video.preprocess(32x360x640)": lambda: video.preprocess(frames),
+    }
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        times = time_cases(cases, "cpu", 1, reps)
+        times["render_pair(bowling, 32x224x224), 1 thread"] = time_cases({"r": lambda: synthetic.render_pair("bowling", 1)}, "cpu", 1, reps)["r"]
+        times["render_pair(golf, 32x224x224), 1 thread"] = time_cases({"r": lambda: synthetic.render_pair("golf", 1)}, "cpu", 1, reps)["r"]
+    finally:
+        torch.set_num_threads(threads)
+    ratios = {"preprocess / VivitImageProcessor": times["hooked_vivit.video.preprocess(32x360x640)"] / times["VivitImageProcessor(32x360x640)"]}
+    return {"seconds": times, "ratios": ratios}
+
+
 def to_markdown(results: dict) -> str:
     lines = [f"# Benchmarks ({results['meta']['device_name']}, {results['meta']['dtype']}, batch {results['meta']['batch']}, "
              f"{results['meta']['layers']} layers)", "", "| ratio | measured | goal | met |", "|---|---|---|---|"]
-    for name, value in results["forward"]["ratios"].items():
+    for name, value in results.get("forward", {}).get("ratios", {}).items():
         goal = GOALS.get(name)
         met = "" if goal is None else ("yes" if value <= goal else "no")
         lines.append(f"| {name} | {value:.3f} | {'' if goal is None else f'<= {goal}'} | {met} |")
+    for section in ("video",):
+        for name, value in results.get(section, {}).get("ratios", {}).items():
+            goal = GOALS.get(name)
+            lines.append(f"| {name} | {value:.3f} | {'' if goal is None else f'<= {goal}'} | {'' if goal is None else ('yes' if value <= goal else 'no')} |")
     lines += ["", "| case | median seconds |", "|---|---|"]
-    lines += [f"| {k} | {v:.4f} |" for k, v in results["forward"]["seconds"].items()]
+    for section in ("forward", "video"):
+        lines += [f"| {k} | {v:.4f} |" for k, v in results.get(section, {}).get("seconds", {}).items()]
     return "\n".join(lines) + "\n"
 
 
@@ -113,14 +149,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--only", choices=["forward", "video"], default=None, help="run one section")
     args = p.parse_args(argv)
     dtype = getattr(torch, args.dtype)
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     results = {
         "meta": {"device": args.device, "device_name": device_name, "dtype": args.dtype, "batch": args.batch,
                  "layers": args.layers, "torch": torch.__version__, "reps": args.reps},
-        "forward": forward_benchmark(args.device, dtype, args.batch, args.layers, args.warmup, args.reps),
     }
+    if args.only in (None, "forward"):
+        results["forward"] = forward_benchmark(args.device, dtype, args.batch, args.layers, args.warmup, args.reps)
+    if args.only in (None, "video"):
+        results["video"] = video_benchmark(max(args.reps, 5))
     md = to_markdown(results)
     print(md)
     if args.out:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -108,24 +106,15 @@ def save_checkpoint(model: "HookedViViT", path: Path, *, layout: str, overwrite:
     """config.json + model.safetensors, written to a temporary sibling and renamed into place."""
     from safetensors.torch import save_file
 
+    from hooked_vivit.atomic import atomic_directory
     from weights_conversion import hooked_to_hf_weights
 
-    if path.exists() and not overwrite and any(path.iterdir() if path.is_dir() else [path]):
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if layout != "hooked":
         state = hooked_to_hf_weights(state, model.cfg, layout=layout)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_directory(path, overwrite=overwrite) as tmp:
         config = model.cfg.to_hf_config_dict()
         config["torch_dtype"] = str(model.cfg.dtype).removeprefix("torch.")
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         save_file({k: v.contiguous() for k, v in state.items()}, tmp / "model.safetensors", metadata={"format": "pt", "layout": layout})
-        if path.exists():
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path

@@ -79,5 +79,6 @@ def test_vivit_b_kinetics400_shape_random_weights():
     worst = _compare(hf, model, x, patterns=True, layers=[0, 11])
     assert max(worst.values()) <= TOL, worst
     with torch.no_grad():
-        hf.config._attn_implementation = "sdpa"
+        hf.set_attn_implementation("sdpa")
+        assert hf.config._attn_implementation == "sdpa"
         assert max_rel(model(x), hf(x).logits) <= TOL
