@@ -48,6 +48,7 @@ class HookedViViT(HookedRootModule):
         if init_weights:
             self.init_weights()
         self.setup()  # names every HookPoint (TransformerLens)
+        self.eval()  # no dropout anywhere; eval mode is what TransformerLens's patching expects
         if cfg.device is not None:
             self.to(cfg.device)
 
@@ -67,19 +68,39 @@ class HookedViViT(HookedRootModule):
 
     # ================================================================== forward
     def forward(
-        self, pixel_values: PixelValues, *, stop_at_layer: int | None = None
+        self,
+        pixel_values: PixelValues | Float[torch.Tensor, "batch n_ctx d_model"],
+        *,
+        start_at_layer: int | None = None,
+        stop_at_layer: int | None = None,
     ) -> Float[torch.Tensor, "batch n_classes"] | Float[torch.Tensor, "batch n_ctx d_model"]:
-        """Logits [batch, n_classes]. With ``stop_at_layer=L`` returns the residual stream entering
-        block L (blocks L.. are skipped). A model without classifier returns the final-LayerNorm CLS
-        embedding [batch, d_model] (HF's ``last_hidden_state[:, 0]``)."""
-        x = self.validate_input(pixel_values)
-        resid = self.hook_embed(self.embed(x)) + self.hook_pos_embed(self.pos_embed(x.shape[0]))
-        for block in self.blocks[:stop_at_layer]:
+        """Logits [batch, n_classes].
+
+        ``stop_at_layer=L`` returns the residual stream entering block L (blocks L.. are skipped);
+        ``start_at_layer=L`` takes that residual stream [batch, n_ctx, d_model] instead of pixels
+        and runs blocks L... A model without classifier returns the final-LayerNorm CLS embedding
+        [batch, d_model] (HF's ``last_hidden_state[:, 0]``)."""
+        if start_at_layer is None:
+            x = self.validate_input(pixel_values)
+            resid = self.hook_embed(self.embed(x)) + self.hook_pos_embed(self.pos_embed(x.shape[0]))
+            start_at_layer = 0
+        else:
+            resid = self._validate_resid(pixel_values, start_at_layer)
+        for block in self.blocks[start_at_layer:stop_at_layer]:
             resid = block(resid)
         if stop_at_layer is not None:
             return resid
         cls = self.ln_final(resid)[:, 0]
         return self.unembed(cls) if self.unembed is not None else cls
+
+    def _validate_resid(self, resid: Any, layer: int) -> torch.Tensor:
+        expected = (self.cfg.n_ctx, self.cfg.d_model)
+        if not isinstance(resid, torch.Tensor) or resid.ndim != 3 or tuple(resid.shape[1:]) != expected:
+            got = tuple(resid.shape) if isinstance(resid, torch.Tensor) else type(resid).__name__
+            raise ValueError(f"start_at_layer={layer} takes the residual stream [batch, {expected[0]}, {expected[1]}], got {got}")
+        if not 0 <= layer <= self.cfg.n_layers:
+            raise ValueError(f"start_at_layer must be in 0..{self.cfg.n_layers}, got {layer}")
+        return resid.to(device=self.embed.W_E.device, dtype=self.embed.W_E.dtype)
 
     def validate_input(self, pixel_values: Any) -> PixelValues:
         """Check rank, sizes, dtype and finiteness; return the input on the model's device/dtype."""

@@ -198,10 +198,13 @@ def test_remove_batch_dim(tiny):
     assert not cache.has_batch_dim
 
 
-def test_stop_at_layer_returns_resid_pre(tiny):
+def test_stop_and_start_at_layer(tiny):
     model, x, _ = tiny
-    _, cache = model.run_with_cache(x)
+    logits, cache = model.run_with_cache(x)
     torch.testing.assert_close(model(x, stop_at_layer=1), cache["resid_pre", 1])
+    torch.testing.assert_close(model(cache["resid_pre", 1], start_at_layer=1), logits)
+    with pytest.raises(ValueError, match=r"takes the residual stream \[batch, 49, 24\]"):
+        model(x, start_at_layer=1)
 
 
 def test_backward_through_hooks(tiny):

@@ -71,7 +71,8 @@ class Attention(nn.Module):
             W = torch.stack([self.W_Q, self.W_K, self.W_V]).permute(2, 0, 1, 3).flatten(1)
             b = torch.stack([self.b_Q, self.b_K, self.b_V]).flatten()
             qkv = torch.addmm(b, q_in.flatten(0, -2), W).view(*q_in.shape[:-1], 3, self.cfg.n_heads, self.cfg.d_head)
-            return qkv.unbind(-3)
+            # Plain views (not unbind's multi-output views), so hooks may edit q, k or v in place.
+            return qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
         return (
             self._project(q_in, self.W_Q, self.b_Q),
             self._project(k_in, self.W_K, self.b_K),

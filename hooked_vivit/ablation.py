@@ -1,0 +1,173 @@
+"""Ablation: remove information and watch the output.
+
+- Activation ablation on any hook and position group: ``zero``, ``mean`` (over the positions of
+  the run itself, or over a reference set of videos), ``resample`` (from another video's run).
+- Input-space region ablation: zero, blacken, mean-fill or blur a spatio-temporal box of pixels
+  (the reference paper's Table 1 zeroes the ball-pin region).
+- Token-space region ablation: the tubelet embeddings of a box of tokens.
+- ``topk_table``: the top-k classes before and after, with names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from hooked_vivit.labels import top_k
+from hooked_vivit.patching import PositionGroup, resolve_positions
+
+Mode = Literal["zero", "mean", "resample"]
+
+
+def ablation_hook(
+    model: Any,
+    hook_name: str,
+    positions: PositionGroup = None,
+    *,
+    mode: Mode = "zero",
+    reference: torch.Tensor | None = None,
+) -> Callable:
+    """A forward hook that ablates ``hook_name`` at ``positions``.
+
+    ``mode="mean"`` without ``reference`` replaces each ablated position with the mean over the
+    ablated positions of the same run; with ``reference`` ([n, ...] activations of a reference set,
+    e.g. ``cache[hook_name]`` of several videos) with their mean over videos at the same positions.
+    ``mode="resample"`` takes ``reference`` ([1, ...] or the batch's size: another video's
+    activation) at those positions.
+    """
+    model._check_hook_names([hook_name])
+    pos = resolve_positions(model, positions)
+    pos_axis = 2 if hook_name.endswith(("hook_pattern", "hook_attn_scores")) else 1
+    if mode in ("resample",) and reference is None:
+        raise ValueError("resample ablation needs reference activations (another video's cache entry)")
+    if mode not in ("zero", "mean", "resample"):
+        raise ValueError(f"mode must be 'zero', 'mean' or 'resample', got {mode!r}")
+    ref = None
+    if reference is not None:
+        ref = reference.mean(0, keepdim=True) if mode == "mean" else reference
+
+    def hook(act: torch.Tensor, hook) -> torch.Tensor:
+        index = [slice(None)] * act.ndim
+        if pos is not None:
+            index[pos_axis] = list(pos)
+        index_t = tuple(index)
+        if mode == "zero":
+            act[index_t] = 0.0
+        elif mode == "mean" and ref is None:
+            if pos is None:
+                raise ValueError("mean ablation over positions needs a position group, or a reference set")
+            act[index_t] = act[index_t].mean(pos_axis, keepdim=True).expand_as(act[index_t])
+        else:
+            assert ref is not None
+            if ref.shape[1:] != act.shape[1:]:
+                raise ValueError(f"reference activation for {hook_name} has shape {tuple(ref.shape)}, the run {tuple(act.shape)}")
+            act[index_t] = ref.to(act.device, act.dtype).expand(act.shape[0], *act.shape[1:])[index_t]
+        return act
+
+    return hook
+
+
+def ablate(
+    model: Any,
+    pixel_values: torch.Tensor,
+    hook_name: str,
+    positions: PositionGroup = None,
+    *,
+    mode: Mode = "zero",
+    reference: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Logits with ``hook_name`` ablated at ``positions`` (see ``ablation_hook``)."""
+    hook = ablation_hook(model, hook_name, positions, mode=mode, reference=reference)
+    with torch.inference_mode():
+        return model.run_with_hooks(pixel_values, fwd_hooks=[(hook_name, hook)])
+
+
+def token_region_ablation(model: Any, pixel_values: torch.Tensor, region: PositionGroup, *, mode: Mode = "zero", reference: torch.Tensor | None = None) -> torch.Tensor:
+    """Ablate the tubelet embeddings (``hook_embed``) of a token region."""
+    return ablate(model, pixel_values, "hook_embed", region, mode=mode, reference=reference)
+
+
+@dataclass(frozen=True)
+class PixelBox:
+    """A spatio-temporal box of pixels: frames [t0, t1), rows [y0, y1), cols [x0, x1)."""
+
+    t0: int
+    t1: int
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+    @classmethod
+    def from_tokens(cls, grid: Any, positions: Sequence[int]) -> "PixelBox":
+        """The pixel box covering a set of patch tokens."""
+        boxes = [grid.pixel_box(p) for p in positions if p != 0]
+        if not boxes:
+            raise ValueError("no patch tokens given (CLS has no pixels)")
+        return cls(
+            min(b[0].start for b in boxes), max(b[0].stop for b in boxes),
+            min(b[1].start for b in boxes), max(b[1].stop for b in boxes),
+            min(b[2].start for b in boxes), max(b[2].stop for b in boxes),
+        )
+
+    @classmethod
+    def from_mask(cls, mask: np.ndarray, margin: int = 0) -> "PixelBox":
+        """The bounding box of a boolean mask [T, H, W] (e.g. a synthetic pair's ball and pins)."""
+        t, y, x = np.nonzero(mask)
+        if len(t) == 0:
+            raise ValueError("the mask is empty")
+        T, H, W = mask.shape
+        return cls(int(t.min()), int(t.max()) + 1, max(0, int(y.min()) - margin), min(H, int(y.max()) + 1 + margin),
+                   max(0, int(x.min()) - margin), min(W, int(x.max()) + 1 + margin))
+
+
+def ablate_pixels(pixel_values: torch.Tensor, box: PixelBox, *, mode: str = "zero", blur_sigma: float = 8.0) -> torch.Tensor:
+    """A copy of pixel values [B, T, C, H, W] with the box ablated.
+
+    ``zero``: 0 in normalised units (what zeroing the model's input means); ``black``: the value of
+    a black pixel (-3); ``mean``: the box's mean colour; ``blur``: a Gaussian blur of each frame,
+    pasted into the box.
+    """
+    if pixel_values.ndim != 5:
+        raise ValueError(f"pixel values must be [batch, frames, C, H, W], got {tuple(pixel_values.shape)}")
+    B, T, C, H, W = pixel_values.shape
+    if not (0 <= box.t0 < box.t1 <= T and 0 <= box.y0 < box.y1 <= H and 0 <= box.x0 < box.x1 <= W):
+        raise ValueError(f"{box} does not fit inside clips of {T} frames of {H}x{W}")
+    out = pixel_values.clone()
+    sel = (slice(None), slice(box.t0, box.t1), slice(None), slice(box.y0, box.y1), slice(box.x0, box.x1))
+    if mode == "zero":
+        out[sel] = 0.0
+    elif mode == "black":
+        out[sel] = -3.0  # VivitImageProcessor maps uint8 0 to -3
+    elif mode == "mean":
+        out[sel] = out[sel].mean(dim=(1, 3, 4), keepdim=True).expand_as(out[sel])
+    elif mode == "blur":
+        frames = pixel_values[:, box.t0 : box.t1].permute(0, 1, 3, 4, 2).cpu().float().numpy()
+        blurred = np.stack([[cv2.GaussianBlur(f, (0, 0), blur_sigma) for f in clip] for clip in frames])
+        blurred_t = torch.from_numpy(blurred).permute(0, 1, 4, 2, 3).to(out.device, out.dtype)
+        out[sel] = blurred_t[:, :, :, box.y0 : box.y1, box.x0 : box.x1]
+    else:
+        raise ValueError(f"mode must be 'zero', 'black', 'mean' or 'blur', got {mode!r}")
+    return out
+
+
+def topk_table(before: torch.Tensor, after: torch.Tensor, id2label: Mapping[int, str], k: int = 6) -> list[dict]:
+    """The top-k classes of the ``before`` run (first batch row), with their logits after."""
+    before, after = before.detach().float(), after.detach().float()
+    if before.ndim == 2:
+        before, after = before[0], after[0]
+    rows = []
+    for entry in top_k(before, id2label, k)[0]:
+        rows.append({"class": entry.index, "name": entry.label, "before": entry.logit, "after": float(after[entry.index]),
+                     "delta": float(after[entry.index]) - entry.logit})
+    return rows
+
+
+def format_topk_table(rows: list[dict]) -> str:
+    lines = [f"{'class':>5}  {'name':<28} {'before':>9} {'after':>9} {'delta':>8}"]
+    lines += [f"{r['class']:>5}  {r['name']:<28} {r['before']:>9.4f} {r['after']:>9.4f} {r['delta']:>+8.4f}" for r in rows]
+    return "\n".join(lines)

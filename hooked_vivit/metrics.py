@@ -1,0 +1,145 @@
+"""Patching metrics (after Zhang & Nanda 2024, "Towards best practices of activation patching").
+
+Every metric is a callable ``metric(logits, activations=None) -> Tensor[batch]``: one value per
+batch row, so a batched sweep can score each patched variant separately. ``logits`` are
+[batch, n_classes]. Metrics that read an activation name it in ``.hooks``; the patching engine
+then collects that activation and passes ``activations[name]`` ([batch, ...]). Logit metrics work
+unchanged with TransformerLens's ``generic_activation_patch`` (wrap with ``.mean_over_batch``).
+
+Signal recovery on an activation a (the reference paper's measure):
+
+    recovery     = <a_patched - a_corrupt, a_clean - a_corrupt> / ||a_clean - a_corrupt||^2
+    norm_recovery = 1 - ||a_patched - a_clean|| / ||a_corrupt - a_clean||
+
+Both are 0 for the unpatched corrupted run and 1 for the clean run. ``recovery`` is the projection
+of the patch's effect on the clean-minus-corrupt direction and can exceed 1 (overshoot);
+``norm_recovery`` is at most 1 and falls below 0 when the patch moves away from the clean run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+
+Logits = Float[torch.Tensor, "batch n_classes"]
+Activations = Mapping[str, torch.Tensor]
+
+
+class Metric:
+    """Base: ``hooks`` lists the activations the metric reads (none for logit metrics)."""
+
+    hooks: tuple[str, ...] = ()
+
+    def __call__(self, logits: Logits, activations: Activations | None = None) -> Float[torch.Tensor, "batch"]:
+        raise NotImplementedError
+
+    def mean_over_batch(self, logits: Logits) -> torch.Tensor:
+        """Scalar version, for TransformerLens's patching functions (reduce="scalar")."""
+        return self(logits).mean()
+
+
+def _index(c, logits: torch.Tensor) -> torch.Tensor:
+    idx = torch.as_tensor(c, device=logits.device)
+    return idx.expand(logits.shape[0]) if idx.ndim == 0 else idx
+
+
+@dataclass
+class ClassLogit(Metric):
+    """The logit of class ``c`` (an int, or one per batch row)."""
+
+    c: int | Sequence[int]
+
+    def __call__(self, logits, activations=None):
+        return logits.gather(-1, _index(self.c, logits)[:, None])[:, 0]
+
+
+@dataclass
+class LogitDiff(Metric):
+    """logit[c] - logit[other]."""
+
+    c: int | Sequence[int]
+    other: int | Sequence[int]
+
+    def __call__(self, logits, activations=None):
+        return ClassLogit(self.c)(logits) - ClassLogit(self.other)(logits)
+
+
+@dataclass
+class LogProb(Metric):
+    """log softmax(logits)[c]."""
+
+    c: int | Sequence[int]
+
+    def __call__(self, logits, activations=None):
+        return ClassLogit(self.c)(logits.float().log_softmax(-1))
+
+
+@dataclass
+class KLToClean(Metric):
+    """KL(clean || patched) over classes; 0 when the patched run predicts as the clean run."""
+
+    clean_logits: Logits
+
+    def __call__(self, logits, activations=None):
+        clean = self.clean_logits.to(logits.device).float().log_softmax(-1).expand(logits.shape[0], -1)
+        return F.kl_div(logits.float().log_softmax(-1), clean, log_target=True, reduction="none").sum(-1)
+
+
+def _select(act: torch.Tensor, positions: Sequence[int] | int | None) -> torch.Tensor:
+    """[batch, pos, ...] -> the chosen positions, flattened per row: [batch, features]."""
+    if positions is not None:
+        act = act[:, [positions] if isinstance(positions, int) else list(positions)]
+    return act.flatten(1).float()
+
+
+@dataclass
+class SignalRecovery(Metric):
+    """Share of the clean-minus-corrupt difference of an activation that a patch restores.
+
+    ``hook`` names the activation (e.g. ``blocks.11.hook_resid_post``); ``positions`` the tokens
+    it is read at (0 = CLS; None = all tokens). ``clean`` and ``corrupt`` are that activation on
+    the two unpatched runs ([1, pos, ...] or [pos, ...]). ``kind``: "projection" or "norm".
+    """
+
+    hook: str
+    clean: torch.Tensor
+    corrupt: torch.Tensor
+    positions: Sequence[int] | int | None = 0
+    kind: str = "projection"
+    hooks: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self):
+        if self.kind not in ("projection", "norm"):
+            raise ValueError(f"kind must be 'projection' or 'norm', got {self.kind!r}")
+        if self.clean.shape != self.corrupt.shape:
+            raise ValueError(f"clean {tuple(self.clean.shape)} and corrupt {tuple(self.corrupt.shape)} activations differ in shape")
+        self.hooks = (self.hook,)
+        # [1, pos, ...] from a batch-1 cache, or [pos, ...] without the batch dim.
+        self._clean = _select(self.clean if self.clean.shape[0] == 1 else self.clean[None], self.positions)
+        self._corrupt = _select(self.corrupt if self.corrupt.shape[0] == 1 else self.corrupt[None], self.positions)
+        self._delta = self._clean - self._corrupt
+        self._scale = self._delta.pow(2).sum()
+        if self._scale == 0:
+            raise ValueError(f"clean and corrupt {self.hook} are identical at these positions: nothing to recover")
+
+    def __call__(self, logits, activations=None):
+        if activations is None or self.hook not in activations:
+            raise ValueError(f"SignalRecovery needs the activation {self.hook!r}; run it through hooked_vivit.patching")
+        a = _select(activations[self.hook], self.positions).to(self._delta.device)
+        if self.kind == "projection":
+            return ((a - self._corrupt) * self._delta).sum(-1) / self._scale
+        return 1 - (a - self._clean).norm(dim=-1) / self._delta.norm()
+
+
+def recovery(patched: torch.Tensor, clean: torch.Tensor, corrupt: torch.Tensor) -> float:
+    """The projection recovery of one activation, for quick use on cached tensors."""
+    delta = (clean - corrupt).flatten().double()
+    return float(((patched - corrupt).flatten().double() @ delta) / (delta @ delta))
+
+
+def norm_recovery(patched: torch.Tensor, clean: torch.Tensor, corrupt: torch.Tensor) -> float:
+    return float(1 - (patched - clean).double().norm() / (corrupt - clean).double().norm())

@@ -1,0 +1,430 @@
+"""Activation patching for video models.
+
+Two layers:
+
+1. Twins of ``transformer_lens.patching``'s helpers, with the same names and argument order
+   (``get_act_patch_resid_pre(model, corrupted_video, clean_cache, metric)`` ...). They call
+   TransformerLens's own ``generic_activation_patch`` with an explicit ``index_df`` whose positions
+   are the model's tokens: TransformerLens would otherwise take the position count from
+   ``input.shape[-1]``, which for a video [B, T, C, H, W] is the pixel width. One patched forward
+   per cell, exactly as TransformerLens runs them.
+
+2. A batched engine (``run_patches``) for the sweeps a video study needs: a patch is a hook plus a
+   group of token positions (a token, a frame slot, a box on the token grid, CLS, everything) and
+   optionally a head. k patched variants run as one batched forward (each batch row carries its
+   own patch), starting from the first patched layer (the residual stream before it is shared),
+   in chunks sized from free memory. Denoising (clean into corrupted) and noising (corrupted into
+   clean) are the same call with source and target swapped.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Callable, Iterable, Sequence, Union
+
+import pandas as pd
+import torch
+from jaxtyping import Float
+from transformer_lens import ActivationCache
+from transformer_lens import patching as tl_patching
+from transformer_lens.patching import PatchingResult, generic_activation_patch, make_df_from_ranges
+
+from hooked_vivit.metrics import Metric
+
+PixelValues = Float[torch.Tensor, "batch frames channels height width"]
+
+
+# =========================================================================================== positions
+@dataclass(frozen=True)
+class Region:
+    """A box on the token grid: frame slots x rows x cols (None = all), optionally with CLS."""
+
+    frame_slots: int | Sequence[int] | None = None
+    rows: int | Sequence[int] | None = None
+    cols: int | Sequence[int] | None = None
+    include_cls: bool = False
+
+
+@dataclass(frozen=True)
+class FrameSlot:
+    """Every patch token of one tubelet time index."""
+
+    t: int
+
+
+PositionGroup = Union[None, str, int, Sequence[int], Region, FrameSlot]
+
+
+def resolve_positions(model: Any, group: PositionGroup) -> tuple[int, ...] | None:
+    """A position group -> sorted token indices (None means every token).
+
+    Accepted: None or "all"; "cls"; "patches" (every token but CLS); a token index; a sequence of
+    token indices; ``FrameSlot(t)``; ``Region(frame_slots, rows, cols, include_cls)``.
+    """
+    cfg = getattr(model, "cfg", model)
+    grid = cfg.grid
+    if group is None or group == "all":
+        return None
+    if isinstance(group, str):
+        if group == "cls":
+            return (0,)
+        if group == "patches":
+            return tuple(range(1, cfg.n_ctx))
+        raise ValueError(f"unknown position group {group!r}; use 'all', 'cls', 'patches', a token index, a list, FrameSlot or Region")
+    if isinstance(group, FrameSlot):
+        return tuple(grid.positions(frame_slots=group.t))
+    if isinstance(group, Region):
+        pos = grid.positions(group.frame_slots, group.rows, group.cols)
+        return tuple(([0] if group.include_cls else []) + pos)
+    if isinstance(group, (int,)) or (isinstance(group, torch.Tensor) and group.ndim == 0):
+        group = [int(group)]
+    try:
+        pos = sorted({int(p) for p in group})  # type: ignore[union-attr]
+    except TypeError:
+        raise ValueError(f"unknown position group {group!r}") from None
+    if not pos or pos[0] < 0 or pos[-1] >= cfg.n_ctx:
+        raise ValueError(f"token positions must lie in [0, {cfg.n_ctx}), got {pos[:3]}...{pos[-3:]}" if pos else "empty position group")
+    return tuple(pos)
+
+
+# =========================================================================================== patch specs
+_LAYER = re.compile(r"^blocks\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class Patch:
+    """Replace ``hook``'s activation at ``positions`` (None = all; for attention patterns these
+    are query positions), and only ``head`` when given, with the source run's."""
+
+    hook: str
+    positions: tuple[int, ...] | None = None
+    head: int | None = None
+    label: str = ""
+
+    def start_layer(self, n_layers: int) -> int:
+        """The first block this patch touches: -1 for the embeddings, n_layers for ln_final."""
+        m = _LAYER.match(self.hook)
+        if m:
+            return int(m.group(1))
+        return n_layers if self.hook.startswith("ln_final") else -1
+
+
+def _full_name(act: str, layer: int) -> str:
+    from transformer_lens.utilities import get_act_name
+
+    return get_act_name(act, layer)
+
+
+def component_patches(model: Any, components: Sequence[str] = ("attn_out", "mlp_out"), layers: Iterable[int] | None = None, positions: PositionGroup = None) -> list[Patch]:
+    """Whole components (the reference paper's Figure 2): each layer's attention block and MLP
+    block output, at all (or the given) positions."""
+    pos = resolve_positions(model, positions)
+    layers = range(model.cfg.n_layers) if layers is None else layers
+    return [Patch(_full_name(c, l), pos, label=f"L{l} {c}") for l in layers for c in components]
+
+
+def head_patches(model: Any, act: str = "z", layers: Iterable[int] | None = None, positions: PositionGroup = None) -> list[Patch]:
+    """One patch per (layer, head) of ``act`` (z, q, k, v, result or pattern)."""
+    pos = resolve_positions(model, positions)
+    layers = range(model.cfg.n_layers) if layers is None else layers
+    return [Patch(_full_name(act, l), pos, head=h, label=f"L{l}H{h} {act}") for l in layers for h in range(model.cfg.n_heads)]
+
+
+def frame_slot_patches(model: Any, act: str = "resid_pre", layers: Iterable[int] | None = None) -> list[Patch]:
+    """One patch per (layer, frame slot): all patch tokens of that tubelet time index."""
+    layers = range(model.cfg.n_layers) if layers is None else layers
+    return [
+        Patch(_full_name(act, l), resolve_positions(model, FrameSlot(t)), label=f"L{l} {act} t{t}")
+        for l in layers
+        for t in range(model.cfg.grid.n_frame_slots)
+    ]
+
+
+def token_patches(model: Any, act: str = "resid_pre", layers: Iterable[int] | None = None, positions: Iterable[int] | None = None) -> list[Patch]:
+    """One patch per (layer, token)."""
+    layers = range(model.cfg.n_layers) if layers is None else layers
+    positions = range(model.cfg.n_ctx) if positions is None else positions
+    return [Patch(_full_name(act, l), (p,), label=f"L{l} {act} pos{p}") for l in layers for p in positions]
+
+
+# =========================================================================================== engine
+def _is_pattern(hook: str) -> bool:
+    return hook.endswith(("hook_pattern", "hook_attn_scores"))
+
+
+def _head_axis(hook: str) -> int | None:
+    if _is_pattern(hook):
+        return 1  # [batch, head, query, key]
+    if hook.endswith(("hook_q", "hook_k", "hook_v", "hook_z", "hook_result", "_input", "hook_attn_in")):
+        return 2  # [batch, pos, head, ...]
+    return None
+
+
+def _pos_axis(hook: str) -> int:
+    return 2 if _is_pattern(hook) else 1
+
+
+def check_cache(model: Any, cache: ActivationCache | dict, hooks: Iterable[str], batch: int) -> None:
+    """A clear error for a cache from another model, missing hooks, or an incompatible batch."""
+    cache_model = getattr(cache, "model", None)
+    if cache_model is not None and cache_model is not model:
+        a, b = cache_model.cfg, model.cfg
+        fields = ("n_layers", "n_heads", "d_model", "n_ctx", "num_frames", "image_size", "tubelet_size")
+        diff = [f"{f}: cache {getattr(a, f)} vs model {getattr(b, f)}" for f in fields if getattr(a, f) != getattr(b, f)]
+        if diff:
+            raise ValueError("the cache comes from a model of another shape: " + "; ".join(diff))
+    for hook in hooks:
+        try:
+            act = cache[hook]
+        except KeyError:
+            raise ValueError(f"the source cache lacks {hook!r}; cache it (names_filter) before patching") from None
+        if act.shape[0] not in (1, batch):
+            raise ValueError(f"the source cache has batch {act.shape[0]} at {hook!r}, the target run has {batch}: use batch 1 or the same batch")
+
+
+def _free_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:  # pragma: no cover
+        return 4 << 30
+
+
+def auto_chunk_size(model: Any, rows_per_patch: int, device: torch.device, needs_pattern: bool) -> int:
+    """How many patched variants fit in one batched forward, from free memory (half of it)."""
+    cfg = model.cfg
+    elem = torch.finfo(cfg.dtype).bits // 8
+    per_row = cfg.n_ctx * (cfg.d_mlp + 6 * cfg.d_model) * elem  # live activations of one block
+    if needs_pattern:
+        per_row += 2 * cfg.n_heads * cfg.n_ctx * cfg.n_ctx * elem
+    return max(1, int(_free_bytes(device) * 0.5 // (per_row * rows_per_patch)))
+
+
+def _metric_rows(metric: Callable, logits: torch.Tensor, acts: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Call a metric that takes (logits) or (logits, activations), returning [batch] values."""
+    if isinstance(metric, Metric) or len(inspect.signature(metric).parameters) >= 2:
+        out = metric(logits, acts)
+    else:
+        out = metric(logits)
+    return torch.as_tensor(out)
+
+
+@dataclass
+class SweepResult:
+    """Values of a sweep: ``values[i]`` belongs to ``patches[i]`` (mean over the target batch;
+    ``per_example`` keeps [n_patches, batch]). ``baseline`` is the unpatched target run."""
+
+    values: torch.Tensor
+    patches: list[Patch]
+    baseline: torch.Tensor
+    per_example: torch.Tensor = field(repr=False)
+
+    @property
+    def labels(self) -> list[str]:
+        return [p.label or f"{p.hook}@{p.positions}h{p.head}" for p in self.patches]
+
+    def to_dict(self) -> dict:
+        return {"labels": self.labels, "values": self.values.tolist(), "baseline": self.baseline.tolist()}
+
+
+def run_patches(
+    model: Any,
+    patches: Sequence[Patch],
+    *,
+    source_cache: ActivationCache | dict,
+    target: PixelValues,
+    metric: Callable,
+    chunk_size: int | None = None,
+    progress: bool | None = None,
+) -> SweepResult:
+    """Run every patch (source activation into the target run) and score it with ``metric``.
+
+    ``metric(logits)`` or ``metric(logits, activations)`` returns one value per batch row;
+    activations it names in ``metric.hooks`` are collected from each patched run. The source cache
+    has batch 1 (broadcast to the target batch) or the target's batch.
+    """
+    from tqdm.auto import tqdm
+
+    if not patches:
+        raise ValueError("no patches to run")
+    target = model.validate_input(target)
+    b = target.shape[0]
+    for p in patches:
+        model._check_hook_names([p.hook])
+        if p.head is not None and _head_axis(p.hook) is None:
+            raise ValueError(f"{p.hook} has no head axis, but the patch names head {p.head}")
+    check_cache(model, source_cache, {p.hook for p in patches}, b)
+    metric_hooks = tuple(getattr(metric, "hooks", ()))
+    model._check_hook_names(metric_hooks)
+    n_layers = model.cfg.n_layers
+
+    # One forward of the target gives the residual stream entering every block, to start from.
+    with torch.inference_mode():
+        names = [f"blocks.{l}.hook_resid_pre" for l in range(n_layers)] + [f"blocks.{n_layers - 1}.hook_resid_post"] + list(metric_hooks)
+        base_logits, base_cache = model.run_with_cache(target, names_filter=list(dict.fromkeys(names)))
+        baseline = _metric_rows(metric, base_logits, {h: base_cache[h] for h in metric_hooks}).float().cpu()
+    starts = [base_cache[f"blocks.{l}.hook_resid_pre"] for l in range(n_layers)] + [base_cache[f"blocks.{n_layers - 1}.hook_resid_post"]]
+
+    order = sorted(range(len(patches)), key=lambda i: patches[i].start_layer(n_layers))
+    needs_pattern = any(_is_pattern(p.hook) for p in patches)
+    k_max = chunk_size or auto_chunk_size(model, b, target.device, needs_pattern)
+    per_example = torch.empty(len(patches), b)
+    bar = tqdm(total=len(patches), desc="patching", disable=not (progress if progress is not None else len(patches) > 4))
+    i = 0
+    while i < len(order):
+        start = patches[order[i]].start_layer(n_layers)
+        chunk = [order[i]]
+        while len(chunk) < k_max and i + len(chunk) < len(order) and patches[order[i + len(chunk)]].start_layer(n_layers) == start:
+            chunk.append(order[i + len(chunk)])
+        values = _run_chunk(model, [patches[j] for j in chunk], source_cache, target, starts, start, metric, metric_hooks)
+        per_example[chunk] = values
+        bar.update(len(chunk))
+        i += len(chunk)
+    bar.close()
+    return SweepResult(values=per_example.mean(1), patches=list(patches), baseline=baseline.mean(), per_example=per_example)
+
+
+def _run_chunk(model, chunk: list[Patch], source_cache, target, starts, start: int, metric, metric_hooks) -> torch.Tensor:
+    b, k = target.shape[0], len(chunk)
+    by_hook: dict[str, list[tuple[int, Patch]]] = {}
+    for r, p in enumerate(chunk):
+        by_hook.setdefault(p.hook, []).append((r, p))
+
+    def patch_hook(act: torch.Tensor, hook, entries) -> torch.Tensor:
+        src = source_cache[hook.name].to(act.device, act.dtype)
+        if src.shape[1:] != act.shape[1:]:
+            raise ValueError(f"source activation {hook.name} has shape {tuple(src.shape)}, the target run {tuple(act.shape)}")
+        src = src.expand(b, *src.shape[1:]) if src.shape[0] == 1 else src
+        pos_axis, head_axis = _pos_axis(hook.name), _head_axis(hook.name)
+        for r, p in entries:
+            rows = slice(r * b, (r + 1) * b)
+            index: list[Any] = [rows] + [slice(None)] * (act.ndim - 1)
+            if p.positions is not None:
+                index[pos_axis] = list(p.positions)
+            if p.head is not None:
+                index[head_axis] = p.head
+            act[tuple(index)] = src[tuple([slice(None)] + index[1:])]
+        return act
+
+    collected: dict[str, torch.Tensor] = {}
+
+    def collect(act, hook):
+        collected[hook.name] = act
+
+    fwd = [(name, partial(patch_hook, entries=entries)) for name, entries in by_hook.items()]
+    fwd += [(h, collect) for h in metric_hooks]
+    with torch.inference_mode(), model.hooks(fwd_hooks=fwd):
+        if start < 0:
+            logits = model(target.repeat(k, 1, 1, 1, 1))
+        else:
+            logits = model(starts[start].repeat(k, 1, 1), start_at_layer=start)
+    values = _metric_rows(metric, logits, collected).float().cpu()
+    if values.shape != (k * b,):
+        raise ValueError(f"the metric must return one value per batch row ({k * b}), got shape {tuple(values.shape)}")
+    return values.view(k, b)
+
+
+def denoise(model: Any, patches: Sequence[Patch], *, clean_cache, corrupted: PixelValues, metric: Callable, **kwargs: Any) -> SweepResult:
+    """Clean activations into the corrupted run: what restores the clean behaviour?"""
+    return run_patches(model, patches, source_cache=clean_cache, target=corrupted, metric=metric, **kwargs)
+
+
+def noise(model: Any, patches: Sequence[Patch], *, corrupted_cache, clean: PixelValues, metric: Callable, **kwargs: Any) -> SweepResult:
+    """Corrupted activations into the clean run: what breaks the clean behaviour?"""
+    return run_patches(model, patches, source_cache=corrupted_cache, target=clean, metric=metric, **kwargs)
+
+
+# =========================================================================================== TL twins
+_AXIS_SIZES = {
+    "layer": lambda cfg: cfg.n_layers,
+    "pos": lambda cfg: cfg.n_ctx,
+    "dest_pos": lambda cfg: cfg.n_ctx,
+    "src_pos": lambda cfg: cfg.n_ctx,
+    "head_index": lambda cfg: cfg.n_heads,
+    "head": lambda cfg: cfg.n_heads,
+}
+
+
+def video_index_df(model: Any, axes: Sequence[str]) -> pd.DataFrame:
+    """TransformerLens's index dataframe with positions counted in tokens, not pixels."""
+    return make_df_from_ranges([_AXIS_SIZES[a](model.cfg) for a in axes], list(axes))
+
+
+def _tl_twin(tl_function: Callable, patch_setter: Callable, activation_name: str, axes: Sequence[str]) -> Callable:
+    def patch(model, corrupted_video, clean_cache, patching_metric, **kwargs):
+        model.validate_input(corrupted_video)
+        check_cache(model, clean_cache, [], corrupted_video.shape[0])
+        if isinstance(patching_metric, Metric) and kwargs.get("reduce", "scalar") == "scalar":
+            patching_metric = patching_metric.mean_over_batch
+        index_df = video_index_df(model, axes)
+        out = generic_activation_patch(model, corrupted_video, clean_cache, patching_metric, patch_setter, activation_name, index_df=index_df, **kwargs)
+        shape = [_AXIS_SIZES[a](model.cfg) for a in axes]
+        if isinstance(out, PatchingResult):
+            lead = 1 if out.has_metric_axis else 0
+            out.values = out.values.reshape(*out.values.shape[:lead], *shape, *out.values.shape[lead + 1 :])
+            out.axis_names = list(axes)
+            return out
+        return out.reshape(shape)
+
+    patch.__name__ = tl_function.func.__name__ if isinstance(tl_function, partial) else activation_name
+    patch.__doc__ = (
+        f"Video twin of transformer_lens.patching's helper for {activation_name!r}: same arguments, "
+        f"(model, corrupted_video [B, T, C, H, W], clean_cache, patching_metric). Returns "
+        f"[{', '.join(axes)}] with positions counted in tokens (n_ctx), one patched forward per cell."
+    )
+    return patch
+
+
+_pos, _head_pos, _head, _pattern_head, _pattern_pos = (
+    tl_patching.layer_pos_patch_setter,
+    tl_patching.layer_pos_head_vector_patch_setter,
+    tl_patching.layer_head_vector_patch_setter,
+    tl_patching.layer_head_pattern_patch_setter,
+    tl_patching.layer_head_pos_pattern_patch_setter,
+)
+get_act_patch_resid_pre = _tl_twin(tl_patching.get_act_patch_resid_pre, _pos, "resid_pre", ("layer", "pos"))
+get_act_patch_resid_mid = _tl_twin(tl_patching.get_act_patch_resid_mid, _pos, "resid_mid", ("layer", "pos"))
+get_act_patch_attn_out = _tl_twin(tl_patching.get_act_patch_attn_out, _pos, "attn_out", ("layer", "pos"))
+get_act_patch_mlp_out = _tl_twin(tl_patching.get_act_patch_mlp_out, _pos, "mlp_out", ("layer", "pos"))
+get_act_patch_attn_head_out_by_pos = _tl_twin(tl_patching.get_act_patch_attn_head_out_by_pos, _head_pos, "z", ("layer", "pos", "head"))
+get_act_patch_attn_head_q_by_pos = _tl_twin(tl_patching.get_act_patch_attn_head_q_by_pos, _head_pos, "q", ("layer", "pos", "head"))
+get_act_patch_attn_head_k_by_pos = _tl_twin(tl_patching.get_act_patch_attn_head_k_by_pos, _head_pos, "k", ("layer", "pos", "head"))
+get_act_patch_attn_head_v_by_pos = _tl_twin(tl_patching.get_act_patch_attn_head_v_by_pos, _head_pos, "v", ("layer", "pos", "head"))
+get_act_patch_attn_head_pattern_by_pos = _tl_twin(tl_patching.get_act_patch_attn_head_pattern_by_pos, _pattern_pos, "pattern", ("layer", "head_index", "dest_pos"))
+get_act_patch_attn_head_out_all_pos = _tl_twin(tl_patching.get_act_patch_attn_head_out_all_pos, _head, "z", ("layer", "head"))
+get_act_patch_attn_head_q_all_pos = _tl_twin(tl_patching.get_act_patch_attn_head_q_all_pos, _head, "q", ("layer", "head"))
+get_act_patch_attn_head_k_all_pos = _tl_twin(tl_patching.get_act_patch_attn_head_k_all_pos, _head, "k", ("layer", "head"))
+get_act_patch_attn_head_v_all_pos = _tl_twin(tl_patching.get_act_patch_attn_head_v_all_pos, _head, "v", ("layer", "head"))
+get_act_patch_attn_head_pattern_all_pos = _tl_twin(tl_patching.get_act_patch_attn_head_pattern_all_pos, _pattern_head, "pattern", ("layer", "head_index"))
+
+
+def get_act_patch_block_every(model, corrupted_video, clean_cache, metric, **kwargs) -> torch.Tensor:
+    """[3, n_layers, n_ctx]: resid_pre, attn_out, mlp_out by (layer, token)."""
+    return torch.stack([f(model, corrupted_video, clean_cache, metric, **kwargs) for f in (get_act_patch_resid_pre, get_act_patch_attn_out, get_act_patch_mlp_out)])
+
+
+def get_act_patch_attn_head_all_pos_every(model, corrupted_video, clean_cache, metric, **kwargs) -> torch.Tensor:
+    """[5, n_layers, n_heads]: each head's output, q, k, v and pattern, over all positions."""
+    fs = (get_act_patch_attn_head_out_all_pos, get_act_patch_attn_head_q_all_pos, get_act_patch_attn_head_k_all_pos,
+          get_act_patch_attn_head_v_all_pos, get_act_patch_attn_head_pattern_all_pos)
+    return torch.stack([f(model, corrupted_video, clean_cache, metric, **kwargs) for f in fs])
+
+
+def get_act_patch_attn_head_by_pos_every(model, corrupted_video, clean_cache, metric, **kwargs) -> torch.Tensor:
+    """[5, n_layers, n_ctx, n_heads]: head output, q, k, v by position, and pattern by query position."""
+    fs = (get_act_patch_attn_head_out_by_pos, get_act_patch_attn_head_q_by_pos, get_act_patch_attn_head_k_by_pos, get_act_patch_attn_head_v_by_pos)
+    out = [f(model, corrupted_video, clean_cache, metric, **kwargs) for f in fs]
+    out.append(get_act_patch_attn_head_pattern_by_pos(model, corrupted_video, clean_cache, metric, **kwargs).transpose(1, 2))
+    return torch.stack(out)
+
+
+__all__ = [name for name in dir() if name.startswith("get_act_patch")] + [
+    "FrameSlot", "Patch", "Region", "SweepResult", "check_cache", "component_patches", "denoise", "frame_slot_patches",
+    "head_patches", "noise", "resolve_positions", "run_patches", "token_patches", "video_index_df", "auto_chunk_size",
+]
