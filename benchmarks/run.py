@@ -24,6 +24,8 @@ from hooked_vivit import HookedViViT
 
 GOALS = {
     "preprocess / VivitImageProcessor": 1.0,
+    "component sweep / 24 plain forwards": 1.3,
+    "attribution patching / one forward": 3.0,
     "hooked / hf_sdpa": 1.05,
     "hooked cache(patterns+resid) / hf_eager(output_attentions+hidden_states)": 1.05,
 }
@@ -123,6 +125,65 @@ def video_benchmark(reps: int) -> dict:
     return {"seconds": times, "ratios": ratios}
 
 
+def patching_benchmark(device: str, dtype: torch.dtype, layers: int, reps: int) -> dict:
+    """The paper's 24-component sweep (attention and MLP block of every layer) batched vs 24 plain
+    forwards and vs TransformerLens's generic_activation_patch loop; attribution patching vs one
+    forward."""
+    import pandas as pd
+    from transformer_lens.patching import generic_activation_patch
+
+    from hooked_vivit import patching
+    from hooked_vivit.attribution import attribution_patch
+    from hooked_vivit.metrics import ClassLogit
+
+    _, _, hooked = build_models(device, dtype, layers)
+    gen = torch.Generator().manual_seed(1)
+    clean = torch.randn(1, 32, 3, 224, 224, generator=gen).to(device, dtype)
+    corrupted = clean + 0.5 * torch.randn(1, 32, 3, 224, 224, generator=gen).to(device, dtype)
+    n = hooked.cfg.n_layers
+    names = [f"blocks.{l}.hook_{c}" for l in range(n) for c in ("attn_out", "mlp_out")]
+    with torch.inference_mode():
+        _, clean_cache = hooked.run_with_cache(clean, names_filter=names)
+    metric = ClassLogit(31)
+    patches = patching.component_patches(hooked)
+    layer_df = pd.DataFrame({"layer": range(n)})
+
+    def whole(act, index, clean_act):
+        return clean_act.clone()
+
+    def tl_loop():
+        for act in ("attn_out", "mlp_out"):
+            generic_activation_patch(hooked, corrupted, clean_cache, metric.mean_over_batch, whole, act, index_df=layer_df)
+
+    def plain_forwards():
+        for _ in range(len(patches)):
+            hooked(corrupted)
+
+    cases = {
+        f"{len(patches)} plain forwards": plain_forwards,
+        f"batched sweep of {len(patches)} components": lambda: patching.run_patches(hooked, patches, source_cache=clean_cache, target=corrupted, metric=metric, progress=False),
+        "TransformerLens generic_activation_patch loop": tl_loop,
+        "one forward": lambda: hooked(corrupted),
+        "attribution patching (clean fwd + corrupted fwd + bwd)": lambda: attribution_patch(hooked, clean, corrupted, metric),
+    }
+    import transformer_lens.patching as tlp
+
+    tqdm_orig = tlp.tqdm
+    tlp.tqdm = lambda x, *a, **k: x  # keep the benchmark log clean
+    try:
+        with torch.inference_mode(False):
+            times = time_cases(cases, device, 0, reps)
+    finally:
+        tlp.tqdm = tqdm_orig
+    k = f"batched sweep of {len(patches)} components"
+    ratios = {
+        "component sweep / 24 plain forwards": times[k] / times[f"{len(patches)} plain forwards"],
+        "component sweep / TransformerLens loop": times[k] / times["TransformerLens generic_activation_patch loop"],
+        "attribution patching / one forward": times["attribution patching (clean fwd + corrupted fwd + bwd)"] / times["one forward"],
+    }
+    return {"seconds": times, "ratios": ratios}
+
+
 def to_markdown(results: dict) -> str:
     lines = [f"# Benchmarks ({results['meta']['device_name']}, {results['meta']['dtype']}, batch {results['meta']['batch']}, "
              f"{results['meta']['layers']} layers)", "", "| ratio | measured | goal | met |", "|---|---|---|---|"]
@@ -130,12 +191,12 @@ def to_markdown(results: dict) -> str:
         goal = GOALS.get(name)
         met = "" if goal is None else ("yes" if value <= goal else "no")
         lines.append(f"| {name} | {value:.3f} | {'' if goal is None else f'<= {goal}'} | {met} |")
-    for section in ("video",):
+    for section in ("patching", "video"):
         for name, value in results.get(section, {}).get("ratios", {}).items():
             goal = GOALS.get(name)
             lines.append(f"| {name} | {value:.3f} | {'' if goal is None else f'<= {goal}'} | {'' if goal is None else ('yes' if value <= goal else 'no')} |")
     lines += ["", "| case | median seconds |", "|---|---|"]
-    for section in ("forward", "video"):
+    for section in ("forward", "patching", "video"):
         lines += [f"| {k} | {v:.4f} |" for k, v in results.get(section, {}).get("seconds", {}).items()]
     return "\n".join(lines) + "\n"
 
@@ -149,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--only", choices=["forward", "video"], default=None, help="run one section")
+    p.add_argument("--only", choices=["forward", "patching", "video"], default=None, help="run one section")
     args = p.parse_args(argv)
     dtype = getattr(torch, args.dtype)
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
@@ -159,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.only in (None, "forward"):
         results["forward"] = forward_benchmark(args.device, dtype, args.batch, args.layers, args.warmup, args.reps)
+    if args.only in (None, "patching"):
+        results["patching"] = patching_benchmark(args.device, dtype, args.layers, max(1, args.reps - 2))
     if args.only in (None, "video"):
         results["video"] = video_benchmark(max(args.reps, 5))
     md = to_markdown(results)

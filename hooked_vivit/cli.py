@@ -39,6 +39,36 @@ def _cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from hooked_vivit.analysis import pipeline
+
+    if bool(args.clean) != bool(args.corrupted):
+        raise ValueError("give both --clean and --corrupted video files, or neither (then a pair is rendered)")
+    model = pipeline.load_model(args.model, args.device)
+    if args.clean:
+        pair = pipeline.video_pair(model, args.clean, args.corrupted)
+    else:
+        pair = pipeline.rendered_pair(model, args.domain, args.seed)
+    results = pipeline.analyze_pair(model, pair, probe_pairs=args.probe_pairs, progress=not args.quiet)
+    pipeline.write_analysis(args.out, model, pair, results, overwrite=args.overwrite)
+    rec = results["recovery"]["projection"]
+    print(f"wrote {args.out}/report.html ({results['seconds']:.1f} s): attention blocks recover "
+          f"{min(rec['attn']):.0%}..{max(rec['attn']):.0%}, MLP blocks {min(rec['mlp']):.0%}..{max(rec['mlp']):.0%}")
+    return 0
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    from hooked_vivit.analysis import pipeline
+
+    model = pipeline.load_model(args.model, args.device)
+    studies = pipeline.run_study(model, args.domain, args.pairs, args.out, progress=not args.quiet, overwrite=args.overwrite)
+    for st in studies:
+        g = st["mlp_minus_attn"]
+        print(f"{st['domain']}: MLP - attention recovery {g['mean']:+.1%} [{g['ci95'][0]:+.1%}, {g['ci95'][1]:+.1%}] over {st['pairs']} pairs")
+    print(f"wrote {args.out}/report.html")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hooked-vivit", description="Hooked ViViT: interpretability for video transformers")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -56,6 +86,29 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--fps", type=float, default=25.0)
     render.add_argument("--out", required=True, type=Path)
     render.set_defaults(func=_cmd_render)
+
+    analyze = sub.add_parser("analyze", help="the reference paper's whole analysis of one pair, as a report")
+    analyze.add_argument("--clean", type=Path, help="positive video file (e.g. the strike)")
+    analyze.add_argument("--corrupted", type=Path, help="negative video file (e.g. the gutter ball)")
+    analyze.add_argument("--domain", default="bowling", choices=["bowling", "golf", "basketball"], help="render a pair (without --clean/--corrupted)")
+    analyze.add_argument("--seed", type=int, default=0)
+    analyze.add_argument("--model", default="organism", help="checkpoint directory or hub id; default: the shipped organism")
+    analyze.add_argument("--device", default="cpu")
+    analyze.add_argument("--probe-pairs", type=int, default=40, help="rendered pairs for the outcome probes (0: skip)")
+    analyze.add_argument("--out", type=Path, required=True)
+    analyze.add_argument("--overwrite", action="store_true")
+    analyze.add_argument("--quiet", action="store_true")
+    analyze.set_defaults(func=_cmd_analyze)
+
+    study = sub.add_parser("study", help="(a), (b) and (f) over many rendered pairs, with bootstrap intervals")
+    study.add_argument("--domain", nargs="+", default=["bowling", "golf"], choices=["bowling", "golf", "basketball"])
+    study.add_argument("--pairs", type=int, default=50)
+    study.add_argument("--model", default="organism")
+    study.add_argument("--device", default="cpu")
+    study.add_argument("--out", type=Path, required=True)
+    study.add_argument("--overwrite", action="store_true")
+    study.add_argument("--quiet", action="store_true")
+    study.set_defaults(func=_cmd_study)
     return parser
 
 

@@ -377,23 +377,32 @@ def _basketball(seed: int, outcome: str, T: int, S: int) -> Clip:
 # ----------------------------------------------------------------------------------------- juggling
 def _juggling(seed: int, outcome: str, T: int, S: int) -> Clip:
     rng = _rng("juggling balls", seed)
-    stage = Stage(rng, S, T, _color(rng, (30, 30, 30), (220, 220, 220)), texture=20.0)
+    stage = Stage(rng, S, T, _color(rng, (30, 30, 30), (220, 220, 220)), texture=10.0)
     off = stage.margin
-    cx, hand_y = off + S * rng.uniform(0.38, 0.62), off + S * rng.uniform(0.7, 0.85)
-    spread = S * rng.uniform(0.12, 0.2)
-    height = S * rng.uniform(0.3, 0.5)
+    cx, hand_y = off + S * rng.uniform(0.4, 0.6), off + S * rng.uniform(0.6, 0.72)
+    spread = S * rng.uniform(0.13, 0.2)
+    height = S * rng.uniform(0.3, 0.45)
     n_balls = int(rng.integers(3, 6))
     period = rng.uniform(0.35, 0.6) * T  # frames per full cycle
     phase = rng.uniform(0, 1)
-    ball_r = S * rng.uniform(0.025, 0.04)
+    ball_r = S * rng.uniform(0.035, 0.05)
     colors = [_color(rng, (40, 40, 40), (255, 255, 255)) for _ in range(n_balls)]
     skin = _color(rng, (120, 70, 40), (255, 210, 180))
-    frames, masks = [], {"ball": []}
+    shirt = _color(rng, (0, 0, 0), (255, 255, 255))
+    thick = max(2, int(S * 0.03))
+    frames, masks = [], {"ball": [], "juggler": []}
     for t in range(T):
-        img, ball_mask = stage.canvas(), stage.blank_mask()
+        img, ball_mask, body_mask = stage.canvas(), stage.blank_mask(), stage.blank_mask()
         hand_dy = S * 0.02 * np.sin(2 * np.pi * (t / period * n_balls / 2))
+        shoulder_y, hip_y = hand_y - S * 0.12, hand_y + S * 0.25
+        for canvas, col in ((img, shirt), (body_mask, 255)):  # the juggler: torso, arms, head
+            cv2.rectangle(canvas, _p(cx - S * 0.09, shoulder_y), _p(cx + S * 0.09, hip_y), col, -1, cv2.LINE_8, SHIFT)
+            for hx in (cx - spread, cx + spread):
+                _line(canvas, (cx - np.sign(cx - hx) * S * 0.08, shoulder_y + S * 0.02), (hx, hand_y + hand_dy), col, thick)
+        _circle(img, cx, shoulder_y - S * 0.08, S * 0.065, skin)
+        _circle(body_mask, cx, shoulder_y - S * 0.08, S * 0.065, 255, aa=False)
         for hx in (cx - spread, cx + spread):
-            _ellipse(img, hx, hand_y + hand_dy, S * 0.05, S * 0.025, 0, skin)
+            _ellipse(img, hx, hand_y + hand_dy, S * 0.05, S * 0.03, 0, skin)
         for i in range(n_balls):
             s = ((t / period) + phase + i / n_balls) % 1.0  # cascade: each ball crosses hand to hand
             leg = int(s * 2)
@@ -405,6 +414,7 @@ def _juggling(seed: int, outcome: str, T: int, S: int) -> Clip:
             _circle(ball_mask, x, y, ball_r, 255, aa=False)
         frames.append(img)
         masks["ball"].append(ball_mask)
+        masks["juggler"].append(body_mask)
     video, out_masks = stage.finish(frames, masks)
     return Clip(video, out_masks, {})
 
@@ -412,15 +422,16 @@ def _juggling(seed: int, outcome: str, T: int, S: int) -> Clip:
 # ----------------------------------------------------------------------------------------- pendulum
 def _pendulum(seed: int, outcome: str, T: int, S: int) -> Clip:
     rng = _rng("swinging pendulum", seed)
-    stage = Stage(rng, S, T, _color(rng, (30, 30, 30), (230, 230, 230)), texture=12.0)
+    stage = Stage(rng, S, T, _color(rng, (30, 30, 30), (230, 230, 230)), texture=8.0)
     off = stage.margin
-    px, py = off + S * rng.uniform(0.3, 0.7), off + S * rng.uniform(0.05, 0.2)
-    length = S * rng.uniform(0.4, 0.7)
+    px, py = off + S * rng.uniform(0.35, 0.65), off + S * rng.uniform(0.08, 0.2)
+    length = S * rng.uniform(0.45, 0.65)
+    beam = _color(rng, (40, 20, 0), (140, 110, 90))
     amp = np.deg2rad(rng.uniform(20, 55))
     period = rng.uniform(0.4, 0.9) * T
     phi = rng.uniform(0, 2 * np.pi)
     damping = rng.uniform(0.0, 1.5) / T
-    bob_r = S * rng.uniform(0.04, 0.07)
+    bob_r = S * rng.uniform(0.07, 0.1)
     bob_color = _color(rng, (0, 0, 0), (255, 255, 255))
     string_color = _color(rng, (0, 0, 0), (255, 255, 255))
     frames, masks = [], {"bob": []}
@@ -428,8 +439,8 @@ def _pendulum(seed: int, outcome: str, T: int, S: int) -> Clip:
         img, bob_mask = stage.canvas(), stage.blank_mask()
         theta = amp * np.exp(-damping * t) * np.cos(2 * np.pi * t / period + phi)
         bx, by = px + length * np.sin(theta), py + length * np.cos(theta)
-        cv2.rectangle(img, _p(px - S * 0.08, py - S * 0.02), _p(px + S * 0.08, py), (60, 60, 60), -1, cv2.LINE_8, SHIFT)
-        _line(img, (px, py), (bx, by), string_color, 2)
+        cv2.rectangle(img, _p(0, py - S * 0.08), _p(img.shape[1], py), beam, -1, cv2.LINE_8, SHIFT)
+        _line(img, (px, py), (bx, by), string_color, max(2, int(S * 0.02)))
         _circle(img, bx, by, bob_r, bob_color)
         _circle(bob_mask, bx, by, bob_r, 255, aa=False)
         frames.append(img)
@@ -441,9 +452,10 @@ def _pendulum(seed: int, outcome: str, T: int, S: int) -> Clip:
 # ----------------------------------------------------------------------------------------- skipping rope
 def _skipping(seed: int, outcome: str, T: int, S: int) -> Clip:
     rng = _rng("skipping rope", seed)
-    stage = Stage(rng, S, T, _color(rng, (30, 30, 30), (230, 230, 230)), texture=14.0)
+    stage = Stage(rng, S, T, _color(rng, (30, 30, 30), (230, 230, 230)), texture=8.0)
     off = stage.margin
-    cx, ground = off + S * rng.uniform(0.35, 0.65), off + S * rng.uniform(0.82, 0.95)
+    cx, ground = off + S * rng.uniform(0.4, 0.6), off + S * rng.uniform(0.82, 0.92)
+    floor = _color(rng, (20, 20, 20), (200, 200, 200))
     h = S * rng.uniform(0.45, 0.65)  # figure height
     period = rng.uniform(0.2, 0.4) * T
     phase = rng.uniform(0, 1)
@@ -453,11 +465,12 @@ def _skipping(seed: int, outcome: str, T: int, S: int) -> Clip:
     frames, masks = [], {"figure": [], "rope": []}
     for t in range(T):
         img, fig_mask, rope_mask = stage.canvas(), stage.blank_mask(), stage.blank_mask()
+        cv2.rectangle(img, _p(0, ground), _p(img.shape[1], img.shape[0]), floor, -1, cv2.LINE_8, SHIFT)
         a = 2 * np.pi * (t / period + phase)
         lift = jump * max(0.0, np.sin(a))  # in the air while the rope passes under
         feet = ground - lift
         hip, shoulder, head = feet - 0.45 * h, feet - 0.78 * h, feet - 0.9 * h
-        for img_, col, th in ((img, body, max(2, int(S * 0.015))), (fig_mask, 255, max(2, int(S * 0.015)))):
+        for img_, col, th in ((img, body, max(2, int(S * 0.03))), (fig_mask, 255, max(2, int(S * 0.03)))):
             _line(img_, (cx, hip), (cx, shoulder), col, th)
             _line(img_, (cx, hip), (cx - h * 0.1, feet), col, th)
             _line(img_, (cx, hip), (cx + h * 0.1, feet), col, th)
@@ -471,8 +484,8 @@ def _skipping(seed: int, outcome: str, T: int, S: int) -> Clip:
         mid_y = hip + sag * (feet - hip + S * 0.02) if sag > 0 else hip + sag * (hip - head + S * 0.04)
         pts = [(hands[0][0] + (hands[1][0] - hands[0][0]) * s, (1 - s) ** 2 * hip + 2 * (1 - s) * s * (2 * mid_y - hip) + s**2 * hip) for s in np.linspace(0, 1, 12)]
         for p, q in zip(pts, pts[1:]):
-            _line(img, p, q, rope, 2)
-            _line(rope_mask, p, q, 255, 2)
+            _line(img, p, q, rope, max(2, int(S * 0.025)))
+            _line(rope_mask, p, q, 255, max(2, int(S * 0.025)))
         frames.append(img)
         masks["figure"].append(fig_mask)
         masks["rope"].append(rope_mask)

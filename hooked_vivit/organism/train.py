@@ -32,10 +32,10 @@ class TrainConfig:
     n_layers: int = 4
     n_heads: int = 4
     d_mlp: int = 512
-    train_per_class: int = 400
+    train_per_class: int = 500
     val_per_class: int = 30
     test_per_class: int = 100
-    epochs: int = 8
+    epochs: int = 10
     batch_size: int = 24
     lr: float = 1e-3
     weight_decay: float = 0.05

@@ -1,0 +1,144 @@
+"""Outcome probes on the organism and its model card: ``python -m hooked_vivit.organism.evaluate``.
+
+For held-out minimal pairs of every domain with an outcome, a linear probe per layer reads the
+hidden outcome (strike vs gutter, in vs miss, make vs miss) from the CLS token and from the
+mean over tokens of the residual stream, split by pair, with a shuffled-label control.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hooked_vivit import synthetic
+from hooked_vivit.model import HookedViViT
+from hooked_vivit.organism import checkpoint_path
+from hooked_vivit.organism.data import SPLIT_SEEDS
+from hooked_vivit.probes import probe_accuracy
+from hooked_vivit.video import preprocess
+
+
+def pair_features(model: HookedViViT, domain: str, n_pairs: int, seed0: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+    """CLS and mean-token residual streams per layer for n pairs: feats[kind] [n_layers+1, 2n, d]."""
+    cfg = model.cfg
+    names = [f"blocks.{l}.hook_resid_pre" for l in range(cfg.n_layers)] + [f"blocks.{cfg.n_layers - 1}.hook_resid_post"]
+    cls, mean, labels, groups, preds = [], [], [], [], []
+    for i in range(n_pairs):
+        pos, neg, _ = synthetic.render_pair(domain, seed0 + i, num_frames=cfg.num_frames, size=cfg.image_size[0])
+        x = torch.cat([preprocess(pos, config=cfg), preprocess(neg, config=cfg)])
+        with torch.inference_mode():
+            logits, cache = model.run_with_cache(x, names_filter=names)
+        stack = torch.stack([cache[n] for n in names])  # [L+1, 2, P, d]
+        cls.append(stack[:, :, 0])
+        mean.append(stack[:, :, 1:].mean(2))
+        labels += [1, 0]
+        groups += [i, i]
+        preds.append(logits.argmax(-1))
+    feats = {"cls": torch.cat(cls, 1).numpy(), "mean": torch.cat(mean, 1).numpy()}
+    return feats, np.array(labels), np.array(groups), torch.cat(preds).numpy()
+
+
+def outcome_probes(model: HookedViViT, n_pairs: int = 60) -> dict:
+    out = {}
+    for domain in ("bowling", "golf", "basketball"):
+        seed0 = SPLIT_SEEDS["probe"] + 10_000 * list(synthetic.DOMAINS).index(domain)
+        feats, labels, groups, preds = pair_features(model, domain, n_pairs, seed0)
+        target = model.cfg.label2id[synthetic.DOMAINS[domain]]
+        out[domain] = {
+            "pairs": n_pairs,
+            "both_outcomes_classified_as_action": float((preds == target).mean()),
+            "layers": [f"resid_pre {l}" for l in range(model.cfg.n_layers)] + [f"resid_post {model.cfg.n_layers - 1}"],
+            **{kind: [probe_accuracy(f, labels, groups).to_dict() for f in feats[kind]] for kind in ("cls", "mean")},
+        }
+    return out
+
+
+def write_model_card(path: Path, metrics: dict, probes: dict) -> None:
+    tc = metrics["train_config"]
+    lines = [
+        "# hooked-vivit organism",
+        "",
+        "A small ViViT (model 1, joint space-time attention) trained on the procedurally rendered action clips of",
+        "`hooked_vivit.synthetic`, shipped so that every analysis runs offline on a model that means something.",
+        "It loads like ViViT-B: `HookedViViT.from_pretrained(hooked_vivit.organism.checkpoint_path())`, and",
+        "`transformers.VivitForVideoClassification.from_pretrained` reads the same directory.",
+        "",
+        "## Model",
+        f"- {tc['num_frames']} frames of {tc['size']}x{tc['size']} px, tubelets {tuple(tc['tubelet'])}: "
+        f"1 + {tc['num_frames'] // tc['tubelet'][0]}x{tc['size'] // tc['tubelet'][1]}x{tc['size'] // tc['tubelet'][2]} tokens",
+        f"- d_model {tc['d_model']}, {tc['n_layers']} layers, {tc['n_heads']} heads, d_mlp {tc['d_mlp']}, gelu_fast, "
+        f"{metrics['parameters'] / 1e6:.2f}M parameters, model.safetensors {metrics['file_bytes'] / 1e6:.1f} MB",
+        "- Pixel normalisation exactly ViViT-B's (rescale 1/127.5 with offset, mean = std = 0.5); clips are rendered at",
+        "  the model's size, so `hooked_vivit.video.preprocess(frames, config=model.cfg)` needs no resize.",
+        "",
+        "## Data",
+        f"- Classes: {', '.join(metrics['confusion_matrix']['classes'])}.",
+        f"- {tc['train_per_class']} training clips per class (seeds 0..), {tc['val_per_class']} validation (seeds 1,000,000..), "
+        f"{tc['test_per_class']} test (seeds 2,000,000..): every nuisance (colours, textures, geometry, camera, lighting,",
+        "  speeds, start times) differs between splits.",
+        "- Within-class outcomes (bowling strike / gutter, golf in / miss, basketball make / miss) are balanced and were",
+        "  never labels: the organism, like ViViT-B, calls both outcomes by the action's name.",
+        "",
+        "## Training",
+        f"- `python -m hooked_vivit.organism.train --out DIR` (seed {tc['seed']}): AdamW lr {tc['lr']}, weight decay "
+        f"{tc['weight_decay']}, batch {tc['batch_size']}, {tc['epochs']} epochs, cosine schedule.",
+        f"- {metrics['train_seconds'] / 60:.1f} min of training (+{metrics['render_seconds']:.0f} s rendering) on "
+        f"{metrics['device']} with {metrics['torch_threads']} threads.",
+        "",
+        "## Accuracy (held-out test seeds)",
+        f"- Overall: {metrics['test_accuracy']:.1%}",
+        "",
+        "| class | accuracy |",
+        "|---|---|",
+        *[f"| {k} | {v:.1%} |" for k, v in metrics["test_accuracy_per_class"].items()],
+        "",
+        "| class / hidden outcome | classified as the class |",
+        "|---|---|",
+        *[f"| {k} | {v:.1%} |" for k, v in metrics["test_accuracy_per_outcome"].items()],
+        "",
+        "Confusion matrix (rows: true, columns: predicted, order as above):",
+        "",
+        "```",
+        *[" ".join(f"{n:4d}" for n in row) for row in metrics["confusion_matrix"]["rows_true_cols_pred"]],
+        "```",
+        "",
+        "## Can the hidden outcome be read out of each layer?",
+        "",
+        "Linear probe (logistic regression) per layer on held-out minimal pairs (split by pair, so a probe never sees",
+        "either clip of a test pair), with a control task (labels shuffled by pair); selectivity = accuracy - control.",
+        "",
+    ]
+    for domain, res in probes.items():
+        lines += [
+            f"### {domain} ({res['pairs']} pairs; both outcomes classified as the action: {res['both_outcomes_classified_as_action']:.0%})",
+            "",
+            "| layer | CLS acc | CLS control | mean-token acc | mean-token control |",
+            "|---|---|---|---|---|",
+        ]
+        for name, c, m in zip(res["layers"], res["cls"], res["mean"]):
+            lines.append(f"| {name} | {c['accuracy']:.0%} | {c['control_accuracy']:.0%} | {m['accuracy']:.0%} | {m['control_accuracy']:.0%} |")
+        lines.append("")
+    (path / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--checkpoint", type=Path, default=None)
+    p.add_argument("--pairs", type=int, default=60)
+    args = p.parse_args(argv)
+    path = args.checkpoint or checkpoint_path()
+    model = HookedViViT.from_pretrained(path)
+    metrics = json.loads((path / "metrics.json").read_text())
+    probes = outcome_probes(model, args.pairs)
+    (path / "probes.json").write_text(json.dumps(probes, indent=2) + "\n")
+    write_model_card(path, metrics, probes)
+    print((path / "MODEL_CARD.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
