@@ -69,6 +69,38 @@ def _cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_parity(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import VivitForVideoClassification, VivitModel
+
+    from hooked_vivit import HookedViViT
+    from hooked_vivit.config import to_dtype
+    from hooked_vivit.loading import read_state_dict, resolve_checkpoint
+    from hooked_vivit.parity import compare
+    from hooked_vivit.video import load_video, preprocess
+    from weights_conversion import checkpoint_has_classifier
+
+    if args.model == "organism":
+        from hooked_vivit import organism
+
+        path = organism.checkpoint_path()
+    else:
+        path = resolve_checkpoint(args.model)
+    dtype = to_dtype(args.dtype)
+    hf_cls = VivitForVideoClassification if checkpoint_has_classifier(read_state_dict(path)) else VivitModel
+    hf = hf_cls.from_pretrained(path, attn_implementation="eager", dtype=dtype).to(args.device).eval()
+    hooked = HookedViViT.from_pretrained(path, device=args.device, dtype=dtype)
+    cfg = hooked.cfg
+    if args.video:
+        x = preprocess(load_video(args.video, cfg.num_frames), config=cfg)
+    else:
+        gen = torch.Generator().manual_seed(args.seed)
+        x = torch.randn(1, cfg.num_frames, cfg.n_channels, *cfg.image_size, generator=gen)
+    report = compare(hooked, hf, x, attn="eager")
+    print(report.to_markdown(args.tol))
+    return 0 if report.ok(args.tol) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hooked-vivit", description="Hooked ViViT: interpretability for video transformers")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -109,6 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--overwrite", action="store_true")
     study.add_argument("--quiet", action="store_true")
     study.set_defaults(func=_cmd_study)
+
+    parity = sub.add_parser("parity", help="compare the hooked model with transformers on a checkpoint (exit 1 above tolerance)")
+    parity.add_argument("--model", default="organism", help="checkpoint directory or hub id; default: the shipped organism")
+    parity.add_argument("--video", type=Path, help="a clip to run (default: seeded random pixels)")
+    parity.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parity.add_argument("--device", default="cpu")
+    parity.add_argument("--seed", type=int, default=0)
+    parity.add_argument("--tol", type=float, default=None, help="override the dtype's tolerance (fp32 1e-5, fp16 1e-2, bf16 5e-2)")
+    parity.set_defaults(func=_cmd_parity)
     return parser
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, Union
@@ -16,10 +17,11 @@ from typing import Any, Callable, Iterable, Sequence, Union
 import torch
 import torch.nn as nn
 from jaxtyping import Float, Int
-from transformer_lens import ActivationCache, HookedRootModule
+from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import get_act_name
 
+from hooked_vivit.cache_memory import VideoActivationCache, estimate_cache_bytes, free_bytes, without_maps
 from hooked_vivit.components import LayerNorm, PosEmbed, TransformerBlock, TubeletEmbed, Unembed
 from hooked_vivit.config import HookedViViTConfig, to_dtype
 
@@ -179,11 +181,30 @@ class HookedViViT(HookedRootModule):
         return super().get_caching_hooks(names_filter, *args, **kwargs)
 
     def run_with_cache(self, *model_args: Any, return_cache_object: bool = True, remove_batch_dim: bool = False, **kwargs: Any):
-        """As TransformerLens: returns (logits, ActivationCache)."""
+        """As TransformerLens: returns (logits, ActivationCache). Warns first when the cache would
+        not fit in free memory, naming a ``names_filter`` that would."""
+        self._warn_if_cache_too_big(model_args, kwargs)
         out, cache_dict = super().run_with_cache(*model_args, remove_batch_dim=remove_batch_dim, **kwargs)
         if return_cache_object:
-            return out, ActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
+            return out, VideoActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
         return out, cache_dict
+
+    def _warn_if_cache_too_big(self, model_args: tuple, kwargs: dict) -> None:
+        x = model_args[0] if model_args else kwargs.get("pixel_values")
+        if not isinstance(x, torch.Tensor) or x.ndim < 1:
+            return
+        names_filter = kwargs.get("names_filter")
+        device = kwargs.get("device") or self.W_E.device
+        need = estimate_cache_bytes(self, names_filter, batch=x.shape[0])
+        free = free_bytes(device)
+        if need > free:
+            smaller = estimate_cache_bytes(self, without_maps, batch=x.shape[0])
+            warnings.warn(
+                f"run_with_cache will hold about {need / 1e9:.1f} GB but only {free / 1e9:.1f} GB is free on {device}; "
+                f"names_filter=hooked_vivit.cache_memory.without_maps (no attention patterns or scores) needs "
+                f"{smaller / 1e9:.1f} GB, or cache only the hooks you need",
+                stacklevel=3,
+            )
 
     # Class indices play TransformerLens's tokens: the classifier columns are the unembedding.
     def to_single_token(self, label: str | int) -> int:

@@ -270,9 +270,14 @@ def preprocess(
             # Pillow's bilinear, exactly the processor's resize (antialiased when shrinking).
             frame = np.asarray(Image.fromarray(frame).resize((new_w, new_h), resample=Image.BILINEAR, reducing_gap=None))
         out[i] = frame[top : top + crop_h, left : left + crop_w]
-    x = torch.from_numpy(out).permute(0, 3, 1, 2).float()
-    x = (x * RESCALE_FACTOR - 1.0 - IMAGE_MEAN) / IMAGE_STD
-    return x.unsqueeze(0).contiguous()
+    return normalize(torch.from_numpy(out)).unsqueeze(0)
+
+
+def normalize(frames: UInt8[torch.Tensor, "*batch frames height width 3"]) -> Float[torch.Tensor, "*batch frames 3 height width"]:
+    """uint8 RGB frames (channels last) -> pixel values (channels first): rescale 1/127.5 with
+    offset, then mean = std = 0.5, as VivitImageProcessor (no resize, no crop)."""
+    x = frames.movedim(-1, -3).float()
+    return ((x * RESCALE_FACTOR - 1.0 - IMAGE_MEAN) / IMAGE_STD).contiguous()
 
 
 def stack_videos(videos: Iterable[Frames], **preprocess_kwargs: Any) -> PixelValues:

@@ -88,7 +88,8 @@ def fig_cls_attention(att: dict, frames: np.ndarray, tubelet_t: int, path: Path,
         for j, t in enumerate(slots):
             ax = axes[h][j]
             ax.imshow(frames[t * tubelet_t])
-            ax.imshow(grid[h, t], cmap="magma", alpha=0.55, extent=(0, W, H, 0), interpolation="nearest")
+            # One colour scale per head across frames, so frames compare.
+            ax.imshow(grid[h, t], cmap="magma", alpha=0.55, extent=(0, W, H, 0), interpolation="nearest", vmin=0, vmax=grid[h].max())
             ax.set_xticks([]), ax.set_yticks([])
             if h == 0:
                 ax.set_title(f"frame {t * tubelet_t}", fontsize=8)

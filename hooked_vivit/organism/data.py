@@ -7,7 +7,7 @@ import torch
 
 from hooked_vivit import synthetic
 from hooked_vivit.organism import CLASSES
-from hooked_vivit.video import preprocess
+from hooked_vivit.video import normalize
 
 # Disjoint seed ranges: a clip's seed fixes every nuisance, so held-out seeds are held-out scenes.
 SPLIT_SEEDS = {"train": 0, "val": 1_000_000, "test": 2_000_000, "probe": 3_000_000}
@@ -33,6 +33,6 @@ def render_split(split: str, per_class: int, num_frames: int, size: int, classes
     return np.stack(clips), np.array(labels), outcomes
 
 
-def to_pixels(clips: np.ndarray) -> torch.Tensor:
+def to_pixels(clips: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 [N, T, H, W, 3] -> pixel values [N, T, 3, H, W], ViViT-B's normalisation (no resize)."""
-    return torch.cat([preprocess(c, crop_size=c.shape[1:3]) for c in clips])
+    return normalize(torch.as_tensor(clips))
