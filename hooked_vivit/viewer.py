@@ -1,0 +1,132 @@
+"""Looking at a clip: per-layer/head CLS attention or token-level logit attribution over the frames.
+
+- ``token_maps(model, pixel_values)``: the maps, [layers, heads, frame slots, rows, cols].
+- ``overlay(frame, grid_map)``: one frame with a map blended on top (uint8 RGB).
+- ``save_grid_png`` / ``save_animation``: the same outside notebooks (PNG grid, GIF or MP4).
+- ``interactive(...)``: an ipywidgets viewer (``pip install hooked-vivit[widgets]``): sliders for
+  frame, layer and head, a toggle between CLS attention and attribution.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+import torch
+
+MapKind = Literal["cls_attention", "attribution"]
+
+
+def token_maps(model: Any, pixel_values: torch.Tensor, kind: MapKind = "cls_attention", class_index: int | None = None) -> np.ndarray:
+    """[layers, heads, frame slots, rows, cols] maps for the first clip of the batch."""
+    from hooked_vivit.analysis.experiments import cls_attention, token_dla
+
+    grid = model.cfg.grid
+    if kind == "cls_attention":
+        return np.array(cls_attention(model, pixel_values[:1])["grid"], dtype=np.float32)
+    if kind == "attribution":
+        with torch.inference_mode():
+            c = int(model(pixel_values[:1]).argmax()) if class_index is None else class_index
+        terms = token_dla(model, pixel_values[:1], c)["terms"]  # [L, H, P]
+        return grid.unflatten(terms)[1].numpy()
+    raise ValueError(f"kind must be 'cls_attention' or 'attribution', got {kind!r}")
+
+
+def _colorize(values: np.ndarray, signed: bool, vmax: float | None = None) -> np.ndarray:
+    vmax = float(np.abs(values).max()) if vmax is None else vmax
+    vmax = vmax or 1.0
+    if signed:
+        u = np.clip((values / vmax + 1) / 2 * 255, 0, 255).astype(np.uint8)
+        return cv2.cvtColor(cv2.applyColorMap(u, cv2.COLORMAP_COOL), cv2.COLOR_BGR2RGB)
+    u = np.clip(values / vmax * 255, 0, 255).astype(np.uint8)
+    return cv2.cvtColor(cv2.applyColorMap(u, cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB)
+
+
+def overlay(frame: np.ndarray, grid_map: np.ndarray, *, alpha: float = 0.5, signed: bool = False, vmax: float | None = None) -> np.ndarray:
+    """Blend a [rows, cols] token map (nearest-neighbour upsampled) onto a uint8 RGB frame."""
+    H, W = frame.shape[:2]
+    heat = cv2.resize(_colorize(grid_map, signed, vmax), (W, H), interpolation=cv2.INTER_NEAREST)
+    return cv2.addWeighted(frame, 1 - alpha, heat, alpha, 0)
+
+
+def _frames_for(frames: np.ndarray, model: Any) -> tuple[np.ndarray, int]:
+    t = model.cfg.tubelet_size[0]
+    if frames.shape[0] != model.cfg.num_frames:
+        raise ValueError(f"expected {model.cfg.num_frames} frames (the clip the maps come from), got {frames.shape[0]}")
+    return frames, t
+
+
+def render_frames(model: Any, frames: np.ndarray, maps: np.ndarray, layer: int, head: int | None, *, signed: bool = False) -> np.ndarray:
+    """Every frame with its frame slot's map (one head, or the sum over heads) -> [T, H, W, 3]."""
+    frames, t = _frames_for(frames, model)
+    m = maps[layer].sum(0) if head is None else maps[layer, head]
+    vmax = float(np.abs(m).max())
+    return np.stack([overlay(frames[i], m[i // t], signed=signed, vmax=vmax) for i in range(len(frames))])
+
+
+def save_grid_png(model: Any, frames: np.ndarray, maps: np.ndarray, path: str | Path, *, layers: list[int] | None = None, signed: bool = False) -> Path:
+    """A PNG grid: one row per (layer, head), one column per frame slot."""
+    frames, t = _frames_for(frames, model)
+    layers = list(range(maps.shape[0])) if layers is None else layers
+    rows = []
+    for l in layers:
+        for h in range(maps.shape[1]):
+            vmax = float(np.abs(maps[l, h]).max())
+            cells = [overlay(frames[s * t], maps[l, h, s], signed=signed, vmax=vmax) for s in range(maps.shape[2])]
+            row = np.concatenate([np.pad(c, ((1, 1), (1, 1), (0, 0)), constant_values=255) for c in cells], axis=1)
+            cv2.putText(row, f"L{l}H{h}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+            rows.append(row)
+    path = Path(path)
+    cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(rows, axis=0), cv2.COLOR_RGB2BGR))
+    return path
+
+
+def save_animation(model: Any, frames: np.ndarray, maps: np.ndarray, path: str | Path, *, layer: int = -1, head: int | None = None,
+                   signed: bool = False, fps: float = 8.0) -> Path:
+    """The clip with one layer's map (a head, or all heads summed) as a GIF or MP4."""
+    from PIL import Image
+
+    from hooked_vivit.video import write_video
+
+    path = Path(path)
+    video = render_frames(model, frames, maps, layer % maps.shape[0], head, signed=signed)
+    if path.suffix.lower() == ".gif":
+        imgs = [Image.fromarray(f) for f in video]
+        imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=int(1000 / fps), loop=0)
+        return path
+    if path.suffix.lower() == ".mp4":
+        return write_video(video, path, fps=fps)
+    raise ValueError(f"{path}: write .gif or .mp4")
+
+
+def interactive(model: Any, pixel_values: torch.Tensor, frames: np.ndarray, *, class_index: int | None = None):
+    """An ipywidgets viewer: frame, layer and head sliders (head -1 = all heads summed) and a map toggle."""
+    try:
+        import ipywidgets as widgets
+    except ImportError as e:
+        raise ImportError("the interactive viewer needs ipywidgets: pip install 'hooked-vivit[widgets]'") from e
+    maps = {"cls_attention": token_maps(model, pixel_values, "cls_attention"),
+            "attribution": token_maps(model, pixel_values, "attribution", class_index)}
+    frame = widgets.IntSlider(0, 0, len(frames) - 1, description="frame")
+    layer = widgets.IntSlider(model.cfg.n_layers - 1, 0, model.cfg.n_layers - 1, description="layer")
+    head = widgets.IntSlider(-1, -1, model.cfg.n_heads - 1, description="head (-1 all)")
+    kind = widgets.ToggleButtons(options=list(maps), description="map")
+    image = widgets.Image(format="png")
+    t = model.cfg.tubelet_size[0]
+
+    def update(*_):
+        m = maps[kind.value][layer.value]
+        m = m.sum(0) if head.value < 0 else m[head.value]
+        shown = overlay(frames[frame.value], m[frame.value // t], signed=kind.value == "attribution", vmax=float(np.abs(m).max()))
+        scale = max(1, 256 // shown.shape[0])
+        shown = cv2.resize(shown, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+        image.value = cv2.imencode(".png", cv2.cvtColor(shown, cv2.COLOR_RGB2BGR))[1].tobytes()
+
+    for w in (frame, layer, head, kind):
+        w.observe(update, names="value")
+    update()
+    box = widgets.VBox([widgets.HBox([frame, layer, head]), kind, image])
+    box.update = update  # for tests and scripted use
+    return box
