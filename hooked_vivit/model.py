@@ -306,34 +306,18 @@ class HookedViViT(HookedRootModule):
 
     # ================================================================== loading and saving
     @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str | Path,
-        *,
-        device: str | torch.device | None = None,
-        dtype: str | torch.dtype | None = None,
-        fold_ln: bool = False,
-        center_writing_weights: bool = False,
-        fold_value_biases: bool = False,
-        **cfg_overrides: Any,
-    ) -> "HookedViViT":
+    def from_pretrained(cls, name_or_path: str | Path, **kwargs: Any) -> "HookedViViT":
         """Load a ViViT checkpoint: a local HF directory (config.json + model.safetensors, sharded
         safetensors, or pytorch_model.bin) or a hub id such as ``google/vivit-b-16x2-kinetics400``
-        (the local HF cache is tried first). ``cfg_overrides`` set config switches such as
+        (the local HF cache is tried first).
+
+        Keywords (see ``from_state_dict``): ``device``, ``dtype``, ``fold_ln``,
+        ``center_writing_weights``, ``fold_value_biases``, and config switches such as
         ``use_attn_result=True``."""
         from hooked_vivit.loading import load_checkpoint
 
         hf_config, state_dict = load_checkpoint(name_or_path)
-        return cls.from_state_dict(
-            state_dict,
-            hf_config,
-            device=device,
-            dtype=dtype,
-            fold_ln=fold_ln,
-            center_writing_weights=center_writing_weights,
-            fold_value_biases=fold_value_biases,
-            **cfg_overrides,
-        )
+        return cls.from_state_dict(state_dict, hf_config, **kwargs)
 
     @classmethod
     def from_hf_model(cls, hf_model: nn.Module, **kwargs: Any) -> "HookedViViT":

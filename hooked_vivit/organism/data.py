@@ -17,8 +17,9 @@ def clip_seed(split: str, index: int) -> int:
     return SPLIT_SEEDS[split] + index
 
 
-def render_split(split: str, per_class: int, num_frames: int, size: int, classes=CLASSES, progress: bool = False):
-    """uint8 clips [N, T, H, W, 3], class labels [N] and outcome names, outcomes balanced per class."""
+def render_split(split: str, per_class: int, num_frames: int, size: int, classes=CLASSES, progress: bool = False, offset: int = 0):
+    """uint8 clips [N, T, H, W, 3], class labels [N] and outcome names, outcomes balanced per class.
+    ``offset`` shifts the clip indices (fresh training data per epoch)."""
     from tqdm.auto import tqdm
 
     clips, labels, outcomes = [], [], []
@@ -26,7 +27,7 @@ def render_split(split: str, per_class: int, num_frames: int, size: int, classes
     for c, i in tqdm(jobs, desc=f"render {split}", disable=not progress):
         action = classes[c]
         names = synthetic.OUTCOMES.get(action, ("none",))
-        clip = synthetic.render_clip(action, clip_seed(split, i), outcome=names[i % len(names)], num_frames=num_frames, size=size)
+        clip = synthetic.render_clip(action, clip_seed(split, offset + i), outcome=names[i % len(names)], num_frames=num_frames, size=size)
         clips.append(clip.frames)
         labels.append(c)
         outcomes.append(clip.meta["outcome"])

@@ -59,6 +59,9 @@ def outcome_probes(model: HookedViViT, n_pairs: int = 60) -> dict:
 
 def write_model_card(path: Path, metrics: dict, probes: dict) -> None:
     tc = metrics["train_config"]
+    stages = [m for m in (metrics.get("previous_stage"), metrics) if m]
+    first = stages[0]["train_config"]
+    total_min = sum(m["train_seconds"] + m["render_seconds"] for m in stages) / 60
     lines = [
         "# hooked-vivit organism",
         "",
@@ -77,17 +80,23 @@ def write_model_card(path: Path, metrics: dict, probes: dict) -> None:
         "",
         "## Data",
         f"- Classes: {', '.join(metrics['confusion_matrix']['classes'])}.",
-        f"- {tc['train_per_class']} training clips per class (seeds 0..), {tc['val_per_class']} validation (seeds 1,000,000..), "
+        f"- {first['train_per_class']} training clips per class (seeds 0..), {tc['val_per_class']} validation (seeds 1,000,000..), "
         f"{tc['test_per_class']} test (seeds 2,000,000..): every nuisance (colours, textures, geometry, camera, lighting,",
-        "  speeds, start times) differs between splits.",
+        "  speeds, start times) differs between splits. Clips are mirrored at random during training.",
         "- Within-class outcomes (bowling strike / gutter, golf in / miss, basketball make / miss) are balanced and were",
         "  never labels: the organism, like ViViT-B, calls both outcomes by the action's name.",
         "",
         "## Training",
-        f"- `python -m hooked_vivit.organism.train --out DIR` (seed {tc['seed']}): AdamW lr {tc['lr']}, weight decay "
-        f"{tc['weight_decay']}, batch {tc['batch_size']}, {tc['epochs']} epochs, cosine schedule.",
-        f"- {metrics['train_seconds'] / 60:.1f} min of training (+{metrics['render_seconds']:.0f} s rendering) on "
-        f"{metrics['device']} with {metrics['torch_threads']} threads.",
+        *[
+            f"- Stage {i + 1}: `python -m hooked_vivit.organism.train --out DIR"
+            + (f" --init-from STAGE1 --fresh-data --epochs {m['train_config']['epochs']} --lr {m['train_config']['lr']}`" if m["train_config"].get("init_from") else "`")
+            + f" (seed {m['train_config']['seed']}): AdamW lr {m['train_config']['lr']}, weight decay {m['train_config']['weight_decay']}, "
+            f"batch {m['train_config']['batch_size']}, {m['train_config']['epochs']} epochs, cosine schedule"
+            + (", a fresh rendered training set every epoch" if m["train_config"].get("fresh_data") else f", {m['train_config']['train_per_class']} clips per class")
+            + f"; {m['train_seconds'] / 60:.1f} min (+{m['render_seconds']:.0f} s rendering), final validation accuracy {m['history'][-1]['val_accuracy']:.1%}."
+            for i, m in enumerate(stages)
+        ],
+        f"- In all {total_min:.1f} min on {metrics['device']} with {metrics['torch_threads']} threads.",
         "",
         "## Accuracy (held-out test seeds)",
         f"- Overall: {metrics['test_accuracy']:.1%}",

@@ -40,6 +40,8 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.05
     flip: bool = True
+    fresh_data: bool = False  # render a new training set every epoch (no clip is seen twice)
+    init_from: str | None = None  # continue from a checkpoint (a second, fine-tuning stage)
     seed: int = 0
 
     @classmethod
@@ -76,15 +78,25 @@ def train(tc: TrainConfig, out: Path, *, progress: bool = True) -> dict:
     torch.manual_seed(tc.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     start = time.time()
-    train_clips, train_y, _ = render_split("train", tc.train_per_class, tc.num_frames, tc.size, progress=progress)
+    def train_set(epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # Fresh data: new seeds every epoch, past every earlier stage's (stage 1 uses 0..per_class-1).
+        offset = (epoch + (11 if tc.init_from else 0)) * tc.train_per_class if tc.fresh_data else 0
+        clips, labels, _ = render_split("train", tc.train_per_class, tc.num_frames, tc.size, progress=progress and epoch == 0, offset=offset)
+        return torch.from_numpy(clips), torch.from_numpy(labels)  # uint8 (4x smaller), normalised batch by batch
+
+    x_train, y_train = train_set(0)
     val_clips, val_y, _ = render_split("val", tc.val_per_class, tc.num_frames, tc.size)
-    # Kept as uint8 (4x smaller) and normalised batch by batch.
-    x_train, x_val = torch.from_numpy(train_clips), to_pixels(val_clips)
-    y_train = torch.from_numpy(train_y)
+    x_val = to_pixels(val_clips)
     render_s = time.time() - start
 
-    model = HookedViViT(model_config(tc))
-    model.init_weights(seed=tc.seed)
+    previous = None
+    if tc.init_from:
+        model = HookedViViT.from_pretrained(tc.init_from)
+        prev_metrics = Path(tc.init_from) / "metrics.json"
+        previous = json.loads(prev_metrics.read_text()) if prev_metrics.exists() else None
+    else:
+        model = HookedViViT(model_config(tc))
+        model.init_weights(seed=tc.seed)
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     steps_per_epoch = math.ceil(len(x_train) / tc.batch_size)
@@ -96,6 +108,8 @@ def train(tc: TrainConfig, out: Path, *, progress: bool = True) -> dict:
     bar = tqdm(total=total, desc="train", disable=not progress)
     for epoch in range(tc.epochs):
         model.train()
+        if tc.fresh_data and epoch > 0:
+            x_train, y_train = train_set(epoch)
         order = torch.randperm(len(x_train), generator=gen)
         losses = []
         for i in range(0, len(order), tc.batch_size):
@@ -142,6 +156,7 @@ def train(tc: TrainConfig, out: Path, *, progress: bool = True) -> dict:
         "test_accuracy_per_outcome": per_outcome,
         "confusion_matrix": {"classes": list(CLASSES), "rows_true_cols_pred": cm.tolist()},
         "parameters": sum(p.numel() for p in model.parameters()),
+        "previous_stage": previous,
         "file_bytes": (path / "model.safetensors").stat().st_size,
     }
     (path / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -155,11 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int)
     p.add_argument("--train-per-class", type=int)
     p.add_argument("--seed", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--init-from", help="continue training this checkpoint (a fine-tuning stage)")
+    p.add_argument("--fresh-data", action="store_true", help="render a new training set every epoch")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     tc = TrainConfig.smoke() if args.smoke else TrainConfig()
-    for field in ("epochs", "train_per_class", "seed"):
-        if getattr(args, field) is not None:
+    for field in ("epochs", "train_per_class", "seed", "lr", "init_from", "fresh_data"):
+        if getattr(args, field) not in (None, False):
             setattr(tc, field, getattr(args, field))
     metrics = train(tc, args.out, progress=not args.quiet)
     print(json.dumps({k: metrics[k] for k in ("test_accuracy", "test_accuracy_per_class", "train_seconds", "file_bytes")}, indent=2))
