@@ -21,6 +21,7 @@ import torch
 from transformers import VivitConfig, VivitForVideoClassification
 
 from hooked_vivit import HookedViViT
+from hooked_vivit.cache_memory import without_maps
 
 GOALS = {
     "preprocess / VivitImageProcessor": 1.0,
@@ -54,6 +55,14 @@ def time_cases(cases: dict[str, Callable[[], object]], device: str, warmup: int,
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
+def cache_case(model, x: torch.Tensor, names) -> Callable[[], None]:
+    """A timed case: run_with_cache, then drop the cache."""
+    def run() -> None:
+        _, cache = model.run_with_cache(x, names_filter=names)
+        del cache
+    return run
+
+
 def build_models(device: str, dtype: torch.dtype, layers: int):
     def config() -> VivitConfig:  # one per model: _from_config writes the attention choice into it
         return VivitConfig(num_labels=400, num_hidden_layers=layers)
@@ -72,22 +81,15 @@ def forward_benchmark(device: str, dtype: torch.dtype, batch: int, layers: int, 
     x = torch.randn(batch, 32, 3, 224, 224, device=device, dtype=dtype)
     n = hooked.cfg.n_layers
     with_patterns = [f"blocks.{l}.attn.hook_pattern" for l in range(n)] + [f"blocks.{l}.hook_resid_pre" for l in range(n)] + [f"blocks.{n - 1}.hook_resid_post"]
-    no_patterns = lambda name: "pattern" not in name and "attn_scores" not in name  # noqa: E731
-
-    def cache(names):
-        def run():
-            _, c = hooked.run_with_cache(x, names_filter=names)
-            del c
-        return run
 
     cases = {
         "hf_sdpa": lambda: hf_sdpa(x),
         "hf_eager": lambda: hf_eager(x),
         "hooked": lambda: hooked(x),
         "hf_sdpa(output_hidden_states)": lambda: hf_sdpa(x, output_hidden_states=True),
-        "hooked cache(all but patterns/scores)": cache(no_patterns),
+        "hooked cache(all but patterns/scores)": cache_case(hooked, x, without_maps),
         "hf_eager(output_attentions+hidden_states)": lambda: hf_eager(x, output_attentions=True, output_hidden_states=True),
-        "hooked cache(patterns+resid)": cache(with_patterns),
+        "hooked cache(patterns+resid)": cache_case(hooked, x, with_patterns),
     }
     with torch.inference_mode():
         times = time_cases(cases, device, warmup, reps)
@@ -257,48 +259,62 @@ class PeakMemory:
         return before, max(peak[0], proc.memory_info().rss)
 
 
+MEMORY_CASES = {"cache(all but patterns/scores)": "without_maps", "cache(everything)": None}
+
+
+def args_dtype(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def measure_cache_memory(device: str, dtype: torch.dtype, layers: int, label: str) -> dict:
+    """Peak memory of one run_with_cache against weights + cached bytes (run in a fresh process)."""
+    _, _, hooked = build_models(device, dtype, layers)
+    x = torch.randn(1, 32, 3, 224, 224, device=device, dtype=dtype)
+    names = without_maps if MEMORY_CASES[label] == "without_maps" else None
+    weights = sum(p.numel() * p.element_size() for p in hooked.parameters())
+    held = {}
+
+    def run():
+        with torch.inference_mode():
+            _, c = hooked.run_with_cache(x, names_filter=names)
+        held["bytes"] = c.nbytes()
+        del c
+
+    before, peak = PeakMemory(device).measure(run)
+    extra = peak - before
+    return {"weights_bytes": weights, "cached_bytes": held["bytes"], "peak_extra_bytes": extra,
+            "ratio": (weights + extra) / (weights + held["bytes"])}
+
+
+def measure_cache_memory_subprocess(device: str, dtype: str, layers: int, label: str) -> dict:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "benchmarks.run", "--memory-case", label, "--device", device, "--dtype", dtype,
+                          "--layers", str(layers)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def bridge_and_memory_benchmark(device: str, dtype: torch.dtype, layers: int, reps: int) -> dict:
     """The peer (TransformerBridge) side by side, and run_with_cache's peak memory against the
     bytes it must hold (weights + cache)."""
-    from hooked_vivit.cache_memory import without_maps
-
     hf_sdpa, _, hooked = build_models(device, dtype, layers)
     bridge = make_bridge(hf_sdpa)
     x = torch.randn(1, 32, 3, 224, 224, device=device, dtype=dtype)
     with torch.inference_mode():
         assert torch.allclose(bridge(x).float(), hf_sdpa(x).logits.float(), atol=1e-3)
 
-    def cache(model, names):
-        def run():
-            _, c = model.run_with_cache(x, names_filter=names)
-            del c
-        return run
-
     cases = {
         "hooked forward": lambda: hooked(x),
         "bridge forward": lambda: bridge(x),
-        "hooked cache(all but patterns/scores)": cache(hooked, without_maps),
-        "bridge cache(all but patterns/scores)": cache(bridge, without_maps),
+        "hooked cache(all but patterns/scores)": cache_case(hooked, x, without_maps),
+        "bridge cache(all but patterns/scores)": cache_case(bridge, x, without_maps),
     }
     with torch.inference_mode():
         times = time_cases(cases, device, 1, reps)
-    weights = sum(p.numel() * p.element_size() for p in hooked.parameters())
-    memory = {}
-    meter = PeakMemory(device)
-    for label, names in (("cache(all but patterns/scores)", without_maps), ("cache(everything)", None)):
-        held = {}
-
-        def run(names=names):
-            with torch.inference_mode():
-                _, c = hooked.run_with_cache(x, names_filter=names)
-            held["bytes"] = c.nbytes()
-            del c
-
-        before, peak = meter.measure(run)
-        # On CPU the RSS before includes the weights (and everything else in the process).
-        extra = peak - before
-        memory[label] = {"weights_bytes": weights, "cached_bytes": held["bytes"], "peak_extra_bytes": extra,
-                         "ratio": (weights + extra) / (weights + held["bytes"])}
+    # Memory in a fresh process per case: a process that already ran other cases reuses freed
+    # memory without growing its RSS, which would under-count the peak.
+    memory = {label: measure_cache_memory_subprocess(device, args_dtype(dtype), layers, label) for label in MEMORY_CASES}
     ratios = {
         "hooked forward / bridge forward": times["hooked forward"] / times["bridge forward"],
         "hooked cache / bridge cache (all but patterns/scores)": times["hooked cache(all but patterns/scores)"] / times["bridge cache(all but patterns/scores)"],
@@ -333,9 +349,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--memory-case", choices=list(MEMORY_CASES), help=argparse.SUPPRESS)
     p.add_argument("--only", choices=["forward", "bridge", "patching", "video"], default=None, help="run one section")
     args = p.parse_args(argv)
     dtype = getattr(torch, args.dtype)
+    if args.memory_case:  # the child process of measure_cache_memory_subprocess
+        print(json.dumps(measure_cache_memory(args.device, dtype, args.layers, args.memory_case)))
+        return 0
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     results = {
         "meta": {"device": args.device, "device_name": device_name, "dtype": args.dtype, "batch": args.batch,
