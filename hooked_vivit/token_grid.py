@@ -8,7 +8,7 @@ Token 0 is CLS. Patch tokens follow in HF's order (Conv3d output flattened over 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import torch
 from jaxtyping import Float
@@ -100,10 +100,3 @@ class TokenGrid:
         flat = grid.flatten(dim, dim + 2)
         return torch.cat([cls.unsqueeze(dim), flat], dim=dim)
 
-
-def grid_positions(grid: TokenGrid, boxes: Sequence[tuple]) -> list[int]:
-    """Union of several (frame_slots, rows, cols) boxes."""
-    out: set[int] = set()
-    for box in boxes:
-        out.update(grid.positions(*box))
-    return sorted(out)

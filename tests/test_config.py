@@ -50,6 +50,7 @@ def test_grid_index_coords_round_trip():
     assert seen == set(range(1, grid.n_ctx))
     with pytest.raises(IndexError, match="CLS"):
         grid.coords(0)
+    assert grid.frame_slot_of_frame(5) == 2 and list(grid.frames_of_slot(2)) == [4, 5]
     assert grid.positions(frame_slots=1, rows=[0, 3], cols=slice(0, 2)) == sorted(
         grid.index(1, r, c) for r in (0, 3) for c in (0, 1)
     )
