@@ -27,7 +27,7 @@ def test_checkpoint_is_complete_and_small(model):
     assert (path / "model.safetensors").stat().st_size <= 10e6
     assert model.cfg.id2label[0] == "bowling" and model.cfg.n_classes == len(organism.CLASSES)
     metrics = json.loads((path / "metrics.json").read_text())
-    assert metrics["test_accuracy"] >= 0.9  # the goal is 0.95; the shipped model reaches 0.933 (MODEL_CARD.md)
+    assert metrics["test_accuracy"] >= 0.9  # the goal is 0.95; the shipped model reaches 0.947 (MODEL_CARD.md)
 
 
 @pytest.mark.parametrize("domain", ["bowling", "golf", "basketball"])

@@ -59,7 +59,10 @@ def outcome_probes(model: HookedViViT, n_pairs: int = 60) -> dict:
 
 def write_model_card(path: Path, metrics: dict, probes: dict) -> None:
     tc = metrics["train_config"]
-    stages = [m for m in (metrics.get("previous_stage"), metrics) if m]
+    stages, m = [], metrics
+    while m:  # each fine-tuning stage records the metrics of the one before
+        stages.insert(0, m)
+        m = m.get("previous_stage")
     first = stages[0]["train_config"]
     total_min = sum(m["train_seconds"] + m["render_seconds"] for m in stages) / 60
     lines = [
@@ -89,9 +92,11 @@ def write_model_card(path: Path, metrics: dict, probes: dict) -> None:
         "## Training",
         *[
             f"- Stage {i + 1}: `python -m hooked_vivit.organism.train --out DIR"
-            + (f" --init-from STAGE1 --fresh-data --epochs {m['train_config']['epochs']} --lr {m['train_config']['lr']}`" if m["train_config"].get("init_from") else "`")
+            + (f" --init-from STAGE{i} --fresh-data --epochs {m['train_config']['epochs']} --lr {m['train_config']['lr']}"
+               + (f" --data-offset {m['train_config']['data_offset']}" if m["train_config"].get("data_offset") is not None else "") + "`"
+               if m["train_config"].get("init_from") else "`")
             + f" (seed {m['train_config']['seed']}): AdamW lr {m['train_config']['lr']}, weight decay {m['train_config']['weight_decay']}, "
-            f"batch {m['train_config']['batch_size']}, {m['train_config']['epochs']} epochs, cosine schedule"
+            f"batch {m['train_config']['batch_size']}, {m['train_config']['epochs']} epoch{'s' if m['train_config']['epochs'] != 1 else ''}, cosine schedule"
             + (", a fresh rendered training set every epoch" if m["train_config"].get("fresh_data") else f", {m['train_config']['train_per_class']} clips per class")
             + f"; {m['train_seconds'] / 60:.1f} min (+{m['render_seconds']:.0f} s rendering), final validation accuracy {m['history'][-1]['val_accuracy']:.1%}."
             for i, m in enumerate(stages)

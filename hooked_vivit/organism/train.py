@@ -41,7 +41,8 @@ class TrainConfig:
     weight_decay: float = 0.05
     flip: bool = True
     fresh_data: bool = False  # render a new training set every epoch (no clip is seen twice)
-    init_from: str | None = None  # continue from a checkpoint (a second, fine-tuning stage)
+    init_from: str | None = None  # continue from a checkpoint (a fine-tuning stage)
+    data_offset: int | None = None  # fresh data starts at clip index data_offset * train_per_class (default: 11 when fine-tuning)
     seed: int = 0
 
     @classmethod
@@ -80,7 +81,8 @@ def train(tc: TrainConfig, out: Path, *, progress: bool = True) -> dict:
     start = time.time()
     def train_set(epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         # Fresh data: new seeds every epoch, past every earlier stage's (stage 1 uses 0..per_class-1).
-        offset = (epoch + (11 if tc.init_from else 0)) * tc.train_per_class if tc.fresh_data else 0
+        first = tc.data_offset if tc.data_offset is not None else (11 if tc.init_from else 0)
+        offset = (epoch + first) * tc.train_per_class if tc.fresh_data else 0
         clips, labels, _ = render_split("train", tc.train_per_class, tc.num_frames, tc.size, progress=progress and epoch == 0, offset=offset)
         return torch.from_numpy(clips), torch.from_numpy(labels)  # uint8 (4x smaller), normalised batch by batch
 
@@ -173,10 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float)
     p.add_argument("--init-from", help="continue training this checkpoint (a fine-tuning stage)")
     p.add_argument("--fresh-data", action="store_true", help="render a new training set every epoch")
+    p.add_argument("--data-offset", type=int, help="fresh data starts at clip index N * train_per_class (unseen by earlier stages)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     tc = TrainConfig.smoke() if args.smoke else TrainConfig()
-    for field in ("epochs", "train_per_class", "seed", "lr", "init_from", "fresh_data"):
+    for field in ("epochs", "train_per_class", "seed", "lr", "init_from", "fresh_data", "data_offset"):
         if getattr(args, field) not in (None, False):
             setattr(tc, field, getattr(args, field))
     metrics = train(tc, args.out, progress=not args.quiet)
