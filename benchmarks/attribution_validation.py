@@ -9,7 +9,7 @@ import json
 import numpy as np
 
 from hooked_vivit import organism, patching
-from hooked_vivit.analysis.pipeline import _pixels
+from hooked_vivit.analysis.pipeline import model_pixels
 from hooked_vivit.attribution import attribution_patch
 from hooked_vivit.metrics import SignalRecovery
 from hooked_vivit.synthetic import render_pair
@@ -18,7 +18,7 @@ from hooked_vivit.synthetic import render_pair
 def correlations(model, domain: str, seed: int) -> dict:
     cfg = model.cfg
     pos, neg, _ = render_pair(domain, seed, num_frames=cfg.num_frames, size=cfg.image_size[0])
-    clean, corrupted = _pixels(model, pos), _pixels(model, neg)
+    clean, corrupted = model_pixels(model, pos), model_pixels(model, neg)
     last = f"blocks.{cfg.n_layers - 1}.hook_resid_post"
     _, clean_cache = model.run_with_cache(clean)
     _, corrupt_cache = model.run_with_cache(corrupted, names_filter=last)

@@ -39,7 +39,7 @@ REPRODUCE = [
                       "drifts toward the gutter, both classified 'bowling'. Every experiment of the paper, with figures inline."),
     new_code_cell("%matplotlib inline\nimport matplotlib.pyplot as plt\nimport numpy as np\n\nfrom hooked_vivit.analysis import experiments as ex, pipeline, report\n\n"
                   "model = pipeline.load_model('organism')\npair = pipeline.rendered_pair(model, 'bowling', seed=0)\n"
-                  "pos, neg = pipeline._pixels(model, pair.positive), pipeline._pixels(model, pair.negative)\n"
+                  "pos, neg = pipeline.model_pixels(model, pair.positive), pipeline.model_pixels(model, pair.negative)\n"
                   "print(pair.names, 'diverge at frame', pair.divergence_frame)"),
     new_code_cell("from pathlib import Path\nimport tempfile\nfrom IPython.display import Image, display\n"
                   "tmp = Path(tempfile.mkdtemp())\ndisplay(Image(report.fig_frames(pair.positive, pair.negative, pair.names, tmp / 'frames.png')))"),
@@ -61,7 +61,7 @@ REPRODUCE = [
     new_code_cell("from hooked_vivit.ablation import format_topk_table\nabl = ex.region_ablation(model, pos, dla)\nprint(format_topk_table(abl['table']))"),
     new_markdown_cell("**(f)** Linear probes for the outcome, trained across many pairs and held out by pair, with a shuffled-label control "
                       "and a pixel baseline: the paper's one-pair 'fingerprint' made measurable (Figure 5)."),
-    new_code_cell("pairs = pipeline._probe_pairs(model, 'bowling', 24, seed0=5_000_000)\nprobes = ex.layer_probes(model, pairs)\n"
+    new_code_cell("pairs = pipeline.rendered_probe_pairs(model, 'bowling', 24, seed0=5_000_000)\nprobes = ex.layer_probes(model, pairs)\n"
                   "display(Image(report.fig_probes(probes, tmp / 'probes.png')))"),
 ]
 

@@ -37,7 +37,7 @@ def saved_model(model, tmp_path_factory):
 
 
 def px(model, frames):
-    return pipeline._pixels(model, frames)
+    return pipeline.model_pixels(model, frames)
 
 
 def test_token_dla_sums_to_head_attributions_and_logit(model, pair):

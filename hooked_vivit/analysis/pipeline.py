@@ -60,16 +60,18 @@ def video_pair(model: Any, clean: Path, corrupted: Path) -> Pair:
     return Pair(load_video(clean, n), load_video(corrupted, n), (Path(clean).stem, Path(corrupted).stem))
 
 
-def _pixels(model: Any, frames: np.ndarray) -> torch.Tensor:
+def model_pixels(model: Any, frames: np.ndarray) -> torch.Tensor:
+    """uint8 frames -> pixel values [1, T, 3, H, W] sized by the model's config, on its device."""
     return preprocess(frames, config=model.cfg).to(model.W_E.device)
 
 
-def _probe_pairs(model: Any, domain: str, n: int, seed0: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def rendered_probe_pairs(model: Any, domain: str, n: int, seed0: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """n rendered (positive, negative) pixel pairs of a domain, seeds seed0.., for the probes."""
     cfg = model.cfg
     out = []
     for i in range(n):
         pos, neg, _ = synthetic.render_pair(domain, seed0 + i, num_frames=cfg.num_frames, size=min(cfg.image_size))
-        out.append((_pixels(model, pos), _pixels(model, neg)))
+        out.append((model_pixels(model, pos), model_pixels(model, neg)))
     return out
 
 
@@ -78,7 +80,7 @@ def analyze_pair(model: Any, pair: Pair, *, probe_pairs: int = 40, probe_seed: i
     from tqdm.auto import tqdm
 
     steps = tqdm(total=6, desc="analyze", disable=not progress)
-    pos, neg = _pixels(model, pair.positive), _pixels(model, pair.negative)
+    pos, neg = model_pixels(model, pair.positive), model_pixels(model, pair.negative)
     with torch.inference_mode():
         logits = model(torch.cat([pos, neg]))
     c = int(logits[0].argmax())
@@ -97,7 +99,7 @@ def analyze_pair(model: Any, pair: Pair, *, probe_pairs: int = 40, probe_seed: i
     results["region_ablation"] = ex.region_ablation(model, pos, dla); steps.update()  # noqa: E702
     if pair.domain is not None and pair.domain in synthetic.OUTCOMES and probe_pairs >= 3:
         domain_key = next(k for k, v in synthetic.DOMAINS.items() if v == pair.domain)
-        results["probes"] = ex.layer_probes(model, _probe_pairs(model, domain_key, probe_pairs, probe_seed))
+        results["probes"] = ex.layer_probes(model, rendered_probe_pairs(model, domain_key, probe_pairs, probe_seed))
     steps.update()
     steps.close()
     results["seconds"] = round(time.time() - t0, 2)
@@ -182,7 +184,7 @@ def study_domain(model: Any, domain: str, n_pairs: int, *, seed0: int = 6_000_00
     pairs = []
     for i in tqdm(range(n_pairs), desc=f"study {domain}", disable=not progress):
         pos, neg, _ = synthetic.render_pair(domain, seed0 + i, num_frames=model.cfg.num_frames, size=min(model.cfg.image_size))
-        p, n = _pixels(model, pos), _pixels(model, neg)
+        p, n = model_pixels(model, pos), model_pixels(model, neg)
         pairs.append((p, n))
         d = ex.activation_deltas(model, p, n)
         deltas_cls.append([d["cls"][k] for k in ex.KINDS])
