@@ -75,10 +75,9 @@ def _cmd_parity(args: argparse.Namespace) -> int:
 
     from hooked_vivit import HookedViViT
     from hooked_vivit.config import to_dtype
-    from hooked_vivit.loading import read_state_dict, resolve_checkpoint
+    from hooked_vivit.loading import resolve_checkpoint
     from hooked_vivit.parity import compare
     from hooked_vivit.video import load_video, preprocess
-    from weights_conversion import checkpoint_has_classifier
 
     if args.model == "organism":
         from hooked_vivit import organism
@@ -87,9 +86,9 @@ def _cmd_parity(args: argparse.Namespace) -> int:
     else:
         path = resolve_checkpoint(args.model)
     dtype = to_dtype(args.dtype)
-    hf_cls = VivitForVideoClassification if checkpoint_has_classifier(read_state_dict(path)) else VivitModel
-    hf = hf_cls.from_pretrained(path, attn_implementation="eager", dtype=dtype).to(args.device).eval()
     hooked = HookedViViT.from_pretrained(path, device=args.device, dtype=dtype)
+    hf_cls = VivitModel if hooked.unembed is None else VivitForVideoClassification  # a backbone has no classifier
+    hf = hf_cls.from_pretrained(path, attn_implementation="eager", dtype=dtype).to(args.device).eval()
     cfg = hooked.cfg
     if args.video:
         x = preprocess(load_video(args.video, cfg.num_frames), config=cfg)

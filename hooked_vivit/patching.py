@@ -32,6 +32,7 @@ from transformer_lens import ActivationCache
 from transformer_lens import patching as tl_patching
 from transformer_lens.patching import PatchingResult, generic_activation_patch, make_df_from_ranges
 
+from hooked_vivit.cache_memory import free_bytes
 from hooked_vivit.metrics import Metric
 
 PixelValues = Float[torch.Tensor, "batch frames channels height width"]
@@ -185,17 +186,6 @@ def check_cache(model: Any, cache: ActivationCache | dict, hooks: Iterable[str],
             raise ValueError(f"the source cache has batch {act.shape[0]} at {hook!r}, the target run has {batch}: use batch 1 or the same batch")
 
 
-def _free_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except ImportError:  # pragma: no cover
-        return 4 << 30
-
-
 def auto_chunk_size(model: Any, rows_per_patch: int, device: torch.device, needs_pattern: bool) -> int:
     """How many patched variants fit in one batched forward, from free memory (half of it)."""
     cfg = model.cfg
@@ -203,7 +193,7 @@ def auto_chunk_size(model: Any, rows_per_patch: int, device: torch.device, needs
     per_row = cfg.n_ctx * (cfg.d_mlp + 6 * cfg.d_model) * elem  # live activations of one block
     if needs_pattern:
         per_row += 2 * cfg.n_heads * cfg.n_ctx * cfg.n_ctx * elem
-    return max(1, int(_free_bytes(device) * 0.5 // (per_row * rows_per_patch)))
+    return max(1, int(free_bytes(device) * 0.5 // (per_row * rows_per_patch)))
 
 
 def _metric_rows(metric: Callable, logits: torch.Tensor, acts: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -130,6 +130,11 @@ def test_probe_reads_a_planted_feature_and_control_does_not():
 def test_layer_probes_shapes(model):
     pairs = [(px(model, p), px(model, n)) for p, n, _ in (synthetic.render_pair("golf", s, num_frames=8, size=32) for s in range(6))]
     res = ex.layer_probes(model, pairs)
+    f = ex.probe_features(model, pairs)
+    with torch.inference_mode():
+        expected = torch.cat([model(torch.cat(p)).argmax(-1) for p in pairs]).numpy()
+    np.testing.assert_array_equal(f["predictions"], expected)
+    np.testing.assert_array_equal(f["labels"][:4], [1, 0, 1, 0])
     assert len(res["cls"]) == len(res["mean"]) == model.cfg.n_layers + 1
     assert 0 <= res["pixels"]["accuracy"] <= 1
 

@@ -160,15 +160,17 @@ def region_ablation(model: Any, pixel_values: torch.Tensor, dla: dict, *, n_toke
 # ---------------------------------------------------------------------------------------- (f)
 def probe_features(model: Any, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> dict:
     """CLS and mean-token residual stream per layer (resid_pre 0..L-1 and the last resid_post),
-    plus a pixel-space baseline (the clip averaged within each tubelet), for every clip of every pair."""
+    plus a pixel-space baseline (the clip averaged within each tubelet) and the predicted class, for
+    every clip of every pair."""
     L = model.cfg.n_layers
     names = [f"blocks.{l}.hook_resid_pre" for l in range(L)] + [f"blocks.{L - 1}.hook_resid_post"]
     t, h, w = model.cfg.tubelet_size
-    cls, mean, pix, labels, groups = [], [], [], [], []
+    cls, mean, pix, labels, groups, preds = [], [], [], [], [], []
     for i, (pos, neg) in enumerate(pairs):
         x = torch.cat([pos, neg])
         with torch.inference_mode():
-            _, cache = model.run_with_cache(x, names_filter=names)
+            logits, cache = model.run_with_cache(x, names_filter=names)
+        preds.append(logits.argmax(-1).cpu())
         stack = torch.stack([cache[n] for n in names]).float()  # [L+1, 2, P, d]
         cls.append(stack[:, :, 0])
         mean.append(stack[:, :, 1:].mean(2))
@@ -176,7 +178,8 @@ def probe_features(model: Any, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]
         pix.append(x.float().view(B, T // t, t, C, H // h, h, W // w, w).mean(dim=(2, 5, 7)).flatten(1))
         labels += [1, 0]
         groups += [i, i]
-    return {"cls": torch.cat(cls, 1), "mean": torch.cat(mean, 1), "pixels": torch.cat(pix), "labels": np.array(labels), "groups": np.array(groups)}
+    return {"cls": torch.cat(cls, 1), "mean": torch.cat(mean, 1), "pixels": torch.cat(pix), "labels": np.array(labels),
+            "groups": np.array(groups), "predictions": torch.cat(preds).numpy()}
 
 
 def layer_probes(model: Any, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], *, seed: int = 0) -> dict:

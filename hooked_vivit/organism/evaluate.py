@@ -11,48 +11,26 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from hooked_vivit import synthetic
+from hooked_vivit.analysis.experiments import probe_features
+from hooked_vivit.analysis.pipeline import rendered_probe_pairs
 from hooked_vivit.model import HookedViViT
 from hooked_vivit.organism import checkpoint_path
 from hooked_vivit.organism.data import SPLIT_SEEDS
 from hooked_vivit.probes import probe_accuracy
-from hooked_vivit.video import preprocess
-
-
-def pair_features(model: HookedViViT, domain: str, n_pairs: int, seed0: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
-    """CLS and mean-token residual streams per layer for n pairs: feats[kind] [n_layers+1, 2n, d]."""
-    cfg = model.cfg
-    names = [f"blocks.{l}.hook_resid_pre" for l in range(cfg.n_layers)] + [f"blocks.{cfg.n_layers - 1}.hook_resid_post"]
-    cls, mean, labels, groups, preds = [], [], [], [], []
-    for i in range(n_pairs):
-        pos, neg, _ = synthetic.render_pair(domain, seed0 + i, num_frames=cfg.num_frames, size=cfg.image_size[0])
-        x = torch.cat([preprocess(pos, config=cfg), preprocess(neg, config=cfg)])
-        with torch.inference_mode():
-            logits, cache = model.run_with_cache(x, names_filter=names)
-        stack = torch.stack([cache[n] for n in names])  # [L+1, 2, P, d]
-        cls.append(stack[:, :, 0])
-        mean.append(stack[:, :, 1:].mean(2))
-        labels += [1, 0]
-        groups += [i, i]
-        preds.append(logits.argmax(-1))
-    feats = {"cls": torch.cat(cls, 1).numpy(), "mean": torch.cat(mean, 1).numpy()}
-    return feats, np.array(labels), np.array(groups), torch.cat(preds).numpy()
 
 
 def outcome_probes(model: HookedViViT, n_pairs: int = 60) -> dict:
     out = {}
     for domain in ("bowling", "golf", "basketball"):
         seed0 = SPLIT_SEEDS["probe"] + 10_000 * list(synthetic.DOMAINS).index(domain)
-        feats, labels, groups, preds = pair_features(model, domain, n_pairs, seed0)
+        f = probe_features(model, rendered_probe_pairs(model, domain, n_pairs, seed0))
         target = model.cfg.label2id[synthetic.DOMAINS[domain]]
         out[domain] = {
             "pairs": n_pairs,
-            "both_outcomes_classified_as_action": float((preds == target).mean()),
+            "both_outcomes_classified_as_action": float((f["predictions"] == target).mean()),
             "layers": [f"resid_pre {l}" for l in range(model.cfg.n_layers)] + [f"resid_post {model.cfg.n_layers - 1}"],
-            **{kind: [probe_accuracy(f, labels, groups).to_dict() for f in feats[kind]] for kind in ("cls", "mean")},
+            **{kind: [probe_accuracy(feat, f["labels"], f["groups"]).to_dict() for feat in f[kind]] for kind in ("cls", "mean")},
         }
     return out
 
