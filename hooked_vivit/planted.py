@@ -171,9 +171,13 @@ class PlantedModel:
         if unknown:
             raise ValueError(f"{self.truth.name} has variables {self.truth.variables}, got {sorted(unknown)}")
         boxes = [self.truth.region(v) for v in self.truth.variables if on.get(v, False)]
-        if self.truth.decoy_region is not None and np.random.default_rng([seed, 1]).random() < DECOY_P:
+        if self.decoy(seed):
             boxes.append(self.truth.decoy_region)
         return render_clip(self.cfg, boxes, seed)
+
+    def decoy(self, seed: int) -> bool:
+        """Whether the clips of ``seed`` show the decoy blob (a nuisance; never in and_composition)."""
+        return self.truth.decoy_region is not None and bool(np.random.default_rng([seed, 1]).random() < DECOY_P)
 
     def pair(self, seed: int = 0, positive: dict[str, bool] | None = None, negative: dict[str, bool] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """A minimal pair on one background: by default every variable on vs every variable off."""
