@@ -27,7 +27,7 @@ by the token's scale: a head reads feature f as coefficient_f / scale. Brightnes
 pair (lum_on = s, lum_off = 1 - s), so a token's norm is the same with and without a blob, and the
 two clips of a minimal pair differ in nothing but the planted features (every other activation is
 equal, hence patching any other component changes nothing). The QK circuits read position-embedding
-markers with large gains, so a planted head puts all but ~1e-14 of its CLS attention on its box;
+markers with large gains, so a planted head puts all but ~1e-15 of its CLS attention on its box;
 patch-token queries attend to CLS (whose value is zero), so no head writes anything at patch tokens.
 
 ``GroundTruth`` (``model.truth``, ``truth.to_dict()``) says which heads, MLPs, tokens, directions
@@ -71,7 +71,7 @@ CONFIG = dict(d_model=D_MODEL, d_head=8, n_heads=4, n_layers=3, d_mlp=8, num_fra
               tubelet_size=(2, 8, 8), n_classes=2, act_fn="relu")
 
 # Magnitudes (residual-stream coefficients). Anchor >> everything else, so the nuisance moves a
-# LayerNorm scale by < 0.1 %; QK gain 6 gives CLS -> box scores of about 35 against 0 elsewhere.
+# LayerNorm scale by < 0.1 %; QK gain 6 gives CLS -> box scores of about 38 against 0 elsewhere.
 ANCHOR, MARKER, QK_GAIN, HEAD_GAIN, NUISANCE_GAIN, CLASS_GAIN = 6.0, 2.0, 6.0, 2.0, 0.2, 2.0
 BLOB = 0.5  # luminance added by a blob (normalised pixel units)
 TEXTURE = 0.4  # texture amplitude per tubelet
@@ -143,6 +143,16 @@ class GroundTruth:
         if missing:
             raise ValueError(f"give every variable of {self.name}: missing {sorted(missing)}")
         return self.positive if all(on[v] for v in self.variables) else self.negative
+
+    @property
+    def head_labels(self) -> tuple[str, ...]:
+        """The planted heads as ``patching.head_patches`` labels them (without the act): "L1H2"."""
+        return tuple(f"L{h.layer}H{h.head}" for h in self.heads)
+
+    @property
+    def component_labels(self) -> tuple[str, ...]:
+        """The planted components as ``patching.component_patches`` labels them: "L1 attn_out", ..."""
+        return tuple(sorted({f"L{h.layer} attn_out" for h in self.heads} | {f"L{l} mlp_out" for l in self.mlps}))
 
     @property
     def carrying_layers(self) -> dict[str, int]:
@@ -280,10 +290,6 @@ class _Weights:
 
 
 BRIGHTNESS = {"lum_on": 1.0, "lum_off": -1.0}  # V reads 2s - 1: +1 in a blob, -1 on the background
-
-
-def _head_name(layer: int, head: int) -> str:
-    return f"L{layer}H{head}"
 
 
 def single_head() -> PlantedModel:

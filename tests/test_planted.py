@@ -63,6 +63,8 @@ def test_build_and_ground_truth():
     assert pm.pixel_box("blob") == PixelBox(4, 8, 8, 24, 16, 32)
     d = json.loads(json.dumps(pm.truth.to_dict()))
     assert d["heads"][0]["positions"] == list(head.positions) and d["heads"][0]["region"]["rows"] == [1, 2]
+    assert pm.truth.head_labels == ("L1H2",) and pm.truth.component_labels == ("L1 attn_out",)
+    assert planted.build("and_composition").truth.component_labels == ("L0 attn_out", "L1 attn_out", "L2 mlp_out")
     assert pm.truth.label_of(blob=True) == 0 and pm.truth.label_of(blob=False) == 1
     with pytest.raises(ValueError, match="missing"):
         planted.build("and_composition").truth.label_of(a=True)
@@ -209,6 +211,10 @@ def test_probes_decode_the_variable_after_the_planted_layer_only(single):
     # Both clips of a held-out pair have the same CLS vector before layer 1: exactly one is right.
     assert probe_accuracy(before, f["labels"], f["groups"]).accuracy == 0.5
     assert probe_accuracy(after, f["labels"], f["groups"]).accuracy == 1.0
+    # Mean-pooled tokens: no head writes at patch tokens, so every layer gives the same accuracy, and
+    # pooling adds the blob to the decoy blob (same brightness, another box): short of 1.
+    mean_acc = [probe_accuracy(feat, f["labels"], f["groups"]).accuracy for feat in f["mean"]]
+    assert len(set(mean_acc)) == 1 and mean_acc[0] < 1.0
     # Positive control on the same features: the decoy blob (gathered in layer 0) decodes before.
     decoy = np.repeat([int(single.decoy(100 + i)) for i in range(len(pairs))], 2)
     assert 0 < decoy.mean() < 1
@@ -223,6 +229,15 @@ def test_and_composition_truth_table(comp):
         assert int(logits.argmax()) == comp.truth.label_of(a=a, b=b)
         if not (a and b):  # the neuron is silent: the logits are the classifier bias, exactly
             torch.testing.assert_close(logits, torch.tensor([-1.0, 1.0]), atol=1e-6, rtol=0)
+
+
+def test_each_gathering_head_attends_to_its_box(comp):
+    x = comp.render(0, a=True, b=True)
+    for head in comp.truth.heads:
+        maps = torch.tensor(cls_attention(comp.model, x, layers=[head.layer])["grid"])[0, head.head].flatten()
+        outside = torch.ones(len(maps), dtype=torch.bool)
+        outside[[p - 1 for p in head.positions]] = False
+        assert float(maps[outside].sum()) < 1e-14 and float(maps.sum()) == pytest.approx(1.0, abs=1e-6)
 
 
 def test_component_patching_finds_the_composition(comp):
