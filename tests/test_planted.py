@@ -297,8 +297,8 @@ def test_signal_recovery_credits_the_heads_for_their_own_directions(comp):
     delta = (cc[last] - nc[last])[0, 0]
     shares = {name: float((delta @ planted.direction(name)) ** 2 / (delta @ delta)) for name in ("signal_a", "signal_b", "composed")}
     metric = SignalRecovery(last, cc[last], nc[last], positions=0)
-    rec = dict(zip(*(lambda s: (s.labels, s.values.tolist()))(
-        patching.denoise(m, patching.component_patches(m), clean_cache=cc, corrupted=neg, metric=metric, progress=False))))
+    sweep = patching.denoise(m, patching.component_patches(m), clean_cache=cc, corrupted=neg, metric=metric, progress=False)
+    rec = dict(zip(sweep.labels, sweep.values.tolist()))
     assert rec["L0 attn_out"] == pytest.approx(shares["signal_a"], abs=1e-5)
     assert rec["L1 attn_out"] == pytest.approx(shares["signal_b"], abs=1e-5)
     assert rec["L2 mlp_out"] == pytest.approx(shares["composed"], abs=1e-5)
