@@ -30,7 +30,7 @@ equal, hence patching any other component changes nothing). The QK circuits read
 markers with large gains, so a planted head puts all but ~1e-15 of its CLS attention on its box;
 patch-token queries attend to CLS (whose value is zero), so no head writes anything at patch tokens.
 
-``GroundTruth`` (``model.truth``, ``truth.to_dict()``) says which heads, MLPs, tokens, directions
+``GroundTruth`` (``build(name).truth``, ``truth.to_dict()``) says which heads, MLPs, tokens, directions
 and classes carry what, for tests and for a validation table.
 """
 
