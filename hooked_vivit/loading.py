@@ -106,13 +106,13 @@ def save_checkpoint(model: "HookedViViT", path: Path, *, layout: str, overwrite:
     """config.json + model.safetensors, written to a temporary sibling and renamed into place."""
     from safetensors.torch import save_file
 
-    from hooked_vivit.atomic import atomic_directory
+    from hooked_vivit.output_dir import output_directory
     from weights_conversion import hooked_to_hf_weights
 
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if layout != "hooked":
         state = hooked_to_hf_weights(state, model.cfg, layout=layout)
-    with atomic_directory(path, overwrite=overwrite) as tmp:
+    with output_directory(path, overwrite=overwrite, writer="save_pretrained") as tmp:
         config = model.cfg.to_hf_config_dict()
         config["torch_dtype"] = str(model.cfg.dtype).removeprefix("torch.")
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
