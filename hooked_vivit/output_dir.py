@@ -75,14 +75,16 @@ class OutputDir:
         self.inputs = [Path(os.path.realpath(Path(p).expanduser())) for p in inputs if p is not None]
         self.writer = writer
         self._lock: Path | None = None
+        self._replacing = False
         self._old_sigterm = None
 
     # ------------------------------------------------------------------ checks
     def _shown(self) -> str:
         return str(self.path) if self.path.expanduser() == self.target else f"{self.path} (-> {self.target})"
 
-    def check(self) -> None:
-        """Raise OutputDirError unless the target may be written (with ``overwrite``, replaced)."""
+    def check(self) -> bool:
+        """Raise OutputDirError unless the target may be written; True when it holds an earlier
+        output that ``overwrite`` allows replacing."""
         t, shown = self.target, self._shown()
         cwd = Path(os.path.realpath(Path.cwd()))
         if _inside(cwd, t):
@@ -93,15 +95,17 @@ class OutputDir:
             if _inside(t, inp):
                 raise OutputDirError(f"{shown} lies inside the input {inp}; write the output elsewhere (inputs are never touched)")
         if not (t.exists() or t.is_symlink()):
-            return
+            return False
         if not t.is_dir():
             raise OutputDirError(f"{shown} exists and is not a directory; choose a new directory")
         entries = _entries(t)
         if not entries:
-            return
+            return False
         manifest = _manifest(t)
         listed = set(manifest["files"]) if manifest else set()
         foreign = [e for e in entries if e != MANIFEST and e not in listed]
+        # A foreign folder is named once, not with everything inside it.
+        foreign = [e for e in foreign if not any(e != f and e.startswith(f) for f in foreign if f.endswith("/"))]
         if foreign:
             raise OutputDirError(
                 f"{shown} holds {len(foreign)} file(s) hooked-vivit did not write ({_named(foreign)}); such a directory is "
@@ -112,6 +116,7 @@ class OutputDir:
                 f"{shown} holds an earlier output of {manifest['written_by'] if manifest else 'hooked-vivit'}; pass --overwrite "
                 "(overwrite=True) to replace it, or choose another directory"
             )
+        return True
 
     # ------------------------------------------------------------------ lock and signals
     def _take_lock(self) -> None:
@@ -139,7 +144,7 @@ class OutputDir:
         raise OutputDirError(f"could not take the lock {lock}")
 
     def __enter__(self) -> "OutputDir":
-        self.check()
+        self._replacing = self.check()
         self._take_lock()
         if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             # SIGTERM unwinds like Ctrl-C, so the partial directory and the lock are removed.
@@ -172,7 +177,9 @@ class OutputDir:
 
     def _commit(self, tmp: Path) -> None:
         t = self.target
-        occupied = t.is_dir() and not t.is_symlink() and bool(_entries(t))
+        occupied = t.is_dir() and bool(_entries(t))
+        if occupied and not self._replacing:
+            raise OutputDirError(f"{self._shown()} appeared while this run was working (another run?); its contents were left alone")
         if occupied:
             self.check()  # again: files may have been added to the old output meanwhile
             old = t.parent / f".{t.name}.{secrets.token_hex(4)}.old"
