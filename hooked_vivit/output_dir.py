@@ -80,7 +80,8 @@ class OutputDir:
 
     # ------------------------------------------------------------------ checks
     def _shown(self) -> str:
-        return str(self.path) if self.path.expanduser() == self.target else f"{self.path} (-> {self.target})"
+        plain = Path(os.path.abspath(self.path.expanduser())) == self.target  # no symlink on the way
+        return str(self.path) if plain else f"{self.path} (-> {self.target})"
 
     def check(self) -> bool:
         """Raise OutputDirError unless the target may be written; True when it holds an earlier
