@@ -13,6 +13,9 @@ manifest, ``.hooked-vivit-manifest.json``, naming each file and folder the libra
   appeared meanwhile (rename(2) never replaces a non-empty directory);
 - a symlinked target is followed (the link then points at the new directory);
 - SIGTERM cleans up like Ctrl-C; folders get the user's umask (``os.mkdir``), not mkdtemp's 0700.
+
+``record_written`` adds files the library writes into its own output later (the organism's metrics
+and model card) to the manifest.
 """
 
 from __future__ import annotations
@@ -229,6 +232,16 @@ def _remove_listed(old: Path) -> None:
         old.rmdir()
     except OSError:
         warnings.warn(f"{old} kept: it holds files the manifest did not list ({_named(_entries(old))})", stacklevel=3)
+
+
+def record_written(directory: str | Path, *names: str) -> None:
+    """Add files the library wrote into one of its outputs afterwards (a model card, metrics) to the
+    manifest, so that a later overwrite may replace them. A directory without manifest stays as it is."""
+    directory = Path(directory)
+    manifest = _manifest(directory)
+    if manifest is not None:
+        manifest["files"] = sorted(set(manifest["files"]) | {Path(n).as_posix() for n in names})
+        (directory / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
 
 
 @contextmanager

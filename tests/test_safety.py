@@ -23,7 +23,7 @@ from hooked_vivit.attribution import attribution_patch
 from hooked_vivit.cli import main
 from hooked_vivit.metrics import ClassLogit
 from hooked_vivit.model import HookReturnError
-from hooked_vivit.output_dir import MANIFEST, OutputDir, OutputDirError, output_directory
+from hooked_vivit.output_dir import MANIFEST, OutputDir, OutputDirError, output_directory, record_written
 from hooked_vivit.parity import ParityReport, ParityRow
 from hooked_vivit.patching import FrameSlot, Patch, Region, resolve_positions, run_patches, token_patches
 from hooked_vivit.video import load_video, preprocess, write_video
@@ -113,6 +113,12 @@ def test_overwrite_replaces_only_an_earlier_output(tmp_path, capsys, model):
     with pytest.raises(OutputDirError, match="README.md"):
         model.save_pretrained(ckpt, overwrite=True)
     assert (ckpt / "README.md").read_text() == "my notes" and (ckpt / "model.safetensors").exists()
+    # Files the library adds to its own output later (the organism's metrics.json) join the manifest.
+    (ckpt / "README.md").unlink()
+    (ckpt / "metrics.json").write_text("{}")
+    record_written(ckpt, "metrics.json")
+    model.save_pretrained(ckpt, overwrite=True)
+    assert sorted(p.name for p in ckpt.iterdir()) == [MANIFEST, "config.json", "model.safetensors"]
 
 
 # ============================================================================ 2. concurrent runs
