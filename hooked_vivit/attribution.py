@@ -77,6 +77,11 @@ def attribution_patch(
         with model.hooks(fwd_hooks=[(n, keep) for n in dict.fromkeys(names + list(metric_hooks))]):
             logits = model(x)
         values = _metric_rows(metric, logits, {h: stored[h] for h in metric_hooks})
+        if values.shape != (x.shape[0],):
+            raise ValueError(
+                f"the metric must return one value per batch row, shape ({x.shape[0]},), got shape {tuple(values.shape)} "
+                "(a [batch, classes] tensor? pick a class: hooked_vivit.metrics.ClassLogit(c) or LogitDiff(c, other))"
+            )
         targets = [stored[n] for n in names]
         grads = torch.autograd.grad(values.sum(), targets, allow_unused=True)
 

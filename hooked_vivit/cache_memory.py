@@ -83,7 +83,39 @@ def _gb(n: float) -> str:
 
 
 class VideoActivationCache(ActivationCache):
-    """TransformerLens's ActivationCache with a summary for a repr: hooks, shapes, bytes."""
+    """TransformerLens's ActivationCache with a summary for a repr: hooks, shapes, bytes; a missing
+    key raises a KeyError that names the nearest hooks, or says the hook was not cached."""
+
+    def __getitem__(self, key) -> torch.Tensor:
+        try:
+            return super().__getitem__(key)
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise self._missing(key) from None
+
+    def _missing(self, key: Any) -> KeyError:
+        from transformer_lens.utilities import get_act_name
+
+        from hooked_vivit.model import HookNameError
+
+        try:
+            name = key if isinstance(key, str) else get_act_name(*key)
+        except Exception:  # noqa: BLE001 - any malformed key gets the message below
+            return HookNameError(f"cache key {key!r} is not a hook name or a (name, layer[, sublayer]) tuple such as ('resid_pre', 3)")
+        model = self.model
+        try:
+            layered = isinstance(key, str) and get_act_name(key, 0) in model.hook_dict
+        except Exception:  # noqa: BLE001
+            layered = False
+        if layered and name not in model.hook_dict:
+            return HookNameError(f"cache key {key!r} needs a layer: cache[{key!r}, layer] with layer in 0..{model.cfg.n_layers - 1}")
+        if name in model.hook_dict and not model._fires(name):
+            return HookNameError(model._dead_hook_message(name))
+        if name in model.hook_dict:
+            return HookNameError(
+                f"{name!r} was not cached (this cache holds {len(self.cache_dict)} hooks); run_with_cache without a "
+                "names_filter, or with one that includes it"
+            )
+        return HookNameError(f"cache key {key!r}: " + model._unknown_hook_message(name))
 
     def nbytes(self) -> int:
         return sum(v.numel() * v.element_size() for v in self.cache_dict.values())

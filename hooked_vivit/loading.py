@@ -63,9 +63,12 @@ def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
 
     def load_bin(p: Path) -> dict[str, torch.Tensor]:
         try:
-            return torch.load(p, map_location="cpu", weights_only=True)
+            state = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as e:
             raise ValueError(f"could not read {p} as a PyTorch checkpoint (weights_only=True): {e}") from e
+        if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+            raise ValueError(f"{p} holds a {type(state).__name__}, expected a state dict (a dict of parameter name -> tensor)")
+        return state
 
     def load_st(p: Path) -> dict[str, torch.Tensor]:
         try:
@@ -78,13 +81,33 @@ def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
         if single.exists():
             return loader(single)
         if index.exists():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
             state: dict[str, torch.Tensor] = {}
-            for shard in shards:
-                state.update(loader(directory / shard))
+            for shard in _shards(index):
+                state.update(loader(shard))
             return state
     present = sorted(p.name for p in directory.iterdir())
     raise FileNotFoundError(f"no weights in {directory}: expected one of {list(WEIGHT_FILES)}, found {present}")
+
+
+def _shards(index: Path) -> list[Path]:
+    """The shard files a *.index.json names: each a file inside the checkpoint directory."""
+    try:
+        data = json.loads(index.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{index} is not valid JSON: {e}") from e
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(f"{index} has no \"weight_map\"; expected {{\"weight_map\": {{parameter name: shard file name}}}}")
+    directory = index.parent.resolve()
+    shards = []
+    for name in sorted(set(weight_map.values())):
+        shard = (directory / str(name)).resolve()
+        if not isinstance(name, str) or shard.parent != directory:
+            raise ValueError(f"{index} names the shard {name!r}, which is not a file in {index.parent}; shards must sit beside the index")
+        if not shard.is_file():
+            raise FileNotFoundError(f"{index} names the shard {name!r}, but {shard} is missing")
+        shards.append(shard)
+    return shards
 
 
 def read_config(directory: Path) -> dict[str, Any]:
@@ -92,9 +115,17 @@ def read_config(directory: Path) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"no config.json in {directory}")
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} holds a JSON {type(config).__name__}, expected an object (a transformers VivitConfig)")
+    if config.get("model_type") != "vivit":
+        raise ValueError(
+            f"{path} has model_type {config.get('model_type')!r}, expected 'vivit' (a transformers VivitConfig with "
+            "hidden_size, num_hidden_layers, image_size, num_frames, tubelet_size, ...)"
+        )
+    return config
 
 
 def load_checkpoint(name_or_path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -106,13 +137,13 @@ def save_checkpoint(model: "HookedViViT", path: Path, *, layout: str, overwrite:
     """config.json + model.safetensors, written to a temporary sibling and renamed into place."""
     from safetensors.torch import save_file
 
-    from hooked_vivit.atomic import atomic_directory
+    from hooked_vivit.output_dir import output_directory
     from weights_conversion import hooked_to_hf_weights
 
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if layout != "hooked":
         state = hooked_to_hf_weights(state, model.cfg, layout=layout)
-    with atomic_directory(path, overwrite=overwrite) as tmp:
+    with output_directory(path, overwrite=overwrite, writer="save_pretrained") as tmp:
         config = model.cfg.to_hf_config_dict()
         config["torch_dtype"] = str(model.cfg.dtype).removeprefix("torch.")
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")

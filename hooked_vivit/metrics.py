@@ -49,9 +49,35 @@ def _index(c, logits: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class ClassLogit(Metric):
-    """The logit of class ``c`` (an int, or one per batch row)."""
+    """The logit of class ``c``: an index or a class name, or one per batch row. Names need the
+    model's labels: ``ClassLogit("bowling", labels=model)`` (a model, its config, or an id2label dict)."""
 
-    c: int | Sequence[int]
+    c: int | str | Sequence[int | str]
+    labels: object = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        names = [self.c] if isinstance(self.c, str) else [c for c in self.c if isinstance(c, str)] if isinstance(self.c, (list, tuple)) else []
+        if not names:
+            return
+        if self.labels is None:
+            raise ValueError(
+                f"ClassLogit({self.c!r}): a class name needs the model's labels, e.g. ClassLogit({self.c!r}, labels=model) "
+                "(or pass the class index)"
+            )
+        id2label = getattr(getattr(self.labels, "cfg", self.labels), "id2label", self.labels)
+        label2id = {str(v): int(k) for k, v in dict(id2label).items()}
+
+        def index(c):
+            if not isinstance(c, str):
+                return c
+            if c not in label2id:
+                import difflib
+
+                close = difflib.get_close_matches(c, list(label2id), n=3)
+                raise ValueError(f"unknown class name {c!r}" + (f"; nearest: {close}" if close else f"; the labels are {sorted(label2id)[:10]}..."))
+            return label2id[c]
+
+        self.c = index(self.c) if isinstance(self.c, str) else [index(c) for c in self.c]
 
     def __call__(self, logits, activations=None):
         return logits.gather(-1, _index(self.c, logits)[:, None])[:, 0]

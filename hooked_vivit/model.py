@@ -21,7 +21,7 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import get_act_name
 
-from hooked_vivit.cache_memory import VideoActivationCache, estimate_cache_bytes, free_bytes, without_maps
+from hooked_vivit.cache_memory import VideoActivationCache, estimate_cache_bytes, free_bytes, hook_shape, without_maps
 from hooked_vivit.components import LayerNorm, PosEmbed, TransformerBlock, TubeletEmbed, Unembed
 from hooked_vivit.config import HookedViViTConfig, to_dtype
 
@@ -30,10 +30,57 @@ ClassIndices = Union[int, str, Sequence[Union[int, str]], Int[torch.Tensor, "...
 
 
 class HookNameError(KeyError):
-    """An unknown hook name; the message lists the nearest real names."""
+    """An unknown hook name (the message lists the nearest real names), or a hook that cannot fire
+    under the model's config (the message names the switch that turns it on)."""
 
     def __str__(self) -> str:  # KeyError would show the repr of the message
         return str(self.args[0])
+
+
+class HookReturnError(ValueError):
+    """A hook function returned something other than a tensor of the activation's shape, dtype and device."""
+
+
+# Hooks that exist on every model but fire only with a config switch (TransformerLens's names).
+_SWITCHES = {
+    "hook_result": "use_attn_result",
+    "hook_q_input": "use_split_qkv_input",
+    "hook_k_input": "use_split_qkv_input",
+    "hook_v_input": "use_split_qkv_input",
+    "hook_attn_in": "use_attn_in",
+    "hook_mlp_in": "use_hook_mlp_in",
+}
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"shape {tuple(x.shape)} ({str(x.dtype).removeprefix('torch.')}, {x.device})"
+    return f"a {type(x).__name__}"
+
+
+class _ReturnChecked:
+    """A hook function whose return value must be None or a tensor like the activation: broadcasting
+    would otherwise let [B, 1, d] or a scalar run on silently. Costs nothing when nothing is hooked."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+
+    def __call__(self, act: Any, hook: Any) -> Any:
+        out = self.fn(act, hook=hook)
+        if out is not None and out is not act and isinstance(act, torch.Tensor) and (
+            not isinstance(out, torch.Tensor) or out.shape != act.shape or out.dtype != act.dtype or out.device != act.device
+        ):
+            raise HookReturnError(
+                f"the hook function {getattr(self.fn, '__name__', type(self.fn).__name__)} on {hook.name!r} returned "
+                f"{_describe(out)}, but the activation has {_describe(act)}; a hook returns a tensor of the activation's "
+                "shape, dtype and device (or None after editing it in place)"
+            )
+        return out
+
+    def __repr__(self) -> str:  # TransformerLens names the torch hook after this
+        return f"checked({getattr(self.fn, '__name__', type(self.fn).__name__)})"
 
 
 class HookedViViT(HookedRootModule):
@@ -121,6 +168,8 @@ class HookedViViT(HookedRootModule):
         if C != cfg.n_channels:
             hint = " (channels-last? use x.permute(0, 1, 4, 2, 3))" if W == cfg.n_channels else ""
             raise ValueError(f"expected {cfg.n_channels} channels at dim 2 {expected}, got shape {tuple(x.shape)}{hint}")
+        if B == 0:
+            raise ValueError(f"pixel_values has batch size 0 (shape {tuple(x.shape)}); give at least one clip {expected}")
         if T != cfg.num_frames:
             raise ValueError(f"expected {cfg.num_frames} frames at dim 1 {expected}, got {T} (shape {tuple(x.shape)})")
         if (H, W) != tuple(cfg.image_size):
@@ -133,16 +182,67 @@ class HookedViViT(HookedRootModule):
                 f"pixel_values must be normalised floats, got dtype {x.dtype}; raw uint8 frames go through "
                 "hooked_vivit.video.preprocess first"
             )
-        if not torch.isfinite(x).all():
-            n_bad = int((~torch.isfinite(x)).sum())
+        # Checked after the cast: a finite fp32 input can overflow the model's fp16 (|x| > 65504).
+        cast = x.to(device=self.embed.W_E.device, dtype=self.embed.W_E.dtype)
+        if not torch.isfinite(cast).all():
+            n_bad = int((~torch.isfinite(cast)).sum())
+            if torch.isfinite(x).all():
+                raise ValueError(
+                    f"pixel_values has {n_bad} values that overflow the model's dtype {str(cast.dtype).removeprefix('torch.')} "
+                    f"(largest |value| {float(x.abs().max()):.3g}, the dtype's limit {torch.finfo(cast.dtype).max:.3g}); "
+                    "preprocessed pixels lie in [-3, 1]: run hooked_vivit.video.preprocess, or use a float32 model"
+                )
             raise ValueError(f"pixel_values contains {n_bad} NaN/Inf values")
-        return x.to(device=self.embed.W_E.device, dtype=self.embed.W_E.dtype)
+        return cast
 
     # ================================================================== TransformerLens glue
     def _check_hook_names(self, names: Iterable[Any]) -> None:
+        """Unknown names, and hooks that cannot fire under this config, raise HookNameError."""
         for name in names:
-            if isinstance(name, str) and name not in self.hook_dict:
-                raise HookNameError(self._unknown_hook_message(name))
+            if isinstance(name, str):
+                if name not in self.hook_dict:
+                    raise HookNameError(self._unknown_hook_message(name))
+                if not self._fires(name):
+                    raise HookNameError(self._dead_hook_message(name))
+
+    def _fires(self, name: str) -> bool:
+        return hook_shape(self.cfg, name, 1) is not None
+
+    def _dead_hook_message(self, name: str) -> str:
+        leaf = name.rsplit(".", 1)[-1]
+        switch = _SWITCHES.get(leaf, "?")
+        if leaf == "hook_attn_in" and self.cfg.use_split_qkv_input:
+            return (f"hook {name!r} cannot fire: with cfg.use_split_qkv_input on, attention reads hook_q/k/v_input instead; "
+                    "hook those, or set model.cfg.use_split_qkv_input = False and model.cfg.use_attn_in = True")
+        return (f"hook {name!r} cannot fire: cfg.{switch} is off, so it would never be called (a patch or ablation there "
+                f"would change nothing, a cache would stay empty). Turn it on: model.cfg.{switch} = True, or "
+                f"HookedViViT.from_pretrained(..., {switch}=True)")
+
+    def _live_filter(self, names_filter: Any) -> Callable[[str], bool]:
+        """A names filter (None, a name, a list, or a function) as a function selecting only hooks
+        that fire; named hooks that cannot fire raise, and so does a function selecting only such hooks."""
+        if names_filter is None:
+            return self._fires
+        if isinstance(names_filter, str):
+            names_filter = [names_filter]
+        if isinstance(names_filter, (list, tuple, set)):
+            self._check_hook_names(names_filter)
+            wanted = set(names_filter)
+            return wanted.__contains__
+        if not callable(names_filter):
+            raise TypeError(f"names_filter must be a hook name, a list of names or a function, got {type(names_filter).__name__}")
+        chosen = [n for n in self.hook_dict if names_filter(n)]
+        if chosen and not any(self._fires(n) for n in chosen):
+            raise HookNameError(f"the names filter selects only hooks that cannot fire ({len(chosen)}); " + self._dead_hook_message(chosen[0]))
+        live = {n for n in chosen if self._fires(n)}
+        return live.__contains__
+
+    def _checked_hook(self, name: Any, hook: Callable) -> tuple[Any, Callable]:
+        if isinstance(name, str):
+            self._check_hook_names([name])
+        else:
+            name = self._live_filter(name)
+        return name, _ReturnChecked(hook)
 
     def _unknown_hook_message(self, name: str) -> str:
         msg = f"unknown hook name {name!r}."
@@ -162,23 +262,24 @@ class HookedViViT(HookedRootModule):
             return msg + " Nearest: " + ", ".join(repr(c) for c in close)
         return msg + f" This model has {len(self.hook_dict)} hooks; see model.hook_dict.keys()."
 
+    # TransformerLens's hooks() (behind run_with_hooks and run_with_cache) calls HookPoint.add_hook
+    # directly, so the checks sit here and in add_hook: names must exist and fire, returns must fit.
     @contextmanager
     def hooks(self, fwd_hooks=[], bwd_hooks=[], reset_hooks_end=True, clear_contexts=False):  # noqa: B006 (TL's signature)
-        self._check_hook_names([n for n, _ in fwd_hooks] + [n for n, _ in bwd_hooks])
-        with super().hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts) as model:
+        fwd = [self._checked_hook(n, h) for n, h in fwd_hooks]
+        bwd = [self._checked_hook(n, h) for n, h in bwd_hooks]
+        with super().hooks(fwd, bwd, reset_hooks_end, clear_contexts) as model:
             yield model
 
     def add_hook(self, name, hook, dir="fwd", is_permanent=False, level=None, prepend=False) -> None:  # noqa: A002
-        self._check_hook_names([name])
+        name, hook = self._checked_hook(name, hook)
         super().add_hook(name, hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
 
     def get_caching_hooks(self, names_filter=None, *args, **kwargs):
-        if isinstance(names_filter, str):
-            self._check_hook_names([names_filter])
-        elif isinstance(names_filter, (list, tuple)):
-            self._check_hook_names(names_filter)
-            names_filter = list(names_filter)
-        return super().get_caching_hooks(names_filter, *args, **kwargs)
+        return super().get_caching_hooks(self._live_filter(names_filter), *args, **kwargs)
+
+    def add_caching_hooks(self, names_filter=None, *args, **kwargs):
+        return super().add_caching_hooks(self._live_filter(names_filter), *args, **kwargs)
 
     def run_with_cache(self, *model_args: Any, return_cache_object: bool = True, remove_batch_dim: bool = False, **kwargs: Any):
         """As TransformerLens: returns (logits, ActivationCache). Warns first when the cache would

@@ -12,6 +12,7 @@ measure the tolerances use: fp32 1e-5, fp16 1e-2, bf16 5e-2.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,13 +40,19 @@ class ParityReport:
     def tolerance(self) -> float:
         return TOLERANCE.get(self.dtype, 1e-5)
 
+    def _tol(self, tol: float | None) -> float:
+        if tol is None:
+            return self.tolerance
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
+            raise ValueError(f"the tolerance (--tol) must be a finite number >= 0, got {tol!r}")
+        return float(tol)
+
     def ok(self, tol: float | None = None) -> bool:
-        tol = self.tolerance if tol is None else tol
-        return all(r.max_rel <= tol for r in self.rows)
+        return not self.failures(tol)
 
     def failures(self, tol: float | None = None) -> list[ParityRow]:
-        tol = self.tolerance if tol is None else tol
-        return [r for r in self.rows if r.max_rel > tol]
+        tol = self._tol(tol)
+        return [r for r in self.rows if not r.max_rel <= tol]  # NaN (non-finite outputs) fails too
 
     def first_failure(self, tol: float | None = None) -> str | None:
         """The earliest activation (in forward order) above tolerance, e.g. 'resid_post 2'."""
@@ -53,10 +60,10 @@ class ParityReport:
         return bad[0].name if bad else None
 
     def worst(self) -> ParityRow:
-        return max(self.rows, key=lambda r: r.max_rel)
+        return max(self.rows, key=lambda r: (math.isnan(r.max_rel), r.max_rel))  # NaN is the worst
 
     def to_markdown(self, tol: float | None = None) -> str:
-        tol = self.tolerance if tol is None else tol
+        tol = self._tol(tol)
         lines = ["| activation | shape | max abs diff | max rel diff | ok |", "|---|---|---|---|---|"]
         lines += [f"| {r.name} | {'x'.join(map(str, r.shape))} | {r.max_abs:.3e} | {r.max_rel:.3e} | {'yes' if r.max_rel <= tol else 'NO'} |" for r in self.rows]
         verdict = "PASS" if self.ok(tol) else f"FAIL (first: {self.first_failure(tol)})"

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Iterable, Sequence, Union
 
+import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float
@@ -56,38 +57,92 @@ class FrameSlot:
     t: int
 
 
-PositionGroup = Union[None, str, int, Sequence[int], Region, FrameSlot]
+PositionGroup = Union[None, str, int, Sequence[int], torch.Tensor, Region, FrameSlot]
+
+
+def _index(v: Any, n: int, what: str) -> int:
+    """One index in [0, n): Python/numpy ints and 0-dim integer tensors; floats, bools and negatives raise."""
+    if isinstance(v, (torch.Tensor, np.ndarray)) and v.ndim == 0:
+        v = v.item()
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise ValueError(f"{what} must be an integer, got {v!r} ({type(v).__name__})")
+    v = int(v)
+    if v < 0:
+        raise ValueError(f"{what} {v} is negative; indices count 0..{n - 1} (no wrap-around, so a label never names another token)")
+    if v >= n:
+        raise ValueError(f"{what} {v} is out of range 0..{n - 1}")
+    return v
+
+
+def _is_mask(x: Any) -> bool:
+    if isinstance(x, (torch.Tensor, np.ndarray)):
+        return x.dtype in (torch.bool, np.bool_)
+    return isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(v, (bool, np.bool_)) for v in x)
+
+
+def _indices(x: Any, n: int, what: str) -> list[int]:
+    """None (all), an index, a sequence or 1-d tensor of indices, a slice, or a bool mask of length n."""
+    if x is None:
+        return list(range(n))
+    if isinstance(x, slice):
+        for b in (x.start, x.stop):
+            if b is not None:
+                _index(b, n + 1, f"{what} slice bound")  # no negatives, nothing past the end
+        if x.step is not None and _index(x.step, n + 1, f"{what} slice step") < 1:
+            raise ValueError(f"{what} {x} needs a positive step")
+        out = list(range(n))[x]
+        if not out:
+            raise ValueError(f"{what} {x} selects nothing out of 0..{n - 1}")
+        return out
+    if _is_mask(x):
+        mask = torch.as_tensor(np.asarray(x, dtype=bool) if not isinstance(x, torch.Tensor) else x)
+        if mask.shape != (n,):
+            raise ValueError(f"a bool mask of {what}s needs shape ({n},), got {tuple(mask.shape)}")
+        return mask.nonzero().flatten().tolist()
+    if isinstance(x, (torch.Tensor, np.ndarray)):
+        if x.ndim > 1:
+            raise ValueError(f"{what}s must be an index or a 1-d list of indices, got an array of shape {tuple(x.shape)}")
+        x = list(x) if x.ndim == 1 else [x]
+    elif not isinstance(x, (list, tuple, range)):
+        x = [x]
+    return sorted({_index(v, n, what) for v in x})
 
 
 def resolve_positions(model: Any, group: PositionGroup) -> tuple[int, ...] | None:
     """A position group -> sorted token indices (None means every token).
 
-    Accepted: None or "all"; "cls"; "patches" (every token but CLS); a token index; a sequence of
-    token indices; ``FrameSlot(t)``; ``Region(frame_slots, rows, cols, include_cls)``.
+    Accepted: None or "all"; "cls"; "patches" (every token but CLS); a token index; a sequence or 1-d
+    tensor of token indices; a bool mask over tokens ([n_ctx]) or over the grid ([slots, rows, cols]);
+    ``FrameSlot(t)``; ``Region(frame_slots, rows, cols, include_cls)`` (each an index, a list, a slice
+    or a bool mask). Empty groups, out-of-range or negative indices and non-integers raise.
     """
     cfg = getattr(model, "cfg", model)
     grid = cfg.grid
-    if group is None or group == "all":
+    if group is None or (isinstance(group, str) and group == "all"):
         return None
     if isinstance(group, str):
         if group == "cls":
             return (0,)
         if group == "patches":
             return tuple(range(1, cfg.n_ctx))
-        raise ValueError(f"unknown position group {group!r}; use 'all', 'cls', 'patches', a token index, a list, FrameSlot or Region")
+        raise ValueError(f"unknown position group {group!r}; use 'all', 'cls', 'patches', a token index, a list, a bool mask, FrameSlot or Region")
     if isinstance(group, FrameSlot):
-        return tuple(grid.positions(frame_slots=group.t))
+        return tuple(grid.positions(frame_slots=_index(group.t, grid.n_frame_slots, "frame slot")))
     if isinstance(group, Region):
-        pos = grid.positions(group.frame_slots, group.rows, group.cols)
+        axes = (_indices(group.frame_slots, grid.n_frame_slots, "frame slot"), _indices(group.rows, grid.n_rows, "row"),
+                _indices(group.cols, grid.n_cols, "col"))
+        pos = grid.positions(*axes) if all(axes) else []
+        if not pos and not group.include_cls:
+            raise ValueError(f"{group} selects no token (grid of {grid.n_frame_slots} frame slots x {grid.n_rows} rows x {grid.n_cols} cols)")
         return tuple(([0] if group.include_cls else []) + pos)
-    if isinstance(group, (int,)) or (isinstance(group, torch.Tensor) and group.ndim == 0):
-        group = [int(group)]
-    try:
-        pos = sorted({int(p) for p in group})  # type: ignore[union-attr]
-    except TypeError:
-        raise ValueError(f"unknown position group {group!r}") from None
-    if not pos or pos[0] < 0 or pos[-1] >= cfg.n_ctx:
-        raise ValueError(f"token positions must lie in [0, {cfg.n_ctx}), got {pos[:3]}...{pos[-3:]}" if pos else "empty position group")
+    if _is_mask(group) and isinstance(group, (torch.Tensor, np.ndarray)) and tuple(group.shape) == grid.shape:
+        pos = [1 + i for i in torch.as_tensor(group).flatten().nonzero().flatten().tolist()]  # a mask over the token grid
+    elif isinstance(group, (int, np.integer, torch.Tensor, np.ndarray, list, tuple, range, bool)):
+        pos = _indices(group, cfg.n_ctx, "token position")
+    else:
+        raise ValueError(f"unknown position group {group!r}; use 'all', 'cls', 'patches', a token index, a list, a bool mask, FrameSlot or Region")
+    if not pos:
+        raise ValueError(f"the position group {group!r} selects no token")
     return tuple(pos)
 
 
@@ -147,7 +202,7 @@ def frame_slot_patches(model: Any, act: str = "resid_pre", layers: Iterable[int]
 def token_patches(model: Any, act: str = "resid_pre", layers: Iterable[int] | None = None, positions: Iterable[int] | None = None) -> list[Patch]:
     """One patch per (layer, token)."""
     layers = range(model.cfg.n_layers) if layers is None else layers
-    positions = range(model.cfg.n_ctx) if positions is None else positions
+    positions = range(model.cfg.n_ctx) if positions is None else [_index(p, model.cfg.n_ctx, "token position") for p in positions]
     return [Patch(_full_name(act, l), (p,), label=f"L{l} {act} pos{p}") for l in layers for p in positions]
 
 
@@ -249,6 +304,12 @@ def run_patches(
         model._check_hook_names([p.hook])
         if p.head is not None and _head_axis(p.hook) is None:
             raise ValueError(f"{p.hook} has no head axis, but the patch names head {p.head}")
+        if p.head is not None:
+            _index(p.head, model.cfg.n_heads, f"head of patch {p.label or p.hook!r}")
+        if p.positions is not None and len(p.positions) == 0:
+            raise ValueError(f"patch {p.label or p.hook!r} has an empty position group (positions=None means every token)")
+        for q in p.positions or ():
+            _index(q, model.cfg.n_ctx, f"token position of patch {p.label or p.hook!r}")
     check_cache(model, source_cache, {p.hook for p in patches}, b)
     metric_hooks = tuple(getattr(metric, "hooks", ()))
     model._check_hook_names(metric_hooks)

@@ -14,8 +14,9 @@ which is this module's default.
 
 from __future__ import annotations
 
+import math
 import os
-import tempfile
+import secrets
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
@@ -56,24 +57,19 @@ def sample_indices(
     When the clip is too short the missing frames repeat the last real one (``repeat_last``) or
     wrap around to the start (``loop``), with a warning.
     """
+    _check_sampling(num_frames, sampling, frame_sample_rate, start_index, pad)
     if n_available < 1:
         raise ValueError("the clip has no frames")
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     if sampling == "uniform":
         if n_available >= num_frames:
             return np.linspace(0, n_available - 1, num_frames).round().astype(np.int64)
         wanted = np.arange(num_frames)
-    elif sampling == "strided":
-        if frame_sample_rate < 1 or start_index < 0:
-            raise ValueError(f"need frame_sample_rate >= 1 and start_index >= 0, got {frame_sample_rate}, {start_index}")
+    else:
         if start_index >= n_available:
             raise ValueError(f"start_index {start_index} is past the end of a {n_available}-frame clip")
         wanted = start_index + np.arange(num_frames) * frame_sample_rate
         if wanted[-1] < n_available:
             return wanted
-    else:
-        raise ValueError(f"sampling must be 'uniform' or 'strided', got {sampling!r}")
     real = wanted[wanted < n_available]
     warnings.warn(
         f"clip has {n_available} frames, fewer than the {num_frames} asked for"
@@ -82,13 +78,23 @@ def sample_indices(
         stacklevel=3,
     )
     missing = num_frames - len(real)
-    if pad == "repeat_last":
-        fill = np.full(missing, real[-1])
-    elif pad == "loop":
-        fill = real[np.arange(missing) % len(real)]
-    else:
-        raise ValueError(f"pad must be 'repeat_last' or 'loop', got {pad!r}")
+    fill = np.full(missing, real[-1]) if pad == "repeat_last" else real[np.arange(missing) % len(real)]
     return np.concatenate([real, fill]).astype(np.int64)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _check_sampling(num_frames: Any, sampling: Any, frame_sample_rate: Any, start_index: Any, pad: Any) -> None:
+    """Every option checked up front, whether or not the clip turns out long enough to need it."""
+    for name, value, low in (("num_frames", num_frames, 1), ("frame_sample_rate", frame_sample_rate, 1), ("start_index", start_index, 0)):
+        if not _is_int(value) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if sampling not in ("uniform", "strided"):
+        raise ValueError(f"sampling must be 'uniform' or 'strided', got {sampling!r}")
+    if pad not in ("repeat_last", "loop"):
+        raise ValueError(f"pad must be 'repeat_last' or 'loop', got {pad!r}")
 
 
 def _to_rgb(frame: np.ndarray) -> np.ndarray:
@@ -128,7 +134,7 @@ def count_frames(path: str | Path) -> int:
 
 
 def _existing(path: str | Path) -> Path:
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such video file")
     if path.is_dir():
@@ -153,6 +159,7 @@ def load_video(
     not a video, or has no decodable frame raises an error naming the file and the cause.
     """
     path = _existing(path)
+    _check_sampling(num_frames, sampling, frame_sample_rate, start_index, pad)
     cap = cv2.VideoCapture(str(path))
     opened = cap.isOpened()
     reported = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if opened else 0
@@ -161,17 +168,19 @@ def load_video(
         raise VideoReadError(f"{path}: OpenCV cannot open it (not a video, or a codec this OpenCV build lacks)")
     opts = dict(sampling=sampling, frame_sample_rate=frame_sample_rate, start_index=start_index, pad=pad)
     kept: dict[int, np.ndarray] = {}
-    n = 0
+    n, guess = 0, None
     if reported > 0:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a short clip warns below, once, with the true count
             guess = sample_indices(reported, num_frames, **opts) if (sampling != "strided" or start_index < reported) else None
         if guess is not None:
             kept, n = _decode(path, set(guess.tolist()))
-    if n == 0 and reported <= 0:
-        kept, n = _decode(path, None)  # no usable frame count in the header: decode everything
+    if n == 0 and (reported <= 0 or guess is None):
+        kept, n = _decode(path, None)  # no usable frame count, or a start past it: count every frame
     if n == 0:
         raise VideoReadError(f"{path}: opened, but no frame could be decoded (broken file or unsupported codec)")
+    if sampling == "strided" and start_index >= n:
+        raise ValueError(f"{path}: start_index {start_index} is past the end of this {n}-frame clip (frames 0..{n - 1})")
     indices = sample_indices(n, num_frames, **opts)
     if not set(indices.tolist()) <= kept.keys():
         kept, _ = _decode(path, set(indices.tolist()))  # the header's frame count was wrong
@@ -180,17 +189,25 @@ def load_video(
 
 # ---------------------------------------------------------------------------------------- writing
 def write_video(frames: Frames, path: str | Path, fps: float = 25.0) -> Path:
-    """Write uint8 RGB frames [T, H, W, 3] as an mp4 (mp4v). The file appears whole or not at all."""
+    """Write uint8 RGB frames [T, H, W, 3] as an mp4 (mp4v). The file appears whole or not at all.
+
+    Height and width must be even: mp4v silently drops an odd last row or column."""
     frames = _check_frames(frames)
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.suffix.lower() != ".mp4":
         raise ValueError(f"{path}: write_video writes .mp4 files")
+    if isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)) or not math.isfinite(fps) or fps <= 0:
+        raise ValueError(f"fps must be a finite number > 0, got {fps!r}")
+    T, H, W, _ = frames.shape
+    if H % 2 or W % 2:
+        raise ValueError(
+            f"{path}: frames are {W}x{H} pixels (width x height); mp4 (mp4v) stores only even sizes and would drop the odd "
+            f"row/column, so crop or pad to {W - W % 2}x{H - H % 2} or {W + W % 2}x{H + H % 2} first"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".mp4", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = path.parent / f".{path.stem}.{secrets.token_hex(4)}.mp4"
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # the user's umask, not mkstemp's 0600
     try:
-        T, H, W, _ = frames.shape
         writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (W, H))
         if not writer.isOpened():
             raise OSError(f"{path}: OpenCV could not open an mp4v writer")
@@ -230,11 +247,12 @@ def resized_size(height: int, width: int, shortest_edge: int) -> tuple[int, int]
     return (new_short, new_long) if height <= width else (new_long, new_short)
 
 
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        return size, size
-    h, w = size
-    return int(h), int(w)
+def _pair(size: int | Sequence[int], what: str = "crop_size") -> tuple[int, int]:
+    """A size in pixels: one positive integer (square) or (height, width)."""
+    hw = (size, size) if _is_int(size) else tuple(size) if isinstance(size, (list, tuple)) else None
+    if hw is None or len(hw) != 2 or not all(_is_int(v) and v > 0 for v in hw):
+        raise ValueError(f"{what} must be a positive integer or a (height, width) pair of them, got {size!r}")
+    return int(hw[0]), int(hw[1])
 
 
 def preprocess(
@@ -255,6 +273,8 @@ def preprocess(
         cfg = getattr(config, "cfg", config)
         crop_size = tuple(cfg.image_size)
     crop_h, crop_w = _pair(crop_size)
+    if shortest_edge is not None and not (_is_int(shortest_edge) and shortest_edge > 0):
+        raise ValueError(f"shortest_edge must be a positive integer, got {shortest_edge!r}")
     shortest_edge = shortest_edge or min(crop_h, crop_w)
     T, H, W, _ = frames.shape
     new_h, new_w = resized_size(H, W, shortest_edge)

@@ -155,7 +155,7 @@ def test_bin_is_read_with_weights_only(tmp_path):
 
 def test_missing_files_and_hub_offline_errors(tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
-    (tmp_path / "empty" / "config.json").write_text("{}")
+    (tmp_path / "empty" / "config.json").write_text('{"model_type": "vivit"}')
     with pytest.raises(FileNotFoundError, match="no weights in .*expected one of"):
         HookedViViT.from_pretrained(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="no checkpoint directory"):
@@ -169,7 +169,7 @@ def test_missing_files_and_hub_offline_errors(tmp_path, monkeypatch):
 def test_save_pretrained_refuses_to_clobber_and_is_whole(tmp_path):
     model = HookedViViT.from_hf_model(make_hf(KW))
     out = model.save_pretrained(tmp_path / "saved")
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [".hooked-vivit-manifest.json", "config.json", "model.safetensors"]
     with pytest.raises(FileExistsError):
         model.save_pretrained(tmp_path / "saved")
     model.save_pretrained(tmp_path / "saved", overwrite=True)

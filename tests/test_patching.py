@@ -176,7 +176,7 @@ def test_position_groups(setup):
     assert len(patching.frame_slot_patches(model)) == model.cfg.n_layers * grid.n_frame_slots
     with pytest.raises(ValueError, match="unknown position group 'ball'"):
         patching.resolve_positions(model, "ball")
-    with pytest.raises(ValueError, match=r"must lie in \[0, 49\)"):
+    with pytest.raises(ValueError, match=r"token position 60 is out of range 0\.\.48"):
         patching.resolve_positions(model, [3, 60])
 
 

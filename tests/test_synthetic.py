@@ -103,10 +103,10 @@ def test_render_command_writes_a_whole_directory(tmp_path, capsys):
     out = tmp_path / "pair"
     assert main(["render", "--domain", "bowling", "--seed", "3", "--frames", "16", "--size", "96", "--out", str(out)]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["frames.png", "meta.json", "negative.mp4", "positive.mp4"]
+    assert names == [".hooked-vivit-manifest.json", "frames.png", "meta.json", "negative.mp4", "positive.mp4"]
     meta = json.loads((out / "meta.json").read_text())
     assert meta["outcomes"] == {"positive": "strike", "negative": "gutter"} and meta["seed"] == 3
     assert video.load_video(out / "positive.mp4", 16).shape == (16, 96, 96, 3)
     assert main(["render", "--domain", "bowling", "--seed", "3", "--out", str(out)]) == 2  # exists
-    assert "exists" in capsys.readouterr().err
+    assert "earlier output of hooked-vivit render" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pair"]

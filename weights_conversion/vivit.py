@@ -134,8 +134,23 @@ def _replace(cfg: HookedViViTConfig, **changes) -> HookedViViTConfig:
     return dataclasses.replace(cfg, **changes)
 
 
+def check_finite(state_dict: StateDict) -> None:
+    """Every floating-point tensor finite, else CheckpointError naming each bad tensor (NaN weights
+    would otherwise load silently and turn every output to NaN)."""
+    bad = []
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"checkpoint entry {key!r} is a {type(value).__name__}, expected a tensor")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            n = int((~torch.isfinite(value)).sum())
+            bad.append(f"{key} {list(value.shape)}: {n} of {value.numel()} values NaN/Inf")
+    if bad:
+        raise CheckpointError("checkpoint holds non-finite weights (a corrupt file or a diverged training run):\n  " + "\n  ".join(bad))
+
+
 def convert_vivit_weights(state_dict: StateDict, cfg: HookedViViTConfig) -> StateDict:
     """A ViViT state dict (either HF layout, or already hooked) -> this library's parameter names."""
+    check_finite(state_dict)
     if is_hooked_layout(state_dict):
         check_keys({k: tuple(v.shape) for k, v in state_dict.items()}, expected_hooked_shapes(cfg), "hooked checkpoint")
         return dict(state_dict)

@@ -21,7 +21,7 @@ import torch
 from hooked_vivit import synthetic
 from hooked_vivit.analysis import experiments as ex
 from hooked_vivit.analysis import report as rp
-from hooked_vivit.atomic import atomic_directory
+from hooked_vivit.output_dir import OutputDir, output_directory
 from hooked_vivit.video import load_video, preprocess
 
 DEFAULT_MODEL = "organism"
@@ -56,8 +56,18 @@ def rendered_pair(model: Any, domain: str, seed: int) -> Pair:
 
 
 def video_pair(model: Any, clean: Path, corrupted: Path) -> Pair:
+    """Both clips read and checked before any analysis: one size (the report shows them side by side)."""
     n = model.cfg.num_frames
-    return Pair(load_video(clean, n), load_video(corrupted, n), (Path(clean).stem, Path(corrupted).stem))
+    pos, neg = load_video(clean, n), load_video(corrupted, n)
+    if pos.shape[1:3] != neg.shape[1:3]:
+        raise ValueError(
+            f"the clips differ in size: {clean} is {pos.shape[2]}x{pos.shape[1]}, {corrupted} is {neg.shape[2]}x{neg.shape[1]} "
+            "pixels (width x height); give two clips of one size (a minimal pair differs only in its outcome)"
+        )
+    names = (Path(clean).stem, Path(corrupted).stem)
+    if names[0] == names[1]:  # a/clip.mp4 vs b/clip.mp4: name them by path
+        names = (str(clean), str(corrupted))
+    return Pair(pos, neg, names)
 
 
 def model_pixels(model: Any, frames: np.ndarray) -> torch.Tensor:
@@ -79,6 +89,8 @@ def analyze_pair(model: Any, pair: Pair, *, probe_pairs: int = 40, probe_seed: i
     """Run experiments (a)-(f) on one pair; returns every number."""
     from tqdm.auto import tqdm
 
+    if isinstance(probe_pairs, bool) or not isinstance(probe_pairs, int) or (probe_pairs != 0 and probe_pairs < 3):
+        raise ValueError(f"--probe-pairs (probe_pairs) must be 0 (skip the probes) or an integer >= 3 (held out by pair), got {probe_pairs!r}")
     steps = tqdm(total=6, desc="analyze", disable=not progress)
     pos, neg = model_pixels(model, pair.positive), model_pixels(model, pair.negative)
     with torch.inference_mode():
@@ -87,7 +99,9 @@ def analyze_pair(model: Any, pair: Pair, *, probe_pairs: int = 40, probe_seed: i
     results: dict = {
         "model": model.cfg.model_name,
         "pair": {"names": list(pair.names), "domain": pair.domain, "seed": pair.seed, "divergence_frame": pair.divergence_frame},
-        "prediction": {name: {"class": int(l.argmax()), "name": model.cfg.id2label[int(l.argmax())], "logit": float(l.max())} for name, l in zip(pair.names, logits)},
+        # Keyed by role: two clips may share a name.
+        "prediction": {role: {"clip": name, "class": int(l.argmax()), "name": model.cfg.id2label[int(l.argmax())], "logit": float(l.max())}
+                       for role, name, l in zip(("positive", "negative"), pair.names, logits)},
     }
     t0 = time.time()
     results["deltas"] = ex.activation_deltas(model, pos, neg); steps.update()  # noqa: E702
@@ -107,8 +121,10 @@ def analyze_pair(model: Any, pair: Pair, *, probe_pairs: int = 40, probe_seed: i
     return results
 
 
-def write_analysis(out: Path, model: Any, pair: Pair, results: dict, *, overwrite: bool = False) -> Path:
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+def write_analysis(out: Path | OutputDir, model: Any, pair: Pair, results: dict, *, overwrite: bool = False) -> Path:
+    """Write the report into ``out`` (see hooked_vivit.output_dir; pass a reserved ``OutputDir`` to have it
+    checked and locked before the analysis runs)."""
+    with output_directory(out, overwrite=overwrite, writer="hooked-vivit analyze") as tmp:
         figs = {
             "frames": rp.fig_frames(pair.positive, pair.negative, pair.names, tmp / "frames.png"),
             "deltas": rp.fig_deltas(results["deltas"], tmp / "fig1_activation_deltas.png"),
@@ -127,7 +143,7 @@ def write_analysis(out: Path, model: Any, pair: Pair, results: dict, *, overwrit
         pred = results["prediction"]
         intro = (
             f"<p>Model <code>{model.cfg.model_name}</code>. Positive clip <b>{pos_name}</b> is classified "
-            f"<b>{pred[pos_name]['name']}</b>, negative clip <b>{neg_name}</b> <b>{pred[neg_name]['name']}</b>."
+            f"<b>{pred['positive']['name']}</b>, negative clip <b>{neg_name}</b> <b>{pred['negative']['name']}</b>."
             + (f" Rendered {pair.domain} pair, seed {pair.seed}; the clips are identical before frame {pair.divergence_frame}." if pair.domain else "")
             + "</p>"
         )
@@ -165,7 +181,7 @@ def write_analysis(out: Path, model: Any, pair: Pair, results: dict, *, overwrit
                              f"by pair (control); dashed: a probe on the raw pixels ({pr['pixels']['accuracy']:.0%}). With one pair any "
                              "difference is 100 % decodable; across pairs only a shared representation is.", ""))
         rp.write_html(tmp, f"hooked-vivit analysis: {pos_name} vs {neg_name}", intro, sections)
-    return out
+    return out.path if isinstance(out, OutputDir) else Path(out)
 
 
 # ---------------------------------------------------------------------------------------- study
@@ -205,8 +221,8 @@ def study_domain(model: Any, domain: str, n_pairs: int, *, seed0: int = 6_000_00
     return out
 
 
-def write_study(out: Path, model: Any, studies: list[dict], *, overwrite: bool = False) -> Path:
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+def write_study(out: Path | OutputDir, model: Any, studies: list[dict], *, overwrite: bool = False) -> Path:
+    with output_directory(out, overwrite=overwrite, writer="hooked-vivit study") as tmp:
         sections = []
         for st in studies:
             dom = st["domain"]
@@ -231,10 +247,12 @@ def write_study(out: Path, model: Any, studies: list[dict], *, overwrite: bool =
         intro = (f"<p>Model <code>{model.cfg.model_name}</code>. Does \"attention gathers evidence, MLPs compose the concept\" hold "
                  f"across pairs and domains? {verdict} (95 % bootstrap intervals over pairs).</p>")
         rp.write_html(tmp, "hooked-vivit multi-pair study", intro, sections)
-    return out
+    return out.path if isinstance(out, OutputDir) else Path(out)
 
 
-def run_study(model: Any, domains: Sequence[str], n_pairs: int, out: Path, *, progress: bool = True, overwrite: bool = False) -> list[dict]:
+def run_study(model: Any, domains: Sequence[str], n_pairs: int, out: Path | OutputDir, *, progress: bool = True, overwrite: bool = False) -> list[dict]:
+    if isinstance(n_pairs, bool) or not isinstance(n_pairs, int) or n_pairs < 3:
+        raise ValueError(f"--pairs (n_pairs) must be an integer >= 3 (intervals and held-out probes over pairs), got {n_pairs!r}")
     studies = [study_domain(model, d, n_pairs, progress=progress) for d in domains]
     write_study(out, model, studies, overwrite=overwrite)
     return studies

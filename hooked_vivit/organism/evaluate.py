@@ -115,6 +115,9 @@ def write_model_card(path: Path, metrics: dict, probes: dict) -> None:
             lines.append(f"| {name} | {c['accuracy']:.0%} | {c['control_accuracy']:.0%} | {m['accuracy']:.0%} | {m['control_accuracy']:.0%} |")
         lines.append("")
     (path / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
+    from hooked_vivit.output_dir import record_written
+
+    record_written(path, "MODEL_CARD.md", "probes.json")
 
 
 def main(argv: list[str] | None = None) -> int:

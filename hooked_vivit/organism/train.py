@@ -162,6 +162,9 @@ def train(tc: TrainConfig, out: Path, *, progress: bool = True) -> dict:
         "file_bytes": (path / "model.safetensors").stat().st_size,
     }
     (path / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    from hooked_vivit.output_dir import record_written
+
+    record_written(path, "metrics.json")  # part of this output: a later training run into --out may replace it
     return metrics
 
 
