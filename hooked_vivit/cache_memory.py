@@ -6,6 +6,7 @@ A full ViViT-B cache with attention patterns and scores is about 11 GB per clip:
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -137,3 +138,31 @@ class VideoActivationCache(ActivationCache):
 
     def __repr__(self) -> str:
         return self.summary()
+
+    def logit_attrs(self, residual_stack, tokens, *args, **kwargs):
+        """TransformerLens's logit attribution. It divides by the cached final LayerNorm scale but
+        does not apply ln_final's weight and bias, so on a model whose LayerNorms are not folded the
+        attributions do not add up to the logit: that case warns with the fix."""
+        if getattr(self.model.cfg, "normalization_type", None) == "LN":
+            warnings.warn(
+                "cache.logit_attrs on a model with unfolded LayerNorms ignores ln_final's weight and bias, so the "
+                "attributions will not sum to the logit. Load with fold_ln=True, or call model.process_weights_() "
+                "before run_with_cache, for exact attributions.",
+                stacklevel=2,
+            )
+        return super().logit_attrs(residual_stack, tokens, *args, **kwargs)
+
+    def logit_lens(self, positions: Any = 0, **kwargs: Any) -> Any:
+        """TransformerLens's logit lens (TL >= 4), read at CLS (``positions=0``) by default, the token
+        the classifier reads; the last entry of the result then equals the model's logits.
+        TransformerLens 3 has no ``ActivationCache.logit_lens``; there the same numbers are
+        ``cache.accumulated_resid(apply_ln=True, pos_slice=0) @ model.W_U + model.b_U`` on a folded model."""
+        from hooked_vivit.compat import HAS_LOGIT_LENS, TL_VERSION_STRING
+
+        if not HAS_LOGIT_LENS:
+            raise NotImplementedError(
+                f"ActivationCache.logit_lens needs transformer-lens >= 4 (installed: {TL_VERSION_STRING}); on 3.x use "
+                "cache.accumulated_resid(apply_ln=True, pos_slice=0) @ model.W_U + model.b_U with a folded model "
+                "(fold_ln=True or model.process_weights_())"
+            )
+        return super().logit_lens(positions=positions, **kwargs)

@@ -7,6 +7,7 @@ pixels [batch, frames, C, H, W] -> tubelet tokens + CLS -> + position embeddings
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 import warnings
@@ -22,6 +23,7 @@ from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import get_act_name
 
 from hooked_vivit.cache_memory import VideoActivationCache, estimate_cache_bytes, free_bytes, hook_shape, without_maps
+from hooked_vivit.compat import in_function_transform
 from hooked_vivit.components import LayerNorm, PosEmbed, TransformerBlock, TubeletEmbed, Unembed
 from hooked_vivit.config import HookedViViTConfig, to_dtype
 
@@ -119,16 +121,27 @@ class HookedViViT(HookedRootModule):
     def forward(
         self,
         pixel_values: PixelValues | Float[torch.Tensor, "batch n_ctx d_model"],
+        return_type: str | None = "logits",
         *,
+        labels: ClassIndices | None = None,
         start_at_layer: int | None = None,
         stop_at_layer: int | None = None,
-    ) -> Float[torch.Tensor, "batch n_classes"] | Float[torch.Tensor, "batch n_ctx d_model"]:
+    ) -> Float[torch.Tensor, "batch n_classes"] | Float[torch.Tensor, "batch n_ctx d_model"] | Float[torch.Tensor, ""] | tuple | None:
         """Logits [batch, n_classes].
+
+        ``return_type`` as in TransformerLens: ``"logits"`` (default), ``"loss"`` (mean cross-entropy
+        against ``labels``, class indices or names, one per batch row or one for all), ``"both"``
+        (logits, loss) or None (runs the hooks, returns nothing). A scalar loss is what
+        ``run_with_cache(..., incl_bwd=True)`` calls ``.backward()`` on.
 
         ``stop_at_layer=L`` returns the residual stream entering block L (blocks L.. are skipped);
         ``start_at_layer=L`` takes that residual stream [batch, n_ctx, d_model] instead of pixels
         and runs blocks L... A model without classifier returns the final-LayerNorm CLS embedding
         [batch, d_model] (HF's ``last_hidden_state[:, 0]``)."""
+        if return_type not in ("logits", "loss", "both", None):
+            raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
+        if return_type in ("loss", "both") and labels is None:
+            raise ValueError(f"return_type={return_type!r} needs labels= (the target class of each clip, an index or a name)")
         if start_at_layer is None:
             x = self.validate_input(pixel_values)
             resid = self.hook_embed(self.embed(x)) + self.hook_pos_embed(self.pos_embed(x.shape[0]))
@@ -140,7 +153,24 @@ class HookedViViT(HookedRootModule):
         if stop_at_layer is not None:
             return resid
         cls = self.ln_final(resid)[:, 0]
-        return self.unembed(cls) if self.unembed is not None else cls
+        logits = self.unembed(cls) if self.unembed is not None else cls
+        if return_type == "logits":
+            return logits
+        if return_type is None:
+            return None
+        loss = self.loss_fn(logits, labels)  # type: ignore[arg-type]
+        return loss if return_type == "loss" else (logits, loss)
+
+    def loss_fn(self, logits: Float[torch.Tensor, "batch n_classes"], labels: ClassIndices) -> Float[torch.Tensor, ""]:
+        """Mean cross-entropy of the logits against class indices or names (one, or one per row)."""
+        if self.unembed is None:
+            raise ValueError("a loss needs a classifier head; this model is a backbone (it returns the CLS embedding)")
+        target = self.class_index(labels).to(logits.device)
+        if target.ndim == 0:
+            target = target.expand(logits.shape[0])
+        if target.shape != logits.shape[:1]:
+            raise ValueError(f"labels must be one class or one per batch row ({logits.shape[0]}), got shape {tuple(target.shape)}")
+        return torch.nn.functional.cross_entropy(logits.float(), target)
 
     def _validate_resid(self, resid: Any, layer: int) -> torch.Tensor:
         expected = (self.cfg.n_ctx, self.cfg.d_model)
@@ -183,8 +213,10 @@ class HookedViViT(HookedRootModule):
                 "hooked_vivit.video.preprocess first"
             )
         # Checked after the cast: a finite fp32 input can overflow the model's fp16 (|x| > 65504).
+        # Skipped under torch.func transforms (vmap, grad) and torch.compile, where a
+        # data-dependent branch cannot run; the check is for interactive use.
         cast = x.to(device=self.embed.W_E.device, dtype=self.embed.W_E.dtype)
-        if not torch.isfinite(cast).all():
+        if not in_function_transform() and not torch.isfinite(cast).all():
             n_bad = int((~torch.isfinite(cast)).sum())
             if torch.isfinite(x).all():
                 raise ValueError(
@@ -283,7 +315,16 @@ class HookedViViT(HookedRootModule):
 
     def run_with_cache(self, *model_args: Any, return_cache_object: bool = True, remove_batch_dim: bool = False, **kwargs: Any):
         """As TransformerLens: returns (logits, ActivationCache). Warns first when the cache would
-        not fit in free memory, naming a ``names_filter`` that would."""
+        not fit in free memory, naming a ``names_filter`` that would. ``incl_bwd=True`` also caches
+        gradients (``name + "_grad"``); it backpropagates the forward's output, so pass
+        ``return_type="loss", labels=...``."""
+        if kwargs.get("incl_bwd"):
+            return_type = model_args[1] if len(model_args) > 1 else kwargs.get("return_type", "logits")
+            if return_type != "loss":
+                raise ValueError(
+                    "run_with_cache(incl_bwd=True) calls .backward() on the forward's output, which must be a scalar: "
+                    f"pass return_type='loss' and labels=<class of each clip> (got return_type={return_type!r})"
+                )
         self._warn_if_cache_too_big(model_args, kwargs)
         out, cache_dict = super().run_with_cache(*model_args, remove_batch_dim=remove_batch_dim, **kwargs)
         if return_cache_object:
@@ -343,6 +384,63 @@ class HookedViViT(HookedRootModule):
                 raise ValueError("mlp_input needs a layer < n_layers")
             bias = bias + self.blocks[layer].attn.b_O
         return bias
+
+    # TransformerLens's switches for the optional hooks (each a config field read at run time).
+    def set_use_attn_result(self, use_attn_result: bool) -> None:
+        """Compute and expose each head's output, ``blocks.{l}.attn.hook_result`` [B, P, H, d_model]."""
+        self.cfg.use_attn_result = bool(use_attn_result)
+
+    def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
+        """Separate per-head copies of the residual stream into q, k and v (``hook_q_input`` ...)."""
+        if use_split_qkv_input and self.cfg.use_attn_in:
+            raise ValueError("use_split_qkv_input and use_attn_in are exclusive; call set_use_attn_in(False) first")
+        self.cfg.use_split_qkv_input = bool(use_split_qkv_input)
+
+    def set_use_hook_mlp_in(self, use_hook_mlp_in: bool) -> None:
+        """Expose the MLP's input, ``blocks.{l}.hook_mlp_in`` [B, P, d_model]."""
+        self.cfg.use_hook_mlp_in = bool(use_hook_mlp_in)
+
+    def set_use_attn_in(self, use_attn_in: bool) -> None:
+        """One per-head copy of the residual stream into attention, ``blocks.{l}.hook_attn_in``."""
+        if use_attn_in and self.cfg.use_split_qkv_input:
+            raise ValueError("use_attn_in and use_split_qkv_input are exclusive; call set_use_split_qkv_input(False) first")
+        self.cfg.use_attn_in = bool(use_attn_in)
+
+    def process_weights_(self, fold_ln: bool = True, center_writing_weights: bool = True, fold_value_biases: bool = False) -> "HookedViViT":
+        """TransformerLens's in-place weight processing, for a model loaded unprocessed (the default).
+
+        Same steps as ``from_pretrained(..., fold_ln=, center_writing_weights=, fold_value_biases=)``
+        (hooked_vivit.weight_processing); each leaves the logits unchanged. A step already applied
+        is skipped. With fold_ln the LayerNorms lose their parameters (``LNPre``) and are rebuilt, so
+        hooks on their hook_scale / hook_normalized go with them. Returns the model."""
+        from hooked_vivit import weight_processing
+
+        steps = dict(
+            fold_ln=fold_ln and not self.cfg.folded_ln,
+            center_writing_weights=center_writing_weights and not self.cfg.centered_writing_weights,
+            fold_value_biases=fold_value_biases and not self.cfg.folded_value_biases,
+        )
+        if not any(steps.values()):
+            return self
+        p = next(self.parameters())
+        sd, new_cfg = weight_processing.process_weights(self.state_dict(), self.cfg, **steps)
+        # Every component holds this cfg object, so update it in place rather than replace it.
+        for f in dataclasses.fields(new_cfg):
+            setattr(self.cfg, f.name, getattr(new_cfg, f.name))
+        if steps["fold_ln"]:  # parameter-free LNPre modules in place of the LN ones
+            for block in self.blocks:
+                block.ln1, block.ln2 = LayerNorm(self.cfg), LayerNorm(self.cfg)
+            self.ln_final = LayerNorm(self.cfg)
+            self.setup()
+        self.load_state_dict(sd, strict=True)
+        return self.to(p.device)
+
+    # ================================================================== token labels
+    def token_labels(self) -> list[str]:
+        """One label per token for plots and circuitsvis: ``"CLS"``, then ``"t{slot} r{row} c{col}"``
+        (frame slot, grid row, grid column; TokenGrid.label)."""
+        grid = self.cfg.grid
+        return [grid.label(i) for i in range(grid.n_ctx)]
 
     # ================================================================== weights, TransformerLens style
     def _stack(self, get: Callable[[TransformerBlock], torch.Tensor]) -> torch.Tensor:

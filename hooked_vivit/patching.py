@@ -31,9 +31,10 @@ import torch
 from jaxtyping import Float
 from transformer_lens import ActivationCache
 from transformer_lens import patching as tl_patching
-from transformer_lens.patching import PatchingResult, generic_activation_patch, make_df_from_ranges
+from transformer_lens.patching import generic_activation_patch, make_df_from_ranges
 
 from hooked_vivit.cache_memory import free_bytes
+from hooked_vivit.compat import HAS_DIRECT_PATH, TL_VERSION_STRING, PatchingResult
 from hooked_vivit.metrics import Metric
 
 PixelValues = Float[torch.Tensor, "batch frames channels height width"]
@@ -407,52 +408,130 @@ def video_index_df(model: Any, axes: Sequence[str]) -> pd.DataFrame:
     return make_df_from_ranges([_AXIS_SIZES[a](model.cfg) for a in axes], list(axes))
 
 
-def _tl_twin(tl_function: Callable, patch_setter: Callable, activation_name: str, axes: Sequence[str]) -> Callable:
+def _tl_twin(name: str, patch_setter: Callable, activation_name: str, axes: Sequence[str]) -> Callable:
+    tl_function = getattr(tl_patching, name)
+
     def patch(model, corrupted_video, clean_cache, patching_metric, **kwargs):
         model.validate_input(corrupted_video)
         check_cache(model, clean_cache, [], corrupted_video.shape[0])
+        if PatchingResult is None:  # TL 3: no reduce= / baseline=; their defaults are its behaviour
+            if kwargs.pop("reduce", "scalar") != "scalar" or kwargs.pop("baseline", False):
+                raise TypeError(f"reduce= and baseline= (per-example PatchingResult) need transformer-lens >= 4; installed: {TL_VERSION_STRING}")
         if isinstance(patching_metric, Metric) and kwargs.get("reduce", "scalar") == "scalar":
             patching_metric = patching_metric.mean_over_batch
         index_df = video_index_df(model, axes)
         out = generic_activation_patch(model, corrupted_video, clean_cache, patching_metric, patch_setter, activation_name, index_df=index_df, **kwargs)
         shape = [_AXIS_SIZES[a](model.cfg) for a in axes]
-        if isinstance(out, PatchingResult):
+        if PatchingResult is not None and isinstance(out, PatchingResult):
             lead = 1 if out.has_metric_axis else 0
             out.values = out.values.reshape(*out.values.shape[:lead], *shape, *out.values.shape[lead + 1 :])
             out.axis_names = list(axes)
             return out
         return out.reshape(shape)
 
-    patch.__name__ = tl_function.func.__name__ if isinstance(tl_function, partial) else activation_name
+    # TransformerLens's helpers are functools.partial objects (named generic_activation_patch);
+    # the twin carries the helper's own name and its docstring, read for video.
+    patch.__name__ = patch.__qualname__ = name
     patch.__doc__ = (
-        f"Video twin of transformer_lens.patching's helper for {activation_name!r}: same arguments, "
-        f"(model, corrupted_video [B, T, C, H, W], clean_cache, patching_metric). Returns "
-        f"[{', '.join(axes)}] with positions counted in tokens (n_ctx), one patched forward per cell."
+        f"Video twin of transformer_lens.patching.{name}: same arguments, with ``corrupted_video``\n"
+        f"[batch, frames, C, H, W] for ``corrupted_tokens``. Returns [{', '.join(axes)}] with positions\n"
+        f"counted in tokens (n_ctx), one patched forward per cell.\n\nTransformerLens's docstring:\n"
+        + (tl_function.__doc__ or "")
     )
     return patch
 
 
-_pos, _head_pos, _head, _pattern_head, _pattern_pos = (
+_pos, _head_pos, _head, _pattern_head, _pattern_pos, _pattern_dest_src = (
     tl_patching.layer_pos_patch_setter,
     tl_patching.layer_pos_head_vector_patch_setter,
     tl_patching.layer_head_vector_patch_setter,
     tl_patching.layer_head_pattern_patch_setter,
     tl_patching.layer_head_pos_pattern_patch_setter,
+    tl_patching.layer_head_dest_src_pos_pattern_patch_setter,
 )
-get_act_patch_resid_pre = _tl_twin(tl_patching.get_act_patch_resid_pre, _pos, "resid_pre", ("layer", "pos"))
-get_act_patch_resid_mid = _tl_twin(tl_patching.get_act_patch_resid_mid, _pos, "resid_mid", ("layer", "pos"))
-get_act_patch_attn_out = _tl_twin(tl_patching.get_act_patch_attn_out, _pos, "attn_out", ("layer", "pos"))
-get_act_patch_mlp_out = _tl_twin(tl_patching.get_act_patch_mlp_out, _pos, "mlp_out", ("layer", "pos"))
-get_act_patch_attn_head_out_by_pos = _tl_twin(tl_patching.get_act_patch_attn_head_out_by_pos, _head_pos, "z", ("layer", "pos", "head"))
-get_act_patch_attn_head_q_by_pos = _tl_twin(tl_patching.get_act_patch_attn_head_q_by_pos, _head_pos, "q", ("layer", "pos", "head"))
-get_act_patch_attn_head_k_by_pos = _tl_twin(tl_patching.get_act_patch_attn_head_k_by_pos, _head_pos, "k", ("layer", "pos", "head"))
-get_act_patch_attn_head_v_by_pos = _tl_twin(tl_patching.get_act_patch_attn_head_v_by_pos, _head_pos, "v", ("layer", "pos", "head"))
-get_act_patch_attn_head_pattern_by_pos = _tl_twin(tl_patching.get_act_patch_attn_head_pattern_by_pos, _pattern_pos, "pattern", ("layer", "head_index", "dest_pos"))
-get_act_patch_attn_head_out_all_pos = _tl_twin(tl_patching.get_act_patch_attn_head_out_all_pos, _head, "z", ("layer", "head"))
-get_act_patch_attn_head_q_all_pos = _tl_twin(tl_patching.get_act_patch_attn_head_q_all_pos, _head, "q", ("layer", "head"))
-get_act_patch_attn_head_k_all_pos = _tl_twin(tl_patching.get_act_patch_attn_head_k_all_pos, _head, "k", ("layer", "head"))
-get_act_patch_attn_head_v_all_pos = _tl_twin(tl_patching.get_act_patch_attn_head_v_all_pos, _head, "v", ("layer", "head"))
-get_act_patch_attn_head_pattern_all_pos = _tl_twin(tl_patching.get_act_patch_attn_head_pattern_all_pos, _pattern_head, "pattern", ("layer", "head_index"))
+get_act_patch_resid_pre = _tl_twin("get_act_patch_resid_pre", _pos, "resid_pre", ("layer", "pos"))
+get_act_patch_resid_mid = _tl_twin("get_act_patch_resid_mid", _pos, "resid_mid", ("layer", "pos"))
+get_act_patch_attn_out = _tl_twin("get_act_patch_attn_out", _pos, "attn_out", ("layer", "pos"))
+get_act_patch_mlp_out = _tl_twin("get_act_patch_mlp_out", _pos, "mlp_out", ("layer", "pos"))
+get_act_patch_attn_head_out_by_pos = _tl_twin("get_act_patch_attn_head_out_by_pos", _head_pos, "z", ("layer", "pos", "head"))
+get_act_patch_attn_head_q_by_pos = _tl_twin("get_act_patch_attn_head_q_by_pos", _head_pos, "q", ("layer", "pos", "head"))
+get_act_patch_attn_head_k_by_pos = _tl_twin("get_act_patch_attn_head_k_by_pos", _head_pos, "k", ("layer", "pos", "head"))
+get_act_patch_attn_head_v_by_pos = _tl_twin("get_act_patch_attn_head_v_by_pos", _head_pos, "v", ("layer", "pos", "head"))
+get_act_patch_attn_head_pattern_by_pos = _tl_twin("get_act_patch_attn_head_pattern_by_pos", _pattern_pos, "pattern", ("layer", "head_index", "dest_pos"))
+get_act_patch_attn_head_pattern_dest_src_pos = _tl_twin(
+    "get_act_patch_attn_head_pattern_dest_src_pos", _pattern_dest_src, "pattern", ("layer", "head_index", "dest_pos", "src_pos")
+)
+get_act_patch_attn_head_out_all_pos = _tl_twin("get_act_patch_attn_head_out_all_pos", _head, "z", ("layer", "head"))
+get_act_patch_attn_head_q_all_pos = _tl_twin("get_act_patch_attn_head_q_all_pos", _head, "q", ("layer", "head"))
+get_act_patch_attn_head_k_all_pos = _tl_twin("get_act_patch_attn_head_k_all_pos", _head, "k", ("layer", "head"))
+get_act_patch_attn_head_v_all_pos = _tl_twin("get_act_patch_attn_head_v_all_pos", _head, "v", ("layer", "head"))
+get_act_patch_attn_head_pattern_all_pos = _tl_twin("get_act_patch_attn_head_pattern_all_pos", _pattern_head, "pattern", ("layer", "head_index"))
+
+
+def get_act_patch_direct_path(
+    model: Any,
+    corrupted_video: PixelValues,
+    clean_cache: ActivationCache,
+    corrupted_cache: ActivationCache,
+    patching_metric: Callable,
+    src_layer: int,
+    src_head: int,
+    component: str = "q",
+    verbose: bool = True,
+) -> Float[torch.Tensor, "n_layers n_heads"]:
+    """Direct path patching, head (src_layer, src_head) -> each later head's q, k or v input.
+
+    The source head's clean-minus-corrupted write (``z @ W_O``) is added, at every token, to one
+    destination head's own copy of the residual stream before ln1 (``blocks.{l}.hook_{component}_input``,
+    switched on for the sweep with ``set_use_split_qkv_input`` and restored after); every other
+    reader still sees the corrupted write. ``results[l, h]`` is the metric with the path into
+    head (l, h) patched; rows ``l <= src_layer`` are 0.0 placeholders. One forward per later head.
+    Both caches must hold ``blocks.{src_layer}.attn.hook_z``.
+
+    The twin of ``transformer_lens.patching.get_act_patch_direct_path`` (TransformerLens >= 4, whose
+    own version expects the bridge's ``attn.hook_q_input`` names), here for TransformerLens 3 and 4."""
+    from tqdm.auto import tqdm
+
+    cfg = model.cfg
+    if component not in ("q", "k", "v"):
+        raise ValueError(f"component must be 'q', 'k' or 'v', got {component!r}")
+    if not (0 <= src_layer < cfg.n_layers and 0 <= src_head < cfg.n_heads):
+        raise ValueError(f"source head ({src_layer}, {src_head}) does not exist: layers 0..{cfg.n_layers - 1}, heads 0..{cfg.n_heads - 1}")
+    corrupted_video = model.validate_input(corrupted_video)
+    z_name = f"blocks.{src_layer}.attn.hook_z"
+    for cache in (clean_cache, corrupted_cache):
+        check_cache(model, cache, [z_name], corrupted_video.shape[0])
+    W_O = model.blocks[src_layer].attn.W_O[src_head]
+    delta = (clean_cache[z_name][:, :, src_head] - corrupted_cache[z_name][:, :, src_head]).to(W_O.device, W_O.dtype) @ W_O
+
+    def add_delta(fork, hook, head):
+        fork = fork.clone()
+        fork[:, :, head] += delta
+        return fork
+
+    if isinstance(patching_metric, Metric):
+        patching_metric = patching_metric.mean_over_batch
+    results = torch.zeros(cfg.n_layers, cfg.n_heads)
+    saved = cfg.use_split_qkv_input, cfg.use_attn_in
+    pairs = [(l, h) for l in range(src_layer + 1, cfg.n_layers) for h in range(cfg.n_heads)]
+    try:
+        model.set_use_attn_in(False)
+        model.set_use_split_qkv_input(True)
+        for l, h in tqdm(pairs, desc=f"direct path ({src_layer},{src_head}) -> * [{component}]", disable=not verbose):
+            hook = (f"blocks.{l}.hook_{component}_input", partial(add_delta, head=h))
+            with torch.no_grad():
+                logits = model.run_with_hooks(corrupted_video, fwd_hooks=[hook])
+            results[l, h] = float(patching_metric(logits))
+    finally:
+        model.set_use_split_qkv_input(saved[0])
+        model.set_use_attn_in(saved[1])
+    return results
+
+
+if HAS_DIRECT_PATH:
+    get_act_patch_direct_path.__doc__ = (get_act_patch_direct_path.__doc__ or "") + (
+        "\n\nTransformerLens's docstring:\n" + (tl_patching.get_act_patch_direct_path.__doc__ or "")
+    )
 
 
 def get_act_patch_block_every(model, corrupted_video, clean_cache, metric, **kwargs) -> torch.Tensor:

@@ -52,12 +52,19 @@ class TokenGrid:
                 raise IndexError(f"{what} {v} out of range [0, {n})")
         return 1 + (t * self.n_rows + r) * self.n_cols + c
 
-    def coords(self, index: int) -> tuple[int, int, int]:
-        """(frame slot, row, col) of a patch token; token 0 (CLS) has none."""
-        if not 1 <= index < self.n_ctx:
-            raise IndexError(f"token {index} is not a patch token (patch tokens are 1..{self.n_ctx - 1}; 0 is CLS)")
+    def coords(self, index: int) -> tuple[int, int, int] | None:
+        """(frame slot, row, col) of a patch token; None for token 0, CLS, which has no place on the grid."""
+        if not 0 <= index < self.n_ctx:
+            raise IndexError(f"token {index} out of range [0, {self.n_ctx}) (0 is CLS, 1..{self.n_ctx - 1} patches)")
+        if index == 0:
+            return None
         p = index - 1
         return p // (self.n_rows * self.n_cols), (p // self.n_cols) % self.n_rows, p % self.n_cols
+
+    def label(self, index: int) -> str:
+        """``"CLS"`` or ``"t{slot} r{row} c{col}"``: a readable name for a token (plots, circuitsvis)."""
+        coords = self.coords(index)
+        return "CLS" if coords is None else "t{} r{} c{}".format(*coords)
 
     def positions(
         self,
@@ -79,7 +86,10 @@ class TokenGrid:
 
     def pixel_box(self, index: int) -> tuple[range, slice, slice]:
         """(frames, row pixel slice, col pixel slice) that a patch token sees."""
-        t, r, c = self.coords(index)
+        coords = self.coords(index)
+        if coords is None:
+            raise IndexError("token 0 is CLS, which sees no pixel box (it attends to every token)")
+        t, r, c = coords
         _, h, w = self.tubelet_size
         return self.frames_of_slot(t), slice(r * h, (r + 1) * h), slice(c * w, (c + 1) * w)
 

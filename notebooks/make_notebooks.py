@@ -27,6 +27,14 @@ QUICKSTART = [
     new_code_cell("name = get_act_name('resid_pre', 2)\nprint(name, cache[name].shape)\ncache['pattern', 3].shape  # [batch, head, query, key]"),
     new_code_cell("grid = model.cfg.grid\nprint(grid)\ncls_attention = cache['pattern', -1][0, :, 0, 1:]  # last layer, every head, from CLS to patches\n"
                   "cls_attention.view(model.cfg.n_heads, *grid.shape).sum(dim=(2, 3))  # attention per frame slot"),
+    new_markdown_cell("Attention patterns in circuitsvis (`pip install hooked-vivit[viz]`), labelled with `model.token_labels()`: CLS and "
+                      "one frame slot's tokens, layer 3. Attention is bidirectional, hence `mask_upper_tri=False`; `local_src` is the "
+                      "self-contained HTML (circuitsvis's own display first probes the network for its JavaScript)."),
+    new_code_cell("import circuitsvis as cv\nfrom IPython.display import HTML\n\n"
+                  "labels = model.token_labels()\nkeep = [0] + grid.positions(frame_slots=4)  # CLS and the 36 tokens of frame slot 4\n"
+                  "pattern = cache['pattern', 3][0][:, keep][:, :, keep]  # [head, query, key]\n"
+                  "html = cv.attention.attention_heads(attention=pattern, tokens=[labels[i] for i in keep], mask_upper_tri=False)\n"
+                  "HTML(html.local_src)"),
     new_markdown_cell("Patch: zero the MLP output of layer 1 at every token and watch the bowling logit."),
     new_code_cell("def zero(act, hook):\n    act[:] = 0\n    return act\n\n"
                   "patched = model.run_with_hooks(x, fwd_hooks=[('blocks.1.hook_mlp_out', zero)])\n"

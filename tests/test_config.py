@@ -48,8 +48,12 @@ def test_grid_index_coords_round_trip():
                 assert grid.coords(i) == (t, r, c)
                 seen.add(i)
     assert seen == set(range(1, grid.n_ctx))
+    assert grid.coords(0) is None  # CLS has no place on the grid
+    assert grid.label(0) == "CLS" and grid.label(grid.index(2, 1, 4)) == "t2 r1 c4"
     with pytest.raises(IndexError, match="CLS"):
-        grid.coords(0)
+        grid.pixel_box(0)
+    with pytest.raises(IndexError, match="out of range"):
+        grid.coords(grid.n_ctx)
     assert grid.frame_slot_of_frame(5) == 2 and list(grid.frames_of_slot(2)) == [4, 5]
     assert grid.positions(frame_slots=1, rows=[0, 3], cols=slice(0, 2)) == sorted(
         grid.index(1, r, c) for r in (0, 3) for c in (0, 1)

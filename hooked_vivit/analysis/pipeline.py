@@ -187,7 +187,7 @@ def write_analysis(out: Path | OutputDir, model: Any, pair: Pair, results: dict,
 # ---------------------------------------------------------------------------------------- study
 def bootstrap(values: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Percentile bootstrap 95 % interval of the mean over axis 0."""
-    from transformer_lens.utilities.statistics import bootstrap_ci, derive_generator
+    from hooked_vivit.compat import bootstrap_ci, derive_generator
 
     lo, hi = bootstrap_ci(torch.as_tensor(values, dtype=torch.float64), dim=0, n_resamples=n, generator=derive_generator(seed, "study"))
     return lo.numpy(), hi.numpy()

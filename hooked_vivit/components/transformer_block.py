@@ -14,6 +14,10 @@ from hooked_vivit.config import HookedViViTConfig
 
 
 class TransformerBlock(nn.Module):
+    # hook_resid_post is the one residual stream the next block (or ln_final) reads; TransformerLens's
+    # logit lens checks this flag before reading it.
+    hook_out_is_single_residual_stream = True
+
     def __init__(self, cfg: HookedViViTConfig, layer: int):
         super().__init__()
         self.cfg = cfg
