@@ -33,13 +33,34 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+# transformers keeps XIELUActivation's parameters in bfloat16 whatever the model's dtype (and through
+# from_pretrained(dtype=...)); this library casts every parameter with the model, so it could not
+# compute what transformers computes.
+UNSUPPORTED_ACTIVATIONS = {"xielu": "transformers keeps its parameters in bfloat16 whatever the model dtype"}
+
+
+def make_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``hidden_act`` -> the function. The common ones are fused torch ops; any other name that
+    transformers' ACT2FN knows is transformers' own module (exact by construction). A module with
+    parameters (``prelu``) becomes a submodule of the MLP, so its weights load and save."""
+    if name in ACTIVATIONS:
+        return ACTIVATIONS[name]
+    from transformers.activations import ACT2CLS, ACT2FN
+
+    if name in UNSUPPORTED_ACTIVATIONS or name not in ACT2CLS:
+        why = f" ({UNSUPPORTED_ACTIVATIONS[name]})" if name in UNSUPPORTED_ACTIVATIONS else ""
+        supported = sorted((set(ACTIVATIONS) | set(ACT2CLS)) - set(UNSUPPORTED_ACTIVATIONS))
+        raise ValueError(f"unsupported activation {name!r}{why}; supported: {supported}")
+    return ACT2FN[name]
+
+
 class MLP(nn.Module):
     def __init__(self, cfg: HookedViViTConfig):
         super().__init__()
-        if cfg.act_fn not in ACTIVATIONS:
-            raise ValueError(f"unsupported activation {cfg.act_fn!r}; supported: {sorted(ACTIVATIONS)}")
         assert cfg.d_mlp is not None
-        self.act = ACTIVATIONS[cfg.act_fn]
+        act = make_activation(cfg.act_fn)
+        # An nn.Module is registered (its parameters, e.g. PReLU's weight, are "act.*"); a function is not.
+        self.act = act.to(dtype=cfg.dtype) if isinstance(act, nn.Module) else act
         self.W_in: Float[torch.Tensor, "d_model d_mlp"] = nn.Parameter(torch.empty(cfg.d_model, cfg.d_mlp, dtype=cfg.dtype))
         self.b_in: Float[torch.Tensor, "d_mlp"] = nn.Parameter(torch.zeros(cfg.d_mlp, dtype=cfg.dtype))
         self.W_out: Float[torch.Tensor, "d_mlp d_model"] = nn.Parameter(torch.empty(cfg.d_mlp, cfg.d_model, dtype=cfg.dtype))
