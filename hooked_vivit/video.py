@@ -253,6 +253,11 @@ def preprocess(
     frames = _check_frames(frames)
     if config is not None:
         cfg = getattr(config, "cfg", config)
+        if getattr(cfg, "n_channels", 3) != 3:
+            raise ValueError(
+                f"this model takes {cfg.n_channels} channels per frame; preprocess makes RGB (3) pixel values, "
+                f"so build [batch, frames, {cfg.n_channels}, H, W] for it yourself"
+            )
         crop_size = tuple(cfg.image_size)
     crop_h, crop_w = _pair(crop_size)
     shortest_edge = shortest_edge or min(crop_h, crop_w)
