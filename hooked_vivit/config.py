@@ -157,7 +157,8 @@ class HookedViViTConfig(TransformerLensConfig):
             image_size = tuple(image_size[:2])
         id2label = d.get("id2label") or {}
         archs = d.get("architectures") or ["VivitForVideoClassification"]
-        n_classes = len(id2label) if id2label else int(d.get("num_labels", 0) or 0)
+        # transformers' save_pretrained leaves the default two labels out of config.json: 2, as it reads.
+        n_classes = len(id2label) if id2label else int(d.get("num_labels", 2))
         kwargs: dict[str, Any] = dict(
             d_model=d_model,
             d_head=d_head,
