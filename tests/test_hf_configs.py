@@ -45,6 +45,10 @@ NEWLY_ACCEPTED = {
     "list3_image_1ch_prelu": dict(image_size=[9, 10, 3], num_frames=3, tubelet_size=[2, 4, 4], num_channels=1,
                                   hidden_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=11,
                                   hidden_act="prelu", qkv_bias=False, num_labels=2),
+    # xIELU: transformers keeps its learned parameters in bfloat16 inside a float32 model.
+    "xielu_bf16_params": dict(image_size=[9, 7], num_frames=5, tubelet_size=[2, 4, 3], hidden_size=12,
+                              num_hidden_layers=2, num_attention_heads=3, intermediate_size=16, hidden_act="xielu",
+                              num_labels=3),
     # No classifier (num_labels=0: transformers' head is the identity on the CLS token), mish, eps 1e-3.
     "no_classifier_mish": dict(image_size=[8, 12], num_frames=2, tubelet_size=[1, 4, 4], hidden_size=8,
                                num_hidden_layers=1, num_attention_heads=2, intermediate_size=11, num_labels=0,
@@ -91,7 +95,7 @@ def random_config(rng: random.Random) -> dict:
         image_size=H if H == W and rng.random() < 0.5 else rng.choice([[H, W], (H, W), [H, W, rng.randint(1, 9)]]),
         num_channels=rng.randint(1, 4), hidden_size=rng.randint(heads, 20), num_attention_heads=heads,
         num_hidden_layers=rng.randint(1, 2), intermediate_size=rng.randint(1, 24), qkv_bias=rng.random() < 0.7,
-        hidden_act=rng.choice(sorted(set(ACT2CLS) - {"xielu"})), layer_norm_eps=rng.choice([1e-12, 1e-6, 1e-5, 1e-3]),
+        hidden_act=rng.choice(sorted(ACT2CLS)), layer_norm_eps=rng.choice([1e-12, 1e-6, 1e-5, 1e-3]),
         num_labels=rng.randint(0, 5),
     )
     if rng.random() < 0.3:
@@ -125,14 +129,6 @@ def test_what_transformers_cannot_run_is_refused_clearly(kw, message):
     with pytest.raises((ValueError, RuntimeError, ZeroDivisionError, KeyError)):
         make_hf({**base, **kw})(clip_pixels(config))  # transformers fails too, building or running
     with pytest.raises(ValueError, match=message):
-        HookedViViT(HookedViViTConfig.from_hf_config(config))
-
-
-def test_xielu_is_refused_with_the_reason():
-    # transformers runs it, with its parameters in bfloat16 whatever the model dtype: not reproduced here.
-    config = VivitConfig(hidden_act="xielu", hidden_size=8, num_attention_heads=2, num_hidden_layers=1, num_frames=2,
-                         image_size=8, tubelet_size=[2, 4, 4], intermediate_size=8)
-    with pytest.raises(ValueError, match="unsupported activation 'xielu' .transformers keeps its parameters in bfloat16"):
         HookedViViT(HookedViViTConfig.from_hf_config(config))
 
 
@@ -274,21 +270,27 @@ def test_config_round_trips_through_transformers():
         assert HookedViViTConfig.from_hf_config(again).n_ctx == cfg.n_ctx
 
 
+@pytest.mark.parametrize("act", ["prelu", "xielu"])
 @pytest.mark.parametrize("layout", ["transformers", "hub"])
-def test_checkpoints_of_such_configs_round_trip_through_transformers(tmp_path, layout):
-    """Save (either layout) -> transformers reads every parameter back, PReLU's weight included;
-    transformers' own save_pretrained loads here, also with weight processing."""
-    kw = {**NEWLY_ACCEPTED["list3_image_1ch_prelu"], "head_dim": 3, "image_size": [9, 10]}
+def test_checkpoints_of_such_configs_round_trip_through_transformers(tmp_path, layout, act):
+    """Save (either layout) -> transformers reads every tensor back, the learned activation's
+    included, in its dtype; transformers' own save_pretrained loads here, also with weight processing."""
+    kw = {**NEWLY_ACCEPTED["list3_image_1ch_prelu"], "head_dim": 3, "image_size": [9, 10], "hidden_act": act}
     hf = make_hf(kw)
     model = HookedViViT.from_hf_model(hf)
     out = model.save_pretrained(tmp_path / "saved", layout=layout)
     reloaded = VivitForVideoClassification.from_pretrained(out)
-    assert any(k.endswith("mlp.activation_fn.weight") for k in reloaded.state_dict())
+    ours = HookedViViT.from_pretrained(out)
+    assert any(".mlp.activation_fn." in k for k in reloaded.state_dict())
+    if act == "xielu":  # bfloat16 in a float32 model, as in transformers, through casts too
+        assert hf.vivit.layers[0].mlp.activation_fn.alpha_p.dtype == torch.bfloat16
+        assert ours.float().blocks[0].mlp.act.alpha_p.dtype == torch.bfloat16 == ours.blocks[1].mlp.act.eps.dtype
     for key, value in hf.state_dict().items():
-        if layout == "hub" and "activation_fn" in key:
-            # The hub layout names it as transformers < 5.9 did (intermediate.intermediate_act_fn.weight);
+        if layout == "hub" and ".activation_fn." in key:
+            # The hub layout names it as transformers < 5.9 did (intermediate.intermediate_act_fn.*);
             # transformers >= 5.9's own hub-key conversion has no rule for it, so it is read back here.
-            assert torch.equal(HookedViViT.from_pretrained(out).blocks[int(key.split(".")[2])].mlp.act.weight, value), key
+            layer, name = int(key.split(".")[2]), key.rsplit(".", 1)[1]
+            assert torch.equal(getattr(ours.blocks[layer].mlp.act, name), value), key
             continue
         assert torch.equal(reloaded.state_dict()[key], value), key
     hf.save_pretrained(tmp_path / "hf")
