@@ -3,6 +3,10 @@
 Extends TransformerLens's own config so that ActivationCache and the patching helpers find the
 fields they read (n_layers, n_heads, d_model, normalization_type, ...). Defaults are ViViT-B /
 Kinetics-400 (`google/vivit-b-16x2-kinetics400`).
+
+Every config transformers runs is accepted and computed as transformers computes it: sizes that
+are not multiples of the tubelet (the grid floors; see token_grid for the pixels no token sees),
+d_head other than d_model / n_heads (transformers' head_dim), d_mlp = 0, no layers.
 """
 
 from __future__ import annotations
@@ -103,10 +107,11 @@ class HookedViViTConfig(TransformerLensConfig):
         if self.n_heads < 1 or self.d_head < 1:
             # transformers derives head_dim = hidden_size // num_attention_heads, 0 here, and fails.
             raise ValueError(f"n_heads ({self.n_heads}) and d_head ({self.d_head}) must be >= 1")
-        if self.n_channels < 1 or self.d_model < 1 or (self.d_mlp or 0) < 1 or self.n_layers < 0:
+        # transformers also runs d_mlp = 0 (each MLP adds its output bias) and no layers at all.
+        if self.n_channels < 1 or self.d_model < 1 or (self.d_mlp is not None and self.d_mlp < 0) or self.n_layers < 0:
             raise ValueError(
-                f"n_channels ({self.n_channels}), d_model ({self.d_model}) and d_mlp ({self.d_mlp}) must be "
-                f">= 1 and n_layers ({self.n_layers}) >= 0"
+                f"n_channels ({self.n_channels}) and d_model ({self.d_model}) must be >= 1, d_mlp ({self.d_mlp}) "
+                f"and n_layers ({self.n_layers}) >= 0"
             )
         n_ctx = self.grid.n_ctx
         if self.n_ctx not in (-1, n_ctx):
@@ -158,7 +163,8 @@ class HookedViViTConfig(TransformerLensConfig):
         id2label = d.get("id2label") or {}
         archs = d.get("architectures") or ["VivitForVideoClassification"]
         # transformers' save_pretrained leaves the default two labels out of config.json: 2, as it reads.
-        n_classes = len(id2label) if id2label else int(d.get("num_labels", 2))
+        # num_labels <= 0: transformers' head is the identity (the CLS embedding), as a backbone here.
+        n_classes = len(id2label) if id2label else max(0, int(d.get("num_labels", 2)))
         kwargs: dict[str, Any] = dict(
             d_model=d_model,
             d_head=d_head,

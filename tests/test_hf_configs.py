@@ -26,6 +26,9 @@ from hooked_vivit.patching import FrameSlot, Region, resolve_positions
 from tests.conftest import make_hf, max_rel
 from tests.test_parity import TOL, _compare
 
+# transformers' own nn.Linear init on the width-0 MLPs below.
+pytestmark = pytest.mark.filterwarnings("ignore:Initializing zero-element tensors is a no-op")
+
 # Configs transformers runs that this library refused before issue 21 (the closing note lists them).
 NEWLY_ACCEPTED = {
     # transformers' own VivitModelTester config: 10 px frames, 4 px tubelets (rows/cols 8, 9 unseen).
@@ -49,6 +52,9 @@ NEWLY_ACCEPTED = {
     "xielu_bf16_params": dict(image_size=[9, 7], num_frames=5, tubelet_size=[2, 4, 3], hidden_size=12,
                               num_hidden_layers=2, num_attention_heads=3, intermediate_size=16, hidden_act="xielu",
                               num_labels=3),
+    # MLPs of width 0 (each adds its output bias) and num_labels=-1 (an identity head, as for 0).
+    "mlp_width_0_labels_minus_1": dict(image_size=[8, 6], num_frames=3, tubelet_size=[2, 3, 3], hidden_size=8,
+                                       num_hidden_layers=2, num_attention_heads=2, intermediate_size=0, num_labels=-1),
     # No classifier (num_labels=0: transformers' head is the identity on the CLS token), mish, eps 1e-3.
     "no_classifier_mish": dict(image_size=[8, 12], num_frames=2, tubelet_size=[1, 4, 4], hidden_size=8,
                                num_hidden_layers=1, num_attention_heads=2, intermediate_size=11, num_labels=0,
@@ -94,9 +100,9 @@ def random_config(rng: random.Random) -> dict:
         num_frames=t + rng.randint(0, 4), tubelet_size=[t, h, w],
         image_size=H if H == W and rng.random() < 0.5 else rng.choice([[H, W], (H, W), [H, W, rng.randint(1, 9)]]),
         num_channels=rng.randint(1, 4), hidden_size=rng.randint(heads, 20), num_attention_heads=heads,
-        num_hidden_layers=rng.randint(1, 2), intermediate_size=rng.randint(1, 24), qkv_bias=rng.random() < 0.7,
+        num_hidden_layers=rng.randint(1, 2), intermediate_size=rng.randint(0, 24), qkv_bias=rng.random() < 0.7,
         hidden_act=rng.choice(sorted(ACT2CLS)), layer_norm_eps=rng.choice([1e-12, 1e-6, 1e-5, 1e-3]),
-        num_labels=rng.randint(0, 5),
+        num_labels=rng.randint(-1, 5),
     )
     if rng.random() < 0.3:
         kw["head_dim"] = rng.randint(1, 8)
@@ -109,6 +115,20 @@ def test_random_configs_transformers_accepts_match_it():
         kw = random_config(rng)
         worst = parity_both_paths(kw, seed=i)
         assert max(worst.values()) <= TOL, (i, kw, worst)
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_no_layers_at_all(attn):
+    # transformers runs num_hidden_layers=0 (final LayerNorm of the embeddings; it returns no hidden states).
+    kw = dict(image_size=[9, 8], num_frames=3, tubelet_size=[2, 4, 4], hidden_size=8, num_hidden_layers=0,
+              num_attention_heads=2, intermediate_size=8, num_labels=3)
+    hf = make_hf(kw, attn=attn)
+    model = HookedViViT.from_hf_model(hf)
+    x = clip_pixels(hf.config)
+    with torch.no_grad():
+        ref = hf(x).logits
+        assert model.cfg.n_layers == 0 and max_rel(model(x), ref) <= TOL
+        assert max_rel(hf.vivit.embeddings(x), model.run_with_cache(x)[1]["hook_embed"] + model.W_pos) <= TOL
 
 
 # ------------------------------------------------------------------------------------------ refusals
