@@ -235,11 +235,17 @@ class HookedViViTConfig(TransformerLensConfig):
     def __repr__(self) -> str:
         g = self.grid
         path = "SDPA unless scores/pattern hooked" if self.use_sdpa else "explicit (pattern always)"
+        heads = f"{self.n_heads} heads" + (f" of {self.d_head}" if self.n_heads * self.d_head != self.d_model else "")
+        H, W = self.image_size  # type: ignore[misc]
+        unseen = (self.num_frames - g.covered_frames.stop, H - g.covered_rows.stop, W - g.covered_cols.stop)
+        unseen_text = (
+            f" (no token sees the last {unseen[0]} frames, {unseen[1]} pixel rows, {unseen[2]} pixel cols)" if any(unseen) else ""
+        )
         return (
-            f"HookedViViTConfig({self.model_name!r}: {self.n_layers} layers x {self.n_heads} heads, "
+            f"HookedViViTConfig({self.model_name!r}: {self.n_layers} layers x {heads}, "
             f"d_model {self.d_model}, d_mlp {self.d_mlp}, tokens 1 + {g.n_frame_slots}x{g.n_rows}x"
             f"{g.n_cols} = {self.n_ctx}, input {self.num_frames}x{self.n_channels}x"
-            f"{self.image_size[0]}x{self.image_size[1]}, tubelet {self.tubelet_size}, "  # type: ignore[index]
+            f"{H}x{W}{unseen_text}, tubelet {self.tubelet_size}, "
             f"{self.n_classes} classes, attention {path}, dtype {str(self.dtype).removeprefix('torch.')})"
         )
 
