@@ -22,8 +22,9 @@ from transformers.activations import ACT2CLS
 
 from hooked_vivit import HookedViViT, HookedViViTConfig, viewer
 from hooked_vivit.ablation import PixelBox, ablate_pixels
-from hooked_vivit.analysis.experiments import token_masks
+from hooked_vivit.analysis.experiments import probe_features, token_masks
 from hooked_vivit.patching import FrameSlot, Region, resolve_positions
+from hooked_vivit.video import preprocess
 from tests.conftest import make_hf, max_rel
 from tests.test_parity import TOL, _compare
 
@@ -327,3 +328,24 @@ def test_checkpoints_of_such_configs_round_trip_through_transformers(tmp_path, l
             loaded = HookedViViT.from_pretrained(tmp_path / "hf", **processing)
             assert loaded.cfg.d_head == 3 and loaded.cfg.n_ctx == 1 + 1 * 2 * 2
             assert max_rel(loaded(x), ref) <= TOL, processing
+
+
+def test_pixel_baseline_and_preprocessing_use_each_tokens_pixels(ragged):
+    _, model, x = ragged
+    grid = model.cfg.grid
+    other = clip_pixels(VivitConfig(**NEWLY_ACCEPTED["ragged_every_axis"]), batch=1, seed=4)
+    feats = probe_features(model, [(x, other)])["pixels"]  # [2 clips, slots * C * rows * cols]
+    for clip, clip_pixels_ in enumerate((x, other)):
+        grid_means = feats[clip].view(grid.n_frame_slots, 3, grid.n_rows, grid.n_cols)
+        for token in range(1, grid.n_ctx):
+            t, r, c = grid.coords(token)
+            frames, rows, cols = grid.pixel_box(token)
+            expected = clip_pixels_[0, frames.start : frames.stop, :, rows, cols].mean(dim=(0, 2, 3))
+            torch.testing.assert_close(grid_means[t, :, r, c], expected)
+    frames_u8 = np.random.default_rng(2).integers(0, 256, (7, 20, 16, 3), dtype=np.uint8)
+    pixels_in = preprocess(frames_u8, config=model.cfg)
+    assert pixels_in.shape == (1, 7, 3, 13, 11) and model(pixels_in).shape == (1, 3)
+    one_channel = HookedViViTConfig(num_frames=2, image_size=8, tubelet_size=(2, 4, 4), d_model=8, d_head=4, n_heads=2,
+                                    n_layers=1, d_mlp=8, n_channels=1, n_classes=2)
+    with pytest.raises(ValueError, match="this model takes 1 channels per frame; preprocess makes RGB"):
+        preprocess(frames_u8, config=one_channel)
