@@ -169,6 +169,13 @@ def test_inputs_transformers_refuses_are_refused():
             hf(bad)
         with pytest.raises(ValueError, match=message):
             model(bad)
+    with pytest.raises(RuntimeError):  # 5 frames make 1 frame slot, not 2: transformers' shapes clash
+        hf(x[:, :5])
+    with pytest.raises(ValueError, match="expected 7 frames at dim 1"):
+        model(x[:, :5])
+    # transformers runs 6 frames (the same 2 slots); this library asks for num_frames exactly (README).
+    with pytest.raises(ValueError, match="expected 7 frames at dim 1"):
+        model(x[:, :6])
 
 
 # ------------------------------------------------------------------------------------------ pixels
