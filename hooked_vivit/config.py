@@ -3,6 +3,10 @@
 Extends TransformerLens's own config so that ActivationCache and the patching helpers find the
 fields they read (n_layers, n_heads, d_model, normalization_type, ...). Defaults are ViViT-B /
 Kinetics-400 (`google/vivit-b-16x2-kinetics400`).
+
+Every config transformers runs is accepted and computed as transformers computes it: sizes that
+are not multiples of the tubelet (the grid floors; see token_grid for the pixels no token sees),
+d_head other than d_model / n_heads (transformers' head_dim), d_mlp = 0, no layers.
 """
 
 from __future__ import annotations
@@ -88,14 +92,26 @@ class HookedViViTConfig(TransformerLensConfig):
                 f"image_size must be (H, W) and tubelet_size (t, h, w); got {self.image_size} "
                 f"and {self.tubelet_size}"
             )
+        if min(self.tubelet_size) < 1:
+            raise ValueError(f"tubelet_size must be positive, got {self.tubelet_size}")
+        # Sizes need not be multiples of the tubelet: like transformers' Conv3d (stride = kernel), the
+        # token grid floors and the trailing frames / pixel rows / columns feed no token.
         t, h, w = self.tubelet_size
         H, W = self.image_size
         for what, size, step in (("num_frames", self.num_frames, t), ("height", H, h), ("width", W, w)):
-            if size % step:
-                raise ValueError(f"{what} {size} is not a multiple of the tubelet size {step}")
-        if self.n_heads * self.d_head != self.d_model:
+            if size < step:
+                raise ValueError(
+                    f"{what} {size} is smaller than the tubelet size {step}: no token would cover it "
+                    "(transformers' Conv3d refuses such an input too)"
+                )
+        if self.n_heads < 1 or self.d_head < 1:
+            # transformers derives head_dim = hidden_size // num_attention_heads, 0 here, and fails.
+            raise ValueError(f"n_heads ({self.n_heads}) and d_head ({self.d_head}) must be >= 1")
+        # transformers also runs d_mlp = 0 (each MLP adds its output bias) and no layers at all.
+        if self.n_channels < 1 or self.d_model < 1 or (self.d_mlp is not None and self.d_mlp < 0) or self.n_layers < 0:
             raise ValueError(
-                f"n_heads ({self.n_heads}) x d_head ({self.d_head}) must equal d_model ({self.d_model})"
+                f"n_channels ({self.n_channels}) and d_model ({self.d_model}) must be >= 1, d_mlp ({self.d_mlp}) "
+                f"and n_layers ({self.n_layers}) >= 0"
             )
         n_ctx = self.grid.n_ctx
         if self.n_ctx not in (-1, n_ctx):
@@ -113,7 +129,11 @@ class HookedViViTConfig(TransformerLensConfig):
     def grid(self) -> TokenGrid:
         t, h, w = self.tubelet_size
         H, W = self.image_size  # type: ignore[misc]
-        return TokenGrid(self.num_frames // t, H // h, W // w, tubelet_size=self.tubelet_size)
+        # Floors, as transformers' Conv3d (stride = kernel) and its position-embedding count.
+        return TokenGrid(
+            self.num_frames // t, H // h, W // w, tubelet_size=self.tubelet_size,
+            num_frames=self.num_frames, image_size=self.image_size,  # type: ignore[arg-type]
+        )
 
     @property
     def label2id(self) -> dict[str, int]:
@@ -129,19 +149,32 @@ class HookedViViTConfig(TransformerLensConfig):
             raise ValueError(f"expected a ViViT config (model_type 'vivit'), got {model_type!r}")
         d_model = int(d.get("hidden_size", 768))
         n_heads = int(d.get("num_attention_heads", 12))
+        # transformers reads getattr(config, "head_dim", hidden_size // num_attention_heads): the heads
+        # may span fewer (or more) dimensions than hidden_size; W_O maps them back.
+        head_dim = d.get("head_dim")
+        d_head = int(head_dim) if head_dim is not None else d_model // max(n_heads, 1)
+        image_size = d.get("image_size", 224)
+        if not isinstance(image_size, int):
+            # transformers reads image_size[0] and [1] only: a longer list works there, extras ignored.
+            image_size = list(image_size)
+            if len(image_size) < 2:
+                raise ValueError(f"image_size must be an int or (height, width), got {d.get('image_size')!r}")
+            image_size = tuple(image_size[:2])
         id2label = d.get("id2label") or {}
         archs = d.get("architectures") or ["VivitForVideoClassification"]
-        n_classes = len(id2label) if id2label else int(d.get("num_labels", 0) or 0)
+        # transformers' save_pretrained leaves the default two labels out of config.json: 2, as it reads.
+        # num_labels <= 0: transformers' head is the identity (the CLS embedding), as a backbone here.
+        n_classes = len(id2label) if id2label else max(0, int(d.get("num_labels", 2)))
         kwargs: dict[str, Any] = dict(
             d_model=d_model,
-            d_head=int(d.get("head_dim") or d_model // n_heads),
+            d_head=d_head,
             n_heads=n_heads,
             n_layers=int(d.get("num_hidden_layers", 12)),
             d_mlp=int(d.get("intermediate_size", 3072)),
             eps=float(d.get("layer_norm_eps", 1e-6)),
             act_fn=str(d.get("hidden_act", "gelu_fast")),
             num_frames=int(d.get("num_frames", 32)),
-            image_size=d.get("image_size", 224),
+            image_size=image_size,
             tubelet_size=tuple(d.get("tubelet_size", (2, 16, 16))),
             n_channels=int(d.get("num_channels", 3)),
             n_classes=n_classes,
@@ -162,6 +195,7 @@ class HookedViViTConfig(TransformerLensConfig):
             "architectures": [self.original_architecture],
             "hidden_size": self.d_model,
             "num_attention_heads": self.n_heads,
+            **({"head_dim": self.d_head} if self.d_head != self.d_model // self.n_heads else {}),
             "num_hidden_layers": self.n_layers,
             "intermediate_size": self.d_mlp,
             "layer_norm_eps": self.eps,
@@ -201,11 +235,17 @@ class HookedViViTConfig(TransformerLensConfig):
     def __repr__(self) -> str:
         g = self.grid
         path = "SDPA unless scores/pattern hooked" if self.use_sdpa else "explicit (pattern always)"
+        heads = f"{self.n_heads} heads" + (f" of {self.d_head}" if self.n_heads * self.d_head != self.d_model else "")
+        H, W = self.image_size  # type: ignore[misc]
+        unseen = (self.num_frames - g.covered_frames.stop, H - g.covered_rows.stop, W - g.covered_cols.stop)
+        unseen_text = (
+            f" (no token sees the last {unseen[0]} frames, {unseen[1]} pixel rows, {unseen[2]} pixel cols)" if any(unseen) else ""
+        )
         return (
-            f"HookedViViTConfig({self.model_name!r}: {self.n_layers} layers x {self.n_heads} heads, "
+            f"HookedViViTConfig({self.model_name!r}: {self.n_layers} layers x {heads}, "
             f"d_model {self.d_model}, d_mlp {self.d_mlp}, tokens 1 + {g.n_frame_slots}x{g.n_rows}x"
             f"{g.n_cols} = {self.n_ctx}, input {self.num_frames}x{self.n_channels}x"
-            f"{self.image_size[0]}x{self.image_size[1]}, tubelet {self.tubelet_size}, "  # type: ignore[index]
+            f"{H}x{W}{unseen_text}, tubelet {self.tubelet_size}, "
             f"{self.n_classes} classes, attention {path}, dtype {str(self.dtype).removeprefix('torch.')})"
         )
 

@@ -1,8 +1,16 @@
-"""Token index <-> (frame slot, row, col): the layout of ViViT's tokens.
+"""Token index <-> (frame slot, row, col): the layout of ViViT's tokens, and the pixels each sees.
 
 Token 0 is CLS. Patch tokens follow in HF's order (Conv3d output flattened over t, h, w):
 ``index = 1 + t * (rows * cols) + r * cols + c``. A frame slot ``t`` covers input frames
-``[t * tubelet_t, (t + 1) * tubelet_t)``.
+``[t * tubelet_t, (t + 1) * tubelet_t)``; token (t, r, c) sees exactly the pixels of its Conv3d
+window: those frames, pixel rows ``[r * h, (r + 1) * h)`` and columns ``[c * w, (c + 1) * w)``.
+
+Sizes that are not multiples of the tubelet (transformers accepts them): the Conv3d has stride =
+kernel, so ``frame slots = num_frames // t``, ``rows = H // h``, ``cols = W // w`` (floors, as HF
+counts its position embeddings), and the trailing ``num_frames % t`` frames, the bottom ``H % h``
+pixel rows and the right ``W % w`` pixel columns feed NO token: they cannot change any activation
+or logit. ``covered_frames`` / ``covered_rows`` / ``covered_cols`` give the part tokens see;
+``token_at`` and ``frame_slot_of_frame`` answer None for pixels / frames outside it.
 """
 
 from __future__ import annotations
@@ -32,6 +40,10 @@ class TokenGrid:
     n_rows: int
     n_cols: int
     tubelet_size: tuple[int, int, int] = (2, 16, 16)
+    # The input's extent (num_frames, (H, W)), when known: a config's grid carries it, so the pixels
+    # past the last whole tubelet can be told apart from pixels outside the clip.
+    num_frames: int | None = None
+    image_size: tuple[int, int] | None = None
 
     @property
     def n_patches(self) -> int:
@@ -78,14 +90,52 @@ class TokenGrid:
         cs = _as_list(cols, self.n_cols, "col")
         return sorted(self.index(t, r, c) for t in ts for r in rs for c in cs)
 
-    def frame_slot_of_frame(self, frame: int) -> int:
-        return frame // self.tubelet_size[0]
+    @property
+    def covered_frames(self) -> range:
+        """Input frames some token sees: all but the trailing ``num_frames % t``."""
+        return range(self.n_frame_slots * self.tubelet_size[0])
+
+    @property
+    def covered_rows(self) -> slice:
+        """Pixel rows some token sees: all but the bottom ``H % h``."""
+        return slice(0, self.n_rows * self.tubelet_size[1])
+
+    @property
+    def covered_cols(self) -> slice:
+        """Pixel columns some token sees: all but the right ``W % w``."""
+        return slice(0, self.n_cols * self.tubelet_size[2])
+
+    def _check_inside(self, what: str, v: int, extent: int | None) -> None:
+        if v < 0 or (extent is not None and v >= extent):
+            raise IndexError(f"{what} {v} is outside the clip [0, {extent if extent is not None else 'inf'})")
+
+    def frame_slot_of_frame(self, frame: int) -> int | None:
+        """The frame slot whose tokens see input frame ``frame``; None for a trailing frame that
+        fills no whole tubelet (no token sees it)."""
+        self._check_inside("frame", frame, self.num_frames)
+        slot = frame // self.tubelet_size[0]
+        return slot if slot < self.n_frame_slots else None
 
     def frames_of_slot(self, t: int) -> range:
+        if not 0 <= t < self.n_frame_slots:
+            raise IndexError(f"frame slot {t} out of range [0, {self.n_frame_slots})")
         return range(t * self.tubelet_size[0], (t + 1) * self.tubelet_size[0])
 
+    def token_at(self, frame: int, row: int, col: int) -> int | None:
+        """The patch token whose Conv3d window holds pixel (frame, row, col); None when no token
+        sees it (it lies past the last whole tubelet in time, height or width)."""
+        H, W = self.image_size if self.image_size is not None else (None, None)
+        self._check_inside("frame", frame, self.num_frames)
+        self._check_inside("pixel row", row, H)
+        self._check_inside("pixel column", col, W)
+        t, h, w = self.tubelet_size
+        slot, r, c = frame // t, row // h, col // w
+        if slot >= self.n_frame_slots or r >= self.n_rows or c >= self.n_cols:
+            return None
+        return self.index(slot, r, c)
+
     def pixel_box(self, index: int) -> tuple[range, slice, slice]:
-        """(frames, row pixel slice, col pixel slice) that a patch token sees."""
+        """(frames, row pixel slice, col pixel slice) that a patch token sees: its Conv3d window."""
         coords = self.coords(index)
         if coords is None:
             raise IndexError("token 0 is CLS, which sees no pixel box (it attends to every token)")

@@ -271,6 +271,11 @@ def preprocess(
     frames = _check_frames(frames)
     if config is not None:
         cfg = getattr(config, "cfg", config)
+        if getattr(cfg, "n_channels", 3) != 3:
+            raise ValueError(
+                f"this model takes {cfg.n_channels} channels per frame; preprocess makes RGB (3) pixel values, "
+                f"so build [batch, frames, {cfg.n_channels}, H, W] for it yourself"
+            )
         crop_size = tuple(cfg.image_size)
     crop_h, crop_w = _pair(crop_size)
     if shortest_edge is not None and not (_is_int(shortest_edge) and shortest_edge > 0):

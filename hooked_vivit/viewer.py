@@ -44,11 +44,35 @@ def _colorize(values: np.ndarray, signed: bool, vmax: float | None = None) -> np
     return cv2.cvtColor(cv2.applyColorMap(u, cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB)
 
 
-def overlay(frame: np.ndarray, grid_map: np.ndarray, *, alpha: float = 0.5, signed: bool = False, vmax: float | None = None) -> np.ndarray:
-    """Blend a [rows, cols] token map (nearest-neighbour upsampled) onto a uint8 RGB frame."""
+def overlay(frame: np.ndarray, grid_map: np.ndarray, *, alpha: float = 0.5, signed: bool = False, vmax: float | None = None,
+            patch_size: tuple[int, int] | None = None, image_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Blend a [rows, cols] token map onto a uint8 RGB frame.
+
+    With ``patch_size`` (the tubelet's pixel height and width; the renderers below pass the
+    model's) cell (r, c) lands exactly on its token's pixels, rows [r*h, (r+1)*h) and columns
+    [c*w, (c+1)*w) of the model's input (``image_size``, default the frame's size; a frame of
+    another size gets the same picture scaled), and the pixels no token sees (the bottom H % h rows
+    and right W % w columns) are left as they are. Without ``patch_size`` the map is stretched over
+    the whole frame (nearest neighbour): the same thing when the frame is a whole number of tubelets."""
     H, W = frame.shape[:2]
-    heat = cv2.resize(_colorize(grid_map, signed, vmax), (W, H), interpolation=cv2.INTER_NEAREST)
-    return cv2.addWeighted(frame, 1 - alpha, heat, alpha, 0)
+    colors = _colorize(grid_map, signed, vmax)
+    if patch_size is None:
+        heat = cv2.resize(colors, (W, H), interpolation=cv2.INTER_NEAREST)
+        return cv2.addWeighted(frame, 1 - alpha, heat, alpha, 0)
+    h, w = patch_size
+    Hm, Wm = image_size if image_size is not None else (H, W)
+    rows, cols = grid_map.shape
+    if rows * h > Hm or cols * w > Wm:
+        raise ValueError(f"a {rows}x{cols} map of {h}x{w}-pixel tokens needs an input of at least {rows * h}x{cols * w}, got {Hm}x{Wm}")
+    heat = np.zeros((Hm, Wm, 3), np.uint8)
+    seen = np.zeros((Hm, Wm), np.uint8)  # 1 where some token sees the pixel
+    heat[: rows * h, : cols * w] = np.repeat(np.repeat(colors, h, axis=0), w, axis=1)
+    seen[: rows * h, : cols * w] = 1
+    if (Hm, Wm) != (H, W):
+        heat = cv2.resize(heat, (W, H), interpolation=cv2.INTER_NEAREST)
+        seen = cv2.resize(seen, (W, H), interpolation=cv2.INTER_NEAREST)
+    blended = cv2.addWeighted(frame, 1 - alpha, heat, alpha, 0)
+    return np.where(seen[..., None].astype(bool), blended, frame)
 
 
 def _frames_for(frames: np.ndarray, model: Any) -> tuple[np.ndarray, int]:
@@ -58,12 +82,24 @@ def _frames_for(frames: np.ndarray, model: Any) -> tuple[np.ndarray, int]:
     return frames, t
 
 
+def _geometry(model: Any) -> dict:
+    return {"patch_size": tuple(model.cfg.tubelet_size[1:]), "image_size": tuple(model.cfg.image_size)}
+
+
+def _overlay_frame(model: Any, frame: np.ndarray, index: int, slot_maps: np.ndarray, **kwargs: Any) -> np.ndarray:
+    """Frame ``index`` with its frame slot's map; a trailing frame that no token sees stays bare."""
+    slot = model.cfg.grid.frame_slot_of_frame(index)
+    if slot is None:
+        return frame.copy()
+    return overlay(frame, slot_maps[slot], **_geometry(model), **kwargs)
+
+
 def render_frames(model: Any, frames: np.ndarray, maps: np.ndarray, layer: int, head: int | None, *, signed: bool = False) -> np.ndarray:
     """Every frame with its frame slot's map (one head, or the sum over heads) -> [T, H, W, 3]."""
-    frames, t = _frames_for(frames, model)
+    frames, _ = _frames_for(frames, model)
     m = maps[layer].sum(0) if head is None else maps[layer, head]
     vmax = float(np.abs(m).max())
-    return np.stack([overlay(frames[i], m[i // t], signed=signed, vmax=vmax) for i in range(len(frames))])
+    return np.stack([_overlay_frame(model, frames[i], i, m, signed=signed, vmax=vmax) for i in range(len(frames))])
 
 
 def save_grid_png(model: Any, frames: np.ndarray, maps: np.ndarray, path: str | Path, *, layers: list[int] | None = None, signed: bool = False) -> Path:
@@ -74,7 +110,8 @@ def save_grid_png(model: Any, frames: np.ndarray, maps: np.ndarray, path: str | 
     for l in layers:
         for h in range(maps.shape[1]):
             vmax = float(np.abs(maps[l, h]).max())
-            cells = [overlay(frames[s * t], maps[l, h, s], signed=signed, vmax=vmax) for s in range(maps.shape[2])]
+            cells = [overlay(frames[s * t], maps[l, h, s], signed=signed, vmax=vmax, **_geometry(model))
+                     for s in range(maps.shape[2])]
             row = np.concatenate([np.pad(c, ((1, 1), (1, 1), (0, 0)), constant_values=255) for c in cells], axis=1)
             cv2.putText(row, f"L{l}H{h}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
             rows.append(row)
@@ -114,12 +151,11 @@ def interactive(model: Any, pixel_values: torch.Tensor, frames: np.ndarray, *, c
     head = widgets.IntSlider(-1, -1, model.cfg.n_heads - 1, description="head (-1 all)")
     kind = widgets.ToggleButtons(options=list(maps), description="map")
     image = widgets.Image(format="png")
-    t = model.cfg.tubelet_size[0]
 
     def update(*_):
         m = maps[kind.value][layer.value]
         m = m.sum(0) if head.value < 0 else m[head.value]
-        shown = overlay(frames[frame.value], m[frame.value // t], signed=kind.value == "attribution", vmax=float(np.abs(m).max()))
+        shown = _overlay_frame(model, frames[frame.value], frame.value, m, signed=kind.value == "attribution", vmax=float(np.abs(m).max()))
         scale = max(1, 256 // shown.shape[0])
         shown = cv2.resize(shown, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
         image.value = cv2.imencode(".png", cv2.cvtColor(shown, cv2.COLOR_RGB2BGR))[1].tobytes()

@@ -29,6 +29,7 @@ _HUB_TO_NEW = [
     (re.compile(r"\.attention\.attention\.value\."), ".attention.v_proj."),
     (re.compile(r"\.attention\.output\.dense\."), ".attention.o_proj."),
     (re.compile(r"\.intermediate\.dense\."), ".mlp.fc1."),
+    (re.compile(r"\.intermediate\.intermediate_act_fn\."), ".mlp.activation_fn."),
     (re.compile(r"^(layers\.\d+)\.output\.dense\."), r"\1.mlp.fc2."),
 ]
 _NEW_TO_HUB = [
@@ -38,6 +39,7 @@ _NEW_TO_HUB = [
     (re.compile(r"\.attention\.v_proj\."), ".attention.attention.value."),
     (re.compile(r"\.attention\.o_proj\."), ".attention.output.dense."),
     (re.compile(r"\.mlp\.fc1\."), ".intermediate.dense."),
+    (re.compile(r"\.mlp\.activation_fn\."), ".intermediate.intermediate_act_fn."),
     (re.compile(r"\.mlp\.fc2\."), ".output.dense."),
 ]
 _IGNORED = re.compile(r"^(vivit\.)?pooler\.")
@@ -74,9 +76,19 @@ def normalize_hf_keys(state_dict: StateDict) -> StateDict:
     return out
 
 
+def activation_shapes(cfg: HookedViViTConfig) -> dict[str, tuple[int, ...]]:
+    """The learned activation's tensors (``hidden_act="prelu"``: its weight), by name; {} for most."""
+    from hooked_vivit.components.mlp import make_activation
+
+    with torch.device("meta"):
+        act = make_activation(cfg.act_fn)
+    return {k: tuple(v.shape) for k, v in act.state_dict().items()} if isinstance(act, torch.nn.Module) else {}
+
+
 def expected_hf_shapes(cfg: HookedViViTConfig) -> dict[str, tuple[int, ...]]:
     """Every key (transformers >= 5.9 layout, no prefix) and its shape for this config."""
     d, hd = cfg.d_model, cfg.n_heads * cfg.d_head
+    act_shapes = activation_shapes(cfg)
     shapes: dict[str, tuple[int, ...]] = {
         "embeddings.cls_token": (1, 1, d),
         "embeddings.position_embeddings": (1, cfg.n_ctx, d),
@@ -100,6 +112,8 @@ def expected_hf_shapes(cfg: HookedViViTConfig) -> dict[str, tuple[int, ...]]:
         shapes[p + "mlp.fc1.bias"] = (cfg.d_mlp,)  # type: ignore[assignment]
         shapes[p + "mlp.fc2.weight"] = (d, cfg.d_mlp)  # type: ignore[assignment]
         shapes[p + "mlp.fc2.bias"] = (d,)
+        for name, shape in act_shapes.items():
+            shapes[p + f"mlp.activation_fn.{name}"] = shape
     if cfg.n_classes:
         shapes["classifier.weight"] = (cfg.n_classes, d)
         shapes["classifier.bias"] = (cfg.n_classes,)
@@ -157,6 +171,7 @@ def convert_vivit_weights(state_dict: StateDict, cfg: HookedViViTConfig) -> Stat
     sd = normalize_hf_keys(state_dict)
     check_keys({k: tuple(v.shape) for k, v in sd.items()}, expected_hf_shapes(cfg), "ViViT checkpoint")
     H, E, d = cfg.n_heads, cfg.d_head, cfg.d_model
+    act_names = list(activation_shapes(cfg))
     out: StateDict = {
         "embed.W_E": sd["embeddings.patch_embeddings.projection.weight"],
         "embed.b_E": sd["embeddings.patch_embeddings.projection.bias"],
@@ -178,6 +193,8 @@ def convert_vivit_weights(state_dict: StateDict, cfg: HookedViViTConfig) -> Stat
         out[b + "ln2.w"], out[b + "ln2.b"] = sd[p + "layernorm_after.weight"], sd[p + "layernorm_after.bias"]
         out[b + "mlp.W_in"], out[b + "mlp.b_in"] = sd[p + "mlp.fc1.weight"].T, sd[p + "mlp.fc1.bias"]
         out[b + "mlp.W_out"], out[b + "mlp.b_out"] = sd[p + "mlp.fc2.weight"].T, sd[p + "mlp.fc2.bias"]
+        for name in act_names:
+            out[b + f"mlp.act.{name}"] = sd[p + f"mlp.activation_fn.{name}"]
     if cfg.n_classes:
         out["unembed.W_U"] = sd["classifier.weight"].T
         out["unembed.b_U"] = sd["classifier.bias"]
@@ -201,6 +218,7 @@ def hooked_to_hf_weights(state_dict: StateDict, cfg: HookedViViTConfig, *, layou
         raise ValueError(f"layout must be 'transformers' or 'hub', got {layout!r}")
     sd = state_dict
     H, E, d = cfg.n_heads, cfg.d_head, cfg.d_model
+    act_names = list(activation_shapes(cfg))
     ref = sd["embed.W_E"]
 
     def ln(key: str, kind: str) -> torch.Tensor:
@@ -232,6 +250,8 @@ def hooked_to_hf_weights(state_dict: StateDict, cfg: HookedViViTConfig, *, layou
         out[p + "layernorm_after.weight"], out[p + "layernorm_after.bias"] = ln(b + "ln2.w", "w"), ln(b + "ln2.b", "b")
         out[p + "mlp.fc1.weight"], out[p + "mlp.fc1.bias"] = sd[b + "mlp.W_in"].T, sd[b + "mlp.b_in"]
         out[p + "mlp.fc2.weight"], out[p + "mlp.fc2.bias"] = sd[b + "mlp.W_out"].T, sd[b + "mlp.b_out"]
+        for name in act_names:
+            out[p + f"mlp.activation_fn.{name}"] = sd[b + f"mlp.act.{name}"]
     has_classifier = "unembed.W_U" in sd
     if prefix is None:
         prefix = has_classifier

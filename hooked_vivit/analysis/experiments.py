@@ -109,9 +109,11 @@ def token_dla(model: Any, pixel_values: torch.Tensor, c: int) -> dict:
 def token_masks(model: Any, masks: np.ndarray) -> torch.Tensor:
     """Per-token share of pixels inside an object mask [T, H, W] -> [n_ctx] (CLS gets 0)."""
     t, h, w = model.cfg.tubelet_size
+    grid = model.cfg.grid
     m = torch.from_numpy(np.asarray(masks, dtype=np.float32))
-    T, H, W = m.shape
-    pooled = m.view(T // t, t, H // h, h, W // w, w).mean(dim=(1, 3, 5))
+    # Only the pixels some token sees (sizes need not be tubelet multiples).
+    m = m[grid.covered_frames.start : grid.covered_frames.stop, grid.covered_rows, grid.covered_cols]
+    pooled = m.reshape(grid.n_frame_slots, t, grid.n_rows, h, grid.n_cols, w).mean(dim=(1, 3, 5))
     return torch.cat([torch.zeros(1), pooled.flatten()])
 
 
@@ -174,8 +176,10 @@ def probe_features(model: Any, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]
         stack = torch.stack([cache[n] for n in names]).float()  # [L+1, 2, P, d]
         cls.append(stack[:, :, 0])
         mean.append(stack[:, :, 1:].mean(2))
-        B, T, C, H, W = x.shape
-        pix.append(x.float().view(B, T // t, t, C, H // h, h, W // w, w).mean(dim=(2, 5, 7)).flatten(1))
+        g = model.cfg.grid
+        seen = x[:, : g.covered_frames.stop, :, g.covered_rows, g.covered_cols].float()  # pixels some token sees
+        B, C = x.shape[0], x.shape[2]
+        pix.append(seen.reshape(B, g.n_frame_slots, t, C, g.n_rows, h, g.n_cols, w).mean(dim=(2, 5, 7)).flatten(1))
         labels += [1, 0]
         groups += [i, i]
     return {"cls": torch.cat(cls, 1), "mean": torch.cat(mean, 1), "pixels": torch.cat(pix), "labels": np.array(labels),

@@ -130,7 +130,8 @@ def write_analysis(out: Path | OutputDir, model: Any, pair: Pair, results: dict,
             "deltas": rp.fig_deltas(results["deltas"], tmp / "fig1_activation_deltas.png"),
             "recovery": rp.fig_recovery(results["recovery"], tmp / "fig2_component_recovery.png"),
             "dla": rp.fig_dla(results["dla"], tmp / "fig3_token_dla.png"),
-            "attention": rp.fig_cls_attention(results["cls_attention"], pair.positive, model.cfg.tubelet_size[0], tmp / "fig4_cls_attention.png"),
+            "attention": rp.fig_cls_attention(results["cls_attention"], pair.positive, model.cfg.tubelet_size[0], tmp / "fig4_cls_attention.png",
+                                                patch_size=model.cfg.tubelet_size[1:]),
         }
         if "probes" in results:
             figs["probes"] = rp.fig_probes(results["probes"], tmp / "fig5_probes.png")

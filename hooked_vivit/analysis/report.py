@@ -78,12 +78,15 @@ def fig_dla(dla: dict, path: Path) -> Path:
     return path
 
 
-def fig_cls_attention(att: dict, frames: np.ndarray, tubelet_t: int, path: Path, layer_index: int = -1) -> Path:
+def fig_cls_attention(att: dict, frames: np.ndarray, tubelet_t: int, path: Path, layer_index: int = -1,
+                      patch_size: tuple[int, int] | None = None) -> Path:
     grid = np.array(att["grid"])[layer_index]  # [heads, slots, rows, cols]
     heads, T = grid.shape[0], grid.shape[1]
     slots = sorted(set(np.linspace(0, T - 1, min(T, 6)).round().astype(int).tolist()))
     fig, axes = plt.subplots(heads, len(slots), figsize=(1.7 * len(slots), 1.7 * heads), squeeze=False)
     H, W = frames.shape[1:3]
+    if patch_size is not None:  # the tokens' pixels only: the bottom/right remainder no token sees stays bare
+        H, W = grid.shape[2] * patch_size[0], grid.shape[3] * patch_size[1]
     for h in range(heads):
         for j, t in enumerate(slots):
             ax = axes[h][j]
