@@ -293,7 +293,8 @@ class OutcomeSignal:
             raise ValueError("the two clips give the same last-layer CLS residual: there is no outcome signal")
         self.base = self.measure(positive[:1], negative[:1])
 
-    def _run(self, x: torch.Tensor, batch: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    def _run(self, x: torch.Tensor, batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = batch or (16 if self.model.cfg.n_ctx <= 1024 else 2)  # a ViViT-B clip's forward is ~100x the organism's
         logits, acts = [], []
         for i in range(0, len(x), batch):
             with torch.inference_mode():

@@ -120,7 +120,12 @@ def load_study_summary(model: Any) -> dict | None:
     when ``model`` is that organism (same name and weight fingerprint), else None."""
     from hooked_vivit import organism
 
-    path = organism.checkpoint_path() / STUDY_SUMMARY
+    if model.cfg.model_name != "hooked-vivit-organism":
+        return None
+    try:
+        path = organism.checkpoint_path() / STUDY_SUMMARY
+    except FileNotFoundError:
+        return None
     if not path.exists():
         return None
     summary = json.loads(path.read_text())
@@ -712,7 +717,7 @@ def study_tables_markdown(summary: dict) -> str:
                       "| object | weighting | share | base rate | enrichment |", "|---|---|---|---|---|"]
             for obj, per in o["enrichment"].items():
                 for w, e in per.items():
-                    lines.append(f"| {obj} | {w} | {e['mean_share']['mean']:.1%} | {e['base_rate']['mean']:.1%} | "
+                    lines.append(f"| {obj} | {w.replace('|', chr(92) + '|')} | {e['mean_share']['mean']:.1%} | {e['base_rate']['mean']:.1%} | "
                                  f"{e['enrichment']['mean']:.2f} [{e['enrichment']['ci95'][0]:.2f}, {e['enrichment']['ci95'][1]:.2f}] |")
             lines += ["", f"Differential DLA mass from the divergence slot on: {o['differential_share_after_divergence']['mean']:.0%} "
                       f"[{o['differential_share_after_divergence']['ci95'][0]:.0%}, {o['differential_share_after_divergence']['ci95'][1]:.0%}]; "
