@@ -155,6 +155,53 @@ def ablate_pixels(pixel_values: torch.Tensor, box: PixelBox, *, mode: str = "zer
     return out
 
 
+def ablate_pixel_mask(pixel_values: torch.Tensor, mask: np.ndarray | torch.Tensor, *, mode: str = "zero") -> torch.Tensor:
+    """A copy of pixel values [B, T, C, H, W] with the pixels of a boolean ``mask`` ([T, H, W], or
+    [B, T, H, W]: one mask per row) set to 0 (``zero``, normalised units) or black (``black``, -3)."""
+    if pixel_values.ndim != 5:
+        raise ValueError(f"pixel values must be [batch, frames, C, H, W], got {tuple(pixel_values.shape)}")
+    m = torch.as_tensor(np.asarray(mask), dtype=torch.bool, device=pixel_values.device)
+    B, T, C, H, W = pixel_values.shape
+    if m.shape not in ((T, H, W), (B, T, H, W)):
+        raise ValueError(f"mask must be [T, H, W] = {(T, H, W)} or [B, T, H, W], got {tuple(m.shape)}")
+    if mode not in ("zero", "black"):
+        raise ValueError(f"mode must be 'zero' or 'black', got {mode!r}")
+    m = m.expand(B, T, H, W)[:, :, None].expand(B, T, C, H, W)
+    return pixel_values.masked_fill(m, 0.0 if mode == "zero" else -3.0)
+
+
+def token_pixel_mask(grid: Any, positions: Sequence[int], frames: int, height: int, width: int) -> np.ndarray:
+    """Boolean [T, H, W] mask of exactly the pixels the given patch tokens see (CLS has none)."""
+    mask = np.zeros((frames, height, width), dtype=bool)
+    for p in positions:
+        if p == 0:
+            continue
+        fr, rows, cols = grid.pixel_box(p)
+        mask[fr.start : fr.stop, rows, cols] = True
+    return mask
+
+
+def random_boxes_like(mask: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` random control regions [n, T, H, W] the size of ``mask`` [T, H, W]: in every frame where the
+    mask has A pixels, a square of side round(sqrt(A)) (so about A pixels), the same random centre in
+    all frames of one control (a static box), shifted inside the frame where it would stick out."""
+    mask = np.asarray(mask, dtype=bool)
+    T, H, W = mask.shape
+    areas = mask.reshape(T, -1).sum(1)
+    if areas.sum() == 0:
+        raise ValueError("the mask is empty: no region to match")
+    rng = np.random.default_rng(seed)
+    out = np.zeros((n, T, H, W), dtype=bool)
+    for i in range(n):
+        cy, cx = rng.uniform(0, H), rng.uniform(0, W)
+        for t in np.nonzero(areas)[0]:
+            side = int(min(max(1, round(float(np.sqrt(areas[t])))), H, W))
+            y0 = int(np.clip(round(cy - side / 2), 0, H - side))
+            x0 = int(np.clip(round(cx - side / 2), 0, W - side))
+            out[i, t, y0 : y0 + side, x0 : x0 + side] = True
+    return out
+
+
 def topk_table(before: torch.Tensor, after: torch.Tensor, id2label: Mapping[int, str], k: int = 6) -> list[dict]:
     """The top-k classes of the ``before`` run (first batch row), with their logits after."""
     before, after = before.detach().float(), after.detach().float()

@@ -201,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     render = sub.add_parser("render", help="render a procedural minimal pair to mp4 files")
     render.add_argument("--domain", required=True, choices=["bowling", "golf", "basketball"])
-    render.add_argument("--seed", type=_int_at_least(0), default=0)
+    render.add_argument("--seed", type=_int_at_least(0), default=4_000_000,
+                        help="render seed; 4,000,000-6,999,999 are held out from the organism (default: 4,000,000)")
     render.add_argument("--frames", type=_int_at_least(8, 1024), default=32)
     render.add_argument("--size", type=_int_at_least(32, 2048, even=True), default=224, help="frame size in pixels (even)")
     render.add_argument("--fps", type=_finite(0.0, strict=True), default=25.0)
@@ -213,10 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--clean", type=Path, help="positive video file (e.g. the strike)")
     analyze.add_argument("--corrupted", type=Path, help="negative video file (e.g. the gutter ball)")
     analyze.add_argument("--domain", default="bowling", choices=["bowling", "golf", "basketball"], help="render a pair (without --clean/--corrupted)")
-    analyze.add_argument("--seed", type=_int_at_least(0), default=0)
+    analyze.add_argument("--seed", type=_int_at_least(0), default=4_000_000,
+                         help="render seed; 4,000,000-6,999,999 are held out from the organism (default: 4,000,000)")
     analyze.add_argument("--model", default="organism", help="checkpoint directory or hub id; default: the shipped organism")
     analyze.add_argument("--device", default="cpu", type=_device)
-    analyze.add_argument("--probe-pairs", type=_probe_pairs, default=40, help="rendered pairs for the outcome probes (0: skip)")
+    analyze.add_argument("--probe-pairs", type=_probe_pairs, default=100, help="rendered pairs for the outcome probes (0: skip)")
     analyze.add_argument("--out", type=Path, required=True)
     analyze.add_argument("--overwrite", action="store_true", help="replace an earlier analyze output (never other files)")
     analyze.add_argument("--quiet", action="store_true")

@@ -8,12 +8,17 @@ unchanged with TransformerLens's ``generic_activation_patch`` (wrap with ``.mean
 
 Signal recovery on an activation a (the reference paper's measure):
 
-    recovery     = <a_patched - a_corrupt, a_clean - a_corrupt> / ||a_clean - a_corrupt||^2
-    norm_recovery = 1 - ||a_patched - a_clean|| / ||a_corrupt - a_clean||
+    recovery      = <a_patched - a_corrupt, a_clean - a_corrupt> / ||a_clean - a_corrupt||^2   (kind "projection")
+    norm_ratio    = ||a_patched - a_corrupt|| / ||a_clean - a_corrupt||                       (kind "norm_ratio")
+    norm_recovery = 1 - ||a_patched - a_clean|| / ||a_corrupt - a_clean||                    (kind "norm")
 
-Both are 0 for the unpatched corrupted run and 1 for the clean run. ``recovery`` is the projection
+All three are 0 for the unpatched corrupted run and 1 for the clean run. ``recovery`` is the projection
 of the patch's effect on the clean-minus-corrupt direction and can exceed 1 (overshoot);
+``norm_ratio`` is how far the patch moved the activation, in any direction, relative to the clean
+run's distance: it is unbounded above, and a value above 1 does NOT show the patch is sufficient
+(a patch that moves the activation away from the clean run scores above 1 too);
 ``norm_recovery`` is at most 1 and falls below 0 when the patch moves away from the clean run.
+Read at CLS (positions=0) or over the flattened all-token activation (positions=None).
 """
 
 from __future__ import annotations
@@ -122,13 +127,17 @@ def _select(act: torch.Tensor, positions: Sequence[int] | int | None) -> torch.T
     return act.flatten(1).float()
 
 
+RECOVERY_KINDS = ("projection", "norm_ratio", "norm")
+
+
 @dataclass
 class SignalRecovery(Metric):
     """Share of the clean-minus-corrupt difference of an activation that a patch restores.
 
     ``hook`` names the activation (e.g. ``blocks.11.hook_resid_post``); ``positions`` the tokens
     it is read at (0 = CLS; None = all tokens). ``clean`` and ``corrupt`` are that activation on
-    the two unpatched runs ([1, pos, ...] or [pos, ...]). ``kind``: "projection" or "norm".
+    the two unpatched runs ([1, pos, ...] or [pos, ...]). ``kind``: "projection", "norm_ratio" or
+    "norm" (norm_recovery); see the module docstring for the formulas.
     """
 
     hook: str
@@ -139,8 +148,8 @@ class SignalRecovery(Metric):
     hooks: tuple[str, ...] = field(init=False)
 
     def __post_init__(self):
-        if self.kind not in ("projection", "norm"):
-            raise ValueError(f"kind must be 'projection' or 'norm', got {self.kind!r}")
+        if self.kind not in RECOVERY_KINDS:
+            raise ValueError(f"kind must be one of {RECOVERY_KINDS}, got {self.kind!r}")
         if self.clean.shape != self.corrupt.shape:
             raise ValueError(f"clean {tuple(self.clean.shape)} and corrupt {tuple(self.corrupt.shape)} activations differ in shape")
         self.hooks = (self.hook,)
@@ -158,6 +167,8 @@ class SignalRecovery(Metric):
         a = _select(activations[self.hook], self.positions).to(self._delta.device)
         if self.kind == "projection":
             return ((a - self._corrupt) * self._delta).sum(-1) / self._scale
+        if self.kind == "norm_ratio":
+            return (a - self._corrupt).norm(dim=-1) / self._delta.norm()
         return 1 - (a - self._clean).norm(dim=-1) / self._delta.norm()
 
 
@@ -169,3 +180,8 @@ def recovery(patched: torch.Tensor, clean: torch.Tensor, corrupt: torch.Tensor) 
 
 def norm_recovery(patched: torch.Tensor, clean: torch.Tensor, corrupt: torch.Tensor) -> float:
     return float(1 - (patched - clean).double().norm() / (corrupt - clean).double().norm())
+
+
+def norm_ratio(patched: torch.Tensor, clean: torch.Tensor, corrupt: torch.Tensor) -> float:
+    """||patched - corrupt|| / ||clean - corrupt||: unbounded; above 1 is not sufficiency."""
+    return float((patched - corrupt).double().norm() / (clean - corrupt).double().norm())

@@ -139,17 +139,60 @@ def test_layer_probes_shapes(model):
     assert 0 <= res["pixels"]["accuracy"] <= 1
 
 
+def check_captions(data: dict, strip: tuple[str, ...]) -> int:
+    """Every number written in every caption is the formatted value at a path of results.json, and
+    every referenced value is written: the sentences cannot drift from the numbers."""
+    from collections import Counter
+
+    from hooked_vivit.analysis import report as rp
+
+    assert data["captions"]
+    for cap in data["captions"]:
+        written = Counter(rp.numbers_in(cap["text"], strip))
+        referenced = Counter(t for path, fmt in cap["numbers"] for t in rp.numbers_in(rp.format_number(rp.lookup(data, path), fmt)))
+        assert written == referenced, (cap["section"], written - referenced, referenced - written)
+    return len(data["captions"])
+
+
 def test_analyze_command_writes_a_whole_report(saved_model, tmp_path, capsys):
     out = tmp_path / "report"
-    assert main(["analyze", "--model", str(saved_model), "--domain", "bowling", "--seed", "1", "--probe-pairs", "4", "--out", str(out), "--quiet"]) == 0
+    with pytest.warns(UserWarning, match="organism saw"):  # seed 1 is an organism training seed
+        assert main(["analyze", "--model", str(saved_model), "--domain", "bowling", "--seed", "1", "--probe-pairs", "6", "--out", str(out), "--quiet"]) == 0
     names = {p.name for p in out.iterdir()}
-    assert {"report.html", "results.json", "fig1_activation_deltas.png", "fig2_component_recovery.png", "fig3_token_dla.png",
-            "fig4_cls_attention.png", "fig5_probes.png", "frames.png"} <= names
+    assert {"report.html", "results.json", "fig1_activation_deltas.png", "fig2_component_recovery.png", "fig2b_recovery_variants.png",
+            "fig3_token_dla.png", "fig3b_differential_dla.png", "fig4_cls_attention.png", "fig4b_object_enrichment.png", "fig5_probes.png",
+            "fig6_outcome_ablation.png", "frames.png"} <= names
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") >= 6 and 'src="http' not in html
+    assert html.count("data:image/png;base64,") >= 10 and 'src="http' not in html
     data = json.loads((out / "results.json").read_text())
-    assert {"deltas", "recovery", "dla", "cls_attention", "region_ablation", "probes"} <= set(data)
+    assert {"deltas", "recovery", "dla", "cls_attention", "region_ablation", "probes", "outcome", "scope", "captions"} <= set(data)
     assert len(data["recovery"]["projection"]["attn"]) == 2
+    assert set(data["recovery"]["variants"]) == set(ex.RECOVERY_VARIANTS) and data["recovery"]["headline"] == "cls_projection"
+    # The scope box: this 2-layer, 6-class model cannot test the layer-4 MLP claim nor class 31.
+    claims = {c["claim"]: c["testable"] for c in data["scope"]["claims"]}
+    assert not claims["Single MLP blocks from layer 4 on recover more than 100 % of the final-layer signal"]
+    assert not claims["Both clips are classified as class 31 'bowling'"]
+    assert "Scope." in html and "cannot</b> test" in html
+    assert "does not show that a component is sufficient" in html
+    # Outcome-targeted parts: 20 random boxes per region, each object's share beside its base rate.
+    abl = data["outcome"]["ablation"]
+    assert abl["n_controls"] == 20 and {"top class-DLA tokens", "top differential-DLA tokens", "object: ball", "object: pins"} <= set(abl["regions"])
+    for per in data["outcome"]["enrichment"].values():
+        for e in per.values():
+            assert e["enrichment"] == pytest.approx(e["mean_share"] / e["base_rate"])
+    pr = data["probes"]
+    assert pr["pairs"] == 6 and pr["folds"] == 5 and pr["repeats"] == 5 and "pixels_mean" in pr
+    assert {"accuracy_ci95", "paired_accuracy", "paired_accuracy_ci95", "control_paired_accuracy"} <= set(pr["cls"][1])
+    strip = (data["model"], *data["pair"]["names"], data["dla"]["class_name"])
+    n = check_captions(data, strip)
+    assert n >= 9
+    texts = " ".join(c["text"] for c in data["captions"])
+    assert "6 other rendered bowling pairs" in texts and "trains on at least 4 pairs and tests at most 2" in texts  # (f): not "40 training pairs"
+    assert "Mean over all 2 layers x 2 heads" in texts  # (d): a mean over layers and heads says so
+    assert "zero before the first attention block by construction" in texts  # (a): no layer-0 CLS delta quoted as a finding
+    for cap in data["captions"]:  # every sentence names the model, the pair and how many
+        assert data["model"] in cap["text"] or cap["section"] == "frames"
+        assert "one pair" in cap["text"] or cap["section"] == "probes"
 
 
 def test_analyze_with_video_files_and_bad_input(saved_model, tmp_path, capsys):
@@ -171,10 +214,27 @@ def test_analyze_with_video_files_and_bad_input(saved_model, tmp_path, capsys):
 
 def test_study_has_intervals(saved_model, tmp_path):
     model = HookedViViT.from_pretrained(saved_model)
-    studies = pipeline.run_study(model, ["golf"], 5, tmp_path / "study", progress=False)
+    studies = pipeline.run_study(model, ["golf"], 5, tmp_path / "study", progress=False, outcome_pairs=2, probe_pairs=6)
     st = studies[0]
     lo, hi = np.array(st["attn"]["ci95"][0]), np.array(st["attn"]["ci95"][1])
     mean = np.array(st["attn"]["mean"])
     assert (lo <= mean + 1e-9).all() and (mean <= hi + 1e-9).all()
     assert np.array(st["mlp"]["per_pair"]).shape == (5, model.cfg.n_layers)
     assert (tmp_path / "study" / "report.html").exists()
+    assert st["seeds"] == [6_000_000, 6_000_004] and st["probes"]["seeds"] == [6_000_000, 6_000_005] and st["probes"]["pairs"] == 6
+    nr = np.array(st["recovery"]["norm_ratio_cls"]["attn"]["per_pair"])
+    assert st["norm_ratio_above_1"]["cls"]["per_component"]["attn"] == (nr > 1).mean(0).tolist()
+    assert st["recovery"]["cls_projection"]["attn"]["per_pair"] == st["attn"]["per_pair"]
+    assert st["outcome"]["pairs"] == 2 and "object: ball" in st["outcome"]["ablation"]
+    data = json.loads((tmp_path / "study" / "results.json").read_text())
+    check_captions(data, (data["model"],))
+    summary = pipeline.study_summary(model, studies)
+    first_pair = {"variants": {v: {c: r[c]["per_pair"][0] for c in ("attn", "mlp")} for v, r in st["recovery"].items()}}
+    placed = pipeline.place_in_distribution(first_pair, summary, "golf")
+    dist = np.array(st["attn"]["per_pair"])
+    shipped = np.round(dist, 4)  # the summary ships 4 decimals
+    assert placed["pairs"] == 5
+    for layer, e in enumerate(placed["variants"]["cls_projection"]["attn"]):
+        assert e["value"] == dist[0, layer]
+        assert e["percentile"] == pytest.approx(100 * (shipped[:, layer] < dist[0, layer]).mean())
+        assert e["median"] == pytest.approx(np.median(shipped[:, layer]))

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from hooked_vivit import patching
-from hooked_vivit.ablation import PixelBox, ablate_pixels, topk_table
+from hooked_vivit.ablation import PixelBox, ablate_pixel_mask, ablate_pixels, random_boxes_like, token_pixel_mask, topk_table
 from hooked_vivit.labels import top_k
 from hooked_vivit.metrics import SignalRecovery
-from hooked_vivit.probes import probe_accuracy
+from hooked_vivit.probes import cross_validated_probe, probe_accuracy
 
 KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out")
 
@@ -44,22 +44,77 @@ def activation_deltas(model: Any, positive: torch.Tensor, negative: torch.Tensor
 
 
 # ---------------------------------------------------------------------------------------- (b)
+# name -> (positions the last resid_post is read at, SignalRecovery kind); formulas in hooked_vivit.metrics.
+RECOVERY_VARIANTS = {
+    "cls_projection": (0, "projection"),
+    "token_projection": (None, "projection"),
+    "norm_ratio_cls": (0, "norm_ratio"),
+    "norm_ratio_tokens": (None, "norm_ratio"),
+    "norm_recovery": (0, "norm"),
+}
+HEADLINE_RECOVERY = "cls_projection"
+HEADLINE_REASON = (
+    "the headline is cls_projection: the classifier reads only the CLS token, and a projection counts only movement "
+    "toward the positive run (1 = restored, above 1 = overshoot along the same direction), so it is the one variant "
+    "that measures restoring what the classifier reads; norm ratios count movement in any direction, so a norm ratio "
+    "above 100 % does not show that a component is sufficient (the patched run can move away from the clean one)")
+
+
+def component_patched_activations(model: Any, clean_cache: Any, negative: torch.Tensor, hook: str, *, chunk: int | None = None) -> torch.Tensor:
+    """``hook`` on the negative run with one component's output (attn_out, mlp_out of each layer, in
+    that order, all tokens) replaced by the positive run's: [2 * n_layers, ...]. k patched variants
+    run as one batch, each row carrying its own patch."""
+    L = model.cfg.n_layers
+    comps = [f"blocks.{l}.hook_{k}" for l in range(L) for k in ("attn_out", "mlp_out")]
+    chunk = chunk or (len(comps) if model.cfg.n_ctx <= 1024 else 1)
+    outs = []
+    for i in range(0, len(comps), chunk):
+        names = comps[i : i + chunk]
+        captured = {}
+
+        def patch(act, hook, row):
+            act[row] = clean_cache[hook.name][0].to(act.dtype)
+            return act
+
+        def grab(act, hook):
+            captured["a"] = act.detach().clone()
+
+        hooks = [(n, (lambda r: (lambda act, hook: patch(act, hook, r)))(r)) for r, n in enumerate(names)] + [(hook, grab)]
+        with torch.inference_mode():
+            model.run_with_hooks(negative[:1].expand(len(names), *negative.shape[1:]), fwd_hooks=hooks)
+        outs.append(captured["a"])
+    return torch.cat(outs)
+
+
+def recovery_variants(patched: torch.Tensor, clean: torch.Tensor, corrupt: torch.Tensor, hook: str = "activation") -> dict[str, list[float]]:
+    """Every RECOVERY_VARIANTS value of each row of ``patched`` [n, pos, d] (clean, corrupt [1, pos, d])."""
+    out = {}
+    for name, (positions, kind) in RECOVERY_VARIANTS.items():
+        metric = SignalRecovery(hook, clean, corrupt, positions=positions, kind=kind)
+        out[name] = metric(None, {hook: patched}).tolist()
+    return out
+
+
 def component_recovery(model: Any, positive: torch.Tensor, negative: torch.Tensor, *, positions: Any = 0) -> dict:
     """Denoising, one component at a time (each layer's attention block and MLP block output, all
-    tokens): the share of the last layer's resid_post difference (at ``positions``; 0 = CLS,
-    None = all tokens) recovered. Both the projection and the norm-ratio variant."""
+    tokens, positive into negative run), measured on the last layer's resid_post in every variant of
+    RECOVERY_VARIANTS side by side ("variants"; formulas in hooked_vivit.metrics). "projection" and
+    "norm" keep the earlier keys: projection and norm_recovery read at ``positions`` (0 = CLS)."""
     L = model.cfg.n_layers
     last = f"blocks.{L - 1}.hook_resid_post"
     names = _names(L, ("attn_out", "mlp_out")) + [last]
     with torch.inference_mode():
         _, clean = model.run_with_cache(positive, names_filter=names)
         _, corrupt = model.run_with_cache(negative, names_filter=[last])
-    out: dict = {"layers": list(range(L)), "measured_at": last, "positions": "CLS" if positions == 0 else str(positions)}
-    for kind in ("projection", "norm"):
+    patched = component_patched_activations(model, clean, negative, last)
+    out: dict = {"layers": list(range(L)), "measured_at": last, "positions": "CLS" if positions == 0 else str(positions),
+                 "headline": HEADLINE_RECOVERY, "headline_reason": HEADLINE_REASON, "variants": {}}
+    split = lambda v: {"attn": v[0::2], "mlp": v[1::2]}  # noqa: E731  rows are (attn, mlp) per layer
+    for name, values in recovery_variants(patched, clean[last], corrupt[last], last).items():
+        out["variants"][name] = split(values)
+    for key, kind in (("projection", "projection"), ("norm", "norm")):
         metric = SignalRecovery(last, clean[last], corrupt[last], positions=positions, kind=kind)
-        sweep = patching.denoise(model, patching.component_patches(model), clean_cache=clean, corrupted=negative, metric=metric, progress=False)
-        values = sweep.values.view(L, 2)
-        out[kind] = {"attn": values[:, 0].tolist(), "mlp": values[:, 1].tolist()}
+        out[key] = split(metric(None, {last: patched}).tolist())
     return out
 
 
@@ -159,15 +214,190 @@ def region_ablation(model: Any, pixel_values: torch.Tensor, dla: dict, *, n_toke
     }
 
 
+# ------------------------------------------------------------------------- outcome-targeted (c, d, e)
+def differential_token_dla(model: Any, positive: torch.Tensor, negative: torch.Tensor, c: int, *, positive_dla: dict | None = None) -> dict:
+    """Token DLA of the positive clip minus that of the negative clip, per (layer, head, source token),
+    both to class ``c``: static scenery, seen alike in both clips, cancels; what is left is what the
+    outcome changes. Its total is logit_c(positive) - logit_c(negative) minus the difference of the
+    non-attention terms."""
+    pos = positive_dla or token_dla(model, positive, c)
+    neg = token_dla(model, negative, c)
+    terms = pos["terms"] - neg["terms"]
+    cls_term, grid = model.cfg.grid.unflatten(terms.sum((0, 1)))
+    return {
+        "class": c, "class_name": pos["class_name"],
+        "logit_difference": pos["logit"] - neg["logit"],
+        "attention_total": float(terms.sum()),
+        "terms": terms,
+        "per_head": terms.sum(-1).tolist(),
+        "cls_source": float(cls_term),
+        "heatmap": grid.tolist(),
+        "per_slot_abs": grid.abs().sum((1, 2)).tolist(),
+    }
+
+
+def enrichment(weights: torch.Tensor | np.ndarray, on_object: torch.Tensor | np.ndarray) -> dict:
+    """Share of non-negative ``weights`` [..., n_patches] on the object's patch tokens (``on_object``,
+    bool [n_patches]) beside the object's base rate (its share of the tokens) and their ratio:
+    share = sum(w * on) / sum(w), base_rate = mean(on), enrichment = share / base_rate (1 = no
+    preference for the object). ``share`` keeps the leading dims of ``weights``."""
+    w = torch.as_tensor(np.asarray(weights), dtype=torch.float64)
+    on = torch.as_tensor(np.asarray(on_object), dtype=torch.float64)
+    if (w < 0).any():
+        raise ValueError("enrichment needs non-negative weights (attention, or |attribution|)")
+    base = float(on.mean())
+    share = (w * on).sum(-1) / w.sum(-1).clamp_min(1e-30)
+    mean_share = float(share.mean())
+    return {"share": share.tolist() if share.ndim else float(share), "mean_share": mean_share, "base_rate": base,
+            "enrichment": mean_share / base if base > 0 else None}
+
+
+def object_token_masks(model: Any, masks: dict[str, np.ndarray], from_frame: int = 0) -> dict[str, torch.Tensor]:
+    """Per object, bool [n_patches]: patch tokens that see any of its pixels (from frame ``from_frame``)."""
+    out = {}
+    for name, m in masks.items():
+        m = np.asarray(m, dtype=bool).copy()
+        m[:from_frame] = False
+        out[name] = token_masks(model, m)[1:] > 0
+    return out
+
+
+def object_masks_union(pair_masks: dict, from_frame: int = 0) -> dict[str, np.ndarray]:
+    """Each object's pixels in either clip of a rendered pair, in frames from ``from_frame`` on."""
+    out = {}
+    for name in pair_masks["positive"]:
+        m = np.asarray(pair_masks["positive"][name], dtype=bool) | np.asarray(pair_masks["negative"].get(name, False), dtype=bool)
+        m = m.copy()
+        m[:from_frame] = False
+        if m.any():
+            out[name] = m
+    return out
+
+
+class OutcomeSignal:
+    """The outcome signal of a (positive, negative) pair, two ways, for runs of modified clips:
+
+    direction = <r(x_pos) - r(x_neg), r_pos - r_neg> / ||r_pos - r_neg||^2, with r the last resid_post
+                at CLS and r_pos, r_neg the unmodified pair's (1 before any ablation; the difference
+                direction of the recovery metric);
+    logit_gap = logit_c(x_pos) - logit_c(x_neg), the two clips' logits of class c (the positive's
+                predicted class).
+    ``class_logit`` = logit_c(x_pos), the class-logit target of the class-level methods.
+    """
+
+    def __init__(self, model: Any, positive: torch.Tensor, negative: torch.Tensor, c: int):
+        self.model, self.c = model, c
+        self.hook = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+        logits, r = self._run(torch.cat([positive[:1], negative[:1]]))
+        self.r_pos, self.r_neg = r[0], r[1]
+        self.delta = self.r_pos - self.r_neg
+        if float(self.delta.pow(2).sum()) == 0:
+            raise ValueError("the two clips give the same last-layer CLS residual: there is no outcome signal")
+        self.base = self.measure(positive[:1], negative[:1])
+
+    def _run(self, x: torch.Tensor, batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = batch or (16 if self.model.cfg.n_ctx <= 1024 else 2)  # a ViViT-B clip's forward is ~100x the organism's
+        logits, acts = [], []
+        for i in range(0, len(x), batch):
+            with torch.inference_mode():
+                lg, cache = self.model.run_with_cache(x[i : i + batch], names_filter=[self.hook])
+            logits.append(lg.float())
+            acts.append(cache[self.hook][:, 0].float())
+        return torch.cat(logits), torch.cat(acts)
+
+    def measure(self, x_pos: torch.Tensor, x_neg: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per row of the [n, ...] modified positive and negative clips."""
+        logits, r = self._run(torch.cat([x_pos, x_neg]))
+        n = len(x_pos)
+        direction = ((r[:n] - r[n:]) @ self.delta) / self.delta.pow(2).sum()
+        return {"direction": direction, "logit_gap": logits[:n, self.c] - logits[n:, self.c], "class_logit": logits[:n, self.c]}
+
+
+SIGNALS = ("class_logit", "logit_gap", "direction")
+
+
+def outcome_region_ablation(model: Any, positive: torch.Tensor, negative: torch.Tensor, signal: OutcomeSignal, regions: dict[str, np.ndarray],
+                            *, n_controls: int = 20, seed: int = 0, mode: str = "zero") -> dict:
+    """Ablate each region (bool [T, H, W] pixel mask) in both clips of the pair and measure the change
+    of the class logit, the logit gap and the direction signal, beside ``n_controls`` random boxes of
+    equal size in the same frames (mean, standard deviation, and the share of controls whose change
+    is at least as large in magnitude: an empirical p-value)."""
+    out = {"n_controls": n_controls, "mode": mode, "base": {k: float(v[0]) for k, v in signal.base.items()}, "regions": {}}
+    for i, (name, mask) in enumerate(regions.items()):
+        controls = random_boxes_like(mask, n_controls, seed=seed + i)
+        all_masks = np.concatenate([np.asarray(mask, dtype=bool)[None], controls])
+        xp = ablate_pixel_mask(positive[:1].expand(len(all_masks), *positive.shape[1:]), all_masks, mode=mode)
+        xn = ablate_pixel_mask(negative[:1].expand(len(all_masks), *negative.shape[1:]), all_masks, mode=mode)
+        values = signal.measure(xp, xn)
+        entry: dict = {"pixels": int(np.asarray(mask).sum()), "control_pixels_mean": float(controls.reshape(n_controls, -1).sum(1).mean()),
+                       "frames": [int(t) for t in np.nonzero(np.asarray(mask).any((1, 2)))[0][[0, -1]]]}
+        for key in SIGNALS:
+            change = (values[key] - signal.base[key][0]).double()
+            region, ctl = float(change[0]), change[1:]
+            entry[key] = {"change": region, "control_mean": float(ctl.mean()), "control_std": float(ctl.std()),
+                          "control_p": float((ctl.abs() >= abs(region)).double().mean()),
+                          "relative_change": region / float(signal.base[key][0]) if float(signal.base[key][0]) != 0 else None}
+        out["regions"][name] = entry
+    return out
+
+
+def top_token_region(model: Any, scores: torch.Tensor, n_tokens: int, from_frame: int, frames: int, height: int, width: int) -> tuple[list[int], np.ndarray]:
+    """The ``n_tokens`` patch tokens of greatest |score| among frame slots from ``from_frame`` on, and
+    the pixel mask of exactly those tokens."""
+    grid = model.cfg.grid
+    s = scores.abs().clone().float()
+    s[0] = -1
+    first_slot = grid.frame_slot_of_frame(from_frame)
+    s[1 : 1 + first_slot * grid.n_rows * grid.n_cols] = -1
+    top = (s.topk(min(n_tokens, int((s >= 0).sum()))).indices).tolist()
+    return top, token_pixel_mask(grid, top, frames, height, width)
+
+
+def outcome_analysis(model: Any, positive: torch.Tensor, negative: torch.Tensor, c: int, *, pair_masks: dict | None, divergence_frame: int | None,
+                     positive_dla: dict | None = None, n_tokens: int = 8, n_controls: int = 20, seed: int = 0) -> dict:
+    """The outcome-targeted methods on one pair: differential token DLA, the outcome signal, region
+    ablation after the divergence (top class-DLA tokens, top differential-DLA tokens, each rendered
+    object) against equal-size random boxes, and per-object attention and DLA enrichment."""
+    dla = positive_dla or token_dla(model, positive, c)
+    diff = differential_token_dla(model, positive, negative, c, positive_dla=dla)
+    T, _, H, W = positive.shape[1:]
+    start = divergence_frame or 0
+    signal = OutcomeSignal(model, positive, negative, c)
+    class_tokens, class_mask = top_token_region(model, dla["terms"].sum((0, 1)), n_tokens, start, T, H, W)
+    diff_tokens, diff_mask = top_token_region(model, diff["terms"].sum((0, 1)), n_tokens, start, T, H, W)
+    regions = {"top class-DLA tokens": class_mask, "top differential-DLA tokens": diff_mask}
+    objects = object_masks_union(pair_masks, start) if pair_masks else {}
+    regions.update({f"object: {k}": v for k, v in objects.items()})
+    out: dict = {
+        "class": c, "divergence_frame": divergence_frame, "from_frame": start,
+        "differential_dla": {k: v for k, v in diff.items() if k != "terms"},
+        "top_class_dla_tokens": class_tokens, "top_differential_dla_tokens": diff_tokens,
+        "ablation": outcome_region_ablation(model, positive, negative, signal, regions, n_controls=n_controls, seed=seed),
+    }
+    if objects:
+        tokens = object_token_masks(model, objects)
+        names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
+        with torch.inference_mode():
+            _, cache = model.run_with_cache(positive[:1], names_filter=names)
+        attn = torch.stack([cache[n][0, :, 0, 1:] for n in names]).float()  # [L, H, patches]
+        weights = {"CLS attention (positive clip)": attn,
+                   "|class DLA| (positive clip)": dla["terms"].sum((0, 1))[1:].abs(),
+                   "|differential DLA|": diff["terms"].sum((0, 1))[1:].abs()}
+        out["enrichment"] = {obj: {w: enrichment(val, tok) for w, val in weights.items()} for obj, tok in tokens.items()}
+    return out
+
+
 # ---------------------------------------------------------------------------------------- (f)
 def probe_features(model: Any, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> dict:
     """CLS and mean-token residual stream per layer (resid_pre 0..L-1 and the last resid_post),
-    plus a pixel-space baseline (the clip averaged within each tubelet) and the predicted class, for
-    every clip of every pair."""
+    plus two pixel-space baselines: "pixels", spatially resolved (each tubelet's mean colour, every
+    token kept), and "pixels_mean", pooled the way the mean-token features are (the raw tubelet
+    vector averaged over tokens: exactly the input a mean-pooled layer-0 embedding is linear in).
+    CLS has no pixel analogue beyond such a global pool. Also the predicted class of every clip."""
     L = model.cfg.n_layers
     names = [f"blocks.{l}.hook_resid_pre" for l in range(L)] + [f"blocks.{L - 1}.hook_resid_post"]
     t, h, w = model.cfg.tubelet_size
-    cls, mean, pix, labels, groups, preds = [], [], [], [], [], []
+    cls, mean, pix, pix_mean, labels, groups, preds = [], [], [], [], [], [], []
     for i, (pos, neg) in enumerate(pairs):
         x = torch.cat([pos, neg])
         with torch.inference_mode():
@@ -179,20 +409,30 @@ def probe_features(model: Any, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]
         g = model.cfg.grid
         seen = x[:, : g.covered_frames.stop, :, g.covered_rows, g.covered_cols].float()  # pixels some token sees
         B, C = x.shape[0], x.shape[2]
-        pix.append(seen.reshape(B, g.n_frame_slots, t, C, g.n_rows, h, g.n_cols, w).mean(dim=(2, 5, 7)).flatten(1))
+        tubes = seen.reshape(B, g.n_frame_slots, t, C, g.n_rows, h, g.n_cols, w)
+        pix.append(tubes.mean(dim=(2, 5, 7)).flatten(1))
+        pix_mean.append(tubes.permute(0, 1, 4, 6, 2, 3, 5, 7).reshape(B, -1, t * C * h * w).mean(1))
         labels += [1, 0]
         groups += [i, i]
-    return {"cls": torch.cat(cls, 1), "mean": torch.cat(mean, 1), "pixels": torch.cat(pix), "labels": np.array(labels),
-            "groups": np.array(groups), "predictions": torch.cat(preds).numpy()}
+    return {"cls": torch.cat(cls, 1), "mean": torch.cat(mean, 1), "pixels": torch.cat(pix), "pixels_mean": torch.cat(pix_mean),
+            "labels": np.array(labels), "groups": np.array(groups), "predictions": torch.cat(preds).numpy()}
 
 
-def layer_probes(model: Any, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], *, seed: int = 0) -> dict:
-    """Outcome probes per layer on CLS and on mean-pooled tokens, held out by pair, with a
-    shuffled-label control and selectivity, and a pixel-space baseline probe."""
-    f = probe_features(model, pairs)
+def layer_probes(model: Any, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], *, seed: int = 0, k: int = 5, repeats: int = 5, features: dict | None = None) -> dict:
+    """Outcome probes per layer on CLS and on mean-pooled tokens, repeated grouped k-fold over pairs
+    (hooked_vivit.probes.cross_validated_probe: accuracy and paired accuracy with bootstrap 95 %
+    intervals over pairs, the shuffled-within-pair control, selectivity), and the two pixel
+    baselines ("pixels": spatially resolved, "pixels_mean": pooled like the mean-token features)."""
+    f = features or probe_features(model, pairs)
     L = model.cfg.n_layers
-    out: dict = {"layers": [f"resid_pre {l}" for l in range(L)] + [f"resid_post {L - 1}"], "pairs": len(pairs)}
+    n = len(np.unique(f["groups"]))
+    out: dict = {"layers": [f"resid_pre {l}" for l in range(L)] + [f"resid_post {L - 1}"], "pairs": n, "folds": k, "repeats": repeats,
+                 "method": f"repeated grouped {k}-fold ({repeats} repeats, groups = pairs), bootstrap 95 % intervals over pairs"}
+    run = lambda feat: cross_validated_probe(feat, f["labels"], f["groups"], k=k, repeats=repeats, seed=seed)  # noqa: E731
     for kind in ("cls", "mean"):
-        out[kind] = [probe_accuracy(feat, f["labels"], f["groups"], seed=seed).to_dict() for feat in f[kind]]
-    out["pixels"] = probe_accuracy(f["pixels"], f["labels"], f["groups"], seed=seed).to_dict()
+        out[kind] = [run(feat) for feat in f[kind]]
+    out["pixels"] = run(f["pixels"])
+    out["pixels_mean"] = run(f["pixels_mean"])
+    out["train_pairs_per_fold"] = out["pixels"]["train_pairs_per_fold"]
+    out["test_pairs_per_fold"] = out["pixels"]["test_pairs_per_fold"]
     return out

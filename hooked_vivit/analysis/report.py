@@ -186,3 +186,194 @@ def to_jsonable(obj: Any) -> Any:
 
 def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(to_jsonable(data), indent=1) + "\n")
+
+
+# ------------------------------------------------------------------------------ generated sentences
+def lookup(data: Any, path: str) -> Any:
+    """The value at a dotted path of results ("recovery.variants.cls_projection.attn.2"; integers,
+    negative too, index lists)."""
+    for part in path.split("."):
+        if isinstance(data, list):
+            data = data[int(part)]
+        else:
+            data = data[part]
+    return data
+
+
+class Caption:
+    """Builds a sentence from values of ``results``, remembering where every number came from, so a
+    test can check each number of the text against results.json: ``v(path, fmt)`` formats the value at
+    ``path``; ``record(section, text)`` stores {"section", "text", "numbers": [[path, fmt], ...]}."""
+
+    def __init__(self, results: dict):
+        self.results = results
+        self.numbers: list[list[str]] = []
+        self.captions: list[dict] = results.setdefault("captions", [])
+
+    def v(self, path: str, fmt: str = "") -> str:
+        self.numbers.append([path, fmt])
+        return format_number(lookup(self.results, path), fmt)
+
+    def record(self, section: str, text: str) -> str:
+        self.captions.append({"section": section, "text": text, "numbers": self.numbers})
+        self.numbers = []
+        return text
+
+
+def format_number(value: Any, fmt: str) -> str:
+    return format(value, fmt)
+
+
+NUMBER = r"[+-]?\d+(?:\.\d+)?%?"
+
+
+def numbers_in(text: str, strip: tuple[str, ...] = ()) -> list[str]:
+    """The numbers written in a sentence (after removing verbatim names such as the model's)."""
+    import re
+
+    for s in sorted(strip, key=len, reverse=True):
+        if s:
+            text = text.replace(s, " ")
+    return re.findall(NUMBER, text)
+
+
+# ------------------------------------------------------------------------------------------- scope
+PAPER_CLAIMS = (
+    ("Single MLP blocks from layer 4 on recover more than 100 % of the final-layer signal", "at least 5 layers",
+     lambda cfg: cfg.n_layers >= 5),
+    ("The signal is measured at layer 11, the last of 12", "12 layers", lambda cfg: cfg.n_layers == 12),
+    ("Both clips are classified as class 31 'bowling'", "the Kinetics-400 label set (class 31 = bowling)",
+     lambda cfg: cfg.id2label.get(31) == "bowling"),
+    ("Attention blocks gather evidence, MLP blocks compose the concept (component patching)", "any model", lambda cfg: True),
+    ("The outcome is encoded in the representation (probes, one pair in the paper)", "rendered pairs of a domain the model knows",
+     lambda cfg: any(v in ("bowling", "golf putting", "shooting basketball") for v in cfg.id2label.values())),
+)
+
+
+def scope(model: Any, trained_on: str | None = None) -> dict:
+    """What the report is about: the model's shape, its training data and which of the reference
+    paper's claims it can and cannot test."""
+    cfg = model.cfg
+    g = cfg.grid
+    organism = cfg.model_name == "hooked-vivit-organism"
+    if trained_on is None:
+        if organism:
+            trained_on = ("procedurally rendered clips of 6 actions (hooked_vivit.synthetic; MODEL_CARD.md), outcomes never labels; "
+                          "seeds listed in seed_ranges.json")
+        elif len(cfg.id2label) == 400 and cfg.id2label.get(31) == "bowling":
+            trained_on = "Kinetics-400 (by its label set)"
+        else:
+            trained_on = f"not known to hooked-vivit ({len(cfg.id2label)} classes)"
+    claims = [{"claim": c, "needs": needs, "testable": bool(test(cfg))} for c, needs, test in PAPER_CLAIMS]
+    return {
+        "model": cfg.model_name, "layers": cfg.n_layers, "heads": cfg.n_heads, "d_model": cfg.d_model,
+        "frames": cfg.num_frames, "pixels": list(cfg.image_size), "tubelet": list(cfg.tubelet_size),
+        "tokens": g.n_ctx, "token_grid": list(g.shape), "classes": len(cfg.id2label), "trained_on": trained_on,
+        "claims": claims, "organism": organism,
+        "organism_note": (f"Findings in this report are about {cfg.model_name}, a {cfg.n_layers}-layer model trained on rendered clips, "
+                          "not about ViViT-B: they show what the methods measure, not what ViViT-B does.") if organism else None,
+    }
+
+
+def scope_html(sc: dict) -> str:
+    rows = "".join(f"<li>{'can' if c['testable'] else '<b>cannot</b>'} test: {html.escape(c['claim'])} (needs {html.escape(c['needs'])})</li>"
+                   for c in sc["claims"])
+    note = f"<p><b>{html.escape(sc['organism_note'])}</b></p>" if sc.get("organism_note") else ""
+    return (
+        "<div style='border:2px solid #888;padding:0.5em 1em;margin:1em 0;background:#fafafa'><b>Scope.</b> "
+        f"Model <code>{html.escape(sc['model'])}</code>: {sc['layers']} layers, {sc['heads']} heads, d_model {sc['d_model']}, "
+        f"{sc['frames']} frames of {sc['pixels'][0]}x{sc['pixels'][1]} px, tubelets {tuple(sc['tubelet'])}, "
+        f"{sc['tokens']} tokens (1 CLS + {'x'.join(map(str, sc['token_grid']))}), {sc['classes']} classes; trained on "
+        f"{html.escape(sc['trained_on'])}.<ul>{rows}</ul>{note}</div>"
+    )
+
+
+# ------------------------------------------------------------------------------------- new figures
+VARIANT_LABELS = {"cls_projection": "projection at CLS", "token_projection": "projection, all tokens", "norm_ratio_cls": "norm ratio at CLS",
+                  "norm_ratio_tokens": "norm ratio, all tokens", "norm_recovery": "norm recovery at CLS (bounded)"}
+
+
+def fig_recovery_variants(variants: dict, path: Path, ci: dict | None = None) -> Path:
+    """One panel per recovery variant: attention and MLP block of each layer (ci: variant -> comp -> [lo, hi])."""
+    names = list(variants)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.2), sharey=False, squeeze=False)
+    for ax, name in zip(axes[0], names):
+        L = len(variants[name]["attn"])
+        x = np.arange(L)
+        for offset, comp in ((-0.2, "attn"), (0.2, "mlp")):
+            values = np.array(variants[name][comp]) * 100
+            err = None
+            if ci and name in ci:
+                lo, hi = np.array(ci[name][comp][0]) * 100, np.array(ci[name][comp][1]) * 100
+                err = np.stack([values - lo, hi - values])
+            ax.bar(x + offset, values, 0.4, color=COLORS[comp], label=comp, yerr=err, capsize=2)
+        ax.axhline(100, color="k", lw=0.8, ls="--")
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set_title(VARIANT_LABELS.get(name, name), fontsize=8)
+        ax.set_xlabel("patched layer", fontsize=8)
+        ax.set_xticks(x)
+    axes[0][0].set_ylabel("% of last-layer difference")
+    axes[0][0].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def fig_outcome_ablation(ablation: dict, path: Path) -> Path:
+    """Per region, the change of each outcome signal against the random equal-size boxes (mean +- sd)."""
+    regions = list(ablation["regions"])
+    signals = ("class_logit", "logit_gap", "direction")
+    fig, axes = plt.subplots(1, 3, figsize=(12, 0.5 + 0.45 * len(regions) + 1.2), squeeze=False)
+    y = np.arange(len(regions))
+    for ax, sig in zip(axes[0], signals):
+        ch = [ablation["regions"][r][sig]["change"] for r in regions]
+        cm = [ablation["regions"][r][sig]["control_mean"] for r in regions]
+        cs = [ablation["regions"][r][sig]["control_std"] for r in regions]
+        ax.barh(y + 0.2, ch, 0.4, color="#d62728", label="region")
+        ax.barh(y - 0.2, cm, 0.4, xerr=cs, color="#aaaaaa", label=f"{ablation['n_controls']} random boxes (mean, sd)", capsize=2)
+        ax.axvline(0, color="k", lw=0.5)
+        ax.set_yticks(y, regions if sig == "class_logit" else [""] * len(regions), fontsize=7)
+        ax.set_title(f"change of {sig}", fontsize=9)
+    axes[0][0].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def fig_enrichment(enr: dict, path: Path, ci: dict | None = None) -> Path:
+    """Enrichment (share / base rate) per object and weighting; 1 = no preference."""
+    objects = list(enr)
+    kinds = list(enr[objects[0]]) if objects else []
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    width = 0.8 / max(1, len(kinds))
+    for i, kind in enumerate(kinds):
+        vals = [enr[o][kind]["enrichment"] or 0.0 for o in objects]
+        err = None
+        if ci:
+            err = np.array([[vals[j] - ci[o][kind][0], ci[o][kind][1] - vals[j]] for j, o in enumerate(objects)]).T
+        ax.bar(np.arange(len(objects)) + (i - (len(kinds) - 1) / 2) * width, vals, width, label=kind, yerr=err, capsize=2)
+    ax.axhline(1, color="k", ls="--", lw=0.8)
+    ax.set_xticks(np.arange(len(objects)), objects)
+    ax.set_ylabel("enrichment = share / base rate")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def fig_probes_ci(probes: dict, path: Path) -> Path:
+    """Accuracy and paired accuracy per layer with bootstrap intervals, controls and both pixel baselines."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+    x = np.arange(len(probes["layers"]))
+    for ax, metric in zip(axes, ("accuracy", "paired_accuracy")):
+        for kind, color in (("cls", "#1f77b4"), ("mean", "#2ca02c")):
+            acc = np.array([r[metric] for r in probes[kind]]) * 100
+            lo = np.array([r[f"{metric}_ci95"][0] for r in probes[kind]]) * 100
+            hi = np.array([r[f"{metric}_ci95"][1] for r in probes[kind]]) * 100
+            ax.errorbar(x, acc, yerr=np.stack([acc - lo, hi - acc]), fmt="o-", color=color, label=f"{kind} probe", capsize=2)
+            ctl = np.array([r[f"control_{metric}"] for r in probes[kind]]) * 100
+            ax.plot(x, ctl, "x:", color=color, label=f"{kind} control (swapped within pairs)")
+        for key, ls in (("pixels", "--"), ("pixels_mean", "-.")):
+            if key in probes:
+                ax.axhline(probes[key][metric] * 100, color="gray", ls=ls, label=f"{key} baseline")
+        ax.axhline(50, color="k", lw=0.5)
+        ax.set_xticks(x, probes["layers"], rotation=30, fontsize=7)
+        ax.set_ylim(0, 105)
+        ax.set_title(metric.replace("_", " "), fontsize=9)
+    axes[0].set_ylabel("held-out (%)")
+    axes[0].legend(fontsize=6)
+    return _save(fig, path)

@@ -11,6 +11,70 @@ from hooked_vivit.video import normalize
 
 # Disjoint seed ranges: a clip's seed fixes every nuisance, so held-out seeds are held-out scenes.
 SPLIT_SEEDS = {"train": 0, "val": 1_000_000, "test": 2_000_000, "probe": 3_000_000}
+# Reserved for analysis (analyze, study, their probes): no shipped organism was trained, validated,
+# tested or probed on any seed in [start, stop). render_pair(domain, seed) renders the same scene as
+# render_clip(action, seed), so a training seed would analyse a training clip.
+ANALYSIS_SEEDS = {"pair": 4_000_000, "probe": 5_000_000, "study": 6_000_000}
+ANALYSIS_RANGE = (4_000_000, 7_000_000)
+SEED_RANGES_FILE = "seed_ranges.json"
+
+
+def used_seed_ranges(metrics: dict, probes: dict | None = None) -> list[dict]:
+    """Every seed range a checkpoint was trained, validated, tested or probed on, derived from its
+    metrics.json (each fine-tuning stage's config, see train.py) and probes.json (evaluate.py):
+    [{"use", "first", "last"}] with inclusive ends."""
+    from hooked_vivit import synthetic
+
+    stages, m = [], metrics
+    while m:
+        stages.insert(0, m)
+        m = m.get("previous_stage")
+    out = []
+    for i, stage in enumerate(stages):
+        tc = stage["train_config"]
+        n = tc["train_per_class"]
+        if tc.get("fresh_data"):
+            first = tc["data_offset"] if tc.get("data_offset") is not None else (11 if tc.get("init_from") else 0)
+            blocks = [(epoch + first) * n for epoch in range(tc["epochs"])]
+        else:
+            blocks = [0]
+        for b in blocks:
+            out.append({"use": f"train (stage {i + 1})", "first": clip_seed("train", b), "last": clip_seed("train", b + n - 1)})
+        out.append({"use": f"val (stage {i + 1})", "first": clip_seed("val", 0), "last": clip_seed("val", tc["val_per_class"] - 1)})
+        out.append({"use": f"test (stage {i + 1})", "first": clip_seed("test", 0), "last": clip_seed("test", tc["test_per_class"] - 1)})
+    for domain, res in (probes or {}).items():
+        seed0 = SPLIT_SEEDS["probe"] + 10_000 * list(synthetic.DOMAINS).index(domain)
+        out.append({"use": f"probe ({domain})", "first": seed0, "last": seed0 + res["pairs"] - 1})
+    return out
+
+
+def recorded_seed_ranges(checkpoint=None) -> dict:
+    """The checkpoint's seed_ranges.json: {"used": [...], "analysis": {...}} (see used_seed_ranges)."""
+    import json
+    from pathlib import Path
+
+    from hooked_vivit.organism import checkpoint_path
+
+    return json.loads((Path(checkpoint or checkpoint_path()) / SEED_RANGES_FILE).read_text())
+
+
+def write_seed_ranges(checkpoint) -> dict:
+    """Record used_seed_ranges of a checkpoint (from its metrics.json and probes.json) and the analysis range."""
+    import json
+    from pathlib import Path
+
+    path = Path(checkpoint)
+    metrics = json.loads((path / "metrics.json").read_text())
+    probes = json.loads((path / "probes.json").read_text()) if (path / "probes.json").exists() else None
+    data = {"used": used_seed_ranges(metrics, probes), "analysis": {"first": ANALYSIS_RANGE[0], "last": ANALYSIS_RANGE[1] - 1, **ANALYSIS_SEEDS},
+            "note": "inclusive seed ranges; a clip's seed fixes its scene in every action"}
+    (path / SEED_RANGES_FILE).write_text(json.dumps(data, indent=1) + "\n")
+    return data
+
+
+def seed_use(seed: int, ranges: list[dict]) -> str | None:
+    """What a seed was used for (the first recorded range holding it), or None if unused."""
+    return next((r["use"] for r in ranges if r["first"] <= seed <= r["last"]), None)
 
 
 def clip_seed(split: str, index: int) -> int:

@@ -16,7 +16,7 @@ from hooked_vivit.analysis.experiments import probe_features
 from hooked_vivit.analysis.pipeline import rendered_probe_pairs
 from hooked_vivit.model import HookedViViT
 from hooked_vivit.organism import checkpoint_path
-from hooked_vivit.organism.data import SPLIT_SEEDS
+from hooked_vivit.organism.data import SPLIT_SEEDS, write_seed_ranges
 from hooked_vivit.probes import probe_accuracy
 
 
@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     probes = outcome_probes(model, args.pairs)
     (path / "probes.json").write_text(json.dumps(probes, indent=2) + "\n")
     write_model_card(path, metrics, probes)
+    write_seed_ranges(path)  # the seeds this checkpoint has seen, for the analysis defaults' disjointness
     print((path / "MODEL_CARD.md").read_text())
     return 0
 
