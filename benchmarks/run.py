@@ -30,6 +30,7 @@ GOALS = {
     "run_with_cache peak / (weights + cached), cache(everything)": 1.1,
     "attribution patching / one forward": 3.0,
     "hooked / hf_sdpa": 1.05,
+    "CLS rows of every layer and head / plain SDPA forward": 1.15,
     "hooked cache(patterns+resid) / hf_eager(output_attentions+hidden_states)": 1.05,
 }
 
@@ -90,6 +91,7 @@ def forward_benchmark(device: str, dtype: torch.dtype, batch: int, layers: int, 
         "hooked cache(all but patterns/scores)": cache_case(hooked, x, without_maps),
         "hf_eager(output_attentions+hidden_states)": lambda: hf_eager(x, output_attentions=True, output_hidden_states=True),
         "hooked cache(patterns+resid)": cache_case(hooked, x, with_patterns),
+        "hooked attention_rows(cls, every layer)": lambda: hooked.attention_rows(x, queries="cls"),
     }
     with torch.inference_mode():
         times = time_cases(cases, device, warmup, reps)
@@ -98,8 +100,39 @@ def forward_benchmark(device: str, dtype: torch.dtype, batch: int, layers: int, 
         "hooked / hf_eager": times["hooked"] / times["hf_eager"],
         "hooked cache(all but patterns/scores) / hf_sdpa(output_hidden_states)": times["hooked cache(all but patterns/scores)"] / times["hf_sdpa(output_hidden_states)"],
         "hooked cache(patterns+resid) / hf_eager(output_attentions+hidden_states)": times["hooked cache(patterns+resid)"] / times["hf_eager(output_attentions+hidden_states)"],
+        "CLS rows of every layer and head / plain SDPA forward": times["hooked attention_rows(cls, every layer)"] / times["hooked"],
     }
     return {"seconds": times, "ratios": ratios}
+
+
+ROWS_MEMORY_CASES = ("attention_rows(cls)", "run_with_cache(patterns)")
+
+
+def measure_rows_memory(device: str, dtype: torch.dtype, layers: int, label: str) -> dict:
+    """Peak memory of the CLS rows of every layer and head against a cache of every full pattern
+    (run in a fresh process, as measure_cache_memory)."""
+    _, _, hooked = build_models(device, dtype, layers)
+    x = torch.randn(1, 32, 3, 224, 224, device=device, dtype=dtype)
+    held = {}
+
+    def run():
+        if label == "attention_rows(cls)":
+            held["bytes"] = hooked.attention_rows(x, queries="cls").nbytes
+        else:
+            with torch.inference_mode():
+                _, c = hooked.run_with_cache(x, names_filter=lambda n: n.endswith("hook_pattern"))
+            held["bytes"] = c.nbytes()
+            del c
+
+    before, peak = PeakMemory(device).measure(run)
+    return {"result_bytes": held["bytes"], "peak_extra_bytes": peak - before}
+
+
+def rows_memory_benchmark(device: str, dtype: torch.dtype, layers: int) -> dict:
+    """Peak memory beyond the weights and input: CLS rows vs the full-pattern cache."""
+    memory = {label: measure_cache_memory_subprocess(device, args_dtype(dtype), layers, label) for label in ROWS_MEMORY_CASES}
+    ratios = {"CLS rows peak / full-pattern cache peak (extra bytes)": memory["attention_rows(cls)"]["peak_extra_bytes"] / memory["run_with_cache(patterns)"]["peak_extra_bytes"]}
+    return {"ratios": ratios, "memory": memory}
 
 
 def video_benchmark(reps: int) -> dict:
@@ -330,7 +363,7 @@ def to_markdown(results: dict) -> str:
         goal = GOALS.get(name)
         met = "" if goal is None else ("yes" if value <= goal else "no")
         lines.append(f"| {name} | {value:.3f} | {'' if goal is None else f'<= {goal}'} | {met} |")
-    for section in ("bridge", "patching", "video"):
+    for section in ("rows_memory", "bridge", "patching", "video"):
         for name, value in results.get(section, {}).get("ratios", {}).items():
             goal = GOALS.get(name)
             lines.append(f"| {name} | {value:.3f} | {'' if goal is None else f'<= {goal}'} | {'' if goal is None else ('yes' if value <= goal else 'no')} |")
@@ -349,12 +382,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--memory-case", choices=list(MEMORY_CASES), help=argparse.SUPPRESS)
+    p.add_argument("--memory-case", choices=list(MEMORY_CASES) + list(ROWS_MEMORY_CASES), help=argparse.SUPPRESS)
+    p.add_argument("--no-rows-memory", action="store_true", help="skip the (slow, ~6 GB) rows-vs-full-pattern memory comparison")
     p.add_argument("--only", choices=["forward", "bridge", "patching", "video"], default=None, help="run one section")
     args = p.parse_args(argv)
     dtype = getattr(torch, args.dtype)
     if args.memory_case:  # the child process of measure_cache_memory_subprocess
-        print(json.dumps(measure_cache_memory(args.device, dtype, args.layers, args.memory_case)))
+        measure = measure_rows_memory if args.memory_case in ROWS_MEMORY_CASES else measure_cache_memory
+        print(json.dumps(measure(args.device, dtype, args.layers, args.memory_case)))
         return 0
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     results = {
@@ -363,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.only in (None, "forward"):
         results["forward"] = forward_benchmark(args.device, dtype, args.batch, args.layers, args.warmup, args.reps)
+        if not args.no_rows_memory:
+            results["rows_memory"] = rows_memory_benchmark(args.device, dtype, args.layers)
     if args.only in (None, "bridge"):
         results["bridge"] = bridge_and_memory_benchmark(args.device, dtype, args.layers, args.reps)
     if args.only in (None, "patching"):
