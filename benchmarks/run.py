@@ -30,6 +30,7 @@ GOALS = {
     "run_with_cache peak / (weights + cached), cache(everything)": 1.1,
     "attribution patching / one forward": 3.0,
     "hooked / hf_sdpa": 1.05,
+    "CLS rows of every layer and head / plain SDPA forward": 1.15,
     "hooked cache(patterns+resid) / hf_eager(output_attentions+hidden_states)": 1.05,
 }
 
@@ -90,6 +91,7 @@ def forward_benchmark(device: str, dtype: torch.dtype, batch: int, layers: int, 
         "hooked cache(all but patterns/scores)": cache_case(hooked, x, without_maps),
         "hf_eager(output_attentions+hidden_states)": lambda: hf_eager(x, output_attentions=True, output_hidden_states=True),
         "hooked cache(patterns+resid)": cache_case(hooked, x, with_patterns),
+        "hooked attention_rows(cls, every layer)": lambda: hooked.attention_rows(x, queries="cls"),
     }
     with torch.inference_mode():
         times = time_cases(cases, device, warmup, reps)
@@ -98,8 +100,39 @@ def forward_benchmark(device: str, dtype: torch.dtype, batch: int, layers: int, 
         "hooked / hf_eager": times["hooked"] / times["hf_eager"],
         "hooked cache(all but patterns/scores) / hf_sdpa(output_hidden_states)": times["hooked cache(all but patterns/scores)"] / times["hf_sdpa(output_hidden_states)"],
         "hooked cache(patterns+resid) / hf_eager(output_attentions+hidden_states)": times["hooked cache(patterns+resid)"] / times["hf_eager(output_attentions+hidden_states)"],
+        "CLS rows of every layer and head / plain SDPA forward": times["hooked attention_rows(cls, every layer)"] / times["hooked"],
     }
     return {"seconds": times, "ratios": ratios}
+
+
+ROWS_MEMORY_CASES = ("attention_rows(cls)", "run_with_cache(patterns)")
+
+
+def measure_rows_memory(device: str, dtype: torch.dtype, layers: int, label: str) -> dict:
+    """Peak memory of the CLS rows of every layer and head against a cache of every full pattern
+    (run in a fresh process, as measure_cache_memory)."""
+    _, _, hooked = build_models(device, dtype, layers)
+    x = torch.randn(1, 32, 3, 224, 224, device=device, dtype=dtype)
+    held = {}
+
+    def run():
+        if label == "attention_rows(cls)":
+            held["bytes"] = hooked.attention_rows(x, queries="cls").nbytes
+        else:
+            with torch.inference_mode():
+                _, c = hooked.run_with_cache(x, names_filter=lambda n: n.endswith("hook_pattern"))
+            held["bytes"] = c.nbytes()
+            del c
+
+    before, peak = PeakMemory(device).measure(run)
+    return {"result_bytes": held["bytes"], "peak_extra_bytes": peak - before}
+
+
+def rows_memory_benchmark(device: str, dtype: torch.dtype, layers: int) -> dict:
+    """Peak memory beyond the weights and input: CLS rows vs the full-pattern cache."""
+    memory = {label: measure_cache_memory_subprocess(device, args_dtype(dtype), layers, label) for label in ROWS_MEMORY_CASES}
+    ratios = {"CLS rows peak / full-pattern cache peak (extra bytes)": memory["attention_rows(cls)"]["peak_extra_bytes"] / memory["run_with_cache(patterns)"]["peak_extra_bytes"]}
+    return {"ratios": ratios, "memory": memory}
 
 
 def video_benchmark(reps: int) -> dict:
@@ -131,19 +164,15 @@ def video_benchmark(reps: int) -> dict:
 
 def patching_benchmark(device: str, dtype: torch.dtype, layers: int, reps: int) -> dict:
     """The paper's 24-component sweep (attention and MLP block of every layer) batched vs 24 plain
-    forwards and vs TransformerLens's generic_activation_patch loop; attribution patching vs one
-    forward."""
+    forwards and vs TransformerLens's generic_activation_patch loop."""
     import pandas as pd
     from transformer_lens.patching import generic_activation_patch
 
     from hooked_vivit import patching
-    from hooked_vivit.attribution import attribution_patch
     from hooked_vivit.metrics import ClassLogit
 
     _, _, hooked = build_models(device, dtype, layers)
-    gen = torch.Generator().manual_seed(1)
-    clean = torch.randn(1, 32, 3, 224, 224, generator=gen).to(device, dtype)
-    corrupted = clean + 0.5 * torch.randn(1, 32, 3, 224, 224, generator=gen).to(device, dtype)
+    clean, corrupted = clean_and_corrupted(device, dtype)
     n = hooked.cfg.n_layers
     names = [f"blocks.{l}.hook_{c}" for l in range(n) for c in ("attn_out", "mlp_out")]
     with torch.inference_mode():
@@ -167,8 +196,6 @@ def patching_benchmark(device: str, dtype: torch.dtype, layers: int, reps: int) 
         f"{len(patches)} plain forwards": plain_forwards,
         f"batched sweep of {len(patches)} components": lambda: patching.run_patches(hooked, patches, source_cache=clean_cache, target=corrupted, metric=metric, progress=False),
         "TransformerLens generic_activation_patch loop": tl_loop,
-        "one forward": lambda: hooked(corrupted),
-        "attribution patching (clean fwd + corrupted fwd + bwd)": lambda: attribution_patch(hooked, clean, corrupted, metric),
     }
     import transformer_lens.patching as tlp
 
@@ -183,9 +210,73 @@ def patching_benchmark(device: str, dtype: torch.dtype, layers: int, reps: int) 
     ratios = {
         "component sweep / 24 plain forwards": times[k] / times[f"{len(patches)} plain forwards"],
         "component sweep / TransformerLens loop": times[k] / times["TransformerLens generic_activation_patch loop"],
-        "attribution patching / one forward": times["attribution patching (clean fwd + corrupted fwd + bwd)"] / times["one forward"],
     }
     return {"seconds": times, "ratios": ratios}
+
+
+def clean_and_corrupted(device: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    clean = torch.randn(1, 32, 3, 224, 224, generator=gen).to(device, dtype)
+    return clean, clean + 0.5 * torch.randn(1, 32, 3, 224, 224, generator=gen).to(device, dtype)
+
+
+def attribution_before_issue_18(model, clean, corrupted, metric, acts=("resid_pre", "attn_out", "mlp_out", "z")):
+    """attribution_patch as it was before issue 18 (gradient from the pixels, parameters left
+    requiring grad, clean run through the whole model), kept only for the side-by-side ratio."""
+    from transformer_lens.utilities import get_act_name
+
+    from hooked_vivit.patching import _metric_rows
+
+    names = [get_act_name(a, l) for a in acts for l in range(model.cfg.n_layers)]
+    with torch.inference_mode():
+        _, clean_cache = model.run_with_cache(clean, names_filter=names)
+    stored = {}
+
+    def keep(act, hook):
+        stored[hook.name] = act
+        return act
+
+    with torch.enable_grad():
+        x = model.validate_input(corrupted).detach().clone().requires_grad_(True)
+        with model.hooks(fwd_hooks=[(n, keep) for n in names]):
+            logits = model(x)
+        values = _metric_rows(metric, logits, {})
+        grads = torch.autograd.grad(values.sum(), [stored[n] for n in names])
+    return [((clean_cache[n] - stored[n].detach()) * g).sum(-1).mean(0) for n, g in zip(names, grads)]
+
+
+def attribution_benchmark(device: str, dtype: torch.dtype, layers: int, reps: int) -> dict:
+    """Attribution patching (clean forward + corrupted forward + backward, resid_pre / attn_out /
+    mlp_out / z of every layer) vs one forward, before and after issue 18, and of the second half
+    of the layers only (the graph then starts there)."""
+    from hooked_vivit.attribution import attribution_patch
+    from hooked_vivit.metrics import ClassLogit
+
+    _, _, hooked = build_models(device, dtype, layers)
+    clean, corrupted = clean_and_corrupted(device, dtype)
+    metric = ClassLogit(31)
+    n = hooked.cfg.n_layers
+    half = list(range(n // 2, n))
+    new = attribution_patch(hooked, clean, corrupted, metric)
+    old = attribution_before_issue_18(hooked, clean, corrupted, metric)
+    same = max(float((new.scores[a][l] - o.float().cpu()).abs().max()) for (a, l), o in zip([(a, l) for a in new.scores for l in range(n)], old))
+    cases = {
+        "one forward": lambda: hooked(corrupted),
+        "one forward (inference_mode)": lambda: torch.inference_mode()(hooked)(corrupted),
+        "attribution patching (clean fwd + corrupted fwd + bwd)": lambda: attribution_patch(hooked, clean, corrupted, metric),
+        "attribution patching before issue 18": lambda: attribution_before_issue_18(hooked, clean, corrupted, metric),
+        f"attribution patching, layers {half[0]}-{half[-1]}": lambda: attribution_patch(hooked, clean, corrupted, metric, layers=half),
+    }
+    with torch.inference_mode(False):
+        times = time_cases(cases, device, 0, reps)
+    one = times["one forward"]
+    ratios = {
+        "attribution patching / one forward": times["attribution patching (clean fwd + corrupted fwd + bwd)"] / one,
+        "attribution patching before issue 18 / one forward": times["attribution patching before issue 18"] / one,
+        "attribution patching / one forward (inference_mode)": times["attribution patching (clean fwd + corrupted fwd + bwd)"] / times["one forward (inference_mode)"],
+        f"attribution patching, layers {half[0]}-{half[-1]} / one forward": times[f"attribution patching, layers {half[0]}-{half[-1]}"] / one,
+    }
+    return {"seconds": times, "ratios": ratios, "max |new - before| score": same}
 
 
 def make_bridge(hf_model):
@@ -330,12 +421,12 @@ def to_markdown(results: dict) -> str:
         goal = GOALS.get(name)
         met = "" if goal is None else ("yes" if value <= goal else "no")
         lines.append(f"| {name} | {value:.3f} | {'' if goal is None else f'<= {goal}'} | {met} |")
-    for section in ("bridge", "patching", "video"):
+    for section in ("rows_memory", "bridge", "patching", "attribution", "video"):
         for name, value in results.get(section, {}).get("ratios", {}).items():
             goal = GOALS.get(name)
             lines.append(f"| {name} | {value:.3f} | {'' if goal is None else f'<= {goal}'} | {'' if goal is None else ('yes' if value <= goal else 'no')} |")
     lines += ["", "| case | median seconds |", "|---|---|"]
-    for section in ("forward", "bridge", "patching", "video"):
+    for section in ("forward", "bridge", "patching", "attribution", "video"):
         lines += [f"| {k} | {v:.4f} |" for k, v in results.get(section, {}).get("seconds", {}).items()]
     return "\n".join(lines) + "\n"
 
@@ -349,12 +440,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--memory-case", choices=list(MEMORY_CASES), help=argparse.SUPPRESS)
-    p.add_argument("--only", choices=["forward", "bridge", "patching", "video"], default=None, help="run one section")
+    p.add_argument("--memory-case", choices=list(MEMORY_CASES) + list(ROWS_MEMORY_CASES), help=argparse.SUPPRESS)
+    p.add_argument("--no-rows-memory", action="store_true", help="skip the (slow, ~6 GB) rows-vs-full-pattern memory comparison")
+    p.add_argument("--only", choices=["forward", "bridge", "patching", "attribution", "video"], default=None, help="run one section")
     args = p.parse_args(argv)
     dtype = getattr(torch, args.dtype)
     if args.memory_case:  # the child process of measure_cache_memory_subprocess
-        print(json.dumps(measure_cache_memory(args.device, dtype, args.layers, args.memory_case)))
+        measure = measure_rows_memory if args.memory_case in ROWS_MEMORY_CASES else measure_cache_memory
+        print(json.dumps(measure(args.device, dtype, args.layers, args.memory_case)))
         return 0
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     results = {
@@ -363,10 +456,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.only in (None, "forward"):
         results["forward"] = forward_benchmark(args.device, dtype, args.batch, args.layers, args.warmup, args.reps)
+        if not args.no_rows_memory:
+            results["rows_memory"] = rows_memory_benchmark(args.device, dtype, args.layers)
     if args.only in (None, "bridge"):
         results["bridge"] = bridge_and_memory_benchmark(args.device, dtype, args.layers, args.reps)
     if args.only in (None, "patching"):
         results["patching"] = patching_benchmark(args.device, dtype, args.layers, max(1, args.reps - 2))
+    if args.only in (None, "attribution"):
+        results["attribution"] = attribution_benchmark(args.device, dtype, args.layers, args.reps)
     if args.only in (None, "video"):
         results["video"] = video_benchmark(max(args.reps, 5))
     md = to_markdown(results)

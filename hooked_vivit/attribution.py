@@ -9,8 +9,9 @@ Only input gradients are taken (``torch.autograd.grad``), never parameter gradie
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from jaxtyping import Float
@@ -23,11 +24,12 @@ DEFAULT_ACTS = ("resid_pre", "attn_out", "mlp_out", "z")
 @dataclass
 class AttributionResult:
     """``scores[act]``: [n_layers, n_ctx] for resid/attn_out/mlp_out, [n_layers, n_ctx, n_heads] for
-    z (and q/k/v). ``baseline`` is the metric on the corrupted run."""
+    z (and q/k/v); n_layers counts the attributed ``layers``. ``baseline`` is the metric on the corrupted run."""
 
     scores: dict[str, torch.Tensor]
     baseline: float
     grid: Any
+    layers: list[int] | None = None  # the layers along the scores' first axis (None: all)
 
     def by_frame_slot(self, act: str) -> Float[torch.Tensor, "n_layers n_frame_slots"]:
         """Sum over the patch tokens of each frame slot: the estimate for patching the slot whole."""
@@ -45,6 +47,26 @@ class AttributionResult:
         return self.scores[act].sum(1)
 
 
+def _layer_of(name: str, n_layers: int) -> int:
+    """The block a hook belongs to: -1 before the blocks, n_layers after them."""
+    if name.startswith("blocks."):
+        return int(name.split(".")[1])
+    return -1 if name.startswith(("hook_embed", "hook_pos_embed")) else n_layers
+
+
+@contextmanager
+def _parameters_frozen(model: Any) -> Iterator[None]:
+    """No parameter requires grad inside: autograd then keeps only what input gradients need."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
 def attribution_patch(
     model: Any,
     clean: torch.Tensor,
@@ -53,18 +75,34 @@ def attribution_patch(
     *,
     acts: Sequence[str] = DEFAULT_ACTS,
     clean_cache: Any = None,
+    layers: Sequence[int] | None = None,
 ) -> AttributionResult:
-    """Estimate denoising patches (clean into corrupted) for every (layer, position[, head])."""
+    """Estimate denoising patches (clean into corrupted) for every (layer, position[, head]) of
+    ``layers`` (all by default; the scores' first axis follows ``layers``).
+
+    Cost: the clean forward caches only the attributed hooks and stops after the last attributed
+    layer; the corrupted forward runs the blocks before the earliest attributed layer without a
+    graph, makes the residual stream there a leaf, and the backward stops at it. Parameters are
+    frozen meanwhile (only input gradients are taken)."""
     from transformer_lens.utilities import get_act_name
 
     n_layers = model.cfg.n_layers
-    names = [get_act_name(a, l) for a in acts for l in range(n_layers)]
+    layer_list = list(range(n_layers)) if layers is None else [int(l) for l in layers]
+    bad = [l for l in layer_list if not 0 <= l < n_layers]
+    if not layer_list or bad:
+        raise ValueError(f"layers must be a non-empty list of layers in 0..{n_layers - 1}, got {list(layers or [])}")
+    names = [get_act_name(a, l) for a in acts for l in layer_list]
     model._check_hook_names(names)
     metric_hooks = tuple(getattr(metric, "hooks", ()))
+    layers = [_layer_of(n, n_layers) for n in names]
     if clean_cache is None:
+        last = max(layers)
         with torch.inference_mode():
-            _, clean_cache = model.run_with_cache(clean, names_filter=names)
+            _, clean_cache = model.run_with_cache(clean, names_filter=names, stop_at_layer=last + 1 if last < n_layers else None)
     corrupted = model.validate_input(corrupted)
+    # The leaf: the residual stream entering the earliest attributed block (a metric reading an
+    # earlier hook gets its value from the graph-free prefix, which does not depend on the leaf).
+    first = max(0, min(layers))
 
     stored: dict[str, torch.Tensor] = {}
 
@@ -72,21 +110,24 @@ def attribution_patch(
         stored[hook.name] = act
         return act
 
-    with torch.enable_grad():
-        x = corrupted.detach().clone().requires_grad_(True)  # a graph even if parameters are frozen
-        with model.hooks(fwd_hooks=[(n, keep) for n in dict.fromkeys(names + list(metric_hooks))]):
-            logits = model(x)
-        values = _metric_rows(metric, logits, {h: stored[h] for h in metric_hooks})
-        if values.shape != (x.shape[0],):
-            raise ValueError(
-                f"the metric must return one value per batch row, shape ({x.shape[0]},), got shape {tuple(values.shape)} "
-                "(a [batch, classes] tensor? pick a class: hooked_vivit.metrics.ClassLogit(c) or LogitDiff(c, other))"
-            )
-        targets = [stored[n] for n in names]
-        grads = torch.autograd.grad(values.sum(), targets, allow_unused=True)
+    hooks = [(n, keep) for n in dict.fromkeys(names + list(metric_hooks))]
+    with _parameters_frozen(model), model.hooks(fwd_hooks=hooks):
+        with torch.no_grad():
+            resid = model(corrupted, stop_at_layer=first)
+        with torch.enable_grad():
+            resid.requires_grad_(True)
+            logits = model(resid, start_at_layer=first)
+            values = _metric_rows(metric, logits, {h: stored[h] for h in metric_hooks})
+            if values.shape != (resid.shape[0],):
+                raise ValueError(
+                    f"the metric must return one value per batch row, shape ({resid.shape[0]},), got shape {tuple(values.shape)} "
+                    "(a [batch, classes] tensor? pick a class: hooked_vivit.metrics.ClassLogit(c) or LogitDiff(c, other))"
+                )
+            targets = [stored[n] for n in names]
+            grads = torch.autograd.grad(values.sum(), targets, allow_unused=True)
 
     scores: dict[str, list[torch.Tensor]] = {a: [] for a in acts}
-    for (name, act, grad), a in zip(((n, stored[n], g) for n, g in zip(names, grads)), [a for a in acts for _ in range(n_layers)]):
+    for (name, act, grad), a in zip(((n, stored[n], g) for n, g in zip(names, grads)), [a for a in acts for _ in layer_list]):
         delta = clean_cache[name].to(act.device, act.dtype) - act.detach()
         g = torch.zeros_like(act) if grad is None else grad
         # Sum over the feature axis, mean over the batch: one number per position (and head),
@@ -96,4 +137,5 @@ def attribution_patch(
         scores={a: torch.stack(v) for a, v in scores.items()},
         baseline=float(values.detach().float().mean()),
         grid=model.cfg.grid,
+        layers=layer_list,
     )

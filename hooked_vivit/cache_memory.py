@@ -19,6 +19,8 @@ def hook_shape(cfg: Any, name: str, batch: int) -> tuple[int, ...] | None:
     leaf = name.rsplit(".", 1)[-1]
     if leaf in ("hook_attn_scores", "hook_pattern"):
         return (B, H, P, P)
+    if leaf == "hook_pattern_rows":  # the default query set: the CLS row
+        return (B, H, 1, P)
     if leaf in ("hook_q", "hook_k", "hook_v", "hook_z"):
         return (B, P, H, E)
     if leaf == "hook_result":

@@ -172,6 +172,14 @@ class HookedViViT(HookedRootModule):
             raise ValueError(f"labels must be one class or one per batch row ({logits.shape[0]}), got shape {tuple(target.shape)}")
         return torch.nn.functional.cross_entropy(logits.float(), target)
 
+    def attention_rows(self, pixel_values: PixelValues, queries: Any = "cls", layers: Sequence[int] | None = None) -> Float[torch.Tensor, "batch layers heads n_queries n_ctx"]:
+        """Attention pattern rows of the ``queries`` positions ("cls", a token list, FrameSlot,
+        Region ...) for every head of ``layers``, at fused-attention cost: ``[:, l, :, 0]`` with
+        the default CLS query equals ``cache["pattern", l][:, :, 0]``. See hooked_vivit.attention_rows."""
+        from hooked_vivit.attention_rows import attention_rows
+
+        return attention_rows(self, pixel_values, queries, layers)
+
     def _validate_resid(self, resid: Any, layer: int) -> torch.Tensor:
         expected = (self.cfg.n_ctx, self.cfg.d_model)
         if not isinstance(resid, torch.Tensor) or resid.ndim != 3 or tuple(resid.shape[1:]) != expected:

@@ -21,11 +21,13 @@ MapKind = Literal["cls_attention", "attribution"]
 
 def token_maps(model: Any, pixel_values: torch.Tensor, kind: MapKind = "cls_attention", class_index: int | None = None) -> np.ndarray:
     """[layers, heads, frame slots, rows, cols] maps for the first clip of the batch."""
-    from hooked_vivit.analysis.experiments import cls_attention, token_dla
+    from hooked_vivit.analysis.experiments import token_dla
 
     grid = model.cfg.grid
     if kind == "cls_attention":
-        return np.array(cls_attention(model, pixel_values[:1])["grid"], dtype=np.float32)
+        # The CLS rows only, on the fused attention path: no [heads, tokens, tokens] pattern is built.
+        rows = model.attention_rows(pixel_values[:1], queries="cls")[0, :, :, 0]  # [L, H, P]
+        return grid.unflatten(rows.float())[1].numpy()
     if kind == "attribution":
         with torch.inference_mode():
             c = int(model(pixel_values[:1]).argmax()) if class_index is None else class_index

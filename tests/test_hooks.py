@@ -16,7 +16,7 @@ from tests.conftest import SMALL_CONFIGS, make_hf, max_rel, pixels
 PER_LAYER = [
     "hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post",
     "ln1.hook_scale", "ln1.hook_normalized", "ln2.hook_scale", "ln2.hook_normalized",
-    "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z",
+    "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_pattern_rows", "attn.hook_z",
     "attn.hook_result", "mlp.hook_pre", "mlp.hook_post",
     "hook_q_input", "hook_k_input", "hook_v_input", "hook_attn_in", "hook_mlp_in",
 ]

@@ -28,6 +28,8 @@ def test_maps_and_overlay(setup):
     _, cache = model.run_with_cache(x)
     for l in range(2):  # the grid holds all CLS attention except what CLS pays itself
         np.testing.assert_allclose(att[l].sum(axis=(1, 2, 3)), 1 - cache["pattern", l][0, :, 0, 0].numpy(), atol=1e-5)
+        # token by token, the CLS row of the full pattern (the map comes from attention_rows)
+        np.testing.assert_allclose(att[l].reshape(2, -1), cache["pattern", l][0, :, 0, 1:].numpy(), atol=1e-6, rtol=0)
     dla = viewer.token_maps(model, x, "attribution", class_index=3)
     assert dla.shape == att.shape and np.abs(dla).sum() > 0
     img = viewer.overlay(frames[0], att[1, 0, 0])

@@ -4,6 +4,12 @@ Two paths compute the same thing (timm's ``fused_attn`` idea): PyTorch's fused
 ``scaled_dot_product_attention`` when nothing needs the scores or pattern, and an explicit path
 (softmax in fp32, as HF eager) whenever ``hook_attn_scores`` / ``hook_pattern`` carry a hook
 (caching counts) or ``cfg.use_sdpa`` is off.
+
+``hook_pattern_rows`` carries only the pattern rows of a few query positions
+(``pattern_row_positions``, CLS by default): on the fused path they are recomputed from q and k
+exactly as the explicit path computes them, and those queries' z rows from them (so a hook may
+edit the rows), which leaves the fused path on and costs O(queries x tokens) per layer
+(hooked_vivit.attention_rows sets the query positions).
 """
 
 from __future__ import annotations
@@ -44,6 +50,9 @@ class Attention(nn.Module):
         self.hook_v = HookPoint()  # [batch, pos, head, d_head]
         self.hook_attn_scores = HookPoint()  # [batch, head, query_pos, key_pos], scaled, pre-softmax
         self.hook_pattern = HookPoint()  # [batch, head, query_pos, key_pos]
+        # [batch, head, n_queries, key_pos]: the rows of hook_pattern at pattern_row_positions.
+        self.hook_pattern_rows = HookPoint()
+        self.pattern_row_positions: tuple[int, ...] = (0,)
         self.hook_z = HookPoint()  # [batch, pos, head, d_head]
         self.hook_result = HookPoint()  # [batch, pos, head, d_model], with cfg.use_attn_result
 
@@ -79,6 +88,20 @@ class Attention(nn.Module):
             self._project(v_in, self.W_V, self.b_V),
         )
 
+    def _row_index(self) -> slice | list[int]:
+        pos = self.pattern_row_positions
+        if list(pos) == list(range(pos[0], pos[0] + len(pos))):
+            return slice(pos[0], pos[0] + len(pos))  # a view, no gather
+        return list(pos)
+
+    def _row_tensor(self, device: torch.device) -> torch.Tensor:
+        return torch.tensor(self.pattern_row_positions, dtype=torch.long, device=device)
+
+    def _pattern_rows(self, qh: torch.Tensor, kh: torch.Tensor) -> Float[torch.Tensor, "batch head n_queries key_pos"]:
+        # The explicit path's arithmetic on the chosen query rows only.
+        scores = torch.matmul(qh[:, :, self._row_index()], kh.transpose(-1, -2)) / self.attn_scale
+        return F.softmax(scores, dim=-1, dtype=torch.float32).to(qh.dtype)
+
     # ------------------------------------------------------------------ forward
     def forward(self, q_in: AttnInput, k_in: AttnInput, v_in: AttnInput) -> Float[torch.Tensor, "batch pos d_model"]:
         q, k, v = self._qkv(q_in, k_in, v_in)
@@ -88,9 +111,18 @@ class Attention(nn.Module):
         if self.needs_pattern():
             scores = self.hook_attn_scores(torch.matmul(qh, kh.transpose(-1, -2)) / self.attn_scale)
             pattern = self.hook_pattern(F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype))
+            if self.hook_pattern_rows.has_hooks():
+                # A copy (a cached slice would keep the whole pattern alive); written back out of
+                # place, so a hook there may edit the rows as at hook_pattern.
+                rows = self.hook_pattern_rows(pattern[:, :, self._row_index()].clone())
+                pattern = pattern.index_copy(2, self._row_tensor(pattern.device), rows)
             zh = torch.matmul(pattern, vh)
         else:
             zh = F.scaled_dot_product_attention(qh, kh, vh, scale=1.0 / self.attn_scale)
+            if self.hook_pattern_rows.has_hooks():
+                # Those queries' z rows from the (possibly edited) rows: O(queries x tokens).
+                rows = self.hook_pattern_rows(self._pattern_rows(qh, kh))
+                zh = zh.index_copy(2, self._row_tensor(zh.device), torch.matmul(rows, vh))
         z = self.hook_z(zh.transpose(1, 2))
         if self.cfg.use_attn_result:
             result = self.hook_result(torch.einsum("bphe,hed->bphd", z, self.W_O))

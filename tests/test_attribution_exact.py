@@ -1,0 +1,83 @@
+"""attribution_patch's fast path (graph from the earliest attributed layer, frozen parameters,
+clean run cut after the last attributed layer) against the formula computed by brute force: one
+separate corrupted run per hook, the activation swapped for a leaf, its own gradient."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from hooked_vivit import HookedViViT
+from hooked_vivit.attribution import DEFAULT_ACTS, attribution_patch
+from hooked_vivit.metrics import LogitDiff, SignalRecovery
+from tests.conftest import SMALL_CONFIGS, make_hf, pixels
+
+
+def brute_force(model, clean, corrupted, metric, act: str, layer: int) -> torch.Tensor:
+    from transformer_lens.utilities import get_act_name
+
+    name = get_act_name(act, layer)
+    with torch.inference_mode():
+        _, clean_cache = model.run_with_cache(clean, names_filter=[name])
+    reads = tuple(getattr(metric, "hooks", ()))
+    seen: dict[str, torch.Tensor] = {}
+
+    def swap(a, hook):
+        seen[name] = a.detach().clone().requires_grad_(True)
+        return seen[name]
+
+    def read(a, hook):
+        seen[hook.name] = a
+
+    with torch.enable_grad():
+        logits = model.run_with_hooks(corrupted, fwd_hooks=[(name, swap)] + [(h, read) for h in reads])
+        values = metric(logits, {h: seen[h] for h in reads}) if reads else metric(logits)
+        (grad,) = torch.autograd.grad(values.sum(), seen[name])
+    return ((clean_cache[name] - seen[name].detach()) * grad).sum(-1).mean(0)
+
+
+def close(actual: torch.Tensor, expected: torch.Tensor) -> bool:
+    """Within 1e-6 of the scores' own scale (they are ~1e-3 here; in practice bitwise equal)."""
+    return float((actual - expected).abs().max()) <= 1e-6 * float(expected.abs().max()) and float(expected.abs().max()) > 0
+
+
+def with_switches(model: HookedViViT, **switches) -> HookedViViT:
+    other = HookedViViT(dataclasses.replace(model.cfg, **switches), init_weights=False)
+    other.load_state_dict(model.state_dict())
+    return other
+
+
+@pytest.mark.parametrize("switches", [{}, {"use_split_qkv_input": True, "use_attn_result": True}], ids=["default", "split+result"])
+@pytest.mark.parametrize("config", ["nonsquare_2x8x8_3heads", "3layers_4x4x4"])
+def test_scores_equal_brute_force(config, switches):
+    kw = SMALL_CONFIGS[config]
+    model = with_switches(HookedViViT.from_hf_model(make_hf(kw)), **switches)
+    clean, corrupted = pixels(kw, batch=2, seed=1), pixels(kw, batch=2, seed=2)
+    metric = LogitDiff(1, 2)
+    attr = attribution_patch(model, clean, corrupted, metric)
+    for act in DEFAULT_ACTS:
+        for l in range(model.cfg.n_layers):
+            expected = brute_force(model, clean, corrupted, metric, act, l)
+            assert attr.scores[act][l].shape == expected.shape
+            assert close(attr.scores[act][l], expected), (act, l)
+    assert all(p.requires_grad for p in model.parameters()) and all(p.grad is None for p in model.parameters())
+
+
+def test_layer_subset_and_metric_reading_an_activation():
+    """layers=[1, 2]: the graph starts at block 1; a metric reading block 2's output."""
+    kw = SMALL_CONFIGS["3layers_4x4x4"]
+    model = HookedViViT.from_hf_model(make_hf(kw))
+    clean, corrupted = pixels(kw, batch=1, seed=1), pixels(kw, batch=1, seed=2)
+    with torch.inference_mode():
+        _, c = model.run_with_cache(clean, names_filter=["blocks.2.hook_resid_post"])
+        _, k = model.run_with_cache(corrupted, names_filter=["blocks.2.hook_resid_post"])
+    metric = SignalRecovery("blocks.2.hook_resid_post", c["blocks.2.hook_resid_post"], k["blocks.2.hook_resid_post"])
+    attr = attribution_patch(model, clean, corrupted, metric, layers=[2, 1])
+    assert attr.layers == [2, 1] and attr.scores["z"].shape[0] == 2
+    for act in DEFAULT_ACTS:
+        for i, l in enumerate([2, 1]):
+            assert close(attr.scores[act][i], brute_force(model, clean, corrupted, metric, act, l)), (act, l)
+    with pytest.raises(ValueError, match="layers must be a non-empty list of layers in 0..2"):
+        attribution_patch(model, clean, corrupted, metric, layers=[3])
