@@ -101,6 +101,14 @@ def test_token_masks_and_object_shares(model, pair):
         shares = np.array(att["object_share"][name])
         assert shares.shape == (model.cfg.n_layers, model.cfg.n_heads) and (shares >= 0).all() and (shares <= 1).all()
     assert np.array(att["grid"]).shape == (model.cfg.n_layers, model.cfg.n_heads, *model.cfg.grid.shape)
+    # The CLS rows come from model.attention_rows beside the fused attention: they equal the rows of the
+    # full pattern (explicit path), and the object shares follow from them by the definition.
+    _, cache = model.run_with_cache(px(model, pair.positive), names_filter=lambda n: n.endswith("hook_pattern"))
+    full = torch.stack([cache["pattern", l][0, :, 0] for l in range(model.cfg.n_layers)]).float()
+    torch.testing.assert_close(torch.tensor(att["grid"]), model.cfg.grid.unflatten(full)[1], atol=1e-6, rtol=0)
+    ball = (ex.token_masks(model, masks["ball"])[1:] > 0).float()
+    expected = (full[..., 1:] * ball).sum(-1) / full[..., 1:].sum(-1)
+    np.testing.assert_allclose(att["object_share"]["ball"], expected.numpy(), atol=1e-6)
 
 
 def test_region_ablation_table(model, pair):

@@ -121,5 +121,5 @@ def test_bad_layers_and_queries(tiny):
         model.attention_rows(x, layers=[2])
     with pytest.raises(ValueError, match="layers is empty"):
         model.attention_rows(x, layers=[])
-    with pytest.raises(ValueError, match="token positions must lie"):
+    with pytest.raises(ValueError, match="token position 10000 is out of range"):
         model.attention_rows(x, queries=[10_000])

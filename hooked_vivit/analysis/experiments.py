@@ -177,10 +177,10 @@ def cls_attention(model: Any, pixel_values: torch.Tensor, layers: Sequence[int] 
     the share of each head's attention to patch tokens that lands on each object's tokens."""
     cfg = model.cfg
     layers = list(range(cfg.n_layers)) if layers is None else list(layers)
-    names = [f"blocks.{l}.attn.hook_pattern" for l in layers]
+    # The CLS query row only, computed beside the fused attention (model.attention_rows): the same
+    # numbers as the rows of hook_pattern, without materialising [heads, P, P] per layer.
     with torch.inference_mode():
-        _, cache = model.run_with_cache(pixel_values[:1], names_filter=names)
-    maps = torch.stack([cache[n][0, :, 0] for n in names]).float()  # [layers, heads, P]
+        maps = model.attention_rows(pixel_values[:1], queries="cls", layers=layers)[0, :, :, 0].float()  # [layers, heads, P]
     out: dict = {"layers": layers, "attention_to_cls": maps[..., 0].tolist(), "grid": cfg.grid.unflatten(maps)[1].tolist()}
     if masks:
         patch_attn = maps[..., 1:]
