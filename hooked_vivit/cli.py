@@ -88,9 +88,9 @@ def _require_classifier(model, flag_value: str) -> None:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from hooked_vivit import HookedViViT
+    from hooked_vivit import HookedVideoTransformer
 
-    model = HookedViViT.from_pretrained(args.model, device=args.device)
+    model = HookedVideoTransformer.from_pretrained(args.model, device=args.device)  # class by model_type
     print(model)
     if args.hooks:
         for name in model.hook_dict:

@@ -231,7 +231,9 @@ def test_videomae_b_kinetics400_shape_random_weights():
     hf = make_hf(kw | dict(image_size=224, num_frames=16), attn="eager")
     model = HookedVideoMAE.from_hf_model(hf)
     assert model.cfg.n_ctx == 1568
-    assert abs(sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in hf.parameters())) == 0
+    # Ours holds b_K (zero: VideoMAE's key has no bias) as a parameter, 12 x 768 more numbers.
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in hf.parameters()) + 12 * 768
+    assert all(torch.equal(b.attn.b_K, torch.zeros_like(b.attn.b_K)) for b in model.blocks)
     x = pixels(dict(image_size=224, num_frames=16), batch=1)
     # One forward each side: every hidden state and the first and last layers' patterns.
     names = [f"blocks.{l}.hook_resid_pre" for l in range(12)] + ["blocks.11.hook_resid_post", "blocks.0.attn.hook_pattern", "blocks.11.attn.hook_pattern"]
@@ -245,3 +247,65 @@ def test_videomae_b_kinetics400_shape_random_weights():
     worst["pattern0"] = max_rel(cache["pattern", 0], ref.attentions[0])
     worst["pattern11"] = max_rel(cache["pattern", 11], ref.attentions[11])
     assert max(worst.values()) <= TOL, worst
+
+
+# ------------------------------------------------------------------ analysis on a tiny VideoMAE
+@pytest.fixture(scope="module")
+def tiny():
+    kw = CONFIGS["mean_nonsquare_5frames"]
+    model = HookedVideoMAE.from_hf_model(make_hf(kw))
+    clean = pixels(kw, batch=1, seed=1)
+    corrupted = clean + 0.3 * pixels(kw, batch=1, seed=2)
+    _, clean_cache = model.run_with_cache(clean)
+    return model, clean, corrupted, clean_cache
+
+
+def test_position_groups_without_cls(tiny):
+    from hooked_vivit.patching import FrameSlot, Region, resolve_positions
+
+    model = tiny[0]
+    grid = model.cfg.grid
+    with pytest.raises(ValueError, match="no CLS token"):
+        resolve_positions(model, "cls")
+    with pytest.raises(ValueError, match="no CLS token"):
+        resolve_positions(model, Region(frame_slots=0, include_cls=True))
+    assert resolve_positions(model, "all") is None
+    assert resolve_positions(model, "patches") == tuple(range(model.cfg.n_ctx))
+    assert resolve_positions(model, FrameSlot(1)) == tuple(grid.positions(frame_slots=1)) == tuple(range(12, 24))
+    mask = torch.zeros(grid.shape, dtype=torch.bool)
+    mask[1, 2, 3] = True
+    assert resolve_positions(model, mask) == (grid.index(1, 2, 3),) == (23,)
+
+
+def test_ablation_equals_a_hand_written_hook(tiny):
+    from hooked_vivit.ablation import ablate, ablate_pixels, PixelBox
+
+    model, clean, *_ = tiny
+    pos = list(range(12, 24))
+
+    def zero(act, hook):
+        act[:, pos] = 0
+        return act
+
+    with torch.no_grad():
+        expected = model.run_with_hooks(clean, fwd_hooks=[("hook_embed", zero)])
+    assert torch.equal(ablate(model, clean, "hook_embed", pos), expected)
+    assert not torch.allclose(expected, model(clean))
+    # "black" is the model's own black pixel: preprocessing an all-black frame gives it.
+    black = ablate_pixels(clean, PixelBox(0, 5, 0, 36, 0, 28), mode="black", config=model)
+    frames = np.zeros((5, 36, 28, 3), dtype=np.uint8)
+    assert torch.equal(black, video.preprocess(frames, config=model.cfg))
+
+
+def test_batched_patching_engine_equals_transformer_lens_path(tiny):
+    from hooked_vivit import patching
+    from hooked_vivit.metrics import LogitDiff
+
+    model, _, corrupted, clean_cache = tiny
+    m = LogitDiff(2, 4)
+    twin = patching.get_act_patch_resid_pre(model, corrupted, clean_cache, m)
+    sweep = patching.run_patches(model, patching.token_patches(model, "resid_pre"), source_cache=clean_cache, target=corrupted, metric=m, chunk_size=7)
+    torch.testing.assert_close(sweep.values, twin.flatten(), atol=1e-5, rtol=1e-5)
+    heads = patching.get_act_patch_attn_head_out_all_pos(model, corrupted, clean_cache, m)
+    sweep = patching.run_patches(model, patching.head_patches(model, "z"), source_cache=clean_cache, target=corrupted, metric=m)
+    torch.testing.assert_close(sweep.values, heads.flatten(), atol=1e-5, rtol=1e-5)
