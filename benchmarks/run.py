@@ -31,6 +31,7 @@ GOALS = {
     "attribution patching / one forward": 3.0,
     "hooked / hf_sdpa": 1.05,
     "CLS rows of every layer and head / plain SDPA forward": 1.15,
+    "hooked VideoMAE / hf_sdpa VideoMAE": 1.05,
     "hooked cache(patterns+resid) / hf_eager(output_attentions+hidden_states)": 1.05,
 }
 
@@ -133,6 +134,22 @@ def rows_memory_benchmark(device: str, dtype: torch.dtype, layers: int) -> dict:
     memory = {label: measure_cache_memory_subprocess(device, args_dtype(dtype), layers, label) for label in ROWS_MEMORY_CASES}
     ratios = {"CLS rows peak / full-pattern cache peak (extra bytes)": memory["attention_rows(cls)"]["peak_extra_bytes"] / memory["run_with_cache(patterns)"]["peak_extra_bytes"]}
     return {"ratios": ratios, "memory": memory}
+
+
+def videomae_benchmark(device: str, dtype: torch.dtype, batch: int, layers: int, warmup: int, reps: int) -> dict:
+    """VideoMAE-B / Kinetics-400 shape (16 frames, 224 px, 1568 tokens): hooked forward vs HF sdpa."""
+    from transformers import VideoMAEConfig, VideoMAEForVideoClassification
+
+    from hooked_vivit import HookedVideoMAE
+
+    hf = VideoMAEForVideoClassification._from_config(VideoMAEConfig(num_labels=400, num_hidden_layers=layers), attn_implementation="sdpa").eval()
+    assert hf.config._attn_implementation == "sdpa"
+    hooked = HookedVideoMAE.from_hf_model(hf)
+    hf, hooked = (m.to(device=device, dtype=dtype) for m in (hf, hooked))
+    x = torch.randn(batch, 16, 3, 224, 224, device=device, dtype=dtype)
+    with torch.inference_mode():
+        times = time_cases({"hf_sdpa VideoMAE": lambda: hf(x), "hooked VideoMAE": lambda: hooked(x)}, device, warmup, reps)
+    return {"seconds": times, "ratios": {"hooked VideoMAE / hf_sdpa VideoMAE": times["hooked VideoMAE"] / times["hf_sdpa VideoMAE"]}}
 
 
 def video_benchmark(reps: int) -> dict:
@@ -421,12 +438,12 @@ def to_markdown(results: dict) -> str:
         goal = GOALS.get(name)
         met = "" if goal is None else ("yes" if value <= goal else "no")
         lines.append(f"| {name} | {value:.3f} | {'' if goal is None else f'<= {goal}'} | {met} |")
-    for section in ("rows_memory", "bridge", "patching", "attribution", "video"):
+    for section in ("videomae", "rows_memory", "bridge", "patching", "attribution", "video"):
         for name, value in results.get(section, {}).get("ratios", {}).items():
             goal = GOALS.get(name)
             lines.append(f"| {name} | {value:.3f} | {'' if goal is None else f'<= {goal}'} | {'' if goal is None else ('yes' if value <= goal else 'no')} |")
     lines += ["", "| case | median seconds |", "|---|---|"]
-    for section in ("forward", "bridge", "patching", "attribution", "video"):
+    for section in ("forward", "videomae", "bridge", "patching", "attribution", "video"):
         lines += [f"| {k} | {v:.4f} |" for k, v in results.get(section, {}).get("seconds", {}).items()]
     return "\n".join(lines) + "\n"
 
@@ -442,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--memory-case", choices=list(MEMORY_CASES) + list(ROWS_MEMORY_CASES), help=argparse.SUPPRESS)
     p.add_argument("--no-rows-memory", action="store_true", help="skip the (slow, ~6 GB) rows-vs-full-pattern memory comparison")
-    p.add_argument("--only", choices=["forward", "bridge", "patching", "attribution", "video"], default=None, help="run one section")
+    p.add_argument("--only", choices=["forward", "videomae", "bridge", "patching", "attribution", "video"], default=None, help="run one section")
     args = p.parse_args(argv)
     dtype = getattr(torch, args.dtype)
     if args.memory_case:  # the child process of measure_cache_memory_subprocess
@@ -458,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
         results["forward"] = forward_benchmark(args.device, dtype, args.batch, args.layers, args.warmup, args.reps)
         if not args.no_rows_memory:
             results["rows_memory"] = rows_memory_benchmark(args.device, dtype, args.layers)
+    if args.only in (None, "videomae"):
+        results["videomae"] = videomae_benchmark(args.device, dtype, args.batch, args.layers, args.warmup, args.reps)
     if args.only in (None, "bridge"):
         results["bridge"] = bridge_and_memory_benchmark(args.device, dtype, args.layers, args.reps)
     if args.only in (None, "patching"):

@@ -1,4 +1,4 @@
-"""hooked-vivit: TransformerLens-style interpretability for video transformers (ViViT).
+"""hooked-vivit: TransformerLens-style interpretability for video transformers (ViViT, VideoMAE).
 
     from hooked_vivit import HookedViViT
     model = HookedViViT.from_pretrained("path/to/vivit")       # or google/vivit-b-16x2-kinetics400
@@ -7,13 +7,17 @@
 
 from hooked_vivit.config import HookedViViTConfig
 from hooked_vivit.labels import format_top_k, kinetics400_labels, top_k
-from hooked_vivit.model import HookedViViT, HookNameError
+from hooked_vivit.model import HookedVideoTransformer, HookedViViT, HookNameError
 from hooked_vivit.token_grid import TokenGrid
+from hooked_vivit.videomae import HookedVideoMAE, HookedVideoMAEConfig
 
 __version__ = "0.1.0"
 
 __all__ = [
     "HookNameError",
+    "HookedVideoMAE",
+    "HookedVideoMAEConfig",
+    "HookedVideoTransformer",
     "HookedViViT",
     "HookedViViTConfig",
     "TokenGrid",

@@ -125,11 +125,12 @@ class PixelBox:
                    max(0, int(x.min()) - margin), min(W, int(x.max()) + 1 + margin))
 
 
-def ablate_pixels(pixel_values: torch.Tensor, box: PixelBox, *, mode: str = "zero", blur_sigma: float = 8.0) -> torch.Tensor:
+def ablate_pixels(pixel_values: torch.Tensor, box: PixelBox, *, mode: str = "zero", blur_sigma: float = 8.0, config: Any = None) -> torch.Tensor:
     """A copy of pixel values [B, T, C, H, W] with the box ablated.
 
     ``zero``: 0 in normalised units (what zeroing the model's input means); ``black``: the value of
-    a black pixel (-3); ``mean``: the box's mean colour; ``blur``: a Gaussian blur of each frame,
+    a black pixel (ViViT's -3; ``config``, a model or its config, gives its own: VideoMAE's
+    -mean / std per channel); ``mean``: the box's mean colour; ``blur``: a Gaussian blur of each frame,
     pasted into the box.
     """
     if pixel_values.ndim != 5:
@@ -142,7 +143,13 @@ def ablate_pixels(pixel_values: torch.Tensor, box: PixelBox, *, mode: str = "zer
     if mode == "zero":
         out[sel] = 0.0
     elif mode == "black":
-        out[sel] = -3.0  # VivitImageProcessor maps uint8 0 to -3
+        if config is None:
+            out[sel] = -3.0  # VivitImageProcessor maps uint8 0 to -3
+        else:
+            from hooked_vivit.video import normalize
+
+            black = normalize(torch.zeros(1, 1, 1, 3, dtype=torch.uint8), config=config)  # [1, 3, 1, 1]
+            out[sel] = black.to(out.device, out.dtype)
     elif mode == "mean":
         out[sel] = out[sel].mean(dim=(1, 3, 4), keepdim=True).expand_as(out[sel])
     elif mode == "blur":

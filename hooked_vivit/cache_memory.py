@@ -17,6 +17,8 @@ def hook_shape(cfg: Any, name: str, batch: int) -> tuple[int, ...] | None:
     """The shape a hook fires with, or None if it does not fire under this config."""
     B, P, d, H, E, M = batch, cfg.n_ctx, cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp
     leaf = name.rsplit(".", 1)[-1]
+    if name.startswith("ln_final.") and getattr(cfg, "pooling", "first") == "mean":
+        return (B, 1) if leaf == "hook_scale" else (B, d)  # the norm reads the token mean
     if leaf in ("hook_attn_scores", "hook_pattern"):
         return (B, H, P, P)
     if leaf == "hook_pattern_rows":  # the default query set: the CLS row

@@ -88,9 +88,9 @@ def _require_classifier(model, flag_value: str) -> None:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from hooked_vivit import HookedViViT
+    from hooked_vivit import HookedVideoTransformer
 
-    model = HookedViViT.from_pretrained(args.model, device=args.device)
+    model = HookedVideoTransformer.from_pretrained(args.model, device=args.device)  # class by model_type
     print(model)
     if args.hooks:
         for name in model.hook_dict:
@@ -161,9 +161,9 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
 def _cmd_parity(args: argparse.Namespace) -> int:
     import torch
-    from transformers import VivitForVideoClassification, VivitModel
+    import transformers
 
-    from hooked_vivit import HookedViViT
+    from hooked_vivit import HookedVideoTransformer
     from hooked_vivit.config import to_dtype
     from hooked_vivit.loading import resolve_checkpoint
     from hooked_vivit.parity import compare
@@ -176,8 +176,10 @@ def _cmd_parity(args: argparse.Namespace) -> int:
     else:
         path = resolve_checkpoint(args.model)
     dtype = to_dtype(args.dtype)
-    hooked = HookedViViT.from_pretrained(path, device=args.device, dtype=dtype)
-    hf_cls = VivitModel if hooked.unembed is None else VivitForVideoClassification  # a backbone has no classifier
+    hooked = HookedVideoTransformer.from_pretrained(path, device=args.device, dtype=dtype)  # class by model_type
+    # A backbone has no classifier.
+    hf_names = {"vivit": ("VivitModel", "VivitForVideoClassification"), "videomae": ("VideoMAEModel", "VideoMAEForVideoClassification")}
+    hf_cls = getattr(transformers, hf_names[hooked.model_type][hooked.unembed is not None])
     hf = hf_cls.from_pretrained(path, attn_implementation="eager", dtype=dtype).to(args.device).eval()
     cfg = hooked.cfg
     if args.video:

@@ -44,6 +44,23 @@ def to_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return _DTYPES[key]
 
 
+def pixel_constants(preprocessor: Mapping[str, Any]) -> dict[str, Any]:
+    """Config fields from a checkpoint's preprocessor_config.json (only the keys it holds)."""
+    out: dict[str, Any] = {}
+    for key in ("image_mean", "image_std"):
+        if key in preprocessor:
+            v = preprocessor[key]
+            out[key] = tuple(float(x) for x in v) if isinstance(v, (list, tuple)) else (float(v),) * 3
+    if preprocessor.get("do_rescale") is False:
+        out["rescale_factor"], out["rescale_offset"] = 1.0, False
+    else:
+        if "rescale_factor" in preprocessor:
+            out["rescale_factor"] = float(preprocessor["rescale_factor"])
+        if "offset" in preprocessor:
+            out["rescale_offset"] = bool(preprocessor["offset"])
+    return out
+
+
 @dataclass
 class HookedViViTConfig(TransformerLensConfig):
     # TransformerLensConfig's required fields, given ViViT-B defaults (n_ctx is derived).
@@ -66,6 +83,22 @@ class HookedViViTConfig(TransformerLensConfig):
     id2label: dict[int, str] = field(default_factory=dict)
     qkv_bias: bool = True
     initializer_range: float = 0.02
+
+    # What differs between architectures (ViViT's values are the defaults; HookedVideoMAEConfig
+    # sets its own). Tokens before the patches: 1 (CLS) or 0.
+    n_prefix_tokens: int = 1
+    # "first": final LayerNorm over every token, classifier on token 0 (ViViT's CLS);
+    # "mean": mean over tokens, then the final LayerNorm (VideoMAE's fc_norm), classifier.
+    pooling: str = "first"
+    # The final LayerNorm's eps when it differs from eps (VideoMAE's fc_norm: torch's default 1e-5).
+    final_norm_eps: float | None = None
+    # "learned" (a parameter, W_pos) or "sinusoidal" (a fixed table, a buffer).
+    pos_embed_type: str = "learned"
+    # Pixel preprocessing: x * rescale_factor (- 1 with rescale_offset), then (x - mean) / std.
+    image_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    image_std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    rescale_factor: float = 1 / 127.5
+    rescale_offset: bool = True
 
     # Hook switches (TransformerLens names). use_attn_result and use_split_qkv_input come from
     # TransformerLensConfig.
@@ -92,6 +125,14 @@ class HookedViViTConfig(TransformerLensConfig):
                 f"image_size must be (H, W) and tubelet_size (t, h, w); got {self.image_size} "
                 f"and {self.tubelet_size}"
             )
+        if self.pooling not in ("first", "mean"):
+            raise ValueError(f"pooling must be 'first' or 'mean', got {self.pooling!r}")
+        if self.pos_embed_type not in ("learned", "sinusoidal"):
+            raise ValueError(f"pos_embed_type must be 'learned' or 'sinusoidal', got {self.pos_embed_type!r}")
+        if self.n_prefix_tokens not in (0, 1):
+            raise ValueError(f"n_prefix_tokens must be 0 or 1 (CLS), got {self.n_prefix_tokens}")
+        self.image_mean = tuple(float(v) for v in self.image_mean)
+        self.image_std = tuple(float(v) for v in self.image_std)
         if min(self.tubelet_size) < 1:
             raise ValueError(f"tubelet_size must be positive, got {self.tubelet_size}")
         # Sizes need not be multiples of the tubelet: like transformers' Conv3d (stride = kernel), the
@@ -132,7 +173,7 @@ class HookedViViTConfig(TransformerLensConfig):
         # Floors, as transformers' Conv3d (stride = kernel) and its position-embedding count.
         return TokenGrid(
             self.num_frames // t, H // h, W // w, tubelet_size=self.tubelet_size,
-            num_frames=self.num_frames, image_size=self.image_size,  # type: ignore[arg-type]
+            num_frames=self.num_frames, image_size=self.image_size, n_prefix=self.n_prefix_tokens,  # type: ignore[arg-type]
         )
 
     @property
@@ -184,6 +225,7 @@ class HookedViViTConfig(TransformerLensConfig):
             model_name=str(d.get("_name_or_path") or "vivit"),
             original_architecture=str(archs[0]),
         )
+        kwargs.update(pixel_constants(d.get("preprocessor") or {}))
         kwargs.update(d.get("hooked_vivit", {}))  # processing flags saved by save_pretrained
         kwargs.update(overrides)
         return cls(**kwargs)
@@ -242,12 +284,12 @@ class HookedViViTConfig(TransformerLensConfig):
             f" (no token sees the last {unseen[0]} frames, {unseen[1]} pixel rows, {unseen[2]} pixel cols)" if any(unseen) else ""
         )
         return (
-            f"HookedViViTConfig({self.model_name!r}: {self.n_layers} layers x {heads}, "
-            f"d_model {self.d_model}, d_mlp {self.d_mlp}, tokens 1 + {g.n_frame_slots}x{g.n_rows}x"
+            f"{type(self).__name__}({self.model_name!r}: {self.n_layers} layers x {heads}, "
+            f"d_model {self.d_model}, d_mlp {self.d_mlp}, tokens {self.n_prefix_tokens} + {g.n_frame_slots}x{g.n_rows}x"
             f"{g.n_cols} = {self.n_ctx}, input {self.num_frames}x{self.n_channels}x"
             f"{H}x{W}{unseen_text}, tubelet {self.tubelet_size}, "
             f"{self.n_classes} classes, attention {path}, dtype {str(self.dtype).removeprefix('torch.')})"
         )
 
 
-__all__ = ["HookedViViTConfig", "to_dtype"]
+__all__ = ["HookedViViTConfig", "pixel_constants", "to_dtype"]

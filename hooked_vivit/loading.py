@@ -1,4 +1,5 @@
-"""Finding, reading and writing ViViT checkpoints (local directories or the Hugging Face hub)."""
+"""Finding, reading and writing checkpoints (local directories or the Hugging Face hub), every
+architecture in weights_conversion.CONVERTERS."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from hooked_vivit.model import HookedViViT
+    from hooked_vivit.model import HookedVideoTransformer
 
 REAL_VIVIT = "google/vivit-b-16x2-kinetics400"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -120,12 +121,29 @@ def read_config(directory: Path) -> dict[str, Any]:
         raise ValueError(f"{path} is not valid JSON: {e}") from e
     if not isinstance(config, dict):
         raise ValueError(f"{path} holds a JSON {type(config).__name__}, expected an object (a transformers VivitConfig)")
-    if config.get("model_type") != "vivit":
+    from weights_conversion import CONVERTERS
+
+    if config.get("model_type") not in CONVERTERS:
         raise ValueError(
-            f"{path} has model_type {config.get('model_type')!r}, expected 'vivit' (a transformers VivitConfig with "
-            "hidden_size, num_hidden_layers, image_size, num_frames, tubelet_size, ...)"
+            f"{path} has model_type {config.get('model_type')!r}, expected {' or '.join(map(repr, CONVERTERS))} (a transformers "
+            "VivitConfig or VideoMAEConfig with hidden_size, num_hidden_layers, image_size, num_frames, tubelet_size, ...)"
         )
+    _read_preprocessor_config(directory, config)
     return config
+
+
+def _read_preprocessor_config(directory: Path, config: dict[str, Any]) -> None:
+    """The checkpoint's pixel normalisation (preprocessor_config.json: image_mean, image_std,
+    rescale_factor, do_rescale), stored under ``config["preprocessor"]`` for the config class."""
+    path = directory / "preprocessor_config.json"
+    if not path.exists():
+        return
+    try:
+        pre = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if isinstance(pre, dict):
+        config["preprocessor"] = {k: pre[k] for k in ("image_mean", "image_std", "rescale_factor", "do_rescale", "offset") if k in pre}
 
 
 def load_checkpoint(name_or_path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -133,16 +151,16 @@ def load_checkpoint(name_or_path: str | Path) -> tuple[dict[str, Any], dict[str,
     return read_config(directory), read_state_dict(directory)
 
 
-def save_checkpoint(model: "HookedViViT", path: Path, *, layout: str, overwrite: bool) -> Path:
+def save_checkpoint(model: "HookedVideoTransformer", path: Path, *, layout: str, overwrite: bool) -> Path:
     """config.json + model.safetensors, written to a temporary sibling and renamed into place."""
     from safetensors.torch import save_file
 
     from hooked_vivit.output_dir import output_directory
-    from weights_conversion import hooked_to_hf_weights
+    from weights_conversion import converter
 
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if layout != "hooked":
-        state = hooked_to_hf_weights(state, model.cfg, layout=layout)
+        state = converter(model.model_type).to_hf(state, model.cfg, layout=layout)
     with output_directory(path, overwrite=overwrite, writer="save_pretrained") as tmp:
         config = model.cfg.to_hf_config_dict()
         config["torch_dtype"] = str(model.cfg.dtype).removeprefix("torch.")

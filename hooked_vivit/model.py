@@ -1,8 +1,12 @@
-"""HookedViViT: ViViT model 1 (joint space-time attention) as a TransformerLens HookedRootModule.
+"""HookedVideoTransformer, the hooked core every video architecture shares, and HookedViViT (ViViT
+model 1, joint space-time attention) on it; HookedVideoMAE (hooked_vivit.videomae) is the second.
 
 The forward reads top to bottom like the data flows:
-pixels [batch, frames, C, H, W] -> tubelet tokens + CLS -> + position embeddings -> pre-LN blocks
--> final LayerNorm -> classifier on the CLS token -> logits [batch, n_classes].
+pixels [batch, frames, C, H, W] -> tubelet tokens (+ CLS) -> + position embeddings -> pre-LN blocks
+-> pooling (final LayerNorm then the CLS token, or the token mean then the final LayerNorm)
+-> classifier -> logits [batch, n_classes]. What differs between architectures is config
+(n_prefix_tokens, pooling, pos_embed_type, final_norm_eps) and the weight converter
+(weights_conversion, by model_type).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import re
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, Union
+from typing import Any, Callable, ClassVar, Iterable, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -24,8 +28,9 @@ from transformer_lens.utilities import get_act_name
 
 from hooked_vivit.cache_memory import VideoActivationCache, estimate_cache_bytes, free_bytes, hook_shape, without_maps
 from hooked_vivit.compat import in_function_transform
-from hooked_vivit.components import LayerNorm, PosEmbed, TransformerBlock, TubeletEmbed, Unembed
+from hooked_vivit.components import LayerNorm, PosEmbed, SinusoidalPosEmbed, TransformerBlock, TubeletEmbed, Unembed
 from hooked_vivit.config import HookedViViTConfig, to_dtype
+from weights_conversion import checkpoint_has_classifier, converter
 
 PixelValues = Float[torch.Tensor, "batch frames channels height width"]
 ClassIndices = Union[int, str, Sequence[Union[int, str]], Int[torch.Tensor, "..."]]
@@ -85,16 +90,30 @@ class _ReturnChecked:
         return f"checked({getattr(self.fn, '__name__', type(self.fn).__name__)})"
 
 
-class HookedViViT(HookedRootModule):
+class HookedVideoTransformer(HookedRootModule):
+    """The hooked core of every architecture here (as TransformerLens's HookedEncoder beside
+    HookedTransformer): built from the config, converted by ``weights_conversion`` per model_type.
+    ``HookedVideoTransformer.from_pretrained(dir)`` returns the class config.json's model_type names."""
+
+    config_class: ClassVar[type] = HookedViViTConfig
+    model_type: ClassVar[str | None] = None
+    # model_type -> class; each subclass with a model_type registers itself.
+    architectures: ClassVar[dict[str, type["HookedVideoTransformer"]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("model_type"):
+            HookedVideoTransformer.architectures[cls.model_type] = cls  # type: ignore[index]
+
     def __init__(self, cfg: HookedViViTConfig, *, init_weights: bool = True):
         super().__init__()
         self.cfg = cfg
         self.embed = TubeletEmbed(cfg)
-        self.pos_embed = PosEmbed(cfg)
-        self.hook_embed = HookPoint()  # [batch, n_ctx, d_model]: tubelet tokens, CLS at position 0
+        self.pos_embed = PosEmbed(cfg) if cfg.pos_embed_type == "learned" else SinusoidalPosEmbed(cfg)
+        self.hook_embed = HookPoint()  # [batch, n_ctx, d_model]: tubelet tokens, CLS (if any) at position 0
         self.hook_pos_embed = HookPoint()  # [batch, n_ctx, d_model]
         self.blocks = nn.ModuleList([TransformerBlock(cfg, layer) for layer in range(cfg.n_layers)])
-        self.ln_final = LayerNorm(cfg)
+        self.ln_final = LayerNorm(cfg, eps=cfg.final_norm_eps)
         self.unembed = Unembed(cfg) if cfg.n_classes > 0 else None
         if init_weights:
             self.init_weights()
@@ -104,7 +123,7 @@ class HookedViViT(HookedRootModule):
             self.to(cfg.device)
 
     def init_weights(self, seed: int | None = None) -> None:
-        """Random weights as HF initialises ViViT (normal(0, initializer_range), LN = identity)."""
+        """Random weights as HF initialises ViViT and VideoMAE (normal(0, initializer_range), LN = identity)."""
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         std = self.cfg.initializer_range
         with torch.no_grad():
@@ -136,8 +155,8 @@ class HookedViViT(HookedRootModule):
 
         ``stop_at_layer=L`` returns the residual stream entering block L (blocks L.. are skipped);
         ``start_at_layer=L`` takes that residual stream [batch, n_ctx, d_model] instead of pixels
-        and runs blocks L... A model without classifier returns the final-LayerNorm CLS embedding
-        [batch, d_model] (HF's ``last_hidden_state[:, 0]``)."""
+        and runs blocks L... A model without classifier returns the pooled embedding [batch, d_model]
+        (ViViT: HF's ``last_hidden_state[:, 0]``; VideoMAE: fc_norm of the token mean)."""
         if return_type not in ("logits", "loss", "both", None):
             raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
         if return_type in ("loss", "both") and labels is None:
@@ -152,8 +171,11 @@ class HookedViViT(HookedRootModule):
             resid = block(resid)
         if stop_at_layer is not None:
             return resid
-        cls = self.ln_final(resid)[:, 0]
-        logits = self.unembed(cls) if self.unembed is not None else cls
+        if self.cfg.pooling == "mean":
+            pooled = self.ln_final(resid.mean(1))
+        else:
+            pooled = self.ln_final(resid)[:, 0]
+        logits = self.unembed(pooled) if self.unembed is not None else pooled
         if return_type == "logits":
             return logits
         if return_type is None:
@@ -256,7 +278,7 @@ class HookedViViT(HookedRootModule):
                     "hook those, or set model.cfg.use_split_qkv_input = False and model.cfg.use_attn_in = True")
         return (f"hook {name!r} cannot fire: cfg.{switch} is off, so it would never be called (a patch or ablation there "
                 f"would change nothing, a cache would stay empty). Turn it on: model.cfg.{switch} = True, or "
-                f"HookedViViT.from_pretrained(..., {switch}=True)")
+                f"{type(self).__name__}.from_pretrained(..., {switch}=True)")
 
     def _live_filter(self, names_filter: Any) -> Callable[[str], bool]:
         """A names filter (None, a name, a list, or a function) as a function selecting only hooks
@@ -414,7 +436,7 @@ class HookedViViT(HookedRootModule):
             raise ValueError("use_attn_in and use_split_qkv_input are exclusive; call set_use_split_qkv_input(False) first")
         self.cfg.use_attn_in = bool(use_attn_in)
 
-    def process_weights_(self, fold_ln: bool = True, center_writing_weights: bool = True, fold_value_biases: bool = False) -> "HookedViViT":
+    def process_weights_(self, fold_ln: bool = True, center_writing_weights: bool = True, fold_value_biases: bool = False) -> "HookedVideoTransformer":
         """TransformerLens's in-place weight processing, for a model loaded unprocessed (the default).
 
         Same steps as ``from_pretrained(..., fold_ln=, center_writing_weights=, fold_value_biases=)``
@@ -438,7 +460,7 @@ class HookedViViT(HookedRootModule):
         if steps["fold_ln"]:  # parameter-free LNPre modules in place of the LN ones
             for block in self.blocks:
                 block.ln1, block.ln2 = LayerNorm(self.cfg), LayerNorm(self.cfg)
-            self.ln_final = LayerNorm(self.cfg)
+            self.ln_final = LayerNorm(self.cfg, eps=self.cfg.final_norm_eps)
             self.setup()
         self.load_state_dict(sd, strict=True)
         return self.to(p.device)
@@ -509,14 +531,31 @@ class HookedViViT(HookedRootModule):
 
     def __repr__(self) -> str:
         n_params = sum(p.numel() for p in self.parameters())
-        return f"HookedViViT({n_params / 1e6:.1f}M params, {len(self.hook_dict)} hooks)\n  {self.cfg!r}"
+        return f"{type(self).__name__}({n_params / 1e6:.1f}M params, {len(self.hook_dict)} hooks)\n  {self.cfg!r}"
 
     # ================================================================== loading and saving
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, **kwargs: Any) -> "HookedViViT":
-        """Load a ViViT checkpoint: a local HF directory (config.json + model.safetensors, sharded
+    def _architecture(cls, hf_config: dict[str, Any]) -> type["HookedVideoTransformer"]:
+        """The class for a config.json's model_type: this class, or (called on the base) the registered one."""
+        model_type = hf_config.get("model_type", cls.model_type or "vivit")
+        if model_type not in HookedVideoTransformer.architectures:
+            raise ValueError(
+                f"model_type {model_type!r} is not supported; supported: {sorted(HookedVideoTransformer.architectures)}"
+            )
+        target = HookedVideoTransformer.architectures[model_type]
+        if cls.model_type is not None and target is not cls:
+            raise ValueError(
+                f"a {model_type!r} checkpoint is a {target.__name__}, not a {cls.__name__}: load it with "
+                f"{target.__name__}.from_pretrained or HookedVideoTransformer.from_pretrained (which picks by model_type)"
+            )
+        return target
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, **kwargs: Any) -> "HookedVideoTransformer":
+        """Load a checkpoint: a local HF directory (config.json + model.safetensors, sharded
         safetensors, or pytorch_model.bin) or a hub id such as ``google/vivit-b-16x2-kinetics400``
-        (the local HF cache is tried first).
+        (the local HF cache is tried first). The class follows config.json's ``model_type``
+        (on HookedVideoTransformer; a subclass refuses another architecture's checkpoint).
 
         Keywords (see ``from_state_dict``): ``device``, ``dtype``, ``fold_ln``,
         ``center_writing_weights``, ``fold_value_biases``, and config switches such as
@@ -527,8 +566,9 @@ class HookedViViT(HookedRootModule):
         return cls.from_state_dict(state_dict, hf_config, **kwargs)
 
     @classmethod
-    def from_hf_model(cls, hf_model: nn.Module, **kwargs: Any) -> "HookedViViT":
-        """Convert a live ``transformers`` VivitForVideoClassification / VivitModel."""
+    def from_hf_model(cls, hf_model: nn.Module, **kwargs: Any) -> "HookedVideoTransformer":
+        """Convert a live ``transformers`` model (VivitForVideoClassification / VivitModel,
+        VideoMAEForVideoClassification / VideoMAEModel)."""
         state_dict = {k: v.detach() for k, v in hf_model.state_dict().items()}
         kwargs.setdefault("dtype", next(hf_model.parameters()).dtype)
         return cls.from_state_dict(state_dict, hf_model.config.to_dict(), **kwargs)
@@ -545,21 +585,21 @@ class HookedViViT(HookedRootModule):
         center_writing_weights: bool = False,
         fold_value_biases: bool = False,
         **cfg_overrides: Any,
-    ) -> "HookedViViT":
+    ) -> "HookedVideoTransformer":
         from hooked_vivit import weight_processing
-        from weights_conversion import checkpoint_has_classifier, convert_vivit_weights
 
+        arch = cls._architecture(hf_config)
         if not checkpoint_has_classifier(state_dict):
-            cfg_overrides.setdefault("n_classes", 0)  # a VivitModel backbone
+            cfg_overrides.setdefault("n_classes", 0)  # a backbone checkpoint
             cfg_overrides.setdefault("id2label", {})
-        cfg = HookedViViTConfig.from_hf_config(hf_config, device="cpu", **cfg_overrides)
-        hooked = convert_vivit_weights(state_dict, cfg)
+        cfg = arch.config_class.from_hf_config(hf_config, device="cpu", **cfg_overrides)
+        hooked = converter(arch.model_type).to_hooked(state_dict, cfg)  # type: ignore[arg-type]
         hooked, cfg = weight_processing.process_weights(
             hooked, cfg, fold_ln=fold_ln, center_writing_weights=center_writing_weights, fold_value_biases=fold_value_biases
         )
         target_dtype = to_dtype(dtype) or cfg.dtype
         cfg.dtype = torch.float32  # build in fp32, cast once at the end
-        model = cls(cfg, init_weights=False)
+        model = arch(cfg, init_weights=False)
         model.load_state_dict(hooked, strict=True)
         return model.to(device=device or "cpu", dtype=target_dtype)
 
@@ -570,3 +610,11 @@ class HookedViViT(HookedRootModule):
         from hooked_vivit.loading import save_checkpoint
 
         return save_checkpoint(self, Path(path), layout=layout, overwrite=overwrite)
+
+
+class HookedViViT(HookedVideoTransformer):
+    """ViViT model 1 (``transformers.VivitForVideoClassification`` / ``VivitModel``): CLS token,
+    learned position embeddings, classifier on the final-LayerNorm CLS token."""
+
+    config_class = HookedViViTConfig
+    model_type = "vivit"

@@ -121,11 +121,15 @@ def resolve_positions(model: Any, group: PositionGroup) -> tuple[int, ...] | Non
     grid = cfg.grid
     if group is None or (isinstance(group, str) and group == "all"):
         return None
+    no_cls = f"this model has no CLS token (n_prefix_tokens=0: {type(model).__name__} pools over the patch tokens); use 'patches', 'all', a token index, FrameSlot or Region"
+    if (isinstance(group, str) and group == "cls") or (isinstance(group, Region) and group.include_cls):
+        if grid.n_prefix == 0:
+            raise ValueError(f"position group {group!r}: " + no_cls)
     if isinstance(group, str):
         if group == "cls":
             return (0,)
         if group == "patches":
-            return tuple(range(1, cfg.n_ctx))
+            return tuple(range(grid.n_prefix, cfg.n_ctx))
         raise ValueError(f"unknown position group {group!r}; use 'all', 'cls', 'patches', a token index, a list, a bool mask, FrameSlot or Region")
     if isinstance(group, FrameSlot):
         return tuple(grid.positions(frame_slots=_index(group.t, grid.n_frame_slots, "frame slot")))
@@ -137,7 +141,7 @@ def resolve_positions(model: Any, group: PositionGroup) -> tuple[int, ...] | Non
             raise ValueError(f"{group} selects no token (grid of {grid.n_frame_slots} frame slots x {grid.n_rows} rows x {grid.n_cols} cols)")
         return tuple(([0] if group.include_cls else []) + pos)
     if _is_mask(group) and isinstance(group, (torch.Tensor, np.ndarray)) and tuple(group.shape) == grid.shape:
-        pos = [1 + i for i in torch.as_tensor(group).flatten().nonzero().flatten().tolist()]  # a mask over the token grid
+        pos = [grid.n_prefix + i for i in torch.as_tensor(group).flatten().nonzero().flatten().tolist()]  # a mask over the token grid
     elif isinstance(group, (int, np.integer, torch.Tensor, np.ndarray, list, tuple, range, bool)):
         pos = _indices(group, cfg.n_ctx, "token position")
     else:

@@ -1,7 +1,8 @@
 """Token index <-> (frame slot, row, col): the layout of ViViT's tokens, and the pixels each sees.
 
-Token 0 is CLS. Patch tokens follow in HF's order (Conv3d output flattened over t, h, w):
-``index = 1 + t * (rows * cols) + r * cols + c``. A frame slot ``t`` covers input frames
+The first ``n_prefix`` tokens carry no place on the grid: 1 for ViViT (token 0 is CLS), 0 for
+VideoMAE (patches only). Patch tokens follow in HF's order (Conv3d output flattened over t, h, w):
+``index = n_prefix + t * (rows * cols) + r * cols + c``. A frame slot ``t`` covers input frames
 ``[t * tubelet_t, (t + 1) * tubelet_t)``; token (t, r, c) sees exactly the pixels of its Conv3d
 window: those frames, pixel rows ``[r * h, (r + 1) * h)`` and columns ``[c * w, (c + 1) * w)``.
 
@@ -44,6 +45,8 @@ class TokenGrid:
     # past the last whole tubelet can be told apart from pixels outside the clip.
     num_frames: int | None = None
     image_size: tuple[int, int] | None = None
+    # Tokens before the patches (CLS): 1 for ViViT, 0 for VideoMAE.
+    n_prefix: int = 1
 
     @property
     def n_patches(self) -> int:
@@ -51,7 +54,7 @@ class TokenGrid:
 
     @property
     def n_ctx(self) -> int:
-        return 1 + self.n_patches
+        return self.n_prefix + self.n_patches
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -62,15 +65,16 @@ class TokenGrid:
         for what, v, n in (("frame slot", t, self.n_frame_slots), ("row", r, self.n_rows), ("col", c, self.n_cols)):
             if not 0 <= v < n:
                 raise IndexError(f"{what} {v} out of range [0, {n})")
-        return 1 + (t * self.n_rows + r) * self.n_cols + c
+        return self.n_prefix + (t * self.n_rows + r) * self.n_cols + c
 
     def coords(self, index: int) -> tuple[int, int, int] | None:
-        """(frame slot, row, col) of a patch token; None for token 0, CLS, which has no place on the grid."""
+        """(frame slot, row, col) of a patch token; None for a prefix token (CLS), which has no place on the grid."""
         if not 0 <= index < self.n_ctx:
-            raise IndexError(f"token {index} out of range [0, {self.n_ctx}) (0 is CLS, 1..{self.n_ctx - 1} patches)")
-        if index == 0:
+            layout = f"0 is CLS, 1..{self.n_ctx - 1} patches" if self.n_prefix == 1 else f"{self.n_prefix} prefix tokens, then patches"
+            raise IndexError(f"token {index} out of range [0, {self.n_ctx}) ({layout})")
+        if index < self.n_prefix:
             return None
-        p = index - 1
+        p = index - self.n_prefix
         return p // (self.n_rows * self.n_cols), (p // self.n_cols) % self.n_rows, p % self.n_cols
 
     def label(self, index: int) -> str:
@@ -138,7 +142,7 @@ class TokenGrid:
         """(frames, row pixel slice, col pixel slice) that a patch token sees: its Conv3d window."""
         coords = self.coords(index)
         if coords is None:
-            raise IndexError("token 0 is CLS, which sees no pixel box (it attends to every token)")
+            raise IndexError(f"token {index} is CLS, which sees no pixel box (it attends to every token)")
         t, r, c = coords
         _, h, w = self.tubelet_size
         return self.frames_of_slot(t), slice(r * h, (r + 1) * h), slice(c * w, (c + 1) * w)
@@ -146,17 +150,20 @@ class TokenGrid:
     def unflatten(
         self, x: Float[torch.Tensor, "... n_ctx"], dim: int = -1
     ) -> tuple[torch.Tensor, Float[torch.Tensor, "... slots rows cols"]]:
-        """Split a per-token tensor along ``dim`` into (CLS part, [..., slots, rows, cols])."""
+        """Split a per-token tensor along ``dim`` into (prefix part, [..., slots, rows, cols]). With one
+        prefix token (CLS) the prefix part drops ``dim``; otherwise it keeps it ([..., n_prefix, ...])."""
         dim = dim % x.ndim
         if x.shape[dim] != self.n_ctx:
             raise ValueError(f"dim {dim} has {x.shape[dim]} entries, expected n_ctx = {self.n_ctx}")
-        cls = x.narrow(dim, 0, 1).squeeze(dim)
-        patches = x.narrow(dim, 1, self.n_patches)
+        cls = x.narrow(dim, 0, self.n_prefix)
+        if self.n_prefix == 1:
+            cls = cls.squeeze(dim)
+        patches = x.narrow(dim, self.n_prefix, self.n_patches)
         return cls, patches.unflatten(dim, self.shape)
 
     def flatten(self, cls: torch.Tensor, grid: torch.Tensor, dim: int = -3) -> torch.Tensor:
-        """Inverse of unflatten: ``grid``'s three dims starting at ``dim`` become tokens 1..n."""
+        """Inverse of unflatten: ``grid``'s three dims starting at ``dim`` become the patch tokens."""
         dim = dim % grid.ndim
         flat = grid.flatten(dim, dim + 2)
-        return torch.cat([cls.unsqueeze(dim), flat], dim=dim)
+        return torch.cat([cls.unsqueeze(dim) if self.n_prefix == 1 else cls, flat], dim=dim)
 

@@ -295,14 +295,28 @@ def preprocess(
             # Pillow's bilinear, exactly the processor's resize (antialiased when shrinking).
             frame = np.asarray(Image.fromarray(frame).resize((new_w, new_h), resample=Image.BILINEAR, reducing_gap=None))
         out[i] = frame[top : top + crop_h, left : left + crop_w]
-    return normalize(torch.from_numpy(out)).unsqueeze(0)
+    return normalize(torch.from_numpy(out), config=cfg if config is not None else None).unsqueeze(0)
 
 
-def normalize(frames: UInt8[torch.Tensor, "*batch frames height width 3"]) -> Float[torch.Tensor, "*batch frames 3 height width"]:
-    """uint8 RGB frames (channels last) -> pixel values (channels first): rescale 1/127.5 with
-    offset, then mean = std = 0.5, as VivitImageProcessor (no resize, no crop)."""
+def _pixel_constants(config: Any) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """(mean [3, 1, 1], std [3, 1, 1], rescale factor, offset) from a config (or model); ViViT's without one."""
+    cfg = getattr(config, "cfg", config)
+    if cfg is None or not hasattr(cfg, "image_mean"):
+        return torch.tensor(IMAGE_MEAN).expand(3)[:, None, None], torch.tensor(IMAGE_STD).expand(3)[:, None, None], RESCALE_FACTOR, 1.0
+    mean = torch.tensor(cfg.image_mean, dtype=torch.float32).expand(3)[:, None, None]
+    std = torch.tensor(cfg.image_std, dtype=torch.float32).expand(3)[:, None, None]
+    return mean, std, float(cfg.rescale_factor), 1.0 if cfg.rescale_offset else 0.0
+
+
+def normalize(
+    frames: UInt8[torch.Tensor, "*batch frames height width 3"], *, config: Any = None
+) -> Float[torch.Tensor, "*batch frames 3 height width"]:
+    """uint8 RGB frames (channels last) -> pixel values (channels first): rescale, then normalise
+    with the config's mean and std (no resize, no crop). Without a config, ViViT's: 1/127.5 with
+    offset, then mean = std = 0.5, as VivitImageProcessor."""
+    mean, std, factor, offset = _pixel_constants(config)
     x = frames.movedim(-1, -3).float()
-    return ((x * RESCALE_FACTOR - 1.0 - IMAGE_MEAN) / IMAGE_STD).contiguous()
+    return ((x * factor - offset - mean) / std).contiguous()
 
 
 def stack_videos(videos: Iterable[Frames], **preprocess_kwargs: Any) -> PixelValues:
@@ -316,10 +330,12 @@ def stack_videos(videos: Iterable[Frames], **preprocess_kwargs: Any) -> PixelVal
     return torch.cat(batch)
 
 
-def unnormalize(pixel_values: torch.Tensor) -> np.ndarray:
-    """Pixel values [T, 3, H, W] (or [1, T, 3, H, W]) back to uint8 frames [T, H, W, 3], for display."""
+def unnormalize(pixel_values: torch.Tensor, *, config: Any = None) -> np.ndarray:
+    """Pixel values [T, 3, H, W] (or [1, T, 3, H, W]) back to uint8 frames [T, H, W, 3], for display
+    (``config``: the model's preprocessing constants; ViViT's without one)."""
+    mean, std, factor, offset = _pixel_constants(config)
     x = pixel_values.detach().float().cpu()
     if x.ndim == 5:
         x = x[0]
-    x = ((x * IMAGE_STD + IMAGE_MEAN + 1.0) / RESCALE_FACTOR).round().clamp(0, 255)
+    x = ((x * std + mean + offset) / factor).round().clamp(0, 255)
     return x.to(torch.uint8).permute(0, 2, 3, 1).numpy()

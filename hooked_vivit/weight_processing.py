@@ -50,10 +50,16 @@ def fold_layer_norm(sd: StateDict, cfg: HookedViViTConfig) -> StateDict:
 
 
 def center_writing_weights(sd: StateDict, cfg: HookedViViTConfig) -> StateDict:
+    if "pos_embed.W_pos" not in sd:
+        raise ValueError(
+            "center_writing_weights needs learned position embeddings; this model's are a fixed sinusoidal table "
+            f"(pos_embed_type={cfg.pos_embed_type!r}), which cannot be centred in place"
+        )
     sd = dict(sd)
     sd["embed.W_E"] = sd["embed.W_E"] - sd["embed.W_E"].mean(0, keepdim=True)  # [d_model, C, t, h, w]
     for key in ("embed.b_E", "embed.cls_token"):
-        sd[key] = sd[key] - sd[key].mean()
+        if key in sd:  # no CLS token without a prefix token
+            sd[key] = sd[key] - sd[key].mean()
     sd["pos_embed.W_pos"] = sd["pos_embed.W_pos"] - sd["pos_embed.W_pos"].mean(-1, keepdim=True)
     for l in range(cfg.n_layers):
         for key in (f"blocks.{l}.attn.W_O", f"blocks.{l}.attn.b_O", f"blocks.{l}.mlp.W_out", f"blocks.{l}.mlp.b_out"):

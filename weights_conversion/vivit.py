@@ -14,12 +14,19 @@ against transformers itself.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 import torch
 
-from hooked_vivit.config import HookedViViTConfig
-
-StateDict = dict[str, torch.Tensor]
+from weights_conversion.common import (
+    CheckpointError,
+    StateDict,
+    _rename,
+    check_finite,
+    check_keys,
+    checkpoint_has_classifier,
+    is_hooked_layout,
+)
 
 # Old hub layout -> transformers >= 5.9 layout (after the optional "vivit." prefix is removed).
 _HUB_TO_NEW = [
@@ -45,24 +52,6 @@ _NEW_TO_HUB = [
 _IGNORED = re.compile(r"^(vivit\.)?pooler\.")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit the config: lists every missing, unexpected or mis-shaped key."""
-
-
-def _rename(key: str, rules) -> str:
-    for pattern, repl in rules:
-        key = pattern.sub(repl, key)
-    return key
-
-
-def is_hooked_layout(state_dict: StateDict) -> bool:
-    return any(k.startswith("blocks.") for k in state_dict)
-
-
-def checkpoint_has_classifier(state_dict: StateDict) -> bool:
-    return any(k.startswith("classifier.") or k.startswith("unembed.") for k in state_dict)
-
-
 def normalize_hf_keys(state_dict: StateDict) -> StateDict:
     """Either HF layout, with or without ``vivit.`` -> transformers >= 5.9 keys without prefix."""
     out: StateDict = {}
@@ -78,7 +67,7 @@ def normalize_hf_keys(state_dict: StateDict) -> StateDict:
 
 def activation_shapes(cfg: HookedViViTConfig) -> dict[str, tuple[int, ...]]:
     """The learned activation's tensors (``hidden_act="prelu"``: its weight), by name; {} for most."""
-    from hooked_vivit.components.mlp import make_activation
+    from hooked_vivit.components.mlp import make_activation  # the MLP component owns that list
 
     with torch.device("meta"):
         act = make_activation(cfg.act_fn)
@@ -120,46 +109,12 @@ def expected_hf_shapes(cfg: HookedViViTConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def check_keys(found: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]], what: str) -> None:
-    """Raise CheckpointError naming every missing, unexpected and mis-shaped key."""
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    misshaped = [f"{k}: checkpoint {found[k]} vs expected {expected[k]}" for k in expected if k in found and found[k] != expected[k]]
-    if missing or unexpected or misshaped:
-        parts = [f"{what} does not match the config"]
-        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", misshaped)):
-            if items:
-                shown = items if len(items) <= 20 else items[:20] + [f"... and {len(items) - 20} more"]
-                parts.append(f"{title} ({len(items)}):\n  " + "\n  ".join(shown))
-        raise CheckpointError("\n".join(parts))
-
-
 def expected_hooked_shapes(cfg: HookedViViTConfig) -> dict[str, tuple[int, ...]]:
-    from hooked_vivit.model import HookedViViT
-
+    """Every hooked parameter and its shape: the conversion of an HF checkpoint of meta tensors
+    (from the config alone; the model is never built)."""
     with torch.device("meta"):
-        model = HookedViViT(_replace(cfg, device="meta"), init_weights=False)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
-def _replace(cfg: HookedViViTConfig, **changes) -> HookedViViTConfig:
-    import dataclasses
-
-    return dataclasses.replace(cfg, **changes)
-
-
-def check_finite(state_dict: StateDict) -> None:
-    """Every floating-point tensor finite, else CheckpointError naming each bad tensor (NaN weights
-    would otherwise load silently and turn every output to NaN)."""
-    bad = []
-    for key, value in state_dict.items():
-        if not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"checkpoint entry {key!r} is a {type(value).__name__}, expected a tensor")
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            n = int((~torch.isfinite(value)).sum())
-            bad.append(f"{key} {list(value.shape)}: {n} of {value.numel()} values NaN/Inf")
-    if bad:
-        raise CheckpointError("checkpoint holds non-finite weights (a corrupt file or a diverged training run):\n  " + "\n  ".join(bad))
+        hf = {k: torch.empty(shape) for k, shape in expected_hf_shapes(cfg).items()}
+    return {k: tuple(v.shape) for k, v in _hf_to_hooked(hf, cfg).items()}
 
 
 def convert_vivit_weights(state_dict: StateDict, cfg: HookedViViTConfig) -> StateDict:
@@ -170,6 +125,10 @@ def convert_vivit_weights(state_dict: StateDict, cfg: HookedViViTConfig) -> Stat
         return dict(state_dict)
     sd = normalize_hf_keys(state_dict)
     check_keys({k: tuple(v.shape) for k, v in sd.items()}, expected_hf_shapes(cfg), "ViViT checkpoint")
+    return _hf_to_hooked(sd, cfg)
+
+
+def _hf_to_hooked(sd: StateDict, cfg: HookedViViTConfig) -> StateDict:
     H, E, d = cfg.n_heads, cfg.d_head, cfg.d_model
     act_names = list(activation_shapes(cfg))
     out: StateDict = {
@@ -186,7 +145,7 @@ def convert_vivit_weights(state_dict: StateDict, cfg: HookedViViTConfig) -> Stat
             # nn.Linear weight [(h e), d] -> [h, d, e]
             out[b + f"attn.W_{m}"] = sd[p + f"attention.{hf}_proj.weight"].reshape(H, E, d).transpose(1, 2)
             bias = sd.get(p + f"attention.{hf}_proj.bias")
-            out[b + f"attn.b_{m}"] = bias.reshape(H, E) if bias is not None else torch.zeros(H, E, dtype=out["embed.W_E"].dtype)
+            out[b + f"attn.b_{m}"] = bias.reshape(H, E) if bias is not None else torch.zeros(H, E, dtype=out["embed.W_E"].dtype, device=out["embed.W_E"].device)
         out[b + "attn.W_O"] = sd[p + "attention.o_proj.weight"].T.reshape(H, E, d)  # [d, (h e)] -> [h, e, d]
         out[b + "attn.b_O"] = sd[p + "attention.o_proj.bias"]
         out[b + "ln1.w"], out[b + "ln1.b"] = sd[p + "layernorm_before.weight"], sd[p + "layernorm_before.bias"]
@@ -207,7 +166,7 @@ def _drop_identity_layer_norms(out: StateDict) -> None:
     # A folded model saved in HF layout carries identity LayerNorms; LNPre has no parameters.
     for key in [k for k in out if k.endswith(("ln1.w", "ln2.w", "ln_final.w"))]:
         w, b = out.pop(key), out.pop(key[:-1] + "b")
-        if not (torch.all(w == 1) and torch.all(b == 0)):
+        if not w.is_meta and not (torch.all(w == 1) and torch.all(b == 0)):
             raise CheckpointError(f"config says the LayerNorms are folded (LNPre) but {key} is not the identity")
 
 

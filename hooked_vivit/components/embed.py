@@ -1,4 +1,5 @@
-"""Tubelet embedding: pixels [batch, frames, C, H, W] -> tokens [batch, n_ctx, d_model], CLS first.
+"""Tubelet embedding: pixels [batch, frames, C, H, W] -> tokens [batch, n_ctx, d_model], CLS first
+(when the config has one: cfg.n_prefix_tokens).
 
 Their hooks (hook_embed, hook_pos_embed) sit on the model, at TransformerLens's top-level names.
 """
@@ -23,7 +24,8 @@ class TubeletEmbed(nn.Module):
             torch.empty(cfg.d_model, cfg.n_channels, t, h, w, dtype=cfg.dtype)
         )
         self.b_E: Float[torch.Tensor, "d_model"] = nn.Parameter(torch.zeros(cfg.d_model, dtype=cfg.dtype))
-        self.cls_token: Float[torch.Tensor, "d_model"] = nn.Parameter(torch.zeros(cfg.d_model, dtype=cfg.dtype))
+        if cfg.n_prefix_tokens:
+            self.cls_token: Float[torch.Tensor, "d_model"] = nn.Parameter(torch.zeros(cfg.d_model, dtype=cfg.dtype))
 
     def forward(
         self, pixel_values: Float[torch.Tensor, "batch frames channels height width"]
@@ -31,6 +33,8 @@ class TubeletEmbed(nn.Module):
         # Conv3d wants [batch, channels, frames, H, W]; output flattens over (t, h, w) in HF's order.
         patches = F.conv3d(pixel_values.transpose(1, 2), self.W_E, self.b_E, stride=self.cfg.tubelet_size)
         patches = patches.flatten(2).transpose(1, 2)
+        if not self.cfg.n_prefix_tokens:
+            return patches
         cls = self.cls_token.expand(patches.shape[0], 1, -1)
         return torch.cat([cls, patches], dim=1)
 

@@ -16,10 +16,10 @@ from hooked_vivit.config import HookedViViTConfig
 
 
 class LayerNorm(nn.Module):
-    def __init__(self, cfg: HookedViViTConfig):
+    def __init__(self, cfg: HookedViViTConfig, eps: float | None = None):
         super().__init__()
         self.cfg = cfg
-        self.eps = cfg.eps
+        self.eps = cfg.eps if eps is None else eps
         if cfg.normalization_type == "LN":
             self.w: Float[torch.Tensor, "d_model"] | None = nn.Parameter(torch.ones(cfg.d_model, dtype=cfg.dtype))
             self.b: Float[torch.Tensor, "d_model"] | None = nn.Parameter(torch.zeros(cfg.d_model, dtype=cfg.dtype))

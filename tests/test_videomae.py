@@ -1,0 +1,311 @@
+"""HookedVideoMAE against transformers.VideoMAEForVideoClassification / VideoMAEModel: parity (eager
+and sdpa, logits, every hidden state, every attention pattern) with every parameter perturbed, both
+checkpoint key layouts, the sinusoidal table, exact DLA through mean pooling, loading by model_type."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from safetensors.torch import save_file
+from transformers import VideoMAEConfig, VideoMAEForVideoClassification, VideoMAEModel
+
+from hooked_vivit import HookedVideoMAE, HookedVideoTransformer, HookedViViT, TokenGrid, video
+from hooked_vivit.parity import compare
+from tests.conftest import max_rel, perturb_
+from weights_conversion import CheckpointError, converter
+
+TOL = 1e-5
+
+# Odd shapes: non-square frames and patches, a frame the tubelet leaves over, no q/v bias, first-token
+# pooling (use_mean_pooling=False), 1 and 3 layers, a head count that is not a power of two.
+CONFIGS = {
+    "mean_nonsquare_5frames": dict(image_size=[36, 28], patch_size=[12, 7], num_frames=5, tubelet_size=2, hidden_size=24,
+                                   num_attention_heads=3, num_hidden_layers=2, intermediate_size=37, num_labels=5),
+    "first_token_noqvbias": dict(image_size=32, patch_size=8, num_frames=3, tubelet_size=3, hidden_size=40,
+                                 num_attention_heads=5, num_hidden_layers=1, intermediate_size=64, num_labels=4,
+                                 qv_bias=False, use_mean_pooling=False, hidden_act="gelu_new", layer_norm_eps=1e-6),
+    "3layers_tubelet1": dict(image_size=16, patch_size=4, num_frames=2, tubelet_size=1, hidden_size=32,
+                             num_attention_heads=2, num_hidden_layers=3, intermediate_size=96, num_labels=3),
+}
+
+
+def make_hf(kw: dict, attn: str = "eager", seed: int = 0, cls=VideoMAEForVideoClassification):
+    torch.manual_seed(seed)
+    hf = cls(VideoMAEConfig(**kw, attn_implementation=attn)).eval()
+    return perturb_(hf, seed)
+
+
+def pixels(kw: dict, batch: int = 2, seed: int = 1) -> torch.Tensor:
+    size = kw["image_size"] if isinstance(kw["image_size"], list) else [kw["image_size"]] * 2
+    return torch.randn(batch, kw["num_frames"], 3, *size, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(params=list(CONFIGS), scope="module")
+def pair(request):
+    kw = CONFIGS[request.param]
+    hf = make_hf(kw)
+    return request.param, kw, hf, HookedVideoMAE.from_hf_model(hf)
+
+
+def test_every_hf_parameter_is_perturbed(pair):
+    _, _, hf, _ = pair
+    fresh = VideoMAEForVideoClassification(hf.config)
+    for name, p in hf.named_parameters():
+        assert not torch.equal(p, dict(fresh.named_parameters())[name]), name
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_parity(pair, attn):
+    name, kw, hf, model = pair
+    report = compare(model, hf, pixels(kw), attn=attn)
+    n = kw["num_hidden_layers"]
+    assert len(report.rows) == 1 + n * (2 if attn == "eager" else 1) + 1
+    assert report.ok(TOL), (name, attn, report.to_markdown(TOL))
+
+
+def test_fast_path_equals_explicit_path(pair):
+    _, kw, _, model = pair
+    x = pixels(kw)
+    with torch.no_grad():
+        fast = model(x)
+        slow, _ = model.run_with_cache(x, names_filter=lambda n: n.endswith(("hook_pattern", "hook_scale")))
+    assert max_rel(fast, slow) <= TOL
+
+
+def test_backbone_with_first_token_pooling():
+    kw = dict(CONFIGS["first_token_noqvbias"], num_labels=2)
+    hf = make_hf(kw, cls=VideoMAEModel)
+    model = HookedVideoTransformer.from_hf_model(hf)
+    assert isinstance(model, HookedVideoMAE) and model.unembed is None
+    report = compare(model, hf, pixels(kw), attn="eager")
+    assert report.ok(TOL), report.to_markdown(TOL)
+
+
+def test_sinusoidal_table_is_transformers_and_not_a_parameter(pair):
+    _, kw, hf, model = pair
+    ref = hf.videomae.embeddings.position_embeddings[0]
+    assert torch.equal(model.W_pos, ref)
+    assert "pos_embed.W_pos" not in model.state_dict() and "embed.cls_token" not in model.state_dict()
+    assert torch.equal(copy.deepcopy(model).half().W_pos, ref.half())  # cast with the model
+
+
+def _hub_layout(sd: dict) -> dict:
+    return {k.replace("attention.attention.query.bias", "attention.attention.q_bias")
+             .replace("attention.attention.value.bias", "attention.attention.v_bias"): v for k, v in sd.items()}
+
+
+@pytest.mark.parametrize("layout", ["transformers", "hub"])
+def test_checkpoint_layouts_round_trip_and_load_in_transformers(pair, layout, tmp_path):
+    name, kw, hf, model = pair
+    sd = {k: v.detach() for k, v in hf.state_dict().items()}
+    file_sd = _hub_layout(sd) if layout == "hub" else sd
+    if kw.get("qv_bias", True):
+        assert (file_sd != sd) == (layout == "hub")
+    # Our reverse conversion writes exactly that layout.
+    written = converter("videomae").to_hf(model.state_dict(), model.cfg, layout=layout)
+    assert written.keys() == file_sd.keys()
+    assert all(torch.equal(written[k], file_sd[k]) for k in file_sd)
+    # A checkpoint directory in that layout: transformers and we load it to the same numbers.
+    (tmp_path / "config.json").write_text(json.dumps(hf.config.to_dict()))
+    save_file({k: v.contiguous() for k, v in file_sd.items()}, tmp_path / "model.safetensors")
+    ours = HookedVideoTransformer.from_pretrained(tmp_path)
+    theirs = VideoMAEForVideoClassification.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    x = pixels(kw)
+    with torch.no_grad():
+        assert max_rel(ours(x), theirs(x).logits) <= TOL
+        assert max_rel(ours(x), hf(x).logits) <= TOL
+
+
+def test_without_prefix_and_with_both_bias_spellings(pair):
+    name, kw, hf, model = pair
+    sd = {k.removeprefix("videomae."): v for k, v in hf.state_dict().items()}
+    assert torch.equal(HookedVideoMAE.from_state_dict(sd, hf.config.to_dict())(pixels(kw)), model(pixels(kw)))
+    if kw.get("qv_bias", True):
+        both = {**hf.state_dict(), **_hub_layout(hf.state_dict())}
+        with pytest.raises(CheckpointError, match="twice"):
+            HookedVideoMAE.from_state_dict(both, hf.config.to_dict())
+
+
+def test_missing_key_is_named():
+    kw = CONFIGS["mean_nonsquare_5frames"]
+    hf = make_hf(kw)
+    sd = dict(hf.state_dict())
+    del sd["videomae.encoder.layer.1.intermediate.dense.weight"], sd["fc_norm.bias"]
+    with pytest.raises(CheckpointError, match=r"missing keys \(2\)"):
+        HookedVideoMAE.from_state_dict(sd, hf.config.to_dict())
+
+
+@pytest.mark.parametrize("layout", ["transformers", "hub", "hooked"])
+def test_save_pretrained_round_trip(pair, layout, tmp_path):
+    _, kw, hf, model = pair
+    model.save_pretrained(tmp_path / "m", layout=layout)
+    again = HookedVideoTransformer.from_pretrained(tmp_path / "m")
+    assert type(again) is HookedVideoMAE and again.cfg.pooling == model.cfg.pooling
+    x = pixels(kw)
+    assert torch.equal(again(x), model(x))
+    if layout != "hooked":
+        theirs = VideoMAEForVideoClassification.from_pretrained(tmp_path / "m").eval()
+        with torch.no_grad():
+            assert max_rel(theirs(x).logits, model(x)) <= TOL
+
+
+def test_from_pretrained_refuses_the_other_architecture(tmp_path):
+    model = HookedVideoMAE.from_hf_model(make_hf(CONFIGS["3layers_tubelet1"]))
+    model.save_pretrained(tmp_path / "m")
+    with pytest.raises(ValueError, match="is a HookedVideoMAE, not a HookedViViT"):
+        HookedViViT.from_pretrained(tmp_path / "m")
+
+
+def test_residual_decomposition_is_complete_and_dla_through_mean_pooling_is_exact():
+    kw = CONFIGS["mean_nonsquare_5frames"]
+    model = HookedVideoMAE.from_hf_model(make_hf(kw))
+    x = pixels(kw)
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(x)
+    stack = cache.decompose_resid(layer=None, mode="full", apply_ln=False)
+    assert torch.allclose(stack.sum(0), cache["resid_post", kw["num_hidden_layers"] - 1], atol=1e-5)
+    for classes in (3, [1, 4]):
+        terms, labels, constant = model.pooled_logit_terms(cache, classes)
+        assert terms.shape == (2 + 2 * kw["num_hidden_layers"], 2, model.cfg.n_ctx) and labels[:2] == ["embed", "pos_embed"]
+        target = logits[torch.arange(2), torch.as_tensor(classes)]
+        assert max_rel(terms.sum((0, 2)) + constant, target) <= TOL
+
+
+def test_token_grid_without_prefix():
+    grid = TokenGrid(3, 4, 5, n_prefix=0)
+    assert grid.n_ctx == 60 and grid.index(0, 0, 0) == 0 and grid.coords(59) == (2, 3, 4)
+    assert all(grid.index(*grid.coords(i)) == i for i in range(grid.n_ctx))
+    x = torch.randn(2, 60)
+    prefix, g = grid.unflatten(x)
+    assert prefix.shape == (2, 0) and g.shape == (2, 3, 4, 5)
+    assert torch.equal(grid.flatten(prefix, g), x)
+    cfg = HookedVideoMAE.config_class(num_frames=4, image_size=32, tubelet_size=(2, 16, 16), d_model=8, d_head=4, n_heads=2, n_layers=1, d_mlp=8)
+    assert cfg.grid.n_prefix == 0 and cfg.n_ctx == 8 and cfg.grid.label(0) == "t0 r0 c0"
+
+
+def test_preprocess_uses_the_models_constants():
+    """video.preprocess(config=model.cfg) equals transformers' VideoMAE processor with the hub
+    checkpoint's preprocessor_config (ImageNet mean/std, rescale 1/255)."""
+    from transformers import VideoMAEImageProcessor
+
+    from hooked_vivit.videomae import IMAGENET_MEAN, IMAGENET_STD
+
+    cfg = HookedVideoMAE.config_class(num_frames=3, image_size=32, tubelet_size=(1, 16, 16), d_model=8, d_head=4, n_heads=2, n_layers=1, d_mlp=8)
+    frames = np.random.default_rng(0).integers(0, 256, (3, 40, 50, 3), dtype=np.uint8)
+    proc = VideoMAEImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                  image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD))
+    ref = proc(list(frames), return_tensors="pt").pixel_values
+    ours = video.preprocess(frames, config=cfg)
+    assert ours.shape == ref.shape
+    assert (ours - ref).abs().max() <= 1e-5
+    assert np.array_equal(video.unnormalize(video.normalize(torch.from_numpy(frames), config=cfg), config=cfg), frames)
+
+
+def test_preprocessor_config_is_read(tmp_path):
+    model = HookedVideoMAE.from_hf_model(make_hf(CONFIGS["3layers_tubelet1"]))
+    model.save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5, 0.4, 0.3], "image_std": [0.2, 0.2, 0.2], "rescale_factor": 0.00392156862745098}))
+    cfg = HookedVideoTransformer.from_pretrained(tmp_path / "m").cfg
+    assert cfg.image_mean == (0.5, 0.4, 0.3) and cfg.image_std == (0.2, 0.2, 0.2) and cfg.rescale_factor == 1 / 255
+
+
+def test_cli_parity_on_a_videomae_checkpoint(tmp_path, capsys):
+    from hooked_vivit import cli
+
+    model = HookedVideoMAE.from_hf_model(make_hf(CONFIGS["mean_nonsquare_5frames"]))
+    model.save_pretrained(tmp_path / "m")
+    assert cli.main(["parity", "--model", str(tmp_path / "m")]) == 0
+    out = capsys.readouterr().out
+    assert "pattern 1" in out and "logits" in out
+
+
+@pytest.mark.slow
+def test_videomae_b_kinetics400_shape_random_weights():
+    """The real config: 16 frames, 224 px, 1568 tokens, ~86M parameters (random, perturbed weights)."""
+    kw = dict(num_labels=400)
+    hf = make_hf(kw | dict(image_size=224, num_frames=16), attn="eager")
+    model = HookedVideoMAE.from_hf_model(hf)
+    assert model.cfg.n_ctx == 1568
+    # Ours holds b_K (zero: VideoMAE's key has no bias) as a parameter, 12 x 768 more numbers.
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in hf.parameters()) + 12 * 768
+    assert all(torch.equal(b.attn.b_K, torch.zeros_like(b.attn.b_K)) for b in model.blocks)
+    x = pixels(dict(image_size=224, num_frames=16), batch=1)
+    # One forward each side: every hidden state and the first and last layers' patterns.
+    names = [f"blocks.{l}.hook_resid_pre" for l in range(12)] + ["blocks.11.hook_resid_post", "blocks.0.attn.hook_pattern", "blocks.11.attn.hook_pattern"]
+    with torch.no_grad():
+        ref = hf(x, output_hidden_states=True, output_attentions=True)
+        logits, cache = model.run_with_cache(x, names_filter=names)
+    worst = {"logits": max_rel(logits, ref.logits)}
+    for l in range(12):
+        worst[f"resid_pre{l}"] = max_rel(cache["resid_pre", l], ref.hidden_states[l])
+    worst["resid_post11"] = max_rel(cache["resid_post", 11], ref.hidden_states[12])
+    worst["pattern0"] = max_rel(cache["pattern", 0], ref.attentions[0])
+    worst["pattern11"] = max_rel(cache["pattern", 11], ref.attentions[11])
+    assert max(worst.values()) <= TOL, worst
+
+
+# ------------------------------------------------------------------ analysis on a tiny VideoMAE
+@pytest.fixture(scope="module")
+def tiny():
+    kw = CONFIGS["mean_nonsquare_5frames"]
+    model = HookedVideoMAE.from_hf_model(make_hf(kw))
+    clean = pixels(kw, batch=1, seed=1)
+    corrupted = clean + 0.3 * pixels(kw, batch=1, seed=2)
+    _, clean_cache = model.run_with_cache(clean)
+    return model, clean, corrupted, clean_cache
+
+
+def test_position_groups_without_cls(tiny):
+    from hooked_vivit.patching import FrameSlot, Region, resolve_positions
+
+    model = tiny[0]
+    grid = model.cfg.grid
+    with pytest.raises(ValueError, match="no CLS token"):
+        resolve_positions(model, "cls")
+    with pytest.raises(ValueError, match="no CLS token"):
+        resolve_positions(model, Region(frame_slots=0, include_cls=True))
+    assert resolve_positions(model, "all") is None
+    assert resolve_positions(model, "patches") == tuple(range(model.cfg.n_ctx))
+    assert resolve_positions(model, FrameSlot(1)) == tuple(grid.positions(frame_slots=1)) == tuple(range(12, 24))
+    mask = torch.zeros(grid.shape, dtype=torch.bool)
+    mask[1, 2, 3] = True
+    assert resolve_positions(model, mask) == (grid.index(1, 2, 3),) == (23,)
+
+
+def test_ablation_equals_a_hand_written_hook(tiny):
+    from hooked_vivit.ablation import ablate, ablate_pixels, PixelBox
+
+    model, clean, *_ = tiny
+    pos = list(range(12, 24))
+
+    def zero(act, hook):
+        act[:, pos] = 0
+        return act
+
+    with torch.no_grad():
+        expected = model.run_with_hooks(clean, fwd_hooks=[("hook_embed", zero)])
+    assert torch.equal(ablate(model, clean, "hook_embed", pos), expected)
+    assert not torch.allclose(expected, model(clean))
+    # "black" is the model's own black pixel: preprocessing an all-black frame gives it.
+    black = ablate_pixels(clean, PixelBox(0, 5, 0, 36, 0, 28), mode="black", config=model)
+    frames = np.zeros((5, 36, 28, 3), dtype=np.uint8)
+    assert torch.equal(black, video.preprocess(frames, config=model.cfg))
+
+
+def test_batched_patching_engine_equals_transformer_lens_path(tiny):
+    from hooked_vivit import patching
+    from hooked_vivit.metrics import LogitDiff
+
+    model, _, corrupted, clean_cache = tiny
+    m = LogitDiff(2, 4)
+    twin = patching.get_act_patch_resid_pre(model, corrupted, clean_cache, m)
+    sweep = patching.run_patches(model, patching.token_patches(model, "resid_pre"), source_cache=clean_cache, target=corrupted, metric=m, chunk_size=7)
+    torch.testing.assert_close(sweep.values, twin.flatten(), atol=1e-5, rtol=1e-5)
+    heads = patching.get_act_patch_attn_head_out_all_pos(model, corrupted, clean_cache, m)
+    sweep = patching.run_patches(model, patching.head_patches(model, "z"), source_cache=clean_cache, target=corrupted, metric=m)
+    torch.testing.assert_close(sweep.values, heads.flatten(), atol=1e-5, rtol=1e-5)

@@ -1,0 +1,53 @@
+"""What every architecture's converter shares: key checks, the finiteness check, layout tests."""
+
+from __future__ import annotations
+
+import torch
+
+StateDict = dict[str, torch.Tensor]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the config: lists every missing, unexpected or mis-shaped key."""
+
+
+def _rename(key: str, rules) -> str:
+    for pattern, repl in rules:
+        key = pattern.sub(repl, key)
+    return key
+
+
+def is_hooked_layout(state_dict: StateDict) -> bool:
+    return any(k.startswith("blocks.") for k in state_dict)
+
+
+def checkpoint_has_classifier(state_dict: StateDict) -> bool:
+    return any(k.startswith("classifier.") or k.startswith("unembed.") for k in state_dict)
+
+
+def check_keys(found: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]], what: str) -> None:
+    """Raise CheckpointError naming every missing, unexpected and mis-shaped key."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    misshaped = [f"{k}: checkpoint {found[k]} vs expected {expected[k]}" for k in expected if k in found and found[k] != expected[k]]
+    if missing or unexpected or misshaped:
+        parts = [f"{what} does not match the config"]
+        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", misshaped)):
+            if items:
+                shown = items if len(items) <= 20 else items[:20] + [f"... and {len(items) - 20} more"]
+                parts.append(f"{title} ({len(items)}):\n  " + "\n  ".join(shown))
+        raise CheckpointError("\n".join(parts))
+
+
+def check_finite(state_dict: StateDict) -> None:
+    """Every floating-point tensor finite, else CheckpointError naming each bad tensor (NaN weights
+    would otherwise load silently and turn every output to NaN)."""
+    bad = []
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"checkpoint entry {key!r} is a {type(value).__name__}, expected a tensor")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            n = int((~torch.isfinite(value)).sum())
+            bad.append(f"{key} {list(value.shape)}: {n} of {value.numel()} values NaN/Inf")
+    if bad:
+        raise CheckpointError("checkpoint holds non-finite weights (a corrupt file or a diverged training run):\n  " + "\n  ".join(bad))

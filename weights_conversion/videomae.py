@@ -1,0 +1,160 @@
+"""VideoMAE checkpoint <-> hooked weights.
+
+Reads both key layouts, with or without the ``videomae.`` prefix: the hub checkpoint's
+(``attention.attention.q_bias`` / ``v_bias``, no key bias) and the one current transformers writes
+(``attention.attention.query.bias`` / ``value.bias``). The key projection has no bias: b_K is zero.
+The sinusoidal position table is not a parameter (transformers keeps it as a plain tensor); a
+checkpoint that carries it anyway has it dropped. With ``use_mean_pooling`` the classifier reads
+``fc_norm`` (hooked ``ln_final``) of the token mean; without it, ``videomae.layernorm`` of token 0.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+import torch
+
+from weights_conversion.common import CheckpointError, StateDict, check_finite, check_keys, is_hooked_layout
+from weights_conversion.vivit import activation_shapes
+
+if TYPE_CHECKING:  # the converter reads the config only; it never imports the model
+    from hooked_vivit.config import HookedViViTConfig
+
+_HUB_BIAS = re.compile(r"\.attention\.attention\.(q|v)_bias$")
+_IGNORED = re.compile(r"^(videomae\.)?embeddings\.position_embeddings$")
+_ATTN = "attention.attention."
+
+
+def normalize_hf_keys(state_dict: StateDict) -> StateDict:
+    """Either layout, with or without ``videomae.`` -> current transformers keys without prefix."""
+    out: StateDict = {}
+    for key, value in state_dict.items():
+        if _IGNORED.match(key):
+            continue
+        new = _HUB_BIAS.sub(lambda m: f".attention.attention.{'query' if m[1] == 'q' else 'value'}.bias", key.removeprefix("videomae."))
+        if new in out:
+            raise CheckpointError(f"checkpoint holds {new!r} twice (in both key layouts?)")
+        out[new] = value
+    return out
+
+
+def _final_norm_key(cfg: HookedViViTConfig) -> str:
+    return "fc_norm" if cfg.pooling == "mean" else "layernorm"
+
+
+def expected_hf_shapes(cfg: HookedViViTConfig) -> dict[str, tuple[int, ...]]:
+    """Every key (current layout, no prefix) and its shape for this config."""
+    d, hd = cfg.d_model, cfg.n_heads * cfg.d_head
+    shapes: dict[str, tuple[int, ...]] = {
+        "embeddings.patch_embeddings.projection.weight": (d, cfg.n_channels, *cfg.tubelet_size),
+        "embeddings.patch_embeddings.projection.bias": (d,),
+        f"{_final_norm_key(cfg)}.weight": (d,),
+        f"{_final_norm_key(cfg)}.bias": (d,),
+    }
+    for i in range(cfg.n_layers):
+        p = f"encoder.layer.{i}."
+        for m in ("query", "key", "value"):
+            shapes[p + _ATTN + f"{m}.weight"] = (hd, d)
+        if cfg.qkv_bias:
+            shapes[p + _ATTN + "query.bias"] = shapes[p + _ATTN + "value.bias"] = (hd,)
+        shapes[p + "attention.output.dense.weight"], shapes[p + "attention.output.dense.bias"] = (d, hd), (d,)
+        for ln in ("layernorm_before", "layernorm_after"):
+            shapes[p + f"{ln}.weight"] = shapes[p + f"{ln}.bias"] = (d,)
+        shapes[p + "intermediate.dense.weight"], shapes[p + "intermediate.dense.bias"] = (cfg.d_mlp, d), (cfg.d_mlp,)  # type: ignore[assignment]
+        shapes[p + "output.dense.weight"], shapes[p + "output.dense.bias"] = (d, cfg.d_mlp), (d,)  # type: ignore[assignment]
+        for name, shape in activation_shapes(cfg).items():
+            shapes[p + f"intermediate.intermediate_act_fn.{name}"] = shape
+    if cfg.n_classes:
+        shapes["classifier.weight"], shapes["classifier.bias"] = (cfg.n_classes, d), (cfg.n_classes,)
+    return shapes
+
+
+def expected_hooked_shapes(cfg: HookedViViTConfig) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        hf = {k: torch.empty(shape) for k, shape in expected_hf_shapes(cfg).items()}
+    return {k: tuple(v.shape) for k, v in _hf_to_hooked(hf, cfg).items()}
+
+
+def convert_videomae_weights(state_dict: StateDict, cfg: HookedViViTConfig) -> StateDict:
+    """A VideoMAE state dict (either layout, or already hooked) -> this library's parameter names."""
+    check_finite(state_dict)
+    if is_hooked_layout(state_dict):
+        check_keys({k: tuple(v.shape) for k, v in state_dict.items()}, expected_hooked_shapes(cfg), "hooked checkpoint")
+        return dict(state_dict)
+    sd = normalize_hf_keys(state_dict)
+    check_keys({k: tuple(v.shape) for k, v in sd.items()}, expected_hf_shapes(cfg), "VideoMAE checkpoint")
+    return _hf_to_hooked(sd, cfg)
+
+
+def _hf_to_hooked(sd: StateDict, cfg: HookedViViTConfig) -> StateDict:
+    H, E, d = cfg.n_heads, cfg.d_head, cfg.d_model
+    W_E = sd["embeddings.patch_embeddings.projection.weight"]
+    zeros = torch.zeros(H, E, dtype=W_E.dtype, device=W_E.device)
+    norm = _final_norm_key(cfg)
+    out: StateDict = {
+        "embed.W_E": W_E,
+        "embed.b_E": sd["embeddings.patch_embeddings.projection.bias"],
+        "ln_final.w": sd[f"{norm}.weight"],
+        "ln_final.b": sd[f"{norm}.bias"],
+    }
+    for i in range(cfg.n_layers):
+        p, b = f"encoder.layer.{i}.", f"blocks.{i}."
+        for m, hf in (("Q", "query"), ("K", "key"), ("V", "value")):
+            out[b + f"attn.W_{m}"] = sd[p + _ATTN + f"{hf}.weight"].reshape(H, E, d).transpose(1, 2)  # [(h e), d] -> [h, d, e]
+            bias = sd.get(p + _ATTN + f"{hf}.bias")
+            out[b + f"attn.b_{m}"] = bias.reshape(H, E) if bias is not None else zeros
+        out[b + "attn.W_O"] = sd[p + "attention.output.dense.weight"].T.reshape(H, E, d)
+        out[b + "attn.b_O"] = sd[p + "attention.output.dense.bias"]
+        out[b + "ln1.w"], out[b + "ln1.b"] = sd[p + "layernorm_before.weight"], sd[p + "layernorm_before.bias"]
+        out[b + "ln2.w"], out[b + "ln2.b"] = sd[p + "layernorm_after.weight"], sd[p + "layernorm_after.bias"]
+        out[b + "mlp.W_in"], out[b + "mlp.b_in"] = sd[p + "intermediate.dense.weight"].T, sd[p + "intermediate.dense.bias"]
+        out[b + "mlp.W_out"], out[b + "mlp.b_out"] = sd[p + "output.dense.weight"].T, sd[p + "output.dense.bias"]
+        for name in activation_shapes(cfg):
+            out[b + f"mlp.act.{name}"] = sd[p + f"intermediate.intermediate_act_fn.{name}"]
+    if cfg.n_classes:
+        out["unembed.W_U"], out["unembed.b_U"] = sd["classifier.weight"].T, sd["classifier.bias"]
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def hooked_to_hf_weights(state_dict: StateDict, cfg: HookedViViTConfig, *, layout: str = "transformers", prefix: bool | None = None) -> StateDict:
+    """Hooked weights -> a VideoMAE state dict: ``layout`` "transformers" (query.bias / value.bias)
+    or "hub" (q_bias / v_bias); ``prefix`` (default: when there is a classifier) adds ``videomae.``
+    as VideoMAEForVideoClassification has it (fc_norm and classifier stay unprefixed)."""
+    if layout not in ("transformers", "hub"):
+        raise ValueError(f"layout must be 'transformers' or 'hub', got {layout!r}")
+    if cfg.normalization_type != "LN":
+        raise ValueError("a VideoMAE with folded LayerNorms (LNPre) has no transformers layout yet; save with layout='hooked'")
+    sd, H, E, d = state_dict, cfg.n_heads, cfg.d_head, cfg.d_model
+    has_classifier = "unembed.W_U" in sd
+    prefix = has_classifier if prefix is None else prefix
+    pre = "videomae." if prefix else ""
+    out: StateDict = {
+        pre + "embeddings.patch_embeddings.projection.weight": sd["embed.W_E"],
+        pre + "embeddings.patch_embeddings.projection.bias": sd["embed.b_E"],
+    }
+    norm = "fc_norm" if cfg.pooling == "mean" else pre + "layernorm"
+    out[f"{norm}.weight"], out[f"{norm}.bias"] = sd["ln_final.w"], sd["ln_final.b"]
+    for i in range(cfg.n_layers):
+        p, b = f"{pre}encoder.layer.{i}.", f"blocks.{i}."
+        for m, hf in (("Q", "query"), ("K", "key"), ("V", "value")):
+            out[p + _ATTN + f"{hf}.weight"] = sd[b + f"attn.W_{m}"].transpose(1, 2).reshape(H * E, d)
+        if sd[b + "attn.b_K"].abs().max() > 0:
+            raise ValueError(f"layer {i} has a non-zero b_K, which VideoMAE cannot hold (processed weights?)")
+        for m, hf in (("Q", "q"), ("V", "v")):
+            bias = sd[b + f"attn.b_{m}"]
+            if cfg.qkv_bias:
+                out[p + _ATTN + (f"{hf}_bias" if layout == "hub" else f"{'query' if hf == 'q' else 'value'}.bias")] = bias.reshape(H * E)
+            elif bias.abs().max() > 0:
+                raise ValueError(f"layer {i} has a non-zero b_{m} but the config says qv_bias=False (processed weights?)")
+        out[p + "attention.output.dense.weight"] = sd[b + "attn.W_O"].reshape(H * E, d).T
+        out[p + "attention.output.dense.bias"] = sd[b + "attn.b_O"]
+        out[p + "layernorm_before.weight"], out[p + "layernorm_before.bias"] = sd[b + "ln1.w"], sd[b + "ln1.b"]
+        out[p + "layernorm_after.weight"], out[p + "layernorm_after.bias"] = sd[b + "ln2.w"], sd[b + "ln2.b"]
+        out[p + "intermediate.dense.weight"], out[p + "intermediate.dense.bias"] = sd[b + "mlp.W_in"].T, sd[b + "mlp.b_in"]
+        out[p + "output.dense.weight"], out[p + "output.dense.bias"] = sd[b + "mlp.W_out"].T, sd[b + "mlp.b_out"]
+        for name in activation_shapes(cfg):
+            out[p + f"intermediate.intermediate_act_fn.{name}"] = sd[b + f"mlp.act.{name}"]
+    if has_classifier:
+        out["classifier.weight"], out["classifier.bias"] = sd["unembed.W_U"].T, sd["unembed.b_U"]
+    return {k: v.contiguous() for k, v in out.items()}
