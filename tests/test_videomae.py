@@ -131,6 +131,26 @@ def test_without_prefix_and_with_both_bias_spellings(pair):
             HookedVideoMAE.from_state_dict(both, hf.config.to_dict())
 
 
+def test_learned_key_bias_of_older_transformers_is_read_into_b_K(pair):
+    """transformers 5.17 gave VideoMAE's key projection a learned bias (current releases have none): it
+    loads into b_K exactly and, since it shifts a query's scores by one constant, changes no output."""
+    name, kw, hf, model = pair
+    if not kw.get("qv_bias", True):
+        pytest.skip("no q/v bias in this config, so no key bias either")
+    gen = torch.Generator().manual_seed(5)
+    sd = dict(hf.state_dict())
+    n, width = kw["num_hidden_layers"], kw["hidden_size"]
+    key_bias = {f"videomae.encoder.layer.{i}.attention.attention.key.bias": torch.randn(width, generator=gen) for i in range(n)}
+    loaded = HookedVideoMAE.from_state_dict({**sd, **key_bias}, hf.config.to_dict())
+    for i in range(n):
+        assert torch.equal(loaded.blocks[i].attn.b_K.flatten(), key_bias[f"videomae.encoder.layer.{i}.attention.attention.key.bias"])
+    x = pixels(kw)
+    assert max_rel(loaded(x), hf(x).logits) <= TOL
+    wrong = {f"videomae.encoder.layer.0.attention.attention.key.bias": torch.zeros(width + 1)}
+    with pytest.raises(CheckpointError, match="mis-shaped"):
+        HookedVideoMAE.from_state_dict({**sd, **wrong}, hf.config.to_dict())
+
+
 def test_missing_key_is_named():
     kw = CONFIGS["mean_nonsquare_5frames"]
     hf = make_hf(kw)

@@ -2,7 +2,8 @@
 
 Reads both key layouts, with or without the ``videomae.`` prefix: the hub checkpoint's
 (``attention.attention.q_bias`` / ``v_bias``, no key bias) and the one current transformers writes
-(``attention.attention.query.bias`` / ``value.bias``). The key projection has no bias: b_K is zero.
+(``attention.attention.query.bias`` / ``value.bias``). The key projection has no bias: b_K is zero,
+except for checkpoints of transformers releases that gave it one (read into b_K; the softmax ignores it).
 The sinusoidal position table is not a parameter (transformers keeps it as a plain tensor); a
 checkpoint that carries it anyway has it dropped. With ``use_mean_pooling`` the classifier reads
 ``fc_norm`` (hooked ``ln_final``) of the token mean; without it, ``videomae.layernorm`` of token 0.
@@ -83,7 +84,15 @@ def convert_videomae_weights(state_dict: StateDict, cfg: HookedViViTConfig) -> S
         check_keys({k: tuple(v.shape) for k, v in state_dict.items()}, expected_hooked_shapes(cfg), "hooked checkpoint")
         return dict(state_dict)
     sd = normalize_hf_keys(state_dict)
-    check_keys({k: tuple(v.shape) for k, v in sd.items()}, expected_hf_shapes(cfg), "VideoMAE checkpoint")
+    expected = expected_hf_shapes(cfg)
+    if cfg.qkv_bias:
+        # Some transformers 5.x releases (5.17, for one) gave the key projection a learned bias too;
+        # it becomes b_K. It adds q . b_K to every score of a query row, which the softmax ignores.
+        for i in range(cfg.n_layers):
+            key_bias = f"encoder.layer.{i}.{_ATTN}key.bias"
+            if key_bias in sd:
+                expected[key_bias] = (cfg.n_heads * cfg.d_head,)
+    check_keys({k: tuple(v.shape) for k, v in sd.items()}, expected, "VideoMAE checkpoint")
     return _hf_to_hooked(sd, cfg)
 
 
