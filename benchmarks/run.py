@@ -259,7 +259,7 @@ def attribution_before_issue_18(model, clean, corrupted, metric, acts=("resid_pr
             logits = model(x)
         values = _metric_rows(metric, logits, {})
         grads = torch.autograd.grad(values.sum(), [stored[n] for n in names])
-    return [((clean_cache[n] - stored[n].detach()) * g).sum(-1).mean(0) for n, g in zip(names, grads)]
+    return [((clean_cache[n].to(stored[n].dtype) - stored[n].detach()) * g).sum(-1).mean(0).detach().float().cpu() for n, g in zip(names, grads)]
 
 
 def attribution_benchmark(device: str, dtype: torch.dtype, layers: int, reps: int) -> dict:

@@ -131,10 +131,11 @@ def attribution_patch(
         delta = clean_cache[name].to(act.device, act.dtype) - act.detach()
         g = torch.zeros_like(act) if grad is None else grad
         # Sum over the feature axis, mean over the batch: one number per position (and head),
-        # on the same scale as run_patches' batch-mean values.
-        scores[a].append((delta * g).sum(-1).mean(0).detach().float().cpu())
+        # on the same scale as run_patches' batch-mean values. Kept on the device until stacked:
+        # one transfer per activation kind, not one per hook.
+        scores[a].append((delta * g).sum(-1).mean(0).detach())
     return AttributionResult(
-        scores={a: torch.stack(v) for a, v in scores.items()},
+        scores={a: torch.stack(v).float().cpu() for a, v in scores.items()},
         baseline=float(values.detach().float().mean()),
         grid=model.cfg.grid,
         layers=layer_list,
