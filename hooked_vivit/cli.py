@@ -145,9 +145,32 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pairs_or_manifest(text: str) -> "int | Path":
+    if text.strip().lstrip("+-").isdigit():
+        return _int_at_least(3)(text)
+    return Path(text)  # a manifest (read, and checked, by the study)
+
+
+def _cmd_study_manifest(args: argparse.Namespace) -> int:  # study --pairs MANIFEST (issue 20)
+    from hooked_vivit.analysis.pair_study import study_pairs
+
+    st = study_pairs(args.model, args.pairs, args.out, device=args.device, overwrite=args.overwrite, progress=not args.quiet)
+    if st is not None:  # rank 0
+        g = st["mlp_minus_attn"]
+        print(f"{st['domain']}: MLP - attention recovery {g['mean']:+.1%} [{g['ci95'][0]:+.1%}, {g['ci95'][1]:+.1%}] over {st['pairs']} pairs"
+              + (f"; {len(st['skipped'])} pair(s) skipped" if st["skipped"] else ""))
+        for s in st["skipped"]:
+            print(f"  {s['pair']}: {s['reason']}")
+        print(f"wrote {args.out}/report.html")
+    return 0
+
+
 def _cmd_study(args: argparse.Namespace) -> int:
     from hooked_vivit.analysis import pipeline
     from hooked_vivit.output_dir import OutputDir
+
+    if isinstance(args.pairs, Path):
+        return _cmd_study_manifest(args)
 
     with OutputDir(args.out, overwrite=args.overwrite, inputs=[_local_dir(args.model)], writer="hooked-vivit study") as out:
         model = pipeline.load_model(args.model, args.device)
@@ -192,6 +215,41 @@ def _cmd_parity(args: argparse.Namespace) -> int:
     return 0 if report.ok(args.tol) else 1
 
 
+# ---------------------------------------------------------------------------------------- extract (issue 20)
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from hooked_vivit.extract import extract
+
+    summary = extract(args.model, args.videos, args.out, hooks=args.hooks, positions=args.positions, dtype=args.dtype,
+                      batch_size=args.batch_size, workers=args.workers, shard_clips=args.shard_clips, device=args.device,
+                      overwrite=args.overwrite, progress=not args.quiet)
+    if "index" in summary:  # rank 0
+        errors = summary["errors"]
+        print(f"wrote {args.out}: {summary['extracted']} of {summary['clips']} clips in {summary['shards']} shard(s) "
+              f"({summary['seconds']:.1f} s)" + (f"; {len(errors)} file(s) skipped:" if errors else ""))
+        for e in errors:
+            print(f"  {e['file']}: {e['reason']}")
+    return 0
+
+
+def _add_extract(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("extract", help="activations of chosen hooks over a folder or manifest of clips, to safetensors shards "
+                                       "(resumable; data-parallel under torchrun)")
+    p.add_argument("--model", default="organism", help="checkpoint directory or hub id; default: the shipped organism")
+    p.add_argument("--videos", required=True, type=Path, help="a folder of videos, or a CSV / JSONL manifest (path, label, pair, role, start, end)")
+    p.add_argument("--hooks", required=True, help="comma-separated hook names; patterns allowed (blocks.*.hook_resid_post)")
+    p.add_argument("--positions", default="cls", help="cls, all, patches, or comma-separated token indices (default: cls)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="stored dtype (default: the model's)")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=8, help="clips per forward pass")
+    p.add_argument("--workers", type=_int_at_least(0), default=2, help="DataLoader processes decoding clips (0: in this process)")
+    p.add_argument("--shard-clips", type=_int_at_least(1), default=None, help="clips per shard (default: up to 256, about 1 GiB)")
+    p.add_argument("--device", default="cpu", type=_device, help="cpu, cuda (under torchrun: each rank's LOCAL_RANK GPU) or cuda:N")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier extract output, or discard an unfinished run with "
+                                                            "other settings (never other files)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_extract)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="hooked-vivit", description="Hooked ViViT: interpretability for video transformers")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -228,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     study = sub.add_parser("study", help="(a), (b) and (f) over many rendered pairs, with bootstrap intervals")
     study.add_argument("--domain", nargs="+", default=["bowling", "golf"], choices=["bowling", "golf", "basketball"])
-    study.add_argument("--pairs", type=_int_at_least(3), default=50)
+    study.add_argument("--pairs", type=_pairs_or_manifest, default=50,
+                       help="rendered pairs per domain (an integer >= 3), or a CSV / JSONL manifest of real clip pairs (path, pair, role)")
     study.add_argument("--model", default="organism")
     study.add_argument("--device", default="cpu", type=_device)
     study.add_argument("--out", type=Path, required=True)
@@ -244,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     parity.add_argument("--seed", type=_int_at_least(0), default=0)
     parity.add_argument("--tol", type=_finite(0.0, strict=False), default=None, help="override the dtype's tolerance (fp32 1e-5, fp16 1e-2, bf16 5e-2)")
     parity.set_defaults(func=_cmd_parity)
+    _add_extract(sub)
     return parser
 
 

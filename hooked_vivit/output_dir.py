@@ -16,12 +16,22 @@ manifest, ``.hooked-vivit-manifest.json``, naming each file and folder the libra
 
 ``record_written`` adds files the library writes into its own output later (the organism's metrics
 and model card) to the manifest.
+
+Resume mode (``OutputDir.resumable``, used by ``extract``): a long run writes its pieces one by one
+into a fixed hidden sibling, ``.NAME.resume``, instead of a random ``.partial`` one, and an interrupted
+run leaves that folder in place rather than removing it. Every piece is written to a temporary name
+and renamed, so the folder never holds half a piece, only stale temporary files (removed on resume).
+The same checks and lock come first; the folder records the run's settings, and a later run with
+the same settings continues in it, one with other settings is refused (with ``overwrite`` the old
+pieces are deleted: only names the run recognises as its own, never anything else). On success
+the folder gets its manifest and is renamed to the target exactly as ``writing()`` does.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -29,9 +39,10 @@ import threading
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 MANIFEST = ".hooked-vivit-manifest.json"
+RESUME_STATE = ".hooked-vivit-resume.json"  # in a resume folder: who writes it and with which settings
 
 
 class OutputDirError(FileExistsError):
@@ -179,6 +190,60 @@ class OutputDir:
             shutil.rmtree(tmp, ignore_errors=True)  # every file in it is ours
             raise
 
+    @property
+    def resume_folder(self) -> Path:
+        return self.target.parent / f".{self.target.name}.resume"
+
+    @contextmanager
+    def resumable(self, settings: dict, owned: "Callable[[str], bool] | str") -> Iterator[Path]:
+        """Resume mode (module docstring): yield ``.NAME.resume``, created or continued; on success it
+        becomes the target, on failure or interruption it stays for the next run with the same
+        ``settings`` (a JSON-able dict). ``owned`` says which file names in it are the run's own
+        pieces (a callable or a regular expression); the folder may hold nothing else."""
+        if self._lock is None:
+            raise RuntimeError("OutputDir.resumable() needs the directory reserved first: use `with OutputDir(...) as out:`")
+        if isinstance(owned, str):
+            owned = re.compile(owned).fullmatch
+        folder = self.resume_folder
+        settings = json.loads(json.dumps(settings))  # as it reads back from disk
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            raise OutputDirError(f"{folder} exists and is not a folder hooked-vivit made; move it away to run into {self._shown()}")
+        if folder.is_dir():
+            entries = _entries(folder)
+            foreign = [e for e in entries if e != RESUME_STATE and not e.startswith(f".{RESUME_STATE}.") and not owned(e)]
+            if foreign or not (folder / RESUME_STATE).is_file():
+                raise OutputDirError(
+                    f"{folder} (an unfinished run's folder) holds file(s) hooked-vivit did not write "
+                    f"({_named(foreign or ['no ' + RESUME_STATE])}); it is left alone: move them away or choose another output directory")
+            try:
+                state = json.loads((folder / RESUME_STATE).read_text())
+            except (OSError, ValueError):
+                state = {}
+            if state.get("settings") != settings:
+                old = state.get("settings") or {}
+                differ = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+                if not self.overwrite:
+                    raise OutputDirError(
+                        f"{self._shown()}: an unfinished run with other settings (differing in {_named(differ)}) is in {folder}; "
+                        "rerun with its settings to finish it, or pass --overwrite (overwrite=True) to discard its pieces")
+                for e in sorted(entries, key=lambda r: -r.count("/")):
+                    p = folder / e.rstrip("/")
+                    p.rmdir() if e.endswith("/") else p.unlink()  # all owned (checked above)
+                _write_atomic(folder / RESUME_STATE, {"written_by": self.writer, "settings": settings})
+        else:
+            os.mkdir(folder)
+            _write_atomic(folder / RESUME_STATE, {"written_by": self.writer, "settings": settings})
+        yield folder
+        (folder / RESUME_STATE).unlink()
+        (folder / MANIFEST).write_text(json.dumps({"written_by": self.writer, "files": _entries(folder)}, indent=1) + "\n")
+        try:
+            self._commit(folder)
+        except BaseException:
+            # Back to a resumable folder: the pieces stay for the next run.
+            (folder / MANIFEST).unlink(missing_ok=True)
+            _write_atomic(folder / RESUME_STATE, {"written_by": self.writer, "settings": settings})
+            raise
+
     def _commit(self, tmp: Path) -> None:
         t = self.target
         occupied = t.is_dir() and bool(_entries(t))
@@ -199,6 +264,12 @@ class OutputDir:
             os.rename(tmp, t)  # replaces at most an empty directory
         except OSError as e:
             raise OutputDirError(f"{self._shown()} appeared while this run was working (another run?); its contents were left alone") from e
+
+
+def _write_atomic(path: Path, data: dict) -> None:
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
 
 
 def _alive(pid: int) -> bool:
