@@ -221,6 +221,9 @@ def _write_shard(folder: Path, k: int, tensors: dict[str, torch.Tensor], metadat
     tmp = folder / f".{final.name}.{secrets.token_hex(4)}.tmp"
     try:
         save_file({n: t.contiguous() for n, t in tensors.items()}, str(tmp), metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # the user's umask, as every other output (safetensors writes 0600)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())  # on disk before it gets its final name
         _kill_point("writing", count, rank)

@@ -45,7 +45,18 @@ def pair_measures(model: Any, positive: torch.Tensor, negative: torch.Tensor, *,
         dla = ex.token_dla(model, positive, c)
         out["outcome"] = ex.outcome_analysis(model, positive, negative, c, pair_masks=None, divergence_frame=None, positive_dla=dla,
                                              n_controls=n_controls, seed=seed)
-    return out
+    return _on_cpu(out)
+
+
+def _on_cpu(x: Any) -> Any:
+    """Tensors moved to the CPU (results travel between ranks, possibly between machines)."""
+    if isinstance(x, torch.Tensor):
+        return x.cpu()
+    if isinstance(x, dict):
+        return {k: _on_cpu(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_on_cpu(v) for v in x)
+    return x
 
 
 def merge_features(per_pair: list[dict]) -> dict:
