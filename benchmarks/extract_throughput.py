@@ -90,6 +90,21 @@ def cli_rate(args: list[str], nproc: int) -> float:
     return int(m.group(1)) / float(m.group(3))
 
 
+def write_markdown(results: dict, out: Path, workers: int) -> list[str]:
+    lines = ["# Extraction throughput (issue 20)", "", f"CPU, {results['machine']['cpus']} cores (load average {results['machine']['load_avg_start'][0]:.1f} "
+             f"at the start, {results['machine']['load_avg_end'][0]:.1f} at the end: a machine shared with other jobs), "
+             f"{workers} decoding workers. Clip rates in clips/s, median of round-robin repeats.", "",
+             "| model | clips | plain forward | extract (CLS) | ratio | extract (all tokens) | ratio | 1 process | 2 processes | 1 -> 2 | decode CPU s/clip | forward CPU s/clip |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results["shapes"].items():
+        f = lambda k, fmt=".3g": format(r[k], fmt) if k in r else "-"  # noqa: E731
+        lines.append(f"| {name} | {r['clips']} | {f('plain_forward_clips_per_s')} | {f('extract_cls_clips_per_s')} | {f('ratio_cls')} | "
+                     f"{f('extract_all_positions_clips_per_s')} | {f('ratio_all_positions')} | {f('cli_1_process_clips_per_s')} | "
+                     f"{f('cli_2_processes_clips_per_s')} | {f('scaling_1_to_2')} | {f('decode_cpu_s_per_clip', '.3f')} | {f('forward_cpu_s_per_clip', '.3f')} |")
+    (out / "extract_throughput.md").write_text("\n".join(lines) + "\n")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--clips", type=int, nargs=2, default=[96, 4], metavar=("ORGANISM", "VIVIT_B"), help="clips per shape")
@@ -147,17 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     results["machine"]["load_avg_end"] = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "extract_throughput.json").write_text(json.dumps(results, indent=1) + "\n")
-    lines = ["# Extraction throughput (issue 20)", "", f"CPU, {results['machine']['cpus']} cores (load average {results['machine']['load_avg_start'][0]:.1f} "
-             f"at the start, {results['machine']['load_avg_end'][0]:.1f} at the end: a machine shared with other jobs), "
-             f"{args.workers} decoding workers. Clip rates in clips/s, median of round-robin repeats.", "",
-             "| model | clips | plain forward | extract (CLS) | ratio | extract (all tokens) | ratio | 1 process | 2 processes | 1 -> 2 | decode CPU s/clip | forward CPU s/clip |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, r in results["shapes"].items():
-        f = lambda k, fmt=".2f": format(r[k], fmt) if k in r else "-"  # noqa: E731
-        lines.append(f"| {name} | {r['clips']} | {f('plain_forward_clips_per_s')} | {f('extract_cls_clips_per_s')} | {f('ratio_cls')} | "
-                     f"{f('extract_all_positions_clips_per_s')} | {f('ratio_all_positions')} | {f('cli_1_process_clips_per_s')} | "
-                     f"{f('cli_2_processes_clips_per_s')} | {f('scaling_1_to_2')} | {f('decode_cpu_s_per_clip', '.3f')} | {f('forward_cpu_s_per_clip', '.3f')} |")
-    (args.out / "extract_throughput.md").write_text("\n".join(lines) + "\n")
+    lines = write_markdown(results, args.out, args.workers)
     print("\n".join(lines))
     return 0
 
