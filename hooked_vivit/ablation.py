@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import torch
 
+from hooked_vivit.components import hook_layout
 from hooked_vivit.labels import top_k
 from hooked_vivit.patching import PositionGroup, resolve_positions
 
@@ -41,7 +42,9 @@ def ablation_hook(
     """
     model._check_hook_names([hook_name])
     pos = resolve_positions(model, positions)
-    pos_axis = 2 if hook_name.endswith(("hook_pattern", "hook_attn_scores")) else 1
+    pos_axis = hook_layout.pos_axis(hook_name, model.cfg)  # an attention map's query axis
+    if pos is not None and pos_axis is None:
+        raise ValueError(f"{hook_name} has no token axis (it fires on the pooled vector); ablate it with positions=None")
     if mode in ("resample",) and reference is None:
         raise ValueError("resample ablation needs reference activations (another video's cache entry)")
     if mode not in ("zero", "mean", "resample"):

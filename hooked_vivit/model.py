@@ -28,6 +28,7 @@ from transformer_lens.utilities import get_act_name
 
 from hooked_vivit.cache_memory import VideoActivationCache, estimate_cache_bytes, free_bytes, hook_shape, without_maps
 from hooked_vivit.compat import in_function_transform
+from hooked_vivit.components import hook_layout
 from hooked_vivit.components import LayerNorm, PosEmbed, SinusoidalPosEmbed, TransformerBlock, TubeletEmbed, Unembed
 from hooked_vivit.config import HookedViViTConfig, to_dtype
 from weights_conversion import checkpoint_has_classifier, converter
@@ -46,17 +47,6 @@ class HookNameError(KeyError):
 
 class HookReturnError(ValueError):
     """A hook function returned something other than a tensor of the activation's shape, dtype and device."""
-
-
-# Hooks that exist on every model but fire only with a config switch (TransformerLens's names).
-_SWITCHES = {
-    "hook_result": "use_attn_result",
-    "hook_q_input": "use_split_qkv_input",
-    "hook_k_input": "use_split_qkv_input",
-    "hook_v_input": "use_split_qkv_input",
-    "hook_attn_in": "use_attn_in",
-    "hook_mlp_in": "use_hook_mlp_in",
-}
 
 
 def _describe(x: Any) -> str:
@@ -272,7 +262,7 @@ class HookedVideoTransformer(HookedRootModule):
 
     def _dead_hook_message(self, name: str) -> str:
         leaf = name.rsplit(".", 1)[-1]
-        switch = _SWITCHES.get(leaf, "?")
+        switch = hook_layout.lookup(name).switch or "?"
         if leaf == "hook_attn_in" and self.cfg.use_split_qkv_input:
             return (f"hook {name!r} cannot fire: with cfg.use_split_qkv_input on, attention reads hook_q/k/v_input instead; "
                     "hook those, or set model.cfg.use_split_qkv_input = False and model.cfg.use_attn_in = True")

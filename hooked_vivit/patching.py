@@ -34,6 +34,7 @@ from transformer_lens import patching as tl_patching
 from transformer_lens.patching import generic_activation_patch, make_df_from_ranges
 
 from hooked_vivit.cache_memory import free_bytes
+from hooked_vivit.components import hook_layout
 from hooked_vivit.compat import HAS_DIRECT_PATH, TL_VERSION_STRING, PatchingResult
 from hooked_vivit.metrics import Metric
 
@@ -213,19 +214,15 @@ def token_patches(model: Any, act: str = "resid_pre", layers: Iterable[int] | No
 
 # =========================================================================================== engine
 def _is_pattern(hook: str) -> bool:
-    return hook.endswith(("hook_pattern", "hook_attn_scores"))
+    return hook_layout.is_attention_map(hook)
 
 
-def _head_axis(hook: str) -> int | None:
-    if _is_pattern(hook):
-        return 1  # [batch, head, query, key]
-    if hook.endswith(("hook_q", "hook_k", "hook_v", "hook_z", "hook_result", "_input", "hook_attn_in")):
-        return 2  # [batch, pos, head, ...]
-    return None
+def _head_axis(hook: str, cfg: Any = None) -> int | None:
+    return hook_layout.head_axis(hook, cfg)  # [batch, head, query, key] or [batch, pos, head, ...]
 
 
-def _pos_axis(hook: str) -> int:
-    return 2 if _is_pattern(hook) else 1
+def _pos_axis(hook: str, cfg: Any = None) -> int | None:
+    return hook_layout.pos_axis(hook, cfg)  # an attention map's query axis
 
 
 def check_cache(model: Any, cache: ActivationCache | dict, hooks: Iterable[str], batch: int) -> None:
@@ -307,8 +304,10 @@ def run_patches(
     b = target.shape[0]
     for p in patches:
         model._check_hook_names([p.hook])
-        if p.head is not None and _head_axis(p.hook) is None:
+        if p.head is not None and _head_axis(p.hook, model.cfg) is None:
             raise ValueError(f"{p.hook} has no head axis, but the patch names head {p.head}")
+        if p.positions is not None and _pos_axis(p.hook, model.cfg) is None:
+            raise ValueError(f"{p.hook} has no token axis (it fires on the pooled vector), but the patch names positions {p.positions}")
         if p.head is not None:
             _index(p.head, model.cfg.n_heads, f"head of patch {p.label or p.hook!r}")
         if p.positions is not None and len(p.positions) == 0:
@@ -357,7 +356,7 @@ def _run_chunk(model, chunk: list[Patch], source_cache, target, starts, start: i
         if src.shape[1:] != act.shape[1:]:
             raise ValueError(f"source activation {hook.name} has shape {tuple(src.shape)}, the target run {tuple(act.shape)}")
         src = src.expand(b, *src.shape[1:]) if src.shape[0] == 1 else src
-        pos_axis, head_axis = _pos_axis(hook.name), _head_axis(hook.name)
+        pos_axis, head_axis = _pos_axis(hook.name, model.cfg), _head_axis(hook.name, model.cfg)
         for r, p in entries:
             rows = slice(r * b, (r + 1) * b)
             index: list[Any] = [rows] + [slice(None)] * (act.ndim - 1)
