@@ -103,7 +103,7 @@ class HookedVideoTransformer(HookedRootModule):
         self.hook_embed = HookPoint()  # [batch, n_ctx, d_model]: tubelet tokens, CLS (if any) at position 0
         self.hook_pos_embed = HookPoint()  # [batch, n_ctx, d_model]
         self.blocks = nn.ModuleList([TransformerBlock(cfg, layer) for layer in range(cfg.n_layers)])
-        self.ln_final = LayerNorm(cfg, eps=cfg.final_norm_eps)
+        self.ln_final = LayerNorm(cfg, eps=cfg.final_norm_eps) if cfg.final_norm else None
         self.unembed = Unembed(cfg) if cfg.n_classes > 0 else None
         if init_weights:
             self.init_weights()
@@ -161,10 +161,11 @@ class HookedVideoTransformer(HookedRootModule):
             resid = block(resid)
         if stop_at_layer is not None:
             return resid
+        norm = self.ln_final if self.ln_final is not None else (lambda r: r)
         if self.cfg.pooling == "mean":
-            pooled = self.ln_final(resid.mean(1))
+            pooled = norm(resid.mean(1))
         else:
-            pooled = self.ln_final(resid)[:, 0]
+            pooled = norm(resid)[:, 0]
         logits = self.unembed(pooled) if self.unembed is not None else pooled
         if return_type == "logits":
             return logits
@@ -450,7 +451,7 @@ class HookedVideoTransformer(HookedRootModule):
         if steps["fold_ln"]:  # parameter-free LNPre modules in place of the LN ones
             for block in self.blocks:
                 block.ln1, block.ln2 = LayerNorm(self.cfg), LayerNorm(self.cfg)
-            self.ln_final = LayerNorm(self.cfg, eps=self.cfg.final_norm_eps)
+            self.ln_final = LayerNorm(self.cfg, eps=self.cfg.final_norm_eps) if self.cfg.final_norm else None
             self.setup()
         self.load_state_dict(sd, strict=True)
         return self.to(p.device)
@@ -541,6 +542,12 @@ class HookedVideoTransformer(HookedRootModule):
         return target
 
     @classmethod
+    def checkpoint_overrides(cls, state_dict: dict[str, torch.Tensor], hf_config: dict[str, Any]) -> dict[str, Any]:
+        """Config fields that the checkpoint's keys decide and config.json does not say (an
+        architecture overrides this); the backbone's n_classes = 0 is handled for all."""
+        return {}
+
+    @classmethod
     def from_pretrained(cls, name_or_path: str | Path, **kwargs: Any) -> "HookedVideoTransformer":
         """Load a checkpoint: a local HF directory (config.json + model.safetensors, sharded
         safetensors, or pytorch_model.bin) or a hub id such as ``google/vivit-b-16x2-kinetics400``
@@ -582,6 +589,8 @@ class HookedVideoTransformer(HookedRootModule):
         if not checkpoint_has_classifier(state_dict):
             cfg_overrides.setdefault("n_classes", 0)  # a backbone checkpoint
             cfg_overrides.setdefault("id2label", {})
+        for key, value in arch.checkpoint_overrides(state_dict, hf_config).items():
+            cfg_overrides.setdefault(key, value)
         cfg = arch.config_class.from_hf_config(hf_config, device="cpu", **cfg_overrides)
         hooked = converter(arch.model_type).to_hooked(state_dict, cfg)  # type: ignore[arg-type]
         hooked, cfg = weight_processing.process_weights(

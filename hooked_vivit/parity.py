@@ -123,8 +123,10 @@ def compare(hooked_model: Any, hf_model: Any, pixel_values: torch.Tensor, *, att
         rows.append(_row(f"resid_post {l}", cache[f"blocks.{l}.hook_resid_post"], ref.hidden_states[l + 1]))
     if hasattr(ref, "logits"):
         rows.append(_row("logits", out, ref.logits))
+    elif hooked_model.cfg.pooling == "mean":  # VideoMAEModel: no pooling of its own, the token mean is ours
+        rows.append(_row("pooled embedding (last_hidden_state.mean(1))", out, ref.last_hidden_state.mean(1)))
     else:
-        rows.append(_row("CLS embedding (last_hidden_state[:, 0])", out, ref.last_hidden_state[:, 0]))
+        rows.append(_row("first-token embedding (last_hidden_state[:, 0])", out, ref.last_hidden_state[:, 0]))
     if not patterns:
         notes.append("attention patterns not compared (HF sdpa returns none; use attn='eager')")
     return ParityReport(rows, dtype, patterns, notes)

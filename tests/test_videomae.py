@@ -151,13 +151,75 @@ def test_learned_key_bias_of_older_transformers_is_read_into_b_K(pair):
         HookedVideoMAE.from_state_dict({**sd, **wrong}, hf.config.to_dict())
 
 
-def test_missing_key_is_named():
+@pytest.mark.parametrize("layout", ["transformers", "hub"])
+@pytest.mark.parametrize("prefix", [True, False])
+def test_key_errors_name_keys_as_the_checkpoint_spells_them(layout, prefix):
     kw = CONFIGS["mean_nonsquare_5frames"]
-    hf = make_hf(kw)
-    sd = dict(hf.state_dict())
-    del sd["videomae.encoder.layer.1.intermediate.dense.weight"], sd["fc_norm.bias"]
-    with pytest.raises(CheckpointError, match=r"missing keys \(2\)"):
-        HookedVideoMAE.from_state_dict(sd, hf.config.to_dict())
+    model = HookedVideoMAE.from_hf_model(make_hf(kw))
+    sd = converter("videomae").to_hf(model.state_dict(), model.cfg, layout=layout, prefix=prefix)
+    pre = "videomae." if prefix else ""
+    bias = "attention.attention.v_bias" if layout == "hub" else "attention.attention.value.bias"
+    del sd[pre + "encoder.layer.1.intermediate.dense.weight"], sd["fc_norm.bias"], sd[f"{pre}encoder.layer.0.{bias}"]
+    sd[pre + "encoder.layer.0.extra.weight"] = torch.zeros(3)
+    sd[pre + "encoder.layer.1.output.dense.bias"] = torch.zeros(5)
+    with pytest.raises(CheckpointError) as err:
+        HookedVideoMAE.from_state_dict(sd, model.cfg.to_hf_config_dict())
+    msg = str(err.value)
+    # fc_norm and classifier sit outside videomae. in VideoMAEForVideoClassification: never prefixed.
+    assert f"missing keys (3):\n  fc_norm.bias\n  {pre}encoder.layer.0.{bias}\n  {pre}encoder.layer.1.intermediate.dense.weight\n" in msg, msg
+    assert f"unexpected keys (1):\n  {pre}encoder.layer.0.extra.weight" in msg
+    assert f"{pre}encoder.layer.1.output.dense.bias: checkpoint (5,) vs expected (24,)" in msg
+
+
+def test_fold_ln_leaves_the_logits_unchanged(pair):
+    """process_weights_ (fold_ln, and centring where the position table allows) on VideoMAE: the
+    folded model's logits equal the unfolded one's; fc_norm folds into the classifier."""
+    name, kw, _, model = pair
+    x = pixels(kw)
+    folded = copy.deepcopy(model).process_weights_(fold_ln=True, center_writing_weights=False, fold_value_biases=True)
+    assert folded.cfg.normalization_type == "LNPre" and folded.ln_final.w is None and folded.blocks[0].ln1.w is None
+    with torch.no_grad():
+        ref, got = model(x), folded(x)
+    diff = float((got - ref).abs().max())
+    print(f"fold_ln parity {name}: max |diff| {diff:.2e}")
+    assert diff <= TOL * max(1.0, float(ref.abs().max())) and not torch.equal(folded.W_Q, model.W_Q)
+    with pytest.raises(ValueError, match="fixed sinusoidal table"):
+        copy.deepcopy(model).process_weights_(fold_ln=False, center_writing_weights=True)
+
+
+def test_folded_model_round_trips_in_the_hooked_layout(tmp_path):
+    kw = CONFIGS["mean_nonsquare_5frames"]
+    model = HookedVideoMAE.from_hf_model(make_hf(kw)).process_weights_(center_writing_weights=False)
+    model.save_pretrained(tmp_path / "m", layout="hooked")
+    again = HookedVideoTransformer.from_pretrained(tmp_path / "m")
+    assert again.cfg.folded_ln and again.cfg.final_norm
+    x = pixels(kw)
+    assert torch.equal(again(x), model(x))
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_mean_pooling_backbone_is_videomae_model(attn, tmp_path):
+    """transformers' VideoMAEModel with use_mean_pooling: no classifier and no final norm (fc_norm is
+    in the head). Its checkpoint loads with final_norm=False; every hidden state and attention
+    pattern match, and the output is the token mean of last_hidden_state."""
+    kw = dict(CONFIGS["mean_nonsquare_5frames"])
+    hf = make_hf(kw, attn=attn, cls=VideoMAEModel)
+    assert hf.layernorm is None and not any(k.startswith(("fc_norm", "layernorm")) for k in hf.state_dict())
+    hf.save_pretrained(tmp_path / "hf")
+    model = HookedVideoTransformer.from_pretrained(tmp_path / "hf")
+    assert isinstance(model, HookedVideoMAE) and model.unembed is None and model.ln_final is None and not model.cfg.final_norm
+    x = pixels(kw)
+    report = compare(model, hf, x, attn=attn)
+    assert report.rows[-1].name == "pooled embedding (last_hidden_state.mean(1))"
+    print(f"VideoMAEModel backbone parity ({attn}): worst {report.worst().name} max |diff| {max(r.max_abs for r in report.rows):.2e}")
+    assert report.ok(TOL), report.to_markdown(TOL)
+    with torch.no_grad():
+        assert max_rel(model(x), hf(x).last_hidden_state.mean(1)) <= TOL
+    # Saved back, transformers reads it as the same VideoMAEModel.
+    model.save_pretrained(tmp_path / "ours")
+    theirs = VideoMAEModel.from_pretrained(tmp_path / "ours").eval()
+    with torch.no_grad():
+        assert max_rel(theirs(x).last_hidden_state, hf(x).last_hidden_state) <= TOL
 
 
 @pytest.mark.parametrize("layout", ["transformers", "hub", "hooked"])
