@@ -113,7 +113,8 @@ def _indices(x: Any, n: int, what: str) -> list[int]:
 def resolve_positions(model: Any, group: PositionGroup) -> tuple[int, ...] | None:
     """A position group -> sorted token indices (None means every token).
 
-    Accepted: None or "all"; "cls"; "patches" (every token but CLS); a token index; a sequence or 1-d
+    Accepted: None or "all"; "cls"; "patches" (every token but CLS); "pooled" (the tokens the
+    classifier reads: CLS, or token 0, with first-token pooling; every patch token with mean pooling); a token index; a sequence or 1-d
     tensor of token indices; a bool mask over tokens ([n_ctx]) or over the grid ([slots, rows, cols]);
     ``FrameSlot(t)``; ``Region(frame_slots, rows, cols, include_cls)`` (each an index, a list, a slice
     or a bool mask). Empty groups, out-of-range or negative indices and non-integers raise.
@@ -122,7 +123,7 @@ def resolve_positions(model: Any, group: PositionGroup) -> tuple[int, ...] | Non
     grid = cfg.grid
     if group is None or (isinstance(group, str) and group == "all"):
         return None
-    no_cls = f"this model has no CLS token (n_prefix_tokens=0: {type(model).__name__} pools over the patch tokens); use 'patches', 'all', a token index, FrameSlot or Region"
+    no_cls = f"this model has no CLS token (n_prefix_tokens=0: {type(model).__name__} pools over the patch tokens); use 'pooled', 'patches', 'all', a token index, FrameSlot or Region"
     if (isinstance(group, str) and group == "cls") or (isinstance(group, Region) and group.include_cls):
         if grid.n_prefix == 0:
             raise ValueError(f"position group {group!r}: " + no_cls)
@@ -131,7 +132,9 @@ def resolve_positions(model: Any, group: PositionGroup) -> tuple[int, ...] | Non
             return (0,)
         if group == "patches":
             return tuple(range(grid.n_prefix, cfg.n_ctx))
-        raise ValueError(f"unknown position group {group!r}; use 'all', 'cls', 'patches', a token index, a list, a bool mask, FrameSlot or Region")
+        if group == "pooled":  # the tokens the classifier reads: CLS / token 0, or every patch token it averages
+            return (0,) if cfg.pooling == "first" else tuple(range(grid.n_prefix, cfg.n_ctx))
+        raise ValueError(f"unknown position group {group!r}; use 'all', 'cls', 'patches', 'pooled', a token index, a list, a bool mask, FrameSlot or Region")
     if isinstance(group, FrameSlot):
         return tuple(grid.positions(frame_slots=_index(group.t, grid.n_frame_slots, "frame slot")))
     if isinstance(group, Region):
@@ -146,7 +149,7 @@ def resolve_positions(model: Any, group: PositionGroup) -> tuple[int, ...] | Non
     elif isinstance(group, (int, np.integer, torch.Tensor, np.ndarray, list, tuple, range, bool)):
         pos = _indices(group, cfg.n_ctx, "token position")
     else:
-        raise ValueError(f"unknown position group {group!r}; use 'all', 'cls', 'patches', a token index, a list, a bool mask, FrameSlot or Region")
+        raise ValueError(f"unknown position group {group!r}; use 'all', 'cls', 'patches', 'pooled', a token index, a list, a bool mask, FrameSlot or Region")
     if not pos:
         raise ValueError(f"the position group {group!r} selects no token")
     return tuple(pos)

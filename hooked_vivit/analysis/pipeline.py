@@ -39,13 +39,15 @@ DEFAULT_MODEL = "organism"
 
 
 def load_model(name_or_path: str | None, device: str = "cpu"):
-    from hooked_vivit.model import HookedViViT
+    """The shipped organism, or any checkpoint directory / hub id; the class follows config.json's
+    model_type (HookedViViT, HookedVideoMAE, ...)."""
+    from hooked_vivit.model import HookedVideoTransformer
 
     if name_or_path in (None, "", DEFAULT_MODEL):
         from hooked_vivit import organism
 
-        return HookedViViT.from_pretrained(organism.checkpoint_path(), device=device)
-    return HookedViViT.from_pretrained(name_or_path, device=device)
+        return HookedVideoTransformer.from_pretrained(organism.checkpoint_path(), device=device)
+    return HookedVideoTransformer.from_pretrained(name_or_path, device=device)
 
 
 @dataclass
@@ -202,7 +204,7 @@ def analyze_pair(model: Any, pair: Pair, *, probe_pairs: int = 100, probe_seed: 
     dla = ex.token_dla(model, pos, c)
     results["dla"] = {k: v for k, v in dla.items() if k != "terms"}
     scores = dla["terms"].sum((0, 1))
-    top = (scores[1:].abs().topk(min(8, cfg.grid.n_patches)).indices + 1).tolist()
+    top = (scores[cfg.grid.n_prefix :].abs().topk(min(8, cfg.grid.n_patches)).indices + cfg.grid.n_prefix).tolist()
     div_slot = results["pair"]["divergence_slot"]
     results["dla"]["top_tokens"] = top
     results["dla"]["top_tokens_n"] = len(top)
@@ -241,7 +243,7 @@ def analyze_pair(model: Any, pair: Pair, *, probe_pairs: int = 100, probe_seed: 
 
 def best_probe(probes: dict) -> dict:
     """The layer and pooling with the highest paired accuracy."""
-    kind, i = max(((k, i) for k in ("cls", "mean") for i in range(len(probes[k]))), key=lambda ki: probes[ki[0]][ki[1]]["paired_accuracy"])
+    kind, i = max(((k, i) for k in ("cls", "mean") if k in probes for i in range(len(probes[k]))), key=lambda ki: probes[ki[0]][ki[1]]["paired_accuracy"])
     return {"pooling": kind, "index": i, "layer": probes["layers"][i]}
 
 
@@ -433,7 +435,7 @@ def write_analysis(out: Path | OutputDir, model: Any, pair: Pair, results: dict,
 
 def probe_table_html(pr: dict) -> str:
     rows = []
-    for kind in ("cls", "mean"):
+    for kind in [k for k in ("cls", "mean") if k in pr]:  # no "cls" features without a CLS token
         for name, r in zip(pr["layers"], pr[kind]):
             rows.append({"features": f"{kind} {name}", **_probe_row(r)})
     for key in ("pixels", "pixels_mean"):
@@ -501,7 +503,8 @@ def study_domain(model: Any, domain: str, n_pairs: int, *, seed0: int = ANALYSIS
             slot_abs = np.array(o["differential_dla"]["per_slot_abs"])
             div_slot = model.cfg.grid.frame_slot_of_frame(meta["divergence_frame"])
             o["share_after_divergence"] = float(slot_abs[div_slot:].sum() / max(slot_abs.sum(), 1e-30))
-            top = (dla["terms"].sum((0, 1))[1:].abs().topk(min(8, model.cfg.grid.n_patches)).indices + 1).tolist()
+            n_prefix = model.cfg.grid.n_prefix
+            top = (dla["terms"].sum((0, 1))[n_prefix:].abs().topk(min(8, model.cfg.grid.n_patches)).indices + n_prefix).tolist()
             o["class_top_before_divergence"] = sum(model.cfg.grid.coords(t)[0] < div_slot for t in top)
             outcomes.append(o)
     arrays = {name: np.array(v) for name, v in variants.items()}  # [pairs, 2, L]
@@ -749,7 +752,7 @@ def study_tables_markdown(summary: dict) -> str:
         pr = st["probes"]
         lines += ["", f"### Outcome probes ({pr['pairs']} pairs, repeated grouped {pr['folds']}-fold x {pr['repeats']}, groups = pairs)", "",
                   "| features | accuracy | paired accuracy | control accuracy | control paired |", "|---|---|---|---|---|"]
-        rows = [(f"{k} {n}", e) for k in ("cls", "mean") for n, e in zip(pr["layers"], pr[k])] + [(k, pr[k]) for k in ("pixels", "pixels_mean")]
+        rows = [(f"{k} {n}", e) for k in ("cls", "mean") if k in pr for n, e in zip(pr["layers"], pr[k])] + [(k, pr[k]) for k in ("pixels", "pixels_mean")]
         for name, e in rows:
             lines.append(f"| {name} | {e['accuracy']:.0%} [{e['accuracy_ci95'][0]:.0%}, {e['accuracy_ci95'][1]:.0%}] | {e['paired_accuracy']:.0%} "
                          f"[{e['paired_accuracy_ci95'][0]:.0%}, {e['paired_accuracy_ci95'][1]:.0%}] | {e['control_accuracy']:.0%} | "
