@@ -416,6 +416,12 @@ def test_analyze_on_a_videomae_checkpoint(tmp_path):
     data = json.loads((out / "results.json").read_text())
     assert data["recovery"]["readout"] == data["deltas"]["readout"] == "token mean" and data["dla"]["cls_source"] is None
     assert data["cls_attention"]["attention_to_cls"] is None and "cls" not in data["probes"] and len(data["probes"]["mean"]) == 3
+    # Every number in a caption is the value it cites, and no caption speaks of a CLS token this model lacks.
+    from tests.test_analysis import check_captions
+
+    check_captions(data, (data["model"], *data["pair"]["names"], data["dla"]["class_name"]))
+    texts = " ".join(c["text"] for c in data["captions"])
+    assert "CLS" not in texts and "token mean attention" in texts
 
     pair = pipeline.rendered_pair(model, "bowling", seed)
     pos, neg = pipeline.model_pixels(model, pair.positive), pipeline.model_pixels(model, pair.negative)

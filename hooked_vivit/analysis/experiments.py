@@ -28,7 +28,7 @@ KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out")
 def readout_name(model: Any) -> str:
     if model.cfg.pooling == "mean":
         return "token mean"
-    return "CLS" if model.cfg.grid.n_prefix else "token 0"
+    return "CLS" if model.cfg.grid.n_prefix else "first token"
 
 
 def readout_positions(model: Any) -> int | str:
