@@ -83,3 +83,16 @@ def test_a_new_architecture_registers_its_own_leaves():
     finally:
         hook_layout.HOOK_LAYOUT.clear(), hook_layout.HOOK_LAYOUT.update(saved[0])
         hook_layout.AXIS_SIZES.clear(), hook_layout.AXIS_SIZES.update(saved[1])
+
+
+def test_readme_table_is_the_generated_one():
+    from pathlib import Path
+
+    from hooked_vivit import HookedVideoMAEConfig, HookedViViTConfig
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    shown = readme.split("<!-- hook-layout-table -->\n", 1)[1].split("\n<!-- /hook-layout-table -->", 1)[0]
+    table = hook_layout.markdown_table({"ViViT-B (`google/vivit-b-16x2-kinetics400`)": HookedViViTConfig(),
+                                        "VideoMAE-B (`MCG-NJU/videomae-base-finetuned-kinetics`)": HookedVideoMAEConfig()})
+    assert shown == table
+    assert "| `ln_final.hook_scale` | always | [batch, pos, one] = [1, 3137, 1] | [batch, one] = [1, 1] |" in table

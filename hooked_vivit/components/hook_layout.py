@@ -152,9 +152,29 @@ def is_attention_map(name: str) -> bool:
     return "query_pos" in axes and "key_pos" in axes
 
 
+def markdown_table(configs: dict[str, Any]) -> str:
+    """The table as README markdown, one column per architecture (name -> config): each hook's
+    named axes and its shape for batch 1 under that config (a switched hook with its switch on)."""
+    import dataclasses
+
+    names = list(configs)
+    rows = ["| hook | fires | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for key, layout in HOOK_LAYOUT.items():
+        cells = []
+        for cfg in configs.values():
+            on = dataclasses.replace(cfg, **{layout.switch: True}) if layout.switch else cfg
+            axes = layout.axes_for(on)
+            shape = ", ".join(str(1 if a == "batch" else AXIS_SIZES[a](on)) for a in axes)
+            cells.append(f"[{', '.join(axes)}] = [{shape}]")
+        fires = f"with `{layout.switch}`" if layout.switch else "always"
+        rows.append(f"| `{key}` | {fires} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 class _SwitchesOff:
     def __getattr__(self, name: str) -> Any:
         return "first" if name == "pooling" else False
 
 
-__all__ = ["AXIS_SIZES", "HOOK_LAYOUT", "HookLayout", "axis_of", "head_axis", "hook_axes", "is_attention_map", "lookup", "pos_axis", "register_hooks"]
+__all__ = ["AXIS_SIZES", "HOOK_LAYOUT", "HookLayout", "axis_of", "head_axis", "hook_axes", "is_attention_map", "lookup", "markdown_table", "pos_axis",
+           "register_hooks"]
