@@ -502,3 +502,19 @@ def test_viewer_attribution_and_probes_on_videomae(tiny):
     feats = ex.probe_features(model, [(clean, corrupted)])
     assert "cls" not in feats
     torch.testing.assert_close(feats["mean"][0, 0], clean_cache["resid_pre", 0][0].mean(0))
+
+
+def test_token_zero_is_a_patch_with_pixels(tiny):
+    """Without CLS, token 0 sees pixels: the pixel box and mask of token 0 are its tubelet, and
+    black fills with the model's own black pixel."""
+    from hooked_vivit.ablation import PixelBox, ablate_pixel_mask, token_pixel_mask
+
+    model, clean, *_ = tiny
+    grid = model.cfg.grid
+    assert PixelBox.from_tokens(grid, [0]) == PixelBox(0, 2, 0, 12, 0, 7)
+    mask = token_pixel_mask(grid, [0], 5, 36, 28)
+    assert mask.sum() == 2 * 12 * 7 and mask[:2, :12, :7].all()
+    black = ablate_pixel_mask(clean, mask, mode="black", config=model)
+    frames = np.zeros((5, 36, 28, 3), dtype=np.uint8)
+    torch.testing.assert_close(black[0, :2, :, :12, :7], video.preprocess(frames, config=model.cfg)[0, :2, :, :12, :7])
+    assert torch.equal(black[0, 2:], clean[0, 2:])
