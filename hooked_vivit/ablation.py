@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import torch
 
+from hooked_vivit.components import hook_layout
 from hooked_vivit.labels import top_k
 from hooked_vivit.patching import PositionGroup, resolve_positions
 
@@ -41,7 +42,9 @@ def ablation_hook(
     """
     model._check_hook_names([hook_name])
     pos = resolve_positions(model, positions)
-    pos_axis = 2 if hook_name.endswith(("hook_pattern", "hook_attn_scores")) else 1
+    pos_axis = hook_layout.pos_axis(hook_name, model.cfg)  # an attention map's query axis
+    if pos is not None and pos_axis is None:
+        raise ValueError(f"{hook_name} has no token axis (it fires on the pooled vector); ablate it with positions=None")
     if mode in ("resample",) and reference is None:
         raise ValueError("resample ablation needs reference activations (another video's cache entry)")
     if mode not in ("zero", "mean", "resample"):
@@ -105,7 +108,7 @@ class PixelBox:
     @classmethod
     def from_tokens(cls, grid: Any, positions: Sequence[int]) -> "PixelBox":
         """The pixel box covering a set of patch tokens."""
-        boxes = [grid.pixel_box(p) for p in positions if p != 0]
+        boxes = [grid.pixel_box(p) for p in positions if grid.coords(p) is not None]  # a CLS token has no pixels; VideoMAE's token 0 does
         if not boxes:
             raise ValueError("no patch tokens given (CLS has no pixels)")
         return cls(
@@ -162,9 +165,10 @@ def ablate_pixels(pixel_values: torch.Tensor, box: PixelBox, *, mode: str = "zer
     return out
 
 
-def ablate_pixel_mask(pixel_values: torch.Tensor, mask: np.ndarray | torch.Tensor, *, mode: str = "zero") -> torch.Tensor:
+def ablate_pixel_mask(pixel_values: torch.Tensor, mask: np.ndarray | torch.Tensor, *, mode: str = "zero", config: Any = None) -> torch.Tensor:
     """A copy of pixel values [B, T, C, H, W] with the pixels of a boolean ``mask`` ([T, H, W], or
-    [B, T, H, W]: one mask per row) set to 0 (``zero``, normalised units) or black (``black``, -3)."""
+    [B, T, H, W]: one mask per row) set to 0 (``zero``, normalised units) or black (``black``: ViViT's
+    -3, or with ``config``, a model or its config, that model's own black pixel per channel)."""
     if pixel_values.ndim != 5:
         raise ValueError(f"pixel values must be [batch, frames, C, H, W], got {tuple(pixel_values.shape)}")
     m = torch.as_tensor(np.asarray(mask), dtype=torch.bool, device=pixel_values.device)
@@ -174,6 +178,11 @@ def ablate_pixel_mask(pixel_values: torch.Tensor, mask: np.ndarray | torch.Tenso
     if mode not in ("zero", "black"):
         raise ValueError(f"mode must be 'zero' or 'black', got {mode!r}")
     m = m.expand(B, T, H, W)[:, :, None].expand(B, T, C, H, W)
+    if mode == "black" and config is not None:
+        from hooked_vivit.video import normalize
+
+        black = normalize(torch.zeros(1, 1, 1, 3, dtype=torch.uint8), config=config)  # [1, 3, 1, 1]
+        return torch.where(m, black.to(pixel_values.device, pixel_values.dtype), pixel_values)
     return pixel_values.masked_fill(m, 0.0 if mode == "zero" else -3.0)
 
 
@@ -181,7 +190,7 @@ def token_pixel_mask(grid: Any, positions: Sequence[int], frames: int, height: i
     """Boolean [T, H, W] mask of exactly the pixels the given patch tokens see (CLS has none)."""
     mask = np.zeros((frames, height, width), dtype=bool)
     for p in positions:
-        if p == 0:
+        if grid.coords(p) is None:  # CLS (not VideoMAE's token 0, a patch)
             continue
         fr, rows, cols = grid.pixel_box(p)
         mask[fr.start : fr.stop, rows, cols] = True

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from jaxtyping import Float
 
+from hooked_vivit.components import hook_layout
 from hooked_vivit.patching import _metric_rows
 
 DEFAULT_ACTS = ("resid_pre", "attn_out", "mlp_out", "z")
@@ -45,6 +46,20 @@ class AttributionResult:
 
     def by_head(self, act: str = "z") -> Float[torch.Tensor, "n_layers n_heads"]:
         return self.scores[act].sum(1)
+
+
+def _per_position_and_head(x: torch.Tensor, name: str, cfg: Any) -> torch.Tensor:
+    """[batch, ...] -> [pos] or [pos, head] (axes as the hook-layout table names them; an attention
+    map's query axis is its position): the batch mean, summed over every other axis."""
+    axes = hook_layout.hook_axes(name, cfg)
+    assert axes is not None and axes[0] == "batch" and x.ndim == len(axes)
+    keep = [i for i in (hook_layout.pos_axis(name, cfg), hook_layout.head_axis(name, cfg)) if i is not None]
+    summed = [i for i in range(1, len(axes)) if i not in keep]
+    x = x.mean(0)
+    if summed:
+        x = x.sum([i - 1 for i in summed])
+    ranked = sorted(keep)  # the kept axes, now in ascending order: put them as (pos, head)
+    return x.permute(*[ranked.index(k) for k in keep])
 
 
 def _layer_of(name: str, n_layers: int) -> int:
@@ -130,10 +145,10 @@ def attribution_patch(
     for (name, act, grad), a in zip(((n, stored[n], g) for n, g in zip(names, grads)), [a for a in acts for _ in layer_list]):
         delta = clean_cache[name].to(act.device, act.dtype) - act.detach()
         g = torch.zeros_like(act) if grad is None else grad
-        # Sum over the feature axis, mean over the batch: one number per position (and head),
+        # Sum over the feature axes, mean over the batch: one number per position (and head),
         # on the same scale as run_patches' batch-mean values. Kept on the device until stacked:
         # one transfer per activation kind, not one per hook.
-        scores[a].append((delta * g).sum(-1).mean(0).detach())
+        scores[a].append(_per_position_and_head(delta * g, name, model.cfg).detach())
     return AttributionResult(
         scores={a: torch.stack(v).float().cpu() for a, v in scores.items()},
         baseline=float(values.detach().float().mean()),

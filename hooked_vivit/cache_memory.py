@@ -12,35 +12,16 @@ from typing import Any, Callable
 import torch
 from transformer_lens import ActivationCache
 
+from hooked_vivit.components import hook_layout
+
 
 def hook_shape(cfg: Any, name: str, batch: int) -> tuple[int, ...] | None:
-    """The shape a hook fires with, or None if it does not fire under this config."""
-    B, P, d, H, E, M = batch, cfg.n_ctx, cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp
-    leaf = name.rsplit(".", 1)[-1]
-    if name.startswith("ln_final.") and getattr(cfg, "pooling", "first") == "mean":
-        return (B, 1) if leaf == "hook_scale" else (B, d)  # the norm reads the token mean
-    if leaf in ("hook_attn_scores", "hook_pattern"):
-        return (B, H, P, P)
-    if leaf == "hook_pattern_rows":  # the default query set: the CLS row
-        return (B, H, 1, P)
-    if leaf in ("hook_q", "hook_k", "hook_v", "hook_z"):
-        return (B, P, H, E)
-    if leaf == "hook_result":
-        return (B, P, H, d) if cfg.use_attn_result else None
-    if leaf in ("hook_q_input", "hook_k_input", "hook_v_input"):
-        return (B, P, H, d) if cfg.use_split_qkv_input else None
-    if leaf == "hook_attn_in":
-        return (B, P, H, d) if cfg.use_attn_in and not cfg.use_split_qkv_input else None
-    if leaf == "hook_mlp_in":
-        return (B, P, d) if cfg.use_hook_mlp_in else None
-    if leaf in ("hook_pre", "hook_post"):
-        return (B, P, M)
-    if leaf == "hook_scale":
-        per_head = cfg.use_split_qkv_input or cfg.use_attn_in
-        return (B, P, H, 1) if per_head and ".ln1." in name else (B, P, 1)
-    if leaf == "hook_normalized" and ".ln1." in name and (cfg.use_split_qkv_input or cfg.use_attn_in):
-        return (B, P, H, d)
-    return (B, P, d)
+    """The shape a hook fires with, or None if it does not fire under this config (from the
+    hook-layout table, hooked_vivit.components.hook_layout)."""
+    axes = hook_layout.hook_axes(name, cfg)
+    if axes is None:
+        return None
+    return tuple(batch if a == "batch" else hook_layout.AXIS_SIZES[a](cfg) for a in axes)
 
 
 def _filter(names_filter: Any) -> Callable[[str], bool]:
@@ -80,7 +61,7 @@ def free_bytes(device: torch.device | str) -> int:
 
 def without_maps(name: str) -> bool:
     """A names_filter that skips the attention patterns and scores (the bulk of a cache)."""
-    return not name.endswith(("hook_pattern", "hook_attn_scores"))
+    return not hook_layout.is_attention_map(name)
 
 
 def _gb(n: float) -> str:

@@ -83,8 +83,8 @@ def _require_file(flag: str, path: Path) -> None:
 
 def _require_classifier(model, flag_value: str) -> None:
     if model.unembed is None:
-        raise ValueError(f"--model {flag_value}: a backbone checkpoint without classifier (VivitModel); analyze needs class logits, "
-                         "so give a VivitForVideoClassification checkpoint")
+        raise ValueError(f"--model {flag_value}: a backbone checkpoint without classifier (VivitModel / VideoMAEModel); analyze needs "
+                         "class logits, so give a *ForVideoClassification checkpoint")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:

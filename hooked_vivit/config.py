@@ -92,6 +92,9 @@ class HookedViViTConfig(TransformerLensConfig):
     pooling: str = "first"
     # The final LayerNorm's eps when it differs from eps (VideoMAE's fc_norm: torch's default 1e-5).
     final_norm_eps: float | None = None
+    # False: no final LayerNorm (transformers' VideoMAEModel with use_mean_pooling: its
+    # last_hidden_state is the last block's output, and the pooled output its plain token mean).
+    final_norm: bool = True
     # "learned" (a parameter, W_pos) or "sinusoidal" (a fixed table, a buffer).
     pos_embed_type: str = "learned"
     # Pixel preprocessing: x * rescale_factor (- 1 with rescale_offset), then (x - mean) / std.

@@ -120,8 +120,13 @@ class KLToClean(Metric):
         return F.kl_div(logits.float().log_softmax(-1), clean, log_target=True, reduction="none").sum(-1)
 
 
-def _select(act: torch.Tensor, positions: Sequence[int] | int | None) -> torch.Tensor:
-    """[batch, pos, ...] -> the chosen positions, flattened per row: [batch, features]."""
+def _select(act: torch.Tensor, positions: Sequence[int] | int | str | None) -> torch.Tensor:
+    """[batch, pos, ...] -> the chosen positions, flattened per row: [batch, features];
+    ``"pooled"``: the mean over every token (what a mean-pooling model's final norm reads)."""
+    if isinstance(positions, str):
+        if positions != "pooled":
+            raise ValueError(f"positions must be token indices, None (all tokens) or 'pooled' (the token mean), got {positions!r}")
+        return act.mean(1).flatten(1).float()
     if positions is not None:
         act = act[:, [positions] if isinstance(positions, int) else list(positions)]
     return act.flatten(1).float()
@@ -135,7 +140,7 @@ class SignalRecovery(Metric):
     """Share of the clean-minus-corrupt difference of an activation that a patch restores.
 
     ``hook`` names the activation (e.g. ``blocks.11.hook_resid_post``); ``positions`` the tokens
-    it is read at (0 = CLS; None = all tokens). ``clean`` and ``corrupt`` are that activation on
+    it is read at (0 = CLS; None = all tokens; "pooled" = their mean, a mean-pooling model's readout). ``clean`` and ``corrupt`` are that activation on
     the two unpatched runs ([1, pos, ...] or [pos, ...]). ``kind``: "projection", "norm_ratio" or
     "norm" (norm_recovery); see the module docstring for the formulas.
     """
@@ -143,7 +148,7 @@ class SignalRecovery(Metric):
     hook: str
     clean: torch.Tensor
     corrupt: torch.Tensor
-    positions: Sequence[int] | int | None = 0
+    positions: Sequence[int] | int | str | None = 0
     kind: str = "projection"
     hooks: tuple[str, ...] = field(init=False)
 

@@ -28,6 +28,7 @@ from transformer_lens.utilities import get_act_name
 
 from hooked_vivit.cache_memory import VideoActivationCache, estimate_cache_bytes, free_bytes, hook_shape, without_maps
 from hooked_vivit.compat import in_function_transform
+from hooked_vivit.components import hook_layout
 from hooked_vivit.components import LayerNorm, PosEmbed, SinusoidalPosEmbed, TransformerBlock, TubeletEmbed, Unembed
 from hooked_vivit.config import HookedViViTConfig, to_dtype
 from weights_conversion import checkpoint_has_classifier, converter
@@ -46,17 +47,6 @@ class HookNameError(KeyError):
 
 class HookReturnError(ValueError):
     """A hook function returned something other than a tensor of the activation's shape, dtype and device."""
-
-
-# Hooks that exist on every model but fire only with a config switch (TransformerLens's names).
-_SWITCHES = {
-    "hook_result": "use_attn_result",
-    "hook_q_input": "use_split_qkv_input",
-    "hook_k_input": "use_split_qkv_input",
-    "hook_v_input": "use_split_qkv_input",
-    "hook_attn_in": "use_attn_in",
-    "hook_mlp_in": "use_hook_mlp_in",
-}
 
 
 def _describe(x: Any) -> str:
@@ -113,7 +103,7 @@ class HookedVideoTransformer(HookedRootModule):
         self.hook_embed = HookPoint()  # [batch, n_ctx, d_model]: tubelet tokens, CLS (if any) at position 0
         self.hook_pos_embed = HookPoint()  # [batch, n_ctx, d_model]
         self.blocks = nn.ModuleList([TransformerBlock(cfg, layer) for layer in range(cfg.n_layers)])
-        self.ln_final = LayerNorm(cfg, eps=cfg.final_norm_eps)
+        self.ln_final = LayerNorm(cfg, eps=cfg.final_norm_eps) if cfg.final_norm else None
         self.unembed = Unembed(cfg) if cfg.n_classes > 0 else None
         if init_weights:
             self.init_weights()
@@ -171,10 +161,11 @@ class HookedVideoTransformer(HookedRootModule):
             resid = block(resid)
         if stop_at_layer is not None:
             return resid
+        norm = self.ln_final if self.ln_final is not None else (lambda r: r)
         if self.cfg.pooling == "mean":
-            pooled = self.ln_final(resid.mean(1))
+            pooled = norm(resid.mean(1))
         else:
-            pooled = self.ln_final(resid)[:, 0]
+            pooled = norm(resid)[:, 0]
         logits = self.unembed(pooled) if self.unembed is not None else pooled
         if return_type == "logits":
             return logits
@@ -272,7 +263,7 @@ class HookedVideoTransformer(HookedRootModule):
 
     def _dead_hook_message(self, name: str) -> str:
         leaf = name.rsplit(".", 1)[-1]
-        switch = _SWITCHES.get(leaf, "?")
+        switch = hook_layout.lookup(name).switch or "?"
         if leaf == "hook_attn_in" and self.cfg.use_split_qkv_input:
             return (f"hook {name!r} cannot fire: with cfg.use_split_qkv_input on, attention reads hook_q/k/v_input instead; "
                     "hook those, or set model.cfg.use_split_qkv_input = False and model.cfg.use_attn_in = True")
@@ -460,7 +451,7 @@ class HookedVideoTransformer(HookedRootModule):
         if steps["fold_ln"]:  # parameter-free LNPre modules in place of the LN ones
             for block in self.blocks:
                 block.ln1, block.ln2 = LayerNorm(self.cfg), LayerNorm(self.cfg)
-            self.ln_final = LayerNorm(self.cfg, eps=self.cfg.final_norm_eps)
+            self.ln_final = LayerNorm(self.cfg, eps=self.cfg.final_norm_eps) if self.cfg.final_norm else None
             self.setup()
         self.load_state_dict(sd, strict=True)
         return self.to(p.device)
@@ -551,6 +542,12 @@ class HookedVideoTransformer(HookedRootModule):
         return target
 
     @classmethod
+    def checkpoint_overrides(cls, state_dict: dict[str, torch.Tensor], hf_config: dict[str, Any]) -> dict[str, Any]:
+        """Config fields that the checkpoint's keys decide and config.json does not say (an
+        architecture overrides this); the backbone's n_classes = 0 is handled for all."""
+        return {}
+
+    @classmethod
     def from_pretrained(cls, name_or_path: str | Path, **kwargs: Any) -> "HookedVideoTransformer":
         """Load a checkpoint: a local HF directory (config.json + model.safetensors, sharded
         safetensors, or pytorch_model.bin) or a hub id such as ``google/vivit-b-16x2-kinetics400``
@@ -592,6 +589,8 @@ class HookedVideoTransformer(HookedRootModule):
         if not checkpoint_has_classifier(state_dict):
             cfg_overrides.setdefault("n_classes", 0)  # a backbone checkpoint
             cfg_overrides.setdefault("id2label", {})
+        for key, value in arch.checkpoint_overrides(state_dict, hf_config).items():
+            cfg_overrides.setdefault(key, value)
         cfg = arch.config_class.from_hf_config(hf_config, device="cpu", **cfg_overrides)
         hooked = converter(arch.model_type).to_hooked(state_dict, cfg)  # type: ignore[arg-type]
         hooked, cfg = weight_processing.process_weights(

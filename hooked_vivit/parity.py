@@ -94,7 +94,8 @@ def _row(name: str, ours: torch.Tensor, ref: torch.Tensor) -> ParityRow:
 
 
 def compare(hooked_model: Any, hf_model: Any, pixel_values: torch.Tensor, *, attn: str = "eager") -> ParityReport:
-    """Run both models on the same input and compare logits (or the CLS embedding of a backbone),
+    """Run both models on the same input and compare logits (or a backbone's pooled embedding:
+    CLS / first token, or VideoMAEModel's token mean),
     every layer's residual stream (HF ``hidden_states``) and, when ``attn="eager"``, every attention
     pattern (HF ``output_attentions``)."""
     notes = []
@@ -123,8 +124,11 @@ def compare(hooked_model: Any, hf_model: Any, pixel_values: torch.Tensor, *, att
         rows.append(_row(f"resid_post {l}", cache[f"blocks.{l}.hook_resid_post"], ref.hidden_states[l + 1]))
     if hasattr(ref, "logits"):
         rows.append(_row("logits", out, ref.logits))
+    elif hooked_model.cfg.pooling == "mean":  # VideoMAEModel: no pooling of its own, the token mean is ours
+        rows.append(_row("pooled embedding (last_hidden_state.mean(1))", out, ref.last_hidden_state.mean(1)))
     else:
-        rows.append(_row("CLS embedding (last_hidden_state[:, 0])", out, ref.last_hidden_state[:, 0]))
+        first = "CLS" if hooked_model.cfg.n_prefix_tokens else "first-token"
+        rows.append(_row(f"{first} embedding (last_hidden_state[:, 0])", out, ref.last_hidden_state[:, 0]))
     if not patterns:
         notes.append("attention patterns not compared (HF sdpa returns none; use attn='eager')")
     return ParityReport(rows, dtype, patterns, notes)

@@ -34,6 +34,7 @@ from transformer_lens import patching as tl_patching
 from transformer_lens.patching import generic_activation_patch, make_df_from_ranges
 
 from hooked_vivit.cache_memory import free_bytes
+from hooked_vivit.components import hook_layout
 from hooked_vivit.compat import HAS_DIRECT_PATH, TL_VERSION_STRING, PatchingResult
 from hooked_vivit.metrics import Metric
 
@@ -112,7 +113,8 @@ def _indices(x: Any, n: int, what: str) -> list[int]:
 def resolve_positions(model: Any, group: PositionGroup) -> tuple[int, ...] | None:
     """A position group -> sorted token indices (None means every token).
 
-    Accepted: None or "all"; "cls"; "patches" (every token but CLS); a token index; a sequence or 1-d
+    Accepted: None or "all"; "cls"; "patches" (every token but CLS); "pooled" (the tokens the
+    classifier reads: CLS, or token 0, with first-token pooling; every patch token with mean pooling); a token index; a sequence or 1-d
     tensor of token indices; a bool mask over tokens ([n_ctx]) or over the grid ([slots, rows, cols]);
     ``FrameSlot(t)``; ``Region(frame_slots, rows, cols, include_cls)`` (each an index, a list, a slice
     or a bool mask). Empty groups, out-of-range or negative indices and non-integers raise.
@@ -121,7 +123,7 @@ def resolve_positions(model: Any, group: PositionGroup) -> tuple[int, ...] | Non
     grid = cfg.grid
     if group is None or (isinstance(group, str) and group == "all"):
         return None
-    no_cls = f"this model has no CLS token (n_prefix_tokens=0: {type(model).__name__} pools over the patch tokens); use 'patches', 'all', a token index, FrameSlot or Region"
+    no_cls = f"this model has no CLS token (n_prefix_tokens=0: {type(model).__name__} pools over the patch tokens); use 'pooled', 'patches', 'all', a token index, FrameSlot or Region"
     if (isinstance(group, str) and group == "cls") or (isinstance(group, Region) and group.include_cls):
         if grid.n_prefix == 0:
             raise ValueError(f"position group {group!r}: " + no_cls)
@@ -130,7 +132,9 @@ def resolve_positions(model: Any, group: PositionGroup) -> tuple[int, ...] | Non
             return (0,)
         if group == "patches":
             return tuple(range(grid.n_prefix, cfg.n_ctx))
-        raise ValueError(f"unknown position group {group!r}; use 'all', 'cls', 'patches', a token index, a list, a bool mask, FrameSlot or Region")
+        if group == "pooled":  # the tokens the classifier reads: CLS / token 0, or every patch token it averages
+            return (0,) if cfg.pooling == "first" else tuple(range(grid.n_prefix, cfg.n_ctx))
+        raise ValueError(f"unknown position group {group!r}; use 'all', 'cls', 'patches', 'pooled', a token index, a list, a bool mask, FrameSlot or Region")
     if isinstance(group, FrameSlot):
         return tuple(grid.positions(frame_slots=_index(group.t, grid.n_frame_slots, "frame slot")))
     if isinstance(group, Region):
@@ -145,7 +149,7 @@ def resolve_positions(model: Any, group: PositionGroup) -> tuple[int, ...] | Non
     elif isinstance(group, (int, np.integer, torch.Tensor, np.ndarray, list, tuple, range, bool)):
         pos = _indices(group, cfg.n_ctx, "token position")
     else:
-        raise ValueError(f"unknown position group {group!r}; use 'all', 'cls', 'patches', a token index, a list, a bool mask, FrameSlot or Region")
+        raise ValueError(f"unknown position group {group!r}; use 'all', 'cls', 'patches', 'pooled', a token index, a list, a bool mask, FrameSlot or Region")
     if not pos:
         raise ValueError(f"the position group {group!r} selects no token")
     return tuple(pos)
@@ -213,19 +217,15 @@ def token_patches(model: Any, act: str = "resid_pre", layers: Iterable[int] | No
 
 # =========================================================================================== engine
 def _is_pattern(hook: str) -> bool:
-    return hook.endswith(("hook_pattern", "hook_attn_scores"))
+    return hook_layout.is_attention_map(hook)
 
 
-def _head_axis(hook: str) -> int | None:
-    if _is_pattern(hook):
-        return 1  # [batch, head, query, key]
-    if hook.endswith(("hook_q", "hook_k", "hook_v", "hook_z", "hook_result", "_input", "hook_attn_in")):
-        return 2  # [batch, pos, head, ...]
-    return None
+def _head_axis(hook: str, cfg: Any = None) -> int | None:
+    return hook_layout.head_axis(hook, cfg)  # [batch, head, query, key] or [batch, pos, head, ...]
 
 
-def _pos_axis(hook: str) -> int:
-    return 2 if _is_pattern(hook) else 1
+def _pos_axis(hook: str, cfg: Any = None) -> int | None:
+    return hook_layout.pos_axis(hook, cfg)  # an attention map's query axis
 
 
 def check_cache(model: Any, cache: ActivationCache | dict, hooks: Iterable[str], batch: int) -> None:
@@ -307,8 +307,10 @@ def run_patches(
     b = target.shape[0]
     for p in patches:
         model._check_hook_names([p.hook])
-        if p.head is not None and _head_axis(p.hook) is None:
+        if p.head is not None and _head_axis(p.hook, model.cfg) is None:
             raise ValueError(f"{p.hook} has no head axis, but the patch names head {p.head}")
+        if p.positions is not None and _pos_axis(p.hook, model.cfg) is None:
+            raise ValueError(f"{p.hook} has no token axis (it fires on the pooled vector), but the patch names positions {p.positions}")
         if p.head is not None:
             _index(p.head, model.cfg.n_heads, f"head of patch {p.label or p.hook!r}")
         if p.positions is not None and len(p.positions) == 0:
@@ -357,7 +359,7 @@ def _run_chunk(model, chunk: list[Patch], source_cache, target, starts, start: i
         if src.shape[1:] != act.shape[1:]:
             raise ValueError(f"source activation {hook.name} has shape {tuple(src.shape)}, the target run {tuple(act.shape)}")
         src = src.expand(b, *src.shape[1:]) if src.shape[0] == 1 else src
-        pos_axis, head_axis = _pos_axis(hook.name), _head_axis(hook.name)
+        pos_axis, head_axis = _pos_axis(hook.name, model.cfg), _head_axis(hook.name, model.cfg)
         for r, p in entries:
             rows = slice(r * b, (r + 1) * b)
             index: list[Any] = [rows] + [slice(None)] * (act.ndim - 1)

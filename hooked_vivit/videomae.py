@@ -108,6 +108,9 @@ class HookedVideoMAEConfig(HookedViViTConfig):
         if self.n_classes:
             d["id2label"] = {str(k): v for k, v in sorted(self.id2label.items())}
             d["label2id"] = {v: k for k, v in sorted(self.id2label.items())}
+        flags = {"folded_ln": self.folded_ln, "centered_writing_weights": self.centered_writing_weights, "folded_value_biases": self.folded_value_biases}
+        if any(flags.values()):  # processing applied (a hooked-layout save): read back by from_hf_config
+            d["hooked_vivit"] = {**flags, "normalization_type": self.normalization_type}
         return d
 
 
@@ -116,6 +119,16 @@ class HookedVideoMAE(HookedVideoTransformer):
 
     config_class = HookedVideoMAEConfig
     model_type = "videomae"
+
+    @classmethod
+    def checkpoint_overrides(cls, state_dict: dict[str, torch.Tensor], hf_config: dict[str, Any]) -> dict[str, Any]:
+        """transformers' VideoMAEModel with use_mean_pooling has no final norm at all (fc_norm lives
+        in the classification head): such a checkpoint loads with ``final_norm=False``."""
+        mean_pooling = bool(hf_config.get("use_mean_pooling", True))
+        has_norm = any(k.endswith(("fc_norm.weight", "ln_final.w")) for k in state_dict)
+        # A folded (LNPre) hooked checkpoint has no ln_final.w but still a final norm.
+        folded = (hf_config.get("hooked_vivit") or {}).get("folded_ln", False)
+        return {"final_norm": False} if mean_pooling and not has_norm and not folded else {}
 
     def pooled_logit_terms(
         self, cache: Any, classes: ClassIndices

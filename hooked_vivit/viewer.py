@@ -1,4 +1,5 @@
-"""Looking at a clip: per-layer/head CLS attention or token-level logit attribution over the frames.
+"""Looking at a clip: per-layer/head CLS attention (the mean query row on a model without CLS) or
+token-level logit attribution over the frames.
 
 - ``token_maps(model, pixel_values)``: the maps, [layers, heads, frame slots, rows, cols].
 - ``overlay(frame, grid_map)``: one frame with a map blended on top (uint8 RGB).
@@ -21,12 +22,14 @@ MapKind = Literal["cls_attention", "attribution"]
 
 def token_maps(model: Any, pixel_values: torch.Tensor, kind: MapKind = "cls_attention", class_index: int | None = None) -> np.ndarray:
     """[layers, heads, frame slots, rows, cols] maps for the first clip of the batch."""
-    from hooked_vivit.analysis.experiments import token_dla
+    from hooked_vivit.analysis.experiments import readout_attention, token_dla
 
     grid = model.cfg.grid
     if kind == "cls_attention":
-        # The CLS rows only, on the fused attention path: no [heads, tokens, tokens] pattern is built.
-        rows = model.attention_rows(pixel_values[:1], queries="cls")[0, :, :, 0]  # [L, H, P]
+        # The readout's attention: the CLS (token 0) rows on the fused attention path, or under mean
+        # pooling (VideoMAE, no CLS) the mean query row (experiments.readout_attention).
+        with torch.inference_mode():
+            rows = readout_attention(model, pixel_values[:1], list(range(model.cfg.n_layers)))  # [L, H, P]
         return grid.unflatten(rows.float())[1].numpy()
     if kind == "attribution":
         with torch.inference_mode():

@@ -108,25 +108,45 @@ def test_backbone_without_classifier(tmp_path):
         model.tokens_to_residual_directions(0)
 
 
-def test_shapes_and_keys_errors_name_each_key():
+@pytest.mark.parametrize("layout", ["transformers", "hub"])
+@pytest.mark.parametrize("prefix", [True, False])
+def test_shapes_and_keys_errors_name_each_key_as_the_checkpoint_spells_it(layout, prefix):
     hf = make_hf(KW)
-    cfg = HookedViViTConfig.from_hf_config(hf.config)
-    sd = dict(hf.state_dict())
-    del sd["vivit.layers.1.mlp.fc2.bias"]
-    sd["vivit.layers.0.extra.weight"] = torch.zeros(3)
-    sd["vivit.layers.0.attention.q_proj.weight"] = torch.zeros(5, 24)
+    reference = HookedViViT.from_hf_model(hf)
+    cfg = reference.cfg
+    sd = hooked_to_hf_weights(reference.state_dict(), cfg, layout=layout, prefix=prefix)
+    pre = "vivit." if prefix else ""
+    fc1, q = ("encoder.layer.1.intermediate.dense.weight", "encoder.layer.0.attention.attention.query.weight") if layout == "hub" else (
+        "layers.1.mlp.fc1.weight", "layers.0.attention.q_proj.weight")
+    del sd[pre + fc1], sd["classifier.bias"]
+    sd[pre + "encoder.layer.0.extra.weight" if layout == "hub" else pre + "layers.0.extra.weight"] = torch.zeros(3)
+    sd[pre + q] = torch.zeros(5, 24)
     with pytest.raises(CheckpointError) as err:
         convert_vivit_weights(sd, cfg)
     msg = str(err.value)
-    assert "missing keys (1):\n  layers.1.mlp.fc2.bias" in msg
-    assert "unexpected keys (1):\n  layers.0.extra.weight" in msg
-    assert "layers.0.attention.q_proj.weight: checkpoint (5, 24) vs expected (24, 24)" in msg
+    # The user's own spelling (layout and prefix; the classifier is never prefixed), not the internal one.
+    assert f"missing keys (2):\n  {pre}{fc1}\n  classifier.bias" in msg
+    assert f"unexpected keys (1):\n  {pre}{'encoder.layer' if layout == 'hub' else 'layers'}.0.extra.weight" in msg
+    assert f"{pre}{q}: checkpoint (5, 24) vs expected (24, 24)" in msg
+
+
+def test_one_key_table_serves_both_directions():
+    from weights_conversion import vivit
+
+    hub = hooked_to_hf_weights(HookedViViT.from_hf_model(make_hf(KW)).state_dict(), HookedViViTConfig.from_hf_config(make_hf(KW).config), layout="hub", prefix=False)
+    new = vivit.normalize_hf_keys(hub)
+    assert sorted(new) == sorted(vivit.expected_hf_shapes(HookedViViTConfig.from_hf_config(make_hf(KW).config)))
+    from weights_conversion.common import _rename
+
+    assert {_rename(k, vivit._NEW_TO_HUB) for k in new} == set(hub)
+    assert _rename("encoder.layer.1.attention.output.dense.weight", vivit._HUB_TO_NEW) == "layers.1.attention.o_proj.weight"
+    assert _rename("encoder.layer.1.output.dense.weight", vivit._HUB_TO_NEW) == "layers.1.mlp.fc2.weight"
 
 
 def test_config_mismatch_is_reported_per_key():
     hf = make_hf(KW)
     cfg = HookedViViTConfig.from_hf_config({**hf.config.to_dict(), "num_frames": 8})
-    with pytest.raises(CheckpointError, match=r"embeddings.position_embeddings: checkpoint \(1, 49, 24\) vs expected \(1, 97, 24\)"):
+    with pytest.raises(CheckpointError, match=r"vivit.embeddings.position_embeddings: checkpoint \(1, 49, 24\) vs expected \(1, 97, 24\)"):
         convert_vivit_weights(hf.state_dict(), cfg)
 
 

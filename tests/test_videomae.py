@@ -151,13 +151,75 @@ def test_learned_key_bias_of_older_transformers_is_read_into_b_K(pair):
         HookedVideoMAE.from_state_dict({**sd, **wrong}, hf.config.to_dict())
 
 
-def test_missing_key_is_named():
+@pytest.mark.parametrize("layout", ["transformers", "hub"])
+@pytest.mark.parametrize("prefix", [True, False])
+def test_key_errors_name_keys_as_the_checkpoint_spells_them(layout, prefix):
     kw = CONFIGS["mean_nonsquare_5frames"]
-    hf = make_hf(kw)
-    sd = dict(hf.state_dict())
-    del sd["videomae.encoder.layer.1.intermediate.dense.weight"], sd["fc_norm.bias"]
-    with pytest.raises(CheckpointError, match=r"missing keys \(2\)"):
-        HookedVideoMAE.from_state_dict(sd, hf.config.to_dict())
+    model = HookedVideoMAE.from_hf_model(make_hf(kw))
+    sd = converter("videomae").to_hf(model.state_dict(), model.cfg, layout=layout, prefix=prefix)
+    pre = "videomae." if prefix else ""
+    bias = "attention.attention.v_bias" if layout == "hub" else "attention.attention.value.bias"
+    del sd[pre + "encoder.layer.1.intermediate.dense.weight"], sd["fc_norm.bias"], sd[f"{pre}encoder.layer.0.{bias}"]
+    sd[pre + "encoder.layer.0.extra.weight"] = torch.zeros(3)
+    sd[pre + "encoder.layer.1.output.dense.bias"] = torch.zeros(5)
+    with pytest.raises(CheckpointError) as err:
+        HookedVideoMAE.from_state_dict(sd, model.cfg.to_hf_config_dict())
+    msg = str(err.value)
+    # fc_norm and classifier sit outside videomae. in VideoMAEForVideoClassification: never prefixed.
+    assert f"missing keys (3):\n  fc_norm.bias\n  {pre}encoder.layer.0.{bias}\n  {pre}encoder.layer.1.intermediate.dense.weight\n" in msg, msg
+    assert f"unexpected keys (1):\n  {pre}encoder.layer.0.extra.weight" in msg
+    assert f"{pre}encoder.layer.1.output.dense.bias: checkpoint (5,) vs expected (24,)" in msg
+
+
+def test_fold_ln_leaves_the_logits_unchanged(pair):
+    """process_weights_ (fold_ln, and centring where the position table allows) on VideoMAE: the
+    folded model's logits equal the unfolded one's; fc_norm folds into the classifier."""
+    name, kw, _, model = pair
+    x = pixels(kw)
+    folded = copy.deepcopy(model).process_weights_(fold_ln=True, center_writing_weights=False, fold_value_biases=True)
+    assert folded.cfg.normalization_type == "LNPre" and folded.ln_final.w is None and folded.blocks[0].ln1.w is None
+    with torch.no_grad():
+        ref, got = model(x), folded(x)
+    diff = float((got - ref).abs().max())
+    print(f"fold_ln parity {name}: max |diff| {diff:.2e}")
+    assert diff <= TOL * max(1.0, float(ref.abs().max())) and not torch.equal(folded.W_Q, model.W_Q)
+    with pytest.raises(ValueError, match="fixed sinusoidal table"):
+        copy.deepcopy(model).process_weights_(fold_ln=False, center_writing_weights=True)
+
+
+def test_folded_model_round_trips_in_the_hooked_layout(tmp_path):
+    kw = CONFIGS["mean_nonsquare_5frames"]
+    model = HookedVideoMAE.from_hf_model(make_hf(kw)).process_weights_(center_writing_weights=False)
+    model.save_pretrained(tmp_path / "m", layout="hooked")
+    again = HookedVideoTransformer.from_pretrained(tmp_path / "m")
+    assert again.cfg.folded_ln and again.cfg.final_norm
+    x = pixels(kw)
+    assert torch.equal(again(x), model(x))
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_mean_pooling_backbone_is_videomae_model(attn, tmp_path):
+    """transformers' VideoMAEModel with use_mean_pooling: no classifier and no final norm (fc_norm is
+    in the head). Its checkpoint loads with final_norm=False; every hidden state and attention
+    pattern match, and the output is the token mean of last_hidden_state."""
+    kw = dict(CONFIGS["mean_nonsquare_5frames"])
+    hf = make_hf(kw, attn=attn, cls=VideoMAEModel)
+    assert hf.layernorm is None and not any(k.startswith(("fc_norm", "layernorm")) for k in hf.state_dict())
+    hf.save_pretrained(tmp_path / "hf")
+    model = HookedVideoTransformer.from_pretrained(tmp_path / "hf")
+    assert isinstance(model, HookedVideoMAE) and model.unembed is None and model.ln_final is None and not model.cfg.final_norm
+    x = pixels(kw)
+    report = compare(model, hf, x, attn=attn)
+    assert report.rows[-1].name == "pooled embedding (last_hidden_state.mean(1))"
+    print(f"VideoMAEModel backbone parity ({attn}): worst {report.worst().name} max |diff| {max(r.max_abs for r in report.rows):.2e}")
+    assert report.ok(TOL), report.to_markdown(TOL)
+    with torch.no_grad():
+        assert max_rel(model(x), hf(x).last_hidden_state.mean(1)) <= TOL
+    # Saved back, transformers reads it as the same VideoMAEModel.
+    model.save_pretrained(tmp_path / "ours")
+    theirs = VideoMAEModel.from_pretrained(tmp_path / "ours").eval()
+    with torch.no_grad():
+        assert max_rel(theirs(x).last_hidden_state, hf(x).last_hidden_state) <= TOL
 
 
 @pytest.mark.parametrize("layout", ["transformers", "hub", "hooked"])
@@ -329,3 +391,130 @@ def test_batched_patching_engine_equals_transformer_lens_path(tiny):
     heads = patching.get_act_patch_attn_head_out_all_pos(model, corrupted, clean_cache, m)
     sweep = patching.run_patches(model, patching.head_patches(model, "z"), source_cache=clean_cache, target=corrupted, metric=m)
     torch.testing.assert_close(sweep.values, heads.flatten(), atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ analyze / study on a tiny VideoMAE
+SQUARE_MAE = dict(image_size=32, patch_size=8, num_frames=8, tubelet_size=2, hidden_size=32, num_attention_heads=2,
+                  num_hidden_layers=2, intermediate_size=64, num_labels=6)
+
+
+def test_analyze_on_a_videomae_checkpoint(tmp_path):
+    """`hooked-vivit analyze --model DIR` on a random VideoMAE (no CLS, mean pooling): results.json
+    holds the recovery read at the pooled representation, equal to a hand-written patch, and the
+    token DLA through mean pooling, equal to the exact pooled decomposition."""
+    from hooked_vivit.analysis import pipeline
+    from hooked_vivit.cli import main
+
+    hf = make_hf(SQUARE_MAE, seed=3)
+    hf.save_pretrained(tmp_path / "mae")
+    model = HookedVideoTransformer.from_pretrained(tmp_path / "mae")
+    assert isinstance(model, HookedVideoMAE)
+    out = tmp_path / "report"
+    seed = 4_000_000
+    assert main(["analyze", "--model", str(tmp_path / "mae"), "--domain", "bowling", "--seed", str(seed), "--probe-pairs", "6",
+                 "--out", str(out), "--quiet"]) == 0
+    data = json.loads((out / "results.json").read_text())
+    assert data["recovery"]["readout"] == data["deltas"]["readout"] == "token mean" and data["dla"]["cls_source"] is None
+    assert data["cls_attention"]["attention_to_cls"] is None and "cls" not in data["probes"] and len(data["probes"]["mean"]) == 3
+    # Every number in a caption is the value it cites, and no caption speaks of a CLS token this model lacks.
+    from tests.test_analysis import check_captions
+
+    check_captions(data, (data["model"], *data["pair"]["names"], data["dla"]["class_name"]))
+    texts = " ".join(c["text"] for c in data["captions"])
+    assert "CLS" not in texts and "token mean attention" in texts
+
+    pair = pipeline.rendered_pair(model, "bowling", seed)
+    pos, neg = pipeline.model_pixels(model, pair.positive), pipeline.model_pixels(model, pair.negative)
+    last = "blocks.1.hook_resid_post"
+    with torch.no_grad():
+        _, clean = model.run_with_cache(pos)
+        _, corrupt = model.run_with_cache(neg)
+    delta = clean[last].mean(1) - corrupt[last].mean(1)  # the pooled representation's difference
+    for comp in ("attn", "mlp"):
+        for l in range(2):
+            name = f"blocks.{l}.hook_{comp}_out"
+            grabbed = {}
+
+            def patch(act, hook, name=name):
+                act[:] = clean[name]
+                return act
+
+            def grab(act, hook):
+                grabbed["r"] = act.mean(1)
+
+            with torch.no_grad():
+                model.run_with_hooks(neg, fwd_hooks=[(name, patch), (last, grab)])
+            brute = float(((grabbed["r"] - corrupt[last].mean(1)) * delta).sum() / delta.pow(2).sum())
+            assert data["recovery"]["variants"]["cls_projection"][comp][l] == pytest.approx(brute, abs=1e-5)
+            assert data["recovery"]["projection"][comp][l] == pytest.approx(brute, abs=1e-5)
+
+    # Token DLA per head through mean pooling: each layer's heads plus its centred b_O give the
+    # layer's attn_out term of the exact pooled decomposition.
+    c = data["dla"]["class"]
+    terms, labels, _ = model.pooled_logit_terms(clean, c)
+    scale = clean["ln_final.hook_scale"][0, 0]
+    direction = model.ln_final.w * model.W_U[:, c]
+    for l in range(2):
+        b_O = model.blocks[l].attn.b_O
+        bias_term = float((b_O - b_O.mean()).detach() @ direction.detach() / scale)
+        attn_term = float(terms[labels.index(f"{l}_attn_out"), 0].sum())
+        assert sum(data["dla"]["per_head"][l]) + bias_term == pytest.approx(attn_term, abs=1e-5)
+    assert data["dla"]["logit"] == pytest.approx(float(model(pos)[0, c]), abs=1e-5)
+    # The readout attention is the mean query row of the pattern: a probability over the sources.
+    grid = np.array(data["cls_attention"]["grid"])  # [layers, heads, slots, rows, cols]
+    assert grid.shape == (2, 2, 4, 4, 4) and np.allclose(grid.sum((2, 3, 4)), 1, atol=1e-5)
+    assert np.allclose(grid[1, 0].flatten(), clean["pattern", 1][0, 0].mean(0).numpy(), atol=1e-6)
+
+
+def test_viewer_attribution_and_probes_on_videomae(tiny):
+    """The viewer's attention map is the readout's (the mean query row: no CLS); attribution
+    patching's per-(position, head) scores equal a hand-written gradient product; probe features
+    have no "cls" kind and their "mean" is the token mean."""
+    from hooked_vivit import viewer
+    from hooked_vivit.analysis import experiments as ex
+    from hooked_vivit.attribution import attribution_patch
+    from hooked_vivit.metrics import LogitDiff
+
+    model, clean, corrupted, clean_cache = tiny
+    maps = viewer.token_maps(model, clean, "cls_attention")
+    grid = model.cfg.grid
+    assert maps.shape == (2, 3, *grid.shape)
+    expected = torch.stack([clean_cache["pattern", l][0].mean(1) for l in range(2)])  # [L, H, P]
+    np.testing.assert_allclose(maps, grid.unflatten(expected)[1].numpy(), atol=1e-6)
+
+    metric = LogitDiff(2, 4)
+    result = attribution_patch(model, clean, corrupted, metric, acts=("resid_pre", "z", "pattern"), clean_cache=clean_cache)
+    assert result.scores["z"].shape == (2, model.cfg.n_ctx, 3) and result.scores["pattern"].shape == (2, model.cfg.n_ctx, 3)
+    _, corrupt_cache = model.run_with_cache(corrupted)
+    for act in ("z", "pattern"):
+        name = f"blocks.1.attn.hook_{act}"
+        leaf = corrupt_cache[name].clone().requires_grad_(True)
+
+        def swap(a, hook, leaf=leaf):
+            return leaf
+
+        logits = model.run_with_hooks(corrupted, fwd_hooks=[(name, swap)])
+        (grad,) = torch.autograd.grad(metric(logits).sum(), leaf)
+        prod = ((clean_cache[name] - corrupt_cache[name]) * grad)[0]
+        manual = prod.sum(-1) if act == "z" else prod.sum(-1).transpose(0, 1)  # [P, H]
+        torch.testing.assert_close(result.scores[act][1], manual.detach(), atol=1e-6, rtol=1e-5)
+
+    feats = ex.probe_features(model, [(clean, corrupted)])
+    assert "cls" not in feats
+    torch.testing.assert_close(feats["mean"][0, 0], clean_cache["resid_pre", 0][0].mean(0))
+
+
+def test_token_zero_is_a_patch_with_pixels(tiny):
+    """Without CLS, token 0 sees pixels: the pixel box and mask of token 0 are its tubelet, and
+    black fills with the model's own black pixel."""
+    from hooked_vivit.ablation import PixelBox, ablate_pixel_mask, token_pixel_mask
+
+    model, clean, *_ = tiny
+    grid = model.cfg.grid
+    assert PixelBox.from_tokens(grid, [0]) == PixelBox(0, 2, 0, 12, 0, 7)
+    mask = token_pixel_mask(grid, [0], 5, 36, 28)
+    assert mask.sum() == 2 * 12 * 7 and mask[:2, :12, :7].all()
+    black = ablate_pixel_mask(clean, mask, mode="black", config=model)
+    frames = np.zeros((5, 36, 28, 3), dtype=np.uint8)
+    torch.testing.assert_close(black[0, :2, :, :12, :7], video.preprocess(frames, config=model.cfg)[0, :2, :, :12, :7])
+    assert torch.equal(black[0, 2:], clean[0, 2:])

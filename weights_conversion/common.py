@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 StateDict = dict[str, torch.Tensor]
@@ -25,11 +27,14 @@ def checkpoint_has_classifier(state_dict: StateDict) -> bool:
     return any(k.startswith("classifier.") or k.startswith("unembed.") for k in state_dict)
 
 
-def check_keys(found: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]], what: str) -> None:
-    """Raise CheckpointError naming every missing, unexpected and mis-shaped key."""
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    misshaped = [f"{k}: checkpoint {found[k]} vs expected {expected[k]}" for k in expected if k in found and found[k] != expected[k]]
+def check_keys(
+    found: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]], what: str, spell: Callable[[str], str] = str
+) -> None:
+    """Raise CheckpointError naming every missing, unexpected and mis-shaped key, each as ``spell``
+    writes it (the converter passes the checkpoint's own spelling: its layout and prefix)."""
+    missing = [spell(k) for k in expected if k not in found]
+    unexpected = [spell(k) for k in found if k not in expected]
+    misshaped = [f"{spell(k)}: checkpoint {found[k]} vs expected {expected[k]}" for k in expected if k in found and found[k] != expected[k]]
     if missing or unexpected or misshaped:
         parts = [f"{what} does not match the config"]
         for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", misshaped)):

@@ -12,12 +12,12 @@ checkpoint that carries it anyway has it dropped. With ``use_mean_pooling`` the 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from weights_conversion.common import CheckpointError, StateDict, check_finite, check_keys, is_hooked_layout
-from weights_conversion.vivit import activation_shapes
+from weights_conversion.vivit import _drop_identity_layer_norms, activation_shapes
 
 if TYPE_CHECKING:  # the converter reads the config only; it never imports the model
     from hooked_vivit.config import HookedViViTConfig
@@ -27,17 +27,40 @@ _IGNORED = re.compile(r"^(videomae\.)?embeddings\.position_embeddings$")
 _ATTN = "attention.attention."
 
 
+_PREFIX = "videomae."
+_UNPREFIXED = ("fc_norm.", "classifier.")  # VideoMAEForVideoClassification keeps these outside videomae.
+
+
 def normalize_hf_keys(state_dict: StateDict) -> StateDict:
     """Either layout, with or without ``videomae.`` -> current transformers keys without prefix."""
+    return _normalize(state_dict)[0]
+
+
+def _normalize(state_dict: StateDict) -> tuple[StateDict, dict[str, str]]:
+    """(normalised state dict, normalised key -> the checkpoint's own spelling)."""
     out: StateDict = {}
+    spelled: dict[str, str] = {}
     for key, value in state_dict.items():
         if _IGNORED.match(key):
             continue
-        new = _HUB_BIAS.sub(lambda m: f".attention.attention.{'query' if m[1] == 'q' else 'value'}.bias", key.removeprefix("videomae."))
+        new = _HUB_BIAS.sub(lambda m: f".attention.attention.{'query' if m[1] == 'q' else 'value'}.bias", key.removeprefix(_PREFIX))
         if new in out:
             raise CheckpointError(f"checkpoint holds {new!r} twice (in both key layouts?)")
-        out[new] = value
-    return out
+        out[new], spelled[new] = value, key
+    return out, spelled
+
+
+def checkpoint_spelling(state_dict: StateDict) -> Callable[[str], str]:
+    """Normalised key -> how this checkpoint would spell it (its bias layout and prefix)."""
+    prefixed = any(k.startswith(_PREFIX) for k in state_dict)
+    hub = any(_HUB_BIAS.search(k) for k in state_dict)
+
+    def spell(key: str) -> str:
+        if hub:
+            key = re.sub(r"\.attention\.attention\.(query|value)\.bias$", lambda m: f".attention.attention.{m[1][0]}_bias", key)
+        return _PREFIX + key if prefixed and not key.startswith(_UNPREFIXED) else key
+
+    return spell
 
 
 def _final_norm_key(cfg: HookedViViTConfig) -> str:
@@ -50,9 +73,9 @@ def expected_hf_shapes(cfg: HookedViViTConfig) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {
         "embeddings.patch_embeddings.projection.weight": (d, cfg.n_channels, *cfg.tubelet_size),
         "embeddings.patch_embeddings.projection.bias": (d,),
-        f"{_final_norm_key(cfg)}.weight": (d,),
-        f"{_final_norm_key(cfg)}.bias": (d,),
     }
+    if cfg.final_norm:  # VideoMAEModel with mean pooling has none
+        shapes[f"{_final_norm_key(cfg)}.weight"] = shapes[f"{_final_norm_key(cfg)}.bias"] = (d,)
     for i in range(cfg.n_layers):
         p = f"encoder.layer.{i}."
         for m in ("query", "key", "value"):
@@ -83,7 +106,8 @@ def convert_videomae_weights(state_dict: StateDict, cfg: HookedViViTConfig) -> S
     if is_hooked_layout(state_dict):
         check_keys({k: tuple(v.shape) for k, v in state_dict.items()}, expected_hooked_shapes(cfg), "hooked checkpoint")
         return dict(state_dict)
-    sd = normalize_hf_keys(state_dict)
+    sd, spelled = _normalize(state_dict)
+    spell = checkpoint_spelling(state_dict)
     expected = expected_hf_shapes(cfg)
     if cfg.qkv_bias:
         # Some transformers 5.x releases (5.17, for one) gave the key projection a learned bias too;
@@ -92,7 +116,7 @@ def convert_videomae_weights(state_dict: StateDict, cfg: HookedViViTConfig) -> S
             key_bias = f"encoder.layer.{i}.{_ATTN}key.bias"
             if key_bias in sd:
                 expected[key_bias] = (cfg.n_heads * cfg.d_head,)
-    check_keys({k: tuple(v.shape) for k, v in sd.items()}, expected, "VideoMAE checkpoint")
+    check_keys({k: tuple(v.shape) for k, v in sd.items()}, expected, "VideoMAE checkpoint", spell=lambda k: spelled.get(k) or spell(k))
     return _hf_to_hooked(sd, cfg)
 
 
@@ -104,9 +128,9 @@ def _hf_to_hooked(sd: StateDict, cfg: HookedViViTConfig) -> StateDict:
     out: StateDict = {
         "embed.W_E": W_E,
         "embed.b_E": sd["embeddings.patch_embeddings.projection.bias"],
-        "ln_final.w": sd[f"{norm}.weight"],
-        "ln_final.b": sd[f"{norm}.bias"],
     }
+    if cfg.final_norm:
+        out["ln_final.w"], out["ln_final.b"] = sd[f"{norm}.weight"], sd[f"{norm}.bias"]
     for i in range(cfg.n_layers):
         p, b = f"encoder.layer.{i}.", f"blocks.{i}."
         for m, hf in (("Q", "query"), ("K", "key"), ("V", "value")):
@@ -123,6 +147,8 @@ def _hf_to_hooked(sd: StateDict, cfg: HookedViViTConfig) -> StateDict:
             out[b + f"mlp.act.{name}"] = sd[p + f"intermediate.intermediate_act_fn.{name}"]
     if cfg.n_classes:
         out["unembed.W_U"], out["unembed.b_U"] = sd["classifier.weight"].T, sd["classifier.bias"]
+    if cfg.normalization_type == "LNPre":
+        _drop_identity_layer_norms(out)
     return {k: v.contiguous() for k, v in out.items()}
 
 
@@ -143,7 +169,8 @@ def hooked_to_hf_weights(state_dict: StateDict, cfg: HookedViViTConfig, *, layou
         pre + "embeddings.patch_embeddings.projection.bias": sd["embed.b_E"],
     }
     norm = "fc_norm" if cfg.pooling == "mean" else pre + "layernorm"
-    out[f"{norm}.weight"], out[f"{norm}.bias"] = sd["ln_final.w"], sd["ln_final.b"]
+    if cfg.final_norm:
+        out[f"{norm}.weight"], out[f"{norm}.bias"] = sd["ln_final.w"], sd["ln_final.b"]
     for i in range(cfg.n_layers):
         p, b = f"{pre}encoder.layer.{i}.", f"blocks.{i}."
         for m, hf in (("Q", "query"), ("K", "key"), ("V", "value")):

@@ -14,7 +14,7 @@ against transformers itself.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -28,41 +28,66 @@ from weights_conversion.common import (
     is_hooked_layout,
 )
 
-# Old hub layout -> transformers >= 5.9 layout (after the optional "vivit." prefix is removed).
-_HUB_TO_NEW = [
-    (re.compile(r"^encoder\.layer\.(\d+)\."), r"layers.\1."),
-    (re.compile(r"\.attention\.attention\.query\."), ".attention.q_proj."),
-    (re.compile(r"\.attention\.attention\.key\."), ".attention.k_proj."),
-    (re.compile(r"\.attention\.attention\.value\."), ".attention.v_proj."),
-    (re.compile(r"\.attention\.output\.dense\."), ".attention.o_proj."),
-    (re.compile(r"\.intermediate\.dense\."), ".mlp.fc1."),
-    (re.compile(r"\.intermediate\.intermediate_act_fn\."), ".mlp.activation_fn."),
-    (re.compile(r"^(layers\.\d+)\.output\.dense\."), r"\1.mlp.fc2."),
+# (hub checkpoint, transformers >= 5.9) spellings of the same key part, after the optional "vivit."
+# prefix is removed; "^" anchors at the key's start. Applied in this order in either direction
+# (".attention.output.dense." must be renamed before the MLP's ".output.dense.").
+KEY_PAIRS = [
+    ("^encoder.layer.", "layers."),
+    (".attention.attention.query.", ".attention.q_proj."),
+    (".attention.attention.key.", ".attention.k_proj."),
+    (".attention.attention.value.", ".attention.v_proj."),
+    (".attention.output.dense.", ".attention.o_proj."),
+    (".intermediate.dense.", ".mlp.fc1."),
+    (".intermediate.intermediate_act_fn.", ".mlp.activation_fn."),
+    (".output.dense.", ".mlp.fc2."),
 ]
-_NEW_TO_HUB = [
-    (re.compile(r"^layers\.(\d+)\."), r"encoder.layer.\1."),
-    (re.compile(r"\.attention\.q_proj\."), ".attention.attention.query."),
-    (re.compile(r"\.attention\.k_proj\."), ".attention.attention.key."),
-    (re.compile(r"\.attention\.v_proj\."), ".attention.attention.value."),
-    (re.compile(r"\.attention\.o_proj\."), ".attention.output.dense."),
-    (re.compile(r"\.mlp\.fc1\."), ".intermediate.dense."),
-    (re.compile(r"\.mlp\.activation_fn\."), ".intermediate.intermediate_act_fn."),
-    (re.compile(r"\.mlp\.fc2\."), ".output.dense."),
-]
+
+
+def _rules(pairs: list[tuple[str, str]], to_new: bool) -> list[tuple[re.Pattern, str]]:
+    out = []
+    for hub, new in pairs:
+        anchored = hub.startswith("^")
+        src, dst = (hub.removeprefix("^"), new) if to_new else (new, hub.removeprefix("^"))
+        out.append((re.compile(("^" if anchored else "") + re.escape(src)), dst.replace("\\", "\\\\")))
+    return out
+
+
+_HUB_TO_NEW = _rules(KEY_PAIRS, to_new=True)
+_NEW_TO_HUB = _rules(KEY_PAIRS, to_new=False)
 _IGNORED = re.compile(r"^(vivit\.)?pooler\.")
+_PREFIX = "vivit."
 
 
 def normalize_hf_keys(state_dict: StateDict) -> StateDict:
     """Either HF layout, with or without ``vivit.`` -> transformers >= 5.9 keys without prefix."""
+    return _normalize(state_dict)[0]
+
+
+def _normalize(state_dict: StateDict) -> tuple[StateDict, dict[str, str]]:
+    """(normalised state dict, normalised key -> the checkpoint's own spelling)."""
     out: StateDict = {}
+    spelled: dict[str, str] = {}
     for key, value in state_dict.items():
         if _IGNORED.match(key):
             continue
-        new = _rename(key.removeprefix("vivit."), _HUB_TO_NEW)
+        new = _rename(key.removeprefix(_PREFIX), _HUB_TO_NEW)
         if new in out:
             raise CheckpointError(f"checkpoint holds {new!r} twice (in both key layouts?)")
-        out[new] = value
-    return out
+        out[new], spelled[new] = value, key
+    return out, spelled
+
+
+def checkpoint_spelling(state_dict: StateDict) -> Callable[[str], str]:
+    """Normalised key -> how this checkpoint would spell it (its layout and prefix), so that
+    error messages name keys as the user's file does."""
+    prefixed = any(k.startswith(_PREFIX) for k in state_dict)
+    hub = any(k.removeprefix(_PREFIX).startswith("encoder.layer.") for k in state_dict)
+
+    def spell(key: str) -> str:
+        key = _rename(key, _NEW_TO_HUB) if hub else key
+        return _PREFIX + key if prefixed and not key.startswith("classifier.") else key
+
+    return spell
 
 
 def activation_shapes(cfg: HookedViViTConfig) -> dict[str, tuple[int, ...]]:
@@ -123,8 +148,10 @@ def convert_vivit_weights(state_dict: StateDict, cfg: HookedViViTConfig) -> Stat
     if is_hooked_layout(state_dict):
         check_keys({k: tuple(v.shape) for k, v in state_dict.items()}, expected_hooked_shapes(cfg), "hooked checkpoint")
         return dict(state_dict)
-    sd = normalize_hf_keys(state_dict)
-    check_keys({k: tuple(v.shape) for k, v in sd.items()}, expected_hf_shapes(cfg), "ViViT checkpoint")
+    sd, spelled = _normalize(state_dict)
+    spell = checkpoint_spelling(state_dict)
+    check_keys({k: tuple(v.shape) for k, v in sd.items()}, expected_hf_shapes(cfg), "ViViT checkpoint",
+               spell=lambda k: spelled.get(k) or spell(k))
     return _hf_to_hooked(sd, cfg)
 
 

@@ -21,6 +21,45 @@ from hooked_vivit.probes import cross_validated_probe, probe_accuracy
 KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out")
 
 
+# ----------------------------------------------------------------- where the classifier reads
+# Every "cls" result below is read where the classifier reads the residual stream: the CLS token
+# (ViViT), token 0 (VideoMAE with use_mean_pooling=False), or the token mean (VideoMAE). The keys
+# keep the name "cls"; results record the readout ("readout") in words.
+def readout_name(model: Any) -> str:
+    if model.cfg.pooling == "mean":
+        return "token mean"
+    return "CLS" if model.cfg.grid.n_prefix else "first token"
+
+
+def readout_positions(model: Any) -> int | str:
+    """SignalRecovery's positions for the readout: 0, or "pooled" (the token mean)."""
+    return "pooled" if model.cfg.pooling == "mean" else 0
+
+
+def readout(act: torch.Tensor, model: Any) -> torch.Tensor:
+    """[batch, pos, ...] -> [batch, ...] at the readout."""
+    return act.mean(1) if model.cfg.pooling == "mean" else act[:, 0]
+
+
+def readout_attention(model: Any, pixel_values: torch.Tensor, layers: Sequence[int]) -> torch.Tensor:
+    """[layers, heads, n_ctx]: each head's weight on every source token as the readout sees it: the
+    CLS (token 0) query row, or under mean pooling the mean of every query row (the pooled vector
+    is that mean: mean_q sum_src pattern[q, src] v[src])."""
+    if model.cfg.pooling == "first":
+        # The query row only, beside the fused attention (model.attention_rows): the same numbers as
+        # the rows of hook_pattern, without materialising [heads, P, P] per layer.
+        return model.attention_rows(pixel_values[:1], queries=0, layers=layers)[0, :, :, 0].float()
+    rows: dict[int, torch.Tensor] = {}
+
+    def keep(act: torch.Tensor, hook: Any) -> None:
+        rows[int(hook.name.split(".")[1])] = act[0].float().mean(1)  # [heads, key_pos]
+
+    hooks = [(f"blocks.{l}.attn.hook_pattern", keep) for l in sorted(set(layers))]
+    with model.hooks(fwd_hooks=hooks), torch.inference_mode():
+        model(pixel_values[:1], stop_at_layer=max(layers) + 1)
+    return torch.stack([rows[l] for l in layers])
+
+
 def _names(n_layers: int, kinds: Sequence[str] = KINDS) -> list[str]:
     return [f"blocks.{l}.hook_{k}" for k in kinds for l in range(n_layers)]
 
@@ -28,17 +67,18 @@ def _names(n_layers: int, kinds: Sequence[str] = KINDS) -> list[str]:
 # ---------------------------------------------------------------------------------------- (a)
 def activation_deltas(model: Any, positive: torch.Tensor, negative: torch.Tensor) -> dict:
     """L2 norm of (positive - negative) per layer, for resid_pre/post, attn_out and mlp_out: at the
-    CLS token, and averaged over all tokens (the mean of per-token norms)."""
+    readout ("cls": the CLS token, or the token mean; see readout_name), and averaged over all tokens
+    (the mean of per-token norms)."""
     L = model.cfg.n_layers
     names = _names(L)
     with torch.inference_mode():
         _, cp = model.run_with_cache(positive, names_filter=names)
         _, cn = model.run_with_cache(negative, names_filter=names)
-    out: dict = {"layers": list(range(L)), "cls": {}, "tokens": {}}
+    out: dict = {"layers": list(range(L)), "readout": readout_name(model), "cls": {}, "tokens": {}}
     for kind in KINDS:
         deltas = torch.stack([(cp[f"blocks.{l}.hook_{kind}"] - cn[f"blocks.{l}.hook_{kind}"])[0].float() for l in range(L)])
         norms = deltas.norm(dim=-1)  # [L, n_ctx]
-        out["cls"][kind] = norms[:, 0].tolist()
+        out["cls"][kind] = readout(deltas, model).norm(dim=-1).tolist()
         out["tokens"][kind] = norms.mean(1).tolist()
     return out
 
@@ -86,20 +126,24 @@ def component_patched_activations(model: Any, clean_cache: Any, negative: torch.
     return torch.cat(outs)
 
 
-def recovery_variants(patched: torch.Tensor, clean: torch.Tensor, corrupt: torch.Tensor, hook: str = "activation") -> dict[str, list[float]]:
-    """Every RECOVERY_VARIANTS value of each row of ``patched`` [n, pos, d] (clean, corrupt [1, pos, d])."""
+def recovery_variants(patched: torch.Tensor, clean: torch.Tensor, corrupt: torch.Tensor, hook: str = "activation", *,
+                      readout: int | str = 0) -> dict[str, list[float]]:
+    """Every RECOVERY_VARIANTS value of each row of ``patched`` [n, pos, d] (clean, corrupt [1, pos, d]);
+    the "cls" variants (position 0) are read at ``readout`` (0, or "pooled" for a mean-pooling model)."""
     out = {}
     for name, (positions, kind) in RECOVERY_VARIANTS.items():
+        positions = readout if positions == 0 else positions
         metric = SignalRecovery(hook, clean, corrupt, positions=positions, kind=kind)
         out[name] = metric(None, {hook: patched}).tolist()
     return out
 
 
-def component_recovery(model: Any, positive: torch.Tensor, negative: torch.Tensor, *, positions: Any = 0) -> dict:
+def component_recovery(model: Any, positive: torch.Tensor, negative: torch.Tensor, *, positions: Any = None) -> dict:
     """Denoising, one component at a time (each layer's attention block and MLP block output, all
     tokens, positive into negative run), measured on the last layer's resid_post in every variant of
     RECOVERY_VARIANTS side by side ("variants"; formulas in hooked_vivit.metrics). "projection" and
-    "norm" keep the earlier keys: projection and norm_recovery read at ``positions`` (0 = CLS)."""
+    "norm" keep the earlier keys: projection and norm_recovery read at ``positions`` (0 = CLS; by
+    default the readout, see readout_positions). The "cls" variants are read at the readout."""
     L = model.cfg.n_layers
     last = f"blocks.{L - 1}.hook_resid_post"
     names = _names(L, ("attn_out", "mlp_out")) + [last]
@@ -107,10 +151,12 @@ def component_recovery(model: Any, positive: torch.Tensor, negative: torch.Tenso
         _, clean = model.run_with_cache(positive, names_filter=names)
         _, corrupt = model.run_with_cache(negative, names_filter=[last])
     patched = component_patched_activations(model, clean, negative, last)
-    out: dict = {"layers": list(range(L)), "measured_at": last, "positions": "CLS" if positions == 0 else str(positions),
+    positions = readout_positions(model) if positions is None else positions
+    at = readout_name(model) if positions == readout_positions(model) else str(positions)
+    out: dict = {"layers": list(range(L)), "measured_at": last, "positions": at, "readout": readout_name(model),
                  "headline": HEADLINE_RECOVERY, "headline_reason": HEADLINE_REASON, "variants": {}}
     split = lambda v: {"attn": v[0::2], "mlp": v[1::2]}  # noqa: E731  rows are (attn, mlp) per layer
-    for name, values in recovery_variants(patched, clean[last], corrupt[last], last).items():
+    for name, values in recovery_variants(patched, clean[last], corrupt[last], last, readout=readout_positions(model)).items():
         out["variants"][name] = split(values)
     for key, kind in (("projection", "projection"), ("norm", "norm")):
         metric = SignalRecovery(last, clean[last], corrupt[last], positions=positions, kind=kind)
@@ -121,23 +167,25 @@ def component_recovery(model: Any, positive: torch.Tensor, negative: torch.Tenso
 # ---------------------------------------------------------------------------------------- (c)
 def class_direction(model: Any, c: int) -> torch.Tensor:
     """The residual direction whose dot product with the final-LN-normalised (centred, divided by
-    scale) CLS vector gives the class logit (minus a constant): ln_final.w * W_U[:, c]."""
+    scale) readout vector gives the class logit (minus a constant): ln_final.w * W_U[:, c]."""
     w = model.ln_final.w if model.ln_final.w is not None else 1.0
     return (w * model.W_U[:, c]).detach()
 
 
 def token_dla(model: Any, pixel_values: torch.Tensor, c: int) -> dict:
-    """Direct logit attribution of every (layer, head, source token) to class ``c`` through CLS:
-    pattern[h, CLS, src] * (v[src, h] @ W_O[h]), centred and divided by the final LayerNorm's scale
-    at CLS (exactly what that LayerNorm does to it), dotted with the class direction. Summing over
-    sources gives each head's attribution from ActivationCache; heads plus the rest sum to the logit."""
+    """Direct logit attribution of every (layer, head, source token) to class ``c`` through the
+    readout: w[h, src] * (v[src, h] @ W_O[h]), centred and divided by the final LayerNorm's scale at
+    the readout (exactly what that LayerNorm does to it), dotted with the class direction; w is the
+    CLS (token 0) query row of the pattern, or under mean pooling the mean of every query row (the
+    pooled vector is linear in the per-token residuals). Summing over sources gives each head's
+    attribution from ActivationCache; heads plus the rest sum to the logit."""
     cfg = model.cfg
     L = cfg.n_layers
     names = [f"blocks.{l}.attn.hook_{k}" for l in range(L) for k in ("pattern", "v")] + ["ln_final.hook_scale"]
     with torch.inference_mode():
         logits, cache = model.run_with_cache(pixel_values[:1], names_filter=names)
         direction = class_direction(model, c)
-        scale = cache["ln_final.hook_scale"][0, 0, 0]
+        scale = cache["ln_final.hook_scale"][0].flatten()[0]  # [1] under mean pooling, [P, 1] (read at 0) otherwise
         per = []
         for l in range(L):
             v = cache[f"blocks.{l}.attn.hook_v"][0]  # [P, H, E]
@@ -145,49 +193,52 @@ def token_dla(model: Any, pixel_values: torch.Tensor, c: int) -> dict:
             ov = torch.einsum("phe,hed->hpd", v, W_O)
             ov = ov - ov.mean(-1, keepdim=True)
             proj = ov @ direction / scale  # [H, P]
-            pattern = cache[f"blocks.{l}.attn.hook_pattern"][0, :, 0]  # [H, P], CLS query
-            per.append(pattern * proj)
+            pattern = cache[f"blocks.{l}.attn.hook_pattern"][0]  # [H, P, P]
+            weights = pattern.mean(1) if cfg.pooling == "mean" else pattern[:, 0]  # [H, P], the readout's query
+            per.append(weights * proj)
         terms = torch.stack(per).float()  # [L, H, P]
     cls_term, grid = cfg.grid.unflatten(terms.sum((0, 1)))
     return {
         "class": c,
+        "readout": readout_name(model),
         "class_name": cfg.id2label.get(c, str(c)),
         "logit": float(logits[0, c]),
         "terms": terms,  # [layers, heads, tokens]
         "per_head": terms.sum(-1).tolist(),
-        "cls_source": float(cls_term),
+        "cls_source": float(cls_term) if cfg.grid.n_prefix else None,  # no CLS token: no such source
         "heatmap": grid.tolist(),  # [frame slots, rows, cols], summed over layers and heads
     }
 
 
 # ---------------------------------------------------------------------------------------- (d)
 def token_masks(model: Any, masks: np.ndarray) -> torch.Tensor:
-    """Per-token share of pixels inside an object mask [T, H, W] -> [n_ctx] (CLS gets 0)."""
+    """Per-token share of pixels inside an object mask [T, H, W] -> [n_ctx] (a CLS token gets 0)."""
     t, h, w = model.cfg.tubelet_size
     grid = model.cfg.grid
     m = torch.from_numpy(np.asarray(masks, dtype=np.float32))
     # Only the pixels some token sees (sizes need not be tubelet multiples).
     m = m[grid.covered_frames.start : grid.covered_frames.stop, grid.covered_rows, grid.covered_cols]
     pooled = m.reshape(grid.n_frame_slots, t, grid.n_rows, h, grid.n_cols, w).mean(dim=(1, 3, 5))
-    return torch.cat([torch.zeros(1), pooled.flatten()])
+    return torch.cat([torch.zeros(grid.n_prefix), pooled.flatten()])
 
 
 def cls_attention(model: Any, pixel_values: torch.Tensor, layers: Sequence[int] | None = None, masks: dict[str, np.ndarray] | None = None) -> dict:
-    """CLS attention of every head of the chosen layers on the token grid, and with object masks
+    """Readout attention (the CLS query row; under mean pooling the mean query row, see
+    readout_attention) of every head of the chosen layers on the token grid, and with object masks
     the share of each head's attention to patch tokens that lands on each object's tokens."""
     cfg = model.cfg
+    n_prefix = cfg.grid.n_prefix
     layers = list(range(cfg.n_layers)) if layers is None else list(layers)
-    # The CLS query row only, computed beside the fused attention (model.attention_rows): the same
-    # numbers as the rows of hook_pattern, without materialising [heads, P, P] per layer.
     with torch.inference_mode():
-        maps = model.attention_rows(pixel_values[:1], queries="cls", layers=layers)[0, :, :, 0].float()  # [layers, heads, P]
-    out: dict = {"layers": layers, "attention_to_cls": maps[..., 0].tolist(), "grid": cfg.grid.unflatten(maps)[1].tolist()}
+        maps = readout_attention(model, pixel_values, layers)  # [layers, heads, P]
+    out: dict = {"layers": layers, "readout": readout_name(model), "attention_to_cls": maps[..., 0].tolist() if n_prefix else None,
+                 "grid": cfg.grid.unflatten(maps)[1].tolist()}
     if masks:
-        patch_attn = maps[..., 1:]
+        patch_attn = maps[..., n_prefix:]
         total = patch_attn.sum(-1)
         shares = {}
         for name, mask in masks.items():
-            tm = (token_masks(model, mask)[1:] > 0).float()
+            tm = (token_masks(model, mask)[n_prefix:] > 0).float()
             shares[name] = ((patch_attn * tm).sum(-1) / total).tolist()
             shares[f"{name} (token share of the grid)"] = float(tm.mean())
         out["object_share"] = shares
@@ -198,8 +249,9 @@ def cls_attention(model: Any, pixel_values: torch.Tensor, layers: Sequence[int] 
 def region_ablation(model: Any, pixel_values: torch.Tensor, dla: dict, *, n_tokens: int = 8, k: int = 6, mode: str = "zero") -> dict:
     """Top-k classes before and after ablating (zeroing, by default) the pixel box around the
     tokens of greatest absolute direct logit attribution (the paper's Table 1)."""
-    scores = dla["terms"].sum((0, 1))[1:].abs()
-    top = (scores.topk(min(n_tokens, len(scores))).indices + 1).tolist()
+    n_prefix = model.cfg.grid.n_prefix
+    scores = dla["terms"].sum((0, 1))[n_prefix:].abs()
+    top = (scores.topk(min(n_tokens, len(scores))).indices + n_prefix).tolist()
     box = PixelBox.from_tokens(model.cfg.grid, top)
     ablated = ablate_pixels(pixel_values[:1], box, mode=mode)
     with torch.inference_mode():
@@ -230,7 +282,7 @@ def differential_token_dla(model: Any, positive: torch.Tensor, negative: torch.T
         "attention_total": float(terms.sum()),
         "terms": terms,
         "per_head": terms.sum(-1).tolist(),
-        "cls_source": float(cls_term),
+        "cls_source": float(cls_term) if model.cfg.grid.n_prefix else None,
         "heatmap": grid.tolist(),
         "per_slot_abs": grid.abs().sum((1, 2)).tolist(),
     }
@@ -258,7 +310,7 @@ def object_token_masks(model: Any, masks: dict[str, np.ndarray], from_frame: int
     for name, m in masks.items():
         m = np.asarray(m, dtype=bool).copy()
         m[:from_frame] = False
-        out[name] = token_masks(model, m)[1:] > 0
+        out[name] = token_masks(model, m)[model.cfg.grid.n_prefix :] > 0
     return out
 
 
@@ -278,7 +330,7 @@ class OutcomeSignal:
     """The outcome signal of a (positive, negative) pair, two ways, for runs of modified clips:
 
     direction = <r(x_pos) - r(x_neg), r_pos - r_neg> / ||r_pos - r_neg||^2, with r the last resid_post
-                at CLS and r_pos, r_neg the unmodified pair's (1 before any ablation; the difference
+                at the readout (CLS, or the token mean) and r_pos, r_neg the unmodified pair's (1 before any ablation; the difference
                 direction of the recovery metric);
     logit_gap = logit_c(x_pos) - logit_c(x_neg), the two clips' logits of class c (the positive's
                 predicted class).
@@ -292,7 +344,7 @@ class OutcomeSignal:
         self.r_pos, self.r_neg = r[0], r[1]
         self.delta = self.r_pos - self.r_neg
         if float(self.delta.pow(2).sum()) == 0:
-            raise ValueError("the two clips give the same last-layer CLS residual: there is no outcome signal")
+            raise ValueError(f"the two clips give the same last-layer residual at the readout ({readout_name(self.model)}): there is no outcome signal")
         self.base = self.measure(positive[:1], negative[:1])
 
     def _run(self, x: torch.Tensor, batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -302,7 +354,7 @@ class OutcomeSignal:
             with torch.inference_mode():
                 lg, cache = self.model.run_with_cache(x[i : i + batch], names_filter=[self.hook])
             logits.append(lg.float())
-            acts.append(cache[self.hook][:, 0].float())
+            acts.append(readout(cache[self.hook], self.model).float())
         return torch.cat(logits), torch.cat(acts)
 
     def measure(self, x_pos: torch.Tensor, x_neg: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -346,9 +398,9 @@ def top_token_region(model: Any, scores: torch.Tensor, n_tokens: int, from_frame
     the pixel mask of exactly those tokens."""
     grid = model.cfg.grid
     s = scores.abs().clone().float()
-    s[0] = -1
+    s[: grid.n_prefix] = -1
     first_slot = grid.frame_slot_of_frame(from_frame)
-    s[1 : 1 + first_slot * grid.n_rows * grid.n_cols] = -1
+    s[grid.n_prefix : grid.n_prefix + first_slot * grid.n_rows * grid.n_cols] = -1
     top = (s.topk(min(n_tokens, int((s >= 0).sum()))).indices).tolist()
     return top, token_pixel_mask(grid, top, frames, height, width)
 
@@ -376,20 +428,19 @@ def outcome_analysis(model: Any, positive: torch.Tensor, negative: torch.Tensor,
     }
     if objects:
         tokens = object_token_masks(model, objects)
-        names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
+        n_prefix = model.cfg.grid.n_prefix
         with torch.inference_mode():
-            _, cache = model.run_with_cache(positive[:1], names_filter=names)
-        attn = torch.stack([cache[n][0, :, 0, 1:] for n in names]).float()  # [L, H, patches]
+            attn = readout_attention(model, positive, list(range(model.cfg.n_layers)))[..., n_prefix:]  # [L, H, patches]
         weights = {"CLS attention (positive clip)": attn,
-                   "|class DLA| (positive clip)": dla["terms"].sum((0, 1))[1:].abs(),
-                   "|differential DLA|": diff["terms"].sum((0, 1))[1:].abs()}
+                   "|class DLA| (positive clip)": dla["terms"].sum((0, 1))[n_prefix:].abs(),
+                   "|differential DLA|": diff["terms"].sum((0, 1))[n_prefix:].abs()}
         out["enrichment"] = {obj: {w: enrichment(val, tok) for w, val in weights.items()} for obj, tok in tokens.items()}
     return out
 
 
 # ---------------------------------------------------------------------------------------- (f)
 def probe_features(model: Any, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> dict:
-    """CLS and mean-token residual stream per layer (resid_pre 0..L-1 and the last resid_post),
+    """CLS (when the model has one) and mean-token residual stream per layer (resid_pre 0..L-1 and the last resid_post),
     plus two pixel-space baselines: "pixels", spatially resolved (each tubelet's mean colour, every
     token kept), and "pixels_mean", pooled the way the mean-token features are (the raw tubelet
     vector averaged over tokens: exactly the input a mean-pooled layer-0 embedding is linear in).
@@ -404,8 +455,9 @@ def probe_features(model: Any, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]
             logits, cache = model.run_with_cache(x, names_filter=names)
         preds.append(logits.argmax(-1).cpu())
         stack = torch.stack([cache[n] for n in names]).float()  # [L+1, 2, P, d]
+        n_prefix = model.cfg.grid.n_prefix
         cls.append(stack[:, :, 0])
-        mean.append(stack[:, :, 1:].mean(2))
+        mean.append(stack[:, :, n_prefix:].mean(2))
         g = model.cfg.grid
         seen = x[:, : g.covered_frames.stop, :, g.covered_rows, g.covered_cols].float()  # pixels some token sees
         B, C = x.shape[0], x.shape[2]
@@ -414,7 +466,8 @@ def probe_features(model: Any, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]
         pix_mean.append(tubes.permute(0, 1, 4, 6, 2, 3, 5, 7).reshape(B, -1, t * C * h * w).mean(1))
         labels += [1, 0]
         groups += [i, i]
-    return {"cls": torch.cat(cls, 1), "mean": torch.cat(mean, 1), "pixels": torch.cat(pix), "pixels_mean": torch.cat(pix_mean),
+    # Without a CLS token there are no "cls" features: token 0 is a patch, and the mean is "mean".
+    return {**({"cls": torch.cat(cls, 1)} if model.cfg.grid.n_prefix else {}), "mean": torch.cat(mean, 1), "pixels": torch.cat(pix), "pixels_mean": torch.cat(pix_mean),
             "labels": np.array(labels), "groups": np.array(groups), "predictions": torch.cat(preds).numpy()}
 
 
@@ -430,7 +483,8 @@ def layer_probes(model: Any, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
                  "method": f"repeated grouped {k}-fold ({repeats} repeats, groups = pairs), bootstrap 95 % intervals over pairs"}
     run = lambda feat: cross_validated_probe(feat, f["labels"], f["groups"], k=k, repeats=repeats, seed=seed)  # noqa: E731
     for kind in ("cls", "mean"):
-        out[kind] = [run(feat) for feat in f[kind]]
+        if kind in f:
+            out[kind] = [run(feat) for feat in f[kind]]
     out["pixels"] = run(f["pixels"])
     out["pixels_mean"] = run(f["pixels_mean"])
     out["train_pairs_per_fold"] = out["pixels"]["train_pairs_per_fold"]

@@ -39,13 +39,15 @@ DEFAULT_MODEL = "organism"
 
 
 def load_model(name_or_path: str | None, device: str = "cpu"):
-    from hooked_vivit.model import HookedViViT
+    """The shipped organism, or any checkpoint directory / hub id; the class follows config.json's
+    model_type (HookedViViT, HookedVideoMAE, ...)."""
+    from hooked_vivit.model import HookedVideoTransformer
 
     if name_or_path in (None, "", DEFAULT_MODEL):
         from hooked_vivit import organism
 
-        return HookedViViT.from_pretrained(organism.checkpoint_path(), device=device)
-    return HookedViViT.from_pretrained(name_or_path, device=device)
+        return HookedVideoTransformer.from_pretrained(organism.checkpoint_path(), device=device)
+    return HookedVideoTransformer.from_pretrained(name_or_path, device=device)
 
 
 @dataclass
@@ -202,7 +204,7 @@ def analyze_pair(model: Any, pair: Pair, *, probe_pairs: int = 100, probe_seed: 
     dla = ex.token_dla(model, pos, c)
     results["dla"] = {k: v for k, v in dla.items() if k != "terms"}
     scores = dla["terms"].sum((0, 1))
-    top = (scores[1:].abs().topk(min(8, cfg.grid.n_patches)).indices + 1).tolist()
+    top = (scores[cfg.grid.n_prefix :].abs().topk(min(8, cfg.grid.n_patches)).indices + cfg.grid.n_prefix).tolist()
     div_slot = results["pair"]["divergence_slot"]
     results["dla"]["top_tokens"] = top
     results["dla"]["top_tokens_n"] = len(top)
@@ -241,7 +243,7 @@ def analyze_pair(model: Any, pair: Pair, *, probe_pairs: int = 100, probe_seed: 
 
 def best_probe(probes: dict) -> dict:
     """The layer and pooling with the highest paired accuracy."""
-    kind, i = max(((k, i) for k in ("cls", "mean") for i in range(len(probes[k]))), key=lambda ki: probes[ki[0]][ki[1]]["paired_accuracy"])
+    kind, i = max(((k, i) for k in ("cls", "mean") if k in probes for i in range(len(probes[k]))), key=lambda ki: probes[ki[0]][ki[1]]["paired_accuracy"])
     return {"pooling": kind, "index": i, "layer": probes["layers"][i]}
 
 
@@ -258,15 +260,21 @@ def analysis_captions(results: dict) -> dict[str, str]:
     results["captions"] = cap.captions = []
     m = results["model"]
     out = {}
+    # Where the classifier reads: "CLS" (ViViT), or the "token mean" / "first token" of a model without CLS (VideoMAE).
+    ro = results["deltas"].get("readout", "CLS")
+    at_ro, ro_attn = ("CLS", "CLS attention") if ro == "CLS" else (f"the {ro}", f"{ro} attention")
     pos_name, neg_name = results["pair"]["names"]
     out["frames"] = cap.record("frames", f"Frames of the positive ({pos_name}, top) and negative ({neg_name}, bottom) clip of {_pair_phrase(cap, results)}"
                                + (f"; they are identical before frame {cap.v('pair.divergence_frame')}." if results["pair"]["divergence_frame"] is not None else "."))
     out["deltas"] = cap.record("deltas", (
-        f"Euclidean norm of the positive-minus-negative activation of {m} on {_pair_phrase(cap, results)}, per layer, at the CLS token (left) "
+        (f"Euclidean norm of the positive-minus-negative activation of {m} on {_pair_phrase(cap, results)}, per layer, at the CLS token (left) "
         "and averaged over tokens (right). At CLS it is zero before the first attention block by construction (only patch tokens see pixels); "
+        if ro == "CLS" else
+        f"Euclidean norm of the positive-minus-negative activation of {m} on {_pair_phrase(cap, results)}, per layer, at the {ro}, which the "
+        "classifier reads (left), and as the mean of per-token norms (right); at the readout ") + (
         f"after layer {cap.v('deltas.layers.0')} it is {cap.v('deltas.cls.resid_post.0', '.3f')} and after the last layer (layer "
         f"{cap.v('deltas.layers.-1')}) {cap.v('deltas.cls.resid_post.-1', '.3f')}; averaged over tokens the last layer's difference is "
-        f"{cap.v('deltas.tokens.resid_post.-1', '.3f')}."))
+        f"{cap.v('deltas.tokens.resid_post.-1', '.3f')}.")))
     s = results["recovery"]["summary"]
     h = results["recovery"]["headline"]
     out["recovery"] = cap.record("recovery", (
@@ -275,7 +283,7 @@ def analysis_captions(results: dict) -> dict[str, str]:
         f"The figure shows the headline variant, {h}: attention blocks {cap.v(f'recovery.summary.{h}.attn.min', '.0%')} to "
         f"{cap.v(f'recovery.summary.{h}.attn.max', '.0%')}, MLP blocks {cap.v(f'recovery.summary.{h}.mlp.min', '.0%')} to "
         f"{cap.v(f'recovery.summary.{h}.mlp.max', '.0%')}. The table gives every variant side by side. "
-        f"{cap.v('recovery.summary.norm_ratio_cls_above_1')} of the {cap.v('recovery.summary.components')} components have a norm ratio at CLS "
+        f"{cap.v('recovery.summary.norm_ratio_cls_above_1')} of the {cap.v('recovery.summary.components')} components have a norm ratio at {at_ro} "
         f"above {cap.v('recovery.summary.threshold', '.0%')} ({cap.v('recovery.summary.norm_ratio_tokens_above_1')} over all tokens); a norm ratio above "
         f"{cap.v('recovery.summary.threshold', '.0%')} does not show that a "
         "component is sufficient, since the patched run can move away from the clean one."))
@@ -293,7 +301,7 @@ def analysis_captions(results: dict) -> dict[str, str]:
               f"slots before the divergence (slot {cap.v('pair.divergence_slot')}), where the two clips are identical: they attribute the class, "
               "not the outcome." if dla.get("top_tokens_before_divergence") is not None else "")
     out["dla"] = cap.record("dla", (
-        f"Direct contribution of each source token, through every head's CLS attention and the final LayerNorm, to the '{dla['class_name']}' "
+        f"Direct contribution of each source token, through every head's {ro_attn} and the final LayerNorm, to the '{dla['class_name']}' "
         f"logit ({cap.v('dla.logit', '.3f')}) of the positive clip of {_pair_phrase(cap, results)} in {m}, summed over layers and heads, "
         "one panel per frame slot (red raises the logit, blue lowers it)." + before))
     o = results["outcome"]
@@ -308,12 +316,12 @@ def analysis_captions(results: dict) -> dict[str, str]:
         parts = []
         for obj in o["enrichment"]:
             base = f"outcome.enrichment.{obj}.CLS attention (positive clip)"
-            parts.append(f"{obj}: {cap.v(base + '.mean_share', '.1%')} of CLS attention on patch tokens against a base rate of "
+            parts.append(f"{obj}: {cap.v(base + '.mean_share', '.1%')} of {ro_attn} on patch tokens against a base rate of "
                          f"{cap.v(base + '.base_rate', '.1%')} of the tokens (enrichment {cap.v(base + '.enrichment', '.2f')})")
         att_obj = (f" Mean over all {cap.v('scope.layers')} layers x {cap.v('scope.heads')} heads, object pixels from the divergence on: "
                    + "; ".join(parts) + ".")
     out["attention"] = cap.record("attention", (
-        f"Where the CLS token of {m} looks in the last layer (layer {cap.v('recovery.layers.-1')}), per head, over the positive clip of "
+        f"Where {'the CLS token' if ro == 'CLS' else f'the {ro} (the mean of every query row)'} of {m} looks in the last layer (layer {cap.v('recovery.layers.-1')}), per head, over the positive clip of "
         f"{_pair_phrase(cap, results)}." + att_obj))
     if "enrichment" in o:
         parts = []
@@ -433,7 +441,7 @@ def write_analysis(out: Path | OutputDir, model: Any, pair: Pair, results: dict,
 
 def probe_table_html(pr: dict) -> str:
     rows = []
-    for kind in ("cls", "mean"):
+    for kind in [k for k in ("cls", "mean") if k in pr]:  # no "cls" features without a CLS token
         for name, r in zip(pr["layers"], pr[kind]):
             rows.append({"features": f"{kind} {name}", **_probe_row(r)})
     for key in ("pixels", "pixels_mean"):
@@ -501,7 +509,8 @@ def study_domain(model: Any, domain: str, n_pairs: int, *, seed0: int = ANALYSIS
             slot_abs = np.array(o["differential_dla"]["per_slot_abs"])
             div_slot = model.cfg.grid.frame_slot_of_frame(meta["divergence_frame"])
             o["share_after_divergence"] = float(slot_abs[div_slot:].sum() / max(slot_abs.sum(), 1e-30))
-            top = (dla["terms"].sum((0, 1))[1:].abs().topk(min(8, model.cfg.grid.n_patches)).indices + 1).tolist()
+            n_prefix = model.cfg.grid.n_prefix
+            top = (dla["terms"].sum((0, 1))[n_prefix:].abs().topk(min(8, model.cfg.grid.n_patches)).indices + n_prefix).tolist()
             o["class_top_before_divergence"] = sum(model.cfg.grid.coords(t)[0] < div_slot for t in top)
             outcomes.append(o)
     arrays = {name: np.array(v) for name, v in variants.items()}  # [pairs, 2, L]
@@ -749,7 +758,7 @@ def study_tables_markdown(summary: dict) -> str:
         pr = st["probes"]
         lines += ["", f"### Outcome probes ({pr['pairs']} pairs, repeated grouped {pr['folds']}-fold x {pr['repeats']}, groups = pairs)", "",
                   "| features | accuracy | paired accuracy | control accuracy | control paired |", "|---|---|---|---|---|"]
-        rows = [(f"{k} {n}", e) for k in ("cls", "mean") for n, e in zip(pr["layers"], pr[k])] + [(k, pr[k]) for k in ("pixels", "pixels_mean")]
+        rows = [(f"{k} {n}", e) for k in ("cls", "mean") if k in pr for n, e in zip(pr["layers"], pr[k])] + [(k, pr[k]) for k in ("pixels", "pixels_mean")]
         for name, e in rows:
             lines.append(f"| {name} | {e['accuracy']:.0%} [{e['accuracy_ci95'][0]:.0%}, {e['accuracy_ci95'][1]:.0%}] | {e['paired_accuracy']:.0%} "
                          f"[{e['paired_accuracy_ci95'][0]:.0%}, {e['paired_accuracy_ci95'][1]:.0%}] | {e['control_accuracy']:.0%} | "

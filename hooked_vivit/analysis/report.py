@@ -98,14 +98,14 @@ def fig_cls_attention(att: dict, frames: np.ndarray, tubelet_t: int, path: Path,
                 ax.set_title(f"frame {t * tubelet_t}", fontsize=8)
             if j == 0:
                 ax.set_ylabel(f"head {h}", fontsize=8)
-    fig.suptitle(f"CLS attention, layer {att['layers'][layer_index]}", fontsize=9)
+    fig.suptitle(f"{'CLS' if att.get('readout', 'CLS') == 'CLS' else att['readout']} attention, layer {att['layers'][layer_index]}", fontsize=9)
     return _save(fig, path)
 
 
 def fig_probes(probes: dict, path: Path, ci: dict | None = None) -> Path:
     fig, ax = plt.subplots(figsize=(7, 3.6))
     x = np.arange(len(probes["layers"]))
-    for kind, color in (("cls", "#1f77b4"), ("mean", "#2ca02c")):
+    for kind, color in [(k, c) for k, c in (("cls", "#1f77b4"), ("mean", "#2ca02c")) if k in probes]:  # no CLS: "mean" only
         acc = np.array([r["accuracy"] for r in probes[kind]]) * 100
         ctl = np.array([r["control_accuracy"] for r in probes[kind]]) * 100
         ax.plot(x, acc, "o-", color=color, label=f"{kind} probe")
@@ -283,7 +283,7 @@ def scope_html(sc: dict) -> str:
         "<div style='border:2px solid #888;padding:0.5em 1em;margin:1em 0;background:#fafafa'><b>Scope.</b> "
         f"Model <code>{html.escape(sc['model'])}</code>: {sc['layers']} layers, {sc['heads']} heads, d_model {sc['d_model']}, "
         f"{sc['frames']} frames of {sc['pixels'][0]}x{sc['pixels'][1]} px, tubelets {tuple(sc['tubelet'])}, "
-        f"{sc['tokens']} tokens (1 CLS + {'x'.join(map(str, sc['token_grid']))}), {sc['classes']} classes; trained on "
+        f"{sc['tokens']} tokens ({'1 CLS + ' if sc['tokens'] > int(np.prod(sc['token_grid'])) else ''}{'x'.join(map(str, sc['token_grid']))}), {sc['classes']} classes; trained on "
         f"{html.escape(sc['trained_on'])}.<ul>{rows}</ul>{note}</div>"
     )
 
@@ -360,7 +360,7 @@ def fig_probes_ci(probes: dict, path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
     x = np.arange(len(probes["layers"]))
     for ax, metric in zip(axes, ("accuracy", "paired_accuracy")):
-        for kind, color in (("cls", "#1f77b4"), ("mean", "#2ca02c")):
+        for kind, color in [(k, c) for k, c in (("cls", "#1f77b4"), ("mean", "#2ca02c")) if k in probes]:  # no CLS: "mean" only
             acc = np.array([r[metric] for r in probes[kind]]) * 100
             lo = np.array([r[f"{metric}_ci95"][0] for r in probes[kind]]) * 100
             hi = np.array([r[f"{metric}_ci95"][1] for r in probes[kind]]) * 100
