@@ -17,6 +17,11 @@ def hook_shape(cfg: Any, name: str, batch: int) -> tuple[int, ...] | None:
     """The shape a hook fires with, or None if it does not fire under this config."""
     B, P, d, H, E, M = batch, cfg.n_ctx, cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp
     leaf = name.rsplit(".", 1)[-1]
+    own = getattr(cfg, "hook_shape", None)  # an architecture whose attentions batch differently (TimeSformer)
+    if own is not None:
+        shape = own(name, batch)
+        if shape is not NotImplemented:
+            return shape
     if name.startswith("ln_final.") and getattr(cfg, "pooling", "first") == "mean":
         return (B, 1) if leaf == "hook_scale" else (B, d)  # the norm reads the token mean
     if leaf in ("hook_attn_scores", "hook_pattern"):
@@ -121,6 +126,24 @@ class VideoActivationCache(ActivationCache):
                 "names_filter, or with one that includes it"
             )
         return HookNameError(f"cache key {key!r}: " + model._unknown_hook_message(name))
+
+    def decompose_resid(self, layer: int | None = None, mlp_input: bool = False, mode: str = "all", apply_ln: bool = False,
+                        pos_slice: Any = None, incl_embeds: bool = True, return_labels: bool = False) -> Any:
+        """TransformerLens's decomposition; on a model with more residual writers than embed, pos_embed,
+        attn_out and mlp_out (TimeSformer: time_embed, temporal_attn_out) it stacks all of them, in
+        forward order, so the stack still sums to the residual stream."""
+        writers = getattr(self.model, "residual_writers", None)
+        if writers is None:
+            return super().decompose_resid(layer, mlp_input, mode, apply_ln, pos_slice, incl_embeds, return_labels)
+        from transformer_lens.utilities import Slice
+
+        pos_slice = pos_slice if isinstance(pos_slice, Slice) else Slice(pos_slice)
+        layer = self.model.cfg.n_layers if layer is None or layer == -1 else layer
+        names, labels = writers(layer, mlp_input=mlp_input, mode=mode, incl_embeds=incl_embeds)
+        components = torch.stack([pos_slice.apply(self[n], dim=-2) for n in names], dim=0)
+        if apply_ln:
+            components = self.apply_ln_to_stack(components, layer, pos_slice=pos_slice, mlp_input=mlp_input)
+        return (components, labels) if return_labels else components
 
     def nbytes(self) -> int:
         return sum(v.numel() * v.element_size() for v in self.cache_dict.values())
