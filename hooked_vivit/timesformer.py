@@ -316,6 +316,15 @@ class HookedTimeSformer(HookedVideoTransformer):
         patches = (rows[..., 1:] / T).permute(0, 2, 1, 3).reshape(rows.shape[0], rows.shape[2], T * N)
         return torch.cat([cls.unsqueeze(-1), patches], dim=-1)
 
+    def temporal_maps(self, cache: Any, layer: int, clip: int = 0) -> Float[torch.Tensor, "head query_frame key_frame rows cols"]:
+        """Frame-to-frame attention of every spatial position: ``[h, q, k, r, c]`` is how much the
+        patch at grid (r, c) of frame q attends to the same patch of frame k (head h, one clip), from
+        a cached ``blocks.{layer}.temporal_attn.hook_pattern``."""
+        g = self.cfg.grid
+        N = g.n_rows * g.n_cols
+        pattern = cache[f"blocks.{layer}.temporal_attn.hook_pattern"][clip * N : (clip + 1) * N]  # [N, H, T, T]
+        return pattern.permute(1, 2, 3, 0).reshape(*pattern.shape[1:], g.n_rows, g.n_cols)
+
     def attention_rows(self, pixel_values: PixelValues, queries: Any = "cls", layers: Sequence[int] | None = None) -> Float[torch.Tensor, "batch layers heads 1 n_ctx"]:
         """CLS's effective attention over every token (``cls_pattern_on_tokens``) for every head of
         ``layers``, from the spatial attention's CLS rows on the fused path: [batch, layers, heads, 1, n_ctx]."""

@@ -5,6 +5,7 @@ decomposition, the layout helpers against brute-force loops, weight processing, 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from transformers import TimesformerConfig, TimesformerForVideoClassification, TimesformerModel
@@ -326,3 +327,111 @@ def test_timesformer_b_kinetics400_shape_random_weights():
         worst[f"pattern{l}"] = max_rel(cache["pattern", l], ref.attentions[l])
         worst[f"temporal_pattern{l}"] = max_rel(cache[f"blocks.{l}.temporal_attn.hook_pattern"], temporal[l])
     assert max(worst.values()) <= TOL, worst
+
+
+# ------------------------------------------------------------------ analysis on a tiny TimeSformer
+ANALYSIS = dict(image_size=32, patch_size=8, num_frames=8, hidden_size=24, num_attention_heads=3, num_hidden_layers=2,
+                intermediate_size=48, num_labels=6)
+
+
+@pytest.fixture(scope="module")
+def analysis_model():
+    return HookedTimeSformer.from_hf_model(make_hf(ANALYSIS, seed=3))
+
+
+def test_token_dla_sums_to_each_spatial_heads_cls_write(analysis_model):
+    """token_dla reads CLS's effective attention (frames' CLS rows / frames): summed over sources it
+    is each spatial head's write to CLS (mean over frames of hook_result at CLS) through ln_final."""
+    from hooked_vivit.analysis import experiments as ex
+
+    model = analysis_model
+    x = pixels(ANALYSIS, batch=1, seed=4)
+    c = 2
+    dla = ex.token_dla(model, x, c)
+    model.set_use_attn_result(True)
+    try:
+        with torch.no_grad():
+            _, cache = model.run_with_cache(x)
+    finally:
+        model.set_use_attn_result(False)
+    direction = ex.class_direction(model, c)
+    scale = cache["ln_final.hook_scale"][0, 0, 0]
+    for l in range(model.cfg.n_layers):
+        cls_write = cache[f"blocks.{l}.attn.hook_result"][:, 0].mean(0)  # [H, d]: frames averaged, as the block does
+        cls_write = cls_write - cls_write.mean(-1, keepdim=True)
+        torch.testing.assert_close(dla["terms"][l].sum(-1), cls_write @ direction / scale, atol=1e-5, rtol=1e-4)
+    # Temporal attention writes nothing to CLS, so the spatial heads are every attention head the logit sees.
+    assert np.array(dla["heatmap"]).shape == model.cfg.grid.shape == (8, 4, 4)
+
+
+def test_patching_both_attentions_equals_a_hand_written_hook(analysis_model):
+    from hooked_vivit import patching
+    from hooked_vivit.metrics import LogitDiff
+
+    model = analysis_model
+    clean, corrupted = pixels(ANALYSIS, batch=1, seed=5), pixels(ANALYSIS, batch=1, seed=6)
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(clean)
+    metric = LogitDiff(1, 3)
+    patches = patching.component_patches(model, ("temporal_attn_out", "attn_out", "mlp_out"))
+    sweep = patching.run_patches(model, patches, source_cache=clean_cache, target=corrupted, metric=metric)
+    for i, name in enumerate(["blocks.0.hook_temporal_attn_out", "blocks.0.hook_attn_out"]):
+
+        def put(act, hook, name=name):
+            return clean_cache[name].clone()
+
+        with torch.no_grad():
+            logits = model.run_with_hooks(corrupted, fwd_hooks=[(name, put)])
+        assert float(sweep.values[i]) == pytest.approx(float(logits[0, 1] - logits[0, 3]), abs=1e-5)
+    # Heads of both attentions, patched through z in their own [batch * positions | frames, ...]
+    # layouts by the batched engine (several variants per forward, two target clips), against a hook.
+    targets = torch.cat([corrupted, pixels(ANALYSIS, batch=1, seed=8)])
+    heads = [patching.Patch(f"blocks.1.{a}.hook_z", head=h) for a in ("temporal_attn", "attn") for h in range(3)]
+    sweep = patching.run_patches(model, heads, source_cache=clean_cache, target=targets, metric=metric, chunk_size=4)
+    for i, p in enumerate(heads):
+
+        def put_head(act, hook, h=p.head):
+            src = clean_cache[hook.name][:, :, h]
+            act[:, :, h] = src.repeat(2, *[1] * (src.ndim - 1))
+            return act
+
+        with torch.no_grad():
+            logits = model.run_with_hooks(targets, fwd_hooks=[(p.hook, put_head)])
+        torch.testing.assert_close(sweep.per_example[i], (logits[:, 1] - logits[:, 3]).float(), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="batches over frames or positions"):
+        patching.run_patches(model, [patching.Patch("blocks.0.attn.hook_z", head=0, positions=(1,))], source_cache=clean_cache, target=corrupted, metric=metric)
+
+
+def test_viewer_and_frame_to_frame_maps(analysis_model):
+    from hooked_vivit import viewer
+
+    model = analysis_model
+    x = pixels(ANALYSIS, batch=1, seed=7)
+    rows = model.attention_rows(x)[0, :, :, 0]  # [L, H, n_ctx]
+    torch.testing.assert_close(rows.sum(-1), torch.ones_like(rows.sum(-1)))
+    with torch.no_grad():
+        _, cache = model.run_with_cache(x, names_filter=lambda n: n.endswith("temporal_attn.hook_pattern"))
+    frame_maps = model.temporal_maps(cache, 0)  # [H, frames, frames, rows, cols]
+    pattern = cache["blocks.0.temporal_attn.hook_pattern"]  # [positions, H, T, T]
+    assert frame_maps.shape == (3, 8, 8, 4, 4)
+    for n in (0, 5, 15):
+        assert torch.equal(frame_maps[:, :, :, n // 4, n % 4], pattern[n])
+    torch.testing.assert_close(frame_maps.sum(2), torch.ones_like(frame_maps.sum(2)))
+    maps = viewer.token_maps(model, x, "frame_attention")  # [L, H, frames, rows, cols]
+    np.testing.assert_allclose(maps[0], frame_maps.mean(1).numpy(), atol=1e-6)
+    np.testing.assert_allclose(viewer.token_maps(model, x, "cls_attention")[1], model.cfg.grid.unflatten(rows[1])[1].numpy(), atol=1e-6)
+    assert viewer.token_maps(model, x, "attribution").shape == (2, 3, 8, 4, 4)
+
+
+def test_analyze_command_on_a_tiny_timesformer(analysis_model, tmp_path):
+    from hooked_vivit.cli import main
+
+    ckpt = analysis_model.save_pretrained(tmp_path / "tsf")
+    out = tmp_path / "report"
+    assert main(["analyze", "--model", str(ckpt), "--domain", "bowling", "--seed", "4000001", "--probe-pairs", "6", "--out", str(out), "--quiet"]) == 0
+    import json
+
+    data = json.loads((out / "results.json").read_text())
+    assert {"deltas", "recovery", "dla", "cls_attention", "probes", "outcome"} <= set(data)
+    assert np.array(data["cls_attention"]["grid"]).shape == (2, 3, 8, 4, 4)  # layers, heads, frames, rows, cols
+    assert (out / "report.html").exists()

@@ -126,6 +126,17 @@ def class_direction(model: Any, c: int) -> torch.Tensor:
     return (w * model.W_U[:, c]).detach()
 
 
+def cls_row_and_values(model: Any, cache: Any, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first clip's CLS attention row [H, n_ctx] and values [n_ctx, H, E] of ``layer`` on the token
+    grid. TimeSformer (spatial attention per frame, CLS outputs averaged over frames): CLS's
+    effective row and the values of every frame's tokens (hooked_vivit.timesformer)."""
+    pattern, v = cache[f"blocks.{layer}.attn.hook_pattern"], cache[f"blocks.{layer}.attn.hook_v"]
+    if hasattr(model, "cls_pattern_on_tokens"):
+        T = model.cfg.num_frames
+        return model.cls_pattern_on_tokens(pattern[:T])[0], model.spatial_to_tokens(v[:T], cls="first")[0]
+    return pattern[0, :, 0], v[0]
+
+
 def token_dla(model: Any, pixel_values: torch.Tensor, c: int) -> dict:
     """Direct logit attribution of every (layer, head, source token) to class ``c`` through CLS:
     pattern[h, CLS, src] * (v[src, h] @ W_O[h]), centred and divided by the final LayerNorm's scale
@@ -140,12 +151,11 @@ def token_dla(model: Any, pixel_values: torch.Tensor, c: int) -> dict:
         scale = cache["ln_final.hook_scale"][0, 0, 0]
         per = []
         for l in range(L):
-            v = cache[f"blocks.{l}.attn.hook_v"][0]  # [P, H, E]
+            pattern, v = cls_row_and_values(model, cache, l)  # [H, P] (CLS query), [P, H, E]
             W_O = model.blocks[l].attn.W_O  # [H, E, d]
             ov = torch.einsum("phe,hed->hpd", v, W_O)
             ov = ov - ov.mean(-1, keepdim=True)
             proj = ov @ direction / scale  # [H, P]
-            pattern = cache[f"blocks.{l}.attn.hook_pattern"][0, :, 0]  # [H, P], CLS query
             per.append(pattern * proj)
         terms = torch.stack(per).float()  # [L, H, P]
     cls_term, grid = cfg.grid.unflatten(terms.sum((0, 1)))
@@ -376,10 +386,10 @@ def outcome_analysis(model: Any, positive: torch.Tensor, negative: torch.Tensor,
     }
     if objects:
         tokens = object_token_masks(model, objects)
-        names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
+        names = [f"blocks.{l}.attn.hook_{k}" for l in range(model.cfg.n_layers) for k in ("pattern", "v")]
         with torch.inference_mode():
             _, cache = model.run_with_cache(positive[:1], names_filter=names)
-        attn = torch.stack([cache[n][0, :, 0, 1:] for n in names]).float()  # [L, H, patches]
+        attn = torch.stack([cls_row_and_values(model, cache, l)[0][:, 1:] for l in range(model.cfg.n_layers)]).float()  # [L, H, patches]
         weights = {"CLS attention (positive clip)": attn,
                    "|class DLA| (positive clip)": dla["terms"].sum((0, 1))[1:].abs(),
                    "|differential DLA|": diff["terms"].sum((0, 1))[1:].abs()}

@@ -39,13 +39,13 @@ DEFAULT_MODEL = "organism"
 
 
 def load_model(name_or_path: str | None, device: str = "cpu"):
-    from hooked_vivit.model import HookedViViT
+    from hooked_vivit.model import HookedVideoTransformer, HookedViViT
 
     if name_or_path in (None, "", DEFAULT_MODEL):
         from hooked_vivit import organism
 
         return HookedViViT.from_pretrained(organism.checkpoint_path(), device=device)
-    return HookedViViT.from_pretrained(name_or_path, device=device)
+    return HookedVideoTransformer.from_pretrained(name_or_path, device=device)  # the class config.json's model_type names
 
 
 @dataclass
