@@ -139,6 +139,9 @@ class VideoActivationCache(ActivationCache):
 
         pos_slice = pos_slice if isinstance(pos_slice, Slice) else Slice(pos_slice)
         layer = self.model.cfg.n_layers if layer is None or layer == -1 else layer
+        if apply_ln and layer < self.model.cfg.n_layers and not mlp_input:
+            raise ValueError(f"apply_ln at block {layer}'s input: on this model ln1 reads the stream after the temporal attention, "
+                             "not resid_pre; use layer=None (ln_final) or mlp_input=True (ln2)")
         names, labels = writers(layer, mlp_input=mlp_input, mode=mode, incl_embeds=incl_embeds)
         components = torch.stack([pos_slice.apply(self[n], dim=-2) for n in names], dim=0)
         if apply_ln:

@@ -206,6 +206,12 @@ def test_residual_decomposition_is_complete(tiny):
     torch.testing.assert_close(stack.sum(0), cache["resid_post", L - 1], atol=1e-5, rtol=0)
     mid = cache.decompose_resid(layer=1, mlp_input=True)
     torch.testing.assert_close(mid.sum(0), cache["resid_mid", 1], atol=1e-5, rtol=0)
+    # Through ln2 (which reads resid_mid): the stack's normalised sum is ln2's input normalised.
+    normed = cache.decompose_resid(layer=1, mlp_input=True, apply_ln=True).sum(0)
+    centred = cache["resid_mid", 1] - cache["resid_mid", 1].mean(-1, keepdim=True)
+    torch.testing.assert_close(normed, centred / cache["blocks.1.ln2.hook_scale"], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="ln1 reads the stream after the temporal attention"):
+        cache.decompose_resid(layer=1, apply_ln=True)
     # Temporal attention writes nothing to CLS; the MLP reads what both attentions wrote.
     assert torch.equal(cache["blocks.0.hook_temporal_attn_out"][:, 0], torch.zeros_like(cache["blocks.0.hook_temporal_attn_out"][:, 0]))
     torch.testing.assert_close(cache["blocks.0.hook_resid_mid_temporal"] + cache["blocks.0.hook_attn_out"], cache["resid_mid", 0])
