@@ -32,6 +32,7 @@ GOALS = {
     "hooked / hf_sdpa": 1.05,
     "CLS rows of every layer and head / plain SDPA forward": 1.15,
     "hooked VideoMAE / hf_sdpa VideoMAE": 1.05,
+    "hooked TimeSformer / hf TimeSformer (eager: its only attention)": 1.05,
     "hooked cache(patterns+resid) / hf_eager(output_attentions+hidden_states)": 1.05,
 }
 
@@ -150,6 +151,23 @@ def videomae_benchmark(device: str, dtype: torch.dtype, batch: int, layers: int,
     with torch.inference_mode():
         times = time_cases({"hf_sdpa VideoMAE": lambda: hf(x), "hooked VideoMAE": lambda: hooked(x)}, device, warmup, reps)
     return {"seconds": times, "ratios": {"hooked VideoMAE / hf_sdpa VideoMAE": times["hooked VideoMAE"] / times["hf_sdpa VideoMAE"]}}
+
+
+def timesformer_benchmark(device: str, dtype: torch.dtype, batch: int, layers: int, warmup: int, reps: int) -> dict:
+    """TimeSformer-B / Kinetics-400 shape (8 frames, 224 px, 1569 tokens): hooked forward vs HF.
+    transformers' TimeSformer has no sdpa implementation (it refuses attn_implementation="sdpa"):
+    its one attention is the reference; the hooked model runs its fused path."""
+    from transformers import TimesformerConfig, TimesformerForVideoClassification
+
+    from hooked_vivit import HookedTimeSformer
+
+    hf = TimesformerForVideoClassification(TimesformerConfig(num_labels=400, num_hidden_layers=layers)).eval()
+    hooked = HookedTimeSformer.from_hf_model(hf)
+    hf, hooked = (m.to(device=device, dtype=dtype) for m in (hf, hooked))
+    x = torch.randn(batch, 8, 3, 224, 224, device=device, dtype=dtype)
+    with torch.inference_mode():
+        times = time_cases({"hf TimeSformer": lambda: hf(x), "hooked TimeSformer": lambda: hooked(x)}, device, warmup, reps)
+    return {"seconds": times, "ratios": {"hooked TimeSformer / hf TimeSformer (eager: its only attention)": times["hooked TimeSformer"] / times["hf TimeSformer"]}}
 
 
 def video_benchmark(reps: int) -> dict:
@@ -438,12 +456,12 @@ def to_markdown(results: dict) -> str:
         goal = GOALS.get(name)
         met = "" if goal is None else ("yes" if value <= goal else "no")
         lines.append(f"| {name} | {value:.3f} | {'' if goal is None else f'<= {goal}'} | {met} |")
-    for section in ("videomae", "rows_memory", "bridge", "patching", "attribution", "video"):
+    for section in ("videomae", "timesformer", "rows_memory", "bridge", "patching", "attribution", "video"):
         for name, value in results.get(section, {}).get("ratios", {}).items():
             goal = GOALS.get(name)
             lines.append(f"| {name} | {value:.3f} | {'' if goal is None else f'<= {goal}'} | {'' if goal is None else ('yes' if value <= goal else 'no')} |")
     lines += ["", "| case | median seconds |", "|---|---|"]
-    for section in ("forward", "videomae", "bridge", "patching", "attribution", "video"):
+    for section in ("forward", "videomae", "timesformer", "bridge", "patching", "attribution", "video"):
         lines += [f"| {k} | {v:.4f} |" for k, v in results.get(section, {}).get("seconds", {}).items()]
     return "\n".join(lines) + "\n"
 
@@ -459,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--memory-case", choices=list(MEMORY_CASES) + list(ROWS_MEMORY_CASES), help=argparse.SUPPRESS)
     p.add_argument("--no-rows-memory", action="store_true", help="skip the (slow, ~6 GB) rows-vs-full-pattern memory comparison")
-    p.add_argument("--only", choices=["forward", "videomae", "bridge", "patching", "attribution", "video"], default=None, help="run one section")
+    p.add_argument("--only", choices=["forward", "videomae", "timesformer", "bridge", "patching", "attribution", "video"], default=None, help="run one section")
     args = p.parse_args(argv)
     dtype = getattr(torch, args.dtype)
     if args.memory_case:  # the child process of measure_cache_memory_subprocess
@@ -477,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
             results["rows_memory"] = rows_memory_benchmark(args.device, dtype, args.layers)
     if args.only in (None, "videomae"):
         results["videomae"] = videomae_benchmark(args.device, dtype, args.batch, args.layers, args.warmup, args.reps)
+    if args.only in (None, "timesformer"):
+        results["timesformer"] = timesformer_benchmark(args.device, dtype, args.batch, args.layers, args.warmup, args.reps)
     if args.only in (None, "bridge"):
         results["bridge"] = bridge_and_memory_benchmark(args.device, dtype, args.layers, args.reps)
     if args.only in (None, "patching"):

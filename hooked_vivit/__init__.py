@@ -8,6 +8,7 @@
 from hooked_vivit.config import HookedViViTConfig
 from hooked_vivit.labels import format_top_k, kinetics400_labels, top_k
 from hooked_vivit.model import HookedVideoTransformer, HookedViViT, HookNameError
+from hooked_vivit.timesformer import HookedTimeSformer, HookedTimeSformerConfig
 from hooked_vivit.token_grid import TokenGrid
 from hooked_vivit.videomae import HookedVideoMAE, HookedVideoMAEConfig
 
@@ -15,6 +16,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "HookNameError",
+    "HookedTimeSformer",
+    "HookedTimeSformerConfig",
     "HookedVideoMAE",
     "HookedVideoMAEConfig",
     "HookedVideoTransformer",

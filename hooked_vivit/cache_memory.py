@@ -17,7 +17,13 @@ from hooked_vivit.components import hook_layout
 
 def hook_shape(cfg: Any, name: str, batch: int) -> tuple[int, ...] | None:
     """The shape a hook fires with, or None if it does not fire under this config (from the
-    hook-layout table, hooked_vivit.components.hook_layout)."""
+    hook-layout table, hooked_vivit.components.hook_layout; an architecture whose attentions batch
+    differently, TimeSformer, answers for its own hooks through cfg.hook_shape)."""
+    own = getattr(cfg, "hook_shape", None)
+    if own is not None:
+        shape = own(name, batch)
+        if shape is not NotImplemented:
+            return shape
     axes = hook_layout.hook_axes(name, cfg)
     if axes is None:
         return None
@@ -102,6 +108,27 @@ class VideoActivationCache(ActivationCache):
                 "names_filter, or with one that includes it"
             )
         return HookNameError(f"cache key {key!r}: " + model._unknown_hook_message(name))
+
+    def decompose_resid(self, layer: int | None = None, mlp_input: bool = False, mode: str = "all", apply_ln: bool = False,
+                        pos_slice: Any = None, incl_embeds: bool = True, return_labels: bool = False) -> Any:
+        """TransformerLens's decomposition; on a model with more residual writers than embed, pos_embed,
+        attn_out and mlp_out (TimeSformer: time_embed, temporal_attn_out) it stacks all of them, in
+        forward order, so the stack still sums to the residual stream."""
+        writers = getattr(self.model, "residual_writers", None)
+        if writers is None:
+            return super().decompose_resid(layer, mlp_input, mode, apply_ln, pos_slice, incl_embeds, return_labels)
+        from transformer_lens.utilities import Slice
+
+        pos_slice = pos_slice if isinstance(pos_slice, Slice) else Slice(pos_slice)
+        layer = self.model.cfg.n_layers if layer is None or layer == -1 else layer
+        if apply_ln and layer < self.model.cfg.n_layers and not mlp_input:
+            raise ValueError(f"apply_ln at block {layer}'s input: on this model ln1 reads the stream after the temporal attention, "
+                             "not resid_pre; use layer=None (ln_final) or mlp_input=True (ln2)")
+        names, labels = writers(layer, mlp_input=mlp_input, mode=mode, incl_embeds=incl_embeds)
+        components = torch.stack([pos_slice.apply(self[n], dim=-2) for n in names], dim=0)
+        if apply_ln:
+            components = self.apply_ln_to_stack(components, layer, pos_slice=pos_slice, mlp_input=mlp_input)
+        return (components, labels) if return_labels else components
 
     def nbytes(self) -> int:
         return sum(v.numel() * v.element_size() for v in self.cache_dict.values())

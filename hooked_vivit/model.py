@@ -87,6 +87,7 @@ class HookedVideoTransformer(HookedRootModule):
 
     config_class: ClassVar[type] = HookedViViTConfig
     model_type: ClassVar[str | None] = None
+    block_class: ClassVar[type[nn.Module]] = TransformerBlock
     # model_type -> class; each subclass with a model_type registers itself.
     architectures: ClassVar[dict[str, type["HookedVideoTransformer"]]] = {}
 
@@ -98,11 +99,8 @@ class HookedVideoTransformer(HookedRootModule):
     def __init__(self, cfg: HookedViViTConfig, *, init_weights: bool = True):
         super().__init__()
         self.cfg = cfg
-        self.embed = TubeletEmbed(cfg)
-        self.pos_embed = PosEmbed(cfg) if cfg.pos_embed_type == "learned" else SinusoidalPosEmbed(cfg)
-        self.hook_embed = HookPoint()  # [batch, n_ctx, d_model]: tubelet tokens, CLS (if any) at position 0
-        self.hook_pos_embed = HookPoint()  # [batch, n_ctx, d_model]
-        self.blocks = nn.ModuleList([TransformerBlock(cfg, layer) for layer in range(cfg.n_layers)])
+        self._build_embeddings(cfg)
+        self.blocks = nn.ModuleList([self.block_class(cfg, layer) for layer in range(cfg.n_layers)])
         self.ln_final = LayerNorm(cfg, eps=cfg.final_norm_eps) if cfg.final_norm else None
         self.unembed = Unembed(cfg) if cfg.n_classes > 0 else None
         if init_weights:
@@ -111,6 +109,16 @@ class HookedVideoTransformer(HookedRootModule):
         self.eval()  # no dropout anywhere; eval mode is what TransformerLens's patching expects
         if cfg.device is not None:
             self.to(cfg.device)
+
+    def _build_embeddings(self, cfg: HookedViViTConfig) -> None:
+        self.embed = TubeletEmbed(cfg)
+        self.pos_embed = PosEmbed(cfg) if cfg.pos_embed_type == "learned" else SinusoidalPosEmbed(cfg)
+        self.hook_embed = HookPoint()  # [batch, n_ctx, d_model]: tubelet tokens, CLS (if any) at position 0
+        self.hook_pos_embed = HookPoint()  # [batch, n_ctx, d_model]
+
+    def embed_input(self, x: PixelValues) -> Float[torch.Tensor, "batch n_ctx d_model"]:
+        """The first residual stream: the sum of the embedding writers, each hooked."""
+        return self.hook_embed(self.embed(x)) + self.hook_pos_embed(self.pos_embed(x.shape[0]))
 
     def init_weights(self, seed: int | None = None) -> None:
         """Random weights as HF initialises ViViT and VideoMAE (normal(0, initializer_range), LN = identity)."""
@@ -153,7 +161,7 @@ class HookedVideoTransformer(HookedRootModule):
             raise ValueError(f"return_type={return_type!r} needs labels= (the target class of each clip, an index or a name)")
         if start_at_layer is None:
             x = self.validate_input(pixel_values)
-            resid = self.hook_embed(self.embed(x)) + self.hook_pos_embed(self.pos_embed(x.shape[0]))
+            resid = self.embed_input(x)
             start_at_layer = 0
         else:
             resid = self._validate_resid(pixel_values, start_at_layer)
@@ -451,6 +459,8 @@ class HookedVideoTransformer(HookedRootModule):
         if steps["fold_ln"]:  # parameter-free LNPre modules in place of the LN ones
             for block in self.blocks:
                 block.ln1, block.ln2 = LayerNorm(self.cfg), LayerNorm(self.cfg)
+                if hasattr(block, "ln_temporal"):  # TimeSformer's third LayerNorm
+                    block.ln_temporal = LayerNorm(self.cfg)
             self.ln_final = LayerNorm(self.cfg, eps=self.cfg.final_norm_eps) if self.cfg.final_norm else None
             self.setup()
         self.load_state_dict(sd, strict=True)

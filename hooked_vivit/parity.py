@@ -11,6 +11,7 @@ measure the tolerances use: fp32 1e-5, fp16 1e-2, bf16 5e-2.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -112,16 +113,24 @@ def compare(hooked_model: Any, hf_model: Any, pixel_values: torch.Tensor, *, att
     names = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_post" for l in range(n)]
     if patterns:
         names += [f"blocks.{l}.attn.hook_pattern" for l in range(n)]
-    with torch.inference_mode():
+    # TimeSformer: transformers orders the tokens otherwise, and returns no temporal patterns.
+    order = hooked_model.hf_token_order() if hasattr(hooked_model, "hf_token_order") else None
+    temporal = getattr(hooked_model, "hf_temporal_patterns", None)
+    if patterns and temporal is not None:
+        names += [f"blocks.{l}.temporal_attn.hook_pattern" for l in range(n)]
+    with torch.inference_mode(), (temporal(hf_model) if patterns and temporal is not None else contextlib.nullcontext([])) as hf_temporal:
         ref = hf_model(x, output_hidden_states=True, output_attentions=patterns)
         out, cache = hooked_model.run_with_cache(x.to(hooked_model.W_E.device), names_filter=names)
+    hidden = [h if order is None else h[:, order.to(h.device)] for h in ref.hidden_states]
     # Forward order, each row named by the layer that produced it, so the first failure names the
     # broken layer.
-    rows = [_row("embeddings (resid_pre 0)", cache["blocks.0.hook_resid_pre"], ref.hidden_states[0])]
+    rows = [_row("embeddings (resid_pre 0)", cache["blocks.0.hook_resid_pre"], hidden[0])]
     for l in range(n):
+        if hf_temporal:
+            rows.append(_row(f"temporal pattern {l}", cache[f"blocks.{l}.temporal_attn.hook_pattern"], hf_temporal[l]))
         if patterns:
             rows.append(_row(f"pattern {l}", cache[f"blocks.{l}.attn.hook_pattern"], ref.attentions[l]))
-        rows.append(_row(f"resid_post {l}", cache[f"blocks.{l}.hook_resid_post"], ref.hidden_states[l + 1]))
+        rows.append(_row(f"resid_post {l}", cache[f"blocks.{l}.hook_resid_post"], hidden[l + 1]))
     if hasattr(ref, "logits"):
         rows.append(_row("logits", out, ref.logits))
     elif hooked_model.cfg.pooling == "mean":  # VideoMAEModel: no pooling of its own, the token mean is ours

@@ -33,7 +33,7 @@ from transformer_lens import ActivationCache
 from transformer_lens import patching as tl_patching
 from transformer_lens.patching import generic_activation_patch, make_df_from_ranges
 
-from hooked_vivit.cache_memory import free_bytes
+from hooked_vivit.cache_memory import free_bytes, hook_shape
 from hooked_vivit.components import hook_layout
 from hooked_vivit.compat import HAS_DIRECT_PATH, TL_VERSION_STRING, PatchingResult
 from hooked_vivit.metrics import Metric
@@ -228,6 +228,13 @@ def _pos_axis(hook: str, cfg: Any = None) -> int | None:
     return hook_layout.pos_axis(hook, cfg)  # an attention map's query axis
 
 
+def _rows_per_clip(model: Any, hook: str) -> int:
+    """Leading-axis rows per clip: 1, or frames / positions for TimeSformer's attention hooks,
+    which batch over [batch * frames] or [batch * positions] (clip-major)."""
+    shape = hook_shape(model.cfg, hook, 1)
+    return shape[0] if shape else 1
+
+
 def check_cache(model: Any, cache: ActivationCache | dict, hooks: Iterable[str], batch: int) -> None:
     """A clear error for a cache from another model, missing hooks, or an incompatible batch."""
     cache_model = getattr(cache, "model", None)
@@ -242,8 +249,9 @@ def check_cache(model: Any, cache: ActivationCache | dict, hooks: Iterable[str],
             act = cache[hook]
         except KeyError:
             raise ValueError(f"the source cache lacks {hook!r}; cache it (names_filter) before patching") from None
-        if act.shape[0] not in (1, batch):
-            raise ValueError(f"the source cache has batch {act.shape[0]} at {hook!r}, the target run has {batch}: use batch 1 or the same batch")
+        per = _rows_per_clip(model, hook)
+        if act.shape[0] not in (per, per * batch):
+            raise ValueError(f"the source cache has batch {act.shape[0] // per} at {hook!r}, the target run has {batch}: use batch 1 or the same batch")
 
 
 def auto_chunk_size(model: Any, rows_per_patch: int, device: torch.device, needs_pattern: bool) -> int:
@@ -315,6 +323,9 @@ def run_patches(
             _index(p.head, model.cfg.n_heads, f"head of patch {p.label or p.hook!r}")
         if p.positions is not None and len(p.positions) == 0:
             raise ValueError(f"patch {p.label or p.hook!r} has an empty position group (positions=None means every token)")
+        if p.positions is not None and _rows_per_clip(model, p.hook) > 1:
+            raise ValueError(f"{p.hook} batches over frames or positions (TimeSformer), so token positions do not index it: "
+                             "patch it with positions=None (every token, per head) or patch a residual / *_attn_out hook by position")
         for q in p.positions or ():
             _index(q, model.cfg.n_ctx, f"token position of patch {p.label or p.hook!r}")
     check_cache(model, source_cache, {p.hook for p in patches}, b)
@@ -358,10 +369,11 @@ def _run_chunk(model, chunk: list[Patch], source_cache, target, starts, start: i
         src = source_cache[hook.name].to(act.device, act.dtype)
         if src.shape[1:] != act.shape[1:]:
             raise ValueError(f"source activation {hook.name} has shape {tuple(src.shape)}, the target run {tuple(act.shape)}")
-        src = src.expand(b, *src.shape[1:]) if src.shape[0] == 1 else src
+        per = act.shape[0] // (k * b)  # rows per clip: 1, or TimeSformer's frames / positions
+        src = src.repeat(b, *[1] * (src.ndim - 1)) if src.shape[0] == per and b > 1 else src
         pos_axis, head_axis = _pos_axis(hook.name, model.cfg), _head_axis(hook.name, model.cfg)
         for r, p in entries:
-            rows = slice(r * b, (r + 1) * b)
+            rows = slice(r * b * per, (r + 1) * b * per)
             index: list[Any] = [rows] + [slice(None)] * (act.ndim - 1)
             if p.positions is not None:
                 index[pos_axis] = list(p.positions)

@@ -1,7 +1,8 @@
 """Looking at a clip: per-layer/head CLS attention (the mean query row on a model without CLS) or
 token-level logit attribution over the frames.
 
-- ``token_maps(model, pixel_values)``: the maps, [layers, heads, frame slots, rows, cols].
+- ``token_maps(model, pixel_values)``: the maps, [layers, heads, frame slots, rows, cols]
+  (TimeSformer also ``kind="frame_attention"``: the attention each patch receives over time).
 - ``overlay(frame, grid_map)``: one frame with a map blended on top (uint8 RGB).
 - ``save_grid_png`` / ``save_animation``: the same outside notebooks (PNG grid, GIF or MP4).
 - ``interactive(...)``: an ipywidgets viewer (``pip install hooked-vivit[widgets]``): sliders for
@@ -17,7 +18,7 @@ import cv2
 import numpy as np
 import torch
 
-MapKind = Literal["cls_attention", "attribution"]
+MapKind = Literal["cls_attention", "attribution", "frame_attention"]
 
 
 def token_maps(model: Any, pixel_values: torch.Tensor, kind: MapKind = "cls_attention", class_index: int | None = None) -> np.ndarray:
@@ -36,7 +37,17 @@ def token_maps(model: Any, pixel_values: torch.Tensor, kind: MapKind = "cls_atte
             c = int(model(pixel_values[:1]).argmax()) if class_index is None else class_index
         terms = token_dla(model, pixel_values[:1], c)["terms"]  # [L, H, P]
         return grid.unflatten(terms)[1].numpy()
-    raise ValueError(f"kind must be 'cls_attention' or 'attribution', got {kind!r}")
+    if kind == "frame_attention":
+        # TimeSformer's temporal attention: at (frame t, row, col), the attention that patch receives
+        # from the same position's frames (the temporal pattern's column t, averaged over query frames).
+        if not hasattr(model, "temporal_maps"):
+            raise ValueError(f"kind 'frame_attention' needs a model with temporal attention (TimeSformer), not a {type(model).__name__}")
+        names = [f"blocks.{l}.temporal_attn.hook_pattern" for l in range(model.cfg.n_layers)]
+        with torch.inference_mode():
+            _, cache = model.run_with_cache(pixel_values[:1], names_filter=names)
+        maps = torch.stack([model.temporal_maps(cache, l).mean(1) for l in range(model.cfg.n_layers)])  # [L, H, T, rows, cols]
+        return maps.float().numpy()
+    raise ValueError(f"kind must be 'cls_attention', 'attribution' or 'frame_attention', got {kind!r}")
 
 
 def _colorize(values: np.ndarray, signed: bool, vmax: float | None = None) -> np.ndarray:

@@ -44,6 +44,8 @@ def fold_layer_norm(sd: StateDict, cfg: HookedViViTConfig) -> StateDict:
     sd = dict(sd)
     for l in range(cfg.n_layers):
         _fold_ln_into_heads(sd, f"blocks.{l}.ln1", f"blocks.{l}.attn")
+        if f"blocks.{l}.ln_temporal.w" in sd:  # TimeSformer's temporal attention
+            _fold_ln_into_heads(sd, f"blocks.{l}.ln_temporal", f"blocks.{l}.temporal_attn")
         _fold_ln_into_linear(sd, f"blocks.{l}.ln2", f"blocks.{l}.mlp.W_in", f"blocks.{l}.mlp.b_in")
     _fold_ln_into_linear(sd, "ln_final", "unembed.W_U", "unembed.b_U")
     return sd
@@ -60,19 +62,27 @@ def center_writing_weights(sd: StateDict, cfg: HookedViViTConfig) -> StateDict:
     for key in ("embed.b_E", "embed.cls_token"):
         if key in sd:  # no CLS token without a prefix token
             sd[key] = sd[key] - sd[key].mean()
-    sd["pos_embed.W_pos"] = sd["pos_embed.W_pos"] - sd["pos_embed.W_pos"].mean(-1, keepdim=True)
-    for l in range(cfg.n_layers):
-        for key in (f"blocks.{l}.attn.W_O", f"blocks.{l}.attn.b_O", f"blocks.{l}.mlp.W_out", f"blocks.{l}.mlp.b_out"):
+    for key in ("pos_embed.W_pos", "time_embed.W_time"):  # TimeSformer has time embeddings too
+        if key in sd:
             sd[key] = sd[key] - sd[key].mean(-1, keepdim=True)
+    for l in range(cfg.n_layers):
+        for key in (f"blocks.{l}.attn.W_O", f"blocks.{l}.attn.b_O", f"blocks.{l}.mlp.W_out", f"blocks.{l}.mlp.b_out",
+                    f"blocks.{l}.temporal_attn.W_O", f"blocks.{l}.temporal_attn.b_O"):
+            if key in sd:
+                sd[key] = sd[key] - sd[key].mean(-1, keepdim=True)
     return sd
 
 
 def fold_value_biases(sd: StateDict, cfg: HookedViViTConfig) -> StateDict:
     sd = dict(sd)
     for l in range(cfg.n_layers):
-        b_V, W_O = sd[f"blocks.{l}.attn.b_V"], sd[f"blocks.{l}.attn.W_O"]
-        sd[f"blocks.{l}.attn.b_O"] = sd[f"blocks.{l}.attn.b_O"] + torch.einsum("he,hed->d", b_V, W_O)
-        sd[f"blocks.{l}.attn.b_V"] = torch.zeros_like(b_V)
+        for attn in ("attn", "temporal_attn"):
+            p = f"blocks.{l}.{attn}"
+            if f"{p}.b_V" not in sd:  # only TimeSformer has a temporal attention
+                continue
+            b_V, W_O = sd[f"{p}.b_V"], sd[f"{p}.W_O"]
+            sd[f"{p}.b_O"] = sd[f"{p}.b_O"] + torch.einsum("he,hed->d", b_V, W_O)
+            sd[f"{p}.b_V"] = torch.zeros_like(b_V)
     return sd
 
 

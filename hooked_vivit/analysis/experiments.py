@@ -45,6 +45,11 @@ def readout_attention(model: Any, pixel_values: torch.Tensor, layers: Sequence[i
     """[layers, heads, n_ctx]: each head's weight on every source token as the readout sees it: the
     CLS (token 0) query row, or under mean pooling the mean of every query row (the pooled vector
     is that mean: mean_q sum_src pattern[q, src] v[src])."""
+    if hasattr(model, "cls_pattern_on_tokens"):  # TimeSformer: CLS's effective row over every frame's tokens
+        names = [f"blocks.{l}.attn.hook_{k}" for l in sorted(set(layers)) for k in ("pattern", "v")]
+        with torch.inference_mode():
+            _, cache = model.run_with_cache(pixel_values[:1], names_filter=names, stop_at_layer=max(layers) + 1)
+        return torch.stack([cls_row_and_values(model, cache, l)[0] for l in layers]).float()
     if model.cfg.pooling == "first":
         # The query row only, beside the fused attention (model.attention_rows): the same numbers as
         # the rows of hook_pattern, without materialising [heads, P, P] per layer.
@@ -172,6 +177,19 @@ def class_direction(model: Any, c: int) -> torch.Tensor:
     return (w * model.W_U[:, c]).detach()
 
 
+def cls_row_and_values(model: Any, cache: Any, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first clip's readout attention row [H, n_ctx] and values [n_ctx, H, E] of ``layer`` on the token
+    grid: the CLS query row, or under mean pooling the mean of every query row. TimeSformer (spatial attention per frame, CLS outputs averaged over frames): CLS's
+    effective row and the values of every frame's tokens (hooked_vivit.timesformer)."""
+    pattern, v = cache[f"blocks.{layer}.attn.hook_pattern"], cache[f"blocks.{layer}.attn.hook_v"]
+    if hasattr(model, "cls_pattern_on_tokens"):
+        T = model.cfg.num_frames
+        return model.cls_pattern_on_tokens(pattern[:T])[0], model.spatial_to_tokens(v[:T], cls="first")[0]
+    if model.cfg.pooling == "mean":  # the pooled vector is the mean of every query row's output
+        return pattern[0].mean(1), v[0]
+    return pattern[0, :, 0], v[0]
+
+
 def token_dla(model: Any, pixel_values: torch.Tensor, c: int) -> dict:
     """Direct logit attribution of every (layer, head, source token) to class ``c`` through the
     readout: w[h, src] * (v[src, h] @ W_O[h]), centred and divided by the final LayerNorm's scale at
@@ -188,14 +206,12 @@ def token_dla(model: Any, pixel_values: torch.Tensor, c: int) -> dict:
         scale = cache["ln_final.hook_scale"][0].flatten()[0]  # [1] under mean pooling, [P, 1] (read at 0) otherwise
         per = []
         for l in range(L):
-            v = cache[f"blocks.{l}.attn.hook_v"][0]  # [P, H, E]
+            pattern, v = cls_row_and_values(model, cache, l)  # [H, P] (CLS query), [P, H, E]
             W_O = model.blocks[l].attn.W_O  # [H, E, d]
             ov = torch.einsum("phe,hed->hpd", v, W_O)
             ov = ov - ov.mean(-1, keepdim=True)
             proj = ov @ direction / scale  # [H, P]
-            pattern = cache[f"blocks.{l}.attn.hook_pattern"][0]  # [H, P, P]
-            weights = pattern.mean(1) if cfg.pooling == "mean" else pattern[:, 0]  # [H, P], the readout's query
-            per.append(weights * proj)
+            per.append(pattern * proj)
         terms = torch.stack(per).float()  # [L, H, P]
     cls_term, grid = cfg.grid.unflatten(terms.sum((0, 1)))
     return {
