@@ -26,7 +26,9 @@ import torch.nn as nn
 from jaxtyping import Float
 from transformer_lens.hook_points import HookPoint
 
+from hooked_vivit.components import hook_layout
 from hooked_vivit.components.divided_space_time_block import DividedSpaceTimeBlock
+from hooked_vivit.components.hook_layout import HookLayout
 from hooked_vivit.components.embed import TubeletEmbed
 from hooked_vivit.components.time_embed import FramePosEmbed, TimeEmbed
 from hooked_vivit.config import HookedViViTConfig, pixel_constants
@@ -58,6 +60,30 @@ TIMESFORMER_HOOK_AXES: dict[str, tuple[str, ...]] = {
     "attn.hook_result": ("batch*frames", "tokens", "head", "d_model"),
 }
 
+
+def _positions(cfg: Any) -> int:
+    return cfg.grid.n_rows * cfg.grid.n_cols
+
+
+# TimeSformer's own hook leaves in the shared hook-layout table (the spatial attention's leaves are the
+# shared ones: the same axis order, batched over frames; cfg.hook_shape gives their sizes).
+hook_layout.register_hooks(
+    {
+        "hook_time_embed": HookLayout(("batch", "pos", "d_model")),
+        "hook_temporal_attn_out": HookLayout(("batch", "pos", "d_model")),
+        "hook_resid_mid_temporal": HookLayout(("batch", "pos", "d_model")),
+        "ln_temporal.hook_scale": HookLayout(("batch_positions", "frames", "one")),
+        "ln_temporal.hook_normalized": HookLayout(("batch_positions", "frames", "d_model")),
+        **{f"temporal_attn.{leaf}": HookLayout(("batch_positions", "frames", "head_index", "d_head"))
+           for leaf in ("hook_q", "hook_k", "hook_v", "hook_z")},
+        "temporal_attn.hook_result": HookLayout(("batch_positions", "frames", "head_index", "d_model"), switch="use_attn_result"),
+        "temporal_attn.hook_attn_scores": HookLayout(("batch_positions", "head_index", "query_frame", "key_frame")),
+        "temporal_attn.hook_pattern": HookLayout(("batch_positions", "head_index", "query_frame", "key_frame")),
+        "temporal_attn.hook_pattern_rows": HookLayout(("batch_positions", "head_index", "query_row", "key_frame")),
+    },
+    {"frames": lambda cfg: cfg.num_frames, "query_frame": lambda cfg: cfg.num_frames,
+     "key_frame": lambda cfg: cfg.num_frames, "batch_positions": _positions},
+)
 
 @dataclass(repr=False)
 class HookedTimeSformerConfig(HookedViViTConfig):

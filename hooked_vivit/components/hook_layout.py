@@ -96,6 +96,8 @@ HOOK_LAYOUT: dict[str, HookLayout] = {
     "ln_final.hook_scale": HookLayout(lambda cfg: ("batch", "one") if _mean_pooled(cfg) else ("batch", "pos", "one")),
     "ln_final.hook_normalized": HookLayout(lambda cfg: ("batch", "d_model") if _mean_pooled(cfg) else _RESID),
 }
+# The leaves every architecture has; register_hooks adds an architecture's own beside them.
+SHARED_HOOKS: tuple[str, ...] = tuple(HOOK_LAYOUT)
 
 
 def register_hooks(entries: dict[str, HookLayout], axis_sizes: dict[str, Callable[[Any], int]] | None = None) -> None:
@@ -152,14 +154,16 @@ def is_attention_map(name: str) -> bool:
     return "query_pos" in axes and "key_pos" in axes
 
 
-def markdown_table(configs: dict[str, Any]) -> str:
+def markdown_table(configs: dict[str, Any], keys: tuple[str, ...] | None = None) -> str:
     """The table as README markdown, one column per architecture (name -> config): each hook's
-    named axes and its shape for batch 1 under that config (a switched hook with its switch on)."""
+    named axes and its shape for batch 1 under that config (a switched hook with its switch on).
+    ``keys``: the rows (default: the leaves every architecture shares, not those one registers)."""
     import dataclasses
 
     names = list(configs)
     rows = ["| hook | fires | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
-    for key, layout in HOOK_LAYOUT.items():
+    for key in keys if keys is not None else SHARED_HOOKS:
+        layout = HOOK_LAYOUT[key]
         cells = []
         for cfg in configs.values():
             on = dataclasses.replace(cfg, **{layout.switch: True}) if layout.switch else cfg
@@ -176,5 +180,5 @@ class _SwitchesOff:
         return "first" if name == "pooling" else False
 
 
-__all__ = ["AXIS_SIZES", "HOOK_LAYOUT", "HookLayout", "axis_of", "head_axis", "hook_axes", "is_attention_map", "lookup", "markdown_table", "pos_axis",
+__all__ = ["AXIS_SIZES", "HOOK_LAYOUT", "SHARED_HOOKS", "HookLayout", "axis_of", "head_axis", "hook_axes", "is_attention_map", "lookup", "markdown_table", "pos_axis",
            "register_hooks"]
