@@ -10,6 +10,7 @@ from hooked_vivit.labels import format_top_k, kinetics400_labels, top_k
 from hooked_vivit.model import HookedVideoTransformer, HookedViViT, HookNameError
 from hooked_vivit.token_grid import TokenGrid
 from hooked_vivit.videomae import HookedVideoMAE, HookedVideoMAEConfig
+from hooked_vivit.vjepa2 import HookedVJEPA2, HookedVJEPA2Config
 
 __version__ = "0.1.0"
 
@@ -17,6 +18,8 @@ __all__ = [
     "HookNameError",
     "HookedVideoMAE",
     "HookedVideoMAEConfig",
+    "HookedVJEPA2",
+    "HookedVJEPA2Config",
     "HookedVideoTransformer",
     "HookedViViT",
     "HookedViViTConfig",

@@ -16,6 +16,9 @@ from transformer_lens import ActivationCache
 def hook_shape(cfg: Any, name: str, batch: int) -> tuple[int, ...] | None:
     """The shape a hook fires with, or None if it does not fire under this config."""
     B, P, d, H, E, M = batch, cfg.n_ctx, cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp
+    own = getattr(cfg, "own_hook_shape", None)  # an architecture's hooks of other shapes (V-JEPA 2's pooler)
+    if own is not None and (shape := own(name, batch)) is not None:
+        return shape
     leaf = name.rsplit(".", 1)[-1]
     if name.startswith("ln_final.") and getattr(cfg, "pooling", "first") == "mean":
         return (B, 1) if leaf == "hook_scale" else (B, d)  # the norm reads the token mean
