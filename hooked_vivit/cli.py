@@ -178,7 +178,8 @@ def _cmd_parity(args: argparse.Namespace) -> int:
     dtype = to_dtype(args.dtype)
     hooked = HookedVideoTransformer.from_pretrained(path, device=args.device, dtype=dtype)  # class by model_type
     # A backbone has no classifier.
-    hf_names = {"vivit": ("VivitModel", "VivitForVideoClassification"), "videomae": ("VideoMAEModel", "VideoMAEForVideoClassification")}
+    hf_names = {"vivit": ("VivitModel", "VivitForVideoClassification"), "videomae": ("VideoMAEModel", "VideoMAEForVideoClassification"),
+                "vjepa2": ("VJEPA2Model", "VJEPA2ForVideoClassification")}
     hf_cls = getattr(transformers, hf_names[hooked.model_type][hooked.unembed is not None])
     hf = hf_cls.from_pretrained(path, attn_implementation="eager", dtype=dtype).to(args.device).eval()
     cfg = hooked.cfg

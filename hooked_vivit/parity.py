@@ -111,8 +111,10 @@ def compare(hooked_model: Any, hf_model: Any, pixel_values: torch.Tensor, *, att
     names = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_post" for l in range(n)]
     if patterns:
         names += [f"blocks.{l}.attn.hook_pattern" for l in range(n)]
+    # VJEPA2Model runs its pretraining predictor unless told not to; the hooked model is the encoder.
+    extra = {"skip_predictor": True} if type(hf_model).__name__ == "VJEPA2Model" else {}
     with torch.inference_mode():
-        ref = hf_model(x, output_hidden_states=True, output_attentions=patterns)
+        ref = hf_model(x, output_hidden_states=True, output_attentions=patterns, **extra)
         out, cache = hooked_model.run_with_cache(x.to(hooked_model.W_E.device), names_filter=names)
     # Forward order, each row named by the layer that produced it, so the first failure names the
     # broken layer.
@@ -123,6 +125,8 @@ def compare(hooked_model: Any, hf_model: Any, pixel_values: torch.Tensor, *, att
         rows.append(_row(f"resid_post {l}", cache[f"blocks.{l}.hook_resid_post"], ref.hidden_states[l + 1]))
     if hasattr(ref, "logits"):
         rows.append(_row("logits", out, ref.logits))
+    elif out.ndim == 3:  # a backbone that returns every token (V-JEPA 2's encoder)
+        rows.append(_row("last_hidden_state", out, ref.last_hidden_state))
     else:
         rows.append(_row("CLS embedding (last_hidden_state[:, 0])", out, ref.last_hidden_state[:, 0]))
     if not patterns:

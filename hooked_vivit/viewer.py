@@ -16,11 +16,12 @@ import cv2
 import numpy as np
 import torch
 
-MapKind = Literal["cls_attention", "attribution"]
+MapKind = Literal["cls_attention", "attribution", "query_attention"]
 
 
 def token_maps(model: Any, pixel_values: torch.Tensor, kind: MapKind = "cls_attention", class_index: int | None = None) -> np.ndarray:
-    """[layers, heads, frame slots, rows, cols] maps for the first clip of the batch."""
+    """[layers, heads, frame slots, rows, cols] maps for the first clip of the batch ("query_attention":
+    V-JEPA 2's pooler query, one "layer")."""
     from hooked_vivit.analysis.experiments import token_dla
 
     grid = model.cfg.grid
@@ -33,7 +34,11 @@ def token_maps(model: Any, pixel_values: torch.Tensor, kind: MapKind = "cls_atte
             c = int(model(pixel_values[:1]).argmax()) if class_index is None else class_index
         terms = token_dla(model, pixel_values[:1], c)["terms"]  # [L, H, P]
         return grid.unflatten(terms)[1].numpy()
-    raise ValueError(f"kind must be 'cls_attention' or 'attribution', got {kind!r}")
+    if kind == "query_attention":  # V-JEPA 2's pooler query over the tokens: [1, heads, slots, rows, cols]
+        if not hasattr(model, "query_attention_maps"):
+            raise ValueError(f"kind 'query_attention' needs a model with an attentive pooler (HookedVJEPA2), not a {type(model).__name__}")
+        return model.query_attention_maps(pixel_values)
+    raise ValueError(f"kind must be 'cls_attention', 'attribution' or 'query_attention', got {kind!r}")
 
 
 def _colorize(values: np.ndarray, signed: bool, vmax: float | None = None) -> np.ndarray:

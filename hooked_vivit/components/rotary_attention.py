@@ -68,7 +68,9 @@ class RotaryAttention(Attention):
         """Apply the 3-D rotary embedding to q or k [batch, pos, head, d_head]."""
         key = (x.dtype, x.device)
         if key not in self._tables:
-            self._tables[key] = tuple(t[:, None, :] for t in rope_tables(self.cfg, x.dtype, x.device))  # type: ignore[assignment]
+            # Built outside inference mode: an inference tensor could not join a later autograd run.
+            with torch.inference_mode(False), torch.no_grad():
+                self._tables[key] = tuple(t[:, None, :] for t in rope_tables(self.cfg, x.dtype, x.device))  # type: ignore[assignment]
         cos, sin = self._tables[key]
         r = self.n_rotated
         head = x[..., :r]
