@@ -350,21 +350,26 @@ def test_patching_engine_equals_transformer_lens_path():
 
 
 # ------------------------------------------------------------------ the real size
-@pytest.mark.skipif(not os.environ.get("HOOKED_VIVIT_FULL_VJEPA2"),
-                    reason="V-JEPA 2 ViT-L at 16 frames x 256 px takes minutes on 2 CPU cores; set HOOKED_VIVIT_FULL_VJEPA2=1")
+FULL_VJEPA2 = os.environ.get("HOOKED_VIVIT_FULL_VJEPA2", "")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FULL_VJEPA2, reason="V-JEPA 2 ViT-L at 16 frames x 256 px takes many minutes on 2 CPU cores; "
+                    "HOOKED_VIVIT_FULL_VJEPA2=1 runs it (=N: the same with N encoder layers)")
 def test_vjepa2_vitl_16_frames_256px_random_weights():
     """ViT-L: 24 layers x 16 heads, d_model 1024, 2048 tokens (16 frames, 256 px), 3 pooler blocks, 174 classes
-    (the SSv2 head), random perturbed weights. HF eager (patterns of layers 0 and 23 and of the whole
-    pooler, read with forward hooks) and sdpa, against one hooked model."""
-    kw = dict(frames_per_clip=16, num_labels=174, pred_num_hidden_layers=1)
+    (the SSv2 head), random perturbed weights. HF eager (patterns of the first and last layers and of the
+    whole pooler, read with forward hooks) and sdpa, against one hooked model."""
+    L = 24 if FULL_VJEPA2 == "1" else int(FULL_VJEPA2)
+    kw = dict(frames_per_clip=16, num_labels=174, pred_num_hidden_layers=1, num_hidden_layers=L)
     hf = make_hf(kw, attn="eager")
     model = HookedVJEPA2.from_hf_model(hf)
-    assert model.cfg.n_ctx == 2048 and model.cfg.d_model == 1024 and model.cfg.n_layers == 24
+    assert model.cfg.n_ctx == 2048 and model.cfg.d_model == 1024 and model.cfg.n_layers == L and model.cfg.d_head == 64
     x = torch.randn(1, 16, 3, 256, 256, generator=torch.Generator().manual_seed(0))
     pooler_names = [f"pooler.blocks.{i}.attn.hook_pattern" for i in range(3)] + ["pooler.cross.attn.hook_pattern"]
-    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_post" for l in range(24)]
+    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_post" for l in range(L)]
     t0 = time.perf_counter()
-    logits, cache = model.run_with_cache(x, names_filter=names + ["blocks.0.attn.hook_pattern", "blocks.23.attn.hook_pattern", *pooler_names])
+    logits, cache = model.run_with_cache(x, names_filter=names + ["blocks.0.attn.hook_pattern", f"blocks.{L - 1}.attn.hook_pattern", *pooler_names])
     t_hooked_patterns = time.perf_counter() - t0
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -375,7 +380,7 @@ def test_vjepa2_vitl_16_frames_256px_random_weights():
     for attn in ("eager", "sdpa"):
         hf.set_attn_implementation(attn)
         handles, kept = _pooler_patterns(hf)
-        for l in (0, 23):
+        for l in (0, L - 1):
             handles.append(hf.vjepa2.encoder.layer[l].attention.register_forward_hook(
                 lambda m, i, o, l=l: kept.__setitem__(f"blocks.{l}.attn.hook_pattern", o[1])))
         t0 = time.perf_counter()
@@ -386,7 +391,7 @@ def test_vjepa2_vitl_16_frames_256px_random_weights():
             h.remove()
         worst[f"{attn} logits"] = max_rel(logits, ref.logits)
         worst[f"{attn} embeddings"] = max_rel(cache["blocks.0.hook_resid_pre"], ref.hidden_states[0])
-        worst[f"{attn} hidden states"] = max(max_rel(cache["resid_post", l], ref.hidden_states[l + 1]) for l in range(24))
+        worst[f"{attn} hidden states"] = max(max_rel(cache["resid_post", l], ref.hidden_states[l + 1]) for l in range(L))
         if attn == "eager":
             assert len(kept) == 6
             for name, pattern in kept.items():
