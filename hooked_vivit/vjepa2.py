@@ -34,12 +34,13 @@ from hooked_vivit.config import HookedViViTConfig, pixel_constants
 from hooked_vivit.model import HookedVideoTransformer, PixelValues
 from hooked_vivit.videomae import IMAGENET_MEAN, IMAGENET_STD
 
-# Each new hook leaf -> its named axes (the ones the other models share keep theirs). "pooler.cross"
-# hooks live on the query's own stream (one position); its keys and values on the video tokens.
+# Each new hook (a pattern, * = a layer index) -> its named axes. The pooler's self-attention blocks,
+# pooler.blocks.{i}.*, have the encoder blocks' hooks and axes (no hook_rot_*), so they are not listed.
+# "pooler.cross" hooks live on the query's own stream (one position, "query"); its keys and values on
+# the video tokens ("pos").
 VJEPA2_HOOK_AXES: dict[str, tuple[str, ...]] = {
     "blocks.*.attn.hook_rot_q": ("batch", "pos", "head", "d_head"),
     "blocks.*.attn.hook_rot_k": ("batch", "pos", "head", "d_head"),
-    "pooler.blocks.*.*": ("as blocks.*.* without hook_rot_q / hook_rot_k",),
     "pooler.cross.hook_resid_pre": ("batch", "query", "d_model"),
     "pooler.cross.hook_attn_out": ("batch", "query", "d_model"),
     "pooler.cross.hook_resid_mid": ("batch", "query", "d_model"),

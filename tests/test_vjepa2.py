@@ -191,6 +191,21 @@ def test_every_hook_fires_with_the_shape_cache_memory_predicts(pair):
     assert not model._fires("pooler.cross.attn.hook_result")
 
 
+def test_declared_hook_axes_name_real_hooks_with_their_rank():
+    import fnmatch
+
+    from hooked_vivit.vjepa2 import VJEPA2_HOOK_AXES
+
+    model = HookedVJEPA2.from_hf_model(make_hf(CONFIGS["dhead10_ratio3"]), use_attn_result=True)
+    size = {"batch": 2, "pos": model.cfg.n_ctx, "query": 1, "head": model.cfg.n_heads, "d_head": model.cfg.d_head,
+            "d_model": model.cfg.d_model, "d_mlp": model.cfg.pooler_d_mlp, "1": 1}
+    for pattern, axes in VJEPA2_HOOK_AXES.items():
+        names = fnmatch.filter(model.hook_dict, pattern)
+        assert names, pattern
+        for name in names:
+            assert hook_shape(model.cfg, name, 2) == tuple(size[a] for a in axes), name
+
+
 def test_residual_decomposition_is_complete(pair):
     """Every writer to each residual stream is hooked: encoder tokens, pooler tokens, the query."""
     _, kw, _, model = pair
