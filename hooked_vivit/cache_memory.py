@@ -18,7 +18,7 @@ from hooked_vivit.components import hook_layout
 def hook_shape(cfg: Any, name: str, batch: int) -> tuple[int, ...] | None:
     """The shape a hook fires with, or None if it does not fire under this config (from the
     hook-layout table, hooked_vivit.components.hook_layout; an architecture whose attentions batch
-    differently, TimeSformer, answers for its own hooks through cfg.hook_shape)."""
+    differently (TimeSformer) or has hooks of other shapes (V-JEPA 2's pooler) answers for its own hooks through cfg.hook_shape)."""
     own = getattr(cfg, "hook_shape", None)
     if own is not None:
         shape = own(name, batch)

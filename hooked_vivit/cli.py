@@ -203,6 +203,7 @@ def _cmd_parity(args: argparse.Namespace) -> int:
     # A backbone has no classifier.
     hf_names = {"vivit": ("VivitModel", "VivitForVideoClassification"), "videomae": ("VideoMAEModel", "VideoMAEForVideoClassification")}
     hf_names["timesformer"] = ("TimesformerModel", "TimesformerForVideoClassification")
+    hf_names["vjepa2"] = ("VJEPA2Model", "VJEPA2ForVideoClassification")
     hf_cls = getattr(transformers, hf_names[hooked.model_type][hooked.unembed is not None])
     hf = hf_cls.from_pretrained(path, attn_implementation="eager", dtype=dtype).to(args.device).eval()
     cfg = hooked.cfg

@@ -128,10 +128,10 @@ class HookedViViTConfig(TransformerLensConfig):
                 f"image_size must be (H, W) and tubelet_size (t, h, w); got {self.image_size} "
                 f"and {self.tubelet_size}"
             )
-        if self.pooling not in ("first", "mean"):
-            raise ValueError(f"pooling must be 'first' or 'mean', got {self.pooling!r}")
-        if self.pos_embed_type not in ("learned", "sinusoidal"):
-            raise ValueError(f"pos_embed_type must be 'learned' or 'sinusoidal', got {self.pos_embed_type!r}")
+        if self.pooling not in ("first", "mean", "attentive"):  # attentive: V-JEPA 2's pooler (hooked_vivit.vjepa2)
+            raise ValueError(f"pooling must be 'first', 'mean' or 'attentive', got {self.pooling!r}")
+        if self.pos_embed_type not in ("learned", "sinusoidal", "rotary"):  # rotary: V-JEPA 2's, on q and k
+            raise ValueError(f"pos_embed_type must be 'learned', 'sinusoidal' or 'rotary', got {self.pos_embed_type!r}")
         if self.n_prefix_tokens not in (0, 1):
             raise ValueError(f"n_prefix_tokens must be 0 or 1 (CLS), got {self.n_prefix_tokens}")
         self.image_mean = tuple(float(v) for v in self.image_mean)

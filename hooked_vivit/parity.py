@@ -118,8 +118,10 @@ def compare(hooked_model: Any, hf_model: Any, pixel_values: torch.Tensor, *, att
     temporal = getattr(hooked_model, "hf_temporal_patterns", None)
     if patterns and temporal is not None:
         names += [f"blocks.{l}.temporal_attn.hook_pattern" for l in range(n)]
+    # VJEPA2Model runs its pretraining predictor unless told not to; the hooked model is the encoder.
+    extra = {"skip_predictor": True} if type(hf_model).__name__ == "VJEPA2Model" else {}
     with torch.inference_mode(), (temporal(hf_model) if patterns and temporal is not None else contextlib.nullcontext([])) as hf_temporal:
-        ref = hf_model(x, output_hidden_states=True, output_attentions=patterns)
+        ref = hf_model(x, output_hidden_states=True, output_attentions=patterns, **extra)
         out, cache = hooked_model.run_with_cache(x.to(hooked_model.W_E.device), names_filter=names)
     hidden = [h if order is None else h[:, order.to(h.device)] for h in ref.hidden_states]
     # Forward order, each row named by the layer that produced it, so the first failure names the
@@ -135,6 +137,8 @@ def compare(hooked_model: Any, hf_model: Any, pixel_values: torch.Tensor, *, att
         rows.append(_row("logits", out, ref.logits))
     elif hooked_model.cfg.pooling == "mean":  # VideoMAEModel: no pooling of its own, the token mean is ours
         rows.append(_row("pooled embedding (last_hidden_state.mean(1))", out, ref.last_hidden_state.mean(1)))
+    elif out.ndim == 3:  # a backbone that returns every token (V-JEPA 2's encoder)
+        rows.append(_row("last_hidden_state", out, ref.last_hidden_state))
     else:
         first = "CLS" if hooked_model.cfg.n_prefix_tokens else "first-token"
         rows.append(_row(f"{first} embedding (last_hidden_state[:, 0])", out, ref.last_hidden_state[:, 0]))

@@ -18,11 +18,12 @@ import cv2
 import numpy as np
 import torch
 
-MapKind = Literal["cls_attention", "attribution", "frame_attention"]
+MapKind = Literal["cls_attention", "attribution", "frame_attention", "query_attention"]
 
 
 def token_maps(model: Any, pixel_values: torch.Tensor, kind: MapKind = "cls_attention", class_index: int | None = None) -> np.ndarray:
-    """[layers, heads, frame slots, rows, cols] maps for the first clip of the batch."""
+    """[layers, heads, frame slots, rows, cols] maps for the first clip of the batch ("query_attention":
+    V-JEPA 2's pooler query, one "layer")."""
     from hooked_vivit.analysis.experiments import readout_attention, token_dla
 
     grid = model.cfg.grid
@@ -47,7 +48,11 @@ def token_maps(model: Any, pixel_values: torch.Tensor, kind: MapKind = "cls_atte
             _, cache = model.run_with_cache(pixel_values[:1], names_filter=names)
         maps = torch.stack([model.temporal_maps(cache, l).mean(1) for l in range(model.cfg.n_layers)])  # [L, H, T, rows, cols]
         return maps.float().numpy()
-    raise ValueError(f"kind must be 'cls_attention', 'attribution' or 'frame_attention', got {kind!r}")
+    if kind == "query_attention":  # V-JEPA 2's pooler query over the tokens: [1, heads, slots, rows, cols]
+        if not hasattr(model, "query_attention_maps"):
+            raise ValueError(f"kind 'query_attention' needs a model with an attentive pooler (HookedVJEPA2), not a {type(model).__name__}")
+        return model.query_attention_maps(pixel_values)
+    raise ValueError(f"kind must be 'cls_attention', 'attribution', 'frame_attention' or 'query_attention', got {kind!r}")
 
 
 def _colorize(values: np.ndarray, signed: bool, vmax: float | None = None) -> np.ndarray:

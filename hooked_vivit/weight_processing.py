@@ -97,6 +97,9 @@ def process_weights(
     """Apply the chosen steps in TransformerLens's order; returns the new state dict and config."""
     if not (fold_ln or center_writing_weights or fold_value_biases):
         return sd, cfg
+    if cfg.pooling == "attentive":  # the final LayerNorm feeds V-JEPA 2's pooler, not the classifier
+        raise ValueError("fold_ln, center_writing_weights and fold_value_biases are not implemented for V-JEPA 2 (its final "
+                         "LayerNorm feeds the attentive pooler, whose cross-attention has no output projection); load it unprocessed")
     if cfg.folded_ln and fold_ln or cfg.centered_writing_weights and center_writing_weights or cfg.folded_value_biases and fold_value_biases:
         raise ValueError("these weights were already processed that way (see the checkpoint's config)")
     dtypes = {k: v.dtype for k, v in sd.items()}

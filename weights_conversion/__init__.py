@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-from weights_conversion import timesformer, videomae, vivit
+from weights_conversion import timesformer, videomae, vivit, vjepa2
 from weights_conversion.common import CheckpointError, check_keys, checkpoint_has_classifier, is_hooked_layout
 from weights_conversion.vivit import convert_vivit_weights, expected_hf_shapes, hooked_to_hf_weights, normalize_hf_keys
 
@@ -22,6 +22,7 @@ CONVERTERS: dict[str, Converter] = {
     "vivit": Converter(vivit.convert_vivit_weights, vivit.hooked_to_hf_weights),
     "videomae": Converter(videomae.convert_videomae_weights, videomae.hooked_to_hf_weights),
     "timesformer": Converter(timesformer.convert_timesformer_weights, timesformer.hooked_to_hf_weights),
+    "vjepa2": Converter(vjepa2.convert_vjepa2_weights, vjepa2.hooked_to_hf_weights),
 }
 
 
