@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from hooked_vivit.labels import top_k
-from hooked_vivit.patching import PositionGroup, resolve_positions
+from hooked_vivit.positions import PositionGroup, resolve_positions
 
 Mode = Literal["zero", "mean", "resample"]
 
@@ -39,7 +39,7 @@ def ablation_hook(
     ``mode="resample"`` takes ``reference`` ([1, ...] or the batch's size: another video's
     activation) at those positions.
     """
-    model._check_hook_names([hook_name])
+    model.check_hook_names([hook_name])
     pos = resolve_positions(model, positions)
     pos_axis = 2 if hook_name.endswith(("hook_pattern", "hook_attn_scores")) else 1
     if mode in ("resample",) and reference is None:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from jaxtyping import Float
 
-from hooked_vivit.patching import _metric_rows
+from hooked_vivit.metrics import metric_rows
 
 DEFAULT_ACTS = ("resid_pre", "attn_out", "mlp_out", "z")
 
@@ -92,7 +92,7 @@ def attribution_patch(
     if not layer_list or bad:
         raise ValueError(f"layers must be a non-empty list of layers in 0..{n_layers - 1}, got {list(layers or [])}")
     names = [get_act_name(a, l) for a in acts for l in layer_list]
-    model._check_hook_names(names)
+    model.check_hook_names(names)
     metric_hooks = tuple(getattr(metric, "hooks", ()))
     layers = [_layer_of(n, n_layers) for n in names]
     if clean_cache is None:
@@ -117,7 +117,7 @@ def attribution_patch(
         with torch.enable_grad():
             resid.requires_grad_(True)
             logits = model(resid, start_at_layer=first)
-            values = _metric_rows(metric, logits, {h: stored[h] for h in metric_hooks})
+            values = metric_rows(metric, logits, {h: stored[h] for h in metric_hooks})
             if values.shape != (resid.shape[0],):
                 raise ValueError(
                     f"the metric must return one value per batch row, shape ({resid.shape[0]},), got shape {tuple(values.shape)} "

@@ -21,7 +21,7 @@ MapKind = Literal["cls_attention", "attribution"]
 
 def token_maps(model: Any, pixel_values: torch.Tensor, kind: MapKind = "cls_attention", class_index: int | None = None) -> np.ndarray:
     """[layers, heads, frame slots, rows, cols] maps for the first clip of the batch."""
-    from hooked_vivit.analysis.experiments import token_dla
+    from hooked_vivit.logit_attribution import token_dla
 
     grid = model.cfg.grid
     if kind == "cls_attention":

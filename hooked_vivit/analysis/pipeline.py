@@ -30,8 +30,8 @@ import torch
 from hooked_vivit import synthetic
 from hooked_vivit.analysis import experiments as ex
 from hooked_vivit.analysis import report as rp
-from hooked_vivit.output_dir import OutputDir, output_directory
 from hooked_vivit.organism.data import ANALYSIS_SEEDS, recorded_seed_ranges, seed_use
+from hooked_vivit.output_dir import OutputDir, output_directory
 from hooked_vivit.probes import bootstrap_ci
 from hooked_vivit.video import load_video, preprocess
 
@@ -267,7 +267,6 @@ def analysis_captions(results: dict) -> dict[str, str]:
         f"after layer {cap.v('deltas.layers.0')} it is {cap.v('deltas.cls.resid_post.0', '.3f')} and after the last layer (layer "
         f"{cap.v('deltas.layers.-1')}) {cap.v('deltas.cls.resid_post.-1', '.3f')}; averaged over tokens the last layer's difference is "
         f"{cap.v('deltas.tokens.resid_post.-1', '.3f')}."))
-    s = results["recovery"]["summary"]
     h = results["recovery"]["headline"]
     out["recovery"] = cap.record("recovery", (
         f"Denoising one component at a time in {m} on {_pair_phrase(cap, results)}: the attention or MLP block output of one layer, all tokens, "
