@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 from jaxtyping import Float
 
 from hooked_vivit.metrics import metric_rows
+
+if TYPE_CHECKING:  # annotations only: the causal tools take any HookedVideoTransformer (ViViT, VideoMAE, ...)
+    from hooked_vivit.model import HookedVideoTransformer
 
 DEFAULT_ACTS = ("resid_pre", "attn_out", "mlp_out", "z")
 
@@ -55,7 +58,7 @@ def _layer_of(name: str, n_layers: int) -> int:
 
 
 @contextmanager
-def _parameters_frozen(model: Any) -> Iterator[None]:
+def _parameters_frozen(model: HookedVideoTransformer) -> Iterator[None]:
     """No parameter requires grad inside: autograd then keeps only what input gradients need."""
     flags = [(p, p.requires_grad) for p in model.parameters()]
     for p, _ in flags:
@@ -68,7 +71,7 @@ def _parameters_frozen(model: Any) -> Iterator[None]:
 
 
 def attribution_patch(
-    model: Any,
+    model: HookedVideoTransformer,
     clean: torch.Tensor,
     corrupted: torch.Tensor,
     metric: Callable,

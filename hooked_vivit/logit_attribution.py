@@ -3,19 +3,22 @@ writes to a class logit. The analyses (hooked_vivit.analysis) and the viewer rea
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
+if TYPE_CHECKING:  # annotations only: the causal tools take any HookedVideoTransformer (ViViT, VideoMAE, ...)
+    from hooked_vivit.model import HookedVideoTransformer
 
-def class_direction(model: Any, c: int) -> torch.Tensor:
+
+def class_direction(model: HookedVideoTransformer, c: int) -> torch.Tensor:
     """The residual direction whose dot product with the final-LN-normalised (centred, divided by
     scale) CLS vector gives the class logit (minus a constant): ln_final.w * W_U[:, c]."""
     w = model.ln_final.w if model.ln_final.w is not None else 1.0
     return (w * model.W_U[:, c]).detach()
 
 
-def token_dla(model: Any, pixel_values: torch.Tensor, c: int) -> dict:
+def token_dla(model: HookedVideoTransformer, pixel_values: torch.Tensor, c: int) -> dict:
     """Direct logit attribution of every (layer, head, source token) to class ``c`` through CLS:
     pattern[h, CLS, src] * (v[src, h] @ W_O[h]), centred and divided by the final LayerNorm's scale
     at CLS (exactly what that LayerNorm does to it), dotted with the class direction. Summing over

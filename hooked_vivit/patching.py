@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import pandas as pd
 import torch
@@ -37,6 +37,9 @@ from hooked_vivit.metrics import Metric, metric_rows
 from hooked_vivit.positions import FrameSlot, PositionGroup, Region, resolve_positions  # noqa: F401  (re-exported: patching.Region ...)
 from hooked_vivit.positions import checked_index as _index
 from hooked_vivit.tensor_types import PixelValues
+
+if TYPE_CHECKING:  # annotations only: the causal tools take any HookedVideoTransformer (ViViT, VideoMAE, ...)
+    from hooked_vivit.model import HookedVideoTransformer
 
 # =========================================================================================== patch specs
 _LAYER = re.compile(r"^blocks\.(\d+)\.")
@@ -66,7 +69,7 @@ def _full_name(act: str, layer: int) -> str:
     return get_act_name(act, layer)
 
 
-def component_patches(model: Any, components: Sequence[str] = ("attn_out", "mlp_out"), layers: Iterable[int] | None = None, positions: PositionGroup = None) -> list[Patch]:
+def component_patches(model: HookedVideoTransformer, components: Sequence[str] = ("attn_out", "mlp_out"), layers: Iterable[int] | None = None, positions: PositionGroup = None) -> list[Patch]:
     """Whole components (the reference paper's Figure 2): each layer's attention block and MLP
     block output, at all (or the given) positions."""
     pos = resolve_positions(model, positions)
@@ -74,14 +77,14 @@ def component_patches(model: Any, components: Sequence[str] = ("attn_out", "mlp_
     return [Patch(_full_name(c, l), pos, label=f"L{l} {c}") for l in layers for c in components]
 
 
-def head_patches(model: Any, act: str = "z", layers: Iterable[int] | None = None, positions: PositionGroup = None) -> list[Patch]:
+def head_patches(model: HookedVideoTransformer, act: str = "z", layers: Iterable[int] | None = None, positions: PositionGroup = None) -> list[Patch]:
     """One patch per (layer, head) of ``act`` (z, q, k, v, result or pattern)."""
     pos = resolve_positions(model, positions)
     layers = range(model.cfg.n_layers) if layers is None else layers
     return [Patch(_full_name(act, l), pos, head=h, label=f"L{l}H{h} {act}") for l in layers for h in range(model.cfg.n_heads)]
 
 
-def frame_slot_patches(model: Any, act: str = "resid_pre", layers: Iterable[int] | None = None) -> list[Patch]:
+def frame_slot_patches(model: HookedVideoTransformer, act: str = "resid_pre", layers: Iterable[int] | None = None) -> list[Patch]:
     """One patch per (layer, frame slot): all patch tokens of that tubelet time index."""
     layers = range(model.cfg.n_layers) if layers is None else layers
     return [
@@ -91,7 +94,7 @@ def frame_slot_patches(model: Any, act: str = "resid_pre", layers: Iterable[int]
     ]
 
 
-def token_patches(model: Any, act: str = "resid_pre", layers: Iterable[int] | None = None, positions: Iterable[int] | None = None) -> list[Patch]:
+def token_patches(model: HookedVideoTransformer, act: str = "resid_pre", layers: Iterable[int] | None = None, positions: Iterable[int] | None = None) -> list[Patch]:
     """One patch per (layer, token)."""
     layers = range(model.cfg.n_layers) if layers is None else layers
     positions = range(model.cfg.n_ctx) if positions is None else [_index(p, model.cfg.n_ctx, "token position") for p in positions]
@@ -115,7 +118,7 @@ def _pos_axis(hook: str) -> int:
     return 2 if _is_pattern(hook) else 1
 
 
-def check_cache(model: Any, cache: ActivationCache | dict, hooks: Iterable[str], batch: int) -> None:
+def check_cache(model: HookedVideoTransformer, cache: ActivationCache | dict, hooks: Iterable[str], batch: int) -> None:
     """A clear error for a cache from another model, missing hooks, or an incompatible batch."""
     cache_model = getattr(cache, "model", None)
     if cache_model is not None and cache_model is not model:
@@ -133,7 +136,7 @@ def check_cache(model: Any, cache: ActivationCache | dict, hooks: Iterable[str],
             raise ValueError(f"the source cache has batch {act.shape[0]} at {hook!r}, the target run has {batch}: use batch 1 or the same batch")
 
 
-def auto_chunk_size(model: Any, rows_per_patch: int, device: torch.device, needs_pattern: bool) -> int:
+def auto_chunk_size(model: HookedVideoTransformer, rows_per_patch: int, device: torch.device, needs_pattern: bool) -> int:
     """How many patched variants fit in one batched forward, from free memory (half of it)."""
     cfg = model.cfg
     elem = torch.finfo(cfg.dtype).bits // 8
@@ -162,7 +165,7 @@ class SweepResult:
 
 
 def run_patches(
-    model: Any,
+    model: HookedVideoTransformer,
     patches: Sequence[Patch],
     *,
     source_cache: ActivationCache | dict,
@@ -264,12 +267,12 @@ def _run_chunk(model, chunk: list[Patch], source_cache, target, starts, start: i
     return values.view(k, b)
 
 
-def denoise(model: Any, patches: Sequence[Patch], *, clean_cache, corrupted: PixelValues, metric: Callable, **kwargs: Any) -> SweepResult:
+def denoise(model: HookedVideoTransformer, patches: Sequence[Patch], *, clean_cache, corrupted: PixelValues, metric: Callable, **kwargs: Any) -> SweepResult:
     """Clean activations into the corrupted run: what restores the clean behaviour?"""
     return run_patches(model, patches, source_cache=clean_cache, target=corrupted, metric=metric, **kwargs)
 
 
-def noise(model: Any, patches: Sequence[Patch], *, corrupted_cache, clean: PixelValues, metric: Callable, **kwargs: Any) -> SweepResult:
+def noise(model: HookedVideoTransformer, patches: Sequence[Patch], *, corrupted_cache, clean: PixelValues, metric: Callable, **kwargs: Any) -> SweepResult:
     """Corrupted activations into the clean run: what breaks the clean behaviour?"""
     return run_patches(model, patches, source_cache=corrupted_cache, target=clean, metric=metric, **kwargs)
 
@@ -285,7 +288,7 @@ _AXIS_SIZES = {
 }
 
 
-def video_index_df(model: Any, axes: Sequence[str]) -> pd.DataFrame:
+def video_index_df(model: HookedVideoTransformer, axes: Sequence[str]) -> pd.DataFrame:
     """TransformerLens's index dataframe with positions counted in tokens, not pixels."""
     return make_df_from_ranges([_AXIS_SIZES[a](model.cfg) for a in axes], list(axes))
 
@@ -351,7 +354,7 @@ get_act_patch_attn_head_pattern_all_pos = _tl_twin("get_act_patch_attn_head_patt
 
 
 def get_act_patch_direct_path(
-    model: Any,
+    model: HookedVideoTransformer,
     corrupted_video: PixelValues,
     clean_cache: ActivationCache,
     corrupted_cache: ActivationCache,

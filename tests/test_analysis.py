@@ -156,8 +156,8 @@ def test_layer_probes_shapes(model):
     brute = torch.stack([torch.stack([clip[fr, :, r, c].mean((0, 2, 3)) for fr, r, c in map(grid.pixel_box, range(1, model.cfg.n_ctx))])
                          .view(grid.n_frame_slots, grid.n_rows, grid.n_cols, -1).permute(0, 3, 1, 2).flatten() for clip in clips])
     torch.testing.assert_close(f["pixels"], brute, atol=1e-6, rtol=0)
-    # ... and its probe accuracy is the cross-validated probe of exactly those features.
-    again = cross_validated_probe(brute, np.tile([1, 0], len(pairs)), np.repeat(np.arange(len(pairs)), 2), k=5, repeats=5, seed=0)
+    # ... and layer_probes probes exactly those features, labels and pairs (grouped 5-fold, 5 repeats).
+    again = cross_validated_probe(f["pixels"], np.tile([1, 0], len(pairs)), np.repeat(np.arange(len(pairs)), 2), k=5, repeats=5, seed=0)
     assert res["pixels"]["accuracy"] == again["accuracy"] and res["pixels"]["control_accuracy"] == again["control_accuracy"]
 
 

@@ -1,4 +1,4 @@
-"""Imports run one way: core <- causal tools <- (SAEs, organism, viewer) <- analyses <- commands <- benchmarks.
+"""Imports run one way: core <- causal tools <- organism <- viewer <- analyses <- SAEs <- commands <- benchmarks.
 
 Every import statement of every module (top level, inside functions, under TYPE_CHECKING) is read
 from the source with ``ast``; a module may import only modules of its own layer or of a lower one,
@@ -18,13 +18,15 @@ PACKAGES = ("hooked_vivit", "weights_conversion", "benchmarks")
 # Lowest first. A module not listed here (nor under a listed prefix) fails test_every_module_has_a_layer:
 # add it to the layer it belongs to. Names ending in "." are prefixes (a whole subpackage).
 LAYERS: dict[str, tuple[str, ...]] = {
-    # The model and everything it needs: config, token grid, components, conversion, loading, pixels.
+    # The models and everything they need: config, token grid and positions, components, conversion,
+    # loading, pixels and rendered clips.
     "core": (
-        "hooked_vivit", "hooked_vivit.attention_rows", "hooked_vivit.cache_memory", "hooked_vivit.compat",
-        "hooked_vivit.components", "hooked_vivit.components.", "hooked_vivit.config", "hooked_vivit.labels", "hooked_vivit.loading",
-        "hooked_vivit.model", "hooked_vivit.output_dir", "hooked_vivit.parity", "hooked_vivit.positions",
-        "hooked_vivit.synthetic", "hooked_vivit.tensor_types", "hooked_vivit.testing", "hooked_vivit.token_grid",
-        "hooked_vivit.video", "hooked_vivit.videomae", "hooked_vivit.weight_processing", "weights_conversion",
+        "hooked_vivit", "hooked_vivit.attention_rows", "hooked_vivit.cache_memory", "hooked_vivit.collection",
+        "hooked_vivit.compat", "hooked_vivit.components", "hooked_vivit.components.", "hooked_vivit.config",
+        "hooked_vivit.labels", "hooked_vivit.loading", "hooked_vivit.model", "hooked_vivit.output_dir",
+        "hooked_vivit.parity", "hooked_vivit.positions", "hooked_vivit.synthetic", "hooked_vivit.tensor_types",
+        "hooked_vivit.testing", "hooked_vivit.timesformer", "hooked_vivit.token_grid", "hooked_vivit.video",
+        "hooked_vivit.videomae", "hooked_vivit.vjepa2", "hooked_vivit.weight_processing", "weights_conversion",
         "weights_conversion.",
     ),
     # Causal tools on a model: metrics, patching, ablation, attribution, direct logit attribution, probes.
@@ -32,12 +34,13 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "hooked_vivit.ablation", "hooked_vivit.attribution", "hooked_vivit.logit_attribution", "hooked_vivit.metrics",
         "hooked_vivit.patching", "hooked_vivit.planted", "hooked_vivit.probes",
     ),
-    "sae": (),
-    # The shipped model organism: its data, checkpoint and training.
-    "organism": ("hooked_vivit.organism", "hooked_vivit.organism.data", "hooked_vivit.organism.train"),
+    # The shipped model organism (its data, checkpoint, training) and tools that load it by name.
+    "organism": ("hooked_vivit.organism", "hooked_vivit.organism.data", "hooked_vivit.organism.train", "hooked_vivit.extract"),
     "viewer": ("hooked_vivit.viewer",),
     # The reference paper's analyses, their report and pipeline.
     "analysis": ("hooked_vivit.analysis", "hooked_vivit.analysis."),
+    # Sparse autoencoders: they read the analysis pipeline's model loading and report writer.
+    "sae": ("hooked_vivit.sae", "hooked_vivit.sae."),
     # Entry points. organism.evaluate writes the organism's model card from analysis probes (a script,
     # like the CLI): see issue 19 on the organism <-> analysis split.
     "app": ("hooked_vivit.cli", "hooked_vivit.organism.evaluate"),
