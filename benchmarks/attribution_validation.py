@@ -29,7 +29,6 @@ def correlations(model, domain: str, seed: int) -> dict:
         sweep = patching.denoise(model, patches, clean_cache=clean_cache, corrupted=corrupted, metric=metric, progress=False)
         return (sweep.values - sweep.baseline).numpy()
 
-    L, H = cfg.n_layers, cfg.n_heads
     pairs = {
         "resid_pre by layer x frame slot": (attr.by_frame_slot("resid_pre").numpy().ravel(), real(patching.frame_slot_patches(model))),
         "resid_pre by layer x token": (attr.scores["resid_pre"].numpy().ravel(), real(patching.token_patches(model, "resid_pre"))),

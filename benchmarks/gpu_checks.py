@@ -16,29 +16,16 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import VivitConfig, VivitForVideoClassification
+from transformers import VivitForVideoClassification
 
 from hooked_vivit import HookedViViT
 from hooked_vivit.parity import compare
+from hooked_vivit.testing import make_hf
 
 
 def perturbed_vivit_b(seed: int = 0, layers: int = 12) -> VivitForVideoClassification:
-    torch.manual_seed(seed)
-    model = VivitForVideoClassification._from_config(VivitConfig(num_labels=400, num_hidden_layers=layers),
-                                                     attn_implementation="eager").eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            if "layernorm" in name and name.endswith("weight"):
-                p.copy_(1.0 + 0.3 * noise)
-            elif "cls_token" in name or "position_embeddings" in name:
-                p.copy_(0.5 * noise)
-            elif name.endswith("bias"):
-                p.copy_(0.2 * noise)
-            else:
-                p.add_(0.05 * noise)
-    return model
+    """ViViT-B's shape (Kinetics-400 head) with every parameter perturbed, eager attention."""
+    return make_hf({"num_labels": 400, "num_hidden_layers": layers}, attn="eager", seed=seed)
 
 
 def relative_logit_error(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -8,7 +8,7 @@ from transformers import VivitConfig
 
 from hooked_vivit import HookedViViT
 from hooked_vivit.parity import compare
-from tests.conftest import SMALL_CONFIGS, make_hf, pixels
+from hooked_vivit.testing import SMALL_CONFIGS, make_hf, pixels
 
 
 def main() -> int:

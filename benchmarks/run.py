@@ -260,7 +260,7 @@ def attribution_before_issue_18(model, clean, corrupted, metric, acts=("resid_pr
     requiring grad, clean run through the whole model), kept only for the side-by-side ratio."""
     from transformer_lens.utilities import get_act_name
 
-    from hooked_vivit.patching import _metric_rows
+    from hooked_vivit.metrics import metric_rows
 
     names = [get_act_name(a, l) for a in acts for l in range(model.cfg.n_layers)]
     with torch.inference_mode():
@@ -275,7 +275,7 @@ def attribution_before_issue_18(model, clean, corrupted, metric, acts=("resid_pr
         x = model.validate_input(corrupted).detach().clone().requires_grad_(True)
         with model.hooks(fwd_hooks=[(n, keep) for n in names]):
             logits = model(x)
-        values = _metric_rows(metric, logits, {})
+        values = metric_rows(metric, logits, {})
         grads = torch.autograd.grad(values.sum(), [stored[n] for n in names])
     return [((clean_cache[n].to(stored[n].dtype) - stored[n].detach()) * g).sum(-1).mean(0).detach().float().cpu() for n, g in zip(names, grads)]
 

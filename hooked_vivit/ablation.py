@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -19,13 +19,16 @@ import torch
 
 from hooked_vivit.components import hook_layout
 from hooked_vivit.labels import top_k
-from hooked_vivit.patching import PositionGroup, resolve_positions
+from hooked_vivit.positions import PositionGroup, resolve_positions
+
+if TYPE_CHECKING:  # annotations only: the causal tools take any HookedVideoTransformer (ViViT, VideoMAE, ...)
+    from hooked_vivit.model import HookedVideoTransformer
 
 Mode = Literal["zero", "mean", "resample"]
 
 
 def ablation_hook(
-    model: Any,
+    model: HookedVideoTransformer,
     hook_name: str,
     positions: PositionGroup = None,
     *,
@@ -40,7 +43,7 @@ def ablation_hook(
     ``mode="resample"`` takes ``reference`` ([1, ...] or the batch's size: another video's
     activation) at those positions.
     """
-    model._check_hook_names([hook_name])
+    model.check_hook_names([hook_name])
     pos = resolve_positions(model, positions)
     pos_axis = hook_layout.pos_axis(hook_name, model.cfg)  # an attention map's query axis
     if pos is not None and pos_axis is None:
@@ -75,7 +78,7 @@ def ablation_hook(
 
 
 def ablate(
-    model: Any,
+    model: HookedVideoTransformer,
     pixel_values: torch.Tensor,
     hook_name: str,
     positions: PositionGroup = None,
@@ -89,7 +92,7 @@ def ablate(
         return model.run_with_hooks(pixel_values, fwd_hooks=[(hook_name, hook)])
 
 
-def token_region_ablation(model: Any, pixel_values: torch.Tensor, region: PositionGroup, *, mode: Mode = "zero", reference: torch.Tensor | None = None) -> torch.Tensor:
+def token_region_ablation(model: HookedVideoTransformer, pixel_values: torch.Tensor, region: PositionGroup, *, mode: Mode = "zero", reference: torch.Tensor | None = None) -> torch.Tensor:
     """Ablate the tubelet embeddings (``hook_embed``) of a token region."""
     return ablate(model, pixel_values, "hook_embed", region, mode=mode, reference=reference)
 

@@ -22,7 +22,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from jaxtyping import Float
 
-from hooked_vivit.patching import PositionGroup, resolve_positions
+from hooked_vivit.positions import PositionGroup, resolve_positions
 
 
 def _positions(model: Any, queries: PositionGroup) -> tuple[int, ...]:

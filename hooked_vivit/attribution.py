@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 from jaxtyping import Float
 
 from hooked_vivit.components import hook_layout
-from hooked_vivit.patching import _metric_rows
+from hooked_vivit.metrics import metric_rows
+
+if TYPE_CHECKING:  # annotations only: the causal tools take any HookedVideoTransformer (ViViT, VideoMAE, ...)
+    from hooked_vivit.model import HookedVideoTransformer
 
 DEFAULT_ACTS = ("resid_pre", "attn_out", "mlp_out", "z")
 
@@ -70,7 +73,7 @@ def _layer_of(name: str, n_layers: int) -> int:
 
 
 @contextmanager
-def _parameters_frozen(model: Any) -> Iterator[None]:
+def _parameters_frozen(model: HookedVideoTransformer) -> Iterator[None]:
     """No parameter requires grad inside: autograd then keeps only what input gradients need."""
     flags = [(p, p.requires_grad) for p in model.parameters()]
     for p, _ in flags:
@@ -83,7 +86,7 @@ def _parameters_frozen(model: Any) -> Iterator[None]:
 
 
 def attribution_patch(
-    model: Any,
+    model: HookedVideoTransformer,
     clean: torch.Tensor,
     corrupted: torch.Tensor,
     metric: Callable,
@@ -107,7 +110,7 @@ def attribution_patch(
     if not layer_list or bad:
         raise ValueError(f"layers must be a non-empty list of layers in 0..{n_layers - 1}, got {list(layers or [])}")
     names = [get_act_name(a, l) for a in acts for l in layer_list]
-    model._check_hook_names(names)
+    model.check_hook_names(names)
     metric_hooks = tuple(getattr(metric, "hooks", ()))
     layers = [_layer_of(n, n_layers) for n in names]
     if clean_cache is None:
@@ -132,7 +135,7 @@ def attribution_patch(
         with torch.enable_grad():
             resid.requires_grad_(True)
             logits = model(resid, start_at_layer=first)
-            values = _metric_rows(metric, logits, {h: stored[h] for h in metric_hooks})
+            values = metric_rows(metric, logits, {h: stored[h] for h in metric_hooks})
             if values.shape != (resid.shape[0],):
                 raise ValueError(
                     f"the metric must return one value per batch row, shape ({resid.shape[0]},), got shape {tuple(values.shape)} "

@@ -97,7 +97,7 @@ def resolve_hooks(model: Any, hooks: str | Sequence[str]) -> list[str]:
         matched = [n for n in names if fnmatch.fnmatchcase(n, p)] if any(ch in p for ch in "*?[") else [p]
         if not matched:
             raise ValueError(f"--hooks {p!r} matches no hook of this model (see hooked-vivit info --hooks)")
-        model._check_hook_names(matched)  # unknown names (with the nearest real ones), hooks that cannot fire
+        model.check_hook_names(matched)  # unknown names (with the nearest real ones), hooks that cannot fire
         for n in matched:
             shape = hook_shape(model.cfg, n, 1)
             if shape is None or len(shape) < 2 or shape[1] != model.cfg.n_ctx or n.endswith(("hook_attn_scores", "hook_pattern")):

@@ -23,8 +23,9 @@ Read at CLS (positions=0) or over the flattened all-token activation (positions=
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,17 @@ class Metric:
     def mean_over_batch(self, logits: Logits) -> torch.Tensor:
         """Scalar version, for TransformerLens's patching functions (reduce="scalar")."""
         return self(logits).mean()
+
+
+def metric_rows(metric: Callable, logits: torch.Tensor, activations: Activations) -> torch.Tensor:
+    """Call a metric that takes (logits) or (logits, activations), returning [batch] values: a
+    ``Metric`` or a plain function of one or two arguments (the protocol the patching engine and
+    attribution patching share)."""
+    if isinstance(metric, Metric) or len(inspect.signature(metric).parameters) >= 2:
+        out = metric(logits, activations)
+    else:
+        out = metric(logits)
+    return torch.as_tensor(out)
 
 
 def _index(c, logits: torch.Tensor) -> torch.Tensor:

@@ -31,9 +31,9 @@ from hooked_vivit.compat import in_function_transform
 from hooked_vivit.components import hook_layout
 from hooked_vivit.components import LayerNorm, PosEmbed, SinusoidalPosEmbed, TransformerBlock, TubeletEmbed, Unembed
 from hooked_vivit.config import HookedViViTConfig, to_dtype
+from hooked_vivit.tensor_types import PixelValues
 from weights_conversion import checkpoint_has_classifier, converter
 
-PixelValues = Float[torch.Tensor, "batch frames channels height width"]
 ClassIndices = Union[int, str, Sequence[Union[int, str]], Int[torch.Tensor, "..."]]
 
 
@@ -257,14 +257,16 @@ class HookedVideoTransformer(HookedRootModule):
         return cast
 
     # ================================================================== TransformerLens glue
-    def _check_hook_names(self, names: Iterable[Any]) -> None:
-        """Unknown names, and hooks that cannot fire under this config, raise HookNameError."""
+    def check_hook_names(self, names: Iterable[Any]) -> None:
+        """Unknown names, and hooks that cannot fire under this config, raise HookNameError (the causal
+        tools check their hook names with it before running anything)."""
         for name in names:
             if isinstance(name, str):
                 if name not in self.hook_dict:
                     raise HookNameError(self._unknown_hook_message(name))
                 if not self._fires(name):
                     raise HookNameError(self._dead_hook_message(name))
+
 
     def _fires(self, name: str) -> bool:
         return hook_shape(self.cfg, name, 1) is not None
@@ -287,7 +289,7 @@ class HookedVideoTransformer(HookedRootModule):
         if isinstance(names_filter, str):
             names_filter = [names_filter]
         if isinstance(names_filter, (list, tuple, set)):
-            self._check_hook_names(names_filter)
+            self.check_hook_names(names_filter)
             wanted = set(names_filter)
             return wanted.__contains__
         if not callable(names_filter):
@@ -300,7 +302,7 @@ class HookedVideoTransformer(HookedRootModule):
 
     def _checked_hook(self, name: Any, hook: Callable) -> tuple[Any, Callable]:
         if isinstance(name, str):
-            self._check_hook_names([name])
+            self.check_hook_names([name])
         else:
             name = self._live_filter(name)
         return name, _ReturnChecked(hook)

@@ -19,13 +19,11 @@ Two layers:
 
 from __future__ import annotations
 
-import inspect
 import re
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Iterable, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float
@@ -36,124 +34,13 @@ from transformer_lens.patching import generic_activation_patch, make_df_from_ran
 from hooked_vivit.cache_memory import free_bytes, hook_shape
 from hooked_vivit.components import hook_layout
 from hooked_vivit.compat import HAS_DIRECT_PATH, TL_VERSION_STRING, PatchingResult
-from hooked_vivit.metrics import Metric
+from hooked_vivit.metrics import Metric, metric_rows
+from hooked_vivit.positions import FrameSlot, PositionGroup, Region, resolve_positions  # noqa: F401  (re-exported: patching.Region ...)
+from hooked_vivit.positions import checked_index as _index
+from hooked_vivit.tensor_types import PixelValues
 
-PixelValues = Float[torch.Tensor, "batch frames channels height width"]
-
-
-# =========================================================================================== positions
-@dataclass(frozen=True)
-class Region:
-    """A box on the token grid: frame slots x rows x cols (None = all), optionally with CLS."""
-
-    frame_slots: int | Sequence[int] | None = None
-    rows: int | Sequence[int] | None = None
-    cols: int | Sequence[int] | None = None
-    include_cls: bool = False
-
-
-@dataclass(frozen=True)
-class FrameSlot:
-    """Every patch token of one tubelet time index."""
-
-    t: int
-
-
-PositionGroup = Union[None, str, int, Sequence[int], torch.Tensor, Region, FrameSlot]
-
-
-def _index(v: Any, n: int, what: str) -> int:
-    """One index in [0, n): Python/numpy ints and 0-dim integer tensors; floats, bools and negatives raise."""
-    if isinstance(v, (torch.Tensor, np.ndarray)) and v.ndim == 0:
-        v = v.item()
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-        raise ValueError(f"{what} must be an integer, got {v!r} ({type(v).__name__})")
-    v = int(v)
-    if v < 0:
-        raise ValueError(f"{what} {v} is negative; indices count 0..{n - 1} (no wrap-around, so a label never names another token)")
-    if v >= n:
-        raise ValueError(f"{what} {v} is out of range 0..{n - 1}")
-    return v
-
-
-def _is_mask(x: Any) -> bool:
-    if isinstance(x, (torch.Tensor, np.ndarray)):
-        return x.dtype in (torch.bool, np.bool_)
-    return isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(v, (bool, np.bool_)) for v in x)
-
-
-def _indices(x: Any, n: int, what: str) -> list[int]:
-    """None (all), an index, a sequence or 1-d tensor of indices, a slice, or a bool mask of length n."""
-    if x is None:
-        return list(range(n))
-    if isinstance(x, slice):
-        for b in (x.start, x.stop):
-            if b is not None:
-                _index(b, n + 1, f"{what} slice bound")  # no negatives, nothing past the end
-        if x.step is not None and _index(x.step, n + 1, f"{what} slice step") < 1:
-            raise ValueError(f"{what} {x} needs a positive step")
-        out = list(range(n))[x]
-        if not out:
-            raise ValueError(f"{what} {x} selects nothing out of 0..{n - 1}")
-        return out
-    if _is_mask(x):
-        mask = torch.as_tensor(np.asarray(x, dtype=bool) if not isinstance(x, torch.Tensor) else x)
-        if mask.shape != (n,):
-            raise ValueError(f"a bool mask of {what}s needs shape ({n},), got {tuple(mask.shape)}")
-        return mask.nonzero().flatten().tolist()
-    if isinstance(x, (torch.Tensor, np.ndarray)):
-        if x.ndim > 1:
-            raise ValueError(f"{what}s must be an index or a 1-d list of indices, got an array of shape {tuple(x.shape)}")
-        x = list(x) if x.ndim == 1 else [x]
-    elif not isinstance(x, (list, tuple, range)):
-        x = [x]
-    return sorted({_index(v, n, what) for v in x})
-
-
-def resolve_positions(model: Any, group: PositionGroup) -> tuple[int, ...] | None:
-    """A position group -> sorted token indices (None means every token).
-
-    Accepted: None or "all"; "cls"; "patches" (every token but CLS); "pooled" (the tokens the
-    classifier reads: CLS, or token 0, with first-token pooling; every patch token with mean pooling); a token index; a sequence or 1-d
-    tensor of token indices; a bool mask over tokens ([n_ctx]) or over the grid ([slots, rows, cols]);
-    ``FrameSlot(t)``; ``Region(frame_slots, rows, cols, include_cls)`` (each an index, a list, a slice
-    or a bool mask). Empty groups, out-of-range or negative indices and non-integers raise.
-    """
-    cfg = getattr(model, "cfg", model)
-    grid = cfg.grid
-    if group is None or (isinstance(group, str) and group == "all"):
-        return None
-    no_cls = f"this model has no CLS token (n_prefix_tokens=0: {type(model).__name__} pools over the patch tokens); use 'pooled', 'patches', 'all', a token index, FrameSlot or Region"
-    if (isinstance(group, str) and group == "cls") or (isinstance(group, Region) and group.include_cls):
-        if grid.n_prefix == 0:
-            raise ValueError(f"position group {group!r}: " + no_cls)
-    if isinstance(group, str):
-        if group == "cls":
-            return (0,)
-        if group == "patches":
-            return tuple(range(grid.n_prefix, cfg.n_ctx))
-        if group == "pooled":  # the tokens the classifier reads: CLS / token 0, or every patch token it averages
-            return (0,) if cfg.pooling == "first" else tuple(range(grid.n_prefix, cfg.n_ctx))
-        raise ValueError(f"unknown position group {group!r}; use 'all', 'cls', 'patches', 'pooled', a token index, a list, a bool mask, FrameSlot or Region")
-    if isinstance(group, FrameSlot):
-        return tuple(grid.positions(frame_slots=_index(group.t, grid.n_frame_slots, "frame slot")))
-    if isinstance(group, Region):
-        axes = (_indices(group.frame_slots, grid.n_frame_slots, "frame slot"), _indices(group.rows, grid.n_rows, "row"),
-                _indices(group.cols, grid.n_cols, "col"))
-        pos = grid.positions(*axes) if all(axes) else []
-        if not pos and not group.include_cls:
-            raise ValueError(f"{group} selects no token (grid of {grid.n_frame_slots} frame slots x {grid.n_rows} rows x {grid.n_cols} cols)")
-        return tuple(([0] if group.include_cls else []) + pos)
-    if _is_mask(group) and isinstance(group, (torch.Tensor, np.ndarray)) and tuple(group.shape) == grid.shape:
-        pos = [grid.n_prefix + i for i in torch.as_tensor(group).flatten().nonzero().flatten().tolist()]  # a mask over the token grid
-    elif isinstance(group, (int, np.integer, torch.Tensor, np.ndarray, list, tuple, range, bool)):
-        pos = _indices(group, cfg.n_ctx, "token position")
-    else:
-        raise ValueError(f"unknown position group {group!r}; use 'all', 'cls', 'patches', 'pooled', a token index, a list, a bool mask, FrameSlot or Region")
-    if not pos:
-        raise ValueError(f"the position group {group!r} selects no token")
-    return tuple(pos)
-
+if TYPE_CHECKING:  # annotations only: the causal tools take any HookedVideoTransformer (ViViT, VideoMAE, ...)
+    from hooked_vivit.model import HookedVideoTransformer
 
 # =========================================================================================== patch specs
 _LAYER = re.compile(r"^blocks\.(\d+)\.")
@@ -183,7 +70,7 @@ def _full_name(act: str, layer: int) -> str:
     return get_act_name(act, layer)
 
 
-def component_patches(model: Any, components: Sequence[str] = ("attn_out", "mlp_out"), layers: Iterable[int] | None = None, positions: PositionGroup = None) -> list[Patch]:
+def component_patches(model: HookedVideoTransformer, components: Sequence[str] = ("attn_out", "mlp_out"), layers: Iterable[int] | None = None, positions: PositionGroup = None) -> list[Patch]:
     """Whole components (the reference paper's Figure 2): each layer's attention block and MLP
     block output, at all (or the given) positions."""
     pos = resolve_positions(model, positions)
@@ -191,14 +78,14 @@ def component_patches(model: Any, components: Sequence[str] = ("attn_out", "mlp_
     return [Patch(_full_name(c, l), pos, label=f"L{l} {c}") for l in layers for c in components]
 
 
-def head_patches(model: Any, act: str = "z", layers: Iterable[int] | None = None, positions: PositionGroup = None) -> list[Patch]:
+def head_patches(model: HookedVideoTransformer, act: str = "z", layers: Iterable[int] | None = None, positions: PositionGroup = None) -> list[Patch]:
     """One patch per (layer, head) of ``act`` (z, q, k, v, result or pattern)."""
     pos = resolve_positions(model, positions)
     layers = range(model.cfg.n_layers) if layers is None else layers
     return [Patch(_full_name(act, l), pos, head=h, label=f"L{l}H{h} {act}") for l in layers for h in range(model.cfg.n_heads)]
 
 
-def frame_slot_patches(model: Any, act: str = "resid_pre", layers: Iterable[int] | None = None) -> list[Patch]:
+def frame_slot_patches(model: HookedVideoTransformer, act: str = "resid_pre", layers: Iterable[int] | None = None) -> list[Patch]:
     """One patch per (layer, frame slot): all patch tokens of that tubelet time index."""
     layers = range(model.cfg.n_layers) if layers is None else layers
     return [
@@ -208,7 +95,7 @@ def frame_slot_patches(model: Any, act: str = "resid_pre", layers: Iterable[int]
     ]
 
 
-def token_patches(model: Any, act: str = "resid_pre", layers: Iterable[int] | None = None, positions: Iterable[int] | None = None) -> list[Patch]:
+def token_patches(model: HookedVideoTransformer, act: str = "resid_pre", layers: Iterable[int] | None = None, positions: Iterable[int] | None = None) -> list[Patch]:
     """One patch per (layer, token)."""
     layers = range(model.cfg.n_layers) if layers is None else layers
     positions = range(model.cfg.n_ctx) if positions is None else [_index(p, model.cfg.n_ctx, "token position") for p in positions]
@@ -235,7 +122,7 @@ def _rows_per_clip(model: Any, hook: str) -> int:
     return shape[0] if shape else 1
 
 
-def check_cache(model: Any, cache: ActivationCache | dict, hooks: Iterable[str], batch: int) -> None:
+def check_cache(model: HookedVideoTransformer, cache: ActivationCache | dict, hooks: Iterable[str], batch: int) -> None:
     """A clear error for a cache from another model, missing hooks, or an incompatible batch."""
     cache_model = getattr(cache, "model", None)
     if cache_model is not None and cache_model is not model:
@@ -254,7 +141,7 @@ def check_cache(model: Any, cache: ActivationCache | dict, hooks: Iterable[str],
             raise ValueError(f"the source cache has batch {act.shape[0] // per} at {hook!r}, the target run has {batch}: use batch 1 or the same batch")
 
 
-def auto_chunk_size(model: Any, rows_per_patch: int, device: torch.device, needs_pattern: bool) -> int:
+def auto_chunk_size(model: HookedVideoTransformer, rows_per_patch: int, device: torch.device, needs_pattern: bool) -> int:
     """How many patched variants fit in one batched forward, from free memory (half of it)."""
     cfg = model.cfg
     elem = torch.finfo(cfg.dtype).bits // 8
@@ -262,15 +149,6 @@ def auto_chunk_size(model: Any, rows_per_patch: int, device: torch.device, needs
     if needs_pattern:
         per_row += 2 * cfg.n_heads * cfg.n_ctx * cfg.n_ctx * elem
     return max(1, int(free_bytes(device) * 0.5 // (per_row * rows_per_patch)))
-
-
-def _metric_rows(metric: Callable, logits: torch.Tensor, acts: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Call a metric that takes (logits) or (logits, activations), returning [batch] values."""
-    if isinstance(metric, Metric) or len(inspect.signature(metric).parameters) >= 2:
-        out = metric(logits, acts)
-    else:
-        out = metric(logits)
-    return torch.as_tensor(out)
 
 
 @dataclass
@@ -292,7 +170,7 @@ class SweepResult:
 
 
 def run_patches(
-    model: Any,
+    model: HookedVideoTransformer,
     patches: Sequence[Patch],
     *,
     source_cache: ActivationCache | dict,
@@ -314,7 +192,7 @@ def run_patches(
     target = model.validate_input(target)
     b = target.shape[0]
     for p in patches:
-        model._check_hook_names([p.hook])
+        model.check_hook_names([p.hook])
         if p.head is not None and _head_axis(p.hook, model.cfg) is None:
             raise ValueError(f"{p.hook} has no head axis, but the patch names head {p.head}")
         if p.positions is not None and _pos_axis(p.hook, model.cfg) is None:
@@ -330,14 +208,14 @@ def run_patches(
             _index(q, model.cfg.n_ctx, f"token position of patch {p.label or p.hook!r}")
     check_cache(model, source_cache, {p.hook for p in patches}, b)
     metric_hooks = tuple(getattr(metric, "hooks", ()))
-    model._check_hook_names(metric_hooks)
+    model.check_hook_names(metric_hooks)
     n_layers = model.cfg.n_layers
 
     # One forward of the target gives the residual stream entering every block, to start from.
     with torch.inference_mode():
         names = [f"blocks.{l}.hook_resid_pre" for l in range(n_layers)] + [f"blocks.{n_layers - 1}.hook_resid_post"] + list(metric_hooks)
         base_logits, base_cache = model.run_with_cache(target, names_filter=list(dict.fromkeys(names)))
-        baseline = _metric_rows(metric, base_logits, {h: base_cache[h] for h in metric_hooks}).float().cpu()
+        baseline = metric_rows(metric, base_logits, {h: base_cache[h] for h in metric_hooks}).float().cpu()
     starts = [base_cache[f"blocks.{l}.hook_resid_pre"] for l in range(n_layers)] + [base_cache[f"blocks.{n_layers - 1}.hook_resid_post"]]
 
     order = sorted(range(len(patches)), key=lambda i: patches[i].start_layer(n_layers))
@@ -394,18 +272,18 @@ def _run_chunk(model, chunk: list[Patch], source_cache, target, starts, start: i
             logits = model(target.repeat(k, 1, 1, 1, 1))
         else:
             logits = model(starts[start].repeat(k, 1, 1), start_at_layer=start)
-    values = _metric_rows(metric, logits, collected).float().cpu()
+    values = metric_rows(metric, logits, collected).float().cpu()
     if values.shape != (k * b,):
         raise ValueError(f"the metric must return one value per batch row ({k * b}), got shape {tuple(values.shape)}")
     return values.view(k, b)
 
 
-def denoise(model: Any, patches: Sequence[Patch], *, clean_cache, corrupted: PixelValues, metric: Callable, **kwargs: Any) -> SweepResult:
+def denoise(model: HookedVideoTransformer, patches: Sequence[Patch], *, clean_cache, corrupted: PixelValues, metric: Callable, **kwargs: Any) -> SweepResult:
     """Clean activations into the corrupted run: what restores the clean behaviour?"""
     return run_patches(model, patches, source_cache=clean_cache, target=corrupted, metric=metric, **kwargs)
 
 
-def noise(model: Any, patches: Sequence[Patch], *, corrupted_cache, clean: PixelValues, metric: Callable, **kwargs: Any) -> SweepResult:
+def noise(model: HookedVideoTransformer, patches: Sequence[Patch], *, corrupted_cache, clean: PixelValues, metric: Callable, **kwargs: Any) -> SweepResult:
     """Corrupted activations into the clean run: what breaks the clean behaviour?"""
     return run_patches(model, patches, source_cache=corrupted_cache, target=clean, metric=metric, **kwargs)
 
@@ -421,7 +299,7 @@ _AXIS_SIZES = {
 }
 
 
-def video_index_df(model: Any, axes: Sequence[str]) -> pd.DataFrame:
+def video_index_df(model: HookedVideoTransformer, axes: Sequence[str]) -> pd.DataFrame:
     """TransformerLens's index dataframe with positions counted in tokens, not pixels."""
     return make_df_from_ranges([_AXIS_SIZES[a](model.cfg) for a in axes], list(axes))
 
@@ -487,7 +365,7 @@ get_act_patch_attn_head_pattern_all_pos = _tl_twin("get_act_patch_attn_head_patt
 
 
 def get_act_patch_direct_path(
-    model: Any,
+    model: HookedVideoTransformer,
     corrupted_video: PixelValues,
     clean_cache: ActivationCache,
     corrupted_cache: ActivationCache,

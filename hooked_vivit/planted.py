@@ -46,7 +46,7 @@ import torch
 from hooked_vivit.ablation import PixelBox
 from hooked_vivit.config import HookedViViTConfig
 from hooked_vivit.model import HookedViViT
-from hooked_vivit.patching import Region, resolve_positions
+from hooked_vivit.positions import Region, resolve_positions
 
 FEATURES = (
     "anchor",  # a large constant at every token: keeps LayerNorm scales nearly constant

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -110,6 +110,19 @@ class Stage:
     def blank_mask(self) -> np.ndarray:
         return np.zeros(self.background.shape[:2], np.uint8)
 
+    def render(self, mask_names: Sequence[str], draw: Callable[[int, np.ndarray, dict[str, np.ndarray]], None]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The frame loop of every scene: for each frame t a fresh canvas and blank masks (one per
+        name), painted by ``draw(t, img, masks)``, then cropped and lit by ``finish``."""
+        frames: list[np.ndarray] = []
+        masks: dict[str, list[np.ndarray]] = {name: [] for name in mask_names}
+        for t in range(self.T):
+            img, frame_masks = self.canvas(), {name: self.blank_mask() for name in mask_names}
+            draw(t, img, frame_masks)
+            frames.append(img)
+            for name, mask in frame_masks.items():
+                masks[name].append(mask)
+        return self.finish(frames, masks)
+
     def finish(self, frames: list[np.ndarray], masks: dict[str, list[np.ndarray]]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         m, s = self.margin, self.size
 
@@ -177,10 +190,10 @@ def _bowling(seed: int, outcome: str, T: int, S: int, m: int | None = None) -> C
             return None
         return u, v
 
-    frames, masks = [], {"ball": [], "pins": []}
     lane_pts = [cam(-0.8, 0), cam(0.8, 0), cam(0.8, 1), cam(-0.8, 1)]
-    for t in range(T):
-        img, ball_mask, pin_mask = stage.canvas(), stage.blank_mask(), stage.blank_mask()
+
+    def draw(t: int, img: np.ndarray, masks: dict[str, np.ndarray]) -> None:
+        ball_mask, pin_mask = masks["ball"], masks["pins"]
         _poly(img, [cam(-1.0, 0), cam(1.0, 0), cam(1.0, 1.02), cam(-1.0, 1.02)], gutter_color)
         _poly(img, lane_pts, lane_color)
         for ub in np.linspace(-0.7, 0.7, 8):
@@ -202,12 +215,10 @@ def _bowling(seed: int, outcome: str, T: int, S: int, m: int | None = None) -> C
         if ball is not None:
             ub, vb = ball
             drawables.append((vb - 0.015, lambda ub=ub, vb=vb: _draw_ball(img, ball_mask, cam, ub, vb, S * 0.1, ball_color)))
-        for _, draw in sorted(drawables, key=lambda d: -d[0]):
-            draw()
-        frames.append(img)
-        masks["ball"].append(ball_mask)
-        masks["pins"].append(pin_mask)
-    video, out_masks = stage.finish(frames, masks)
+        for _, paint in sorted(drawables, key=lambda d: -d[0]):
+            paint()
+
+    video, out_masks = stage.render(("ball", "pins"), draw)
     return Clip(video, out_masks, {"divergence_frame": t_div + 1, "impact_frame": t_hit, "start_frame": t0})
 
 
@@ -277,9 +288,8 @@ def _golf(seed: int, outcome: str, T: int, S: int) -> Clip:
             return (hole_u, hole_v, max(0.0, 1 - 0.45 * (k + 1))) if k < 2 else None
         return (u, v, 1.0)
 
-    frames, masks = [], {"ball": [], "hole": []}
-    for t in range(T):
-        img, ball_mask, hole_mask = stage.canvas(), stage.blank_mask(), stage.blank_mask()
+    def draw(t: int, img: np.ndarray, masks: dict[str, np.ndarray]) -> None:
+        ball_mask, hole_mask = masks["ball"], masks["hole"]
         for i in range(n_stripes):
             va, vb = i / n_stripes, (i + 1) / n_stripes
             col = green if i % 2 == 0 else tuple(int(c * stripe) for c in green)
@@ -300,10 +310,8 @@ def _golf(seed: int, outcome: str, T: int, S: int) -> Clip:
             _line(img, (hx, hy), (hx, hy - S * 0.35 * cam.scale(hole_v)), (230, 230, 230), 2)
             top = hy - S * 0.35 * cam.scale(hole_v)
             _poly(img, [(hx, top), (hx + S * 0.08, top + S * 0.03), (hx, top + S * 0.06)], flag_color)
-        frames.append(img)
-        masks["ball"].append(ball_mask)
-        masks["hole"].append(hole_mask)
-    video, out_masks = stage.finish(frames, masks)
+
+    video, out_masks = stage.render(("ball", "hole"), draw)
     return Clip(video, out_masks, {"divergence_frame": t_div + 1, "arrival_frame": t0 + n_arrive, "start_frame": t0})
 
 
@@ -350,9 +358,8 @@ def _basketball(seed: int, outcome: str, T: int, S: int) -> Clip:
         # off the rim: bounce away and fall
         return rim_x + miss_dx + facing * (-1) * bounce * k * S * 1.2, rim_y - ball_r - k * S * 0.8 + (k * 7) ** 2 * S * 0.05
 
-    frames, masks = [], {"ball": [], "hoop": []}
-    for t in range(T):
-        img, ball_mask, hoop_mask = stage.canvas(), stage.blank_mask(), stage.blank_mask()
+    def draw(t: int, img: np.ndarray, masks: dict[str, np.ndarray]) -> None:
+        ball_mask, hoop_mask = masks["ball"], masks["hoop"]
         cv2.rectangle(img, _p(0, floor_y), _p(img.shape[1], img.shape[0]), floor_color, -1, cv2.LINE_8, SHIFT)
         bx = rim_x + facing * rim_w * 0.6
         cv2.rectangle(img, _p(bx - S * 0.01, rim_y - S * 0.14), _p(bx + S * 0.01, rim_y + S * 0.04), board_color, -1, cv2.LINE_8, SHIFT)
@@ -367,10 +374,8 @@ def _basketball(seed: int, outcome: str, T: int, S: int) -> Clip:
             _circle(img, x, y, ball_r, ball_color)
             _line(img, (x - ball_r, y), (x + ball_r, y), (40, 20, 10))
             _circle(ball_mask, x, y, ball_r, 255, aa=False)
-        frames.append(img)
-        masks["ball"].append(ball_mask)
-        masks["hoop"].append(hoop_mask)
-    video, out_masks = stage.finish(frames, masks)
+
+    video, out_masks = stage.render(("ball", "hoop"), draw)
     return Clip(video, out_masks, {"divergence_frame": t_div + 1, "arrival_frame": t0 + n_flight, "start_frame": t0})
 
 
@@ -390,9 +395,9 @@ def _juggling(seed: int, outcome: str, T: int, S: int) -> Clip:
     skin = _color(rng, (120, 70, 40), (255, 210, 180))
     shirt = _color(rng, (0, 0, 0), (255, 255, 255))
     thick = max(2, int(S * 0.03))
-    frames, masks = [], {"ball": [], "juggler": []}
-    for t in range(T):
-        img, ball_mask, body_mask = stage.canvas(), stage.blank_mask(), stage.blank_mask()
+
+    def draw(t: int, img: np.ndarray, masks: dict[str, np.ndarray]) -> None:
+        ball_mask, body_mask = masks["ball"], masks["juggler"]
         hand_dy = S * 0.02 * np.sin(2 * np.pi * (t / period * n_balls / 2))
         shoulder_y, hip_y = hand_y - S * 0.12, hand_y + S * 0.25
         for canvas, col in ((img, shirt), (body_mask, 255)):  # the juggler: torso, arms, head
@@ -412,10 +417,8 @@ def _juggling(seed: int, outcome: str, T: int, S: int) -> Clip:
             y = hand_y - 4 * height * f * (1 - f)
             _circle(img, x, y, ball_r, colors[i])
             _circle(ball_mask, x, y, ball_r, 255, aa=False)
-        frames.append(img)
-        masks["ball"].append(ball_mask)
-        masks["juggler"].append(body_mask)
-    video, out_masks = stage.finish(frames, masks)
+
+    video, out_masks = stage.render(("ball", "juggler"), draw)
     return Clip(video, out_masks, {})
 
 
@@ -434,18 +437,17 @@ def _pendulum(seed: int, outcome: str, T: int, S: int) -> Clip:
     bob_r = S * rng.uniform(0.07, 0.1)
     bob_color = _color(rng, (0, 0, 0), (255, 255, 255))
     string_color = _color(rng, (0, 0, 0), (255, 255, 255))
-    frames, masks = [], {"bob": []}
-    for t in range(T):
-        img, bob_mask = stage.canvas(), stage.blank_mask()
+
+    def draw(t: int, img: np.ndarray, masks: dict[str, np.ndarray]) -> None:
+        bob_mask = masks["bob"]
         theta = amp * np.exp(-damping * t) * np.cos(2 * np.pi * t / period + phi)
         bx, by = px + length * np.sin(theta), py + length * np.cos(theta)
         cv2.rectangle(img, _p(0, py - S * 0.08), _p(img.shape[1], py), beam, -1, cv2.LINE_8, SHIFT)
         _line(img, (px, py), (bx, by), string_color, max(2, int(S * 0.02)))
         _circle(img, bx, by, bob_r, bob_color)
         _circle(bob_mask, bx, by, bob_r, 255, aa=False)
-        frames.append(img)
-        masks["bob"].append(bob_mask)
-    video, out_masks = stage.finish(frames, masks)
+
+    video, out_masks = stage.render(("bob",), draw)
     return Clip(video, out_masks, {})
 
 
@@ -462,9 +464,9 @@ def _skipping(seed: int, outcome: str, T: int, S: int) -> Clip:
     body = _color(rng, (0, 0, 0), (255, 255, 255))
     rope = _color(rng, (0, 0, 0), (255, 255, 255))
     jump = S * rng.uniform(0.03, 0.07)
-    frames, masks = [], {"figure": [], "rope": []}
-    for t in range(T):
-        img, fig_mask, rope_mask = stage.canvas(), stage.blank_mask(), stage.blank_mask()
+
+    def draw(t: int, img: np.ndarray, masks: dict[str, np.ndarray]) -> None:
+        fig_mask, rope_mask = masks["figure"], masks["rope"]
         cv2.rectangle(img, _p(0, ground), _p(img.shape[1], img.shape[0]), floor, -1, cv2.LINE_8, SHIFT)
         a = 2 * np.pi * (t / period + phase)
         lift = jump * max(0.0, np.sin(a))  # in the air while the rope passes under
@@ -486,10 +488,8 @@ def _skipping(seed: int, outcome: str, T: int, S: int) -> Clip:
         for p, q in zip(pts, pts[1:]):
             _line(img, p, q, rope, max(2, int(S * 0.025)))
             _line(rope_mask, p, q, 255, max(2, int(S * 0.025)))
-        frames.append(img)
-        masks["figure"].append(fig_mask)
-        masks["rope"].append(rope_mask)
-    video, out_masks = stage.finish(frames, masks)
+
+    video, out_masks = stage.render(("figure", "rope"), draw)
     return Clip(video, out_masks, {})
 
 

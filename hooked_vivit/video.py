@@ -27,8 +27,9 @@ import torch
 from jaxtyping import Float, UInt8
 from PIL import Image
 
+from hooked_vivit.tensor_types import PixelValues
+
 Frames = UInt8[np.ndarray, "frames height width 3"]
-PixelValues = Float[torch.Tensor, "batch frames 3 crop_h crop_w"]
 
 # VivitImageProcessor's constants.
 RESCALE_FACTOR = 1 / 127.5

@@ -24,7 +24,7 @@ MapKind = Literal["cls_attention", "attribution", "frame_attention", "query_atte
 def token_maps(model: Any, pixel_values: torch.Tensor, kind: MapKind = "cls_attention", class_index: int | None = None) -> np.ndarray:
     """[layers, heads, frame slots, rows, cols] maps for the first clip of the batch ("query_attention":
     V-JEPA 2's pooler query, one "layer")."""
-    from hooked_vivit.analysis.experiments import readout_attention, token_dla
+    from hooked_vivit.logit_attribution import readout_attention, token_dla
 
     grid = model.cfg.grid
     if kind == "cls_attention":

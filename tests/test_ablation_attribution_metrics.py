@@ -96,14 +96,18 @@ def test_pixel_and_token_region_ablation(model):
     region = patching.Region(frame_slots=[1], rows=[1], cols=[2, 3, 4])
     toks = patching.resolve_positions(model, region)
     assert ablation.PixelBox.from_tokens(grid, toks) == ablation.PixelBox(2, 4, 8, 16, 16, 40)
-    # Zeroing those pixels' tokens == zero-ablating their embeddings minus the conv bias.
+    # Through pixel space instead of the embedding hook: zeroing the box's pixels leaves exactly the
+    # conv bias b_E as those tokens' embeddings (the box is whole tubelets), so subtracting b_E there
+    # must give what zero-ablating the region's embeddings gives.
     logits = ablation.token_region_ablation(model, x, region)
 
-    def zero(act, hook):
-        act[:, list(toks)] = 0
+    def minus_bias(act, hook):
+        act[:, list(toks)] -= model.embed.b_E
         return act
 
-    torch.testing.assert_close(logits, model.run_with_hooks(x, fwd_hooks=[("hook_embed", zero)]))
+    zeroed_pixels = ablation.ablate_pixels(x, ablation.PixelBox(2, 4, 8, 16, 16, 40), mode="zero")
+    torch.testing.assert_close(logits, model.run_with_hooks(zeroed_pixels, fwd_hooks=[("hook_embed", minus_bias)]), atol=1e-5, rtol=1e-5)
+    assert (logits - model(x)).abs().max() > 1e-3  # the region matters to the output: the check has teeth
     mask = np.zeros((4, 32, 48), bool)
     mask[1:3, 5:7, 10:12] = True
     assert ablation.PixelBox.from_mask(mask, margin=1) == ablation.PixelBox(1, 3, 4, 8, 9, 13)

@@ -13,7 +13,7 @@ from hooked_vivit import HookedViViT, synthetic
 from hooked_vivit.analysis import experiments as ex
 from hooked_vivit.analysis import pipeline
 from hooked_vivit.cli import main
-from hooked_vivit.probes import probe_accuracy
+from hooked_vivit.probes import cross_validated_probe, probe_accuracy
 from hooked_vivit.video import write_video
 from tests.conftest import make_hf
 
@@ -81,12 +81,17 @@ def test_component_recovery_matches_a_hand_made_patch(model, pair):
     def grab(act, hook):
         captured["a"] = act
 
-    model.run_with_hooks(neg, fwd_hooks=[("blocks.0.hook_mlp_out", patch), (last, grab)])
     delta = clean[last][0, 0] - corrupt[last][0, 0]
-    expected = float((captured["a"][0, 0] - corrupt[last][0, 0]) @ delta / (delta @ delta))
-    assert rec["projection"]["mlp"][0] == pytest.approx(expected, abs=1e-4)
-    # Patching the last MLP block restores the last resid_post exactly up to its own input.
-    assert -1 < rec["projection"]["attn"][1] < 2
+    for layer in range(model.cfg.n_layers):  # every component, one hand-made patched run each
+        for kind in ("attn", "mlp"):
+            model.run_with_hooks(neg, fwd_hooks=[(f"blocks.{layer}.hook_{kind}_out", patch), (last, grab)])
+            expected = float((captured["a"][0, 0] - corrupt[last][0, 0]) @ delta / (delta @ delta))
+            assert rec["projection"][kind][layer] == pytest.approx(expected, abs=1e-4), (kind, layer)
+    # The last MLP block writes straight into the last resid_post: patching it moves that residual by
+    # exactly the MLP outputs' difference, so its recovery is that difference projected on delta.
+    mlp = f"blocks.{model.cfg.n_layers - 1}.hook_mlp_out"
+    mlp_delta = clean[mlp][0, 0] - corrupt[mlp][0, 0]
+    assert rec["projection"]["mlp"][-1] == pytest.approx(float(mlp_delta @ delta / (delta @ delta)), abs=1e-4)
 
 
 def test_token_masks_and_object_shares(model, pair):
@@ -97,18 +102,18 @@ def test_token_masks_and_object_shares(model, pair):
     frames, rows, cols = model.cfg.grid.pixel_box(model.cfg.grid.index(t, r, c))
     assert float(tm[model.cfg.grid.index(t, r, c)]) == pytest.approx(masks["ball"][frames.start:frames.stop, rows, cols].mean())
     att = ex.cls_attention(model, px(model, pair.positive), masks=masks)
-    for name in ("ball", "pins"):
-        shares = np.array(att["object_share"][name])
-        assert shares.shape == (model.cfg.n_layers, model.cfg.n_heads) and (shares >= 0).all() and (shares <= 1).all()
     assert np.array(att["grid"]).shape == (model.cfg.n_layers, model.cfg.n_heads, *model.cfg.grid.shape)
     # The CLS rows come from model.attention_rows beside the fused attention: they equal the rows of the
     # full pattern (explicit path), and the object shares follow from them by the definition.
     _, cache = model.run_with_cache(px(model, pair.positive), names_filter=lambda n: n.endswith("hook_pattern"))
     full = torch.stack([cache["pattern", l][0, :, 0] for l in range(model.cfg.n_layers)]).float()
     torch.testing.assert_close(torch.tensor(att["grid"]), model.cfg.grid.unflatten(full)[1], atol=1e-6, rtol=0)
-    ball = (ex.token_masks(model, masks["ball"])[1:] > 0).float()
-    expected = (full[..., 1:] * ball).sum(-1) / full[..., 1:].sum(-1)
-    np.testing.assert_allclose(att["object_share"]["ball"], expected.numpy(), atol=1e-6)
+    assert set(masks) == {"ball", "pins"}
+    for name in masks:  # a patch token is on the object when any pixel it sees is (brute force, token by token)
+        on = torch.tensor([float(masks[name][f.start:f.stop, r, c].any()) for f, r, c in map(model.cfg.grid.pixel_box, range(1, model.cfg.n_ctx))])
+        expected = (full[..., 1:] * on).sum(-1) / full[..., 1:].sum(-1)
+        np.testing.assert_allclose(att["object_share"][name], expected.numpy(), atol=1e-6)
+        assert att["object_share"][f"{name} (token share of the grid)"] == pytest.approx(float(on.mean()))
 
 
 def test_region_ablation_table(model, pair):
@@ -144,7 +149,16 @@ def test_layer_probes_shapes(model):
     np.testing.assert_array_equal(f["predictions"], expected)
     np.testing.assert_array_equal(f["labels"][:4], [1, 0, 1, 0])
     assert len(res["cls"]) == len(res["mean"]) == model.cfg.n_layers + 1
-    assert 0 <= res["pixels"]["accuracy"] <= 1
+    # The pixel baseline, brute force: each tubelet's mean colour per clip, laid out [frame slot, channel,
+    # row, col] as probe_features writes it.
+    grid = model.cfg.grid
+    clips = torch.cat([torch.cat(p) for p in pairs])
+    brute = torch.stack([torch.stack([clip[fr, :, r, c].mean((0, 2, 3)) for fr, r, c in map(grid.pixel_box, range(1, model.cfg.n_ctx))])
+                         .view(grid.n_frame_slots, grid.n_rows, grid.n_cols, -1).permute(0, 3, 1, 2).flatten() for clip in clips])
+    torch.testing.assert_close(f["pixels"], brute, atol=1e-6, rtol=0)
+    # ... and layer_probes probes exactly those features, labels and pairs (grouped 5-fold, 5 repeats).
+    again = cross_validated_probe(f["pixels"], np.tile([1, 0], len(pairs)), np.repeat(np.arange(len(pairs)), 2), k=5, repeats=5, seed=0)
+    assert res["pixels"]["accuracy"] == again["accuracy"] and res["pixels"]["control_accuracy"] == again["control_accuracy"]
 
 
 def check_captions(data: dict, strip: tuple[str, ...]) -> int:
@@ -185,6 +199,21 @@ def test_analyze_command_writes_a_whole_report(saved_model, tmp_path, capsys):
     # Outcome-targeted parts: 20 random boxes per region, each object's share beside its base rate.
     abl = data["outcome"]["ablation"]
     assert abl["n_controls"] == 20 and {"top class-DLA tokens", "top differential-DLA tokens", "object: ball", "object: pins"} <= set(abl["regions"])
+    # Recomputed by hand: zero the ball's pixels (either clip's ball, from the divergence frame on) in
+    # both clips; the class logit and the logit gap change by what results.json says.
+    model = HookedViViT.from_pretrained(saved_model)
+    pos, neg, meta = synthetic.render_pair("bowling", 1, num_frames=model.cfg.num_frames, size=model.cfg.image_size[0])
+    xp, xn = px(model, pos), px(model, neg)
+    ball = meta["masks"]["positive"]["ball"] | meta["masks"]["negative"]["ball"]
+    ball[: meta["divergence_frame"]] = False
+    keep = torch.from_numpy(~ball)[None, :, None].float()  # [1, T, 1, H, W]
+    with torch.inference_mode():
+        lp, ln, ap, an = (model(v)[0] for v in (xp, xn, xp * keep, xn * keep))
+    c = int(lp.argmax())
+    entry = abl["regions"]["object: ball"]
+    assert entry["pixels"] == int(ball.sum())
+    assert entry["class_logit"]["change"] == pytest.approx(float(ap[c] - lp[c]), abs=1e-4)
+    assert entry["logit_gap"]["change"] == pytest.approx(float((ap[c] - an[c]) - (lp[c] - ln[c])), abs=1e-4)
     for per in data["outcome"]["enrichment"].values():
         for e in per.values():
             assert e["enrichment"] == pytest.approx(e["mean_share"] / e["base_rate"])

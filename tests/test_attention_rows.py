@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hooked_vivit import HookedViViT
-from hooked_vivit.attention_rows import attention_rows, pattern_row_queries
+from hooked_vivit.attention_rows import pattern_row_queries
 from hooked_vivit.patching import FrameSlot, Region, resolve_positions
 from tests.conftest import SMALL_CONFIGS, make_hf, pixels
 

@@ -7,8 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from hooked_vivit import HookedViViT
-from hooked_vivit import cache_memory
+from hooked_vivit import HookedViViT, cache_memory
 from tests.conftest import SMALL_CONFIGS, make_hf, pixels
 
 KW = SMALL_CONFIGS["nonsquare_2x8x8_3heads"]
@@ -25,7 +24,7 @@ def test_estimate_equals_cached_bytes(switches, names_filter):
     x = pixels(KW, batch=3)
     _, cache = model.run_with_cache(x, names_filter=names_filter)
     estimate = cache_memory.estimate_cache_bytes(model, names_filter, batch=3)
-    assert abs(estimate - cache.nbytes()) <= 0.05 * cache.nbytes()
+    assert estimate == cache.nbytes()  # exact: a hook the estimate missed (or counted twice) shows
 
 
 def test_vivit_b_attention_maps_are_about_11_gb_per_clip():

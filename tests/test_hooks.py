@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from hooked_vivit import HookedViViT, HookNameError
-from tests.conftest import SMALL_CONFIGS, make_hf, max_rel, pixels
+from tests.conftest import max_rel
 
 PER_LAYER = [
     "hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post",

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from transformers import VivitForVideoClassification
+from transformers import VivitForVideoClassification, VivitImageProcessor
 
 from hooked_vivit import HookedViViT, organism, synthetic
 from hooked_vivit.organism.train import TrainConfig, train
@@ -26,8 +26,23 @@ def test_checkpoint_is_complete_and_small(model):
     assert {"config.json", "model.safetensors", "MODEL_CARD.md", "metrics.json"} <= {p.name for p in path.iterdir()}
     assert (path / "model.safetensors").stat().st_size <= 10e6
     assert model.cfg.id2label[0] == "bowling" and model.cfg.n_classes == len(organism.CLASSES)
-    metrics = json.loads((path / "metrics.json").read_text())
-    assert metrics["test_accuracy"] >= 0.9  # the issue's goal is 0.95; the shipped model reaches 0.947 (MODEL_CARD.md)
+
+
+def test_accuracy_on_fresh_held_out_clips(model):
+    """Recomputed, not read from metrics.json: 8 fresh clips per class (outcomes alternating), scenes
+    no split ever saw. MODEL_CARD.md reports 94.7 % on the test split; at least 90 % here."""
+    per_class, correct, total = 8, 0, 0
+    for c, action in enumerate(organism.CLASSES):
+        outcomes = synthetic.OUTCOMES.get(action, ("none",))
+        clips = [synthetic.render_clip(action, FRESH_SEED + 100 + i, outcome=outcomes[i % len(outcomes)], num_frames=model.cfg.num_frames,
+                                       size=model.cfg.image_size[0]).frames for i in range(per_class)]
+        x = torch.cat([preprocess(f, config=model.cfg) for f in clips])
+        with torch.inference_mode():
+            predicted = model(x).argmax(-1)
+        assert model.cfg.id2label[c] == action
+        correct += int((predicted == c).sum())
+        total += per_class
+    assert correct / total >= 0.9, f"{correct}/{total} fresh clips classified correctly"
 
 
 @pytest.mark.parametrize("domain", ["bowling", "golf", "basketball"])
@@ -54,9 +69,16 @@ def test_hf_twin_gives_the_same_logits(model):
 
 
 def test_preprocessing_settings_come_from_the_checkpoint(model):
+    """A 200 px clip preprocessed for the organism equals transformers' VivitImageProcessor at the
+    checkpoint's 96 px with ViViT-B's normalisation (what MODEL_CARD.md says it was trained with)."""
     clip = synthetic.render_clip("bowling", FRESH_SEED, num_frames=model.cfg.num_frames, size=200)
     x = preprocess(clip.frames, config=model.cfg)
-    assert x.shape == (1, model.cfg.num_frames, 3, *model.cfg.image_size)
+    size = model.cfg.image_size[0]
+    assert tuple(model.cfg.image_size) == (96, 96) and x.shape == (1, model.cfg.num_frames, 3, 96, 96)
+    ref = VivitImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})(list(clip.frames), return_tensors="pt").pixel_values
+    diff = (x - ref).abs()
+    step = 2 / 127.5  # one uint8 step after the processor's rescale and normalisation
+    assert float(diff.max()) <= step and float(diff.mean()) <= 0.25 * step
 
 
 def test_training_script_smoke(tmp_path):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import warnings
-from functools import partial
 
 import pytest
 import torch

@@ -10,7 +10,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import transformers
 from safetensors.torch import save_file
 from transformers import VideoMAEConfig, VideoMAEForVideoClassification, VideoMAEModel
 
@@ -146,7 +145,7 @@ def test_learned_key_bias_of_older_transformers_is_read_into_b_K(pair):
         assert torch.equal(loaded.blocks[i].attn.b_K.flatten(), key_bias[f"videomae.encoder.layer.{i}.attention.attention.key.bias"])
     x = pixels(kw)
     assert max_rel(loaded(x), hf(x).logits) <= TOL
-    wrong = {f"videomae.encoder.layer.0.attention.attention.key.bias": torch.zeros(width + 1)}
+    wrong = {"videomae.encoder.layer.0.attention.attention.key.bias": torch.zeros(width + 1)}
     with pytest.raises(CheckpointError, match="mis-shaped"):
         HookedVideoMAE.from_state_dict({**sd, **wrong}, hf.config.to_dict())
 
@@ -360,7 +359,7 @@ def test_position_groups_without_cls(tiny):
 
 
 def test_ablation_equals_a_hand_written_hook(tiny):
-    from hooked_vivit.ablation import ablate, ablate_pixels, PixelBox
+    from hooked_vivit.ablation import PixelBox, ablate, ablate_pixels
 
     model, clean, *_ = tiny
     pos = list(range(12, 24))

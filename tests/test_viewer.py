@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -60,10 +62,22 @@ def test_widget_builds_headless(setup):
     box = viewer.interactive(model, x, frames)
     frame_slider, layer_slider, head_slider = box.children[0].children
     image = box.children[2]
-    first = image.value
-    assert first[:4] == b"\x89PNG"
+
+    def shown() -> np.ndarray:  # the widget's PNG, decoded
+        return np.asarray(Image.open(io.BytesIO(image.value)).convert("RGB"))
+
+    def expected(kind: str, layer: int, head: int | None, frame: int) -> np.ndarray:
+        # The static renderer's frame for the same state (the widget shows it 8x larger: 256 // 32).
+        maps = viewer.token_maps(model, x, kind)
+        still = viewer.render_frames(model, frames, maps, layer, head, signed=kind == "attribution")[frame]
+        return np.repeat(np.repeat(still, 8, axis=0), 8, axis=1)
+
+    first = shown()
+    np.testing.assert_array_equal(first, expected("cls_attention", 1, None, 0))  # defaults: last layer, heads summed
     frame_slider.value = 7  # observers redraw
-    assert image.value != first
+    np.testing.assert_array_equal(shown(), expected("cls_attention", 1, None, 7))
     box.children[1].value = "attribution"
     head_slider.value = 0
-    assert image.value[:4] == b"\x89PNG"
+    layer_slider.value = 0
+    np.testing.assert_array_equal(shown(), expected("attribution", 0, 0, 7))
+    assert not np.array_equal(shown(), first)
