@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             plain_forward_rate(model, pixels[:s["batch"]], s["batch"])
             forward_cpu = (time.process_time() - t0) / s["batch"]
             plain, ext, ext_all = [], [], []
-            for r in range(reps):  # round robin
+            for _ in range(reps):  # round robin
                 plain.append(plain_forward_rate(model, pixels, s["batch"]))
                 ext.append(extract_rate(model, folder, tmp / f"{name}-out", s["hook"], s["batch"], args.workers))
                 if name == "organism":

@@ -9,7 +9,9 @@ import torch
 
 from hooked_vivit import HookedTimeSformer
 from hooked_vivit.parity import compare
-from tests.test_timesformer import CONFIGS, make_hf, pixels
+from hooked_vivit.testing import TIMESFORMER_CONFIGS as CONFIGS
+from hooked_vivit.testing import make_timesformer as make_hf
+from hooked_vivit.testing import timesformer_pixels as pixels
 
 
 def main() -> int:

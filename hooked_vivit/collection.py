@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 import torch
 
-from hooked_vivit.video import VideoReadError, _decode, _existing, preprocess, sample_indices
+from hooked_vivit.video import VideoReadError, decode_frames, existing_file, preprocess, sample_indices
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 MANIFEST_COLUMNS = ("path", "label", "pair", "role", "start", "end")
@@ -186,7 +186,7 @@ def read_clip(path: str | Path, num_frames: int, start: float | None = None, end
     """(uint8 RGB frames [T, H, W, 3], the frame indices taken): ``num_frames`` spread evenly over the
     clip, or over its part from ``start`` to ``end`` seconds. Without start and end these are exactly
     ``hooked_vivit.video.load_video``'s frames (uniform sampling; a short clip repeats its last frame)."""
-    path = _existing(path)
+    path = existing_file(path)
     cap = cv2.VideoCapture(str(path))
     opened = cap.isOpened()
     reported = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if opened else 0
@@ -212,14 +212,14 @@ def read_clip(path: str | Path, num_frames: int, start: float | None = None, end
 
     kept, n = {}, 0
     if reported > 0 and first < reported:
-        kept, n = _decode(path, set(wanted(reported).tolist()))
+        kept, n = decode_frames(path, set(wanted(reported).tolist()))
     if n == 0:
-        kept, n = _decode(path, None)  # no usable frame count: decode everything
+        kept, n = decode_frames(path, None)  # no usable frame count: decode everything
     if n == 0:
         raise VideoReadError(f"{path}: opened, but no frame could be decoded (broken file or unsupported codec)")
     indices = wanted(n)
     if not set(indices.tolist()) <= kept.keys():
-        kept, _ = _decode(path, set(indices.tolist()))  # the header's frame count was wrong
+        kept, _ = decode_frames(path, set(indices.tolist()))  # the header's frame count was wrong
     return np.stack([kept[i] for i in indices]), indices
 
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 
 if TYPE_CHECKING:  # annotations only: the causal tools take any HookedVideoTransformer (ViViT, VideoMAE, ...)
-    from hooked_vivit.model import HookedVideoTransformer
+    pass
 
 # ----------------------------------------------------------------- where the classifier reads
 # Every "cls" result below is read where the classifier reads the residual stream: the CLS token

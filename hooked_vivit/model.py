@@ -28,8 +28,15 @@ from transformer_lens.utilities import get_act_name
 
 from hooked_vivit.cache_memory import VideoActivationCache, estimate_cache_bytes, free_bytes, hook_shape, without_maps
 from hooked_vivit.compat import in_function_transform
-from hooked_vivit.components import hook_layout
-from hooked_vivit.components import LayerNorm, PosEmbed, SinusoidalPosEmbed, TransformerBlock, TubeletEmbed, Unembed
+from hooked_vivit.components import (
+    LayerNorm,
+    PosEmbed,
+    SinusoidalPosEmbed,
+    TransformerBlock,
+    TubeletEmbed,
+    Unembed,
+    hook_layout,
+)
 from hooked_vivit.config import HookedViViTConfig, to_dtype
 from hooked_vivit.tensor_types import PixelValues
 from weights_conversion import checkpoint_has_classifier, converter

@@ -62,3 +62,30 @@ def max_rel(actual: torch.Tensor, reference: torch.Tensor) -> float:
     """Max abs difference / max(1, max |reference|): the parity target is <= 1e-5."""
     actual, reference = actual.detach().double(), reference.detach().double()
     return float((actual - reference).abs().max() / max(1.0, float(reference.abs().max())))
+
+
+# TimeSformer (tests/test_timesformer.py, benchmarks/parity_table_timesformer.py).
+# Odd shapes: a frame size the patch leaves over (26 px, 8 px patches), one patch per frame, no
+# qkv bias, gelu_new, another eps, 1 and 3 layers, head counts that are not powers of two.
+TIMESFORMER_CONFIGS = {
+    "26px_3frames_3heads": dict(image_size=26, patch_size=8, num_frames=3, hidden_size=24, num_attention_heads=3,
+                                num_hidden_layers=2, intermediate_size=37, num_labels=5),
+    "nobias_1layer_5heads": dict(image_size=20, patch_size=4, num_frames=5, hidden_size=40, num_attention_heads=5,
+                                 num_hidden_layers=1, intermediate_size=64, num_labels=4, qkv_bias=False,
+                                 hidden_act="gelu_new", layer_norm_eps=1e-5),
+    "3layers_one_patch": dict(image_size=16, patch_size=16, num_frames=2, hidden_size=32, num_attention_heads=2,
+                              num_hidden_layers=3, intermediate_size=96, num_labels=3),
+}
+
+
+def make_timesformer(kw: dict, seed: int = 0, cls=None):
+    from transformers import TimesformerConfig, TimesformerForVideoClassification
+
+    cls = cls or TimesformerForVideoClassification
+    torch.manual_seed(seed)
+    return perturb_(cls(TimesformerConfig(**kw)).eval(), seed)
+
+
+def timesformer_pixels(kw: dict, batch: int = 2, seed: int = 1) -> torch.Tensor:
+    s = kw["image_size"]
+    return torch.randn(batch, kw["num_frames"], 3, s, s, generator=torch.Generator().manual_seed(seed))

@@ -28,8 +28,8 @@ from transformer_lens.hook_points import HookPoint
 
 from hooked_vivit.components import hook_layout
 from hooked_vivit.components.divided_space_time_block import DividedSpaceTimeBlock
-from hooked_vivit.components.hook_layout import HookLayout
 from hooked_vivit.components.embed import TubeletEmbed
+from hooked_vivit.components.hook_layout import HookLayout
 from hooked_vivit.components.time_embed import FramePosEmbed, TimeEmbed
 from hooked_vivit.config import HookedViViTConfig, pixel_constants
 from hooked_vivit.model import HookedVideoTransformer, PixelValues

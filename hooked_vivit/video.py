@@ -109,7 +109,7 @@ def _to_rgb(frame: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
 
 
-def _decode(path: Path, keep: set[int] | None) -> tuple[dict[int, np.ndarray], int]:
+def decode_frames(path: Path, keep: set[int] | None) -> tuple[dict[int, np.ndarray], int]:
     """Decode sequentially (seeking is unreliable across codecs); keep the listed frames."""
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
@@ -131,10 +131,10 @@ def _decode(path: Path, keep: set[int] | None) -> tuple[dict[int, np.ndarray], i
 
 def count_frames(path: str | Path) -> int:
     """Decodable frames (decodes the clip; container headers can be wrong)."""
-    return _decode(_existing(path), keep=set())[1]
+    return decode_frames(existing_file(path), keep=set())[1]
 
 
-def _existing(path: str | Path) -> Path:
+def existing_file(path: str | Path) -> Path:
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such video file")
@@ -159,7 +159,7 @@ def load_video(
     Grayscale video becomes three equal channels, RGBA loses its alpha. A file that is missing,
     not a video, or has no decodable frame raises an error naming the file and the cause.
     """
-    path = _existing(path)
+    path = existing_file(path)
     _check_sampling(num_frames, sampling, frame_sample_rate, start_index, pad)
     cap = cv2.VideoCapture(str(path))
     opened = cap.isOpened()
@@ -175,16 +175,16 @@ def load_video(
             warnings.simplefilter("ignore")  # a short clip warns below, once, with the true count
             guess = sample_indices(reported, num_frames, **opts) if (sampling != "strided" or start_index < reported) else None
         if guess is not None:
-            kept, n = _decode(path, set(guess.tolist()))
+            kept, n = decode_frames(path, set(guess.tolist()))
     if n == 0 and (reported <= 0 or guess is None):
-        kept, n = _decode(path, None)  # no usable frame count, or a start past it: count every frame
+        kept, n = decode_frames(path, None)  # no usable frame count, or a start past it: count every frame
     if n == 0:
         raise VideoReadError(f"{path}: opened, but no frame could be decoded (broken file or unsupported codec)")
     if sampling == "strided" and start_index >= n:
         raise ValueError(f"{path}: start_index {start_index} is past the end of this {n}-frame clip (frames 0..{n - 1})")
     indices = sample_indices(n, num_frames, **opts)
     if not set(indices.tolist()) <= kept.keys():
-        kept, _ = _decode(path, set(indices.tolist()))  # the header's frame count was wrong
+        kept, _ = decode_frames(path, set(indices.tolist()))  # the header's frame count was wrong
     return np.stack([kept[i] for i in indices])
 
 

@@ -21,7 +21,7 @@ from hooked_vivit.analysis import pipeline
 from hooked_vivit.cli import main
 from hooked_vivit.collection import ManifestError, read_clip, read_collection
 from hooked_vivit.extract import iter_activations, load_activations, read_index
-from hooked_vivit.output_dir import MANIFEST, OutputDirError
+from hooked_vivit.output_dir import MANIFEST
 from hooked_vivit.video import load_video, preprocess, write_video
 from tests.conftest import make_hf
 

@@ -10,8 +10,7 @@ import dataclasses
 import pytest
 import torch
 
-from hooked_vivit import HookedVideoMAE, HookedViViT
-from hooked_vivit import cache_memory
+from hooked_vivit import HookedVideoMAE, HookedViViT, cache_memory
 from hooked_vivit.components import hook_layout
 from hooked_vivit.patching import _head_axis, _pos_axis
 

@@ -126,9 +126,8 @@ def test_imports_point_down(module):
     assert not bad, f"{module}:\n  " + "\n  ".join(bad)
 
 
-# weights_conversion/vivit.py is being reworked on the VideoMAE branch (one key table for both
-# directions); its use of common._rename is left to that change.
-PRIVATE_IMPORTS_PENDING = {("weights_conversion.vivit", "_rename")}
+# Private names another module may still import (none now).
+PRIVATE_IMPORTS_PENDING: set[tuple[str, str]] = set()
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))

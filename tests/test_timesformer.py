@@ -13,33 +13,13 @@ from transformers import TimesformerConfig, TimesformerForVideoClassification, T
 from hooked_vivit import HookedTimeSformer, HookedVideoTransformer, HookedViViT
 from hooked_vivit.cache_memory import hook_shape
 from hooked_vivit.parity import compare
-from tests.conftest import max_rel, perturb_
+from hooked_vivit.testing import TIMESFORMER_CONFIGS as CONFIGS
+from hooked_vivit.testing import make_timesformer as make_hf
+from hooked_vivit.testing import max_rel
+from hooked_vivit.testing import timesformer_pixels as pixels
 from weights_conversion import CheckpointError, converter
 
 TOL = 1e-5
-
-# Odd shapes: a frame size the patch leaves over (26 px, 8 px patches), one patch per frame, no
-# qkv bias, gelu_new, another eps, 1 and 3 layers, head counts that are not powers of two.
-CONFIGS = {
-    "26px_3frames_3heads": dict(image_size=26, patch_size=8, num_frames=3, hidden_size=24, num_attention_heads=3,
-                                num_hidden_layers=2, intermediate_size=37, num_labels=5),
-    "nobias_1layer_5heads": dict(image_size=20, patch_size=4, num_frames=5, hidden_size=40, num_attention_heads=5,
-                                 num_hidden_layers=1, intermediate_size=64, num_labels=4, qkv_bias=False,
-                                 hidden_act="gelu_new", layer_norm_eps=1e-5),
-    "3layers_one_patch": dict(image_size=16, patch_size=16, num_frames=2, hidden_size=32, num_attention_heads=2,
-                              num_hidden_layers=3, intermediate_size=96, num_labels=3),
-}
-
-
-def make_hf(kw: dict, seed: int = 0, cls=TimesformerForVideoClassification):
-    torch.manual_seed(seed)
-    return perturb_(cls(TimesformerConfig(**kw)).eval(), seed)
-
-
-def pixels(kw: dict, batch: int = 2, seed: int = 1) -> torch.Tensor:
-    s = kw["image_size"]
-    return torch.randn(batch, kw["num_frames"], 3, s, s, generator=torch.Generator().manual_seed(seed))
-
 
 @pytest.fixture(params=list(CONFIGS), scope="module")
 def pair(request):
@@ -101,7 +81,7 @@ def test_hf_token_order_is_transformers_order():
     model = HookedTimeSformer.from_hf_model(make_hf(kw))
     order = model.hf_token_order()
     grid = model.cfg.grid
-    T, N = 3, 9
+    T = 3
     for t in range(T):
         for r in range(3):
             for c in range(3):

@@ -11,8 +11,6 @@ import time
 import numpy as np
 import pytest
 import torch
-import transformers
-from safetensors.torch import save_file
 from transformers import VJEPA2Config, VJEPA2ForVideoClassification, VJEPA2Model
 
 from hooked_vivit import HookedVideoTransformer, HookedVJEPA2

@@ -13,7 +13,7 @@ class CheckpointError(ValueError):
     """A checkpoint that does not fit the config: lists every missing, unexpected or mis-shaped key."""
 
 
-def _rename(key: str, rules) -> str:
+def rename_key(key: str, rules) -> str:
     for pattern, repl in rules:
         key = pattern.sub(repl, key)
     return key

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from weights_conversion.common import CheckpointError, StateDict, check_finite, check_keys, is_hooked_layout
-from weights_conversion.vivit import _drop_identity_layer_norms, activation_shapes
+from weights_conversion.vivit import activation_shapes, drop_identity_layer_norms
 
 if TYPE_CHECKING:  # the converter reads the config only; it never imports the model
     from hooked_vivit.config import HookedViViTConfig
@@ -148,7 +148,7 @@ def _hf_to_hooked(sd: StateDict, cfg: HookedViViTConfig) -> StateDict:
     if cfg.n_classes:
         out["unembed.W_U"], out["unembed.b_U"] = sd["classifier.weight"].T, sd["classifier.bias"]
     if cfg.normalization_type == "LNPre":
-        _drop_identity_layer_norms(out)
+        drop_identity_layer_norms(out)
     return {k: v.contiguous() for k, v in out.items()}
 
 

@@ -21,12 +21,14 @@ import torch
 from weights_conversion.common import (
     CheckpointError,
     StateDict,
-    _rename,
     check_finite,
     check_keys,
-    checkpoint_has_classifier,
     is_hooked_layout,
+    rename_key,
 )
+
+if TYPE_CHECKING:  # annotations only: the converter reads the config, never the model
+    from hooked_vivit.config import HookedViViTConfig
 
 # (hub checkpoint, transformers >= 5.9) spellings of the same key part, after the optional "vivit."
 # prefix is removed; "^" anchors at the key's start. Applied in this order in either direction
@@ -70,7 +72,7 @@ def _normalize(state_dict: StateDict) -> tuple[StateDict, dict[str, str]]:
     for key, value in state_dict.items():
         if _IGNORED.match(key):
             continue
-        new = _rename(key.removeprefix(_PREFIX), _HUB_TO_NEW)
+        new = rename_key(key.removeprefix(_PREFIX), _HUB_TO_NEW)
         if new in out:
             raise CheckpointError(f"checkpoint holds {new!r} twice (in both key layouts?)")
         out[new], spelled[new] = value, key
@@ -84,7 +86,7 @@ def checkpoint_spelling(state_dict: StateDict) -> Callable[[str], str]:
     hub = any(k.removeprefix(_PREFIX).startswith("encoder.layer.") for k in state_dict)
 
     def spell(key: str) -> str:
-        key = _rename(key, _NEW_TO_HUB) if hub else key
+        key = rename_key(key, _NEW_TO_HUB) if hub else key
         return _PREFIX + key if prefixed and not key.startswith("classifier.") else key
 
     return spell
@@ -185,11 +187,11 @@ def _hf_to_hooked(sd: StateDict, cfg: HookedViViTConfig) -> StateDict:
         out["unembed.W_U"] = sd["classifier.weight"].T
         out["unembed.b_U"] = sd["classifier.bias"]
     if cfg.normalization_type == "LNPre":
-        _drop_identity_layer_norms(out)
+        drop_identity_layer_norms(out)
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def _drop_identity_layer_norms(out: StateDict) -> None:
+def drop_identity_layer_norms(out: StateDict) -> None:
     # A folded model saved in HF layout carries identity LayerNorms; LNPre has no parameters.
     for key in [k for k in out if k.endswith(("ln1.w", "ln2.w", "ln_final.w"))]:
         w, b = out.pop(key), out.pop(key[:-1] + "b")
@@ -243,7 +245,7 @@ def hooked_to_hf_weights(state_dict: StateDict, cfg: HookedViViTConfig, *, layou
         prefix = has_classifier
     result: StateDict = {}
     for key, value in out.items():
-        key = _rename(key, _NEW_TO_HUB) if layout == "hub" else key
+        key = rename_key(key, _NEW_TO_HUB) if layout == "hub" else key
         result[("vivit." if prefix else "") + key] = value.contiguous()
     if has_classifier:
         result["classifier.weight"] = sd["unembed.W_U"].T.contiguous()

@@ -173,7 +173,7 @@ def study_pairs(model: Any, manifest: str | Path, out: str | Path, *, outcome_pa
 
 def write_pair_study(out: Path | OutputDir, model: Any, st: dict, *, overwrite: bool = False) -> Path:
     data = {"model": model.cfg.model_name, "scope": rp.scope(model), "ci_level": 0.95, "studies": [st]}
-    n, name = st["pairs"], st["domain"]
+    n = st["pairs"]
     with output_directory(out, overwrite=overwrite, writer="hooked-vivit study") as tmp:
         deltas = {where: {k: st[f"deltas_{where}"]["mean"][i] for i, k in enumerate(st["kinds"])} for where in ("cls", "tokens")}
         ci = {where: {k: (st[f"deltas_{where}"]["ci95"][0][i], st[f"deltas_{where}"]["ci95"][1][i]) for i, k in enumerate(st["kinds"])}

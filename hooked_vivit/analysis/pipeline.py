@@ -275,7 +275,6 @@ def analysis_captions(results: dict) -> dict[str, str]:
         f"after layer {cap.v('deltas.layers.0')} it is {cap.v('deltas.cls.resid_post.0', '.3f')} and after the last layer (layer "
         f"{cap.v('deltas.layers.-1')}) {cap.v('deltas.cls.resid_post.-1', '.3f')}; averaged over tokens the last layer's difference is "
         f"{cap.v('deltas.tokens.resid_post.-1', '.3f')}.")))
-    s = results["recovery"]["summary"]
     h = results["recovery"]["headline"]
     out["recovery"] = cap.record("recovery", (
         f"Denoising one component at a time in {m} on {_pair_phrase(cap, results)}: the attention or MLP block output of one layer, all tokens, "
