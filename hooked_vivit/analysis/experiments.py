@@ -7,12 +7,15 @@ positive = the clip with the outcome of interest (strike), negative = its minima
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from hooked_vivit import patching
+from hooked_vivit.attention_rows import pattern_row_queries
 from hooked_vivit.ablation import PixelBox, ablate_pixel_mask, ablate_pixels, random_boxes_like, token_pixel_mask, topk_table
 from hooked_vivit.labels import top_k
 from hooked_vivit.metrics import SignalRecovery
@@ -25,15 +28,73 @@ def _names(n_layers: int, kinds: Sequence[str] = KINDS) -> list[str]:
     return [f"blocks.{l}.hook_{k}" for k in kinds for l in range(n_layers)]
 
 
+# ------------------------------------------------------------------------------ shared runs
+# analyze and study run each clip of a pair once, caching only what the experiments read; every
+# experiment takes those runs (``runs=`` / ``run=``) and, without them, makes its own.
+@dataclass
+class ClipRun:
+    """One unpatched run of one clip: logits [1, n_classes] and the cached activations (batch 1)."""
+
+    logits: torch.Tensor
+    cache: dict[str, torch.Tensor]
+
+
+@dataclass
+class PairRuns:
+    """The clean (positive) and corrupted (negative) run of a pair."""
+
+    clean: ClipRun
+    corrupted: ClipRun
+
+
+def _last(model: Any) -> str:
+    return f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+
+
+def delta_hooks(model: Any) -> list[str]:
+    """(a), and the probes' resid_pre of every layer and last resid_post."""
+    return _names(model.cfg.n_layers)
+
+
+def recovery_hooks(model: Any) -> list[str]:
+    """(b): the clean components, the corrupted residual stream each patched batch starts from, the last resid_post."""
+    L = model.cfg.n_layers
+    return _names(L, ("attn_out", "mlp_out", "resid_pre")) + [_last(model)]
+
+
+def dla_hooks(model: Any) -> list[str]:
+    """(c), (d) and the outcome signal: v, the CLS attention row of every layer, the final LayerNorm's scale, the last resid_post."""
+    L = model.cfg.n_layers
+    return ([f"blocks.{l}.attn.hook_v" for l in range(L)] + [f"blocks.{l}.attn.hook_pattern_rows" for l in range(L)]
+            + ["ln_final.hook_scale", _last(model)])
+
+
+def analysis_hooks(model: Any) -> list[str]:
+    """Every hook analyze and study read from the unpatched runs."""
+    return list(dict.fromkeys(delta_hooks(model) + recovery_hooks(model) + dla_hooks(model)))
+
+
+def run_clip(model: Any, pixel_values: torch.Tensor, names: Sequence[str]) -> ClipRun:
+    """One forward of the first clip of ``pixel_values`` caching ``names``; pattern rows are the CLS query's."""
+    rows = any(n.endswith("hook_pattern_rows") for n in names)
+    with pattern_row_queries(model, "cls") if rows else nullcontext(), torch.inference_mode():
+        logits, cache = model.run_with_cache(pixel_values[:1], names_filter=list(names), return_cache_object=False)
+    return ClipRun(logits, dict(cache))
+
+
+def pair_runs(model: Any, positive: torch.Tensor, negative: torch.Tensor, names: Sequence[str] | None = None) -> PairRuns:
+    """The two unpatched runs of a pair (one forward per clip), caching ``names`` (default: analysis_hooks)."""
+    names = analysis_hooks(model) if names is None else names
+    return PairRuns(run_clip(model, positive, names), run_clip(model, negative, names))
+
+
 # ---------------------------------------------------------------------------------------- (a)
-def activation_deltas(model: Any, positive: torch.Tensor, negative: torch.Tensor) -> dict:
+def activation_deltas(model: Any, positive: torch.Tensor, negative: torch.Tensor, *, runs: PairRuns | None = None) -> dict:
     """L2 norm of (positive - negative) per layer, for resid_pre/post, attn_out and mlp_out: at the
     CLS token, and averaged over all tokens (the mean of per-token norms)."""
     L = model.cfg.n_layers
-    names = _names(L)
-    with torch.inference_mode():
-        _, cp = model.run_with_cache(positive, names_filter=names)
-        _, cn = model.run_with_cache(negative, names_filter=names)
+    runs = runs or pair_runs(model, positive, negative, delta_hooks(model))
+    cp, cn = runs.clean.cache, runs.corrupted.cache
     out: dict = {"layers": list(range(L)), "cls": {}, "tokens": {}}
     for kind in KINDS:
         deltas = torch.stack([(cp[f"blocks.{l}.hook_{kind}"] - cn[f"blocks.{l}.hook_{kind}"])[0].float() for l in range(L)])
@@ -95,26 +156,43 @@ def recovery_variants(patched: torch.Tensor, clean: torch.Tensor, corrupt: torch
     return out
 
 
-def component_recovery(model: Any, positive: torch.Tensor, negative: torch.Tensor, *, positions: Any = 0) -> dict:
+class RecoveryVariants:
+    """A patching metric giving, per patched run, every RECOVERY_VARIANTS value and then projection
+    and norm_recovery read at ``positions`` ([rows, len(columns)]): one sweep measures them all."""
+
+    def __init__(self, hook: str, clean: torch.Tensor, corrupt: torch.Tensor, positions: Any = 0):
+        self.hooks = (hook,)
+        self.columns = [*RECOVERY_VARIANTS, "projection", "norm"]
+        self.metrics = [SignalRecovery(hook, clean, corrupt, positions=p, kind=k) for p, k in RECOVERY_VARIANTS.values()]
+        self.metrics += [SignalRecovery(hook, clean, corrupt, positions=positions, kind=k) for k in ("projection", "norm")]
+
+    def __call__(self, logits: Any, activations: dict) -> torch.Tensor:
+        return torch.stack([m(logits, activations) for m in self.metrics], -1)
+
+
+def component_recovery(model: Any, positive: torch.Tensor, negative: torch.Tensor, *, positions: Any = 0, runs: PairRuns | None = None) -> dict:
     """Denoising, one component at a time (each layer's attention block and MLP block output, all
     tokens, positive into negative run), measured on the last layer's resid_post in every variant of
     RECOVERY_VARIANTS side by side ("variants"; formulas in hooked_vivit.metrics). "projection" and
-    "norm" keep the earlier keys: projection and norm_recovery read at ``positions`` (0 = CLS)."""
+    "norm" keep the earlier keys: projection and norm_recovery read at ``positions`` (0 = CLS).
+    The batched engine (hooked_vivit.patching.run_patches) runs each layer's two patches as one
+    batch started at that layer, from the corrupted run's residual stream."""
     L = model.cfg.n_layers
-    last = f"blocks.{L - 1}.hook_resid_post"
-    names = _names(L, ("attn_out", "mlp_out")) + [last]
-    with torch.inference_mode():
-        _, clean = model.run_with_cache(positive, names_filter=names)
-        _, corrupt = model.run_with_cache(negative, names_filter=[last])
-    patched = component_patched_activations(model, clean, negative, last)
+    last = _last(model)
+    runs = runs or pair_runs(model, positive, negative, recovery_hooks(model))
+    clean, corrupt = runs.clean.cache, runs.corrupted.cache
+    metric = RecoveryVariants(last, clean[last], corrupt[last], positions)
+    sweep = patching.denoise(model, patching.component_patches(model), clean_cache=clean, corrupted=negative[:1], metric=metric,
+                             target_run=(runs.corrupted.logits, corrupt), progress=False)
+    values = sweep.per_example[:, 0]  # [2 L, columns], rows (attn, mlp) per layer
     out: dict = {"layers": list(range(L)), "measured_at": last, "positions": "CLS" if positions == 0 else str(positions),
                  "headline": HEADLINE_RECOVERY, "headline_reason": HEADLINE_REASON, "variants": {}}
-    split = lambda v: {"attn": v[0::2], "mlp": v[1::2]}  # noqa: E731  rows are (attn, mlp) per layer
-    for name, values in recovery_variants(patched, clean[last], corrupt[last], last).items():
-        out["variants"][name] = split(values)
-    for key, kind in (("projection", "projection"), ("norm", "norm")):
-        metric = SignalRecovery(last, clean[last], corrupt[last], positions=positions, kind=kind)
-        out[key] = split(metric(None, {last: patched}).tolist())
+    split = lambda v: {"attn": v[0::2], "mlp": v[1::2]}  # noqa: E731
+    for j, name in enumerate(metric.columns):
+        if name in RECOVERY_VARIANTS:
+            out["variants"][name] = split(values[:, j].tolist())
+        else:
+            out[name] = split(values[:, j].tolist())
     return out
 
 
@@ -126,16 +204,17 @@ def class_direction(model: Any, c: int) -> torch.Tensor:
     return (w * model.W_U[:, c]).detach()
 
 
-def token_dla(model: Any, pixel_values: torch.Tensor, c: int) -> dict:
+def token_dla(model: Any, pixel_values: torch.Tensor, c: int, *, run: ClipRun | None = None) -> dict:
     """Direct logit attribution of every (layer, head, source token) to class ``c`` through CLS:
     pattern[h, CLS, src] * (v[src, h] @ W_O[h]), centred and divided by the final LayerNorm's scale
     at CLS (exactly what that LayerNorm does to it), dotted with the class direction. Summing over
-    sources gives each head's attribution from ActivationCache; heads plus the rest sum to the logit."""
+    sources gives each head's attribution from ActivationCache; heads plus the rest sum to the logit.
+    The CLS pattern row comes from ``hook_pattern_rows`` (equal to the row of ``hook_pattern``)."""
     cfg = model.cfg
     L = cfg.n_layers
-    names = [f"blocks.{l}.attn.hook_{k}" for l in range(L) for k in ("pattern", "v")] + ["ln_final.hook_scale"]
+    run = run or run_clip(model, pixel_values, dla_hooks(model))
+    cache, logits = run.cache, run.logits
     with torch.inference_mode():
-        logits, cache = model.run_with_cache(pixel_values[:1], names_filter=names)
         direction = class_direction(model, c)
         scale = cache["ln_final.hook_scale"][0, 0, 0]
         per = []
@@ -145,7 +224,7 @@ def token_dla(model: Any, pixel_values: torch.Tensor, c: int) -> dict:
             ov = torch.einsum("phe,hed->hpd", v, W_O)
             ov = ov - ov.mean(-1, keepdim=True)
             proj = ov @ direction / scale  # [H, P]
-            pattern = cache[f"blocks.{l}.attn.hook_pattern"][0, :, 0]  # [H, P], CLS query
+            pattern = cache[f"blocks.{l}.attn.hook_pattern_rows"][0, :, 0]  # [H, P], CLS query
             per.append(pattern * proj)
         terms = torch.stack(per).float()  # [L, H, P]
     cls_term, grid = cfg.grid.unflatten(terms.sum((0, 1)))
@@ -172,15 +251,20 @@ def token_masks(model: Any, masks: np.ndarray) -> torch.Tensor:
     return torch.cat([torch.zeros(1), pooled.flatten()])
 
 
-def cls_attention(model: Any, pixel_values: torch.Tensor, layers: Sequence[int] | None = None, masks: dict[str, np.ndarray] | None = None) -> dict:
+def cls_attention(model: Any, pixel_values: torch.Tensor, layers: Sequence[int] | None = None, masks: dict[str, np.ndarray] | None = None,
+                  *, run: ClipRun | None = None) -> dict:
     """CLS attention of every head of the chosen layers on the token grid, and with object masks
-    the share of each head's attention to patch tokens that lands on each object's tokens."""
+    the share of each head's attention to patch tokens that lands on each object's tokens. ``run``:
+    a ClipRun holding the CLS ``hook_pattern_rows`` of those layers (then no forward runs)."""
     cfg = model.cfg
     layers = list(range(cfg.n_layers)) if layers is None else list(layers)
     # The CLS query row only, computed beside the fused attention (model.attention_rows): the same
     # numbers as the rows of hook_pattern, without materialising [heads, P, P] per layer.
-    with torch.inference_mode():
-        maps = model.attention_rows(pixel_values[:1], queries="cls", layers=layers)[0, :, :, 0].float()  # [layers, heads, P]
+    if run is not None:
+        maps = torch.stack([run.cache[f"blocks.{l}.attn.hook_pattern_rows"][0, :, 0] for l in layers]).float()
+    else:
+        with torch.inference_mode():
+            maps = model.attention_rows(pixel_values[:1], queries="cls", layers=layers)[0, :, :, 0].float()  # [layers, heads, P]
     out: dict = {"layers": layers, "attention_to_cls": maps[..., 0].tolist(), "grid": cfg.grid.unflatten(maps)[1].tolist()}
     if masks:
         patch_attn = maps[..., 1:]
@@ -195,15 +279,18 @@ def cls_attention(model: Any, pixel_values: torch.Tensor, layers: Sequence[int] 
 
 
 # ---------------------------------------------------------------------------------------- (e)
-def region_ablation(model: Any, pixel_values: torch.Tensor, dla: dict, *, n_tokens: int = 8, k: int = 6, mode: str = "zero") -> dict:
+def region_ablation(model: Any, pixel_values: torch.Tensor, dla: dict, *, n_tokens: int = 8, k: int = 6, mode: str = "zero",
+                    before: torch.Tensor | None = None) -> dict:
     """Top-k classes before and after ablating (zeroing, by default) the pixel box around the
-    tokens of greatest absolute direct logit attribution (the paper's Table 1)."""
+    tokens of greatest absolute direct logit attribution (the paper's Table 1). ``before``: the
+    unablated clip's logits [1, n_classes], when already computed."""
     scores = dla["terms"].sum((0, 1))[1:].abs()
     top = (scores.topk(min(n_tokens, len(scores))).indices + 1).tolist()
     box = PixelBox.from_tokens(model.cfg.grid, top)
     ablated = ablate_pixels(pixel_values[:1], box, mode=mode)
     with torch.inference_mode():
-        before, after = model(pixel_values[:1]), model(ablated)
+        before = model(pixel_values[:1]) if before is None else before
+        after = model(ablated)
     return {
         "tokens": top,
         "box": box.__dict__,
@@ -215,13 +302,14 @@ def region_ablation(model: Any, pixel_values: torch.Tensor, dla: dict, *, n_toke
 
 
 # ------------------------------------------------------------------------- outcome-targeted (c, d, e)
-def differential_token_dla(model: Any, positive: torch.Tensor, negative: torch.Tensor, c: int, *, positive_dla: dict | None = None) -> dict:
+def differential_token_dla(model: Any, positive: torch.Tensor, negative: torch.Tensor, c: int, *, positive_dla: dict | None = None,
+                           negative_run: ClipRun | None = None) -> dict:
     """Token DLA of the positive clip minus that of the negative clip, per (layer, head, source token),
     both to class ``c``: static scenery, seen alike in both clips, cancels; what is left is what the
     outcome changes. Its total is logit_c(positive) - logit_c(negative) minus the difference of the
     non-attention terms."""
     pos = positive_dla or token_dla(model, positive, c)
-    neg = token_dla(model, negative, c)
+    neg = token_dla(model, negative, c, run=negative_run)
     terms = pos["terms"] - neg["terms"]
     cls_term, grid = model.cfg.grid.unflatten(terms.sum((0, 1)))
     return {
@@ -283,17 +371,22 @@ class OutcomeSignal:
     logit_gap = logit_c(x_pos) - logit_c(x_neg), the two clips' logits of class c (the positive's
                 predicted class).
     ``class_logit`` = logit_c(x_pos), the class-logit target of the class-level methods.
+    ``runs``: the pair's PairRuns (logits and last resid_post), so the unmodified pair costs no forward.
     """
 
-    def __init__(self, model: Any, positive: torch.Tensor, negative: torch.Tensor, c: int):
+    def __init__(self, model: Any, positive: torch.Tensor, negative: torch.Tensor, c: int, *, runs: PairRuns | None = None):
         self.model, self.c = model, c
-        self.hook = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
-        logits, r = self._run(torch.cat([positive[:1], negative[:1]]))
+        self.hook = _last(model)
+        if runs is None:
+            logits, r = self._run(torch.cat([positive[:1], negative[:1]]))
+        else:
+            logits = torch.cat([runs.clean.logits, runs.corrupted.logits]).float()
+            r = torch.cat([runs.clean.cache[self.hook], runs.corrupted.cache[self.hook]])[:, 0].float()
         self.r_pos, self.r_neg = r[0], r[1]
         self.delta = self.r_pos - self.r_neg
         if float(self.delta.pow(2).sum()) == 0:
             raise ValueError("the two clips give the same last-layer CLS residual: there is no outcome signal")
-        self.base = self.measure(positive[:1], negative[:1])
+        self.base = self._signal(logits, r)
 
     def _run(self, x: torch.Tensor, batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         batch = batch or (16 if self.model.cfg.n_ctx <= 1024 else 2)  # a ViViT-B clip's forward is ~100x the organism's
@@ -307,8 +400,10 @@ class OutcomeSignal:
 
     def measure(self, x_pos: torch.Tensor, x_neg: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per row of the [n, ...] modified positive and negative clips."""
-        logits, r = self._run(torch.cat([x_pos, x_neg]))
-        n = len(x_pos)
+        return self._signal(*self._run(torch.cat([x_pos, x_neg])))
+
+    def _signal(self, logits: torch.Tensor, r: torch.Tensor) -> dict[str, torch.Tensor]:
+        n = len(logits) // 2
         direction = ((r[:n] - r[n:]) @ self.delta) / self.delta.pow(2).sum()
         return {"direction": direction, "logit_gap": logits[:n, self.c] - logits[n:, self.c], "class_logit": logits[:n, self.c]}
 
@@ -354,15 +449,17 @@ def top_token_region(model: Any, scores: torch.Tensor, n_tokens: int, from_frame
 
 
 def outcome_analysis(model: Any, positive: torch.Tensor, negative: torch.Tensor, c: int, *, pair_masks: dict | None, divergence_frame: int | None,
-                     positive_dla: dict | None = None, n_tokens: int = 8, n_controls: int = 20, seed: int = 0) -> dict:
+                     positive_dla: dict | None = None, n_tokens: int = 8, n_controls: int = 20, seed: int = 0, runs: PairRuns | None = None) -> dict:
     """The outcome-targeted methods on one pair: differential token DLA, the outcome signal, region
     ablation after the divergence (top class-DLA tokens, top differential-DLA tokens, each rendered
-    object) against equal-size random boxes, and per-object attention and DLA enrichment."""
-    dla = positive_dla or token_dla(model, positive, c)
-    diff = differential_token_dla(model, positive, negative, c, positive_dla=dla)
+    object) against equal-size random boxes, and per-object attention and DLA enrichment. ``runs``
+    (PairRuns holding dla_hooks) spares the unmodified runs; only the ablated clips run then."""
+    runs = runs or pair_runs(model, positive, negative, dla_hooks(model))
+    dla = positive_dla or token_dla(model, positive, c, run=runs.clean)
+    diff = differential_token_dla(model, positive, negative, c, positive_dla=dla, negative_run=runs.corrupted)
     T, _, H, W = positive.shape[1:]
     start = divergence_frame or 0
-    signal = OutcomeSignal(model, positive, negative, c)
+    signal = OutcomeSignal(model, positive, negative, c, runs=runs)
     class_tokens, class_mask = top_token_region(model, dla["terms"].sum((0, 1)), n_tokens, start, T, H, W)
     diff_tokens, diff_mask = top_token_region(model, diff["terms"].sum((0, 1)), n_tokens, start, T, H, W)
     regions = {"top class-DLA tokens": class_mask, "top differential-DLA tokens": diff_mask}
@@ -376,10 +473,8 @@ def outcome_analysis(model: Any, positive: torch.Tensor, negative: torch.Tensor,
     }
     if objects:
         tokens = object_token_masks(model, objects)
-        names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
-        with torch.inference_mode():
-            _, cache = model.run_with_cache(positive[:1], names_filter=names)
-        attn = torch.stack([cache[n][0, :, 0, 1:] for n in names]).float()  # [L, H, patches]
+        rows = [runs.clean.cache[f"blocks.{l}.attn.hook_pattern_rows"] for l in range(model.cfg.n_layers)]
+        attn = torch.stack([r[0, :, 0, 1:] for r in rows]).float()  # [L, H, patches], the CLS query
         weights = {"CLS attention (positive clip)": attn,
                    "|class DLA| (positive clip)": dla["terms"].sum((0, 1))[1:].abs(),
                    "|differential DLA|": diff["terms"].sum((0, 1))[1:].abs()}
@@ -388,34 +483,49 @@ def outcome_analysis(model: Any, positive: torch.Tensor, negative: torch.Tensor,
 
 
 # ---------------------------------------------------------------------------------------- (f)
-def probe_features(model: Any, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+def probe_hooks(model: Any) -> list[str]:
+    """The probed activations: resid_pre of every layer and the last resid_post."""
+    L = model.cfg.n_layers
+    return [f"blocks.{l}.hook_resid_pre" for l in range(L)] + [_last(model)]
+
+
+def probe_pair_features(model: Any, positive: torch.Tensor, negative: torch.Tensor, logits: torch.Tensor, acts: dict) -> dict:
+    """One pair's rows of ``probe_features`` from its logits [2, ...] and probe_hooks activations
+    [2, P, d] (positive first), e.g. from the pair's shared runs."""
+    t, h, w = model.cfg.tubelet_size
+    x = torch.cat([positive[:1], negative[:1]])
+    stack = torch.stack([acts[n] for n in probe_hooks(model)]).float()  # [L+1, 2, P, d]
+    g = model.cfg.grid
+    seen = x[:, : g.covered_frames.stop, :, g.covered_rows, g.covered_cols].float()  # pixels some token sees
+    B, C = x.shape[0], x.shape[2]
+    tubes = seen.reshape(B, g.n_frame_slots, t, C, g.n_rows, h, g.n_cols, w)
+    return {"cls": stack[:, :, 0], "mean": stack[:, :, 1:].mean(2), "pixels": tubes.mean(dim=(2, 5, 7)).flatten(1),
+            "pixels_mean": tubes.permute(0, 1, 4, 6, 2, 3, 5, 7).reshape(B, -1, t * C * h * w).mean(1), "predictions": logits.argmax(-1).cpu()}
+
+
+def probe_features(model: Any, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], *, known: Sequence[dict] = ()) -> dict:
     """CLS and mean-token residual stream per layer (resid_pre 0..L-1 and the last resid_post),
     plus two pixel-space baselines: "pixels", spatially resolved (each tubelet's mean colour, every
     token kept), and "pixels_mean", pooled the way the mean-token features are (the raw tubelet
     vector averaged over tokens: exactly the input a mean-pooled layer-0 embedding is linear in).
-    CLS has no pixel analogue beyond such a global pool. Also the predicted class of every clip."""
-    L = model.cfg.n_layers
-    names = [f"blocks.{l}.hook_resid_pre" for l in range(L)] + [f"blocks.{L - 1}.hook_resid_post"]
-    t, h, w = model.cfg.tubelet_size
-    cls, mean, pix, pix_mean, labels, groups, preds = [], [], [], [], [], [], []
+    CLS has no pixel analogue beyond such a global pool. Also the predicted class of every clip.
+    Each pair runs once (both clips as a batch), caching only the probed hooks and stopping after
+    the last probed block; the classifier head then reads the residual stream there (no block
+    runs). ``known``: probe_pair_features of the first pairs, already computed (no forward)."""
+    names = probe_hooks(model)
+    stop = max(int(n.split(".")[1]) for n in names) + 1  # past the last probed block
+    per_pair = []
     for i, (pos, neg) in enumerate(pairs):
-        x = torch.cat([pos, neg])
+        if i < len(known):
+            per_pair.append(known[i])
+            continue
         with torch.inference_mode():
-            logits, cache = model.run_with_cache(x, names_filter=names)
-        preds.append(logits.argmax(-1).cpu())
-        stack = torch.stack([cache[n] for n in names]).float()  # [L+1, 2, P, d]
-        cls.append(stack[:, :, 0])
-        mean.append(stack[:, :, 1:].mean(2))
-        g = model.cfg.grid
-        seen = x[:, : g.covered_frames.stop, :, g.covered_rows, g.covered_cols].float()  # pixels some token sees
-        B, C = x.shape[0], x.shape[2]
-        tubes = seen.reshape(B, g.n_frame_slots, t, C, g.n_rows, h, g.n_cols, w)
-        pix.append(tubes.mean(dim=(2, 5, 7)).flatten(1))
-        pix_mean.append(tubes.permute(0, 1, 4, 6, 2, 3, 5, 7).reshape(B, -1, t * C * h * w).mean(1))
-        labels += [1, 0]
-        groups += [i, i]
-    return {"cls": torch.cat(cls, 1), "mean": torch.cat(mean, 1), "pixels": torch.cat(pix), "pixels_mean": torch.cat(pix_mean),
-            "labels": np.array(labels), "groups": np.array(groups), "predictions": torch.cat(preds).numpy()}
+            resid, cache = model.run_with_cache(torch.cat([pos, neg]), names_filter=names, stop_at_layer=stop, return_cache_object=False)
+            logits = model(resid, start_at_layer=stop)
+        per_pair.append(probe_pair_features(model, pos, neg, logits, cache))
+    out = {k: torch.cat([f[k] for f in per_pair], 1 if k in ("cls", "mean") else 0) for k in ("cls", "mean", "pixels", "pixels_mean")}
+    return {**out, "labels": np.array([1, 0] * len(per_pair)), "groups": np.repeat(np.arange(len(per_pair)), 2),
+            "predictions": torch.cat([f["predictions"] for f in per_pair]).numpy()}
 
 
 def layer_probes(model: Any, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], *, seed: int = 0, k: int = 5, repeats: int = 5, features: dict | None = None) -> dict:
