@@ -7,7 +7,6 @@ positive = the clip with the outcome of interest (strike), negative = its minima
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -15,7 +14,6 @@ import numpy as np
 import torch
 
 from hooked_vivit import patching
-from hooked_vivit.attention_rows import pattern_row_queries
 from hooked_vivit.ablation import PixelBox, ablate_pixel_mask, ablate_pixels, random_boxes_like, token_pixel_mask, topk_table
 from hooked_vivit.labels import top_k
 from hooked_vivit.metrics import SignalRecovery
@@ -75,11 +73,37 @@ def analysis_hooks(model: Any) -> list[str]:
 
 
 def run_clip(model: Any, pixel_values: torch.Tensor, names: Sequence[str]) -> ClipRun:
-    """One forward of the first clip of ``pixel_values`` caching ``names``; pattern rows are the CLS query's."""
-    rows = any(n.endswith("hook_pattern_rows") for n in names)
-    with pattern_row_queries(model, "cls") if rows else nullcontext(), torch.inference_mode():
-        logits, cache = model.run_with_cache(pixel_values[:1], names_filter=list(names), return_cache_object=False)
-    return ClipRun(logits, dict(cache))
+    """One plain (fused-attention) forward of the first clip of ``pixel_values``, caching ``names``.
+
+    A ``blocks.{l}.attn.hook_pattern_rows`` name gets the CLS query's row, [1, heads, 1, n_ctx],
+    computed after the run from the cached CLS query and keys with the arithmetic of
+    ``hook_pattern_rows`` (fp32 softmax of q·kᵀ / sqrt(d_head)), so equal to the CLS row of
+    ``hook_pattern``. Hooking ``hook_pattern_rows`` itself would recompute the CLS row of z from
+    those rows during the run, and the other experiments would then read a residual stream that
+    differs (by rounding) from a plain forward's."""
+    names = list(dict.fromkeys(names))
+    row_layers = [int(n.split(".")[1]) for n in names if n.endswith("hook_pattern_rows")]
+    cache: dict[str, torch.Tensor] = {}
+    queries: dict[int, torch.Tensor] = {}
+
+    def keep(act, hook):
+        cache[hook.name] = act.detach()
+
+    def keep_cls_query(act, hook):
+        queries[int(hook.name.split(".")[1])] = act[:, :1].detach().clone()  # [1, 1, heads, d_head]
+
+    keys = {f"blocks.{l}.attn.hook_k" for l in row_layers}
+    hooks = [(n, keep) for n in dict.fromkeys([n for n in names if not n.endswith("hook_pattern_rows")] + sorted(keys))]
+    hooks += [(f"blocks.{l}.attn.hook_q", keep_cls_query) for l in row_layers]
+    with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
+        logits = model(pixel_values[:1])
+        for l in row_layers:
+            attn = model.blocks[l].attn
+            k = cache[f"blocks.{l}.attn.hook_k"] if f"blocks.{l}.attn.hook_k" in names else cache.pop(f"blocks.{l}.attn.hook_k")
+            q = queries[l]
+            scores = torch.matmul(q.transpose(1, 2), k.transpose(1, 2).transpose(-1, -2)) / attn.attn_scale
+            cache[f"blocks.{l}.attn.hook_pattern_rows"] = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return ClipRun(logits, cache)
 
 
 def pair_runs(model: Any, positive: torch.Tensor, negative: torch.Tensor, names: Sequence[str] | None = None) -> PairRuns:
