@@ -104,13 +104,13 @@ def run_analyze(pl: types.ModuleType, model, pair, probe_pairs: int, n_controls:
     return res, s
 
 
-def run_study(pl: types.ModuleType, model, n_pairs: int, n_controls: int, old_ex: types.ModuleType | None) -> tuple[dict, dict]:
+def run_study(pl: types.ModuleType, model, n_pairs: int, n_controls: int, old_ex: types.ModuleType | None, outcome_pairs: int | None) -> tuple[dict, dict]:
     with ForwardCounter(model) as cost:
         if old_ex is not None:
             pl.ex = Sectioned(old_ex, cost)
             with cost.section("prediction logits"):
                 pass
-        st = pl.study_domain(model, "bowling", n_pairs, n_controls=n_controls, progress=False)
+        st = pl.study_domain(model, "bowling", n_pairs, n_controls=n_controls, outcome_pairs=outcome_pairs, progress=False)
     s = cost.summary()
     if old_ex is not None:
         pl.ex = old_ex
@@ -154,32 +154,40 @@ def largest_difference(a: dict, b: dict) -> dict:
             "above_1e-6": sum(d > 1e-6 for d in diffs.values())}
 
 
-def counts(probe_pairs: int, study_pairs: int, n_controls: int) -> dict:
+def counts(probe_pairs: int, study_pairs: int, n_controls: int, dtypes: tuple[torch.dtype, ...], only: str | None = None,
+           study_outcome_pairs: int | None = None) -> dict:
     old_ex, old_pl = old_modules()
     out: dict = {}
-    for dtype in (torch.float32, torch.float64):
+    for dtype in dtypes:
         model = small_deep_model(dtype)
         pair = pipeline.rendered_pair(model, "bowling", pipeline.ANALYSIS_SEEDS["pair"])
         key = str(dtype).removeprefix("torch.")
         entry: dict = {}
+        out[key] = entry
         for label, pp in (("analyze, no probes", 0), ("analyze, probes", probe_pairs)):
+            if only == "study":
+                break
             t0 = time.perf_counter()
             before, cb = run_analyze(old_pl, model, pair, pp, n_controls, old_ex)
             t1 = time.perf_counter()
             after, ca = run_analyze(pipeline, model, pair, pp, n_controls, None)
             t2 = time.perf_counter()
+            print(f"{dtype} {label}: before {cb['total']:.2f} FE ({t1 - t0:.0f} s), after {ca['total']:.2f} FE ({t2 - t1:.0f} s)", file=sys.stderr)
             entry[label] = {"before": cb, "after": ca, "seconds_before": t1 - t0, "seconds_after": t2 - t1,
                             "agreement": largest_difference(before, after),
                             "outcome_regions": len(after["outcome"]["ablation"]["regions"]), "n_controls": n_controls, "probe_pairs": pp}
+        if only == "analyze":
+            continue
         t0 = time.perf_counter()
-        sb, cb = run_study(old_pl, model, study_pairs, n_controls, old_ex)
+        sb, cb = run_study(old_pl, model, study_pairs, n_controls, old_ex, study_outcome_pairs)
         t1 = time.perf_counter()
-        sa, ca = run_study(pipeline, model, study_pairs, n_controls, None)
+        sa, ca = run_study(pipeline, model, study_pairs, n_controls, None, study_outcome_pairs)
         t2 = time.perf_counter()
         ca.pop("per_pair", None)
-        entry["study"] = {"before": cb, "after": ca, "pairs": study_pairs, "seconds_before": t1 - t0, "seconds_after": t2 - t1,
-                          "agreement": largest_difference({k: v for k, v in sb.items()}, {k: v for k, v in sa.items()})}
-        out[key] = entry
+        print(f"{dtype} study: before {cb['total']:.2f} FE ({t1 - t0:.0f} s), after {ca['total']:.2f} FE ({t2 - t1:.0f} s)", file=sys.stderr)
+        entry["study"] = {"before": cb, "after": ca, "pairs": study_pairs, "outcome_pairs": sa["outcome"]["pairs"] if "outcome" in sa else 0,
+                          "n_controls": n_controls, "seconds_before": t1 - t0, "seconds_after": t2 - t1,
+                          "agreement": largest_difference(sb, sa)}
     return out
 
 
@@ -224,19 +232,21 @@ def to_markdown(r: dict) -> str:
     lines = [f"# analyze / study cost in forward-equivalents ({r['machine']})", "", DEFINITION + ".", "",
              f"Before = commit {BEFORE}, after = this code; same model, pair and counter. Counts measured on a 12-layer, 12-head model "
              f"(ViViT-B's depth; 65 tokens, 96 wide: counts depend only on batch, blocks run and n_layers). Outcome ablation with "
-             f"{r['counts']['float32']['analyze, no probes']['n_controls']} random boxes per region (the CLI default is 20).", ""]
+             f"{r['n_controls']} random boxes per region (the CLI default is 20).", ""]
     c = r["counts"]["float32"]
     for label, e in c.items():
+        if label not in GOALS:
+            continue
         names = list(dict.fromkeys(list(e["before"]["per_experiment"]) + list(e["after"]["per_experiment"])))
         extra = f", {e['probe_pairs']} probe pairs" if e.get("probe_pairs") else ""
-        extra += f", {e['pairs']} pairs" if "pairs" in e else ""
+        extra += f", {e['pairs']} pairs (outcome methods on {e['outcome_pairs']}, {e['n_controls']} boxes per region)" if "pairs" in e else ""
         lines += [f"## {label}{extra} (goal {GOALS[label]})", "", "| experiment | before FE | after FE |", "|---|---|---|"]
         for n in names:
             lines.append(f"| {n} | {e['before']['per_experiment'].get(n, 0):.2f} | {e['after']['per_experiment'].get(n, 0):.2f} |")
         per = f" ({e['before']['total'] / e['pairs']:.2f} / {e['after']['total'] / e['pairs']:.2f} per pair)" if "pairs" in e else ""
         lines += [f"| **total** | **{e['before']['total']:.2f}** | **{e['after']['total']:.2f}** |", "",
                   f"Total{per}. Seconds on this model: before {e['seconds_before']:.1f}, after {e['seconds_after']:.1f}. "]
-        for dt in ("float32", "float64"):
+        for dt in r["counts"]:
             a = r["counts"][dt][label]["agreement"]
             lines[-1] += (f"results.json numbers, before vs after, {dt}: {a.get('numbers')} numbers, largest |difference| "
                           f"{a.get('max_abs_difference', float('nan')):.2e} (at {a.get('at')}), {a.get('above_1e-6')} above 1e-6. ")
@@ -257,21 +267,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probe-pairs", type=int, default=5)
     p.add_argument("--study-pairs", type=int, default=5, help="at least 5 (the probes' 5 folds)")
     p.add_argument("--controls", type=int, default=20, help="random boxes per region in the outcome ablation (counts)")
+    p.add_argument("--float64", action="store_true", help="also compare the two codes' numbers in float64")
+    p.add_argument("--only", choices=["analyze", "study"], default=None, help="one command (writes analysis_cost_<only>.json)")
+    p.add_argument("--study-outcome-pairs", type=int, default=None, help="study pairs that run the outcome methods (default: all)")
+    p.add_argument("--merge", action="store_true", help="merge analysis_cost_analyze.json and _study.json in --out into analysis_cost.md/json")
     p.add_argument("--no-wall", action="store_true", help="skip the ViViT-B-shape timing")
     p.add_argument("--wall-controls", type=int, default=1, help="random boxes per region in the ViViT-B-shape timing")
     p.add_argument("--reps", type=int, default=2, help="plain forwards timed at the ViViT-B shape (median)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
-    r: dict = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-               "definition": DEFINITION, "before": BEFORE, "counts": counts(args.probe_pairs, args.study_pairs, args.controls)}
-    if not args.no_wall:
-        r["wall"] = wall(args.wall_controls, args.reps)
-    md = to_markdown(r)
+    if args.merge:
+        parts = [json.loads((args.out / f"analysis_cost_{k}.json").read_text()) for k in ("analyze", "study")]
+        r = parts[0]
+        for dt, e in parts[1]["counts"].items():
+            r["counts"].setdefault(dt, {}).update(e)
+        r.update({k: v for k, v in parts[1].items() if k == "wall"})
+    else:
+        dtypes = (torch.float32, torch.float64) if args.float64 else (torch.float32,)
+        r = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}", "definition": DEFINITION,
+             "before": BEFORE, "n_controls": args.controls,
+             "counts": counts(args.probe_pairs, args.study_pairs, args.controls, dtypes, args.only, args.study_outcome_pairs)}
+        if not args.no_wall:
+            r["wall"] = wall(args.wall_controls, args.reps)
+    name = f"analysis_cost_{args.only}" if args.only else "analysis_cost"
+    md = to_markdown(r) if not args.only else json.dumps(r["counts"], indent=1, default=float)[:4000]
     print(md)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "analysis_cost.json").write_text(json.dumps(r, indent=1, default=float))
-        (args.out / "analysis_cost.md").write_text(md)
+        (args.out / f"{name}.json").write_text(json.dumps(r, indent=1, default=float))
+        if not args.only:
+            (args.out / f"{name}.md").write_text(md)
     return 0
 
 

@@ -58,11 +58,14 @@ def test_forward_counter_counts_batch_and_blocks(model):
                 model(resid, start_at_layer=2)  # no block
             with cost.section("reads a cache"):
                 pass
+            with cost.section("run_with_hooks"):  # TransformerLens calls model.forward directly here
+                model.run_with_hooks(x[:1], fwd_hooks=[("blocks.1.hook_resid_pre", lambda act, hook: act)])  # 1 x 2
             model.run_with_cache(x[:1], names_filter=["blocks.0.hook_resid_pre"], stop_at_layer=1)  # 1 x 1, outside a section
     s = cost.summary()
-    assert s["clip_blocks"] == {"full": 6, "started at 1": 4, "head only": 0, "reads a cache": 0, "other": 1}
-    assert s["per_experiment"] == {"full": 3.0, "started at 1": 2.0, "head only": 0.0, "reads a cache": 0.0, "other": 0.5}
-    assert s["total"] == 5.5 and s["forward_calls"]["started at 1"] == 2 and s["grad_calls"] == 0
+    assert s["clip_blocks"] == {"full": 6, "started at 1": 4, "head only": 0, "reads a cache": 0, "run_with_hooks": 2, "other": 1}
+    assert s["per_experiment"] == {"full": 3.0, "started at 1": 2.0, "head only": 0.0, "reads a cache": 0.0, "run_with_hooks": 1.0, "other": 0.5}
+    assert s["total"] == 6.5 and s["forward_calls"]["started at 1"] == 2 and s["grad_calls"] == 0
+    assert "forward" not in vars(model)  # the wrapper is gone
     with ForwardCounter(model) as cost:
         model(x[:1])  # autograd on: recorded
     assert cost.grad_calls == 1 and cost.fe() == 1.0

@@ -37,7 +37,8 @@ DEFINITION = (
 
 class ForwardCounter:
     """Counts every forward of ``model`` (batch size, first and last block run) while active,
-    attributed to the innermost open ``section``; calls outside any section go to "other"."""
+    attributed to the innermost open ``section``; calls outside any section go to "other".
+    ``model(x)``, ``run_with_cache`` and ``run_with_hooks`` all pass through the wrapped forward."""
 
     def __init__(self, model: Any):
         self.model = model
@@ -49,7 +50,7 @@ class ForwardCounter:
         self._handle = None
 
     # -------------------------------------------------------------------- counting
-    def _record(self, module: Any, args: tuple, kwargs: dict) -> None:
+    def _record(self, args: tuple, kwargs: dict) -> None:
         x = args[0] if args else kwargs.get("pixel_values")
         start = kwargs.get("start_at_layer")
         stop = kwargs.get("stop_at_layer")
@@ -62,11 +63,25 @@ class ForwardCounter:
     def __enter__(self) -> "ForwardCounter":
         if self._handle is not None:
             raise RuntimeError("this ForwardCounter is already counting")
-        self._handle = self.model.register_forward_pre_hook(self._record, with_kwargs=True)
+        # The instance's forward is wrapped rather than hooked: TransformerLens's run_with_hooks
+        # calls model.forward directly, past nn.Module's forward (pre-)hooks.
+        model = self.model
+        self._handle = (vars(model).get("forward"),)  # an earlier wrapper (a counter counting already), restored on exit
+        inner = model.forward
+
+        def counted_forward(*args: Any, **kwargs: Any) -> Any:
+            self._record(args, kwargs)
+            return inner(*args, **kwargs)
+
+        model.forward = counted_forward
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._handle.remove()
+        (previous,) = self._handle
+        if previous is None:
+            del self.model.forward
+        else:
+            self.model.forward = previous
         self._handle = None
 
     @contextmanager
