@@ -97,11 +97,11 @@ def run_analyze(pl: types.ModuleType, model, pair, probe_pairs: int, n_controls:
             with cost.section("prediction logits"):
                 pass  # the old code's first forward (both clips) lands in "other"; renamed below
         res = pl.analyze_pair(model, pair, probe_pairs=probe_pairs, n_controls=n_controls, progress=False)
-    s = cost.summary()
-    if old_ex is not None:
-        pl.ex = old_ex
-        s = rename_other(s, "prediction logits")
-    return res, s
+    if old_ex is None:  # the current code counts itself, per experiment, into results.json; the outer counter agrees in total
+        assert res["cost"]["total"] == cost.fe(), (res["cost"]["total"], cost.fe())
+        return res, res["cost"]
+    pl.ex = old_ex
+    return res, rename_other(cost.summary(), "prediction logits")
 
 
 def run_study(pl: types.ModuleType, model, n_pairs: int, n_controls: int, old_ex: types.ModuleType | None, outcome_pairs: int | None) -> tuple[dict, dict]:
@@ -111,11 +111,11 @@ def run_study(pl: types.ModuleType, model, n_pairs: int, n_controls: int, old_ex
             with cost.section("prediction logits"):
                 pass
         st = pl.study_domain(model, "bowling", n_pairs, n_controls=n_controls, outcome_pairs=outcome_pairs, progress=False)
-    s = cost.summary()
-    if old_ex is not None:
-        pl.ex = old_ex
-        s = rename_other(s, "prediction logits")
-    return st, s
+    if old_ex is None:
+        assert st["cost"]["total"] == cost.fe(), (st["cost"]["total"], cost.fe())
+        return st, dict(st["cost"])
+    pl.ex = old_ex
+    return st, rename_other(cost.summary(), "prediction logits")
 
 
 def rename_other(s: dict, name: str) -> dict:
@@ -244,9 +244,18 @@ def to_markdown(r: dict) -> str:
         for n in names:
             lines.append(f"| {n} | {e['before']['per_experiment'].get(n, 0):.2f} | {e['after']['per_experiment'].get(n, 0):.2f} |")
         per = f" ({e['before']['total'] / e['pairs']:.2f} / {e['after']['total'] / e['pairs']:.2f} per pair)" if "pairs" in e else ""
-        lines += [f"| **total** | **{e['before']['total']:.2f}** | **{e['after']['total']:.2f}** |", "",
-                  f"Total{per}. Seconds on this model: before {e['seconds_before']:.1f}, after {e['seconds_after']:.1f}. "]
+        lines += [f"| **total** | **{e['before']['total']:.2f}** | **{e['after']['total']:.2f}** |", ""]
+        if "outcome_regions" in e:
+            R, N = e["outcome_regions"], e["n_controls"]
+            boxes = 2 * R * (1 + N)
+            lines += [f"The outcome ablation's ablated clips, 2R(1 + N) = 2 x {R} x {1 + N} = {boxes} FE, are the same in both; everything "
+                      f"else: before {e['before']['total'] - boxes:.2f}, after {e['after']['total'] - boxes:.2f}. With the CLI default of "
+                      f"N = 20 boxes the totals are {e['before']['total'] + 2 * R * (20 - N):.2f} before and "
+                      f"{e['after']['total'] + 2 * R * (20 - N):.2f} after (2R more FE per extra box, counted in the tests).", ""]
+        lines += [f"Total{per}. Seconds on this model (a machine loaded many times over): before {e['seconds_before']:.1f}, after {e['seconds_after']:.1f}. "]
         for dt in r["counts"]:
+            if label not in r["counts"][dt]:
+                continue
             a = r["counts"][dt][label]["agreement"]
             lines[-1] += (f"results.json numbers, before vs after, {dt}: {a.get('numbers')} numbers, largest |difference| "
                           f"{a.get('max_abs_difference', float('nan')):.2e} (at {a.get('at')}), {a.get('above_1e-6')} above 1e-6. ")
@@ -268,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--study-pairs", type=int, default=5, help="at least 5 (the probes' 5 folds)")
     p.add_argument("--controls", type=int, default=20, help="random boxes per region in the outcome ablation (counts)")
     p.add_argument("--float64", action="store_true", help="also compare the two codes' numbers in float64")
+    p.add_argument("--only-float64", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--only", choices=["analyze", "study"], default=None, help="one command (writes analysis_cost_<only>.json)")
     p.add_argument("--study-outcome-pairs", type=int, default=None, help="study pairs that run the outcome methods (default: all)")
     p.add_argument("--merge", action="store_true", help="merge analysis_cost_analyze.json and _study.json in --out into analysis_cost.md/json")
@@ -279,17 +289,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge:
         parts = [json.loads((args.out / f"analysis_cost_{k}.json").read_text()) for k in ("analyze", "study")]
         r = parts[0]
-        for dt, e in parts[1]["counts"].items():
-            r["counts"].setdefault(dt, {}).update(e)
+        for extra in [parts[1]] + ([json.loads((args.out / "analysis_cost_analyze64.json").read_text())]
+                                   if (args.out / "analysis_cost_analyze64.json").exists() else []):
+            for dt, e in extra["counts"].items():
+                r["counts"].setdefault(dt, {}).update(e)
         r.update({k: v for k, v in parts[1].items() if k == "wall"})
     else:
-        dtypes = (torch.float32, torch.float64) if args.float64 else (torch.float32,)
+        dtypes = (torch.float64,) if args.only_float64 else (torch.float32, torch.float64) if args.float64 else (torch.float32,)
         r = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}", "definition": DEFINITION,
              "before": BEFORE, "n_controls": args.controls,
              "counts": counts(args.probe_pairs, args.study_pairs, args.controls, dtypes, args.only, args.study_outcome_pairs)}
         if not args.no_wall:
             r["wall"] = wall(args.wall_controls, args.reps)
-    name = f"analysis_cost_{args.only}" if args.only else "analysis_cost"
+    name = f"analysis_cost_{args.only}{'64' if args.only_float64 else ''}" if args.only else "analysis_cost"
     md = to_markdown(r) if not args.only else json.dumps(r["counts"], indent=1, default=float)[:4000]
     print(md)
     if args.out:
