@@ -75,23 +75,48 @@ def cls_row_and_values(model: Any, cache: Any, layer: int) -> tuple[torch.Tensor
     return pattern[0, :, 0], v[0]
 
 
-def token_dla(model: Any, pixel_values: torch.Tensor, c: int) -> dict:
+def uses_pattern_rows(model: Any) -> bool:
+    """Whether the readout reads one query row (token 0, on the fused path) rather than every row
+    (mean pooling) or rows spread over frames (TimeSformer)."""
+    return model.cfg.pooling == "first" and not hasattr(model, "cls_pattern_on_tokens")
+
+
+def readout_row(model: Any, cache: Any, layer: int) -> torch.Tensor:
+    """[H, n_ctx]: the first clip's readout attention row of ``layer`` from a cache holding that
+    layer's ``hook_pattern_rows`` (token 0's row) or its ``hook_pattern`` and ``hook_v``."""
+    rows = f"blocks.{layer}.attn.hook_pattern_rows"
+    if rows in cache.keys():
+        return cache[rows][0, :, 0]
+    return cls_row_and_values(model, cache, layer)[0]
+
+
+def token_dla(model: Any, pixel_values: torch.Tensor, c: int, *, run: Any = None) -> dict:
     """Direct logit attribution of every (layer, head, source token) to class ``c`` through the
     readout: w[h, src] * (v[src, h] @ W_O[h]), centred and divided by the final LayerNorm's scale at
     the readout (exactly what that LayerNorm does to it), dotted with the class direction; w is the
     CLS (token 0) query row of the pattern, or under mean pooling the mean of every query row (the
     pooled vector is linear in the per-token residuals). Summing over sources gives each head's
-    attribution from ActivationCache; heads plus the rest sum to the logit."""
+    attribution from ActivationCache; heads plus the rest sum to the logit. ``run``: an earlier run
+    (``.logits``, ``.cache``) holding v, the final LayerNorm's scale and either the readout's
+    ``hook_pattern_rows`` or the full ``hook_pattern`` of every layer (then no forward runs)."""
     cfg = model.cfg
     L = cfg.n_layers
-    names = [f"blocks.{l}.attn.hook_{k}" for l in range(L) for k in ("pattern", "v")] + ["ln_final.hook_scale"]
+    if run is None:
+        names = [f"blocks.{l}.attn.hook_{k}" for l in range(L) for k in ("pattern", "v")] + ["ln_final.hook_scale"]
+        with torch.inference_mode():
+            logits, cache = model.run_with_cache(pixel_values[:1], names_filter=names)
+    else:  # an earlier run's logits and cache (hooked_vivit.analysis.experiments.run_clip: dla_hooks)
+        logits, cache = run.logits, run.cache
     with torch.inference_mode():
-        logits, cache = model.run_with_cache(pixel_values[:1], names_filter=names)
         direction = class_direction(model, c)
         scale = cache["ln_final.hook_scale"][0].flatten()[0]  # [1] under mean pooling, [P, 1] (read at 0) otherwise
         per = []
         for l in range(L):
-            pattern, v = cls_row_and_values(model, cache, l)  # [H, P] (CLS query), [P, H, E]
+            rows = f"blocks.{l}.attn.hook_pattern_rows"
+            if rows in cache.keys():  # the readout's query row, computed beside the fused attention
+                pattern, v = cache[rows][0, :, 0], cache[f"blocks.{l}.attn.hook_v"][0]
+            else:
+                pattern, v = cls_row_and_values(model, cache, l)  # [H, P] (readout query), [P, H, E]
             W_O = model.blocks[l].attn.W_O  # [H, E, d]
             ov = torch.einsum("phe,hed->hpd", v, W_O)
             ov = ov - ov.mean(-1, keepdim=True)

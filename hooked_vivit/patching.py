@@ -154,7 +154,8 @@ def auto_chunk_size(model: HookedVideoTransformer, rows_per_patch: int, device: 
 @dataclass
 class SweepResult:
     """Values of a sweep: ``values[i]`` belongs to ``patches[i]`` (mean over the target batch;
-    ``per_example`` keeps [n_patches, batch]). ``baseline`` is the unpatched target run."""
+    ``per_example`` keeps [n_patches, batch]; a metric of m values per row adds a last axis of m).
+    ``baseline`` is the unpatched target run."""
 
     values: torch.Tensor
     patches: list[Patch]
@@ -178,12 +179,17 @@ def run_patches(
     metric: Callable,
     chunk_size: int | None = None,
     progress: bool | None = None,
+    target_run: tuple[torch.Tensor, ActivationCache | dict] | None = None,
 ) -> SweepResult:
     """Run every patch (source activation into the target run) and score it with ``metric``.
 
-    ``metric(logits)`` or ``metric(logits, activations)`` returns one value per batch row;
-    activations it names in ``metric.hooks`` are collected from each patched run. The source cache
-    has batch 1 (broadcast to the target batch) or the target's batch.
+    ``metric(logits)`` or ``metric(logits, activations)`` returns one value per batch row, or one
+    row of m values per batch row ([batch, m]: several measures from one sweep; ``values`` is then
+    [n_patches, m]); activations it names in ``metric.hooks`` are collected from each patched run.
+    The source cache has batch 1 (broadcast to the target batch) or the target's batch.
+    ``target_run=(logits, cache)`` of the unpatched target (the target's batch), holding
+    ``blocks.{l}.hook_resid_pre`` of every layer a patch starts at (the last resid_post for
+    ln_final patches) and the metric's hooks, replaces the engine's own unpatched forward.
     """
     from tqdm.auto import tqdm
 
@@ -211,17 +217,25 @@ def run_patches(
     model.check_hook_names(metric_hooks)
     n_layers = model.cfg.n_layers
 
-    # One forward of the target gives the residual stream entering every block, to start from.
+    # The residual stream entering each block a patch starts at, from one unpatched target run.
+    start_names = {l: f"blocks.{l}.hook_resid_pre" if l < n_layers else f"blocks.{n_layers - 1}.hook_resid_post"
+                   for l in sorted({p.start_layer(n_layers) for p in patches}) if l >= 0}
     with torch.inference_mode():
-        names = [f"blocks.{l}.hook_resid_pre" for l in range(n_layers)] + [f"blocks.{n_layers - 1}.hook_resid_post"] + list(metric_hooks)
-        base_logits, base_cache = model.run_with_cache(target, names_filter=list(dict.fromkeys(names)))
+        if target_run is None:
+            names = list(start_names.values()) + list(metric_hooks)
+            base_logits, base_cache = model.run_with_cache(target, names_filter=list(dict.fromkeys(names)))
+        else:
+            base_logits, base_cache = target_run
+            for name in dict.fromkeys([*start_names.values(), *metric_hooks]):
+                if name not in base_cache or base_cache[name].shape[0] != b:
+                    raise ValueError(f"target_run's cache needs {name!r} of the unpatched target run (batch {b}); cache it (names_filter)")
         baseline = metric_rows(metric, base_logits, {h: base_cache[h] for h in metric_hooks}).float().cpu()
-    starts = [base_cache[f"blocks.{l}.hook_resid_pre"] for l in range(n_layers)] + [base_cache[f"blocks.{n_layers - 1}.hook_resid_post"]]
+    starts = {l: base_cache[name] for l, name in start_names.items()}
 
     order = sorted(range(len(patches)), key=lambda i: patches[i].start_layer(n_layers))
     needs_pattern = any(_is_pattern(p.hook) for p in patches)
     k_max = chunk_size or auto_chunk_size(model, b, target.device, needs_pattern)
-    per_example = torch.empty(len(patches), b)
+    per_example = torch.empty(len(patches), b, *baseline.shape[1:])
     bar = tqdm(total=len(patches), desc="patching", disable=not (progress if progress is not None else len(patches) > 4))
     i = 0
     while i < len(order):
@@ -234,7 +248,7 @@ def run_patches(
         bar.update(len(chunk))
         i += len(chunk)
     bar.close()
-    return SweepResult(values=per_example.mean(1), patches=list(patches), baseline=baseline.mean(), per_example=per_example)
+    return SweepResult(values=per_example.mean(1), patches=list(patches), baseline=baseline.mean(0), per_example=per_example)
 
 
 def _run_chunk(model, chunk: list[Patch], source_cache, target, starts, start: int, metric, metric_hooks) -> torch.Tensor:
@@ -273,9 +287,9 @@ def _run_chunk(model, chunk: list[Patch], source_cache, target, starts, start: i
         else:
             logits = model(starts[start].repeat(k, 1, 1), start_at_layer=start)
     values = metric_rows(metric, logits, collected).float().cpu()
-    if values.shape != (k * b,):
-        raise ValueError(f"the metric must return one value per batch row ({k * b}), got shape {tuple(values.shape)}")
-    return values.view(k, b)
+    if values.ndim not in (1, 2) or values.shape[0] != k * b:
+        raise ValueError(f"the metric must return one value (or one row of values) per batch row ({k * b}), got shape {tuple(values.shape)}")
+    return values.view(k, b, *values.shape[1:])
 
 
 def denoise(model: HookedVideoTransformer, patches: Sequence[Patch], *, clean_cache, corrupted: PixelValues, metric: Callable, **kwargs: Any) -> SweepResult:

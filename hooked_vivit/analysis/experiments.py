@@ -7,11 +7,13 @@ positive = the clip with the outcome of interest (strike), negative = its minima
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from hooked_vivit import patching
 from hooked_vivit.ablation import (
     PixelBox,
     ablate_pixel_mask,
@@ -28,7 +30,9 @@ from hooked_vivit.logit_attribution import (  # noqa: F401  (part of this module
     readout_attention,
     readout_name,
     readout_positions,
+    readout_row,
     token_dla,
+    uses_pattern_rows,
 )
 from hooked_vivit.metrics import SignalRecovery
 from hooked_vivit.probes import cross_validated_probe
@@ -40,16 +44,103 @@ def _names(n_layers: int, kinds: Sequence[str] = KINDS) -> list[str]:
     return [f"blocks.{l}.hook_{k}" for k in kinds for l in range(n_layers)]
 
 
+# ------------------------------------------------------------------------------ shared runs
+# analyze and study run each clip of a pair once, caching only what the experiments read; every
+# experiment takes those runs (``runs=`` / ``run=``) and, without them, makes its own.
+@dataclass
+class ClipRun:
+    """One unpatched run of one clip: logits [1, n_classes] and the cached activations (batch 1)."""
+
+    logits: torch.Tensor
+    cache: dict[str, torch.Tensor]
+
+
+@dataclass
+class PairRuns:
+    """The clean (positive) and corrupted (negative) run of a pair."""
+
+    clean: ClipRun
+    corrupted: ClipRun
+
+
+def _last(model: Any) -> str:
+    return f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+
+
+def delta_hooks(model: Any) -> list[str]:
+    """(a), and the probes' resid_pre of every layer and last resid_post."""
+    return _names(model.cfg.n_layers)
+
+
+def recovery_hooks(model: Any) -> list[str]:
+    """(b): the clean components, the corrupted residual stream each patched batch starts from, the last resid_post."""
+    L = model.cfg.n_layers
+    return _names(L, ("attn_out", "mlp_out", "resid_pre")) + [_last(model)]
+
+
+def dla_hooks(model: Any) -> list[str]:
+    """(c), (d) and the outcome signal: v, the readout's attention row of every layer (the CLS query row,
+    computed beside the fused attention; every row under mean pooling or TimeSformer's per-frame
+    attention), the final LayerNorm's scale, the last resid_post."""
+    L = model.cfg.n_layers
+    rows = "hook_pattern_rows" if uses_pattern_rows(model) else "hook_pattern"
+    return ([f"blocks.{l}.attn.hook_v" for l in range(L)] + [f"blocks.{l}.attn.{rows}" for l in range(L)]
+            + ["ln_final.hook_scale", _last(model)])
+
+
+def analysis_hooks(model: Any) -> list[str]:
+    """Every hook analyze and study read from the unpatched runs."""
+    return list(dict.fromkeys(delta_hooks(model) + recovery_hooks(model) + dla_hooks(model)))
+
+
+def run_clip(model: Any, pixel_values: torch.Tensor, names: Sequence[str]) -> ClipRun:
+    """One plain (fused-attention) forward of the first clip of ``pixel_values``, caching ``names``.
+
+    A ``blocks.{l}.attn.hook_pattern_rows`` name gets the CLS query's row, [1, heads, 1, n_ctx],
+    computed after the run from the cached CLS query and keys with the arithmetic of
+    ``hook_pattern_rows`` (fp32 softmax of q·kᵀ / sqrt(d_head)), so equal to the CLS row of
+    ``hook_pattern``. Hooking ``hook_pattern_rows`` itself would recompute the CLS row of z from
+    those rows during the run, and the other experiments would then read a residual stream that
+    differs (by rounding) from a plain forward's."""
+    names = list(dict.fromkeys(names))
+    row_layers = [int(n.split(".")[1]) for n in names if n.endswith("hook_pattern_rows")]
+    cache: dict[str, torch.Tensor] = {}
+    queries: dict[int, torch.Tensor] = {}
+
+    def keep(act, hook):
+        cache[hook.name] = act.detach()
+
+    def keep_cls_query(act, hook):
+        queries[int(hook.name.split(".")[1])] = act[:, :1].detach().clone()  # [1, 1, heads, d_head]
+
+    keys = {f"blocks.{l}.attn.hook_k" for l in row_layers}
+    hooks = [(n, keep) for n in dict.fromkeys([n for n in names if not n.endswith("hook_pattern_rows")] + sorted(keys))]
+    hooks += [(f"blocks.{l}.attn.hook_q", keep_cls_query) for l in row_layers]
+    with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
+        logits = model(pixel_values[:1])
+        for l in row_layers:
+            attn = model.blocks[l].attn
+            k = cache[f"blocks.{l}.attn.hook_k"] if f"blocks.{l}.attn.hook_k" in names else cache.pop(f"blocks.{l}.attn.hook_k")
+            q = queries[l]
+            scores = torch.matmul(q.transpose(1, 2), k.transpose(1, 2).transpose(-1, -2)) / attn.attn_scale
+            cache[f"blocks.{l}.attn.hook_pattern_rows"] = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return ClipRun(logits, cache)
+
+
+def pair_runs(model: Any, positive: torch.Tensor, negative: torch.Tensor, names: Sequence[str] | None = None) -> PairRuns:
+    """The two unpatched runs of a pair (one forward per clip), caching ``names`` (default: analysis_hooks)."""
+    names = analysis_hooks(model) if names is None else names
+    return PairRuns(run_clip(model, positive, names), run_clip(model, negative, names))
+
+
 # ---------------------------------------------------------------------------------------- (a)
-def activation_deltas(model: Any, positive: torch.Tensor, negative: torch.Tensor) -> dict:
+def activation_deltas(model: Any, positive: torch.Tensor, negative: torch.Tensor, *, runs: PairRuns | None = None) -> dict:
     """L2 norm of (positive - negative) per layer, for resid_pre/post, attn_out and mlp_out: at the
     readout ("cls": the CLS token, or the token mean; see readout_name), and averaged over all tokens
     (the mean of per-token norms)."""
     L = model.cfg.n_layers
-    names = _names(L)
-    with torch.inference_mode():
-        _, cp = model.run_with_cache(positive, names_filter=names)
-        _, cn = model.run_with_cache(negative, names_filter=names)
+    runs = runs or pair_runs(model, positive, negative, delta_hooks(model))
+    cp, cn = runs.clean.cache, runs.corrupted.cache
     out: dict = {"layers": list(range(L)), "readout": readout_name(model), "cls": {}, "tokens": {}}
     for kind in KINDS:
         deltas = torch.stack([(cp[f"blocks.{l}.hook_{kind}"] - cn[f"blocks.{l}.hook_{kind}"])[0].float() for l in range(L)])
@@ -114,29 +205,47 @@ def recovery_variants(patched: torch.Tensor, clean: torch.Tensor, corrupt: torch
     return out
 
 
-def component_recovery(model: Any, positive: torch.Tensor, negative: torch.Tensor, *, positions: Any = None) -> dict:
+class RecoveryVariants:
+    """A patching metric giving, per patched run, every RECOVERY_VARIANTS value and then projection
+    and norm_recovery read at ``positions`` ([rows, len(columns)]): one sweep measures them all."""
+
+    def __init__(self, hook: str, clean: torch.Tensor, corrupt: torch.Tensor, positions: Any = 0, readout: int | str = 0):
+        self.hooks = (hook,)
+        self.columns = [*RECOVERY_VARIANTS, "projection", "norm"]
+        # the "cls" variants (position 0) are read at the readout (0, or "pooled" for a mean-pooling model)
+        self.metrics = [SignalRecovery(hook, clean, corrupt, positions=readout if p == 0 else p, kind=k) for p, k in RECOVERY_VARIANTS.values()]
+        self.metrics += [SignalRecovery(hook, clean, corrupt, positions=positions, kind=k) for k in ("projection", "norm")]
+
+    def __call__(self, logits: Any, activations: dict) -> torch.Tensor:
+        return torch.stack([m(logits, activations) for m in self.metrics], -1)
+
+
+def component_recovery(model: Any, positive: torch.Tensor, negative: torch.Tensor, *, positions: Any = None, runs: PairRuns | None = None) -> dict:
     """Denoising, one component at a time (each layer's attention block and MLP block output, all
     tokens, positive into negative run), measured on the last layer's resid_post in every variant of
     RECOVERY_VARIANTS side by side ("variants"; formulas in hooked_vivit.metrics). "projection" and
     "norm" keep the earlier keys: projection and norm_recovery read at ``positions`` (0 = CLS; by
-    default the readout, see readout_positions). The "cls" variants are read at the readout."""
+    default the readout, see readout_positions). The "cls" variants are read at the readout.
+    The batched engine (hooked_vivit.patching.run_patches) runs each layer's two patches as one
+    batch started at that layer, from the corrupted run's residual stream."""
     L = model.cfg.n_layers
-    last = f"blocks.{L - 1}.hook_resid_post"
-    names = _names(L, ("attn_out", "mlp_out")) + [last]
-    with torch.inference_mode():
-        _, clean = model.run_with_cache(positive, names_filter=names)
-        _, corrupt = model.run_with_cache(negative, names_filter=[last])
-    patched = component_patched_activations(model, clean, negative, last)
+    last = _last(model)
+    runs = runs or pair_runs(model, positive, negative, recovery_hooks(model))
+    clean, corrupt = runs.clean.cache, runs.corrupted.cache
     positions = readout_positions(model) if positions is None else positions
     at = readout_name(model) if positions == readout_positions(model) else str(positions)
+    metric = RecoveryVariants(last, clean[last], corrupt[last], positions, readout=readout_positions(model))
+    sweep = patching.denoise(model, patching.component_patches(model), clean_cache=clean, corrupted=negative[:1], metric=metric,
+                             target_run=(runs.corrupted.logits, corrupt), progress=False)
+    values = sweep.per_example[:, 0]  # [2 L, columns], rows (attn, mlp) per layer
     out: dict = {"layers": list(range(L)), "measured_at": last, "positions": at, "readout": readout_name(model),
                  "headline": HEADLINE_RECOVERY, "headline_reason": HEADLINE_REASON, "variants": {}}
-    split = lambda v: {"attn": v[0::2], "mlp": v[1::2]}  # noqa: E731  rows are (attn, mlp) per layer
-    for name, values in recovery_variants(patched, clean[last], corrupt[last], last, readout=readout_positions(model)).items():
-        out["variants"][name] = split(values)
-    for key, kind in (("projection", "projection"), ("norm", "norm")):
-        metric = SignalRecovery(last, clean[last], corrupt[last], positions=positions, kind=kind)
-        out[key] = split(metric(None, {last: patched}).tolist())
+    split = lambda v: {"attn": v[0::2], "mlp": v[1::2]}  # noqa: E731
+    for j, name in enumerate(metric.columns):
+        if name in RECOVERY_VARIANTS:
+            out["variants"][name] = split(values[:, j].tolist())
+        else:
+            out[name] = split(values[:, j].tolist())
     return out
 
 
@@ -156,15 +265,20 @@ def token_masks(model: Any, masks: np.ndarray) -> torch.Tensor:
     return torch.cat([torch.zeros(grid.n_prefix), pooled.flatten()])
 
 
-def cls_attention(model: Any, pixel_values: torch.Tensor, layers: Sequence[int] | None = None, masks: dict[str, np.ndarray] | None = None) -> dict:
+def cls_attention(model: Any, pixel_values: torch.Tensor, layers: Sequence[int] | None = None, masks: dict[str, np.ndarray] | None = None,
+                  *, run: ClipRun | None = None) -> dict:
     """Readout attention (the CLS query row; under mean pooling the mean query row, see
     readout_attention) of every head of the chosen layers on the token grid, and with object masks
-    the share of each head's attention to patch tokens that lands on each object's tokens."""
+    the share of each head's attention to patch tokens that lands on each object's tokens. ``run``:
+    a ClipRun holding the dla_hooks of the clip (then no forward runs)."""
     cfg = model.cfg
     n_prefix = cfg.grid.n_prefix
     layers = list(range(cfg.n_layers)) if layers is None else list(layers)
-    with torch.inference_mode():
-        maps = readout_attention(model, pixel_values, layers)  # [layers, heads, P]
+    if run is not None:
+        maps = torch.stack([readout_row(model, run.cache, l) for l in layers]).float()
+    else:
+        with torch.inference_mode():
+            maps = readout_attention(model, pixel_values, layers)  # [layers, heads, P]
     out: dict = {"layers": layers, "readout": readout_name(model), "attention_to_cls": maps[..., 0].tolist() if n_prefix else None,
                  "grid": cfg.grid.unflatten(maps)[1].tolist()}
     if masks:
@@ -180,16 +294,19 @@ def cls_attention(model: Any, pixel_values: torch.Tensor, layers: Sequence[int] 
 
 
 # ---------------------------------------------------------------------------------------- (e)
-def region_ablation(model: Any, pixel_values: torch.Tensor, dla: dict, *, n_tokens: int = 8, k: int = 6, mode: str = "zero") -> dict:
+def region_ablation(model: Any, pixel_values: torch.Tensor, dla: dict, *, n_tokens: int = 8, k: int = 6, mode: str = "zero",
+                    before: torch.Tensor | None = None) -> dict:
     """Top-k classes before and after ablating (zeroing, by default) the pixel box around the
-    tokens of greatest absolute direct logit attribution (the paper's Table 1)."""
+    tokens of greatest absolute direct logit attribution (the paper's Table 1). ``before``: the
+    unablated clip's logits [1, n_classes], when already computed."""
     n_prefix = model.cfg.grid.n_prefix
     scores = dla["terms"].sum((0, 1))[n_prefix:].abs()
     top = (scores.topk(min(n_tokens, len(scores))).indices + n_prefix).tolist()
     box = PixelBox.from_tokens(model.cfg.grid, top)
     ablated = ablate_pixels(pixel_values[:1], box, mode=mode)
     with torch.inference_mode():
-        before, after = model(pixel_values[:1]), model(ablated)
+        before = model(pixel_values[:1]) if before is None else before
+        after = model(ablated)
     return {
         "tokens": top,
         "box": box.__dict__,
@@ -201,13 +318,14 @@ def region_ablation(model: Any, pixel_values: torch.Tensor, dla: dict, *, n_toke
 
 
 # ------------------------------------------------------------------------- outcome-targeted (c, d, e)
-def differential_token_dla(model: Any, positive: torch.Tensor, negative: torch.Tensor, c: int, *, positive_dla: dict | None = None) -> dict:
+def differential_token_dla(model: Any, positive: torch.Tensor, negative: torch.Tensor, c: int, *, positive_dla: dict | None = None,
+                           negative_run: ClipRun | None = None) -> dict:
     """Token DLA of the positive clip minus that of the negative clip, per (layer, head, source token),
     both to class ``c``: static scenery, seen alike in both clips, cancels; what is left is what the
     outcome changes. Its total is logit_c(positive) - logit_c(negative) minus the difference of the
     non-attention terms."""
     pos = positive_dla or token_dla(model, positive, c)
-    neg = token_dla(model, negative, c)
+    neg = token_dla(model, negative, c, run=negative_run)
     terms = pos["terms"] - neg["terms"]
     cls_term, grid = model.cfg.grid.unflatten(terms.sum((0, 1)))
     return {
@@ -269,17 +387,22 @@ class OutcomeSignal:
     logit_gap = logit_c(x_pos) - logit_c(x_neg), the two clips' logits of class c (the positive's
                 predicted class).
     ``class_logit`` = logit_c(x_pos), the class-logit target of the class-level methods.
+    ``runs``: the pair's PairRuns (logits and last resid_post), so the unmodified pair costs no forward.
     """
 
-    def __init__(self, model: Any, positive: torch.Tensor, negative: torch.Tensor, c: int):
+    def __init__(self, model: Any, positive: torch.Tensor, negative: torch.Tensor, c: int, *, runs: PairRuns | None = None):
         self.model, self.c = model, c
-        self.hook = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
-        logits, r = self._run(torch.cat([positive[:1], negative[:1]]))
+        self.hook = _last(model)
+        if runs is None:
+            logits, r = self._run(torch.cat([positive[:1], negative[:1]]))
+        else:
+            logits = torch.cat([runs.clean.logits, runs.corrupted.logits]).float()
+            r = readout(torch.cat([runs.clean.cache[self.hook], runs.corrupted.cache[self.hook]]), self.model).float()
         self.r_pos, self.r_neg = r[0], r[1]
         self.delta = self.r_pos - self.r_neg
         if float(self.delta.pow(2).sum()) == 0:
             raise ValueError(f"the two clips give the same last-layer residual at the readout ({readout_name(self.model)}): there is no outcome signal")
-        self.base = self.measure(positive[:1], negative[:1])
+        self.base = self._signal(logits, r)
 
     def _run(self, x: torch.Tensor, batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         batch = batch or (16 if self.model.cfg.n_ctx <= 1024 else 2)  # a ViViT-B clip's forward is ~100x the organism's
@@ -293,8 +416,10 @@ class OutcomeSignal:
 
     def measure(self, x_pos: torch.Tensor, x_neg: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per row of the [n, ...] modified positive and negative clips."""
-        logits, r = self._run(torch.cat([x_pos, x_neg]))
-        n = len(x_pos)
+        return self._signal(*self._run(torch.cat([x_pos, x_neg])))
+
+    def _signal(self, logits: torch.Tensor, r: torch.Tensor) -> dict[str, torch.Tensor]:
+        n = len(logits) // 2
         direction = ((r[:n] - r[n:]) @ self.delta) / self.delta.pow(2).sum()
         return {"direction": direction, "logit_gap": logits[:n, self.c] - logits[n:, self.c], "class_logit": logits[:n, self.c]}
 
@@ -340,15 +465,17 @@ def top_token_region(model: Any, scores: torch.Tensor, n_tokens: int, from_frame
 
 
 def outcome_analysis(model: Any, positive: torch.Tensor, negative: torch.Tensor, c: int, *, pair_masks: dict | None, divergence_frame: int | None,
-                     positive_dla: dict | None = None, n_tokens: int = 8, n_controls: int = 20, seed: int = 0) -> dict:
+                     positive_dla: dict | None = None, n_tokens: int = 8, n_controls: int = 20, seed: int = 0, runs: PairRuns | None = None) -> dict:
     """The outcome-targeted methods on one pair: differential token DLA, the outcome signal, region
     ablation after the divergence (top class-DLA tokens, top differential-DLA tokens, each rendered
-    object) against equal-size random boxes, and per-object attention and DLA enrichment."""
-    dla = positive_dla or token_dla(model, positive, c)
-    diff = differential_token_dla(model, positive, negative, c, positive_dla=dla)
+    object) against equal-size random boxes, and per-object attention and DLA enrichment. ``runs``
+    (PairRuns holding dla_hooks) spares the unmodified runs; only the ablated clips run then."""
+    runs = runs or pair_runs(model, positive, negative, dla_hooks(model))
+    dla = positive_dla or token_dla(model, positive, c, run=runs.clean)
+    diff = differential_token_dla(model, positive, negative, c, positive_dla=dla, negative_run=runs.corrupted)
     T, _, H, W = positive.shape[1:]
     start = divergence_frame or 0
-    signal = OutcomeSignal(model, positive, negative, c)
+    signal = OutcomeSignal(model, positive, negative, c, runs=runs)
     class_tokens, class_mask = top_token_region(model, dla["terms"].sum((0, 1)), n_tokens, start, T, H, W)
     diff_tokens, diff_mask = top_token_region(model, diff["terms"].sum((0, 1)), n_tokens, start, T, H, W)
     regions = {"top class-DLA tokens": class_mask, "top differential-DLA tokens": diff_mask}
@@ -363,8 +490,7 @@ def outcome_analysis(model: Any, positive: torch.Tensor, negative: torch.Tensor,
     if objects:
         tokens = object_token_masks(model, objects)
         n_prefix = model.cfg.grid.n_prefix
-        with torch.inference_mode():
-            attn = readout_attention(model, positive, list(range(model.cfg.n_layers)))[..., n_prefix:]  # [L, H, patches]
+        attn = torch.stack([readout_row(model, runs.clean.cache, l) for l in range(model.cfg.n_layers)]).float()[..., n_prefix:]  # [L, H, patches]
         weights = {"CLS attention (positive clip)": attn,
                    "|class DLA| (positive clip)": dla["terms"].sum((0, 1))[n_prefix:].abs(),
                    "|differential DLA|": diff["terms"].sum((0, 1))[n_prefix:].abs()}
@@ -373,36 +499,52 @@ def outcome_analysis(model: Any, positive: torch.Tensor, negative: torch.Tensor,
 
 
 # ---------------------------------------------------------------------------------------- (f)
-def probe_features(model: Any, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+def probe_hooks(model: Any) -> list[str]:
+    """The probed activations: resid_pre of every layer and the last resid_post."""
+    L = model.cfg.n_layers
+    return [f"blocks.{l}.hook_resid_pre" for l in range(L)] + [_last(model)]
+
+
+def probe_pair_features(model: Any, positive: torch.Tensor, negative: torch.Tensor, logits: torch.Tensor, acts: dict) -> dict:
+    """One pair's rows of ``probe_features`` from its logits [2, ...] and probe_hooks activations
+    [2, P, d] (positive first), e.g. from the pair's shared runs."""
+    t, h, w = model.cfg.tubelet_size
+    x = torch.cat([positive[:1], negative[:1]])
+    stack = torch.stack([acts[n] for n in probe_hooks(model)]).float()  # [L+1, 2, P, d]
+    g = model.cfg.grid
+    seen = x[:, : g.covered_frames.stop, :, g.covered_rows, g.covered_cols].float()  # pixels some token sees
+    B, C = x.shape[0], x.shape[2]
+    tubes = seen.reshape(B, g.n_frame_slots, t, C, g.n_rows, h, g.n_cols, w)
+    n_prefix = model.cfg.grid.n_prefix
+    return {"cls": stack[:, :, 0], "mean": stack[:, :, n_prefix:].mean(2), "pixels": tubes.mean(dim=(2, 5, 7)).flatten(1),
+            "pixels_mean": tubes.permute(0, 1, 4, 6, 2, 3, 5, 7).reshape(B, -1, t * C * h * w).mean(1), "predictions": logits.argmax(-1).cpu()}
+
+
+def probe_features(model: Any, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], *, known: Sequence[dict] = ()) -> dict:
     """CLS (when the model has one) and mean-token residual stream per layer (resid_pre 0..L-1 and the last resid_post),
     plus two pixel-space baselines: "pixels", spatially resolved (each tubelet's mean colour, every
     token kept), and "pixels_mean", pooled the way the mean-token features are (the raw tubelet
     vector averaged over tokens: exactly the input a mean-pooled layer-0 embedding is linear in).
-    CLS has no pixel analogue beyond such a global pool. Also the predicted class of every clip."""
-    L = model.cfg.n_layers
-    names = [f"blocks.{l}.hook_resid_pre" for l in range(L)] + [f"blocks.{L - 1}.hook_resid_post"]
-    t, h, w = model.cfg.tubelet_size
-    cls, mean, pix, pix_mean, labels, groups, preds = [], [], [], [], [], [], []
+    CLS has no pixel analogue beyond such a global pool. Also the predicted class of every clip.
+    Each pair runs once (both clips as a batch), caching only the probed hooks and stopping after
+    the last probed block; the classifier head then reads the residual stream there (no block
+    runs). ``known``: probe_pair_features of the first pairs, already computed (no forward)."""
+    names = probe_hooks(model)
+    stop = max(int(n.split(".")[1]) for n in names) + 1  # past the last probed block
+    per_pair = []
     for i, (pos, neg) in enumerate(pairs):
-        x = torch.cat([pos, neg])
+        if i < len(known):
+            per_pair.append(known[i])
+            continue
         with torch.inference_mode():
-            logits, cache = model.run_with_cache(x, names_filter=names)
-        preds.append(logits.argmax(-1).cpu())
-        stack = torch.stack([cache[n] for n in names]).float()  # [L+1, 2, P, d]
-        n_prefix = model.cfg.grid.n_prefix
-        cls.append(stack[:, :, 0])
-        mean.append(stack[:, :, n_prefix:].mean(2))
-        g = model.cfg.grid
-        seen = x[:, : g.covered_frames.stop, :, g.covered_rows, g.covered_cols].float()  # pixels some token sees
-        B, C = x.shape[0], x.shape[2]
-        tubes = seen.reshape(B, g.n_frame_slots, t, C, g.n_rows, h, g.n_cols, w)
-        pix.append(tubes.mean(dim=(2, 5, 7)).flatten(1))
-        pix_mean.append(tubes.permute(0, 1, 4, 6, 2, 3, 5, 7).reshape(B, -1, t * C * h * w).mean(1))
-        labels += [1, 0]
-        groups += [i, i]
-    # Without a CLS token there are no "cls" features: token 0 is a patch, and the mean is "mean".
-    return {**({"cls": torch.cat(cls, 1)} if model.cfg.grid.n_prefix else {}), "mean": torch.cat(mean, 1), "pixels": torch.cat(pix), "pixels_mean": torch.cat(pix_mean),
-            "labels": np.array(labels), "groups": np.array(groups), "predictions": torch.cat(preds).numpy()}
+            resid, cache = model.run_with_cache(torch.cat([pos, neg]), names_filter=names, stop_at_layer=stop, return_cache_object=False)
+            logits = model(resid, start_at_layer=stop)
+        per_pair.append(probe_pair_features(model, pos, neg, logits, cache))
+    out = {k: torch.cat([f[k] for f in per_pair], 1 if k in ("cls", "mean") else 0) for k in ("cls", "mean", "pixels", "pixels_mean")}
+    if not model.cfg.grid.n_prefix:  # without a CLS token there are no "cls" features: token 0 is a patch
+        del out["cls"]
+    return {**out, "labels": np.array([1, 0] * len(per_pair)), "groups": np.repeat(np.arange(len(per_pair)), 2),
+            "predictions": torch.cat([f["predictions"] for f in per_pair]).numpy()}
 
 
 def layer_probes(model: Any, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], *, seed: int = 0, k: int = 5, repeats: int = 5, features: dict | None = None) -> dict:

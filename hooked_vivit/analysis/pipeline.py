@@ -30,6 +30,7 @@ import torch
 from hooked_vivit import synthetic
 from hooked_vivit.analysis import experiments as ex
 from hooked_vivit.analysis import report as rp
+from hooked_vivit.analysis.cost import ForwardCounter
 from hooked_vivit.organism.data import ANALYSIS_SEEDS, recorded_seed_ranges, seed_use
 from hooked_vivit.output_dir import OutputDir, output_directory
 from hooked_vivit.probes import bootstrap_ci
@@ -183,52 +184,65 @@ def analyze_pair(model: Any, pair: Pair, *, probe_pairs: int = 100, probe_seed: 
         raise ValueError(f"--probe-pairs (probe_pairs) must be 0 (skip the probes) or an integer >= 3 (held out by pair), got {probe_pairs!r}")
     steps = tqdm(total=7, desc="analyze", disable=not progress)
     pos, neg = model_pixels(model, pair.positive), model_pixels(model, pair.negative)
-    with torch.inference_mode():
-        logits = model(torch.cat([pos, neg]))
-    c = int(logits[0].argmax())
     cfg = model.cfg
-    results: dict = {
-        "model": cfg.model_name,
-        "scope": rp.scope(model),
-        "ci_level": 0.95,
-        "pair": {"names": list(pair.names), "domain": pair.domain, "seed": pair.seed, "divergence_frame": pair.divergence_frame,
-                 "divergence_slot": None if pair.divergence_frame is None else cfg.grid.frame_slot_of_frame(pair.divergence_frame)},
-        # Keyed by role: two clips may share a name.
-        "prediction": {role: {"clip": name, "class": int(l.argmax()), "name": cfg.id2label[int(l.argmax())], "logit": float(l.max())}
-                       for role, name, l in zip(("positive", "negative"), pair.names, logits)},
-    }
     t0 = time.time()
-    results["deltas"] = ex.activation_deltas(model, pos, neg); steps.update()  # noqa: E702
-    results["recovery"] = ex.component_recovery(model, pos, neg)
-    results["recovery"]["summary"] = recovery_summary(results["recovery"]); steps.update()  # noqa: E702
-    dla = ex.token_dla(model, pos, c)
-    results["dla"] = {k: v for k, v in dla.items() if k != "terms"}
-    scores = dla["terms"].sum((0, 1))
-    top = (scores[cfg.grid.n_prefix :].abs().topk(min(8, cfg.grid.n_patches)).indices + cfg.grid.n_prefix).tolist()
-    div_slot = results["pair"]["divergence_slot"]
-    results["dla"]["top_tokens"] = top
-    results["dla"]["top_tokens_n"] = len(top)
-    results["dla"]["top_tokens_before_divergence"] = None if div_slot is None else sum(cfg.grid.coords(t)[0] < div_slot for t in top)
-    steps.update()
-    masks = pair.masks["positive"] if pair.masks else None
-    results["cls_attention"] = ex.cls_attention(model, pos, masks=masks); steps.update()  # noqa: E702
-    results["region_ablation"] = ex.region_ablation(model, pos, dla)
-    box = results["region_ablation"]["box"]
-    results["region_ablation"].update(n_tokens=len(results["region_ablation"]["tokens"]), last_frame=box["t1"] - 1, last_row=box["y1"] - 1, last_col=box["x1"] - 1)
-    steps.update()
-    results["outcome"] = ex.outcome_analysis(model, pos, neg, c, pair_masks=pair.masks, divergence_frame=pair.divergence_frame,
-                                             positive_dla=dla, n_controls=n_controls)
-    diff = results["outcome"]["differential_dla"]
-    slot_abs = np.array(diff["per_slot_abs"])
-    diff["share_after_divergence"] = float(slot_abs[div_slot or 0:].sum() / max(slot_abs.sum(), 1e-30))
-    steps.update()
-    if pair.domain is not None and pair.domain in synthetic.OUTCOMES and probe_pairs >= 5:
-        domain_key = next(k for k, v in synthetic.DOMAINS.items() if v == pair.domain)
-        results["probes"] = ex.layer_probes(model, rendered_probe_pairs(model, domain_key, probe_pairs, probe_seed))
-        results["probes"]["seeds"] = [probe_seed, probe_seed + probe_pairs - 1]
-        results["probes"]["domain"] = domain_key
-        results["probes"]["best"] = best_probe(results["probes"])
-    steps.update()
+    # One clean and one corrupted run, caching only what (a)-(e) read, shared by every experiment;
+    # every model forward is counted (hooked_vivit.analysis.cost) and recorded per experiment.
+    with ForwardCounter(model) as cost:
+        with cost.section("shared clean and corrupted runs"):
+            runs = ex.pair_runs(model, pos, neg)
+        logits = torch.cat([runs.clean.logits, runs.corrupted.logits])
+        c = int(logits[0].argmax())
+        results: dict = {
+            "model": cfg.model_name,
+            "scope": rp.scope(model),
+            "ci_level": 0.95,
+            "pair": {"names": list(pair.names), "domain": pair.domain, "seed": pair.seed, "divergence_frame": pair.divergence_frame,
+                     "divergence_slot": None if pair.divergence_frame is None else cfg.grid.frame_slot_of_frame(pair.divergence_frame)},
+            # Keyed by role: two clips may share a name.
+            "prediction": {role: {"clip": name, "class": int(l.argmax()), "name": cfg.id2label[int(l.argmax())], "logit": float(l.max())}
+                           for role, name, l in zip(("positive", "negative"), pair.names, logits)},
+        }
+        with cost.section("deltas"):
+            results["deltas"] = ex.activation_deltas(model, pos, neg, runs=runs); steps.update()  # noqa: E702
+        with cost.section("recovery"):
+            results["recovery"] = ex.component_recovery(model, pos, neg, runs=runs)
+        results["recovery"]["summary"] = recovery_summary(results["recovery"]); steps.update()  # noqa: E702
+        with cost.section("dla"):
+            dla = ex.token_dla(model, pos, c, run=runs.clean)
+        results["dla"] = {k: v for k, v in dla.items() if k != "terms"}
+        scores = dla["terms"].sum((0, 1))
+        top = (scores[cfg.grid.n_prefix :].abs().topk(min(8, cfg.grid.n_patches)).indices + cfg.grid.n_prefix).tolist()
+        div_slot = results["pair"]["divergence_slot"]
+        results["dla"]["top_tokens"] = top
+        results["dla"]["top_tokens_n"] = len(top)
+        results["dla"]["top_tokens_before_divergence"] = None if div_slot is None else sum(cfg.grid.coords(t)[0] < div_slot for t in top)
+        steps.update()
+        masks = pair.masks["positive"] if pair.masks else None
+        with cost.section("cls_attention"):
+            results["cls_attention"] = ex.cls_attention(model, pos, masks=masks, run=runs.clean); steps.update()  # noqa: E702
+        with cost.section("region_ablation"):
+            results["region_ablation"] = ex.region_ablation(model, pos, dla, before=runs.clean.logits)
+        box = results["region_ablation"]["box"]
+        results["region_ablation"].update(n_tokens=len(results["region_ablation"]["tokens"]), last_frame=box["t1"] - 1, last_row=box["y1"] - 1, last_col=box["x1"] - 1)
+        steps.update()
+        with cost.section("outcome"):
+            results["outcome"] = ex.outcome_analysis(model, pos, neg, c, pair_masks=pair.masks, divergence_frame=pair.divergence_frame,
+                                                     positive_dla=dla, n_controls=n_controls, runs=runs)
+        diff = results["outcome"]["differential_dla"]
+        slot_abs = np.array(diff["per_slot_abs"])
+        diff["share_after_divergence"] = float(slot_abs[div_slot or 0:].sum() / max(slot_abs.sum(), 1e-30))
+        steps.update()
+        del runs  # the probes need the memory more
+        if pair.domain is not None and pair.domain in synthetic.OUTCOMES and probe_pairs >= 5:
+            domain_key = next(k for k, v in synthetic.DOMAINS.items() if v == pair.domain)
+            with cost.section("probes"):
+                results["probes"] = ex.layer_probes(model, rendered_probe_pairs(model, domain_key, probe_pairs, probe_seed))
+            results["probes"]["seeds"] = [probe_seed, probe_seed + probe_pairs - 1]
+            results["probes"]["domain"] = domain_key
+            results["probes"]["best"] = best_probe(results["probes"])
+        steps.update()
+    results["cost"] = cost.summary(**analysis_cost_note(results))
     summary = load_study_summary(model)
     if summary and pair.domain is not None:
         domain_key = next((k for k, v in synthetic.DOMAINS.items() if v == pair.domain), None)
@@ -239,6 +253,15 @@ def analyze_pair(model: Any, pair: Pair, *, probe_pairs: int = 100, probe_seed: 
     results["seconds"] = round(time.time() - t0, 2)
     results["_dla_terms"] = dla["terms"]
     return results
+
+
+def analysis_cost_note(results: dict) -> dict:
+    """What the dominant costs scale with: the patched runs of (b) and the ablated clips of the outcome ablation."""
+    abl = results["outcome"]["ablation"]
+    out = {"outcome_ablated_clips": 2 * len(abl["regions"]) * (1 + abl["n_controls"])}
+    if "probes" in results:
+        out["probe_pairs"] = results["probes"]["pairs"]
+    return out
 
 
 def best_probe(probes: dict) -> dict:
@@ -488,30 +511,46 @@ def study_domain(model: Any, domain: str, n_pairs: int, *, seed0: int = ANALYSIS
     variants: dict = {name: [] for name in ex.RECOVERY_VARIANTS}
     outcomes = []
     pairs = []
+    probe_known = []  # the probe features of the study pairs, read from their shared runs
     L = model.cfg.n_layers
-    for i in tqdm(range(n_pairs), desc=f"study {domain}", disable=not progress):
-        pos_f, neg_f, meta = synthetic.render_pair(domain, seed0 + i, num_frames=model.cfg.num_frames, size=min(model.cfg.image_size))
-        p, n = model_pixels(model, pos_f), model_pixels(model, neg_f)
-        pairs.append((p, n))
-        d = ex.activation_deltas(model, p, n)
-        deltas_cls.append([d["cls"][k] for k in ex.KINDS])
-        deltas_tok.append([d["tokens"][k] for k in ex.KINDS])
-        rec = ex.component_recovery(model, p, n)
-        for name in variants:
-            variants[name].append([rec["variants"][name]["attn"], rec["variants"][name]["mlp"]])  # [2, L]
-        if i < outcome_pairs:
-            with torch.inference_mode():
-                c = int(model(p).argmax())
-            dla = ex.token_dla(model, p, c)
-            o = ex.outcome_analysis(model, p, n, c, pair_masks=meta["masks"], divergence_frame=meta["divergence_frame"], positive_dla=dla,
-                                    n_controls=n_controls, seed=i)
-            slot_abs = np.array(o["differential_dla"]["per_slot_abs"])
-            div_slot = model.cfg.grid.frame_slot_of_frame(meta["divergence_frame"])
-            o["share_after_divergence"] = float(slot_abs[div_slot:].sum() / max(slot_abs.sum(), 1e-30))
-            n_prefix = model.cfg.grid.n_prefix
-            top = (dla["terms"].sum((0, 1))[n_prefix:].abs().topk(min(8, model.cfg.grid.n_patches)).indices + n_prefix).tolist()
-            o["class_top_before_divergence"] = sum(model.cfg.grid.coords(t)[0] < div_slot for t in top)
-            outcomes.append(o)
+    probe_pairs = n_pairs if probe_pairs is None else probe_pairs
+    with ForwardCounter(model) as cost:
+        for i in tqdm(range(n_pairs), desc=f"study {domain}", disable=not progress):
+            pos_f, neg_f, meta = synthetic.render_pair(domain, seed0 + i, num_frames=model.cfg.num_frames, size=min(model.cfg.image_size))
+            p, n = model_pixels(model, pos_f), model_pixels(model, neg_f)
+            pairs.append((p, n))
+            # One clean and one corrupted run per pair, shared by every experiment below (and the probes).
+            with cost.section("shared clean and corrupted runs"):
+                runs = ex.pair_runs(model, p, n, None if i < outcome_pairs else ex.delta_hooks(model) + ex.recovery_hooks(model))
+            with cost.section("deltas"):
+                d = ex.activation_deltas(model, p, n, runs=runs)
+            deltas_cls.append([d["cls"][k] for k in ex.KINDS])
+            deltas_tok.append([d["tokens"][k] for k in ex.KINDS])
+            with cost.section("recovery"):
+                rec = ex.component_recovery(model, p, n, runs=runs)
+            for name in variants:
+                variants[name].append([rec["variants"][name]["attn"], rec["variants"][name]["mlp"]])  # [2, L]
+            if i < outcome_pairs:
+                c = int(runs.clean.logits[0].argmax())
+                with cost.section("outcome"):
+                    dla = ex.token_dla(model, p, c, run=runs.clean)
+                    o = ex.outcome_analysis(model, p, n, c, pair_masks=meta["masks"], divergence_frame=meta["divergence_frame"], positive_dla=dla,
+                                            n_controls=n_controls, seed=i, runs=runs)
+                slot_abs = np.array(o["differential_dla"]["per_slot_abs"])
+                div_slot = model.cfg.grid.frame_slot_of_frame(meta["divergence_frame"])
+                o["share_after_divergence"] = float(slot_abs[div_slot:].sum() / max(slot_abs.sum(), 1e-30))
+                n_prefix = model.cfg.grid.n_prefix
+                top = (dla["terms"].sum((0, 1))[n_prefix:].abs().topk(min(8, model.cfg.grid.n_patches)).indices + n_prefix).tolist()
+                o["class_top_before_divergence"] = sum(model.cfg.grid.coords(t)[0] < div_slot for t in top)
+                outcomes.append(o)
+            if i < probe_pairs:
+                acts = {h: torch.cat([runs.clean.cache[h], runs.corrupted.cache[h]]) for h in ex.probe_hooks(model)}
+                probe_known.append(ex.probe_pair_features(model, p, n, torch.cat([runs.clean.logits, runs.corrupted.logits]), acts))
+            del runs
+        if probe_pairs > n_pairs:  # more pairs for the probes than for the patching: render the next seeds
+            pairs += rendered_probe_pairs(model, domain, probe_pairs - n_pairs, seed0 + n_pairs)
+        with cost.section("probes"):
+            probes = ex.layer_probes(model, pairs[:probe_pairs], features=ex.probe_features(model, pairs[:probe_pairs], known=probe_known))
     arrays = {name: np.array(v) for name, v in variants.items()}  # [pairs, 2, L]
     out: dict = {"domain": domain, "pairs": n_pairs, "seeds": [seed0, seed0 + n_pairs - 1], "kinds": list(ex.KINDS), "layers": list(range(L)),
                  "headline": ex.HEADLINE_RECOVERY, "headline_reason": ex.HEADLINE_REASON}
@@ -537,12 +576,11 @@ def study_domain(model: Any, domain: str, n_pairs: int, *, seed0: int = ANALYSIS
     out["mlp_minus_attn"] = {"mean": float(gap.mean()), "ci95": [float(lo), float(hi)], "share_of_pairs_mlp_higher": float((gap > 0).mean())}
     if outcomes:
         out["outcome"] = summarize_outcomes(outcomes)
-    probe_pairs = n_pairs if probe_pairs is None else probe_pairs
-    if probe_pairs > n_pairs:  # more pairs for the probes than for the patching: render the next seeds
-        pairs += rendered_probe_pairs(model, domain, probe_pairs - n_pairs, seed0 + n_pairs)
-    out["probes"] = ex.layer_probes(model, pairs[:probe_pairs])
+    out["probes"] = probes
     out["probes"]["seeds"] = [seed0, seed0 + probe_pairs - 1]
     out["probes"]["best"] = best_probe(out["probes"])
+    out["cost"] = cost.summary(per_pair=cost.fe() / n_pairs, pairs=n_pairs, outcome_pairs=len(outcomes), probe_pairs=probe_pairs,
+                               outcome_ablated_clips=sum(2 * len(o["ablation"]["regions"]) * (1 + o["ablation"]["n_controls"]) for o in outcomes))
     return out
 
 
@@ -714,6 +752,7 @@ def study_summary(model: Any, studies: list[dict], digits: int = 4) -> dict:
             "mlp_minus_attn": st["mlp_minus_attn"],
             "probes": {k: ([{kk: vv for kk, vv in e.items()} for e in v] if k in ("cls", "mean") else v) for k, v in st["probes"].items()},
             "outcome": st.get("outcome"),
+            "cost": st.get("cost"),
         }
     return out
 
