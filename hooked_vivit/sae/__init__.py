@@ -1,0 +1,1 @@
+"""Sparse autoencoders on video activations, through SAELens (``pip install 'hooked-vivit[sae]'``)."""
