@@ -100,3 +100,38 @@ def test_bad_hooks_are_refused(tiny):
         ActivationSource(model, "blocks.0.attn.hook_pattern", RandomClips(model.cfg, 1))
     with pytest.raises(KeyError, match="unknown hook"):
         ActivationSource(model, "blocks.9.hook_resid_post", RandomClips(model.cfg, 1))
+
+
+def test_shard_source_reads_extract_shards(tiny, tmp_path):
+    """Shards in hooked-vivit extract's format (index.json + safetensors with <hook>, row.clip,
+    row.token; written here by hand) come out as the same rows, with the same provenance, as
+    the activation source computing them."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from hooked_vivit.sae.activations import ShardSource
+
+    model, _, _ = tiny
+    grid = model.cfg.grid
+    hook = "blocks.1.hook_mlp_out"
+    clips = RandomClips(model.cfg, 3)
+    acts, prov = ActivationSource(model, hook, clips, shuffle=False).collect()
+    per = grid.n_ctx
+    shards = []
+    for k, (first, stop) in enumerate([(0, 2), (2, 3)]):
+        rows = slice(first * per, stop * per)
+        save_file({hook: acts[rows].contiguous(), "row.clip": prov[rows, 0].contiguous(), "row.token": prov[rows, 1].contiguous()},
+                  str(tmp_path / f"shard-{k:05d}.safetensors"))
+        shards.append({"file": f"shard-{k:05d}.safetensors", "clips": [first, stop], "rows": (stop - first) * per})
+    tokens = [{"token": t, "frame_slot": None, "row": None, "col": None} if grid.coords(t) is None else
+              {"token": t, "frame_slot": grid.coords(t)[0], "row": grid.coords(t)[1], "col": grid.coords(t)[2]} for t in range(per)]
+    (tmp_path / "index.json").write_text(json.dumps({"format": "hooked-vivit-activations", "hooks": {hook: {"shape": [model.cfg.d_model]}},
+                                                     "positions": {"tokens": tokens}, "shards": shards}))
+    src = ShardSource(tmp_path, hook, batch_size=50, buffer_tokens=120)
+    a2, p2 = src.collect()
+    assert torch.equal(a2, acts) and torch.equal(p2, prov)
+    got = sorted((tuple(p.tolist()), tuple(a.tolist())) for a_b, p_b in src for a, p in zip(a_b, p_b))
+    assert got == sorted((tuple(p.tolist()), tuple(a.tolist())) for a, p in zip(acts, prov))
+    with pytest.raises(KeyError, match="was not extracted"):
+        ShardSource(tmp_path, "blocks.0.hook_resid_post")

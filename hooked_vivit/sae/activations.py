@@ -164,6 +164,37 @@ def clip_pixels(dataset: Dataset, i: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------ source
+def shuffled_batches(pieces, batch_size: int, buffer_tokens: int, seed: int = 0, shuffle: bool = True
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(activations, provenance) pieces -> batches of ``batch_size`` rows through a mixing buffer:
+    once ``buffer_tokens`` rows are held they are permuted, whole batches from the first half go
+    out and the rest waits to mix with what comes next (SAELens's scheme); the end is flushed."""
+    gen = torch.Generator().manual_seed(seed)
+    acts: list[torch.Tensor] = []
+    provs: list[torch.Tensor] = []
+    held = 0
+    for a, p in pieces:
+        acts.append(a)
+        provs.append(p)
+        held += len(a)
+        if held >= buffer_tokens:
+            a_all, p_all = torch.cat(acts), torch.cat(provs)
+            if shuffle:
+                perm = torch.randperm(len(a_all), generator=gen)
+                a_all, p_all = a_all[perm], p_all[perm]
+            n_out = (len(a_all) // 2) // batch_size * batch_size
+            for i in range(0, n_out, batch_size):
+                yield a_all[i : i + batch_size], p_all[i : i + batch_size]
+            acts, provs, held = [a_all[n_out:]], [p_all[n_out:]], len(a_all) - n_out
+    if held:
+        a_all, p_all = torch.cat(acts), torch.cat(provs)
+        if shuffle:
+            perm = torch.randperm(len(a_all), generator=gen)
+            a_all, p_all = a_all[perm], p_all[perm]
+        for i in range(0, len(a_all), batch_size):
+            yield a_all[i : i + batch_size], p_all[i : i + batch_size]
+
+
 @dataclass
 class ActivationSource:
     """Shuffled token activations of ``hook`` over ``clips`` (a SyntheticClips or VideoFolder).
@@ -242,31 +273,8 @@ class ActivationSource:
             yield act.reshape(-1, act.shape[-1]).float(), prov
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        gen = torch.Generator().manual_seed(self.seed)
-        acts: list[torch.Tensor] = []
-        provs: list[torch.Tensor] = []
-        held = 0
-        for a, p in self.clip_tokens():
-            acts.append(a.cpu())
-            provs.append(p)
-            held += len(a)
-            if held >= self.buffer_tokens:
-                a_all, p_all = torch.cat(acts), torch.cat(provs)
-                if self.shuffle:
-                    perm = torch.randperm(len(a_all), generator=gen)
-                    a_all, p_all = a_all[perm], p_all[perm]
-                # Hand out whole batches from the first half; keep the rest to mix with what comes next.
-                n_out = (len(a_all) // 2) // self.batch_size * self.batch_size
-                for i in range(0, n_out, self.batch_size):
-                    yield a_all[i : i + self.batch_size], p_all[i : i + self.batch_size]
-                acts, provs, held = [a_all[n_out:]], [p_all[n_out:]], len(a_all) - n_out
-        if held:
-            a_all, p_all = torch.cat(acts), torch.cat(provs)
-            if self.shuffle:
-                perm = torch.randperm(len(a_all), generator=gen)
-                a_all, p_all = a_all[perm], p_all[perm]
-            for i in range(0, len(a_all), self.batch_size):
-                yield a_all[i : i + self.batch_size], p_all[i : i + self.batch_size]
+        pieces = ((a.cpu(), p) for a, p in self.clip_tokens())
+        return shuffled_batches(pieces, self.batch_size, self.buffer_tokens, self.seed, self.shuffle)
 
     def sae_batches(self, *, epochs: int | None = None, full_only: bool = True) -> Iterator[torch.Tensor]:
         """Activation batches alone (SAELens's DataProvider), over ``epochs`` passes (None: forever);
@@ -283,4 +291,63 @@ class ActivationSource:
     def collect(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every token, unshuffled: (activations [n_tokens, d_in], provenance [n_tokens, 6])."""
         acts, provs = zip(*self.clip_tokens())
+        return torch.cat(acts), torch.cat(provs)
+
+
+# ------------------------------------------------------------------------------------------ extract shards
+@dataclass
+class ShardSource:
+    """Token activations already on disk: the shards ``hooked-vivit extract`` writes (index.json +
+    shard-NNNNN.safetensors holding ``<hook>`` [rows, ...], ``row.clip`` and ``row.token``), read
+    one shard at a time through the same shuffle buffer, with the same provenance rows (clip =
+    the index into index.json's "clips"). Usable wherever ActivationSource is (``train_sae``)."""
+
+    folder: str | Path
+    hook: str
+    batch_size: int = 4096
+    buffer_tokens: int = 65536
+    shuffle: bool = True
+    seed: int = 0
+    index: dict = field(init=False)
+    d_in: int = field(init=False)
+
+    def __post_init__(self):
+        import json
+
+        path = Path(self.folder).expanduser() / "index.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file; {self.folder} is not a finished hooked-vivit extract output")
+        self.index = json.loads(path.read_text())
+        if self.hook not in self.index.get("hooks", {}):
+            raise KeyError(f"{self.hook!r} was not extracted into {self.folder}; it holds {', '.join(self.index.get('hooks', {}))}")
+        self.d_in = int(np.prod(self.index["hooks"][self.hook]["shape"]))
+        table = {p["token"]: p for p in self.index["positions"]["tokens"]}
+        n = max(table) + 1
+        self._place = torch.full((n, 4), -1, dtype=torch.int64)  # slot, row, col, is_prefix per token
+        for t, p in table.items():
+            on_grid = p.get("frame_slot") is not None
+            self._place[t] = torch.tensor([p["frame_slot"] if on_grid else -1, p["row"] if on_grid else -1,
+                                           p["col"] if on_grid else -1, 0 if on_grid else 1])
+
+    @property
+    def n_tokens(self) -> int:
+        return int(sum(s["rows"] for s in self.index["shards"]))
+
+    def shard_tokens(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        from safetensors import safe_open
+
+        for shard in self.index["shards"]:
+            with safe_open(str(Path(self.folder).expanduser() / shard["file"]), framework="pt", device="cpu") as f:
+                acts = f.get_tensor(self.hook).float()
+                clip, token = f.get_tensor("row.clip").long(), f.get_tensor("row.token").long()
+            prov = torch.cat([clip[:, None], token[:, None], self._place[token]], dim=1)
+            yield acts.reshape(len(acts), -1), prov
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return shuffled_batches(self.shard_tokens(), self.batch_size, self.buffer_tokens, self.seed, self.shuffle)
+
+    sae_batches = ActivationSource.sae_batches
+
+    def collect(self) -> tuple[torch.Tensor, torch.Tensor]:
+        acts, provs = zip(*self.shard_tokens())
         return torch.cat(acts), torch.cat(provs)
