@@ -252,6 +252,76 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_extract)
 
 
+# ---------------------------------------------------------------------------------------- sae (hooked_vivit.sae)
+def _sae_commands():
+    try:
+        from hooked_vivit.sae import commands
+        from hooked_vivit.sae.train import require_sae_lens
+
+        require_sae_lens()
+    except ImportError as e:  # one line, as every other bad setup
+        raise ValueError(str(e)) from e
+    return commands
+
+
+def _cmd_sae_train(args: argparse.Namespace) -> int:
+    commands = _sae_commands()
+
+    if args.videos is not None and not args.videos.expanduser().is_dir():
+        raise FileNotFoundError(f"--videos {args.videos}: no such folder of videos")
+    res = commands.train(model_name=args.model, hook=args.hook, clips=args.clips, out=args.out, architecture=args.architecture,
+                         d_sae=args.d_sae, k=args.k, l1_coefficient=args.l1, epochs=args.epochs, batch_size=args.batch_size,
+                         eval_clips=args.eval_clips, videos=args.videos, workers=args.workers, device=args.device, seed=args.seed,
+                         overwrite=args.overwrite, local_model=_local_dir(args.model))
+    e, t = res["evaluation"], res["provenance"]["training"]
+    print(f"wrote {args.out}: FVU {e['fvu']:.4f}, L0 {e['l0']:.1f}, dead {e['dead']}/{e['d_sae']}, KL {e['kl']:.4f}, "
+          f"temporal coherence {e['temporal_coherence']['mean']:.3f}; trained in {t['wall_seconds']:.0f} s wall, {t['cpu_seconds']:.0f} s CPU")
+    return 0
+
+
+def _cmd_sae_report(args: argparse.Namespace) -> int:
+    commands = _sae_commands()
+
+    res = commands.report(sae_dir=args.sae, out=args.out, clips=args.clips, features=args.features, domain=args.domain, seed=args.seed,
+                          device=args.device, overwrite=args.overwrite)
+    print(f"wrote {args.out}/report.html ({res['seconds']:.1f} s): top pair feature {res['pair_features'][0]['feature']}, "
+          f"all {len(res['pair_features'])} shown features patched together restore {res['patching_all_shown']['cls_projection']:.1%} (CLS projection)")
+    return 0
+
+
+def _add_sae_parser(sub) -> None:
+    sae = sub.add_parser("sae", help="sparse autoencoders through SAELens (pip install 'hooked-vivit[sae]')")
+    sae_sub = sae.add_subparsers(dest="sae_command", required=True)
+    tr = sae_sub.add_parser("train", help="train an SAE on one hook's token activations, evaluate it, save it (SAELens format)")
+    tr.add_argument("--model", default="organism", help="checkpoint directory or hub id; default: the shipped organism")
+    tr.add_argument("--hook", default="blocks.2.hook_resid_post", help="a per-token hook (resid, attn_out, mlp_out, hook_z ...)")
+    tr.add_argument("--clips", type=_int_at_least(1), default=600, help="rendered training clips per epoch (seeds from 7,000,000)")
+    tr.add_argument("--videos", type=Path, help="train on every video in this folder instead of rendered clips")
+    tr.add_argument("--architecture", default="topk", choices=["standard", "topk", "batchtopk", "jumprelu", "matryoshka"])
+    tr.add_argument("--d-sae", type=_int_at_least(1), default=512)
+    tr.add_argument("--k", type=_int_at_least(1), default=32, help="active features per token (topk, batchtopk, matryoshka)")
+    tr.add_argument("--l1", type=_finite(0.0, strict=True), default=5.0, help="sparsity coefficient (standard, jumprelu)")
+    tr.add_argument("--epochs", type=_int_at_least(1), default=2)
+    tr.add_argument("--batch-size", type=_int_at_least(1), default=2048, help="tokens per training step")
+    tr.add_argument("--eval-clips", type=_int_at_least(1), default=60, help="held-out rendered clips for the evaluation (seeds from 8,000,000)")
+    tr.add_argument("--workers", type=_int_at_least(0), default=1, help="DataLoader processes rendering or decoding clips")
+    tr.add_argument("--seed", type=_int_at_least(0), default=0)
+    tr.add_argument("--device", default="cpu", type=_device)
+    tr.add_argument("--out", type=Path, required=True)
+    tr.add_argument("--overwrite", action="store_true", help="replace an earlier sae train output (never other files)")
+    tr.set_defaults(func=_cmd_sae_train)
+    rep = sae_sub.add_parser("report", help="HTML feature report: evaluation, minimal-pair features on frames, feature patching")
+    rep.add_argument("--sae", type=Path, default=None, help="a directory sae train wrote; default: the SAE shipped for the organism")
+    rep.add_argument("--clips", type=_int_at_least(1), default=48, help="held-out rendered clips searched for top activations")
+    rep.add_argument("--features", type=_int_at_least(1), default=6, help="minimal-pair features shown")
+    rep.add_argument("--domain", default="bowling", choices=["bowling", "golf", "basketball"])
+    rep.add_argument("--seed", type=_int_at_least(0), default=4_000_000)
+    rep.add_argument("--device", default="cpu", type=_device)
+    rep.add_argument("--out", type=Path, required=True)
+    rep.add_argument("--overwrite", action="store_true", help="replace an earlier sae report output (never other files)")
+    rep.set_defaults(func=_cmd_sae_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="hooked-vivit", description="Hooked ViViT: interpretability for video transformers")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -306,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     parity.add_argument("--tol", type=_finite(0.0, strict=False), default=None, help="override the dtype's tolerance (fp32 1e-5, fp16 1e-2, bf16 5e-2)")
     parity.set_defaults(func=_cmd_parity)
     _add_extract(sub)
+    _add_sae_parser(sub)
     return parser
 
 
