@@ -136,11 +136,11 @@ def test_one_key_table_serves_both_directions():
     hub = hooked_to_hf_weights(HookedViViT.from_hf_model(make_hf(KW)).state_dict(), HookedViViTConfig.from_hf_config(make_hf(KW).config), layout="hub", prefix=False)
     new = vivit.normalize_hf_keys(hub)
     assert sorted(new) == sorted(vivit.expected_hf_shapes(HookedViViTConfig.from_hf_config(make_hf(KW).config)))
-    from weights_conversion.common import _rename
+    from weights_conversion.common import rename_key
 
-    assert {_rename(k, vivit._NEW_TO_HUB) for k in new} == set(hub)
-    assert _rename("encoder.layer.1.attention.output.dense.weight", vivit._HUB_TO_NEW) == "layers.1.attention.o_proj.weight"
-    assert _rename("encoder.layer.1.output.dense.weight", vivit._HUB_TO_NEW) == "layers.1.mlp.fc2.weight"
+    assert {rename_key(k, vivit._NEW_TO_HUB) for k in new} == set(hub)
+    assert rename_key("encoder.layer.1.attention.output.dense.weight", vivit._HUB_TO_NEW) == "layers.1.attention.o_proj.weight"
+    assert rename_key("encoder.layer.1.output.dense.weight", vivit._HUB_TO_NEW) == "layers.1.mlp.fc2.weight"
 
 
 def test_config_mismatch_is_reported_per_key():
