@@ -39,13 +39,10 @@ DEFAULT_MODEL = "organism"
 
 
 def load_model(name_or_path: str | None, device: str = "cpu"):
+    from hooked_vivit import organism
     from hooked_vivit.model import HookedViViT
 
-    if name_or_path in (None, "", DEFAULT_MODEL):
-        from hooked_vivit import organism
-
-        return HookedViViT.from_pretrained(organism.checkpoint_path(), device=device)
-    return HookedViViT.from_pretrained(name_or_path, device=device)
+    return HookedViViT.from_pretrained(organism.model_source(name_or_path), device=device)  # an organism's name, a directory or a hub id
 
 
 @dataclass

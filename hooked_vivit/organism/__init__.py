@@ -52,6 +52,13 @@ def resolve(name: str | None = None) -> str | None:
     return name if name in ORGANISMS else None
 
 
+def model_source(name_or_path: str | Path | None):
+    """What a ``--model`` argument loads: an organism's checkpoint directory when it names one (see
+    ``resolve``; None or "" = the default organism), else the argument itself (a directory or hub id)."""
+    key = resolve(str(name_or_path) if name_or_path else None)
+    return checkpoint_path(key) if key is not None else name_or_path
+
+
 def checkpoint_path(name: str | None = None) -> Path:
     """The shipped checkpoint directory (config.json, model.safetensors, MODEL_CARD.md) of organism ``name``
     (default: the action organism)."""
