@@ -115,10 +115,11 @@ def planted_subject(name: str, n_pairs: int, seed0: int = 0) -> Subject:
 # ------------------------------------------------------------------------------------------ statistics
 def _ci(values: Sequence[float] | np.ndarray) -> dict:
     v = np.asarray(values, dtype=np.float64)
-    if len(v) < 2:
-        return {"mean": float(v.mean()) if len(v) else None, "ci95": [None, None], "n": int(len(v))}
+    mean = (float(v.mean()) if v.ndim == 1 else v.mean(0).tolist()) if len(v) else None
+    if len(v) < 2:  # no interval from one pair
+        return {"mean": mean, "ci95": [None, None] if v.ndim == 1 else [[None] * v.shape[1]] * 2, "n": int(len(v))}
     lo, hi = bootstrap_ci(v)
-    return {"mean": float(v.mean(0)) if v.ndim == 1 else v.mean(0).tolist(), "ci95": [np.asarray(lo).tolist(), np.asarray(hi).tolist()], "n": int(len(v))}
+    return {"mean": mean, "ci95": [np.asarray(lo).tolist(), np.asarray(hi).tolist()], "n": int(len(v))}
 
 
 def pooled_correlation(estimates: Sequence[np.ndarray], actual: Sequence[np.ndarray], n_boot: int = 2000, seed: int = 0) -> dict:
@@ -187,8 +188,10 @@ def recovery(model: Any, pairs: list[ValidationPair], sanity_pairs: int) -> dict
         stat = _ci(a)
         top = int(np.argmax(stat["mean"]))
         out["variants"][v] = {**stat, "top": labels[top], "top_mean": stat["mean"][top],
-                              "top_ci95": [stat["ci95"][0][top], stat["ci95"][1][top]] if stat["ci95"][0] is not None else [None, None]}
+                              "top_ci95": [stat["ci95"][0][top], stat["ci95"][1][top]]}
     for v, vals in sanity.items():
+        if not vals:
+            continue
         s = np.asarray(vals)  # [pairs, L + 1]
         out["sanity"][v] = {"min": float(s.min()), "max": float(s.max()), "pairs": len(s),
                             "layers": [f"resid_pre {l}" for l in range(L)] + [f"resid_post {L - 1}"]}
