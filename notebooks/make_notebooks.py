@@ -146,7 +146,7 @@ GROUND_TRUTH = [
                   "    print(f'{name:9s}', preds)"),
     new_markdown_cell("Every method on both organisms and both planted models, on a few pairs of one domain (the validation table in "
                       "small; raise `N_PAIRS` for tighter intervals)."),
-    new_code_cell("N_PAIRS = 6\ndata = validation.validate(('actions', 'outcomes'), n_pairs=N_PAIRS, domains=('bowling',), sanity_pairs=1,\n"
+    new_code_cell("N_PAIRS = 5\ndata = validation.validate(('actions', 'outcomes'), n_pairs=N_PAIRS, domains=('bowling',), sanity_pairs=1,\n"
                   "                           attribution_pairs=2, n_controls=2, progress=False, models=models)\n"
                   "display(Markdown(validation.validation_markdown(data)))"),
 ]

@@ -108,7 +108,7 @@ def planted_subject(name: str, n_pairs: int, seed0: int = 0) -> Subject:
     classes = (pm.truth.positive, pm.truth.negative)
     pairs = [ValidationPair(p, n, region, start, classes) for p, n in pm.pairs(n_pairs, seed=seed0)]
     truth = {"components": list(pm.truth.component_labels), "heads": list(pm.truth.head_labels),
-             "last_head_layer": max(h.layer for h in pm.truth.heads), "rule": pm.truth.rule}
+             "mlps": list(pm.truth.mlps), "last_head_layer": max(h.layer for h in pm.truth.heads), "rule": pm.truth.rule}
     return Subject(f"planted {name}", pm.model, {name: pairs}, True, truth)
 
 
@@ -405,9 +405,10 @@ def findings(result: dict, settings: dict) -> list[dict]:
         if "recovery" in r:
             rec = r["recovery"]
             parts = [f"{v}: top {e['top']} {_pct({'mean': e['top_mean'], 'ci95': e['top_ci95']})}" for v, e in rec["variants"].items()]
-            if planted:
-                hit = [v for v, e in rec["variants"].items() if e["top"].replace(" attn", " attn_out").replace(" mlp", " mlp_out") in truth["components"]]
-                expected = "top component among " + ", ".join(truth["components"])
+            if planted:  # a composition is found when its MLP ranks first; a single head, when its layer's attention does
+                want = [f"L{l} mlp" for l in truth.get("mlps", [])] or [f"L{h[1]} attn" for h in (c.split("H")[0].split("L") for c in truth["heads"])]
+                hit = [v for v, e in rec["variants"].items() if e["top"] in want]
+                expected = "top component: " + " or ".join(want) + (" (the composing MLP)" if truth.get("mlps") else " (the planted head's layer)")
                 verdict = f"found in {len(hit)} of {len(rec['variants'])} variants" if hit else "missed in every variant"
             else:
                 expected = "the blocks that carry the outcome (not known in advance)" if gt else "no outcome to carry"
