@@ -72,7 +72,9 @@ def _device(text: str) -> str:
 
 def _local_dir(name_or_path: str) -> Path | None:
     """The checkpoint directory a --model names, if it is a local one (an input never to be overwritten)."""
-    path = Path(name_or_path).expanduser()
+    from hooked_vivit import organism
+
+    path = Path(organism.model_source(name_or_path)).expanduser()
     return path if path.is_dir() else None
 
 
@@ -88,9 +90,9 @@ def _require_classifier(model, flag_value: str) -> None:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from hooked_vivit import HookedVideoTransformer
+    from hooked_vivit import HookedVideoTransformer, organism
 
-    model = HookedVideoTransformer.from_pretrained(args.model, device=args.device)  # class by model_type
+    model = HookedVideoTransformer.from_pretrained(organism.model_source(args.model), device=args.device)  # class by model_type
     print(model)
     if args.hooks:
         for name in model.hook_dict:
@@ -186,18 +188,13 @@ def _cmd_parity(args: argparse.Namespace) -> int:
     import torch
     import transformers
 
-    from hooked_vivit import HookedVideoTransformer
+    from hooked_vivit import HookedVideoTransformer, organism
     from hooked_vivit.config import to_dtype
     from hooked_vivit.loading import resolve_checkpoint
     from hooked_vivit.parity import compare
     from hooked_vivit.video import load_video, preprocess
 
-    if args.model == "organism":
-        from hooked_vivit import organism
-
-        path = organism.checkpoint_path()
-    else:
-        path = resolve_checkpoint(args.model)
+    path = resolve_checkpoint(organism.model_source(args.model))
     dtype = to_dtype(args.dtype)
     hooked = HookedVideoTransformer.from_pretrained(path, device=args.device, dtype=dtype)  # class by model_type
     # A backbone has no classifier.
@@ -322,11 +319,35 @@ def _add_sae_parser(sub) -> None:
     rep.set_defaults(func=_cmd_sae_report)
 
 
+MODEL_HELP = "checkpoint directory, hub id or organism name (actions = organism, outcomes); default: the action organism"
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from hooked_vivit.analysis import validation
+    from hooked_vivit.output_dir import OutputDir
+
+    with OutputDir(args.out, overwrite=args.overwrite, writer="hooked-vivit validate") as out:
+        data = validation.validate(args.model, args.planted, n_pairs=args.pairs, domains=args.domain, sanity_pairs=args.sanity_pairs,
+                                   attribution_pairs=args.attribution_pairs, n_controls=args.controls, progress=not args.quiet)
+        validation.write_validation(out, data)
+    print(validation.validation_markdown(data))
+    print(f"wrote {args.out}/validation.md and validation.json")
+    return 0
+
+
+def _organism_name(text: str) -> str:
+    from hooked_vivit import organism
+
+    if organism.resolve(text) is None:
+        raise argparse.ArgumentTypeError(f"unknown organism {text!r}; expected one of {sorted(organism.ORGANISMS)} (or organism = actions)")
+    return organism.resolve(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="hooked-vivit", description="Hooked ViViT: interpretability for video transformers")
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="load a checkpoint and describe the hooked model")
-    info.add_argument("--model", required=True, help="checkpoint directory or hub id")
+    info.add_argument("--model", required=True, help="checkpoint directory, hub id or organism name (actions = organism, outcomes)")
     info.add_argument("--device", default="cpu", type=_device)
     info.add_argument("--hooks", action="store_true", help="list every hook name")
     info.set_defaults(func=_cmd_info)
@@ -348,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--domain", default="bowling", choices=["bowling", "golf", "basketball"], help="render a pair (without --clean/--corrupted)")
     analyze.add_argument("--seed", type=_int_at_least(0), default=4_000_000,
                          help="render seed; 4,000,000-6,999,999 are held out from the organism (default: 4,000,000)")
-    analyze.add_argument("--model", default="organism", help="checkpoint directory or hub id; default: the shipped organism")
+    analyze.add_argument("--model", default="organism", help=MODEL_HELP)
     analyze.add_argument("--device", default="cpu", type=_device)
     analyze.add_argument("--probe-pairs", type=_probe_pairs, default=100, help="rendered pairs for the outcome probes (0: skip)")
     analyze.add_argument("--out", type=Path, required=True)
@@ -360,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--domain", nargs="+", default=["bowling", "golf"], choices=["bowling", "golf", "basketball"])
     study.add_argument("--pairs", type=_pairs_or_manifest, default=50,
                        help="rendered pairs per domain (an integer >= 3), or a CSV / JSONL manifest of real clip pairs (path, pair, role)")
-    study.add_argument("--model", default="organism")
+    study.add_argument("--model", default="organism", help=MODEL_HELP)
     study.add_argument("--device", default="cpu", type=_device)
     study.add_argument("--out", type=Path, required=True)
     study.add_argument("--overwrite", action="store_true", help="replace an earlier study output (never other files)")
@@ -368,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.set_defaults(func=_cmd_study)
 
     parity = sub.add_parser("parity", help="compare the hooked model with transformers on a checkpoint (exit 1 above tolerance)")
-    parity.add_argument("--model", default="organism", help="checkpoint directory or hub id; default: the shipped organism")
+    parity.add_argument("--model", default="organism", help=MODEL_HELP)
     parity.add_argument("--video", type=Path, help="a clip to run (default: seeded random pixels)")
     parity.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parity.add_argument("--device", default="cpu", type=_device)
@@ -377,6 +398,21 @@ def build_parser() -> argparse.ArgumentParser:
     parity.set_defaults(func=_cmd_parity)
     _add_extract(sub)
     _add_sae_parser(sub)
+
+    from hooked_vivit.planted import NAMES as PLANTED
+
+    validate = sub.add_parser("validate", help="every method against known mechanisms: planted models and both organisms, as a table")
+    validate.add_argument("--model", nargs="*", type=_organism_name, default=["actions", "outcomes"], help="organisms (default: both)")
+    validate.add_argument("--planted", nargs="*", choices=PLANTED, default=list(PLANTED), help="planted models (default: all)")
+    validate.add_argument("--domain", nargs="+", default=["bowling", "golf", "basketball"], choices=["bowling", "golf", "basketball"])
+    validate.add_argument("--pairs", type=_int_at_least(5), default=50, help="held-out pairs per domain (default 50)")
+    validate.add_argument("--sanity-pairs", type=_int_at_least(0), default=10, help="pairs for the whole-residual patch check")
+    validate.add_argument("--attribution-pairs", type=_int_at_least(0), default=10, help="pairs for attribution vs real patching")
+    validate.add_argument("--controls", type=_int_at_least(1), default=4, help="random equal-size boxes per pair for the ablation")
+    validate.add_argument("--out", type=Path, required=True)
+    validate.add_argument("--overwrite", action="store_true", help="replace an earlier validate output (never other files)")
+    validate.add_argument("--quiet", action="store_true")
+    validate.set_defaults(func=_cmd_validate)
     return parser
 
 

@@ -40,15 +40,12 @@ DEFAULT_MODEL = "organism"
 
 
 def load_model(name_or_path: str | None, device: str = "cpu"):
-    """The shipped organism, or any checkpoint directory / hub id; the class follows config.json's
-    model_type (HookedViViT, HookedVideoMAE, ...)."""
+    """An organism's name (organism.model_source), any checkpoint directory or hub id; the class follows
+    config.json's model_type (HookedViViT, HookedVideoMAE, ...)."""
+    from hooked_vivit import organism
     from hooked_vivit.model import HookedVideoTransformer
 
-    if name_or_path in (None, "", DEFAULT_MODEL):
-        from hooked_vivit import organism
-
-        return HookedVideoTransformer.from_pretrained(organism.checkpoint_path(), device=device)
-    return HookedVideoTransformer.from_pretrained(name_or_path, device=device)
+    return HookedVideoTransformer.from_pretrained(organism.model_source(name_or_path), device=device)
 
 
 @dataclass

@@ -83,14 +83,18 @@ def clip_seed(split: str, index: int) -> int:
 
 def render_split(split: str, per_class: int, num_frames: int, size: int, classes=CLASSES, progress: bool = False, offset: int = 0):
     """uint8 clips [N, T, H, W, 3], class labels [N] and outcome names, outcomes balanced per class.
+    ``classes``: action names or ``organism.task_classes(task)``.
     ``offset`` shifts the clip indices (fresh training data per epoch)."""
     from tqdm.auto import tqdm
 
     clips, labels, outcomes = [], [], []
+    # A class is an action name (its outcomes alternate) or a task class (label, action, outcome or None),
+    # see organism.task_classes. Both outcome classes of an action share seeds: index i is a minimal pair.
+    classes = [(c, c, None) if isinstance(c, str) else tuple(c) for c in classes]
     jobs = [(c, i) for i in range(per_class) for c in range(len(classes))]
     for c, i in tqdm(jobs, desc=f"render {split}", disable=not progress):
-        action = classes[c]
-        names = synthetic.OUTCOMES.get(action, ("none",))
+        _, action, outcome = classes[c]
+        names = (outcome,) if outcome else synthetic.OUTCOMES.get(action, ("none",))
         clip = synthetic.render_clip(action, clip_seed(split, offset + i), outcome=names[i % len(names)], num_frames=num_frames, size=size)
         clips.append(clip.frames)
         labels.append(c)

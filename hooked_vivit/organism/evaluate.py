@@ -1,4 +1,4 @@
-"""Outcome probes on the organism and its model card: ``python -m hooked_vivit.organism.evaluate``.
+"""Outcome probes on an organism and its model card: ``python -m hooked_vivit.organism.evaluate [--model outcomes]``.
 
 For held-out minimal pairs of every domain with an outcome, a linear probe per layer reads the
 hidden outcome (strike vs gutter, in vs miss, make vs miss) from the CLS token and from the
@@ -11,27 +11,40 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+
 from hooked_vivit import synthetic
-from hooked_vivit.analysis.experiments import probe_features
+from hooked_vivit.analysis.experiments import layer_probes, probe_features
 from hooked_vivit.analysis.pipeline import rendered_probe_pairs
+from hooked_vivit.analysis.validation import BEGIN, END, validation_markdown
 from hooked_vivit.model import HookedViViT
-from hooked_vivit.organism import checkpoint_path
+from hooked_vivit.organism import checkpoint_path, resolve
 from hooked_vivit.organism.data import SPLIT_SEEDS, write_seed_ranges
 from hooked_vivit.probes import probe_accuracy
 
 
-def outcome_probes(model: HookedViViT, n_pairs: int = 60) -> dict:
+def outcome_probes(model: HookedViViT, n_pairs: int = 60, *, cross_validated: bool = False) -> dict:
+    """Per domain: how the pairs are classified, and a probe per layer (one split by pair; with
+    ``cross_validated``, also repeated grouped 5-fold with bootstrap intervals over pairs)."""
     out = {}
+    labels = model.cfg.label2id
     for domain in ("bowling", "golf", "basketball"):
         seed0 = SPLIT_SEEDS["probe"] + 10_000 * list(synthetic.DOMAINS).index(domain)
         f = probe_features(model, rendered_probe_pairs(model, domain, n_pairs, seed0))
-        target = model.cfg.label2id[synthetic.DOMAINS[domain]]
-        out[domain] = {
-            "pairs": n_pairs,
-            "both_outcomes_classified_as_action": float((f["predictions"] == target).mean()),
-            "layers": [f"resid_pre {l}" for l in range(model.cfg.n_layers)] + [f"resid_post {model.cfg.n_layers - 1}"],
-            **{kind: [probe_accuracy(feat, f["labels"], f["groups"]).to_dict() for feat in f[kind]] for kind in ("cls", "mean")},
-        }
+        outcomes = synthetic.OUTCOMES[synthetic.DOMAINS[domain]]
+        res: dict = {"pairs": n_pairs}
+        if all(f"{domain} {o}" in labels for o in outcomes):  # the outcome is the label: rows are (positive, negative) per pair
+            target = np.tile([labels[f"{domain} {o}"] for o in outcomes], n_pairs)
+            res["outcome_classified_correctly"] = float((f["predictions"] == target).mean())
+        else:
+            res["both_outcomes_classified_as_action"] = float((f["predictions"] == labels[synthetic.DOMAINS[domain]]).mean())
+        res["layers"] = [f"resid_pre {l}" for l in range(model.cfg.n_layers)] + [f"resid_post {model.cfg.n_layers - 1}"]
+        for kind in ("cls", "mean"):
+            res[kind] = [probe_accuracy(feat, f["labels"], f["groups"]).to_dict() for feat in f[kind]]
+        if cross_validated:
+            cv = layer_probes(model, None, features=f)
+            res["cross_validated"] = {"method": cv["method"], **{kind: cv[kind] for kind in ("cls", "mean", "pixels", "pixels_mean")}}
+        out[domain] = res
     return out
 
 
@@ -42,15 +55,53 @@ def write_model_card(path: Path, metrics: dict, probes: dict) -> None:
         stages.insert(0, m)
         m = m.get("previous_stage")
     first = stages[0]["train_config"]
+    task = tc.get("task", "actions")
     total_min = sum(m["train_seconds"] + m["render_seconds"] for m in stages) / 60
+    cpu = [m.get("cpu_seconds") for m in stages]
+    if task == "outcomes":
+        intro = [
+            "# hooked-vivit ground-truth organism (`outcomes`)",
+            "",
+            "A small ViViT (model 1, joint space-time attention) trained on the procedurally rendered clips of `hooked_vivit.synthetic`",
+            "with the outcome as the label: bowling strike / gutter, golf in / miss, basketball make / miss, and the three actions",
+            "without an outcome. It must carry the outcome, so it is the positive control for every method that looks for one",
+            "(the action organism, `organism.load()`, is the negative control: its outcomes were never labels).",
+            "It loads with `hooked_vivit.organism.load(\"outcomes\")` (`--model outcomes` in every command), and",
+            "`transformers.VivitForVideoClassification.from_pretrained(hooked_vivit.organism.checkpoint_path(\"outcomes\"))` reads it too.",
+            "",
+        ]
+        outcome_line = ["- Both outcome classes of an action are rendered from the same seeds: every training scene appears as a minimal",
+                        "  pair (strike and gutter), so nothing but the outcome tells the two classes apart."]
+    else:
+        intro = [
+            "# hooked-vivit organism",
+            "",
+            "A small ViViT (model 1, joint space-time attention) trained on the procedurally rendered action clips of",
+            "`hooked_vivit.synthetic`, shipped so that every analysis runs offline on a model that means something.",
+            "It loads like ViViT-B: `HookedViViT.from_pretrained(hooked_vivit.organism.checkpoint_path())`, and",
+            "`transformers.VivitForVideoClassification.from_pretrained` reads the same directory.",
+            "",
+        ]
+        outcome_line = ["- Within-class outcomes (bowling strike / gutter, golf in / miss, basketball make / miss) are balanced and were",
+                        "  never labels: the organism, like ViViT-B, calls both outcomes by the action's name."]
+    goal = []
+    if task == "outcomes":  # the accuracy asked of a ground truth, and the action-level accuracy (twin outcomes merged)
+        cm = np.asarray(metrics["confusion_matrix"]["rows_true_cols_pred"])
+        names = metrics["confusion_matrix"]["classes"]
+        action = [n.rsplit(" ", 1)[0] if n.split(" ")[0] in synthetic.DOMAINS else n for n in names]
+        same = np.array([[a == b for b in action] for a in action])
+        per_outcome = {n: metrics["test_accuracy_per_class"][n] for n in names if n.split(" ")[0] in synthetic.DOMAINS}
+        met = metrics["test_accuracy"] >= 0.95 and min(per_outcome.values()) >= 0.9
+        worst = min(per_outcome, key=per_outcome.get)
+        goal = ["## Goal", "",
+                f"- Asked of a ground truth: >= 95 % held-out accuracy overall and >= 90 % on every outcome class. This checkpoint: "
+                f"{metrics['test_accuracy']:.1%} overall, outcome classes {min(per_outcome.values()):.0%} ({worst}) to "
+                f"{max(per_outcome.values()):.0%}: " + ("met." if met else "**not met**; it carries the outcome only as far as the "
+                "per-class accuracies below show, so read the validation verdicts of this organism in that light."),
+                f"- The action (twin outcomes merged): {(cm * same).sum() / cm.sum():.1%} correct.", ""]
     lines = [
-        "# hooked-vivit organism",
-        "",
-        "A small ViViT (model 1, joint space-time attention) trained on the procedurally rendered action clips of",
-        "`hooked_vivit.synthetic`, shipped so that every analysis runs offline on a model that means something.",
-        "It loads like ViViT-B: `HookedViViT.from_pretrained(hooked_vivit.organism.checkpoint_path())`, and",
-        "`transformers.VivitForVideoClassification.from_pretrained` reads the same directory.",
-        "",
+        *intro,
+        *goal,
         "## Model",
         f"- {tc['num_frames']} frames of {tc['size']}x{tc['size']} px, tubelets {tuple(tc['tubelet'])}: "
         f"1 + {tc['num_frames'] // tc['tubelet'][0]}x{tc['size'] // tc['tubelet'][1]}x{tc['size'] // tc['tubelet'][2]} tokens",
@@ -64,22 +115,25 @@ def write_model_card(path: Path, metrics: dict, probes: dict) -> None:
         f"- {first['train_per_class']} training clips per class (seeds 0..), {tc['val_per_class']} validation (seeds 1,000,000..), "
         f"{tc['test_per_class']} test (seeds 2,000,000..): every nuisance (colours, textures, geometry, camera, lighting,",
         "  speeds, start times) differs between splits. Clips are mirrored at random during training.",
-        "- Within-class outcomes (bowling strike / gutter, golf in / miss, basketball make / miss) are balanced and were",
-        "  never labels: the organism, like ViViT-B, calls both outcomes by the action's name.",
+        *outcome_line,
         "",
         "## Training",
         *[
-            f"- Stage {i + 1}: `python -m hooked_vivit.organism.train --out DIR"
+            f"- Stage {i + 1}: `python -m hooked_vivit.organism.train --out DIR" + (f" --task {task}" if task != "actions" else "")
             + (f" --init-from STAGE{i} --fresh-data --epochs {m['train_config']['epochs']} --lr {m['train_config']['lr']}"
                + (f" --data-offset {m['train_config']['data_offset']}" if m["train_config"].get("data_offset") is not None else "") + "`"
                if m["train_config"].get("init_from") else "`")
             + f" (seed {m['train_config']['seed']}): AdamW lr {m['train_config']['lr']}, weight decay {m['train_config']['weight_decay']}, "
             f"batch {m['train_config']['batch_size']}, {m['train_config']['epochs']} epoch{'s' if m['train_config']['epochs'] != 1 else ''}, cosine schedule"
             + (", a fresh rendered training set every epoch" if m["train_config"].get("fresh_data") else f", {m['train_config']['train_per_class']} clips per class")
-            + f"; {m['train_seconds'] / 60:.1f} min (+{m['render_seconds']:.0f} s rendering), final validation accuracy {m['history'][-1]['val_accuracy']:.1%}."
+            + f"; {m['train_seconds'] / 60:.1f} min (+{m['render_seconds']:.0f} s rendering)"
+            + (f", {m['cpu_seconds'] / 60:.1f} min of process CPU time" if m.get("cpu_seconds") is not None else "")
+            + f", final validation accuracy {m['history'][-1]['val_accuracy']:.1%}."
             for i, m in enumerate(stages)
         ],
-        f"- In all {total_min:.1f} min on {metrics['device']} with {metrics['torch_threads']} threads.",
+        f"- In all {total_min:.1f} min (wall) on {metrics['device']} with {metrics['torch_threads']} threads"
+        + (f", {sum(cpu) / 60:.1f} min of process CPU time (the machine was shared: wall time counts other processes' load)."
+           if all(c is not None for c in cpu) else "."),
         "",
         "## Accuracy (held-out test seeds)",
         f"- Overall: {metrics['test_accuracy']:.1%}",
@@ -88,10 +142,12 @@ def write_model_card(path: Path, metrics: dict, probes: dict) -> None:
         "|---|---|",
         *[f"| {k} | {v:.1%} |" for k, v in metrics["test_accuracy_per_class"].items()],
         "",
-        "| class / hidden outcome | classified as the class |",
-        "|---|---|",
-        *[f"| {k} | {v:.1%} |" for k, v in metrics["test_accuracy_per_outcome"].items()],
-        "",
+        *([] if task == "outcomes" else [
+            "| class / hidden outcome | classified as the class |",
+            "|---|---|",
+            *[f"| {k} | {v:.1%} |" for k, v in metrics["test_accuracy_per_outcome"].items()],
+            "",
+        ]),
         "Confusion matrix (rows: true, columns: predicted, order as above):",
         "",
         "```",
@@ -105,8 +161,10 @@ def write_model_card(path: Path, metrics: dict, probes: dict) -> None:
         "",
     ]
     for domain, res in probes.items():
+        how = (f"outcome classified correctly: {res['outcome_classified_correctly']:.0%}" if "outcome_classified_correctly" in res
+               else f"both outcomes classified as the action: {res['both_outcomes_classified_as_action']:.0%}")
         lines += [
-            f"### {domain} ({res['pairs']} pairs; both outcomes classified as the action: {res['both_outcomes_classified_as_action']:.0%})",
+            f"### {domain} ({res['pairs']} pairs; {how})",
             "",
             "| layer | CLS acc | CLS control | mean-token acc | mean-token control |",
             "|---|---|---|---|---|",
@@ -114,21 +172,42 @@ def write_model_card(path: Path, metrics: dict, probes: dict) -> None:
         for name, c, m in zip(res["layers"], res["cls"], res["mean"]):
             lines.append(f"| {name} | {c['accuracy']:.0%} | {c['control_accuracy']:.0%} | {m['accuracy']:.0%} | {m['control_accuracy']:.0%} |")
         lines.append("")
+        cv = res.get("cross_validated")
+        if cv:
+            lines += [f"Cross-validated ({cv['method']}):", "", "| layer | CLS accuracy | CLS paired accuracy | control | mean-token accuracy |",
+                      "|---|---|---|---|---|"]
+            for name, c, m in zip(res["layers"], cv["cls"], cv["mean"]):
+                lines.append(f"| {name} | {c['accuracy']:.0%} [{c['accuracy_ci95'][0]:.0%}, {c['accuracy_ci95'][1]:.0%}] | "
+                             f"{c['paired_accuracy']:.0%} [{c['paired_accuracy_ci95'][0]:.0%}, {c['paired_accuracy_ci95'][1]:.0%}] | "
+                             f"{c['control_accuracy']:.0%} | {m['accuracy']:.0%} [{m['accuracy_ci95'][0]:.0%}, {m['accuracy_ci95'][1]:.0%}] |")
+            px = cv["pixels"]
+            lines += ["", f"Pixel baseline (each tubelet's mean colour): {px['accuracy']:.0%} [{px['accuracy_ci95'][0]:.0%}, {px['accuracy_ci95'][1]:.0%}].", ""]
+    validation = path / VALIDATION_FILE
+    lines += ["## Validation against known mechanisms", "",
+              "Every method of the analysis run on held-out minimal pairs of both organisms and the planted models",
+              "(`hooked-vivit validate`; README, \"Ground truth\"):", "", BEGIN,
+              *([validation_markdown(json.loads(validation.read_text())).rstrip("\n")] if validation.exists() else ["(not run yet)"]), END, ""]
     (path / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
     from hooked_vivit.output_dir import record_written
 
     record_written(path, "MODEL_CARD.md", "probes.json")
 
 
+VALIDATION_FILE = "validation.json"  # hooked-vivit validate's results, shipped beside the card
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--checkpoint", type=Path, default=None)
+    p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint directory (default: the --model organism's)")
+    p.add_argument("--model", default=None, help="organism name (actions, outcomes; default actions)")
     p.add_argument("--pairs", type=int, default=60)
+    p.add_argument("--cross-validated", action="store_true", help="also repeated grouped k-fold probes with intervals (default for outcomes)")
     args = p.parse_args(argv)
-    path = args.checkpoint or checkpoint_path()
+    path = args.checkpoint or checkpoint_path(args.model)
     model = HookedViViT.from_pretrained(path)
     metrics = json.loads((path / "metrics.json").read_text())
-    probes = outcome_probes(model, args.pairs)
+    cv = args.cross_validated or metrics["train_config"].get("task") == "outcomes" or resolve(args.model) == "outcomes"
+    probes = outcome_probes(model, args.pairs, cross_validated=cv)
     (path / "probes.json").write_text(json.dumps(probes, indent=2) + "\n")
     write_model_card(path, metrics, probes)
     write_seed_ranges(path)  # the seeds this checkpoint has seen, for the analysis defaults' disjointness

@@ -1,7 +1,8 @@
-"""Train the model organism: ``python -m hooked_vivit.organism.train --out DIR``.
+"""Train a model organism: ``python -m hooked_vivit.organism.train --out DIR [--task outcomes]``.
 
-Seeded; uses a GPU when present. The default configuration trains in about 20 minutes on 2 CPU
-cores; ``--smoke`` runs a seconds-long version of every step (CI runs it).
+Seeded; uses a GPU when present. The default configuration (the action organism) trains in about
+20 minutes on 2 CPU cores; ``--task outcomes`` trains the ground-truth organism, whose labels are the
+outcomes (see organism.task_classes); ``--smoke`` runs a seconds-long version of every step (CI runs it).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 
 from hooked_vivit.config import HookedViViTConfig
 from hooked_vivit.model import HookedViViT
-from hooked_vivit.organism import CLASSES
+from hooked_vivit.organism import task_classes
 from hooked_vivit.organism.data import render_split, to_pixels
 
 
@@ -44,6 +45,7 @@ class TrainConfig:
     init_from: str | None = None  # continue from a checkpoint (a fine-tuning stage)
     data_offset: int | None = None  # fresh data starts at clip index data_offset * train_per_class (default: 11 when fine-tuning)
     seed: int = 0
+    task: str = "actions"  # organism.task_classes: "actions" or "outcomes" (the outcome is the label)
 
     @classmethod
     def smoke(cls) -> "TrainConfig":
@@ -51,11 +53,22 @@ class TrainConfig:
                    train_per_class=4, val_per_class=2, test_per_class=2, epochs=1, batch_size=8)
 
 
+# Per task, what differs from TrainConfig's defaults (the action organism's). The ground-truth organism is
+# deeper (6 layers, room for "from layer 4 on") and narrower (the same cost per clip on 2 cores), and sees a
+# fresh rendered set every epoch (paired: both outcomes of a scene, see data.render_split).
+TASK_DEFAULTS = {
+    "actions": {},
+    "outcomes": {"d_model": 96, "d_mlp": 384, "n_layers": 6, "train_per_class": 500, "epochs": 8, "fresh_data": True},
+}
+MODEL_NAMES = {"actions": "hooked-vivit-organism", "outcomes": "hooked-vivit-outcome-organism"}
+
+
 def model_config(tc: TrainConfig) -> HookedViViTConfig:
+    labels = [label for label, _, _ in task_classes(tc.task)]
     return HookedViViTConfig(
         d_model=tc.d_model, d_head=tc.d_model // tc.n_heads, n_heads=tc.n_heads, n_layers=tc.n_layers, d_mlp=tc.d_mlp,
-        num_frames=tc.num_frames, image_size=tc.size, tubelet_size=tc.tubelet, n_classes=len(CLASSES),
-        id2label=dict(enumerate(CLASSES)), model_name="hooked-vivit-organism", device="cpu",
+        num_frames=tc.num_frames, image_size=tc.size, tubelet_size=tc.tubelet, n_classes=len(labels),
+        id2label=dict(enumerate(labels)), model_name=MODEL_NAMES[tc.task], device="cpu",
     )
 
 
@@ -79,21 +92,27 @@ def train(tc: TrainConfig, out: Path, *, progress: bool = True) -> dict:
     torch.manual_seed(tc.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     start = time.time()
+    cpu_start = time.process_time()
+    classes = task_classes(tc.task)
+    names = [label for label, _, _ in classes]
+
     def train_set(epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         # Fresh data: new seeds every epoch, past every earlier stage's (stage 1 uses 0..per_class-1).
         first = tc.data_offset if tc.data_offset is not None else (11 if tc.init_from else 0)
         offset = (epoch + first) * tc.train_per_class if tc.fresh_data else 0
-        clips, labels, _ = render_split("train", tc.train_per_class, tc.num_frames, tc.size, progress=progress and epoch == 0, offset=offset)
+        clips, labels, _ = render_split("train", tc.train_per_class, tc.num_frames, tc.size, classes, progress=progress and epoch == 0, offset=offset)
         return torch.from_numpy(clips), torch.from_numpy(labels)  # uint8 (4x smaller), normalised batch by batch
 
     x_train, y_train = train_set(0)
-    val_clips, val_y, _ = render_split("val", tc.val_per_class, tc.num_frames, tc.size)
+    val_clips, val_y, _ = render_split("val", tc.val_per_class, tc.num_frames, tc.size, classes)
     x_val = to_pixels(val_clips)
     render_s = time.time() - start
 
     previous = None
     if tc.init_from:
         model = HookedViViT.from_pretrained(tc.init_from)
+        if list(model.cfg.id2label.values()) != names:
+            raise ValueError(f"--init-from {tc.init_from} has classes {list(model.cfg.id2label.values())}, task {tc.task!r} has {names}")
         prev_metrics = Path(tc.init_from) / "metrics.json"
         previous = json.loads(prev_metrics.read_text()) if prev_metrics.exists() else None
     else:
@@ -131,17 +150,18 @@ def train(tc: TrainConfig, out: Path, *, progress: bool = True) -> dict:
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         val_acc = float((predict(model, x_val) == torch.from_numpy(val_y)).float().mean())
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_accuracy": val_acc})
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_accuracy": val_acc,
+                        "wall_seconds": round(time.time() - start, 1), "cpu_seconds": round(time.process_time() - cpu_start, 1)})
     bar.close()
     train_s = time.time() - start - render_s
 
     model.eval().to("cpu")
-    test_clips, test_y, test_outcomes = render_split("test", tc.test_per_class, tc.num_frames, tc.size)
+    test_clips, test_y, test_outcomes = render_split("test", tc.test_per_class, tc.num_frames, tc.size, classes)
     pred = predict(model, to_pixels(test_clips))
-    cm = confusion(pred, test_y, len(CLASSES))
-    per_class = {CLASSES[c]: float(cm[c, c] / cm[c].sum()) for c in range(len(CLASSES))}
+    cm = confusion(pred, test_y, len(names))
+    per_class = {names[c]: float(cm[c, c] / cm[c].sum()) for c in range(len(names))}
     per_outcome = {}
-    for c, name in enumerate(CLASSES):
+    for c, name in enumerate(names):
         for outcome in sorted({o for o, y in zip(test_outcomes, test_y) if y == c}):
             mask = np.array([(o == outcome and y == c) for o, y in zip(test_outcomes, test_y)])
             per_outcome[f"{name} / {outcome}"] = float((pred.numpy()[mask] == c).mean())
@@ -152,11 +172,12 @@ def train(tc: TrainConfig, out: Path, *, progress: bool = True) -> dict:
         "torch_threads": torch.get_num_threads(),
         "render_seconds": round(render_s, 1),
         "train_seconds": round(train_s, 1),
+        "cpu_seconds": round(time.process_time() - cpu_start, 1),  # the process's CPU time: the machine may be shared
         "history": history,
         "test_accuracy": float(np.trace(cm) / cm.sum()),
         "test_accuracy_per_class": per_class,
         "test_accuracy_per_outcome": per_outcome,
-        "confusion_matrix": {"classes": list(CLASSES), "rows_true_cols_pred": cm.tolist()},
+        "confusion_matrix": {"classes": names, "rows_true_cols_pred": cm.tolist()},
         "parameters": sum(p.numel() for p in model.parameters()),
         "previous_stage": previous,
         "file_bytes": (path / "model.safetensors").stat().st_size,
@@ -172,6 +193,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
     p.add_argument("--smoke", action="store_true", help="tiny configuration: every step, in seconds")
+    p.add_argument("--task", choices=sorted(TASK_DEFAULTS), default="actions",
+                   help="actions: the action organism (default); outcomes: the ground-truth organism, the outcome is the label")
+    p.add_argument("--n-layers", type=int)
+    p.add_argument("--n-heads", type=int)
+    p.add_argument("--val-per-class", type=int)
+    p.add_argument("--test-per-class", type=int)
+    p.add_argument("--d-model", type=int)
+    p.add_argument("--batch-size", type=int)
     p.add_argument("--epochs", type=int)
     p.add_argument("--train-per-class", type=int)
     p.add_argument("--seed", type=int)
@@ -181,8 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-offset", type=int, help="fresh data starts at clip index N * train_per_class (unseen by earlier stages)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    tc = TrainConfig.smoke() if args.smoke else TrainConfig()
-    for field in ("epochs", "train_per_class", "seed", "lr", "init_from", "fresh_data", "data_offset"):
+    tc = TrainConfig.smoke() if args.smoke else TrainConfig(**TASK_DEFAULTS[args.task])
+    tc.task = args.task
+    if args.d_model:  # the MLP stays 4 x d_model
+        tc.d_model, tc.d_mlp = args.d_model, 4 * args.d_model
+    for field in ("epochs", "train_per_class", "seed", "lr", "init_from", "fresh_data", "data_offset", "n_layers", "n_heads", "batch_size",
+                  "val_per_class", "test_per_class"):
         if getattr(args, field) not in (None, False):
             setattr(tc, field, getattr(args, field))
     metrics = train(tc, args.out, progress=not args.quiet)

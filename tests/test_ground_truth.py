@@ -1,0 +1,181 @@
+"""The ground-truth organism (organism "outcomes") and ``hooked-vivit validate``: organisms load by
+name, accuracy is recomputed on freshly rendered held-out clips, and the validation finds what the
+planted models are known to hold."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hooked_vivit import organism, synthetic
+from hooked_vivit.analysis import pipeline, validation
+from hooked_vivit.organism.data import SPLIT_SEEDS, recorded_seed_ranges, render_split, seed_use, to_pixels
+from hooked_vivit.organism.train import TrainConfig, model_config, train
+
+OUTCOME_LABELS = ["bowling strike", "bowling gutter", "golf in", "golf miss", "basketball make", "basketball miss",
+                  "juggling balls", "swinging pendulum", "skipping rope"]
+
+
+@pytest.fixture(scope="module")
+def outcomes():
+    return organism.load("outcomes")
+
+
+def test_organism_names_resolve_in_one_place():
+    assert organism.CLASSES is synthetic.ACTIONS
+    assert [organism.resolve(n) for n in (None, "organism", "actions", "outcomes", "google/vivit-b-16x2-kinetics400")] == \
+        ["actions", "actions", "actions", "outcomes", None]
+    assert organism.checkpoint_path() == organism.checkpoint_path("actions") == organism.checkpoint_path("organism")
+    assert organism.checkpoint_path("outcomes") != organism.checkpoint_path()
+    assert organism.model_source("outcomes") == organism.checkpoint_path("outcomes")
+    assert organism.model_source("some/dir") == "some/dir"
+    with pytest.raises(ValueError, match="unknown organism 'bowling'"):
+        organism.checkpoint_path("bowling")
+    assert [label for label, _, _ in organism.task_classes("outcomes")] == OUTCOME_LABELS
+    assert [label for label, _, _ in organism.task_classes("actions")] == list(synthetic.ACTIONS)
+    with pytest.raises(ValueError, match="unknown task"):
+        organism.task_classes("colours")
+
+
+def test_outcome_organism_loads_by_name_everywhere(outcomes):
+    cfg = outcomes.cfg
+    assert cfg.n_layers >= 6 and list(cfg.id2label.values()) == OUTCOME_LABELS
+    path = organism.checkpoint_path("outcomes")
+    assert (path / "model.safetensors").stat().st_size <= 10e6
+    assert {"config.json", "model.safetensors", "MODEL_CARD.md", "metrics.json", "probes.json", "seed_ranges.json"} <= {p.name for p in path.iterdir()}
+    by_cli_name = pipeline.load_model("outcomes")
+    assert all(torch.equal(a, b) for a, b in zip(by_cli_name.state_dict().values(), outcomes.state_dict().values()))
+    assert pipeline.load_model("organism").cfg.n_classes == len(synthetic.ACTIONS)  # the default stays the action organism
+
+
+@pytest.mark.parametrize("name", ["actions", "outcomes"])
+def test_accuracy_on_fresh_held_out_clips(name):
+    """Recomputed from freshly rendered clips of test seeds past the ones the card's test set used
+    (2,000,100.., never seen by training, validation, test or probes), not read from metrics.json."""
+    model = organism.load(name)
+    classes = organism.task_classes(name)
+    per_class = 6
+    clips, labels, _ = render_split("test", per_class, model.cfg.num_frames, model.cfg.image_size[0], classes, offset=100)
+    ranges = recorded_seed_ranges(organism.checkpoint_path(name))["used"]
+    assert seed_use(SPLIT_SEEDS["test"] + 100, ranges) is None
+    with torch.inference_mode():
+        pred = torch.cat([model(to_pixels(clips[i : i + 18])).argmax(-1) for i in range(0, len(clips), 18)]).numpy()
+    if name == "outcomes":  # action level (twin outcomes merged): the card's 91 %; its outcome accuracy falls short of the goal
+        action = np.array([0, 0, 1, 1, 2, 2, 3, 4, 5])
+        correct = action[pred] == action[labels]
+    else:
+        correct = pred == labels
+    # Measured on this sample: 81 % (actions; its card's 94.7 % is from test seeds 2,000,000..099, on seeds from
+    # 2,000,100 it scores 87-88 % on 60 clips, juggling and skipping rope lowest) and 80 % (outcomes, action level).
+    # Chance is 1/6: the bound fails a broken model or a broken renderer, not sampling noise.
+    assert correct.mean() >= 0.75, f"{name}: {correct.mean():.0%} of {len(correct)} fresh clips"
+
+
+def test_outcome_organism_names_the_action_of_fresh_pairs(outcomes):
+    """Minimal pairs from the held-out analysis range carry their two outcome classes, and the organism
+    calls both clips bowling (strike or gutter)."""
+    pairs = validation.organism_pairs(outcomes, "bowling", 4)
+    assert [p.classes for p in pairs] == [(0, 1)] * 4
+    x = torch.cat([torch.cat([p.positive, p.negative]) for p in pairs])
+    with torch.inference_mode():
+        pred = outcomes(x).argmax(-1).tolist()
+    assert sum(p in (0, 1) for p in pred) >= 7, pred
+
+
+def test_validation_seeds_are_held_out_from_both_organisms():
+    for name in ("actions", "outcomes"):
+        ranges = recorded_seed_ranges(organism.checkpoint_path(name))["used"]
+        for seed in (validation.VALIDATE_SEED0, validation.VALIDATE_SEED0 + 49):
+            assert seed_use(seed, ranges) is None
+
+
+def test_train_outcomes_task_smoke(tmp_path):
+    tc = TrainConfig.smoke()
+    tc.task = "outcomes"
+    metrics = train(tc, tmp_path / "gt", progress=False)
+    assert list(metrics["test_accuracy_per_class"]) == OUTCOME_LABELS
+    assert metrics["confusion_matrix"]["classes"] == OUTCOME_LABELS
+    assert model_config(tc).model_name == "hooked-vivit-outcome-organism"
+    saved = json.loads((tmp_path / "gt" / "config.json").read_text())
+    assert list(saved["id2label"].values()) == OUTCOME_LABELS
+    # Both outcome classes of an action are rendered from the same seeds: the training set is made of minimal pairs.
+    clips, labels, outs = render_split("train", 2, 8, 32, organism.task_classes("outcomes"))
+    assert outs[:6] == ["strike", "gutter", "in", "miss", "make", "miss"]
+    strike, gutter = clips[0], clips[1]
+    div = synthetic.render_clip("bowling", 0, outcome="strike", num_frames=8, size=32).meta["divergence_frame"]
+    assert np.array_equal(strike[:div], gutter[:div]) and not np.array_equal(strike, gutter)
+
+
+# --------------------------------------------------------------------------------------------- validate
+@pytest.fixture(scope="module")
+def planted_results():
+    torch.set_num_threads(1)
+    data = validation.validate((), n_pairs=6, sanity_pairs=2, attribution_pairs=3, n_controls=3, progress=False)
+    torch.set_num_threads(2)
+    return {r["subject"]: r for r in data["subjects"]}, data
+
+
+def test_validate_finds_the_single_planted_head(planted_results):
+    res, data = planted_results
+    r = res["planted single_head"]["domains"]["single_head"]
+    # Probe: the blob reaches CLS in layer 1, so resid_pre 1 sees both clips of a pair alike and resid_pre 2 on decodes it.
+    assert r["probes"]["cls"][1]["accuracy"] == 0.5 and r["probes"]["cls"][2]["accuracy"] == 1.0
+    for v, e in r["recovery"]["variants"].items():
+        assert e["top"] == "L1 attn", v
+    assert r["recovery"]["variants"]["cls_projection"]["top_mean"] == pytest.approx(1.0, abs=1e-5)
+    for s in r["recovery"]["sanity"].values():
+        assert s["min"] == pytest.approx(1.0, abs=1e-5) and s["max"] == pytest.approx(1.0, abs=1e-5)
+    d = r["maps"]["differential_dla"]
+    assert d["share"]["mean"] == pytest.approx(1.0, abs=1e-6) and d["enrichment"]["mean"] == pytest.approx(8.0, abs=1e-4)  # 8 of 64 tokens
+    # Zeroing the blob flips every positive clip to "no blob"; the negative clip has no blob to remove.
+    assert r["ablation"]["to_twin"]["positive"]["mean"] == 1.0 and r["ablation"]["changed"]["negative"]["mean"] == 0.0
+    assert r["attribution"]["z by head"]["r"] == pytest.approx(1.0, abs=1e-6)
+    rows = {f["method"]: f["verdict"] for f in validation.findings(res["planted single_head"], data["settings"])}
+    assert rows["component recovery (every variant)"] == "found in 5 of 5 variants"
+    assert rows["whole-residual patch (sanity)"] == "passes"
+    assert rows["differential DLA on the outcome region"] == "found"
+
+
+def test_validate_reports_what_misses_the_composition(planted_results):
+    res, data = planted_results
+    r = res["planted and_composition"]["domains"]["and_composition"]
+    assert r["maps"]["dla_zero_pairs"] == 6 and "differential_dla" not in r["maps"]  # no head writes the class direction
+    assert r["attribution"]["mlp_out by layer"]["r"] == pytest.approx(1.0, abs=1e-3)
+    assert np.isnan(r["attribution"]["z by head"]["r"])  # AtP gives every head exactly 0 at the silent neuron
+    rows = {f["method"]: f["verdict"] for f in validation.findings(res["planted and_composition"], data["settings"])}
+    assert rows["differential DLA on the outcome region"] == "missed (blind to an MLP-composed signal)"
+    table = validation.validation_markdown(data)
+    assert "| planted and_composition | and_composition | differential DLA on the outcome region |" in table
+
+
+def test_validate_on_the_organisms_tiny(outcomes):
+    data = validation.validate(("actions", "outcomes"), (), n_pairs=5, domains=("golf",), sanity_pairs=1, attribution_pairs=1, n_controls=2,
+                               progress=False, models={"outcomes": outcomes})
+    res = {r["subject"]: r for r in data["subjects"]}
+    assert not res["actions organism"]["outcome_is_label"] and res["outcomes organism"]["outcome_is_label"]
+    assert "attribution" not in res["actions organism"]["domains"]["golf"]
+    gt = res["outcomes organism"]["domains"]["golf"]
+    for s in gt["recovery"]["sanity"].values():
+        assert s["min"] == pytest.approx(1.0, abs=1e-4) and s["max"] == pytest.approx(1.0, abs=1e-4)
+    pairs = validation.organism_pairs(outcomes, "golf", 5)
+    with torch.inference_mode():
+        pred = [int(outcomes(x).argmax()) for p in pairs for x in (p.positive, p.negative)]
+    assert pred.count(2) + pred.count(3) >= 9  # golf clips are called golf (in or miss): 98 % of the card's test clips
+    assert gt["attribution"]["pairs"] == 1 and gt["attribution"]["metric"].startswith("logit difference")
+
+
+def test_validate_command_writes_the_table(tmp_path):
+    from hooked_vivit.cli import main
+
+    out = tmp_path / "val"
+    assert main(["validate", "--model", "--planted", "single_head", "--pairs", "5", "--sanity-pairs", "1", "--attribution-pairs", "1",
+                 "--controls", "2", "--out", str(out), "--quiet"]) == 0
+    data = json.loads((out / "validation.json").read_text())
+    assert [s["subject"] for s in data["subjects"]] == ["planted single_head"]
+    assert (out / "validation.md").read_text().count("| planted single_head |") == 7
+    with pytest.raises(SystemExit) as e:  # refused while parsing, before anything loads
+        main(["validate", "--model", "bowling", "--out", str(tmp_path / "x")])
+    assert e.value.code == 2 and not (tmp_path / "x").exists()
