@@ -39,7 +39,7 @@ _NOT_PER_TOKEN = ("hook_attn_scores", "hook_pattern", "hook_pattern_rows")
 def hook_layer(model: Any, hook: str) -> int | None:
     """The block a hook lives in (None: before the blocks, i.e. the embedding; n_layers: after them)."""
     if hook not in model.hook_dict:
-        model._check_hook_names([hook])  # the library's message (nearest names, get_act_name shorthand)
+        model.check_hook_names([hook])  # the library's message (nearest names, get_act_name shorthand)
     if hook.rsplit(".", 1)[-1] in _NOT_PER_TOKEN:
         raise ValueError(f"{hook} is an attention map ([batch, heads, queries, keys]), not one vector per token; "
                          "an SAE reads resid_pre/mid/post, attn_out, mlp_out, hook_z, hook_post and the like")
@@ -56,7 +56,7 @@ def hook_d_in(model: Any, hook: str) -> int:
 
     shape = hook_shape(model.cfg, hook, 1)
     if shape is None:
-        model._check_hook_names([hook])
+        model.check_hook_names([hook])
     return int(np.prod(shape[2:]))
 
 

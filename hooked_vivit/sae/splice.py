@@ -56,7 +56,7 @@ class _Splice(nn.Module):
 
 def _hook_point(model: Any, hook: str) -> HookPoint:
     if hook not in model.hook_dict:
-        model._check_hook_names([hook])
+        model.check_hook_names([hook])
     return model.hook_dict[hook]
 
 
