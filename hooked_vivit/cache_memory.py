@@ -47,7 +47,10 @@ def estimate_cache_bytes(model: Any, names_filter: Any = None, batch: int = 1, d
     total = 0
     for name in model.hook_dict:
         if keep(name):
-            shape = hook_shape(model.cfg, name, batch)
+            try:
+                shape = hook_shape(model.cfg, name, batch)
+            except KeyError:  # a hook point attached from outside the layout table (a spliced SAE): its size is its own
+                shape = None
             if shape is not None:
                 n = 1
                 for s in shape:

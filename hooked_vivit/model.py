@@ -276,7 +276,10 @@ class HookedVideoTransformer(HookedRootModule):
 
 
     def _fires(self, name: str) -> bool:
-        return hook_shape(self.cfg, name, 1) is not None
+        try:
+            return hook_shape(self.cfg, name, 1) is not None
+        except KeyError:  # a hook point attached from outside the layout table (an SAE spliced in): it fires with its module
+            return True
 
     def _dead_hook_message(self, name: str) -> str:
         leaf = name.rsplit(".", 1)[-1]
