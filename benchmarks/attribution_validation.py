@@ -26,17 +26,37 @@ def correlations(model, domain: str, seed: int) -> dict:
     attr = attribution_patch(model, clean, corrupted, metric, clean_cache=clean_cache)
 
     def real(patches):
-        sweep = patching.denoise(model, patches, clean_cache=clean_cache, corrupted=corrupted, metric=metric, progress=False)
+        sweep = patching.denoise(
+            model, patches, clean_cache=clean_cache, corrupted=corrupted, metric=metric, progress=False
+        )
         return (sweep.values - sweep.baseline).numpy()
 
     pairs = {
-        "resid_pre by layer x frame slot": (attr.by_frame_slot("resid_pre").numpy().ravel(), real(patching.frame_slot_patches(model))),
-        "resid_pre by layer x token": (attr.scores["resid_pre"].numpy().ravel(), real(patching.token_patches(model, "resid_pre"))),
-        "attn_out by layer": (attr.by_component("attn_out").numpy(), real(patching.component_patches(model, ("attn_out",)))),
-        "mlp_out by layer": (attr.by_component("mlp_out").numpy(), real(patching.component_patches(model, ("mlp_out",)))),
+        "resid_pre by layer x frame slot": (
+            attr.by_frame_slot("resid_pre").numpy().ravel(),
+            real(patching.frame_slot_patches(model)),
+        ),
+        "resid_pre by layer x token": (
+            attr.scores["resid_pre"].numpy().ravel(),
+            real(patching.token_patches(model, "resid_pre")),
+        ),
+        "attn_out by layer": (
+            attr.by_component("attn_out").numpy(),
+            real(patching.component_patches(model, ("attn_out",))),
+        ),
+        "mlp_out by layer": (
+            attr.by_component("mlp_out").numpy(),
+            real(patching.component_patches(model, ("mlp_out",))),
+        ),
         "z by layer x head": (attr.by_head("z").numpy().ravel(), real(patching.head_patches(model, "z"))),
-        "attn_out by layer x frame slot": (attr.by_frame_slot("attn_out").numpy().ravel(), real(patching.frame_slot_patches(model, "attn_out"))),
-        "mlp_out by layer x frame slot": (attr.by_frame_slot("mlp_out").numpy().ravel(), real(patching.frame_slot_patches(model, "mlp_out"))),
+        "attn_out by layer x frame slot": (
+            attr.by_frame_slot("attn_out").numpy().ravel(),
+            real(patching.frame_slot_patches(model, "attn_out")),
+        ),
+        "mlp_out by layer x frame slot": (
+            attr.by_frame_slot("mlp_out").numpy().ravel(),
+            real(patching.frame_slot_patches(model, "mlp_out")),
+        ),
     }
     return {k: float(np.corrcoef(a, b)[0, 1]) for k, (a, b) in pairs.items()}
 
@@ -49,7 +69,10 @@ def main(argv=None) -> int:
     results = {}
     for domain in ("bowling", "golf"):
         rows = [correlations(model, domain, 7_000_000 + i) for i in range(args.pairs)]
-        results[domain] = {k: {"mean": float(np.mean([r[k] for r in rows])), "min": float(np.min([r[k] for r in rows]))} for k in rows[0]}
+        results[domain] = {
+            k: {"mean": float(np.mean([r[k] for r in rows])), "min": float(np.min([r[k] for r in rows]))}
+            for k in rows[0]
+        }
     print(json.dumps(results, indent=2))
     print("| hook type | bowling mean r (min) | golf mean r (min) |\n|---|---|---|")
     for k in results["bowling"]:

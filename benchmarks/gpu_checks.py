@@ -38,9 +38,14 @@ def run(device: str, layers: int) -> dict:
     x = torch.randn(1, 32, 3, 224, 224, generator=torch.Generator().manual_seed(1)).to(device)
     with torch.inference_mode():
         ref_fp32 = hf(x).logits.float()
-    results: dict = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else device,
-                     "torch": torch.__version__, "layers": layers, "tokens": 3137,
-                     "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32}
+    results: dict = {
+        "device": torch.cuda.get_device_name() if device.startswith("cuda") else device,
+        "torch": torch.__version__,
+        "layers": layers,
+        "tokens": 3137,
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+    }
     for dtype in (torch.float32, torch.bfloat16):
         hf_d = hf.to(dtype)
         hooked = HookedViViT.from_hf_model(hf_d).to(device)
@@ -48,8 +53,13 @@ def run(device: str, layers: int) -> dict:
         for attn in ("eager", "sdpa"):
             report = compare(hooked, hf_d, x, attn=attn)
             worst = report.worst()
-            entry[attn] = {"ok": report.ok(), "tolerance": report.tolerance, "worst": worst.name,
-                           "worst_rel": worst.max_rel, "logits_rel": report.rows[-1].max_rel}
+            entry[attn] = {
+                "ok": report.ok(),
+                "tolerance": report.tolerance,
+                "worst": worst.name,
+                "worst_rel": worst.max_rel,
+                "logits_rel": report.rows[-1].max_rel,
+            }
         with torch.inference_mode():
             hf_d.set_attn_implementation("sdpa")
             entry["hf_vs_fp32_logits_rel"] = relative_logit_error(hf_d(x.to(dtype)).logits, ref_fp32)

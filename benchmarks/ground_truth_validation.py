@@ -24,7 +24,9 @@ def ship(data: dict) -> str:
     for name in organism.ORGANISMS:
         path = organism.checkpoint_path(name)
         (path / VALIDATION_FILE).write_text(json.dumps(to_jsonable(data), indent=1) + "\n")
-        write_model_card(path, json.loads((path / "metrics.json").read_text()), json.loads((path / "probes.json").read_text()))
+        write_model_card(
+            path, json.loads((path / "metrics.json").read_text()), json.loads((path / "probes.json").read_text())
+        )
     table = validation.validation_markdown(data)
     validation.insert_table(ROOT / "README.md", table)
     return table
@@ -42,8 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_json:
         data = json.loads(args.from_json.read_text())
     else:
-        data = validation.validate(n_pairs=args.pairs, sanity_pairs=args.sanity_pairs, attribution_pairs=args.attribution_pairs,
-                                   n_controls=args.controls)
+        data = validation.validate(
+            n_pairs=args.pairs,
+            sanity_pairs=args.sanity_pairs,
+            attribution_pairs=args.attribution_pairs,
+            n_controls=args.controls,
+        )
         validation.write_validation(args.out, data, overwrite=True)  # replaces only an earlier validate output
     print(ship(data))
     return 0

@@ -27,13 +27,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--raw", type=Path, help="also keep every number of the studies here (JSON)")
     args = p.parse_args(argv)
     model = pipeline.load_model("organism")
-    studies = pipeline.run_study(model, args.domain, args.pairs, args.out, outcome_pairs=args.outcome_pairs, probe_pairs=args.probe_pairs, overwrite=True)
+    studies = pipeline.run_study(
+        model,
+        args.domain,
+        args.pairs,
+        args.out,
+        outcome_pairs=args.outcome_pairs,
+        probe_pairs=args.probe_pairs,
+        overwrite=True,
+    )
     if args.raw:
         args.raw.write_text(json.dumps(to_jsonable(studies)))
     summary = pipeline.study_summary(model, studies)
     from hooked_vivit import organism
 
-    (organism.checkpoint_path() / pipeline.STUDY_SUMMARY).write_text(json.dumps(to_jsonable(summary), separators=(",", ":")) + "\n")
+    (organism.checkpoint_path() / pipeline.STUDY_SUMMARY).write_text(
+        json.dumps(to_jsonable(summary), separators=(",", ":")) + "\n"
+    )
     (ROOT / "docs" / "organism_study.md").write_text(pipeline.study_tables_markdown(summary))
     print((ROOT / "docs" / "organism_study.md").read_text())
     return 0

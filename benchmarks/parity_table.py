@@ -14,8 +14,20 @@ from hooked_vivit.testing import SMALL_CONFIGS, make_hf, pixels
 def main() -> int:
     configs = dict(SMALL_CONFIGS)
     base = VivitConfig().to_dict()
-    configs["vivit-b/kinetics400 (3137 tokens)"] = {k: base[k] for k in ("image_size", "num_frames", "tubelet_size", "hidden_size", "num_hidden_layers",
-                                                                       "num_attention_heads", "intermediate_size", "hidden_act", "layer_norm_eps")} | {"num_labels": 400}
+    configs["vivit-b/kinetics400 (3137 tokens)"] = {
+        k: base[k]
+        for k in (
+            "image_size",
+            "num_frames",
+            "tubelet_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "hidden_act",
+            "layer_norm_eps",
+        )
+    } | {"num_labels": 400}
     print("| config | worst (eager: logits, resid, patterns) | where | sdpa logits |")
     print("|---|---|---|---|")
     for name, kw in configs.items():

@@ -14,8 +14,8 @@ import json
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from transformers import VivitConfig, VivitForVideoClassification
@@ -60,9 +60,11 @@ def time_cases(cases: dict[str, Callable[[], object]], device: str, warmup: int,
 
 def cache_case(model, x: torch.Tensor, names) -> Callable[[], None]:
     """A timed case: run_with_cache, then drop the cache."""
+
     def run() -> None:
         _, cache = model.run_with_cache(x, names_filter=names)
         del cache
+
     return run
 
 
@@ -83,7 +85,11 @@ def forward_benchmark(device: str, dtype: torch.dtype, batch: int, layers: int, 
     hf_sdpa, hf_eager, hooked = build_models(device, dtype, layers)
     x = torch.randn(batch, 32, 3, 224, 224, device=device, dtype=dtype)
     n = hooked.cfg.n_layers
-    with_patterns = [f"blocks.{l}.attn.hook_pattern" for l in range(n)] + [f"blocks.{l}.hook_resid_pre" for l in range(n)] + [f"blocks.{n - 1}.hook_resid_post"]
+    with_patterns = (
+        [f"blocks.{l}.attn.hook_pattern" for l in range(n)]
+        + [f"blocks.{l}.hook_resid_pre" for l in range(n)]
+        + [f"blocks.{n - 1}.hook_resid_post"]
+    )
 
     cases = {
         "hf_sdpa": lambda: hf_sdpa(x),
@@ -91,7 +97,9 @@ def forward_benchmark(device: str, dtype: torch.dtype, batch: int, layers: int, 
         "hooked": lambda: hooked(x),
         "hf_sdpa(output_hidden_states)": lambda: hf_sdpa(x, output_hidden_states=True),
         "hooked cache(all but patterns/scores)": cache_case(hooked, x, without_maps),
-        "hf_eager(output_attentions+hidden_states)": lambda: hf_eager(x, output_attentions=True, output_hidden_states=True),
+        "hf_eager(output_attentions+hidden_states)": lambda: hf_eager(
+            x, output_attentions=True, output_hidden_states=True
+        ),
         "hooked cache(patterns+resid)": cache_case(hooked, x, with_patterns),
         "hooked attention_rows(cls, every layer)": lambda: hooked.attention_rows(x, queries="cls"),
     }
@@ -100,9 +108,16 @@ def forward_benchmark(device: str, dtype: torch.dtype, batch: int, layers: int, 
     ratios = {
         "hooked / hf_sdpa": times["hooked"] / times["hf_sdpa"],
         "hooked / hf_eager": times["hooked"] / times["hf_eager"],
-        "hooked cache(all but patterns/scores) / hf_sdpa(output_hidden_states)": times["hooked cache(all but patterns/scores)"] / times["hf_sdpa(output_hidden_states)"],
-        "hooked cache(patterns+resid) / hf_eager(output_attentions+hidden_states)": times["hooked cache(patterns+resid)"] / times["hf_eager(output_attentions+hidden_states)"],
-        "CLS rows of every layer and head / plain SDPA forward": times["hooked attention_rows(cls, every layer)"] / times["hooked"],
+        "hooked cache(all but patterns/scores) / hf_sdpa(output_hidden_states)": times[
+            "hooked cache(all but patterns/scores)"
+        ]
+        / times["hf_sdpa(output_hidden_states)"],
+        "hooked cache(patterns+resid) / hf_eager(output_attentions+hidden_states)": times[
+            "hooked cache(patterns+resid)"
+        ]
+        / times["hf_eager(output_attentions+hidden_states)"],
+        "CLS rows of every layer and head / plain SDPA forward": times["hooked attention_rows(cls, every layer)"]
+        / times["hooked"],
     }
     return {"seconds": times, "ratios": ratios}
 
@@ -132,8 +147,13 @@ def measure_rows_memory(device: str, dtype: torch.dtype, layers: int, label: str
 
 def rows_memory_benchmark(device: str, dtype: torch.dtype, layers: int) -> dict:
     """Peak memory beyond the weights and input: CLS rows vs the full-pattern cache."""
-    memory = {label: measure_cache_memory_subprocess(device, args_dtype(dtype), layers, label) for label in ROWS_MEMORY_CASES}
-    ratios = {"CLS rows peak / full-pattern cache peak (extra bytes)": memory["attention_rows(cls)"]["peak_extra_bytes"] / memory["run_with_cache(patterns)"]["peak_extra_bytes"]}
+    memory = {
+        label: measure_cache_memory_subprocess(device, args_dtype(dtype), layers, label) for label in ROWS_MEMORY_CASES
+    }
+    ratios = {
+        "CLS rows peak / full-pattern cache peak (extra bytes)": memory["attention_rows(cls)"]["peak_extra_bytes"]
+        / memory["run_with_cache(patterns)"]["peak_extra_bytes"]
+    }
     return {"ratios": ratios, "memory": memory}
 
 
@@ -143,14 +163,21 @@ def videomae_benchmark(device: str, dtype: torch.dtype, batch: int, layers: int,
 
     from hooked_vivit import HookedVideoMAE
 
-    hf = VideoMAEForVideoClassification._from_config(VideoMAEConfig(num_labels=400, num_hidden_layers=layers), attn_implementation="sdpa").eval()
+    hf = VideoMAEForVideoClassification._from_config(
+        VideoMAEConfig(num_labels=400, num_hidden_layers=layers), attn_implementation="sdpa"
+    ).eval()
     assert hf.config._attn_implementation == "sdpa"
     hooked = HookedVideoMAE.from_hf_model(hf)
     hf, hooked = (m.to(device=device, dtype=dtype) for m in (hf, hooked))
     x = torch.randn(batch, 16, 3, 224, 224, device=device, dtype=dtype)
     with torch.inference_mode():
-        times = time_cases({"hf_sdpa VideoMAE": lambda: hf(x), "hooked VideoMAE": lambda: hooked(x)}, device, warmup, reps)
-    return {"seconds": times, "ratios": {"hooked VideoMAE / hf_sdpa VideoMAE": times["hooked VideoMAE"] / times["hf_sdpa VideoMAE"]}}
+        times = time_cases(
+            {"hf_sdpa VideoMAE": lambda: hf(x), "hooked VideoMAE": lambda: hooked(x)}, device, warmup, reps
+        )
+    return {
+        "seconds": times,
+        "ratios": {"hooked VideoMAE / hf_sdpa VideoMAE": times["hooked VideoMAE"] / times["hf_sdpa VideoMAE"]},
+    }
 
 
 def timesformer_benchmark(device: str, dtype: torch.dtype, batch: int, layers: int, warmup: int, reps: int) -> dict:
@@ -166,8 +193,16 @@ def timesformer_benchmark(device: str, dtype: torch.dtype, batch: int, layers: i
     hf, hooked = (m.to(device=device, dtype=dtype) for m in (hf, hooked))
     x = torch.randn(batch, 8, 3, 224, 224, device=device, dtype=dtype)
     with torch.inference_mode():
-        times = time_cases({"hf TimeSformer": lambda: hf(x), "hooked TimeSformer": lambda: hooked(x)}, device, warmup, reps)
-    return {"seconds": times, "ratios": {"hooked TimeSformer / hf TimeSformer (eager: its only attention)": times["hooked TimeSformer"] / times["hf TimeSformer"]}}
+        times = time_cases(
+            {"hf TimeSformer": lambda: hf(x), "hooked TimeSformer": lambda: hooked(x)}, device, warmup, reps
+        )
+    return {
+        "seconds": times,
+        "ratios": {
+            "hooked TimeSformer / hf TimeSformer (eager: its only attention)": times["hooked TimeSformer"]
+            / times["hf TimeSformer"]
+        },
+    }
 
 
 def video_benchmark(reps: int) -> dict:
@@ -189,11 +224,18 @@ def video_benchmark(reps: int) -> dict:
     torch.set_num_threads(1)
     try:
         times = time_cases(cases, "cpu", 1, reps)
-        times["render_pair(bowling, 32x224x224), 1 thread"] = time_cases({"r": lambda: synthetic.render_pair("bowling", 1)}, "cpu", 1, reps)["r"]
-        times["render_pair(golf, 32x224x224), 1 thread"] = time_cases({"r": lambda: synthetic.render_pair("golf", 1)}, "cpu", 1, reps)["r"]
+        times["render_pair(bowling, 32x224x224), 1 thread"] = time_cases(
+            {"r": lambda: synthetic.render_pair("bowling", 1)}, "cpu", 1, reps
+        )["r"]
+        times["render_pair(golf, 32x224x224), 1 thread"] = time_cases(
+            {"r": lambda: synthetic.render_pair("golf", 1)}, "cpu", 1, reps
+        )["r"]
     finally:
         torch.set_num_threads(threads)
-    ratios = {"preprocess / VivitImageProcessor": times["hooked_vivit.video.preprocess(32x360x640)"] / times["VivitImageProcessor(32x360x640)"]}
+    ratios = {
+        "preprocess / VivitImageProcessor": times["hooked_vivit.video.preprocess(32x360x640)"]
+        / times["VivitImageProcessor(32x360x640)"]
+    }
     return {"seconds": times, "ratios": ratios}
 
 
@@ -221,7 +263,9 @@ def patching_benchmark(device: str, dtype: torch.dtype, layers: int, reps: int) 
 
     def tl_loop():
         for act in ("attn_out", "mlp_out"):
-            generic_activation_patch(hooked, corrupted, clean_cache, metric.mean_over_batch, whole, act, index_df=layer_df)
+            generic_activation_patch(
+                hooked, corrupted, clean_cache, metric.mean_over_batch, whole, act, index_df=layer_df
+            )
 
     def plain_forwards():
         for _ in range(len(patches)):
@@ -229,7 +273,9 @@ def patching_benchmark(device: str, dtype: torch.dtype, layers: int, reps: int) 
 
     cases = {
         f"{len(patches)} plain forwards": plain_forwards,
-        f"batched sweep of {len(patches)} components": lambda: patching.run_patches(hooked, patches, source_cache=clean_cache, target=corrupted, metric=metric, progress=False),
+        f"batched sweep of {len(patches)} components": lambda: patching.run_patches(
+            hooked, patches, source_cache=clean_cache, target=corrupted, metric=metric, progress=False
+        ),
         "TransformerLens generic_activation_patch loop": tl_loop,
     }
     import transformer_lens.patching as tlp
@@ -277,7 +323,10 @@ def attribution_before_issue_18(model, clean, corrupted, metric, acts=("resid_pr
             logits = model(x)
         values = metric_rows(metric, logits, {})
         grads = torch.autograd.grad(values.sum(), [stored[n] for n in names])
-    return [((clean_cache[n].to(stored[n].dtype) - stored[n].detach()) * g).sum(-1).mean(0).detach().float().cpu() for n, g in zip(names, grads)]
+    return [
+        ((clean_cache[n].to(stored[n].dtype) - stored[n].detach()) * g).sum(-1).mean(0).detach().float().cpu()
+        for n, g in zip(names, grads)
+    ]
 
 
 def attribution_benchmark(device: str, dtype: torch.dtype, layers: int, reps: int) -> dict:
@@ -294,13 +343,20 @@ def attribution_benchmark(device: str, dtype: torch.dtype, layers: int, reps: in
     half = list(range(n // 2, n))
     new = attribution_patch(hooked, clean, corrupted, metric)
     old = attribution_before_issue_18(hooked, clean, corrupted, metric)
-    same = max(float((new.scores[a][l] - o.float().cpu()).abs().max()) for (a, l), o in zip([(a, l) for a in new.scores for l in range(n)], old))
+    same = max(
+        float((new.scores[a][l] - o.float().cpu()).abs().max())
+        for (a, l), o in zip([(a, l) for a in new.scores for l in range(n)], old)
+    )
     cases = {
         "one forward": lambda: hooked(corrupted),
         "one forward (inference_mode)": lambda: torch.inference_mode()(hooked)(corrupted),
-        "attribution patching (clean fwd + corrupted fwd + bwd)": lambda: attribution_patch(hooked, clean, corrupted, metric),
+        "attribution patching (clean fwd + corrupted fwd + bwd)": lambda: attribution_patch(
+            hooked, clean, corrupted, metric
+        ),
         "attribution patching before issue 18": lambda: attribution_before_issue_18(hooked, clean, corrupted, metric),
-        f"attribution patching, layers {half[0]}-{half[-1]}": lambda: attribution_patch(hooked, clean, corrupted, metric, layers=half),
+        f"attribution patching, layers {half[0]}-{half[-1]}": lambda: attribution_patch(
+            hooked, clean, corrupted, metric, layers=half
+        ),
     }
     with torch.inference_mode(False):
         times = time_cases(cases, device, 0, reps)
@@ -308,8 +364,14 @@ def attribution_benchmark(device: str, dtype: torch.dtype, layers: int, reps: in
     ratios = {
         "attribution patching / one forward": times["attribution patching (clean fwd + corrupted fwd + bwd)"] / one,
         "attribution patching before issue 18 / one forward": times["attribution patching before issue 18"] / one,
-        "attribution patching / one forward (inference_mode)": times["attribution patching (clean fwd + corrupted fwd + bwd)"] / times["one forward (inference_mode)"],
-        f"attribution patching, layers {half[0]}-{half[-1]} / one forward": times[f"attribution patching, layers {half[0]}-{half[-1]}"] / one,
+        "attribution patching / one forward (inference_mode)": times[
+            "attribution patching (clean fwd + corrupted fwd + bwd)"
+        ]
+        / times["one forward (inference_mode)"],
+        f"attribution patching, layers {half[0]}-{half[-1]} / one forward": times[
+            f"attribution patching, layers {half[0]}-{half[-1]}"
+        ]
+        / one,
     }
     return {"seconds": times, "ratios": ratios, "max |new - before| score": same}
 
@@ -333,11 +395,22 @@ def make_bridge(hf_model):
             self.component_mapping["embed"] = VivitEmbeddingsBridge(name="vivit.embeddings")
 
     c = hf_model.config
-    n_ctx = 1 + (c.num_frames // c.tubelet_size[0]) * (c.image_size // c.tubelet_size[1]) * (c.image_size // c.tubelet_size[2])
+    n_ctx = 1 + (c.num_frames // c.tubelet_size[0]) * (c.image_size // c.tubelet_size[1]) * (
+        c.image_size // c.tubelet_size[2]
+    )
     cfg = TransformerBridgeConfig(
-        d_model=c.hidden_size, d_head=c.hidden_size // c.num_attention_heads, n_layers=c.num_hidden_layers, n_ctx=n_ctx,
-        n_heads=c.num_attention_heads, d_vocab=c.num_labels, d_mlp=c.intermediate_size, act_fn=c.hidden_act, eps=c.layer_norm_eps,
-        architecture="ViTForImageClassification", original_architecture="VivitForVideoClassification", normalization_type="LN",
+        d_model=c.hidden_size,
+        d_head=c.hidden_size // c.num_attention_heads,
+        n_layers=c.num_hidden_layers,
+        n_ctx=n_ctx,
+        n_heads=c.num_attention_heads,
+        d_vocab=c.num_labels,
+        d_mlp=c.intermediate_size,
+        act_fn=c.hidden_act,
+        eps=c.layer_norm_eps,
+        architecture="ViTForImageClassification",
+        original_architecture="VivitForVideoClassification",
+        normalization_type="LN",
     )
     adapter = VivitBridgeAdapter(cfg)
     adapter.prepare_model(hf_model)
@@ -408,16 +481,36 @@ def measure_cache_memory(device: str, dtype: torch.dtype, layers: int, label: st
 
     before, peak = PeakMemory(device).measure(run)
     extra = peak - before
-    return {"weights_bytes": weights, "cached_bytes": held["bytes"], "peak_extra_bytes": extra,
-            "ratio": (weights + extra) / (weights + held["bytes"])}
+    return {
+        "weights_bytes": weights,
+        "cached_bytes": held["bytes"],
+        "peak_extra_bytes": extra,
+        "ratio": (weights + extra) / (weights + held["bytes"]),
+    }
 
 
 def measure_cache_memory_subprocess(device: str, dtype: str, layers: int, label: str) -> dict:
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "benchmarks.run", "--memory-case", label, "--device", device, "--dtype", dtype,
-                          "--layers", str(layers)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "--memory-case",
+            label,
+            "--device",
+            device,
+            "--dtype",
+            dtype,
+            "--layers",
+            str(layers),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -440,18 +533,26 @@ def bridge_and_memory_benchmark(device: str, dtype: torch.dtype, layers: int, re
         times = time_cases(cases, device, 1, reps)
     # Memory in a fresh process per case: a process that already ran other cases reuses freed
     # memory without growing its RSS, which would under-count the peak.
-    memory = {label: measure_cache_memory_subprocess(device, args_dtype(dtype), layers, label) for label in MEMORY_CASES}
+    memory = {
+        label: measure_cache_memory_subprocess(device, args_dtype(dtype), layers, label) for label in MEMORY_CASES
+    }
     ratios = {
         "hooked forward / bridge forward": times["hooked forward"] / times["bridge forward"],
-        "hooked cache / bridge cache (all but patterns/scores)": times["hooked cache(all but patterns/scores)"] / times["bridge cache(all but patterns/scores)"],
+        "hooked cache / bridge cache (all but patterns/scores)": times["hooked cache(all but patterns/scores)"]
+        / times["bridge cache(all but patterns/scores)"],
         **{f"run_with_cache peak / (weights + cached), {k}": v["ratio"] for k, v in memory.items()},
     }
     return {"seconds": times, "ratios": ratios, "memory": memory}
 
 
 def to_markdown(results: dict) -> str:
-    lines = [f"# Benchmarks ({results['meta']['device_name']}, {results['meta']['dtype']}, batch {results['meta']['batch']}, "
-             f"{results['meta']['layers']} layers)", "", "| ratio | measured | goal | met |", "|---|---|---|---|"]
+    lines = [
+        f"# Benchmarks ({results['meta']['device_name']}, {results['meta']['dtype']}, batch {results['meta']['batch']}, "
+        f"{results['meta']['layers']} layers)",
+        "",
+        "| ratio | measured | goal | met |",
+        "|---|---|---|---|",
+    ]
     for name, value in results.get("forward", {}).get("ratios", {}).items():
         goal = GOALS.get(name)
         met = "" if goal is None else ("yes" if value <= goal else "no")
@@ -459,7 +560,9 @@ def to_markdown(results: dict) -> str:
     for section in ("videomae", "timesformer", "rows_memory", "bridge", "patching", "attribution", "video"):
         for name, value in results.get(section, {}).get("ratios", {}).items():
             goal = GOALS.get(name)
-            lines.append(f"| {name} | {value:.3f} | {'' if goal is None else f'<= {goal}'} | {'' if goal is None else ('yes' if value <= goal else 'no')} |")
+            lines.append(
+                f"| {name} | {value:.3f} | {'' if goal is None else f'<= {goal}'} | {'' if goal is None else ('yes' if value <= goal else 'no')} |"
+            )
     lines += ["", "| case | median seconds |", "|---|---|"]
     for section in ("forward", "videomae", "timesformer", "bridge", "patching", "attribution", "video"):
         lines += [f"| {k} | {v:.4f} |" for k, v in results.get(section, {}).get("seconds", {}).items()]
@@ -476,18 +579,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--memory-case", choices=list(MEMORY_CASES) + list(ROWS_MEMORY_CASES), help=argparse.SUPPRESS)
-    p.add_argument("--no-rows-memory", action="store_true", help="skip the (slow, ~6 GB) rows-vs-full-pattern memory comparison")
-    p.add_argument("--only", choices=["forward", "videomae", "timesformer", "bridge", "patching", "attribution", "video"], default=None, help="run one section")
+    p.add_argument(
+        "--no-rows-memory", action="store_true", help="skip the (slow, ~6 GB) rows-vs-full-pattern memory comparison"
+    )
+    p.add_argument(
+        "--only",
+        choices=["forward", "videomae", "timesformer", "bridge", "patching", "attribution", "video"],
+        default=None,
+        help="run one section",
+    )
     args = p.parse_args(argv)
     dtype = getattr(torch, args.dtype)
     if args.memory_case:  # the child process of measure_cache_memory_subprocess
         measure = measure_rows_memory if args.memory_case in ROWS_MEMORY_CASES else measure_cache_memory
         print(json.dumps(measure(args.device, dtype, args.layers, args.memory_case)))
         return 0
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    device_name = (
+        torch.cuda.get_device_name()
+        if args.device.startswith("cuda")
+        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    )
     results = {
-        "meta": {"device": args.device, "device_name": device_name, "dtype": args.dtype, "batch": args.batch,
-                 "layers": args.layers, "torch": torch.__version__, "reps": args.reps},
+        "meta": {
+            "device": args.device,
+            "device_name": device_name,
+            "dtype": args.dtype,
+            "batch": args.batch,
+            "layers": args.layers,
+            "torch": torch.__version__,
+            "reps": args.reps,
+        },
     }
     if args.only in (None, "forward"):
         results["forward"] = forward_benchmark(args.device, dtype, args.batch, args.layers, args.warmup, args.reps)
@@ -496,7 +617,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "videomae"):
         results["videomae"] = videomae_benchmark(args.device, dtype, args.batch, args.layers, args.warmup, args.reps)
     if args.only in (None, "timesformer"):
-        results["timesformer"] = timesformer_benchmark(args.device, dtype, args.batch, args.layers, args.warmup, args.reps)
+        results["timesformer"] = timesformer_benchmark(
+            args.device, dtype, args.batch, args.layers, args.warmup, args.reps
+        )
     if args.only in (None, "bridge"):
         results["bridge"] = bridge_and_memory_benchmark(args.device, dtype, args.layers, args.reps)
     if args.only in (None, "patching"):

@@ -62,9 +62,14 @@ def main() -> None:
             src = ActivationSource(model, hook, data, batch_size=2048, clip_batch=args.clip_batch, buffer_tokens=16384)
             got = sum(len(a) for a, _ in src)
             assert got == n_tokens, (got, n_tokens)
+
         return run
 
-    cases = {"plain forward": plain, "source blocks.2.hook_resid_post": source("blocks.2.hook_resid_post"), f"source {last}": source(last)}
+    cases = {
+        "plain forward": plain,
+        "source blocks.2.hook_resid_post": source("blocks.2.hook_resid_post"),
+        f"source {last}": source(last),
+    }
     for fn in cases.values():  # warm-up
         fn()
     times = {k: {"cpu": [], "wall": []} for k in cases}
@@ -74,16 +79,30 @@ def main() -> None:
             fn()
             times[name]["cpu"].append(time.process_time() - c0)
             times[name]["wall"].append(time.perf_counter() - w0)
-    res = {"clips": args.clips, "tokens": n_tokens, "torch_threads": torch.get_num_threads(), "platform": platform.platform(), "cases": {}}
+    res = {
+        "clips": args.clips,
+        "tokens": n_tokens,
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "cases": {},
+    }
     base = statistics.median(times["plain forward"]["cpu"])
     base_wall = statistics.median(times["plain forward"]["wall"])
     for name, t in times.items():
         cpu, wall = statistics.median(t["cpu"]), statistics.median(t["wall"])
-        res["cases"][name] = {"cpu_s": cpu, "wall_s": wall, "tokens_per_cpu_s": n_tokens / cpu, "tokens_per_wall_s": n_tokens / wall,
-                              "rate_vs_plain_cpu": base / cpu, "rate_vs_plain_wall": base_wall / wall}
+        res["cases"][name] = {
+            "cpu_s": cpu,
+            "wall_s": wall,
+            "tokens_per_cpu_s": n_tokens / cpu,
+            "tokens_per_wall_s": n_tokens / wall,
+            "rate_vs_plain_cpu": base / cpu,
+            "rate_vs_plain_wall": base_wall / wall,
+        }
     for name, r in res["cases"].items():
-        print(f"{name:40s} {r['tokens_per_cpu_s']:9.0f} tok/CPU-s ({r['rate_vs_plain_cpu']:.2f}x plain)  "
-              f"{r['tokens_per_wall_s']:9.0f} tok/wall-s ({r['rate_vs_plain_wall']:.2f}x)")
+        print(
+            f"{name:40s} {r['tokens_per_cpu_s']:9.0f} tok/CPU-s ({r['rate_vs_plain_cpu']:.2f}x plain)  "
+            f"{r['tokens_per_wall_s']:9.0f} tok/wall-s ({r['rate_vs_plain_wall']:.2f}x)"
+        )
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "sae_throughput.json").write_text(json.dumps(res, indent=1) + "\n")

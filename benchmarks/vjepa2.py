@@ -25,10 +25,16 @@ from hooked_vivit import HookedVJEPA2
 GOAL = 1.05  # hooked / hf_sdpa
 
 
-def vjepa2_benchmark(device: str, dtype: torch.dtype, batch: int, layers: int, frames: int, warmup: int, reps: int, eager: bool) -> dict:
+def vjepa2_benchmark(
+    device: str, dtype: torch.dtype, batch: int, layers: int, frames: int, warmup: int, reps: int, eager: bool
+) -> dict:
     config = dict(frames_per_clip=frames, num_labels=174, num_hidden_layers=layers, pred_num_hidden_layers=1)
     torch.manual_seed(0)
-    hf = VJEPA2ForVideoClassification._from_config(VJEPA2Config(**config), attn_implementation="sdpa").eval().to(device, dtype)
+    hf = (
+        VJEPA2ForVideoClassification._from_config(VJEPA2Config(**config), attn_implementation="sdpa")
+        .eval()
+        .to(device, dtype)
+    )
     hooked = HookedVJEPA2.from_hf_model(hf).to(device)
     x = torch.randn(batch, frames, 3, 256, 256, generator=torch.Generator().manual_seed(1)).to(device, dtype)
 
@@ -41,7 +47,11 @@ def vjepa2_benchmark(device: str, dtype: torch.dtype, batch: int, layers: int, f
 
     cases = {"hf_sdpa": lambda: hf(x), "hooked": lambda: hooked(x)}
     if eager:
-        hf_eager = VJEPA2ForVideoClassification._from_config(VJEPA2Config(**config), attn_implementation="eager").eval().to(device, dtype)
+        hf_eager = (
+            VJEPA2ForVideoClassification._from_config(VJEPA2Config(**config), attn_implementation="eager")
+            .eval()
+            .to(device, dtype)
+        )
         hf_eager.load_state_dict(hf.state_dict())
         cases.update({"hf_eager": lambda: hf_eager(x), "hooked explicit (use_sdpa=False)": hooked_explicit})
     with torch.inference_mode():
@@ -60,13 +70,21 @@ def vjepa2_benchmark(device: str, dtype: torch.dtype, batch: int, layers: int, f
 
 def to_markdown(results: dict) -> str:
     c = results["config"]
-    lines = [f"# V-JEPA 2 forward ({results['meta']['device_name']}, {results['meta']['dtype']}, batch {c['batch']}, "
-             f"{c['layers']} encoder layers, {c['frames']} frames x 256 px = {c['tokens']} tokens)", "",
-             "| ratio | measured | goal | met |", "|---|---|---|---|"]
+    lines = [
+        f"# V-JEPA 2 forward ({results['meta']['device_name']}, {results['meta']['dtype']}, batch {c['batch']}, "
+        f"{c['layers']} encoder layers, {c['frames']} frames x 256 px = {c['tokens']} tokens)",
+        "",
+        "| ratio | measured | goal | met |",
+        "|---|---|---|---|",
+    ]
     for name, value in results["ratios"].items():
         goal = GOAL if name.endswith("/ hf_sdpa") else None
-        lines.append(f"| {name} | {value:.3f} | {'' if goal is None else f'<= {goal}'} | {'' if goal is None else ('yes' if value <= goal else 'no')} |")
-    lines += ["", "| case | median seconds |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in results["seconds"].items()]
+        lines.append(
+            f"| {name} | {value:.3f} | {'' if goal is None else f'<= {goal}'} | {'' if goal is None else ('yes' if value <= goal else 'no')} |"
+        )
+    lines += ["", "| case | median seconds |", "|---|---|"] + [
+        f"| {k} | {v:.3f} |" for k, v in results["seconds"].items()
+    ]
     lines += ["", f"max |hooked - hf_sdpa| on the logits: {results['max_abs_logit_diff']:.2e}"]
     return "\n".join(lines) + "\n"
 
@@ -80,13 +98,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--eager", action="store_true", help="also time HF eager against the hooked explicit path (use_sdpa=False)")
+    p.add_argument(
+        "--eager", action="store_true", help="also time HF eager against the hooked explicit path (use_sdpa=False)"
+    )
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     dtype = getattr(torch, args.dtype)
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    results = vjepa2_benchmark(args.device, dtype, args.batch, args.layers, args.frames, args.warmup, args.reps, args.eager)
-    results["meta"] = {"device": args.device, "device_name": device_name, "dtype": args.dtype, "torch": torch.__version__, "reps": args.reps}
+    device_name = (
+        torch.cuda.get_device_name()
+        if args.device.startswith("cuda")
+        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    )
+    results = vjepa2_benchmark(
+        args.device, dtype, args.batch, args.layers, args.frames, args.warmup, args.reps, args.eager
+    )
+    results["meta"] = {
+        "device": args.device,
+        "device_name": device_name,
+        "dtype": args.dtype,
+        "torch": torch.__version__,
+        "reps": args.reps,
+    }
     md = to_markdown(results)
     print(md)
     if args.out:

@@ -1,8 +1,8 @@
 """hooked-vivit: TransformerLens-style interpretability for video transformers (ViViT, VideoMAE).
 
-    from hooked_vivit import HookedViViT
-    model = HookedViViT.from_pretrained("path/to/vivit")       # or google/vivit-b-16x2-kinetics400
-    logits, cache = model.run_with_cache(pixel_values)          # [batch, frames, 3, H, W]
+from hooked_vivit import HookedViViT
+model = HookedViViT.from_pretrained("path/to/vivit")       # or google/vivit-b-16x2-kinetics400
+logits, cache = model.run_with_cache(pixel_values)          # [batch, frames, 3, H, W]
 """
 
 from hooked_vivit.config import HookedViViTConfig

@@ -10,8 +10,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import cv2
 import numpy as np
@@ -47,7 +48,9 @@ def ablation_hook(
     pos = resolve_positions(model, positions)
     pos_axis = hook_layout.pos_axis(hook_name, model.cfg)  # an attention map's query axis
     if pos is not None and pos_axis is None:
-        raise ValueError(f"{hook_name} has no token axis (it fires on the pooled vector); ablate it with positions=None")
+        raise ValueError(
+            f"{hook_name} has no token axis (it fires on the pooled vector); ablate it with positions=None"
+        )
     if mode in ("resample",) and reference is None:
         raise ValueError("resample ablation needs reference activations (another video's cache entry)")
     if mode not in ("zero", "mean", "resample"):
@@ -70,7 +73,9 @@ def ablation_hook(
         else:
             assert ref is not None
             if ref.shape[1:] != act.shape[1:]:
-                raise ValueError(f"reference activation for {hook_name} has shape {tuple(ref.shape)}, the run {tuple(act.shape)}")
+                raise ValueError(
+                    f"reference activation for {hook_name} has shape {tuple(ref.shape)}, the run {tuple(act.shape)}"
+                )
             act[index_t] = ref.to(act.device, act.dtype).expand(act.shape[0], *act.shape[1:])[index_t]
         return act
 
@@ -92,7 +97,14 @@ def ablate(
         return model.run_with_hooks(pixel_values, fwd_hooks=[(hook_name, hook)])
 
 
-def token_region_ablation(model: HookedVideoTransformer, pixel_values: torch.Tensor, region: PositionGroup, *, mode: Mode = "zero", reference: torch.Tensor | None = None) -> torch.Tensor:
+def token_region_ablation(
+    model: HookedVideoTransformer,
+    pixel_values: torch.Tensor,
+    region: PositionGroup,
+    *,
+    mode: Mode = "zero",
+    reference: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Ablate the tubelet embeddings (``hook_embed``) of a token region."""
     return ablate(model, pixel_values, "hook_embed", region, mode=mode, reference=reference)
 
@@ -109,29 +121,42 @@ class PixelBox:
     x1: int
 
     @classmethod
-    def from_tokens(cls, grid: Any, positions: Sequence[int]) -> "PixelBox":
+    def from_tokens(cls, grid: Any, positions: Sequence[int]) -> PixelBox:
         """The pixel box covering a set of patch tokens."""
-        boxes = [grid.pixel_box(p) for p in positions if grid.coords(p) is not None]  # a CLS token has no pixels; VideoMAE's token 0 does
+        boxes = [
+            grid.pixel_box(p) for p in positions if grid.coords(p) is not None
+        ]  # a CLS token has no pixels; VideoMAE's token 0 does
         if not boxes:
             raise ValueError("no patch tokens given (CLS has no pixels)")
         return cls(
-            min(b[0].start for b in boxes), max(b[0].stop for b in boxes),
-            min(b[1].start for b in boxes), max(b[1].stop for b in boxes),
-            min(b[2].start for b in boxes), max(b[2].stop for b in boxes),
+            min(b[0].start for b in boxes),
+            max(b[0].stop for b in boxes),
+            min(b[1].start for b in boxes),
+            max(b[1].stop for b in boxes),
+            min(b[2].start for b in boxes),
+            max(b[2].stop for b in boxes),
         )
 
     @classmethod
-    def from_mask(cls, mask: np.ndarray, margin: int = 0) -> "PixelBox":
+    def from_mask(cls, mask: np.ndarray, margin: int = 0) -> PixelBox:
         """The bounding box of a boolean mask [T, H, W] (e.g. a synthetic pair's ball and pins)."""
         t, y, x = np.nonzero(mask)
         if len(t) == 0:
             raise ValueError("the mask is empty")
         T, H, W = mask.shape
-        return cls(int(t.min()), int(t.max()) + 1, max(0, int(y.min()) - margin), min(H, int(y.max()) + 1 + margin),
-                   max(0, int(x.min()) - margin), min(W, int(x.max()) + 1 + margin))
+        return cls(
+            int(t.min()),
+            int(t.max()) + 1,
+            max(0, int(y.min()) - margin),
+            min(H, int(y.max()) + 1 + margin),
+            max(0, int(x.min()) - margin),
+            min(W, int(x.max()) + 1 + margin),
+        )
 
 
-def ablate_pixels(pixel_values: torch.Tensor, box: PixelBox, *, mode: str = "zero", blur_sigma: float = 8.0, config: Any = None) -> torch.Tensor:
+def ablate_pixels(
+    pixel_values: torch.Tensor, box: PixelBox, *, mode: str = "zero", blur_sigma: float = 8.0, config: Any = None
+) -> torch.Tensor:
     """A copy of pixel values [B, T, C, H, W] with the box ablated.
 
     ``zero``: 0 in normalised units (what zeroing the model's input means); ``black``: the value of
@@ -168,7 +193,9 @@ def ablate_pixels(pixel_values: torch.Tensor, box: PixelBox, *, mode: str = "zer
     return out
 
 
-def ablate_pixel_mask(pixel_values: torch.Tensor, mask: np.ndarray | torch.Tensor, *, mode: str = "zero", config: Any = None) -> torch.Tensor:
+def ablate_pixel_mask(
+    pixel_values: torch.Tensor, mask: np.ndarray | torch.Tensor, *, mode: str = "zero", config: Any = None
+) -> torch.Tensor:
     """A copy of pixel values [B, T, C, H, W] with the pixels of a boolean ``mask`` ([T, H, W], or
     [B, T, H, W]: one mask per row) set to 0 (``zero``, normalised units) or black (``black``: ViViT's
     -3, or with ``config``, a model or its config, that model's own black pixel per channel)."""
@@ -228,12 +255,21 @@ def topk_table(before: torch.Tensor, after: torch.Tensor, id2label: Mapping[int,
         before, after = before[0], after[0]
     rows = []
     for entry in top_k(before, id2label, k)[0]:
-        rows.append({"class": entry.index, "name": entry.label, "before": entry.logit, "after": float(after[entry.index]),
-                     "delta": float(after[entry.index]) - entry.logit})
+        rows.append(
+            {
+                "class": entry.index,
+                "name": entry.label,
+                "before": entry.logit,
+                "after": float(after[entry.index]),
+                "delta": float(after[entry.index]) - entry.logit,
+            }
+        )
     return rows
 
 
 def format_topk_table(rows: list[dict]) -> str:
     lines = [f"{'class':>5}  {'name':<28} {'before':>9} {'after':>9} {'delta':>8}"]
-    lines += [f"{r['class']:>5}  {r['name']:<28} {r['before']:>9.4f} {r['after']:>9.4f} {r['delta']:>+8.4f}" for r in rows]
+    lines += [
+        f"{r['class']:>5}  {r['name']:<28} {r['before']:>9.4f} {r['after']:>9.4f} {r['delta']:>+8.4f}" for r in rows
+    ]
     return "\n".join(lines)

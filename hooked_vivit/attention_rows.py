@@ -16,8 +16,9 @@ the corresponding rows of ``hook_pattern``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float

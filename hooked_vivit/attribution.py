@@ -9,9 +9,10 @@ Only input gradients are taken (``torch.autograd.grad``), never parameter gradie
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
@@ -42,7 +43,7 @@ class AttributionResult:
             s = s.sum(-1)
         return self.grid.unflatten(s, dim=1)[1].sum(dim=(-1, -2))
 
-    def by_component(self, act: str) -> Float[torch.Tensor, "n_layers"]:
+    def by_component(self, act: str) -> Float[torch.Tensor, n_layers]:
         """Sum over all tokens: the estimate for patching the whole component of each layer."""
         s = self.scores[act]
         return s.sum(dim=tuple(range(1, s.ndim)))
@@ -116,7 +117,9 @@ def attribution_patch(
     if clean_cache is None:
         last = max(layers)
         with torch.inference_mode():
-            _, clean_cache = model.run_with_cache(clean, names_filter=names, stop_at_layer=last + 1 if last < n_layers else None)
+            _, clean_cache = model.run_with_cache(
+                clean, names_filter=names, stop_at_layer=last + 1 if last < n_layers else None
+            )
     corrupted = model.validate_input(corrupted)
     # The leaf: the residual stream entering the earliest attributed block (a metric reading an
     # earlier hook gets its value from the graph-free prefix, which does not depend on the leaf).
@@ -145,7 +148,9 @@ def attribution_patch(
             grads = torch.autograd.grad(values.sum(), targets, allow_unused=True)
 
     scores: dict[str, list[torch.Tensor]] = {a: [] for a in acts}
-    for (name, act, grad), a in zip(((n, stored[n], g) for n, g in zip(names, grads)), [a for a in acts for _ in layer_list]):
+    for (name, act, grad), a in zip(
+        ((n, stored[n], g) for n, g in zip(names, grads)), [a for a in acts for _ in layer_list]
+    ):
         delta = clean_cache[name].to(act.device, act.dtype) - act.detach()
         g = torch.zeros_like(act) if grad is None else grad
         # Sum over the feature axes, mean over the batch: one number per position (and head),

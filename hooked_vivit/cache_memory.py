@@ -7,7 +7,8 @@ A full ViViT-B cache with attention patterns and scores is about 11 GB per clip:
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from transformer_lens import ActivationCache
@@ -95,14 +96,18 @@ class VideoActivationCache(ActivationCache):
         try:
             name = key if isinstance(key, str) else get_act_name(*key)
         except Exception:  # noqa: BLE001 - any malformed key gets the message below
-            return HookNameError(f"cache key {key!r} is not a hook name or a (name, layer[, sublayer]) tuple such as ('resid_pre', 3)")
+            return HookNameError(
+                f"cache key {key!r} is not a hook name or a (name, layer[, sublayer]) tuple such as ('resid_pre', 3)"
+            )
         model = self.model
         try:
             layered = isinstance(key, str) and get_act_name(key, 0) in model.hook_dict
         except Exception:  # noqa: BLE001
             layered = False
         if layered and name not in model.hook_dict:
-            return HookNameError(f"cache key {key!r} needs a layer: cache[{key!r}, layer] with layer in 0..{model.cfg.n_layers - 1}")
+            return HookNameError(
+                f"cache key {key!r} needs a layer: cache[{key!r}, layer] with layer in 0..{model.cfg.n_layers - 1}"
+            )
         if name in model.hook_dict and not model._fires(name):
             return HookNameError(model._dead_hook_message(name))
         if name in model.hook_dict:
@@ -112,8 +117,16 @@ class VideoActivationCache(ActivationCache):
             )
         return HookNameError(f"cache key {key!r}: " + model._unknown_hook_message(name))
 
-    def decompose_resid(self, layer: int | None = None, mlp_input: bool = False, mode: str = "all", apply_ln: bool = False,
-                        pos_slice: Any = None, incl_embeds: bool = True, return_labels: bool = False) -> Any:
+    def decompose_resid(
+        self,
+        layer: int | None = None,
+        mlp_input: bool = False,
+        mode: str = "all",
+        apply_ln: bool = False,
+        pos_slice: Any = None,
+        incl_embeds: bool = True,
+        return_labels: bool = False,
+    ) -> Any:
         """TransformerLens's decomposition; on a model with more residual writers than embed, pos_embed,
         attn_out and mlp_out (TimeSformer: time_embed, temporal_attn_out) it stacks all of them, in
         forward order, so the stack still sums to the residual stream."""
@@ -125,8 +138,10 @@ class VideoActivationCache(ActivationCache):
         pos_slice = pos_slice if isinstance(pos_slice, Slice) else Slice(pos_slice)
         layer = self.model.cfg.n_layers if layer is None or layer == -1 else layer
         if apply_ln and layer < self.model.cfg.n_layers and not mlp_input:
-            raise ValueError(f"apply_ln at block {layer}'s input: on this model ln1 reads the stream after the temporal attention, "
-                             "not resid_pre; use layer=None (ln_final) or mlp_input=True (ln2)")
+            raise ValueError(
+                f"apply_ln at block {layer}'s input: on this model ln1 reads the stream after the temporal attention, "
+                "not resid_pre; use layer=None (ln_final) or mlp_input=True (ln2)"
+            )
         names, labels = writers(layer, mlp_input=mlp_input, mode=mode, incl_embeds=incl_embeds)
         components = torch.stack([pos_slice.apply(self[n], dim=-2) for n in names], dim=0)
         if apply_ln:
@@ -144,7 +159,10 @@ class VideoActivationCache(ActivationCache):
             g[0] += 1
             g[2] += v.numel() * v.element_size()
         rows = sorted(groups.items(), key=lambda kv: -kv[1][2])
-        lines = [f"VideoActivationCache: {len(self.cache_dict)} hooks, {_gb(self.nbytes())}" + ("" if self.has_batch_dim else ", batch dim removed")]
+        lines = [
+            f"VideoActivationCache: {len(self.cache_dict)} hooks, {_gb(self.nbytes())}"
+            + ("" if self.has_batch_dim else ", batch dim removed")
+        ]
         for key, (count, shape, nbytes) in rows[:max_rows]:
             lines.append(f"  {key:<28} x{count:<3} {str(list(shape)):<26} {_gb(nbytes)}")
         if len(rows) > max_rows:

@@ -29,9 +29,10 @@ import json
 import math
 import os
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -68,14 +69,18 @@ def read_collection(source: str | Path) -> list[Clip]:
     """The clips of a folder (recursively, sorted by relative path) or of a CSV / JSONL manifest."""
     source = Path(source).expanduser()
     if source.is_dir():
-        files = sorted((p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES),
-                       key=lambda p: p.relative_to(source).as_posix())
+        files = sorted(
+            (p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES),
+            key=lambda p: p.relative_to(source).as_posix(),
+        )
         if not files:
             raise ManifestError(f"{source}: no video files in this folder (looked for {', '.join(VIDEO_SUFFIXES)})")
         clips = []
         for i, p in enumerate(files):
             rel = p.relative_to(source)
-            clips.append(Clip(i, rel.as_posix(), str(p), label=rel.parent.as_posix() if rel.parent != Path(".") else None))
+            clips.append(
+                Clip(i, rel.as_posix(), str(p), label=rel.parent.as_posix() if rel.parent != Path(".") else None)
+            )
         return clips
     if not source.is_file():
         raise FileNotFoundError(f"{source}: no such folder of videos or manifest file")
@@ -96,13 +101,17 @@ def _csv_rows(source: Path) -> list[tuple[int, dict]]:
     with open(source, newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames:
-            raise ManifestError(f"{source}: empty CSV; expected a header row with columns {', '.join(MANIFEST_COLUMNS)}")
+            raise ManifestError(
+                f"{source}: empty CSV; expected a header row with columns {', '.join(MANIFEST_COLUMNS)}"
+            )
         _check_columns(source, 1, [c.strip() for c in reader.fieldnames])
         out = []
         for row in reader:
             cells = {k.strip(): (v.strip() if isinstance(v, str) else v) for k, v in row.items() if k is not None}
             if None in row:
-                raise ManifestError(f"{source}, line {reader.line_num}: more cells than the header's {len(reader.fieldnames)} columns")
+                raise ManifestError(
+                    f"{source}, line {reader.line_num}: more cells than the header's {len(reader.fieldnames)} columns"
+                )
             if any(cells.values()):  # blank lines carry nothing
                 out.append((reader.line_num, {k: v for k, v in cells.items() if v not in ("", None)}))
         return out
@@ -118,7 +127,9 @@ def _jsonl_rows(source: Path) -> list[tuple[int, dict]]:
         except ValueError as e:
             raise ManifestError(f"{source}, line {line_no}: not JSON ({e})") from None
         if not isinstance(row, dict):
-            raise ManifestError(f"{source}, line {line_no}: expected one JSON object per line, got {type(row).__name__}")
+            raise ManifestError(
+                f"{source}, line {line_no}: expected one JSON object per line, got {type(row).__name__}"
+            )
         _check_columns(source, line_no, list(row))
         out.append((line_no, {k: v for k, v in row.items() if v is not None and v != ""}))
     return out
@@ -127,7 +138,9 @@ def _jsonl_rows(source: Path) -> list[tuple[int, dict]]:
 def _check_columns(source: Path, line: int, columns: list[str]) -> None:
     unknown = [c for c in columns if c not in MANIFEST_COLUMNS]
     if unknown:
-        raise ManifestError(f"{source}, line {line}: unknown column(s) {', '.join(map(repr, unknown))}; expected {', '.join(MANIFEST_COLUMNS)}")
+        raise ManifestError(
+            f"{source}, line {line}: unknown column(s) {', '.join(map(repr, unknown))}; expected {', '.join(MANIFEST_COLUMNS)}"
+        )
 
 
 def _clip(source: Path, line: int, index: int, row: dict) -> Clip:
@@ -168,21 +181,27 @@ def group_pairs(clips: Sequence[Clip], source: Any = "the manifest") -> list[tup
     pairs: dict[str, dict[str, Clip]] = {}
     for c in clips:
         if c.pair is None or c.role is None:
-            raise ManifestError(f"{source}: {c.file} has no {'pair id' if c.pair is None else 'role'}; study --pairs needs "
-                                "columns pair and role (positive / negative) on every row")
+            raise ManifestError(
+                f"{source}: {c.file} has no {'pair id' if c.pair is None else 'role'}; study --pairs needs "
+                "columns pair and role (positive / negative) on every row"
+            )
         roles = pairs.setdefault(c.pair, {})
         if c.role in roles:
             raise ManifestError(f"{source}: pair {c.pair!r} has two {c.role} clips ({roles[c.role].file}, {c.file})")
         roles[c.role] = c
     incomplete = [p for p, r in pairs.items() if len(r) != 2]
     if incomplete:
-        raise ManifestError(f"{source}: pair(s) {', '.join(map(repr, incomplete[:5]))} lack a "
-                            f"{'negative' if 'positive' in pairs[incomplete[0]] else 'positive'} clip; each pair needs one of each role")
+        raise ManifestError(
+            f"{source}: pair(s) {', '.join(map(repr, incomplete[:5]))} lack a "
+            f"{'negative' if 'positive' in pairs[incomplete[0]] else 'positive'} clip; each pair needs one of each role"
+        )
     return [(p, r["positive"], r["negative"]) for p, r in pairs.items()]
 
 
 # ---------------------------------------------------------------------------------------- decoding
-def read_clip(path: str | Path, num_frames: int, start: float | None = None, end: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def read_clip(
+    path: str | Path, num_frames: int, start: float | None = None, end: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 RGB frames [T, H, W, 3], the frame indices taken): ``num_frames`` spread evenly over the
     clip, or over its part from ``start`` to ``end`` seconds. Without start and end these are exactly
     ``hooked_vivit.video.load_video``'s frames (uniform sampling; a short clip repeats its last frame)."""
@@ -204,8 +223,10 @@ def read_clip(path: str | Path, num_frames: int, start: float | None = None, end
     def wanted(n: int) -> np.ndarray:
         last = n if stop is None else min(stop, n)
         if first >= last:
-            raise VideoReadError(f"{path}: start {start or 0:g} s (frame {first}) is past the end of the used part "
-                                 f"(the clip has {n} frames at {fps:g} fps)")
+            raise VideoReadError(
+                f"{path}: start {start or 0:g} s (frame {first}) is past the end of the used part "
+                f"(the clip has {n} frames at {fps:g} fps)"
+            )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a short clip is padded; the frame indices show it
             return first + sample_indices(last - first, num_frames)
@@ -246,9 +267,12 @@ class ClipDataset(torch.utils.data.Dataset):
 
 def collate(items: list[dict]) -> dict:
     ok = [it for it in items if "error" not in it]
-    return {"clips": [it["clip"] for it in ok], "frames": [it["frames"] for it in ok],
-            "pixels": torch.stack([it["pixels"] for it in ok]) if ok else None,
-            "errors": [(it["clip"], it["error"]) for it in items if "error" in it]}
+    return {
+        "clips": [it["clip"] for it in ok],
+        "frames": [it["frames"] for it in ok],
+        "pixels": torch.stack([it["pixels"] for it in ok]) if ok else None,
+        "errors": [(it["clip"], it["error"]) for it in items if "error" in it],
+    }
 
 
 def _quiet_worker(_: int) -> None:
@@ -256,12 +280,20 @@ def _quiet_worker(_: int) -> None:
     warnings.simplefilter("ignore")
 
 
-def clip_loader(clips: Sequence[Clip], config: Any, batches: list[list[int]], *, workers: int = 2, pin_memory: bool = False) -> Iterator[dict]:
+def clip_loader(
+    clips: Sequence[Clip], config: Any, batches: list[list[int]], *, workers: int = 2, pin_memory: bool = False
+) -> Iterator[dict]:
     """Decoded batches in the given order: ``batches`` lists positions in ``clips``; ``workers``
     processes decode ahead of the model (0: decode in this process)."""
-    loader = torch.utils.data.DataLoader(ClipDataset(clips, config), batch_sampler=batches, collate_fn=collate, num_workers=workers,
-                                         worker_init_fn=_quiet_worker if workers else None, pin_memory=pin_memory,
-                                         prefetch_factor=4 if workers else None)
+    loader = torch.utils.data.DataLoader(
+        ClipDataset(clips, config),
+        batch_sampler=batches,
+        collate_fn=collate,
+        num_workers=workers,
+        worker_init_fn=_quiet_worker if workers else None,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if workers else None,
+    )
     yield from loader
 
 
@@ -281,7 +313,7 @@ class Distributed:
         self.device = torch.device(device)
         self._joined = False
 
-    def __enter__(self) -> "Distributed":
+    def __enter__(self) -> Distributed:
         import torch.distributed as dist
 
         if self.world > 1 and not dist.is_initialized():

@@ -12,9 +12,10 @@ d_head other than d_model / n_heads (transformers' head_dim), d_mlp = 0, no laye
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from transformer_lens.config import TransformerLensConfig
@@ -125,8 +126,7 @@ class HookedViViTConfig(TransformerLensConfig):
         self.tubelet_size = tuple(int(s) for s in self.tubelet_size)  # type: ignore[assignment]
         if len(self.image_size) != 2 or len(self.tubelet_size) != 3:
             raise ValueError(
-                f"image_size must be (H, W) and tubelet_size (t, h, w); got {self.image_size} "
-                f"and {self.tubelet_size}"
+                f"image_size must be (H, W) and tubelet_size (t, h, w); got {self.image_size} and {self.tubelet_size}"
             )
         if self.pooling not in ("first", "mean", "attentive"):  # attentive: V-JEPA 2's pooler (hooked_vivit.vjepa2)
             raise ValueError(f"pooling must be 'first', 'mean' or 'attentive', got {self.pooling!r}")
@@ -175,8 +175,13 @@ class HookedViViTConfig(TransformerLensConfig):
         H, W = self.image_size  # type: ignore[misc]
         # Floors, as transformers' Conv3d (stride = kernel) and its position-embedding count.
         return TokenGrid(
-            self.num_frames // t, H // h, W // w, tubelet_size=self.tubelet_size,
-            num_frames=self.num_frames, image_size=self.image_size, n_prefix=self.n_prefix_tokens,  # type: ignore[arg-type]
+            self.num_frames // t,
+            H // h,
+            W // w,
+            tubelet_size=self.tubelet_size,
+            num_frames=self.num_frames,
+            image_size=self.image_size,
+            n_prefix=self.n_prefix_tokens,  # type: ignore[arg-type]
         )
 
     @property
@@ -185,7 +190,7 @@ class HookedViViTConfig(TransformerLensConfig):
 
     # ------------------------------------------------------------------ HF config <-> ours
     @classmethod
-    def from_hf_config(cls, hf_config: Any, **overrides: Any) -> "HookedViViTConfig":
+    def from_hf_config(cls, hf_config: Any, **overrides: Any) -> HookedViViTConfig:
         """Build from a `transformers.VivitConfig` or its config.json dict."""
         d = hf_config if isinstance(hf_config, Mapping) else hf_config.to_dict()
         model_type = d.get("model_type", "vivit")
@@ -284,7 +289,9 @@ class HookedViViTConfig(TransformerLensConfig):
         H, W = self.image_size  # type: ignore[misc]
         unseen = (self.num_frames - g.covered_frames.stop, H - g.covered_rows.stop, W - g.covered_cols.stop)
         unseen_text = (
-            f" (no token sees the last {unseen[0]} frames, {unseen[1]} pixel rows, {unseen[2]} pixel cols)" if any(unseen) else ""
+            f" (no token sees the last {unseen[0]} frames, {unseen[1]} pixel rows, {unseen[2]} pixel cols)"
+            if any(unseen)
+            else ""
         )
         return (
             f"{type(self).__name__}({self.model_name!r}: {self.n_layers} layers x {heads}, "

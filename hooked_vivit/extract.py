@@ -49,9 +49,10 @@ import re
 import secrets
 import signal
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -63,12 +64,22 @@ VERSION = 1
 INDEX = "index.json"
 SHARD = "shard-{:05d}.safetensors"
 # The names extract writes into its resume folder (output_dir's resume mode deletes only these).
-OWNED = r"shard-\d{5,}\.safetensors|\.shard-\d{5,}\.safetensors\.[0-9a-f]+\.tmp|index\.json|\.index\.json\.[0-9a-f]+\.tmp"
+OWNED = (
+    r"shard-\d{5,}\.safetensors|\.shard-\d{5,}\.safetensors\.[0-9a-f]+\.tmp|index\.json|\.index\.json\.[0-9a-f]+\.tmp"
+)
 _TEMP = re.compile(r"\.(shard-\d{5,}\.safetensors|index\.json)\.[0-9a-f]+\.tmp")
 MAX_SHARD_CLIPS = 256  # the default cap: how much a lost process redoes, and how finely ranks share the work
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
-_KILL_ENV = "HOOKED_VIVIT_TEST_KILL"  # tests only: "after:K[:RANK]" or "writing:K[:RANK]", SIGKILL at this process's K-th shard
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+_KILL_ENV = (
+    "HOOKED_VIVIT_TEST_KILL"  # tests only: "after:K[:RANK]" or "writing:K[:RANK]", SIGKILL at this process's K-th shard
+)
 
 
 # ---------------------------------------------------------------------------------------- settings
@@ -90,7 +101,9 @@ def resolve_hooks(model: Any, hooks: str | Sequence[str]) -> list[str]:
 
     patterns = [h.strip() for h in (hooks.split(",") if isinstance(hooks, str) else hooks) if h and h.strip()]
     if not patterns:
-        raise ValueError("--hooks: no hook named; give names such as blocks.3.hook_resid_post (see hooked-vivit info --hooks)")
+        raise ValueError(
+            "--hooks: no hook named; give names such as blocks.3.hook_resid_post (see hooked-vivit info --hooks)"
+        )
     names = list(model.hook_dict)
     chosen: list[str] = []
     for p in patterns:
@@ -100,10 +113,17 @@ def resolve_hooks(model: Any, hooks: str | Sequence[str]) -> list[str]:
         model.check_hook_names(matched)  # unknown names (with the nearest real ones), hooks that cannot fire
         for n in matched:
             shape = hook_shape(model.cfg, n, 1)
-            if shape is None or len(shape) < 2 or shape[1] != model.cfg.n_ctx or n.endswith(("hook_attn_scores", "hook_pattern")):
-                raise ValueError(f"--hooks {n}: its activation has shape {list(shape or [])} (batch first), without a token axis of "
-                                 f"n_ctx = {model.cfg.n_ctx} second; extract stores per-token activations [batch, tokens, ...] "
-                                 "(residual stream, attn_out, mlp_out, hook_z, mlp.hook_post, ...)")
+            if (
+                shape is None
+                or len(shape) < 2
+                or shape[1] != model.cfg.n_ctx
+                or n.endswith(("hook_attn_scores", "hook_pattern"))
+            ):
+                raise ValueError(
+                    f"--hooks {n}: its activation has shape {list(shape or [])} (batch first), without a token axis of "
+                    f"n_ctx = {model.cfg.n_ctx} second; extract stores per-token activations [batch, tokens, ...] "
+                    "(residual stream, attn_out, mlp_out, hook_z, mlp.hook_post, ...)"
+                )
             if n not in chosen:
                 chosen.append(n)
     return sorted(chosen, key=names.index)
@@ -115,8 +135,10 @@ def parse_positions(spec: str | Sequence[int], grid: Any) -> list[int]:
         kind = spec.strip().lower()
         if kind == "cls":
             if grid.n_prefix != 1:
-                raise ValueError(f"--positions cls: this model has no CLS token ({grid.n_prefix} prefix tokens; it pools the token "
-                                 "mean); use all, patches or token indices")
+                raise ValueError(
+                    f"--positions cls: this model has no CLS token ({grid.n_prefix} prefix tokens; it pools the token "
+                    "mean); use all, patches or token indices"
+                )
             return [0]
         return list(range(grid.n_ctx)) if kind == "all" else list(range(grid.n_prefix, grid.n_ctx))
     try:
@@ -125,8 +147,10 @@ def parse_positions(spec: str | Sequence[int], grid: Any) -> list[int]:
         raise ValueError(f"--positions {spec!r}: expected cls, all, patches or comma-separated token indices") from None
     bad = [t for t in tokens if not 0 <= t < grid.n_ctx]
     if bad or not tokens or len(set(tokens)) != len(tokens):
-        raise ValueError(f"--positions {spec!r}: expected distinct token indices in [0, {grid.n_ctx})"
-                         + (f"; {bad[0]} is outside" if bad else ""))
+        raise ValueError(
+            f"--positions {spec!r}: expected distinct token indices in [0, {grid.n_ctx})"
+            + (f"; {bad[0]} is outside" if bad else "")
+        )
     return tokens
 
 
@@ -136,7 +160,9 @@ def position_table(grid: Any, tokens: Sequence[int]) -> list[dict]:
         coords = grid.coords(t)
         entry = {"token": t, "label": grid.label(t), "frame_slot": None, "row": None, "col": None, "frames": None}
         if coords is not None:
-            entry.update(frame_slot=coords[0], row=coords[1], col=coords[2], frames=list(grid.frames_of_slot(coords[0])))
+            entry.update(
+                frame_slot=coords[0], row=coords[1], col=coords[2], frames=list(grid.frames_of_slot(coords[0]))
+            )
         out.append(entry)
     return out
 
@@ -158,7 +184,16 @@ def _weights_fingerprint(model: Any) -> float:
 
 # ---------------------------------------------------------------------------------------- extraction
 class _Plan:
-    def __init__(self, model: Any, clips: list[Clip], hooks: Any, positions: Any, dtype: Any, shard_clips: int | None, shard_mb: float):
+    def __init__(
+        self,
+        model: Any,
+        clips: list[Clip],
+        hooks: Any,
+        positions: Any,
+        dtype: Any,
+        shard_clips: int | None,
+        shard_mb: float,
+    ):
         from hooked_vivit.cache_memory import hook_shape
 
         self.clips = clips
@@ -176,12 +211,29 @@ class _Plan:
         self.n_shards = math.ceil(len(clips) / shard_clips)
         layers = [int(m.group(1)) for h in self.hooks if (m := re.match(r"blocks\.(\d+)\.", h))]
         in_blocks = len(layers) + sum(h in ("hook_embed", "hook_pos_embed") for h in self.hooks) == len(self.hooks)
-        self.stop_at_layer = (max(layers) + 1 if layers else 0) if in_blocks else None  # skip the blocks after the last hook
+        self.stop_at_layer = (
+            (max(layers) + 1 if layers else 0) if in_blocks else None
+        )  # skip the blocks after the last hook
         cfg = model.cfg
-        self.model_info = {"name": cfg.model_name, "model_type": getattr(model, "model_type", None), "weights_fingerprint": _weights_fingerprint(model),
-                           "num_frames": cfg.num_frames, "image_size": list(cfg.image_size), "tubelet_size": list(cfg.tubelet_size), "n_ctx": cfg.n_ctx}
-        self.settings = {"format_version": VERSION, "model": self.model_info, "collection": collection_digest(clips), "clips": len(clips),
-                         "hooks": self.hooks, "positions": self.tokens, "dtype": str(self.dtype).removeprefix("torch."), "shard_clips": shard_clips}
+        self.model_info = {
+            "name": cfg.model_name,
+            "model_type": getattr(model, "model_type", None),
+            "weights_fingerprint": _weights_fingerprint(model),
+            "num_frames": cfg.num_frames,
+            "image_size": list(cfg.image_size),
+            "tubelet_size": list(cfg.tubelet_size),
+            "n_ctx": cfg.n_ctx,
+        }
+        self.settings = {
+            "format_version": VERSION,
+            "model": self.model_info,
+            "collection": collection_digest(clips),
+            "clips": len(clips),
+            "hooks": self.hooks,
+            "positions": self.tokens,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "shard_clips": shard_clips,
+        }
         self.digest = _digest(self.settings)
         self.grid = cfg.grid
 
@@ -214,7 +266,9 @@ def _kill_point(when: str, count: int, rank: int) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _write_shard(folder: Path, k: int, tensors: dict[str, torch.Tensor], metadata: dict[str, str], count: int, rank: int) -> None:
+def _write_shard(
+    folder: Path, k: int, tensors: dict[str, torch.Tensor], metadata: dict[str, str], count: int, rank: int
+) -> None:
     from safetensors.torch import save_file
 
     final = folder / SHARD.format(k)
@@ -234,40 +288,69 @@ def _write_shard(folder: Path, k: int, tensors: dict[str, torch.Tensor], metadat
     _kill_point("after", count, rank)
 
 
-def _forward(model: Any, pixels: torch.Tensor, plan: _Plan, token_index: torch.Tensor | None) -> dict[str, torch.Tensor]:
+def _forward(
+    model: Any, pixels: torch.Tensor, plan: _Plan, token_index: torch.Tensor | None
+) -> dict[str, torch.Tensor]:
     captured: dict[str, torch.Tensor] = {}
 
     def grab(act: torch.Tensor, hook: Any) -> None:
         picked = act if token_index is None else act.index_select(1, token_index)
-        captured[hook.name] = picked.to(dtype=plan.dtype, device="cpu", copy=True).flatten(0, 1)  # [batch * positions, ...]
+        captured[hook.name] = picked.to(dtype=plan.dtype, device="cpu", copy=True).flatten(
+            0, 1
+        )  # [batch * positions, ...]
 
     with torch.inference_mode():
-        model.run_with_hooks(pixels, return_type=None, stop_at_layer=plan.stop_at_layer, fwd_hooks=[(h, grab) for h in plan.hooks])
+        model.run_with_hooks(
+            pixels, return_type=None, stop_at_layer=plan.stop_at_layer, fwd_hooks=[(h, grab) for h in plan.hooks]
+        )
     return captured
 
 
-def _extract_shards(model: Any, plan: _Plan, folder: Path, dist: Distributed, *, batch_size: int, workers: int, progress: bool) -> int:
+def _extract_shards(
+    model: Any, plan: _Plan, folder: Path, dist: Distributed, *, batch_size: int, workers: int, progress: bool
+) -> int:
     """This rank's unfinished shards: decode (workers), run, write. Returns the clips it processed."""
     from tqdm.auto import tqdm
 
-    mine = [k for k in range(dist.rank, plan.n_shards, dist.world)
-            if (_shard_metadata(folder / SHARD.format(k)) or {}).get("settings") != plan.digest]
-    batches = [(k, list(plan.shard_range(k))[i : i + batch_size]) for k in mine for i in range(0, len(plan.shard_range(k)), batch_size)]
+    mine = [
+        k
+        for k in range(dist.rank, plan.n_shards, dist.world)
+        if (_shard_metadata(folder / SHARD.format(k)) or {}).get("settings") != plan.digest
+    ]
+    batches = [
+        (k, list(plan.shard_range(k))[i : i + batch_size])
+        for k in mine
+        for i in range(0, len(plan.shard_range(k)), batch_size)
+    ]
     device = model.W_E.device
     token_index = None if plan.tokens == list(range(model.cfg.n_ctx)) else torch.tensor(plan.tokens, device=device)
     P = len(plan.tokens)
-    loader = clip_loader(plan.clips, model.cfg, [b for _, b in batches], workers=workers, pin_memory=device.type == "cuda")
-    bar = tqdm(total=sum(len(b) for _, b in batches), desc=f"extract (rank {dist.rank})", disable=not progress, unit="clip")
+    loader = clip_loader(
+        plan.clips, model.cfg, [b for _, b in batches], workers=workers, pin_memory=device.type == "cuda"
+    )
+    bar = tqdm(
+        total=sum(len(b) for _, b in batches), desc=f"extract (rank {dist.rank})", disable=not progress, unit="clip"
+    )
     shard, acts, entries, errors, written = None, {}, [], [], 0
 
     def flush() -> None:
         nonlocal written
         rows = sum(e["rows"] for e in entries)
-        tensors = {h: torch.cat(acts[h]) if acts[h] else torch.empty((0, *plan.shapes[h]), dtype=plan.dtype) for h in plan.hooks}
+        tensors = {
+            h: torch.cat(acts[h]) if acts[h] else torch.empty((0, *plan.shapes[h]), dtype=plan.dtype)
+            for h in plan.hooks
+        }
         tensors["row.clip"] = torch.tensor([e["clip"] for e in entries for _ in range(P)], dtype=torch.int64)
         tensors["row.token"] = torch.tensor(plan.tokens * len(entries), dtype=torch.int64)
-        meta = {"format": FORMAT, "version": str(VERSION), "settings": plan.digest, "shard": str(shard), "rows": str(rows),
-                "clips": json.dumps(entries), "errors": json.dumps(errors)}
+        meta = {
+            "format": FORMAT,
+            "version": str(VERSION),
+            "settings": plan.digest,
+            "shard": str(shard),
+            "rows": str(rows),
+            "clips": json.dumps(entries),
+            "errors": json.dumps(errors),
+        }
         written += 1
         _write_shard(folder, shard, tensors, meta, written, dist.rank)
 
@@ -298,29 +381,62 @@ def _write_index(folder: Path, plan: _Plan, source: str, world: int) -> dict:
     for k in range(plan.n_shards):
         meta = _shard_metadata(folder / SHARD.format(k))
         if meta is None or meta.get("settings") != plan.digest:
-            raise RuntimeError(f"shard {k} is missing after every rank finished (was a rank's output lost?); rerun the command to redo it")
+            raise RuntimeError(
+                f"shard {k} is missing after every rank finished (was a rank's output lost?); rerun the command to redo it"
+            )
         for e in json.loads(meta["clips"]):
-            clips[e["clip"]].update(frame_indices=e["frame_indices"], shard=k, rows=[e["first_row"], e["first_row"] + e["rows"]])
+            clips[e["clip"]].update(
+                frame_indices=e["frame_indices"], shard=k, rows=[e["first_row"], e["first_row"] + e["rows"]]
+            )
         for e in json.loads(meta["errors"]):
             clips[e["clip"]]["error"] = e["reason"]
             errors.append(e)
         r = plan.shard_range(k)
         shards.append({"file": SHARD.format(k), "clips": [r.start, r.stop], "rows": int(meta["rows"])})
-    index = {"format": FORMAT, "version": VERSION, "written_by": "hooked-vivit extract", "source": source, "model": plan.model_info,
-             "hooks": {h: {"shape": plan.shapes[h], "dtype": plan.settings["dtype"]} for h in plan.hooks},
-             "positions": {"spec": plan.positions_spec, "tokens": position_table(plan.grid, plan.tokens)}, "rows_per_clip": len(plan.tokens),
-             "shard_clips": plan.shard_clips, "shards": shards, "clips": clips, "errors": errors,
-             "totals": {"clips": len(clips), "extracted": len(clips) - len(errors), "errors": len(errors),
-                        "rows": sum(s["rows"] for s in shards)}, "world_size": world, "settings": plan.settings}
+    index = {
+        "format": FORMAT,
+        "version": VERSION,
+        "written_by": "hooked-vivit extract",
+        "source": source,
+        "model": plan.model_info,
+        "hooks": {h: {"shape": plan.shapes[h], "dtype": plan.settings["dtype"]} for h in plan.hooks},
+        "positions": {"spec": plan.positions_spec, "tokens": position_table(plan.grid, plan.tokens)},
+        "rows_per_clip": len(plan.tokens),
+        "shard_clips": plan.shard_clips,
+        "shards": shards,
+        "clips": clips,
+        "errors": errors,
+        "totals": {
+            "clips": len(clips),
+            "extracted": len(clips) - len(errors),
+            "errors": len(errors),
+            "rows": sum(s["rows"] for s in shards),
+        },
+        "world_size": world,
+        "settings": plan.settings,
+    }
     tmp = folder / f".{INDEX}.{secrets.token_hex(4)}.tmp"
     tmp.write_text(json.dumps(index, indent=1) + "\n")
     os.replace(tmp, folder / INDEX)
     return index
 
 
-def extract(model: Any, videos: str | Path, out: str | Path, *, hooks: str | Sequence[str], positions: str | Sequence[int] = "cls",
-            dtype: str | torch.dtype | None = None, batch_size: int = 8, workers: int = 2, shard_clips: int | None = None,
-            shard_mb: float = 1024, device: str = "cpu", overwrite: bool = False, progress: bool = True) -> dict:
+def extract(
+    model: Any,
+    videos: str | Path,
+    out: str | Path,
+    *,
+    hooks: str | Sequence[str],
+    positions: str | Sequence[int] = "cls",
+    dtype: str | torch.dtype | None = None,
+    batch_size: int = 8,
+    workers: int = 2,
+    shard_clips: int | None = None,
+    shard_mb: float = 1024,
+    device: str = "cpu",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
     """Extract ``hooks`` at ``positions`` for every clip of ``videos`` (a folder or a CSV / JSONL
     manifest, see hooked_vivit.collection) into ``out`` (format: module docstring). ``model`` is a
     hooked model or a checkpoint name / directory ("organism"). Under torchrun every rank calls
@@ -330,12 +446,16 @@ def extract(model: Any, videos: str | Path, out: str | Path, *, hooks: str | Seq
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     clips = read_collection(videos)  # a bad manifest fails before anything else
-    local_model = Path(model).expanduser() if isinstance(model, (str, Path)) and Path(model).expanduser().is_dir() else None
+    local_model = (
+        Path(model).expanduser() if isinstance(model, (str, Path)) and Path(model).expanduser().is_dir() else None
+    )
     with Distributed(device) as dist, ExitStack() as stack:
         reserved, error = None, None
         if dist.is_main:
             try:
-                reserved = stack.enter_context(OutputDir(out, overwrite=overwrite, inputs=[videos, local_model], writer="hooked-vivit extract"))
+                reserved = stack.enter_context(
+                    OutputDir(out, overwrite=overwrite, inputs=[videos, local_model], writer="hooked-vivit extract")
+                )
             except Exception as e:  # noqa: BLE001  every rank learns of it
                 error = e
         dist.agree(error)
@@ -355,10 +475,17 @@ def extract(model: Any, videos: str | Path, out: str | Path, *, hooks: str | Seq
                 error = e
         dist.agree(error)
         folder = Path(dist.broadcast(str(folder) if folder else None))
-        processed = _extract_shards(model, plan, folder, dist, batch_size=batch_size, workers=workers, progress=progress and dist.is_main)
+        processed = _extract_shards(
+            model, plan, folder, dist, batch_size=batch_size, workers=workers, progress=progress and dist.is_main
+        )
         dist.barrier()  # every shard exists
         index = _write_index(folder, plan, str(videos), dist.world) if dist.is_main else None
-    summary = {"clips": len(clips), "shards": plan.n_shards, "processed_here": processed, "seconds": time.perf_counter() - t0}
+    summary = {
+        "clips": len(clips),
+        "shards": plan.n_shards,
+        "processed_here": processed,
+        "seconds": time.perf_counter() - t0,
+    }
     if index is not None:
         summary.update(extracted=index["totals"]["extracted"], errors=index["errors"], index=index)
     return summary
@@ -375,12 +502,15 @@ def read_index(out: str | Path) -> dict:
     if index.get("format") != FORMAT:
         raise ValueError(f"{path}: not a hooked-vivit activations index (format {index.get('format')!r})")
     if index.get("version", 0) > VERSION:
-        raise ValueError(f"{path}: format version {index['version']} is newer than this hooked-vivit reads ({VERSION}); upgrade")
+        raise ValueError(
+            f"{path}: format version {index['version']} is newer than this hooked-vivit reads ({VERSION}); upgrade"
+        )
     return index
 
 
-def iter_activations(out: str | Path, hook: str, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
-                     ) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+def iter_activations(
+    out: str | Path, hook: str, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
     """One (activations, provenance) per shard, in row order, for one hook of an extract output:
     activations [rows, *shape] (the stored dtype unless ``dtype``), provenance {"clip", "token",
     "frame_slot", "row", "col"} int64 [rows] (-1 for a token with no place on the grid, CLS). The
@@ -403,10 +533,14 @@ def iter_activations(out: str | Path, hook: str, *, dtype: torch.dtype | None = 
         yield (acts if dtype is None else acts.to(dtype)), prov
 
 
-def load_activations(out: str | Path, hook: str, *, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def load_activations(
+    out: str | Path, hook: str, *, dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Every row of one hook at once: (activations [rows, *shape], provenance as iter_activations)."""
     parts = list(iter_activations(out, hook, dtype=dtype))
     if not parts:
         index = read_index(out)
-        return torch.empty((0, *index["hooks"][hook]["shape"])), {k: torch.empty(0, dtype=torch.int64) for k in ("clip", "token", "frame_slot", "row", "col")}
+        return torch.empty((0, *index["hooks"][hook]["shape"])), {
+            k: torch.empty(0, dtype=torch.int64) for k in ("clip", "token", "frame_slot", "row", "col")
+        }
     return torch.cat([a for a, _ in parts]), {k: torch.cat([p[k] for _, p in parts]) for k in parts[0][1]}

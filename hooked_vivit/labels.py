@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
 from importlib import resources
-from typing import Mapping, NamedTuple
+from typing import NamedTuple
 
 import torch
 
@@ -39,7 +40,10 @@ def top_k(logits: torch.Tensor, id2label: Mapping[int, str], k: int = 5) -> list
     probs = logits.softmax(-1)
     vals, idx = logits.topk(min(k, logits.shape[-1]), dim=-1)
     return [
-        [TopK(int(i), id2label.get(int(i), f"LABEL_{int(i)}"), float(v), float(probs[b, i])) for v, i in zip(vals[b], idx[b])]
+        [
+            TopK(int(i), id2label.get(int(i), f"LABEL_{int(i)}"), float(v), float(probs[b, i]))
+            for v, i in zip(vals[b], idx[b])
+        ]
         for b in range(logits.shape[0])
     ]
 

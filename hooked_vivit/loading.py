@@ -14,7 +14,12 @@ if TYPE_CHECKING:
     from hooked_vivit.model import HookedVideoTransformer
 
 REAL_VIVIT = "google/vivit-b-16x2-kinetics400"
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 _HOW_TO_GET = (
     "To use the real ViViT-B on a machine with network:\n"
@@ -67,8 +72,12 @@ def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
             state = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as e:
             raise ValueError(f"could not read {p} as a PyTorch checkpoint (weights_only=True): {e}") from e
-        if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-            raise ValueError(f"{p} holds a {type(state).__name__}, expected a state dict (a dict of parameter name -> tensor)")
+        if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+        ):
+            raise ValueError(
+                f"{p} holds a {type(state).__name__}, expected a state dict (a dict of parameter name -> tensor)"
+            )
         return state
 
     def load_st(p: Path) -> dict[str, torch.Tensor]:
@@ -98,13 +107,15 @@ def _shards(index: Path) -> list[Path]:
         raise ValueError(f"{index} is not valid JSON: {e}") from e
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
-        raise ValueError(f"{index} has no \"weight_map\"; expected {{\"weight_map\": {{parameter name: shard file name}}}}")
+        raise ValueError(f'{index} has no "weight_map"; expected {{"weight_map": {{parameter name: shard file name}}}}')
     directory = index.parent.resolve()
     shards = []
     for name in sorted(set(weight_map.values())):
         shard = (directory / str(name)).resolve()
         if not isinstance(name, str) or shard.parent != directory:
-            raise ValueError(f"{index} names the shard {name!r}, which is not a file in {index.parent}; shards must sit beside the index")
+            raise ValueError(
+                f"{index} names the shard {name!r}, which is not a file in {index.parent}; shards must sit beside the index"
+            )
         if not shard.is_file():
             raise FileNotFoundError(f"{index} names the shard {name!r}, but {shard} is missing")
         shards.append(shard)
@@ -120,7 +131,9 @@ def read_config(directory: Path) -> dict[str, Any]:
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from e
     if not isinstance(config, dict):
-        raise ValueError(f"{path} holds a JSON {type(config).__name__}, expected an object (a transformers VivitConfig)")
+        raise ValueError(
+            f"{path} holds a JSON {type(config).__name__}, expected an object (a transformers VivitConfig)"
+        )
     from weights_conversion import CONVERTERS
 
     if config.get("model_type") not in CONVERTERS:
@@ -143,7 +156,9 @@ def _read_preprocessor_config(directory: Path, config: dict[str, Any]) -> None:
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from e
     if isinstance(pre, dict):
-        config["preprocessor"] = {k: pre[k] for k in ("image_mean", "image_std", "rescale_factor", "do_rescale", "offset") if k in pre}
+        config["preprocessor"] = {
+            k: pre[k] for k in ("image_mean", "image_std", "rescale_factor", "do_rescale", "offset") if k in pre
+        }
 
 
 def load_checkpoint(name_or_path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -151,7 +166,7 @@ def load_checkpoint(name_or_path: str | Path) -> tuple[dict[str, Any], dict[str,
     return read_config(directory), read_state_dict(directory)
 
 
-def save_checkpoint(model: "HookedVideoTransformer", path: Path, *, layout: str, overwrite: bool) -> Path:
+def save_checkpoint(model: HookedVideoTransformer, path: Path, *, layout: str, overwrite: bool) -> Path:
     """config.json + model.safetensors, written to a temporary sibling and renamed into place."""
     from safetensors.torch import save_file
 
@@ -165,5 +180,9 @@ def save_checkpoint(model: "HookedVideoTransformer", path: Path, *, layout: str,
         config = model.cfg.to_hf_config_dict()
         config["torch_dtype"] = str(model.cfg.dtype).removeprefix("torch.")
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        save_file({k: v.contiguous() for k, v in state.items()}, tmp / "model.safetensors", metadata={"format": "pt", "layout": layout})
+        save_file(
+            {k: v.contiguous() for k, v in state.items()},
+            tmp / "model.safetensors",
+            metadata={"format": "pt", "layout": layout},
+        )
     return path

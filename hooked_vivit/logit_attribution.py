@@ -4,12 +4,14 @@ analyses (hooked_vivit.analysis) and the viewer read it."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 if TYPE_CHECKING:  # annotations only: the causal tools take any HookedVideoTransformer (ViViT, VideoMAE, ...)
     pass
+
 
 # ----------------------------------------------------------------- where the classifier reads
 # Every "cls" result below is read where the classifier reads the residual stream: the CLS token

@@ -24,8 +24,8 @@ Read at CLS (positions=0) or over the flattened all-token activation (positions=
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +40,7 @@ class Metric:
 
     hooks: tuple[str, ...] = ()
 
-    def __call__(self, logits: Logits, activations: Activations | None = None) -> Float[torch.Tensor, "batch"]:
+    def __call__(self, logits: Logits, activations: Activations | None = None) -> Float[torch.Tensor, batch]:
         raise NotImplementedError
 
     def mean_over_batch(self, logits: Logits) -> torch.Tensor:
@@ -73,7 +73,13 @@ class ClassLogit(Metric):
     labels: object = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        names = [self.c] if isinstance(self.c, str) else [c for c in self.c if isinstance(c, str)] if isinstance(self.c, (list, tuple)) else []
+        names = (
+            [self.c]
+            if isinstance(self.c, str)
+            else [c for c in self.c if isinstance(c, str)]
+            if isinstance(self.c, (list, tuple))
+            else []
+        )
         if not names:
             return
         if self.labels is None:
@@ -91,7 +97,10 @@ class ClassLogit(Metric):
                 import difflib
 
                 close = difflib.get_close_matches(c, list(label2id), n=3)
-                raise ValueError(f"unknown class name {c!r}" + (f"; nearest: {close}" if close else f"; the labels are {sorted(label2id)[:10]}..."))
+                raise ValueError(
+                    f"unknown class name {c!r}"
+                    + (f"; nearest: {close}" if close else f"; the labels are {sorted(label2id)[:10]}...")
+                )
             return label2id[c]
 
         self.c = index(self.c) if isinstance(self.c, str) else [index(c) for c in self.c]
@@ -137,7 +146,9 @@ def _select(act: torch.Tensor, positions: Sequence[int] | int | str | None) -> t
     ``"pooled"``: the mean over every token (what a mean-pooling model's final norm reads)."""
     if isinstance(positions, str):
         if positions != "pooled":
-            raise ValueError(f"positions must be token indices, None (all tokens) or 'pooled' (the token mean), got {positions!r}")
+            raise ValueError(
+                f"positions must be token indices, None (all tokens) or 'pooled' (the token mean), got {positions!r}"
+            )
         return act.mean(1).flatten(1).float()
     if positions is not None:
         act = act[:, [positions] if isinstance(positions, int) else list(positions)]
@@ -168,7 +179,9 @@ class SignalRecovery(Metric):
         if self.kind not in RECOVERY_KINDS:
             raise ValueError(f"kind must be one of {RECOVERY_KINDS}, got {self.kind!r}")
         if self.clean.shape != self.corrupt.shape:
-            raise ValueError(f"clean {tuple(self.clean.shape)} and corrupt {tuple(self.corrupt.shape)} activations differ in shape")
+            raise ValueError(
+                f"clean {tuple(self.clean.shape)} and corrupt {tuple(self.corrupt.shape)} activations differ in shape"
+            )
         self.hooks = (self.hook,)
         # [1, pos, ...] from a batch-1 cache, or [pos, ...] without the batch dim.
         self._clean = _select(self.clean if self.clean.shape[0] == 1 else self.clean[None], self.positions)

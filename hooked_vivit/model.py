@@ -15,9 +15,10 @@ import dataclasses
 import difflib
 import re
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable, Sequence, Union
+from typing import Any, ClassVar, Union
 
 import torch
 import torch.nn as nn
@@ -41,7 +42,7 @@ from hooked_vivit.config import HookedViViTConfig, to_dtype
 from hooked_vivit.tensor_types import PixelValues
 from weights_conversion import checkpoint_has_classifier, converter
 
-ClassIndices = Union[int, str, Sequence[Union[int, str]], Int[torch.Tensor, "..."]]
+ClassIndices = Union[int, str, Sequence[int | str], Int[torch.Tensor, "..."]]  # noqa: UP007  (a runtime alias, readable in any Python)
 
 
 class HookNameError(KeyError):
@@ -73,8 +74,16 @@ class _ReturnChecked:
 
     def __call__(self, act: Any, hook: Any) -> Any:
         out = self.fn(act, hook=hook)
-        if out is not None and out is not act and isinstance(act, torch.Tensor) and (
-            not isinstance(out, torch.Tensor) or out.shape != act.shape or out.dtype != act.dtype or out.device != act.device
+        if (
+            out is not None
+            and out is not act
+            and isinstance(act, torch.Tensor)
+            and (
+                not isinstance(out, torch.Tensor)
+                or out.shape != act.shape
+                or out.dtype != act.dtype
+                or out.device != act.device
+            )
         ):
             raise HookReturnError(
                 f"the hook function {getattr(self.fn, '__name__', type(self.fn).__name__)} on {hook.name!r} returned "
@@ -96,7 +105,7 @@ class HookedVideoTransformer(HookedRootModule):
     model_type: ClassVar[str | None] = None
     block_class: ClassVar[type[nn.Module]] = TransformerBlock
     # model_type -> class; each subclass with a model_type registers itself.
-    architectures: ClassVar[dict[str, type["HookedVideoTransformer"]]] = {}
+    architectures: ClassVar[dict[str, type[HookedVideoTransformer]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -150,7 +159,13 @@ class HookedVideoTransformer(HookedRootModule):
         labels: ClassIndices | None = None,
         start_at_layer: int | None = None,
         stop_at_layer: int | None = None,
-    ) -> Float[torch.Tensor, "batch n_classes"] | Float[torch.Tensor, "batch n_ctx d_model"] | Float[torch.Tensor, ""] | tuple | None:
+    ) -> (
+        Float[torch.Tensor, "batch n_classes"]
+        | Float[torch.Tensor, "batch n_ctx d_model"]
+        | Float[torch.Tensor, ""]
+        | tuple
+        | None
+    ):
         """Logits [batch, n_classes].
 
         ``return_type`` as in TransformerLens: ``"logits"`` (default), ``"loss"`` (mean cross-entropy
@@ -165,7 +180,9 @@ class HookedVideoTransformer(HookedRootModule):
         if return_type not in ("logits", "loss", "both", None):
             raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
         if return_type in ("loss", "both") and labels is None:
-            raise ValueError(f"return_type={return_type!r} needs labels= (the target class of each clip, an index or a name)")
+            raise ValueError(
+                f"return_type={return_type!r} needs labels= (the target class of each clip, an index or a name)"
+            )
         if start_at_layer is None:
             x = self.validate_input(pixel_values)
             resid = self.embed_input(x)
@@ -197,10 +214,14 @@ class HookedVideoTransformer(HookedRootModule):
         if target.ndim == 0:
             target = target.expand(logits.shape[0])
         if target.shape != logits.shape[:1]:
-            raise ValueError(f"labels must be one class or one per batch row ({logits.shape[0]}), got shape {tuple(target.shape)}")
+            raise ValueError(
+                f"labels must be one class or one per batch row ({logits.shape[0]}), got shape {tuple(target.shape)}"
+            )
         return torch.nn.functional.cross_entropy(logits.float(), target)
 
-    def attention_rows(self, pixel_values: PixelValues, queries: Any = "cls", layers: Sequence[int] | None = None) -> Float[torch.Tensor, "batch layers heads n_queries n_ctx"]:
+    def attention_rows(
+        self, pixel_values: PixelValues, queries: Any = "cls", layers: Sequence[int] | None = None
+    ) -> Float[torch.Tensor, "batch layers heads n_queries n_ctx"]:
         """Attention pattern rows of the ``queries`` positions ("cls", a token list, FrameSlot,
         Region ...) for every head of ``layers``, at fused-attention cost: ``[:, l, :, 0]`` with
         the default CLS query equals ``cache["pattern", l][:, :, 0]``. See hooked_vivit.attention_rows."""
@@ -212,7 +233,9 @@ class HookedVideoTransformer(HookedRootModule):
         expected = (self.cfg.n_ctx, self.cfg.d_model)
         if not isinstance(resid, torch.Tensor) or resid.ndim != 3 or tuple(resid.shape[1:]) != expected:
             got = tuple(resid.shape) if isinstance(resid, torch.Tensor) else type(resid).__name__
-            raise ValueError(f"start_at_layer={layer} takes the residual stream [batch, {expected[0]}, {expected[1]}], got {got}")
+            raise ValueError(
+                f"start_at_layer={layer} takes the residual stream [batch, {expected[0]}, {expected[1]}], got {got}"
+            )
         if not 0 <= layer <= self.cfg.n_layers:
             raise ValueError(f"start_at_layer must be in 0..{self.cfg.n_layers}, got {layer}")
         return resid.to(device=self.embed.W_E.device, dtype=self.embed.W_E.dtype)
@@ -233,9 +256,13 @@ class HookedVideoTransformer(HookedRootModule):
         B, T, C, H, W = x.shape
         if C != cfg.n_channels:
             hint = " (channels-last? use x.permute(0, 1, 4, 2, 3))" if W == cfg.n_channels else ""
-            raise ValueError(f"expected {cfg.n_channels} channels at dim 2 {expected}, got shape {tuple(x.shape)}{hint}")
+            raise ValueError(
+                f"expected {cfg.n_channels} channels at dim 2 {expected}, got shape {tuple(x.shape)}{hint}"
+            )
         if B == 0:
-            raise ValueError(f"pixel_values has batch size 0 (shape {tuple(x.shape)}); give at least one clip {expected}")
+            raise ValueError(
+                f"pixel_values has batch size 0 (shape {tuple(x.shape)}); give at least one clip {expected}"
+            )
         if T != cfg.num_frames:
             raise ValueError(f"expected {cfg.num_frames} frames at dim 1 {expected}, got {T} (shape {tuple(x.shape)})")
         if (H, W) != tuple(cfg.image_size):
@@ -274,22 +301,27 @@ class HookedVideoTransformer(HookedRootModule):
                 if not self._fires(name):
                     raise HookNameError(self._dead_hook_message(name))
 
-
     def _fires(self, name: str) -> bool:
         try:
             return hook_shape(self.cfg, name, 1) is not None
-        except KeyError:  # a hook point attached from outside the layout table (an SAE spliced in): it fires with its module
+        except (
+            KeyError
+        ):  # a hook point attached from outside the layout table (an SAE spliced in): it fires with its module
             return True
 
     def _dead_hook_message(self, name: str) -> str:
         leaf = name.rsplit(".", 1)[-1]
         switch = hook_layout.lookup(name).switch or "?"
         if leaf == "hook_attn_in" and self.cfg.use_split_qkv_input:
-            return (f"hook {name!r} cannot fire: with cfg.use_split_qkv_input on, attention reads hook_q/k/v_input instead; "
-                    "hook those, or set model.cfg.use_split_qkv_input = False and model.cfg.use_attn_in = True")
-        return (f"hook {name!r} cannot fire: cfg.{switch} is off, so it would never be called (a patch or ablation there "
-                f"would change nothing, a cache would stay empty). Turn it on: model.cfg.{switch} = True, or "
-                f"{type(self).__name__}.from_pretrained(..., {switch}=True)")
+            return (
+                f"hook {name!r} cannot fire: with cfg.use_split_qkv_input on, attention reads hook_q/k/v_input instead; "
+                "hook those, or set model.cfg.use_split_qkv_input = False and model.cfg.use_attn_in = True"
+            )
+        return (
+            f"hook {name!r} cannot fire: cfg.{switch} is off, so it would never be called (a patch or ablation there "
+            f"would change nothing, a cache would stay empty). Turn it on: model.cfg.{switch} = True, or "
+            f"{type(self).__name__}.from_pretrained(..., {switch}=True)"
+        )
 
     def _live_filter(self, names_filter: Any) -> Callable[[str], bool]:
         """A names filter (None, a name, a list, or a function) as a function selecting only hooks
@@ -303,10 +335,15 @@ class HookedVideoTransformer(HookedRootModule):
             wanted = set(names_filter)
             return wanted.__contains__
         if not callable(names_filter):
-            raise TypeError(f"names_filter must be a hook name, a list of names or a function, got {type(names_filter).__name__}")
+            raise TypeError(
+                f"names_filter must be a hook name, a list of names or a function, got {type(names_filter).__name__}"
+            )
         chosen = [n for n in self.hook_dict if names_filter(n)]
         if chosen and not any(self._fires(n) for n in chosen):
-            raise HookNameError(f"the names filter selects only hooks that cannot fire ({len(chosen)}); " + self._dead_hook_message(chosen[0]))
+            raise HookNameError(
+                f"the names filter selects only hooks that cannot fire ({len(chosen)}); "
+                + self._dead_hook_message(chosen[0])
+            )
         live = {n for n in chosen if self._fires(n)}
         return live.__contains__
 
@@ -354,7 +391,9 @@ class HookedVideoTransformer(HookedRootModule):
     def add_caching_hooks(self, names_filter=None, *args, **kwargs):
         return super().add_caching_hooks(self._live_filter(names_filter), *args, **kwargs)
 
-    def run_with_cache(self, *model_args: Any, return_cache_object: bool = True, remove_batch_dim: bool = False, **kwargs: Any):
+    def run_with_cache(
+        self, *model_args: Any, return_cache_object: bool = True, remove_batch_dim: bool = False, **kwargs: Any
+    ):
         """As TransformerLens: returns (logits, ActivationCache). Warns first when the cache would
         not fit in free memory, naming a ``names_filter`` that would. ``incl_bwd=True`` also caches
         gradients (``name + "_grad"``); it backpropagates the forward's output, so pass
@@ -399,7 +438,7 @@ class HookedVideoTransformer(HookedRootModule):
             raise KeyError(f"unknown class name {label!r}" + (f"; nearest: {close}" if close else ""))
         return label2id[label]
 
-    def class_index(self, classes: ClassIndices) -> Int[torch.Tensor, "..."]:
+    def class_index(self, classes: ClassIndices) -> Int[torch.Tensor, ...]:
         if isinstance(classes, torch.Tensor):
             return classes.long()
         if isinstance(classes, (int, str)):
@@ -413,7 +452,9 @@ class HookedVideoTransformer(HookedRootModule):
         idx = self.class_index(tokens).to(self.W_U.device)
         return self.W_U[:, idx].movedim(0, -1)
 
-    def accumulated_bias(self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True) -> Float[torch.Tensor, "d_model"]:
+    def accumulated_bias(
+        self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
+    ) -> Float[torch.Tensor, d_model]:
         """Sum of the output biases (b_O, and b_out if asked) written before ``layer``'s input."""
         bias = torch.zeros(self.cfg.d_model, device=self.W_E.device, dtype=self.W_E.dtype)
         for l in range(layer):
@@ -444,10 +485,14 @@ class HookedVideoTransformer(HookedRootModule):
     def set_use_attn_in(self, use_attn_in: bool) -> None:
         """One per-head copy of the residual stream into attention, ``blocks.{l}.hook_attn_in``."""
         if use_attn_in and self.cfg.use_split_qkv_input:
-            raise ValueError("use_attn_in and use_split_qkv_input are exclusive; call set_use_split_qkv_input(False) first")
+            raise ValueError(
+                "use_attn_in and use_split_qkv_input are exclusive; call set_use_split_qkv_input(False) first"
+            )
         self.cfg.use_attn_in = bool(use_attn_in)
 
-    def process_weights_(self, fold_ln: bool = True, center_writing_weights: bool = True, fold_value_biases: bool = False) -> "HookedVideoTransformer":
+    def process_weights_(
+        self, fold_ln: bool = True, center_writing_weights: bool = True, fold_value_biases: bool = False
+    ) -> HookedVideoTransformer:
         """TransformerLens's in-place weight processing, for a model loaded unprocessed (the default).
 
         Same steps as ``from_pretrained(..., fold_ln=, center_writing_weights=, fold_value_biases=)``
@@ -504,7 +549,7 @@ class HookedVideoTransformer(HookedRootModule):
         return self.unembed.W_U
 
     @property
-    def b_U(self) -> Float[torch.Tensor, "n_classes"]:
+    def b_U(self) -> Float[torch.Tensor, n_classes]:
         if self.unembed is None:
             raise AttributeError("this model has no classifier head")
         return self.unembed.b_U
@@ -548,7 +593,7 @@ class HookedVideoTransformer(HookedRootModule):
 
     # ================================================================== loading and saving
     @classmethod
-    def _architecture(cls, hf_config: dict[str, Any]) -> type["HookedVideoTransformer"]:
+    def _architecture(cls, hf_config: dict[str, Any]) -> type[HookedVideoTransformer]:
         """The class for a config.json's model_type: this class, or (called on the base) the registered one."""
         model_type = hf_config.get("model_type", cls.model_type or "vivit")
         if model_type not in HookedVideoTransformer.architectures:
@@ -570,7 +615,7 @@ class HookedVideoTransformer(HookedRootModule):
         return {}
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, **kwargs: Any) -> "HookedVideoTransformer":
+    def from_pretrained(cls, name_or_path: str | Path, **kwargs: Any) -> HookedVideoTransformer:
         """Load a checkpoint: a local HF directory (config.json + model.safetensors, sharded
         safetensors, or pytorch_model.bin) or a hub id such as ``google/vivit-b-16x2-kinetics400``
         (the local HF cache is tried first). The class follows config.json's ``model_type``
@@ -585,7 +630,7 @@ class HookedVideoTransformer(HookedRootModule):
         return cls.from_state_dict(state_dict, hf_config, **kwargs)
 
     @classmethod
-    def from_hf_model(cls, hf_model: nn.Module, **kwargs: Any) -> "HookedVideoTransformer":
+    def from_hf_model(cls, hf_model: nn.Module, **kwargs: Any) -> HookedVideoTransformer:
         """Convert a live ``transformers`` model (VivitForVideoClassification / VivitModel,
         VideoMAEForVideoClassification / VideoMAEModel)."""
         state_dict = {k: v.detach() for k, v in hf_model.state_dict().items()}
@@ -604,7 +649,7 @@ class HookedVideoTransformer(HookedRootModule):
         center_writing_weights: bool = False,
         fold_value_biases: bool = False,
         **cfg_overrides: Any,
-    ) -> "HookedVideoTransformer":
+    ) -> HookedVideoTransformer:
         from hooked_vivit import weight_processing
 
         arch = cls._architecture(hf_config)
@@ -616,7 +661,11 @@ class HookedVideoTransformer(HookedRootModule):
         cfg = arch.config_class.from_hf_config(hf_config, device="cpu", **cfg_overrides)
         hooked = converter(arch.model_type).to_hooked(state_dict, cfg)  # type: ignore[arg-type]
         hooked, cfg = weight_processing.process_weights(
-            hooked, cfg, fold_ln=fold_ln, center_writing_weights=center_writing_weights, fold_value_biases=fold_value_biases
+            hooked,
+            cfg,
+            fold_ln=fold_ln,
+            center_writing_weights=center_writing_weights,
+            fold_value_biases=fold_value_biases,
         )
         target_dtype = to_dtype(dtype) or cfg.dtype
         cfg.dtype = torch.float32  # build in fp32, cast once at the end

@@ -37,9 +37,9 @@ import shutil
 import signal
 import threading
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 MANIFEST = ".hooked-vivit-manifest.json"
 RESUME_STATE = ".hooked-vivit-resume.json"  # in a resume folder: who writes it and with which settings
@@ -82,7 +82,14 @@ class OutputDir:
     ``inputs`` are files or folders the run reads; a target that is or holds one is refused.
     """
 
-    def __init__(self, path: str | Path, *, overwrite: bool = False, inputs: Iterable[str | Path | None] = (), writer: str = "hooked-vivit"):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        overwrite: bool = False,
+        inputs: Iterable[str | Path | None] = (),
+        writer: str = "hooked-vivit",
+    ):
         self.path = Path(path)  # as the user gave it, for messages
         self.target = Path(os.path.realpath(self.path.expanduser()))  # symlinks followed
         self.overwrite = overwrite
@@ -103,12 +110,18 @@ class OutputDir:
         t, shown = self.target, self._shown()
         cwd = Path(os.path.realpath(Path.cwd()))
         if _inside(cwd, t):
-            raise OutputDirError(f"{shown} is the current directory or one above it; name a new subdirectory for the output")
+            raise OutputDirError(
+                f"{shown} is the current directory or one above it; name a new subdirectory for the output"
+            )
         for inp in self.inputs:
             if _inside(inp, t):
-                raise OutputDirError(f"{shown} holds the input {inp}; write the output elsewhere (inputs are never touched)")
+                raise OutputDirError(
+                    f"{shown} holds the input {inp}; write the output elsewhere (inputs are never touched)"
+                )
             if _inside(t, inp):
-                raise OutputDirError(f"{shown} lies inside the input {inp}; write the output elsewhere (inputs are never touched)")
+                raise OutputDirError(
+                    f"{shown} lies inside the input {inp}; write the output elsewhere (inputs are never touched)"
+                )
         if not (t.exists() or t.is_symlink()):
             return False
         if not t.is_dir():
@@ -158,7 +171,7 @@ class OutputDir:
             return
         raise OutputDirError(f"could not take the lock {lock}")
 
-    def __enter__(self) -> "OutputDir":
+    def __enter__(self) -> OutputDir:
         self._replacing = self.check()
         self._take_lock()
         if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
@@ -179,12 +192,16 @@ class OutputDir:
     def writing(self) -> Iterator[Path]:
         """Yield a hidden sibling folder to fill; on success it becomes the target, else it is removed."""
         if self._lock is None:
-            raise RuntimeError("OutputDir.writing() needs the directory reserved first: use `with OutputDir(...) as out:`")
+            raise RuntimeError(
+                "OutputDir.writing() needs the directory reserved first: use `with OutputDir(...) as out:`"
+            )
         tmp = self.target.parent / f".{self.target.name}.{secrets.token_hex(4)}.partial"
         os.mkdir(tmp)  # mode 0o777 minus the umask
         try:
             yield tmp
-            (tmp / MANIFEST).write_text(json.dumps({"written_by": self.writer, "files": _entries(tmp)}, indent=1) + "\n")
+            (tmp / MANIFEST).write_text(
+                json.dumps({"written_by": self.writer, "files": _entries(tmp)}, indent=1) + "\n"
+            )
             self._commit(tmp)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)  # every file in it is ours
@@ -195,26 +212,33 @@ class OutputDir:
         return self.target.parent / f".{self.target.name}.resume"
 
     @contextmanager
-    def resumable(self, settings: dict, owned: "Callable[[str], bool] | str") -> Iterator[Path]:
+    def resumable(self, settings: dict, owned: Callable[[str], bool] | str) -> Iterator[Path]:
         """Resume mode (module docstring): yield ``.NAME.resume``, created or continued; on success it
         becomes the target, on failure or interruption it stays for the next run with the same
         ``settings`` (a JSON-able dict). ``owned`` says which file names in it are the run's own
         pieces (a callable or a regular expression); the folder may hold nothing else."""
         if self._lock is None:
-            raise RuntimeError("OutputDir.resumable() needs the directory reserved first: use `with OutputDir(...) as out:`")
+            raise RuntimeError(
+                "OutputDir.resumable() needs the directory reserved first: use `with OutputDir(...) as out:`"
+            )
         if isinstance(owned, str):
             owned = re.compile(owned).fullmatch
         folder = self.resume_folder
         settings = json.loads(json.dumps(settings))  # as it reads back from disk
         if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
-            raise OutputDirError(f"{folder} exists and is not a folder hooked-vivit made; move it away to run into {self._shown()}")
+            raise OutputDirError(
+                f"{folder} exists and is not a folder hooked-vivit made; move it away to run into {self._shown()}"
+            )
         if folder.is_dir():
             entries = _entries(folder)
-            foreign = [e for e in entries if e != RESUME_STATE and not e.startswith(f".{RESUME_STATE}.") and not owned(e)]
+            foreign = [
+                e for e in entries if e != RESUME_STATE and not e.startswith(f".{RESUME_STATE}.") and not owned(e)
+            ]
             if foreign or not (folder / RESUME_STATE).is_file():
                 raise OutputDirError(
                     f"{folder} (an unfinished run's folder) holds file(s) hooked-vivit did not write "
-                    f"({_named(foreign or ['no ' + RESUME_STATE])}); it is left alone: move them away or choose another output directory")
+                    f"({_named(foreign or ['no ' + RESUME_STATE])}); it is left alone: move them away or choose another output directory"
+                )
             try:
                 state = json.loads((folder / RESUME_STATE).read_text())
             except (OSError, ValueError):
@@ -225,7 +249,8 @@ class OutputDir:
                 if not self.overwrite:
                     raise OutputDirError(
                         f"{self._shown()}: an unfinished run with other settings (differing in {_named(differ)}) is in {folder}; "
-                        "rerun with its settings to finish it, or pass --overwrite (overwrite=True) to discard its pieces")
+                        "rerun with its settings to finish it, or pass --overwrite (overwrite=True) to discard its pieces"
+                    )
                 for e in sorted(entries, key=lambda r: -r.count("/")):
                     p = folder / e.rstrip("/")
                     p.rmdir() if e.endswith("/") else p.unlink()  # all owned (checked above)
@@ -235,7 +260,9 @@ class OutputDir:
             _write_atomic(folder / RESUME_STATE, {"written_by": self.writer, "settings": settings})
         yield folder
         (folder / RESUME_STATE).unlink()
-        (folder / MANIFEST).write_text(json.dumps({"written_by": self.writer, "files": _entries(folder)}, indent=1) + "\n")
+        (folder / MANIFEST).write_text(
+            json.dumps({"written_by": self.writer, "files": _entries(folder)}, indent=1) + "\n"
+        )
         try:
             self._commit(folder)
         except BaseException:
@@ -248,7 +275,9 @@ class OutputDir:
         t = self.target
         occupied = t.is_dir() and bool(_entries(t))
         if occupied and not self._replacing:
-            raise OutputDirError(f"{self._shown()} appeared while this run was working (another run?); its contents were left alone")
+            raise OutputDirError(
+                f"{self._shown()} appeared while this run was working (another run?); its contents were left alone"
+            )
         if occupied:
             self.check()  # again: files may have been added to the old output meanwhile
             old = t.parent / f".{t.name}.{secrets.token_hex(4)}.old"
@@ -257,13 +286,17 @@ class OutputDir:
                 os.rename(tmp, t)
             except OSError as e:
                 os.rename(old, t)
-                raise OutputDirError(f"{self._shown()} appeared while this run was writing; nothing was replaced") from e
+                raise OutputDirError(
+                    f"{self._shown()} appeared while this run was writing; nothing was replaced"
+                ) from e
             _remove_listed(old)
             return
         try:
             os.rename(tmp, t)  # replaces at most an empty directory
         except OSError as e:
-            raise OutputDirError(f"{self._shown()} appeared while this run was working (another run?); its contents were left alone") from e
+            raise OutputDirError(
+                f"{self._shown()} appeared while this run was working (another run?); its contents were left alone"
+            ) from e
 
 
 def _write_atomic(path: Path, data: dict) -> None:
@@ -316,7 +349,13 @@ def record_written(directory: str | Path, *names: str) -> None:
 
 
 @contextmanager
-def output_directory(out: "str | Path | OutputDir", *, overwrite: bool = False, inputs: Iterable[str | Path | None] = (), writer: str = "hooked-vivit") -> Iterator[Path]:
+def output_directory(
+    out: str | Path | OutputDir,
+    *,
+    overwrite: bool = False,
+    inputs: Iterable[str | Path | None] = (),
+    writer: str = "hooked-vivit",
+) -> Iterator[Path]:
     """Yield a temporary folder to fill; on success it replaces ``out`` (see the module docstring).
     ``out`` may be an ``OutputDir`` already reserved (checked and locked before the work)."""
     if isinstance(out, OutputDir):

@@ -66,21 +66,40 @@ class ParityReport:
     def to_markdown(self, tol: float | None = None) -> str:
         tol = self._tol(tol)
         lines = ["| activation | shape | max abs diff | max rel diff | ok |", "|---|---|---|---|---|"]
-        lines += [f"| {r.name} | {'x'.join(map(str, r.shape))} | {r.max_abs:.3e} | {r.max_rel:.3e} | {'yes' if r.max_rel <= tol else 'NO'} |" for r in self.rows]
+        lines += [
+            f"| {r.name} | {'x'.join(map(str, r.shape))} | {r.max_abs:.3e} | {r.max_rel:.3e} | {'yes' if r.max_rel <= tol else 'NO'} |"
+            for r in self.rows
+        ]
         verdict = "PASS" if self.ok(tol) else f"FAIL (first: {self.first_failure(tol)})"
-        lines.append(f"\n{verdict}: worst {self.worst().name} at {self.worst().max_rel:.3e}, tolerance {tol:g} ({str(self.dtype).removeprefix('torch.')})")
+        lines.append(
+            f"\n{verdict}: worst {self.worst().name} at {self.worst().max_rel:.3e}, tolerance {tol:g} ({str(self.dtype).removeprefix('torch.')})"
+        )
         lines += self.notes
         return "\n".join(lines)
 
     def to_json(self) -> str:
-        return json.dumps({"dtype": str(self.dtype), "tolerance": self.tolerance, "ok": self.ok(), "patterns_compared": self.patterns_compared,
-                           "rows": [r.__dict__ | {"shape": list(r.shape)} for r in self.rows], "notes": self.notes}, indent=2)
+        return json.dumps(
+            {
+                "dtype": str(self.dtype),
+                "tolerance": self.tolerance,
+                "ok": self.ok(),
+                "patterns_compared": self.patterns_compared,
+                "rows": [r.__dict__ | {"shape": list(r.shape)} for r in self.rows],
+                "notes": self.notes,
+            },
+            indent=2,
+        )
 
     def __repr__(self) -> str:
         width = max(len(r.name) for r in self.rows)
         lines = [f"{'activation':<{width}}  {'max abs':>10}  {'max rel':>10}"]
-        lines += [f"{r.name:<{width}}  {r.max_abs:>10.3e}  {r.max_rel:>10.3e}{'' if r.max_rel <= self.tolerance else '  <- above tolerance'}" for r in self.rows]
-        lines.append(f"{'PASS' if self.ok() else 'FAIL'} (tolerance {self.tolerance:g}, {str(self.dtype).removeprefix('torch.')})")
+        lines += [
+            f"{r.name:<{width}}  {r.max_abs:>10.3e}  {r.max_rel:>10.3e}{'' if r.max_rel <= self.tolerance else '  <- above tolerance'}"
+            for r in self.rows
+        ]
+        lines.append(
+            f"{'PASS' if self.ok() else 'FAIL'} (tolerance {self.tolerance:g}, {str(self.dtype).removeprefix('torch.')})"
+        )
         return "\n".join(lines)
 
     _repr_markdown_ = to_markdown
@@ -89,7 +108,9 @@ class ParityReport:
 def _row(name: str, ours: torch.Tensor, ref: torch.Tensor) -> ParityRow:
     ours, ref = ours.detach().double().cpu(), ref.detach().double().cpu()
     if ours.shape != ref.shape:
-        return ParityRow(f"{name} (shape {tuple(ours.shape)} vs {tuple(ref.shape)})", tuple(ref.shape), float("inf"), float("inf"))
+        return ParityRow(
+            f"{name} (shape {tuple(ours.shape)} vs {tuple(ref.shape)})", tuple(ref.shape), float("inf"), float("inf")
+        )
     diff = float((ours - ref).abs().max())
     return ParityRow(name, tuple(ref.shape), diff, diff / max(1.0, float(ref.abs().max())))
 
@@ -120,7 +141,10 @@ def compare(hooked_model: Any, hf_model: Any, pixel_values: torch.Tensor, *, att
         names += [f"blocks.{l}.temporal_attn.hook_pattern" for l in range(n)]
     # VJEPA2Model runs its pretraining predictor unless told not to; the hooked model is the encoder.
     extra = {"skip_predictor": True} if type(hf_model).__name__ == "VJEPA2Model" else {}
-    with torch.inference_mode(), (temporal(hf_model) if patterns and temporal is not None else contextlib.nullcontext([])) as hf_temporal:
+    with (
+        torch.inference_mode(),
+        temporal(hf_model) if patterns and temporal is not None else contextlib.nullcontext([]) as hf_temporal,
+    ):
         ref = hf_model(x, output_hidden_states=True, output_attentions=patterns, **extra)
         out, cache = hooked_model.run_with_cache(x.to(hooked_model.W_E.device), names_filter=names)
     hidden = [h if order is None else h[:, order.to(h.device)] for h in ref.hidden_states]

@@ -20,9 +20,10 @@ Two layers:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -70,7 +71,12 @@ def _full_name(act: str, layer: int) -> str:
     return get_act_name(act, layer)
 
 
-def component_patches(model: HookedVideoTransformer, components: Sequence[str] = ("attn_out", "mlp_out"), layers: Iterable[int] | None = None, positions: PositionGroup = None) -> list[Patch]:
+def component_patches(
+    model: HookedVideoTransformer,
+    components: Sequence[str] = ("attn_out", "mlp_out"),
+    layers: Iterable[int] | None = None,
+    positions: PositionGroup = None,
+) -> list[Patch]:
     """Whole components (the reference paper's Figure 2): each layer's attention block and MLP
     block output, at all (or the given) positions."""
     pos = resolve_positions(model, positions)
@@ -78,14 +84,22 @@ def component_patches(model: HookedVideoTransformer, components: Sequence[str] =
     return [Patch(_full_name(c, l), pos, label=f"L{l} {c}") for l in layers for c in components]
 
 
-def head_patches(model: HookedVideoTransformer, act: str = "z", layers: Iterable[int] | None = None, positions: PositionGroup = None) -> list[Patch]:
+def head_patches(
+    model: HookedVideoTransformer, act: str = "z", layers: Iterable[int] | None = None, positions: PositionGroup = None
+) -> list[Patch]:
     """One patch per (layer, head) of ``act`` (z, q, k, v, result or pattern)."""
     pos = resolve_positions(model, positions)
     layers = range(model.cfg.n_layers) if layers is None else layers
-    return [Patch(_full_name(act, l), pos, head=h, label=f"L{l}H{h} {act}") for l in layers for h in range(model.cfg.n_heads)]
+    return [
+        Patch(_full_name(act, l), pos, head=h, label=f"L{l}H{h} {act}")
+        for l in layers
+        for h in range(model.cfg.n_heads)
+    ]
 
 
-def frame_slot_patches(model: HookedVideoTransformer, act: str = "resid_pre", layers: Iterable[int] | None = None) -> list[Patch]:
+def frame_slot_patches(
+    model: HookedVideoTransformer, act: str = "resid_pre", layers: Iterable[int] | None = None
+) -> list[Patch]:
     """One patch per (layer, frame slot): all patch tokens of that tubelet time index."""
     layers = range(model.cfg.n_layers) if layers is None else layers
     return [
@@ -95,10 +109,19 @@ def frame_slot_patches(model: HookedVideoTransformer, act: str = "resid_pre", la
     ]
 
 
-def token_patches(model: HookedVideoTransformer, act: str = "resid_pre", layers: Iterable[int] | None = None, positions: Iterable[int] | None = None) -> list[Patch]:
+def token_patches(
+    model: HookedVideoTransformer,
+    act: str = "resid_pre",
+    layers: Iterable[int] | None = None,
+    positions: Iterable[int] | None = None,
+) -> list[Patch]:
     """One patch per (layer, token)."""
     layers = range(model.cfg.n_layers) if layers is None else layers
-    positions = range(model.cfg.n_ctx) if positions is None else [_index(p, model.cfg.n_ctx, "token position") for p in positions]
+    positions = (
+        range(model.cfg.n_ctx)
+        if positions is None
+        else [_index(p, model.cfg.n_ctx, "token position") for p in positions]
+    )
     return [Patch(_full_name(act, l), (p,), label=f"L{l} {act} pos{p}") for l in layers for p in positions]
 
 
@@ -128,7 +151,9 @@ def check_cache(model: HookedVideoTransformer, cache: ActivationCache | dict, ho
     if cache_model is not None and cache_model is not model:
         a, b = cache_model.cfg, model.cfg
         fields = ("n_layers", "n_heads", "d_model", "n_ctx", "num_frames", "image_size", "tubelet_size")
-        diff = [f"{f}: cache {getattr(a, f)} vs model {getattr(b, f)}" for f in fields if getattr(a, f) != getattr(b, f)]
+        diff = [
+            f"{f}: cache {getattr(a, f)} vs model {getattr(b, f)}" for f in fields if getattr(a, f) != getattr(b, f)
+        ]
         if diff:
             raise ValueError("the cache comes from a model of another shape: " + "; ".join(diff))
     for hook in hooks:
@@ -138,10 +163,14 @@ def check_cache(model: HookedVideoTransformer, cache: ActivationCache | dict, ho
             raise ValueError(f"the source cache lacks {hook!r}; cache it (names_filter) before patching") from None
         per = _rows_per_clip(model, hook)
         if act.shape[0] not in (per, per * batch):
-            raise ValueError(f"the source cache has batch {act.shape[0] // per} at {hook!r}, the target run has {batch}: use batch 1 or the same batch")
+            raise ValueError(
+                f"the source cache has batch {act.shape[0] // per} at {hook!r}, the target run has {batch}: use batch 1 or the same batch"
+            )
 
 
-def auto_chunk_size(model: HookedVideoTransformer, rows_per_patch: int, device: torch.device, needs_pattern: bool) -> int:
+def auto_chunk_size(
+    model: HookedVideoTransformer, rows_per_patch: int, device: torch.device, needs_pattern: bool
+) -> int:
     """How many patched variants fit in one batched forward, from free memory (half of it)."""
     cfg = model.cfg
     elem = torch.finfo(cfg.dtype).bits // 8
@@ -202,14 +231,20 @@ def run_patches(
         if p.head is not None and _head_axis(p.hook, model.cfg) is None:
             raise ValueError(f"{p.hook} has no head axis, but the patch names head {p.head}")
         if p.positions is not None and _pos_axis(p.hook, model.cfg) is None:
-            raise ValueError(f"{p.hook} has no token axis (it fires on the pooled vector), but the patch names positions {p.positions}")
+            raise ValueError(
+                f"{p.hook} has no token axis (it fires on the pooled vector), but the patch names positions {p.positions}"
+            )
         if p.head is not None:
             _index(p.head, model.cfg.n_heads, f"head of patch {p.label or p.hook!r}")
         if p.positions is not None and len(p.positions) == 0:
-            raise ValueError(f"patch {p.label or p.hook!r} has an empty position group (positions=None means every token)")
+            raise ValueError(
+                f"patch {p.label or p.hook!r} has an empty position group (positions=None means every token)"
+            )
         if p.positions is not None and _rows_per_clip(model, p.hook) > 1:
-            raise ValueError(f"{p.hook} batches over frames or positions (TimeSformer), so token positions do not index it: "
-                             "patch it with positions=None (every token, per head) or patch a residual / *_attn_out hook by position")
+            raise ValueError(
+                f"{p.hook} batches over frames or positions (TimeSformer), so token positions do not index it: "
+                "patch it with positions=None (every token, per head) or patch a residual / *_attn_out hook by position"
+            )
         for q in p.positions or ():
             _index(q, model.cfg.n_ctx, f"token position of patch {p.label or p.hook!r}")
     check_cache(model, source_cache, {p.hook for p in patches}, b)
@@ -218,8 +253,11 @@ def run_patches(
     n_layers = model.cfg.n_layers
 
     # The residual stream entering each block a patch starts at, from one unpatched target run.
-    start_names = {l: f"blocks.{l}.hook_resid_pre" if l < n_layers else f"blocks.{n_layers - 1}.hook_resid_post"
-                   for l in sorted({p.start_layer(n_layers) for p in patches}) if l >= 0}
+    start_names = {
+        l: f"blocks.{l}.hook_resid_pre" if l < n_layers else f"blocks.{n_layers - 1}.hook_resid_post"
+        for l in sorted({p.start_layer(n_layers) for p in patches})
+        if l >= 0
+    }
     with torch.inference_mode():
         if target_run is None:
             names = list(start_names.values()) + list(metric_hooks)
@@ -228,7 +266,9 @@ def run_patches(
             base_logits, base_cache = target_run
             for name in dict.fromkeys([*start_names.values(), *metric_hooks]):
                 if name not in base_cache or base_cache[name].shape[0] != b:
-                    raise ValueError(f"target_run's cache needs {name!r} of the unpatched target run (batch {b}); cache it (names_filter)")
+                    raise ValueError(
+                        f"target_run's cache needs {name!r} of the unpatched target run (batch {b}); cache it (names_filter)"
+                    )
         baseline = metric_rows(metric, base_logits, {h: base_cache[h] for h in metric_hooks}).float().cpu()
     starts = {l: base_cache[name] for l, name in start_names.items()}
 
@@ -236,22 +276,34 @@ def run_patches(
     needs_pattern = any(_is_pattern(p.hook) for p in patches)
     k_max = chunk_size or auto_chunk_size(model, b, target.device, needs_pattern)
     per_example = torch.empty(len(patches), b, *baseline.shape[1:])
-    bar = tqdm(total=len(patches), desc="patching", disable=not (progress if progress is not None else len(patches) > 4))
+    bar = tqdm(
+        total=len(patches), desc="patching", disable=not (progress if progress is not None else len(patches) > 4)
+    )
     i = 0
     while i < len(order):
         start = patches[order[i]].start_layer(n_layers)
         chunk = [order[i]]
-        while len(chunk) < k_max and i + len(chunk) < len(order) and patches[order[i + len(chunk)]].start_layer(n_layers) == start:
+        while (
+            len(chunk) < k_max
+            and i + len(chunk) < len(order)
+            and patches[order[i + len(chunk)]].start_layer(n_layers) == start
+        ):
             chunk.append(order[i + len(chunk)])
-        values = _run_chunk(model, [patches[j] for j in chunk], source_cache, target, starts, start, metric, metric_hooks)
+        values = _run_chunk(
+            model, [patches[j] for j in chunk], source_cache, target, starts, start, metric, metric_hooks
+        )
         per_example[chunk] = values
         bar.update(len(chunk))
         i += len(chunk)
     bar.close()
-    return SweepResult(values=per_example.mean(1), patches=list(patches), baseline=baseline.mean(0), per_example=per_example)
+    return SweepResult(
+        values=per_example.mean(1), patches=list(patches), baseline=baseline.mean(0), per_example=per_example
+    )
 
 
-def _run_chunk(model, chunk: list[Patch], source_cache, target, starts, start: int, metric, metric_hooks) -> torch.Tensor:
+def _run_chunk(
+    model, chunk: list[Patch], source_cache, target, starts, start: int, metric, metric_hooks
+) -> torch.Tensor:
     b, k = target.shape[0], len(chunk)
     by_hook: dict[str, list[tuple[int, Patch]]] = {}
     for r, p in enumerate(chunk):
@@ -260,7 +312,9 @@ def _run_chunk(model, chunk: list[Patch], source_cache, target, starts, start: i
     def patch_hook(act: torch.Tensor, hook, entries) -> torch.Tensor:
         src = source_cache[hook.name].to(act.device, act.dtype)
         if src.shape[1:] != act.shape[1:]:
-            raise ValueError(f"source activation {hook.name} has shape {tuple(src.shape)}, the target run {tuple(act.shape)}")
+            raise ValueError(
+                f"source activation {hook.name} has shape {tuple(src.shape)}, the target run {tuple(act.shape)}"
+            )
         per = act.shape[0] // (k * b)  # rows per clip: 1, or TimeSformer's frames / positions
         src = src.repeat(b, *[1] * (src.ndim - 1)) if src.shape[0] == per and b > 1 else src
         pos_axis, head_axis = _pos_axis(hook.name, model.cfg), _head_axis(hook.name, model.cfg)
@@ -288,16 +342,34 @@ def _run_chunk(model, chunk: list[Patch], source_cache, target, starts, start: i
             logits = model(starts[start].repeat(k, 1, 1), start_at_layer=start)
     values = metric_rows(metric, logits, collected).float().cpu()
     if values.ndim not in (1, 2) or values.shape[0] != k * b:
-        raise ValueError(f"the metric must return one value (or one row of values) per batch row ({k * b}), got shape {tuple(values.shape)}")
+        raise ValueError(
+            f"the metric must return one value (or one row of values) per batch row ({k * b}), got shape {tuple(values.shape)}"
+        )
     return values.view(k, b, *values.shape[1:])
 
 
-def denoise(model: HookedVideoTransformer, patches: Sequence[Patch], *, clean_cache, corrupted: PixelValues, metric: Callable, **kwargs: Any) -> SweepResult:
+def denoise(
+    model: HookedVideoTransformer,
+    patches: Sequence[Patch],
+    *,
+    clean_cache,
+    corrupted: PixelValues,
+    metric: Callable,
+    **kwargs: Any,
+) -> SweepResult:
     """Clean activations into the corrupted run: what restores the clean behaviour?"""
     return run_patches(model, patches, source_cache=clean_cache, target=corrupted, metric=metric, **kwargs)
 
 
-def noise(model: HookedVideoTransformer, patches: Sequence[Patch], *, corrupted_cache, clean: PixelValues, metric: Callable, **kwargs: Any) -> SweepResult:
+def noise(
+    model: HookedVideoTransformer,
+    patches: Sequence[Patch],
+    *,
+    corrupted_cache,
+    clean: PixelValues,
+    metric: Callable,
+    **kwargs: Any,
+) -> SweepResult:
     """Corrupted activations into the clean run: what breaks the clean behaviour?"""
     return run_patches(model, patches, source_cache=corrupted_cache, target=clean, metric=metric, **kwargs)
 
@@ -326,11 +398,22 @@ def _tl_twin(name: str, patch_setter: Callable, activation_name: str, axes: Sequ
         check_cache(model, clean_cache, [], corrupted_video.shape[0])
         if PatchingResult is None:  # TL 3: no reduce= / baseline=; their defaults are its behaviour
             if kwargs.pop("reduce", "scalar") != "scalar" or kwargs.pop("baseline", False):
-                raise TypeError(f"reduce= and baseline= (per-example PatchingResult) need transformer-lens >= 4; installed: {TL_VERSION_STRING}")
+                raise TypeError(
+                    f"reduce= and baseline= (per-example PatchingResult) need transformer-lens >= 4; installed: {TL_VERSION_STRING}"
+                )
         if isinstance(patching_metric, Metric) and kwargs.get("reduce", "scalar") == "scalar":
             patching_metric = patching_metric.mean_over_batch
         index_df = video_index_df(model, axes)
-        out = generic_activation_patch(model, corrupted_video, clean_cache, patching_metric, patch_setter, activation_name, index_df=index_df, **kwargs)
+        out = generic_activation_patch(
+            model,
+            corrupted_video,
+            clean_cache,
+            patching_metric,
+            patch_setter,
+            activation_name,
+            index_df=index_df,
+            **kwargs,
+        )
         shape = [_AXIS_SIZES[a](model.cfg) for a in axes]
         if PatchingResult is not None and isinstance(out, PatchingResult):
             lead = 1 if out.has_metric_axis else 0
@@ -363,19 +446,34 @@ get_act_patch_resid_pre = _tl_twin("get_act_patch_resid_pre", _pos, "resid_pre",
 get_act_patch_resid_mid = _tl_twin("get_act_patch_resid_mid", _pos, "resid_mid", ("layer", "pos"))
 get_act_patch_attn_out = _tl_twin("get_act_patch_attn_out", _pos, "attn_out", ("layer", "pos"))
 get_act_patch_mlp_out = _tl_twin("get_act_patch_mlp_out", _pos, "mlp_out", ("layer", "pos"))
-get_act_patch_attn_head_out_by_pos = _tl_twin("get_act_patch_attn_head_out_by_pos", _head_pos, "z", ("layer", "pos", "head"))
-get_act_patch_attn_head_q_by_pos = _tl_twin("get_act_patch_attn_head_q_by_pos", _head_pos, "q", ("layer", "pos", "head"))
-get_act_patch_attn_head_k_by_pos = _tl_twin("get_act_patch_attn_head_k_by_pos", _head_pos, "k", ("layer", "pos", "head"))
-get_act_patch_attn_head_v_by_pos = _tl_twin("get_act_patch_attn_head_v_by_pos", _head_pos, "v", ("layer", "pos", "head"))
-get_act_patch_attn_head_pattern_by_pos = _tl_twin("get_act_patch_attn_head_pattern_by_pos", _pattern_pos, "pattern", ("layer", "head_index", "dest_pos"))
+get_act_patch_attn_head_out_by_pos = _tl_twin(
+    "get_act_patch_attn_head_out_by_pos", _head_pos, "z", ("layer", "pos", "head")
+)
+get_act_patch_attn_head_q_by_pos = _tl_twin(
+    "get_act_patch_attn_head_q_by_pos", _head_pos, "q", ("layer", "pos", "head")
+)
+get_act_patch_attn_head_k_by_pos = _tl_twin(
+    "get_act_patch_attn_head_k_by_pos", _head_pos, "k", ("layer", "pos", "head")
+)
+get_act_patch_attn_head_v_by_pos = _tl_twin(
+    "get_act_patch_attn_head_v_by_pos", _head_pos, "v", ("layer", "pos", "head")
+)
+get_act_patch_attn_head_pattern_by_pos = _tl_twin(
+    "get_act_patch_attn_head_pattern_by_pos", _pattern_pos, "pattern", ("layer", "head_index", "dest_pos")
+)
 get_act_patch_attn_head_pattern_dest_src_pos = _tl_twin(
-    "get_act_patch_attn_head_pattern_dest_src_pos", _pattern_dest_src, "pattern", ("layer", "head_index", "dest_pos", "src_pos")
+    "get_act_patch_attn_head_pattern_dest_src_pos",
+    _pattern_dest_src,
+    "pattern",
+    ("layer", "head_index", "dest_pos", "src_pos"),
 )
 get_act_patch_attn_head_out_all_pos = _tl_twin("get_act_patch_attn_head_out_all_pos", _head, "z", ("layer", "head"))
 get_act_patch_attn_head_q_all_pos = _tl_twin("get_act_patch_attn_head_q_all_pos", _head, "q", ("layer", "head"))
 get_act_patch_attn_head_k_all_pos = _tl_twin("get_act_patch_attn_head_k_all_pos", _head, "k", ("layer", "head"))
 get_act_patch_attn_head_v_all_pos = _tl_twin("get_act_patch_attn_head_v_all_pos", _head, "v", ("layer", "head"))
-get_act_patch_attn_head_pattern_all_pos = _tl_twin("get_act_patch_attn_head_pattern_all_pos", _pattern_head, "pattern", ("layer", "head_index"))
+get_act_patch_attn_head_pattern_all_pos = _tl_twin(
+    "get_act_patch_attn_head_pattern_all_pos", _pattern_head, "pattern", ("layer", "head_index")
+)
 
 
 def get_act_patch_direct_path(
@@ -406,13 +504,17 @@ def get_act_patch_direct_path(
     if component not in ("q", "k", "v"):
         raise ValueError(f"component must be 'q', 'k' or 'v', got {component!r}")
     if not (0 <= src_layer < cfg.n_layers and 0 <= src_head < cfg.n_heads):
-        raise ValueError(f"source head ({src_layer}, {src_head}) does not exist: layers 0..{cfg.n_layers - 1}, heads 0..{cfg.n_heads - 1}")
+        raise ValueError(
+            f"source head ({src_layer}, {src_head}) does not exist: layers 0..{cfg.n_layers - 1}, heads 0..{cfg.n_heads - 1}"
+        )
     corrupted_video = model.validate_input(corrupted_video)
     z_name = f"blocks.{src_layer}.attn.hook_z"
     for cache in (clean_cache, corrupted_cache):
         check_cache(model, cache, [z_name], corrupted_video.shape[0])
     W_O = model.blocks[src_layer].attn.W_O[src_head]
-    delta = (clean_cache[z_name][:, :, src_head] - corrupted_cache[z_name][:, :, src_head]).to(W_O.device, W_O.dtype) @ W_O
+    delta = (clean_cache[z_name][:, :, src_head] - corrupted_cache[z_name][:, :, src_head]).to(
+        W_O.device, W_O.dtype
+    ) @ W_O
 
     def add_delta(fork, hook, head):
         fork = fork.clone()
@@ -446,25 +548,55 @@ if HAS_DIRECT_PATH:
 
 def get_act_patch_block_every(model, corrupted_video, clean_cache, metric, **kwargs) -> torch.Tensor:
     """[3, n_layers, n_ctx]: resid_pre, attn_out, mlp_out by (layer, token)."""
-    return torch.stack([f(model, corrupted_video, clean_cache, metric, **kwargs) for f in (get_act_patch_resid_pre, get_act_patch_attn_out, get_act_patch_mlp_out)])
+    return torch.stack(
+        [
+            f(model, corrupted_video, clean_cache, metric, **kwargs)
+            for f in (get_act_patch_resid_pre, get_act_patch_attn_out, get_act_patch_mlp_out)
+        ]
+    )
 
 
 def get_act_patch_attn_head_all_pos_every(model, corrupted_video, clean_cache, metric, **kwargs) -> torch.Tensor:
     """[5, n_layers, n_heads]: each head's output, q, k, v and pattern, over all positions."""
-    fs = (get_act_patch_attn_head_out_all_pos, get_act_patch_attn_head_q_all_pos, get_act_patch_attn_head_k_all_pos,
-          get_act_patch_attn_head_v_all_pos, get_act_patch_attn_head_pattern_all_pos)
+    fs = (
+        get_act_patch_attn_head_out_all_pos,
+        get_act_patch_attn_head_q_all_pos,
+        get_act_patch_attn_head_k_all_pos,
+        get_act_patch_attn_head_v_all_pos,
+        get_act_patch_attn_head_pattern_all_pos,
+    )
     return torch.stack([f(model, corrupted_video, clean_cache, metric, **kwargs) for f in fs])
 
 
 def get_act_patch_attn_head_by_pos_every(model, corrupted_video, clean_cache, metric, **kwargs) -> torch.Tensor:
     """[5, n_layers, n_ctx, n_heads]: head output, q, k, v by position, and pattern by query position."""
-    fs = (get_act_patch_attn_head_out_by_pos, get_act_patch_attn_head_q_by_pos, get_act_patch_attn_head_k_by_pos, get_act_patch_attn_head_v_by_pos)
+    fs = (
+        get_act_patch_attn_head_out_by_pos,
+        get_act_patch_attn_head_q_by_pos,
+        get_act_patch_attn_head_k_by_pos,
+        get_act_patch_attn_head_v_by_pos,
+    )
     out = [f(model, corrupted_video, clean_cache, metric, **kwargs) for f in fs]
-    out.append(get_act_patch_attn_head_pattern_by_pos(model, corrupted_video, clean_cache, metric, **kwargs).transpose(1, 2))
+    out.append(
+        get_act_patch_attn_head_pattern_by_pos(model, corrupted_video, clean_cache, metric, **kwargs).transpose(1, 2)
+    )
     return torch.stack(out)
 
 
 __all__ = [name for name in dir() if name.startswith("get_act_patch")] + [
-    "FrameSlot", "Patch", "Region", "SweepResult", "check_cache", "component_patches", "denoise", "frame_slot_patches",
-    "head_patches", "noise", "resolve_positions", "run_patches", "token_patches", "video_index_df", "auto_chunk_size",
+    "FrameSlot",
+    "Patch",
+    "Region",
+    "SweepResult",
+    "check_cache",
+    "component_patches",
+    "denoise",
+    "frame_slot_patches",
+    "head_patches",
+    "noise",
+    "resolve_positions",
+    "run_patches",
+    "token_patches",
+    "video_index_df",
+    "auto_chunk_size",
 ]

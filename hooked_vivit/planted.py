@@ -37,8 +37,9 @@ and classes carry what, for tests and for a validation table.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,8 +68,18 @@ FEATURES = (
     "spare",
 )
 D_MODEL = 2 * len(FEATURES)
-CONFIG = dict(d_model=D_MODEL, d_head=8, n_heads=4, n_layers=3, d_mlp=8, num_frames=8, image_size=32,
-              tubelet_size=(2, 8, 8), n_classes=2, act_fn="relu")
+CONFIG = dict(
+    d_model=D_MODEL,
+    d_head=8,
+    n_heads=4,
+    n_layers=3,
+    d_mlp=8,
+    num_frames=8,
+    image_size=32,
+    tubelet_size=(2, 8, 8),
+    n_classes=2,
+    act_fn="relu",
+)
 
 # Magnitudes (residual-stream coefficients). Anchor >> everything else, so the nuisance moves a
 # LayerNorm scale by < 0.1 %; QK gain 6 gives CLS -> box scores of about 38 against 0 elsewhere.
@@ -189,7 +200,9 @@ class PlantedModel:
         """Whether the clips of ``seed`` show the decoy blob (a nuisance; never in and_composition)."""
         return self.truth.decoy_region is not None and bool(np.random.default_rng([seed, 1]).random() < DECOY_P)
 
-    def pair(self, seed: int = 0, positive: dict[str, bool] | None = None, negative: dict[str, bool] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def pair(
+        self, seed: int = 0, positive: dict[str, bool] | None = None, negative: dict[str, bool] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """A minimal pair on one background: by default every variable on vs every variable off."""
         positive = positive or {v: True for v in self.truth.variables}
         negative = negative or {v: False for v in self.truth.variables}
@@ -203,7 +216,9 @@ class PlantedModel:
         return PixelBox.from_tokens(self.cfg.grid, self.truth.positions(variable))
 
 
-def render_clip(cfg: HookedViViTConfig, blobs: Sequence[Region], seed: int = 0, *, texture: bool = True) -> torch.Tensor:
+def render_clip(
+    cfg: HookedViViTConfig, blobs: Sequence[Region], seed: int = 0, *, texture: bool = True
+) -> torch.Tensor:
     """[1, T, 3, H, W] normalised pixels: R = lum, G = lum + n, B = lum - n, where lum = BLOB inside
     the pixel box of every token region in ``blobs`` (0 elsewhere) and n is a colour texture drawn
     from ``seed`` (one level per tubelet, in [-TEXTURE, TEXTURE], plus pixel noise). A blob changes
@@ -225,6 +240,7 @@ def render_clip(cfg: HookedViViTConfig, blobs: Sequence[Region], seed: int = 0, 
 
 def equal_boxes(grid: Any, region: Region) -> list[Region]:
     """Every box of the token grid with the same extent as ``region`` (which is among them)."""
+
     def extent(sel, n):
         if sel is None:
             return n
@@ -234,8 +250,12 @@ def equal_boxes(grid: Any, region: Region) -> list[Region]:
         return len(sel)
 
     dt, dr, dc = (extent(s, n) for s, n in zip((region.frame_slots, region.rows, region.cols), grid.shape))
-    return [Region(tuple(range(t, t + dt)), tuple(range(r, r + dr)), tuple(range(c, c + dc)))
-            for t in range(grid.n_frame_slots - dt + 1) for r in range(grid.n_rows - dr + 1) for c in range(grid.n_cols - dc + 1)]
+    return [
+        Region(tuple(range(t, t + dt)), tuple(range(r, r + dr)), tuple(range(c, c + dc)))
+        for t in range(grid.n_frame_slots - dt + 1)
+        for r in range(grid.n_rows - dr + 1)
+        for c in range(grid.n_cols - dc + 1)
+    ]
 
 
 # =========================================================================================== building
@@ -313,7 +333,7 @@ def single_head() -> PlantedModel:
     truth = GroundTruth(
         name="single_head",
         summary="head L1H2's CLS query attends only to the 8 tokens of box A (frame slots 2-3, rows 1-2, cols 2-3); "
-                "its OV circuit writes their brightness to signal_a, the only direction the classifier reads",
+        "its OV circuit writes their brightness to signal_a, the only direction the classifier reads",
         variables=("blob",),
         heads=(PlantedHead(1, 2, "blob", region, grid_pos(region), "signal_a"),),
         mlps=(),
@@ -361,10 +381,13 @@ def and_composition() -> PlantedModel:
     truth = GroundTruth(
         name="and_composition",
         summary="head L0H1 gathers blob A (frame slots 0-1, rows 0-1, cols 1-2) into signal_a, head L1H3 blob B "
-                "(frame slots 2-3, rows 2-3, cols 0-1) into signal_b; neuron 0 of the layer-2 MLP fires only when "
-                "both are there and writes composed, the only direction the classifier reads",
+        "(frame slots 2-3, rows 2-3, cols 0-1) into signal_b; neuron 0 of the layer-2 MLP fires only when "
+        "both are there and writes composed, the only direction the classifier reads",
         variables=("a", "b"),
-        heads=(PlantedHead(0, 1, "a", region_a, pos(region_a), "signal_a"), PlantedHead(1, 3, "b", region_b, pos(region_b), "signal_b")),
+        heads=(
+            PlantedHead(0, 1, "a", region_a, pos(region_a), "signal_a"),
+            PlantedHead(1, 3, "b", region_b, pos(region_b), "signal_b"),
+        ),
         mlps=(2,),
         reads="composed",
         positive=0,
@@ -391,5 +414,19 @@ def build(name: str) -> PlantedModel:
     return BUILDERS[name]()
 
 
-__all__ = ["BUILDERS", "D_MODEL", "FEATURES", "NAMES", "Distractor", "GroundTruth", "PlantedHead", "PlantedModel",
-           "build", "direction", "equal_boxes", "render_clip", "and_composition", "single_head"]
+__all__ = [
+    "BUILDERS",
+    "D_MODEL",
+    "FEATURES",
+    "NAMES",
+    "Distractor",
+    "GroundTruth",
+    "PlantedHead",
+    "PlantedModel",
+    "build",
+    "direction",
+    "equal_boxes",
+    "render_clip",
+    "and_composition",
+    "single_head",
+]

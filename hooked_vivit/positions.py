@@ -8,8 +8,9 @@ it sits below all of them; ``hooked_vivit.patching`` re-exports its public names
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ class FrameSlot:
     t: int
 
 
-PositionGroup = Union[None, str, int, Sequence[int], torch.Tensor, Region, FrameSlot]
+PositionGroup = Union[None, str, int, Sequence[int], torch.Tensor, Region, FrameSlot]  # noqa: UP007  (a runtime alias, readable in any Python)
 
 
 def checked_index(v: Any, n: int, what: str) -> int:
@@ -43,7 +44,9 @@ def checked_index(v: Any, n: int, what: str) -> int:
         raise ValueError(f"{what} must be an integer, got {v!r} ({type(v).__name__})")
     v = int(v)
     if v < 0:
-        raise ValueError(f"{what} {v} is negative; indices count 0..{n - 1} (no wrap-around, so a label never names another token)")
+        raise ValueError(
+            f"{what} {v} is negative; indices count 0..{n - 1} (no wrap-around, so a label never names another token)"
+        )
     if v >= n:
         raise ValueError(f"{what} {v} is out of range 0..{n - 1}")
     return v
@@ -76,7 +79,9 @@ def checked_indices(x: Any, n: int, what: str) -> list[int]:
         return mask.nonzero().flatten().tolist()
     if isinstance(x, (torch.Tensor, np.ndarray)):
         if x.ndim > 1:
-            raise ValueError(f"{what}s must be an index or a 1-d list of indices, got an array of shape {tuple(x.shape)}")
+            raise ValueError(
+                f"{what}s must be an index or a 1-d list of indices, got an array of shape {tuple(x.shape)}"
+            )
         x = list(x) if x.ndim == 1 else [x]
     elif not isinstance(x, (list, tuple, range)):
         x = [x]
@@ -107,22 +112,33 @@ def resolve_positions(model: Any, group: PositionGroup) -> tuple[int, ...] | Non
             return tuple(range(grid.n_prefix, cfg.n_ctx))
         if group == "pooled":  # the tokens the classifier reads: CLS / token 0, or every patch token it averages
             return (0,) if cfg.pooling == "first" else tuple(range(grid.n_prefix, cfg.n_ctx))
-        raise ValueError(f"unknown position group {group!r}; use 'all', 'cls', 'patches', 'pooled', a token index, a list, a bool mask, FrameSlot or Region")
+        raise ValueError(
+            f"unknown position group {group!r}; use 'all', 'cls', 'patches', 'pooled', a token index, a list, a bool mask, FrameSlot or Region"
+        )
     if isinstance(group, FrameSlot):
         return tuple(grid.positions(frame_slots=checked_index(group.t, grid.n_frame_slots, "frame slot")))
     if isinstance(group, Region):
-        axes = (checked_indices(group.frame_slots, grid.n_frame_slots, "frame slot"), checked_indices(group.rows, grid.n_rows, "row"),
-                checked_indices(group.cols, grid.n_cols, "col"))
+        axes = (
+            checked_indices(group.frame_slots, grid.n_frame_slots, "frame slot"),
+            checked_indices(group.rows, grid.n_rows, "row"),
+            checked_indices(group.cols, grid.n_cols, "col"),
+        )
         pos = grid.positions(*axes) if all(axes) else []
         if not pos and not group.include_cls:
-            raise ValueError(f"{group} selects no token (grid of {grid.n_frame_slots} frame slots x {grid.n_rows} rows x {grid.n_cols} cols)")
+            raise ValueError(
+                f"{group} selects no token (grid of {grid.n_frame_slots} frame slots x {grid.n_rows} rows x {grid.n_cols} cols)"
+            )
         return tuple(([0] if group.include_cls else []) + pos)
     if _is_mask(group) and isinstance(group, (torch.Tensor, np.ndarray)) and tuple(group.shape) == grid.shape:
-        pos = [grid.n_prefix + i for i in torch.as_tensor(group).flatten().nonzero().flatten().tolist()]  # a mask over the token grid
+        pos = [
+            grid.n_prefix + i for i in torch.as_tensor(group).flatten().nonzero().flatten().tolist()
+        ]  # a mask over the token grid
     elif isinstance(group, (int, np.integer, torch.Tensor, np.ndarray, list, tuple, range, bool)):
         pos = checked_indices(group, cfg.n_ctx, "token position")
     else:
-        raise ValueError(f"unknown position group {group!r}; use 'all', 'cls', 'patches', 'pooled', a token index, a list, a bool mask, FrameSlot or Region")
+        raise ValueError(
+            f"unknown position group {group!r}; use 'all', 'cls', 'patches', 'pooled', a token index, a list, a bool mask, FrameSlot or Region"
+        )
     if not pos:
         raise ValueError(f"the position group {group!r} selects no token")
     return tuple(pos)

@@ -32,8 +32,12 @@ class ProbeResult:
         return None if self.control_accuracy is None else self.accuracy - self.control_accuracy
 
     def to_dict(self) -> dict:
-        return {"accuracy": self.accuracy, "train_accuracy": self.train_accuracy,
-                "control_accuracy": self.control_accuracy, "selectivity": self.selectivity}
+        return {
+            "accuracy": self.accuracy,
+            "train_accuracy": self.train_accuracy,
+            "control_accuracy": self.control_accuracy,
+            "selectivity": self.selectivity,
+        }
 
 
 def group_split(groups: np.ndarray, test_fraction: float = 0.34, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -47,7 +51,9 @@ def group_split(groups: np.ndarray, test_fraction: float = 0.34, seed: int = 0) 
     return ~test, test
 
 
-def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-2, steps: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_logistic(
+    x: torch.Tensor, y: torch.Tensor, l2: float = 1e-2, steps: int = 100
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Binary logistic regression weights (w, b) on standardised x; y in {0, 1}."""
     x, y = x.double(), y.double()
     w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
@@ -87,7 +93,9 @@ def probe_accuracy(
     def run(yy: torch.Tensor) -> tuple[float, float]:
         w, b = fit_logistic(x[train_t], yy[train_t], l2)
         pred = (x @ w + b > 0).double()
-        return float((pred[test_t] == yy[test_t]).double().mean()), float((pred[train_t] == yy[train_t]).double().mean())
+        return float((pred[test_t] == yy[test_t]).double().mean()), float(
+            (pred[train_t] == yy[train_t]).double().mean()
+        )
 
     acc, train_acc = run(y)
     control_acc = None
@@ -104,7 +112,9 @@ def probe_accuracy(
     return ProbeResult(acc, train_acc, control_acc)
 
 
-def bootstrap_ci(values: np.ndarray, n: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+def bootstrap_ci(
+    values: np.ndarray, n: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[np.ndarray, np.ndarray]:
     """Percentile bootstrap interval of the mean over axis 0 (rows resampled with replacement)."""
     v = np.asarray(values, dtype=np.float64)
     if len(v) < 2:
@@ -127,8 +137,14 @@ def _pair_index(labels: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.
     return uniq, pos, neg
 
 
-def fit_logistic_batched(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, l2: float = 1e-2, steps: int = 50,
-                         x_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_logistic_batched(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    train: torch.Tensor,
+    l2: float = 1e-2,
+    steps: int = 50,
+    x_index: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``fit_logistic``'s objective (mean training BCE + l2 ||w||^2, b free) for P independent problems
     at once, by damped Newton: x [P, n, d] (standardised per problem), y [P, n] in {0, 1}, train
     [P, n] bool (the rows each problem fits); returns w [P, d], b [P].
@@ -259,8 +275,14 @@ def cross_validated_probe(
             paired = (s[p_rows] > s[n_rows]) + 0.5 * (s[p_rows] == s[n_rows])
             tasks[task].append(((correct[pos] + correct[neg]) / 2, paired.astype(float)))
     # Folds differ by at most one pair: at least n - ceil(n/k) pairs train, at most ceil(n/k) test.
-    out: dict = {"pairs": int(len(uniq)), "folds": k, "repeats": repeats, "train_pairs_per_fold": int(len(uniq) - int(np.ceil(len(uniq) / k))),
-                 "test_pairs_per_fold": int(np.ceil(len(uniq) / k)), "train_accuracy": float(np.mean(train_accs))}
+    out: dict = {
+        "pairs": int(len(uniq)),
+        "folds": k,
+        "repeats": repeats,
+        "train_pairs_per_fold": int(len(uniq) - int(np.ceil(len(uniq) / k))),
+        "test_pairs_per_fold": int(np.ceil(len(uniq) / k)),
+        "train_accuracy": float(np.mean(train_accs)),
+    }
     for task, prefix in (("probe", ""), ("control", "control_")):
         if not tasks[task]:
             out[f"{prefix}accuracy"] = None

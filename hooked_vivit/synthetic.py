@@ -13,8 +13,8 @@ pair differs only where the outcome does.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -110,7 +110,9 @@ class Stage:
     def blank_mask(self) -> np.ndarray:
         return np.zeros(self.background.shape[:2], np.uint8)
 
-    def render(self, mask_names: Sequence[str], draw: Callable[[int, np.ndarray, dict[str, np.ndarray]], None]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def render(
+        self, mask_names: Sequence[str], draw: Callable[[int, np.ndarray, dict[str, np.ndarray]], None]
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """The frame loop of every scene: for each frame t a fresh canvas and blank masks (one per
         name), painted by ``draw(t, img, masks)``, then cropped and lit by ``finish``."""
         frames: list[np.ndarray] = []
@@ -123,7 +125,9 @@ class Stage:
                 masks[name].append(mask)
         return self.finish(frames, masks)
 
-    def finish(self, frames: list[np.ndarray], masks: dict[str, list[np.ndarray]]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def finish(
+        self, frames: list[np.ndarray], masks: dict[str, list[np.ndarray]]
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         m, s = self.margin, self.size
 
         def crop(img: np.ndarray, t: int) -> np.ndarray:
@@ -156,8 +160,11 @@ def _bowling(seed: int, outcome: str, T: int, S: int, m: int | None = None) -> C
     stage = Stage(rng, S, T, _color(rng, (40, 30, 40), (120, 110, 130)))
     off = stage.margin
     cam = Perspective(
-        cx=off + S * rng.uniform(0.44, 0.56), horizon=off + S * rng.uniform(-0.1, 0.05),
-        near_y=off + S * rng.uniform(1.0, 1.1), half_width=S * rng.uniform(0.42, 0.55), depth_ratio=rng.uniform(2.4, 3.4),
+        cx=off + S * rng.uniform(0.44, 0.56),
+        horizon=off + S * rng.uniform(-0.1, 0.05),
+        near_y=off + S * rng.uniform(1.0, 1.1),
+        half_width=S * rng.uniform(0.42, 0.55),
+        depth_ratio=rng.uniform(2.4, 3.4),
     )
     lane_color = _color(rng, (150, 100, 50), (225, 180, 120))
     gutter_color = _color(rng, (30, 30, 30), (80, 80, 90))
@@ -175,7 +182,9 @@ def _bowling(seed: int, outcome: str, T: int, S: int, m: int | None = None) -> C
     side = rng.choice([-1.0, 1.0])
     pin_rows = [(0.0,), (-0.11, 0.11), (-0.22, 0.0, 0.22), (-0.33, -0.11, 0.11, 0.33)]
     pins = [(u, 0.84 + 0.035 * r) for r, row in enumerate(pin_rows) for u in row]
-    scatter = [(rng.uniform(-1.2, 1.2), rng.uniform(-0.02, 0.12), int(rng.integers(0, 4)), rng.uniform(-90, 90)) for _ in pins]
+    scatter = [
+        (rng.uniform(-1.2, 1.2), rng.uniform(-0.02, 0.12), int(rng.integers(0, 4)), rng.uniform(-90, 90)) for _ in pins
+    ]
     v_start, v_pins = 0.03, 0.84
 
     def ball_at(t: int) -> tuple[float, float] | None:
@@ -211,10 +220,19 @@ def _bowling(seed: int, outcome: str, T: int, S: int, m: int | None = None) -> C
                 u, v = u + du * 0.08 * k, v + dv * 0.05 * k
                 if abs(u) > 1.3 or v > 1.1:
                     continue
-            drawables.append((v, lambda u=u, v=v, fallen=fallen, spin=spin: _draw_pin(img, pin_mask, cam, u, v, S, fallen, spin, pin_band)))
+            drawables.append(
+                (
+                    v,
+                    lambda u=u, v=v, fallen=fallen, spin=spin: _draw_pin(
+                        img, pin_mask, cam, u, v, S, fallen, spin, pin_band
+                    ),
+                )
+            )
         if ball is not None:
             ub, vb = ball
-            drawables.append((vb - 0.015, lambda ub=ub, vb=vb: _draw_ball(img, ball_mask, cam, ub, vb, S * 0.1, ball_color)))
+            drawables.append(
+                (vb - 0.015, lambda ub=ub, vb=vb: _draw_ball(img, ball_mask, cam, ub, vb, S * 0.1, ball_color))
+            )
         for _, paint in sorted(drawables, key=lambda d: -d[0]):
             paint()
 
@@ -253,8 +271,11 @@ def _golf(seed: int, outcome: str, T: int, S: int) -> Clip:
     stage = Stage(rng, S, T, _color(rng, (20, 60, 20), (90, 140, 90)), texture=18.0)
     off = stage.margin
     cam = Perspective(
-        cx=off + S * rng.uniform(0.42, 0.58), horizon=off + S * rng.uniform(-0.25, 0.0),
-        near_y=off + S * rng.uniform(1.0, 1.1), half_width=S * rng.uniform(0.9, 1.3), depth_ratio=rng.uniform(1.6, 2.3),
+        cx=off + S * rng.uniform(0.42, 0.58),
+        horizon=off + S * rng.uniform(-0.25, 0.0),
+        near_y=off + S * rng.uniform(1.0, 1.1),
+        half_width=S * rng.uniform(0.9, 1.3),
+        depth_ratio=rng.uniform(1.6, 2.3),
     )
     stripe = rng.uniform(0.84, 0.93)
     n_stripes = int(rng.integers(4, 9))
@@ -350,19 +371,33 @@ def _basketball(seed: int, outcome: str, T: int, S: int) -> Clip:
             x = start_x + (target_x - start_x) * tau
             top = min(start_y, rim_y) - apex
             # Parabola through start (tau 0), apex, rim height (tau 1).
-            y = (1 - tau) ** 2 * start_y + 2 * (1 - tau) * tau * (2 * top - 0.5 * (start_y + rim_y)) + tau**2 * (rim_y - ball_r)
+            y = (
+                (1 - tau) ** 2 * start_y
+                + 2 * (1 - tau) * tau * (2 * top - 0.5 * (start_y + rim_y))
+                + tau**2 * (rim_y - ball_r)
+            )
             return x, y
         k = (t - t0 - n_flight) / T
         if outcome == "make":  # through the net, then down
             return rim_x, rim_y - ball_r + k * S * 2.2
         # off the rim: bounce away and fall
-        return rim_x + miss_dx + facing * (-1) * bounce * k * S * 1.2, rim_y - ball_r - k * S * 0.8 + (k * 7) ** 2 * S * 0.05
+        return rim_x + miss_dx + facing * (-1) * bounce * k * S * 1.2, rim_y - ball_r - k * S * 0.8 + (
+            k * 7
+        ) ** 2 * S * 0.05
 
     def draw(t: int, img: np.ndarray, masks: dict[str, np.ndarray]) -> None:
         ball_mask, hoop_mask = masks["ball"], masks["hoop"]
         cv2.rectangle(img, _p(0, floor_y), _p(img.shape[1], img.shape[0]), floor_color, -1, cv2.LINE_8, SHIFT)
         bx = rim_x + facing * rim_w * 0.6
-        cv2.rectangle(img, _p(bx - S * 0.01, rim_y - S * 0.14), _p(bx + S * 0.01, rim_y + S * 0.04), board_color, -1, cv2.LINE_8, SHIFT)
+        cv2.rectangle(
+            img,
+            _p(bx - S * 0.01, rim_y - S * 0.14),
+            _p(bx + S * 0.01, rim_y + S * 0.04),
+            board_color,
+            -1,
+            cv2.LINE_8,
+            SHIFT,
+        )
         _line(img, (bx, rim_y + S * 0.04), (bx, floor_y), (90, 90, 90), 3)
         for i in range(5):  # net
             a = rim_x - rim_w / 2 + i * rim_w / 4
@@ -403,7 +438,13 @@ def _juggling(seed: int, outcome: str, T: int, S: int) -> Clip:
         for canvas, col in ((img, shirt), (body_mask, 255)):  # the juggler: torso, arms, head
             cv2.rectangle(canvas, _p(cx - S * 0.09, shoulder_y), _p(cx + S * 0.09, hip_y), col, -1, cv2.LINE_8, SHIFT)
             for hx in (cx - spread, cx + spread):
-                _line(canvas, (cx - np.sign(cx - hx) * S * 0.08, shoulder_y + S * 0.02), (hx, hand_y + hand_dy), col, thick)
+                _line(
+                    canvas,
+                    (cx - np.sign(cx - hx) * S * 0.08, shoulder_y + S * 0.02),
+                    (hx, hand_y + hand_dy),
+                    col,
+                    thick,
+                )
         _circle(img, cx, shoulder_y - S * 0.08, S * 0.065, skin)
         _circle(body_mask, cx, shoulder_y - S * 0.08, S * 0.065, 255, aa=False)
         for hx in (cx - spread, cx + spread):
@@ -484,7 +525,13 @@ def _skipping(seed: int, outcome: str, T: int, S: int) -> Clip:
         hands = ((cx - h * 0.22, hip), (cx + h * 0.22, hip))
         sag = np.cos(a)  # +1 under the feet, -1 over the head
         mid_y = hip + sag * (feet - hip + S * 0.02) if sag > 0 else hip + sag * (hip - head + S * 0.04)
-        pts = [(hands[0][0] + (hands[1][0] - hands[0][0]) * s, (1 - s) ** 2 * hip + 2 * (1 - s) * s * (2 * mid_y - hip) + s**2 * hip) for s in np.linspace(0, 1, 12)]
+        pts = [
+            (
+                hands[0][0] + (hands[1][0] - hands[0][0]) * s,
+                (1 - s) ** 2 * hip + 2 * (1 - s) * s * (2 * mid_y - hip) + s**2 * hip,
+            )
+            for s in np.linspace(0, 1, 12)
+        ]
         for p, q in zip(pts, pts[1:]):
             _line(img, p, q, rope, max(2, int(S * 0.025)))
             _line(rope_mask, p, q, 255, max(2, int(S * 0.025)))

@@ -13,13 +13,37 @@ from transformers import VivitConfig, VivitForVideoClassification, VivitModel
 # Small configs covering the shapes that break converters: non-square frames, tubelets other than
 # (2, 16, 16), qkv_bias False, odd head counts, 1 and 3 layers.
 SMALL_CONFIGS = {
-    "nonsquare_2x8x8_3heads": dict(image_size=[32, 48], num_frames=4, tubelet_size=[2, 8, 8], hidden_size=24,
-                                   num_hidden_layers=2, num_attention_heads=3, intermediate_size=48, num_labels=7),
-    "nobias_1layer_5heads": dict(image_size=[16, 32], num_frames=3, tubelet_size=[1, 8, 16], hidden_size=40,
-                                 num_hidden_layers=1, num_attention_heads=5, intermediate_size=64, qkv_bias=False,
-                                 num_labels=4),
-    "3layers_4x4x4": dict(image_size=16, num_frames=8, tubelet_size=[4, 4, 4], hidden_size=32,
-                          num_hidden_layers=3, num_attention_heads=2, intermediate_size=96, num_labels=3),
+    "nonsquare_2x8x8_3heads": dict(
+        image_size=[32, 48],
+        num_frames=4,
+        tubelet_size=[2, 8, 8],
+        hidden_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        intermediate_size=48,
+        num_labels=7,
+    ),
+    "nobias_1layer_5heads": dict(
+        image_size=[16, 32],
+        num_frames=3,
+        tubelet_size=[1, 8, 16],
+        hidden_size=40,
+        num_hidden_layers=1,
+        num_attention_heads=5,
+        intermediate_size=64,
+        qkv_bias=False,
+        num_labels=4,
+    ),
+    "3layers_4x4x4": dict(
+        image_size=16,
+        num_frames=8,
+        tubelet_size=[4, 4, 4],
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=96,
+        num_labels=3,
+    ),
 }
 
 
@@ -30,7 +54,11 @@ def perturb_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=gen)
-            if name.endswith("layernorm_before.weight") or name.endswith("layernorm_after.weight") or name.endswith("layernorm.weight"):
+            if (
+                name.endswith("layernorm_before.weight")
+                or name.endswith("layernorm_after.weight")
+                or name.endswith("layernorm.weight")
+            ):
                 p.copy_(1.0 + 0.3 * noise)
             elif "cls_token" in name or "position_embeddings" in name:
                 p.copy_(0.5 * noise)
@@ -68,13 +96,39 @@ def max_rel(actual: torch.Tensor, reference: torch.Tensor) -> float:
 # Odd shapes: a frame size the patch leaves over (26 px, 8 px patches), one patch per frame, no
 # qkv bias, gelu_new, another eps, 1 and 3 layers, head counts that are not powers of two.
 TIMESFORMER_CONFIGS = {
-    "26px_3frames_3heads": dict(image_size=26, patch_size=8, num_frames=3, hidden_size=24, num_attention_heads=3,
-                                num_hidden_layers=2, intermediate_size=37, num_labels=5),
-    "nobias_1layer_5heads": dict(image_size=20, patch_size=4, num_frames=5, hidden_size=40, num_attention_heads=5,
-                                 num_hidden_layers=1, intermediate_size=64, num_labels=4, qkv_bias=False,
-                                 hidden_act="gelu_new", layer_norm_eps=1e-5),
-    "3layers_one_patch": dict(image_size=16, patch_size=16, num_frames=2, hidden_size=32, num_attention_heads=2,
-                              num_hidden_layers=3, intermediate_size=96, num_labels=3),
+    "26px_3frames_3heads": dict(
+        image_size=26,
+        patch_size=8,
+        num_frames=3,
+        hidden_size=24,
+        num_attention_heads=3,
+        num_hidden_layers=2,
+        intermediate_size=37,
+        num_labels=5,
+    ),
+    "nobias_1layer_5heads": dict(
+        image_size=20,
+        patch_size=4,
+        num_frames=5,
+        hidden_size=40,
+        num_attention_heads=5,
+        num_hidden_layers=1,
+        intermediate_size=64,
+        num_labels=4,
+        qkv_bias=False,
+        hidden_act="gelu_new",
+        layer_norm_eps=1e-5,
+    ),
+    "3layers_one_patch": dict(
+        image_size=16,
+        patch_size=16,
+        num_frames=2,
+        hidden_size=32,
+        num_attention_heads=2,
+        num_hidden_layers=3,
+        intermediate_size=96,
+        num_labels=3,
+    ),
 }
 
 

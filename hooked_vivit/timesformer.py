@@ -17,9 +17,10 @@ own batch layout; ``TIMESFORMER_HOOK_AXES`` names every axis, and ``spatial_to_t
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -74,16 +75,25 @@ hook_layout.register_hooks(
         "hook_resid_mid_temporal": HookLayout(("batch", "pos", "d_model")),
         "ln_temporal.hook_scale": HookLayout(("batch_positions", "frames", "one")),
         "ln_temporal.hook_normalized": HookLayout(("batch_positions", "frames", "d_model")),
-        **{f"temporal_attn.{leaf}": HookLayout(("batch_positions", "frames", "head_index", "d_head"))
-           for leaf in ("hook_q", "hook_k", "hook_v", "hook_z")},
-        "temporal_attn.hook_result": HookLayout(("batch_positions", "frames", "head_index", "d_model"), switch="use_attn_result"),
+        **{
+            f"temporal_attn.{leaf}": HookLayout(("batch_positions", "frames", "head_index", "d_head"))
+            for leaf in ("hook_q", "hook_k", "hook_v", "hook_z")
+        },
+        "temporal_attn.hook_result": HookLayout(
+            ("batch_positions", "frames", "head_index", "d_model"), switch="use_attn_result"
+        ),
         "temporal_attn.hook_attn_scores": HookLayout(("batch_positions", "head_index", "query_frame", "key_frame")),
         "temporal_attn.hook_pattern": HookLayout(("batch_positions", "head_index", "query_frame", "key_frame")),
         "temporal_attn.hook_pattern_rows": HookLayout(("batch_positions", "head_index", "query_row", "key_frame")),
     },
-    {"frames": lambda cfg: cfg.num_frames, "query_frame": lambda cfg: cfg.num_frames,
-     "key_frame": lambda cfg: cfg.num_frames, "batch_positions": _positions},
+    {
+        "frames": lambda cfg: cfg.num_frames,
+        "query_frame": lambda cfg: cfg.num_frames,
+        "key_frame": lambda cfg: cfg.num_frames,
+        "batch_positions": _positions,
+    },
 )
+
 
 @dataclass(repr=False)
 class HookedTimeSformerConfig(HookedViViTConfig):
@@ -104,13 +114,19 @@ class HookedTimeSformerConfig(HookedViViTConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.tubelet_size[0] != 1:
-            raise ValueError(f"TimeSformer embeds each frame on its own: tubelet_size must be (1, h, w), got {self.tubelet_size}")
+            raise ValueError(
+                f"TimeSformer embeds each frame on its own: tubelet_size must be (1, h, w), got {self.tubelet_size}"
+            )
         if self.n_prefix_tokens != 1 or self.pooling != "first" or self.pos_embed_type != "learned":
-            raise ValueError("TimeSformer has a CLS token, learned position embeddings and classifies the CLS token "
-                             "(n_prefix_tokens=1, pooling='first', pos_embed_type='learned')")
+            raise ValueError(
+                "TimeSformer has a CLS token, learned position embeddings and classifies the CLS token "
+                "(n_prefix_tokens=1, pooling='first', pos_embed_type='learned')"
+            )
         if self.use_split_qkv_input or self.use_attn_in:
-            raise ValueError("use_split_qkv_input / use_attn_in are not available on TimeSformer (two attentions per block "
-                             "read differently shaped inputs); hook ln1.hook_normalized or ln_temporal.hook_normalized instead")
+            raise ValueError(
+                "use_split_qkv_input / use_attn_in are not available on TimeSformer (two attentions per block "
+                "read differently shaped inputs); hook ln1.hook_normalized or ln_temporal.hook_normalized instead"
+            )
 
     def hook_shape(self, name: str, batch: int) -> tuple[int, ...] | None:
         """The shape of the attention hooks, which batch over positions or frames (others:
@@ -132,23 +148,29 @@ class HookedTimeSformerConfig(HookedViViTConfig):
         return (rows, width, H, E)  # q, k, v, z
 
     @classmethod
-    def from_hf_config(cls, hf_config: Any, **overrides: Any) -> "HookedTimeSformerConfig":
+    def from_hf_config(cls, hf_config: Any, **overrides: Any) -> HookedTimeSformerConfig:
         """Build from a `transformers.TimesformerConfig` or its config.json dict."""
         d = hf_config if isinstance(hf_config, Mapping) else hf_config.to_dict()
         if d.get("model_type", "timesformer") != "timesformer":
             raise ValueError(f"expected a TimeSformer config (model_type 'timesformer'), got {d.get('model_type')!r}")
         attention_type = d.get("attention_type", "divided_space_time")
         if attention_type != "divided_space_time":
-            raise ValueError(f"HookedTimeSformer supports attention_type 'divided_space_time' only, got {attention_type!r} "
-                             "(space_only and joint_space_time checkpoints are not supported)")
+            raise ValueError(
+                f"HookedTimeSformer supports attention_type 'divided_space_time' only, got {attention_type!r} "
+                "(space_only and joint_space_time checkpoints are not supported)"
+            )
         d_model, n_heads = int(d.get("hidden_size", 768)), int(d.get("num_attention_heads", 12))
         if n_heads < 1 or d_model % n_heads:
-            raise ValueError(f"hidden_size {d_model} must be a multiple of num_attention_heads {n_heads} (as transformers requires)")
+            raise ValueError(
+                f"hidden_size {d_model} must be a multiple of num_attention_heads {n_heads} (as transformers requires)"
+            )
         image_size, patch = d.get("image_size", 224), d.get("patch_size", 16)
         if not isinstance(image_size, int) or not isinstance(patch, int):
             # transformers' TimesformerLayer computes image_size // patch_size: ints only.
-            raise ValueError(f"TimeSformer's image_size and patch_size must be ints (square frames and patches, as "
-                             f"transformers' TimesformerLayer requires), got {image_size!r} and {patch!r}")
+            raise ValueError(
+                f"TimeSformer's image_size and patch_size must be ints (square frames and patches, as "
+                f"transformers' TimesformerLayer requires), got {image_size!r} and {patch!r}"
+            )
         id2label = d.get("id2label") or {}
         kwargs: dict[str, Any] = dict(
             d_model=d_model,
@@ -179,7 +201,9 @@ class HookedTimeSformerConfig(HookedViViTConfig):
         H, W = self.image_size  # type: ignore[misc]
         _, ph, pw = self.tubelet_size
         if H != W or ph != pw:
-            raise ValueError(f"transformers' TimeSformer takes square frames and patches only; this model has {H}x{W} frames, {ph}x{pw} patches")
+            raise ValueError(
+                f"transformers' TimeSformer takes square frames and patches only; this model has {H}x{W} frames, {ph}x{pw} patches"
+            )
         d: dict[str, Any] = {
             "model_type": "timesformer",
             "architectures": [self.original_architecture],
@@ -204,7 +228,11 @@ class HookedTimeSformerConfig(HookedViViTConfig):
         if self.n_classes:
             d["id2label"] = {str(k): v for k, v in sorted(self.id2label.items())}
             d["label2id"] = {v: k for k, v in sorted(self.id2label.items())}
-        flags = {"folded_ln": self.folded_ln, "centered_writing_weights": self.centered_writing_weights, "folded_value_biases": self.folded_value_biases}
+        flags = {
+            "folded_ln": self.folded_ln,
+            "centered_writing_weights": self.centered_writing_weights,
+            "folded_value_biases": self.folded_value_biases,
+        }
         if any(flags.values()):
             d["hooked_vivit"] = {**flags, "normalization_type": self.normalization_type}
         return d
@@ -225,7 +253,9 @@ class HookedTimeSformer(HookedVideoTransformer):
         self.pos_embed = FramePosEmbed(cfg)
         self.time_embed = TimeEmbed(cfg)
         self.hook_embed = HookPoint()  # [batch, n_ctx, d_model]: patch tokens, CLS at position 0
-        self.hook_pos_embed = HookPoint()  # [batch, n_ctx, d_model]: W_pos[0] at CLS, W_pos[1 + n] at patch n of each frame
+        self.hook_pos_embed = (
+            HookPoint()
+        )  # [batch, n_ctx, d_model]: W_pos[0] at CLS, W_pos[1 + n] at patch n of each frame
         self.hook_time_embed = HookPoint()  # [batch, n_ctx, d_model]: 0 at CLS, W_time[t] at every patch of frame t
 
     def embed_input(self, x: PixelValues) -> Float[torch.Tensor, "batch n_ctx d_model"]:
@@ -240,24 +270,36 @@ class HookedTimeSformer(HookedVideoTransformer):
 
     def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
         if use_split_qkv_input:
-            raise ValueError("use_split_qkv_input is not available on TimeSformer; hook ln1.hook_normalized / ln_temporal.hook_normalized")
+            raise ValueError(
+                "use_split_qkv_input is not available on TimeSformer; hook ln1.hook_normalized / ln_temporal.hook_normalized"
+            )
 
     def set_use_attn_in(self, use_attn_in: bool) -> None:
         if use_attn_in:
-            raise ValueError("use_attn_in is not available on TimeSformer; hook ln1.hook_normalized / ln_temporal.hook_normalized")
+            raise ValueError(
+                "use_attn_in is not available on TimeSformer; hook ln1.hook_normalized / ln_temporal.hook_normalized"
+            )
 
-    def accumulated_bias(self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True) -> Float[torch.Tensor, "d_model"]:
-        raise NotImplementedError("TimeSformer's temporal attention writes its bias to patch tokens only (not CLS), so no single "
-                                  "accumulated bias vector describes every token; read the biases per block")
+    def accumulated_bias(
+        self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
+    ) -> Float[torch.Tensor, d_model]:
+        raise NotImplementedError(
+            "TimeSformer's temporal attention writes its bias to patch tokens only (not CLS), so no single "
+            "accumulated bias vector describes every token; read the biases per block"
+        )
 
-    def residual_writers(self, layer: int, *, mlp_input: bool = False, mode: str = "all", incl_embeds: bool = True) -> tuple[list[str], list[str]]:
+    def residual_writers(
+        self, layer: int, *, mlp_input: bool = False, mode: str = "all", incl_embeds: bool = True
+    ) -> tuple[list[str], list[str]]:
         """Hook names (and labels) of everything written to the residual stream entering ``layer``
         (its MLP with ``mlp_input``), in forward order: embed, pos_embed, time_embed, then per block
         temporal_attn_out, attn_out, mlp_out. ``mode``: "all", "attn" (both attentions) or "mlp"."""
         if mode not in ("all", "attn", "mlp"):
             raise ValueError(f"mode must be 'all', 'attn' or 'mlp', got {mode!r}")
         if not 0 <= layer <= self.cfg.n_layers or (mlp_input and layer >= self.cfg.n_layers):
-            raise ValueError(f"layer must lie in 0..{self.cfg.n_layers}{' - 1 with mlp_input' if mlp_input else ''}, got {layer}")
+            raise ValueError(
+                f"layer must lie in 0..{self.cfg.n_layers}{' - 1 with mlp_input' if mlp_input else ''}, got {layer}"
+            )
         names, labels = [], []
         if incl_embeds:
             names += ["hook_embed", "hook_pos_embed", "hook_time_embed"]
@@ -329,7 +371,9 @@ class HookedTimeSformer(HookedVideoTransformer):
             raise ValueError(f"expected [batch * {N} patches, {T} frames, ...], got shape {tuple(x.shape)}")
         return x.reshape(-1, N, T, *x.shape[2:]).transpose(1, 2).reshape(-1, T * N, *x.shape[2:])
 
-    def cls_pattern_on_tokens(self, pattern: Float[torch.Tensor, "bt head q k"]) -> Float[torch.Tensor, "batch head n_ctx"]:
+    def cls_pattern_on_tokens(
+        self, pattern: Float[torch.Tensor, "bt head q k"]
+    ) -> Float[torch.Tensor, "batch head n_ctx"]:
         """The CLS query rows of the spatial pattern (one per frame, [batch * frames, head, >=1, 1 + patches],
         a hook_pattern or a CLS hook_pattern_rows) as CLS's effective attention over every token:
         the block averages the frames' CLS outputs, so token (t, n) gets ``pattern_t[CLS, n] / frames``
@@ -342,7 +386,9 @@ class HookedTimeSformer(HookedVideoTransformer):
         patches = (rows[..., 1:] / T).permute(0, 2, 1, 3).reshape(rows.shape[0], rows.shape[2], T * N)
         return torch.cat([cls.unsqueeze(-1), patches], dim=-1)
 
-    def temporal_maps(self, cache: Any, layer: int, clip: int = 0) -> Float[torch.Tensor, "head query_frame key_frame rows cols"]:
+    def temporal_maps(
+        self, cache: Any, layer: int, clip: int = 0
+    ) -> Float[torch.Tensor, "head query_frame key_frame rows cols"]:
         """Frame-to-frame attention of every spatial position: ``[h, q, k, r, c]`` is how much the
         patch at grid (r, c) of frame q attends to the same patch of frame k (head h, one clip), from
         a cached ``blocks.{layer}.temporal_attn.hook_pattern``."""
@@ -351,12 +397,16 @@ class HookedTimeSformer(HookedVideoTransformer):
         pattern = cache[f"blocks.{layer}.temporal_attn.hook_pattern"][clip * N : (clip + 1) * N]  # [N, H, T, T]
         return pattern.permute(1, 2, 3, 0).reshape(*pattern.shape[1:], g.n_rows, g.n_cols)
 
-    def attention_rows(self, pixel_values: PixelValues, queries: Any = "cls", layers: Sequence[int] | None = None) -> Float[torch.Tensor, "batch layers heads 1 n_ctx"]:
+    def attention_rows(
+        self, pixel_values: PixelValues, queries: Any = "cls", layers: Sequence[int] | None = None
+    ) -> Float[torch.Tensor, "batch layers heads 1 n_ctx"]:
         """CLS's effective attention over every token (``cls_pattern_on_tokens``) for every head of
         ``layers``, from the spatial attention's CLS rows on the fused path: [batch, layers, heads, 1, n_ctx]."""
         if queries != "cls":
-            raise ValueError("HookedTimeSformer.attention_rows reads the CLS query only (queries='cls'); for other queries cache "
-                             "blocks.{l}.attn.hook_pattern (per frame) or blocks.{l}.temporal_attn.hook_pattern")
+            raise ValueError(
+                "HookedTimeSformer.attention_rows reads the CLS query only (queries='cls'); for other queries cache "
+                "blocks.{l}.attn.hook_pattern (per frame) or blocks.{l}.temporal_attn.hook_pattern"
+            )
         from hooked_vivit.attention_rows import attention_rows
 
         rows = attention_rows(self, pixel_values, "cls", layers)  # [B*T, L, H, 1, 1+N]: CLS rows per frame

@@ -16,8 +16,8 @@ or logit. ``covered_frames`` / ``covered_rows`` / ``covered_cols`` give the part
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 from jaxtyping import Float
@@ -70,7 +70,11 @@ class TokenGrid:
     def coords(self, index: int) -> tuple[int, int, int] | None:
         """(frame slot, row, col) of a patch token; None for a prefix token (CLS), which has no place on the grid."""
         if not 0 <= index < self.n_ctx:
-            layout = f"0 is CLS, 1..{self.n_ctx - 1} patches" if self.n_prefix == 1 else f"{self.n_prefix} prefix tokens, then patches"
+            layout = (
+                f"0 is CLS, 1..{self.n_ctx - 1} patches"
+                if self.n_prefix == 1
+                else f"{self.n_prefix} prefix tokens, then patches"
+            )
             raise IndexError(f"token {index} out of range [0, {self.n_ctx}) ({layout})")
         if index < self.n_prefix:
             return None
@@ -166,4 +170,3 @@ class TokenGrid:
         dim = dim % grid.ndim
         flat = grid.flatten(dim, dim + 2)
         return torch.cat([cls.unsqueeze(dim) if self.n_prefix == 1 else cls, flat], dim=dim)
-

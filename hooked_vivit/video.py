@@ -18,8 +18,9 @@ import math
 import os
 import secrets
 import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -89,7 +90,11 @@ def _is_int(x: Any) -> bool:
 
 def _check_sampling(num_frames: Any, sampling: Any, frame_sample_rate: Any, start_index: Any, pad: Any) -> None:
     """Every option checked up front, whether or not the clip turns out long enough to need it."""
-    for name, value, low in (("num_frames", num_frames, 1), ("frame_sample_rate", frame_sample_rate, 1), ("start_index", start_index, 0)):
+    for name, value, low in (
+        ("num_frames", num_frames, 1),
+        ("frame_sample_rate", frame_sample_rate, 1),
+        ("start_index", start_index, 0),
+    ):
         if not _is_int(value) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     if sampling not in ("uniform", "strided"):
@@ -173,7 +178,11 @@ def load_video(
     if reported > 0:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a short clip warns below, once, with the true count
-            guess = sample_indices(reported, num_frames, **opts) if (sampling != "strided" or start_index < reported) else None
+            guess = (
+                sample_indices(reported, num_frames, **opts)
+                if (sampling != "strided" or start_index < reported)
+                else None
+            )
         if guess is not None:
             kept, n = decode_frames(path, set(guess.tolist()))
     if n == 0 and (reported <= 0 or guess is None):
@@ -181,7 +190,9 @@ def load_video(
     if n == 0:
         raise VideoReadError(f"{path}: opened, but no frame could be decoded (broken file or unsupported codec)")
     if sampling == "strided" and start_index >= n:
-        raise ValueError(f"{path}: start_index {start_index} is past the end of this {n}-frame clip (frames 0..{n - 1})")
+        raise ValueError(
+            f"{path}: start_index {start_index} is past the end of this {n}-frame clip (frames 0..{n - 1})"
+        )
     indices = sample_indices(n, num_frames, **opts)
     if not set(indices.tolist()) <= kept.keys():
         kept, _ = decode_frames(path, set(indices.tolist()))  # the header's frame count was wrong
@@ -197,7 +208,12 @@ def write_video(frames: Frames, path: str | Path, fps: float = 25.0) -> Path:
     path = Path(path).expanduser()
     if path.suffix.lower() != ".mp4":
         raise ValueError(f"{path}: write_video writes .mp4 files")
-    if isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)) or not math.isfinite(fps) or fps <= 0:
+    if (
+        isinstance(fps, bool)
+        or not isinstance(fps, (int, float, np.integer, np.floating))
+        or not math.isfinite(fps)
+        or fps <= 0
+    ):
         raise ValueError(f"fps must be a finite number > 0, got {fps!r}")
     T, H, W, _ = frames.shape
     if H % 2 or W % 2:
@@ -294,7 +310,9 @@ def preprocess(
     for i, frame in enumerate(frames):
         if (new_h, new_w) != (H, W):
             # Pillow's bilinear, exactly the processor's resize (antialiased when shrinking).
-            frame = np.asarray(Image.fromarray(frame).resize((new_w, new_h), resample=Image.BILINEAR, reducing_gap=None))
+            frame = np.asarray(
+                Image.fromarray(frame).resize((new_w, new_h), resample=Image.BILINEAR, reducing_gap=None)
+            )
         out[i] = frame[top : top + crop_h, left : left + crop_w]
     return normalize(torch.from_numpy(out), config=cfg if config is not None else None).unsqueeze(0)
 
@@ -303,7 +321,12 @@ def _pixel_constants(config: Any) -> tuple[torch.Tensor, torch.Tensor, float, fl
     """(mean [3, 1, 1], std [3, 1, 1], rescale factor, offset) from a config (or model); ViViT's without one."""
     cfg = getattr(config, "cfg", config)
     if cfg is None or not hasattr(cfg, "image_mean"):
-        return torch.tensor(IMAGE_MEAN).expand(3)[:, None, None], torch.tensor(IMAGE_STD).expand(3)[:, None, None], RESCALE_FACTOR, 1.0
+        return (
+            torch.tensor(IMAGE_MEAN).expand(3)[:, None, None],
+            torch.tensor(IMAGE_STD).expand(3)[:, None, None],
+            RESCALE_FACTOR,
+            1.0,
+        )
     mean = torch.tensor(cfg.image_mean, dtype=torch.float32).expand(3)[:, None, None]
     std = torch.tensor(cfg.image_std, dtype=torch.float32).expand(3)[:, None, None]
     return mean, std, float(cfg.rescale_factor), 1.0 if cfg.rescale_offset else 0.0

@@ -9,8 +9,9 @@ ViViT's; ``ln_final`` is fc_norm and its hooks fire on the pooled vector [batch,
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -40,14 +41,16 @@ class HookedVideoMAEConfig(HookedViViTConfig):
     original_architecture: str = "VideoMAEForVideoClassification"
 
     @classmethod
-    def from_hf_config(cls, hf_config: Any, **overrides: Any) -> "HookedVideoMAEConfig":
+    def from_hf_config(cls, hf_config: Any, **overrides: Any) -> HookedVideoMAEConfig:
         """Build from a `transformers.VideoMAEConfig` or its config.json dict."""
         d = hf_config if isinstance(hf_config, Mapping) else hf_config.to_dict()
         if d.get("model_type", "videomae") != "videomae":
             raise ValueError(f"expected a VideoMAE config (model_type 'videomae'), got {d.get('model_type')!r}")
         d_model, n_heads = int(d.get("hidden_size", 768)), int(d.get("num_attention_heads", 12))
         if n_heads < 1 or d_model % n_heads:
-            raise ValueError(f"hidden_size {d_model} must be a multiple of num_attention_heads {n_heads} (as transformers requires)")
+            raise ValueError(
+                f"hidden_size {d_model} must be a multiple of num_attention_heads {n_heads} (as transformers requires)"
+            )
         patch = d.get("patch_size", 16)
         ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)[:2]
         image_size = d.get("image_size", 224)
@@ -108,7 +111,11 @@ class HookedVideoMAEConfig(HookedViViTConfig):
         if self.n_classes:
             d["id2label"] = {str(k): v for k, v in sorted(self.id2label.items())}
             d["label2id"] = {v: k for k, v in sorted(self.id2label.items())}
-        flags = {"folded_ln": self.folded_ln, "centered_writing_weights": self.centered_writing_weights, "folded_value_biases": self.folded_value_biases}
+        flags = {
+            "folded_ln": self.folded_ln,
+            "centered_writing_weights": self.centered_writing_weights,
+            "folded_value_biases": self.folded_value_biases,
+        }
         if any(flags.values()):  # processing applied (a hooked-layout save): read back by from_hf_config
             d["hooked_vivit"] = {**flags, "normalization_type": self.normalization_type}
         return d
@@ -132,7 +139,7 @@ class HookedVideoMAE(HookedVideoTransformer):
 
     def pooled_logit_terms(
         self, cache: Any, classes: ClassIndices
-    ) -> tuple[Float[torch.Tensor, "component batch n_ctx"], list[str], Float[torch.Tensor, "batch"]]:
+    ) -> tuple[Float[torch.Tensor, "component batch n_ctx"], list[str], Float[torch.Tensor, batch]]:
         """Exact direct logit attribution through mean pooling: (terms, labels, constant).
 
         ``terms[c, b, p]`` is what component c (embed, pos_embed, each attn_out / mlp_out) wrote at
@@ -141,8 +148,12 @@ class HookedVideoMAE(HookedVideoTransformer):
         ``terms.sum((0, 2)) + constant`` equals the logit; ``constant`` is fc_norm's bias and the
         classifier's bias read along the class direction. Needs a mean-pooling model with a classifier."""
         if self.cfg.pooling != "mean":
-            raise ValueError("pooled_logit_terms reads mean pooling; this model classifies token 0 (use_mean_pooling=False)")
-        stack, labels = cache.decompose_resid(layer=None, mode="full", apply_ln=False, return_labels=True)  # [c, B, P, d]
+            raise ValueError(
+                "pooled_logit_terms reads mean pooling; this model classifies token 0 (use_mean_pooling=False)"
+            )
+        stack, labels = cache.decompose_resid(
+            layer=None, mode="full", apply_ln=False, return_labels=True
+        )  # [c, B, P, d]
         scale = cache["ln_final.hook_scale"]  # [B, 1]
         directions = self.tokens_to_residual_directions(classes)
         directions = directions.expand(stack.shape[1], -1) if directions.ndim == 1 else directions  # [B, d]

@@ -21,7 +21,9 @@ import torch
 MapKind = Literal["cls_attention", "attribution", "frame_attention", "query_attention"]
 
 
-def token_maps(model: Any, pixel_values: torch.Tensor, kind: MapKind = "cls_attention", class_index: int | None = None) -> np.ndarray:
+def token_maps(
+    model: Any, pixel_values: torch.Tensor, kind: MapKind = "cls_attention", class_index: int | None = None
+) -> np.ndarray:
     """[layers, heads, frame slots, rows, cols] maps for the first clip of the batch ("query_attention":
     V-JEPA 2's pooler query, one "layer")."""
     from hooked_vivit.logit_attribution import readout_attention, token_dla
@@ -42,17 +44,25 @@ def token_maps(model: Any, pixel_values: torch.Tensor, kind: MapKind = "cls_atte
         # TimeSformer's temporal attention: at (frame t, row, col), the attention that patch receives
         # from the same position's frames (the temporal pattern's column t, averaged over query frames).
         if not hasattr(model, "temporal_maps"):
-            raise ValueError(f"kind 'frame_attention' needs a model with temporal attention (TimeSformer), not a {type(model).__name__}")
+            raise ValueError(
+                f"kind 'frame_attention' needs a model with temporal attention (TimeSformer), not a {type(model).__name__}"
+            )
         names = [f"blocks.{l}.temporal_attn.hook_pattern" for l in range(model.cfg.n_layers)]
         with torch.inference_mode():
             _, cache = model.run_with_cache(pixel_values[:1], names_filter=names)
-        maps = torch.stack([model.temporal_maps(cache, l).mean(1) for l in range(model.cfg.n_layers)])  # [L, H, T, rows, cols]
+        maps = torch.stack(
+            [model.temporal_maps(cache, l).mean(1) for l in range(model.cfg.n_layers)]
+        )  # [L, H, T, rows, cols]
         return maps.float().numpy()
     if kind == "query_attention":  # V-JEPA 2's pooler query over the tokens: [1, heads, slots, rows, cols]
         if not hasattr(model, "query_attention_maps"):
-            raise ValueError(f"kind 'query_attention' needs a model with an attentive pooler (HookedVJEPA2), not a {type(model).__name__}")
+            raise ValueError(
+                f"kind 'query_attention' needs a model with an attentive pooler (HookedVJEPA2), not a {type(model).__name__}"
+            )
         return model.query_attention_maps(pixel_values)
-    raise ValueError(f"kind must be 'cls_attention', 'attribution', 'frame_attention' or 'query_attention', got {kind!r}")
+    raise ValueError(
+        f"kind must be 'cls_attention', 'attribution', 'frame_attention' or 'query_attention', got {kind!r}"
+    )
 
 
 def _colorize(values: np.ndarray, signed: bool, vmax: float | None = None) -> np.ndarray:
@@ -65,8 +75,16 @@ def _colorize(values: np.ndarray, signed: bool, vmax: float | None = None) -> np
     return cv2.cvtColor(cv2.applyColorMap(u, cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB)
 
 
-def overlay(frame: np.ndarray, grid_map: np.ndarray, *, alpha: float = 0.5, signed: bool = False, vmax: float | None = None,
-            patch_size: tuple[int, int] | None = None, image_size: tuple[int, int] | None = None) -> np.ndarray:
+def overlay(
+    frame: np.ndarray,
+    grid_map: np.ndarray,
+    *,
+    alpha: float = 0.5,
+    signed: bool = False,
+    vmax: float | None = None,
+    patch_size: tuple[int, int] | None = None,
+    image_size: tuple[int, int] | None = None,
+) -> np.ndarray:
     """Blend a [rows, cols] token map onto a uint8 RGB frame.
 
     With ``patch_size`` (the tubelet's pixel height and width; the renderers below pass the
@@ -84,7 +102,9 @@ def overlay(frame: np.ndarray, grid_map: np.ndarray, *, alpha: float = 0.5, sign
     Hm, Wm = image_size if image_size is not None else (H, W)
     rows, cols = grid_map.shape
     if rows * h > Hm or cols * w > Wm:
-        raise ValueError(f"a {rows}x{cols} map of {h}x{w}-pixel tokens needs an input of at least {rows * h}x{cols * w}, got {Hm}x{Wm}")
+        raise ValueError(
+            f"a {rows}x{cols} map of {h}x{w}-pixel tokens needs an input of at least {rows * h}x{cols * w}, got {Hm}x{Wm}"
+        )
     heat = np.zeros((Hm, Wm, 3), np.uint8)
     seen = np.zeros((Hm, Wm), np.uint8)  # 1 where some token sees the pixel
     heat[: rows * h, : cols * w] = np.repeat(np.repeat(colors, h, axis=0), w, axis=1)
@@ -115,7 +135,9 @@ def _overlay_frame(model: Any, frame: np.ndarray, index: int, slot_maps: np.ndar
     return overlay(frame, slot_maps[slot], **_geometry(model), **kwargs)
 
 
-def render_frames(model: Any, frames: np.ndarray, maps: np.ndarray, layer: int, head: int | None, *, signed: bool = False) -> np.ndarray:
+def render_frames(
+    model: Any, frames: np.ndarray, maps: np.ndarray, layer: int, head: int | None, *, signed: bool = False
+) -> np.ndarray:
     """Every frame with its frame slot's map (one head, or the sum over heads) -> [T, H, W, 3]."""
     frames, _ = _frames_for(frames, model)
     m = maps[layer].sum(0) if head is None else maps[layer, head]
@@ -123,7 +145,15 @@ def render_frames(model: Any, frames: np.ndarray, maps: np.ndarray, layer: int, 
     return np.stack([_overlay_frame(model, frames[i], i, m, signed=signed, vmax=vmax) for i in range(len(frames))])
 
 
-def save_grid_png(model: Any, frames: np.ndarray, maps: np.ndarray, path: str | Path, *, layers: list[int] | None = None, signed: bool = False) -> Path:
+def save_grid_png(
+    model: Any,
+    frames: np.ndarray,
+    maps: np.ndarray,
+    path: str | Path,
+    *,
+    layers: list[int] | None = None,
+    signed: bool = False,
+) -> Path:
     """A PNG grid: one row per (layer, head), one column per frame slot."""
     frames, t = _frames_for(frames, model)
     layers = list(range(maps.shape[0])) if layers is None else layers
@@ -131,8 +161,10 @@ def save_grid_png(model: Any, frames: np.ndarray, maps: np.ndarray, path: str | 
     for l in layers:
         for h in range(maps.shape[1]):
             vmax = float(np.abs(maps[l, h]).max())
-            cells = [overlay(frames[s * t], maps[l, h, s], signed=signed, vmax=vmax, **_geometry(model))
-                     for s in range(maps.shape[2])]
+            cells = [
+                overlay(frames[s * t], maps[l, h, s], signed=signed, vmax=vmax, **_geometry(model))
+                for s in range(maps.shape[2])
+            ]
             row = np.concatenate([np.pad(c, ((1, 1), (1, 1), (0, 0)), constant_values=255) for c in cells], axis=1)
             cv2.putText(row, f"L{l}H{h}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
             rows.append(row)
@@ -141,8 +173,17 @@ def save_grid_png(model: Any, frames: np.ndarray, maps: np.ndarray, path: str | 
     return path
 
 
-def save_animation(model: Any, frames: np.ndarray, maps: np.ndarray, path: str | Path, *, layer: int = -1, head: int | None = None,
-                   signed: bool = False, fps: float = 8.0) -> Path:
+def save_animation(
+    model: Any,
+    frames: np.ndarray,
+    maps: np.ndarray,
+    path: str | Path,
+    *,
+    layer: int = -1,
+    head: int | None = None,
+    signed: bool = False,
+    fps: float = 8.0,
+) -> Path:
     """The clip with one layer's map (a head, or all heads summed) as a GIF or MP4."""
     from PIL import Image
 
@@ -165,8 +206,10 @@ def interactive(model: Any, pixel_values: torch.Tensor, frames: np.ndarray, *, c
         import ipywidgets as widgets
     except ImportError as e:
         raise ImportError("the interactive viewer needs ipywidgets: pip install 'hooked-vivit[widgets]'") from e
-    maps = {"cls_attention": token_maps(model, pixel_values, "cls_attention"),
-            "attribution": token_maps(model, pixel_values, "attribution", class_index)}
+    maps = {
+        "cls_attention": token_maps(model, pixel_values, "cls_attention"),
+        "attribution": token_maps(model, pixel_values, "attribution", class_index),
+    }
     frame = widgets.IntSlider(0, 0, len(frames) - 1, description="frame")
     layer = widgets.IntSlider(model.cfg.n_layers - 1, 0, model.cfg.n_layers - 1, description="layer")
     head = widgets.IntSlider(-1, -1, model.cfg.n_heads - 1, description="head (-1 all)")
@@ -176,7 +219,9 @@ def interactive(model: Any, pixel_values: torch.Tensor, frames: np.ndarray, *, c
     def update(*_):
         m = maps[kind.value][layer.value]
         m = m.sum(0) if head.value < 0 else m[head.value]
-        shown = _overlay_frame(model, frames[frame.value], frame.value, m, signed=kind.value == "attribution", vmax=float(np.abs(m).max()))
+        shown = _overlay_frame(
+            model, frames[frame.value], frame.value, m, signed=kind.value == "attribution", vmax=float(np.abs(m).max())
+        )
         scale = max(1, 256 // shown.shape[0])
         shown = cv2.resize(shown, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
         image.value = cv2.imencode(".png", cv2.cvtColor(shown, cv2.COLOR_RGB2BGR))[1].tobytes()

@@ -17,8 +17,9 @@ as transformers runs any number of frames.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,10 +72,15 @@ def _table_axes(axes: tuple[str, ...]) -> tuple[str, ...]:
 # V-JEPA 2's own hook leaves in the shared hook-layout table (the pooler's self-attention blocks use the
 # shared leaves; cfg.hook_shape sizes the pooler's hooks).
 hook_layout.register_hooks(
-    {key.replace("blocks.*.attn.", ""): HookLayout(_table_axes(axes), switch="use_attn_result" if key.endswith("hook_result") else None)
-     for key, axes in VJEPA2_HOOK_AXES.items()},
+    {
+        key.replace("blocks.*.attn.", ""): HookLayout(
+            _table_axes(axes), switch="use_attn_result" if key.endswith("hook_result") else None
+        )
+        for key, axes in VJEPA2_HOOK_AXES.items()
+    },
     {"query": lambda cfg: 1},
 )
+
 
 @dataclass(repr=False)
 class HookedVJEPA2Config(HookedViViTConfig):
@@ -103,11 +109,17 @@ class HookedVJEPA2Config(HookedViViTConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.pooling != "attentive" or self.pos_embed_type != "rotary" or self.n_prefix_tokens:
-            raise ValueError("a V-JEPA 2 config has pooling='attentive', pos_embed_type='rotary' and no CLS (n_prefix_tokens=0)")
+            raise ValueError(
+                "a V-JEPA 2 config has pooling='attentive', pos_embed_type='rotary' and no CLS (n_prefix_tokens=0)"
+            )
         if self.image_size[0] != self.image_size[1] or self.tubelet_size[1] != self.tubelet_size[2]:  # type: ignore[index]
-            raise ValueError(f"V-JEPA 2 takes square frames and patches (crop_size, patch_size), got {self.image_size} and {self.tubelet_size}")
+            raise ValueError(
+                f"V-JEPA 2 takes square frames and patches (crop_size, patch_size), got {self.image_size} and {self.tubelet_size}"
+            )
         if self.n_heads * self.d_head != self.d_model:
-            raise ValueError(f"hidden_size {self.d_model} must equal num_attention_heads x head size ({self.n_heads} x {self.d_head})")
+            raise ValueError(
+                f"hidden_size {self.d_model} must equal num_attention_heads x head size ({self.n_heads} x {self.d_head})"
+            )
 
     def hook_shape(self, name: str, batch: int) -> tuple[int, ...] | None:
         """Shapes of the hooks the shared table (cache_memory.hook_shape) does not size: the rotated q/k and
@@ -133,16 +145,20 @@ class HookedVJEPA2Config(HookedViViTConfig):
         return (B, 1, 1) if leaf == "hook_scale" else (B, 1, d)
 
     @classmethod
-    def from_hf_config(cls, hf_config: Any, **overrides: Any) -> "HookedVJEPA2Config":
+    def from_hf_config(cls, hf_config: Any, **overrides: Any) -> HookedVJEPA2Config:
         """Build from a `transformers.VJEPA2Config` or its config.json dict."""
         d = hf_config if isinstance(hf_config, Mapping) else hf_config.to_dict()
         if d.get("model_type", "vjepa2") != "vjepa2":
             raise ValueError(f"expected a V-JEPA 2 config (model_type 'vjepa2'), got {d.get('model_type')!r}")
         d_model, n_heads = int(d.get("hidden_size", 1024)), int(d.get("num_attention_heads", 16))
         if n_heads < 1 or d_model % n_heads:
-            raise ValueError(f"hidden_size {d_model} must be a multiple of num_attention_heads {n_heads} (as transformers requires)")
+            raise ValueError(
+                f"hidden_size {d_model} must be a multiple of num_attention_heads {n_heads} (as transformers requires)"
+            )
         patch = d.get("patch_size", 16)
-        patch = int(patch if isinstance(patch, int) else tuple(patch)[0])  # transformers' Conv3d reads patch_size as one int
+        patch = int(
+            patch if isinstance(patch, int) else tuple(patch)[0]
+        )  # transformers' Conv3d reads patch_size as one int
         id2label = d.get("id2label") or {}
         kwargs: dict[str, Any] = dict(
             d_model=d_model,
@@ -245,7 +261,9 @@ class HookedVJEPA2(HookedVideoTransformer):
         if return_type not in ("logits", "loss", "both", None):
             raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
         if return_type in ("loss", "both") and labels is None:
-            raise ValueError(f"return_type={return_type!r} needs labels= (the target class of each clip, an index or a name)")
+            raise ValueError(
+                f"return_type={return_type!r} needs labels= (the target class of each clip, an index or a name)"
+            )
         if start_at_layer is None:
             resid = self.hook_embed(self.embed(self.validate_input(pixel_values)))
             start_at_layer = 0
@@ -271,23 +289,34 @@ class HookedVJEPA2(HookedVideoTransformer):
         if self.pooler is None:
             raise ValueError("this V-JEPA 2 is a backbone (no attentive pooler, no query)")
         rows: list[torch.Tensor] = []
-        with self.hooks(fwd_hooks=[("pooler.cross.attn.hook_pattern", lambda act, hook: rows.append(act.detach()))]), torch.inference_mode():
+        with (
+            self.hooks(fwd_hooks=[("pooler.cross.attn.hook_pattern", lambda act, hook: rows.append(act.detach()))]),
+            torch.inference_mode(),
+        ):
             self(pixel_values[:1])
         return self.cfg.grid.unflatten(rows[0][0, :, 0].float().cpu())[1][None].numpy()
 
     def init_weights(self, seed: int | None = None) -> None:
         super().init_weights(seed)
-        if self.pooler is not None:  # the buffer W_O of the cross-attention is no parameter; the query starts random as in HF
+        if (
+            self.pooler is not None
+        ):  # the buffer W_O of the cross-attention is no parameter; the query starts random as in HF
             gen = torch.Generator().manual_seed(seed) if seed is not None else None
             with torch.no_grad():
-                self.pooler.query.copy_(torch.randn(self.pooler.query.shape, generator=gen) * self.cfg.initializer_range)
+                self.pooler.query.copy_(
+                    torch.randn(self.pooler.query.shape, generator=gen) * self.cfg.initializer_range
+                )
 
     @property
     def W_pos(self):  # noqa: D102
-        raise AttributeError("V-JEPA 2 has no position embeddings: the positions rotate q and k (blocks.{l}.attn.rotate)")
+        raise AttributeError(
+            "V-JEPA 2 has no position embeddings: the positions rotate q and k (blocks.{l}.attn.rotate)"
+        )
 
-    def process_weights_(self, *args: Any, **kwargs: Any) -> "HookedVJEPA2":
-        raise ValueError("weight processing (fold_ln, center_writing_weights, fold_value_biases) is not implemented for V-JEPA 2")
+    def process_weights_(self, *args: Any, **kwargs: Any) -> HookedVJEPA2:
+        raise ValueError(
+            "weight processing (fold_ln, center_writing_weights, fold_value_biases) is not implemented for V-JEPA 2"
+        )
 
 
 __all__ = ["HookedVJEPA2", "HookedVJEPA2Config", "VJEPA2_HOOK_AXES"]

@@ -66,8 +66,14 @@ def center_writing_weights(sd: StateDict, cfg: HookedViViTConfig) -> StateDict:
         if key in sd:
             sd[key] = sd[key] - sd[key].mean(-1, keepdim=True)
     for l in range(cfg.n_layers):
-        for key in (f"blocks.{l}.attn.W_O", f"blocks.{l}.attn.b_O", f"blocks.{l}.mlp.W_out", f"blocks.{l}.mlp.b_out",
-                    f"blocks.{l}.temporal_attn.W_O", f"blocks.{l}.temporal_attn.b_O"):
+        for key in (
+            f"blocks.{l}.attn.W_O",
+            f"blocks.{l}.attn.b_O",
+            f"blocks.{l}.mlp.W_out",
+            f"blocks.{l}.mlp.b_out",
+            f"blocks.{l}.temporal_attn.W_O",
+            f"blocks.{l}.temporal_attn.b_O",
+        ):
             if key in sd:
                 sd[key] = sd[key] - sd[key].mean(-1, keepdim=True)
     return sd
@@ -98,9 +104,18 @@ def process_weights(
     if not (fold_ln or center_writing_weights or fold_value_biases):
         return sd, cfg
     if cfg.pooling == "attentive":  # the final LayerNorm feeds V-JEPA 2's pooler, not the classifier
-        raise ValueError("fold_ln, center_writing_weights and fold_value_biases are not implemented for V-JEPA 2 (its final "
-                         "LayerNorm feeds the attentive pooler, whose cross-attention has no output projection); load it unprocessed")
-    if cfg.folded_ln and fold_ln or cfg.centered_writing_weights and center_writing_weights or cfg.folded_value_biases and fold_value_biases:
+        raise ValueError(
+            "fold_ln, center_writing_weights and fold_value_biases are not implemented for V-JEPA 2 (its final "
+            "LayerNorm feeds the attentive pooler, whose cross-attention has no output projection); load it unprocessed"
+        )
+    if (
+        cfg.folded_ln
+        and fold_ln
+        or cfg.centered_writing_weights
+        and center_writing_weights
+        or cfg.folded_value_biases
+        and fold_value_biases
+    ):
         raise ValueError("these weights were already processed that way (see the checkpoint's config)")
     dtypes = {k: v.dtype for k, v in sd.items()}
     # Fold in fp32 at least: low-precision folding adds rounding error.

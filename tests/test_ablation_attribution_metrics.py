@@ -106,7 +106,9 @@ def test_pixel_and_token_region_ablation(model):
         return act
 
     zeroed_pixels = ablation.ablate_pixels(x, ablation.PixelBox(2, 4, 8, 16, 16, 40), mode="zero")
-    torch.testing.assert_close(logits, model.run_with_hooks(zeroed_pixels, fwd_hooks=[("hook_embed", minus_bias)]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        logits, model.run_with_hooks(zeroed_pixels, fwd_hooks=[("hook_embed", minus_bias)]), atol=1e-5, rtol=1e-5
+    )
     assert (logits - model(x)).abs().max() > 1e-3  # the region matters to the output: the check has teeth
     mask = np.zeros((4, 32, 48), bool)
     mask[1:3, 5:7, 10:12] = True
@@ -134,14 +136,25 @@ def test_attribution_patching_matches_real_patching(model):
     attr = attribution_patch(model, clean, corrupted, m, clean_cache=clean_cache)
     L, P, H = model.cfg.n_layers, model.cfg.n_ctx, model.cfg.n_heads
     assert attr.scores["resid_pre"].shape == (L, P) and attr.scores["z"].shape == (L, P, H)
-    real = patching.run_patches(model, patching.token_patches(model, "resid_pre"), source_cache=clean_cache, target=corrupted, metric=m)
+    real = patching.run_patches(
+        model, patching.token_patches(model, "resid_pre"), source_cache=clean_cache, target=corrupted, metric=m
+    )
     effect = (real.values - real.baseline).view(L, P)
     assert _pearson(attr.scores["resid_pre"], effect) > 0.95
-    slots = patching.run_patches(model, patching.frame_slot_patches(model), source_cache=clean_cache, target=corrupted, metric=m)
+    slots = patching.run_patches(
+        model, patching.frame_slot_patches(model), source_cache=clean_cache, target=corrupted, metric=m
+    )
     assert _pearson(attr.by_frame_slot("resid_pre"), (slots.values - slots.baseline).view(L, -1)) > 0.95
-    heads = patching.run_patches(model, patching.head_patches(model, "z"), source_cache=clean_cache, target=corrupted, metric=m)
+    heads = patching.run_patches(
+        model, patching.head_patches(model, "z"), source_cache=clean_cache, target=corrupted, metric=m
+    )
     assert _pearson(attr.by_head("z"), (heads.values - heads.baseline).view(L, H)) > 0.9
     # Layer-0 resid_pre at every position is the whole input difference: a complete patch.
-    torch.testing.assert_close(attr.scores["resid_pre"][0].sum(), effect.new_tensor(float(m(model(clean)) - m(model(corrupted)))), atol=0.05, rtol=0.2)
+    torch.testing.assert_close(
+        attr.scores["resid_pre"][0].sum(),
+        effect.new_tensor(float(m(model(clean)) - m(model(corrupted)))),
+        atol=0.05,
+        rtol=0.2,
+    )
     assert not any(hp.has_hooks() for hp in model.hook_dict.values())
     assert all(p.grad is None for p in model.parameters())

@@ -17,8 +17,16 @@ from hooked_vivit.probes import cross_validated_probe, probe_accuracy
 from hooked_vivit.video import write_video
 from tests.conftest import make_hf
 
-SQUARE = dict(image_size=32, num_frames=8, tubelet_size=[2, 8, 8], hidden_size=32, num_hidden_layers=2,
-              num_attention_heads=2, intermediate_size=64, num_labels=6)
+SQUARE = dict(
+    image_size=32,
+    num_frames=8,
+    tubelet_size=[2, 8, 8],
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    num_labels=6,
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +58,9 @@ def test_token_dla_sums_to_head_attributions_and_logit(model, pair):
     per_head = (heads[:, 0] @ direction).view(model.cfg.n_layers, model.cfg.n_heads)
     torch.testing.assert_close(dla["terms"].sum(-1), per_head, atol=1e-5, rtol=1e-4)
     # Every component of the final residual at CLS, through the final LN, adds up to the logit.
-    full = cache.get_full_resid_decomposition(apply_ln=True, pos_slice=0, expand_neurons=False, project_output_onto=direction)
+    full = cache.get_full_resid_decomposition(
+        apply_ln=True, pos_slice=0, expand_neurons=False, project_output_onto=direction
+    )
     logit = full.sum(0) + model.ln_final.b @ model.W_U[:, c] + model.b_U[c]
     assert float(logit[0]) == pytest.approx(dla["logit"], abs=1e-4)
     assert np.array(dla["heatmap"]).shape == model.cfg.grid.shape
@@ -63,7 +73,9 @@ def test_activation_deltas_match_the_cache(model, pair):
     _, cn = model.run_with_cache(neg)
     delta = cp["mlp_out", 1] - cn["mlp_out", 1]
     assert d["cls"]["mlp_out"][1] == pytest.approx(float(delta[0, 0].norm()), abs=1e-5)  # SDPA vs explicit path noise
-    assert d["tokens"]["resid_post"][0] == pytest.approx(float((cp["resid_post", 0] - cn["resid_post", 0])[0].norm(dim=-1).mean()), rel=1e-5)
+    assert d["tokens"]["resid_post"][0] == pytest.approx(
+        float((cp["resid_post", 0] - cn["resid_post", 0])[0].norm(dim=-1).mean()), rel=1e-5
+    )
     assert d["cls"]["resid_pre"][0] == 0.0  # CLS starts identical: only pixels differ
 
 
@@ -100,7 +112,9 @@ def test_token_masks_and_object_shares(model, pair):
     assert tm.shape == (model.cfg.n_ctx,) and tm[0] == 0
     t, r, c = 1, 2, 3
     frames, rows, cols = model.cfg.grid.pixel_box(model.cfg.grid.index(t, r, c))
-    assert float(tm[model.cfg.grid.index(t, r, c)]) == pytest.approx(masks["ball"][frames.start:frames.stop, rows, cols].mean())
+    assert float(tm[model.cfg.grid.index(t, r, c)]) == pytest.approx(
+        masks["ball"][frames.start : frames.stop, rows, cols].mean()
+    )
     att = ex.cls_attention(model, px(model, pair.positive), masks=masks)
     assert np.array(att["grid"]).shape == (model.cfg.n_layers, model.cfg.n_heads, *model.cfg.grid.shape)
     # The CLS rows come from model.attention_rows beside the fused attention: they equal the rows of the
@@ -110,7 +124,12 @@ def test_token_masks_and_object_shares(model, pair):
     torch.testing.assert_close(torch.tensor(att["grid"]), model.cfg.grid.unflatten(full)[1], atol=1e-6, rtol=0)
     assert set(masks) == {"ball", "pins"}
     for name in masks:  # a patch token is on the object when any pixel it sees is (brute force, token by token)
-        on = torch.tensor([float(masks[name][f.start:f.stop, r, c].any()) for f, r, c in map(model.cfg.grid.pixel_box, range(1, model.cfg.n_ctx))])
+        on = torch.tensor(
+            [
+                float(masks[name][f.start : f.stop, r, c].any())
+                for f, r, c in map(model.cfg.grid.pixel_box, range(1, model.cfg.n_ctx))
+            ]
+        )
         expected = (full[..., 1:] * on).sum(-1) / full[..., 1:].sum(-1)
         np.testing.assert_allclose(att["object_share"][name], expected.numpy(), atol=1e-6)
         assert att["object_share"][f"{name} (token share of the grid)"] == pytest.approx(float(on.mean()))
@@ -124,7 +143,12 @@ def test_region_ablation_table(model, pair):
     box = res["box"]
     for tok in res["tokens"]:
         frames, rows, cols = model.cfg.grid.pixel_box(tok)
-        assert box["t0"] <= frames.start and frames.stop <= box["t1"] and box["y0"] <= rows.start and box["x0"] <= cols.start
+        assert (
+            box["t0"] <= frames.start
+            and frames.stop <= box["t1"]
+            and box["y0"] <= rows.start
+            and box["x0"] <= cols.start
+        )
 
 
 def test_probe_reads_a_planted_feature_and_control_does_not():
@@ -141,7 +165,10 @@ def test_probe_reads_a_planted_feature_and_control_does_not():
 
 
 def test_layer_probes_shapes(model):
-    pairs = [(px(model, p), px(model, n)) for p, n, _ in (synthetic.render_pair("golf", s, num_frames=8, size=32) for s in range(6))]
+    pairs = [
+        (px(model, p), px(model, n))
+        for p, n, _ in (synthetic.render_pair("golf", s, num_frames=8, size=32) for s in range(6))
+    ]
     res = ex.layer_probes(model, pairs)
     f = ex.probe_features(model, pairs)
     with torch.inference_mode():
@@ -153,12 +180,26 @@ def test_layer_probes_shapes(model):
     # row, col] as probe_features writes it.
     grid = model.cfg.grid
     clips = torch.cat([torch.cat(p) for p in pairs])
-    brute = torch.stack([torch.stack([clip[fr, :, r, c].mean((0, 2, 3)) for fr, r, c in map(grid.pixel_box, range(1, model.cfg.n_ctx))])
-                         .view(grid.n_frame_slots, grid.n_rows, grid.n_cols, -1).permute(0, 3, 1, 2).flatten() for clip in clips])
+    brute = torch.stack(
+        [
+            torch.stack(
+                [clip[fr, :, r, c].mean((0, 2, 3)) for fr, r, c in map(grid.pixel_box, range(1, model.cfg.n_ctx))]
+            )
+            .view(grid.n_frame_slots, grid.n_rows, grid.n_cols, -1)
+            .permute(0, 3, 1, 2)
+            .flatten()
+            for clip in clips
+        ]
+    )
     torch.testing.assert_close(f["pixels"], brute, atol=1e-6, rtol=0)
     # ... and layer_probes probes exactly those features, labels and pairs (grouped 5-fold, 5 repeats).
-    again = cross_validated_probe(f["pixels"], np.tile([1, 0], len(pairs)), np.repeat(np.arange(len(pairs)), 2), k=5, repeats=5, seed=0)
-    assert res["pixels"]["accuracy"] == again["accuracy"] and res["pixels"]["control_accuracy"] == again["control_accuracy"]
+    again = cross_validated_probe(
+        f["pixels"], np.tile([1, 0], len(pairs)), np.repeat(np.arange(len(pairs)), 2), k=5, repeats=5, seed=0
+    )
+    assert (
+        res["pixels"]["accuracy"] == again["accuracy"]
+        and res["pixels"]["control_accuracy"] == again["control_accuracy"]
+    )
 
 
 def check_captions(data: dict, strip: tuple[str, ...]) -> int:
@@ -171,7 +212,9 @@ def check_captions(data: dict, strip: tuple[str, ...]) -> int:
     assert data["captions"]
     for cap in data["captions"]:
         written = Counter(rp.numbers_in(cap["text"], strip))
-        referenced = Counter(t for path, fmt in cap["numbers"] for t in rp.numbers_in(rp.format_number(rp.lookup(data, path), fmt)))
+        referenced = Counter(
+            t for path, fmt in cap["numbers"] for t in rp.numbers_in(rp.format_number(rp.lookup(data, path), fmt))
+        )
         assert written == referenced, (cap["section"], written - referenced, referenced - written)
     return len(data["captions"])
 
@@ -179,17 +222,59 @@ def check_captions(data: dict, strip: tuple[str, ...]) -> int:
 def test_analyze_command_writes_a_whole_report(saved_model, tmp_path, capsys):
     out = tmp_path / "report"
     with pytest.warns(UserWarning, match="organism saw"):  # seed 1 is an organism training seed
-        assert main(["analyze", "--model", str(saved_model), "--domain", "bowling", "--seed", "1", "--probe-pairs", "6", "--out", str(out), "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "analyze",
+                    "--model",
+                    str(saved_model),
+                    "--domain",
+                    "bowling",
+                    "--seed",
+                    "1",
+                    "--probe-pairs",
+                    "6",
+                    "--out",
+                    str(out),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
     names = {p.name for p in out.iterdir()}
-    assert {"report.html", "results.json", "fig1_activation_deltas.png", "fig2_component_recovery.png", "fig2b_recovery_variants.png",
-            "fig3_token_dla.png", "fig3b_differential_dla.png", "fig4_cls_attention.png", "fig4b_object_enrichment.png", "fig5_probes.png",
-            "fig6_outcome_ablation.png", "frames.png"} <= names
+    assert {
+        "report.html",
+        "results.json",
+        "fig1_activation_deltas.png",
+        "fig2_component_recovery.png",
+        "fig2b_recovery_variants.png",
+        "fig3_token_dla.png",
+        "fig3b_differential_dla.png",
+        "fig4_cls_attention.png",
+        "fig4b_object_enrichment.png",
+        "fig5_probes.png",
+        "fig6_outcome_ablation.png",
+        "frames.png",
+    } <= names
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 10 and 'src="http' not in html
     data = json.loads((out / "results.json").read_text())
-    assert {"deltas", "recovery", "dla", "cls_attention", "region_ablation", "probes", "outcome", "scope", "captions"} <= set(data)
+    assert {
+        "deltas",
+        "recovery",
+        "dla",
+        "cls_attention",
+        "region_ablation",
+        "probes",
+        "outcome",
+        "scope",
+        "captions",
+    } <= set(data)
     assert len(data["recovery"]["projection"]["attn"]) == 2
-    assert set(data["recovery"]["variants"]) == set(ex.RECOVERY_VARIANTS) and data["recovery"]["headline"] == "cls_projection"
+    assert (
+        set(data["recovery"]["variants"]) == set(ex.RECOVERY_VARIANTS)
+        and data["recovery"]["headline"] == "cls_projection"
+    )
     # The scope box: this 2-layer, 6-class model cannot test the layer-4 MLP claim nor class 31.
     claims = {c["claim"]: c["testable"] for c in data["scope"]["claims"]}
     assert not claims["Single MLP blocks from layer 4 on recover more than 100 % of the final-layer signal"]
@@ -198,7 +283,12 @@ def test_analyze_command_writes_a_whole_report(saved_model, tmp_path, capsys):
     assert "does not show that a component is sufficient" in html
     # Outcome-targeted parts: 20 random boxes per region, each object's share beside its base rate.
     abl = data["outcome"]["ablation"]
-    assert abl["n_controls"] == 20 and {"top class-DLA tokens", "top differential-DLA tokens", "object: ball", "object: pins"} <= set(abl["regions"])
+    assert abl["n_controls"] == 20 and {
+        "top class-DLA tokens",
+        "top differential-DLA tokens",
+        "object: ball",
+        "object: pins",
+    } <= set(abl["regions"])
     # Recomputed by hand: zero the ball's pixels (either clip's ball, from the divergence frame on) in
     # both clips; the class logit and the logit gap change by what results.json says.
     model = HookedViViT.from_pretrained(saved_model)
@@ -224,9 +314,13 @@ def test_analyze_command_writes_a_whole_report(saved_model, tmp_path, capsys):
     n = check_captions(data, strip)
     assert n >= 9
     texts = " ".join(c["text"] for c in data["captions"])
-    assert "6 other rendered bowling pairs" in texts and "trains on at least 4 pairs and tests at most 2" in texts  # (f): not "40 training pairs"
+    assert (
+        "6 other rendered bowling pairs" in texts and "trains on at least 4 pairs and tests at most 2" in texts
+    )  # (f): not "40 training pairs"
     assert "Mean over all 2 layers x 2 heads" in texts  # (d): a mean over layers and heads says so
-    assert "zero before the first attention block by construction" in texts  # (a): no layer-0 CLS delta quoted as a finding
+    assert (
+        "zero before the first attention block by construction" in texts
+    )  # (a): no layer-0 CLS delta quoted as a finding
     for cap in data["captions"]:  # every sentence names the model, the pair and how many
         assert data["model"] in cap["text"] or cap["section"] == "frames"
         assert "one pair" in cap["text"] or cap["section"] == "probes"
@@ -237,13 +331,43 @@ def test_analyze_with_video_files_and_bad_input(saved_model, tmp_path, capsys):
     write_video(pos, tmp_path / "in.mp4")
     write_video(neg, tmp_path / "miss.mp4")
     out = tmp_path / "files"
-    assert main(["analyze", "--model", str(saved_model), "--clean", str(tmp_path / "in.mp4"), "--corrupted", str(tmp_path / "miss.mp4"),
-                 "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                "--model",
+                str(saved_model),
+                "--clean",
+                str(tmp_path / "in.mp4"),
+                "--corrupted",
+                str(tmp_path / "miss.mp4"),
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "probes" not in json.loads((out / "results.json").read_text())  # no domain: no probe set
     (tmp_path / "bad.mp4").write_text("not a video")
     bad_out = tmp_path / "bad_report"
-    assert main(["analyze", "--model", str(saved_model), "--clean", str(tmp_path / "bad.mp4"), "--corrupted", str(tmp_path / "miss.mp4"),
-                 "--out", str(bad_out), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "analyze",
+                "--model",
+                str(saved_model),
+                "--clean",
+                str(tmp_path / "bad.mp4"),
+                "--corrupted",
+                str(tmp_path / "miss.mp4"),
+                "--out",
+                str(bad_out),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "bad.mp4" in capsys.readouterr().err and not bad_out.exists()
     assert main(["analyze", "--model", str(tmp_path / "no_model"), "--out", str(bad_out), "--quiet"]) == 2
     assert not bad_out.exists()
@@ -258,7 +382,11 @@ def test_study_has_intervals(saved_model, tmp_path):
     assert (lo <= mean + 1e-9).all() and (mean <= hi + 1e-9).all()
     assert np.array(st["mlp"]["per_pair"]).shape == (5, model.cfg.n_layers)
     assert (tmp_path / "study" / "report.html").exists()
-    assert st["seeds"] == [6_000_000, 6_000_004] and st["probes"]["seeds"] == [6_000_000, 6_000_005] and st["probes"]["pairs"] == 6
+    assert (
+        st["seeds"] == [6_000_000, 6_000_004]
+        and st["probes"]["seeds"] == [6_000_000, 6_000_005]
+        and st["probes"]["pairs"] == 6
+    )
     nr = np.array(st["recovery"]["norm_ratio_cls"]["attn"]["per_pair"])
     assert st["norm_ratio_above_1"]["cls"]["per_component"]["attn"] == (nr > 1).mean(0).tolist()
     assert st["recovery"]["cls_projection"]["attn"]["per_pair"] == st["attn"]["per_pair"]

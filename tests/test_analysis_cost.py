@@ -15,8 +15,16 @@ from hooked_vivit.analysis import pipeline
 from hooked_vivit.analysis.cost import ForwardCounter
 from tests.conftest import make_hf
 
-TINY = dict(image_size=32, num_frames=8, tubelet_size=[2, 8, 8], hidden_size=32, num_hidden_layers=2,
-            num_attention_heads=2, intermediate_size=64, num_labels=6)
+TINY = dict(
+    image_size=32,
+    num_frames=8,
+    tubelet_size=[2, 8, 8],
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    num_labels=6,
+)
 TOL = dict(rtol=1e-6, atol=1e-6)
 
 
@@ -60,10 +68,26 @@ def test_forward_counter_counts_batch_and_blocks(model):
                 pass
             with cost.section("run_with_hooks"):  # TransformerLens calls model.forward directly here
                 model.run_with_hooks(x[:1], fwd_hooks=[("blocks.1.hook_resid_pre", lambda act, hook: act)])  # 1 x 2
-            model.run_with_cache(x[:1], names_filter=["blocks.0.hook_resid_pre"], stop_at_layer=1)  # 1 x 1, outside a section
+            model.run_with_cache(
+                x[:1], names_filter=["blocks.0.hook_resid_pre"], stop_at_layer=1
+            )  # 1 x 1, outside a section
     s = cost.summary()
-    assert s["clip_blocks"] == {"full": 6, "started at 1": 4, "head only": 0, "reads a cache": 0, "run_with_hooks": 2, "other": 1}
-    assert s["per_experiment"] == {"full": 3.0, "started at 1": 2.0, "head only": 0.0, "reads a cache": 0.0, "run_with_hooks": 1.0, "other": 0.5}
+    assert s["clip_blocks"] == {
+        "full": 6,
+        "started at 1": 4,
+        "head only": 0,
+        "reads a cache": 0,
+        "run_with_hooks": 2,
+        "other": 1,
+    }
+    assert s["per_experiment"] == {
+        "full": 3.0,
+        "started at 1": 2.0,
+        "head only": 0.0,
+        "reads a cache": 0.0,
+        "run_with_hooks": 1.0,
+        "other": 0.5,
+    }
     assert s["total"] == 6.5 and s["forward_calls"]["started at 1"] == 2 and s["grad_calls"] == 0
     assert "forward" not in vars(model)  # the wrapper is gone
     with ForwardCounter(model) as cost:
@@ -79,8 +103,16 @@ def test_analyze_counts_equal_the_hand_sums(model, analyzed):
     assert regions == 4  # top class-DLA, top differential-DLA, ball, pins
     # Clip-blocks: 2 shared runs x L; recovery: per layer l one batch of 2 patched runs over L - l blocks;
     # region ablation: 1 ablated clip; outcome: both clips x regions x (region + 2 boxes); probes: 5 pairs x 2 clips.
-    expected = {"shared clean and corrupted runs": 2 * L, "deltas": 0, "recovery": sum(2 * (L - l) for l in range(L)), "dla": 0,
-                "cls_attention": 0, "region_ablation": L, "outcome": 2 * regions * 3 * L, "probes": 5 * 2 * L}
+    expected = {
+        "shared clean and corrupted runs": 2 * L,
+        "deltas": 0,
+        "recovery": sum(2 * (L - l) for l in range(L)),
+        "dla": 0,
+        "cls_attention": 0,
+        "region_ablation": L,
+        "outcome": 2 * regions * 3 * L,
+        "probes": 5 * 2 * L,
+    }
     assert cost["clip_blocks"] == expected
     assert cost["per_experiment"] == {k: v / L for k, v in expected.items()}
     assert cost["total"] == sum(expected.values()) / L == 2 + 3 + 1 + 24 + 10
@@ -90,15 +122,27 @@ def test_analyze_counts_equal_the_hand_sums(model, analyzed):
 def test_study_counts_equal_the_hand_sums(model):
     st = pipeline.study_domain(model, "bowling", 3, outcome_pairs=2, probe_pairs=5, n_controls=2, progress=False)
     L = model.cfg.n_layers
-    region_runs = sum(per["class_logit"]["pairs"] for per in st["outcome"]["ablation"].values())  # regions summed over the 2 outcome pairs
+    region_runs = sum(
+        per["class_logit"]["pairs"] for per in st["outcome"]["ablation"].values()
+    )  # regions summed over the 2 outcome pairs
     assert region_runs == 8
-    expected = {"shared clean and corrupted runs": 3 * 2 * L, "deltas": 0, "recovery": 3 * sum(2 * (L - l) for l in range(L)),
-                "outcome": 2 * region_runs * 3 * L, "probes": 2 * 2 * L}  # probes: pairs 4 and 5 run; 3 come from the shared runs
+    expected = {
+        "shared clean and corrupted runs": 3 * 2 * L,
+        "deltas": 0,
+        "recovery": 3 * sum(2 * (L - l) for l in range(L)),
+        "outcome": 2 * region_runs * 3 * L,
+        "probes": 2 * 2 * L,
+    }  # probes: pairs 4 and 5 run; 3 come from the shared runs
     assert st["cost"]["clip_blocks"] == expected
     assert st["cost"]["total"] == sum(expected.values()) / L and st["cost"]["per_pair"] == st["cost"]["total"] / 3
     # The probe features read from the shared runs equal a fresh probe_features over the same pairs.
-    pairs = [tuple(pipeline.model_pixels(model, f) for f in pipeline.synthetic.render_pair("bowling", 6_000_000 + i, num_frames=8, size=32)[:2])
-             for i in range(5)]
+    pairs = [
+        tuple(
+            pipeline.model_pixels(model, f)
+            for f in pipeline.synthetic.render_pair("bowling", 6_000_000 + i, num_frames=8, size=32)[:2]
+        )
+        for i in range(5)
+    ]
     ref = ex.layer_probes(model, pairs)
     for kind in ("cls", "mean"):
         close([r["accuracy"] for r in st["probes"][kind]], [r["accuracy"] for r in ref[kind]])
@@ -122,20 +166,30 @@ def test_shared_runs_give_the_brute_force_numbers(model, analyzed):
 
     # (a) deltas
     for kind in ex.KINDS:
-        d = torch.stack([(cp[f"blocks.{l}.hook_{kind}"] - cn[f"blocks.{l}.hook_{kind}"])[0] for l in range(L)]).norm(dim=-1)
+        d = torch.stack([(cp[f"blocks.{l}.hook_{kind}"] - cn[f"blocks.{l}.hook_{kind}"])[0] for l in range(L)]).norm(
+            dim=-1
+        )
         close(res["deltas"]["cls"][kind], d[:, 0])
         close(res["deltas"]["tokens"][kind], d.mean(1))
 
     # (b) one full forward of the negative clip per patched component
-    a_pos, a_neg = cp[last][0].float(), cn[last][0].float()  # the recovery metrics compute in float32 (hooked_vivit.metrics)
+    a_pos, a_neg = (
+        cp[last][0].float(),
+        cn[last][0].float(),
+    )  # the recovery metrics compute in float32 (hooked_vivit.metrics)
     delta = a_pos - a_neg
     for l in range(L):
         for comp, key in (("attn_out", "attn"), ("mlp_out", "mlp")):
             name = f"blocks.{l}.hook_{comp}"
             with torch.inference_mode():
                 got = {}
-                model.run_with_hooks(neg, fwd_hooks=[(name, lambda act, hook: cp[hook.name]),
-                                                     (last, lambda act, hook: got.__setitem__("a", act.clone()))])
+                model.run_with_hooks(
+                    neg,
+                    fwd_hooks=[
+                        (name, lambda act, hook: cp[hook.name]),
+                        (last, lambda act, hook: got.__setitem__("a", act.clone())),
+                    ],
+                )
             a = got["a"][0].float()
             v = res["recovery"]["variants"]
             close(v["cls_projection"][key][l], ((a[0] - a_neg[0]) @ delta[0]) / (delta[0] @ delta[0]))
@@ -153,7 +207,10 @@ def test_shared_runs_give_the_brute_force_numbers(model, analyzed):
         for l in range(L):
             ov = torch.einsum("phe,hed->hpd", cache[f"blocks.{l}.attn.hook_v"][0], model.blocks[l].attn.W_O)
             ov = ov - ov.mean(-1, keepdim=True)
-            per.append(cache[f"blocks.{l}.attn.hook_pattern"][0, :, 0] * (ov @ direction / cache["ln_final.hook_scale"][0, 0, 0]))
+            per.append(
+                cache[f"blocks.{l}.attn.hook_pattern"][0, :, 0]
+                * (ov @ direction / cache["ln_final.hook_scale"][0, 0, 0])
+            )
         return torch.stack(per)
 
     with torch.inference_mode():

@@ -24,8 +24,16 @@ from hooked_vivit.probes import bootstrap_ci, cross_validated_probe, fit_logisti
 from tests.conftest import make_hf
 
 ROOT = Path(__file__).resolve().parent.parent
-SQUARE = dict(image_size=32, num_frames=8, tubelet_size=[2, 8, 8], hidden_size=32, num_hidden_layers=2,
-              num_attention_heads=2, intermediate_size=64, num_labels=6)
+SQUARE = dict(
+    image_size=32,
+    num_frames=8,
+    tubelet_size=[2, 8, 8],
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    num_labels=6,
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +45,15 @@ def model():
 def test_every_recovery_variant_on_constructed_activations():
     clean = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # [1, tokens (CLS, one patch), d]
     corrupt = torch.zeros(1, 2, 2)
-    patched = torch.stack([
-        clean[0],                                  # restored
-        corrupt[0],                                # nothing
-        2 * clean[0],                              # overshoot along the difference
-        -clean[0],                                 # moved as far as clean, the opposite way
-        torch.tensor([[0.0, 3.0], [0.0, 0.0]]),    # moved 3x as far, orthogonally, at CLS only
-    ])
+    patched = torch.stack(
+        [
+            clean[0],  # restored
+            corrupt[0],  # nothing
+            2 * clean[0],  # overshoot along the difference
+            -clean[0],  # moved as far as clean, the opposite way
+            torch.tensor([[0.0, 3.0], [0.0, 0.0]]),  # moved 3x as far, orthogonally, at CLS only
+        ]
+    )
     got = ex.recovery_variants(patched, clean, corrupt)
     s10 = float(np.sqrt(10))
     expected = {
@@ -74,8 +84,13 @@ def test_component_recovery_variants_match_hand_made_patches(model):
     for layer in range(2):
         for comp in ("attn", "mlp"):
             grabbed = {}
-            model.run_with_hooks(neg, fwd_hooks=[(f"blocks.{layer}.hook_{comp}_out", lambda a, hook: clean[hook.name]),
-                                                 (last, lambda a, hook: grabbed.setdefault("a", a.clone()))])
+            model.run_with_hooks(
+                neg,
+                fwd_hooks=[
+                    (f"blocks.{layer}.hook_{comp}_out", lambda a, hook: clean[hook.name]),
+                    (last, lambda a, hook: grabbed.setdefault("a", a.clone())),
+                ],
+            )
             a, c, k = (t[0].detach().double() for t in (grabbed["a"], clean[last], corrupt[last]))
             want = {
                 "cls_projection": float((a[0] - k[0]) @ (c[0] - k[0]) / (c[0] - k[0]).pow(2).sum()),
@@ -93,7 +108,9 @@ def test_component_recovery_variants_match_hand_made_patches(model):
 def test_enrichment_share_base_rate_and_ratio():
     e = ex.enrichment(torch.tensor([0.5, 0.25, 0.25, 0.0]), torch.tensor([True, False, False, False]))
     assert (e["share"], e["base_rate"], e["enrichment"]) == (0.5, 0.25, 2.0)
-    e2 = ex.enrichment(torch.tensor([[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]]), torch.tensor([True, True, False, False]))
+    e2 = ex.enrichment(
+        torch.tensor([[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]]), torch.tensor([True, True, False, False])
+    )
     assert e2["share"] == [0.5, 0.0] and e2["mean_share"] == 0.25 and e2["enrichment"] == 0.5
     with pytest.raises(ValueError, match="non-negative"):
         ex.enrichment(torch.tensor([-1.0, 1.0]), torch.tensor([True, False]))
@@ -112,8 +129,8 @@ def test_mask_ablation_token_mask_and_equal_size_random_boxes(model):
     tm = token_pixel_mask(grid, tokens, 8, 32, 32)
     assert tm.sum() == 2 * 2 * 8 * 8 and tm[2:4, 0:8, 16:24].all() and tm[6:8, 24:32, 24:32].all()
     region = np.zeros((8, 32, 32), dtype=bool)
-    region[4, :4, :4] = True    # 16 px
-    region[5, :3, :3] = True    # 9 px
+    region[4, :4, :4] = True  # 16 px
+    region[5, :3, :3] = True  # 9 px
     boxes = random_boxes_like(region, 25, seed=1)
     assert boxes.shape == (25, 8, 32, 32)
     np.testing.assert_array_equal(boxes.reshape(25, 8, -1).sum(-1), np.tile([0, 0, 0, 0, 16, 9, 0, 0], (25, 1)))
@@ -132,12 +149,14 @@ def test_outcome_signal_and_region_ablation_against_brute_force(model):
     same = sig.measure(neg, neg)
     assert float(same["direction"][0]) == pytest.approx(0.0, abs=1e-6) and float(same["logit_gap"][0]) == 0.0
     region = np.zeros((8, 32, 32), dtype=bool)
-    region[pair.divergence_frame:, 8:20, 4:30] = True
+    region[pair.divergence_frame :, 8:20, 4:30] = True
     res = ex.outcome_region_ablation(model, pos, neg, sig, {"r": region}, n_controls=3, seed=5)["regions"]["r"]
     boxes = random_boxes_like(region, 3, seed=5)
     with torch.inference_mode():
+
         def gap(m):
             return float(model(ablate_pixel_mask(pos, m))[0, c] - model(ablate_pixel_mask(neg, m))[0, c])
+
         want = gap(region) - float(lp - ln)
         ctl = np.array([gap(b) - float(lp - ln) for b in boxes])
     assert res["logit_gap"]["change"] == pytest.approx(want, abs=1e-4)
@@ -155,7 +174,9 @@ def test_differential_dla_cancels_what_both_clips_share(model):
     _, cp = model.run_with_cache(pos)
     _, cn = model.run_with_cache(neg)
     direction = ex.class_direction(model, 1)
-    heads = [(c.stack_head_results(layer=-1, pos_slice=0, apply_ln=True)[:, 0] @ direction).view(2, 2) for c in (cp, cn)]
+    heads = [
+        (c.stack_head_results(layer=-1, pos_slice=0, apply_ln=True)[:, 0] @ direction).view(2, 2) for c in (cp, cn)
+    ]
     torch.testing.assert_close(torch.tensor(d["per_head"]), heads[0] - heads[1], atol=1e-5, rtol=1e-4)
 
 
@@ -171,7 +192,9 @@ def test_batched_newton_fitter_matches_lbfgs_narrow_and_wide():
         wb, bb = fit_logistic_batched(torch.stack([x, x]), torch.stack([y, 1 - y]), torch.stack([train, train]))
         torch.testing.assert_close(wb[0], w, atol=2e-4, rtol=0)
         assert float(bb[0]) == pytest.approx(float(b), abs=5e-4)
-        torch.testing.assert_close(wb[1], -w, atol=2e-4, rtol=0)  # flipped labels: the mirrored problem, solved alongside
+        torch.testing.assert_close(
+            wb[1], -w, atol=2e-4, rtol=0
+        )  # flipped labels: the mirrored problem, solved alongside
 
 
 def test_bootstrap_interval_known_cases():
@@ -232,7 +255,10 @@ def test_defaults_readme_and_notebooks_use_held_out_seeds():
     subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     for cmd in ("analyze", "render"):
         assert lo <= subparsers.choices[cmd].get_default("seed") < hi, cmd
-    texts = {"README.md": (ROOT / "README.md").read_text(), "make_notebooks.py": (ROOT / "notebooks" / "make_notebooks.py").read_text()}
+    texts = {
+        "README.md": (ROOT / "README.md").read_text(),
+        "make_notebooks.py": (ROOT / "notebooks" / "make_notebooks.py").read_text(),
+    }
     for name, text in texts.items():
         # Render seeds of the organism's clips; the planted models (hooked_vivit.planted, `pm.`) draw their own.
         text = "\n".join(line for line in text.splitlines() if "pm." not in line)

@@ -13,7 +13,12 @@ from hooked_vivit.attention_rows import pattern_row_queries
 from hooked_vivit.patching import FrameSlot, Region, resolve_positions
 from tests.conftest import SMALL_CONFIGS, make_hf, pixels
 
-SWITCHES = [{}, {"use_split_qkv_input": True}, {"use_attn_result": True}, {"use_split_qkv_input": True, "use_attn_result": True}]
+SWITCHES = [
+    {},
+    {"use_split_qkv_input": True},
+    {"use_attn_result": True},
+    {"use_split_qkv_input": True, "use_attn_result": True},
+]
 
 
 def with_switches(model: HookedViViT, **switches) -> HookedViViT:
@@ -38,7 +43,12 @@ def test_rows_equal_full_pattern_rows(config, switches):
     x = pixels(kw)
     full = full_patterns(model, x)
     grid = model.cfg.grid
-    groups = ["cls", FrameSlot(grid.n_frame_slots - 1), Region(frame_slots=0, rows=[0], cols=[0, 1], include_cls=True), [3, 1]]
+    groups = [
+        "cls",
+        FrameSlot(grid.n_frame_slots - 1),
+        Region(frame_slots=0, rows=[0], cols=[0, 1], include_cls=True),
+        [3, 1],
+    ]
     for group in groups:
         pos = list(resolve_positions(model, group))
         # The fused path must stay on while the rows are computed.
@@ -56,8 +66,10 @@ def test_rows_fused_path_is_bitwise_where_explicit(tiny):
     """On the explicit path (cfg.use_sdpa off) the rows are slices of the pattern itself."""
     model, x, _ = tiny
     explicit = with_switches(model, use_sdpa=False)
-    assert torch.equal(explicit.attention_rows(x, queries=FrameSlot(0))[:, :, :, :],
-                       full_patterns(explicit, x)[:, :, :, list(resolve_positions(model, FrameSlot(0)))])
+    assert torch.equal(
+        explicit.attention_rows(x, queries=FrameSlot(0))[:, :, :, :],
+        full_patterns(explicit, x)[:, :, :, list(resolve_positions(model, FrameSlot(0)))],
+    )
 
 
 def test_rows_are_a_drop_in_for_the_cls_row_of_the_cache(tiny):

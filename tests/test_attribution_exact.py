@@ -40,7 +40,9 @@ def brute_force(model, clean, corrupted, metric, act: str, layer: int) -> torch.
 
 def close(actual: torch.Tensor, expected: torch.Tensor) -> bool:
     """Within 1e-6 of the scores' own scale (they are ~1e-3 here; in practice bitwise equal)."""
-    return float((actual - expected).abs().max()) <= 1e-6 * float(expected.abs().max()) and float(expected.abs().max()) > 0
+    return (
+        float((actual - expected).abs().max()) <= 1e-6 * float(expected.abs().max()) and float(expected.abs().max()) > 0
+    )
 
 
 def with_switches(model: HookedViViT, **switches) -> HookedViViT:
@@ -49,7 +51,9 @@ def with_switches(model: HookedViViT, **switches) -> HookedViViT:
     return other
 
 
-@pytest.mark.parametrize("switches", [{}, {"use_split_qkv_input": True, "use_attn_result": True}], ids=["default", "split+result"])
+@pytest.mark.parametrize(
+    "switches", [{}, {"use_split_qkv_input": True, "use_attn_result": True}], ids=["default", "split+result"]
+)
 @pytest.mark.parametrize("config", ["nonsquare_2x8x8_3heads", "3layers_4x4x4"])
 def test_scores_equal_brute_force(config, switches):
     kw = SMALL_CONFIGS[config]

@@ -14,9 +14,13 @@ KW = SMALL_CONFIGS["nonsquare_2x8x8_3heads"]
 
 
 @pytest.mark.parametrize(
-    "switches", [dict(), dict(use_attn_result=True, use_hook_mlp_in=True), dict(use_split_qkv_input=True), dict(use_attn_in=True)]
+    "switches",
+    [dict(), dict(use_attn_result=True, use_hook_mlp_in=True), dict(use_split_qkv_input=True), dict(use_attn_in=True)],
 )
-@pytest.mark.parametrize("names_filter", [None, cache_memory.without_maps, ["blocks.0.attn.hook_pattern", "hook_embed"], "blocks.1.mlp.hook_post"])
+@pytest.mark.parametrize(
+    "names_filter",
+    [None, cache_memory.without_maps, ["blocks.0.attn.hook_pattern", "hook_embed"], "blocks.1.mlp.hook_post"],
+)
 def test_estimate_equals_cached_bytes(switches, names_filter):
     base = HookedViViT.from_hf_model(make_hf(KW))
     model = HookedViViT(dataclasses.replace(base.cfg, **switches), init_weights=False)

@@ -24,7 +24,18 @@ def test_round_trip_through_hf_config_dict():
     cfg = HookedViViTConfig.from_hf_config(hf.config)
     assert cfg.image_size == (32, 48) and cfg.tubelet_size == (2, 8, 8) and cfg.n_ctx == 1 + 2 * 4 * 6
     again = HookedViViTConfig.from_hf_config(VivitConfig(**cfg.to_hf_config_dict()).to_dict())
-    for field in ("d_model", "n_heads", "n_layers", "d_mlp", "image_size", "tubelet_size", "num_frames", "id2label", "qkv_bias", "eps"):
+    for field in (
+        "d_model",
+        "n_heads",
+        "n_layers",
+        "d_mlp",
+        "image_size",
+        "tubelet_size",
+        "num_frames",
+        "id2label",
+        "qkv_bias",
+        "eps",
+    ):
         assert getattr(again, field) == getattr(cfg, field), field
 
 

@@ -28,7 +28,10 @@ def _write_dir(path, config: dict, state_dict: dict, fmt: str):
         torch.save(state_dict, path / "pytorch_model.bin")
     elif fmt == "sharded":
         keys = sorted(state_dict)
-        halves = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2], "model-00002-of-00002.safetensors": keys[len(keys) // 2 :]}
+        halves = {
+            "model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+            "model-00002-of-00002.safetensors": keys[len(keys) // 2 :],
+        }
         weight_map = {}
         for shard, ks in halves.items():
             save_file({k: state_dict[k] for k in ks}, path / shard)
@@ -45,7 +48,10 @@ def test_load_every_layout_and_format(tmp_path, fmt, layout, prefix):
     reference = HookedViViT.from_hf_model(hf)
     sd = hooked_to_hf_weights(reference.state_dict(), reference.cfg, layout=layout, prefix=prefix)
     if layout == "hub":
-        assert "vivit.encoder.layer.0.attention.attention.query.weight" in sd or "encoder.layer.0.attention.attention.query.weight" in sd
+        assert (
+            "vivit.encoder.layer.0.attention.attention.query.weight" in sd
+            or "encoder.layer.0.attention.attention.query.weight" in sd
+        )
     else:
         assert any(k.endswith("layers.0.attention.q_proj.weight") for k in sd)
     path = _write_dir(tmp_path / "ckpt", hf.config.to_dict(), sd, fmt)
@@ -116,8 +122,11 @@ def test_shapes_and_keys_errors_name_each_key_as_the_checkpoint_spells_it(layout
     cfg = reference.cfg
     sd = hooked_to_hf_weights(reference.state_dict(), cfg, layout=layout, prefix=prefix)
     pre = "vivit." if prefix else ""
-    fc1, q = ("encoder.layer.1.intermediate.dense.weight", "encoder.layer.0.attention.attention.query.weight") if layout == "hub" else (
-        "layers.1.mlp.fc1.weight", "layers.0.attention.q_proj.weight")
+    fc1, q = (
+        ("encoder.layer.1.intermediate.dense.weight", "encoder.layer.0.attention.attention.query.weight")
+        if layout == "hub"
+        else ("layers.1.mlp.fc1.weight", "layers.0.attention.q_proj.weight")
+    )
     del sd[pre + fc1], sd["classifier.bias"]
     sd[pre + "encoder.layer.0.extra.weight" if layout == "hub" else pre + "layers.0.extra.weight"] = torch.zeros(3)
     sd[pre + q] = torch.zeros(5, 24)
@@ -133,25 +142,38 @@ def test_shapes_and_keys_errors_name_each_key_as_the_checkpoint_spells_it(layout
 def test_one_key_table_serves_both_directions():
     from weights_conversion import vivit
 
-    hub = hooked_to_hf_weights(HookedViViT.from_hf_model(make_hf(KW)).state_dict(), HookedViViTConfig.from_hf_config(make_hf(KW).config), layout="hub", prefix=False)
+    hub = hooked_to_hf_weights(
+        HookedViViT.from_hf_model(make_hf(KW)).state_dict(),
+        HookedViViTConfig.from_hf_config(make_hf(KW).config),
+        layout="hub",
+        prefix=False,
+    )
     new = vivit.normalize_hf_keys(hub)
     assert sorted(new) == sorted(vivit.expected_hf_shapes(HookedViViTConfig.from_hf_config(make_hf(KW).config)))
     from weights_conversion.common import rename_key
 
     assert {rename_key(k, vivit._NEW_TO_HUB) for k in new} == set(hub)
-    assert rename_key("encoder.layer.1.attention.output.dense.weight", vivit._HUB_TO_NEW) == "layers.1.attention.o_proj.weight"
+    assert (
+        rename_key("encoder.layer.1.attention.output.dense.weight", vivit._HUB_TO_NEW)
+        == "layers.1.attention.o_proj.weight"
+    )
     assert rename_key("encoder.layer.1.output.dense.weight", vivit._HUB_TO_NEW) == "layers.1.mlp.fc2.weight"
 
 
 def test_config_mismatch_is_reported_per_key():
     hf = make_hf(KW)
     cfg = HookedViViTConfig.from_hf_config({**hf.config.to_dict(), "num_frames": 8})
-    with pytest.raises(CheckpointError, match=r"vivit.embeddings.position_embeddings: checkpoint \(1, 49, 24\) vs expected \(1, 97, 24\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"vivit.embeddings.position_embeddings: checkpoint \(1, 49, 24\) vs expected \(1, 97, 24\)",
+    ):
         convert_vivit_weights(hf.state_dict(), cfg)
 
 
 def test_kinetics_names_replace_placeholder_labels():
-    cfg = HookedViViTConfig.from_hf_config({"model_type": "vivit", "id2label": {str(i): f"LABEL_{i}" for i in range(400)}})
+    cfg = HookedViViTConfig.from_hf_config(
+        {"model_type": "vivit", "id2label": {str(i): f"LABEL_{i}" for i in range(400)}}
+    )
     assert cfg.n_classes == 400 and cfg.id2label[31] == "bowling"
     assert cfg.label2id["bowling"] == 31
     small = HookedViViTConfig.from_hf_config(make_hf(KW).config)

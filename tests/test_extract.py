@@ -26,8 +26,16 @@ from hooked_vivit.video import load_video, preprocess, write_video
 from tests.conftest import make_hf
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = dict(image_size=32, num_frames=4, tubelet_size=[2, 8, 8], hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-            intermediate_size=32, num_labels=3)
+TINY = dict(
+    image_size=32,
+    num_frames=4,
+    tubelet_size=[2, 8, 8],
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=32,
+    num_labels=3,
+)
 HOOKS = "blocks.0.hook_resid_post,blocks.1.hook_mlp_out"
 
 
@@ -44,21 +52,39 @@ def setup(tmp_path_factory):
     broken = root / "broken.mp4"
     broken.write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video")
     manifest = root / "clips.csv"
-    rows = ["path,label"] + [f"clips/clip{i}.mp4,class{i % 2}" for i in range(3)] + ["broken.mp4,bad", "clips/gone.mp4,missing"] + \
-           [f"clips/clip{i}.mp4,class{i % 2}" for i in range(3, 7)]
+    rows = (
+        ["path,label"]
+        + [f"clips/clip{i}.mp4,class{i % 2}" for i in range(3)]
+        + ["broken.mp4,bad", "clips/gone.mp4,missing"]
+        + [f"clips/clip{i}.mp4,class{i % 2}" for i in range(3, 7)]
+    )
     manifest.write_text("\n".join(rows) + "\n")
     pairs = root / "pairs.jsonl"
     lines = [{"path": f"clips/clip{2 * i}.mp4", "pair": f"p{i}", "role": "positive"} for i in range(3)]
     lines += [{"path": f"clips/clip{2 * i + 1}.mp4", "pair": f"p{i}", "role": "negative"} for i in range(3)]
-    lines += [{"path": "clips/clip6.mp4", "pair": "p3", "role": "positive"}, {"path": "clips/clip0.mp4", "pair": "p3", "role": "negative"},
-              {"path": "clips/clip5.mp4", "pair": "p4", "role": "positive"}, {"path": "clips/clip2.mp4", "pair": "p4", "role": "negative"},
-              {"path": "broken.mp4", "pair": "p5", "role": "positive"}, {"path": "clips/clip1.mp4", "pair": "p5", "role": "negative"}]
+    lines += [
+        {"path": "clips/clip6.mp4", "pair": "p3", "role": "positive"},
+        {"path": "clips/clip0.mp4", "pair": "p3", "role": "negative"},
+        {"path": "clips/clip5.mp4", "pair": "p4", "role": "positive"},
+        {"path": "clips/clip2.mp4", "pair": "p4", "role": "negative"},
+        {"path": "broken.mp4", "pair": "p5", "role": "positive"},
+        {"path": "clips/clip1.mp4", "pair": "p5", "role": "negative"},
+    ]
     pairs.write_text("".join(json.dumps(r) + "\n" for r in lines))
     return model, ckpt, clips, manifest, pairs
 
 
 def torchrun(*args: str, nproc: int = 2, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "hooked_vivit.cli", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "hooked_vivit.cli",
+        *args,
+    ]
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
     proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=300)
     if check:
@@ -113,31 +139,52 @@ def test_read_clip_matches_load_video_and_time_windows(setup):
 
 def test_manifest_errors_name_the_line_and_what_was_expected(tmp_path, setup):
     _, _, clips, _, _ = setup
-    cases = {"a.csv": ("path,lable\nx.mp4,1\n", r"line 1: unknown column\(s\) 'lable'; expected path"),
-             "b.csv": ("label\nx\n", "line 2: no path"),
-             "c.jsonl": ('{"path": "x.mp4", "role": "pos"}\n', "line 1: role 'pos'; expected positive or negative"),
-             "d.jsonl": ('{"path": "x.mp4", "start": 2, "end": 1}\n', "line 1: end 1 s is not after start 2 s"),
-             "e.csv": ("path,start\nx.mp4,soon\n", "line 2: start 'soon' is not a number of seconds"),
-             "f.txt": ("x.mp4\n", "expected a folder of videos, a .csv or a .jsonl manifest")}
+    cases = {
+        "a.csv": ("path,lable\nx.mp4,1\n", r"line 1: unknown column\(s\) 'lable'; expected path"),
+        "b.csv": ("label\nx\n", "line 2: no path"),
+        "c.jsonl": ('{"path": "x.mp4", "role": "pos"}\n', "line 1: role 'pos'; expected positive or negative"),
+        "d.jsonl": ('{"path": "x.mp4", "start": 2, "end": 1}\n', "line 1: end 1 s is not after start 2 s"),
+        "e.csv": ("path,start\nx.mp4,soon\n", "line 2: start 'soon' is not a number of seconds"),
+        "f.txt": ("x.mp4\n", "expected a folder of videos, a .csv or a .jsonl manifest"),
+    }
     for name, (text, message) in cases.items():
         (tmp_path / name).write_text(text)
         with pytest.raises(ManifestError, match=message):
             read_collection(tmp_path / name)
     listed = read_collection(clips)  # a folder: sorted by relative path
-    assert [c.file for c in listed] == [f"clip{i}.mp4" for i in range(7)] and [c.index for c in listed] == list(range(7))
+    assert [c.file for c in listed] == [f"clip{i}.mp4" for i in range(7)] and [c.index for c in listed] == list(
+        range(7)
+    )
 
 
 # ============================================================================ extract
 def test_two_processes_write_exactly_what_one_does_and_the_rows_are_the_activations(setup, tmp_path):
     model, ckpt, _, manifest, _ = setup
-    args = ["--model", str(ckpt), "--videos", str(manifest), "--hooks", HOOKS, "--positions", "0,5,17", "--shard-clips", "2",
-            "--batch-size", "1", "--workers", "1", "--quiet"]
+    args = [
+        "--model",
+        str(ckpt),
+        "--videos",
+        str(manifest),
+        "--hooks",
+        HOOKS,
+        "--positions",
+        "0,5,17",
+        "--shard-clips",
+        "2",
+        "--batch-size",
+        "1",
+        "--workers",
+        "1",
+        "--quiet",
+    ]
     assert extract_here(*args, "--out", str(tmp_path / "one")) == 0
     proc = torchrun("extract", *args, "--out", str(tmp_path / "two"))
     assert "7 of 9 clips in 5 shard(s)" in proc.stdout and proc.stdout.count("wrote") == 1  # rank 0 reports
     assert_same_output(tmp_path / "one", tmp_path / "two")
     assert read_index(tmp_path / "two")["world_size"] == 2
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [MANIFEST, "index.json"] + [f"shard-0000{k}.safetensors" for k in range(5)]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [MANIFEST, "index.json"] + [
+        f"shard-0000{k}.safetensors" for k in range(5)
+    ]
     umask = os.umask(0)
     os.umask(umask)
     assert {p.stat().st_mode & 0o777 for p in (tmp_path / "two").iterdir()} == {0o666 & ~umask}
@@ -148,7 +195,11 @@ def test_two_processes_write_exactly_what_one_does_and_the_rows_are_the_activati
     good = [c for c in index["clips"] if "error" not in c]
     assert prov["clip"].tolist() == [c_i for c_i, c in enumerate(index["clips"]) if "error" not in c for _ in range(3)]
     assert prov["token"].tolist() == [0, 5, 17] * len(good)
-    assert prov["frame_slot"].tolist()[:3] == [-1, 0, 1] and prov["row"].tolist()[:3] == [-1, 1, 0] and prov["col"].tolist()[:3] == [-1, 0, 0]
+    assert (
+        prov["frame_slot"].tolist()[:3] == [-1, 0, 1]
+        and prov["row"].tolist()[:3] == [-1, 1, 0]
+        and prov["col"].tolist()[:3] == [-1, 0, 0]
+    )
     assert [p["frames"] for p in index["positions"]["tokens"]] == [None, [0, 1], [2, 3]]
     root = manifest.parent
     for c in good:
@@ -164,20 +215,56 @@ def test_two_processes_write_exactly_what_one_does_and_the_rows_are_the_activati
 
 def test_a_broken_file_is_named_and_skipped(setup, tmp_path, capsys):
     _, ckpt, _, manifest, _ = setup
-    assert extract_here("--model", str(ckpt), "--videos", str(manifest), "--hooks", "blocks.1.hook_resid_post", "--out", str(tmp_path / "o"),
-                        "--workers", "0", "--quiet") == 0
+    assert (
+        extract_here(
+            "--model",
+            str(ckpt),
+            "--videos",
+            str(manifest),
+            "--hooks",
+            "blocks.1.hook_resid_post",
+            "--out",
+            str(tmp_path / "o"),
+            "--workers",
+            "0",
+            "--quiet",
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "7 of 9 clips in 1 shard(s)" in out and "; 2 file(s) skipped:" in out
     assert "broken.mp4: VideoReadError" in out and "clips/gone.mp4: FileNotFoundError" in out
     index = read_index(tmp_path / "o")
     assert [(e["clip"], e["file"]) for e in index["errors"]] == [(3, "broken.mp4"), (4, "clips/gone.mp4")]
-    assert "no such video file" in index["clips"][4]["error"] and index["totals"] == {"clips": 9, "extracted": 7, "errors": 2, "rows": 7}
+    assert "no such video file" in index["clips"][4]["error"] and index["totals"] == {
+        "clips": 9,
+        "extracted": 7,
+        "errors": 2,
+        "rows": 7,
+    }
 
 
 def test_a_killed_run_resumes_without_duplicates(setup, tmp_path):
     _, ckpt, clips, _, _ = setup
-    args = ["--model", str(ckpt), "--videos", str(clips), "--hooks", HOOKS, "--positions", "cls", "--shard-clips", "2",
-            "--batch-size", "2", "--workers", "0", "--dtype", "bfloat16", "--quiet"]
+    args = [
+        "--model",
+        str(ckpt),
+        "--videos",
+        str(clips),
+        "--hooks",
+        HOOKS,
+        "--positions",
+        "cls",
+        "--shard-clips",
+        "2",
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+        "--dtype",
+        "bfloat16",
+        "--quiet",
+    ]
     assert extract_here(*args, "--out", str(tmp_path / "reference")) == 0
     out = tmp_path / "out"
     # Rank 0 (shards 0 and 2) is SIGKILLed while writing its second shard, after the temporary file is on disk.
@@ -199,30 +286,56 @@ def test_resume_refuses_other_settings_and_never_takes_foreign_files(setup, tmp_
     _, ckpt, clips, _, _ = setup
     out = tmp_path / "out"
     resume = tmp_path / ".out.resume"
-    base = ["--model", str(ckpt), "--videos", str(clips), "--shard-clips", "3", "--workers", "0", "--quiet", "--out", str(out)]
+    base = [
+        "--model",
+        str(ckpt),
+        "--videos",
+        str(clips),
+        "--shard-clips",
+        "3",
+        "--workers",
+        "0",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     env = {"HOOKED_VIVIT_TEST_KILL": "after:1"}
-    code = subprocess.run([sys.executable, "-m", "hooked_vivit.cli", "extract", *base, "--hooks", "blocks.0.hook_resid_post"], cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO), **env}, capture_output=True, timeout=300).returncode
-    assert code == -9 and sorted(p.name for p in resume.iterdir()) == [".hooked-vivit-resume.json", "shard-00000.safetensors"]
+    code = subprocess.run(
+        [sys.executable, "-m", "hooked_vivit.cli", "extract", *base, "--hooks", "blocks.0.hook_resid_post"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+        capture_output=True,
+        timeout=300,
+    ).returncode
+    assert code == -9 and sorted(p.name for p in resume.iterdir()) == [
+        ".hooked-vivit-resume.json",
+        "shard-00000.safetensors",
+    ]
     assert extract_here(*base, "--hooks", "blocks.1.hook_resid_post") == 2
     assert "other settings (differing in hooks)" in capsys.readouterr().err
     (resume / "notes.txt").write_text("mine")
     assert extract_here(*base, "--hooks", "blocks.1.hook_resid_post", "--overwrite") == 2
     assert "notes.txt" in capsys.readouterr().err and (resume / "notes.txt").read_text() == "mine"
     (resume / "notes.txt").unlink()
-    assert extract_here(*base, "--hooks", "blocks.1.hook_resid_post", "--overwrite") == 0  # old pieces discarded, run redone
+    assert (
+        extract_here(*base, "--hooks", "blocks.1.hook_resid_post", "--overwrite") == 0
+    )  # old pieces discarded, run redone
     assert list(read_index(out)["hooks"]) == ["blocks.1.hook_resid_post"] and not resume.exists()
-    assert extract_here(*base, "--hooks", "blocks.1.hook_resid_post") == 2  # finished: an earlier output, as for analyze
+    assert (
+        extract_here(*base, "--hooks", "blocks.1.hook_resid_post") == 2
+    )  # finished: an earlier output, as for analyze
     assert "earlier output of hooked-vivit extract" in capsys.readouterr().err
 
 
 def test_extract_flag_errors_are_one_line(setup, tmp_path, capsys):
     _, ckpt, clips, _, _ = setup
     base = ["--model", str(ckpt), "--videos", str(clips), "--out", str(tmp_path / "o"), "--quiet"]
-    for extra, message in ((["--hooks", "blocks.9.hook_resid_post"], "blocks.9.hook_resid_post"),
-                           (["--hooks", "blocks.0.attn.hook_pattern"], "without a token axis"),
-                           (["--hooks", "blocks.0.hook_resid_post", "--positions", "0,99"], "token indices in [0, 33)"),
-                           (["--hooks", "nothing.*"], "matches no hook")):
+    for extra, message in (
+        (["--hooks", "blocks.9.hook_resid_post"], "blocks.9.hook_resid_post"),
+        (["--hooks", "blocks.0.attn.hook_pattern"], "without a token axis"),
+        (["--hooks", "blocks.0.hook_resid_post", "--positions", "0,99"], "token indices in [0, 33)"),
+        (["--hooks", "nothing.*"], "matches no hook"),
+    ):
         assert extract_here(*base, *extra) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err
@@ -271,7 +384,9 @@ def test_study_over_pairs_in_two_processes_equals_the_per_pair_functions(setup, 
 def test_study_pairs_manifest_errors(setup, tmp_path, capsys):
     _, ckpt, _, _, pairs = setup
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"path": "a.mp4", "pair": "x", "role": "positive"}\n{"path": "b.mp4", "pair": "x", "role": "positive"}\n')
+    bad.write_text(
+        '{"path": "a.mp4", "pair": "x", "role": "positive"}\n{"path": "b.mp4", "pair": "x", "role": "positive"}\n'
+    )
     assert main(["study", "--pairs", str(bad), "--model", str(ckpt), "--out", str(tmp_path / "s"), "--quiet"]) == 2
     assert "pair 'x' has two positive clips (a.mp4, b.mp4)" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()

@@ -15,8 +15,17 @@ from hooked_vivit.analysis import pipeline, validation
 from hooked_vivit.organism.data import SPLIT_SEEDS, recorded_seed_ranges, render_split, seed_use, to_pixels
 from hooked_vivit.organism.train import TrainConfig, model_config, train
 
-OUTCOME_LABELS = ["bowling strike", "bowling gutter", "golf in", "golf miss", "basketball make", "basketball miss",
-                  "juggling balls", "swinging pendulum", "skipping rope"]
+OUTCOME_LABELS = [
+    "bowling strike",
+    "bowling gutter",
+    "golf in",
+    "golf miss",
+    "basketball make",
+    "basketball miss",
+    "juggling balls",
+    "swinging pendulum",
+    "skipping rope",
+]
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +35,9 @@ def outcomes():
 
 def test_organism_names_resolve_in_one_place():
     assert organism.CLASSES is synthetic.ACTIONS
-    assert [organism.resolve(n) for n in (None, "organism", "actions", "outcomes", "google/vivit-b-16x2-kinetics400")] == \
-        ["actions", "actions", "actions", "outcomes", None]
+    assert [
+        organism.resolve(n) for n in (None, "organism", "actions", "outcomes", "google/vivit-b-16x2-kinetics400")
+    ] == ["actions", "actions", "actions", "outcomes", None]
     assert organism.checkpoint_path() == organism.checkpoint_path("actions") == organism.checkpoint_path("organism")
     assert organism.checkpoint_path("outcomes") != organism.checkpoint_path()
     assert organism.model_source("outcomes") == organism.checkpoint_path("outcomes")
@@ -45,10 +55,14 @@ def test_outcome_organism_loads_by_name_everywhere(outcomes):
     assert cfg.n_layers >= 6 and list(cfg.id2label.values()) == OUTCOME_LABELS
     path = organism.checkpoint_path("outcomes")
     assert (path / "model.safetensors").stat().st_size <= 10e6
-    assert {"config.json", "model.safetensors", "MODEL_CARD.md", "metrics.json", "probes.json", "seed_ranges.json"} <= {p.name for p in path.iterdir()}
+    assert {"config.json", "model.safetensors", "MODEL_CARD.md", "metrics.json", "probes.json", "seed_ranges.json"} <= {
+        p.name for p in path.iterdir()
+    }
     by_cli_name = pipeline.load_model("outcomes")
     assert all(torch.equal(a, b) for a, b in zip(by_cli_name.state_dict().values(), outcomes.state_dict().values()))
-    assert pipeline.load_model("organism").cfg.n_classes == len(synthetic.ACTIONS)  # the default stays the action organism
+    assert pipeline.load_model("organism").cfg.n_classes == len(
+        synthetic.ACTIONS
+    )  # the default stays the action organism
 
 
 @pytest.mark.parametrize("name", ["actions", "outcomes"])
@@ -58,12 +72,16 @@ def test_accuracy_on_fresh_held_out_clips(name):
     model = organism.load(name)
     classes = organism.task_classes(name)
     per_class = 6
-    clips, labels, _ = render_split("test", per_class, model.cfg.num_frames, model.cfg.image_size[0], classes, offset=100)
+    clips, labels, _ = render_split(
+        "test", per_class, model.cfg.num_frames, model.cfg.image_size[0], classes, offset=100
+    )
     ranges = recorded_seed_ranges(organism.checkpoint_path(name))["used"]
     assert seed_use(SPLIT_SEEDS["test"] + 100, ranges) is None
     with torch.inference_mode():
         pred = torch.cat([model(to_pixels(clips[i : i + 18])).argmax(-1) for i in range(0, len(clips), 18)]).numpy()
-    if name == "outcomes":  # action level (twin outcomes merged): the card's 91 %; its outcome accuracy falls short of the goal
+    if (
+        name == "outcomes"
+    ):  # action level (twin outcomes merged): the card's 91 %; its outcome accuracy falls short of the goal
         action = np.array([0, 0, 1, 1, 2, 2, 3, 4, 5])
         correct = action[pred] == action[labels]
     else:
@@ -129,7 +147,9 @@ def test_validate_finds_the_single_planted_head(planted_results):
     for s in r["recovery"]["sanity"].values():
         assert s["min"] == pytest.approx(1.0, abs=1e-5) and s["max"] == pytest.approx(1.0, abs=1e-5)
     d = r["maps"]["differential_dla"]
-    assert d["share"]["mean"] == pytest.approx(1.0, abs=1e-6) and d["enrichment"]["mean"] == pytest.approx(8.0, abs=1e-4)  # 8 of 64 tokens
+    assert d["share"]["mean"] == pytest.approx(1.0, abs=1e-6) and d["enrichment"]["mean"] == pytest.approx(
+        8.0, abs=1e-4
+    )  # 8 of 64 tokens
     # Zeroing the blob flips every positive clip to "no blob"; the negative clip has no blob to remove.
     assert r["ablation"]["to_twin"]["positive"]["mean"] == 1.0 and r["ablation"]["changed"]["negative"]["mean"] == 0.0
     assert r["attribution"]["z by head"]["r"] == pytest.approx(1.0, abs=1e-6)
@@ -142,7 +162,9 @@ def test_validate_finds_the_single_planted_head(planted_results):
 def test_validate_reports_what_misses_the_composition(planted_results):
     res, data = planted_results
     r = res["planted and_composition"]["domains"]["and_composition"]
-    assert r["maps"]["dla_zero_pairs"] == 6 and "differential_dla" not in r["maps"]  # no head writes the class direction
+    assert (
+        r["maps"]["dla_zero_pairs"] == 6 and "differential_dla" not in r["maps"]
+    )  # no head writes the class direction
     assert r["attribution"]["mlp_out by layer"]["r"] == pytest.approx(1.0, abs=1e-3)
     assert np.isnan(r["attribution"]["z by head"]["r"])  # AtP gives every head exactly 0 at the silent neuron
     rows = {f["method"]: f["verdict"] for f in validation.findings(res["planted and_composition"], data["settings"])}
@@ -152,8 +174,17 @@ def test_validate_reports_what_misses_the_composition(planted_results):
 
 
 def test_validate_on_the_organisms_tiny(outcomes):
-    data = validation.validate(("actions", "outcomes"), (), n_pairs=5, domains=("golf",), sanity_pairs=1, attribution_pairs=1, n_controls=2,
-                               progress=False, models={"outcomes": outcomes})
+    data = validation.validate(
+        ("actions", "outcomes"),
+        (),
+        n_pairs=5,
+        domains=("golf",),
+        sanity_pairs=1,
+        attribution_pairs=1,
+        n_controls=2,
+        progress=False,
+        models={"outcomes": outcomes},
+    )
     res = {r["subject"]: r for r in data["subjects"]}
     assert not res["actions organism"]["outcome_is_label"] and res["outcomes organism"]["outcome_is_label"]
     assert "attribution" not in res["actions organism"]["domains"]["golf"]
@@ -171,8 +202,28 @@ def test_validate_command_writes_the_table(tmp_path):
     from hooked_vivit.cli import main
 
     out = tmp_path / "val"
-    assert main(["validate", "--model", "--planted", "single_head", "--pairs", "5", "--sanity-pairs", "1", "--attribution-pairs", "1",
-                 "--controls", "2", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "validate",
+                "--model",
+                "--planted",
+                "single_head",
+                "--pairs",
+                "5",
+                "--sanity-pairs",
+                "1",
+                "--attribution-pairs",
+                "1",
+                "--controls",
+                "2",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     data = json.loads((out / "validation.json").read_text())
     assert [s["subject"] for s in data["subjects"]] == ["planted single_head"]
     assert (out / "validation.md").read_text().count("| planted single_head |") == 7

@@ -34,33 +34,104 @@ pytestmark = pytest.mark.filterwarnings("ignore:Initializing zero-element tensor
 # Configs transformers runs that this library refused before issue 21 (the closing note lists them).
 NEWLY_ACCEPTED = {
     # transformers' own VivitModelTester config: 10 px frames, 4 px tubelets (rows/cols 8, 9 unseen).
-    "hf_model_tester": dict(image_size=10, num_frames=8, tubelet_size=[2, 4, 4], num_channels=3, hidden_size=768,
-                            num_hidden_layers=5, num_attention_heads=4, intermediate_size=37, hidden_act="gelu_fast",
-                            layer_norm_eps=1e-6, qkv_bias=True, num_labels=10),
+    "hf_model_tester": dict(
+        image_size=10,
+        num_frames=8,
+        tubelet_size=[2, 4, 4],
+        num_channels=3,
+        hidden_size=768,
+        num_hidden_layers=5,
+        num_attention_heads=4,
+        intermediate_size=37,
+        hidden_act="gelu_fast",
+        layer_norm_eps=1e-6,
+        qkv_bias=True,
+        num_labels=10,
+    ),
     # Remainders on every axis: frame 6, pixel row 12 and column 10 feed no token.
-    "ragged_every_axis": dict(image_size=[13, 11], num_frames=7, tubelet_size=[3, 4, 5], hidden_size=16,
-                              num_hidden_layers=2, num_attention_heads=2, intermediate_size=20, num_labels=3),
+    "ragged_every_axis": dict(
+        image_size=[13, 11],
+        num_frames=7,
+        tubelet_size=[3, 4, 5],
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=20,
+        num_labels=3,
+    ),
     # transformers' ConfigTester size: hidden 37 over 12 heads -> head_dim 3, attention in 36 dims.
-    "hidden_37_12_heads": dict(image_size=12, num_frames=4, tubelet_size=[2, 4, 4], hidden_size=37,
-                               num_hidden_layers=2, num_attention_heads=12, intermediate_size=11, num_labels=2),
+    "hidden_37_12_heads": dict(
+        image_size=12,
+        num_frames=4,
+        tubelet_size=[2, 4, 4],
+        hidden_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=12,
+        intermediate_size=11,
+        num_labels=2,
+    ),
     # An explicit head_dim wider than hidden_size / heads (3 x 5 = 15 > 12).
-    "head_dim_5_of_12": dict(image_size=8, num_frames=4, tubelet_size=[2, 4, 4], hidden_size=12, head_dim=5,
-                             num_hidden_layers=2, num_attention_heads=3, intermediate_size=11, num_labels=2),
+    "head_dim_5_of_12": dict(
+        image_size=8,
+        num_frames=4,
+        tubelet_size=[2, 4, 4],
+        hidden_size=12,
+        head_dim=5,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        intermediate_size=11,
+        num_labels=2,
+    ),
     # image_size as a 3-list (transformers reads [0] and [1]), one channel, a learned activation, no qkv bias.
-    "list3_image_1ch_prelu": dict(image_size=[9, 10, 3], num_frames=3, tubelet_size=[2, 4, 4], num_channels=1,
-                                  hidden_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=11,
-                                  hidden_act="prelu", qkv_bias=False, num_labels=2),
+    "list3_image_1ch_prelu": dict(
+        image_size=[9, 10, 3],
+        num_frames=3,
+        tubelet_size=[2, 4, 4],
+        num_channels=1,
+        hidden_size=8,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=11,
+        hidden_act="prelu",
+        qkv_bias=False,
+        num_labels=2,
+    ),
     # xIELU: transformers keeps its learned parameters in bfloat16 inside a float32 model.
-    "xielu_bf16_params": dict(image_size=[9, 7], num_frames=5, tubelet_size=[2, 4, 3], hidden_size=12,
-                              num_hidden_layers=2, num_attention_heads=3, intermediate_size=16, hidden_act="xielu",
-                              num_labels=3),
+    "xielu_bf16_params": dict(
+        image_size=[9, 7],
+        num_frames=5,
+        tubelet_size=[2, 4, 3],
+        hidden_size=12,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        intermediate_size=16,
+        hidden_act="xielu",
+        num_labels=3,
+    ),
     # MLPs of width 0 (each adds its output bias) and num_labels=-1 (an identity head, as for 0).
-    "mlp_width_0_labels_minus_1": dict(image_size=[8, 6], num_frames=3, tubelet_size=[2, 3, 3], hidden_size=8,
-                                       num_hidden_layers=2, num_attention_heads=2, intermediate_size=0, num_labels=-1),
+    "mlp_width_0_labels_minus_1": dict(
+        image_size=[8, 6],
+        num_frames=3,
+        tubelet_size=[2, 3, 3],
+        hidden_size=8,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=0,
+        num_labels=-1,
+    ),
     # No classifier (num_labels=0: transformers' head is the identity on the CLS token), mish, eps 1e-3.
-    "no_classifier_mish": dict(image_size=[8, 12], num_frames=2, tubelet_size=[1, 4, 4], hidden_size=8,
-                               num_hidden_layers=1, num_attention_heads=2, intermediate_size=11, num_labels=0,
-                               hidden_act="mish", layer_norm_eps=1e-3),
+    "no_classifier_mish": dict(
+        image_size=[8, 12],
+        num_frames=2,
+        tubelet_size=[1, 4, 4],
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=11,
+        num_labels=0,
+        hidden_act="mish",
+        layer_norm_eps=1e-3,
+    ),
 }
 
 
@@ -104,11 +175,17 @@ def random_config(rng: random.Random) -> dict:
     H, W = h + rng.randint(0, 6), w + rng.randint(0, 6)
     heads = rng.randint(1, 4)
     kw = dict(
-        num_frames=t + rng.randint(0, 4), tubelet_size=[t, h, w],
+        num_frames=t + rng.randint(0, 4),
+        tubelet_size=[t, h, w],
         image_size=H if H == W and rng.random() < 0.5 else rng.choice([[H, W], (H, W), [H, W, rng.randint(1, 9)]]),
-        num_channels=rng.randint(1, 4), hidden_size=rng.randint(heads, 20), num_attention_heads=heads,
-        num_hidden_layers=rng.randint(1, 2), intermediate_size=rng.randint(0, 24), qkv_bias=rng.random() < 0.7,
-        hidden_act=rng.choice(sorted(ACT2CLS)), layer_norm_eps=rng.choice([1e-12, 1e-6, 1e-5, 1e-3]),
+        num_channels=rng.randint(1, 4),
+        hidden_size=rng.randint(heads, 20),
+        num_attention_heads=heads,
+        num_hidden_layers=rng.randint(1, 2),
+        intermediate_size=rng.randint(0, 24),
+        qkv_bias=rng.random() < 0.7,
+        hidden_act=rng.choice(sorted(ACT2CLS)),
+        layer_norm_eps=rng.choice([1e-12, 1e-6, 1e-5, 1e-3]),
         num_labels=rng.randint(-1, 5),
     )
     if rng.random() < 0.3:
@@ -127,8 +204,16 @@ def test_random_configs_transformers_accepts_match_it():
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 def test_no_layers_at_all(attn):
     # transformers runs num_hidden_layers=0 (final LayerNorm of the embeddings; it returns no hidden states).
-    kw = dict(image_size=[9, 8], num_frames=3, tubelet_size=[2, 4, 4], hidden_size=8, num_hidden_layers=0,
-              num_attention_heads=2, intermediate_size=8, num_labels=3)
+    kw = dict(
+        image_size=[9, 8],
+        num_frames=3,
+        tubelet_size=[2, 4, 4],
+        hidden_size=8,
+        num_hidden_layers=0,
+        num_attention_heads=2,
+        intermediate_size=8,
+        num_labels=3,
+    )
     hf = make_hf(kw, attn=attn)
     model = HookedViViT.from_hf_model(hf)
     x = clip_pixels(hf.config)
@@ -145,9 +230,14 @@ def test_no_layers_at_all(attn):
         (dict(num_frames=1, tubelet_size=[2, 4, 4], image_size=8), "num_frames 1 is smaller than the tubelet size 2"),
         (dict(num_frames=4, tubelet_size=[2, 4, 4], image_size=[3, 8]), "height 3 is smaller than the tubelet size 4"),
         (dict(num_frames=4, tubelet_size=[2, 4, 4], image_size=[8, 2]), "width 2 is smaller than the tubelet size 4"),
-        (dict(num_frames=4, tubelet_size=[2, 4, 4], image_size=8, hidden_size=3, num_attention_heads=4),
-         r"n_heads \(4\) and d_head \(0\) must be >= 1"),
-        (dict(num_frames=4, tubelet_size=[2, 4, 4], image_size=8, hidden_act="no_such_act"), "unsupported activation 'no_such_act'"),
+        (
+            dict(num_frames=4, tubelet_size=[2, 4, 4], image_size=8, hidden_size=3, num_attention_heads=4),
+            r"n_heads \(4\) and d_head \(0\) must be >= 1",
+        ),
+        (
+            dict(num_frames=4, tubelet_size=[2, 4, 4], image_size=8, hidden_act="no_such_act"),
+            "unsupported activation 'no_such_act'",
+        ),
     ],
 )
 def test_what_transformers_cannot_run_is_refused_clearly(kw, message):
@@ -230,7 +320,10 @@ def test_pixels_no_token_sees_change_nothing(ragged):
     assert int(unseen.sum()) == 1 * 3 * (7 * 13 * 11 - 6 * 12 * 10) and not torch.equal(x, y)
     names = ["hook_embed"] + [f"blocks.{l}.hook_resid_post" for l in range(model.cfg.n_layers)]
     with torch.no_grad():
-        (logits_x, cache_x), (logits_y, cache_y) = model.run_with_cache(x, names_filter=names), model.run_with_cache(y, names_filter=names)
+        (logits_x, cache_x), (logits_y, cache_y) = (
+            model.run_with_cache(x, names_filter=names),
+            model.run_with_cache(y, names_filter=names),
+        )
         assert torch.equal(hf(x).logits, hf(y).logits)  # transformers ignores them too
     assert torch.equal(logits_x, logits_y)
     for n in names:
@@ -352,7 +445,17 @@ def test_pixel_baseline_and_preprocessing_use_each_tokens_pixels(ragged):
     frames_u8 = np.random.default_rng(2).integers(0, 256, (7, 20, 16, 3), dtype=np.uint8)
     pixels_in = preprocess(frames_u8, config=model.cfg)
     assert pixels_in.shape == (1, 7, 3, 13, 11) and model(pixels_in).shape == (1, 3)
-    one_channel = HookedViViTConfig(num_frames=2, image_size=8, tubelet_size=(2, 4, 4), d_model=8, d_head=4, n_heads=2,
-                                    n_layers=1, d_mlp=8, n_channels=1, n_classes=2)
+    one_channel = HookedViViTConfig(
+        num_frames=2,
+        image_size=8,
+        tubelet_size=(2, 4, 4),
+        d_model=8,
+        d_head=4,
+        n_heads=2,
+        n_layers=1,
+        d_mlp=8,
+        n_channels=1,
+        n_classes=2,
+    )
     with pytest.raises(ValueError, match="this model takes 1 channels per frame; preprocess makes RGB"):
         preprocess(frames_u8, config=one_channel)

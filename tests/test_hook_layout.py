@@ -14,9 +14,24 @@ from hooked_vivit import HookedVideoMAE, HookedViViT, cache_memory
 from hooked_vivit.components import hook_layout
 from hooked_vivit.patching import _head_axis, _pos_axis
 
-SWITCHES = [dict(), dict(use_attn_result=True, use_hook_mlp_in=True), dict(use_split_qkv_input=True), dict(use_attn_in=True)]
+SWITCHES = [
+    dict(),
+    dict(use_attn_result=True, use_hook_mlp_in=True),
+    dict(use_split_qkv_input=True),
+    dict(use_attn_in=True),
+]
 # Every size different, so an axis can be told by its length: n_ctx 2*3*2 (+1 CLS), heads 3, d_head 5, d_mlp 11.
-SIZES = dict(num_frames=4, image_size=(24, 16), tubelet_size=(2, 8, 8), d_model=15, d_head=5, n_heads=3, n_layers=2, d_mlp=11, n_classes=4)
+SIZES = dict(
+    num_frames=4,
+    image_size=(24, 16),
+    tubelet_size=(2, 8, 8),
+    d_model=15,
+    d_head=5,
+    n_heads=3,
+    n_layers=2,
+    d_mlp=11,
+    n_classes=4,
+)
 
 
 def _models(switches: dict):
@@ -50,7 +65,9 @@ def test_derived_layout_equals_the_cached_tensors(switches):
             if pos is not None:
                 assert act.shape[pos] == n_ctx, where
             else:  # only the pooled vector of a mean-pooling model, and the pattern rows, have no token axis
-                assert name.startswith("ln_final.") and model.cfg.pooling == "mean" or name.endswith("hook_pattern_rows"), where
+                assert (
+                    name.startswith("ln_final.") and model.cfg.pooling == "mean" or name.endswith("hook_pattern_rows")
+                ), where
             # A [query, key] map is exactly what without_maps drops.
             is_map = act.ndim == 4 and act.shape[-2:] == (n_ctx, n_ctx)
             assert cache_memory.without_maps(name) is not is_map, where
@@ -58,8 +75,12 @@ def test_derived_layout_equals_the_cached_tensors(switches):
 
 def test_pattern_rows_and_switch_names():
     model = _models({})["vivit"]
-    _, cache = model.run_with_cache(torch.randn(1, 4, 3, 24, 16), names_filter=lambda n: n.endswith("hook_pattern_rows"))
-    assert tuple(cache["blocks.0.attn.hook_pattern_rows"].shape) == cache_memory.hook_shape(model.cfg, "blocks.0.attn.hook_pattern_rows", 1)
+    _, cache = model.run_with_cache(
+        torch.randn(1, 4, 3, 24, 16), names_filter=lambda n: n.endswith("hook_pattern_rows")
+    )
+    assert tuple(cache["blocks.0.attn.hook_pattern_rows"].shape) == cache_memory.hook_shape(
+        model.cfg, "blocks.0.attn.hook_pattern_rows", 1
+    )
     assert hook_layout.lookup("blocks.1.hook_mlp_in").switch == "use_hook_mlp_in"
     assert hook_layout.lookup("blocks.1.attn.hook_result").switch == "use_attn_result"
     # ln1's own entry wins over the generic LayerNorm one; ln2's falls back to it.
@@ -73,7 +94,10 @@ def test_pattern_rows_and_switch_names():
 def test_a_new_architecture_registers_its_own_leaves():
     saved = dict(hook_layout.HOOK_LAYOUT), dict(hook_layout.AXIS_SIZES)
     try:
-        hook_layout.register_hooks({"hook_time_mix": hook_layout.HookLayout(("batch", "frame", "d_model"))}, {"frame": lambda cfg: cfg.num_frames})
+        hook_layout.register_hooks(
+            {"hook_time_mix": hook_layout.HookLayout(("batch", "frame", "d_model"))},
+            {"frame": lambda cfg: cfg.num_frames},
+        )
         cfg = HookedViViT.config_class(**SIZES)
         assert cache_memory.hook_shape(cfg, "blocks.1.hook_time_mix", 3) == (3, 4, 15)
         assert _pos_axis("blocks.1.hook_time_mix") is None and cache_memory.without_maps("blocks.1.hook_time_mix")
@@ -91,7 +115,11 @@ def test_readme_table_is_the_generated_one():
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     shown = readme.split("<!-- hook-layout-table -->\n", 1)[1].split("\n<!-- /hook-layout-table -->", 1)[0]
-    table = hook_layout.markdown_table({"ViViT-B (`google/vivit-b-16x2-kinetics400`)": HookedViViTConfig(),
-                                        "VideoMAE-B (`MCG-NJU/videomae-base-finetuned-kinetics`)": HookedVideoMAEConfig()})
+    table = hook_layout.markdown_table(
+        {
+            "ViViT-B (`google/vivit-b-16x2-kinetics400`)": HookedViViTConfig(),
+            "VideoMAE-B (`MCG-NJU/videomae-base-finetuned-kinetics`)": HookedVideoMAEConfig(),
+        }
+    )
     assert shown == table
     assert "| `ln_final.hook_scale` | always | [batch, pos, one] = [1, 3137, 1] | [batch, one] = [1, 1] |" in table

@@ -14,11 +14,30 @@ from hooked_vivit import HookedViViT, HookNameError
 from tests.conftest import max_rel
 
 PER_LAYER = [
-    "hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post",
-    "ln1.hook_scale", "ln1.hook_normalized", "ln2.hook_scale", "ln2.hook_normalized",
-    "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_pattern_rows", "attn.hook_z",
-    "attn.hook_result", "mlp.hook_pre", "mlp.hook_post",
-    "hook_q_input", "hook_k_input", "hook_v_input", "hook_attn_in", "hook_mlp_in",
+    "hook_resid_pre",
+    "hook_attn_out",
+    "hook_resid_mid",
+    "hook_mlp_out",
+    "hook_resid_post",
+    "ln1.hook_scale",
+    "ln1.hook_normalized",
+    "ln2.hook_scale",
+    "ln2.hook_normalized",
+    "attn.hook_q",
+    "attn.hook_k",
+    "attn.hook_v",
+    "attn.hook_attn_scores",
+    "attn.hook_pattern",
+    "attn.hook_pattern_rows",
+    "attn.hook_z",
+    "attn.hook_result",
+    "mlp.hook_pre",
+    "mlp.hook_post",
+    "hook_q_input",
+    "hook_k_input",
+    "hook_v_input",
+    "hook_attn_in",
+    "hook_mlp_in",
 ]
 
 
@@ -77,17 +96,25 @@ def test_every_firing_hook_flows_on(tiny, switches):
     fired = list(cache.cache_dict)
     assert len(fired) >= 5 * model.cfg.n_layers
     for name in fired:
+
         def bump(act, hook):
             # Non-uniform noise: a uniform scale or shift would vanish in the next LayerNorm.
             gen = torch.Generator().manual_seed(0)
             return act + 0.5 * act.std() * torch.randn(act.shape, generator=gen)
+
         out = model.run_with_hooks(x, fwd_hooks=[(name, bump)])
         assert (out - base).abs().max() > 1e-4, f"patching {name} did not change the logits"
 
 
 @pytest.mark.parametrize(
     "switches",
-    [dict(use_attn_result=True), dict(use_split_qkv_input=True), dict(use_attn_in=True), dict(use_hook_mlp_in=True), dict(use_sdpa=False)],
+    [
+        dict(use_attn_result=True),
+        dict(use_split_qkv_input=True),
+        dict(use_attn_in=True),
+        dict(use_hook_mlp_in=True),
+        dict(use_sdpa=False),
+    ],
 )
 def test_switches_keep_the_function(tiny, switches):
     model, x, _ = tiny

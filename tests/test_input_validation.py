@@ -10,7 +10,10 @@ import torch
 def test_wrong_inputs_are_explained(tiny):
     model, x, _ = tiny
     cases = [
-        (x[0], r"must have 5 dims \[batch, 4, 3, 32, 48\], got shape \(4, 3, 32, 48\) \(a single clip\? add the batch dim"),
+        (
+            x[0],
+            r"must have 5 dims \[batch, 4, 3, 32, 48\], got shape \(4, 3, 32, 48\) \(a single clip\? add the batch dim",
+        ),
         (x[:, :, :2], r"expected 3 channels at dim 2"),
         (x.permute(0, 1, 3, 4, 2)[..., :32, :], r"channels-last\?"),
         (torch.cat([x, x], dim=1), r"expected 4 frames at dim 1 .* got 8"),

@@ -21,21 +21,49 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # The models and everything they need: config, token grid and positions, components, conversion,
     # loading, pixels and rendered clips.
     "core": (
-        "hooked_vivit", "hooked_vivit.attention_rows", "hooked_vivit.cache_memory", "hooked_vivit.collection",
-        "hooked_vivit.compat", "hooked_vivit.components", "hooked_vivit.components.", "hooked_vivit.config",
-        "hooked_vivit.labels", "hooked_vivit.loading", "hooked_vivit.model", "hooked_vivit.output_dir",
-        "hooked_vivit.parity", "hooked_vivit.positions", "hooked_vivit.synthetic", "hooked_vivit.tensor_types",
-        "hooked_vivit.testing", "hooked_vivit.timesformer", "hooked_vivit.token_grid", "hooked_vivit.video",
-        "hooked_vivit.videomae", "hooked_vivit.vjepa2", "hooked_vivit.weight_processing", "weights_conversion",
+        "hooked_vivit",
+        "hooked_vivit.attention_rows",
+        "hooked_vivit.cache_memory",
+        "hooked_vivit.collection",
+        "hooked_vivit.compat",
+        "hooked_vivit.components",
+        "hooked_vivit.components.",
+        "hooked_vivit.config",
+        "hooked_vivit.labels",
+        "hooked_vivit.loading",
+        "hooked_vivit.model",
+        "hooked_vivit.output_dir",
+        "hooked_vivit.parity",
+        "hooked_vivit.positions",
+        "hooked_vivit.synthetic",
+        "hooked_vivit.tensor_types",
+        "hooked_vivit.testing",
+        "hooked_vivit.timesformer",
+        "hooked_vivit.token_grid",
+        "hooked_vivit.video",
+        "hooked_vivit.videomae",
+        "hooked_vivit.vjepa2",
+        "hooked_vivit.weight_processing",
+        "weights_conversion",
         "weights_conversion.",
     ),
     # Causal tools on a model: metrics, patching, ablation, attribution, direct logit attribution, probes.
     "causal": (
-        "hooked_vivit.ablation", "hooked_vivit.attribution", "hooked_vivit.logit_attribution", "hooked_vivit.metrics",
-        "hooked_vivit.patching", "hooked_vivit.planted", "hooked_vivit.probes",
+        "hooked_vivit.ablation",
+        "hooked_vivit.attribution",
+        "hooked_vivit.logit_attribution",
+        "hooked_vivit.metrics",
+        "hooked_vivit.patching",
+        "hooked_vivit.planted",
+        "hooked_vivit.probes",
     ),
     # The shipped model organism (its data, checkpoint, training) and tools that load it by name.
-    "organism": ("hooked_vivit.organism", "hooked_vivit.organism.data", "hooked_vivit.organism.train", "hooked_vivit.extract"),
+    "organism": (
+        "hooked_vivit.organism",
+        "hooked_vivit.organism.data",
+        "hooked_vivit.organism.train",
+        "hooked_vivit.extract",
+    ),
     "viewer": ("hooked_vivit.viewer",),
     # The reference paper's analyses, their report and pipeline.
     "analysis": ("hooked_vivit.analysis", "hooked_vivit.analysis."),
@@ -94,18 +122,28 @@ def imported_modules(module: str, path: Path) -> list[tuple[int, str]]:
 
 
 def test_the_map_sees_the_package(tmp_path):
-    assert {"hooked_vivit.model", "hooked_vivit.patching", "hooked_vivit.analysis.pipeline", "hooked_vivit.cli"} <= set(MODULES)
-    assert layer_of("hooked_vivit.components.attention") == "core" and layer_of("hooked_vivit.analysis.report") == "analysis"
+    assert {"hooked_vivit.model", "hooked_vivit.patching", "hooked_vivit.analysis.pipeline", "hooked_vivit.cli"} <= set(
+        MODULES
+    )
+    assert (
+        layer_of("hooked_vivit.components.attention") == "core"
+        and layer_of("hooked_vivit.analysis.report") == "analysis"
+    )
     assert layer_of("hooked_vivit.organism.evaluate") == "app" and layer_of("hooked_vivit.organism.data") == "organism"
     # The checker finds a lazy import inside a function, resolved to the submodule, and a relative one.
     probe = tmp_path / "viewer.py"
     probe.write_text("def f():\n    from hooked_vivit.analysis import experiments\n    from .patching import Patch\n")
-    assert imported_modules("hooked_vivit.viewer", probe) == [(2, "hooked_vivit.analysis.experiments"), (3, "hooked_vivit.patching")]
+    assert imported_modules("hooked_vivit.viewer", probe) == [
+        (2, "hooked_vivit.analysis.experiments"),
+        (3, "hooked_vivit.patching"),
+    ]
 
 
 def test_every_module_has_a_layer():
     missing = sorted(m for m in MODULES if layer_of(m) is None)
-    assert not missing, f"modules without a layer: {missing}; add each to LAYERS in {Path(__file__).name} (lowest layer it fits)"
+    assert not missing, (
+        f"modules without a layer: {missing}; add each to LAYERS in {Path(__file__).name} (lowest layer it fits)"
+    )
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))
@@ -139,6 +177,8 @@ def test_no_private_names_cross_modules(module):
         for node in ast.walk(tree)
         if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in (*PACKAGES, "tests")
         for alias in node.names
-        if alias.name.startswith("_") and not alias.name.startswith("__") and (module, alias.name) not in PRIVATE_IMPORTS_PENDING
+        if alias.name.startswith("_")
+        and not alias.name.startswith("__")
+        and (module, alias.name) not in PRIVATE_IMPORTS_PENDING
     ]
     assert not private, f"{module} imports private names of other modules:\n  " + "\n  ".join(private)

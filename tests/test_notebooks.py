@@ -21,12 +21,16 @@ def test_notebooks_are_generated_from_make_notebooks(tmp_path, monkeypatch):
     module.main()
     for nb in NOTEBOOKS:
         fresh = nbformat.read(tmp_path / nb.name, as_version=4)
-        assert [c.source for c in fresh.cells] == [c.source for c in nbformat.read(nb, as_version=4).cells], f"{nb.name} is stale"
+        assert [c.source for c in fresh.cells] == [c.source for c in nbformat.read(nb, as_version=4).cells], (
+            f"{nb.name} is stale"
+        )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path):
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    errors = [
+        o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"
+    ]
     assert not errors

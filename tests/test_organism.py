@@ -34,8 +34,16 @@ def test_accuracy_on_fresh_held_out_clips(model):
     per_class, correct, total = 8, 0, 0
     for c, action in enumerate(organism.CLASSES):
         outcomes = synthetic.OUTCOMES.get(action, ("none",))
-        clips = [synthetic.render_clip(action, FRESH_SEED + 100 + i, outcome=outcomes[i % len(outcomes)], num_frames=model.cfg.num_frames,
-                                       size=model.cfg.image_size[0]).frames for i in range(per_class)]
+        clips = [
+            synthetic.render_clip(
+                action,
+                FRESH_SEED + 100 + i,
+                outcome=outcomes[i % len(outcomes)],
+                num_frames=model.cfg.num_frames,
+                size=model.cfg.image_size[0],
+            ).frames
+            for i in range(per_class)
+        ]
         x = torch.cat([preprocess(f, config=model.cfg) for f in clips])
         with torch.inference_mode():
             predicted = model(x).argmax(-1)
@@ -56,12 +64,16 @@ def test_fresh_pairs_are_both_called_by_the_action(model, domain):
         x = torch.cat([preprocess(pos, config=cfg), preprocess(neg, config=cfg)])
         with torch.inference_mode():
             correct += int((model(x).argmax(-1) == target).sum())
-    assert correct >= 2 * n - 1, f"{correct}/{2 * n} clips of fresh {domain} pairs classified as {synthetic.DOMAINS[domain]!r}"
+    assert correct >= 2 * n - 1, (
+        f"{correct}/{2 * n} clips of fresh {domain} pairs classified as {synthetic.DOMAINS[domain]!r}"
+    )
 
 
 def test_hf_twin_gives_the_same_logits(model):
     hf = VivitForVideoClassification.from_pretrained(organism.checkpoint_path()).eval()
-    clip = synthetic.render_clip("skipping rope", FRESH_SEED, num_frames=model.cfg.num_frames, size=model.cfg.image_size[0])
+    clip = synthetic.render_clip(
+        "skipping rope", FRESH_SEED, num_frames=model.cfg.num_frames, size=model.cfg.image_size[0]
+    )
     x = preprocess(clip.frames, config=model.cfg)
     with torch.inference_mode():
         ref, out = hf(x).logits, model(x)
@@ -75,7 +87,9 @@ def test_preprocessing_settings_come_from_the_checkpoint(model):
     x = preprocess(clip.frames, config=model.cfg)
     size = model.cfg.image_size[0]
     assert tuple(model.cfg.image_size) == (96, 96) and x.shape == (1, model.cfg.num_frames, 3, 96, 96)
-    ref = VivitImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})(list(clip.frames), return_tensors="pt").pixel_values
+    ref = VivitImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})(
+        list(clip.frames), return_tensors="pt"
+    ).pixel_values
     diff = (x - ref).abs()
     step = 2 / 127.5  # one uint8 step after the processor's rescale and normalisation
     assert float(diff.max()) <= step and float(diff.mean()) <= 0.25 * step

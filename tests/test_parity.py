@@ -65,8 +65,20 @@ def test_vivit_b_kinetics400_shape_random_weights():
     from transformers import VivitConfig
 
     kw = VivitConfig().to_dict()
-    kw = {k: kw[k] for k in ("image_size", "num_frames", "tubelet_size", "hidden_size", "num_hidden_layers",
-                             "num_attention_heads", "intermediate_size", "hidden_act", "layer_norm_eps")}
+    kw = {
+        k: kw[k]
+        for k in (
+            "image_size",
+            "num_frames",
+            "tubelet_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "hidden_act",
+            "layer_norm_eps",
+        )
+    }
     kw["num_labels"] = 400
     torch.manual_seed(0)
     hf = make_hf(kw, attn="eager")

@@ -74,7 +74,14 @@ def test_head_and_pattern_twins_equal_brute_force(setup):
         act[:, :, i[1]] = src[:, :, i[1]]
         return act
 
-    brute = brute_force(model, corrupted, clean_cache, lambda i: f"blocks.{i[0]}.attn.hook_z", [(l, h) for l in range(L) for h in range(H)], z_setter)
+    brute = brute_force(
+        model,
+        corrupted,
+        clean_cache,
+        lambda i: f"blocks.{i[0]}.attn.hook_z",
+        [(l, h) for l in range(L) for h in range(H)],
+        z_setter,
+    )
     torch.testing.assert_close(heads.flatten(), brute, atol=1e-6, rtol=1e-6)
 
     pattern = patching.get_act_patch_attn_head_pattern_by_pos(model, corrupted, clean_cache, metric)
@@ -85,7 +92,9 @@ def test_head_and_pattern_twins_equal_brute_force(setup):
         return act
 
     idx = [(l, h, q) for l in range(L) for h in range(H) for q in range(P)]
-    brute = brute_force(model, corrupted, clean_cache, lambda i: f"blocks.{i[0]}.attn.hook_pattern", idx, pattern_setter)
+    brute = brute_force(
+        model, corrupted, clean_cache, lambda i: f"blocks.{i[0]}.attn.hook_pattern", idx, pattern_setter
+    )
     torch.testing.assert_close(pattern.flatten(), brute, atol=1e-6, rtol=1e-6)
 
 
@@ -104,15 +113,36 @@ def test_engine_equals_transformer_lens_path(setup, chunk_size):
     model, clean, corrupted, clean_cache, *_ = setup
     m = LogitDiff(2, 5)
     twin = patching.get_act_patch_resid_pre(model, corrupted, clean_cache, m)
-    sweep = patching.run_patches(model, patching.token_patches(model, "resid_pre"), source_cache=clean_cache, target=corrupted, metric=m, chunk_size=chunk_size)
+    sweep = patching.run_patches(
+        model,
+        patching.token_patches(model, "resid_pre"),
+        source_cache=clean_cache,
+        target=corrupted,
+        metric=m,
+        chunk_size=chunk_size,
+    )
     torch.testing.assert_close(sweep.values, twin.flatten(), atol=1e-5, rtol=1e-5)
 
     heads = patching.get_act_patch_attn_head_out_all_pos(model, corrupted, clean_cache, m)
-    sweep = patching.run_patches(model, patching.head_patches(model, "z"), source_cache=clean_cache, target=corrupted, metric=m, chunk_size=chunk_size)
+    sweep = patching.run_patches(
+        model,
+        patching.head_patches(model, "z"),
+        source_cache=clean_cache,
+        target=corrupted,
+        metric=m,
+        chunk_size=chunk_size,
+    )
     torch.testing.assert_close(sweep.values, heads.flatten(), atol=1e-5, rtol=1e-5)
 
     pattern = patching.get_act_patch_attn_head_pattern_all_pos(model, corrupted, clean_cache, m)
-    sweep = patching.run_patches(model, patching.head_patches(model, "pattern"), source_cache=clean_cache, target=corrupted, metric=m, chunk_size=chunk_size)
+    sweep = patching.run_patches(
+        model,
+        patching.head_patches(model, "pattern"),
+        source_cache=clean_cache,
+        target=corrupted,
+        metric=m,
+        chunk_size=chunk_size,
+    )
     torch.testing.assert_close(sweep.values, pattern.flatten(), atol=1e-5, rtol=1e-5)
 
 
@@ -120,7 +150,11 @@ def test_engine_head_at_positions_and_embeddings(setup):
     model, clean, corrupted, clean_cache, *_ = setup
     m = LogitDiff(2, 5)
     pos = [0, 3, 17]
-    patches = [Patch("blocks.1.attn.hook_v", tuple(pos), head=1), Patch("hook_embed", tuple(pos)), Patch("blocks.0.attn.hook_pattern", (0,), head=2)]
+    patches = [
+        Patch("blocks.1.attn.hook_v", tuple(pos), head=1),
+        Patch("hook_embed", tuple(pos)),
+        Patch("blocks.0.attn.hook_pattern", (0,), head=2),
+    ]
     sweep = patching.run_patches(model, patches, source_cache=clean_cache, target=corrupted, metric=m)
 
     def v_hook(act, hook):
@@ -135,8 +169,14 @@ def test_engine_head_at_positions_and_embeddings(setup):
         act[:, 2, 0] = clean_cache[hook.name][:, 2, 0]
         return act
 
-    expected = [m(model.run_with_hooks(corrupted, fwd_hooks=[(n, h)])).item() for n, h in
-                (("blocks.1.attn.hook_v", v_hook), ("hook_embed", embed_hook), ("blocks.0.attn.hook_pattern", pattern_hook))]
+    expected = [
+        m(model.run_with_hooks(corrupted, fwd_hooks=[(n, h)])).item()
+        for n, h in (
+            ("blocks.1.attn.hook_v", v_hook),
+            ("hook_embed", embed_hook),
+            ("blocks.0.attn.hook_pattern", pattern_hook),
+        )
+    ]
     torch.testing.assert_close(sweep.values, torch.tensor(expected), atol=1e-5, rtol=1e-5)
 
 
@@ -144,7 +184,10 @@ def test_denoise_everything_recovers_clean_and_noise_breaks_it(setup):
     model, clean, corrupted, clean_cache, corrupt_cache, clean_logits, corrupt_logits = setup
     last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
     rec = SignalRecovery(last, clean_cache[last], corrupt_cache[last], positions=0)
-    patches = [Patch("blocks.0.hook_resid_pre", None, label="all"), Patch("blocks.1.hook_resid_pre", (5,), label="one token")]
+    patches = [
+        Patch("blocks.0.hook_resid_pre", None, label="all"),
+        Patch("blocks.1.hook_resid_pre", (5,), label="one token"),
+    ]
     sweep = patching.denoise(model, patches, clean_cache=clean_cache, corrupted=corrupted, metric=rec)
     assert sweep.values[0] == pytest.approx(1.0, abs=1e-5)
     assert abs(sweep.values[1]) < 0.9 and sweep.baseline == pytest.approx(0.0, abs=1e-5)  # SDPA vs explicit path
@@ -161,7 +204,9 @@ def test_batch_target_with_broadcast_source(setup):
     sweep = patching.run_patches(model, patches, source_cache=clean_cache, target=targets, metric=ClassLogit(1))
     assert sweep.per_example.shape == (len(patches), 2)
     for row in range(2):
-        single = patching.run_patches(model, patches, source_cache=clean_cache, target=targets[row : row + 1], metric=ClassLogit(1))
+        single = patching.run_patches(
+            model, patches, source_cache=clean_cache, target=targets[row : row + 1], metric=ClassLogit(1)
+        )
         torch.testing.assert_close(sweep.per_example[:, row], single.values, atol=1e-5, rtol=1e-5)
     assert sweep.labels[:2] == ["L0 attn_out", "L0 mlp_out"]
 
@@ -188,14 +233,18 @@ def test_hooks_gone_after_errors(setup):
         raise RuntimeError("metric exploded")
 
     with pytest.raises(RuntimeError, match="metric exploded"):
-        patching.run_patches(model, patching.component_patches(model), source_cache=clean_cache, target=corrupted, metric=bad_metric)
+        patching.run_patches(
+            model, patching.component_patches(model), source_cache=clean_cache, target=corrupted, metric=bad_metric
+        )
     assert not any(hp.has_hooks() for hp in model.hook_dict.values())
     with pytest.raises(RuntimeError, match="metric exploded"):
         patching.get_act_patch_attn_out(model, corrupted, clean_cache, bad_metric)
     assert not any(hp.has_hooks() for hp in model.hook_dict.values())
     broken_cache = {"blocks.0.hook_resid_pre": clean_cache["blocks.0.hook_resid_pre"][:, :10]}
     with pytest.raises(ValueError, match="source activation blocks.0.hook_resid_pre has shape"):
-        patching.run_patches(model, [Patch("blocks.0.hook_resid_pre")], source_cache=broken_cache, target=corrupted, metric=ClassLogit(0))
+        patching.run_patches(
+            model, [Patch("blocks.0.hook_resid_pre")], source_cache=broken_cache, target=corrupted, metric=ClassLogit(0)
+        )
     assert not any(hp.has_hooks() for hp in model.hook_dict.values())
 
 
@@ -205,12 +254,28 @@ def test_clear_errors_for_mismatched_caches(setup):
     other = HookedViViT.from_hf_model(make_hf(other_kw))
     _, other_cache = other.run_with_cache(pixels(other_kw, batch=1))
     with pytest.raises(ValueError, match="cache comes from a model of another shape: n_layers: cache 3 vs model 2"):
-        patching.run_patches(model, [Patch("blocks.0.hook_resid_pre")], source_cache=other_cache, target=corrupted, metric=ClassLogit(0))
+        patching.run_patches(
+            model, [Patch("blocks.0.hook_resid_pre")], source_cache=other_cache, target=corrupted, metric=ClassLogit(0)
+        )
     _, partial_cache = model.run_with_cache(clean, names_filter="blocks.0.hook_resid_pre")
     with pytest.raises(ValueError, match="lacks 'blocks.1.hook_mlp_out'"):
-        patching.run_patches(model, [Patch("blocks.1.hook_mlp_out")], source_cache=partial_cache, target=corrupted, metric=ClassLogit(0))
+        patching.run_patches(
+            model, [Patch("blocks.1.hook_mlp_out")], source_cache=partial_cache, target=corrupted, metric=ClassLogit(0)
+        )
     _, batch3 = model.run_with_cache(torch.cat([clean] * 3))
     with pytest.raises(ValueError, match="batch 3"):
-        patching.run_patches(model, [Patch("blocks.0.hook_resid_pre")], source_cache=batch3, target=torch.cat([corrupted] * 2), metric=ClassLogit(0))
+        patching.run_patches(
+            model,
+            [Patch("blocks.0.hook_resid_pre")],
+            source_cache=batch3,
+            target=torch.cat([corrupted] * 2),
+            metric=ClassLogit(0),
+        )
     with pytest.raises(ValueError, match="has no head axis"):
-        patching.run_patches(model, [Patch("blocks.0.hook_resid_pre", head=1)], source_cache=clean_cache, target=corrupted, metric=ClassLogit(0))
+        patching.run_patches(
+            model,
+            [Patch("blocks.0.hook_resid_pre", head=1)],
+            source_cache=clean_cache,
+            target=corrupted,
+            metric=ClassLogit(0),
+        )

@@ -108,8 +108,14 @@ def test_head_patching_finds_the_planted_head(single):
     _, clean_cache = m.run_with_cache(pos)
     clean, corrupt = logit_diff(m, pos), logit_diff(m, neg)
     for positions in (None, "cls"):
-        sweep = patching.denoise(m, patching.head_patches(m, "z", positions=positions), clean_cache=clean_cache,
-                                 corrupted=neg, metric=DIFF, progress=False)
+        sweep = patching.denoise(
+            m,
+            patching.head_patches(m, "z", positions=positions),
+            clean_cache=clean_cache,
+            corrupted=neg,
+            metric=DIFF,
+            progress=False,
+        )
         rec = recovered(sweep, clean, corrupt)
         assert max(rec, key=rec.get) == "L1H2 z"
         assert rec.pop("L1H2 z") == pytest.approx(1.0, abs=1e-5)
@@ -249,8 +255,12 @@ def test_component_patching_finds_the_composition(comp):
         _, cc = m.run_with_cache(pos)
         _, nc = m.run_with_cache(neg)
         clean, corrupt = logit_diff(m, pos), logit_diff(m, neg)
-        den = recovered(patching.denoise(m, components, clean_cache=cc, corrupted=neg, metric=DIFF, progress=False), clean, corrupt)
-        noi = recovered(patching.noise(m, components, corrupted_cache=nc, clean=pos, metric=DIFF, progress=False), clean, corrupt)
+        den = recovered(
+            patching.denoise(m, components, clean_cache=cc, corrupted=neg, metric=DIFF, progress=False), clean, corrupt
+        )
+        noi = recovered(
+            patching.noise(m, components, corrupted_cache=nc, clean=pos, metric=DIFF, progress=False), clean, corrupt
+        )
         return den, {k: 1 - v for k, v in noi.items()}  # noising: share of the signal destroyed
 
     def only(values, expected):
@@ -279,7 +289,9 @@ def test_head_patching_finds_each_gathering_head(comp):
     for missing, head in (("a", "L0H1 z"), ("b", "L1H3 z")):
         pos, neg = comp.pair(7, negative={"a": True, "b": True, missing: False})
         _, cc = m.run_with_cache(pos)
-        sweep = patching.denoise(m, patching.head_patches(m, "z"), clean_cache=cc, corrupted=neg, metric=DIFF, progress=False)
+        sweep = patching.denoise(
+            m, patching.head_patches(m, "z"), clean_cache=cc, corrupted=neg, metric=DIFF, progress=False
+        )
         rec = recovered(sweep, logit_diff(m, pos), logit_diff(m, neg))
         assert max(rec, key=rec.get) == head and rec.pop(head) == pytest.approx(1.0, abs=1e-5)
         assert max(abs(v) for v in rec.values()) < 1e-5
@@ -295,9 +307,14 @@ def test_signal_recovery_credits_the_heads_for_their_own_directions(comp):
     _, nc = m.run_with_cache(neg)
     last = "blocks.2.hook_resid_post"
     delta = (cc[last] - nc[last])[0, 0]
-    shares = {name: float((delta @ planted.direction(name)) ** 2 / (delta @ delta)) for name in ("signal_a", "signal_b", "composed")}
+    shares = {
+        name: float((delta @ planted.direction(name)) ** 2 / (delta @ delta))
+        for name in ("signal_a", "signal_b", "composed")
+    }
     metric = SignalRecovery(last, cc[last], nc[last], positions=0)
-    sweep = patching.denoise(m, patching.component_patches(m), clean_cache=cc, corrupted=neg, metric=metric, progress=False)
+    sweep = patching.denoise(
+        m, patching.component_patches(m), clean_cache=cc, corrupted=neg, metric=metric, progress=False
+    )
     rec = dict(zip(sweep.labels, sweep.values.tolist()))
     assert rec["L0 attn_out"] == pytest.approx(shares["signal_a"], abs=1e-5)
     assert rec["L1 attn_out"] == pytest.approx(shares["signal_b"], abs=1e-5)

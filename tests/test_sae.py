@@ -151,7 +151,13 @@ def test_every_architecture_trains_and_round_trips_through_saelens_disk_format(t
     assert loaded.cfg.metadata.hook_name == HOOK
     for name, p in sae.state_dict().items():
         assert torch.equal(p, loaded.state_dict()[name]) and torch.equal(p, again.state_dict()[name])
-    expected = {"standard": "StandardSAE", "topk": "TopKSAE", "batchtopk": "JumpReLUSAE", "jumprelu": "JumpReLUSAE", "matryoshka": "JumpReLUSAE"}
+    expected = {
+        "standard": "StandardSAE",
+        "topk": "TopKSAE",
+        "batchtopk": "JumpReLUSAE",
+        "jumprelu": "JumpReLUSAE",
+        "matryoshka": "JumpReLUSAE",
+    }
     assert type(loaded).__name__ == expected[architecture]
 
 
@@ -165,12 +171,14 @@ def test_report_command_writes_html_offline(tmp_path):
     out = tmp_path / "report"
     assert main(["sae", "report", "--out", str(out), "--clips", "3", "--features", "2"]) == 0
     page = (out / "report.html").read_text()
-    assert "Feature " in page and "<img src=\"data:image/png;base64," in page
+    assert "Feature " in page and '<img src="data:image/png;base64,' in page
     assert not re.search(r"(src|href)=[\"'](https?:)?//", page)
     res = json.loads((out / "results.json").read_text())
     sae, prov = load_sae(res["sae"])
     model = organism.load()
-    pos, neg, meta = synthetic.render_pair("bowling", 4_000_000, num_frames=model.cfg.num_frames, size=model.cfg.image_size[0])
+    pos, neg, meta = synthetic.render_pair(
+        "bowling", 4_000_000, num_frames=model.cfg.num_frames, size=model.cfg.image_size[0]
+    )
     hook = prov["hook"]
     with torch.inference_mode():
         _, cp = model.run_with_cache(model_pixels(model, pos), names_filter=[hook])

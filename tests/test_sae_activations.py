@@ -81,7 +81,13 @@ def test_synthetic_clip_tokens_see_the_rendered_object():
     model = organism.load()
     clips = SyntheticClips(model.cfg, 1, actions=["bowling"])
     spec = clips.specs[0]
-    clip = synthetic.render_clip(spec["action"], spec["seed"], outcome=spec["outcome"], num_frames=model.cfg.num_frames, size=model.cfg.image_size[0])
+    clip = synthetic.render_clip(
+        spec["action"],
+        spec["seed"],
+        outcome=spec["outcome"],
+        num_frames=model.cfg.num_frames,
+        size=model.cfg.image_size[0],
+    )
     np.testing.assert_array_equal(clips.frames(0), clip.frames)
     grid = model.cfg.grid
     mask = clip.masks["ball"]
@@ -91,7 +97,11 @@ def test_synthetic_clip_tokens_see_the_rendered_object():
     prov = token_provenance(grid, torch.tensor([0]))[token].tolist()
     frames, rows, cols = grid.pixel_box(token)
     assert frame in frames and rows.start <= ys[0] < rows.stop and cols.start <= xs[0] < cols.stop
-    assert prov[2:5] == [frame // model.cfg.tubelet_size[0], int(ys[0]) // model.cfg.tubelet_size[1], int(xs[0]) // model.cfg.tubelet_size[2]]
+    assert prov[2:5] == [
+        frame // model.cfg.tubelet_size[0],
+        int(ys[0]) // model.cfg.tubelet_size[1],
+        int(xs[0]) // model.cfg.tubelet_size[2],
+    ]
 
 
 def test_bad_hooks_are_refused(tiny):
@@ -121,13 +131,31 @@ def test_shard_source_reads_extract_shards(tiny, tmp_path):
     shards = []
     for k, (first, stop) in enumerate([(0, 2), (2, 3)]):
         rows = slice(first * per, stop * per)
-        save_file({hook: acts[rows].contiguous(), "row.clip": prov[rows, 0].contiguous(), "row.token": prov[rows, 1].contiguous()},
-                  str(tmp_path / f"shard-{k:05d}.safetensors"))
+        save_file(
+            {
+                hook: acts[rows].contiguous(),
+                "row.clip": prov[rows, 0].contiguous(),
+                "row.token": prov[rows, 1].contiguous(),
+            },
+            str(tmp_path / f"shard-{k:05d}.safetensors"),
+        )
         shards.append({"file": f"shard-{k:05d}.safetensors", "clips": [first, stop], "rows": (stop - first) * per})
-    tokens = [{"token": t, "frame_slot": None, "row": None, "col": None} if grid.coords(t) is None else
-              {"token": t, "frame_slot": grid.coords(t)[0], "row": grid.coords(t)[1], "col": grid.coords(t)[2]} for t in range(per)]
-    (tmp_path / "index.json").write_text(json.dumps({"format": "hooked-vivit-activations", "hooks": {hook: {"shape": [model.cfg.d_model]}},
-                                                     "positions": {"tokens": tokens}, "shards": shards}))
+    tokens = [
+        {"token": t, "frame_slot": None, "row": None, "col": None}
+        if grid.coords(t) is None
+        else {"token": t, "frame_slot": grid.coords(t)[0], "row": grid.coords(t)[1], "col": grid.coords(t)[2]}
+        for t in range(per)
+    ]
+    (tmp_path / "index.json").write_text(
+        json.dumps(
+            {
+                "format": "hooked-vivit-activations",
+                "hooks": {hook: {"shape": [model.cfg.d_model]}},
+                "positions": {"tokens": tokens},
+                "shards": shards,
+            }
+        )
+    )
     src = ShardSource(tmp_path, hook, batch_size=50, buffer_tokens=120)
     a2, p2 = src.collect()
     assert torch.equal(a2, acts) and torch.equal(p2, prov)

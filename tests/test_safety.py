@@ -31,8 +31,16 @@ from tests.conftest import make_hf
 from weights_conversion import CheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
-SQUARE = dict(image_size=32, num_frames=8, tubelet_size=[2, 8, 8], hidden_size=32, num_hidden_layers=2,
-              num_attention_heads=2, intermediate_size=64, num_labels=6)
+SQUARE = dict(
+    image_size=32,
+    num_frames=8,
+    tubelet_size=[2, 8, 8],
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    num_labels=6,
+)
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +95,30 @@ def test_overwrite_never_touches_the_inputs(tmp_path, capsys, saved_model):
     pair = tmp_path / "pair"
     assert render(pair) == 0
     clips = {p.name: p.read_bytes() for p in pair.iterdir()}
-    assert json.loads((pair / MANIFEST).read_text())["files"] == ["frames.png", "meta.json", "negative.mp4", "positive.mp4"]
-    assert main(["analyze", "--model", str(saved_model), "--clean", str(pair / "positive.mp4"), "--corrupted", str(pair / "negative.mp4"),
-                 "--out", str(pair), "--overwrite", "--quiet"]) == 2
+    assert json.loads((pair / MANIFEST).read_text())["files"] == [
+        "frames.png",
+        "meta.json",
+        "negative.mp4",
+        "positive.mp4",
+    ]
+    assert (
+        main(
+            [
+                "analyze",
+                "--model",
+                str(saved_model),
+                "--clean",
+                str(pair / "positive.mp4"),
+                "--corrupted",
+                str(pair / "negative.mp4"),
+                "--out",
+                str(pair),
+                "--overwrite",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "holds the input" in one_line_error(capsys)
     assert {p.name: p.read_bytes() for p in pair.iterdir()} == clips
     # The model's checkpoint directory is an input too.
@@ -103,7 +132,10 @@ def test_overwrite_replaces_only_an_earlier_output(tmp_path, capsys, model):
     assert render(out) == 2 and "--overwrite" in one_line_error(capsys)
     first = (out / "positive.mp4").stat().st_ino
     assert main(["render", "--domain", "golf", "--frames", "8", "--size", "32", "--out", str(out), "--overwrite"]) == 0
-    assert json.loads((out / "meta.json").read_text())["domain"] == "golf putting" and (out / "positive.mp4").stat().st_ino != first
+    assert (
+        json.loads((out / "meta.json").read_text())["domain"] == "golf putting"
+        and (out / "positive.mp4").stat().st_ino != first
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pair"]  # no lock, no partial or old directory left
     # save_pretrained: the same rules.
     ckpt = tmp_path / "ckpt"
@@ -169,7 +201,7 @@ def test_sigterm_leaves_nothing_behind(tmp_path):
         import os, signal, sys
         sys.path.insert(0, {str(REPO)!r})
         from hooked_vivit.output_dir import output_directory
-        with output_directory({str(tmp_path / 'out')!r}) as tmp:
+        with output_directory({str(tmp_path / "out")!r}) as tmp:
             (tmp / "half.txt").write_text("half")
             os.kill(os.getpid(), signal.SIGTERM)
             import time; time.sleep(30)
@@ -191,14 +223,21 @@ def test_modes_follow_the_umask(tmp_path):
 
 
 # ============================================================================ 4. hooks that cannot fire
-DEAD = ["blocks.1.attn.hook_result", "blocks.0.hook_q_input", "blocks.0.hook_k_input", "blocks.0.hook_v_input",
-        "blocks.1.hook_attn_in", "blocks.0.hook_mlp_in"]
+DEAD = [
+    "blocks.1.attn.hook_result",
+    "blocks.0.hook_q_input",
+    "blocks.0.hook_k_input",
+    "blocks.0.hook_v_input",
+    "blocks.1.hook_attn_in",
+    "blocks.0.hook_mlp_in",
+]
 
 
 @pytest.mark.parametrize("name", DEAD)
 def test_hooks_that_cannot_fire_raise_naming_the_switch(model, x, name):
     switch = {"hook_result": "use_attn_result", "hook_attn_in": "use_attn_in", "hook_mlp_in": "use_hook_mlp_in"}.get(
-        name.rsplit(".", 1)[-1], "use_split_qkv_input")
+        name.rsplit(".", 1)[-1], "use_split_qkv_input"
+    )
     zero = lambda a, hook: a.zero_()  # noqa: E731
     calls = [
         lambda: model.run_with_hooks(x, fwd_hooks=[(name, zero)]),
@@ -223,7 +262,9 @@ def test_caching_everything_skips_hooks_that_cannot_fire_and_switches_work(model
         # Now hook_result fires: zeroing every head's result leaves attn_out = b_O, exactly.
         zeroed = model.run_with_hooks(x, fwd_hooks=[("blocks.1.attn.hook_result", lambda a, hook: torch.zeros_like(a))])
         b_O = model.blocks[1].attn.b_O
-        expected = model.run_with_hooks(x, fwd_hooks=[("blocks.1.hook_attn_out", lambda a, hook: b_O.expand_as(a).clone())])
+        expected = model.run_with_hooks(
+            x, fwd_hooks=[("blocks.1.hook_attn_out", lambda a, hook: b_O.expand_as(a).clone())]
+        )
         torch.testing.assert_close(zeroed, expected, rtol=0, atol=1e-6)
         assert not torch.allclose(zeroed, model(x))
     finally:
@@ -233,9 +274,17 @@ def test_caching_everything_skips_hooks_that_cannot_fire_and_switches_work(model
 # ============================================================================ 5. position groups
 def test_position_groups_empty_out_of_range_masks_floats_negatives(model):
     grid = model.cfg.grid  # 4 frame slots x 4 x 4
-    for bad, match in [(Region(frame_slots=[]), "selects no token"), (Region(rows=slice(10, 20)), "out of range"),
-                       (Region(rows=slice(2, 20)), "out of range"), ([], "selects no token"), ([2.5], "integer"),
-                       (torch.tensor([1.0]), "integer"), ([-5], "negative"), (FrameSlot(-1), "negative"), (Region(cols=[1.0]), "integer")]:
+    for bad, match in [
+        (Region(frame_slots=[]), "selects no token"),
+        (Region(rows=slice(10, 20)), "out of range"),
+        (Region(rows=slice(2, 20)), "out of range"),
+        ([], "selects no token"),
+        ([2.5], "integer"),
+        (torch.tensor([1.0]), "integer"),
+        ([-5], "negative"),
+        (FrameSlot(-1), "negative"),
+        (Region(cols=[1.0]), "integer"),
+    ]:
         with pytest.raises(ValueError, match=match):
             resolve_positions(model, bad)
     mask = torch.zeros(model.cfg.n_ctx, dtype=torch.bool)
@@ -244,10 +293,17 @@ def test_position_groups_empty_out_of_range_masks_floats_negatives(model):
     grid_mask = torch.zeros(grid.shape, dtype=torch.bool)
     grid_mask[1, 2, 3] = True
     assert resolve_positions(model, grid_mask) == (grid.index(1, 2, 3),)
-    assert resolve_positions(model, Region(frame_slots=0, rows=slice(0, 2), cols=[1])) == (grid.index(0, 0, 1), grid.index(0, 1, 1))
+    assert resolve_positions(model, Region(frame_slots=0, rows=slice(0, 2), cols=[1])) == (
+        grid.index(0, 0, 1),
+        grid.index(0, 1, 1),
+    )
     with pytest.raises(ValueError, match="negative"):
         token_patches(model, positions=[-5])
-    for patch in (Patch("blocks.0.hook_resid_pre", (-5,), label="pos-5"), Patch("blocks.0.attn.hook_z", None, head=-1), Patch("blocks.0.hook_resid_pre", ())):
+    for patch in (
+        Patch("blocks.0.hook_resid_pre", (-5,), label="pos-5"),
+        Patch("blocks.0.attn.hook_z", None, head=-1),
+        Patch("blocks.0.hook_resid_pre", ()),
+    ):
         with pytest.raises(ValueError, match="negative|empty"):
             run_patches(model, [patch], source_cache={}, target=torch.zeros(1, 8, 3, 32, 32), metric=ClassLogit(0))
 
@@ -255,7 +311,13 @@ def test_position_groups_empty_out_of_range_masks_floats_negatives(model):
 # ============================================================================ 6. hook return values
 def test_hook_returns_of_another_shape_dtype_or_type_raise(model, x):
     name = "blocks.0.hook_resid_pre"
-    for bad in (lambda a, hook: a[:, :10], lambda a, hook: a[:, :1], lambda a, hook: a.sum(), lambda a, hook: a.double(), lambda a, hook: a.tolist()):
+    for bad in (
+        lambda a, hook: a[:, :10],
+        lambda a, hook: a[:, :1],
+        lambda a, hook: a.sum(),
+        lambda a, hook: a.double(),
+        lambda a, hook: a.tolist(),
+    ):
         with pytest.raises(HookReturnError, match=r"'blocks.0.hook_resid_pre'.*\(2, 65, 32\)"):
             model.run_with_hooks(x, fwd_hooks=[(name, bad)])
         with pytest.raises(HookReturnError):
@@ -293,8 +355,25 @@ def test_analyze_keys_predictions_by_role_and_checks_inputs_first(tmp_path, save
     write_video(pos, tmp_path / "a" / "clip.mp4")
     write_video(neg, tmp_path / "b" / "clip.mp4")
     out = tmp_path / "report"
-    assert main(["analyze", "--model", str(saved_model), "--clean", str(tmp_path / "a" / "clip.mp4"), "--corrupted",
-                 str(tmp_path / "b" / "clip.mp4"), "--probe-pairs", "0", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                "--model",
+                str(saved_model),
+                "--clean",
+                str(tmp_path / "a" / "clip.mp4"),
+                "--corrupted",
+                str(tmp_path / "b" / "clip.mp4"),
+                "--probe-pairs",
+                "0",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     pred = json.loads((out / "results.json").read_text())["prediction"]
     assert set(pred) == {"positive", "negative"} and pred["positive"]["clip"] != pred["negative"]["clip"]
     model = HookedViViT.from_pretrained(saved_model)
@@ -304,20 +383,37 @@ def test_analyze_keys_predictions_by_role_and_checks_inputs_first(tmp_path, save
     small, _, _ = synthetic.render_pair("golf", 3, num_frames=8, size=40)
     write_video(small, tmp_path / "small.mp4")
     monkeypatch.setattr(pipeline, "analyze_pair", lambda *a, **k: pytest.fail("analysis ran on mismatched clips"))
-    assert main(["analyze", "--model", str(saved_model), "--clean", str(tmp_path / "a" / "clip.mp4"), "--corrupted",
-                 str(tmp_path / "small.mp4"), "--out", str(tmp_path / "r2"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "analyze",
+                "--model",
+                str(saved_model),
+                "--clean",
+                str(tmp_path / "a" / "clip.mp4"),
+                "--corrupted",
+                str(tmp_path / "small.mp4"),
+                "--out",
+                str(tmp_path / "r2"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "differ in size" in one_line_error(capsys) and not (tmp_path / "r2").exists()
 
 
 # ============================================================================ 9. CLI errors: one line, exit 2
 def test_cli_errors_are_one_line_naming_the_flag_or_file(tmp_path, capsys):
-    cases = [(["info", "--model", "x", "--device", "banana"], "--device"),
-             (["render", "--domain", "golf", "--size", "100000", "--out", str(tmp_path / "r")], "--size"),
-             (["analyze", "--probe-pairs", "-5", "--out", str(tmp_path / "a")], "--probe-pairs"),
-             (["analyze", "--probe-pairs", "1", "--out", str(tmp_path / "a")], "--probe-pairs"),
-             (["study", "--pairs", "0", "--out", str(tmp_path / "s")], "--pairs"),
-             (["parity", "--tol", "nan"], "--tol"),
-             (["render", "--domain", "golf", "--fps", "0", "--out", str(tmp_path / "r")], "--fps")]
+    cases = [
+        (["info", "--model", "x", "--device", "banana"], "--device"),
+        (["render", "--domain", "golf", "--size", "100000", "--out", str(tmp_path / "r")], "--size"),
+        (["analyze", "--probe-pairs", "-5", "--out", str(tmp_path / "a")], "--probe-pairs"),
+        (["analyze", "--probe-pairs", "1", "--out", str(tmp_path / "a")], "--probe-pairs"),
+        (["study", "--pairs", "0", "--out", str(tmp_path / "s")], "--pairs"),
+        (["parity", "--tol", "nan"], "--tol"),
+        (["render", "--domain", "golf", "--fps", "0", "--out", str(tmp_path / "r")], "--fps"),
+    ]
     if not torch.cuda.is_available():
         cases.append((["info", "--model", "x", "--device", "cuda"], "CUDA is not available"))
     for argv, named in cases:
@@ -333,7 +429,9 @@ def test_cli_errors_are_one_line_naming_the_flag_or_file(tmp_path, capsys):
     backbone = tmp_path / "backbone"
     make_hf(SQUARE, backbone=True).save_pretrained(backbone)
     capsys.readouterr()
-    assert main(["analyze", "--model", str(backbone), "--probe-pairs", "0", "--out", str(tmp_path / "bb"), "--quiet"]) == 2
+    assert (
+        main(["analyze", "--model", str(backbone), "--probe-pairs", "0", "--out", str(tmp_path / "bb"), "--quiet"]) == 2
+    )
     assert "backbone" in one_line_error(capsys) and not (tmp_path / "bb").exists()
 
 
@@ -383,8 +481,12 @@ def test_checkpoint_errors(tmp_path, model):
     for name, files, match in [
         ("nondict_bin", {"pytorch_model.bin": [torch.zeros(2)]}, "expected a state dict"),
         ("empty_config", {"config.json": {}}, "model_type None, expected 'vivit'"),
-        ("no_weight_map", {"model.safetensors.index.json": {"metadata": {}}}, "no \"weight_map\""),
-        ("outside", {"model.safetensors.index.json": {"weight_map": {"a": "../ok/model.safetensors"}}}, "not a file in"),
+        ("no_weight_map", {"model.safetensors.index.json": {"metadata": {}}}, 'no "weight_map"'),
+        (
+            "outside",
+            {"model.safetensors.index.json": {"weight_map": {"a": "../ok/model.safetensors"}}},
+            "not a file in",
+        ),
     ]:
         d = cases / name
         d.mkdir(parents=True)
@@ -401,7 +503,9 @@ def test_checkpoint_errors(tmp_path, model):
 # ============================================================================ 11. finiteness
 def test_non_finite_weights_are_named_at_load_and_parity_fails_on_nan(model):
     hf = make_hf(SQUARE, seed=3)
-    key, weight = next((k, p) for k, p in hf.named_parameters() if ".1." in k and p.shape == (64, 32))  # layer 1's MLP in
+    key, weight = next(
+        (k, p) for k, p in hf.named_parameters() if ".1." in k and p.shape == (64, 32)
+    )  # layer 1's MLP in
     with torch.no_grad():
         weight[0, 0] = float("nan")
     with pytest.raises(CheckpointError, match=re.escape(f"{key} [64, 32]: 1 of 2048")):

@@ -102,7 +102,9 @@ def test_pair_round_trips_through_mp4(tmp_path):
 
 def test_render_command_writes_a_whole_directory(tmp_path, capsys):
     out = tmp_path / "pair"
-    assert main(["render", "--domain", "bowling", "--seed", "3", "--frames", "16", "--size", "96", "--out", str(out)]) == 0
+    assert (
+        main(["render", "--domain", "bowling", "--seed", "3", "--frames", "16", "--size", "96", "--out", str(out)]) == 0
+    )
     names = sorted(p.name for p in out.iterdir())
     assert names == [".hooked-vivit-manifest.json", "frames.png", "meta.json", "negative.mp4", "positive.mp4"]
     meta = json.loads((out / "meta.json").read_text())
@@ -144,5 +146,10 @@ def _clip_digest(clip: synthetic.Clip) -> str:
 @pytest.mark.parametrize("action,outcome", list(RENDER_DIGESTS))
 def test_renders_are_bit_identical_to_the_reference(action, outcome):
     assert set(RENDER_DIGESTS) == {(a, o) for a in synthetic.ACTIONS for o in synthetic.OUTCOMES.get(a, ("none",))}
-    got = tuple(_clip_digest(synthetic.render_clip(action, s, outcome=outcome, num_frames=T, size=S)) for s, T, S in DIGEST_CASES)
-    assert got == RENDER_DIGESTS[(action, outcome)], f"{action}/{outcome}: renders changed (OpenCV {cv2.__version__}, NumPy {np.__version__})"
+    got = tuple(
+        _clip_digest(synthetic.render_clip(action, s, outcome=outcome, num_frames=T, size=S))
+        for s, T, S in DIGEST_CASES
+    )
+    assert got == RENDER_DIGESTS[(action, outcome)], (
+        f"{action}/{outcome}: renders changed (OpenCV {cv2.__version__}, NumPy {np.__version__})"
+    )

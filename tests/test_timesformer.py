@@ -21,6 +21,7 @@ from weights_conversion import CheckpointError, converter
 
 TOL = 1e-5
 
+
 @pytest.fixture(params=list(CONFIGS), scope="module")
 def pair(request):
     kw = CONFIGS[request.param]
@@ -48,7 +49,9 @@ def test_transformers_has_no_sdpa_timesformer():
     """HF TimeSformer has one (eager) attention; parity is against it. Our fused path is checked
     against our explicit path below and against HF eager in the other tests."""
     with pytest.raises(ValueError, match="does not support"):
-        TimesformerForVideoClassification._from_config(TimesformerConfig(**CONFIGS["3layers_one_patch"]), attn_implementation="sdpa")
+        TimesformerForVideoClassification._from_config(
+            TimesformerConfig(**CONFIGS["3layers_one_patch"]), attn_implementation="sdpa"
+        )
 
 
 def test_fast_path_equals_explicit_path(pair):
@@ -145,7 +148,10 @@ def test_save_pretrained_round_trip(pair, layout, tmp_path):
         assert max_rel(loaded(x), hf(x).logits) <= TOL
     if layout == "transformers":
         with torch.no_grad():
-            assert max_rel(TimesformerForVideoClassification.from_pretrained(tmp_path / "m")(x).logits, hf(x).logits) <= TOL
+            assert (
+                max_rel(TimesformerForVideoClassification.from_pretrained(tmp_path / "m")(x).logits, hf(x).logits)
+                <= TOL
+            )
     with pytest.raises(ValueError, match="is a HookedTimeSformer, not a HookedViViT"):
         HookedViViT.from_pretrained(tmp_path / "m")
 
@@ -181,7 +187,11 @@ def test_residual_decomposition_is_complete(tiny):
     model, _, _, _, cache = tiny
     L = model.cfg.n_layers
     stack, labels = cache.decompose_resid(layer=None, mode="all", apply_ln=False, return_labels=True)
-    assert labels[:3] == ["embed", "pos_embed", "time_embed"] and labels[3:6] == ["0_temporal_attn_out", "0_attn_out", "0_mlp_out"]
+    assert labels[:3] == ["embed", "pos_embed", "time_embed"] and labels[3:6] == [
+        "0_temporal_attn_out",
+        "0_attn_out",
+        "0_mlp_out",
+    ]
     assert len(labels) == 3 + 3 * L
     torch.testing.assert_close(stack.sum(0), cache["resid_post", L - 1], atol=1e-5, rtol=0)
     mid = cache.decompose_resid(layer=1, mlp_input=True)
@@ -193,8 +203,12 @@ def test_residual_decomposition_is_complete(tiny):
     with pytest.raises(ValueError, match="ln1 reads the stream after the temporal attention"):
         cache.decompose_resid(layer=1, apply_ln=True)
     # Temporal attention writes nothing to CLS; the MLP reads what both attentions wrote.
-    assert torch.equal(cache["blocks.0.hook_temporal_attn_out"][:, 0], torch.zeros_like(cache["blocks.0.hook_temporal_attn_out"][:, 0]))
-    torch.testing.assert_close(cache["blocks.0.hook_resid_mid_temporal"] + cache["blocks.0.hook_attn_out"], cache["resid_mid", 0])
+    assert torch.equal(
+        cache["blocks.0.hook_temporal_attn_out"][:, 0], torch.zeros_like(cache["blocks.0.hook_temporal_attn_out"][:, 0])
+    )
+    torch.testing.assert_close(
+        cache["blocks.0.hook_resid_mid_temporal"] + cache["blocks.0.hook_attn_out"], cache["resid_mid", 0]
+    )
 
 
 def test_layout_helpers_against_loops(tiny):
@@ -232,7 +246,9 @@ def test_cls_attention_on_the_grid_gives_the_cls_output_exactly(tiny):
     fused = model.attention_rows(x)
     assert fused.shape == (2, model.cfg.n_layers, 3, 1, model.cfg.n_ctx)
     for l in range(model.cfg.n_layers):
-        torch.testing.assert_close(fused[:, l, :, 0], model.cls_pattern_on_tokens(cache["pattern", l]), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(
+            fused[:, l, :, 0], model.cls_pattern_on_tokens(cache["pattern", l]), atol=1e-6, rtol=1e-6
+        )
 
 
 def test_head_results_sum_to_both_attention_outputs(tiny):
@@ -264,7 +280,9 @@ def test_weight_processing_keeps_the_logits(pair):
     x = pixels(kw)
     with torch.no_grad():
         ref = hf(x).logits
-        processed = HookedTimeSformer.from_hf_model(hf, fold_ln=True, center_writing_weights=True, fold_value_biases=True)
+        processed = HookedTimeSformer.from_hf_model(
+            hf, fold_ln=True, center_writing_weights=True, fold_value_biases=True
+        )
         assert max_rel(processed(x), ref) <= 1e-4
         model = HookedTimeSformer.from_hf_model(hf)
         model.process_weights_()
@@ -297,7 +315,9 @@ def test_timesformer_b_kinetics400_shape_random_weights():
     model = HookedTimeSformer.from_hf_model(hf)
     assert model.cfg.n_ctx == 1569
     # temporal_dense is folded away: 12 x (768 x 768 + 768) fewer numbers.
-    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in hf.parameters()) - 12 * (768 * 768 + 768)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in hf.parameters()) - 12 * (
+        768 * 768 + 768
+    )
     x = torch.randn(1, 8, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     names = [f"blocks.{l}.hook_resid_pre" for l in range(12)] + ["blocks.11.hook_resid_post"]
     names += [f"blocks.{l}.{a}.hook_pattern" for l in (0, 11) for a in ("attn", "temporal_attn")]
@@ -316,8 +336,16 @@ def test_timesformer_b_kinetics400_shape_random_weights():
 
 
 # ------------------------------------------------------------------ analysis on a tiny TimeSformer
-ANALYSIS = dict(image_size=32, patch_size=8, num_frames=8, hidden_size=24, num_attention_heads=3, num_hidden_layers=2,
-                intermediate_size=48, num_labels=6)
+ANALYSIS = dict(
+    image_size=32,
+    patch_size=8,
+    num_frames=8,
+    hidden_size=24,
+    num_attention_heads=3,
+    num_hidden_layers=2,
+    intermediate_size=48,
+    num_labels=6,
+)
 
 
 @pytest.fixture(scope="module")
@@ -385,7 +413,13 @@ def test_patching_both_attentions_equals_a_hand_written_hook(analysis_model):
             logits = model.run_with_hooks(targets, fwd_hooks=[(p.hook, put_head)])
         torch.testing.assert_close(sweep.per_example[i], (logits[:, 1] - logits[:, 3]).float(), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="batches over frames or positions"):
-        patching.run_patches(model, [patching.Patch("blocks.0.attn.hook_z", head=0, positions=(1,))], source_cache=clean_cache, target=corrupted, metric=metric)
+        patching.run_patches(
+            model,
+            [patching.Patch("blocks.0.attn.hook_z", head=0, positions=(1,))],
+            source_cache=clean_cache,
+            target=corrupted,
+            metric=metric,
+        )
 
 
 def test_viewer_and_frame_to_frame_maps(analysis_model):
@@ -405,7 +439,9 @@ def test_viewer_and_frame_to_frame_maps(analysis_model):
     torch.testing.assert_close(frame_maps.sum(2), torch.ones_like(frame_maps.sum(2)))
     maps = viewer.token_maps(model, x, "frame_attention")  # [L, H, frames, rows, cols]
     np.testing.assert_allclose(maps[0], frame_maps.mean(1).numpy(), atol=1e-6)
-    np.testing.assert_allclose(viewer.token_maps(model, x, "cls_attention")[1], model.cfg.grid.unflatten(rows[1])[1].numpy(), atol=1e-6)
+    np.testing.assert_allclose(
+        viewer.token_maps(model, x, "cls_attention")[1], model.cfg.grid.unflatten(rows[1])[1].numpy(), atol=1e-6
+    )
     assert viewer.token_maps(model, x, "attribution").shape == (2, 3, 8, 4, 4)
 
 
@@ -414,7 +450,25 @@ def test_analyze_command_on_a_tiny_timesformer(analysis_model, tmp_path):
 
     ckpt = analysis_model.save_pretrained(tmp_path / "tsf")
     out = tmp_path / "report"
-    assert main(["analyze", "--model", str(ckpt), "--domain", "bowling", "--seed", "4000001", "--probe-pairs", "6", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                "--model",
+                str(ckpt),
+                "--domain",
+                "bowling",
+                "--seed",
+                "4000001",
+                "--probe-pairs",
+                "6",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     import json
 
     data = json.loads((out / "results.json").read_text())

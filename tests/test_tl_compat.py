@@ -55,7 +55,9 @@ def test_compat_bootstrap_is_transformer_lens_where_it_exists():
     if TL4:
         from transformer_lens.utilities import statistics
 
-        theirs = statistics.bootstrap_ci(values, dim=0, n_resamples=700, generator=statistics.derive_generator(5, "study"))
+        theirs = statistics.bootstrap_ci(
+            values, dim=0, n_resamples=700, generator=statistics.derive_generator(5, "study")
+        )
         torch.testing.assert_close(ours, theirs, rtol=0, atol=0)  # the same resamples, bit for bit
     # A percentile bootstrap of the mean approaches mean -/+ 1.96 * standard error.
     lo, hi = compat.bootstrap_ci(values, dim=0, n_resamples=4000, generator=compat.derive_generator(1))
@@ -101,7 +103,12 @@ def test_return_types_and_loss(model, x):
 
 def test_run_with_cache_incl_bwd_grads_equal_autograd(model, x):
     labels = torch.tensor([1, 4])
-    names = ["blocks.0.hook_resid_pre", "blocks.1.attn.hook_pattern", "blocks.1.hook_mlp_out", "ln_final.hook_normalized"]
+    names = [
+        "blocks.0.hook_resid_pre",
+        "blocks.1.attn.hook_pattern",
+        "blocks.1.hook_mlp_out",
+        "ln_final.hook_normalized",
+    ]
     loss, cache = model.run_with_cache(x, return_type="loss", labels=labels, incl_bwd=True, names_filter=names)
     for name in names:
         assert name + "_grad" in cache.cache_dict
@@ -178,7 +185,9 @@ def test_set_use_switches(model, x):
     L = model.cfg.n_layers
     model.set_use_attn_result(True)
     _, cache = model.run_with_cache(x)
-    torch.testing.assert_close(cache["result", 1].sum(2) + model.blocks[1].attn.b_O, cache["attn_out", 1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        cache["result", 1].sum(2) + model.blocks[1].attn.b_O, cache["attn_out", 1], rtol=1e-5, atol=1e-5
+    )
     model.set_use_attn_result(False)
     assert "blocks.1.attn.hook_result" not in model.run_with_cache(x)[1].cache_dict
 
@@ -193,7 +202,12 @@ def test_set_use_switches(model, x):
     torch.testing.assert_close(out, logits, rtol=1e-5, atol=1e-5)
     for l in range(L):
         for m in "qkv":
-            assert cache[f"blocks.{l}.hook_{m}_input"].shape == (2, model.cfg.n_ctx, model.cfg.n_heads, model.cfg.d_model)
+            assert cache[f"blocks.{l}.hook_{m}_input"].shape == (
+                2,
+                model.cfg.n_ctx,
+                model.cfg.n_heads,
+                model.cfg.d_model,
+            )
     torch.testing.assert_close(cache["blocks.1.hook_k_input"][:, :, 2], cache["resid_pre", 1])
     with pytest.raises(ValueError, match="exclusive"):
         model.set_use_attn_in(True)
@@ -220,7 +234,9 @@ def test_logit_lens_last_row_is_the_logits(model, x):
     torch.testing.assert_close(values[-1].reshape(logits.shape), logits, rtol=1e-5, atol=1e-5)
     # Each row is ln_final then the classifier on that layer's residual stream at CLS.
     resid = cache["resid_pre", 1][:, 0]
-    torch.testing.assert_close(values[1].reshape(logits.shape), model.unembed(model.ln_final(resid[:, None])[:, 0]), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        values[1].reshape(logits.shape), model.unembed(model.ln_final(resid[:, None])[:, 0]), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_tl3_logit_lens_idiom_on_a_folded_model(model, x):
@@ -256,7 +272,11 @@ def test_unfolded_logit_attrs_warn_and_process_weights_makes_them_exact(hf, x):
 
 # ------------------------------------------------------------------------------------------- patching twins
 def test_twins_carry_transformer_lens_names_and_docstrings():
-    names = [n for n in dir(tl_patching) if n.startswith("get_act_patch") and not n.endswith("_every") and "direct_path" not in n]
+    names = [
+        n
+        for n in dir(tl_patching)
+        if n.startswith("get_act_patch") and not n.endswith("_every") and "direct_path" not in n
+    ]
     assert "get_act_patch_attn_head_pattern_dest_src_pos" in names
     for name in names:
         twin = getattr(patching, name)
@@ -306,7 +326,9 @@ def test_direct_path_twin_equals_patching_the_head_input(component):
         return logits[:, 1].mean() - logits[:, 0].mean()
 
     src_layer, src_head = 0, 1
-    out = patching.get_act_patch_direct_path(model, corrupted, clean_cache, corrupt_cache, metric, src_layer, src_head, component=component, verbose=False)
+    out = patching.get_act_patch_direct_path(
+        model, corrupted, clean_cache, corrupt_cache, metric, src_layer, src_head, component=component, verbose=False
+    )
     assert out.shape == (model.cfg.n_layers, model.cfg.n_heads)
     assert not model.cfg.use_split_qkv_input  # the sweep's switch is restored
     assert float(out[: src_layer + 1].abs().max()) == 0.0
@@ -319,7 +341,9 @@ def test_direct_path_twin_equals_patching_the_head_input(component):
     for l in range(src_layer + 1, model.cfg.n_layers):
         block = model.blocks[l]
         W, b = getattr(block.attn, f"W_{component.upper()}"), getattr(block.attn, f"b_{component.upper()}")
-        normed = F.layer_norm(corrupt_cache["resid_pre", l] + delta, (model.cfg.d_model,), block.ln1.w, block.ln1.b, model.cfg.eps)
+        normed = F.layer_norm(
+            corrupt_cache["resid_pre", l] + delta, (model.cfg.d_model,), block.ln1.w, block.ln1.b, model.cfg.eps
+        )
         for h in range(model.cfg.n_heads):
 
             def replace(act, hook, h=h):
@@ -328,7 +352,9 @@ def test_direct_path_twin_equals_patching_the_head_input(component):
                 return act
 
             with torch.no_grad():
-                expected = metric(model.run_with_hooks(corrupted, fwd_hooks=[(f"blocks.{l}.attn.hook_{component}", replace)]))
+                expected = metric(
+                    model.run_with_hooks(corrupted, fwd_hooks=[(f"blocks.{l}.attn.hook_{component}", replace)])
+                )
             torch.testing.assert_close(out[l, h], expected.float(), rtol=1e-5, atol=1e-5)
     assert out[src_layer + 1 :].std() > 0
 

@@ -43,7 +43,17 @@ def test_preprocess_equals_processor_on_rendered_frames():
 def test_preprocess_sizes_from_config_and_unnormalize():
     from hooked_vivit import HookedViViTConfig
 
-    cfg = HookedViViTConfig(num_frames=4, image_size=(48, 64), tubelet_size=(2, 16, 16), d_model=32, n_heads=2, d_head=16, n_layers=1, d_mlp=64, n_classes=3)
+    cfg = HookedViViTConfig(
+        num_frames=4,
+        image_size=(48, 64),
+        tubelet_size=(2, 16, 16),
+        d_model=32,
+        n_heads=2,
+        d_head=16,
+        n_layers=1,
+        d_mlp=64,
+        n_classes=3,
+    )
     frames = np.random.default_rng(0).integers(0, 256, (4, 48, 64, 3), dtype=np.uint8)
     x = video.preprocess(frames, config=cfg)
     assert x.shape == (1, 4, 3, 48, 64)
@@ -71,13 +81,17 @@ def test_preprocess_rejects_bad_frames():
 
 def test_sample_indices():
     np.testing.assert_array_equal(video.sample_indices(100, 5), [0, 25, 50, 74, 99])
-    np.testing.assert_array_equal(video.sample_indices(100, 4, sampling="strided", frame_sample_rate=4, start_index=10), [10, 14, 18, 22])
+    np.testing.assert_array_equal(
+        video.sample_indices(100, 4, sampling="strided", frame_sample_rate=4, start_index=10), [10, 14, 18, 22]
+    )
     with pytest.warns(UserWarning, match="fewer than the 6 asked"):
         np.testing.assert_array_equal(video.sample_indices(4, 6), [0, 1, 2, 3, 3, 3])
     with pytest.warns(UserWarning):
         np.testing.assert_array_equal(video.sample_indices(4, 6, pad="loop"), [0, 1, 2, 3, 0, 1])
     with pytest.warns(UserWarning):
-        np.testing.assert_array_equal(video.sample_indices(10, 4, sampling="strided", frame_sample_rate=3, start_index=5), [5, 8, 8, 8])
+        np.testing.assert_array_equal(
+            video.sample_indices(10, 4, sampling="strided", frame_sample_rate=3, start_index=5), [5, 8, 8, 8]
+        )
     with pytest.raises(ValueError, match="past the end"):
         video.sample_indices(10, 4, sampling="strided", start_index=10)
 
@@ -121,7 +135,7 @@ def test_bad_files_name_file_and_cause(tmp_path):
         video.load_video(tmp_path / "text.mp4", 8)
     good = video.write_video(render_clip("bowling", 1, num_frames=8, size=64).frames, tmp_path / "good.mp4")
     broken = tmp_path / "broken.mp4"
-    broken.write_bytes(good.read_bytes()[: 200])  # truncated: header, no frames
+    broken.write_bytes(good.read_bytes()[:200])  # truncated: header, no frames
     with pytest.raises(video.VideoReadError, match="broken.mp4"):
         video.load_video(broken, 8)
     with pytest.raises(video.VideoReadError, match="is a directory"):

@@ -23,13 +23,43 @@ TOL = 1e-5
 # Odd shapes: non-square frames and patches, a frame the tubelet leaves over, no q/v bias, first-token
 # pooling (use_mean_pooling=False), 1 and 3 layers, a head count that is not a power of two.
 CONFIGS = {
-    "mean_nonsquare_5frames": dict(image_size=[36, 28], patch_size=[12, 7], num_frames=5, tubelet_size=2, hidden_size=24,
-                                   num_attention_heads=3, num_hidden_layers=2, intermediate_size=37, num_labels=5),
-    "first_token_noqvbias": dict(image_size=32, patch_size=8, num_frames=3, tubelet_size=3, hidden_size=40,
-                                 num_attention_heads=5, num_hidden_layers=1, intermediate_size=64, num_labels=4,
-                                 qv_bias=False, use_mean_pooling=False, hidden_act="gelu_new", layer_norm_eps=1e-6),
-    "3layers_tubelet1": dict(image_size=16, patch_size=4, num_frames=2, tubelet_size=1, hidden_size=32,
-                             num_attention_heads=2, num_hidden_layers=3, intermediate_size=96, num_labels=3),
+    "mean_nonsquare_5frames": dict(
+        image_size=[36, 28],
+        patch_size=[12, 7],
+        num_frames=5,
+        tubelet_size=2,
+        hidden_size=24,
+        num_attention_heads=3,
+        num_hidden_layers=2,
+        intermediate_size=37,
+        num_labels=5,
+    ),
+    "first_token_noqvbias": dict(
+        image_size=32,
+        patch_size=8,
+        num_frames=3,
+        tubelet_size=3,
+        hidden_size=40,
+        num_attention_heads=5,
+        num_hidden_layers=1,
+        intermediate_size=64,
+        num_labels=4,
+        qv_bias=False,
+        use_mean_pooling=False,
+        hidden_act="gelu_new",
+        layer_norm_eps=1e-6,
+    ),
+    "3layers_tubelet1": dict(
+        image_size=16,
+        patch_size=4,
+        num_frames=2,
+        tubelet_size=1,
+        hidden_size=32,
+        num_attention_heads=2,
+        num_hidden_layers=3,
+        intermediate_size=96,
+        num_labels=3,
+    ),
 }
 
 
@@ -94,8 +124,12 @@ def test_sinusoidal_table_is_transformers_and_not_a_parameter(pair):
 
 
 def _hub_layout(sd: dict) -> dict:
-    return {k.replace("attention.attention.query.bias", "attention.attention.q_bias")
-             .replace("attention.attention.value.bias", "attention.attention.v_bias"): v for k, v in sd.items()}
+    return {
+        k.replace("attention.attention.query.bias", "attention.attention.q_bias").replace(
+            "attention.attention.value.bias", "attention.attention.v_bias"
+        ): v
+        for k, v in sd.items()
+    }
 
 
 @pytest.mark.parametrize("layout", ["transformers", "hub"])
@@ -139,10 +173,14 @@ def test_learned_key_bias_of_older_transformers_is_read_into_b_K(pair):
     gen = torch.Generator().manual_seed(5)
     sd = dict(hf.state_dict())
     n, width = kw["num_hidden_layers"], kw["hidden_size"]
-    key_bias = {f"videomae.encoder.layer.{i}.attention.attention.key.bias": torch.randn(width, generator=gen) for i in range(n)}
+    key_bias = {
+        f"videomae.encoder.layer.{i}.attention.attention.key.bias": torch.randn(width, generator=gen) for i in range(n)
+    }
     loaded = HookedVideoMAE.from_state_dict({**sd, **key_bias}, hf.config.to_dict())
     for i in range(n):
-        assert torch.equal(loaded.blocks[i].attn.b_K.flatten(), key_bias[f"videomae.encoder.layer.{i}.attention.attention.key.bias"])
+        assert torch.equal(
+            loaded.blocks[i].attn.b_K.flatten(), key_bias[f"videomae.encoder.layer.{i}.attention.attention.key.bias"]
+        )
     x = pixels(kw)
     assert max_rel(loaded(x), hf(x).logits) <= TOL
     wrong = {"videomae.encoder.layer.0.attention.attention.key.bias": torch.zeros(width + 1)}
@@ -165,7 +203,10 @@ def test_key_errors_name_keys_as_the_checkpoint_spells_them(layout, prefix):
         HookedVideoMAE.from_state_dict(sd, model.cfg.to_hf_config_dict())
     msg = str(err.value)
     # fc_norm and classifier sit outside videomae. in VideoMAEForVideoClassification: never prefixed.
-    assert f"missing keys (3):\n  fc_norm.bias\n  {pre}encoder.layer.0.{bias}\n  {pre}encoder.layer.1.intermediate.dense.weight\n" in msg, msg
+    assert (
+        f"missing keys (3):\n  fc_norm.bias\n  {pre}encoder.layer.0.{bias}\n  {pre}encoder.layer.1.intermediate.dense.weight\n"
+        in msg
+    ), msg
     assert f"unexpected keys (1):\n  {pre}encoder.layer.0.extra.weight" in msg
     assert f"{pre}encoder.layer.1.output.dense.bias: checkpoint (5,) vs expected (24,)" in msg
 
@@ -206,11 +247,18 @@ def test_mean_pooling_backbone_is_videomae_model(attn, tmp_path):
     assert hf.layernorm is None and not any(k.startswith(("fc_norm", "layernorm")) for k in hf.state_dict())
     hf.save_pretrained(tmp_path / "hf")
     model = HookedVideoTransformer.from_pretrained(tmp_path / "hf")
-    assert isinstance(model, HookedVideoMAE) and model.unembed is None and model.ln_final is None and not model.cfg.final_norm
+    assert (
+        isinstance(model, HookedVideoMAE)
+        and model.unembed is None
+        and model.ln_final is None
+        and not model.cfg.final_norm
+    )
     x = pixels(kw)
     report = compare(model, hf, x, attn=attn)
     assert report.rows[-1].name == "pooled embedding (last_hidden_state.mean(1))"
-    print(f"VideoMAEModel backbone parity ({attn}): worst {report.worst().name} max |diff| {max(r.max_abs for r in report.rows):.2e}")
+    print(
+        f"VideoMAEModel backbone parity ({attn}): worst {report.worst().name} max |diff| {max(r.max_abs for r in report.rows):.2e}"
+    )
     assert report.ok(TOL), report.to_markdown(TOL)
     with torch.no_grad():
         assert max_rel(model(x), hf(x).last_hidden_state.mean(1)) <= TOL
@@ -252,7 +300,10 @@ def test_residual_decomposition_is_complete_and_dla_through_mean_pooling_is_exac
     assert torch.allclose(stack.sum(0), cache["resid_post", kw["num_hidden_layers"] - 1], atol=1e-5)
     for classes in (3, [1, 4]):
         terms, labels, constant = model.pooled_logit_terms(cache, classes)
-        assert terms.shape == (2 + 2 * kw["num_hidden_layers"], 2, model.cfg.n_ctx) and labels[:2] == ["embed", "pos_embed"]
+        assert terms.shape == (2 + 2 * kw["num_hidden_layers"], 2, model.cfg.n_ctx) and labels[:2] == [
+            "embed",
+            "pos_embed",
+        ]
         target = logits[torch.arange(2), torch.as_tensor(classes)]
         assert max_rel(terms.sum((0, 2)) + constant, target) <= TOL
 
@@ -265,7 +316,9 @@ def test_token_grid_without_prefix():
     prefix, g = grid.unflatten(x)
     assert prefix.shape == (2, 0) and g.shape == (2, 3, 4, 5)
     assert torch.equal(grid.flatten(prefix, g), x)
-    cfg = HookedVideoMAE.config_class(num_frames=4, image_size=32, tubelet_size=(2, 16, 16), d_model=8, d_head=4, n_heads=2, n_layers=1, d_mlp=8)
+    cfg = HookedVideoMAE.config_class(
+        num_frames=4, image_size=32, tubelet_size=(2, 16, 16), d_model=8, d_head=4, n_heads=2, n_layers=1, d_mlp=8
+    )
     assert cfg.grid.n_prefix == 0 and cfg.n_ctx == 8 and cfg.grid.label(0) == "t0 r0 c0"
 
 
@@ -276,10 +329,16 @@ def test_preprocess_uses_the_models_constants():
 
     from hooked_vivit.videomae import IMAGENET_MEAN, IMAGENET_STD
 
-    cfg = HookedVideoMAE.config_class(num_frames=3, image_size=32, tubelet_size=(1, 16, 16), d_model=8, d_head=4, n_heads=2, n_layers=1, d_mlp=8)
+    cfg = HookedVideoMAE.config_class(
+        num_frames=3, image_size=32, tubelet_size=(1, 16, 16), d_model=8, d_head=4, n_heads=2, n_layers=1, d_mlp=8
+    )
     frames = np.random.default_rng(0).integers(0, 256, (3, 40, 50, 3), dtype=np.uint8)
-    proc = VideoMAEImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
-                                  image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD))
+    proc = VideoMAEImageProcessor(
+        size={"shortest_edge": 32},
+        crop_size={"height": 32, "width": 32},
+        image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD),
+    )
     ref = proc(list(frames), return_tensors="pt").pixel_values
     ours = video.preprocess(frames, config=cfg)
     assert ours.shape == ref.shape
@@ -290,7 +349,9 @@ def test_preprocess_uses_the_models_constants():
 def test_preprocessor_config_is_read(tmp_path):
     model = HookedVideoMAE.from_hf_model(make_hf(CONFIGS["3layers_tubelet1"]))
     model.save_pretrained(tmp_path / "m")
-    (tmp_path / "m" / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5, 0.4, 0.3], "image_std": [0.2, 0.2, 0.2], "rescale_factor": 0.00392156862745098}))
+    (tmp_path / "m" / "preprocessor_config.json").write_text(
+        json.dumps({"image_mean": [0.5, 0.4, 0.3], "image_std": [0.2, 0.2, 0.2], "rescale_factor": 0.00392156862745098})
+    )
     cfg = HookedVideoTransformer.from_pretrained(tmp_path / "m").cfg
     assert cfg.image_mean == (0.5, 0.4, 0.3) and cfg.image_std == (0.2, 0.2, 0.2) and cfg.rescale_factor == 1 / 255
 
@@ -317,7 +378,11 @@ def test_videomae_b_kinetics400_shape_random_weights():
     assert all(torch.equal(b.attn.b_K, torch.zeros_like(b.attn.b_K)) for b in model.blocks)
     x = pixels(dict(image_size=224, num_frames=16), batch=1)
     # One forward each side: every hidden state and the first and last layers' patterns.
-    names = [f"blocks.{l}.hook_resid_pre" for l in range(12)] + ["blocks.11.hook_resid_post", "blocks.0.attn.hook_pattern", "blocks.11.attn.hook_pattern"]
+    names = [f"blocks.{l}.hook_resid_pre" for l in range(12)] + [
+        "blocks.11.hook_resid_post",
+        "blocks.0.attn.hook_pattern",
+        "blocks.11.attn.hook_pattern",
+    ]
     with torch.no_grad():
         ref = hf(x, output_hidden_states=True, output_attentions=True)
         logits, cache = model.run_with_cache(x, names_filter=names)
@@ -385,16 +450,34 @@ def test_batched_patching_engine_equals_transformer_lens_path(tiny):
     model, _, corrupted, clean_cache = tiny
     m = LogitDiff(2, 4)
     twin = patching.get_act_patch_resid_pre(model, corrupted, clean_cache, m)
-    sweep = patching.run_patches(model, patching.token_patches(model, "resid_pre"), source_cache=clean_cache, target=corrupted, metric=m, chunk_size=7)
+    sweep = patching.run_patches(
+        model,
+        patching.token_patches(model, "resid_pre"),
+        source_cache=clean_cache,
+        target=corrupted,
+        metric=m,
+        chunk_size=7,
+    )
     torch.testing.assert_close(sweep.values, twin.flatten(), atol=1e-5, rtol=1e-5)
     heads = patching.get_act_patch_attn_head_out_all_pos(model, corrupted, clean_cache, m)
-    sweep = patching.run_patches(model, patching.head_patches(model, "z"), source_cache=clean_cache, target=corrupted, metric=m)
+    sweep = patching.run_patches(
+        model, patching.head_patches(model, "z"), source_cache=clean_cache, target=corrupted, metric=m
+    )
     torch.testing.assert_close(sweep.values, heads.flatten(), atol=1e-5, rtol=1e-5)
 
 
 # ------------------------------------------------------------------ analyze / study on a tiny VideoMAE
-SQUARE_MAE = dict(image_size=32, patch_size=8, num_frames=8, tubelet_size=2, hidden_size=32, num_attention_heads=2,
-                  num_hidden_layers=2, intermediate_size=64, num_labels=6)
+SQUARE_MAE = dict(
+    image_size=32,
+    patch_size=8,
+    num_frames=8,
+    tubelet_size=2,
+    hidden_size=32,
+    num_attention_heads=2,
+    num_hidden_layers=2,
+    intermediate_size=64,
+    num_labels=6,
+)
 
 
 def test_analyze_on_a_videomae_checkpoint(tmp_path):
@@ -410,11 +493,34 @@ def test_analyze_on_a_videomae_checkpoint(tmp_path):
     assert isinstance(model, HookedVideoMAE)
     out = tmp_path / "report"
     seed = 4_000_000
-    assert main(["analyze", "--model", str(tmp_path / "mae"), "--domain", "bowling", "--seed", str(seed), "--probe-pairs", "6",
-                 "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                "--model",
+                str(tmp_path / "mae"),
+                "--domain",
+                "bowling",
+                "--seed",
+                str(seed),
+                "--probe-pairs",
+                "6",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     data = json.loads((out / "results.json").read_text())
-    assert data["recovery"]["readout"] == data["deltas"]["readout"] == "token mean" and data["dla"]["cls_source"] is None
-    assert data["cls_attention"]["attention_to_cls"] is None and "cls" not in data["probes"] and len(data["probes"]["mean"]) == 3
+    assert (
+        data["recovery"]["readout"] == data["deltas"]["readout"] == "token mean" and data["dla"]["cls_source"] is None
+    )
+    assert (
+        data["cls_attention"]["attention_to_cls"] is None
+        and "cls" not in data["probes"]
+        and len(data["probes"]["mean"]) == 3
+    )
     # Every number in a caption is the value it cites, and no caption speaks of a CLS token this model lacks.
     from tests.test_analysis import check_captions
 
@@ -482,8 +588,14 @@ def test_viewer_attribution_and_probes_on_videomae(tiny):
     np.testing.assert_allclose(maps, grid.unflatten(expected)[1].numpy(), atol=1e-6)
 
     metric = LogitDiff(2, 4)
-    result = attribution_patch(model, clean, corrupted, metric, acts=("resid_pre", "z", "pattern"), clean_cache=clean_cache)
-    assert result.scores["z"].shape == (2, model.cfg.n_ctx, 3) and result.scores["pattern"].shape == (2, model.cfg.n_ctx, 3)
+    result = attribution_patch(
+        model, clean, corrupted, metric, acts=("resid_pre", "z", "pattern"), clean_cache=clean_cache
+    )
+    assert result.scores["z"].shape == (2, model.cfg.n_ctx, 3) and result.scores["pattern"].shape == (
+        2,
+        model.cfg.n_ctx,
+        3,
+    )
     _, corrupt_cache = model.run_with_cache(corrupted)
     for act in ("z", "pattern"):
         name = f"blocks.1.attn.hook_{act}"

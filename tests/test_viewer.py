@@ -12,8 +12,16 @@ from hooked_vivit import HookedViViT, synthetic, viewer
 from hooked_vivit.video import load_video, preprocess
 from tests.conftest import make_hf
 
-SQUARE = dict(image_size=32, num_frames=8, tubelet_size=[2, 8, 8], hidden_size=32, num_hidden_layers=2,
-              num_attention_heads=2, intermediate_size=64, num_labels=6)
+SQUARE = dict(
+    image_size=32,
+    num_frames=8,
+    tubelet_size=[2, 8, 8],
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    num_labels=6,
+)
 
 
 @pytest.fixture(scope="module")

@@ -26,13 +26,47 @@ _PRED = dict(pred_hidden_size=12, pred_num_attention_heads=2, pred_num_hidden_la
 # rotated), no qkv bias, tubelet 1 and 4, mlp_ratio other than 4 (the pooler keeps 4), 0..2 pooler
 # self-attention layers, a tanh gelu.
 CONFIGS = {
-    "dhead10_ratio3": dict(crop_size=24, patch_size=8, frames_per_clip=6, tubelet_size=2, hidden_size=30, num_attention_heads=3,
-                           num_hidden_layers=2, num_pooler_layers=2, mlp_ratio=3.0, num_labels=5, **_PRED),
-    "dhead7_nobias_tubelet1": dict(crop_size=16, patch_size=4, frames_per_clip=3, tubelet_size=1, hidden_size=21, num_attention_heads=3,
-                                   num_hidden_layers=1, num_pooler_layers=1, mlp_ratio=2.5, qkv_bias=False, num_labels=4,
-                                   hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-5, **_PRED),
-    "dhead24_3layers_nopoolerblocks": dict(crop_size=32, patch_size=16, frames_per_clip=8, tubelet_size=4, hidden_size=48,
-                                           num_attention_heads=2, num_hidden_layers=3, num_pooler_layers=0, num_labels=3, **_PRED),
+    "dhead10_ratio3": dict(
+        crop_size=24,
+        patch_size=8,
+        frames_per_clip=6,
+        tubelet_size=2,
+        hidden_size=30,
+        num_attention_heads=3,
+        num_hidden_layers=2,
+        num_pooler_layers=2,
+        mlp_ratio=3.0,
+        num_labels=5,
+        **_PRED,
+    ),
+    "dhead7_nobias_tubelet1": dict(
+        crop_size=16,
+        patch_size=4,
+        frames_per_clip=3,
+        tubelet_size=1,
+        hidden_size=21,
+        num_attention_heads=3,
+        num_hidden_layers=1,
+        num_pooler_layers=1,
+        mlp_ratio=2.5,
+        qkv_bias=False,
+        num_labels=4,
+        hidden_act="gelu_pytorch_tanh",
+        layer_norm_eps=1e-5,
+        **_PRED,
+    ),
+    "dhead24_3layers_nopoolerblocks": dict(
+        crop_size=32,
+        patch_size=16,
+        frames_per_clip=8,
+        tubelet_size=4,
+        hidden_size=48,
+        num_attention_heads=2,
+        num_hidden_layers=3,
+        num_pooler_layers=0,
+        num_labels=3,
+        **_PRED,
+    ),
 }
 
 
@@ -57,7 +91,10 @@ def _pooler_patterns(hf) -> tuple[list, dict]:
     """Forward hooks that keep the eager pooler attentions (transformers returns only the encoder's)."""
     kept: dict[str, torch.Tensor] = {}
     handles = []
-    modules = {f"pooler.blocks.{i}.attn.hook_pattern": layer.self_attn for i, layer in enumerate(hf.pooler.self_attention_layers)}
+    modules = {
+        f"pooler.blocks.{i}.attn.hook_pattern": layer.self_attn
+        for i, layer in enumerate(hf.pooler.self_attention_layers)
+    }
     modules["pooler.cross.attn.hook_pattern"] = hf.pooler.cross_attention_layer.cross_attn
     for name, module in modules.items():
         handles.append(module.register_forward_hook(lambda m, i, o, name=name: kept.__setitem__(name, o[1])))
@@ -92,7 +129,9 @@ def test_pooler_patterns_and_output_match_transformers(pair):
     finally:
         for h in handles:
             h.remove()
-    logits, cache = model.run_with_cache(x, names_filter=lambda n: n.endswith("hook_pattern") or n == "pooler.cross.hook_resid_post")
+    logits, cache = model.run_with_cache(
+        x, names_filter=lambda n: n.endswith("hook_pattern") or n == "pooler.cross.hook_resid_post"
+    )
     assert len(kept) == kw["num_pooler_layers"] + 1
     for hook_name, pattern in kept.items():
         assert cache[hook_name].shape == pattern.shape
@@ -135,7 +174,10 @@ def test_a_hook_on_the_rotated_key_changes_the_scores_as_expected(pair):
     names = ["blocks.0.attn.hook_attn_scores"]
     with model.hooks(fwd_hooks=[("blocks.0.attn.hook_rot_k", zero_key)]):
         _, cache = model.run_with_cache(x, names_filter=names)
-    assert torch.equal(cache["blocks.0.attn.hook_attn_scores"][..., 0], torch.zeros_like(cache["blocks.0.attn.hook_attn_scores"][..., 0]))
+    assert torch.equal(
+        cache["blocks.0.attn.hook_attn_scores"][..., 0],
+        torch.zeros_like(cache["blocks.0.attn.hook_attn_scores"][..., 0]),
+    )
 
 
 def test_patterns_are_not_materialised_unless_asked(pair, monkeypatch):
@@ -148,7 +190,9 @@ def test_patterns_are_not_materialised_unless_asked(pair, monkeypatch):
     monkeypatch.setattr(torch.nn.functional, "softmax", lambda *a, **k: calls.append(1) or real_softmax(*a, **k))
     with torch.no_grad():
         fast = model(x)
-        _, cache = model.run_with_cache(x, names_filter=lambda n: n.endswith(("hook_z", "hook_resid_post", "hook_rot_q")))
+        _, cache = model.run_with_cache(
+            x, names_filter=lambda n: n.endswith(("hook_z", "hook_resid_post", "hook_rot_q"))
+        )
     assert calls == [] and torch.equal(fast, expected)  # fused SDPA everywhere: no softmax, no pattern
     with torch.no_grad():
         slow, _ = model.run_with_cache(x, names_filter="blocks.0.attn.hook_pattern")
@@ -195,8 +239,16 @@ def test_declared_hook_axes_name_real_hooks_with_their_rank():
     from hooked_vivit.vjepa2 import VJEPA2_HOOK_AXES
 
     model = HookedVJEPA2.from_hf_model(make_hf(CONFIGS["dhead10_ratio3"]), use_attn_result=True)
-    size = {"batch": 2, "pos": model.cfg.n_ctx, "query": 1, "head": model.cfg.n_heads, "d_head": model.cfg.d_head,
-            "d_model": model.cfg.d_model, "d_mlp": model.cfg.pooler_d_mlp, "1": 1}
+    size = {
+        "batch": 2,
+        "pos": model.cfg.n_ctx,
+        "query": 1,
+        "head": model.cfg.n_heads,
+        "d_head": model.cfg.d_head,
+        "d_model": model.cfg.d_model,
+        "d_mlp": model.cfg.pooler_d_mlp,
+        "1": 1,
+    }
     for pattern, axes in VJEPA2_HOOK_AXES.items():
         names = fnmatch.filter(model.hook_dict, pattern)
         assert names, pattern
@@ -219,10 +271,20 @@ def test_residual_decomposition_is_complete(pair):
     assert labels[0] == "embed" and len(labels) == 1 + 2 * L
     assert max_rel(stack.sum(0), cache[f"blocks.{L - 1}.hook_resid_post"]) <= TOL
     # Pooler self-attention blocks: the normalised tokens + their outputs.
-    total = cache["ln_final.hook_normalized"] + sum(cache[f"pooler.blocks.{i}.hook_{k}_out"] for i in range(n_pool) for k in ("attn", "mlp"))
+    total = cache["ln_final.hook_normalized"] + sum(
+        cache[f"pooler.blocks.{i}.hook_{k}_out"] for i in range(n_pool) for k in ("attn", "mlp")
+    )
     last = cache[f"pooler.blocks.{n_pool - 1}.hook_resid_post"] if n_pool else cache["ln_final.hook_normalized"]
     assert max_rel(total, last) <= TOL
-    assert max_rel(cache["pooler.cross.ln1.hook_normalized"], torch.nn.functional.layer_norm(last, (model.cfg.d_model,), model.pooler.cross.ln1.w, model.pooler.cross.ln1.b, model.cfg.eps)) <= TOL
+    assert (
+        max_rel(
+            cache["pooler.cross.ln1.hook_normalized"],
+            torch.nn.functional.layer_norm(
+                last, (model.cfg.d_model,), model.pooler.cross.ln1.w, model.pooler.cross.ln1.b, model.cfg.eps
+            ),
+        )
+        <= TOL
+    )
     # The query's stream: learned query + cross-attention heads + MLP; the classifier reads its end.
     heads = cache["pooler.cross.attn.hook_result"]  # [B, 1, H, d]
     assert max_rel(heads.sum(2), cache["pooler.cross.hook_attn_out"]) <= TOL
@@ -257,8 +319,14 @@ def test_checkpoints_with_and_without_prefix_load_and_drop_the_predictor(backbon
     assert compare(model, hf, pixels(kw), attn="eager").ok(TOL)
     sd = {k: v for k, v in hf.state_dict().items()}
     assert any(k.removeprefix("vjepa2.").startswith("predictor.") for k in sd)
-    flipped = {(k.removeprefix("vjepa2.") if k.startswith("vjepa2.") else ("vjepa2." + k if k.startswith(("encoder.", "predictor.")) else k)): v
-               for k, v in sd.items()}
+    flipped = {
+        (
+            k.removeprefix("vjepa2.")
+            if k.startswith("vjepa2.")
+            else ("vjepa2." + k if k.startswith(("encoder.", "predictor.")) else k)
+        ): v
+        for k, v in sd.items()
+    }
     other = HookedVideoTransformer.from_state_dict(flipped, hf.config.to_dict())
     for (n, a), (_, b) in zip(model.state_dict().items(), other.state_dict().items()):
         assert torch.equal(a, b), n
@@ -301,7 +369,15 @@ def test_config_round_trip_and_frames_override():
     cfg = HookedVJEPA2.config_class.from_hf_config(VJEPA2Config(**kw).to_dict())
     assert (cfg.d_mlp, cfg.pooler_d_mlp, cfg.n_pooler_layers, cfg.n_ctx) == (90, 120, 2, 3 * 3 * 3)
     back = VJEPA2Config(**cfg.to_hf_config_dict())
-    for key in ("hidden_size", "mlp_ratio", "crop_size", "patch_size", "frames_per_clip", "tubelet_size", "num_pooler_layers"):
+    for key in (
+        "hidden_size",
+        "mlp_ratio",
+        "crop_size",
+        "patch_size",
+        "frames_per_clip",
+        "tubelet_size",
+        "num_pooler_layers",
+    ):
         assert getattr(back, key) == getattr(VJEPA2Config(**kw), key), key
     # More frames than the config says: transformers runs them; so does the hooked model, built for them.
     hf = make_hf(kw)
@@ -354,11 +430,15 @@ def test_patching_engine_equals_transformer_lens_path():
     _, clean_cache = model.run_with_cache(clean)
     m = LogitDiff(0, 1)
     twin = patching.get_act_patch_resid_pre(model, corrupted, clean_cache, m)
-    sweep = patching.run_patches(model, patching.token_patches(model, "resid_pre"), source_cache=clean_cache, target=corrupted, metric=m)
+    sweep = patching.run_patches(
+        model, patching.token_patches(model, "resid_pre"), source_cache=clean_cache, target=corrupted, metric=m
+    )
     torch.testing.assert_close(sweep.values, twin.flatten(), atol=1e-5, rtol=1e-5)
     # Patching every token of layer 0's input with the clean run restores the clean metric.
     with torch.no_grad():
-        restored = model.run_with_hooks(corrupted, fwd_hooks=[("blocks.0.hook_resid_pre", lambda act, hook: clean_cache["blocks.0.hook_resid_pre"])])
+        restored = model.run_with_hooks(
+            corrupted, fwd_hooks=[("blocks.0.hook_resid_pre", lambda act, hook: clean_cache["blocks.0.hook_resid_pre"])]
+        )
         torch.testing.assert_close(m(restored), m(model(clean)))
 
 
@@ -367,8 +447,11 @@ FULL_VJEPA2 = os.environ.get("HOOKED_VIVIT_FULL_VJEPA2", "")
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not FULL_VJEPA2, reason="V-JEPA 2 ViT-L at 16 frames x 256 px takes many minutes on 2 CPU cores; "
-                    "HOOKED_VIVIT_FULL_VJEPA2=1 runs it (=N: the same with N encoder layers)")
+@pytest.mark.skipif(
+    not FULL_VJEPA2,
+    reason="V-JEPA 2 ViT-L at 16 frames x 256 px takes many minutes on 2 CPU cores; "
+    "HOOKED_VIVIT_FULL_VJEPA2=1 runs it (=N: the same with N encoder layers)",
+)
 def test_vjepa2_vitl_16_frames_256px_random_weights():
     """ViT-L: 24 layers x 16 heads, d_model 1024, 2048 tokens (16 frames, 256 px), 3 pooler blocks, 174 classes
     (the SSv2 head), random perturbed weights. HF eager (patterns of the first and last layers and of the
@@ -382,7 +465,9 @@ def test_vjepa2_vitl_16_frames_256px_random_weights():
     pooler_names = [f"pooler.blocks.{i}.attn.hook_pattern" for i in range(3)] + ["pooler.cross.attn.hook_pattern"]
     names = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_post" for l in range(L)]
     t0 = time.perf_counter()
-    logits, cache = model.run_with_cache(x, names_filter=names + ["blocks.0.attn.hook_pattern", f"blocks.{L - 1}.attn.hook_pattern", *pooler_names])
+    logits, cache = model.run_with_cache(
+        x, names_filter=names + ["blocks.0.attn.hook_pattern", f"blocks.{L - 1}.attn.hook_pattern", *pooler_names]
+    )
     t_hooked_patterns = time.perf_counter() - t0
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -394,8 +479,11 @@ def test_vjepa2_vitl_16_frames_256px_random_weights():
         hf.set_attn_implementation(attn)
         handles, kept = _pooler_patterns(hf)
         for l in (0, L - 1):
-            handles.append(hf.vjepa2.encoder.layer[l].attention.register_forward_hook(
-                lambda m, i, o, l=l: kept.__setitem__(f"blocks.{l}.attn.hook_pattern", o[1])))
+            handles.append(
+                hf.vjepa2.encoder.layer[l].attention.register_forward_hook(
+                    lambda m, i, o, l=l: kept.__setitem__(f"blocks.{l}.attn.hook_pattern", o[1])
+                )
+            )
         t0 = time.perf_counter()
         with torch.no_grad():
             ref = hf(x, output_hidden_states=True)
@@ -404,10 +492,17 @@ def test_vjepa2_vitl_16_frames_256px_random_weights():
             h.remove()
         worst[f"{attn} logits"] = max_rel(logits, ref.logits)
         worst[f"{attn} embeddings"] = max_rel(cache["blocks.0.hook_resid_pre"], ref.hidden_states[0])
-        worst[f"{attn} hidden states"] = max(max_rel(cache["resid_post", l], ref.hidden_states[l + 1]) for l in range(L))
+        worst[f"{attn} hidden states"] = max(
+            max_rel(cache["resid_post", l], ref.hidden_states[l + 1]) for l in range(L)
+        )
         if attn == "eager":
             assert len(kept) == 6
             for name, pattern in kept.items():
                 worst[f"eager {name}"] = max_rel(cache[name], pattern)
-    print("\n" + "\n".join(f"{k}: {v:.3e}" for k, v in worst.items()) + "\n" + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+    print(
+        "\n"
+        + "\n".join(f"{k}: {v:.3e}" for k, v in worst.items())
+        + "\n"
+        + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items())
+    )
     assert max(worst.values()) <= TOL, worst

@@ -12,8 +12,12 @@ from tests.conftest import SMALL_CONFIGS, make_hf, max_rel, pixels
 @pytest.mark.parametrize("config", ["nonsquare_2x8x8_3heads", "nobias_1layer_5heads"])
 @pytest.mark.parametrize(
     "processing",
-    [dict(fold_ln=True), dict(center_writing_weights=True), dict(fold_value_biases=True),
-     dict(fold_ln=True, center_writing_weights=True, fold_value_biases=True)],
+    [
+        dict(fold_ln=True),
+        dict(center_writing_weights=True),
+        dict(fold_value_biases=True),
+        dict(fold_ln=True, center_writing_weights=True, fold_value_biases=True),
+    ],
     ids=["fold_ln", "center", "fold_vb", "all"],
 )
 def test_processing_keeps_logits(config, processing):

@@ -6,7 +6,8 @@ converter file and a line in CONVERTERS.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 from weights_conversion import timesformer, videomae, vivit, vjepa2
 from weights_conversion.common import CheckpointError, check_keys, checkpoint_has_classifier, is_hooked_layout

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -28,16 +28,27 @@ def checkpoint_has_classifier(state_dict: StateDict) -> bool:
 
 
 def check_keys(
-    found: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]], what: str, spell: Callable[[str], str] = str
+    found: dict[str, tuple[int, ...]],
+    expected: dict[str, tuple[int, ...]],
+    what: str,
+    spell: Callable[[str], str] = str,
 ) -> None:
     """Raise CheckpointError naming every missing, unexpected and mis-shaped key, each as ``spell``
     writes it (the converter passes the checkpoint's own spelling: its layout and prefix)."""
     missing = [spell(k) for k in expected if k not in found]
     unexpected = [spell(k) for k in found if k not in expected]
-    misshaped = [f"{spell(k)}: checkpoint {found[k]} vs expected {expected[k]}" for k in expected if k in found and found[k] != expected[k]]
+    misshaped = [
+        f"{spell(k)}: checkpoint {found[k]} vs expected {expected[k]}"
+        for k in expected
+        if k in found and found[k] != expected[k]
+    ]
     if missing or unexpected or misshaped:
         parts = [f"{what} does not match the config"]
-        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", misshaped)):
+        for title, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("mis-shaped keys", misshaped),
+        ):
             if items:
                 shown = items if len(items) <= 20 else items[:20] + [f"... and {len(items) - 20} more"]
                 parts.append(f"{title} ({len(items)}):\n  " + "\n  ".join(shown))
@@ -55,4 +66,6 @@ def check_finite(state_dict: StateDict) -> None:
             n = int((~torch.isfinite(value)).sum())
             bad.append(f"{key} {list(value.shape)}: {n} of {value.numel()} values NaN/Inf")
     if bad:
-        raise CheckpointError("checkpoint holds non-finite weights (a corrupt file or a diverged training run):\n  " + "\n  ".join(bad))
+        raise CheckpointError(
+            "checkpoint holds non-finite weights (a corrupt file or a diverged training run):\n  " + "\n  ".join(bad)
+        )

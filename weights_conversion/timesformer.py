@@ -122,7 +122,10 @@ def _hf_to_hooked(sd: StateDict, cfg: HookedViViTConfig) -> StateDict:
             out[b + f"{ours}.W_O"], out[b + f"{ours}.b_O"] = W_O.reshape(H, E, d), b_O
         for hf, ours in _NORMS:
             out[b + f"{ours}.w"], out[b + f"{ours}.b"] = sd[p + f"{hf}.weight"], sd[p + f"{hf}.bias"]
-        out[b + "mlp.W_in"], out[b + "mlp.b_in"] = sd[p + "intermediate.dense.weight"].T, sd[p + "intermediate.dense.bias"]
+        out[b + "mlp.W_in"], out[b + "mlp.b_in"] = (
+            sd[p + "intermediate.dense.weight"].T,
+            sd[p + "intermediate.dense.bias"],
+        )
         out[b + "mlp.W_out"], out[b + "mlp.b_out"] = sd[p + "output.dense.weight"].T, sd[p + "output.dense.bias"]
         for name in activation_shapes(cfg):
             out[b + f"mlp.act.{name}"] = sd[p + f"intermediate.intermediate_act_fn.{name}"]
@@ -131,7 +134,9 @@ def _hf_to_hooked(sd: StateDict, cfg: HookedViViTConfig) -> StateDict:
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def hooked_to_hf_weights(state_dict: StateDict, cfg: HookedViViTConfig, *, layout: str = "transformers", prefix: bool | None = None) -> StateDict:
+def hooked_to_hf_weights(
+    state_dict: StateDict, cfg: HookedViViTConfig, *, layout: str = "transformers", prefix: bool | None = None
+) -> StateDict:
     """Hooked weights -> a TimeSformer state dict (``layout`` "transformers" or "hub": the same keys).
     ``prefix`` (default: when there is a classifier) adds ``timesformer.`` as
     TimesformerForVideoClassification has it (the classifier stays unprefixed). temporal_dense is
@@ -139,7 +144,9 @@ def hooked_to_hf_weights(state_dict: StateDict, cfg: HookedViViTConfig, *, layou
     if layout not in ("transformers", "hub"):
         raise ValueError(f"layout must be 'transformers' or 'hub', got {layout!r}")
     if cfg.normalization_type != "LN":
-        raise ValueError("a TimeSformer with folded LayerNorms (LNPre) has no transformers layout; save with layout='hooked'")
+        raise ValueError(
+            "a TimeSformer with folded LayerNorms (LNPre) has no transformers layout; save with layout='hooked'"
+        )
     sd, H, E, d = state_dict, cfg.n_heads, cfg.d_head, cfg.d_model
     has_classifier = "unembed.W_U" in sd
     prefix = has_classifier if prefix is None else prefix
@@ -157,19 +164,26 @@ def hooked_to_hf_weights(state_dict: StateDict, cfg: HookedViViTConfig, *, layou
     for i in range(cfg.n_layers):
         p, b = f"{pre}encoder.layer.{i}.", f"blocks.{i}."
         for hf, ours in _ATTENTIONS:
-            out[p + f"{hf}.attention.qkv.weight"] = torch.cat([sd[b + f"{ours}.W_{m}"].transpose(1, 2).reshape(H * E, d) for m in "QKV"])
+            out[p + f"{hf}.attention.qkv.weight"] = torch.cat(
+                [sd[b + f"{ours}.W_{m}"].transpose(1, 2).reshape(H * E, d) for m in "QKV"]
+            )
             biases = torch.cat([sd[b + f"{ours}.b_{m}"].reshape(H * E) for m in "QKV"])
             if cfg.qkv_bias:
                 out[p + f"{hf}.attention.qkv.bias"] = biases
             elif biases.abs().max() > 0:
-                raise ValueError(f"layer {i} {ours} has non-zero q/k/v biases but the config says qkv_bias=False (processed weights?)")
+                raise ValueError(
+                    f"layer {i} {ours} has non-zero q/k/v biases but the config says qkv_bias=False (processed weights?)"
+                )
             out[p + f"{hf}.output.dense.weight"] = sd[b + f"{ours}.W_O"].reshape(H * E, d).T
             out[p + f"{hf}.output.dense.bias"] = sd[b + f"{ours}.b_O"]
         out[p + "temporal_dense.weight"] = torch.eye(d, dtype=W_E.dtype, device=W_E.device)
         out[p + "temporal_dense.bias"] = torch.zeros(d, dtype=W_E.dtype, device=W_E.device)
         for hf, ours in _NORMS:
             out[p + f"{hf}.weight"], out[p + f"{hf}.bias"] = sd[b + f"{ours}.w"], sd[b + f"{ours}.b"]
-        out[p + "intermediate.dense.weight"], out[p + "intermediate.dense.bias"] = sd[b + "mlp.W_in"].T, sd[b + "mlp.b_in"]
+        out[p + "intermediate.dense.weight"], out[p + "intermediate.dense.bias"] = (
+            sd[b + "mlp.W_in"].T,
+            sd[b + "mlp.b_in"],
+        )
         out[p + "output.dense.weight"], out[p + "output.dense.bias"] = sd[b + "mlp.W_out"].T, sd[b + "mlp.b_out"]
         for name in activation_shapes(cfg):
             out[p + f"intermediate.intermediate_act_fn.{name}"] = sd[b + f"mlp.act.{name}"]

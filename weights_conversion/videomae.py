@@ -12,7 +12,8 @@ checkpoint that carries it anyway has it dropped. With ``use_mean_pooling`` the 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -43,7 +44,9 @@ def _normalize(state_dict: StateDict) -> tuple[StateDict, dict[str, str]]:
     for key, value in state_dict.items():
         if _IGNORED.match(key):
             continue
-        new = _HUB_BIAS.sub(lambda m: f".attention.attention.{'query' if m[1] == 'q' else 'value'}.bias", key.removeprefix(_PREFIX))
+        new = _HUB_BIAS.sub(
+            lambda m: f".attention.attention.{'query' if m[1] == 'q' else 'value'}.bias", key.removeprefix(_PREFIX)
+        )
         if new in out:
             raise CheckpointError(f"checkpoint holds {new!r} twice (in both key layouts?)")
         out[new], spelled[new] = value, key
@@ -57,7 +60,9 @@ def checkpoint_spelling(state_dict: StateDict) -> Callable[[str], str]:
 
     def spell(key: str) -> str:
         if hub:
-            key = re.sub(r"\.attention\.attention\.(query|value)\.bias$", lambda m: f".attention.attention.{m[1][0]}_bias", key)
+            key = re.sub(
+                r"\.attention\.attention\.(query|value)\.bias$", lambda m: f".attention.attention.{m[1][0]}_bias", key
+            )
         return _PREFIX + key if prefixed and not key.startswith(_UNPREFIXED) else key
 
     return spell
@@ -116,7 +121,12 @@ def convert_videomae_weights(state_dict: StateDict, cfg: HookedViViTConfig) -> S
             key_bias = f"encoder.layer.{i}.{_ATTN}key.bias"
             if key_bias in sd:
                 expected[key_bias] = (cfg.n_heads * cfg.d_head,)
-    check_keys({k: tuple(v.shape) for k, v in sd.items()}, expected, "VideoMAE checkpoint", spell=lambda k: spelled.get(k) or spell(k))
+    check_keys(
+        {k: tuple(v.shape) for k, v in sd.items()},
+        expected,
+        "VideoMAE checkpoint",
+        spell=lambda k: spelled.get(k) or spell(k),
+    )
     return _hf_to_hooked(sd, cfg)
 
 
@@ -134,14 +144,19 @@ def _hf_to_hooked(sd: StateDict, cfg: HookedViViTConfig) -> StateDict:
     for i in range(cfg.n_layers):
         p, b = f"encoder.layer.{i}.", f"blocks.{i}."
         for m, hf in (("Q", "query"), ("K", "key"), ("V", "value")):
-            out[b + f"attn.W_{m}"] = sd[p + _ATTN + f"{hf}.weight"].reshape(H, E, d).transpose(1, 2)  # [(h e), d] -> [h, d, e]
+            out[b + f"attn.W_{m}"] = (
+                sd[p + _ATTN + f"{hf}.weight"].reshape(H, E, d).transpose(1, 2)
+            )  # [(h e), d] -> [h, d, e]
             bias = sd.get(p + _ATTN + f"{hf}.bias")
             out[b + f"attn.b_{m}"] = bias.reshape(H, E) if bias is not None else zeros
         out[b + "attn.W_O"] = sd[p + "attention.output.dense.weight"].T.reshape(H, E, d)
         out[b + "attn.b_O"] = sd[p + "attention.output.dense.bias"]
         out[b + "ln1.w"], out[b + "ln1.b"] = sd[p + "layernorm_before.weight"], sd[p + "layernorm_before.bias"]
         out[b + "ln2.w"], out[b + "ln2.b"] = sd[p + "layernorm_after.weight"], sd[p + "layernorm_after.bias"]
-        out[b + "mlp.W_in"], out[b + "mlp.b_in"] = sd[p + "intermediate.dense.weight"].T, sd[p + "intermediate.dense.bias"]
+        out[b + "mlp.W_in"], out[b + "mlp.b_in"] = (
+            sd[p + "intermediate.dense.weight"].T,
+            sd[p + "intermediate.dense.bias"],
+        )
         out[b + "mlp.W_out"], out[b + "mlp.b_out"] = sd[p + "output.dense.weight"].T, sd[p + "output.dense.bias"]
         for name in activation_shapes(cfg):
             out[b + f"mlp.act.{name}"] = sd[p + f"intermediate.intermediate_act_fn.{name}"]
@@ -152,14 +167,18 @@ def _hf_to_hooked(sd: StateDict, cfg: HookedViViTConfig) -> StateDict:
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def hooked_to_hf_weights(state_dict: StateDict, cfg: HookedViViTConfig, *, layout: str = "transformers", prefix: bool | None = None) -> StateDict:
+def hooked_to_hf_weights(
+    state_dict: StateDict, cfg: HookedViViTConfig, *, layout: str = "transformers", prefix: bool | None = None
+) -> StateDict:
     """Hooked weights -> a VideoMAE state dict: ``layout`` "transformers" (query.bias / value.bias)
     or "hub" (q_bias / v_bias); ``prefix`` (default: when there is a classifier) adds ``videomae.``
     as VideoMAEForVideoClassification has it (fc_norm and classifier stay unprefixed)."""
     if layout not in ("transformers", "hub"):
         raise ValueError(f"layout must be 'transformers' or 'hub', got {layout!r}")
     if cfg.normalization_type != "LN":
-        raise ValueError("a VideoMAE with folded LayerNorms (LNPre) has no transformers layout yet; save with layout='hooked'")
+        raise ValueError(
+            "a VideoMAE with folded LayerNorms (LNPre) has no transformers layout yet; save with layout='hooked'"
+        )
     sd, H, E, d = state_dict, cfg.n_heads, cfg.d_head, cfg.d_model
     has_classifier = "unembed.W_U" in sd
     prefix = has_classifier if prefix is None else prefix
@@ -180,14 +199,21 @@ def hooked_to_hf_weights(state_dict: StateDict, cfg: HookedViViTConfig, *, layou
         for m, hf in (("Q", "q"), ("V", "v")):
             bias = sd[b + f"attn.b_{m}"]
             if cfg.qkv_bias:
-                out[p + _ATTN + (f"{hf}_bias" if layout == "hub" else f"{'query' if hf == 'q' else 'value'}.bias")] = bias.reshape(H * E)
+                out[p + _ATTN + (f"{hf}_bias" if layout == "hub" else f"{'query' if hf == 'q' else 'value'}.bias")] = (
+                    bias.reshape(H * E)
+                )
             elif bias.abs().max() > 0:
-                raise ValueError(f"layer {i} has a non-zero b_{m} but the config says qv_bias=False (processed weights?)")
+                raise ValueError(
+                    f"layer {i} has a non-zero b_{m} but the config says qv_bias=False (processed weights?)"
+                )
         out[p + "attention.output.dense.weight"] = sd[b + "attn.W_O"].reshape(H * E, d).T
         out[p + "attention.output.dense.bias"] = sd[b + "attn.b_O"]
         out[p + "layernorm_before.weight"], out[p + "layernorm_before.bias"] = sd[b + "ln1.w"], sd[b + "ln1.b"]
         out[p + "layernorm_after.weight"], out[p + "layernorm_after.bias"] = sd[b + "ln2.w"], sd[b + "ln2.b"]
-        out[p + "intermediate.dense.weight"], out[p + "intermediate.dense.bias"] = sd[b + "mlp.W_in"].T, sd[b + "mlp.b_in"]
+        out[p + "intermediate.dense.weight"], out[p + "intermediate.dense.bias"] = (
+            sd[b + "mlp.W_in"].T,
+            sd[b + "mlp.b_in"],
+        )
         out[p + "output.dense.weight"], out[p + "output.dense.bias"] = sd[b + "mlp.W_out"].T, sd[b + "mlp.b_out"]
         for name in activation_shapes(cfg):
             out[p + f"intermediate.intermediate_act_fn.{name}"] = sd[b + f"mlp.act.{name}"]

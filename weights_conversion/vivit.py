@@ -14,7 +14,8 @@ against transformers itself.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -152,8 +153,12 @@ def convert_vivit_weights(state_dict: StateDict, cfg: HookedViViTConfig) -> Stat
         return dict(state_dict)
     sd, spelled = _normalize(state_dict)
     spell = checkpoint_spelling(state_dict)
-    check_keys({k: tuple(v.shape) for k, v in sd.items()}, expected_hf_shapes(cfg), "ViViT checkpoint",
-               spell=lambda k: spelled.get(k) or spell(k))
+    check_keys(
+        {k: tuple(v.shape) for k, v in sd.items()},
+        expected_hf_shapes(cfg),
+        "ViViT checkpoint",
+        spell=lambda k: spelled.get(k) or spell(k),
+    )
     return _hf_to_hooked(sd, cfg)
 
 
@@ -174,7 +179,11 @@ def _hf_to_hooked(sd: StateDict, cfg: HookedViViTConfig) -> StateDict:
             # nn.Linear weight [(h e), d] -> [h, d, e]
             out[b + f"attn.W_{m}"] = sd[p + f"attention.{hf}_proj.weight"].reshape(H, E, d).transpose(1, 2)
             bias = sd.get(p + f"attention.{hf}_proj.bias")
-            out[b + f"attn.b_{m}"] = bias.reshape(H, E) if bias is not None else torch.zeros(H, E, dtype=out["embed.W_E"].dtype, device=out["embed.W_E"].device)
+            out[b + f"attn.b_{m}"] = (
+                bias.reshape(H, E)
+                if bias is not None
+                else torch.zeros(H, E, dtype=out["embed.W_E"].dtype, device=out["embed.W_E"].device)
+            )
         out[b + "attn.W_O"] = sd[p + "attention.o_proj.weight"].T.reshape(H, E, d)  # [d, (h e)] -> [h, e, d]
         out[b + "attn.b_O"] = sd[p + "attention.o_proj.bias"]
         out[b + "ln1.w"], out[b + "ln1.b"] = sd[p + "layernorm_before.weight"], sd[p + "layernorm_before.bias"]
@@ -199,7 +208,9 @@ def drop_identity_layer_norms(out: StateDict) -> None:
             raise CheckpointError(f"config says the LayerNorms are folded (LNPre) but {key} is not the identity")
 
 
-def hooked_to_hf_weights(state_dict: StateDict, cfg: HookedViViTConfig, *, layout: str = "transformers", prefix: bool | None = None) -> StateDict:
+def hooked_to_hf_weights(
+    state_dict: StateDict, cfg: HookedViViTConfig, *, layout: str = "transformers", prefix: bool | None = None
+) -> StateDict:
     """Hooked weights -> an HF state dict. ``layout``: "transformers" (>= 5.9 keys) or "hub".
     ``prefix`` (default: when there is a classifier) adds ``vivit.`` as VivitForVideoClassification."""
     if layout not in ("transformers", "hub"):
@@ -231,10 +242,15 @@ def hooked_to_hf_weights(state_dict: StateDict, cfg: HookedViViTConfig, *, layou
             if cfg.qkv_bias:
                 out[p + f"attention.{hf}_proj.bias"] = bias.reshape(H * E)
             elif bias.abs().max() > 0:
-                raise ValueError(f"layer {i} has a non-zero b_{m} but the config says qkv_bias=False (processed weights?)")
+                raise ValueError(
+                    f"layer {i} has a non-zero b_{m} but the config says qkv_bias=False (processed weights?)"
+                )
         out[p + "attention.o_proj.weight"] = sd[b + "attn.W_O"].reshape(H * E, d).T
         out[p + "attention.o_proj.bias"] = sd[b + "attn.b_O"]
-        out[p + "layernorm_before.weight"], out[p + "layernorm_before.bias"] = ln(b + "ln1.w", "w"), ln(b + "ln1.b", "b")
+        out[p + "layernorm_before.weight"], out[p + "layernorm_before.bias"] = (
+            ln(b + "ln1.w", "w"),
+            ln(b + "ln1.b", "b"),
+        )
         out[p + "layernorm_after.weight"], out[p + "layernorm_after.bias"] = ln(b + "ln2.w", "w"), ln(b + "ln2.b", "b")
         out[p + "mlp.fc1.weight"], out[p + "mlp.fc1.bias"] = sd[b + "mlp.W_in"].T, sd[b + "mlp.b_in"]
         out[p + "mlp.fc2.weight"], out[p + "mlp.fc2.bias"] = sd[b + "mlp.W_out"].T, sd[b + "mlp.b_out"]

@@ -37,7 +37,9 @@ def normalize_hf_keys(state_dict: StateDict) -> StateDict:
     return out
 
 
-def _block_shapes(p: str, cfg: HookedVJEPA2Config, names: dict[str, str], d_mlp: int, qkv_bias: bool, out_proj: str | None) -> dict[str, tuple[int, ...]]:
+def _block_shapes(
+    p: str, cfg: HookedVJEPA2Config, names: dict[str, str], d_mlp: int, qkv_bias: bool, out_proj: str | None
+) -> dict[str, tuple[int, ...]]:
     d = cfg.d_model
     shapes: dict[str, tuple[int, ...]] = {}
     for ln in (names["ln1"], names["ln2"]):
@@ -56,8 +58,22 @@ def _block_shapes(p: str, cfg: HookedVJEPA2Config, names: dict[str, str], d_mlp:
 
 
 _ENCODER_NAMES = {"ln1": "norm1", "ln2": "norm2", "attn": "attention", "q": "query", "k": "key", "v": "value"}
-_POOLER_SELF = {"ln1": "layer_norm1", "ln2": "layer_norm2", "attn": "self_attn", "q": "q_proj", "k": "k_proj", "v": "v_proj"}
-_POOLER_CROSS = {"ln1": "layer_norm1", "ln2": "layer_norm2", "attn": "cross_attn", "q": "q_proj", "k": "k_proj", "v": "v_proj"}
+_POOLER_SELF = {
+    "ln1": "layer_norm1",
+    "ln2": "layer_norm2",
+    "attn": "self_attn",
+    "q": "q_proj",
+    "k": "k_proj",
+    "v": "v_proj",
+}
+_POOLER_CROSS = {
+    "ln1": "layer_norm1",
+    "ln2": "layer_norm2",
+    "attn": "cross_attn",
+    "q": "q_proj",
+    "k": "k_proj",
+    "v": "v_proj",
+}
 
 
 def expected_hf_shapes(cfg: HookedVJEPA2Config) -> dict[str, tuple[int, ...]]:
@@ -75,7 +91,11 @@ def expected_hf_shapes(cfg: HookedVJEPA2Config) -> dict[str, tuple[int, ...]]:
     if cfg.n_classes:
         shapes[f"{_POOL}query_tokens"] = (1, 1, d)
         for i in range(cfg.n_pooler_layers):
-            shapes.update(_block_shapes(f"{_POOL}self_attention_layers.{i}.", cfg, _POOLER_SELF, cfg.pooler_d_mlp, True, "out_proj"))
+            shapes.update(
+                _block_shapes(
+                    f"{_POOL}self_attention_layers.{i}.", cfg, _POOLER_SELF, cfg.pooler_d_mlp, True, "out_proj"
+                )
+            )
         shapes.update(_block_shapes(f"{_POOL}cross_attention_layer.", cfg, _POOLER_CROSS, cfg.pooler_d_mlp, True, None))
         shapes["classifier.weight"], shapes["classifier.bias"] = (cfg.n_classes, d), (cfg.n_classes,)
     return shapes
@@ -98,20 +118,28 @@ def convert_vjepa2_weights(state_dict: StateDict, cfg: HookedVJEPA2Config) -> St
     return _hf_to_hooked(sd, cfg)
 
 
-def _block_to_hooked(sd: StateDict, p: str, b: str, cfg: HookedVJEPA2Config, names: dict[str, str], out_proj: str | None) -> StateDict:
+def _block_to_hooked(
+    sd: StateDict, p: str, b: str, cfg: HookedVJEPA2Config, names: dict[str, str], out_proj: str | None
+) -> StateDict:
     H, E, d = cfg.n_heads, cfg.d_head, cfg.d_model
     W_any = sd[f"{p}mlp.fc1.weight"]
     out: StateDict = {
-        f"{b}ln1.w": sd[f"{p}{names['ln1']}.weight"], f"{b}ln1.b": sd[f"{p}{names['ln1']}.bias"],
-        f"{b}ln2.w": sd[f"{p}{names['ln2']}.weight"], f"{b}ln2.b": sd[f"{p}{names['ln2']}.bias"],
-        f"{b}mlp.W_in": sd[f"{p}mlp.fc1.weight"].T, f"{b}mlp.b_in": sd[f"{p}mlp.fc1.bias"],
-        f"{b}mlp.W_out": sd[f"{p}mlp.fc2.weight"].T, f"{b}mlp.b_out": sd[f"{p}mlp.fc2.bias"],
+        f"{b}ln1.w": sd[f"{p}{names['ln1']}.weight"],
+        f"{b}ln1.b": sd[f"{p}{names['ln1']}.bias"],
+        f"{b}ln2.w": sd[f"{p}{names['ln2']}.weight"],
+        f"{b}ln2.b": sd[f"{p}{names['ln2']}.bias"],
+        f"{b}mlp.W_in": sd[f"{p}mlp.fc1.weight"].T,
+        f"{b}mlp.b_in": sd[f"{p}mlp.fc1.bias"],
+        f"{b}mlp.W_out": sd[f"{p}mlp.fc2.weight"].T,
+        f"{b}mlp.b_out": sd[f"{p}mlp.fc2.bias"],
     }
     for m in ("Q", "K", "V"):
         key = f"{p}{names['attn']}.{names[m.lower()]}"
         out[f"{b}attn.W_{m}"] = sd[f"{key}.weight"].reshape(H, E, d).transpose(1, 2)  # [(h e), d] -> [h, d, e]
         bias = sd.get(f"{key}.bias")
-        out[f"{b}attn.b_{m}"] = bias.reshape(H, E) if bias is not None else torch.zeros(H, E, dtype=W_any.dtype, device=W_any.device)
+        out[f"{b}attn.b_{m}"] = (
+            bias.reshape(H, E) if bias is not None else torch.zeros(H, E, dtype=W_any.dtype, device=W_any.device)
+        )
     if out_proj:
         out[f"{b}attn.W_O"] = sd[f"{p}{names['attn']}.{out_proj}.weight"].T.reshape(H, E, d)
         out[f"{b}attn.b_O"] = sd[f"{p}{names['attn']}.{out_proj}.bias"]
@@ -132,19 +160,29 @@ def _hf_to_hooked(sd: StateDict, cfg: HookedVJEPA2Config) -> StateDict:
     if cfg.n_classes:
         out["pooler.query"] = sd[f"{_POOL}query_tokens"].reshape(-1)
         for i in range(cfg.n_pooler_layers):
-            out.update(_block_to_hooked(sd, f"{_POOL}self_attention_layers.{i}.", f"pooler.blocks.{i}.", cfg, _POOLER_SELF, "out_proj"))
+            out.update(
+                _block_to_hooked(
+                    sd, f"{_POOL}self_attention_layers.{i}.", f"pooler.blocks.{i}.", cfg, _POOLER_SELF, "out_proj"
+                )
+            )
         out.update(_block_to_hooked(sd, f"{_POOL}cross_attention_layer.", "pooler.cross.", cfg, _POOLER_CROSS, None))
         out["unembed.W_U"], out["unembed.b_U"] = sd["classifier.weight"].T, sd["classifier.bias"]
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def _block_to_hf(sd: StateDict, b: str, p: str, cfg: HookedVJEPA2Config, names: dict[str, str], out_proj: str | None, qkv_bias: bool) -> StateDict:
+def _block_to_hf(
+    sd: StateDict, b: str, p: str, cfg: HookedVJEPA2Config, names: dict[str, str], out_proj: str | None, qkv_bias: bool
+) -> StateDict:
     H, E, d = cfg.n_heads, cfg.d_head, cfg.d_model
     out: StateDict = {
-        f"{p}{names['ln1']}.weight": sd[f"{b}ln1.w"], f"{p}{names['ln1']}.bias": sd[f"{b}ln1.b"],
-        f"{p}{names['ln2']}.weight": sd[f"{b}ln2.w"], f"{p}{names['ln2']}.bias": sd[f"{b}ln2.b"],
-        f"{p}mlp.fc1.weight": sd[f"{b}mlp.W_in"].T, f"{p}mlp.fc1.bias": sd[f"{b}mlp.b_in"],
-        f"{p}mlp.fc2.weight": sd[f"{b}mlp.W_out"].T, f"{p}mlp.fc2.bias": sd[f"{b}mlp.b_out"],
+        f"{p}{names['ln1']}.weight": sd[f"{b}ln1.w"],
+        f"{p}{names['ln1']}.bias": sd[f"{b}ln1.b"],
+        f"{p}{names['ln2']}.weight": sd[f"{b}ln2.w"],
+        f"{p}{names['ln2']}.bias": sd[f"{b}ln2.b"],
+        f"{p}mlp.fc1.weight": sd[f"{b}mlp.W_in"].T,
+        f"{p}mlp.fc1.bias": sd[f"{b}mlp.b_in"],
+        f"{p}mlp.fc2.weight": sd[f"{b}mlp.W_out"].T,
+        f"{p}mlp.fc2.bias": sd[f"{b}mlp.b_out"],
     }
     for m in ("Q", "K", "V"):
         key = f"{p}{names['attn']}.{names[m.lower()]}"
@@ -162,7 +200,9 @@ def _block_to_hf(sd: StateDict, b: str, p: str, cfg: HookedVJEPA2Config, names: 
     return out
 
 
-def hooked_to_hf_weights(state_dict: StateDict, cfg: HookedVJEPA2Config, *, layout: str = "transformers", prefix: bool | None = None) -> StateDict:
+def hooked_to_hf_weights(
+    state_dict: StateDict, cfg: HookedVJEPA2Config, *, layout: str = "transformers", prefix: bool | None = None
+) -> StateDict:
     """Hooked weights -> a V-JEPA 2 state dict (no predictor). ``layout`` "transformers" or "hub"
     (the same keys); ``prefix`` (default: when there is a classifier) puts the encoder under
     ``vjepa2.`` as VJEPA2ForVideoClassification has it."""
@@ -184,7 +224,11 @@ def hooked_to_hf_weights(state_dict: StateDict, cfg: HookedVJEPA2Config, *, layo
     if has_classifier:
         out[f"{_POOL}query_tokens"] = sd["pooler.query"].reshape(1, 1, -1)
         for i in range(cfg.n_pooler_layers):
-            out.update(_block_to_hf(sd, f"pooler.blocks.{i}.", f"{_POOL}self_attention_layers.{i}.", cfg, _POOLER_SELF, "out_proj", True))
+            out.update(
+                _block_to_hf(
+                    sd, f"pooler.blocks.{i}.", f"{_POOL}self_attention_layers.{i}.", cfg, _POOLER_SELF, "out_proj", True
+                )
+            )
         out.update(_block_to_hf(sd, "pooler.cross.", f"{_POOL}cross_attention_layer.", cfg, _POOLER_CROSS, None, True))
         out["classifier.weight"], out["classifier.bias"] = sd["unembed.W_U"].T, sd["unembed.b_U"]
     return {k: v.contiguous() for k, v in out.items()}

@@ -22,8 +22,9 @@ records how many counted calls ran with autograd on, so this can be checked.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -56,17 +57,21 @@ class ForwardCounter:
         stop = kwargs.get("stop_at_layer")
         blocks = range(self.n_layers)[0 if start is None else start : stop]  # exactly the forward's blocks[start:stop]
         batch = int(x.shape[0]) if isinstance(x, torch.Tensor) and x.ndim > 0 else 0
-        self.calls.append((self._sections[-1] if self._sections else "other", batch, blocks.start if len(blocks) else 0, len(blocks)))
+        self.calls.append(
+            (self._sections[-1] if self._sections else "other", batch, blocks.start if len(blocks) else 0, len(blocks))
+        )
         if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
             self.grad_calls += 1
 
-    def __enter__(self) -> "ForwardCounter":
+    def __enter__(self) -> ForwardCounter:
         if self._handle is not None:
             raise RuntimeError("this ForwardCounter is already counting")
         # The instance's forward is wrapped rather than hooked: TransformerLens's run_with_hooks
         # calls model.forward directly, past nn.Module's forward (pre-)hooks.
         model = self.model
-        self._handle = (vars(model).get("forward"),)  # an earlier wrapper (a counter counting already), restored on exit
+        self._handle = (
+            vars(model).get("forward"),
+        )  # an earlier wrapper (a counter counting already), restored on exit
         inner = model.forward
 
         def counted_forward(*args: Any, **kwargs: Any) -> Any:
@@ -85,7 +90,7 @@ class ForwardCounter:
         self._handle = None
 
     @contextmanager
-    def section(self, name: str) -> Iterator["ForwardCounter"]:
+    def section(self, name: str) -> Iterator[ForwardCounter]:
         self._sections.append(name)
         if name not in self._order:
             self._order.append(name)

@@ -7,8 +7,9 @@ positive = the clip with the outcome of interest (strike), negative = its minima
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -84,8 +85,11 @@ def dla_hooks(model: Any) -> list[str]:
     attention), the final LayerNorm's scale, the last resid_post."""
     L = model.cfg.n_layers
     rows = "hook_pattern_rows" if uses_pattern_rows(model) else "hook_pattern"
-    return ([f"blocks.{l}.attn.hook_v" for l in range(L)] + [f"blocks.{l}.attn.{rows}" for l in range(L)]
-            + ["ln_final.hook_scale", _last(model)])
+    return (
+        [f"blocks.{l}.attn.hook_v" for l in range(L)]
+        + [f"blocks.{l}.attn.{rows}" for l in range(L)]
+        + ["ln_final.hook_scale", _last(model)]
+    )
 
 
 def analysis_hooks(model: Any) -> list[str]:
@@ -120,21 +124,29 @@ def run_clip(model: Any, pixel_values: torch.Tensor, names: Sequence[str]) -> Cl
         logits = model(pixel_values[:1])
         for l in row_layers:
             attn = model.blocks[l].attn
-            k = cache[f"blocks.{l}.attn.hook_k"] if f"blocks.{l}.attn.hook_k" in names else cache.pop(f"blocks.{l}.attn.hook_k")
+            k = (
+                cache[f"blocks.{l}.attn.hook_k"]
+                if f"blocks.{l}.attn.hook_k" in names
+                else cache.pop(f"blocks.{l}.attn.hook_k")
+            )
             q = queries[l]
             scores = torch.matmul(q.transpose(1, 2), k.transpose(1, 2).transpose(-1, -2)) / attn.attn_scale
             cache[f"blocks.{l}.attn.hook_pattern_rows"] = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
     return ClipRun(logits, cache)
 
 
-def pair_runs(model: Any, positive: torch.Tensor, negative: torch.Tensor, names: Sequence[str] | None = None) -> PairRuns:
+def pair_runs(
+    model: Any, positive: torch.Tensor, negative: torch.Tensor, names: Sequence[str] | None = None
+) -> PairRuns:
     """The two unpatched runs of a pair (one forward per clip), caching ``names`` (default: analysis_hooks)."""
     names = analysis_hooks(model) if names is None else names
     return PairRuns(run_clip(model, positive, names), run_clip(model, negative, names))
 
 
 # ---------------------------------------------------------------------------------------- (a)
-def activation_deltas(model: Any, positive: torch.Tensor, negative: torch.Tensor, *, runs: PairRuns | None = None) -> dict:
+def activation_deltas(
+    model: Any, positive: torch.Tensor, negative: torch.Tensor, *, runs: PairRuns | None = None
+) -> dict:
     """L2 norm of (positive - negative) per layer, for resid_pre/post, attn_out and mlp_out: at the
     readout ("cls": the CLS token, or the token mean; see readout_name), and averaged over all tokens
     (the mean of per-token norms)."""
@@ -143,7 +155,9 @@ def activation_deltas(model: Any, positive: torch.Tensor, negative: torch.Tensor
     cp, cn = runs.clean.cache, runs.corrupted.cache
     out: dict = {"layers": list(range(L)), "readout": readout_name(model), "cls": {}, "tokens": {}}
     for kind in KINDS:
-        deltas = torch.stack([(cp[f"blocks.{l}.hook_{kind}"] - cn[f"blocks.{l}.hook_{kind}"])[0].float() for l in range(L)])
+        deltas = torch.stack(
+            [(cp[f"blocks.{l}.hook_{kind}"] - cn[f"blocks.{l}.hook_{kind}"])[0].float() for l in range(L)]
+        )
         norms = deltas.norm(dim=-1)  # [L, n_ctx]
         out["cls"][kind] = readout(deltas, model).norm(dim=-1).tolist()
         out["tokens"][kind] = norms.mean(1).tolist()
@@ -164,10 +178,13 @@ HEADLINE_REASON = (
     "the headline is cls_projection: the classifier reads only the CLS token, and a projection counts only movement "
     "toward the positive run (1 = restored, above 1 = overshoot along the same direction), so it is the one variant "
     "that measures restoring what the classifier reads; norm ratios count movement in any direction, so a norm ratio "
-    "above 100 % does not show that a component is sufficient (the patched run can move away from the clean one)")
+    "above 100 % does not show that a component is sufficient (the patched run can move away from the clean one)"
+)
 
 
-def component_patched_activations(model: Any, clean_cache: Any, negative: torch.Tensor, hook: str, *, chunk: int | None = None) -> torch.Tensor:
+def component_patched_activations(
+    model: Any, clean_cache: Any, negative: torch.Tensor, hook: str, *, chunk: int | None = None
+) -> torch.Tensor:
     """``hook`` on the negative run with one component's output (attn_out, mlp_out of each layer, in
     that order, all tokens) replaced by the positive run's: [2 * n_layers, ...]. k patched variants
     run as one batch, each row carrying its own patch."""
@@ -186,15 +203,23 @@ def component_patched_activations(model: Any, clean_cache: Any, negative: torch.
         def grab(act, hook):
             captured["a"] = act.detach().clone()
 
-        hooks = [(n, (lambda r: (lambda act, hook: patch(act, hook, r)))(r)) for r, n in enumerate(names)] + [(hook, grab)]
+        hooks = [(n, (lambda r: lambda act, hook: patch(act, hook, r))(r)) for r, n in enumerate(names)] + [
+            (hook, grab)
+        ]
         with torch.inference_mode():
             model.run_with_hooks(negative[:1].expand(len(names), *negative.shape[1:]), fwd_hooks=hooks)
         outs.append(captured["a"])
     return torch.cat(outs)
 
 
-def recovery_variants(patched: torch.Tensor, clean: torch.Tensor, corrupt: torch.Tensor, hook: str = "activation", *,
-                      readout: int | str = 0) -> dict[str, list[float]]:
+def recovery_variants(
+    patched: torch.Tensor,
+    clean: torch.Tensor,
+    corrupt: torch.Tensor,
+    hook: str = "activation",
+    *,
+    readout: int | str = 0,
+) -> dict[str, list[float]]:
     """Every RECOVERY_VARIANTS value of each row of ``patched`` [n, pos, d] (clean, corrupt [1, pos, d]);
     the "cls" variants (position 0) are read at ``readout`` (0, or "pooled" for a mean-pooling model)."""
     out = {}
@@ -209,18 +234,27 @@ class RecoveryVariants:
     """A patching metric giving, per patched run, every RECOVERY_VARIANTS value and then projection
     and norm_recovery read at ``positions`` ([rows, len(columns)]): one sweep measures them all."""
 
-    def __init__(self, hook: str, clean: torch.Tensor, corrupt: torch.Tensor, positions: Any = 0, readout: int | str = 0):
+    def __init__(
+        self, hook: str, clean: torch.Tensor, corrupt: torch.Tensor, positions: Any = 0, readout: int | str = 0
+    ):
         self.hooks = (hook,)
         self.columns = [*RECOVERY_VARIANTS, "projection", "norm"]
         # the "cls" variants (position 0) are read at the readout (0, or "pooled" for a mean-pooling model)
-        self.metrics = [SignalRecovery(hook, clean, corrupt, positions=readout if p == 0 else p, kind=k) for p, k in RECOVERY_VARIANTS.values()]
-        self.metrics += [SignalRecovery(hook, clean, corrupt, positions=positions, kind=k) for k in ("projection", "norm")]
+        self.metrics = [
+            SignalRecovery(hook, clean, corrupt, positions=readout if p == 0 else p, kind=k)
+            for p, k in RECOVERY_VARIANTS.values()
+        ]
+        self.metrics += [
+            SignalRecovery(hook, clean, corrupt, positions=positions, kind=k) for k in ("projection", "norm")
+        ]
 
     def __call__(self, logits: Any, activations: dict) -> torch.Tensor:
         return torch.stack([m(logits, activations) for m in self.metrics], -1)
 
 
-def component_recovery(model: Any, positive: torch.Tensor, negative: torch.Tensor, *, positions: Any = None, runs: PairRuns | None = None) -> dict:
+def component_recovery(
+    model: Any, positive: torch.Tensor, negative: torch.Tensor, *, positions: Any = None, runs: PairRuns | None = None
+) -> dict:
     """Denoising, one component at a time (each layer's attention block and MLP block output, all
     tokens, positive into negative run), measured on the last layer's resid_post in every variant of
     RECOVERY_VARIANTS side by side ("variants"; formulas in hooked_vivit.metrics). "projection" and
@@ -235,11 +269,25 @@ def component_recovery(model: Any, positive: torch.Tensor, negative: torch.Tenso
     positions = readout_positions(model) if positions is None else positions
     at = readout_name(model) if positions == readout_positions(model) else str(positions)
     metric = RecoveryVariants(last, clean[last], corrupt[last], positions, readout=readout_positions(model))
-    sweep = patching.denoise(model, patching.component_patches(model), clean_cache=clean, corrupted=negative[:1], metric=metric,
-                             target_run=(runs.corrupted.logits, corrupt), progress=False)
+    sweep = patching.denoise(
+        model,
+        patching.component_patches(model),
+        clean_cache=clean,
+        corrupted=negative[:1],
+        metric=metric,
+        target_run=(runs.corrupted.logits, corrupt),
+        progress=False,
+    )
     values = sweep.per_example[:, 0]  # [2 L, columns], rows (attn, mlp) per layer
-    out: dict = {"layers": list(range(L)), "measured_at": last, "positions": at, "readout": readout_name(model),
-                 "headline": HEADLINE_RECOVERY, "headline_reason": HEADLINE_REASON, "variants": {}}
+    out: dict = {
+        "layers": list(range(L)),
+        "measured_at": last,
+        "positions": at,
+        "readout": readout_name(model),
+        "headline": HEADLINE_RECOVERY,
+        "headline_reason": HEADLINE_REASON,
+        "variants": {},
+    }
     split = lambda v: {"attn": v[0::2], "mlp": v[1::2]}  # noqa: E731
     for j, name in enumerate(metric.columns):
         if name in RECOVERY_VARIANTS:
@@ -265,8 +313,14 @@ def token_masks(model: Any, masks: np.ndarray) -> torch.Tensor:
     return torch.cat([torch.zeros(grid.n_prefix), pooled.flatten()])
 
 
-def cls_attention(model: Any, pixel_values: torch.Tensor, layers: Sequence[int] | None = None, masks: dict[str, np.ndarray] | None = None,
-                  *, run: ClipRun | None = None) -> dict:
+def cls_attention(
+    model: Any,
+    pixel_values: torch.Tensor,
+    layers: Sequence[int] | None = None,
+    masks: dict[str, np.ndarray] | None = None,
+    *,
+    run: ClipRun | None = None,
+) -> dict:
     """Readout attention (the CLS query row; under mean pooling the mean query row, see
     readout_attention) of every head of the chosen layers on the token grid, and with object masks
     the share of each head's attention to patch tokens that lands on each object's tokens. ``run``:
@@ -279,8 +333,12 @@ def cls_attention(model: Any, pixel_values: torch.Tensor, layers: Sequence[int] 
     else:
         with torch.inference_mode():
             maps = readout_attention(model, pixel_values, layers)  # [layers, heads, P]
-    out: dict = {"layers": layers, "readout": readout_name(model), "attention_to_cls": maps[..., 0].tolist() if n_prefix else None,
-                 "grid": cfg.grid.unflatten(maps)[1].tolist()}
+    out: dict = {
+        "layers": layers,
+        "readout": readout_name(model),
+        "attention_to_cls": maps[..., 0].tolist() if n_prefix else None,
+        "grid": cfg.grid.unflatten(maps)[1].tolist(),
+    }
     if masks:
         patch_attn = maps[..., n_prefix:]
         total = patch_attn.sum(-1)
@@ -294,8 +352,16 @@ def cls_attention(model: Any, pixel_values: torch.Tensor, layers: Sequence[int] 
 
 
 # ---------------------------------------------------------------------------------------- (e)
-def region_ablation(model: Any, pixel_values: torch.Tensor, dla: dict, *, n_tokens: int = 8, k: int = 6, mode: str = "zero",
-                    before: torch.Tensor | None = None) -> dict:
+def region_ablation(
+    model: Any,
+    pixel_values: torch.Tensor,
+    dla: dict,
+    *,
+    n_tokens: int = 8,
+    k: int = 6,
+    mode: str = "zero",
+    before: torch.Tensor | None = None,
+) -> dict:
     """Top-k classes before and after ablating (zeroing, by default) the pixel box around the
     tokens of greatest absolute direct logit attribution (the paper's Table 1). ``before``: the
     unablated clip's logits [1, n_classes], when already computed."""
@@ -318,8 +384,15 @@ def region_ablation(model: Any, pixel_values: torch.Tensor, dla: dict, *, n_toke
 
 
 # ------------------------------------------------------------------------- outcome-targeted (c, d, e)
-def differential_token_dla(model: Any, positive: torch.Tensor, negative: torch.Tensor, c: int, *, positive_dla: dict | None = None,
-                           negative_run: ClipRun | None = None) -> dict:
+def differential_token_dla(
+    model: Any,
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    c: int,
+    *,
+    positive_dla: dict | None = None,
+    negative_run: ClipRun | None = None,
+) -> dict:
     """Token DLA of the positive clip minus that of the negative clip, per (layer, head, source token),
     both to class ``c``: static scenery, seen alike in both clips, cancels; what is left is what the
     outcome changes. Its total is logit_c(positive) - logit_c(negative) minus the difference of the
@@ -329,7 +402,8 @@ def differential_token_dla(model: Any, positive: torch.Tensor, negative: torch.T
     terms = pos["terms"] - neg["terms"]
     cls_term, grid = model.cfg.grid.unflatten(terms.sum((0, 1)))
     return {
-        "class": c, "class_name": pos["class_name"],
+        "class": c,
+        "class_name": pos["class_name"],
         "logit_difference": pos["logit"] - neg["logit"],
         "attention_total": float(terms.sum()),
         "terms": terms,
@@ -352,8 +426,12 @@ def enrichment(weights: torch.Tensor | np.ndarray, on_object: torch.Tensor | np.
     base = float(on.mean())
     share = (w * on).sum(-1) / w.sum(-1).clamp_min(1e-30)
     mean_share = float(share.mean())
-    return {"share": share.tolist() if share.ndim else float(share), "mean_share": mean_share, "base_rate": base,
-            "enrichment": mean_share / base if base > 0 else None}
+    return {
+        "share": share.tolist() if share.ndim else float(share),
+        "mean_share": mean_share,
+        "base_rate": base,
+        "enrichment": mean_share / base if base > 0 else None,
+    }
 
 
 def object_token_masks(model: Any, masks: dict[str, np.ndarray], from_frame: int = 0) -> dict[str, torch.Tensor]:
@@ -370,7 +448,9 @@ def object_masks_union(pair_masks: dict, from_frame: int = 0) -> dict[str, np.nd
     """Each object's pixels in either clip of a rendered pair, in frames from ``from_frame`` on."""
     out = {}
     for name in pair_masks["positive"]:
-        m = np.asarray(pair_masks["positive"][name], dtype=bool) | np.asarray(pair_masks["negative"].get(name, False), dtype=bool)
+        m = np.asarray(pair_masks["positive"][name], dtype=bool) | np.asarray(
+            pair_masks["negative"].get(name, False), dtype=bool
+        )
         m = m.copy()
         m[:from_frame] = False
         if m.any():
@@ -390,7 +470,9 @@ class OutcomeSignal:
     ``runs``: the pair's PairRuns (logits and last resid_post), so the unmodified pair costs no forward.
     """
 
-    def __init__(self, model: Any, positive: torch.Tensor, negative: torch.Tensor, c: int, *, runs: PairRuns | None = None):
+    def __init__(
+        self, model: Any, positive: torch.Tensor, negative: torch.Tensor, c: int, *, runs: PairRuns | None = None
+    ):
         self.model, self.c = model, c
         self.hook = _last(model)
         if runs is None:
@@ -401,7 +483,9 @@ class OutcomeSignal:
         self.r_pos, self.r_neg = r[0], r[1]
         self.delta = self.r_pos - self.r_neg
         if float(self.delta.pow(2).sum()) == 0:
-            raise ValueError(f"the two clips give the same last-layer residual at the readout ({readout_name(self.model)}): there is no outcome signal")
+            raise ValueError(
+                f"the two clips give the same last-layer residual at the readout ({readout_name(self.model)}): there is no outcome signal"
+            )
         self.base = self._signal(logits, r)
 
     def _run(self, x: torch.Tensor, batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -421,38 +505,65 @@ class OutcomeSignal:
     def _signal(self, logits: torch.Tensor, r: torch.Tensor) -> dict[str, torch.Tensor]:
         n = len(logits) // 2
         direction = ((r[:n] - r[n:]) @ self.delta) / self.delta.pow(2).sum()
-        return {"direction": direction, "logit_gap": logits[:n, self.c] - logits[n:, self.c], "class_logit": logits[:n, self.c]}
+        return {
+            "direction": direction,
+            "logit_gap": logits[:n, self.c] - logits[n:, self.c],
+            "class_logit": logits[:n, self.c],
+        }
 
 
 SIGNALS = ("class_logit", "logit_gap", "direction")
 
 
-def outcome_region_ablation(model: Any, positive: torch.Tensor, negative: torch.Tensor, signal: OutcomeSignal, regions: dict[str, np.ndarray],
-                            *, n_controls: int = 20, seed: int = 0, mode: str = "zero") -> dict:
+def outcome_region_ablation(
+    model: Any,
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    signal: OutcomeSignal,
+    regions: dict[str, np.ndarray],
+    *,
+    n_controls: int = 20,
+    seed: int = 0,
+    mode: str = "zero",
+) -> dict:
     """Ablate each region (bool [T, H, W] pixel mask) in both clips of the pair and measure the change
     of the class logit, the logit gap and the direction signal, beside ``n_controls`` random boxes of
     equal size in the same frames (mean, standard deviation, and the share of controls whose change
     is at least as large in magnitude: an empirical p-value)."""
-    out = {"n_controls": n_controls, "mode": mode, "base": {k: float(v[0]) for k, v in signal.base.items()}, "regions": {}}
+    out = {
+        "n_controls": n_controls,
+        "mode": mode,
+        "base": {k: float(v[0]) for k, v in signal.base.items()},
+        "regions": {},
+    }
     for i, (name, mask) in enumerate(regions.items()):
         controls = random_boxes_like(mask, n_controls, seed=seed + i)
         all_masks = np.concatenate([np.asarray(mask, dtype=bool)[None], controls])
         xp = ablate_pixel_mask(positive[:1].expand(len(all_masks), *positive.shape[1:]), all_masks, mode=mode)
         xn = ablate_pixel_mask(negative[:1].expand(len(all_masks), *negative.shape[1:]), all_masks, mode=mode)
         values = signal.measure(xp, xn)
-        entry: dict = {"pixels": int(np.asarray(mask).sum()), "control_pixels_mean": float(controls.reshape(n_controls, -1).sum(1).mean()),
-                       "frames": [int(t) for t in np.nonzero(np.asarray(mask).any((1, 2)))[0][[0, -1]]]}
+        entry: dict = {
+            "pixels": int(np.asarray(mask).sum()),
+            "control_pixels_mean": float(controls.reshape(n_controls, -1).sum(1).mean()),
+            "frames": [int(t) for t in np.nonzero(np.asarray(mask).any((1, 2)))[0][[0, -1]]],
+        }
         for key in SIGNALS:
             change = (values[key] - signal.base[key][0]).double()
             region, ctl = float(change[0]), change[1:]
-            entry[key] = {"change": region, "control_mean": float(ctl.mean()), "control_std": float(ctl.std()),
-                          "control_p": float((ctl.abs() >= abs(region)).double().mean()),
-                          "relative_change": region / float(signal.base[key][0]) if float(signal.base[key][0]) != 0 else None}
+            entry[key] = {
+                "change": region,
+                "control_mean": float(ctl.mean()),
+                "control_std": float(ctl.std()),
+                "control_p": float((ctl.abs() >= abs(region)).double().mean()),
+                "relative_change": region / float(signal.base[key][0]) if float(signal.base[key][0]) != 0 else None,
+            }
         out["regions"][name] = entry
     return out
 
 
-def top_token_region(model: Any, scores: torch.Tensor, n_tokens: int, from_frame: int, frames: int, height: int, width: int) -> tuple[list[int], np.ndarray]:
+def top_token_region(
+    model: Any, scores: torch.Tensor, n_tokens: int, from_frame: int, frames: int, height: int, width: int
+) -> tuple[list[int], np.ndarray]:
     """The ``n_tokens`` patch tokens of greatest |score| among frame slots from ``from_frame`` on, and
     the pixel mask of exactly those tokens."""
     grid = model.cfg.grid
@@ -464,8 +575,20 @@ def top_token_region(model: Any, scores: torch.Tensor, n_tokens: int, from_frame
     return top, token_pixel_mask(grid, top, frames, height, width)
 
 
-def outcome_analysis(model: Any, positive: torch.Tensor, negative: torch.Tensor, c: int, *, pair_masks: dict | None, divergence_frame: int | None,
-                     positive_dla: dict | None = None, n_tokens: int = 8, n_controls: int = 20, seed: int = 0, runs: PairRuns | None = None) -> dict:
+def outcome_analysis(
+    model: Any,
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    c: int,
+    *,
+    pair_masks: dict | None,
+    divergence_frame: int | None,
+    positive_dla: dict | None = None,
+    n_tokens: int = 8,
+    n_controls: int = 20,
+    seed: int = 0,
+    runs: PairRuns | None = None,
+) -> dict:
     """The outcome-targeted methods on one pair: differential token DLA, the outcome signal, region
     ablation after the divergence (top class-DLA tokens, top differential-DLA tokens, each rendered
     object) against equal-size random boxes, and per-object attention and DLA enrichment. ``runs``
@@ -482,19 +605,30 @@ def outcome_analysis(model: Any, positive: torch.Tensor, negative: torch.Tensor,
     objects = object_masks_union(pair_masks, start) if pair_masks else {}
     regions.update({f"object: {k}": v for k, v in objects.items()})
     out: dict = {
-        "class": c, "divergence_frame": divergence_frame, "from_frame": start,
+        "class": c,
+        "divergence_frame": divergence_frame,
+        "from_frame": start,
         "differential_dla": {k: v for k, v in diff.items() if k != "terms"},
-        "top_class_dla_tokens": class_tokens, "top_differential_dla_tokens": diff_tokens,
-        "ablation": outcome_region_ablation(model, positive, negative, signal, regions, n_controls=n_controls, seed=seed),
+        "top_class_dla_tokens": class_tokens,
+        "top_differential_dla_tokens": diff_tokens,
+        "ablation": outcome_region_ablation(
+            model, positive, negative, signal, regions, n_controls=n_controls, seed=seed
+        ),
     }
     if objects:
         tokens = object_token_masks(model, objects)
         n_prefix = model.cfg.grid.n_prefix
-        attn = torch.stack([readout_row(model, runs.clean.cache, l) for l in range(model.cfg.n_layers)]).float()[..., n_prefix:]  # [L, H, patches]
-        weights = {"CLS attention (positive clip)": attn,
-                   "|class DLA| (positive clip)": dla["terms"].sum((0, 1))[n_prefix:].abs(),
-                   "|differential DLA|": diff["terms"].sum((0, 1))[n_prefix:].abs()}
-        out["enrichment"] = {obj: {w: enrichment(val, tok) for w, val in weights.items()} for obj, tok in tokens.items()}
+        attn = torch.stack([readout_row(model, runs.clean.cache, l) for l in range(model.cfg.n_layers)]).float()[
+            ..., n_prefix:
+        ]  # [L, H, patches]
+        weights = {
+            "CLS attention (positive clip)": attn,
+            "|class DLA| (positive clip)": dla["terms"].sum((0, 1))[n_prefix:].abs(),
+            "|differential DLA|": diff["terms"].sum((0, 1))[n_prefix:].abs(),
+        }
+        out["enrichment"] = {
+            obj: {w: enrichment(val, tok) for w, val in weights.items()} for obj, tok in tokens.items()
+        }
     return out
 
 
@@ -505,7 +639,9 @@ def probe_hooks(model: Any) -> list[str]:
     return [f"blocks.{l}.hook_resid_pre" for l in range(L)] + [_last(model)]
 
 
-def probe_pair_features(model: Any, positive: torch.Tensor, negative: torch.Tensor, logits: torch.Tensor, acts: dict) -> dict:
+def probe_pair_features(
+    model: Any, positive: torch.Tensor, negative: torch.Tensor, logits: torch.Tensor, acts: dict
+) -> dict:
     """One pair's rows of ``probe_features`` from its logits [2, ...] and probe_hooks activations
     [2, P, d] (positive first), e.g. from the pair's shared runs."""
     t, h, w = model.cfg.tubelet_size
@@ -516,11 +652,18 @@ def probe_pair_features(model: Any, positive: torch.Tensor, negative: torch.Tens
     B, C = x.shape[0], x.shape[2]
     tubes = seen.reshape(B, g.n_frame_slots, t, C, g.n_rows, h, g.n_cols, w)
     n_prefix = model.cfg.grid.n_prefix
-    return {"cls": stack[:, :, 0], "mean": stack[:, :, n_prefix:].mean(2), "pixels": tubes.mean(dim=(2, 5, 7)).flatten(1),
-            "pixels_mean": tubes.permute(0, 1, 4, 6, 2, 3, 5, 7).reshape(B, -1, t * C * h * w).mean(1), "predictions": logits.argmax(-1).cpu()}
+    return {
+        "cls": stack[:, :, 0],
+        "mean": stack[:, :, n_prefix:].mean(2),
+        "pixels": tubes.mean(dim=(2, 5, 7)).flatten(1),
+        "pixels_mean": tubes.permute(0, 1, 4, 6, 2, 3, 5, 7).reshape(B, -1, t * C * h * w).mean(1),
+        "predictions": logits.argmax(-1).cpu(),
+    }
 
 
-def probe_features(model: Any, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], *, known: Sequence[dict] = ()) -> dict:
+def probe_features(
+    model: Any, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], *, known: Sequence[dict] = ()
+) -> dict:
     """CLS (when the model has one) and mean-token residual stream per layer (resid_pre 0..L-1 and the last resid_post),
     plus two pixel-space baselines: "pixels", spatially resolved (each tubelet's mean colour, every
     token kept), and "pixels_mean", pooled the way the mean-token features are (the raw tubelet
@@ -537,17 +680,34 @@ def probe_features(model: Any, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]
             per_pair.append(known[i])
             continue
         with torch.inference_mode():
-            resid, cache = model.run_with_cache(torch.cat([pos, neg]), names_filter=names, stop_at_layer=stop, return_cache_object=False)
+            resid, cache = model.run_with_cache(
+                torch.cat([pos, neg]), names_filter=names, stop_at_layer=stop, return_cache_object=False
+            )
             logits = model(resid, start_at_layer=stop)
         per_pair.append(probe_pair_features(model, pos, neg, logits, cache))
-    out = {k: torch.cat([f[k] for f in per_pair], 1 if k in ("cls", "mean") else 0) for k in ("cls", "mean", "pixels", "pixels_mean")}
+    out = {
+        k: torch.cat([f[k] for f in per_pair], 1 if k in ("cls", "mean") else 0)
+        for k in ("cls", "mean", "pixels", "pixels_mean")
+    }
     if not model.cfg.grid.n_prefix:  # without a CLS token there are no "cls" features: token 0 is a patch
         del out["cls"]
-    return {**out, "labels": np.array([1, 0] * len(per_pair)), "groups": np.repeat(np.arange(len(per_pair)), 2),
-            "predictions": torch.cat([f["predictions"] for f in per_pair]).numpy()}
+    return {
+        **out,
+        "labels": np.array([1, 0] * len(per_pair)),
+        "groups": np.repeat(np.arange(len(per_pair)), 2),
+        "predictions": torch.cat([f["predictions"] for f in per_pair]).numpy(),
+    }
 
 
-def layer_probes(model: Any, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], *, seed: int = 0, k: int = 5, repeats: int = 5, features: dict | None = None) -> dict:
+def layer_probes(
+    model: Any,
+    pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    seed: int = 0,
+    k: int = 5,
+    repeats: int = 5,
+    features: dict | None = None,
+) -> dict:
     """Outcome probes per layer on CLS and on mean-pooled tokens, repeated grouped k-fold over pairs
     (hooked_vivit.probes.cross_validated_probe: accuracy and paired accuracy with bootstrap 95 %
     intervals over pairs, the shuffled-within-pair control, selectivity), and the two pixel
@@ -555,8 +715,13 @@ def layer_probes(model: Any, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
     f = features or probe_features(model, pairs)
     L = model.cfg.n_layers
     n = len(np.unique(f["groups"]))
-    out: dict = {"layers": [f"resid_pre {l}" for l in range(L)] + [f"resid_post {L - 1}"], "pairs": n, "folds": k, "repeats": repeats,
-                 "method": f"repeated grouped {k}-fold ({repeats} repeats, groups = pairs), bootstrap 95 % intervals over pairs"}
+    out: dict = {
+        "layers": [f"resid_pre {l}" for l in range(L)] + [f"resid_post {L - 1}"],
+        "pairs": n,
+        "folds": k,
+        "repeats": repeats,
+        "method": f"repeated grouped {k}-fold ({repeats} repeats, groups = pairs), bootstrap 95 % intervals over pairs",
+    }
     run = lambda feat: cross_validated_probe(feat, f["labels"], f["groups"], k=k, repeats=repeats, seed=seed)  # noqa: E731
     for kind in ("cls", "mean"):
         if kind in f:

@@ -31,20 +31,36 @@ from hooked_vivit.collection import Distributed, clip_loader, group_pairs, read_
 from hooked_vivit.output_dir import OutputDir, output_directory
 
 
-def pair_measures(model: Any, positive: torch.Tensor, negative: torch.Tensor, *, outcome: bool, seed: int = 0, n_controls: int = 20) -> dict:
+def pair_measures(
+    model: Any, positive: torch.Tensor, negative: torch.Tensor, *, outcome: bool, seed: int = 0, n_controls: int = 20
+) -> dict:
     """One pair's numbers, from the rendered study's per-pair functions (the per-pair part of
     pipeline.study_domain, without the rendered masks and divergence frame)."""
     d = ex.activation_deltas(model, positive, negative)
     rec = ex.component_recovery(model, positive, negative)
-    out: dict = {"deltas_cls": [d["cls"][k] for k in ex.KINDS], "deltas_tokens": [d["tokens"][k] for k in ex.KINDS],
-                 "recovery": {name: [rec["variants"][name]["attn"], rec["variants"][name]["mlp"]] for name in ex.RECOVERY_VARIANTS},
-                 "features": ex.probe_features(model, [(positive, negative)])}
+    out: dict = {
+        "deltas_cls": [d["cls"][k] for k in ex.KINDS],
+        "deltas_tokens": [d["tokens"][k] for k in ex.KINDS],
+        "recovery": {
+            name: [rec["variants"][name]["attn"], rec["variants"][name]["mlp"]] for name in ex.RECOVERY_VARIANTS
+        },
+        "features": ex.probe_features(model, [(positive, negative)]),
+    }
     if outcome:
         with torch.inference_mode():
             c = int(model(positive).argmax())
         dla = ex.token_dla(model, positive, c)
-        out["outcome"] = ex.outcome_analysis(model, positive, negative, c, pair_masks=None, divergence_frame=None, positive_dla=dla,
-                                             n_controls=n_controls, seed=seed)
+        out["outcome"] = ex.outcome_analysis(
+            model,
+            positive,
+            negative,
+            c,
+            pair_masks=None,
+            divergence_frame=None,
+            positive_dla=dla,
+            n_controls=n_controls,
+            seed=seed,
+        )
     return _on_cpu(out)
 
 
@@ -62,10 +78,15 @@ def _on_cpu(x: Any) -> Any:
 def merge_features(per_pair: list[dict]) -> dict:
     """probe_features of single pairs -> probe_features of all of them (pair i = group i)."""
     f = [p["features"] for p in per_pair]
-    return {"cls": torch.cat([x["cls"] for x in f], 1), "mean": torch.cat([x["mean"] for x in f], 1),
-            "pixels": torch.cat([x["pixels"] for x in f]), "pixels_mean": torch.cat([x["pixels_mean"] for x in f]),
-            "labels": np.concatenate([x["labels"] for x in f]), "groups": np.repeat(np.arange(len(f)), 2),
-            "predictions": np.concatenate([x["predictions"] for x in f])}
+    return {
+        "cls": torch.cat([x["cls"] for x in f], 1),
+        "mean": torch.cat([x["mean"] for x in f], 1),
+        "pixels": torch.cat([x["pixels"] for x in f]),
+        "pixels_mean": torch.cat([x["pixels_mean"] for x in f]),
+        "labels": np.concatenate([x["labels"] for x in f]),
+        "groups": np.repeat(np.arange(len(f)), 2),
+        "predictions": np.concatenate([x["predictions"] for x in f]),
+    }
 
 
 def summarize_pairs(model: Any, per_pair: list[dict], *, probe_folds: int = 5) -> dict:
@@ -73,29 +94,46 @@ def summarize_pairs(model: Any, per_pair: list[dict], *, probe_folds: int = 5) -
     L = model.cfg.n_layers
     _stat, bootstrap = pipeline._stat, pipeline.bootstrap
     arrays = {name: np.array([p["recovery"][name] for p in per_pair]) for name in ex.RECOVERY_VARIANTS}  # [pairs, 2, L]
-    out: dict = {"pairs": len(per_pair), "kinds": list(ex.KINDS), "layers": list(range(L)),
-                 "headline": ex.HEADLINE_RECOVERY, "headline_reason": ex.HEADLINE_REASON}
+    out: dict = {
+        "pairs": len(per_pair),
+        "kinds": list(ex.KINDS),
+        "layers": list(range(L)),
+        "headline": ex.HEADLINE_RECOVERY,
+        "headline_reason": ex.HEADLINE_REASON,
+    }
     out["deltas_cls"] = _stat([p["deltas_cls"] for p in per_pair], per_pair=True)
     out["deltas_tokens"] = _stat([p["deltas_tokens"] for p in per_pair], per_pair=True)
     head = arrays[ex.HEADLINE_RECOVERY]
     out["attn"] = _stat(head[:, 0], per_pair=True)
     out["mlp"] = _stat(head[:, 1], per_pair=True)
-    out["recovery"] = {name: {comp: _stat(a[:, j], per_pair=True) for j, comp in enumerate(("attn", "mlp"))} for name, a in arrays.items()}
+    out["recovery"] = {
+        name: {comp: _stat(a[:, j], per_pair=True) for j, comp in enumerate(("attn", "mlp"))}
+        for name, a in arrays.items()
+    }
     out["norm_ratio_above_1"] = {}
     for where, proj in (("cls", "cls_projection"), ("tokens", "token_projection")):
         above = arrays[f"norm_ratio_{where}"] > 1
         out["norm_ratio_above_1"][where] = {
-            "share_of_pair_components": float(above.mean()), "share_of_pairs_with_any": float(above.any((1, 2)).mean()),
+            "share_of_pair_components": float(above.mean()),
+            "share_of_pairs_with_any": float(above.any((1, 2)).mean()),
             "per_component": {"attn": above[:, 0].mean(0).tolist(), "mlp": above[:, 1].mean(0).tolist()},
             "with_projection_below_1": float((above & (arrays[proj] < 1)).sum() / max(above.sum(), 1)),
-            "count": int(above.sum()), "of": int(above.size)}
+            "count": int(above.sum()),
+            "of": int(above.size),
+        }
     gap = head[:, 1].mean(1) - head[:, 0].mean(1)
     lo, hi = bootstrap(gap)
-    out["mlp_minus_attn"] = {"mean": float(gap.mean()), "ci95": [float(lo), float(hi)], "share_of_pairs_mlp_higher": float((gap > 0).mean())}
+    out["mlp_minus_attn"] = {
+        "mean": float(gap.mean()),
+        "ci95": [float(lo), float(hi)],
+        "share_of_pairs_mlp_higher": float((gap > 0).mean()),
+    }
     outcomes = [p["outcome"] for p in per_pair if "outcome" in p]
     if outcomes:
         # No divergence frame in a real pair: the two divergence measures do not apply (dropped after summarising).
-        summary = pipeline.summarize_outcomes([{**o, "share_after_divergence": 0.0, "class_top_before_divergence": 0} for o in outcomes])
+        summary = pipeline.summarize_outcomes(
+            [{**o, "share_after_divergence": 0.0, "class_top_before_divergence": 0} for o in outcomes]
+        )
         for key in ("differential_share_after_divergence", "class_dla_top8_before_divergence"):
             summary.pop(key)
         out["outcome"] = summary
@@ -103,12 +141,23 @@ def summarize_pairs(model: Any, per_pair: list[dict], *, probe_folds: int = 5) -
         out["probes"] = ex.layer_probes(model, [], k=probe_folds, features=merge_features(per_pair))
         out["probes"]["best"] = pipeline.best_probe(out["probes"])
     else:
-        out["probes_skipped"] = f"{len(per_pair)} pair(s): the probes' grouped {probe_folds}-fold cross-validation needs at least {probe_folds}"
+        out["probes_skipped"] = (
+            f"{len(per_pair)} pair(s): the probes' grouped {probe_folds}-fold cross-validation needs at least {probe_folds}"
+        )
     return out
 
 
-def _measure_rank(model: Any, clips: list, pairs: list, dist: Distributed, *, outcome_pairs: int, n_controls: int, workers: int,
-                  progress: bool) -> list[tuple[int, dict]]:
+def _measure_rank(
+    model: Any,
+    clips: list,
+    pairs: list,
+    dist: Distributed,
+    *,
+    outcome_pairs: int,
+    n_controls: int,
+    workers: int,
+    progress: bool,
+) -> list[tuple[int, dict]]:
     from tqdm.auto import tqdm
 
     mine = list(range(dist.rank, len(pairs), dist.world))
@@ -116,20 +165,34 @@ def _measure_rank(model: Any, clips: list, pairs: list, dist: Distributed, *, ou
     device = model.W_E.device
     out = []
     loader = clip_loader(clips, model.cfg, batches, workers=workers)
-    for i, batch in tqdm(zip(mine, loader), total=len(mine), desc=f"study pairs (rank {dist.rank})", disable=not progress):
+    for i, batch in tqdm(
+        zip(mine, loader), total=len(mine), desc=f"study pairs (rank {dist.rank})", disable=not progress
+    ):
         if batch["errors"]:
             out.append((i, {"error": "; ".join(f"{clips[c].file}: {r}" for c, r in batch["errors"])}))
             continue
         x = batch["pixels"].to(device)
         try:
-            out.append((i, pair_measures(model, x[:1], x[1:], outcome=i < outcome_pairs, seed=i, n_controls=n_controls)))
+            out.append(
+                (i, pair_measures(model, x[:1], x[1:], outcome=i < outcome_pairs, seed=i, n_controls=n_controls))
+            )
         except ValueError as e:  # e.g. two identical clips: no outcome signal
             out.append((i, {"error": f"{type(e).__name__}: {e}"}))
     return out
 
 
-def study_pairs(model: Any, manifest: str | Path, out: str | Path, *, outcome_pairs: int | None = None, n_controls: int = 20,
-                device: str = "cpu", workers: int = 2, overwrite: bool = False, progress: bool = True) -> dict | None:
+def study_pairs(
+    model: Any,
+    manifest: str | Path,
+    out: str | Path,
+    *,
+    outcome_pairs: int | None = None,
+    n_controls: int = 20,
+    device: str = "cpu",
+    workers: int = 2,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict | None:
     """The study over the manifest's pairs (module docstring); writes report.html, results.json and
     figures into ``out`` (rank 0) and returns the results (None on the other ranks)."""
     t0 = time.perf_counter()
@@ -138,12 +201,16 @@ def study_pairs(model: Any, manifest: str | Path, out: str | Path, *, outcome_pa
     if len(pairs) < 3:
         raise ValueError(f"{manifest}: {len(pairs)} pair(s); the study's intervals over pairs need at least 3")
     outcome_pairs = min(len(pairs), 50) if outcome_pairs is None else outcome_pairs
-    local_model = Path(model).expanduser() if isinstance(model, (str, Path)) and Path(model).expanduser().is_dir() else None
+    local_model = (
+        Path(model).expanduser() if isinstance(model, (str, Path)) and Path(model).expanduser().is_dir() else None
+    )
     with Distributed(device) as dist, ExitStack() as stack:
         reserved, error = None, None
         if dist.is_main:
             try:
-                reserved = stack.enter_context(OutputDir(out, overwrite=overwrite, inputs=[manifest, local_model], writer="hooked-vivit study"))
+                reserved = stack.enter_context(
+                    OutputDir(out, overwrite=overwrite, inputs=[manifest, local_model], writer="hooked-vivit study")
+                )
             except Exception as e:  # noqa: BLE001  every rank learns of it
                 error = e
         dist.agree(error)
@@ -152,21 +219,40 @@ def study_pairs(model: Any, manifest: str | Path, out: str | Path, *, outcome_pa
 
             model = load_model(str(model), dist.rank_device(device))
         if model.unembed is None:
-            raise ValueError("study --pairs needs class logits; give a checkpoint with a classifier (VivitForVideoClassification)")
-        measured = _measure_rank(model, clips, pairs, dist, outcome_pairs=outcome_pairs, n_controls=n_controls, workers=workers,
-                                 progress=progress and dist.is_main)
+            raise ValueError(
+                "study --pairs needs class logits; give a checkpoint with a classifier (VivitForVideoClassification)"
+            )
+        measured = _measure_rank(
+            model,
+            clips,
+            pairs,
+            dist,
+            outcome_pairs=outcome_pairs,
+            n_controls=n_controls,
+            workers=workers,
+            progress=progress and dist.is_main,
+        )
         gathered = sorted((item for part in dist.all_gather(measured) for item in part), key=lambda t: t[0])
         if not dist.is_main:
             return None
         ok = [(i, m) for i, m in gathered if "error" not in m]
         skipped = [{"pair": pairs[i][0], "reason": m["error"]} for i, m in gathered if "error" in m]
         if len(ok) < 3:
-            raise ValueError(f"{manifest}: only {len(ok)} pair(s) could be measured (at least 3 needed); skipped: "
-                             + "; ".join(f"{s['pair']}: {s['reason']}" for s in skipped[:3]))
+            raise ValueError(
+                f"{manifest}: only {len(ok)} pair(s) could be measured (at least 3 needed); skipped: "
+                + "; ".join(f"{s['pair']}: {s['reason']}" for s in skipped[:3])
+            )
         result = summarize_pairs(model, [m for _, m in ok])
-        result.update(domain=Path(manifest).stem, manifest=str(manifest), pair_ids=[pairs[i][0] for i, _ in ok],
-                      files=[[pairs[i][1].file, pairs[i][2].file] for i, _ in ok], skipped=skipped, world_size=dist.world,
-                      outcome_pairs=sum("outcome" in m for _, m in ok), seconds=time.perf_counter() - t0)
+        result.update(
+            domain=Path(manifest).stem,
+            manifest=str(manifest),
+            pair_ids=[pairs[i][0] for i, _ in ok],
+            files=[[pairs[i][1].file, pairs[i][2].file] for i, _ in ok],
+            skipped=skipped,
+            world_size=dist.world,
+            outcome_pairs=sum("outcome" in m for _, m in ok),
+            seconds=time.perf_counter() - t0,
+        )
         write_pair_study(reserved, model, result)
     return result
 
@@ -175,34 +261,84 @@ def write_pair_study(out: Path | OutputDir, model: Any, st: dict, *, overwrite: 
     data = {"model": model.cfg.model_name, "scope": rp.scope(model), "ci_level": 0.95, "studies": [st]}
     n = st["pairs"]
     with output_directory(out, overwrite=overwrite, writer="hooked-vivit study") as tmp:
-        deltas = {where: {k: st[f"deltas_{where}"]["mean"][i] for i, k in enumerate(st["kinds"])} for where in ("cls", "tokens")}
-        ci = {where: {k: (st[f"deltas_{where}"]["ci95"][0][i], st[f"deltas_{where}"]["ci95"][1][i]) for i, k in enumerate(st["kinds"])}
-              for where in ("cls", "tokens")}
+        deltas = {
+            where: {k: st[f"deltas_{where}"]["mean"][i] for i, k in enumerate(st["kinds"])}
+            for where in ("cls", "tokens")
+        }
+        ci = {
+            where: {
+                k: (st[f"deltas_{where}"]["ci95"][0][i], st[f"deltas_{where}"]["ci95"][1][i])
+                for i, k in enumerate(st["kinds"])
+            }
+            for where in ("cls", "tokens")
+        }
         f1 = rp.fig_deltas(deltas, tmp / "deltas.png", ci)
-        f2 = rp.fig_recovery_variants({v: {c: st["recovery"][v][c]["mean"] for c in ("attn", "mlp")} for v in st["recovery"]},
-                                      tmp / "recovery_variants.png",
-                                      ci={v: {c: st["recovery"][v][c]["ci95"] for c in ("attn", "mlp")} for v in st["recovery"]})
+        f2 = rp.fig_recovery_variants(
+            {v: {c: st["recovery"][v][c]["mean"] for c in ("attn", "mlp")} for v in st["recovery"]},
+            tmp / "recovery_variants.png",
+            ci={v: {c: st["recovery"][v][c]["ci95"] for c in ("attn", "mlp")} for v in st["recovery"]},
+        )
         g = st["mlp_minus_attn"]
-        sections = [(f"activation differences ({n} pairs)", f1, f"Mean activation difference (positive minus negative clip) per layer "
-                     f"in {data['model']} over {n} pairs of {st['manifest']}, bootstrap 95 % intervals over pairs.", ""),
-                    ("component recovery, every variant", f2, f"Mean recovery per component over {n} pairs, bootstrap 95 % intervals; "
-                     f"MLP minus attention ({st['headline']}) {g['mean']:+.1%} [{g['ci95'][0]:+.1%}, {g['ci95'][1]:+.1%}], MLP higher in "
-                     f"{g['share_of_pairs_mlp_higher']:.0%} of pairs.", pipeline.recovery_table_html(st))]
+        sections = [
+            (
+                f"activation differences ({n} pairs)",
+                f1,
+                f"Mean activation difference (positive minus negative clip) per layer "
+                f"in {data['model']} over {n} pairs of {st['manifest']}, bootstrap 95 % intervals over pairs.",
+                "",
+            ),
+            (
+                "component recovery, every variant",
+                f2,
+                f"Mean recovery per component over {n} pairs, bootstrap 95 % intervals; "
+                f"MLP minus attention ({st['headline']}) {g['mean']:+.1%} [{g['ci95'][0]:+.1%}, {g['ci95'][1]:+.1%}], MLP higher in "
+                f"{g['share_of_pairs_mlp_higher']:.0%} of pairs.",
+                pipeline.recovery_table_html(st),
+            ),
+        ]
         if "outcome" in st:
             o = st["outcome"]
-            abl = {"n_controls": o["n_controls"], "regions": {r: {s: {"change": e[s]["change"]["mean"], "control_mean": e[s]["control_mean"]["mean"],
-                                                                      "control_std": e[s]["control_std_mean"]} for s in ex.SIGNALS}
-                                                              for r, e in o["ablation"].items()}}
+            abl = {
+                "n_controls": o["n_controls"],
+                "regions": {
+                    r: {
+                        s: {
+                            "change": e[s]["change"]["mean"],
+                            "control_mean": e[s]["control_mean"]["mean"],
+                            "control_std": e[s]["control_std_mean"],
+                        }
+                        for s in ex.SIGNALS
+                    }
+                    for r, e in o["ablation"].items()
+                },
+            }
             f3 = rp.fig_outcome_ablation(abl, tmp / "outcome_ablation.png")
-            sections.append((f"outcome-targeted region ablation ({o['pairs']} pairs)", f3, f"Top class-DLA and differential-DLA tokens "
-                             f"zeroed in both clips against {o['n_controls']} random equal-size boxes per pair (no divergence frame is known "
-                             "for real clips: all frames count).", ""))
+            sections.append(
+                (
+                    f"outcome-targeted region ablation ({o['pairs']} pairs)",
+                    f3,
+                    f"Top class-DLA and differential-DLA tokens "
+                    f"zeroed in both clips against {o['n_controls']} random equal-size boxes per pair (no divergence frame is known "
+                    "for real clips: all frames count).",
+                    "",
+                )
+            )
         if "probes" in st:
             f4 = rp.fig_probes_ci(st["probes"], tmp / "probes.png")
-            sections.append(("outcome probes", f4, f"Outcome probes on {n} pairs, {st['probes']['method']}.", pipeline.probe_table_html(st["probes"])))
+            sections.append(
+                (
+                    "outcome probes",
+                    f4,
+                    f"Outcome probes on {n} pairs, {st['probes']['method']}.",
+                    pipeline.probe_table_html(st["probes"]),
+                )
+            )
         rp.write_json(tmp / "results.json", data)
         skipped = "".join(f"<li>{html.escape(s['pair'])}: {html.escape(s['reason'])}</li>" for s in st["skipped"])
-        intro = (rp.scope_html(data["scope"]) + f"<p>{n} clip pairs from <code>{html.escape(st['manifest'])}</code>.</p>"
-                 + (f"<p>Skipped pairs:</p><ul>{skipped}</ul>" if skipped else ""))
+        intro = (
+            rp.scope_html(data["scope"])
+            + f"<p>{n} clip pairs from <code>{html.escape(st['manifest'])}</code>.</p>"
+            + (f"<p>Skipped pairs:</p><ul>{skipped}</ul>" if skipped else "")
+        )
         rp.write_html(tmp, "hooked-vivit study over clip pairs", intro, sections)
     return out.path if isinstance(out, OutputDir) else Path(out)

@@ -20,9 +20,10 @@ import html
 import json
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,8 +68,11 @@ def check_seed(seed: int) -> str | None:
     except FileNotFoundError:
         return None
     if use:
-        warnings.warn(f"seed {seed} is one the shipped organism saw ({use}): the clips are not held out; analysis seeds start at "
-                      f"{ANALYSIS_SEEDS['pair']:,} (hooked_vivit.organism.data.ANALYSIS_RANGE)", stacklevel=2)
+        warnings.warn(
+            f"seed {seed} is one the shipped organism saw ({use}): the clips are not held out; analysis seeds start at "
+            f"{ANALYSIS_SEEDS['pair']:,} (hooked_vivit.organism.data.ANALYSIS_RANGE)",
+            stacklevel=2,
+        )
     return use
 
 
@@ -76,8 +80,15 @@ def rendered_pair(model: Any, domain: str, seed: int = ANALYSIS_SEEDS["pair"]) -
     check_seed(seed)
     cfg = model.cfg
     pos, neg, meta = synthetic.render_pair(domain, seed, num_frames=cfg.num_frames, size=min(cfg.image_size))
-    return Pair(pos, neg, (meta["outcomes"]["positive"], meta["outcomes"]["negative"]), meta["domain"], seed,
-                meta["masks"], meta["divergence_frame"])
+    return Pair(
+        pos,
+        neg,
+        (meta["outcomes"]["positive"], meta["outcomes"]["negative"]),
+        meta["domain"],
+        seed,
+        meta["masks"],
+        meta["divergence_frame"],
+    )
 
 
 def video_pair(model: Any, clean: Path, corrupted: Path) -> Pair:
@@ -114,7 +125,10 @@ def recovery_summary(rec: dict) -> dict:
     """Min / max per variant and component, and how many components have a norm ratio above 1."""
     out: dict = {"components": 2 * len(rec["layers"]), "threshold": 1.0}
     for name, v in rec["variants"].items():
-        out[name] = {comp: {"min": min(v[comp]), "max": max(v[comp]), "argmax": int(np.argmax(v[comp]))} for comp in ("attn", "mlp")}
+        out[name] = {
+            comp: {"min": min(v[comp]), "max": max(v[comp]), "argmax": int(np.argmax(v[comp]))}
+            for comp in ("attn", "mlp")
+        }
     for where in ("cls", "tokens"):
         v = rec["variants"][f"norm_ratio_{where}"]
         above = [(c, l) for c in ("attn", "mlp") for l, x in enumerate(v[c]) if x > 1]
@@ -155,7 +169,13 @@ def place_in_distribution(rec: dict, summary: dict, domain_key: str) -> dict | N
     st = summary.get("domains", {}).get(domain_key)
     if not st:
         return None
-    out: dict = {"domain": domain_key, "pairs": st["pairs"], "seeds": st["seeds"], "range_percentiles": [5, 95], "variants": {}}
+    out: dict = {
+        "domain": domain_key,
+        "pairs": st["pairs"],
+        "seeds": st["seeds"],
+        "range_percentiles": [5, 95],
+        "variants": {},
+    }
     for name, v in rec["variants"].items():
         if name not in st["recovery_per_pair"]:
             continue
@@ -163,22 +183,39 @@ def place_in_distribution(rec: dict, summary: dict, domain_key: str) -> dict | N
         for comp in ("attn", "mlp"):
             dist = np.array(st["recovery_per_pair"][name][comp])  # [pairs, layers]
             out["variants"][name][comp] = [
-                {"value": v[comp][l], "percentile": float((dist[:, l] < v[comp][l]).mean() * 100), "median": float(np.median(dist[:, l])),
-                 "p5": float(np.percentile(dist[:, l], 5)), "p95": float(np.percentile(dist[:, l], 95))}
-                for l in range(dist.shape[1])]
+                {
+                    "value": v[comp][l],
+                    "percentile": float((dist[:, l] < v[comp][l]).mean() * 100),
+                    "median": float(np.median(dist[:, l])),
+                    "p5": float(np.percentile(dist[:, l], 5)),
+                    "p95": float(np.percentile(dist[:, l], 95)),
+                }
+                for l in range(dist.shape[1])
+            ]
     head = out["variants"][ex.HEADLINE_RECOVERY]
-    comp, layer = max(((c, l) for c in ("attn", "mlp") for l in range(len(head[c]))), key=lambda cl: abs(head[cl[0]][cl[1]]["value"]))
+    comp, layer = max(
+        ((c, l) for c in ("attn", "mlp") for l in range(len(head[c]))), key=lambda cl: abs(head[cl[0]][cl[1]]["value"])
+    )
     out["largest"] = {"component": comp, "layer": layer, **head[comp][layer]}
     return out
 
 
-def analyze_pair(model: Any, pair: Pair, *, probe_pairs: int = 100, probe_seed: int = ANALYSIS_SEEDS["probe"], n_controls: int = 20,
-                 progress: bool = True) -> dict:
+def analyze_pair(
+    model: Any,
+    pair: Pair,
+    *,
+    probe_pairs: int = 100,
+    probe_seed: int = ANALYSIS_SEEDS["probe"],
+    n_controls: int = 20,
+    progress: bool = True,
+) -> dict:
     """Run experiments (a)-(f) and the outcome-targeted ones on one pair; returns every number."""
     from tqdm.auto import tqdm
 
     if isinstance(probe_pairs, bool) or not isinstance(probe_pairs, int) or (probe_pairs != 0 and probe_pairs < 3):
-        raise ValueError(f"--probe-pairs (probe_pairs) must be 0 (skip the probes) or an integer >= 3 (held out by pair), got {probe_pairs!r}")
+        raise ValueError(
+            f"--probe-pairs (probe_pairs) must be 0 (skip the probes) or an integer >= 3 (held out by pair), got {probe_pairs!r}"
+        )
     steps = tqdm(total=7, desc="analyze", disable=not progress)
     pos, neg = model_pixels(model, pair.positive), model_pixels(model, pair.negative)
     cfg = model.cfg
@@ -194,17 +231,33 @@ def analyze_pair(model: Any, pair: Pair, *, probe_pairs: int = 100, probe_seed: 
             "model": cfg.model_name,
             "scope": rp.scope(model),
             "ci_level": 0.95,
-            "pair": {"names": list(pair.names), "domain": pair.domain, "seed": pair.seed, "divergence_frame": pair.divergence_frame,
-                     "divergence_slot": None if pair.divergence_frame is None else cfg.grid.frame_slot_of_frame(pair.divergence_frame)},
+            "pair": {
+                "names": list(pair.names),
+                "domain": pair.domain,
+                "seed": pair.seed,
+                "divergence_frame": pair.divergence_frame,
+                "divergence_slot": None
+                if pair.divergence_frame is None
+                else cfg.grid.frame_slot_of_frame(pair.divergence_frame),
+            },
             # Keyed by role: two clips may share a name.
-            "prediction": {role: {"clip": name, "class": int(l.argmax()), "name": cfg.id2label[int(l.argmax())], "logit": float(l.max())}
-                           for role, name, l in zip(("positive", "negative"), pair.names, logits)},
+            "prediction": {
+                role: {
+                    "clip": name,
+                    "class": int(l.argmax()),
+                    "name": cfg.id2label[int(l.argmax())],
+                    "logit": float(l.max()),
+                }
+                for role, name, l in zip(("positive", "negative"), pair.names, logits)
+            },
         }
         with cost.section("deltas"):
-            results["deltas"] = ex.activation_deltas(model, pos, neg, runs=runs); steps.update()  # noqa: E702
+            results["deltas"] = ex.activation_deltas(model, pos, neg, runs=runs)
+            steps.update()  # noqa: E702
         with cost.section("recovery"):
             results["recovery"] = ex.component_recovery(model, pos, neg, runs=runs)
-        results["recovery"]["summary"] = recovery_summary(results["recovery"]); steps.update()  # noqa: E702
+        results["recovery"]["summary"] = recovery_summary(results["recovery"])
+        steps.update()  # noqa: E702
         with cost.section("dla"):
             dla = ex.token_dla(model, pos, c, run=runs.clean)
         results["dla"] = {k: v for k, v in dla.items() if k != "terms"}
@@ -213,28 +266,47 @@ def analyze_pair(model: Any, pair: Pair, *, probe_pairs: int = 100, probe_seed: 
         div_slot = results["pair"]["divergence_slot"]
         results["dla"]["top_tokens"] = top
         results["dla"]["top_tokens_n"] = len(top)
-        results["dla"]["top_tokens_before_divergence"] = None if div_slot is None else sum(cfg.grid.coords(t)[0] < div_slot for t in top)
+        results["dla"]["top_tokens_before_divergence"] = (
+            None if div_slot is None else sum(cfg.grid.coords(t)[0] < div_slot for t in top)
+        )
         steps.update()
         masks = pair.masks["positive"] if pair.masks else None
         with cost.section("cls_attention"):
-            results["cls_attention"] = ex.cls_attention(model, pos, masks=masks, run=runs.clean); steps.update()  # noqa: E702
+            results["cls_attention"] = ex.cls_attention(model, pos, masks=masks, run=runs.clean)
+            steps.update()  # noqa: E702
         with cost.section("region_ablation"):
             results["region_ablation"] = ex.region_ablation(model, pos, dla, before=runs.clean.logits)
         box = results["region_ablation"]["box"]
-        results["region_ablation"].update(n_tokens=len(results["region_ablation"]["tokens"]), last_frame=box["t1"] - 1, last_row=box["y1"] - 1, last_col=box["x1"] - 1)
+        results["region_ablation"].update(
+            n_tokens=len(results["region_ablation"]["tokens"]),
+            last_frame=box["t1"] - 1,
+            last_row=box["y1"] - 1,
+            last_col=box["x1"] - 1,
+        )
         steps.update()
         with cost.section("outcome"):
-            results["outcome"] = ex.outcome_analysis(model, pos, neg, c, pair_masks=pair.masks, divergence_frame=pair.divergence_frame,
-                                                     positive_dla=dla, n_controls=n_controls, runs=runs)
+            results["outcome"] = ex.outcome_analysis(
+                model,
+                pos,
+                neg,
+                c,
+                pair_masks=pair.masks,
+                divergence_frame=pair.divergence_frame,
+                positive_dla=dla,
+                n_controls=n_controls,
+                runs=runs,
+            )
         diff = results["outcome"]["differential_dla"]
         slot_abs = np.array(diff["per_slot_abs"])
-        diff["share_after_divergence"] = float(slot_abs[div_slot or 0:].sum() / max(slot_abs.sum(), 1e-30))
+        diff["share_after_divergence"] = float(slot_abs[div_slot or 0 :].sum() / max(slot_abs.sum(), 1e-30))
         steps.update()
         del runs  # the probes need the memory more
         if pair.domain is not None and pair.domain in synthetic.OUTCOMES and probe_pairs >= 5:
             domain_key = next(k for k, v in synthetic.DOMAINS.items() if v == pair.domain)
             with cost.section("probes"):
-                results["probes"] = ex.layer_probes(model, rendered_probe_pairs(model, domain_key, probe_pairs, probe_seed))
+                results["probes"] = ex.layer_probes(
+                    model, rendered_probe_pairs(model, domain_key, probe_pairs, probe_seed)
+                )
             results["probes"]["seeds"] = [probe_seed, probe_seed + probe_pairs - 1]
             results["probes"]["domain"] = domain_key
             results["probes"]["best"] = best_probe(results["probes"])
@@ -263,7 +335,10 @@ def analysis_cost_note(results: dict) -> dict:
 
 def best_probe(probes: dict) -> dict:
     """The layer and pooling with the highest paired accuracy."""
-    kind, i = max(((k, i) for k in ("cls", "mean") if k in probes for i in range(len(probes[k]))), key=lambda ki: probes[ki[0]][ki[1]]["paired_accuracy"])
+    kind, i = max(
+        ((k, i) for k in ("cls", "mean") if k in probes for i in range(len(probes[k]))),
+        key=lambda ki: probes[ki[0]][ki[1]]["paired_accuracy"],
+    )
     return {"pooling": kind, "index": i, "layer": probes["layers"][i]}
 
 
@@ -284,109 +359,177 @@ def analysis_captions(results: dict) -> dict[str, str]:
     ro = results["deltas"].get("readout", "CLS")
     at_ro, ro_attn = ("CLS", "CLS attention") if ro == "CLS" else (f"the {ro}", f"{ro} attention")
     pos_name, neg_name = results["pair"]["names"]
-    out["frames"] = cap.record("frames", f"Frames of the positive ({pos_name}, top) and negative ({neg_name}, bottom) clip of {_pair_phrase(cap, results)}"
-                               + (f"; they are identical before frame {cap.v('pair.divergence_frame')}." if results["pair"]["divergence_frame"] is not None else "."))
-    out["deltas"] = cap.record("deltas", (
-        (f"Euclidean norm of the positive-minus-negative activation of {m} on {_pair_phrase(cap, results)}, per layer, at the CLS token (left) "
-        "and averaged over tokens (right). At CLS it is zero before the first attention block by construction (only patch tokens see pixels); "
-        if ro == "CLS" else
-        f"Euclidean norm of the positive-minus-negative activation of {m} on {_pair_phrase(cap, results)}, per layer, at the {ro}, which the "
-        "classifier reads (left), and as the mean of per-token norms (right); at the readout ") + (
-        f"after layer {cap.v('deltas.layers.0')} it is {cap.v('deltas.cls.resid_post.0', '.3f')} and after the last layer (layer "
-        f"{cap.v('deltas.layers.-1')}) {cap.v('deltas.cls.resid_post.-1', '.3f')}; averaged over tokens the last layer's difference is "
-        f"{cap.v('deltas.tokens.resid_post.-1', '.3f')}.")))
+    out["frames"] = cap.record(
+        "frames",
+        f"Frames of the positive ({pos_name}, top) and negative ({neg_name}, bottom) clip of {_pair_phrase(cap, results)}"
+        + (
+            f"; they are identical before frame {cap.v('pair.divergence_frame')}."
+            if results["pair"]["divergence_frame"] is not None
+            else "."
+        ),
+    )
+    out["deltas"] = cap.record(
+        "deltas",
+        (
+            (
+                f"Euclidean norm of the positive-minus-negative activation of {m} on {_pair_phrase(cap, results)}, per layer, at the CLS token (left) "
+                "and averaged over tokens (right). At CLS it is zero before the first attention block by construction (only patch tokens see pixels); "
+                if ro == "CLS"
+                else f"Euclidean norm of the positive-minus-negative activation of {m} on {_pair_phrase(cap, results)}, per layer, at the {ro}, which the "
+                "classifier reads (left), and as the mean of per-token norms (right); at the readout "
+            )
+            + (
+                f"after layer {cap.v('deltas.layers.0')} it is {cap.v('deltas.cls.resid_post.0', '.3f')} and after the last layer (layer "
+                f"{cap.v('deltas.layers.-1')}) {cap.v('deltas.cls.resid_post.-1', '.3f')}; averaged over tokens the last layer's difference is "
+                f"{cap.v('deltas.tokens.resid_post.-1', '.3f')}."
+            )
+        ),
+    )
     h = results["recovery"]["headline"]
-    out["recovery"] = cap.record("recovery", (
-        f"Denoising one component at a time in {m} on {_pair_phrase(cap, results)}: the attention or MLP block output of one layer, all tokens, "
-        f"copied from the positive into the negative run, measured on the last layer's resid_post (layer {cap.v('recovery.layers.-1')}). "
-        f"The figure shows the headline variant, {h}: attention blocks {cap.v(f'recovery.summary.{h}.attn.min', '.0%')} to "
-        f"{cap.v(f'recovery.summary.{h}.attn.max', '.0%')}, MLP blocks {cap.v(f'recovery.summary.{h}.mlp.min', '.0%')} to "
-        f"{cap.v(f'recovery.summary.{h}.mlp.max', '.0%')}. The table gives every variant side by side. "
-        f"{cap.v('recovery.summary.norm_ratio_cls_above_1')} of the {cap.v('recovery.summary.components')} components have a norm ratio at {at_ro} "
-        f"above {cap.v('recovery.summary.threshold', '.0%')} ({cap.v('recovery.summary.norm_ratio_tokens_above_1')} over all tokens); a norm ratio above "
-        f"{cap.v('recovery.summary.threshold', '.0%')} does not show that a "
-        "component is sufficient, since the patched run can move away from the clean one."))
+    out["recovery"] = cap.record(
+        "recovery",
+        (
+            f"Denoising one component at a time in {m} on {_pair_phrase(cap, results)}: the attention or MLP block output of one layer, all tokens, "
+            f"copied from the positive into the negative run, measured on the last layer's resid_post (layer {cap.v('recovery.layers.-1')}). "
+            f"The figure shows the headline variant, {h}: attention blocks {cap.v(f'recovery.summary.{h}.attn.min', '.0%')} to "
+            f"{cap.v(f'recovery.summary.{h}.attn.max', '.0%')}, MLP blocks {cap.v(f'recovery.summary.{h}.mlp.min', '.0%')} to "
+            f"{cap.v(f'recovery.summary.{h}.mlp.max', '.0%')}. The table gives every variant side by side. "
+            f"{cap.v('recovery.summary.norm_ratio_cls_above_1')} of the {cap.v('recovery.summary.components')} components have a norm ratio at {at_ro} "
+            f"above {cap.v('recovery.summary.threshold', '.0%')} ({cap.v('recovery.summary.norm_ratio_tokens_above_1')} over all tokens); a norm ratio above "
+            f"{cap.v('recovery.summary.threshold', '.0%')} does not show that a "
+            "component is sufficient, since the patched run can move away from the clean one."
+        ),
+    )
     if "in_distribution" in results:
         d = results["in_distribution"]["largest"]
-        out["in_distribution"] = cap.record("in_distribution", (
-            f"Single pairs vary a lot. This pair's largest headline recovery, the layer {cap.v('in_distribution.largest.layer')} "
-            f"{d['component']} block at {cap.v('in_distribution.largest.value', '.0%')}, lies at percentile "
-            f"{cap.v('in_distribution.largest.percentile', '.0f')} of the {cap.v('in_distribution.pairs')} held-out "
-            f"{results['in_distribution']['domain']} pairs of the shipped study of {m} (seeds {cap.v('in_distribution.seeds.0')} to "
-            f"{cap.v('in_distribution.seeds.1')}; median {cap.v('in_distribution.largest.median', '.0%')}, {cap.v('in_distribution.range_percentiles.0')}th to {cap.v('in_distribution.range_percentiles.1')}th percentile "
-            f"{cap.v('in_distribution.largest.p5', '.0%')} to {cap.v('in_distribution.largest.p95', '.0%')})."))
+        out["in_distribution"] = cap.record(
+            "in_distribution",
+            (
+                f"Single pairs vary a lot. This pair's largest headline recovery, the layer {cap.v('in_distribution.largest.layer')} "
+                f"{d['component']} block at {cap.v('in_distribution.largest.value', '.0%')}, lies at percentile "
+                f"{cap.v('in_distribution.largest.percentile', '.0f')} of the {cap.v('in_distribution.pairs')} held-out "
+                f"{results['in_distribution']['domain']} pairs of the shipped study of {m} (seeds {cap.v('in_distribution.seeds.0')} to "
+                f"{cap.v('in_distribution.seeds.1')}; median {cap.v('in_distribution.largest.median', '.0%')}, "
+                f"{cap.v('in_distribution.range_percentiles.0')}th to {cap.v('in_distribution.range_percentiles.1')}th percentile "
+                f"{cap.v('in_distribution.largest.p5', '.0%')} to {cap.v('in_distribution.largest.p95', '.0%')})."
+            ),
+        )
     dla = results["dla"]
-    before = (f" {cap.v('dla.top_tokens_before_divergence')} of its {cap.v('dla.top_tokens_n')} tokens of greatest |attribution| lie in frame "
-              f"slots before the divergence (slot {cap.v('pair.divergence_slot')}), where the two clips are identical: they attribute the class, "
-              "not the outcome." if dla.get("top_tokens_before_divergence") is not None else "")
-    out["dla"] = cap.record("dla", (
-        f"Direct contribution of each source token, through every head's {ro_attn} and the final LayerNorm, to the '{dla['class_name']}' "
-        f"logit ({cap.v('dla.logit', '.3f')}) of the positive clip of {_pair_phrase(cap, results)} in {m}, summed over layers and heads, "
-        "one panel per frame slot (red raises the logit, blue lowers it)." + before))
+    before = (
+        f" {cap.v('dla.top_tokens_before_divergence')} of its {cap.v('dla.top_tokens_n')} tokens of greatest |attribution| lie in frame "
+        f"slots before the divergence (slot {cap.v('pair.divergence_slot')}), where the two clips are identical: they attribute the class, "
+        "not the outcome."
+        if dla.get("top_tokens_before_divergence") is not None
+        else ""
+    )
+    out["dla"] = cap.record(
+        "dla",
+        (
+            f"Direct contribution of each source token, through every head's {ro_attn} and the final LayerNorm, to the '{dla['class_name']}' "
+            f"logit ({cap.v('dla.logit', '.3f')}) of the positive clip of {_pair_phrase(cap, results)} in {m}, summed over layers and heads, "
+            "one panel per frame slot (red raises the logit, blue lowers it)." + before
+        ),
+    )
     o = results["outcome"]
-    out["differential_dla"] = cap.record("differential_dla", (
-        f"Differential token attribution on {_pair_phrase(cap, results)} in {m}: the positive clip's token attribution to '{dla['class_name']}' "
-        f"minus the negative clip's, per source token, so scenery seen alike in both cancels. It sums to "
-        f"{cap.v('outcome.differential_dla.attention_total', '+.3f')} over tokens and heads (the logit difference of the two clips is "
-        f"{cap.v('outcome.differential_dla.logit_difference', '+.3f')}); {cap.v('outcome.differential_dla.share_after_divergence', '.0%')} of its "
-        f"absolute mass lies in frame slots from the divergence on."))
+    out["differential_dla"] = cap.record(
+        "differential_dla",
+        (
+            f"Differential token attribution on {_pair_phrase(cap, results)} in {m}: the positive clip's token attribution to '{dla['class_name']}' "
+            f"minus the negative clip's, per source token, so scenery seen alike in both cancels. It sums to "
+            f"{cap.v('outcome.differential_dla.attention_total', '+.3f')} over tokens and heads (the logit difference of the two clips is "
+            f"{cap.v('outcome.differential_dla.logit_difference', '+.3f')}); {cap.v('outcome.differential_dla.share_after_divergence', '.0%')} of its "
+            f"absolute mass lies in frame slots from the divergence on."
+        ),
+    )
     att_obj = ""
     if "enrichment" in o:
         parts = []
         for obj in o["enrichment"]:
             base = f"outcome.enrichment.{obj}.CLS attention (positive clip)"
-            parts.append(f"{obj}: {cap.v(base + '.mean_share', '.1%')} of {ro_attn} on patch tokens against a base rate of "
-                         f"{cap.v(base + '.base_rate', '.1%')} of the tokens (enrichment {cap.v(base + '.enrichment', '.2f')})")
-        att_obj = (f" Mean over all {cap.v('scope.layers')} layers x {cap.v('scope.heads')} heads, object pixels from the divergence on: "
-                   + "; ".join(parts) + ".")
-    out["attention"] = cap.record("attention", (
-        f"Where {'the CLS token' if ro == 'CLS' else f'the {ro} (the mean of every query row)'} of {m} looks in the last layer (layer {cap.v('recovery.layers.-1')}), per head, over the positive clip of "
-        f"{_pair_phrase(cap, results)}." + att_obj))
+            parts.append(
+                f"{obj}: {cap.v(base + '.mean_share', '.1%')} of {ro_attn} on patch tokens against a base rate of "
+                f"{cap.v(base + '.base_rate', '.1%')} of the tokens (enrichment {cap.v(base + '.enrichment', '.2f')})"
+            )
+        att_obj = (
+            f" Mean over all {cap.v('scope.layers')} layers x {cap.v('scope.heads')} heads, object pixels from the divergence on: "
+            + "; ".join(parts)
+            + "."
+        )
+    out["attention"] = cap.record(
+        "attention",
+        (
+            f"Where {'the CLS token' if ro == 'CLS' else f'the {ro} (the mean of every query row)'} of {m} looks in the last layer (layer {cap.v('recovery.layers.-1')}), per head, over the positive clip of "
+            f"{_pair_phrase(cap, results)}." + att_obj
+        ),
+    )
     if "enrichment" in o:
         parts = []
         for obj in o["enrichment"]:
             for w in ("|class DLA| (positive clip)", "|differential DLA|"):
                 base = f"outcome.enrichment.{obj}.{w}"
-                parts.append(f"{obj}, {w}: share {cap.v(base + '.mean_share', '.1%')}, base rate {cap.v(base + '.base_rate', '.1%')}, "
-                             f"enrichment {cap.v(base + '.enrichment', '.2f')}")
-        out["enrichment"] = cap.record("enrichment", (
-            f"Share of attention and of absolute attribution on each rendered object's tokens in {m}, {_pair_phrase(cap, results)}, "
-            "divided by the object's base rate (its share of the tokens); an enrichment of one means no preference. " + "; ".join(parts) + "."))
+                parts.append(
+                    f"{obj}, {w}: share {cap.v(base + '.mean_share', '.1%')}, base rate {cap.v(base + '.base_rate', '.1%')}, "
+                    f"enrichment {cap.v(base + '.enrichment', '.2f')}"
+                )
+        out["enrichment"] = cap.record(
+            "enrichment",
+            (
+                f"Share of attention and of absolute attribution on each rendered object's tokens in {m}, {_pair_phrase(cap, results)}, "
+                "divided by the object's base rate (its share of the tokens); an enrichment of one means no preference. "
+                + "; ".join(parts)
+                + "."
+            ),
+        )
     a = results["region_ablation"]
-    out["region_ablation"] = cap.record("region_ablation", (
-        f"Top classes of the positive clip of {_pair_phrase(cap, results)} in {m} before and after {a['mode']}-ablating the pixel box around "
-        f"the {cap.v('region_ablation.n_tokens')} tokens of greatest |attribution| to the class (frames {cap.v('region_ablation.box.t0')} to "
-        f"{cap.v('region_ablation.last_frame')}, rows {cap.v('region_ablation.box.y0')} to {cap.v('region_ablation.last_row')}, cols "
-        f"{cap.v('region_ablation.box.x0')} to {cap.v('region_ablation.last_col')}). Top class: {a['top1_before']} -> {a['top1_after']}. "
-        "This targets the class logit, not the outcome; see the outcome-targeted ablation below."))
+    out["region_ablation"] = cap.record(
+        "region_ablation",
+        (
+            f"Top classes of the positive clip of {_pair_phrase(cap, results)} in {m} before and after {a['mode']}-ablating the pixel box around "
+            f"the {cap.v('region_ablation.n_tokens')} tokens of greatest |attribution| to the class (frames {cap.v('region_ablation.box.t0')} to "
+            f"{cap.v('region_ablation.last_frame')}, rows {cap.v('region_ablation.box.y0')} to {cap.v('region_ablation.last_row')}, cols "
+            f"{cap.v('region_ablation.box.x0')} to {cap.v('region_ablation.last_col')}). Top class: {a['top1_before']} -> {a['top1_after']}. "
+            "This targets the class logit, not the outcome; see the outcome-targeted ablation below."
+        ),
+    )
     parts = []
     for name in o["ablation"]["regions"]:
         base = f"outcome.ablation.regions.{name}"
-        parts.append(f"{name} ({cap.v(base + '.pixels')} px): logit gap change {cap.v(base + '.logit_gap.change', '+.3f')} "
-                     f"(boxes {cap.v(base + '.logit_gap.control_mean', '+.3f')} ± {cap.v(base + '.logit_gap.control_std', '.3f')}, "
-                     f"p = {cap.v(base + '.logit_gap.control_p', '.2f')}), direction change {cap.v(base + '.direction.change', '+.2f')} "
-                     f"(boxes {cap.v(base + '.direction.control_mean', '+.2f')} ± {cap.v(base + '.direction.control_std', '.2f')}), class logit "
-                     f"change {cap.v(base + '.class_logit.change', '+.3f')}")
-    out["outcome_ablation"] = cap.record("outcome_ablation", (
-        f"Outcome-targeted region ablation in {m} on {_pair_phrase(cap, results)}: each region is zeroed in both clips, in frames from the "
-        f"divergence (frame {cap.v('outcome.from_frame')}) on, and compared with {cap.v('outcome.ablation.n_controls')} random boxes of equal "
-        f"size in the same frames (mean ± sd; p = share of boxes with at least as large a change). Unablated: logit gap "
-        f"{cap.v('outcome.ablation.base.logit_gap', '+.3f')}, direction signal {cap.v('outcome.ablation.base.direction', '.2f')}. "
-        + "; ".join(parts) + "."))
+        parts.append(
+            f"{name} ({cap.v(base + '.pixels')} px): logit gap change {cap.v(base + '.logit_gap.change', '+.3f')} "
+            f"(boxes {cap.v(base + '.logit_gap.control_mean', '+.3f')} ± {cap.v(base + '.logit_gap.control_std', '.3f')}, "
+            f"p = {cap.v(base + '.logit_gap.control_p', '.2f')}), direction change {cap.v(base + '.direction.change', '+.2f')} "
+            f"(boxes {cap.v(base + '.direction.control_mean', '+.2f')} ± {cap.v(base + '.direction.control_std', '.2f')}), class logit "
+            f"change {cap.v(base + '.class_logit.change', '+.3f')}"
+        )
+    out["outcome_ablation"] = cap.record(
+        "outcome_ablation",
+        (
+            f"Outcome-targeted region ablation in {m} on {_pair_phrase(cap, results)}: each region is zeroed in both clips, in frames from the "
+            f"divergence (frame {cap.v('outcome.from_frame')}) on, and compared with {cap.v('outcome.ablation.n_controls')} random boxes of equal "
+            f"size in the same frames (mean ± sd; p = share of boxes with at least as large a change). Unablated: logit gap "
+            f"{cap.v('outcome.ablation.base.logit_gap', '+.3f')}, direction signal {cap.v('outcome.ablation.base.direction', '.2f')}. "
+            + "; ".join(parts)
+            + "."
+        ),
+    )
     if "probes" in results:
         pr = results["probes"]
         b = pr["best"]
         base = f"probes.{b['pooling']}.{b['index']}"
-        out["probes"] = cap.record("probes", (
-            f"Linear probes for the outcome in {m}, per layer, on {cap.v('probes.pairs')} other rendered {pr['domain']} pairs (seeds "
-            f"{cap.v('probes.seeds.0')} to {cap.v('probes.seeds.1')}), repeated grouped {cap.v('probes.folds')}-fold cross-validation "
-            f"({cap.v('probes.repeats')} repeats; each fold trains on at least {cap.v('probes.train_pairs_per_fold')} pairs and tests at most "
-            f"{cap.v('probes.test_pairs_per_fold')}, never seeing either clip of a test pair), bootstrap {cap.v('ci_level', '.0%')} intervals over "
-            f"pairs. Best: {b['pooling']} at {cap.v('probes.best.layer')}, accuracy {cap.v(base + '.accuracy', '.0%')} [{cap.v(base + '.accuracy_ci95.0', '.0%')}, "
-            f"{cap.v(base + '.accuracy_ci95.1', '.0%')}], paired accuracy {cap.v(base + '.paired_accuracy', '.0%')} "
-            f"[{cap.v(base + '.paired_accuracy_ci95.0', '.0%')}, {cap.v(base + '.paired_accuracy_ci95.1', '.0%')}]; its shuffled-within-pair "
-            f"control {cap.v(base + '.control_paired_accuracy', '.0%')}. Pixel baselines (paired accuracy): spatially resolved "
-            f"{cap.v('probes.pixels.paired_accuracy', '.0%')}, mean-pooled like the tokens {cap.v('probes.pixels_mean.paired_accuracy', '.0%')}."))
+        out["probes"] = cap.record(
+            "probes",
+            (
+                f"Linear probes for the outcome in {m}, per layer, on {cap.v('probes.pairs')} other rendered {pr['domain']} pairs (seeds "
+                f"{cap.v('probes.seeds.0')} to {cap.v('probes.seeds.1')}), repeated grouped {cap.v('probes.folds')}-fold cross-validation "
+                f"({cap.v('probes.repeats')} repeats; each fold trains on at least {cap.v('probes.train_pairs_per_fold')} pairs and tests at most "
+                f"{cap.v('probes.test_pairs_per_fold')}, never seeing either clip of a test pair), bootstrap {cap.v('ci_level', '.0%')} intervals over "
+                f"pairs. Best: {b['pooling']} at {cap.v('probes.best.layer')}, accuracy {cap.v(base + '.accuracy', '.0%')} [{cap.v(base + '.accuracy_ci95.0', '.0%')}, "
+                f"{cap.v(base + '.accuracy_ci95.1', '.0%')}], paired accuracy {cap.v(base + '.paired_accuracy', '.0%')} "
+                f"[{cap.v(base + '.paired_accuracy_ci95.0', '.0%')}, {cap.v(base + '.paired_accuracy_ci95.1', '.0%')}]; its shuffled-within-pair "
+                f"control {cap.v(base + '.control_paired_accuracy', '.0%')}. Pixel baselines (paired accuracy): spatially resolved "
+                f"{cap.v('probes.pixels.paired_accuracy', '.0%')}, mean-pooled like the tokens {cap.v('probes.pixels_mean.paired_accuracy', '.0%')}."
+            ),
+        )
     return out
 
 
@@ -399,16 +542,32 @@ def write_analysis(out: Path | OutputDir, model: Any, pair: Pair, results: dict,
             "frames": rp.fig_frames(pair.positive, pair.negative, pair.names, tmp / "frames.png"),
             "deltas": rp.fig_deltas(results["deltas"], tmp / "fig1_activation_deltas.png"),
             "recovery": rp.fig_recovery(results["recovery"], tmp / "fig2_component_recovery.png"),
-            "recovery_variants": rp.fig_recovery_variants(results["recovery"]["variants"], tmp / "fig2b_recovery_variants.png"),
+            "recovery_variants": rp.fig_recovery_variants(
+                results["recovery"]["variants"], tmp / "fig2b_recovery_variants.png"
+            ),
             "dla": rp.fig_dla(results["dla"], tmp / "fig3_token_dla.png"),
-            "differential_dla": rp.fig_dla({**results["outcome"]["differential_dla"], "class_name": results["dla"]["class_name"] + " (positive - negative)"},
-                                           tmp / "fig3b_differential_dla.png"),
-            "attention": rp.fig_cls_attention(results["cls_attention"], pair.positive, model.cfg.tubelet_size[0], tmp / "fig4_cls_attention.png",
-                                                patch_size=model.cfg.tubelet_size[1:]),
-            "outcome_ablation": rp.fig_outcome_ablation(results["outcome"]["ablation"], tmp / "fig6_outcome_ablation.png"),
+            "differential_dla": rp.fig_dla(
+                {
+                    **results["outcome"]["differential_dla"],
+                    "class_name": results["dla"]["class_name"] + " (positive - negative)",
+                },
+                tmp / "fig3b_differential_dla.png",
+            ),
+            "attention": rp.fig_cls_attention(
+                results["cls_attention"],
+                pair.positive,
+                model.cfg.tubelet_size[0],
+                tmp / "fig4_cls_attention.png",
+                patch_size=model.cfg.tubelet_size[1:],
+            ),
+            "outcome_ablation": rp.fig_outcome_ablation(
+                results["outcome"]["ablation"], tmp / "fig6_outcome_ablation.png"
+            ),
         }
         if "enrichment" in results["outcome"]:
-            figs["enrichment"] = rp.fig_enrichment(results["outcome"]["enrichment"], tmp / "fig4b_object_enrichment.png")
+            figs["enrichment"] = rp.fig_enrichment(
+                results["outcome"]["enrichment"], tmp / "fig4b_object_enrichment.png"
+            )
         if "probes" in results:
             figs["probes"] = rp.fig_probes_ci(results["probes"], tmp / "fig5_probes.png")
         rp.write_json(tmp / "results.json", {k: v for k, v in results.items() if not k.startswith("_")})
@@ -419,41 +578,104 @@ def write_analysis(out: Path | OutputDir, model: Any, pair: Pair, results: dict,
             rp.scope_html(results["scope"])
             + f"<p>Positive clip <b>{pos_name}</b> is classified <b>{pred['positive']['name']}</b>, negative clip <b>{neg_name}</b> "
             f"<b>{pred['negative']['name']}</b>."
-            + (f" Rendered {pair.domain} pair, seed {pair.seed}; the clips are identical before frame {pair.divergence_frame}." if pair.domain else "")
+            + (
+                f" Rendered {pair.domain} pair, seed {pair.seed}; the clips are identical before frame {pair.divergence_frame}."
+                if pair.domain
+                else ""
+            )
             + f"</p><p>Recovery headline: {html.escape(rec['headline_reason'])}.</p>"
         )
         variant_cols = list(rec["variants"])
-        rows = [{"layer": l, "block": comp, **{v: rec["variants"][v][comp][l] for v in variant_cols}}
-                for l in rec["layers"] for comp in ("attn", "mlp")]
+        rows = [
+            {"layer": l, "block": comp, **{v: rec["variants"][v][comp][l] for v in variant_cols}}
+            for l in rec["layers"]
+            for comp in ("attn", "mlp")
+        ]
         sections = [
             ("The pair", figs["frames"], captions["frames"], ""),
             ("(a) Activation differences per layer", figs["deltas"], captions["deltas"], ""),
-            ("(b) Component patching: what restores the positive run's representation?", figs["recovery"], captions["recovery"],
-             rp.table_html(rows, ["layer", "block", *variant_cols], {v: ".1%" for v in variant_cols})),
+            (
+                "(b) Component patching: what restores the positive run's representation?",
+                figs["recovery"],
+                captions["recovery"],
+                rp.table_html(rows, ["layer", "block", *variant_cols], {v: ".1%" for v in variant_cols}),
+            ),
             ("(b) Every recovery variant", figs["recovery_variants"], captions["recovery"], ""),
         ]
         if "in_distribution" in results:
             d = results["in_distribution"]
             h = rec["headline"]
-            drows = [{"layer": l, "block": comp, "this pair": e["value"], "percentile": e["percentile"], "median": e["median"], "p5": e["p5"], "p95": e["p95"]}
-                     for comp in ("attn", "mlp") for l, e in enumerate(d["variants"][h][comp])]
-            sections.append(("(b) Where this pair lies among held-out pairs", None, captions["in_distribution"],
-                             rp.table_html(drows, ["layer", "block", "this pair", "percentile", "median", "p5", "p95"],
-                                           {"this pair": ".1%", "percentile": ".0f", "median": ".1%", "p5": ".1%", "p95": ".1%"})))
+            drows = [
+                {
+                    "layer": l,
+                    "block": comp,
+                    "this pair": e["value"],
+                    "percentile": e["percentile"],
+                    "median": e["median"],
+                    "p5": e["p5"],
+                    "p95": e["p95"],
+                }
+                for comp in ("attn", "mlp")
+                for l, e in enumerate(d["variants"][h][comp])
+            ]
+            sections.append(
+                (
+                    "(b) Where this pair lies among held-out pairs",
+                    None,
+                    captions["in_distribution"],
+                    rp.table_html(
+                        drows,
+                        ["layer", "block", "this pair", "percentile", "median", "p5", "p95"],
+                        {"this pair": ".1%", "percentile": ".0f", "median": ".1%", "p5": ".1%", "p95": ".1%"},
+                    ),
+                )
+            )
         sections += [
             ("(c) Direct logit attribution over space and time", figs["dla"], captions["dla"], ""),
-            ("(c) Differential attribution: positive minus negative", figs["differential_dla"], captions["differential_dla"], ""),
+            (
+                "(c) Differential attribution: positive minus negative",
+                figs["differential_dla"],
+                captions["differential_dla"],
+                "",
+            ),
             ("(d) CLS attention", figs["attention"], captions["attention"], ""),
         ]
         if "enrichment" in figs:
-            sections.append(("(d) Attention and attribution on each object, against its base rate", figs["enrichment"], captions["enrichment"], ""))
+            sections.append(
+                (
+                    "(d) Attention and attribution on each object, against its base rate",
+                    figs["enrichment"],
+                    captions["enrichment"],
+                    "",
+                )
+            )
         sections += [
-            ("(e) Region ablation of the class logit", None, captions["region_ablation"],
-             rp.table_html(results["region_ablation"]["table"], ["class", "name", "before", "after", "delta"], {"before": ".4f", "after": ".4f", "delta": "+.4f"})),
-            ("(e) Region ablation of the outcome signal, against random boxes", figs["outcome_ablation"], captions["outcome_ablation"], ""),
+            (
+                "(e) Region ablation of the class logit",
+                None,
+                captions["region_ablation"],
+                rp.table_html(
+                    results["region_ablation"]["table"],
+                    ["class", "name", "before", "after", "delta"],
+                    {"before": ".4f", "after": ".4f", "delta": "+.4f"},
+                ),
+            ),
+            (
+                "(e) Region ablation of the outcome signal, against random boxes",
+                figs["outcome_ablation"],
+                captions["outcome_ablation"],
+                "",
+            ),
         ]
         if "probes" in results:
-            sections.append(("(f) Linear probes for the outcome", figs["probes"], captions["probes"], probe_table_html(results["probes"])))
+            sections.append(
+                (
+                    "(f) Linear probes for the outcome",
+                    figs["probes"],
+                    captions["probes"],
+                    probe_table_html(results["probes"]),
+                )
+            )
         rp.write_html(tmp, f"hooked-vivit analysis: {pos_name} vs {neg_name}", intro, sections)
     return out.path if isinstance(out, OutputDir) else Path(out)
 
@@ -470,9 +692,11 @@ def probe_table_html(pr: dict) -> str:
 
 
 def _probe_row(r: dict) -> dict:
-    return {"accuracy": f"{r['accuracy']:.0%} [{r['accuracy_ci95'][0]:.0%}, {r['accuracy_ci95'][1]:.0%}]",
-            "paired accuracy": f"{r['paired_accuracy']:.0%} [{r['paired_accuracy_ci95'][0]:.0%}, {r['paired_accuracy_ci95'][1]:.0%}]",
-            "control paired": f"{r['control_paired_accuracy']:.0%} [{r['control_paired_accuracy_ci95'][0]:.0%}, {r['control_paired_accuracy_ci95'][1]:.0%}]"}
+    return {
+        "accuracy": f"{r['accuracy']:.0%} [{r['accuracy_ci95'][0]:.0%}, {r['accuracy_ci95'][1]:.0%}]",
+        "paired accuracy": f"{r['paired_accuracy']:.0%} [{r['paired_accuracy_ci95'][0]:.0%}, {r['paired_accuracy_ci95'][1]:.0%}]",
+        "control paired": f"{r['control_paired_accuracy']:.0%} [{r['control_paired_accuracy_ci95'][0]:.0%}, {r['control_paired_accuracy_ci95'][1]:.0%}]",
+    }
 
 
 # ---------------------------------------------------------------------------------------- study
@@ -493,8 +717,17 @@ def _stat(values: Any, per_pair: bool = False) -> dict:
 STUDY_SUMMARY = "study_summary.json"
 
 
-def study_domain(model: Any, domain: str, n_pairs: int, *, seed0: int = ANALYSIS_SEEDS["study"], probe_pairs: int | None = None,
-                 outcome_pairs: int | None = None, n_controls: int = 20, progress: bool = True) -> dict:
+def study_domain(
+    model: Any,
+    domain: str,
+    n_pairs: int,
+    *,
+    seed0: int = ANALYSIS_SEEDS["study"],
+    probe_pairs: int | None = None,
+    outcome_pairs: int | None = None,
+    n_controls: int = 20,
+    progress: bool = True,
+) -> dict:
     """(a), (b) in every recovery variant, the outcome-targeted methods (on the first ``outcome_pairs``
     pairs, default min(n_pairs, 50)) and (f) (on ``probe_pairs`` pairs, default n_pairs; more are
     rendered from the following seeds) over rendered pairs seed0.. of a domain, with bootstrap 95 %
@@ -513,12 +746,16 @@ def study_domain(model: Any, domain: str, n_pairs: int, *, seed0: int = ANALYSIS
     probe_pairs = n_pairs if probe_pairs is None else probe_pairs
     with ForwardCounter(model) as cost:
         for i in tqdm(range(n_pairs), desc=f"study {domain}", disable=not progress):
-            pos_f, neg_f, meta = synthetic.render_pair(domain, seed0 + i, num_frames=model.cfg.num_frames, size=min(model.cfg.image_size))
+            pos_f, neg_f, meta = synthetic.render_pair(
+                domain, seed0 + i, num_frames=model.cfg.num_frames, size=min(model.cfg.image_size)
+            )
             p, n = model_pixels(model, pos_f), model_pixels(model, neg_f)
             pairs.append((p, n))
             # One clean and one corrupted run per pair, shared by every experiment below (and the probes).
             with cost.section("shared clean and corrupted runs"):
-                runs = ex.pair_runs(model, p, n, None if i < outcome_pairs else ex.delta_hooks(model) + ex.recovery_hooks(model))
+                runs = ex.pair_runs(
+                    model, p, n, None if i < outcome_pairs else ex.delta_hooks(model) + ex.recovery_hooks(model)
+                )
             with cost.section("deltas"):
                 d = ex.activation_deltas(model, p, n, runs=runs)
             deltas_cls.append([d["cls"][k] for k in ex.KINDS])
@@ -531,32 +768,58 @@ def study_domain(model: Any, domain: str, n_pairs: int, *, seed0: int = ANALYSIS
                 c = int(runs.clean.logits[0].argmax())
                 with cost.section("outcome"):
                     dla = ex.token_dla(model, p, c, run=runs.clean)
-                    o = ex.outcome_analysis(model, p, n, c, pair_masks=meta["masks"], divergence_frame=meta["divergence_frame"], positive_dla=dla,
-                                            n_controls=n_controls, seed=i, runs=runs)
+                    o = ex.outcome_analysis(
+                        model,
+                        p,
+                        n,
+                        c,
+                        pair_masks=meta["masks"],
+                        divergence_frame=meta["divergence_frame"],
+                        positive_dla=dla,
+                        n_controls=n_controls,
+                        seed=i,
+                        runs=runs,
+                    )
                 slot_abs = np.array(o["differential_dla"]["per_slot_abs"])
                 div_slot = model.cfg.grid.frame_slot_of_frame(meta["divergence_frame"])
                 o["share_after_divergence"] = float(slot_abs[div_slot:].sum() / max(slot_abs.sum(), 1e-30))
                 n_prefix = model.cfg.grid.n_prefix
-                top = (dla["terms"].sum((0, 1))[n_prefix:].abs().topk(min(8, model.cfg.grid.n_patches)).indices + n_prefix).tolist()
+                top = (
+                    dla["terms"].sum((0, 1))[n_prefix:].abs().topk(min(8, model.cfg.grid.n_patches)).indices + n_prefix
+                ).tolist()
                 o["class_top_before_divergence"] = sum(model.cfg.grid.coords(t)[0] < div_slot for t in top)
                 outcomes.append(o)
             if i < probe_pairs:
                 acts = {h: torch.cat([runs.clean.cache[h], runs.corrupted.cache[h]]) for h in ex.probe_hooks(model)}
-                probe_known.append(ex.probe_pair_features(model, p, n, torch.cat([runs.clean.logits, runs.corrupted.logits]), acts))
+                probe_known.append(
+                    ex.probe_pair_features(model, p, n, torch.cat([runs.clean.logits, runs.corrupted.logits]), acts)
+                )
             del runs
         if probe_pairs > n_pairs:  # more pairs for the probes than for the patching: render the next seeds
             pairs += rendered_probe_pairs(model, domain, probe_pairs - n_pairs, seed0 + n_pairs)
         with cost.section("probes"):
-            probes = ex.layer_probes(model, pairs[:probe_pairs], features=ex.probe_features(model, pairs[:probe_pairs], known=probe_known))
+            probes = ex.layer_probes(
+                model, pairs[:probe_pairs], features=ex.probe_features(model, pairs[:probe_pairs], known=probe_known)
+            )
     arrays = {name: np.array(v) for name, v in variants.items()}  # [pairs, 2, L]
-    out: dict = {"domain": domain, "pairs": n_pairs, "seeds": [seed0, seed0 + n_pairs - 1], "kinds": list(ex.KINDS), "layers": list(range(L)),
-                 "headline": ex.HEADLINE_RECOVERY, "headline_reason": ex.HEADLINE_REASON}
+    out: dict = {
+        "domain": domain,
+        "pairs": n_pairs,
+        "seeds": [seed0, seed0 + n_pairs - 1],
+        "kinds": list(ex.KINDS),
+        "layers": list(range(L)),
+        "headline": ex.HEADLINE_RECOVERY,
+        "headline_reason": ex.HEADLINE_REASON,
+    }
     out["deltas_cls"] = _stat(deltas_cls, per_pair=True)
     out["deltas_tokens"] = _stat(deltas_tok, per_pair=True)
     head = arrays[ex.HEADLINE_RECOVERY]
     out["attn"] = _stat(head[:, 0], per_pair=True)  # the headline variant under the earlier keys
     out["mlp"] = _stat(head[:, 1], per_pair=True)
-    out["recovery"] = {name: {comp: _stat(a[:, j], per_pair=True) for j, comp in enumerate(("attn", "mlp"))} for name, a in arrays.items()}
+    out["recovery"] = {
+        name: {comp: _stat(a[:, j], per_pair=True) for j, comp in enumerate(("attn", "mlp"))}
+        for name, a in arrays.items()
+    }
     # How often a norm ratio exceeds 1, and how often that happens while the projection does not: movement, not restoration.
     out["norm_ratio_above_1"] = {}
     for where, proj in (("cls", "cls_projection"), ("tokens", "token_projection")):
@@ -566,18 +829,30 @@ def study_domain(model: Any, domain: str, n_pairs: int, *, seed0: int = ANALYSIS
             "share_of_pairs_with_any": float(above.any((1, 2)).mean()),
             "per_component": {"attn": above[:, 0].mean(0).tolist(), "mlp": above[:, 1].mean(0).tolist()},
             "with_projection_below_1": float((above & (arrays[proj] < 1)).sum() / max(above.sum(), 1)),
-            "count": int(above.sum()), "of": int(above.size),
+            "count": int(above.sum()),
+            "of": int(above.size),
         }
     gap = head[:, 1].mean(1) - head[:, 0].mean(1)
     lo, hi = bootstrap(gap)
-    out["mlp_minus_attn"] = {"mean": float(gap.mean()), "ci95": [float(lo), float(hi)], "share_of_pairs_mlp_higher": float((gap > 0).mean())}
+    out["mlp_minus_attn"] = {
+        "mean": float(gap.mean()),
+        "ci95": [float(lo), float(hi)],
+        "share_of_pairs_mlp_higher": float((gap > 0).mean()),
+    }
     if outcomes:
         out["outcome"] = summarize_outcomes(outcomes)
     out["probes"] = probes
     out["probes"]["seeds"] = [seed0, seed0 + probe_pairs - 1]
     out["probes"]["best"] = best_probe(out["probes"])
-    out["cost"] = cost.summary(per_pair=cost.fe() / n_pairs, pairs=n_pairs, outcome_pairs=len(outcomes), probe_pairs=probe_pairs,
-                               outcome_ablated_clips=sum(2 * len(o["ablation"]["regions"]) * (1 + o["ablation"]["n_controls"]) for o in outcomes))
+    out["cost"] = cost.summary(
+        per_pair=cost.fe() / n_pairs,
+        pairs=n_pairs,
+        outcome_pairs=len(outcomes),
+        probe_pairs=probe_pairs,
+        outcome_ablated_clips=sum(
+            2 * len(o["ablation"]["regions"]) * (1 + o["ablation"]["n_controls"]) for o in outcomes
+        ),
+    )
     return out
 
 
@@ -595,11 +870,15 @@ def summarize_outcomes(outcomes: list[dict]) -> dict:
                 d = enr.setdefault(obj, {}).setdefault(w, {"mean_share": [], "base_rate": [], "enrichment": []})
                 for k in d:
                     d[k].append(e[k])
-    out["enrichment"] = {obj: {w: {k: _stat(v) for k, v in d.items()} for w, d in per.items()} for obj, per in enr.items()}
+    out["enrichment"] = {
+        obj: {w: {k: _stat(v) for k, v in d.items()} for w, d in per.items()} for obj, per in enr.items()
+    }
     abl: dict = {}
     for o in outcomes:
         for region, e in o["ablation"]["regions"].items():
-            d = abl.setdefault(region, {s: {"change": [], "control_mean": [], "control_std": [], "control_p": []} for s in ex.SIGNALS})
+            d = abl.setdefault(
+                region, {s: {"change": [], "control_mean": [], "control_std": [], "control_p": []} for s in ex.SIGNALS}
+            )
             for s in ex.SIGNALS:
                 for k in d[s]:
                     d[s][k].append(e[s][k])
@@ -608,9 +887,14 @@ def summarize_outcomes(outcomes: list[dict]) -> dict:
         out["ablation"][region] = {}
         for s, d in per.items():
             ch, cm = np.array(d["change"]), np.array(d["control_mean"])
-            out["ablation"][region][s] = {"change": _stat(ch), "control_mean": _stat(cm), "change_minus_control": _stat(ch - cm),
-                                          "control_std_mean": float(np.mean(d["control_std"])), "share_p_at_most_5pct": float(np.mean(np.array(d["control_p"]) <= 0.05)),
-                                          "pairs": len(ch)}
+            out["ablation"][region][s] = {
+                "change": _stat(ch),
+                "control_mean": _stat(cm),
+                "change_minus_control": _stat(ch - cm),
+                "control_std_mean": float(np.mean(d["control_std"])),
+                "share_p_at_most_5pct": float(np.mean(np.array(d["control_p"]) <= 0.05)),
+                "pairs": len(ch),
+            }
     return out
 
 
@@ -623,20 +907,27 @@ def study_captions(data: dict) -> dict[tuple[str, str], str]:
         dom = st["domain"]
         pre = f"studies.{i}"
         pairs = f"{cap.v(pre + '.pairs')} held-out rendered {dom} pairs (seeds {cap.v(pre + '.seeds.0')} to {cap.v(pre + '.seeds.1')})"
-        out[(dom, "deltas")] = cap.record(f"{dom} deltas", f"Mean activation difference per layer in {m} over {pairs}, with bootstrap "
-                                          f"{cap.v('ci_level', '.0%')} intervals over pairs (shaded).")
+        out[(dom, "deltas")] = cap.record(
+            f"{dom} deltas",
+            f"Mean activation difference per layer in {m} over {pairs}, with bootstrap "
+            f"{cap.v('ci_level', '.0%')} intervals over pairs (shaded).",
+        )
         h = st["headline"]
         g = f"{pre}.mlp_minus_attn"
         nr = f"{pre}.norm_ratio_above_1"
         pairs = f"{cap.v(pre + '.pairs')} held-out rendered {dom} pairs (seeds {cap.v(pre + '.seeds.0')} to {cap.v(pre + '.seeds.1')})"
-        out[(dom, "recovery")] = cap.record(f"{dom} recovery", (
-            f"Mean recovery per component in {m} over {pairs}, every variant side by side, bootstrap {cap.v('ci_level', '.0%')} intervals over "
-            f"pairs. Headline {h}: MLP minus attention recovery (mean over layers), per pair, {cap.v(g + '.mean', '+.1%')} "
-            f"[{cap.v(g + '.ci95.0', '+.1%')}, {cap.v(g + '.ci95.1', '+.1%')}]; MLP higher in {cap.v(g + '.share_of_pairs_mlp_higher', '.0%')} of "
-            f"pairs. A norm ratio at CLS exceeds one in {cap.v(nr + '.cls.count')} of {cap.v(nr + '.cls.of')} (pair, component) cases "
-            f"({cap.v(nr + '.cls.share_of_pairs_with_any', '.0%')} of pairs have at least one), and in "
-            f"{cap.v(nr + '.cls.with_projection_below_1', '.0%')} of those the projection stays below one: such a ratio does not show "
-            "sufficiency, since the patched run can move away from the clean one."))
+        out[(dom, "recovery")] = cap.record(
+            f"{dom} recovery",
+            (
+                f"Mean recovery per component in {m} over {pairs}, every variant side by side, bootstrap {cap.v('ci_level', '.0%')} intervals over "
+                f"pairs. Headline {h}: MLP minus attention recovery (mean over layers), per pair, {cap.v(g + '.mean', '+.1%')} "
+                f"[{cap.v(g + '.ci95.0', '+.1%')}, {cap.v(g + '.ci95.1', '+.1%')}]; MLP higher in {cap.v(g + '.share_of_pairs_mlp_higher', '.0%')} of "
+                f"pairs. A norm ratio at CLS exceeds one in {cap.v(nr + '.cls.count')} of {cap.v(nr + '.cls.of')} (pair, component) cases "
+                f"({cap.v(nr + '.cls.share_of_pairs_with_any', '.0%')} of pairs have at least one), and in "
+                f"{cap.v(nr + '.cls.with_projection_below_1', '.0%')} of those the projection stays below one: such a ratio does not show "
+                "sufficiency, since the patched run can move away from the clean one."
+            ),
+        )
         if "outcome" in st:
             o = f"{pre}.outcome"
             pairs = f"the first {cap.v(o + '.pairs')} of these {dom} pairs"
@@ -644,38 +935,56 @@ def study_captions(data: dict) -> dict[tuple[str, str], str]:
             for obj, per in st["outcome"]["enrichment"].items():
                 for w in per:
                     b = f"{o}.enrichment.{obj}.{w}"
-                    parts.append(f"{obj}, {w}: enrichment {cap.v(b + '.enrichment.mean', '.2f')} [{cap.v(b + '.enrichment.ci95.0', '.2f')}, "
-                                 f"{cap.v(b + '.enrichment.ci95.1', '.2f')}] (share {cap.v(b + '.mean_share.mean', '.1%')}, base rate "
-                                 f"{cap.v(b + '.base_rate.mean', '.1%')})")
-            out[(dom, "enrichment")] = cap.record(f"{dom} enrichment", (
-                f"Attention and attribution on each rendered object (pixels from the divergence on) in {m} over {pairs}, as enrichment = share / "
-                f"base rate, mean over pairs with bootstrap {cap.v('ci_level', '.0%')} intervals; " + "; ".join(parts) + ". Differential "
-                f"attribution puts {cap.v(o + '.differential_share_after_divergence.mean', '.0%')} of its absolute mass in frame slots from the "
-                f"divergence on; of the top tokens of class attribution, {cap.v(o + '.class_dla_top8_before_divergence.mean', '.1f')} per pair "
-                "lie before it."))
+                    parts.append(
+                        f"{obj}, {w}: enrichment {cap.v(b + '.enrichment.mean', '.2f')} [{cap.v(b + '.enrichment.ci95.0', '.2f')}, "
+                        f"{cap.v(b + '.enrichment.ci95.1', '.2f')}] (share {cap.v(b + '.mean_share.mean', '.1%')}, base rate "
+                        f"{cap.v(b + '.base_rate.mean', '.1%')})"
+                    )
+            out[(dom, "enrichment")] = cap.record(
+                f"{dom} enrichment",
+                (
+                    f"Attention and attribution on each rendered object (pixels from the divergence on) in {m} over {pairs}, as enrichment = share / "
+                    f"base rate, mean over pairs with bootstrap {cap.v('ci_level', '.0%')} intervals; "
+                    + "; ".join(parts)
+                    + ". Differential "
+                    f"attribution puts {cap.v(o + '.differential_share_after_divergence.mean', '.0%')} of its absolute mass in frame slots from the "
+                    f"divergence on; of the top tokens of class attribution, {cap.v(o + '.class_dla_top8_before_divergence.mean', '.1f')} per pair "
+                    "lie before it."
+                ),
+            )
             parts = []
             for region in st["outcome"]["ablation"]:
                 b = f"{o}.ablation.{region}.logit_gap"
                 bd = f"{o}.ablation.{region}.direction"
-                parts.append(f"{region}: logit gap change {cap.v(b + '.change.mean', '+.3f')} [{cap.v(b + '.change.ci95.0', '+.3f')}, "
-                             f"{cap.v(b + '.change.ci95.1', '+.3f')}] against {cap.v(b + '.control_mean.mean', '+.3f')} for the boxes, direction "
-                             f"change {cap.v(bd + '.change.mean', '+.2f')} against {cap.v(bd + '.control_mean.mean', '+.2f')} (beyond all but "
-                             f"five per cent of the boxes in {cap.v(bd + '.share_p_at_most_5pct', '.0%')} of pairs)")
+                parts.append(
+                    f"{region}: logit gap change {cap.v(b + '.change.mean', '+.3f')} [{cap.v(b + '.change.ci95.0', '+.3f')}, "
+                    f"{cap.v(b + '.change.ci95.1', '+.3f')}] against {cap.v(b + '.control_mean.mean', '+.3f')} for the boxes, direction "
+                    f"change {cap.v(bd + '.change.mean', '+.2f')} against {cap.v(bd + '.control_mean.mean', '+.2f')} (beyond all but "
+                    f"five per cent of the boxes in {cap.v(bd + '.share_p_at_most_5pct', '.0%')} of pairs)"
+                )
             pairs = f"the first {cap.v(o + '.pairs')} of these {dom} pairs"
-            out[(dom, "ablation")] = cap.record(f"{dom} ablation", (
-                f"Outcome-targeted region ablation in {m} over {pairs}: each region zeroed in both clips from the divergence on, against "
-                f"{cap.v(o + '.n_controls')} random equal-size boxes per pair; means over pairs with bootstrap {cap.v('ci_level', '.0%')} "
-                "intervals. " + "; ".join(parts) + "."))
+            out[(dom, "ablation")] = cap.record(
+                f"{dom} ablation",
+                (
+                    f"Outcome-targeted region ablation in {m} over {pairs}: each region zeroed in both clips from the divergence on, against "
+                    f"{cap.v(o + '.n_controls')} random equal-size boxes per pair; means over pairs with bootstrap {cap.v('ci_level', '.0%')} "
+                    "intervals. " + "; ".join(parts) + "."
+                ),
+            )
         pr = f"{pre}.probes"
         b = st["probes"]["best"]
         bb = f"{pr}.{b['pooling']}.{b['index']}"
-        out[(dom, "probes")] = cap.record(f"{dom} probes", (
-            f"Outcome probes in {m} on {cap.v(pr + '.pairs')} {dom} pairs (seeds {cap.v(pr + '.seeds.0')} to {cap.v(pr + '.seeds.1')}), repeated "
-            f"grouped {cap.v(pr + '.folds')}-fold cross-validation ({cap.v(pr + '.repeats')} repeats, groups = pairs), bootstrap "
-            f"{cap.v('ci_level', '.0%')} intervals over pairs. Best: {b['pooling']} at {cap.v(pr + '.best.layer')}, paired accuracy "
-            f"{cap.v(bb + '.paired_accuracy', '.0%')} [{cap.v(bb + '.paired_accuracy_ci95.0', '.0%')}, {cap.v(bb + '.paired_accuracy_ci95.1', '.0%')}], "
-            f"control {cap.v(bb + '.control_paired_accuracy', '.0%')}; pixel baselines {cap.v(pr + '.pixels.paired_accuracy', '.0%')} (spatially "
-            f"resolved) and {cap.v(pr + '.pixels_mean.paired_accuracy', '.0%')} (mean-pooled)."))
+        out[(dom, "probes")] = cap.record(
+            f"{dom} probes",
+            (
+                f"Outcome probes in {m} on {cap.v(pr + '.pairs')} {dom} pairs (seeds {cap.v(pr + '.seeds.0')} to {cap.v(pr + '.seeds.1')}), repeated "
+                f"grouped {cap.v(pr + '.folds')}-fold cross-validation ({cap.v(pr + '.repeats')} repeats, groups = pairs), bootstrap "
+                f"{cap.v('ci_level', '.0%')} intervals over pairs. Best: {b['pooling']} at {cap.v(pr + '.best.layer')}, paired accuracy "
+                f"{cap.v(bb + '.paired_accuracy', '.0%')} [{cap.v(bb + '.paired_accuracy_ci95.0', '.0%')}, {cap.v(bb + '.paired_accuracy_ci95.1', '.0%')}], "
+                f"control {cap.v(bb + '.control_paired_accuracy', '.0%')}; pixel baselines {cap.v(pr + '.pixels.paired_accuracy', '.0%')} (spatially "
+                f"resolved) and {cap.v(pr + '.pixels_mean.paired_accuracy', '.0%')} (mean-pooled)."
+            ),
+        )
     return out
 
 
@@ -686,15 +995,25 @@ def write_study(out: Path | OutputDir, model: Any, studies: list[dict], *, overw
         sections = []
         for st in studies:
             dom = st["domain"]
-            deltas = {where: {k: st[f"deltas_{where}"]["mean"][i] for i, k in enumerate(st["kinds"])} for where in ("cls", "tokens")}
-            ci = {where: {k: (st[f"deltas_{where}"]["ci95"][0][i], st[f"deltas_{where}"]["ci95"][1][i]) for i, k in enumerate(st["kinds"])}
-                  for where in ("cls", "tokens")}
+            deltas = {
+                where: {k: st[f"deltas_{where}"]["mean"][i] for i, k in enumerate(st["kinds"])}
+                for where in ("cls", "tokens")
+            }
+            ci = {
+                where: {
+                    k: (st[f"deltas_{where}"]["ci95"][0][i], st[f"deltas_{where}"]["ci95"][1][i])
+                    for i, k in enumerate(st["kinds"])
+                }
+                for where in ("cls", "tokens")
+            }
             f1 = rp.fig_deltas(deltas, tmp / f"{dom}_deltas.png", ci)
             rec = {"projection": {"attn": st["attn"]["mean"], "mlp": st["mlp"]["mean"]}}
             rp.fig_recovery(rec, tmp / f"{dom}_recovery.png", ci={"attn": st["attn"]["ci95"], "mlp": st["mlp"]["ci95"]})
-            f2 = rp.fig_recovery_variants({v: {c: st["recovery"][v][c]["mean"] for c in ("attn", "mlp")} for v in st["recovery"]},
-                                          tmp / f"{dom}_recovery_variants.png",
-                                          ci={v: {c: st["recovery"][v][c]["ci95"] for c in ("attn", "mlp")} for v in st["recovery"]})
+            f2 = rp.fig_recovery_variants(
+                {v: {c: st["recovery"][v][c]["mean"] for c in ("attn", "mlp")} for v in st["recovery"]},
+                tmp / f"{dom}_recovery_variants.png",
+                ci={v: {c: st["recovery"][v][c]["ci95"] for c in ("attn", "mlp")} for v in st["recovery"]},
+            )
             f3 = rp.fig_probes_ci(st["probes"], tmp / f"{dom}_probes.png")
             sections += [
                 (f"{dom}: activation differences ({st['pairs']} pairs)", f1, captions[(dom, "deltas")], ""),
@@ -702,22 +1021,50 @@ def write_study(out: Path | OutputDir, model: Any, studies: list[dict], *, overw
             ]
             if "outcome" in st:
                 o = st["outcome"]
-                enr = {obj: {w: {"enrichment": e["enrichment"]["mean"]} for w, e in per.items()} for obj, per in o["enrichment"].items()}
-                enr_ci = {obj: {w: e["enrichment"]["ci95"] for w, e in per.items()} for obj, per in o["enrichment"].items()}
+                enr = {
+                    obj: {w: {"enrichment": e["enrichment"]["mean"]} for w, e in per.items()}
+                    for obj, per in o["enrichment"].items()
+                }
+                enr_ci = {
+                    obj: {w: e["enrichment"]["ci95"] for w, e in per.items()} for obj, per in o["enrichment"].items()
+                }
                 f4 = rp.fig_enrichment(enr, tmp / f"{dom}_enrichment.png", ci=enr_ci) if enr else None
-                abl = {"n_controls": o["n_controls"], "regions": {r: {s: {"change": e[s]["change"]["mean"], "control_mean": e[s]["control_mean"]["mean"],
-                                                                          "control_std": e[s]["control_std_mean"]} for s in ex.SIGNALS}
-                                                                  for r, e in o["ablation"].items()}}
+                abl = {
+                    "n_controls": o["n_controls"],
+                    "regions": {
+                        r: {
+                            s: {
+                                "change": e[s]["change"]["mean"],
+                                "control_mean": e[s]["control_mean"]["mean"],
+                                "control_std": e[s]["control_std_mean"],
+                            }
+                            for s in ex.SIGNALS
+                        }
+                        for r, e in o["ablation"].items()
+                    },
+                }
                 f5 = rp.fig_outcome_ablation(abl, tmp / f"{dom}_outcome_ablation.png")
-                sections += [(f"{dom}: object enrichment ({o['pairs']} pairs)", f4, captions[(dom, "enrichment")], ""),
-                             (f"{dom}: outcome-targeted region ablation ({o['pairs']} pairs)", f5, captions[(dom, "ablation")], "")]
+                sections += [
+                    (f"{dom}: object enrichment ({o['pairs']} pairs)", f4, captions[(dom, "enrichment")], ""),
+                    (
+                        f"{dom}: outcome-targeted region ablation ({o['pairs']} pairs)",
+                        f5,
+                        captions[(dom, "ablation")],
+                        "",
+                    ),
+                ]
             sections.append((f"{dom}: outcome probes", f3, captions[(dom, "probes")], probe_table_html(st["probes"])))
         rp.write_json(tmp / "results.json", data)
-        verdict = "; ".join(f"{s['domain']}: MLP - attention = {s['mlp_minus_attn']['mean']:+.1%} "
-                            f"[{s['mlp_minus_attn']['ci95'][0]:+.1%}, {s['mlp_minus_attn']['ci95'][1]:+.1%}]" for s in studies)
-        intro = (rp.scope_html(data["scope"]) + f"<p>Does \"attention gathers evidence, MLPs compose the concept\" hold "
-                 f"across pairs and domains? {verdict} (headline recovery {ex.HEADLINE_RECOVERY}, 95 % bootstrap intervals over pairs).</p>"
-                 f"<p>Recovery headline: {html.escape(ex.HEADLINE_REASON)}.</p>")
+        verdict = "; ".join(
+            f"{s['domain']}: MLP - attention = {s['mlp_minus_attn']['mean']:+.1%} "
+            f"[{s['mlp_minus_attn']['ci95'][0]:+.1%}, {s['mlp_minus_attn']['ci95'][1]:+.1%}]"
+            for s in studies
+        )
+        intro = (
+            rp.scope_html(data["scope"]) + f'<p>Does "attention gathers evidence, MLPs compose the concept" hold '
+            f"across pairs and domains? {verdict} (headline recovery {ex.HEADLINE_RECOVERY}, 95 % bootstrap intervals over pairs).</p>"
+            f"<p>Recovery headline: {html.escape(ex.HEADLINE_REASON)}.</p>"
+        )
         rp.write_html(tmp, "hooked-vivit multi-pair study", intro, sections)
     return out.path if isinstance(out, OutputDir) else Path(out)
 
@@ -741,13 +1088,24 @@ def study_summary(model: Any, studies: list[dict], digits: int = 4) -> dict:
     for st in studies:
         key = next((k for k, v in synthetic.DOMAINS.items() if v == st["domain"] or k == st["domain"]), st["domain"])
         out["domains"][key] = {
-            "pairs": st["pairs"], "seeds": st["seeds"],
-            "recovery_per_pair": {v: {c: r(st["recovery"][v][c]["per_pair"]) for c in ("attn", "mlp")} for v in st["recovery"]},
-            "recovery": {v: {c: {"mean": r(st["recovery"][v][c]["mean"]), "ci95": r(st["recovery"][v][c]["ci95"])} for c in ("attn", "mlp")}
-                         for v in st["recovery"]},
+            "pairs": st["pairs"],
+            "seeds": st["seeds"],
+            "recovery_per_pair": {
+                v: {c: r(st["recovery"][v][c]["per_pair"]) for c in ("attn", "mlp")} for v in st["recovery"]
+            },
+            "recovery": {
+                v: {
+                    c: {"mean": r(st["recovery"][v][c]["mean"]), "ci95": r(st["recovery"][v][c]["ci95"])}
+                    for c in ("attn", "mlp")
+                }
+                for v in st["recovery"]
+            },
             "norm_ratio_above_1": st["norm_ratio_above_1"],
             "mlp_minus_attn": st["mlp_minus_attn"],
-            "probes": {k: ([{kk: vv for kk, vv in e.items()} for e in v] if k in ("cls", "mean") else v) for k, v in st["probes"].items()},
+            "probes": {
+                k: ([{kk: vv for kk, vv in e.items()} for e in v] if k in ("cls", "mean") else v)
+                for k, v in st["probes"].items()
+            },
             "outcome": st.get("outcome"),
             "cost": st.get("cost"),
         }
@@ -756,56 +1114,110 @@ def study_summary(model: Any, studies: list[dict], digits: int = 4) -> dict:
 
 def study_tables_markdown(summary: dict) -> str:
     """The closing tables: recovery side by side, outcome enrichment and ablation, probes, with intervals."""
-    lines = [f"# Multi-pair study of `{summary['model']}`", "",
-             "Generated by `hooked_vivit.analysis.pipeline.study_tables_markdown` from `study_summary.json`; mean over held-out pairs "
-             "with percentile-bootstrap 95 % intervals over pairs. Findings are about this small organism, not ViViT-B.", ""]
+    lines = [
+        f"# Multi-pair study of `{summary['model']}`",
+        "",
+        "Generated by `hooked_vivit.analysis.pipeline.study_tables_markdown` from `study_summary.json`; mean over held-out pairs "
+        "with percentile-bootstrap 95 % intervals over pairs. Findings are about this small organism, not ViViT-B.",
+        "",
+    ]
     for dom, st in summary["domains"].items():
-        lines += [f"## {dom}: {st['pairs']} pairs, seeds {st['seeds'][0]}..{st['seeds'][1]}", "", "### Component recovery, every variant", "",
-                  "| block | " + " | ".join(st["recovery"]) + " |", "|---|" + "---|" * len(st["recovery"])]
+        lines += [
+            f"## {dom}: {st['pairs']} pairs, seeds {st['seeds'][0]}..{st['seeds'][1]}",
+            "",
+            "### Component recovery, every variant",
+            "",
+            "| block | " + " | ".join(st["recovery"]) + " |",
+            "|---|" + "---|" * len(st["recovery"]),
+        ]
         L = len(next(iter(st["recovery"].values()))["attn"]["mean"])
         for comp in ("attn", "mlp"):
             for l in range(L):
-                cells = [f"{v[comp]['mean'][l]:.1%} [{v[comp]['ci95'][0][l]:.1%}, {v[comp]['ci95'][1][l]:.1%}]" for v in st["recovery"].values()]
+                cells = [
+                    f"{v[comp]['mean'][l]:.1%} [{v[comp]['ci95'][0][l]:.1%}, {v[comp]['ci95'][1][l]:.1%}]"
+                    for v in st["recovery"].values()
+                ]
                 lines.append(f"| L{l} {comp} | " + " | ".join(cells) + " |")
         nr = st["norm_ratio_above_1"]
-        lines += ["", f"Norm ratio above 100 %: at CLS in {nr['cls']['count']} of {nr['cls']['of']} (pair, component) cases "
-                  f"({nr['cls']['share_of_pairs_with_any']:.0%} of pairs), over all tokens in {nr['tokens']['count']} of {nr['tokens']['of']}; "
-                  f"the projection stays below 100 % in {nr['cls']['with_projection_below_1']:.0%} / {nr['tokens']['with_projection_below_1']:.0%} "
-                  "of those cases.", ""]
+        lines += [
+            "",
+            f"Norm ratio above 100 %: at CLS in {nr['cls']['count']} of {nr['cls']['of']} (pair, component) cases "
+            f"({nr['cls']['share_of_pairs_with_any']:.0%} of pairs), over all tokens in {nr['tokens']['count']} of {nr['tokens']['of']}; "
+            f"the projection stays below 100 % in {nr['cls']['with_projection_below_1']:.0%} / {nr['tokens']['with_projection_below_1']:.0%} "
+            "of those cases.",
+            "",
+        ]
         o = st.get("outcome")
         if o:
-            lines += [f"### Outcome-targeted attribution: enrichment on each object ({o['pairs']} pairs)", "",
-                      "| object | weighting | share | base rate | enrichment |", "|---|---|---|---|---|"]
+            lines += [
+                f"### Outcome-targeted attribution: enrichment on each object ({o['pairs']} pairs)",
+                "",
+                "| object | weighting | share | base rate | enrichment |",
+                "|---|---|---|---|---|",
+            ]
             for obj, per in o["enrichment"].items():
                 for w, e in per.items():
-                    lines.append(f"| {obj} | {w.replace('|', chr(92) + '|')} | {e['mean_share']['mean']:.1%} | {e['base_rate']['mean']:.1%} | "
-                                 f"{e['enrichment']['mean']:.2f} [{e['enrichment']['ci95'][0]:.2f}, {e['enrichment']['ci95'][1]:.2f}] |")
-            lines += ["", f"Differential DLA mass from the divergence slot on: {o['differential_share_after_divergence']['mean']:.0%} "
-                      f"[{o['differential_share_after_divergence']['ci95'][0]:.0%}, {o['differential_share_after_divergence']['ci95'][1]:.0%}]; "
-                      f"top-8 class-DLA tokens before the divergence: {o['class_dla_top8_before_divergence']['mean']:.1f} per pair.", "",
-                      f"### Outcome-targeted region ablation (both clips, from the divergence on; {o['n_controls']} random equal-size boxes per pair)", "",
-                      "| region | signal | change | random boxes | change - boxes | pairs with p <= 0.05 |", "|---|---|---|---|---|---|"]
+                    lines.append(
+                        f"| {obj} | {w.replace('|', chr(92) + '|')} | {e['mean_share']['mean']:.1%} | {e['base_rate']['mean']:.1%} | "
+                        f"{e['enrichment']['mean']:.2f} [{e['enrichment']['ci95'][0]:.2f}, {e['enrichment']['ci95'][1]:.2f}] |"
+                    )
+            lines += [
+                "",
+                f"Differential DLA mass from the divergence slot on: {o['differential_share_after_divergence']['mean']:.0%} "
+                f"[{o['differential_share_after_divergence']['ci95'][0]:.0%}, {o['differential_share_after_divergence']['ci95'][1]:.0%}]; "
+                f"top-8 class-DLA tokens before the divergence: {o['class_dla_top8_before_divergence']['mean']:.1f} per pair.",
+                "",
+                f"### Outcome-targeted region ablation (both clips, from the divergence on; {o['n_controls']} random equal-size boxes per pair)",
+                "",
+                "| region | signal | change | random boxes | change - boxes | pairs with p <= 0.05 |",
+                "|---|---|---|---|---|---|",
+            ]
             for region, per in o["ablation"].items():
                 for s, e in per.items():
-                    lines.append(f"| {region} | {s} | {e['change']['mean']:+.3f} [{e['change']['ci95'][0]:+.3f}, {e['change']['ci95'][1]:+.3f}] | "
-                                 f"{e['control_mean']['mean']:+.3f} (sd {e['control_std_mean']:.3f}) | {e['change_minus_control']['mean']:+.3f} "
-                                 f"[{e['change_minus_control']['ci95'][0]:+.3f}, {e['change_minus_control']['ci95'][1]:+.3f}] | {e['share_p_at_most_5pct']:.0%} |")
+                    lines.append(
+                        f"| {region} | {s} | {e['change']['mean']:+.3f} [{e['change']['ci95'][0]:+.3f}, {e['change']['ci95'][1]:+.3f}] | "
+                        f"{e['control_mean']['mean']:+.3f} (sd {e['control_std_mean']:.3f}) | {e['change_minus_control']['mean']:+.3f} "
+                        f"[{e['change_minus_control']['ci95'][0]:+.3f}, {e['change_minus_control']['ci95'][1]:+.3f}] | {e['share_p_at_most_5pct']:.0%} |"
+                    )
         pr = st["probes"]
-        lines += ["", f"### Outcome probes ({pr['pairs']} pairs, repeated grouped {pr['folds']}-fold x {pr['repeats']}, groups = pairs)", "",
-                  "| features | accuracy | paired accuracy | control accuracy | control paired |", "|---|---|---|---|---|"]
-        rows = [(f"{k} {n}", e) for k in ("cls", "mean") if k in pr for n, e in zip(pr["layers"], pr[k])] + [(k, pr[k]) for k in ("pixels", "pixels_mean")]
+        lines += [
+            "",
+            f"### Outcome probes ({pr['pairs']} pairs, repeated grouped {pr['folds']}-fold x {pr['repeats']}, groups = pairs)",
+            "",
+            "| features | accuracy | paired accuracy | control accuracy | control paired |",
+            "|---|---|---|---|---|",
+        ]
+        rows = [(f"{k} {n}", e) for k in ("cls", "mean") if k in pr for n, e in zip(pr["layers"], pr[k])] + [
+            (k, pr[k]) for k in ("pixels", "pixels_mean")
+        ]
         for name, e in rows:
-            lines.append(f"| {name} | {e['accuracy']:.0%} [{e['accuracy_ci95'][0]:.0%}, {e['accuracy_ci95'][1]:.0%}] | {e['paired_accuracy']:.0%} "
-                         f"[{e['paired_accuracy_ci95'][0]:.0%}, {e['paired_accuracy_ci95'][1]:.0%}] | {e['control_accuracy']:.0%} | "
-                         f"{e['control_paired_accuracy']:.0%} [{e['control_paired_accuracy_ci95'][0]:.0%}, {e['control_paired_accuracy_ci95'][1]:.0%}] |")
+            lines.append(
+                f"| {name} | {e['accuracy']:.0%} [{e['accuracy_ci95'][0]:.0%}, {e['accuracy_ci95'][1]:.0%}] | {e['paired_accuracy']:.0%} "
+                f"[{e['paired_accuracy_ci95'][0]:.0%}, {e['paired_accuracy_ci95'][1]:.0%}] | {e['control_accuracy']:.0%} | "
+                f"{e['control_paired_accuracy']:.0%} [{e['control_paired_accuracy_ci95'][0]:.0%}, {e['control_paired_accuracy_ci95'][1]:.0%}] |"
+            )
         lines.append("")
     return "\n".join(lines) + "\n"
 
 
-def run_study(model: Any, domains: Sequence[str], n_pairs: int, out: Path | OutputDir, *, progress: bool = True, overwrite: bool = False,
-              outcome_pairs: int | None = None, probe_pairs: int | None = None) -> list[dict]:
+def run_study(
+    model: Any,
+    domains: Sequence[str],
+    n_pairs: int,
+    out: Path | OutputDir,
+    *,
+    progress: bool = True,
+    overwrite: bool = False,
+    outcome_pairs: int | None = None,
+    probe_pairs: int | None = None,
+) -> list[dict]:
     if isinstance(n_pairs, bool) or not isinstance(n_pairs, int) or n_pairs < 3:
-        raise ValueError(f"--pairs (n_pairs) must be an integer >= 3 (intervals and held-out probes over pairs), got {n_pairs!r}")
-    studies = [study_domain(model, d, n_pairs, progress=progress, outcome_pairs=outcome_pairs, probe_pairs=probe_pairs) for d in domains]
+        raise ValueError(
+            f"--pairs (n_pairs) must be an integer >= 3 (intervals and held-out probes over pairs), got {n_pairs!r}"
+        )
+    studies = [
+        study_domain(model, d, n_pairs, progress=progress, outcome_pairs=outcome_pairs, probe_pairs=probe_pairs)
+        for d in domains
+    ]
     write_study(out, model, studies, overwrite=overwrite)
     return studies

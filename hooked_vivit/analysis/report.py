@@ -14,7 +14,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-COLORS = {"resid_pre": "#1f77b4", "resid_post": "#9467bd", "attn_out": "#ff7f0e", "mlp_out": "#2ca02c", "attn": "#ff7f0e", "mlp": "#2ca02c"}
+COLORS = {
+    "resid_pre": "#1f77b4",
+    "resid_post": "#9467bd",
+    "attn_out": "#ff7f0e",
+    "mlp_out": "#2ca02c",
+    "attn": "#ff7f0e",
+    "mlp": "#2ca02c",
+}
 
 
 def _save(fig, path: Path) -> Path:
@@ -77,8 +84,14 @@ def fig_dla(dla: dict, path: Path) -> Path:
     return path
 
 
-def fig_cls_attention(att: dict, frames: np.ndarray, tubelet_t: int, path: Path, layer_index: int = -1,
-                      patch_size: tuple[int, int] | None = None) -> Path:
+def fig_cls_attention(
+    att: dict,
+    frames: np.ndarray,
+    tubelet_t: int,
+    path: Path,
+    layer_index: int = -1,
+    patch_size: tuple[int, int] | None = None,
+) -> Path:
     grid = np.array(att["grid"])[layer_index]  # [heads, slots, rows, cols]
     heads, T = grid.shape[0], grid.shape[1]
     slots = sorted(set(np.linspace(0, T - 1, min(T, 6)).round().astype(int).tolist()))
@@ -91,20 +104,33 @@ def fig_cls_attention(att: dict, frames: np.ndarray, tubelet_t: int, path: Path,
             ax = axes[h][j]
             ax.imshow(frames[t * tubelet_t])
             # One colour scale per head across frames, so frames compare.
-            ax.imshow(grid[h, t], cmap="magma", alpha=0.55, extent=(0, W, H, 0), interpolation="nearest", vmin=0, vmax=grid[h].max())
+            ax.imshow(
+                grid[h, t],
+                cmap="magma",
+                alpha=0.55,
+                extent=(0, W, H, 0),
+                interpolation="nearest",
+                vmin=0,
+                vmax=grid[h].max(),
+            )
             ax.set_xticks([]), ax.set_yticks([])
             if h == 0:
                 ax.set_title(f"frame {t * tubelet_t}", fontsize=8)
             if j == 0:
                 ax.set_ylabel(f"head {h}", fontsize=8)
-    fig.suptitle(f"{'CLS' if att.get('readout', 'CLS') == 'CLS' else att['readout']} attention, layer {att['layers'][layer_index]}", fontsize=9)
+    fig.suptitle(
+        f"{'CLS' if att.get('readout', 'CLS') == 'CLS' else att['readout']} attention, layer {att['layers'][layer_index]}",
+        fontsize=9,
+    )
     return _save(fig, path)
 
 
 def fig_probes(probes: dict, path: Path, ci: dict | None = None) -> Path:
     fig, ax = plt.subplots(figsize=(7, 3.6))
     x = np.arange(len(probes["layers"]))
-    for kind, color in [(k, c) for k, c in (("cls", "#1f77b4"), ("mean", "#2ca02c")) if k in probes]:  # no CLS: "mean" only
+    for kind, color in [
+        (k, c) for k, c in (("cls", "#1f77b4"), ("mean", "#2ca02c")) if k in probes
+    ]:  # no CLS: "mean" only
         acc = np.array([r["accuracy"] for r in probes[kind]]) * 100
         ctl = np.array([r["control_accuracy"] for r in probes[kind]]) * 100
         ax.plot(x, acc, "o-", color=color, label=f"{kind} probe")
@@ -161,7 +187,12 @@ def table_html(rows: list[dict], columns: list[str], fmt: dict[str, str] | None 
     fmt = fmt or {}
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(format(r[c], fmt.get(c, '')) if not isinstance(r[c], str) else r[c])}</td>" for c in columns) + "</tr>"
+        "<tr>"
+        + "".join(
+            f"<td>{html.escape(format(r[c], fmt.get(c, '')) if not isinstance(r[c], str) else r[c])}</td>"
+            for c in columns
+        )
+        + "</tr>"
         for r in rows
     )
     return f"<table><tr>{head}</tr>{body}</table>"
@@ -238,14 +269,27 @@ def numbers_in(text: str, strip: tuple[str, ...] = ()) -> list[str]:
 
 # ------------------------------------------------------------------------------------------- scope
 PAPER_CLAIMS = (
-    ("Single MLP blocks from layer 4 on recover more than 100 % of the final-layer signal", "at least 5 layers",
-     lambda cfg: cfg.n_layers >= 5),
+    (
+        "Single MLP blocks from layer 4 on recover more than 100 % of the final-layer signal",
+        "at least 5 layers",
+        lambda cfg: cfg.n_layers >= 5,
+    ),
     ("The signal is measured at layer 11, the last of 12", "12 layers", lambda cfg: cfg.n_layers == 12),
-    ("Both clips are classified as class 31 'bowling'", "the Kinetics-400 label set (class 31 = bowling)",
-     lambda cfg: cfg.id2label.get(31) == "bowling"),
-    ("Attention blocks gather evidence, MLP blocks compose the concept (component patching)", "any model", lambda cfg: True),
-    ("The outcome is encoded in the representation (probes, one pair in the paper)", "rendered pairs of a domain the model knows",
-     lambda cfg: any(v in ("bowling", "golf putting", "shooting basketball") for v in cfg.id2label.values())),
+    (
+        "Both clips are classified as class 31 'bowling'",
+        "the Kinetics-400 label set (class 31 = bowling)",
+        lambda cfg: cfg.id2label.get(31) == "bowling",
+    ),
+    (
+        "Attention blocks gather evidence, MLP blocks compose the concept (component patching)",
+        "any model",
+        lambda cfg: True,
+    ),
+    (
+        "The outcome is encoded in the representation (probes, one pair in the paper)",
+        "rendered pairs of a domain the model knows",
+        lambda cfg: any(v in ("bowling", "golf putting", "shooting basketball") for v in cfg.id2label.values()),
+    ),
 )
 
 
@@ -257,26 +301,43 @@ def scope(model: Any, trained_on: str | None = None) -> dict:
     organism = cfg.model_name == "hooked-vivit-organism"
     if trained_on is None:
         if organism:
-            trained_on = ("procedurally rendered clips of 6 actions (hooked_vivit.synthetic; MODEL_CARD.md), outcomes never labels; "
-                          "seeds listed in seed_ranges.json")
+            trained_on = (
+                "procedurally rendered clips of 6 actions (hooked_vivit.synthetic; MODEL_CARD.md), outcomes never labels; "
+                "seeds listed in seed_ranges.json"
+            )
         elif len(cfg.id2label) == 400 and cfg.id2label.get(31) == "bowling":
             trained_on = "Kinetics-400 (by its label set)"
         else:
             trained_on = f"not known to hooked-vivit ({len(cfg.id2label)} classes)"
     claims = [{"claim": c, "needs": needs, "testable": bool(test(cfg))} for c, needs, test in PAPER_CLAIMS]
     return {
-        "model": cfg.model_name, "layers": cfg.n_layers, "heads": cfg.n_heads, "d_model": cfg.d_model,
-        "frames": cfg.num_frames, "pixels": list(cfg.image_size), "tubelet": list(cfg.tubelet_size),
-        "tokens": g.n_ctx, "token_grid": list(g.shape), "classes": len(cfg.id2label), "trained_on": trained_on,
-        "claims": claims, "organism": organism,
-        "organism_note": (f"Findings in this report are about {cfg.model_name}, a {cfg.n_layers}-layer model trained on rendered clips, "
-                          "not about ViViT-B: they show what the methods measure, not what ViViT-B does.") if organism else None,
+        "model": cfg.model_name,
+        "layers": cfg.n_layers,
+        "heads": cfg.n_heads,
+        "d_model": cfg.d_model,
+        "frames": cfg.num_frames,
+        "pixels": list(cfg.image_size),
+        "tubelet": list(cfg.tubelet_size),
+        "tokens": g.n_ctx,
+        "token_grid": list(g.shape),
+        "classes": len(cfg.id2label),
+        "trained_on": trained_on,
+        "claims": claims,
+        "organism": organism,
+        "organism_note": (
+            f"Findings in this report are about {cfg.model_name}, a {cfg.n_layers}-layer model trained on rendered clips, "
+            "not about ViViT-B: they show what the methods measure, not what ViViT-B does."
+        )
+        if organism
+        else None,
     }
 
 
 def scope_html(sc: dict) -> str:
-    rows = "".join(f"<li>{'can' if c['testable'] else '<b>cannot</b>'} test: {html.escape(c['claim'])} (needs {html.escape(c['needs'])})</li>"
-                   for c in sc["claims"])
+    rows = "".join(
+        f"<li>{'can' if c['testable'] else '<b>cannot</b>'} test: {html.escape(c['claim'])} (needs {html.escape(c['needs'])})</li>"
+        for c in sc["claims"]
+    )
     note = f"<p><b>{html.escape(sc['organism_note'])}</b></p>" if sc.get("organism_note") else ""
     return (
         "<div style='border:2px solid #888;padding:0.5em 1em;margin:1em 0;background:#fafafa'><b>Scope.</b> "
@@ -288,8 +349,13 @@ def scope_html(sc: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------- new figures
-VARIANT_LABELS = {"cls_projection": "projection at CLS", "token_projection": "projection, all tokens", "norm_ratio_cls": "norm ratio at CLS",
-                  "norm_ratio_tokens": "norm ratio, all tokens", "norm_recovery": "norm recovery at CLS (bounded)"}
+VARIANT_LABELS = {
+    "cls_projection": "projection at CLS",
+    "token_projection": "projection, all tokens",
+    "norm_ratio_cls": "norm ratio at CLS",
+    "norm_ratio_tokens": "norm ratio, all tokens",
+    "norm_recovery": "norm recovery at CLS (bounded)",
+}
 
 
 def fig_recovery_variants(variants: dict, path: Path, ci: dict | None = None) -> Path:
@@ -327,7 +393,15 @@ def fig_outcome_ablation(ablation: dict, path: Path) -> Path:
         cm = [ablation["regions"][r][sig]["control_mean"] for r in regions]
         cs = [ablation["regions"][r][sig]["control_std"] for r in regions]
         ax.barh(y + 0.2, ch, 0.4, color="#d62728", label="region")
-        ax.barh(y - 0.2, cm, 0.4, xerr=cs, color="#aaaaaa", label=f"{ablation['n_controls']} random boxes (mean, sd)", capsize=2)
+        ax.barh(
+            y - 0.2,
+            cm,
+            0.4,
+            xerr=cs,
+            color="#aaaaaa",
+            label=f"{ablation['n_controls']} random boxes (mean, sd)",
+            capsize=2,
+        )
         ax.axvline(0, color="k", lw=0.5)
         ax.set_yticks(y, regions if sig == "class_logit" else [""] * len(regions), fontsize=7)
         ax.set_title(f"change of {sig}", fontsize=9)
@@ -346,7 +420,9 @@ def fig_enrichment(enr: dict, path: Path, ci: dict | None = None) -> Path:
         err = None
         if ci:
             err = np.array([[vals[j] - ci[o][kind][0], ci[o][kind][1] - vals[j]] for j, o in enumerate(objects)]).T
-        ax.bar(np.arange(len(objects)) + (i - (len(kinds) - 1) / 2) * width, vals, width, label=kind, yerr=err, capsize=2)
+        ax.bar(
+            np.arange(len(objects)) + (i - (len(kinds) - 1) / 2) * width, vals, width, label=kind, yerr=err, capsize=2
+        )
     ax.axhline(1, color="k", ls="--", lw=0.8)
     ax.set_xticks(np.arange(len(objects)), objects)
     ax.set_ylabel("enrichment = share / base rate")
@@ -359,11 +435,15 @@ def fig_probes_ci(probes: dict, path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
     x = np.arange(len(probes["layers"]))
     for ax, metric in zip(axes, ("accuracy", "paired_accuracy")):
-        for kind, color in [(k, c) for k, c in (("cls", "#1f77b4"), ("mean", "#2ca02c")) if k in probes]:  # no CLS: "mean" only
+        for kind, color in [
+            (k, c) for k, c in (("cls", "#1f77b4"), ("mean", "#2ca02c")) if k in probes
+        ]:  # no CLS: "mean" only
             acc = np.array([r[metric] for r in probes[kind]]) * 100
             lo = np.array([r[f"{metric}_ci95"][0] for r in probes[kind]]) * 100
             hi = np.array([r[f"{metric}_ci95"][1] for r in probes[kind]]) * 100
-            ax.errorbar(x, acc, yerr=np.stack([acc - lo, hi - acc]), fmt="o-", color=color, label=f"{kind} probe", capsize=2)
+            ax.errorbar(
+                x, acc, yerr=np.stack([acc - lo, hi - acc]), fmt="o-", color=color, label=f"{kind} probe", capsize=2
+            )
             ctl = np.array([r[f"control_{metric}"] for r in probes[kind]]) * 100
             ax.plot(x, ctl, "x:", color=color, label=f"{kind} control (swapped within pairs)")
         for key, ls in (("pixels", "--"), ("pixels_mean", "-.")):

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,7 +45,15 @@ VALIDATE_SEED0 = ANALYSIS_SEEDS["study"] + 500_000
 DOMAINS = tuple(synthetic.DOMAINS)
 PROBE_GOAL = 0.9  # last-layer outcome probe on the ground-truth organism
 ATTRIBUTION_GOAL = 0.9  # attribution vs real patching, Pearson r
-METHODS = ("probes", "recovery", "residual sanity", "differential DLA", "attention enrichment", "ablation", "attribution")
+METHODS = (
+    "probes",
+    "recovery",
+    "residual sanity",
+    "differential DLA",
+    "attention enrichment",
+    "ablation",
+    "attribution",
+)
 
 
 @dataclass
@@ -80,11 +89,17 @@ def organism_pairs(model: Any, domain: str, n: int, seed0: int = VALIDATE_SEED0)
         key = next(k for k, v in synthetic.DOMAINS.items() if v == meta["domain"])
         names = [f"{key} {meta['outcomes'][s]}" for s in ("positive", "negative")]
         classes = tuple(cfg.label2id[n] for n in names) if all(n in cfg.label2id for n in names) else None
-        out.append(ValidationPair(model_pixels(model, pos), model_pixels(model, neg), region, meta["divergence_frame"], classes))
+        out.append(
+            ValidationPair(
+                model_pixels(model, pos), model_pixels(model, neg), region, meta["divergence_frame"], classes
+            )
+        )
     return out
 
 
-def organism_subject(name: str, n_pairs: int, domains: Sequence[str] = DOMAINS, seed0: int = VALIDATE_SEED0, model: Any = None) -> Subject:
+def organism_subject(
+    name: str, n_pairs: int, domains: Sequence[str] = DOMAINS, seed0: int = VALIDATE_SEED0, model: Any = None
+) -> Subject:
     from hooked_vivit import organism
 
     model = model if model is not None else organism.load(name)
@@ -107,8 +122,13 @@ def planted_subject(name: str, n_pairs: int, seed0: int = 0) -> Subject:
     start = int(np.nonzero(region.any((1, 2)))[0][0])
     classes = (pm.truth.positive, pm.truth.negative)
     pairs = [ValidationPair(p, n, region, start, classes) for p, n in pm.pairs(n_pairs, seed=seed0)]
-    truth = {"components": list(pm.truth.component_labels), "heads": list(pm.truth.head_labels),
-             "mlps": list(pm.truth.mlps), "last_head_layer": max(h.layer for h in pm.truth.heads), "rule": pm.truth.rule}
+    truth = {
+        "components": list(pm.truth.component_labels),
+        "heads": list(pm.truth.head_labels),
+        "mlps": list(pm.truth.mlps),
+        "last_head_layer": max(h.layer for h in pm.truth.heads),
+        "rule": pm.truth.rule,
+    }
     return Subject(f"planted {name}", pm.model, {name: pairs}, True, truth)
 
 
@@ -122,7 +142,9 @@ def _ci(values: Sequence[float] | np.ndarray) -> dict:
     return {"mean": mean, "ci95": [np.asarray(lo).tolist(), np.asarray(hi).tolist()], "n": int(len(v))}
 
 
-def pooled_correlation(estimates: Sequence[np.ndarray], actual: Sequence[np.ndarray], n_boot: int = 2000, seed: int = 0) -> dict:
+def pooled_correlation(
+    estimates: Sequence[np.ndarray], actual: Sequence[np.ndarray], n_boot: int = 2000, seed: int = 0
+) -> dict:
     """Pearson r of all (pair, component) values pooled, with a percentile-bootstrap 95 % interval
     over pairs (pairs resampled), and the mean of the per-pair r."""
     e, a = np.stack([np.ravel(x) for x in estimates]), np.stack([np.ravel(x) for x in actual])
@@ -135,9 +157,13 @@ def pooled_correlation(estimates: Sequence[np.ndarray], actual: Sequence[np.ndar
     boots = np.array([r(rng.integers(0, len(e), len(e))) for _ in range(n_boot)]) if len(e) > 1 else np.array([np.nan])
     per_pair = [r([i]) for i in range(len(e))]
     ok = boots[np.isfinite(boots)]
-    return {"r": r(np.arange(len(e))), "ci95": [float(np.quantile(ok, 0.025)), float(np.quantile(ok, 0.975))] if len(ok) else [None, None],
-            "per_pair_mean_r": float(np.nanmean(per_pair)) if np.isfinite(per_pair).any() else None, "pairs": len(e),
-            "values_per_pair": int(e.shape[1])}
+    return {
+        "r": r(np.arange(len(e))),
+        "ci95": [float(np.quantile(ok, 0.025)), float(np.quantile(ok, 0.975))] if len(ok) else [None, None],
+        "per_pair_mean_r": float(np.nanmean(per_pair)) if np.isfinite(per_pair).any() else None,
+        "pairs": len(e),
+        "values_per_pair": int(e.shape[1]),
+    }
 
 
 # ------------------------------------------------------------------------------------------ methods
@@ -152,6 +178,7 @@ def _residual_patched(model: Any, clean_cache: Any, negative: torch.Tensor, meas
         def hook(act, hook):
             act[row] = clean_cache[hook.name][0].to(act.dtype)
             return act
+
         return hook
 
     def grab(act, hook):
@@ -187,14 +214,22 @@ def recovery(model: Any, pairs: list[ValidationPair], sanity_pairs: int) -> dict
         a = np.stack(arr).reshape(len(arr), -1)  # [pairs, 2L] in the order of labels
         stat = _ci(a)
         top = int(np.argmax(stat["mean"]))
-        out["variants"][v] = {**stat, "top": labels[top], "top_mean": stat["mean"][top],
-                              "top_ci95": [stat["ci95"][0][top], stat["ci95"][1][top]]}
+        out["variants"][v] = {
+            **stat,
+            "top": labels[top],
+            "top_mean": stat["mean"][top],
+            "top_ci95": [stat["ci95"][0][top], stat["ci95"][1][top]],
+        }
     for v, vals in sanity.items():
         if not vals:
             continue
         s = np.asarray(vals)  # [pairs, L + 1]
-        out["sanity"][v] = {"min": float(s.min()), "max": float(s.max()), "pairs": len(s),
-                            "layers": [f"resid_pre {l}" for l in range(L)] + [f"resid_post {L - 1}"]}
+        out["sanity"][v] = {
+            "min": float(s.min()),
+            "max": float(s.max()),
+            "pairs": len(s),
+            "layers": [f"resid_pre {l}" for l in range(L)] + [f"resid_post {L - 1}"],
+        }
     return out
 
 
@@ -223,7 +258,7 @@ def attribution_maps(model: Any, pairs: list[ValidationPair]) -> dict:
             dla_share.append(e["mean_share"])
             dla_enr.append(e["enrichment"])
             slots = np.asarray(diff["per_slot_abs"])
-            after_div.append(float(slots[grid.frame_slot_of_frame(p.divergence_frame):].sum() / slots.sum()))
+            after_div.append(float(slots[grid.frame_slot_of_frame(p.divergence_frame) :].sum() / slots.sum()))
         with torch.inference_mode():
             rows = model.attention_rows(p.positive, queries="cls")[0, :, :, 0, 1:].float()  # [L, H, patches]
         e = ex.enrichment(rows, on)
@@ -232,11 +267,19 @@ def attribution_maps(model: Any, pairs: list[ValidationPair]) -> dict:
         attn_enr.append(shares.mean(1) / e["base_rate"])
     out = {"pairs": len(pairs), "base_rate": _ci(base_rates), "dla_zero_pairs": dla_zero}
     if dla_share:
-        out["differential_dla"] = {"share": _ci(dla_share), "enrichment": _ci(dla_enr), "share_after_divergence": _ci(after_div)}
+        out["differential_dla"] = {
+            "share": _ci(dla_share),
+            "enrichment": _ci(dla_enr),
+            "share_after_divergence": _ci(after_div),
+        }
     a = np.stack(attn_enr)  # [pairs, L]
     best = int(np.argmax(a.mean(0)))
-    out["attention"] = {"enrichment_per_layer": _ci(a), "share_per_layer": _ci(np.stack(attn_share)), "best_layer": best,
-                        "best_enrichment": _ci(a[:, best])}
+    out["attention"] = {
+        "enrichment_per_layer": _ci(a),
+        "share_per_layer": _ci(np.stack(attn_share)),
+        "best_layer": best,
+        "best_enrichment": _ci(a[:, best]),
+    }
     return out
 
 
@@ -262,9 +305,18 @@ def region_ablation(model: Any, pairs: list[ValidationPair], n_controls: int, se
             ctl_twin.append(tw[:, 1:].mean(1).tolist())
         gap.append(float(ch[:, 0].mean() - ch[:, 1:].mean()))
     # Per clip of the pair ([positive, negative]) and for the pair (the mean of its two clips).
-    both = lambda v: {"positive": _ci(np.asarray(v)[:, 0]), "negative": _ci(np.asarray(v)[:, 1]), "pair": _ci(np.asarray(v).mean(1))}  # noqa: E731
-    out = {"pairs": len(pairs), "n_controls": n_controls, "changed": both(changed), "controls_changed": both(ctl_changed),
-           "changed_minus_controls": _ci(gap)}
+    both = lambda v: {
+        "positive": _ci(np.asarray(v)[:, 0]),
+        "negative": _ci(np.asarray(v)[:, 1]),
+        "pair": _ci(np.asarray(v).mean(1)),
+    }  # noqa: E731
+    out = {
+        "pairs": len(pairs),
+        "n_controls": n_controls,
+        "changed": both(changed),
+        "controls_changed": both(ctl_changed),
+        "changed_minus_controls": _ci(gap),
+    }
     if twin:
         out["to_twin"] = both(twin)
         out["controls_to_twin"] = both(ctl_twin)
@@ -288,11 +340,16 @@ def attribution_vs_patching(model: Any, pairs: list[ValidationPair]) -> dict:
         else:
             with torch.inference_mode():
                 _, cc = model.run_with_cache(p.negative, names_filter=[last])
-            metric, metric_name = SignalRecovery(last, clean_cache[last], cc[last], positions=0), "recovery at CLS (cls_projection)"
+            metric, metric_name = (
+                SignalRecovery(last, clean_cache[last], cc[last], positions=0),
+                "recovery at CLS (cls_projection)",
+            )
         res = attribution_patch(model, p.positive, p.negative, metric, clean_cache=clean_cache)
 
         def real(patches):
-            sweep = patching.denoise(model, patches, clean_cache=clean_cache, corrupted=p.negative, metric=metric, progress=False)
+            sweep = patching.denoise(
+                model, patches, clean_cache=clean_cache, corrupted=p.negative, metric=metric, progress=False
+            )
             return (sweep.values - sweep.baseline).numpy()
 
         est["attn_out by layer"].append(res.by_component("attn_out").numpy())
@@ -310,16 +367,33 @@ def probes(model: Any, pairs: list[ValidationPair]) -> dict:
     cls = res["cls"]
     best = int(np.argmax([e["accuracy"] for e in cls]))
     keep = ("accuracy", "accuracy_ci95", "paired_accuracy", "paired_accuracy_ci95", "control_accuracy", "selectivity")
-    return {"pairs": res["pairs"], "layers": res["layers"], "method": res["method"],
-            "cls": [{k: e[k] for k in keep if k in e} for e in cls], "best_layer": res["layers"][best],
-            "pixels": {k: res["pixels"][k] for k in keep if k in res["pixels"]}}
+    return {
+        "pairs": res["pairs"],
+        "layers": res["layers"],
+        "method": res["method"],
+        "cls": [{k: e[k] for k in keep if k in e} for e in cls],
+        "best_layer": res["layers"][best],
+        "pixels": {k: res["pixels"][k] for k in keep if k in res["pixels"]},
+    }
 
 
 # ------------------------------------------------------------------------------------------ driver
-def validate_subject(subject: Subject, *, sanity_pairs: int = 10, attribution_pairs: int = 10, n_controls: int = 4,
-                     methods: Sequence[str] = METHODS, progress: bool = True) -> dict:
-    out: dict = {"subject": subject.name, "model": subject.model.cfg.model_name, "outcome_is_label": subject.outcome_is_label,
-                 "truth": subject.truth, "domains": {}}
+def validate_subject(
+    subject: Subject,
+    *,
+    sanity_pairs: int = 10,
+    attribution_pairs: int = 10,
+    n_controls: int = 4,
+    methods: Sequence[str] = METHODS,
+    progress: bool = True,
+) -> dict:
+    out: dict = {
+        "subject": subject.name,
+        "model": subject.model.cfg.model_name,
+        "outcome_is_label": subject.outcome_is_label,
+        "truth": subject.truth,
+        "domains": {},
+    }
     for domain, pairs in subject.pairs.items():
         t0 = time.time()
         r: dict = {"pairs": len(pairs)}
@@ -331,7 +405,9 @@ def validate_subject(subject: Subject, *, sanity_pairs: int = 10, attribution_pa
             r["maps"] = attribution_maps(subject.model, pairs)
         if "ablation" in methods:
             r["ablation"] = region_ablation(subject.model, pairs, n_controls)
-        if "attribution" in methods and attribution_pairs > 0 and subject.outcome_is_label:  # the issue's target: known mechanisms
+        if (
+            "attribution" in methods and attribution_pairs > 0 and subject.outcome_is_label
+        ):  # the issue's target: known mechanisms
             r["attribution"] = attribution_vs_patching(subject.model, pairs[:attribution_pairs])
         r["seconds"] = round(time.time() - t0, 1)
         if progress:
@@ -340,9 +416,20 @@ def validate_subject(subject: Subject, *, sanity_pairs: int = 10, attribution_pa
     return out
 
 
-def validate(organisms: Sequence[str] = ("actions", "outcomes"), planted_models: Sequence[str] | None = None, *, n_pairs: int = 50,
-             domains: Sequence[str] = DOMAINS, sanity_pairs: int = 10, attribution_pairs: int = 10, n_controls: int = 4,
-             seed0: int = VALIDATE_SEED0, methods: Sequence[str] = METHODS, progress: bool = True, models: dict | None = None) -> dict:
+def validate(
+    organisms: Sequence[str] = ("actions", "outcomes"),
+    planted_models: Sequence[str] | None = None,
+    *,
+    n_pairs: int = 50,
+    domains: Sequence[str] = DOMAINS,
+    sanity_pairs: int = 10,
+    attribution_pairs: int = 10,
+    n_controls: int = 4,
+    seed0: int = VALIDATE_SEED0,
+    methods: Sequence[str] = METHODS,
+    progress: bool = True,
+    models: dict | None = None,
+) -> dict:
     """Every method on every subject (see the module docstring); ``models`` maps an organism name to an
     already loaded model (tests). Returns plain data; ``validation_markdown`` turns it into the table."""
     from hooked_vivit import planted
@@ -356,13 +443,33 @@ def validate(organisms: Sequence[str] = ("actions", "outcomes"), planted_models:
     t0, c0 = time.time(), time.process_time()
     subjects = [planted_subject(n, n_pairs) for n in planted_models]
     subjects += [organism_subject(n, n_pairs, domains, seed0, model=(models or {}).get(n)) for n in organisms]
-    results = [validate_subject(s, sanity_pairs=sanity_pairs, attribution_pairs=attribution_pairs, n_controls=n_controls,
-                                methods=methods, progress=progress) for s in subjects]
-    return {"settings": {"pairs_per_domain": n_pairs, "seeds": [seed0, seed0 + n_pairs - 1], "sanity_pairs": sanity_pairs,
-                         "attribution_pairs": attribution_pairs, "n_controls": n_controls, "methods": list(methods),
-                         "probe_goal": PROBE_GOAL, "attribution_goal": ATTRIBUTION_GOAL},
-            "seconds": round(time.time() - t0, 1), "cpu_seconds": round(time.process_time() - c0, 1), "torch_threads": torch.get_num_threads(),
-            "subjects": results}
+    results = [
+        validate_subject(
+            s,
+            sanity_pairs=sanity_pairs,
+            attribution_pairs=attribution_pairs,
+            n_controls=n_controls,
+            methods=methods,
+            progress=progress,
+        )
+        for s in subjects
+    ]
+    return {
+        "settings": {
+            "pairs_per_domain": n_pairs,
+            "seeds": [seed0, seed0 + n_pairs - 1],
+            "sanity_pairs": sanity_pairs,
+            "attribution_pairs": attribution_pairs,
+            "n_controls": n_controls,
+            "methods": list(methods),
+            "probe_goal": PROBE_GOAL,
+            "attribution_goal": ATTRIBUTION_GOAL,
+        },
+        "seconds": round(time.time() - t0, 1),
+        "cpu_seconds": round(time.process_time() - c0, 1),
+        "torch_threads": torch.get_num_threads(),
+        "subjects": results,
+    }
 
 
 # ------------------------------------------------------------------------------------------ the table
@@ -386,30 +493,57 @@ def findings(result: dict, settings: dict) -> list[dict]:
     truth = result["truth"]
     planted = bool(truth)
     for domain, r in result["domains"].items():
+
         def row(method, found, expected, verdict):
-            rows.append({"model": result["subject"], "domain": domain, "method": method, "found": found, "expected": expected, "verdict": verdict})
+            rows.append(
+                {
+                    "model": result["subject"],
+                    "domain": domain,
+                    "method": method,
+                    "found": found,
+                    "expected": expected,
+                    "verdict": verdict,
+                }
+            )
 
         if "probes" in r:
             pr = r["probes"]
             last = pr["cls"][-1]
             acc = {"mean": last["accuracy"], "ci95": last["accuracy_ci95"]}
-            found = (f"CLS probe at {pr['layers'][-1]}: {_pct(acc)} (control {last['control_accuracy']:.0%}); "
-                     f"best layer {pr['best_layer']}")
+            found = (
+                f"CLS probe at {pr['layers'][-1]}: {_pct(acc)} (control {last['control_accuracy']:.0%}); "
+                f"best layer {pr['best_layer']}"
+            )
             if planted:  # resid_pre k is before layer k: the last planted head's layer, then the one after it
                 k = truth["last_head_layer"]
                 found += f"; before it (resid_pre {k}): {pr['cls'][k]['accuracy']:.0%}, after (resid_pre {k + 1}): {pr['cls'][k + 1]['accuracy']:.0%}"
             decodes = last["accuracy_ci95"][0] >= PROBE_GOAL if gt else last["accuracy_ci95"][1] >= 0.75
             expected = f"decodes (goal >= {PROBE_GOAL:.0%})" if gt else "chance (outcome never a label)"
-            verdict = ("found" if decodes else "missed") if gt else ("false positive" if decodes else "correct negative")
+            verdict = (
+                ("found" if decodes else "missed") if gt else ("false positive" if decodes else "correct negative")
+            )
             row("outcome probe (held-out by pair)", found, expected, verdict)
         if "recovery" in r:
             rec = r["recovery"]
-            parts = [f"{v}: top {e['top']} {_pct({'mean': e['top_mean'], 'ci95': e['top_ci95']})}" for v, e in rec["variants"].items()]
-            if planted:  # a composition is found when its MLP ranks first; a single head, when its layer's attention does
-                want = [f"L{l} mlp" for l in truth.get("mlps", [])] or [f"L{h[1]} attn" for h in (c.split("H")[0].split("L") for c in truth["heads"])]
+            parts = [
+                f"{v}: top {e['top']} {_pct({'mean': e['top_mean'], 'ci95': e['top_ci95']})}"
+                for v, e in rec["variants"].items()
+            ]
+            if (
+                planted
+            ):  # a composition is found when its MLP ranks first; a single head, when its layer's attention does
+                want = [f"L{l} mlp" for l in truth.get("mlps", [])] or [
+                    f"L{h[1]} attn" for h in (c.split("H")[0].split("L") for c in truth["heads"])
+                ]
                 hit = [v for v, e in rec["variants"].items() if e["top"] in want]
-                expected = "top component: " + " or ".join(want) + (" (the composing MLP)" if truth.get("mlps") else " (the planted head's layer)")
-                verdict = f"found in {len(hit)} of {len(rec['variants'])} variants" if hit else "missed in every variant"
+                expected = (
+                    "top component: "
+                    + " or ".join(want)
+                    + (" (the composing MLP)" if truth.get("mlps") else " (the planted head's layer)")
+                )
+                verdict = (
+                    f"found in {len(hit)} of {len(rec['variants'])} variants" if hit else "missed in every variant"
+                )
             else:
                 expected = "the blocks that carry the outcome (not known in advance)" if gt else "no outcome to carry"
                 verdict = "reported" if gt else "n/a (no ground truth)"
@@ -418,15 +552,21 @@ def findings(result: dict, settings: dict) -> list[dict]:
                 lo = min(s["min"] for s in rec["sanity"].values())
                 hi = max(s["max"] for s in rec["sanity"].values())
                 n = next(iter(rec["sanity"].values()))["pairs"]
-                row("whole-residual patch (sanity)", f"recovery {lo:.4%} to {hi:.4%} over every layer and variant ({n} pairs)",
-                    "100 % at every layer", "passes" if abs(lo - 1) < 1e-3 and abs(hi - 1) < 1e-3 else "FAILS")
+                row(
+                    "whole-residual patch (sanity)",
+                    f"recovery {lo:.4%} to {hi:.4%} over every layer and variant ({n} pairs)",
+                    "100 % at every layer",
+                    "passes" if abs(lo - 1) < 1e-3 and abs(hi - 1) < 1e-3 else "FAILS",
+                )
         if "maps" in r:
             mp = r["maps"]
             base = mp["base_rate"]["mean"]
             if "differential_dla" in mp:
                 d = mp["differential_dla"]
-                found = (f"share on region {_pct(d['share'])} (base rate {base:.0%}), enrichment {_num(d['enrichment'])}; "
-                         f"{_pct(d['share_after_divergence'])} of its mass after the divergence")
+                found = (
+                    f"share on region {_pct(d['share'])} (base rate {base:.0%}), enrichment {_num(d['enrichment'])}; "
+                    f"{_pct(d['share_after_divergence'])} of its mass after the divergence"
+                )
                 if mp["dla_zero_pairs"]:
                     found += f"; zero in {mp['dla_zero_pairs']} pairs"
                 enriched = d["enrichment"]["ci95"][0] is not None and d["enrichment"]["ci95"][0] > 1
@@ -434,19 +574,37 @@ def findings(result: dict, settings: dict) -> list[dict]:
             else:
                 found = f"zero in all {mp['dla_zero_pairs']} pairs: no head writes the class direction"
                 verdict = "missed (blind to an MLP-composed signal)" if gt else "n/a"
-            row("differential DLA on the outcome region", found, "enrichment > 1 on the region" if gt else "no outcome signal", verdict)
+            row(
+                "differential DLA on the outcome region",
+                found,
+                "enrichment > 1 on the region" if gt else "no outcome signal",
+                verdict,
+            )
             a = mp["attention"]
-            found = (f"CLS attention enrichment, best layer {a['best_layer']}: {_num(a['best_enrichment'])} (share "
-                     f"{a['share_per_layer']['mean'][a['best_layer']]:.0%}, base rate {base:.0%})")
+            found = (
+                f"CLS attention enrichment, best layer {a['best_layer']}: {_num(a['best_enrichment'])} (share "
+                f"{a['share_per_layer']['mean'][a['best_layer']]:.0%}, base rate {base:.0%})"
+            )
             enriched = a["best_enrichment"]["ci95"][0] is not None and a["best_enrichment"]["ci95"][0] > 1
-            verdict = ("found" if enriched else "missed") if gt else ("enriched (attention without outcome use)" if enriched else "not enriched")
-            row("attention enrichment on the outcome region", found, "enrichment > 1 in some layer" if gt else "-", verdict)
+            verdict = (
+                ("found" if enriched else "missed")
+                if gt
+                else ("enriched (attention without outcome use)" if enriched else "not enriched")
+            )
+            row(
+                "attention enrichment on the outcome region",
+                found,
+                "enrichment > 1 in some layer" if gt else "-",
+                verdict,
+            )
         if "ablation" in r:
             ab = r["ablation"]
             key = "to_twin" if "to_twin" in ab else "changed"
             what = "flips to the twin outcome" if key == "to_twin" else "prediction changes"
-            found = "; ".join(f"{clip} clip {what}: region {_pct(ab[key][clip])} vs equal random boxes {_pct(ab['controls_' + key][clip])}"
-                              for clip in ("positive", "negative"))
+            found = "; ".join(
+                f"{clip} clip {what}: region {_pct(ab[key][clip])} vs equal random boxes {_pct(ab['controls_' + key][clip])}"
+                for clip in ("positive", "negative")
+            )
             flips = ab["changed_minus_controls"]["ci95"][0] is not None and ab["changed_minus_controls"]["ci95"][0] > 0
             expected = "flips more than random boxes" if gt else "action class kept"
             verdict = ("found" if flips else "missed") if gt else ("class changes" if flips else "correct negative")
@@ -462,23 +620,37 @@ def findings(result: dict, settings: dict) -> list[dict]:
                 ci = f" [{e['ci95'][0]:.2f}, {e['ci95'][1]:.2f}]" if e["ci95"][0] is not None else ""
                 parts.append(f"{k}: r = {e['r']:.2f}{ci}")
                 ok.append(e["r"] >= ATTRIBUTION_GOAL)
-            verdict = "n/a" if not ok else "meets the goal" if all(ok) else f"below the goal in {len(ok) - sum(ok)} of {len(ok)}"
-            row(f"attribution vs real patching ({at['pairs']} pairs)", "; ".join(parts) + f" (metric: {at['metric']})",
-                f"r >= {ATTRIBUTION_GOAL}", verdict)
+            verdict = (
+                "n/a"
+                if not ok
+                else "meets the goal"
+                if all(ok)
+                else f"below the goal in {len(ok) - sum(ok)} of {len(ok)}"
+            )
+            row(
+                f"attribution vs real patching ({at['pairs']} pairs)",
+                "; ".join(parts) + f" (metric: {at['metric']})",
+                f"r >= {ATTRIBUTION_GOAL}",
+                verdict,
+            )
     return rows
 
 
 def validation_markdown(data: dict) -> str:
     s = data["settings"]
-    lines = ["| model | domain | method | what it found (mean [95 % CI over pairs]) | known / goal | verdict |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| model | domain | method | what it found (mean [95 % CI over pairs]) | known / goal | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
     for res in data["subjects"]:
         for f in findings(res, s):
             cells = [f[k].replace("|", "\\|") for k in ("model", "domain", "method", "found", "expected", "verdict")]
             lines.append("| " + " | ".join(cells) + " |")
-    head = (f"Generated by `hooked-vivit validate` ({s['pairs_per_domain']} held-out pairs per domain, seeds {s['seeds'][0]:,}..{s['seeds'][1]:,}; "
-            f"residual sanity on {s['sanity_pairs']}, attribution on {s['attribution_pairs']} pairs per domain; "
-            f"{data['seconds'] / 60:.1f} min wall, {data['cpu_seconds'] / 60:.1f} min CPU on {data['torch_threads']} threads).")
+    head = (
+        f"Generated by `hooked-vivit validate` ({s['pairs_per_domain']} held-out pairs per domain, seeds {s['seeds'][0]:,}..{s['seeds'][1]:,}; "
+        f"residual sanity on {s['sanity_pairs']}, attribution on {s['attribution_pairs']} pairs per domain; "
+        f"{data['seconds'] / 60:.1f} min wall, {data['cpu_seconds'] / 60:.1f} min CPU on {data['torch_threads']} threads)."
+    )
     return head + "\n\n" + "\n".join(lines) + "\n"
 
 

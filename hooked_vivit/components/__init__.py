@@ -8,4 +8,13 @@ from hooked_vivit.components.sinusoidal_pos_embed import SinusoidalPosEmbed
 from hooked_vivit.components.transformer_block import TransformerBlock
 from hooked_vivit.components.unembed import Unembed
 
-__all__ = ["Attention", "LayerNorm", "MLP", "PosEmbed", "SinusoidalPosEmbed", "TransformerBlock", "TubeletEmbed", "Unembed"]
+__all__ = [
+    "Attention",
+    "LayerNorm",
+    "MLP",
+    "PosEmbed",
+    "SinusoidalPosEmbed",
+    "TransformerBlock",
+    "TubeletEmbed",
+    "Unembed",
+]

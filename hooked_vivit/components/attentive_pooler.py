@@ -38,7 +38,9 @@ class CrossAttention(nn.Module):
         self.cfg = cfg
         H, d, E = cfg.n_heads, cfg.d_model, cfg.d_head
         if H * E != d:
-            raise ValueError(f"the pooler's cross-attention writes its heads side by side: n_heads x d_head ({H}x{E}) must equal d_model {d}")
+            raise ValueError(
+                f"the pooler's cross-attention writes its heads side by side: n_heads x d_head ({H}x{E}) must equal d_model {d}"
+            )
         self.W_Q: Float[torch.Tensor, "n_heads d_model d_head"] = nn.Parameter(torch.empty(H, d, E, dtype=cfg.dtype))
         self.W_K: Float[torch.Tensor, "n_heads d_model d_head"] = nn.Parameter(torch.empty(H, d, E, dtype=cfg.dtype))
         self.W_V: Float[torch.Tensor, "n_heads d_model d_head"] = nn.Parameter(torch.empty(H, d, E, dtype=cfg.dtype))
@@ -59,7 +61,9 @@ class CrossAttention(nn.Module):
     def needs_pattern(self) -> bool:
         return not self.cfg.use_sdpa or self.hook_attn_scores.has_hooks() or self.hook_pattern.has_hooks()
 
-    def _project(self, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> Float[torch.Tensor, "batch pos head d_head"]:
+    def _project(
+        self, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor
+    ) -> Float[torch.Tensor, "batch pos head d_head"]:
         flat = torch.addmm(b.flatten(), x.flatten(0, -2), W.permute(1, 0, 2).flatten(1))
         return flat.view(*x.shape[:-1], self.cfg.n_heads, self.cfg.d_head)
 
@@ -110,7 +114,7 @@ class AttentivePooler(nn.Module):
     def __init__(self, cfg: HookedViViTConfig, n_layers: int, d_mlp: int):
         super().__init__()
         self.cfg = cfg
-        self.query: Float[torch.Tensor, "d_model"] = nn.Parameter(torch.zeros(cfg.d_model, dtype=cfg.dtype))
+        self.query: Float[torch.Tensor, d_model] = nn.Parameter(torch.zeros(cfg.d_model, dtype=cfg.dtype))
         self.blocks = nn.ModuleList([TransformerBlock(cfg, layer) for layer in range(n_layers)])
         self.cross = CrossAttentionBlock(cfg)
         # transformers builds the pooler's MLPs with its default ratio 4 whatever config.mlp_ratio says.

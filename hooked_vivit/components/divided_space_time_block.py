@@ -37,9 +37,13 @@ class DividedSpaceTimeBlock(nn.Module):
         self.cfg = cfg
         self.layer = layer
         self.ln_temporal = LayerNorm(cfg)  # [batch * patches, frames, d_model]
-        self.temporal_attn = Attention(cfg)  # q/k/v/z [batch * patches, frames, head, d_head]; pattern [batch * patches, head, frames, frames]
+        self.temporal_attn = Attention(
+            cfg
+        )  # q/k/v/z [batch * patches, frames, head, d_head]; pattern [batch * patches, head, frames, frames]
         self.ln1 = LayerNorm(cfg)  # [batch, n_ctx, d_model]
-        self.attn = Attention(cfg)  # q/k/v/z [batch * frames, 1 + patches, head, d_head]; pattern [batch * frames, head, 1 + patches, 1 + patches]
+        self.attn = Attention(
+            cfg
+        )  # q/k/v/z [batch * frames, 1 + patches, head, d_head]; pattern [batch * frames, head, 1 + patches, 1 + patches]
         self.ln2 = LayerNorm(cfg)
         self.mlp = MLP(cfg)
 

@@ -16,15 +16,16 @@ A new architecture adds its own hook leaves with ``register_hooks({...})`` besid
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Union
+from typing import Any
 
 Axes = tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class HookLayout:
-    axes: Union[Axes, Callable[[Any], Axes]]
+    axes: Axes | Callable[[Any], Axes]
     switch: str | None = None  # the config field that must be on for the hook to fire
 
     def axes_for(self, cfg: Any) -> Axes:
@@ -90,7 +91,9 @@ HOOK_LAYOUT: dict[str, HookLayout] = {
     # layer norms; ln1 feeds per-head copies when the split inputs are on
     "hook_scale": HookLayout(("batch", "pos", "one")),
     "hook_normalized": HookLayout(_RESID),
-    "ln1.hook_scale": HookLayout(lambda cfg: ("batch", "pos", "head_index", "one") if _per_head_ln1(cfg) else ("batch", "pos", "one")),
+    "ln1.hook_scale": HookLayout(
+        lambda cfg: ("batch", "pos", "head_index", "one") if _per_head_ln1(cfg) else ("batch", "pos", "one")
+    ),
     "ln1.hook_normalized": HookLayout(lambda cfg: _PER_HEAD_MODEL if _per_head_ln1(cfg) else _RESID),
     # the final norm reads the token mean under mean pooling (VideoMAE's fc_norm)
     "ln_final.hook_scale": HookLayout(lambda cfg: ("batch", "one") if _mean_pooled(cfg) else ("batch", "pos", "one")),
@@ -180,5 +183,17 @@ class _SwitchesOff:
         return "first" if name == "pooling" else False
 
 
-__all__ = ["AXIS_SIZES", "HOOK_LAYOUT", "SHARED_HOOKS", "HookLayout", "axis_of", "head_axis", "hook_axes", "is_attention_map", "lookup", "markdown_table", "pos_axis",
-           "register_hooks"]
+__all__ = [
+    "AXIS_SIZES",
+    "HOOK_LAYOUT",
+    "SHARED_HOOKS",
+    "HookLayout",
+    "axis_of",
+    "head_axis",
+    "hook_axes",
+    "is_attention_map",
+    "lookup",
+    "markdown_table",
+    "pos_axis",
+    "register_hooks",
+]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -64,10 +64,14 @@ class MLP(nn.Module):
         self._pinned_dtypes = {
             n: t.dtype for n, t in self._act_tensors() if t.dtype != cfg.dtype and t.is_floating_point()
         }
-        self.W_in: Float[torch.Tensor, "d_model d_mlp"] = nn.Parameter(torch.empty(cfg.d_model, cfg.d_mlp, dtype=cfg.dtype))
-        self.b_in: Float[torch.Tensor, "d_mlp"] = nn.Parameter(torch.zeros(cfg.d_mlp, dtype=cfg.dtype))
-        self.W_out: Float[torch.Tensor, "d_mlp d_model"] = nn.Parameter(torch.empty(cfg.d_mlp, cfg.d_model, dtype=cfg.dtype))
-        self.b_out: Float[torch.Tensor, "d_model"] = nn.Parameter(torch.zeros(cfg.d_model, dtype=cfg.dtype))
+        self.W_in: Float[torch.Tensor, "d_model d_mlp"] = nn.Parameter(
+            torch.empty(cfg.d_model, cfg.d_mlp, dtype=cfg.dtype)
+        )
+        self.b_in: Float[torch.Tensor, d_mlp] = nn.Parameter(torch.zeros(cfg.d_mlp, dtype=cfg.dtype))
+        self.W_out: Float[torch.Tensor, "d_mlp d_model"] = nn.Parameter(
+            torch.empty(cfg.d_mlp, cfg.d_model, dtype=cfg.dtype)
+        )
+        self.b_out: Float[torch.Tensor, d_model] = nn.Parameter(torch.zeros(cfg.d_model, dtype=cfg.dtype))
         self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
         self.hook_post = HookPoint()  # [batch, pos, d_mlp]
 

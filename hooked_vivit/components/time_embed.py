@@ -37,7 +37,9 @@ class TimeEmbed(nn.Module):
     def __init__(self, cfg: HookedViViTConfig):
         super().__init__()
         self.cfg = cfg
-        self.W_time: Float[torch.Tensor, "frames d_model"] = nn.Parameter(torch.zeros(cfg.num_frames, cfg.d_model, dtype=cfg.dtype))
+        self.W_time: Float[torch.Tensor, "frames d_model"] = nn.Parameter(
+            torch.zeros(cfg.num_frames, cfg.d_model, dtype=cfg.dtype)
+        )
 
     def forward(self, batch: int) -> Float[torch.Tensor, "batch n_ctx d_model"]:
         N = self.cfg.grid.n_rows * self.cfg.grid.n_cols

@@ -38,7 +38,9 @@ def task_classes(task: str) -> tuple[tuple[str, str, str | None], ...]:
     if task == "actions":
         return tuple((a, a, None) for a in ACTIONS)
     if task == "outcomes":
-        with_outcome = tuple((f"{domain} {o}", action, o) for domain, action in DOMAINS.items() for o in OUTCOMES[action])
+        with_outcome = tuple(
+            (f"{domain} {o}", action, o) for domain, action in DOMAINS.items() for o in OUTCOMES[action]
+        )
         return with_outcome + tuple((a, a, None) for a in ACTIONS if a not in OUTCOMES)
     raise ValueError(f"unknown task {task!r}; known: ['actions', 'outcomes']")
 

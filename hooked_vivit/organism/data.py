@@ -39,9 +39,23 @@ def used_seed_ranges(metrics: dict, probes: dict | None = None) -> list[dict]:
         else:
             blocks = [0]
         for b in blocks:
-            out.append({"use": f"train (stage {i + 1})", "first": clip_seed("train", b), "last": clip_seed("train", b + n - 1)})
-        out.append({"use": f"val (stage {i + 1})", "first": clip_seed("val", 0), "last": clip_seed("val", tc["val_per_class"] - 1)})
-        out.append({"use": f"test (stage {i + 1})", "first": clip_seed("test", 0), "last": clip_seed("test", tc["test_per_class"] - 1)})
+            out.append(
+                {"use": f"train (stage {i + 1})", "first": clip_seed("train", b), "last": clip_seed("train", b + n - 1)}
+            )
+        out.append(
+            {
+                "use": f"val (stage {i + 1})",
+                "first": clip_seed("val", 0),
+                "last": clip_seed("val", tc["val_per_class"] - 1),
+            }
+        )
+        out.append(
+            {
+                "use": f"test (stage {i + 1})",
+                "first": clip_seed("test", 0),
+                "last": clip_seed("test", tc["test_per_class"] - 1),
+            }
+        )
     for domain, res in (probes or {}).items():
         seed0 = SPLIT_SEEDS["probe"] + 10_000 * list(synthetic.DOMAINS).index(domain)
         out.append({"use": f"probe ({domain})", "first": seed0, "last": seed0 + res["pairs"] - 1})
@@ -66,8 +80,11 @@ def write_seed_ranges(checkpoint) -> dict:
     path = Path(checkpoint)
     metrics = json.loads((path / "metrics.json").read_text())
     probes = json.loads((path / "probes.json").read_text()) if (path / "probes.json").exists() else None
-    data = {"used": used_seed_ranges(metrics, probes), "analysis": {"first": ANALYSIS_RANGE[0], "last": ANALYSIS_RANGE[1] - 1, **ANALYSIS_SEEDS},
-            "note": "inclusive seed ranges; a clip's seed fixes its scene in every action"}
+    data = {
+        "used": used_seed_ranges(metrics, probes),
+        "analysis": {"first": ANALYSIS_RANGE[0], "last": ANALYSIS_RANGE[1] - 1, **ANALYSIS_SEEDS},
+        "note": "inclusive seed ranges; a clip's seed fixes its scene in every action",
+    }
     (path / SEED_RANGES_FILE).write_text(json.dumps(data, indent=1) + "\n")
     return data
 
@@ -81,7 +98,9 @@ def clip_seed(split: str, index: int) -> int:
     return SPLIT_SEEDS[split] + index
 
 
-def render_split(split: str, per_class: int, num_frames: int, size: int, classes=CLASSES, progress: bool = False, offset: int = 0):
+def render_split(
+    split: str, per_class: int, num_frames: int, size: int, classes=CLASSES, progress: bool = False, offset: int = 0
+):
     """uint8 clips [N, T, H, W, 3], class labels [N] and outcome names, outcomes balanced per class.
     ``classes``: action names or ``organism.task_classes(task)``.
     ``offset`` shifts the clip indices (fresh training data per epoch)."""
@@ -95,7 +114,9 @@ def render_split(split: str, per_class: int, num_frames: int, size: int, classes
     for c, i in tqdm(jobs, desc=f"render {split}", disable=not progress):
         _, action, outcome = classes[c]
         names = (outcome,) if outcome else synthetic.OUTCOMES.get(action, ("none",))
-        clip = synthetic.render_clip(action, clip_seed(split, offset + i), outcome=names[i % len(names)], num_frames=num_frames, size=size)
+        clip = synthetic.render_clip(
+            action, clip_seed(split, offset + i), outcome=names[i % len(names)], num_frames=num_frames, size=size
+        )
         clips.append(clip.frames)
         labels.append(c)
         outcomes.append(clip.meta["outcome"])

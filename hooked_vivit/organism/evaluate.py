@@ -33,17 +33,24 @@ def outcome_probes(model: HookedViViT, n_pairs: int = 60, *, cross_validated: bo
         f = probe_features(model, rendered_probe_pairs(model, domain, n_pairs, seed0))
         outcomes = synthetic.OUTCOMES[synthetic.DOMAINS[domain]]
         res: dict = {"pairs": n_pairs}
-        if all(f"{domain} {o}" in labels for o in outcomes):  # the outcome is the label: rows are (positive, negative) per pair
+        if all(
+            f"{domain} {o}" in labels for o in outcomes
+        ):  # the outcome is the label: rows are (positive, negative) per pair
             target = np.tile([labels[f"{domain} {o}"] for o in outcomes], n_pairs)
             res["outcome_classified_correctly"] = float((f["predictions"] == target).mean())
         else:
-            res["both_outcomes_classified_as_action"] = float((f["predictions"] == labels[synthetic.DOMAINS[domain]]).mean())
+            res["both_outcomes_classified_as_action"] = float(
+                (f["predictions"] == labels[synthetic.DOMAINS[domain]]).mean()
+            )
         res["layers"] = [f"resid_pre {l}" for l in range(model.cfg.n_layers)] + [f"resid_post {model.cfg.n_layers - 1}"]
         for kind in ("cls", "mean"):
             res[kind] = [probe_accuracy(feat, f["labels"], f["groups"]).to_dict() for feat in f[kind]]
         if cross_validated:
             cv = layer_probes(model, None, features=f)
-            res["cross_validated"] = {"method": cv["method"], **{kind: cv[kind] for kind in ("cls", "mean", "pixels", "pixels_mean")}}
+            res["cross_validated"] = {
+                "method": cv["method"],
+                **{kind: cv[kind] for kind in ("cls", "mean", "pixels", "pixels_mean")},
+            }
         out[domain] = res
     return out
 
@@ -66,12 +73,14 @@ def write_model_card(path: Path, metrics: dict, probes: dict) -> None:
             "with the outcome as the label: bowling strike / gutter, golf in / miss, basketball make / miss, and the three actions",
             "without an outcome. It must carry the outcome, so it is the positive control for every method that looks for one",
             "(the action organism, `organism.load()`, is the negative control: its outcomes were never labels).",
-            "It loads with `hooked_vivit.organism.load(\"outcomes\")` (`--model outcomes` in every command), and",
-            "`transformers.VivitForVideoClassification.from_pretrained(hooked_vivit.organism.checkpoint_path(\"outcomes\"))` reads it too.",
+            'It loads with `hooked_vivit.organism.load("outcomes")` (`--model outcomes` in every command), and',
+            '`transformers.VivitForVideoClassification.from_pretrained(hooked_vivit.organism.checkpoint_path("outcomes"))` reads it too.',
             "",
         ]
-        outcome_line = ["- Both outcome classes of an action are rendered from the same seeds: every training scene appears as a minimal",
-                        "  pair (strike and gutter), so nothing but the outcome tells the two classes apart."]
+        outcome_line = [
+            "- Both outcome classes of an action are rendered from the same seeds: every training scene appears as a minimal",
+            "  pair (strike and gutter), so nothing but the outcome tells the two classes apart.",
+        ]
     else:
         intro = [
             "# hooked-vivit organism",
@@ -82,8 +91,10 @@ def write_model_card(path: Path, metrics: dict, probes: dict) -> None:
             "`transformers.VivitForVideoClassification.from_pretrained` reads the same directory.",
             "",
         ]
-        outcome_line = ["- Within-class outcomes (bowling strike / gutter, golf in / miss, basketball make / miss) are balanced and were",
-                        "  never labels: the organism, like ViViT-B, calls both outcomes by the action's name."]
+        outcome_line = [
+            "- Within-class outcomes (bowling strike / gutter, golf in / miss, basketball make / miss) are balanced and were",
+            "  never labels: the organism, like ViViT-B, calls both outcomes by the action's name.",
+        ]
     goal = []
     if task == "outcomes":  # the accuracy asked of a ground truth, and the action-level accuracy (twin outcomes merged)
         cm = np.asarray(metrics["confusion_matrix"]["rows_true_cols_pred"])
@@ -93,12 +104,21 @@ def write_model_card(path: Path, metrics: dict, probes: dict) -> None:
         per_outcome = {n: metrics["test_accuracy_per_class"][n] for n in names if n.split(" ")[0] in synthetic.DOMAINS}
         met = metrics["test_accuracy"] >= 0.95 and min(per_outcome.values()) >= 0.9
         worst = min(per_outcome, key=per_outcome.get)
-        goal = ["## Goal", "",
-                f"- Asked of a ground truth: >= 95 % held-out accuracy overall and >= 90 % on every outcome class. This checkpoint: "
-                f"{metrics['test_accuracy']:.1%} overall, outcome classes {min(per_outcome.values()):.0%} ({worst}) to "
-                f"{max(per_outcome.values()):.0%}: " + ("met." if met else "**not met**; it carries the outcome only as far as the "
-                "per-class accuracies below show, so read the validation verdicts of this organism in that light."),
-                f"- The action (twin outcomes merged): {(cm * same).sum() / cm.sum():.1%} correct.", ""]
+        goal = [
+            "## Goal",
+            "",
+            f"- Asked of a ground truth: >= 95 % held-out accuracy overall and >= 90 % on every outcome class. This checkpoint: "
+            f"{metrics['test_accuracy']:.1%} overall, outcome classes {min(per_outcome.values()):.0%} ({worst}) to "
+            f"{max(per_outcome.values()):.0%}: "
+            + (
+                "met."
+                if met
+                else "**not met**; it carries the outcome only as far as the "
+                "per-class accuracies below show, so read the validation verdicts of this organism in that light."
+            ),
+            f"- The action (twin outcomes merged): {(cm * same).sum() / cm.sum():.1%} correct.",
+            "",
+        ]
     lines = [
         *intro,
         *goal,
@@ -119,21 +139,37 @@ def write_model_card(path: Path, metrics: dict, probes: dict) -> None:
         "",
         "## Training",
         *[
-            f"- Stage {i + 1}: `python -m hooked_vivit.organism.train --out DIR" + (f" --task {task}" if task != "actions" else "")
-            + (f" --init-from STAGE{i} --fresh-data --epochs {m['train_config']['epochs']} --lr {m['train_config']['lr']}"
-               + (f" --data-offset {m['train_config']['data_offset']}" if m["train_config"].get("data_offset") is not None else "") + "`"
-               if m["train_config"].get("init_from") else "`")
+            f"- Stage {i + 1}: `python -m hooked_vivit.organism.train --out DIR"
+            + (f" --task {task}" if task != "actions" else "")
+            + (
+                f" --init-from STAGE{i} --fresh-data --epochs {m['train_config']['epochs']} --lr {m['train_config']['lr']}"
+                + (
+                    f" --data-offset {m['train_config']['data_offset']}"
+                    if m["train_config"].get("data_offset") is not None
+                    else ""
+                )
+                + "`"
+                if m["train_config"].get("init_from")
+                else "`"
+            )
             + f" (seed {m['train_config']['seed']}): AdamW lr {m['train_config']['lr']}, weight decay {m['train_config']['weight_decay']}, "
             f"batch {m['train_config']['batch_size']}, {m['train_config']['epochs']} epoch{'s' if m['train_config']['epochs'] != 1 else ''}, cosine schedule"
-            + (", a fresh rendered training set every epoch" if m["train_config"].get("fresh_data") else f", {m['train_config']['train_per_class']} clips per class")
+            + (
+                ", a fresh rendered training set every epoch"
+                if m["train_config"].get("fresh_data")
+                else f", {m['train_config']['train_per_class']} clips per class"
+            )
             + f"; {m['train_seconds'] / 60:.1f} min (+{m['render_seconds']:.0f} s rendering)"
             + (f", {m['cpu_seconds'] / 60:.1f} min of process CPU time" if m.get("cpu_seconds") is not None else "")
             + f", final validation accuracy {m['history'][-1]['val_accuracy']:.1%}."
             for i, m in enumerate(stages)
         ],
         f"- In all {total_min:.1f} min (wall) on {metrics['device']} with {metrics['torch_threads']} threads"
-        + (f", {sum(cpu) / 60:.1f} min of process CPU time (the machine was shared: wall time counts other processes' load)."
-           if all(c is not None for c in cpu) else "."),
+        + (
+            f", {sum(cpu) / 60:.1f} min of process CPU time (the machine was shared: wall time counts other processes' load)."
+            if all(c is not None for c in cpu)
+            else "."
+        ),
         "",
         "## Accuracy (held-out test seeds)",
         f"- Overall: {metrics['test_accuracy']:.1%}",
@@ -142,12 +178,16 @@ def write_model_card(path: Path, metrics: dict, probes: dict) -> None:
         "|---|---|",
         *[f"| {k} | {v:.1%} |" for k, v in metrics["test_accuracy_per_class"].items()],
         "",
-        *([] if task == "outcomes" else [
-            "| class / hidden outcome | classified as the class |",
-            "|---|---|",
-            *[f"| {k} | {v:.1%} |" for k, v in metrics["test_accuracy_per_outcome"].items()],
-            "",
-        ]),
+        *(
+            []
+            if task == "outcomes"
+            else [
+                "| class / hidden outcome | classified as the class |",
+                "|---|---|",
+                *[f"| {k} | {v:.1%} |" for k, v in metrics["test_accuracy_per_outcome"].items()],
+                "",
+            ]
+        ),
         "Confusion matrix (rows: true, columns: predicted, order as above):",
         "",
         "```",
@@ -161,8 +201,11 @@ def write_model_card(path: Path, metrics: dict, probes: dict) -> None:
         "",
     ]
     for domain, res in probes.items():
-        how = (f"outcome classified correctly: {res['outcome_classified_correctly']:.0%}" if "outcome_classified_correctly" in res
-               else f"both outcomes classified as the action: {res['both_outcomes_classified_as_action']:.0%}")
+        how = (
+            f"outcome classified correctly: {res['outcome_classified_correctly']:.0%}"
+            if "outcome_classified_correctly" in res
+            else f"both outcomes classified as the action: {res['both_outcomes_classified_as_action']:.0%}"
+        )
         lines += [
             f"### {domain} ({res['pairs']} pairs; {how})",
             "",
@@ -170,23 +213,46 @@ def write_model_card(path: Path, metrics: dict, probes: dict) -> None:
             "|---|---|---|---|---|",
         ]
         for name, c, m in zip(res["layers"], res["cls"], res["mean"]):
-            lines.append(f"| {name} | {c['accuracy']:.0%} | {c['control_accuracy']:.0%} | {m['accuracy']:.0%} | {m['control_accuracy']:.0%} |")
+            lines.append(
+                f"| {name} | {c['accuracy']:.0%} | {c['control_accuracy']:.0%} | {m['accuracy']:.0%} | {m['control_accuracy']:.0%} |"
+            )
         lines.append("")
         cv = res.get("cross_validated")
         if cv:
-            lines += [f"Cross-validated ({cv['method']}):", "", "| layer | CLS accuracy | CLS paired accuracy | control | mean-token accuracy |",
-                      "|---|---|---|---|---|"]
+            lines += [
+                f"Cross-validated ({cv['method']}):",
+                "",
+                "| layer | CLS accuracy | CLS paired accuracy | control | mean-token accuracy |",
+                "|---|---|---|---|---|",
+            ]
             for name, c, m in zip(res["layers"], cv["cls"], cv["mean"]):
-                lines.append(f"| {name} | {c['accuracy']:.0%} [{c['accuracy_ci95'][0]:.0%}, {c['accuracy_ci95'][1]:.0%}] | "
-                             f"{c['paired_accuracy']:.0%} [{c['paired_accuracy_ci95'][0]:.0%}, {c['paired_accuracy_ci95'][1]:.0%}] | "
-                             f"{c['control_accuracy']:.0%} | {m['accuracy']:.0%} [{m['accuracy_ci95'][0]:.0%}, {m['accuracy_ci95'][1]:.0%}] |")
+                lines.append(
+                    f"| {name} | {c['accuracy']:.0%} [{c['accuracy_ci95'][0]:.0%}, {c['accuracy_ci95'][1]:.0%}] | "
+                    f"{c['paired_accuracy']:.0%} [{c['paired_accuracy_ci95'][0]:.0%}, {c['paired_accuracy_ci95'][1]:.0%}] | "
+                    f"{c['control_accuracy']:.0%} | {m['accuracy']:.0%} [{m['accuracy_ci95'][0]:.0%}, {m['accuracy_ci95'][1]:.0%}] |"
+                )
             px = cv["pixels"]
-            lines += ["", f"Pixel baseline (each tubelet's mean colour): {px['accuracy']:.0%} [{px['accuracy_ci95'][0]:.0%}, {px['accuracy_ci95'][1]:.0%}].", ""]
+            lines += [
+                "",
+                f"Pixel baseline (each tubelet's mean colour): {px['accuracy']:.0%} [{px['accuracy_ci95'][0]:.0%}, {px['accuracy_ci95'][1]:.0%}].",
+                "",
+            ]
     validation = path / VALIDATION_FILE
-    lines += ["## Validation against known mechanisms", "",
-              "Every method of the analysis run on held-out minimal pairs of both organisms and the planted models",
-              "(`hooked-vivit validate`; README, \"Ground truth\"):", "", BEGIN,
-              *([validation_markdown(json.loads(validation.read_text())).rstrip("\n")] if validation.exists() else ["(not run yet)"]), END, ""]
+    lines += [
+        "## Validation against known mechanisms",
+        "",
+        "Every method of the analysis run on held-out minimal pairs of both organisms and the planted models",
+        '(`hooked-vivit validate`; README, "Ground truth"):',
+        "",
+        BEGIN,
+        *(
+            [validation_markdown(json.loads(validation.read_text())).rstrip("\n")]
+            if validation.exists()
+            else ["(not run yet)"]
+        ),
+        END,
+        "",
+    ]
     (path / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
     from hooked_vivit.output_dir import record_written
 
@@ -198,10 +264,16 @@ VALIDATION_FILE = "validation.json"  # hooked-vivit validate's results, shipped 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint directory (default: the --model organism's)")
+    p.add_argument(
+        "--checkpoint", type=Path, default=None, help="checkpoint directory (default: the --model organism's)"
+    )
     p.add_argument("--model", default=None, help="organism name (actions, outcomes; default actions)")
     p.add_argument("--pairs", type=int, default=60)
-    p.add_argument("--cross-validated", action="store_true", help="also repeated grouped k-fold probes with intervals (default for outcomes)")
+    p.add_argument(
+        "--cross-validated",
+        action="store_true",
+        help="also repeated grouped k-fold probes with intervals (default for outcomes)",
+    )
     args = p.parse_args(argv)
     path = args.checkpoint or checkpoint_path(args.model)
     model = HookedViViT.from_pretrained(path)

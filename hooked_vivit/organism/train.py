@@ -43,14 +43,28 @@ class TrainConfig:
     flip: bool = True
     fresh_data: bool = False  # render a new training set every epoch (no clip is seen twice)
     init_from: str | None = None  # continue from a checkpoint (a fine-tuning stage)
-    data_offset: int | None = None  # fresh data starts at clip index data_offset * train_per_class (default: 11 when fine-tuning)
+    data_offset: int | None = (
+        None  # fresh data starts at clip index data_offset * train_per_class (default: 11 when fine-tuning)
+    )
     seed: int = 0
     task: str = "actions"  # organism.task_classes: "actions" or "outcomes" (the outcome is the label)
 
     @classmethod
-    def smoke(cls) -> "TrainConfig":
-        return cls(num_frames=8, size=32, tubelet=(2, 16, 16), d_model=32, n_layers=2, n_heads=2, d_mlp=64,
-                   train_per_class=4, val_per_class=2, test_per_class=2, epochs=1, batch_size=8)
+    def smoke(cls) -> TrainConfig:
+        return cls(
+            num_frames=8,
+            size=32,
+            tubelet=(2, 16, 16),
+            d_model=32,
+            n_layers=2,
+            n_heads=2,
+            d_mlp=64,
+            train_per_class=4,
+            val_per_class=2,
+            test_per_class=2,
+            epochs=1,
+            batch_size=8,
+        )
 
 
 # Per task, what differs from TrainConfig's defaults (the action organism's). The ground-truth organism is
@@ -66,9 +80,18 @@ MODEL_NAMES = {"actions": "hooked-vivit-organism", "outcomes": "hooked-vivit-out
 def model_config(tc: TrainConfig) -> HookedViViTConfig:
     labels = [label for label, _, _ in task_classes(tc.task)]
     return HookedViViTConfig(
-        d_model=tc.d_model, d_head=tc.d_model // tc.n_heads, n_heads=tc.n_heads, n_layers=tc.n_layers, d_mlp=tc.d_mlp,
-        num_frames=tc.num_frames, image_size=tc.size, tubelet_size=tc.tubelet, n_classes=len(labels),
-        id2label=dict(enumerate(labels)), model_name=MODEL_NAMES[tc.task], device="cpu",
+        d_model=tc.d_model,
+        d_head=tc.d_model // tc.n_heads,
+        n_heads=tc.n_heads,
+        n_layers=tc.n_layers,
+        d_mlp=tc.d_mlp,
+        num_frames=tc.num_frames,
+        image_size=tc.size,
+        tubelet_size=tc.tubelet,
+        n_classes=len(labels),
+        id2label=dict(enumerate(labels)),
+        model_name=MODEL_NAMES[tc.task],
+        device="cpu",
     )
 
 
@@ -100,7 +123,15 @@ def train(tc: TrainConfig, out: Path, *, progress: bool = True) -> dict:
         # Fresh data: new seeds every epoch, past every earlier stage's (stage 1 uses 0..per_class-1).
         first = tc.data_offset if tc.data_offset is not None else (11 if tc.init_from else 0)
         offset = (epoch + first) * tc.train_per_class if tc.fresh_data else 0
-        clips, labels, _ = render_split("train", tc.train_per_class, tc.num_frames, tc.size, classes, progress=progress and epoch == 0, offset=offset)
+        clips, labels, _ = render_split(
+            "train",
+            tc.train_per_class,
+            tc.num_frames,
+            tc.size,
+            classes,
+            progress=progress and epoch == 0,
+            offset=offset,
+        )
         return torch.from_numpy(clips), torch.from_numpy(labels)  # uint8 (4x smaller), normalised batch by batch
 
     x_train, y_train = train_set(0)
@@ -112,7 +143,9 @@ def train(tc: TrainConfig, out: Path, *, progress: bool = True) -> dict:
     if tc.init_from:
         model = HookedViViT.from_pretrained(tc.init_from)
         if list(model.cfg.id2label.values()) != names:
-            raise ValueError(f"--init-from {tc.init_from} has classes {list(model.cfg.id2label.values())}, task {tc.task!r} has {names}")
+            raise ValueError(
+                f"--init-from {tc.init_from} has classes {list(model.cfg.id2label.values())}, task {tc.task!r} has {names}"
+            )
         prev_metrics = Path(tc.init_from) / "metrics.json"
         previous = json.loads(prev_metrics.read_text()) if prev_metrics.exists() else None
     else:
@@ -123,7 +156,9 @@ def train(tc: TrainConfig, out: Path, *, progress: bool = True) -> dict:
     steps_per_epoch = math.ceil(len(x_train) / tc.batch_size)
     total = steps_per_epoch * tc.epochs
     warmup = max(1, total // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total)))
+    )
     gen = torch.Generator().manual_seed(tc.seed)
     history = []
     bar = tqdm(total=total, desc="train", disable=not progress)
@@ -150,8 +185,15 @@ def train(tc: TrainConfig, out: Path, *, progress: bool = True) -> dict:
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         val_acc = float((predict(model, x_val) == torch.from_numpy(val_y)).float().mean())
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_accuracy": val_acc,
-                        "wall_seconds": round(time.time() - start, 1), "cpu_seconds": round(time.process_time() - cpu_start, 1)})
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": float(np.mean(losses)),
+                "val_accuracy": val_acc,
+                "wall_seconds": round(time.time() - start, 1),
+                "cpu_seconds": round(time.process_time() - cpu_start, 1),
+            }
+        )
     bar.close()
     train_s = time.time() - start - render_s
 
@@ -193,8 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
     p.add_argument("--smoke", action="store_true", help="tiny configuration: every step, in seconds")
-    p.add_argument("--task", choices=sorted(TASK_DEFAULTS), default="actions",
-                   help="actions: the action organism (default); outcomes: the ground-truth organism, the outcome is the label")
+    p.add_argument(
+        "--task",
+        choices=sorted(TASK_DEFAULTS),
+        default="actions",
+        help="actions: the action organism (default); outcomes: the ground-truth organism, the outcome is the label",
+    )
     p.add_argument("--n-layers", type=int)
     p.add_argument("--n-heads", type=int)
     p.add_argument("--val-per-class", type=int)
@@ -207,19 +253,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float)
     p.add_argument("--init-from", help="continue training this checkpoint (a fine-tuning stage)")
     p.add_argument("--fresh-data", action="store_true", help="render a new training set every epoch")
-    p.add_argument("--data-offset", type=int, help="fresh data starts at clip index N * train_per_class (unseen by earlier stages)")
+    p.add_argument(
+        "--data-offset", type=int, help="fresh data starts at clip index N * train_per_class (unseen by earlier stages)"
+    )
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     tc = TrainConfig.smoke() if args.smoke else TrainConfig(**TASK_DEFAULTS[args.task])
     tc.task = args.task
     if args.d_model:  # the MLP stays 4 x d_model
         tc.d_model, tc.d_mlp = args.d_model, 4 * args.d_model
-    for field in ("epochs", "train_per_class", "seed", "lr", "init_from", "fresh_data", "data_offset", "n_layers", "n_heads", "batch_size",
-                  "val_per_class", "test_per_class"):
+    for field in (
+        "epochs",
+        "train_per_class",
+        "seed",
+        "lr",
+        "init_from",
+        "fresh_data",
+        "data_offset",
+        "n_layers",
+        "n_heads",
+        "batch_size",
+        "val_per_class",
+        "test_per_class",
+    ):
         if getattr(args, field) not in (None, False):
             setattr(tc, field, getattr(args, field))
     metrics = train(tc, args.out, progress=not args.quiet)
-    print(json.dumps({k: metrics[k] for k in ("test_accuracy", "test_accuracy_per_class", "train_seconds", "file_bytes")}, indent=2))
+    print(
+        json.dumps(
+            {k: metrics[k] for k in ("test_accuracy", "test_accuracy_per_class", "train_seconds", "file_bytes")},
+            indent=2,
+        )
+    )
     return 0
 
 

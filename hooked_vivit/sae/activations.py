@@ -19,9 +19,10 @@ The forward stops after the hook's block (``stop_at_layer``): later blocks canno
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,8 +42,10 @@ def hook_layer(model: Any, hook: str) -> int | None:
     if hook not in model.hook_dict:
         model.check_hook_names([hook])  # the library's message (nearest names, get_act_name shorthand)
     if hook.rsplit(".", 1)[-1] in _NOT_PER_TOKEN:
-        raise ValueError(f"{hook} is an attention map ([batch, heads, queries, keys]), not one vector per token; "
-                         "an SAE reads resid_pre/mid/post, attn_out, mlp_out, hook_z, hook_post and the like")
+        raise ValueError(
+            f"{hook} is an attention map ([batch, heads, queries, keys]), not one vector per token; "
+            "an SAE reads resid_pre/mid/post, attn_out, mlp_out, hook_z, hook_post and the like"
+        )
     if hook.startswith("blocks."):
         return int(hook.split(".")[1])
     if hook.startswith("ln_final") or hook.startswith("unembed"):
@@ -83,7 +86,9 @@ class SyntheticClips(Dataset):
     ``seed0 + i``, the actions in turn, each action's outcomes balanced. Items: (pixel values
     [T, 3, H, W], clip index)."""
 
-    def __init__(self, model_cfg: Any, n_clips: int, *, seed0: int = SAE_SEEDS["train"], actions: Sequence[str] | None = None):
+    def __init__(
+        self, model_cfg: Any, n_clips: int, *, seed0: int = SAE_SEEDS["train"], actions: Sequence[str] | None = None
+    ):
         from hooked_vivit import synthetic
 
         if n_clips < 1:
@@ -98,7 +103,9 @@ class SyntheticClips(Dataset):
             action = self.actions[i % len(self.actions)]
             outcomes = synthetic.OUTCOMES.get(action, ("none",))
             k = i // len(self.actions)
-            self.specs.append({"kind": "synthetic", "action": action, "seed": seed0 + i, "outcome": outcomes[k % len(outcomes)]})
+            self.specs.append(
+                {"kind": "synthetic", "action": action, "seed": seed0 + i, "outcome": outcomes[k % len(outcomes)]}
+            )
 
     def __len__(self) -> int:
         return len(self.specs)
@@ -107,8 +114,9 @@ class SyntheticClips(Dataset):
         from hooked_vivit import synthetic
 
         s = self.specs[i]
-        return synthetic.render_clip(s["action"], s["seed"], outcome=s["outcome"], num_frames=self.cfg.num_frames,
-                                     size=self.cfg.image_size[0]).frames
+        return synthetic.render_clip(
+            s["action"], s["seed"], outcome=s["outcome"], num_frames=self.cfg.num_frames, size=self.cfg.image_size[0]
+        ).frames
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         from hooked_vivit.video import normalize
@@ -164,8 +172,9 @@ def clip_pixels(dataset: Dataset, i: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------ source
-def shuffled_batches(pieces, batch_size: int, buffer_tokens: int, seed: int = 0, shuffle: bool = True
-                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def shuffled_batches(
+    pieces, batch_size: int, buffer_tokens: int, seed: int = 0, shuffle: bool = True
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(activations, provenance) pieces -> batches of ``batch_size`` rows through a mixing buffer:
     once ``buffer_tokens`` rows are held they are permuted, whole batches from the first half go
     out and the rest waits to mix with what comes next (SAELens's scheme); the end is flushed."""
@@ -241,8 +250,14 @@ class ActivationSource:
 
     def loader(self) -> DataLoader:
         workers = min(self.num_workers, os.cpu_count() or 1)
-        return DataLoader(self.clips, batch_size=self.clip_batch, shuffle=False, num_workers=workers,
-                          persistent_workers=False, prefetch_factor=2 if workers else None)
+        return DataLoader(
+            self.clips,
+            batch_size=self.clip_batch,
+            shuffle=False,
+            num_workers=workers,
+            persistent_workers=False,
+            prefetch_factor=2 if workers else None,
+        )
 
     @torch.inference_mode()
     def activations(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -316,18 +331,28 @@ class ShardSource:
 
         path = Path(self.folder).expanduser() / "index.json"
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file; {self.folder} is not a finished hooked-vivit extract output")
+            raise FileNotFoundError(
+                f"{path}: no such file; {self.folder} is not a finished hooked-vivit extract output"
+            )
         self.index = json.loads(path.read_text())
         if self.hook not in self.index.get("hooks", {}):
-            raise KeyError(f"{self.hook!r} was not extracted into {self.folder}; it holds {', '.join(self.index.get('hooks', {}))}")
+            raise KeyError(
+                f"{self.hook!r} was not extracted into {self.folder}; it holds {', '.join(self.index.get('hooks', {}))}"
+            )
         self.d_in = int(np.prod(self.index["hooks"][self.hook]["shape"]))
         table = {p["token"]: p for p in self.index["positions"]["tokens"]}
         n = max(table) + 1
         self._place = torch.full((n, 4), -1, dtype=torch.int64)  # slot, row, col, is_prefix per token
         for t, p in table.items():
             on_grid = p.get("frame_slot") is not None
-            self._place[t] = torch.tensor([p["frame_slot"] if on_grid else -1, p["row"] if on_grid else -1,
-                                           p["col"] if on_grid else -1, 0 if on_grid else 1])
+            self._place[t] = torch.tensor(
+                [
+                    p["frame_slot"] if on_grid else -1,
+                    p["row"] if on_grid else -1,
+                    p["col"] if on_grid else -1,
+                    0 if on_grid else 1,
+                ]
+            )
 
     @property
     def n_tokens(self) -> int:

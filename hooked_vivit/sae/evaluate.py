@@ -44,9 +44,17 @@ def reconstruction(sae: Any, acts: torch.Tensor, chunk: int = 16384) -> dict[str
     n = len(acts)
     freq /= n
     fvu = float(sq_err / total)
-    return {"fvu": fvu, "explained_variance": 1 - fvu, "l0": float(l0 / n), "tokens": n,
-            "dead": int((freq == 0).sum()), "dense": int((freq > DENSE_FREQUENCY).sum()), "d_sae": sae.cfg.d_sae,
-            "dense_frequency": DENSE_FREQUENCY, "frequency": freq.float()}
+    return {
+        "fvu": fvu,
+        "explained_variance": 1 - fvu,
+        "l0": float(l0 / n),
+        "tokens": n,
+        "dead": int((freq == 0).sum()),
+        "dense": int((freq > DENSE_FREQUENCY).sum()),
+        "d_sae": sae.cfg.d_sae,
+        "dense_frequency": DENSE_FREQUENCY,
+        "frequency": freq.float(),
+    }
 
 
 def temporal_coherence(features: torch.Tensor, grid: Any, min_active: int = MIN_ACTIVE) -> dict[str, Any]:
@@ -65,9 +73,13 @@ def temporal_coherence(features: torch.Tensor, grid: Any, min_active: int = MIN_
     active = (patches > 0).reshape(-1, patches.shape[-1]).sum(0)
     ok = (active >= min_active) & (denom > 0)
     per = torch.where(ok, corr, torch.full_like(corr, float("nan")))
-    return {"mean": float(per[ok].mean()) if ok.any() else float("nan"),
-            "median": float(per[ok].median()) if ok.any() else float("nan"),
-            "features": int(ok.sum()), "min_active": min_active, "per_feature": per.float()}
+    return {
+        "mean": float(per[ok].mean()) if ok.any() else float("nan"),
+        "median": float(per[ok].median()) if ok.any() else float("nan"),
+        "features": int(ok.sum()),
+        "min_active": min_active,
+        "per_feature": per.float(),
+    }
 
 
 def evaluate(model: Any, sae: Any, source: ActivationSource, *, labels: list[int] | None = None) -> dict[str, Any]:
@@ -91,8 +103,13 @@ def evaluate(model: Any, sae: Any, source: ActivationSource, *, labels: list[int
     clean, spliced = torch.cat(logits_clean), torch.cat(logits_spliced)
     logp, logq = clean.log_softmax(-1), spliced.log_softmax(-1)
     kl = (logp.exp() * (logp - logq)).sum(-1)
-    out = {"hook": hook, **{k: v for k, v in rec.items() if k != "frequency"}, "clips": len(clean),
-           "kl": float(kl.mean()), "kl_max": float(kl.max())}
+    out = {
+        "hook": hook,
+        **{k: v for k, v in rec.items() if k != "frequency"},
+        "clips": len(clean),
+        "kl": float(kl.mean()),
+        "kl_max": float(kl.max()),
+    }
     if labels is None:
         labels = [source.clips.label(i) for i in range(len(source.clips))]
     if all(lab is not None for lab in labels):
@@ -102,6 +119,8 @@ def evaluate(model: Any, sae: Any, source: ActivationSource, *, labels: list[int
     out["agreement_spliced"] = float((clean.argmax(-1) == spliced.argmax(-1)).float().mean())
     tc = temporal_coherence(torch.cat(feats), model.cfg.grid)
     out["temporal_coherence"] = {k: v for k, v in tc.items() if k != "per_feature"}
-    out["per_feature"] = {"frequency": rec["frequency"].tolist(),
-                          "temporal_coherence": [None if v != v else round(v, 6) for v in tc["per_feature"].tolist()]}  # NaN: too rare
+    out["per_feature"] = {
+        "frequency": rec["frequency"].tolist(),
+        "temporal_coherence": [None if v != v else round(v, 6) for v in tc["per_feature"].tolist()],
+    }  # NaN: too rare
     return out

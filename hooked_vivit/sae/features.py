@@ -7,7 +7,8 @@ unpatched runs are the model's own and a feature edit is the only change.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,8 +33,16 @@ def top_tokens(features: torch.Tensor, feature: int, grid: Any, k: int = 10) -> 
     for v, idx in zip(top.values.tolist(), top.indices.tolist()):
         clip, token = divmod(idx, features.shape[1])
         coords = grid.coords(token)
-        rows.append({"clip": clip, "token": token, "slot": coords[0] if coords else None, "row": coords[1] if coords else None,
-                     "col": coords[2] if coords else None, "activation": v})
+        rows.append(
+            {
+                "clip": clip,
+                "token": token,
+                "slot": coords[0] if coords else None,
+                "row": coords[1] if coords else None,
+                "col": coords[2] if coords else None,
+                "activation": v,
+            }
+        )
     return rows
 
 
@@ -57,13 +66,23 @@ def overlay_strip(model: Any, frames: np.ndarray, slot_maps: np.ndarray, vmax: f
 
     t = model.cfg.tubelet_size[0]
     vmax = float(np.abs(slot_maps).max()) if vmax is None else vmax
-    cells = [overlay(frames[s * t], slot_maps[s], vmax=vmax or 1.0, patch_size=tuple(model.cfg.tubelet_size[1:]),
-                     image_size=tuple(model.cfg.image_size)) for s in range(slot_maps.shape[0])]
+    cells = [
+        overlay(
+            frames[s * t],
+            slot_maps[s],
+            vmax=vmax or 1.0,
+            patch_size=tuple(model.cfg.tubelet_size[1:]),
+            image_size=tuple(model.cfg.image_size),
+        )
+        for s in range(slot_maps.shape[0])
+    ]
     return np.concatenate([np.pad(c, ((1, 1), (1, 1), (0, 0)), constant_values=255) for c in cells], axis=1)
 
 
 # ------------------------------------------------------------------------------------ minimal pairs
-def pair_differences(model: Any, sae: Any, hook: str, positive: torch.Tensor, negative: torch.Tensor, divergence_frame: int) -> dict:
+def pair_differences(
+    model: Any, sae: Any, hook: str, positive: torch.Tensor, negative: torch.Tensor, divergence_frame: int
+) -> dict:
     """Per feature, the summed activation difference (positive - negative) over the patch tokens of
     the frame slots from the divergence frame's slot on, and the features ranked by its size."""
     grid = model.cfg.grid
@@ -76,12 +95,26 @@ def pair_differences(model: Any, sae: Any, hook: str, positive: torch.Tensor, ne
     _, pn = grid.unflatten(fn[0].float().cpu(), dim=0)
     diff = (pp[slot0:] - pn[slot0:]).sum((0, 1, 2))
     order = diff.abs().argsort(descending=True)
-    return {"divergence_frame": divergence_frame, "from_slot": slot0, "difference": diff, "order": order,
-            "positive": fp[0].float().cpu(), "negative": fn[0].float().cpu()}
+    return {
+        "divergence_frame": divergence_frame,
+        "from_slot": slot0,
+        "difference": diff,
+        "order": order,
+        "positive": fp[0].float().cpu(),
+        "negative": fn[0].float().cpu(),
+    }
 
 
-def feature_patching(model: Any, sae: Any, hook: str, positive: torch.Tensor, negative: torch.Tensor, feature_sets: Sequence[Sequence[int]],
-                     *, positions: Sequence[int] | None = None) -> dict:
+def feature_patching(
+    model: Any,
+    sae: Any,
+    hook: str,
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    feature_sets: Sequence[Sequence[int]],
+    *,
+    positions: Sequence[int] | None = None,
+) -> dict:
     """Denoising at the feature level: the negative run, spliced with the error term, with the
     features of each set set to their positive-run values (at ``positions``; None = every token),
     measured on the last layer's resid_post in every recovery variant of the analysis

@@ -13,8 +13,9 @@ The SAE reads hook_z-like activations ([batch, pos, heads, d_head]) flattened, a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -65,8 +66,10 @@ def _check_width(model: Any, sae: Any, hook: str) -> None:
 
     d_in = hook_d_in(model, hook)
     if sae.cfg.d_in != d_in:
-        raise ValueError(f"the SAE reads {sae.cfg.d_in}-wide activations, {hook} gives {d_in} per token: "
-                         "an SAE trained on another hook or model?")
+        raise ValueError(
+            f"the SAE reads {sae.cfg.d_in}-wide activations, {hook} gives {d_in} per token: "
+            "an SAE trained on another hook or model?"
+        )
 
 
 @contextmanager
@@ -96,7 +99,9 @@ def splice(model: Any, sae: Any, hook: str, *, use_error_term: bool = False) -> 
             model.mod_dict.pop(name, None)
 
 
-def feature_acts(model: Any, sae: Any, hook: str, pixel_values: torch.Tensor, *, use_error_term: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def feature_acts(
+    model: Any, sae: Any, hook: str, pixel_values: torch.Tensor, *, use_error_term: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, feature activations [batch, n_ctx, d_sae]) of a spliced run (default: with the
     error term, so the logits are the model's own)."""
     name = f"{hook}.hook_sae_acts_post"

@@ -29,13 +29,24 @@ def require_sae_lens():
     try:
         import sae_lens
     except ImportError as e:
-        raise ImportError("hooked_vivit.sae needs SAELens 6 (which needs TransformerLens 3.x): "
-                          "pip install 'hooked-vivit[sae]'") from e
+        raise ImportError(
+            "hooked_vivit.sae needs SAELens 6 (which needs TransformerLens 3.x): pip install 'hooked-vivit[sae]'"
+        ) from e
     return sae_lens
 
 
-def training_sae(architecture: str, d_in: int, d_sae: int, *, k: int = 32, l1_coefficient: float = 5.0,
-                 matryoshka_widths: list[int] | None = None, device: str = "cpu", seed: int = 0, metadata: dict | None = None):
+def training_sae(
+    architecture: str,
+    d_in: int,
+    d_sae: int,
+    *,
+    k: int = 32,
+    l1_coefficient: float = 5.0,
+    matryoshka_widths: list[int] | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+    metadata: dict | None = None,
+):
     """A fresh SAELens training SAE of ``architecture`` (ARCHITECTURES); ``k`` is the TopK /
     BatchTopK L0, ``l1_coefficient`` the standard and JumpReLU sparsity penalty."""
     sl = require_sae_lens()
@@ -68,8 +79,19 @@ def training_sae(architecture: str, d_in: int, d_sae: int, *, k: int = 32, l1_co
     return cls(cfg)
 
 
-def train_sae(source: ActivationSource, *, architecture: str = "topk", d_sae: int = 1024, k: int = 32, l1_coefficient: float = 5.0,
-              lr: float = 4e-4, epochs: int = 1, device: str = "cpu", seed: int = 0, metadata: dict | None = None) -> tuple[Any, dict]:
+def train_sae(
+    source: ActivationSource,
+    *,
+    architecture: str = "topk",
+    d_sae: int = 1024,
+    k: int = 32,
+    l1_coefficient: float = 5.0,
+    lr: float = 4e-4,
+    epochs: int = 1,
+    device: str = "cpu",
+    seed: int = 0,
+    metadata: dict | None = None,
+) -> tuple[Any, dict]:
     """Fit an SAE on ``epochs`` passes over the source's tokens; returns (inference SAE, run record:
     steps, samples, wall and CPU seconds, SAELens's final L0 and dead count)."""
     sl = require_sae_lens()
@@ -77,28 +99,61 @@ def train_sae(source: ActivationSource, *, architecture: str = "topk", d_sae: in
 
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
-    sae = training_sae(architecture, source.d_in, d_sae, k=k, l1_coefficient=l1_coefficient, device=device, seed=seed, metadata=metadata)
+    sae = training_sae(
+        architecture,
+        source.d_in,
+        d_sae,
+        k=k,
+        l1_coefficient=l1_coefficient,
+        device=device,
+        seed=seed,
+        metadata=metadata,
+    )
     steps_per_epoch = source.n_tokens // source.batch_size
     if steps_per_epoch < 1:
-        raise ValueError(f"{source.n_tokens} tokens make no whole batch of {source.batch_size}: render more clips or lower batch_size")
+        raise ValueError(
+            f"{source.n_tokens} tokens make no whole batch of {source.batch_size}: render more clips or lower batch_size"
+        )
     total = steps_per_epoch * source.batch_size * epochs
     steps = steps_per_epoch * epochs
     window = max(1, min(200, steps // 4))
-    cfg = SAETrainerConfig(total_training_samples=total, train_batch_size_samples=source.batch_size, lr=lr, lr_end=lr / 10, device=device,
-                           lr_warm_up_steps=min(50, steps // 10), lr_decay_steps=steps // 5, lr_scheduler_name="constant",
-                           dead_feature_window=window, feature_sampling_window=window,
-                           logger=LoggingConfig(log_to_wandb=False), n_batches_for_norm_estimate=1)
+    cfg = SAETrainerConfig(
+        total_training_samples=total,
+        train_batch_size_samples=source.batch_size,
+        lr=lr,
+        lr_end=lr / 10,
+        device=device,
+        lr_warm_up_steps=min(50, steps // 10),
+        lr_decay_steps=steps // 5,
+        lr_scheduler_name="constant",
+        dead_feature_window=window,
+        feature_sampling_window=window,
+        logger=LoggingConfig(log_to_wandb=False),
+        n_batches_for_norm_estimate=1,
+    )
     wall0, cpu0 = time.perf_counter(), time.process_time()
     trainer = sl.SAETrainer(cfg, sae, source.sae_batches(epochs=None))
     trained = trainer.fit()
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     with torch.no_grad():
         inference = _to_inference(trained)
-    run = {"architecture": architecture, "d_in": source.d_in, "d_sae": d_sae, "k": k if "topk" in architecture or architecture == "matryoshka" else None,
-           "l1_coefficient": l1_coefficient if architecture in ("standard", "jumprelu") else None, "lr": lr, "epochs": epochs,
-           "steps": trainer.n_training_steps, "samples": trainer.n_training_samples, "batch_size": source.batch_size,
-           "wall_seconds": wall, "cpu_seconds": cpu, "torch_threads": torch.get_num_threads(),
-           "saelens_final_l0": trained.cfg.metadata.get("l0"), "saelens_dead_features": trained.cfg.metadata.get("num_dead_features")}
+    run = {
+        "architecture": architecture,
+        "d_in": source.d_in,
+        "d_sae": d_sae,
+        "k": k if "topk" in architecture or architecture == "matryoshka" else None,
+        "l1_coefficient": l1_coefficient if architecture in ("standard", "jumprelu") else None,
+        "lr": lr,
+        "epochs": epochs,
+        "steps": trainer.n_training_steps,
+        "samples": trainer.n_training_samples,
+        "batch_size": source.batch_size,
+        "wall_seconds": wall,
+        "cpu_seconds": cpu,
+        "torch_threads": torch.get_num_threads(),
+        "saelens_final_l0": trained.cfg.metadata.get("l0"),
+        "saelens_dead_features": trained.cfg.metadata.get("num_dead_features"),
+    }
     return inference, run
 
 
@@ -139,5 +194,10 @@ def load_sae(path: str | Path, device: str = "cpu") -> tuple[Any, dict]:
 def environment() -> dict:
     from importlib.metadata import version
 
-    return {"sae_lens": version("sae-lens"), "transformer_lens": version("transformer-lens"), "torch": torch.__version__,
-            "python": platform.python_version(), "cpu_count": os.cpu_count()}
+    return {
+        "sae_lens": version("sae-lens"),
+        "transformer_lens": version("transformer-lens"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+    }
