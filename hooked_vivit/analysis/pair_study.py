@@ -92,7 +92,6 @@ def merge_features(per_pair: list[dict]) -> dict:
 def summarize_pairs(model: Any, per_pair: list[dict], *, probe_folds: int = 5) -> dict:
     """The statistics of pipeline.study_domain over measured pairs (in order)."""
     L = model.cfg.n_layers
-    _stat, bootstrap = pipeline._stat, pipeline.bootstrap
     arrays = {name: np.array([p["recovery"][name] for p in per_pair]) for name in ex.RECOVERY_VARIANTS}  # [pairs, 2, L]
     out: dict = {
         "pairs": len(per_pair),
@@ -101,33 +100,11 @@ def summarize_pairs(model: Any, per_pair: list[dict], *, probe_folds: int = 5) -
         "headline": ex.HEADLINE_RECOVERY,
         "headline_reason": ex.HEADLINE_REASON,
     }
-    out["deltas_cls"] = _stat([p["deltas_cls"] for p in per_pair], per_pair=True)
-    out["deltas_tokens"] = _stat([p["deltas_tokens"] for p in per_pair], per_pair=True)
-    head = arrays[ex.HEADLINE_RECOVERY]
-    out["attn"] = _stat(head[:, 0], per_pair=True)
-    out["mlp"] = _stat(head[:, 1], per_pair=True)
-    out["recovery"] = {
-        name: {comp: _stat(a[:, j], per_pair=True) for j, comp in enumerate(("attn", "mlp"))}
-        for name, a in arrays.items()
-    }
-    out["norm_ratio_above_1"] = {}
-    for where, proj in (("cls", "cls_projection"), ("tokens", "token_projection")):
-        above = arrays[f"norm_ratio_{where}"] > 1
-        out["norm_ratio_above_1"][where] = {
-            "share_of_pair_components": float(above.mean()),
-            "share_of_pairs_with_any": float(above.any((1, 2)).mean()),
-            "per_component": {"attn": above[:, 0].mean(0).tolist(), "mlp": above[:, 1].mean(0).tolist()},
-            "with_projection_below_1": float((above & (arrays[proj] < 1)).sum() / max(above.sum(), 1)),
-            "count": int(above.sum()),
-            "of": int(above.size),
-        }
-    gap = head[:, 1].mean(1) - head[:, 0].mean(1)
-    lo, hi = bootstrap(gap)
-    out["mlp_minus_attn"] = {
-        "mean": float(gap.mean()),
-        "ci95": [float(lo), float(hi)],
-        "share_of_pairs_mlp_higher": float((gap > 0).mean()),
-    }
+    out.update(
+        pipeline.summarize_pair_statistics(
+            [p["deltas_cls"] for p in per_pair], [p["deltas_tokens"] for p in per_pair], arrays
+        )
+    )
     outcomes = [p["outcome"] for p in per_pair if "outcome" in p]
     if outcomes:
         # No divergence frame in a real pair: the two divergence measures do not apply (dropped after summarising).

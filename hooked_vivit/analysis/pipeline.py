@@ -717,6 +717,42 @@ def _stat(values: Any, per_pair: bool = False) -> dict:
 STUDY_SUMMARY = "study_summary.json"
 
 
+def summarize_pair_statistics(deltas_cls: list, deltas_tok: list, arrays: dict[str, np.ndarray]) -> dict:
+    """The study's statistics over pairs (rendered or real, hooked_vivit.analysis.pair_study): activation
+    deltas, recovery in every variant (``arrays``: name -> [pairs, 2, L], rows attn / mlp), how often a
+    norm ratio exceeds 1, and MLP minus attention with a bootstrap interval."""
+    out: dict = {}
+    out["deltas_cls"] = _stat(deltas_cls, per_pair=True)
+    out["deltas_tokens"] = _stat(deltas_tok, per_pair=True)
+    head = arrays[ex.HEADLINE_RECOVERY]
+    out["attn"] = _stat(head[:, 0], per_pair=True)  # the headline variant under the earlier keys
+    out["mlp"] = _stat(head[:, 1], per_pair=True)
+    out["recovery"] = {
+        name: {comp: _stat(a[:, j], per_pair=True) for j, comp in enumerate(("attn", "mlp"))}
+        for name, a in arrays.items()
+    }
+    # How often a norm ratio exceeds 1, and how often that happens while the projection does not: movement, not restoration.
+    out["norm_ratio_above_1"] = {}
+    for where, proj in (("cls", "cls_projection"), ("tokens", "token_projection")):
+        above = arrays[f"norm_ratio_{where}"] > 1
+        out["norm_ratio_above_1"][where] = {
+            "share_of_pair_components": float(above.mean()),
+            "share_of_pairs_with_any": float(above.any((1, 2)).mean()),
+            "per_component": {"attn": above[:, 0].mean(0).tolist(), "mlp": above[:, 1].mean(0).tolist()},
+            "with_projection_below_1": float((above & (arrays[proj] < 1)).sum() / max(above.sum(), 1)),
+            "count": int(above.sum()),
+            "of": int(above.size),
+        }
+    gap = head[:, 1].mean(1) - head[:, 0].mean(1)
+    lo, hi = bootstrap(gap)
+    out["mlp_minus_attn"] = {
+        "mean": float(gap.mean()),
+        "ci95": [float(lo), float(hi)],
+        "share_of_pairs_mlp_higher": float((gap > 0).mean()),
+    }
+    return out
+
+
 def study_domain(
     model: Any,
     domain: str,
@@ -811,34 +847,7 @@ def study_domain(
         "headline": ex.HEADLINE_RECOVERY,
         "headline_reason": ex.HEADLINE_REASON,
     }
-    out["deltas_cls"] = _stat(deltas_cls, per_pair=True)
-    out["deltas_tokens"] = _stat(deltas_tok, per_pair=True)
-    head = arrays[ex.HEADLINE_RECOVERY]
-    out["attn"] = _stat(head[:, 0], per_pair=True)  # the headline variant under the earlier keys
-    out["mlp"] = _stat(head[:, 1], per_pair=True)
-    out["recovery"] = {
-        name: {comp: _stat(a[:, j], per_pair=True) for j, comp in enumerate(("attn", "mlp"))}
-        for name, a in arrays.items()
-    }
-    # How often a norm ratio exceeds 1, and how often that happens while the projection does not: movement, not restoration.
-    out["norm_ratio_above_1"] = {}
-    for where, proj in (("cls", "cls_projection"), ("tokens", "token_projection")):
-        above = arrays[f"norm_ratio_{where}"] > 1
-        out["norm_ratio_above_1"][where] = {
-            "share_of_pair_components": float(above.mean()),
-            "share_of_pairs_with_any": float(above.any((1, 2)).mean()),
-            "per_component": {"attn": above[:, 0].mean(0).tolist(), "mlp": above[:, 1].mean(0).tolist()},
-            "with_projection_below_1": float((above & (arrays[proj] < 1)).sum() / max(above.sum(), 1)),
-            "count": int(above.sum()),
-            "of": int(above.size),
-        }
-    gap = head[:, 1].mean(1) - head[:, 0].mean(1)
-    lo, hi = bootstrap(gap)
-    out["mlp_minus_attn"] = {
-        "mean": float(gap.mean()),
-        "ci95": [float(lo), float(hi)],
-        "share_of_pairs_mlp_higher": float((gap > 0).mean()),
-    }
+    out.update(summarize_pair_statistics(deltas_cls, deltas_tok, arrays))
     if outcomes:
         out["outcome"] = summarize_outcomes(outcomes)
     out["probes"] = probes
