@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -69,3 +70,13 @@ def check_finite(state_dict: StateDict) -> None:
         raise CheckpointError(
             "checkpoint holds non-finite weights (a corrupt file or a diverged training run):\n  " + "\n  ".join(bad)
         )
+
+
+def shapes_after_conversion(
+    hf_shapes: dict[str, tuple[int, ...]], hf_to_hooked: Callable[[StateDict, Any], StateDict], cfg: Any
+) -> dict[str, tuple[int, ...]]:
+    """Every hooked parameter and its shape: ``hf_to_hooked`` run on an HF checkpoint of meta tensors
+    of ``hf_shapes`` (from the config alone; the model is never built)."""
+    with torch.device("meta"):
+        hf = {k: torch.empty(shape) for k, shape in hf_shapes.items()}
+    return {k: tuple(v.shape) for k, v in hf_to_hooked(hf, cfg).items()}

@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from weights_conversion.common import CheckpointError, StateDict, check_finite, check_keys, is_hooked_layout
+from weights_conversion.common import (
+    CheckpointError,
+    StateDict,
+    check_finite,
+    check_keys,
+    is_hooked_layout,
+    shapes_after_conversion,
+)
 from weights_conversion.vivit import activation_shapes
 
 if TYPE_CHECKING:  # the converter reads the config only; it never imports the model
@@ -71,9 +78,7 @@ def expected_hf_shapes(cfg: HookedViViTConfig) -> dict[str, tuple[int, ...]]:
 
 
 def expected_hooked_shapes(cfg: HookedViViTConfig) -> dict[str, tuple[int, ...]]:
-    with torch.device("meta"):
-        hf = {k: torch.empty(shape) for k, shape in expected_hf_shapes(cfg).items()}
-    return {k: tuple(v.shape) for k, v in _hf_to_hooked(hf, cfg).items()}
+    return shapes_after_conversion(expected_hf_shapes(cfg), _hf_to_hooked, cfg)
 
 
 def convert_timesformer_weights(state_dict: StateDict, cfg: HookedViViTConfig) -> StateDict:

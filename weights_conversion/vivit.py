@@ -26,6 +26,7 @@ from weights_conversion.common import (
     check_keys,
     is_hooked_layout,
     rename_key,
+    shapes_after_conversion,
 )
 
 if TYPE_CHECKING:  # annotations only: the converter reads the config, never the model
@@ -140,9 +141,7 @@ def expected_hf_shapes(cfg: HookedViViTConfig) -> dict[str, tuple[int, ...]]:
 def expected_hooked_shapes(cfg: HookedViViTConfig) -> dict[str, tuple[int, ...]]:
     """Every hooked parameter and its shape: the conversion of an HF checkpoint of meta tensors
     (from the config alone; the model is never built)."""
-    with torch.device("meta"):
-        hf = {k: torch.empty(shape) for k, shape in expected_hf_shapes(cfg).items()}
-    return {k: tuple(v.shape) for k, v in _hf_to_hooked(hf, cfg).items()}
+    return shapes_after_conversion(expected_hf_shapes(cfg), _hf_to_hooked, cfg)
 
 
 def convert_vivit_weights(state_dict: StateDict, cfg: HookedViViTConfig) -> StateDict:
