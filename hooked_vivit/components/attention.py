@@ -103,9 +103,17 @@ class Attention(nn.Module):
         return F.softmax(scores, dim=-1, dtype=torch.float32).to(qh.dtype)
 
     # ------------------------------------------------------------------ forward
+    def position_qk(
+        self, q: Float[torch.Tensor, "batch pos head d_head"], k: Float[torch.Tensor, "batch pos head d_head"]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions applied to q and k (absolute positions live in the residual stream: none here;
+        a rotary subclass rotates them)."""
+        return q, k
+
     def forward(self, q_in: AttnInput, k_in: AttnInput, v_in: AttnInput) -> Float[torch.Tensor, "batch pos d_model"]:
         q, k, v = self._qkv(q_in, k_in, v_in)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        q, k = self.position_qk(q, k)
         # [batch, head, pos, d_head] views for the matmuls.
         qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if self.needs_pattern():

@@ -16,11 +16,10 @@ SDPA unless a hook needs the scores or pattern).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float
 from transformer_lens.hook_points import HookPoint
 
-from hooked_vivit.components.attention import Attention, AttnInput
+from hooked_vivit.components.attention import Attention
 from hooked_vivit.config import HookedViViTConfig
 
 
@@ -77,26 +76,8 @@ class RotaryAttention(Attention):
         rotated = head * cos + _pair_swap(head) * sin
         return rotated if r == x.shape[-1] else torch.cat([rotated, x[..., r:]], dim=-1)
 
-    def forward(self, q_in: AttnInput, k_in: AttnInput, v_in: AttnInput) -> Float[torch.Tensor, "batch pos d_model"]:
-        q, k, v = self._qkv(q_in, k_in, v_in)
-        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
-        q, k = self.hook_rot_q(self.rotate(q)), self.hook_rot_k(self.rotate(k))
-        qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        if self.needs_pattern():
-            scores = self.hook_attn_scores(torch.matmul(qh, kh.transpose(-1, -2)) / self.attn_scale)
-            pattern = self.hook_pattern(F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype))
-            if self.hook_pattern_rows.has_hooks():
-                rows = self.hook_pattern_rows(pattern[:, :, self._row_index()].clone())
-                pattern = pattern.index_copy(2, self._row_tensor(pattern.device), rows)
-            zh = torch.matmul(pattern, vh)
-        else:
-            zh = F.scaled_dot_product_attention(qh, kh, vh, scale=1.0 / self.attn_scale)
-            if self.hook_pattern_rows.has_hooks():
-                rows = self.hook_pattern_rows(self._pattern_rows(qh, kh))
-                zh = zh.index_copy(2, self._row_tensor(zh.device), torch.matmul(rows, vh))
-        z = self.hook_z(zh.transpose(1, 2))
-        if self.cfg.use_attn_result:
-            result = self.hook_result(torch.einsum("bphe,hed->bphd", z, self.W_O))
-            return result.sum(-2) + self.b_O
-        B, P = z.shape[:2]
-        return torch.addmm(self.b_O, z.reshape(B * P, -1), self.W_O.flatten(0, 1)).view(B, P, -1)
+    def position_qk(
+        self, q: Float[torch.Tensor, "batch pos head d_head"], k: Float[torch.Tensor, "batch pos head d_head"]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """q and k rotated, each hooked after the rotation (TransformerLens's hook_rot_q / hook_rot_k)."""
+        return self.hook_rot_q(self.rotate(q)), self.hook_rot_k(self.rotate(k))
