@@ -129,9 +129,9 @@ def run_clip(model: Any, pixel_values: torch.Tensor, names: Sequence[str]) -> Cl
                 if f"blocks.{l}.attn.hook_k" in names
                 else cache.pop(f"blocks.{l}.attn.hook_k")
             )
-            q = queries[l]
-            scores = torch.matmul(q.transpose(1, 2), k.transpose(1, 2).transpose(-1, -2)) / attn.attn_scale
-            cache[f"blocks.{l}.attn.hook_pattern_rows"] = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+            cache[f"blocks.{l}.attn.hook_pattern_rows"] = attn.row_pattern(
+                queries[l].transpose(1, 2), k.transpose(1, 2)
+            )
     return ClipRun(logits, cache)
 
 

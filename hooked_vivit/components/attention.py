@@ -98,9 +98,17 @@ class Attention(nn.Module):
         return torch.tensor(self.pattern_row_positions, dtype=torch.long, device=device)
 
     def _pattern_rows(self, qh: torch.Tensor, kh: torch.Tensor) -> Float[torch.Tensor, "batch head n_queries key_pos"]:
-        # The explicit path's arithmetic on the chosen query rows only.
-        scores = torch.matmul(qh[:, :, self._row_index()], kh.transpose(-1, -2)) / self.attn_scale
-        return F.softmax(scores, dim=-1, dtype=torch.float32).to(qh.dtype)
+        return self.row_pattern(qh[:, :, self._row_index()], kh)
+
+    def row_pattern(
+        self,
+        q_rows: Float[torch.Tensor, "batch head n_queries d_head"],
+        kh: Float[torch.Tensor, "batch head key_pos d_head"],
+    ) -> Float[torch.Tensor, "batch head n_queries key_pos"]:
+        """The pattern rows of some queries, with the explicit path's arithmetic (fp32 softmax of
+        q·kᵀ / sqrt(d_head)), so equal to those rows of hook_pattern."""
+        scores = torch.matmul(q_rows, kh.transpose(-1, -2)) / self.attn_scale
+        return F.softmax(scores, dim=-1, dtype=torch.float32).to(q_rows.dtype)
 
     # ------------------------------------------------------------------ forward
     def position_qk(
