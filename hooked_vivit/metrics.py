@@ -1,10 +1,16 @@
 """Patching metrics (after Zhang & Nanda 2024, "Towards best practices of activation patching").
 
-Every metric is a callable ``metric(logits, activations=None) -> Tensor[batch]``: one value per
-batch row, so a batched sweep can score each patched variant separately. ``logits`` are
-[batch, n_classes]. Metrics that read an activation name it in ``.hooks``; the patching engine
-then collects that activation and passes ``activations[name]`` ([batch, ...]). Logit metrics work
-unchanged with TransformerLens's ``generic_activation_patch`` (wrap with ``.mean_over_batch``).
+The scoring protocol (``score``), shared by the patching engine and attribution patching: a metric
+returns one value per batch row (``Tensor[batch]``), so a batched sweep scores each patched variant
+separately; ``logits`` are [batch, n_classes].
+
+- A metric that reads activations declares them in ``.hooks`` (a tuple of hook names) and is called
+  ``metric(logits, activations)``, where ``activations[name]`` is that hook's value ([batch, ...]);
+  the engine collects exactly those hooks. Subclass ``Metric`` or wrap a function with
+  ``ActivationMetric(fn, hooks=(...))``.
+- Any other callable is a logit metric, called ``metric(logits)`` (TransformerLens's convention), so
+  logit metrics work unchanged with TL's ``generic_activation_patch`` (wrap a ``Metric`` with
+  ``.mean_over_batch``).
 
 Signal recovery on an activation a (the reference paper's measure):
 
@@ -23,7 +29,6 @@ Read at CLS (positions=0) or over the flattened all-token activation (positions=
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -48,15 +53,35 @@ class Metric:
         return self(logits).mean()
 
 
-def metric_rows(metric: Callable, logits: torch.Tensor, activations: Activations) -> torch.Tensor:
-    """Call a metric that takes (logits) or (logits, activations), returning [batch] values: a
-    ``Metric`` or a plain function of one or two arguments (the protocol the patching engine and
-    attribution patching share)."""
-    if isinstance(metric, Metric) or len(inspect.signature(metric).parameters) >= 2:
-        out = metric(logits, activations)
-    else:
-        out = metric(logits)
+@dataclass
+class ActivationMetric(Metric):
+    """A plain function ``fn(logits, activations) -> Tensor[batch]`` as a metric that reads ``hooks``."""
+
+    fn: Callable[[Logits, Activations], torch.Tensor]
+    hooks: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.hooks, str):
+            self.hooks = (self.hooks,)
+        self.hooks = tuple(self.hooks)
+
+    def __call__(self, logits, activations=None):
+        return self.fn(logits, activations)
+
+
+def metric_hooks(metric: Callable) -> tuple[str, ...]:
+    """The hooks a metric reads (its ``.hooks``; none for a logit metric)."""
+    return tuple(getattr(metric, "hooks", ()))
+
+
+def score(metric: Callable, logits: torch.Tensor, activations: Activations) -> torch.Tensor:
+    """Score a batch under the protocol above: ``metric(logits, activations)`` for a metric with
+    ``.hooks`` (a ``Metric``), ``metric(logits)`` for any other callable; [batch] values."""
+    out = metric(logits, activations) if hasattr(metric, "hooks") else metric(logits)
     return torch.as_tensor(out)
+
+
+metric_rows = score  # the name the patching engine and attribution patching import
 
 
 def _index(c, logits: torch.Tensor) -> torch.Tensor:

@@ -279,3 +279,35 @@ def test_clear_errors_for_mismatched_caches(setup):
             target=corrupted,
             metric=ClassLogit(0),
         )
+
+
+def test_scoring_protocol_logit_function_and_activation_metric(setup):
+    """The engine scores a plain logit function with logits alone and an ActivationMetric with the
+    hooks it declares; both equal the same function applied to a hand-written patched run."""
+    from hooked_vivit.metrics import ActivationMetric, metric_hooks
+
+    model, clean, corrupted, clean_cache, *_ = setup
+    read = "blocks.1.hook_resid_post"
+
+    def cls_norm(logits, activations):  # reads an activation: must be declared
+        return activations[read][:, 0].norm(dim=-1) + logits[:, 0]
+
+    def logit_gap(logits):  # TL's convention: logits only
+        return logits[:, 2] - logits[:, 5]
+
+    with_act = ActivationMetric(cls_norm, hooks=read)
+    assert metric_hooks(with_act) == (read,) and metric_hooks(logit_gap) == ()
+    patches = patching.component_patches(model)[:3]
+    for m in (logit_gap, with_act):
+        sweep = patching.run_patches(model, patches, source_cache=clean_cache, target=corrupted, metric=m)
+        expected = []
+        for p in patches:
+            hook_name = p.hook
+
+            def put(act, hook, name=hook_name):
+                return clean_cache[name]
+
+            with model.hooks(fwd_hooks=[(hook_name, put)]):
+                logits, cache = model.run_with_cache(corrupted, names_filter=[read])
+            expected.append(m(logits, {read: cache[read]}) if m is with_act else m(logits))
+        torch.testing.assert_close(sweep.values, torch.cat(expected), atol=1e-5, rtol=1e-5)

@@ -42,6 +42,9 @@ class TrainConfig:
     weight_decay: float = 0.05
     flip: bool = True
     fresh_data: bool = False  # render a new training set every epoch (no clip is seen twice)
+    # Keep each minimal pair (both outcome classes of one scene) in one batch, mirrored alike: the
+    # gradient then comes from what differs between the two, the outcome (see pair_batches).
+    paired_batches: bool = False
     init_from: str | None = None  # continue from a checkpoint (a fine-tuning stage)
     data_offset: int | None = (
         None  # fresh data starts at clip index data_offset * train_per_class (default: 11 when fine-tuning)
@@ -72,7 +75,15 @@ class TrainConfig:
 # fresh rendered set every epoch (paired: both outcomes of a scene, see data.render_split).
 TASK_DEFAULTS = {
     "actions": {},
-    "outcomes": {"d_model": 96, "d_mlp": 384, "n_layers": 6, "train_per_class": 500, "epochs": 8, "fresh_data": True},
+    "outcomes": {
+        "d_model": 96,
+        "d_mlp": 384,
+        "n_layers": 6,
+        "train_per_class": 500,
+        "epochs": 20,
+        "fresh_data": True,
+        "paired_batches": True,
+    },
 }
 MODEL_NAMES = {"actions": "hooked-vivit-organism", "outcomes": "hooked-vivit-outcome-organism"}
 
@@ -93,6 +104,30 @@ def model_config(tc: TrainConfig) -> HookedViViTConfig:
         model_name=MODEL_NAMES[tc.task],
         device="cpu",
     )
+
+
+def scene_units(classes, per_class: int) -> list[list[int]]:
+    """Row indices of render_split's output grouped by scene: row i * len(classes) + c is clip i of class c,
+    and the classes of one action at the same i are one scene in each outcome (a minimal pair)."""
+    actions = [action for _, action, _ in classes]
+    units = []
+    for i in range(per_class):
+        for action in dict.fromkeys(actions):
+            units.append([i * len(classes) + c for c, a in enumerate(actions) if a == action])
+    return units
+
+
+def pair_batches(units: list[list[int]], batch_size: int, generator: torch.Generator) -> list[list[list[int]]]:
+    """Shuffled batches of whole units (a minimal pair is never split), each a list of units: a batch
+    takes units until it holds at least batch_size rows."""
+    batches, batch, rows = [], [], 0
+    for u in torch.randperm(len(units), generator=generator).tolist():
+        batch.append(units[u])
+        rows += len(units[u])
+        if rows >= batch_size:
+            batches.append(batch)
+            batch, rows = [], 0
+    return batches + ([batch] if batch else [])
 
 
 @torch.no_grad()
@@ -153,7 +188,8 @@ def train(tc: TrainConfig, out: Path, *, progress: bool = True) -> dict:
         model.init_weights(seed=tc.seed)
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    steps_per_epoch = math.ceil(len(x_train) / tc.batch_size)
+    units = scene_units(classes, tc.train_per_class) if tc.paired_batches else [[i] for i in range(len(x_train))]
+    steps_per_epoch = len(pair_batches(units, tc.batch_size, torch.Generator().manual_seed(0)))
     total = steps_per_epoch * tc.epochs
     warmup = max(1, total // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -166,13 +202,14 @@ def train(tc: TrainConfig, out: Path, *, progress: bool = True) -> dict:
         model.train()
         if tc.fresh_data and epoch > 0:
             x_train, y_train = train_set(epoch)
-        order = torch.randperm(len(x_train), generator=gen)
         losses = []
-        for i in range(0, len(order), tc.batch_size):
-            idx = order[i : i + tc.batch_size]
+        for batch in pair_batches(units, tc.batch_size, gen):
+            idx = torch.tensor([row for unit in batch for row in unit])
             x = to_pixels(x_train[idx])
             if tc.flip:  # the actions read the same mirrored: a free doubling of the data
-                flip = torch.rand(len(idx), generator=gen) < 0.5
+                # one draw per unit: both clips of a minimal pair are mirrored alike
+                per_unit = torch.rand(len(batch), generator=gen) < 0.5
+                flip = per_unit.repeat_interleave(torch.tensor([len(unit) for unit in batch]))
                 x[flip] = x[flip].flip(-1)
             logits = model(x.to(device))
             loss = F.cross_entropy(logits, y_train[idx].to(device))
@@ -254,6 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--init-from", help="continue training this checkpoint (a fine-tuning stage)")
     p.add_argument("--fresh-data", action="store_true", help="render a new training set every epoch")
     p.add_argument(
+        "--paired-batches",
+        action=argparse.BooleanOptionalAction,
+        help="keep both clips of a minimal pair in one batch, mirrored alike (default for --task outcomes)",
+    )
+    p.add_argument(
         "--data-offset", type=int, help="fresh data starts at clip index N * train_per_class (unseen by earlier stages)"
     )
     p.add_argument("--quiet", action="store_true")
@@ -269,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         "lr",
         "init_from",
         "fresh_data",
+        "paired_batches",
         "data_offset",
         "n_layers",
         "n_heads",
@@ -276,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         "val_per_class",
         "test_per_class",
     ):
-        if getattr(args, field) not in (None, False):
+        if getattr(args, field) is not None and (field == "paired_batches" or getattr(args, field) is not False):
             setattr(tc, field, getattr(args, field))
     metrics = train(tc, args.out, progress=not args.quiet)
     print(
