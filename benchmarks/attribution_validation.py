@@ -8,10 +8,11 @@ import json
 
 import numpy as np
 
-from hooked_vivit import organism, patching
+from hooked_vivit import organism
 from hooked_vivit.analysis.pipeline import model_pixels
-from hooked_vivit.attribution import attribution_patch
-from hooked_vivit.metrics import SignalRecovery
+from hooked_vivit.causal import patching
+from hooked_vivit.causal.attribution import attribution_patch
+from hooked_vivit.causal.metrics import SignalRecovery
 from hooked_vivit.synthetic import render_pair
 
 

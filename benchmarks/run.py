@@ -245,8 +245,8 @@ def patching_benchmark(device: str, dtype: torch.dtype, layers: int, reps: int) 
     import pandas as pd
     from transformer_lens.patching import generic_activation_patch
 
-    from hooked_vivit import patching
-    from hooked_vivit.metrics import ClassLogit
+    from hooked_vivit.causal import patching
+    from hooked_vivit.causal.metrics import ClassLogit
 
     _, _, hooked = build_models(device, dtype, layers)
     clean, corrupted = clean_and_corrupted(device, dtype)
@@ -306,7 +306,7 @@ def attribution_before_issue_18(model, clean, corrupted, metric, acts=("resid_pr
     requiring grad, clean run through the whole model), kept only for the side-by-side ratio."""
     from transformer_lens.utilities import get_act_name
 
-    from hooked_vivit.metrics import metric_rows
+    from hooked_vivit.causal.metrics import metric_rows
 
     names = [get_act_name(a, l) for a in acts for l in range(model.cfg.n_layers)]
     with torch.inference_mode():
@@ -333,8 +333,8 @@ def attribution_benchmark(device: str, dtype: torch.dtype, layers: int, reps: in
     """Attribution patching (clean forward + corrupted forward + backward, resid_pre / attn_out /
     mlp_out / z of every layer) vs one forward, before and after issue 18, and of the second half
     of the layers only (the graph then starts there)."""
-    from hooked_vivit.attribution import attribution_patch
-    from hooked_vivit.metrics import ClassLogit
+    from hooked_vivit.causal.attribution import attribution_patch
+    from hooked_vivit.causal.metrics import ClassLogit
 
     _, _, hooked = build_models(device, dtype, layers)
     clean, corrupted = clean_and_corrupted(device, dtype)

@@ -34,7 +34,7 @@ def _positions(model: Any, queries: PositionGroup) -> tuple[int, ...]:
 @contextmanager
 def pattern_row_queries(model: Any, queries: PositionGroup = "cls") -> Iterator[tuple[int, ...]]:
     """Within the block, ``hook_pattern_rows`` of every layer carries the rows of these query
-    positions (a position group as in ``hooked_vivit.patching``: "cls", a token index or list,
+    positions (a position group as in ``hooked_vivit.causal.patching``: "cls", a token index or list,
     ``FrameSlot``, ``Region``, "patches", "all"). Yields the sorted token indices (the row order)."""
     positions = _positions(model, queries)
     before = [block.attn.pattern_row_positions for block in model.blocks]

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hooked_vivit.ablation import PixelBox
+from hooked_vivit.causal.ablation import PixelBox
 from hooked_vivit.config import HookedViViTConfig
 from hooked_vivit.model import HookedViViT
 from hooked_vivit.positions import Region, resolve_positions

@@ -3,7 +3,7 @@ names (a token, a frame slot, a box on the token grid, CLS, every patch token, e
 to sorted token indices with errors that say what was expected.
 
 Shared by the causal tools (patching, ablation, attribution) and by the model's attention rows, so
-it sits below all of them; ``hooked_vivit.patching`` re-exports its public names.
+it sits below all of them; ``hooked_vivit.causal.patching`` re-exports its public names.
 """
 
 from __future__ import annotations

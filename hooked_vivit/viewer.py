@@ -26,7 +26,7 @@ def token_maps(
 ) -> np.ndarray:
     """[layers, heads, frame slots, rows, cols] maps for the first clip of the batch ("query_attention":
     V-JEPA 2's pooler query, one "layer")."""
-    from hooked_vivit.logit_attribution import readout_attention, token_dla
+    from hooked_vivit.causal.logit_attribution import readout_attention, token_dla
 
     grid = model.cfg.grid
     if kind == "cls_attention":

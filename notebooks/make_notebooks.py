@@ -131,7 +131,7 @@ REPRODUCE = [
         "The paper's Table 1 (zero the pixels around the most attributed tokens), which targets the class, not the outcome:"
     ),
     new_code_cell(
-        "from hooked_vivit.ablation import format_topk_table\nabl = ex.region_ablation(model, pos, dla)\nprint(format_topk_table(abl['table']))"
+        "from hooked_vivit.causal.ablation import format_topk_table\nabl = ex.region_ablation(model, pos, dla)\nprint(format_topk_table(abl['table']))"
     ),
     new_markdown_cell(
         "**(f)** Linear probes for the outcome on 100 held-out pairs: repeated grouped 5-fold cross-validation (groups = pairs), "
@@ -192,7 +192,7 @@ GROUND_TRUTH = [
     new_code_cell(
         "import torch\nfrom IPython.display import Markdown, display\n\n"
         "from hooked_vivit import organism, patching, planted\nfrom hooked_vivit.analysis import experiments as ex, validation\n"
-        "from hooked_vivit.metrics import LogitDiff\n\n"
+        "from hooked_vivit.causal.metrics import LogitDiff\n\n"
         "single = planted.build('single_head')\nprint(single.truth.summary)"
     ),
     new_markdown_cell(

@@ -7,9 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from hooked_vivit import HookedViViT, ablation, patching
-from hooked_vivit.attribution import attribution_patch
-from hooked_vivit.metrics import ClassLogit, KLToClean, LogitDiff, LogProb, SignalRecovery, norm_recovery, recovery
+from hooked_vivit import HookedViViT
+from hooked_vivit.causal import ablation, patching
+from hooked_vivit.causal.attribution import attribution_patch
+from hooked_vivit.causal.metrics import (
+    ClassLogit,
+    KLToClean,
+    LogitDiff,
+    LogProb,
+    SignalRecovery,
+    norm_recovery,
+    recovery,
+)
 from tests.conftest import SMALL_CONFIGS, make_hf, pixels
 
 KW = SMALL_CONFIGS["nonsquare_2x8x8_3heads"]

@@ -12,8 +12,8 @@ import torch
 from hooked_vivit import HookedViViT, synthetic
 from hooked_vivit.analysis import experiments as ex
 from hooked_vivit.analysis import pipeline
+from hooked_vivit.causal.probes import cross_validated_probe, probe_accuracy
 from hooked_vivit.cli import main
-from hooked_vivit.probes import cross_validated_probe, probe_accuracy
 from hooked_vivit.video import write_video
 from tests.conftest import make_hf
 

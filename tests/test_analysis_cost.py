@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from hooked_vivit import HookedViViT
-from hooked_vivit.ablation import PixelBox, ablate_pixels
 from hooked_vivit.analysis import experiments as ex
 from hooked_vivit.analysis import pipeline
 from hooked_vivit.analysis.cost import ForwardCounter
+from hooked_vivit.causal.ablation import PixelBox, ablate_pixels
 from tests.conftest import make_hf
 
 TINY = dict(
@@ -176,7 +176,7 @@ def test_shared_runs_give_the_brute_force_numbers(model, analyzed):
     a_pos, a_neg = (
         cp[last][0].float(),
         cn[last][0].float(),
-    )  # the recovery metrics compute in float32 (hooked_vivit.metrics)
+    )  # the recovery metrics compute in float32 (hooked_vivit.causal.metrics)
     delta = a_pos - a_neg
     for l in range(L):
         for comp, key in (("attn_out", "attn"), ("mlp_out", "mlp")):

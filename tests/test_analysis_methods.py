@@ -14,13 +14,13 @@ import pytest
 import torch
 
 from hooked_vivit import HookedViViT
-from hooked_vivit.ablation import ablate_pixel_mask, random_boxes_like, token_pixel_mask
 from hooked_vivit.analysis import experiments as ex
 from hooked_vivit.analysis import pipeline
-from hooked_vivit.metrics import SignalRecovery, norm_ratio
+from hooked_vivit.causal.ablation import ablate_pixel_mask, random_boxes_like, token_pixel_mask
+from hooked_vivit.causal.metrics import SignalRecovery, norm_ratio
+from hooked_vivit.causal.probes import bootstrap_ci, cross_validated_probe, fit_logistic, fit_logistic_batched
 from hooked_vivit.organism import checkpoint_path
 from hooked_vivit.organism import data as od
-from hooked_vivit.probes import bootstrap_ci, cross_validated_probe, fit_logistic, fit_logistic_batched
 from tests.conftest import make_hf
 
 ROOT = Path(__file__).resolve().parent.parent

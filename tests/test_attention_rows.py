@@ -10,7 +10,7 @@ import torch
 
 from hooked_vivit import HookedViViT
 from hooked_vivit.attention_rows import pattern_row_queries
-from hooked_vivit.patching import FrameSlot, Region, resolve_positions
+from hooked_vivit.causal.patching import FrameSlot, Region, resolve_positions
 from tests.conftest import SMALL_CONFIGS, make_hf, pixels
 
 SWITCHES = [

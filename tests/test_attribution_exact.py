@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from hooked_vivit import HookedViViT
-from hooked_vivit.attribution import DEFAULT_ACTS, attribution_patch
-from hooked_vivit.metrics import LogitDiff, SignalRecovery
+from hooked_vivit.causal.attribution import DEFAULT_ACTS, attribution_patch
+from hooked_vivit.causal.metrics import LogitDiff, SignalRecovery
 from tests.conftest import SMALL_CONFIGS, make_hf, pixels
 
 

@@ -21,9 +21,9 @@ from transformers import VivitConfig, VivitForVideoClassification
 from transformers.activations import ACT2CLS
 
 from hooked_vivit import HookedViViT, HookedViViTConfig, viewer
-from hooked_vivit.ablation import PixelBox, ablate_pixels
 from hooked_vivit.analysis.experiments import probe_features, token_masks
-from hooked_vivit.patching import FrameSlot, Region, resolve_positions
+from hooked_vivit.causal.ablation import PixelBox, ablate_pixels
+from hooked_vivit.causal.patching import FrameSlot, Region, resolve_positions
 from hooked_vivit.video import preprocess
 from tests.conftest import make_hf, max_rel
 from tests.test_parity import TOL, _compare

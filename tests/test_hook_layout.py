@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from hooked_vivit import HookedVideoMAE, HookedViViT, cache_memory
+from hooked_vivit.causal.patching import _head_axis, _pos_axis
 from hooked_vivit.components import hook_layout
-from hooked_vivit.patching import _head_axis, _pos_axis
 
 SWITCHES = [
     dict(),

@@ -49,13 +49,9 @@ LAYERS: dict[str, tuple[str, ...]] = {
     ),
     # Causal tools on a model: metrics, patching, ablation, attribution, direct logit attribution, probes.
     "causal": (
-        "hooked_vivit.ablation",
-        "hooked_vivit.attribution",
-        "hooked_vivit.logit_attribution",
-        "hooked_vivit.metrics",
-        "hooked_vivit.patching",
+        "hooked_vivit.causal",
+        "hooked_vivit.causal.",
         "hooked_vivit.planted",
-        "hooked_vivit.probes",
     ),
     # The shipped model organism (its data, checkpoint, training) and tools that load it by name.
     "organism": (
@@ -122,9 +118,12 @@ def imported_modules(module: str, path: Path) -> list[tuple[int, str]]:
 
 
 def test_the_map_sees_the_package(tmp_path):
-    assert {"hooked_vivit.model", "hooked_vivit.patching", "hooked_vivit.analysis.pipeline", "hooked_vivit.cli"} <= set(
-        MODULES
-    )
+    assert {
+        "hooked_vivit.model",
+        "hooked_vivit.causal.patching",
+        "hooked_vivit.analysis.pipeline",
+        "hooked_vivit.cli",
+    } <= set(MODULES)
     assert (
         layer_of("hooked_vivit.components.attention") == "core"
         and layer_of("hooked_vivit.analysis.report") == "analysis"
@@ -132,10 +131,10 @@ def test_the_map_sees_the_package(tmp_path):
     assert layer_of("hooked_vivit.organism.evaluate") == "app" and layer_of("hooked_vivit.organism.data") == "organism"
     # The checker finds a lazy import inside a function, resolved to the submodule, and a relative one.
     probe = tmp_path / "viewer.py"
-    probe.write_text("def f():\n    from hooked_vivit.analysis import experiments\n    from .patching import Patch\n")
+    probe.write_text("def f():\n    from hooked_vivit.analysis import experiments\n    from .causal import patching\n")
     assert imported_modules("hooked_vivit.viewer", probe) == [
         (2, "hooked_vivit.analysis.experiments"),
-        (3, "hooked_vivit.patching"),
+        (3, "hooked_vivit.causal.patching"),
     ]
 
 

@@ -7,9 +7,10 @@ import pytest
 import torch
 from transformer_lens import patching as tl_patching
 
-from hooked_vivit import HookedViViT, compat, patching
-from hooked_vivit.metrics import ClassLogit, LogitDiff, SignalRecovery
-from hooked_vivit.patching import FrameSlot, Patch, Region
+from hooked_vivit import HookedViViT, compat
+from hooked_vivit.causal import patching
+from hooked_vivit.causal.metrics import ClassLogit, LogitDiff, SignalRecovery
+from hooked_vivit.causal.patching import FrameSlot, Patch, Region
 from tests.conftest import SMALL_CONFIGS, make_hf, pixels
 
 KW = SMALL_CONFIGS["nonsquare_2x8x8_3heads"]
@@ -284,7 +285,7 @@ def test_clear_errors_for_mismatched_caches(setup):
 def test_scoring_protocol_logit_function_and_activation_metric(setup):
     """The engine scores a plain logit function with logits alone and an ActivationMetric with the
     hooks it declares; both equal the same function applied to a hand-written patched run."""
-    from hooked_vivit.metrics import ActivationMetric, metric_hooks
+    from hooked_vivit.causal.metrics import ActivationMetric, metric_hooks
 
     model, clean, corrupted, clean_cache, *_ = setup
     read = "blocks.1.hook_resid_post"

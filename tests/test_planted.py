@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from hooked_vivit import patching, planted
-from hooked_vivit.ablation import PixelBox, ablate_pixels, token_region_ablation
+from hooked_vivit import planted
 from hooked_vivit.analysis.experiments import cls_attention, probe_features, token_dla
-from hooked_vivit.attribution import attribution_patch
-from hooked_vivit.metrics import LogitDiff, SignalRecovery
-from hooked_vivit.probes import probe_accuracy
+from hooked_vivit.causal import patching
+from hooked_vivit.causal.ablation import PixelBox, ablate_pixels, token_region_ablation
+from hooked_vivit.causal.attribution import attribution_patch
+from hooked_vivit.causal.metrics import LogitDiff, SignalRecovery
+from hooked_vivit.causal.probes import probe_accuracy
 
 DIFF = LogitDiff(0, 1)  # positive class minus negative class, in both models
 

@@ -17,15 +17,16 @@ import numpy as np
 import pytest
 import torch
 
-from hooked_vivit import HookedViViT, HookNameError, ablation, synthetic
+from hooked_vivit import HookedViViT, HookNameError, synthetic
 from hooked_vivit.analysis import pipeline
-from hooked_vivit.attribution import attribution_patch
+from hooked_vivit.causal import ablation
+from hooked_vivit.causal.attribution import attribution_patch
+from hooked_vivit.causal.metrics import ClassLogit
+from hooked_vivit.causal.patching import FrameSlot, Patch, Region, resolve_positions, run_patches, token_patches
 from hooked_vivit.cli import main
-from hooked_vivit.metrics import ClassLogit
 from hooked_vivit.model import HookReturnError
 from hooked_vivit.output_dir import MANIFEST, OutputDir, OutputDirError, output_directory, record_written
 from hooked_vivit.parity import ParityReport, ParityRow
-from hooked_vivit.patching import FrameSlot, Patch, Region, resolve_positions, run_patches, token_patches
 from hooked_vivit.video import load_video, preprocess, write_video
 from tests.conftest import make_hf
 from weights_conversion import CheckpointError

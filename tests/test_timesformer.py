@@ -379,8 +379,8 @@ def test_token_dla_sums_to_each_spatial_heads_cls_write(analysis_model):
 
 
 def test_patching_both_attentions_equals_a_hand_written_hook(analysis_model):
-    from hooked_vivit import patching
-    from hooked_vivit.metrics import LogitDiff
+    from hooked_vivit.causal import patching
+    from hooked_vivit.causal.metrics import LogitDiff
 
     model = analysis_model
     clean, corrupted = pixels(ANALYSIS, batch=1, seed=5), pixels(ANALYSIS, batch=1, seed=6)

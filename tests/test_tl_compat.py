@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from transformer_lens import patching as tl_patching
 
-from hooked_vivit import HookedViViT, compat, patching
-from hooked_vivit.metrics import ClassLogit
+from hooked_vivit import HookedViViT, compat
+from hooked_vivit.causal import patching
+from hooked_vivit.causal.metrics import ClassLogit
 from tests.conftest import SMALL_CONFIGS, make_hf, pixels
 
 KW = SMALL_CONFIGS["nonsquare_2x8x8_3heads"]

@@ -407,7 +407,7 @@ def tiny():
 
 
 def test_position_groups_without_cls(tiny):
-    from hooked_vivit.patching import FrameSlot, Region, resolve_positions
+    from hooked_vivit.causal.patching import FrameSlot, Region, resolve_positions
 
     model = tiny[0]
     grid = model.cfg.grid
@@ -424,7 +424,7 @@ def test_position_groups_without_cls(tiny):
 
 
 def test_ablation_equals_a_hand_written_hook(tiny):
-    from hooked_vivit.ablation import PixelBox, ablate, ablate_pixels
+    from hooked_vivit.causal.ablation import PixelBox, ablate, ablate_pixels
 
     model, clean, *_ = tiny
     pos = list(range(12, 24))
@@ -444,8 +444,8 @@ def test_ablation_equals_a_hand_written_hook(tiny):
 
 
 def test_batched_patching_engine_equals_transformer_lens_path(tiny):
-    from hooked_vivit import patching
-    from hooked_vivit.metrics import LogitDiff
+    from hooked_vivit.causal import patching
+    from hooked_vivit.causal.metrics import LogitDiff
 
     model, _, corrupted, clean_cache = tiny
     m = LogitDiff(2, 4)
@@ -577,8 +577,8 @@ def test_viewer_attribution_and_probes_on_videomae(tiny):
     have no "cls" kind and their "mean" is the token mean."""
     from hooked_vivit import viewer
     from hooked_vivit.analysis import experiments as ex
-    from hooked_vivit.attribution import attribution_patch
-    from hooked_vivit.metrics import LogitDiff
+    from hooked_vivit.causal.attribution import attribution_patch
+    from hooked_vivit.causal.metrics import LogitDiff
 
     model, clean, corrupted, clean_cache = tiny
     maps = viewer.token_maps(model, clean, "cls_attention")
@@ -618,7 +618,7 @@ def test_viewer_attribution_and_probes_on_videomae(tiny):
 def test_token_zero_is_a_patch_with_pixels(tiny):
     """Without CLS, token 0 sees pixels: the pixel box and mask of token 0 are its tubelet, and
     black fills with the model's own black pixel."""
-    from hooked_vivit.ablation import PixelBox, ablate_pixel_mask, token_pixel_mask
+    from hooked_vivit.causal.ablation import PixelBox, ablate_pixel_mask, token_pixel_mask
 
     model, clean, *_ = tiny
     grid = model.cfg.grid

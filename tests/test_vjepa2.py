@@ -420,8 +420,8 @@ def test_query_attention_on_frames_and_viewer(pair, tmp_path):
 
 
 def test_patching_engine_equals_transformer_lens_path():
-    from hooked_vivit import patching
-    from hooked_vivit.metrics import LogitDiff
+    from hooked_vivit.causal import patching
+    from hooked_vivit.causal.metrics import LogitDiff
 
     kw = CONFIGS["dhead7_nobias_tubelet1"]
     model = HookedVJEPA2.from_hf_model(make_hf(kw))

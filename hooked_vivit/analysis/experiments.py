@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from hooked_vivit import patching
-from hooked_vivit.ablation import (
+from hooked_vivit.causal import patching
+from hooked_vivit.causal.ablation import (
     PixelBox,
     ablate_pixel_mask,
     ablate_pixels,
@@ -23,8 +23,7 @@ from hooked_vivit.ablation import (
     token_pixel_mask,
     topk_table,
 )
-from hooked_vivit.labels import top_k
-from hooked_vivit.logit_attribution import (  # noqa: F401  (part of this module's API)
+from hooked_vivit.causal.logit_attribution import (  # noqa: F401  (part of this module's API)
     class_direction,
     cls_row_and_values,
     readout,
@@ -35,8 +34,9 @@ from hooked_vivit.logit_attribution import (  # noqa: F401  (part of this module
     token_dla,
     uses_pattern_rows,
 )
-from hooked_vivit.metrics import SignalRecovery
-from hooked_vivit.probes import cross_validated_probe
+from hooked_vivit.causal.metrics import SignalRecovery
+from hooked_vivit.causal.probes import cross_validated_probe
+from hooked_vivit.labels import top_k
 
 KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out")
 
@@ -165,7 +165,7 @@ def activation_deltas(
 
 
 # ---------------------------------------------------------------------------------------- (b)
-# name -> (positions the last resid_post is read at, SignalRecovery kind); formulas in hooked_vivit.metrics.
+# name -> (positions the last resid_post is read at, SignalRecovery kind); formulas in hooked_vivit.causal.metrics.
 RECOVERY_VARIANTS = {
     "cls_projection": (0, "projection"),
     "token_projection": (None, "projection"),
@@ -257,10 +257,10 @@ def component_recovery(
 ) -> dict:
     """Denoising, one component at a time (each layer's attention block and MLP block output, all
     tokens, positive into negative run), measured on the last layer's resid_post in every variant of
-    RECOVERY_VARIANTS side by side ("variants"; formulas in hooked_vivit.metrics). "projection" and
+    RECOVERY_VARIANTS side by side ("variants"; formulas in hooked_vivit.causal.metrics). "projection" and
     "norm" keep the earlier keys: projection and norm_recovery read at ``positions`` (0 = CLS; by
     default the readout, see readout_positions). The "cls" variants are read at the readout.
-    The batched engine (hooked_vivit.patching.run_patches) runs each layer's two patches as one
+    The batched engine (hooked_vivit.causal.patching.run_patches) runs each layer's two patches as one
     batch started at that layer, from the corrupted run's residual stream."""
     L = model.cfg.n_layers
     last = _last(model)
@@ -298,7 +298,7 @@ def component_recovery(
 
 
 # ---------------------------------------------------------------------------------------- (c)
-# class_direction, cls_row_and_values and token_dla live in hooked_vivit.logit_attribution (the viewer uses them too).
+# class_direction, cls_row_and_values and token_dla live in hooked_vivit.causal.logit_attribution (the viewer uses them too).
 
 
 # ---------------------------------------------------------------------------------------- (d)
@@ -709,7 +709,7 @@ def layer_probes(
     features: dict | None = None,
 ) -> dict:
     """Outcome probes per layer on CLS and on mean-pooled tokens, repeated grouped k-fold over pairs
-    (hooked_vivit.probes.cross_validated_probe: accuracy and paired accuracy with bootstrap 95 %
+    (hooked_vivit.causal.probes.cross_validated_probe: accuracy and paired accuracy with bootstrap 95 %
     intervals over pairs, the shuffled-within-pair control, selectivity), and the two pixel
     baselines ("pixels": spatially resolved, "pixels_mean": pooled like the mean-token features)."""
     f = features or probe_features(model, pairs)

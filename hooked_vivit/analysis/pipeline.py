@@ -32,9 +32,9 @@ from hooked_vivit import synthetic
 from hooked_vivit.analysis import experiments as ex
 from hooked_vivit.analysis import report as rp
 from hooked_vivit.analysis.cost import ForwardCounter
+from hooked_vivit.causal.probes import bootstrap_ci
 from hooked_vivit.organism.data import ANALYSIS_SEEDS, recorded_seed_ranges, seed_use
 from hooked_vivit.output_dir import OutputDir, output_directory
-from hooked_vivit.probes import bootstrap_ci
 from hooked_vivit.video import load_video, preprocess
 
 DEFAULT_MODEL = "organism"

@@ -31,14 +31,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from hooked_vivit import patching, synthetic
-from hooked_vivit.ablation import ablate_pixel_mask, random_boxes_like
+from hooked_vivit import synthetic
 from hooked_vivit.analysis import experiments as ex
 from hooked_vivit.analysis.pipeline import model_pixels
-from hooked_vivit.attribution import attribution_patch
-from hooked_vivit.metrics import LogitDiff, SignalRecovery
+from hooked_vivit.causal import patching
+from hooked_vivit.causal.ablation import ablate_pixel_mask, random_boxes_like
+from hooked_vivit.causal.attribution import attribution_patch
+from hooked_vivit.causal.metrics import LogitDiff, SignalRecovery
+from hooked_vivit.causal.probes import bootstrap_ci
 from hooked_vivit.organism.data import ANALYSIS_SEEDS
-from hooked_vivit.probes import bootstrap_ci
 
 # Inside the reserved analysis range (no organism saw it), apart from the study's default seeds.
 VALIDATE_SEED0 = ANALYSIS_SEEDS["study"] + 500_000

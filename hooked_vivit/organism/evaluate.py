@@ -17,10 +17,10 @@ from hooked_vivit import synthetic
 from hooked_vivit.analysis.experiments import layer_probes, probe_features
 from hooked_vivit.analysis.pipeline import rendered_probe_pairs
 from hooked_vivit.analysis.validation import BEGIN, END, validation_markdown
+from hooked_vivit.causal.probes import probe_accuracy
 from hooked_vivit.model import HookedViViT
 from hooked_vivit.organism import checkpoint_path, resolve
 from hooked_vivit.organism.data import SPLIT_SEEDS, write_seed_ranges
-from hooked_vivit.probes import probe_accuracy
 
 
 def outcome_probes(model: HookedViViT, n_pairs: int = 60, *, cross_validated: bool = False) -> dict:

@@ -33,9 +33,9 @@ from transformer_lens import patching as tl_patching
 from transformer_lens.patching import generic_activation_patch, make_df_from_ranges
 
 from hooked_vivit.cache_memory import free_bytes, hook_shape
+from hooked_vivit.causal.metrics import Metric, metric_rows
 from hooked_vivit.compat import HAS_DIRECT_PATH, TL_VERSION_STRING, PatchingResult
 from hooked_vivit.components import hook_layout
-from hooked_vivit.metrics import Metric, metric_rows
 from hooked_vivit.positions import FrameSlot, PositionGroup, Region, resolve_positions  # noqa: F401  (re-exported: patching.Region ...)
 from hooked_vivit.positions import checked_index as _index
 from hooked_vivit.tensor_types import PixelValues

@@ -218,7 +218,9 @@ class SignalRecovery(Metric):
 
     def __call__(self, logits, activations=None):
         if activations is None or self.hook not in activations:
-            raise ValueError(f"SignalRecovery needs the activation {self.hook!r}; run it through hooked_vivit.patching")
+            raise ValueError(
+                f"SignalRecovery needs the activation {self.hook!r}; run it through hooked_vivit.causal.patching"
+            )
         a = _select(activations[self.hook], self.positions).to(self._delta.device)
         if self.kind == "projection":
             return ((a - self._corrupt) * self._delta).sum(-1) / self._scale

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from jaxtyping import Float
 
+from hooked_vivit.causal.metrics import metric_rows
 from hooked_vivit.components import hook_layout
-from hooked_vivit.metrics import metric_rows
 
 if TYPE_CHECKING:  # annotations only: the causal tools take any HookedVideoTransformer (ViViT, VideoMAE, ...)
     from hooked_vivit.model import HookedVideoTransformer
@@ -142,7 +142,7 @@ def attribution_patch(
             if values.shape != (resid.shape[0],):
                 raise ValueError(
                     f"the metric must return one value per batch row, shape ({resid.shape[0]},), got shape {tuple(values.shape)} "
-                    "(a [batch, classes] tensor? pick a class: hooked_vivit.metrics.ClassLogit(c) or LogitDiff(c, other))"
+                    "(a [batch, classes] tensor? pick a class: hooked_vivit.causal.metrics.ClassLogit(c) or LogitDiff(c, other))"
                 )
             targets = [stored[n] for n in names]
             grads = torch.autograd.grad(values.sum(), targets, allow_unused=True)
