@@ -12,7 +12,7 @@ import torch
 
 from hooked_vivit import organism, synthetic
 from hooked_vivit.analysis import pipeline, validation
-from hooked_vivit.organism.data import SPLIT_SEEDS, recorded_seed_ranges, render_split, seed_use, to_pixels
+from hooked_vivit.organism.data import SPLIT_SEEDS, clip_seed, recorded_seed_ranges, render_split, seed_use, to_pixels
 from hooked_vivit.organism.train import TrainConfig, model_config, train
 
 OUTCOME_LABELS = [
@@ -125,6 +125,30 @@ def test_train_outcomes_task_smoke(tmp_path):
     strike, gutter = clips[0], clips[1]
     div = synthetic.render_clip("bowling", 0, outcome="strike", num_frames=8, size=32).meta["divergence_frame"]
     assert np.array_equal(strike[:div], gutter[:div]) and not np.array_equal(strike, gutter)
+
+
+def test_paired_batches_keep_each_minimal_pair_together():
+    """--paired-batches (the outcomes task's default): every scene unit is both outcome clips of one
+    rendered scene, every batch holds whole units, and an epoch sees every row exactly once."""
+    from hooked_vivit.organism.train import TASK_DEFAULTS, pair_batches, scene_units
+
+    assert TASK_DEFAULTS["outcomes"]["paired_batches"] and not TrainConfig().paired_batches
+    classes = organism.task_classes("outcomes")
+    clips, labels, outs = render_split("train", 3, 8, 32, classes)
+    units = scene_units(classes, 3)
+    assert sorted(len(u) for u in units) == [1] * 9 + [2] * 9  # 3 scenes x (3 pairs + 3 single actions)
+    for unit in units:
+        if len(unit) == 2:
+            a, b = unit
+            assert classes[labels[a]][1] == classes[labels[b]][1] and outs[a] != outs[b]  # one action, two outcomes
+            seed = clip_seed("train", a // len(classes))  # row i * len(classes) + c is clip i of class c
+            div = synthetic.render_clip(classes[labels[a]][1], seed, num_frames=8, size=32).meta["divergence_frame"]
+            assert np.array_equal(clips[a][:div], clips[b][:div]) and not np.array_equal(clips[a], clips[b])
+    batches = pair_batches(units, 5, torch.Generator().manual_seed(0))
+    rows = [r for batch in batches for unit in batch for r in unit]
+    assert sorted(rows) == list(range(len(labels)))
+    assert all(sum(map(len, batch)) >= 5 for batch in batches[:-1])
+    assert all(unit in units for batch in batches for unit in batch)
 
 
 # --------------------------------------------------------------------------------------------- validate
