@@ -320,7 +320,6 @@ def analyze_pair(
             results["in_distribution"] = placed
     steps.close()
     results["seconds"] = round(time.time() - t0, 2)
-    results["_dla_terms"] = dla["terms"]
     return results
 
 
@@ -570,7 +569,7 @@ def write_analysis(out: Path | OutputDir, model: Any, pair: Pair, results: dict,
             )
         if "probes" in results:
             figs["probes"] = rp.fig_probes_ci(results["probes"], tmp / "fig5_probes.png")
-        rp.write_json(tmp / "results.json", {k: v for k, v in results.items() if not k.startswith("_")})
+        rp.write_json(tmp / "results.json", results)
         pos_name, neg_name = pair.names
         pred = results["prediction"]
         rec = results["recovery"]
