@@ -112,11 +112,19 @@ def test_validation_seeds_are_held_out_from_both_organisms():
 
 def test_train_outcomes_task_smoke(tmp_path):
     tc = TrainConfig.smoke()
-    tc.task = "outcomes"
+    tc.task, tc.paired_batches = "outcomes", True  # the outcomes task's default batching
     metrics = train(tc, tmp_path / "gt", progress=False)
     assert list(metrics["test_accuracy_per_class"]) == OUTCOME_LABELS
     assert metrics["confusion_matrix"]["classes"] == OUTCOME_LABELS
     assert model_config(tc).model_name == "hooked-vivit-outcome-organism"
+    # The model card's training line is generated from metrics.json: its stage, batching and per-epoch accuracy.
+    from hooked_vivit.organism.evaluate import write_model_card
+
+    write_model_card(tmp_path / "gt", metrics, {})
+    card = (tmp_path / "gt" / "MODEL_CARD.md").read_text()
+    by_epoch = ", ".join(f"{h['val_accuracy']:.0%}" for h in metrics["history"])
+    assert f"final validation accuracy {metrics['history'][-1]['val_accuracy']:.1%} (by epoch: {by_epoch})." in card
+    assert ("each minimal pair in one batch" in card) == tc.paired_batches
     saved = json.loads((tmp_path / "gt" / "config.json").read_text())
     assert list(saved["id2label"].values()) == OUTCOME_LABELS
     # Both outcome classes of an action are rendered from the same seeds: the training set is made of minimal pairs.

@@ -55,6 +55,10 @@ def outcome_probes(model: HookedViViT, n_pairs: int = 60, *, cross_validated: bo
     return out
 
 
+def _val_by_epoch(stage: dict) -> str:
+    return ", ".join(f"{h['val_accuracy']:.0%}" for h in stage["history"])
+
+
 def write_model_card(path: Path, metrics: dict, probes: dict) -> None:
     tc = metrics["train_config"]
     stages, m = [], metrics
@@ -159,9 +163,15 @@ def write_model_card(path: Path, metrics: dict, probes: dict) -> None:
                 if m["train_config"].get("fresh_data")
                 else f", {m['train_config']['train_per_class']} clips per class"
             )
+            + (
+                ", each minimal pair in one batch and mirrored alike (`--paired-batches`)"
+                if m["train_config"].get("paired_batches")
+                else ""
+            )
             + f"; {m['train_seconds'] / 60:.1f} min (+{m['render_seconds']:.0f} s rendering)"
             + (f", {m['cpu_seconds'] / 60:.1f} min of process CPU time" if m.get("cpu_seconds") is not None else "")
-            + f", final validation accuracy {m['history'][-1]['val_accuracy']:.1%}."
+            + f", final validation accuracy {m['history'][-1]['val_accuracy']:.1%}"
+            + f" (by epoch: {_val_by_epoch(m)})."
             for i, m in enumerate(stages)
         ],
         f"- In all {total_min:.1f} min (wall) on {metrics['device']} with {metrics['torch_threads']} threads"
