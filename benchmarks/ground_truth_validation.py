@@ -35,8 +35,8 @@ def ship(data: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--pairs", type=int, default=50)
-    p.add_argument("--sanity-pairs", type=int, default=10)
-    p.add_argument("--attribution-pairs", type=int, default=10)
+    p.add_argument("--sanity-pairs", type=int, default=50)
+    p.add_argument("--attribution-pairs", type=int, default=50)
     p.add_argument("--controls", type=int, default=4)
     p.add_argument("--out", type=Path, default=Path("validation_out"))
     p.add_argument("--from-json", type=Path, help="a validation.json written by hooked-vivit validate")

@@ -579,10 +579,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("--pairs", type=_int_at_least(5), default=50, help="held-out pairs per domain (default 50)")
     validate.add_argument(
-        "--sanity-pairs", type=_int_at_least(0), default=10, help="pairs for the whole-residual patch check"
+        "--sanity-pairs", type=_int_at_least(0), default=50, help="pairs for the whole-residual patch check"
     )
     validate.add_argument(
-        "--attribution-pairs", type=_int_at_least(0), default=10, help="pairs for attribution vs real patching"
+        "--attribution-pairs", type=_int_at_least(0), default=50, help="pairs for attribution vs real patching"
     )
     validate.add_argument(
         "--controls", type=_int_at_least(1), default=4, help="random equal-size boxes per pair for the ablation"
