@@ -191,7 +191,7 @@ GROUND_TRUTH = [
     ),
     new_code_cell(
         "import torch\nfrom IPython.display import Markdown, display\n\n"
-        "from hooked_vivit import organism, patching, planted\nfrom hooked_vivit.analysis import experiments as ex, validation\n"
+        "from hooked_vivit import organism, planted\nfrom hooked_vivit.causal import patching\nfrom hooked_vivit.analysis import experiments as ex, validation\n"
         "from hooked_vivit.causal.metrics import LogitDiff\n\n"
         "single = planted.build('single_head')\nprint(single.truth.summary)"
     ),
