@@ -72,7 +72,7 @@ def test_activation_deltas_match_the_cache(model, pair):
     _, cp = model.run_with_cache(pos)
     _, cn = model.run_with_cache(neg)
     delta = cp["mlp_out", 1] - cn["mlp_out", 1]
-    assert d.at_readout["mlp_out"][1] == pytest.approx(float(delta[0, 0].norm()), abs=1e-5)  # SDPA vs explicit path noise
+    assert d.at_readout["mlp_out"][1] == pytest.approx(float(delta[0, 0].norm()), abs=1e-5)  # SDPA vs explicit noise
     assert d.token_mean["resid_post"][0] == pytest.approx(
         float((cp["resid_post", 0] - cn["resid_post", 0])[0].norm(dim=-1).mean()), rel=1e-5
     )

@@ -753,9 +753,7 @@ class OutcomeAnalysis:
             "ablation": self.ablation.to_json(),
         }
         if self.enrichment is not None:
-            out["enrichment"] = {
-                obj: {w: e.to_json() for w, e in per.items()} for obj, per in self.enrichment.items()
-            }
+            out["enrichment"] = {obj: {w: e.to_json() for w, e in per.items()} for obj, per in self.enrichment.items()}
         return out
 
 
