@@ -312,7 +312,7 @@ def wall(n_controls: int, reps: int) -> dict:
         "one_forward_seconds": one,
         "forward_seconds": forward,
         "n_controls": n_controls,
-        "outcome_regions": len(o["ablation"]["regions"]),
+        "outcome_regions": len(o.ablation.regions),
         "per_experiment": {
             k: {"fe": s["per_experiment"][k], "seconds": seconds[k], "seconds_over_one_forward": seconds[k] / one}
             for k in seconds

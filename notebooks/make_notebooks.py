@@ -84,7 +84,7 @@ REPRODUCE = [
     ),
     new_markdown_cell("**(a)** Norm of the activation difference per layer (the paper's Figure 1)."),
     new_code_cell(
-        "deltas = ex.activation_deltas(model, pos, neg)\ndisplay(Image(report.fig_deltas(deltas, tmp / 'deltas.png')))"
+        "deltas = ex.activation_deltas(model, pos, neg)\ndisplay(Image(report.fig_deltas(deltas.to_json(), tmp / 'deltas.png')))"
     ),
     new_markdown_cell(
         "**(b)** Component patching: each layer's attention block and MLP block output from the strike run into the gutter "
@@ -111,9 +111,9 @@ REPRODUCE = [
     new_code_cell(
         "c = model.cfg.label2id['bowling']\ndla = ex.token_dla(model, pos, c)\ndisplay(Image(report.fig_dla(dla, tmp / 'dla.png')))\n"
         "diff = ex.differential_token_dla(model, pos, neg, c, positive_dla=dla)\n"
-        "display(Image(report.fig_dla({**diff, 'class_name': 'bowling (positive - negative)'}, tmp / 'diff.png')))\n"
+        "display(Image(report.fig_dla({**diff.to_json(), 'class_name': 'bowling (positive - negative)'}, tmp / 'diff.png')))\n"
         "# The per-source terms add up to each head's attribution; heads plus the rest add up to the logit.\n"
-        "dla['terms'].sum().item(), dla['logit'], diff['logit_difference']"
+        "dla['terms'].sum().item(), dla['logit'], diff.logit_difference"
     ),
     new_markdown_cell(
         "**(d)** CLS attention per head (Figure 4); **(e)** the outcome-targeted analysis: region ablation after the divergence "
@@ -123,15 +123,16 @@ REPRODUCE = [
         "att = ex.cls_attention(model, pos, masks=pair.masks['positive'])\n"
         "display(Image(report.fig_cls_attention(att, pair.positive, model.cfg.tubelet_size[0], tmp / 'att.png')))\n"
         "out = ex.outcome_analysis(model, pos, neg, c, pair_masks=pair.masks, divergence_frame=pair.divergence_frame, positive_dla=dla)\n"
-        "display(Image(report.fig_outcome_ablation(out['ablation'], tmp / 'abl.png')))\n"
-        "display(Image(report.fig_enrichment(out['enrichment'], tmp / 'enr.png')))\n"
-        "pd.DataFrame({(o, w): e for o, per in out['enrichment'].items() for w, e in per.items()}).T[['mean_share', 'base_rate', 'enrichment']]"
+        "display(Image(report.fig_outcome_ablation(out.ablation.to_json(), tmp / 'abl.png')))\n"
+        "display(Image(report.fig_enrichment(out.to_json()['enrichment'], tmp / 'enr.png')))\n"
+        "pd.DataFrame({(o, w): {'mean_share': e.mean_share, 'base_rate': e.base_rate, 'enrichment': e.enrichment} "
+        "for o, per in out.enrichment.items() for w, e in per.items()}).T"
     ),
     new_markdown_cell(
         "The paper's Table 1 (zero the pixels around the most attributed tokens), which targets the class, not the outcome:"
     ),
     new_code_cell(
-        "from hooked_vivit.causal.ablation import format_topk_table\nabl = ex.region_ablation(model, pos, dla)\nprint(format_topk_table(abl['table']))"
+        "from hooked_vivit.causal.ablation import format_topk_table\nabl = ex.region_ablation(model, pos, dla)\nprint(format_topk_table(abl.table))"
     ),
     new_markdown_cell(
         "**(f)** Linear probes for the outcome on 100 held-out pairs: repeated grouped 5-fold cross-validation (groups = pairs), "
@@ -140,9 +141,9 @@ REPRODUCE = [
     ),
     new_code_cell(
         "pairs = pipeline.rendered_probe_pairs(model, 'bowling', 100, seed0=ANALYSIS_SEEDS['probe'])\nprobes = ex.layer_probes(model, pairs)\n"
-        "display(Image(report.fig_probes_ci(probes, tmp / 'probes.png')))\n"
-        "pd.DataFrame({f'{k} {n}': {m: r[m] for m in ('accuracy', 'paired_accuracy', 'control_paired_accuracy')} "
-        "for k in ('cls', 'mean') for n, r in zip(probes['layers'], probes[k])}).T.round(3)"
+        "display(Image(report.fig_probes_ci(probes.to_json(), tmp / 'probes.png')))\n"
+        "pd.DataFrame({f'{k} {n}': {m: getattr(r, m) for m in ('accuracy', 'paired_accuracy', 'control_paired_accuracy')} "
+        "for k in ('cls', 'mean') for n, r in zip(probes.layers, getattr(probes, k))}).T.round(3)"
     ),
 ]
 

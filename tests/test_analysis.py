@@ -72,11 +72,12 @@ def test_activation_deltas_match_the_cache(model, pair):
     _, cp = model.run_with_cache(pos)
     _, cn = model.run_with_cache(neg)
     delta = cp["mlp_out", 1] - cn["mlp_out", 1]
-    assert d["cls"]["mlp_out"][1] == pytest.approx(float(delta[0, 0].norm()), abs=1e-5)  # SDPA vs explicit path noise
-    assert d["tokens"]["resid_post"][0] == pytest.approx(
+    assert d.at_readout["mlp_out"][1] == pytest.approx(float(delta[0, 0].norm()), abs=1e-5)  # SDPA vs explicit noise
+    assert d.token_mean["resid_post"][0] == pytest.approx(
         float((cp["resid_post", 0] - cn["resid_post", 0])[0].norm(dim=-1).mean()), rel=1e-5
     )
-    assert d["cls"]["resid_pre"][0] == 0.0  # CLS starts identical: only pixels differ
+    assert d.at_readout["resid_pre"][0] == 0.0  # CLS starts identical: only pixels differ
+    assert d.to_json() == {"layers": [0, 1], "readout": "CLS", "cls": d.at_readout, "tokens": d.token_mean}
 
 
 def test_component_recovery_matches_a_hand_made_patch(model, pair):
@@ -139,16 +140,12 @@ def test_region_ablation_table(model, pair):
     x = px(model, pair.positive)
     dla = ex.token_dla(model, x, 0)
     res = ex.region_ablation(model, x, dla, n_tokens=3, k=4)
-    assert len(res["table"]) == 4 and len(res["tokens"]) == 3
-    box = res["box"]
-    for tok in res["tokens"]:
+    assert len(res.table) == 4 and len(res.tokens) == 3
+    box = res.box
+    for tok in res.tokens:
         frames, rows, cols = model.cfg.grid.pixel_box(tok)
-        assert (
-            box["t0"] <= frames.start
-            and frames.stop <= box["t1"]
-            and box["y0"] <= rows.start
-            and box["x0"] <= cols.start
-        )
+        assert box.t0 <= frames.start and frames.stop <= box.t1 and box.y0 <= rows.start and box.x0 <= cols.start
+    assert res.to_json()["box"] == {"t0": box.t0, "t1": box.t1, "y0": box.y0, "y1": box.y1, "x0": box.x0, "x1": box.x1}
 
 
 def test_probe_reads_a_planted_feature_and_control_does_not():
@@ -173,9 +170,9 @@ def test_layer_probes_shapes(model):
     f = ex.probe_features(model, pairs)
     with torch.inference_mode():
         expected = torch.cat([model(torch.cat(p)).argmax(-1) for p in pairs]).numpy()
-    np.testing.assert_array_equal(f["predictions"], expected)
-    np.testing.assert_array_equal(f["labels"][:4], [1, 0, 1, 0])
-    assert len(res["cls"]) == len(res["mean"]) == model.cfg.n_layers + 1
+    np.testing.assert_array_equal(f.predictions, expected)
+    np.testing.assert_array_equal(f.labels[:4], [1, 0, 1, 0])
+    assert len(res.cls) == len(res.mean) == model.cfg.n_layers + 1
     # The pixel baseline, brute force: each tubelet's mean colour per clip, laid out [frame slot, channel,
     # row, col] as probe_features writes it.
     grid = model.cfg.grid
@@ -191,15 +188,12 @@ def test_layer_probes_shapes(model):
             for clip in clips
         ]
     )
-    torch.testing.assert_close(f["pixels"], brute, atol=1e-6, rtol=0)
+    torch.testing.assert_close(f.pixels, brute, atol=1e-6, rtol=0)
     # ... and layer_probes probes exactly those features, labels and pairs (grouped 5-fold, 5 repeats).
     again = cross_validated_probe(
-        f["pixels"], np.tile([1, 0], len(pairs)), np.repeat(np.arange(len(pairs)), 2), k=5, repeats=5, seed=0
+        f.pixels, np.tile([1, 0], len(pairs)), np.repeat(np.arange(len(pairs)), 2), k=5, repeats=5, seed=0
     )
-    assert (
-        res["pixels"]["accuracy"] == again["accuracy"]
-        and res["pixels"]["control_accuracy"] == again["control_accuracy"]
-    )
+    assert res.pixels == again
 
 
 def check_captions(data: dict, strip: tuple[str, ...]) -> int:

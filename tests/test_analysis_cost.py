@@ -145,8 +145,8 @@ def test_study_counts_equal_the_hand_sums(model):
     ]
     ref = ex.layer_probes(model, pairs)
     for kind in ("cls", "mean"):
-        close([r["accuracy"] for r in st["probes"][kind]], [r["accuracy"] for r in ref[kind]])
-        close([r["paired_accuracy"] for r in st["probes"][kind]], [r["paired_accuracy"] for r in ref[kind]])
+        close([r["accuracy"] for r in st["probes"][kind]], [r.accuracy for r in getattr(ref, kind)])
+        close([r["paired_accuracy"] for r in st["probes"][kind]], [r.paired_accuracy for r in getattr(ref, kind)])
 
 
 def test_shared_runs_give_the_brute_force_numbers(model, analyzed):
@@ -231,7 +231,7 @@ def test_shared_runs_give_the_brute_force_numbers(model, analyzed):
         close(res["cls_attention"]["object_share"][name], (pattern[..., 1:] * tm).sum(-1) / pattern[..., 1:].sum(-1))
     for obj, tokens in ex.object_token_masks(model, ex.object_masks_union(pair.masks, pair.divergence_frame)).items():
         e = ex.enrichment(pattern[..., 1:], tokens)
-        close(res["outcome"]["enrichment"][obj]["CLS attention (positive clip)"]["mean_share"], e["mean_share"])
+        close(res["outcome"]["enrichment"][obj]["CLS attention (positive clip)"]["mean_share"], e.mean_share)
 
     # (e) region ablation: a fresh unablated and ablated forward
     box = PixelBox(**res["region_ablation"]["box"])
@@ -256,8 +256,8 @@ def test_shared_runs_give_the_brute_force_numbers(model, analyzed):
             cls.append(torch.stack([cache[h][0, 0] for h in names]))
             preds.append(int(logits[0].argmax()))
     f = ex.probe_features(model, pairs)
-    close(f["cls"].transpose(0, 1), torch.stack(cls))
-    assert f["predictions"].tolist() == preds
+    close(f.cls.transpose(0, 1), torch.stack(cls))
+    assert f.predictions.tolist() == preds
     ref = ex.layer_probes(model, pairs, features=f)
     for kind in ("cls", "mean"):
-        close([r["paired_accuracy"] for r in res["probes"][kind]], [r["paired_accuracy"] for r in ref[kind]])
+        close([r["paired_accuracy"] for r in res["probes"][kind]], [r.paired_accuracy for r in getattr(ref, kind)])

@@ -107,11 +107,13 @@ def test_component_recovery_variants_match_hand_made_patches(model):
 # ------------------------------------------------------------------------------- enrichment, masks
 def test_enrichment_share_base_rate_and_ratio():
     e = ex.enrichment(torch.tensor([0.5, 0.25, 0.25, 0.0]), torch.tensor([True, False, False, False]))
-    assert (e["share"], e["base_rate"], e["enrichment"]) == (0.5, 0.25, 2.0)
+    assert e.to_json() == {"share": 0.5, "mean_share": 0.5, "base_rate": 0.25, "enrichment": 2.0}
     e2 = ex.enrichment(
         torch.tensor([[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]]), torch.tensor([True, True, False, False])
     )
-    assert e2["share"] == [0.5, 0.0] and e2["mean_share"] == 0.25 and e2["enrichment"] == 0.5
+    assert e2.share.tolist() == [0.5, 0.0] and (e2.mean_share, e2.base_rate, e2.enrichment) == (0.25, 0.5, 0.5)
+    assert e2.to_json() == {"share": [0.5, 0.0], "mean_share": 0.25, "base_rate": 0.5, "enrichment": 0.5}
+    assert ex.enrichment(torch.ones(3), torch.zeros(3, dtype=torch.bool)).enrichment is None  # no object tokens
     with pytest.raises(ValueError, match="non-negative"):
         ex.enrichment(torch.tensor([-1.0, 1.0]), torch.tensor([True, False]))
 
@@ -144,13 +146,15 @@ def test_outcome_signal_and_region_ablation_against_brute_force(model):
     sig = ex.OutcomeSignal(model, pos, neg, c)
     with torch.inference_mode():
         lp, ln = model(pos)[0, c], model(neg)[0, c]
-    assert float(sig.base["direction"][0]) == pytest.approx(1.0, abs=1e-5)
-    assert float(sig.base["logit_gap"][0]) == pytest.approx(float(lp - ln), abs=1e-5)
+    assert float(sig.base.direction[0]) == pytest.approx(1.0, abs=1e-5)
+    assert float(sig.base.logit_gap[0]) == pytest.approx(float(lp - ln), abs=1e-5)
+    assert float(sig.base.class_logit[0]) == pytest.approx(float(lp), abs=1e-5)
     same = sig.measure(neg, neg)
-    assert float(same["direction"][0]) == pytest.approx(0.0, abs=1e-6) and float(same["logit_gap"][0]) == 0.0
+    assert float(same.direction[0]) == pytest.approx(0.0, abs=1e-6) and float(same.logit_gap[0]) == 0.0
     region = np.zeros((8, 32, 32), dtype=bool)
     region[pair.divergence_frame :, 8:20, 4:30] = True
-    res = ex.outcome_region_ablation(model, pos, neg, sig, {"r": region}, n_controls=3, seed=5)["regions"]["r"]
+    ablation = ex.outcome_region_ablation(model, pos, neg, sig, {"r": region}, n_controls=3, seed=5)
+    res = ablation.regions["r"]
     boxes = random_boxes_like(region, 3, seed=5)
     with torch.inference_mode():
 
@@ -159,17 +163,43 @@ def test_outcome_signal_and_region_ablation_against_brute_force(model):
 
         want = gap(region) - float(lp - ln)
         ctl = np.array([gap(b) - float(lp - ln) for b in boxes])
-    assert res["logit_gap"]["change"] == pytest.approx(want, abs=1e-4)
-    assert res["logit_gap"]["control_mean"] == pytest.approx(ctl.mean(), abs=1e-4)
-    assert res["logit_gap"]["control_p"] == pytest.approx(float((np.abs(ctl) >= abs(want)).mean()))
-    assert res["pixels"] == int(region.sum())
+    assert res.logit_gap.change == pytest.approx(want, abs=1e-4)
+    assert res.logit_gap.control_mean == pytest.approx(ctl.mean(), abs=1e-4)
+    assert res.logit_gap.control_std == pytest.approx(ctl.std(ddof=1), abs=1e-4)
+    assert res.logit_gap.control_p == pytest.approx(float((np.abs(ctl) >= abs(want)).mean()))
+    assert res.logit_gap.relative_change == pytest.approx(want / float(lp - ln), rel=1e-4)
+    assert res.pixels == int(region.sum()) and res.frames == [pair.divergence_frame, 7]
+    # results.json's layout: the unablated signals (direction first), then per region its size and each signal.
+    assert ablation.to_json() == {
+        "n_controls": 3,
+        "mode": "zero",
+        "base": {k: float(getattr(sig.base, k)[0]) for k in ("direction", "logit_gap", "class_logit")},
+        "regions": {
+            "r": {
+                "pixels": res.pixels,
+                "control_pixels_mean": res.control_pixels_mean,
+                "frames": res.frames,
+                **{
+                    s: {
+                        "change": getattr(res, s).change,
+                        "control_mean": getattr(res, s).control_mean,
+                        "control_std": getattr(res, s).control_std,
+                        "control_p": getattr(res, s).control_p,
+                        "relative_change": getattr(res, s).relative_change,
+                    }
+                    for s in ("class_logit", "logit_gap", "direction")
+                },
+            }
+        },
+    }
+    assert list(ablation.to_json()["base"]) == ["direction", "logit_gap", "class_logit"]
 
 
 def test_differential_dla_cancels_what_both_clips_share(model):
     pair = pipeline.rendered_pair(model, "bowling", 4_000_004)
     pos, neg = pipeline.model_pixels(model, pair.positive), pipeline.model_pixels(model, pair.negative)
     same = ex.differential_token_dla(model, pos, pos, 1)
-    assert same["attention_total"] == 0.0 and np.abs(same["heatmap"]).max() == 0.0
+    assert same.attention_total == 0.0 and np.abs(same.heatmap).max() == 0.0 and same.logit_difference == 0.0
     d = ex.differential_token_dla(model, pos, neg, 1)
     _, cp = model.run_with_cache(pos)
     _, cn = model.run_with_cache(neg)
@@ -177,7 +207,19 @@ def test_differential_dla_cancels_what_both_clips_share(model):
     heads = [
         (c.stack_head_results(layer=-1, pos_slice=0, apply_ln=True)[:, 0] @ direction).view(2, 2) for c in (cp, cn)
     ]
-    torch.testing.assert_close(torch.tensor(d["per_head"]), heads[0] - heads[1], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.tensor(d.per_head), heads[0] - heads[1], atol=1e-5, rtol=1e-4)
+    # results.json holds every number but the [layer, head, token] terms, each the terms' sum it names.
+    grid_sum = model.cfg.grid.unflatten(d.terms.sum((0, 1)))[1]
+    assert d.to_json() == {
+        "class": 1,
+        "class_name": model.cfg.id2label[1],
+        "logit_difference": d.logit_difference,
+        "attention_total": float(d.terms.sum()),
+        "per_head": d.terms.sum(-1).tolist(),
+        "cls_source": float(d.terms.sum((0, 1))[0]),
+        "heatmap": grid_sum.tolist(),
+        "per_slot_abs": grid_sum.abs().sum((1, 2)).tolist(),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- probes
@@ -214,16 +256,40 @@ def test_cross_validated_probe_planted_signals():
     feats = np.repeat(rng.normal(scale=3, size=(n, d)), 2, 0) + 0.1 * rng.normal(size=(2 * n, d))
     feats[:, 0] += 0.5 * (labels - 0.5)
     res = cross_validated_probe(feats, labels, groups, k=5, repeats=5)
-    assert res["pairs"] == 100 and res["train_pairs_per_fold"] == 80 and res["test_pairs_per_fold"] == 20
-    assert res["paired_accuracy"] == 1.0 and res["paired_accuracy_ci95"] == [1.0, 1.0]
-    assert res["accuracy"] < 0.6
-    assert res["control_paired_accuracy"] < 0.65 and res["selectivity"] == res["accuracy"] - res["control_accuracy"]
+    assert res.pairs == 100 and res.train_pairs_per_fold == 80 and res.test_pairs_per_fold == 20
+    assert res.paired_accuracy == 1.0 and res.paired_accuracy_ci95 == [1.0, 1.0]
+    assert res.accuracy < 0.6
+    assert res.control_paired_accuracy < 0.65 and res.selectivity == res.accuracy - res.control_accuracy
     strong = rng.normal(size=(2 * n, d))
     strong[:, 1] += 20 * (labels - 0.5)
     s = cross_validated_probe(strong, labels, groups)
-    assert s["accuracy"] == 1.0 and s["paired_accuracy"] == 1.0 and s["accuracy_ci95"] == [1.0, 1.0]
+    assert s.accuracy == 1.0 and s.paired_accuracy == 1.0 and s.accuracy_ci95 == [1.0, 1.0]
+    assert s.to_json() == {
+        "pairs": 100,
+        "folds": 5,
+        "repeats": 5,
+        "train_pairs_per_fold": 80,
+        "test_pairs_per_fold": 20,
+        "train_accuracy": 1.0,
+        "accuracy": 1.0,
+        "accuracy_ci95": [1.0, 1.0],
+        "paired_accuracy": 1.0,
+        "paired_accuracy_ci95": [1.0, 1.0],
+        "control_accuracy": s.control_accuracy,
+        "control_accuracy_ci95": s.control_accuracy_ci95,
+        "control_paired_accuracy": s.control_paired_accuracy,
+        "control_paired_accuracy_ci95": s.control_paired_accuracy_ci95,
+        "selectivity": 1.0 - s.control_accuracy,
+    }
+    # Without the control task the probe's numbers are the same; results.json then says None for its two.
+    alone = cross_validated_probe(strong, labels, groups, control=False)
+    assert (alone.accuracy, alone.paired_accuracy_ci95, alone.control_paired_accuracy) == (1.0, [1.0, 1.0], None)
+    assert {k: alone.to_json()[k] for k in ("control_accuracy", "selectivity")} == {
+        "control_accuracy": None,
+        "selectivity": None,
+    } and "control_accuracy_ci95" not in alone.to_json()
     noise = cross_validated_probe(rng.normal(size=(2 * n, d)), labels, groups)
-    assert noise["paired_accuracy_ci95"][0] < 0.5 < noise["paired_accuracy_ci95"][1]
+    assert noise.paired_accuracy_ci95[0] < 0.5 < noise.paired_accuracy_ci95[1]
     with pytest.raises(ValueError, match="exactly two clips"):
         cross_validated_probe(feats[:3], labels[:3], groups[:3], k=1)
 

@@ -360,12 +360,12 @@ def test_study_over_pairs_in_two_processes_equals_the_per_pair_functions(setup, 
     deltas, head, ablation_change = [], [], []
     for i, (p, n) in enumerate(direct):
         d = ex.activation_deltas(model, p, n)
-        deltas.append([d["cls"][k] for k in ex.KINDS])
+        deltas.append([d.at_readout[k] for k in ex.KINDS])
         rec = ex.component_recovery(model, p, n)["variants"][ex.HEADLINE_RECOVERY]
         head.append([rec["attn"], rec["mlp"]])
         c = int(model(p).argmax())
         o = ex.outcome_analysis(model, p, n, c, pair_masks=None, divergence_frame=None, seed=i)
-        ablation_change.append(o["ablation"]["regions"]["top class-DLA tokens"]["logit_gap"]["change"])
+        ablation_change.append(o.ablation.regions["top class-DLA tokens"].logit_gap.change)
     np.testing.assert_allclose(st["deltas_cls"]["per_pair"], deltas, rtol=1e-5)
     np.testing.assert_allclose(st["deltas_cls"]["mean"], np.mean(deltas, 0), rtol=1e-5)
     head = np.array(head)
@@ -376,8 +376,8 @@ def test_study_over_pairs_in_two_processes_equals_the_per_pair_functions(setup, 
     e = st["outcome"]["ablation"]["top class-DLA tokens"]["logit_gap"]["change"]
     assert e["mean"] == pytest.approx(np.mean(ablation_change), rel=1e-4, abs=1e-6) and st["outcome"]["pairs"] == 5
     probes = ex.layer_probes(model, direct)  # all pairs at once, as the rendered study runs them
-    assert [r["accuracy"] for r in st["probes"]["cls"]] == pytest.approx([r["accuracy"] for r in probes["cls"]])
-    assert st["probes"]["pixels"]["paired_accuracy"] == pytest.approx(probes["pixels"]["paired_accuracy"])
+    assert [r["accuracy"] for r in st["probes"]["cls"]] == pytest.approx([r.accuracy for r in probes.cls])
+    assert st["probes"]["pixels"]["paired_accuracy"] == pytest.approx(probes.pixels.paired_accuracy)
     assert (tmp_path / "study" / "report.html").is_file()
 
 

@@ -434,7 +434,7 @@ def test_pixel_baseline_and_preprocessing_use_each_tokens_pixels(ragged):
     _, model, x = ragged
     grid = model.cfg.grid
     other = clip_pixels(VivitConfig(**NEWLY_ACCEPTED["ragged_every_axis"]), batch=1, seed=4)
-    feats = probe_features(model, [(x, other)])["pixels"]  # [2 clips, slots * C * rows * cols]
+    feats = probe_features(model, [(x, other)]).pixels  # [2 clips, slots * C * rows * cols]
     for clip, clip_pixels_ in enumerate((x, other)):
         grid_means = feats[clip].view(grid.n_frame_slots, 3, grid.n_rows, grid.n_cols)
         for token in range(1, grid.n_ctx):

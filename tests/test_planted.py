@@ -213,19 +213,19 @@ def test_region_ablation_removes_the_signal_and_other_boxes_do_not(single):
 def test_probes_decode_the_variable_after_the_planted_layer_only(single):
     pairs = single.pairs(24, seed=100)
     f = probe_features(single.model, pairs)  # cls[l]: resid_pre l (l < 3), cls[3]: last resid_post
-    before, after = f["cls"][1], f["cls"][2]  # around layer 1, the planted head's
+    before, after = f.cls[1], f.cls[2]  # around layer 1, the planted head's
     assert before.std(0).max() > 1e-3  # the CLS stream varies (texture, decoy), it just lacks the blob
     # Both clips of a held-out pair have the same CLS vector before layer 1: exactly one is right.
-    assert probe_accuracy(before, f["labels"], f["groups"]).accuracy == 0.5
-    assert probe_accuracy(after, f["labels"], f["groups"]).accuracy == 1.0
+    assert probe_accuracy(before, f.labels, f.groups).accuracy == 0.5
+    assert probe_accuracy(after, f.labels, f.groups).accuracy == 1.0
     # Mean-pooled tokens: no head writes at patch tokens, so every layer gives the same accuracy, and
     # pooling adds the blob to the decoy blob (same brightness, another box): short of 1.
-    mean_acc = [probe_accuracy(feat, f["labels"], f["groups"]).accuracy for feat in f["mean"]]
+    mean_acc = [probe_accuracy(feat, f.labels, f.groups).accuracy for feat in f.mean]
     assert len(set(mean_acc)) == 1 and mean_acc[0] < 1.0
     # Positive control on the same features: the decoy blob (gathered in layer 0) decodes before.
     decoy = np.repeat([int(single.decoy(100 + i)) for i in range(len(pairs))], 2)
     assert 0 < decoy.mean() < 1
-    assert probe_accuracy(before, decoy, f["groups"]).accuracy == 1.0
+    assert probe_accuracy(before, decoy, f.groups).accuracy == 1.0
 
 
 # =========================================================================================== AND composition

@@ -611,8 +611,8 @@ def test_viewer_attribution_and_probes_on_videomae(tiny):
         torch.testing.assert_close(result.scores[act][1], manual.detach(), atol=1e-6, rtol=1e-5)
 
     feats = ex.probe_features(model, [(clean, corrupted)])
-    assert "cls" not in feats
-    torch.testing.assert_close(feats["mean"][0, 0], clean_cache["resid_pre", 0][0].mean(0))
+    assert feats.cls is None
+    torch.testing.assert_close(feats.mean[0, 0], clean_cache["resid_pre", 0][0].mean(0))
 
 
 def test_token_zero_is_a_patch_with_pixels(tiny):

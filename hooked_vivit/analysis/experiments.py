@@ -1,5 +1,5 @@
-"""The reference paper's experiments, one function each, returning plain data (figures are drawn
-from it in hooked_vivit.analysis.report).
+"""The reference paper's experiments, one function each, returning small dataclasses whose
+``to_json()`` is their part of results.json (figures are drawn from that in hooked_vivit.analysis.report).
 
 positive = the clip with the outcome of interest (strike), negative = its minimal-pair twin
 (gutter). "clean" is the positive run, "corrupted" the negative run, as in the paper's denoising.
@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from jaxtyping import Float, Int
 
 from hooked_vivit.causal import patching
 from hooked_vivit.causal.ablation import (
@@ -35,7 +36,7 @@ from hooked_vivit.causal.logit_attribution import (  # noqa: F401  (part of this
     uses_pattern_rows,
 )
 from hooked_vivit.causal.metrics import SignalRecovery
-from hooked_vivit.causal.probes import cross_validated_probe
+from hooked_vivit.causal.probes import CrossValidatedProbe, cross_validated_probe
 from hooked_vivit.labels import top_k
 
 KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out")
@@ -144,24 +145,40 @@ def pair_runs(
 
 
 # ---------------------------------------------------------------------------------------- (a)
+@dataclass(frozen=True)
+class ActivationDeltas:
+    """(a) of one pair: ||a(positive) - a(negative)|| per layer for each kind of KINDS."""
+
+    layers: list[int]
+    readout: str  # where the classifier reads: "CLS", "first token" or "token mean" (readout_name)
+    # kind -> per layer, L2 norm of the difference at the readout / mean over tokens of the per-token norms
+    # (residual-stream units; 0 = the two clips agree there)
+    at_readout: dict[str, list[float]]
+    token_mean: dict[str, list[float]]
+
+    def to_json(self) -> dict:
+        """results.json's "deltas" (the readout's numbers under "cls", whatever the readout)."""
+        return {"layers": self.layers, "readout": self.readout, "cls": self.at_readout, "tokens": self.token_mean}
+
+
 def activation_deltas(
     model: Any, positive: torch.Tensor, negative: torch.Tensor, *, runs: PairRuns | None = None
-) -> dict:
+) -> ActivationDeltas:
     """L2 norm of (positive - negative) per layer, for resid_pre/post, attn_out and mlp_out: at the
-    readout ("cls": the CLS token, or the token mean; see readout_name), and averaged over all tokens
+    readout (the CLS token, or the token mean; see readout_name), and averaged over all tokens
     (the mean of per-token norms)."""
     L = model.cfg.n_layers
     runs = runs or pair_runs(model, positive, negative, delta_hooks(model))
     cp, cn = runs.clean.cache, runs.corrupted.cache
-    out: dict = {"layers": list(range(L)), "readout": readout_name(model), "cls": {}, "tokens": {}}
+    at_readout, token_mean = {}, {}
     for kind in KINDS:
         deltas = torch.stack(
             [(cp[f"blocks.{l}.hook_{kind}"] - cn[f"blocks.{l}.hook_{kind}"])[0].float() for l in range(L)]
         )
         norms = deltas.norm(dim=-1)  # [L, n_ctx]
-        out["cls"][kind] = readout(deltas, model).norm(dim=-1).tolist()
-        out["tokens"][kind] = norms.mean(1).tolist()
-    return out
+        at_readout[kind] = readout(deltas, model).norm(dim=-1).tolist()
+        token_mean[kind] = norms.mean(1).tolist()
+    return ActivationDeltas(list(range(L)), readout_name(model), at_readout, token_mean)
 
 
 # ---------------------------------------------------------------------------------------- (b)
@@ -352,6 +369,30 @@ def cls_attention(
 
 
 # ---------------------------------------------------------------------------------------- (e)
+@dataclass(frozen=True)
+class RegionAblation:
+    """(e): the top classes before and after ablating the pixel box around the tokens of greatest |DLA|."""
+
+    tokens: list[int]  # the chosen tokens (indices into the token sequence) and the box of pixels covering them
+    box: PixelBox
+    mode: str  # how the box was ablated (ablate_pixels: "zero", ...)
+    # the top-k classes of the unablated clip: rows {class, name, before, after, delta} in logits (topk_table)
+    table: list[dict]
+    top1_before: str  # the top class's name, before and after
+    top1_after: str
+
+    def to_json(self) -> dict:
+        """results.json's "region_ablation" (before the pipeline's caption fields)."""
+        return {
+            "tokens": self.tokens,
+            "box": dict(self.box.__dict__),
+            "mode": self.mode,
+            "table": self.table,
+            "top1_before": self.top1_before,
+            "top1_after": self.top1_after,
+        }
+
+
 def region_ablation(
     model: Any,
     pixel_values: torch.Tensor,
@@ -361,7 +402,7 @@ def region_ablation(
     k: int = 6,
     mode: str = "zero",
     before: torch.Tensor | None = None,
-) -> dict:
+) -> RegionAblation:
     """Top-k classes before and after ablating (zeroing, by default) the pixel box around the
     tokens of greatest absolute direct logit attribution (the paper's Table 1). ``before``: the
     unablated clip's logits [1, n_classes], when already computed."""
@@ -373,17 +414,47 @@ def region_ablation(
     with torch.inference_mode():
         before = model(pixel_values[:1]) if before is None else before
         after = model(ablated)
-    return {
-        "tokens": top,
-        "box": box.__dict__,
-        "mode": mode,
-        "table": topk_table(before, after, model.cfg.id2label, k),
-        "top1_before": top_k(before, model.cfg.id2label, 1)[0][0].label,
-        "top1_after": top_k(after, model.cfg.id2label, 1)[0][0].label,
-    }
+    return RegionAblation(
+        tokens=top,
+        box=box,
+        mode=mode,
+        table=topk_table(before, after, model.cfg.id2label, k),
+        top1_before=top_k(before, model.cfg.id2label, 1)[0][0].label,
+        top1_after=top_k(after, model.cfg.id2label, 1)[0][0].label,
+    )
 
 
 # ------------------------------------------------------------------------- outcome-targeted (c, d, e)
+@dataclass(frozen=True)
+class DifferentialDLA:
+    """Token DLA of the positive clip minus the negative clip's, both to one class (in logits)."""
+
+    class_index: int  # the class c and its name
+    class_name: str
+    logit_difference: float  # logit_c(positive) - logit_c(negative)
+    attention_total: float  # the sum of every term: the part of logit_difference the attention heads write
+    terms: Float[torch.Tensor, "layer head token"]  # per (layer, head, source token); not in results.json
+    # sums of terms: per head [layer][head]; from the CLS source (None: no CLS token); per patch token on the
+    # grid [frame slot][row][col] over layers and heads; and per frame slot of |that grid|
+    per_head: list[list[float]]
+    cls_source: float | None
+    heatmap: list[list[list[float]]]
+    per_slot_abs: list[float]
+
+    def to_json(self) -> dict:
+        """Every field but ``terms``, under the keys results.json's "differential_dla" uses."""
+        return {
+            "class": self.class_index,
+            "class_name": self.class_name,
+            "logit_difference": self.logit_difference,
+            "attention_total": self.attention_total,
+            "per_head": self.per_head,
+            "cls_source": self.cls_source,
+            "heatmap": self.heatmap,
+            "per_slot_abs": self.per_slot_abs,
+        }
+
+
 def differential_token_dla(
     model: Any,
     positive: torch.Tensor,
@@ -392,7 +463,7 @@ def differential_token_dla(
     *,
     positive_dla: dict | None = None,
     negative_run: ClipRun | None = None,
-) -> dict:
+) -> DifferentialDLA:
     """Token DLA of the positive clip minus that of the negative clip, per (layer, head, source token),
     both to class ``c``: static scenery, seen alike in both clips, cancels; what is left is what the
     outcome changes. Its total is logit_c(positive) - logit_c(negative) minus the difference of the
@@ -401,20 +472,38 @@ def differential_token_dla(
     neg = token_dla(model, negative, c, run=negative_run)
     terms = pos["terms"] - neg["terms"]
     cls_term, grid = model.cfg.grid.unflatten(terms.sum((0, 1)))
-    return {
-        "class": c,
-        "class_name": pos["class_name"],
-        "logit_difference": pos["logit"] - neg["logit"],
-        "attention_total": float(terms.sum()),
-        "terms": terms,
-        "per_head": terms.sum(-1).tolist(),
-        "cls_source": float(cls_term) if model.cfg.grid.n_prefix else None,
-        "heatmap": grid.tolist(),
-        "per_slot_abs": grid.abs().sum((1, 2)).tolist(),
-    }
+    return DifferentialDLA(
+        class_index=c,
+        class_name=pos["class_name"],
+        logit_difference=pos["logit"] - neg["logit"],
+        attention_total=float(terms.sum()),
+        terms=terms,
+        per_head=terms.sum(-1).tolist(),
+        cls_source=float(cls_term) if model.cfg.grid.n_prefix else None,
+        heatmap=grid.tolist(),
+        per_slot_abs=grid.abs().sum((1, 2)).tolist(),
+    )
 
 
-def enrichment(weights: torch.Tensor | np.ndarray, on_object: torch.Tensor | np.ndarray) -> dict:
+@dataclass(frozen=True)
+class Enrichment:
+    """How much of a non-negative weight (attention, |attribution|) lands on an object's patch tokens."""
+
+    share: Float[torch.Tensor, "*leading"]  # sum(w * on) / sum(w) per leading index of the weights (0..1)
+    mean_share: float  # the mean of share
+    base_rate: float  # the object's share of the patch tokens (what share would be without preference)
+    enrichment: float | None  # mean_share / base_rate: 1.0 = no preference; None: the object has no tokens
+
+    def to_json(self) -> dict:
+        return {
+            "share": self.share.tolist() if self.share.ndim else float(self.share),
+            "mean_share": self.mean_share,
+            "base_rate": self.base_rate,
+            "enrichment": self.enrichment,
+        }
+
+
+def enrichment(weights: torch.Tensor | np.ndarray, on_object: torch.Tensor | np.ndarray) -> Enrichment:
     """Share of non-negative ``weights`` [..., n_patches] on the object's patch tokens (``on_object``,
     bool [n_patches]) beside the object's base rate (its share of the tokens) and their ratio:
     share = sum(w * on) / sum(w), base_rate = mean(on), enrichment = share / base_rate (1 = no
@@ -426,12 +515,7 @@ def enrichment(weights: torch.Tensor | np.ndarray, on_object: torch.Tensor | np.
     base = float(on.mean())
     share = (w * on).sum(-1) / w.sum(-1).clamp_min(1e-30)
     mean_share = float(share.mean())
-    return {
-        "share": share.tolist() if share.ndim else float(share),
-        "mean_share": mean_share,
-        "base_rate": base,
-        "enrichment": mean_share / base if base > 0 else None,
-    }
+    return Enrichment(share, mean_share, base, mean_share / base if base > 0 else None)
 
 
 def object_token_masks(model: Any, masks: dict[str, np.ndarray], from_frame: int = 0) -> dict[str, torch.Tensor]:
@@ -456,6 +540,15 @@ def object_masks_union(pair_masks: dict, from_frame: int = 0) -> dict[str, np.nd
         if m.any():
             out[name] = m
     return out
+
+
+@dataclass(frozen=True)
+class SignalValues:
+    """The outcome signals of n (positive, negative) pairs of clips, one value per pair (see OutcomeSignal)."""
+
+    direction: Float[torch.Tensor, " n"]  # along r_pos - r_neg: 1.0 = the unmodified pair's difference
+    logit_gap: Float[torch.Tensor, " n"]  # logit_c(x_pos) - logit_c(x_neg), in logits
+    class_logit: Float[torch.Tensor, " n"]  # logit_c(x_pos), in logits
 
 
 class OutcomeSignal:
@@ -498,21 +591,80 @@ class OutcomeSignal:
             acts.append(readout(cache[self.hook], self.model).float())
         return torch.cat(logits), torch.cat(acts)
 
-    def measure(self, x_pos: torch.Tensor, x_neg: torch.Tensor) -> dict[str, torch.Tensor]:
+    def measure(self, x_pos: torch.Tensor, x_neg: torch.Tensor) -> SignalValues:
         """Per row of the [n, ...] modified positive and negative clips."""
         return self._signal(*self._run(torch.cat([x_pos, x_neg])))
 
-    def _signal(self, logits: torch.Tensor, r: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _signal(self, logits: torch.Tensor, r: torch.Tensor) -> SignalValues:
         n = len(logits) // 2
         direction = ((r[:n] - r[n:]) @ self.delta) / self.delta.pow(2).sum()
-        return {
-            "direction": direction,
-            "logit_gap": logits[:n, self.c] - logits[n:, self.c],
-            "class_logit": logits[:n, self.c],
-        }
+        return SignalValues(
+            direction=direction, logit_gap=logits[:n, self.c] - logits[n:, self.c], class_logit=logits[:n, self.c]
+        )
 
 
 SIGNALS = ("class_logit", "logit_gap", "direction")
+
+
+@dataclass(frozen=True)
+class SignalChange:
+    """One outcome signal's change (ablated minus unablated, in the signal's units) when a region is ablated."""
+
+    change: float  # the region's change, and its ratio to the unablated value (None when that is 0)
+    relative_change: float | None
+    # over the random equal-size boxes: mean and standard deviation of the change, and the share of boxes
+    # whose |change| is at least the region's (an empirical p-value; 1.0 = every box changes it as much)
+    control_mean: float
+    control_std: float
+    control_p: float
+
+    def to_json(self) -> dict:
+        return {
+            "change": self.change,
+            "control_mean": self.control_mean,
+            "control_std": self.control_std,
+            "control_p": self.control_p,
+            "relative_change": self.relative_change,
+        }
+
+
+@dataclass(frozen=True)
+class AblatedRegion:
+    """One region ablated in both clips of a pair, beside random boxes of equal size in the same frames."""
+
+    pixels: int  # pixels in the region, and the random boxes' mean pixel count (about equal)
+    control_pixels_mean: float
+    frames: list[int]  # the region's first and last frame
+    class_logit: SignalChange  # the change of each of SIGNALS
+    logit_gap: SignalChange
+    direction: SignalChange
+
+    def to_json(self) -> dict:
+        return {
+            "pixels": self.pixels,
+            "control_pixels_mean": self.control_pixels_mean,
+            "frames": self.frames,
+            **{key: getattr(self, key).to_json() for key in SIGNALS},
+        }
+
+
+@dataclass(frozen=True)
+class OutcomeRegionAblation:
+    """outcome_region_ablation's result: each region's signal changes, beside the unablated signals."""
+
+    n_controls: int  # random boxes per region
+    mode: str  # how pixels were ablated (ablate_pixel_mask: "zero", ...)
+    base: dict[str, float]  # each signal of the unablated pair (direction is 1.0 there by construction)
+    regions: dict[str, AblatedRegion]
+
+    def to_json(self) -> dict:
+        """results.json's "ablation" of the outcome section."""
+        return {
+            "n_controls": self.n_controls,
+            "mode": self.mode,
+            "base": self.base,
+            "regions": {name: region.to_json() for name, region in self.regions.items()},
+        }
 
 
 def outcome_region_ablation(
@@ -525,40 +677,37 @@ def outcome_region_ablation(
     n_controls: int = 20,
     seed: int = 0,
     mode: str = "zero",
-) -> dict:
+) -> OutcomeRegionAblation:
     """Ablate each region (bool [T, H, W] pixel mask) in both clips of the pair and measure the change
     of the class logit, the logit gap and the direction signal, beside ``n_controls`` random boxes of
     equal size in the same frames (mean, standard deviation, and the share of controls whose change
     is at least as large in magnitude: an empirical p-value)."""
-    out = {
-        "n_controls": n_controls,
-        "mode": mode,
-        "base": {k: float(v[0]) for k, v in signal.base.items()},
-        "regions": {},
-    }
+    base = {k: float(getattr(signal.base, k)[0]) for k in ("direction", "logit_gap", "class_logit")}
+    ablated = {}
     for i, (name, mask) in enumerate(regions.items()):
         controls = random_boxes_like(mask, n_controls, seed=seed + i)
         all_masks = np.concatenate([np.asarray(mask, dtype=bool)[None], controls])
         xp = ablate_pixel_mask(positive[:1].expand(len(all_masks), *positive.shape[1:]), all_masks, mode=mode)
         xn = ablate_pixel_mask(negative[:1].expand(len(all_masks), *negative.shape[1:]), all_masks, mode=mode)
         values = signal.measure(xp, xn)
-        entry: dict = {
-            "pixels": int(np.asarray(mask).sum()),
-            "control_pixels_mean": float(controls.reshape(n_controls, -1).sum(1).mean()),
-            "frames": [int(t) for t in np.nonzero(np.asarray(mask).any((1, 2)))[0][[0, -1]]],
-        }
+        changes = {}
         for key in SIGNALS:
-            change = (values[key] - signal.base[key][0]).double()
+            change = (getattr(values, key) - getattr(signal.base, key)[0]).double()
             region, ctl = float(change[0]), change[1:]
-            entry[key] = {
-                "change": region,
-                "control_mean": float(ctl.mean()),
-                "control_std": float(ctl.std()),
-                "control_p": float((ctl.abs() >= abs(region)).double().mean()),
-                "relative_change": region / float(signal.base[key][0]) if float(signal.base[key][0]) != 0 else None,
-            }
-        out["regions"][name] = entry
-    return out
+            changes[key] = SignalChange(
+                change=region,
+                relative_change=region / base[key] if base[key] != 0 else None,
+                control_mean=float(ctl.mean()),
+                control_std=float(ctl.std()),
+                control_p=float((ctl.abs() >= abs(region)).double().mean()),
+            )
+        ablated[name] = AblatedRegion(
+            pixels=int(np.asarray(mask).sum()),
+            control_pixels_mean=float(controls.reshape(n_controls, -1).sum(1).mean()),
+            frames=[int(t) for t in np.nonzero(np.asarray(mask).any((1, 2)))[0][[0, -1]]],
+            **changes,
+        )
+    return OutcomeRegionAblation(n_controls, mode, base, ablated)
 
 
 def top_token_region(
@@ -575,6 +724,39 @@ def top_token_region(
     return top, token_pixel_mask(grid, top, frames, height, width)
 
 
+@dataclass(frozen=True)
+class OutcomeAnalysis:
+    """The outcome-targeted methods on one pair (outcome_analysis)."""
+
+    class_index: int  # the class c every method targets (the positive clip's prediction)
+    # the rendered divergence frame (None: unknown) and the first frame the regions cover
+    divergence_frame: int | None
+    from_frame: int
+    differential_dla: DifferentialDLA
+    # the patch tokens of greatest |class DLA| / |differential DLA| from from_frame on (the first two regions)
+    top_class_dla_tokens: list[int]
+    top_differential_dla_tokens: list[int]
+    ablation: OutcomeRegionAblation
+    # object -> weight ("CLS attention (positive clip)", "|class DLA| (positive clip)", "|differential DLA|")
+    # -> enrichment on the object's tokens; None when the pair has no object masks
+    enrichment: dict[str, dict[str, Enrichment]] | None = None
+
+    def to_json(self) -> dict:
+        """results.json's "outcome" (before the pipeline's share_after_divergence)."""
+        out = {
+            "class": self.class_index,
+            "divergence_frame": self.divergence_frame,
+            "from_frame": self.from_frame,
+            "differential_dla": self.differential_dla.to_json(),
+            "top_class_dla_tokens": self.top_class_dla_tokens,
+            "top_differential_dla_tokens": self.top_differential_dla_tokens,
+            "ablation": self.ablation.to_json(),
+        }
+        if self.enrichment is not None:
+            out["enrichment"] = {obj: {w: e.to_json() for w, e in per.items()} for obj, per in self.enrichment.items()}
+        return out
+
+
 def outcome_analysis(
     model: Any,
     positive: torch.Tensor,
@@ -588,7 +770,7 @@ def outcome_analysis(
     n_controls: int = 20,
     seed: int = 0,
     runs: PairRuns | None = None,
-) -> dict:
+) -> OutcomeAnalysis:
     """The outcome-targeted methods on one pair: differential token DLA, the outcome signal, region
     ablation after the divergence (top class-DLA tokens, top differential-DLA tokens, each rendered
     object) against equal-size random boxes, and per-object attention and DLA enrichment. ``runs``
@@ -600,21 +782,12 @@ def outcome_analysis(
     start = divergence_frame or 0
     signal = OutcomeSignal(model, positive, negative, c, runs=runs)
     class_tokens, class_mask = top_token_region(model, dla["terms"].sum((0, 1)), n_tokens, start, T, H, W)
-    diff_tokens, diff_mask = top_token_region(model, diff["terms"].sum((0, 1)), n_tokens, start, T, H, W)
+    diff_tokens, diff_mask = top_token_region(model, diff.terms.sum((0, 1)), n_tokens, start, T, H, W)
     regions = {"top class-DLA tokens": class_mask, "top differential-DLA tokens": diff_mask}
     objects = object_masks_union(pair_masks, start) if pair_masks else {}
     regions.update({f"object: {k}": v for k, v in objects.items()})
-    out: dict = {
-        "class": c,
-        "divergence_frame": divergence_frame,
-        "from_frame": start,
-        "differential_dla": {k: v for k, v in diff.items() if k != "terms"},
-        "top_class_dla_tokens": class_tokens,
-        "top_differential_dla_tokens": diff_tokens,
-        "ablation": outcome_region_ablation(
-            model, positive, negative, signal, regions, n_controls=n_controls, seed=seed
-        ),
-    }
+    ablation = outcome_region_ablation(model, positive, negative, signal, regions, n_controls=n_controls, seed=seed)
+    enrichments = None
     if objects:
         tokens = object_token_masks(model, objects)
         n_prefix = model.cfg.grid.n_prefix
@@ -624,12 +797,19 @@ def outcome_analysis(
         weights = {
             "CLS attention (positive clip)": attn,
             "|class DLA| (positive clip)": dla["terms"].sum((0, 1))[n_prefix:].abs(),
-            "|differential DLA|": diff["terms"].sum((0, 1))[n_prefix:].abs(),
+            "|differential DLA|": diff.terms.sum((0, 1))[n_prefix:].abs(),
         }
-        out["enrichment"] = {
-            obj: {w: enrichment(val, tok) for w, val in weights.items()} for obj, tok in tokens.items()
-        }
-    return out
+        enrichments = {obj: {w: enrichment(val, tok) for w, val in weights.items()} for obj, tok in tokens.items()}
+    return OutcomeAnalysis(
+        class_index=c,
+        divergence_frame=divergence_frame,
+        from_frame=start,
+        differential_dla=diff,
+        top_class_dla_tokens=class_tokens,
+        top_differential_dla_tokens=diff_tokens,
+        ablation=ablation,
+        enrichment=enrichments,
+    )
 
 
 # ---------------------------------------------------------------------------------------- (f)
@@ -639,9 +819,52 @@ def probe_hooks(model: Any) -> list[str]:
     return [f"blocks.{l}.hook_resid_pre" for l in range(L)] + [_last(model)]
 
 
+@dataclass(frozen=True)
+class ProbeFeatures:
+    """What the probes read, one row per clip: pair i's positive clip is row 2i (label 1), its negative
+    row 2i + 1 (label 0), both in group i. Probes are indexed as probe_hooks: resid_pre 0..L-1, then
+    the last resid_post."""
+
+    # the residual stream at the CLS token (None without one: token 0 is a patch) and its mean over patch tokens
+    cls: Float[torch.Tensor, "probe clip d_model"] | None
+    mean: Float[torch.Tensor, "probe clip d_model"]
+    # pixel baselines: each tubelet's mean colour, every token kept / the raw tubelet vector averaged over tokens
+    pixels: Float[torch.Tensor, "clip tubelet_colours"]
+    pixels_mean: Float[torch.Tensor, "clip tubelet_values"]
+    labels: Int[np.ndarray, " clip"]  # 1 = positive clip, 0 = negative
+    groups: Int[np.ndarray, " clip"]  # the pair of each clip
+    predictions: Int[np.ndarray, " clip"]  # the model's predicted class of each clip
+
+    @staticmethod
+    def concat(parts: Sequence[ProbeFeatures]) -> ProbeFeatures:
+        """The features of several sets of pairs, in order; pairs are renumbered 0, 1, ... (groups)."""
+        n_pairs = sum(len(np.unique(p.groups)) for p in parts)
+        return ProbeFeatures(
+            cls=None if any(p.cls is None for p in parts) else torch.cat([p.cls for p in parts], 1),
+            mean=torch.cat([p.mean for p in parts], 1),
+            pixels=torch.cat([p.pixels for p in parts]),
+            pixels_mean=torch.cat([p.pixels_mean for p in parts]),
+            labels=np.concatenate([p.labels for p in parts]),
+            groups=np.repeat(np.arange(n_pairs), 2),
+            predictions=np.concatenate([p.predictions for p in parts]),
+        )
+
+    def cpu(self) -> ProbeFeatures:
+        """The same features with every tensor on the CPU."""
+        return ProbeFeatures(
+            cls=None if self.cls is None else self.cls.cpu(),
+            mean=self.mean.cpu(),
+            pixels=self.pixels.cpu(),
+            pixels_mean=self.pixels_mean.cpu(),
+            labels=self.labels,
+            groups=self.groups,
+            predictions=self.predictions,
+        )
+
+
 def probe_pair_features(
     model: Any, positive: torch.Tensor, negative: torch.Tensor, logits: torch.Tensor, acts: dict
-) -> dict:
+) -> ProbeFeatures:
     """One pair's rows of ``probe_features`` from its logits [2, ...] and probe_hooks activations
     [2, P, d] (positive first), e.g. from the pair's shared runs."""
     t, h, w = model.cfg.tubelet_size
@@ -652,18 +875,20 @@ def probe_pair_features(
     B, C = x.shape[0], x.shape[2]
     tubes = seen.reshape(B, g.n_frame_slots, t, C, g.n_rows, h, g.n_cols, w)
     n_prefix = model.cfg.grid.n_prefix
-    return {
-        "cls": stack[:, :, 0],
-        "mean": stack[:, :, n_prefix:].mean(2),
-        "pixels": tubes.mean(dim=(2, 5, 7)).flatten(1),
-        "pixels_mean": tubes.permute(0, 1, 4, 6, 2, 3, 5, 7).reshape(B, -1, t * C * h * w).mean(1),
-        "predictions": logits.argmax(-1).cpu(),
-    }
+    return ProbeFeatures(
+        cls=stack[:, :, 0] if n_prefix else None,  # without a CLS token there are no "cls" features
+        mean=stack[:, :, n_prefix:].mean(2),
+        pixels=tubes.mean(dim=(2, 5, 7)).flatten(1),
+        pixels_mean=tubes.permute(0, 1, 4, 6, 2, 3, 5, 7).reshape(B, -1, t * C * h * w).mean(1),
+        labels=np.array([1, 0]),
+        groups=np.array([0, 0]),
+        predictions=logits.argmax(-1).cpu().numpy(),
+    )
 
 
 def probe_features(
-    model: Any, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], *, known: Sequence[dict] = ()
-) -> dict:
+    model: Any, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], *, known: Sequence[ProbeFeatures] = ()
+) -> ProbeFeatures:
     """CLS (when the model has one) and mean-token residual stream per layer (resid_pre 0..L-1 and the last resid_post),
     plus two pixel-space baselines: "pixels", spatially resolved (each tubelet's mean colour, every
     token kept), and "pixels_mean", pooled the way the mean-token features are (the raw tubelet
@@ -685,18 +910,41 @@ def probe_features(
             )
             logits = model(resid, start_at_layer=stop)
         per_pair.append(probe_pair_features(model, pos, neg, logits, cache))
-    out = {
-        k: torch.cat([f[k] for f in per_pair], 1 if k in ("cls", "mean") else 0)
-        for k in ("cls", "mean", "pixels", "pixels_mean")
-    }
-    if not model.cfg.grid.n_prefix:  # without a CLS token there are no "cls" features: token 0 is a patch
-        del out["cls"]
-    return {
-        **out,
-        "labels": np.array([1, 0] * len(per_pair)),
-        "groups": np.repeat(np.arange(len(per_pair)), 2),
-        "predictions": torch.cat([f["predictions"] for f in per_pair]).numpy(),
-    }
+    return ProbeFeatures.concat(per_pair)
+
+
+@dataclass(frozen=True)
+class LayerProbes:
+    """layer_probes' result: one cross-validated probe per probed activation and pooling, and the pixel baselines."""
+
+    layers: list[str]  # the probed activations ("resid_pre 0", ..., "resid_post L-1"), indexing cls and mean
+    # minimal pairs, folds and repeats of the grouped k-fold, in numbers and in words
+    pairs: int
+    folds: int
+    repeats: int
+    method: str
+    cls: list[CrossValidatedProbe] | None  # on the CLS token (None without one), on the mean patch token
+    mean: list[CrossValidatedProbe]
+    pixels: CrossValidatedProbe  # the pixel baselines (ProbeFeatures.pixels, .pixels_mean)
+    pixels_mean: CrossValidatedProbe
+
+    def to_json(self) -> dict:
+        """results.json's "probes" (before the pipeline's seeds, domain and best)."""
+        out: dict = {
+            "layers": self.layers,
+            "pairs": self.pairs,
+            "folds": self.folds,
+            "repeats": self.repeats,
+            "method": self.method,
+        }
+        if self.cls is not None:
+            out["cls"] = [p.to_json() for p in self.cls]
+        out["mean"] = [p.to_json() for p in self.mean]
+        out["pixels"] = self.pixels.to_json()
+        out["pixels_mean"] = self.pixels_mean.to_json()
+        out["train_pairs_per_fold"] = self.pixels.train_pairs_per_fold
+        out["test_pairs_per_fold"] = self.pixels.test_pairs_per_fold
+        return out
 
 
 def layer_probes(
@@ -706,28 +954,23 @@ def layer_probes(
     seed: int = 0,
     k: int = 5,
     repeats: int = 5,
-    features: dict | None = None,
-) -> dict:
+    features: ProbeFeatures | None = None,
+) -> LayerProbes:
     """Outcome probes per layer on CLS and on mean-pooled tokens, repeated grouped k-fold over pairs
     (hooked_vivit.causal.probes.cross_validated_probe: accuracy and paired accuracy with bootstrap 95 %
     intervals over pairs, the shuffled-within-pair control, selectivity), and the two pixel
     baselines ("pixels": spatially resolved, "pixels_mean": pooled like the mean-token features)."""
     f = features or probe_features(model, pairs)
     L = model.cfg.n_layers
-    n = len(np.unique(f["groups"]))
-    out: dict = {
-        "layers": [f"resid_pre {l}" for l in range(L)] + [f"resid_post {L - 1}"],
-        "pairs": n,
-        "folds": k,
-        "repeats": repeats,
-        "method": f"repeated grouped {k}-fold ({repeats} repeats, groups = pairs), bootstrap 95 % intervals over pairs",
-    }
-    run = lambda feat: cross_validated_probe(feat, f["labels"], f["groups"], k=k, repeats=repeats, seed=seed)  # noqa: E731
-    for kind in ("cls", "mean"):
-        if kind in f:
-            out[kind] = [run(feat) for feat in f[kind]]
-    out["pixels"] = run(f["pixels"])
-    out["pixels_mean"] = run(f["pixels_mean"])
-    out["train_pairs_per_fold"] = out["pixels"]["train_pairs_per_fold"]
-    out["test_pairs_per_fold"] = out["pixels"]["test_pairs_per_fold"]
-    return out
+    run = lambda feat: cross_validated_probe(feat, f.labels, f.groups, k=k, repeats=repeats, seed=seed)  # noqa: E731
+    return LayerProbes(
+        layers=[f"resid_pre {l}" for l in range(L)] + [f"resid_post {L - 1}"],
+        pairs=len(np.unique(f.groups)),
+        folds=k,
+        repeats=repeats,
+        method=f"repeated grouped {k}-fold ({repeats} repeats, groups = pairs), bootstrap 95 % intervals over pairs",
+        cls=None if f.cls is None else [run(feat) for feat in f.cls],
+        mean=[run(feat) for feat in f.mean],
+        pixels=run(f.pixels),
+        pixels_mean=run(f.pixels_mean),
+    )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import html
 import time
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,8 @@ def pair_measures(
     d = ex.activation_deltas(model, positive, negative)
     rec = ex.component_recovery(model, positive, negative)
     out: dict = {
-        "deltas_cls": [d["cls"][k] for k in ex.KINDS],
-        "deltas_tokens": [d["tokens"][k] for k in ex.KINDS],
+        "deltas_cls": [d.at_readout[k] for k in ex.KINDS],
+        "deltas_tokens": [d.token_mean[k] for k in ex.KINDS],
         "recovery": {
             name: [rec["variants"][name]["attn"], rec["variants"][name]["mlp"]] for name in ex.RECOVERY_VARIANTS
         },
@@ -66,8 +67,10 @@ def pair_measures(
 
 def _on_cpu(x: Any) -> Any:
     """Tensors moved to the CPU (results travel between ranks, possibly between machines)."""
-    if isinstance(x, torch.Tensor):
+    if isinstance(x, (torch.Tensor, ex.ProbeFeatures)):
         return x.cpu()
+    if isinstance(x, ex.OutcomeAnalysis):  # only the differential DLA's terms are a tensor
+        return replace(x, differential_dla=replace(x.differential_dla, terms=x.differential_dla.terms.cpu()))
     if isinstance(x, dict):
         return {k: _on_cpu(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
@@ -75,18 +78,9 @@ def _on_cpu(x: Any) -> Any:
     return x
 
 
-def merge_features(per_pair: list[dict]) -> dict:
+def merge_features(per_pair: list[dict]) -> ex.ProbeFeatures:
     """probe_features of single pairs -> probe_features of all of them (pair i = group i)."""
-    f = [p["features"] for p in per_pair]
-    return {
-        "cls": torch.cat([x["cls"] for x in f], 1),
-        "mean": torch.cat([x["mean"] for x in f], 1),
-        "pixels": torch.cat([x["pixels"] for x in f]),
-        "pixels_mean": torch.cat([x["pixels_mean"] for x in f]),
-        "labels": np.concatenate([x["labels"] for x in f]),
-        "groups": np.repeat(np.arange(len(f)), 2),
-        "predictions": np.concatenate([x["predictions"] for x in f]),
-    }
+    return ex.ProbeFeatures.concat([p["features"] for p in per_pair])
 
 
 def summarize_pairs(model: Any, per_pair: list[dict], *, probe_folds: int = 5) -> dict:
@@ -107,15 +101,10 @@ def summarize_pairs(model: Any, per_pair: list[dict], *, probe_folds: int = 5) -
     )
     outcomes = [p["outcome"] for p in per_pair if "outcome" in p]
     if outcomes:
-        # No divergence frame in a real pair: the two divergence measures do not apply (dropped after summarising).
-        summary = pipeline.summarize_outcomes(
-            [{**o, "share_after_divergence": 0.0, "class_top_before_divergence": 0} for o in outcomes]
-        )
-        for key in ("differential_share_after_divergence", "class_dla_top8_before_divergence"):
-            summary.pop(key)
-        out["outcome"] = summary
+        # No divergence frame in a real pair: the two divergence measures do not apply.
+        out["outcome"] = pipeline.summarize_outcomes(outcomes)
     if len(per_pair) >= probe_folds:
-        out["probes"] = ex.layer_probes(model, [], k=probe_folds, features=merge_features(per_pair))
+        out["probes"] = ex.layer_probes(model, [], k=probe_folds, features=merge_features(per_pair)).to_json()
         out["probes"]["best"] = pipeline.best_probe(out["probes"])
     else:
         out["probes_skipped"] = (

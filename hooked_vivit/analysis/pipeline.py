@@ -252,7 +252,7 @@ def analyze_pair(
             },
         }
         with cost.section("deltas"):
-            results["deltas"] = ex.activation_deltas(model, pos, neg, runs=runs)
+            results["deltas"] = ex.activation_deltas(model, pos, neg, runs=runs).to_json()
             steps.update()  # noqa: E702
         with cost.section("recovery"):
             results["recovery"] = ex.component_recovery(model, pos, neg, runs=runs)
@@ -275,17 +275,17 @@ def analyze_pair(
             results["cls_attention"] = ex.cls_attention(model, pos, masks=masks, run=runs.clean)
             steps.update()  # noqa: E702
         with cost.section("region_ablation"):
-            results["region_ablation"] = ex.region_ablation(model, pos, dla, before=runs.clean.logits)
-        box = results["region_ablation"]["box"]
-        results["region_ablation"].update(
-            n_tokens=len(results["region_ablation"]["tokens"]),
-            last_frame=box["t1"] - 1,
-            last_row=box["y1"] - 1,
-            last_col=box["x1"] - 1,
-        )
+            ablated = ex.region_ablation(model, pos, dla, before=runs.clean.logits)
+        results["region_ablation"] = {
+            **ablated.to_json(),
+            "n_tokens": len(ablated.tokens),
+            "last_frame": ablated.box.t1 - 1,
+            "last_row": ablated.box.y1 - 1,
+            "last_col": ablated.box.x1 - 1,
+        }
         steps.update()
         with cost.section("outcome"):
-            results["outcome"] = ex.outcome_analysis(
+            outcome = ex.outcome_analysis(
                 model,
                 pos,
                 neg,
@@ -296,9 +296,10 @@ def analyze_pair(
                 n_controls=n_controls,
                 runs=runs,
             )
-        diff = results["outcome"]["differential_dla"]
-        slot_abs = np.array(diff["per_slot_abs"])
-        diff["share_after_divergence"] = float(slot_abs[div_slot or 0 :].sum() / max(slot_abs.sum(), 1e-30))
+        results["outcome"] = outcome.to_json()
+        results["outcome"]["differential_dla"]["share_after_divergence"] = share_after_divergence(
+            outcome.differential_dla, div_slot or 0
+        )
         steps.update()
         del runs  # the probes need the memory more
         if pair.domain is not None and pair.domain in synthetic.OUTCOMES and probe_pairs >= 5:
@@ -306,7 +307,7 @@ def analyze_pair(
             with cost.section("probes"):
                 results["probes"] = ex.layer_probes(
                     model, rendered_probe_pairs(model, domain_key, probe_pairs, probe_seed)
-                )
+                ).to_json()
             results["probes"]["seeds"] = [probe_seed, probe_seed + probe_pairs - 1]
             results["probes"]["domain"] = domain_key
             results["probes"]["best"] = best_probe(results["probes"])
@@ -321,6 +322,12 @@ def analyze_pair(
     steps.close()
     results["seconds"] = round(time.time() - t0, 2)
     return results
+
+
+def share_after_divergence(diff: ex.DifferentialDLA, divergence_slot: int) -> float:
+    """The share of the differential DLA's |grid| (summed per frame slot) in the slots from the divergence on."""
+    slot_abs = np.array(diff.per_slot_abs)
+    return float(slot_abs[divergence_slot:].sum() / max(slot_abs.sum(), 1e-30))
 
 
 def analysis_cost_note(results: dict) -> dict:
@@ -774,7 +781,7 @@ def study_domain(
     outcome_pairs = min(n_pairs, 50) if outcome_pairs is None else min(outcome_pairs, n_pairs)
     deltas_cls, deltas_tok = [], []
     variants: dict = {name: [] for name in ex.RECOVERY_VARIANTS}
-    outcomes = []
+    outcomes, shares_after_divergence, class_tops_before_divergence = [], [], []
     pairs = []
     probe_known = []  # the probe features of the study pairs, read from their shared runs
     L = model.cfg.n_layers
@@ -793,8 +800,8 @@ def study_domain(
                 )
             with cost.section("deltas"):
                 d = ex.activation_deltas(model, p, n, runs=runs)
-            deltas_cls.append([d["cls"][k] for k in ex.KINDS])
-            deltas_tok.append([d["tokens"][k] for k in ex.KINDS])
+            deltas_cls.append([d.at_readout[k] for k in ex.KINDS])
+            deltas_tok.append([d.token_mean[k] for k in ex.KINDS])
             with cost.section("recovery"):
                 rec = ex.component_recovery(model, p, n, runs=runs)
             for name in variants:
@@ -815,14 +822,13 @@ def study_domain(
                         seed=i,
                         runs=runs,
                     )
-                slot_abs = np.array(o["differential_dla"]["per_slot_abs"])
                 div_slot = model.cfg.grid.frame_slot_of_frame(meta["divergence_frame"])
-                o["share_after_divergence"] = float(slot_abs[div_slot:].sum() / max(slot_abs.sum(), 1e-30))
+                shares_after_divergence.append(share_after_divergence(o.differential_dla, div_slot))
                 n_prefix = model.cfg.grid.n_prefix
                 top = (
                     dla["terms"].sum((0, 1))[n_prefix:].abs().topk(min(8, model.cfg.grid.n_patches)).indices + n_prefix
                 ).tolist()
-                o["class_top_before_divergence"] = sum(model.cfg.grid.coords(t)[0] < div_slot for t in top)
+                class_tops_before_divergence.append(sum(model.cfg.grid.coords(t)[0] < div_slot for t in top))
                 outcomes.append(o)
             if i < probe_pairs:
                 acts = {h: torch.cat([runs.clean.cache[h], runs.corrupted.cache[h]]) for h in ex.probe_hooks(model)}
@@ -835,7 +841,7 @@ def study_domain(
         with cost.section("probes"):
             probes = ex.layer_probes(
                 model, pairs[:probe_pairs], features=ex.probe_features(model, pairs[:probe_pairs], known=probe_known)
-            )
+            ).to_json()
     arrays = {name: np.array(v) for name, v in variants.items()}  # [pairs, 2, L]
     out: dict = {
         "domain": domain,
@@ -848,7 +854,7 @@ def study_domain(
     }
     out.update(summarize_pair_statistics(deltas_cls, deltas_tok, arrays))
     if outcomes:
-        out["outcome"] = summarize_outcomes(outcomes)
+        out["outcome"] = summarize_outcomes(outcomes, shares_after_divergence, class_tops_before_divergence)
     out["probes"] = probes
     out["probes"]["seeds"] = [seed0, seed0 + probe_pairs - 1]
     out["probes"]["best"] = best_probe(out["probes"])
@@ -857,39 +863,44 @@ def study_domain(
         pairs=n_pairs,
         outcome_pairs=len(outcomes),
         probe_pairs=probe_pairs,
-        outcome_ablated_clips=sum(
-            2 * len(o["ablation"]["regions"]) * (1 + o["ablation"]["n_controls"]) for o in outcomes
-        ),
+        outcome_ablated_clips=sum(2 * len(o.ablation.regions) * (1 + o.ablation.n_controls) for o in outcomes),
     )
     return out
 
 
-def summarize_outcomes(outcomes: list[dict]) -> dict:
-    """Means and bootstrap intervals over pairs of the outcome-targeted measures."""
-    out: dict = {"pairs": len(outcomes), "n_controls": outcomes[0]["ablation"]["n_controls"]}
-    out["differential_share_after_divergence"] = _stat([o["share_after_divergence"] for o in outcomes])
-    out["class_dla_top8_before_divergence"] = _stat([o["class_top_before_divergence"] for o in outcomes])
+def summarize_outcomes(
+    outcomes: list[ex.OutcomeAnalysis],
+    shares_after_divergence: Sequence[float] | None = None,
+    class_tops_before_divergence: Sequence[int] | None = None,
+) -> dict:
+    """Means and bootstrap intervals over pairs of the outcome-targeted measures; the two divergence
+    measures (per pair, see study_domain) only when given (a real pair has no divergence frame)."""
+    out: dict = {"pairs": len(outcomes), "n_controls": outcomes[0].ablation.n_controls}
+    if shares_after_divergence is not None:
+        out["differential_share_after_divergence"] = _stat(shares_after_divergence)
+    if class_tops_before_divergence is not None:
+        out["class_dla_top8_before_divergence"] = _stat(class_tops_before_divergence)
     enr: dict = {}
     for o in outcomes:
-        for obj, per in o.get("enrichment", {}).items():
+        for obj, per in (o.enrichment or {}).items():
             for w, e in per.items():
-                if e["enrichment"] is None:
+                if e.enrichment is None:
                     continue
                 d = enr.setdefault(obj, {}).setdefault(w, {"mean_share": [], "base_rate": [], "enrichment": []})
                 for k in d:
-                    d[k].append(e[k])
+                    d[k].append(getattr(e, k))
     out["enrichment"] = {
         obj: {w: {k: _stat(v) for k, v in d.items()} for w, d in per.items()} for obj, per in enr.items()
     }
     abl: dict = {}
     for o in outcomes:
-        for region, e in o["ablation"]["regions"].items():
+        for region, e in o.ablation.regions.items():
             d = abl.setdefault(
                 region, {s: {"change": [], "control_mean": [], "control_std": [], "control_p": []} for s in ex.SIGNALS}
             )
             for s in ex.SIGNALS:
                 for k in d[s]:
-                    d[s][k].append(e[s][k])
+                    d[s][k].append(getattr(getattr(e, s), k))
     out["ablation"] = {}
     for region, per in abl.items():
         out["ablation"][region] = {}

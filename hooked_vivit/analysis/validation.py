@@ -250,22 +250,22 @@ def attribution_maps(model: Any, pairs: list[ValidationPair]) -> dict:
         c = _outcome_class(model, p)
         diff = ex.differential_token_dla(model, p.positive, p.negative, c)
         on = ex.token_masks(model, p.region)[1:] > 0
-        w = diff["terms"].sum((0, 1))[1:].abs()
+        w = diff.terms.sum((0, 1))[1:].abs()
         base_rates.append(float(on.float().mean()))
         if float(w.sum()) < 1e-9:  # no head writes the class direction: nothing to distribute
             dla_zero += 1
         else:
             e = ex.enrichment(w, on)
-            dla_share.append(e["mean_share"])
-            dla_enr.append(e["enrichment"])
-            slots = np.asarray(diff["per_slot_abs"])
+            dla_share.append(e.mean_share)
+            dla_enr.append(e.enrichment)
+            slots = np.asarray(diff.per_slot_abs)
             after_div.append(float(slots[grid.frame_slot_of_frame(p.divergence_frame) :].sum() / slots.sum()))
         with torch.inference_mode():
             rows = model.attention_rows(p.positive, queries="cls")[0, :, :, 0, 1:].float()  # [L, H, patches]
         e = ex.enrichment(rows, on)
-        shares = np.asarray(e["share"])  # [L, H]
+        shares = e.share.numpy()  # [L, H]
         attn_share.append(shares.mean(1))  # per layer, mean over heads
-        attn_enr.append(shares.mean(1) / e["base_rate"])
+        attn_enr.append(shares.mean(1) / e.base_rate)
     out = {"pairs": len(pairs), "base_rate": _ci(base_rates), "dla_zero_pairs": dla_zero}
     if dla_share:
         out["differential_dla"] = {
@@ -365,16 +365,15 @@ def attribution_vs_patching(model: Any, pairs: list[ValidationPair]) -> dict:
 def probes(model: Any, pairs: list[ValidationPair]) -> dict:
     f = ex.probe_features(model, [(p.positive, p.negative) for p in pairs])
     res = ex.layer_probes(model, None, features=f)
-    cls = res["cls"]
-    best = int(np.argmax([e["accuracy"] for e in cls]))
+    best = int(np.argmax([e.accuracy for e in res.cls]))
     keep = ("accuracy", "accuracy_ci95", "paired_accuracy", "paired_accuracy_ci95", "control_accuracy", "selectivity")
     return {
-        "pairs": res["pairs"],
-        "layers": res["layers"],
-        "method": res["method"],
-        "cls": [{k: e[k] for k in keep if k in e} for e in cls],
-        "best_layer": res["layers"][best],
-        "pixels": {k: res["pixels"][k] for k in keep if k in res["pixels"]},
+        "pairs": res.pairs,
+        "layers": res.layers,
+        "method": res.method,
+        "cls": [{k: e.to_json()[k] for k in keep} for e in res.cls],
+        "best_layer": res.layers[best],
+        "pixels": {k: res.pixels.to_json()[k] for k in keep},
     }
 
 

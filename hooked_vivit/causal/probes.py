@@ -40,6 +40,55 @@ class ProbeResult:
         }
 
 
+@dataclass(frozen=True)
+class CrossValidatedProbe:
+    """cross_validated_probe's result. Accuracies are shares of clips (0.5 = chance, 1.0 = every clip
+    right); paired accuracies shares of pairs whose positive clip scores above its negative (ties count
+    half); each *_ci95 is its percentile-bootstrap 95 % interval over pairs, [low, high]."""
+
+    pairs: int  # minimal pairs, folds, repeats, and the pairs each fold trains and tests on (at least / at most)
+    folds: int
+    repeats: int
+    train_pairs_per_fold: int
+    test_pairs_per_fold: int
+    train_accuracy: float  # the probes' accuracy on their own training rows, mean over folds and repeats
+    accuracy: float  # out of fold, mean over repeats
+    accuracy_ci95: list[float]
+    paired_accuracy: float
+    paired_accuracy_ci95: list[float]
+    # the same on the control task (labels swapped within a random half of the pairs); None without it
+    control_accuracy: float | None = None
+    control_accuracy_ci95: list[float] | None = None
+    control_paired_accuracy: float | None = None
+    control_paired_accuracy_ci95: list[float] | None = None
+
+    @property
+    def selectivity(self) -> float | None:
+        """accuracy - control_accuracy (0 = the probe decodes the outcome no better than the control task)."""
+        return None if self.control_accuracy is None else self.accuracy - self.control_accuracy
+
+    def to_json(self) -> dict:
+        out = {
+            "pairs": self.pairs,
+            "folds": self.folds,
+            "repeats": self.repeats,
+            "train_pairs_per_fold": self.train_pairs_per_fold,
+            "test_pairs_per_fold": self.test_pairs_per_fold,
+            "train_accuracy": self.train_accuracy,
+            "accuracy": self.accuracy,
+            "accuracy_ci95": self.accuracy_ci95,
+            "paired_accuracy": self.paired_accuracy,
+            "paired_accuracy_ci95": self.paired_accuracy_ci95,
+            "control_accuracy": self.control_accuracy,
+        }
+        if self.control_accuracy is not None:
+            out["control_accuracy_ci95"] = self.control_accuracy_ci95
+            out["control_paired_accuracy"] = self.control_paired_accuracy
+            out["control_paired_accuracy_ci95"] = self.control_paired_accuracy_ci95
+        out["selectivity"] = self.selectivity
+        return out
+
+
 def group_split(groups: np.ndarray, test_fraction: float = 0.34, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Boolean train / test masks that keep every group on one side."""
     unique = np.unique(groups)
@@ -211,7 +260,7 @@ def cross_validated_probe(
     control: bool = True,
     seed: int = 0,
     n_boot: int = 2000,
-) -> dict:
+) -> CrossValidatedProbe:
     """Repeated grouped k-fold probe for binary ``labels``, groups = minimal pairs.
 
     accuracy: mean over repeats of the out-of-fold accuracy; paired_accuracy: share of pairs whose
@@ -275,24 +324,22 @@ def cross_validated_probe(
             paired = (s[p_rows] > s[n_rows]) + 0.5 * (s[p_rows] == s[n_rows])
             tasks[task].append(((correct[pos] + correct[neg]) / 2, paired.astype(float)))
     # Folds differ by at most one pair: at least n - ceil(n/k) pairs train, at most ceil(n/k) test.
-    out: dict = {
-        "pairs": int(len(uniq)),
-        "folds": k,
-        "repeats": repeats,
-        "train_pairs_per_fold": int(len(uniq) - int(np.ceil(len(uniq) / k))),
-        "test_pairs_per_fold": int(np.ceil(len(uniq) / k)),
-        "train_accuracy": float(np.mean(train_accs)),
-    }
+    measured: dict = {}
     for task, prefix in (("probe", ""), ("control", "control_")):
-        if not tasks[task]:
-            out[f"{prefix}accuracy"] = None
+        if task not in tasks:
             continue
         acc = np.mean([a for a, _ in tasks[task]], 0)  # per pair, over repeats
         paired = np.mean([p for _, p in tasks[task]], 0)
         for name, v in (("accuracy", acc), ("paired_accuracy", paired)):
             lo, hi = bootstrap_ci(v, n_boot, seed)
-            out[f"{prefix}{name}"] = float(v.mean())
-            out[f"{prefix}{name}_ci95"] = [float(lo), float(hi)]
-    out["control_accuracy"] = out.get("control_accuracy")
-    out["selectivity"] = None if out["control_accuracy"] is None else out["accuracy"] - out["control_accuracy"]
-    return out
+            measured[f"{prefix}{name}"] = float(v.mean())
+            measured[f"{prefix}{name}_ci95"] = [float(lo), float(hi)]
+    return CrossValidatedProbe(
+        pairs=int(len(uniq)),
+        folds=k,
+        repeats=repeats,
+        train_pairs_per_fold=int(len(uniq) - int(np.ceil(len(uniq) / k))),
+        test_pairs_per_fold=int(np.ceil(len(uniq) / k)),
+        train_accuracy=float(np.mean(train_accs)),
+        **measured,
+    )

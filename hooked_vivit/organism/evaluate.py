@@ -37,16 +37,16 @@ def outcome_probes(model: HookedViViT, n_pairs: int = 60, *, cross_validated: bo
             f"{domain} {o}" in labels for o in outcomes
         ):  # the outcome is the label: rows are (positive, negative) per pair
             target = np.tile([labels[f"{domain} {o}"] for o in outcomes], n_pairs)
-            res["outcome_classified_correctly"] = float((f["predictions"] == target).mean())
+            res["outcome_classified_correctly"] = float((f.predictions == target).mean())
         else:
             res["both_outcomes_classified_as_action"] = float(
-                (f["predictions"] == labels[synthetic.DOMAINS[domain]]).mean()
+                (f.predictions == labels[synthetic.DOMAINS[domain]]).mean()
             )
         res["layers"] = [f"resid_pre {l}" for l in range(model.cfg.n_layers)] + [f"resid_post {model.cfg.n_layers - 1}"]
-        for kind in ("cls", "mean"):
-            res[kind] = [probe_accuracy(feat, f["labels"], f["groups"]).to_dict() for feat in f[kind]]
+        for kind, per_layer in (("cls", f.cls), ("mean", f.mean)):
+            res[kind] = [probe_accuracy(feat, f.labels, f.groups).to_dict() for feat in per_layer]
         if cross_validated:
-            cv = layer_probes(model, None, features=f)
+            cv = layer_probes(model, None, features=f).to_json()
             res["cross_validated"] = {
                 "method": cv["method"],
                 **{kind: cv[kind] for kind in ("cls", "mean", "pixels", "pixels_mean")},

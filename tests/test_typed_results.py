@@ -1,0 +1,207 @@
+"""The experiments return dataclasses; results.json holds their to_json(), in the layout it had when
+they returned dicts (keys, key order, value types: written out below from a results.json of the
+dict-returning code), and the pipeline's numbers are the dataclasses' fields."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hooked_vivit import HookedViViT
+from hooked_vivit.analysis import experiments as ex
+from hooked_vivit.analysis import pipeline
+from hooked_vivit.causal.probes import cross_validated_probe
+from tests.conftest import make_hf
+
+SQUARE = dict(
+    image_size=32,
+    num_frames=8,
+    tubelet_size=[2, 8, 8],
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    num_labels=6,
+)
+KINDS = {"resid_pre": "list", "resid_post": "list", "attn_out": "list", "mlp_out": "list"}
+CHANGE = {"change": "float", "control_mean": "float", "control_std": "float", "control_p": "float"}
+REGION = {
+    "pixels": "int",
+    "control_pixels_mean": "float",
+    "frames": "list",
+    **{s: {**CHANGE, "relative_change": "float"} for s in ("class_logit", "logit_gap", "direction")},
+}
+ENRICHMENT = {
+    "CLS attention (positive clip)": {
+        "share": "list",
+        "mean_share": "float",
+        "base_rate": "float",
+        "enrichment": "float",
+    },
+    **{
+        w: {"share": "float", "mean_share": "float", "base_rate": "float", "enrichment": "float"}
+        for w in ("|class DLA| (positive clip)", "|differential DLA|")
+    },
+}
+PROBE = {
+    "pairs": "int",
+    "folds": "int",
+    "repeats": "int",
+    "train_pairs_per_fold": "int",
+    "test_pairs_per_fold": "int",
+    "train_accuracy": "float",
+    "accuracy": "float",
+    "accuracy_ci95": "list",
+    "paired_accuracy": "float",
+    "paired_accuracy_ci95": "list",
+    "control_accuracy": "float",
+    "control_accuracy_ci95": "list",
+    "control_paired_accuracy": "float",
+    "control_paired_accuracy_ci95": "list",
+    "selectivity": "float",
+}
+LAYOUT = {
+    "deltas": {"layers": "list", "readout": "str", "cls": KINDS, "tokens": KINDS},
+    "region_ablation": {
+        "tokens": "list",
+        "box": {k: "int" for k in ("t0", "t1", "y0", "y1", "x0", "x1")},
+        "mode": "str",
+        "table": [{"class": "int", "name": "str", "before": "float", "after": "float", "delta": "float"}],
+        "top1_before": "str",
+        "top1_after": "str",
+        "n_tokens": "int",
+        "last_frame": "int",
+        "last_row": "int",
+        "last_col": "int",
+    },
+    "outcome": {
+        "class": "int",
+        "divergence_frame": "int",
+        "from_frame": "int",
+        "differential_dla": {
+            "class": "int",
+            "class_name": "str",
+            "logit_difference": "float",
+            "attention_total": "float",
+            "per_head": "list",
+            "cls_source": "float",
+            "heatmap": "list",
+            "per_slot_abs": "list",
+            "share_after_divergence": "float",
+        },
+        "top_class_dla_tokens": "list",
+        "top_differential_dla_tokens": "list",
+        "ablation": {
+            "n_controls": "int",
+            "mode": "str",
+            "base": {"direction": "float", "logit_gap": "float", "class_logit": "float"},
+            "regions": {
+                r: REGION
+                for r in ("top class-DLA tokens", "top differential-DLA tokens", "object: ball", "object: pins")
+            },
+        },
+        "enrichment": {"ball": ENRICHMENT, "pins": ENRICHMENT},
+    },
+    "probes": {
+        "layers": "list",
+        "pairs": "int",
+        "folds": "int",
+        "repeats": "int",
+        "method": "str",
+        "cls": [PROBE],
+        "mean": [PROBE],
+        "pixels": PROBE,
+        "pixels_mean": PROBE,
+        "train_pairs_per_fold": "int",
+        "test_pairs_per_fold": "int",
+        "seeds": "list",
+        "domain": "str",
+        "best": {"pooling": "str", "index": "int", "layer": "str"},
+    },
+}
+
+
+def layout(x):
+    """Keys in order and value types; a list of dicts by its first element."""
+    if isinstance(x, dict):
+        return {k: layout(v) for k, v in x.items()}
+    if isinstance(x, list) and x and isinstance(x[0], dict):
+        return [layout(x[0])]
+    return type(x).__name__
+
+
+@pytest.fixture(scope="module")
+def analyzed():
+    model = HookedViViT.from_hf_model(make_hf(SQUARE, seed=3))
+    pair = pipeline.rendered_pair(model, "bowling", 4_000_001)
+    return model, pair, pipeline.analyze_pair(model, pair, probe_pairs=5, n_controls=3, progress=False)
+
+
+def test_results_keep_their_layout_and_are_plain_json(analyzed):
+    _, _, res = analyzed
+    for section, want in LAYOUT.items():
+        got = layout(res[section])
+        assert got == want and json.dumps(got) == json.dumps(want), section  # dumps: the key order too
+    json.dumps(res, allow_nan=False)  # no tensor, array or dataclass rides along
+
+
+def test_results_hold_the_dataclass_fields(analyzed):
+    model, pair, res = analyzed
+    pos, neg = pipeline.model_pixels(model, pair.positive), pipeline.model_pixels(model, pair.negative)
+    runs = ex.pair_runs(model, pos, neg)
+    c = res["prediction"]["positive"]["class"]
+    d = ex.activation_deltas(model, pos, neg, runs=runs)
+    assert res["deltas"]["cls"] == d.at_readout and res["deltas"]["tokens"] == d.token_mean
+    assert d.readout == "CLS" and d.at_readout["resid_pre"][0] == 0.0  # CLS starts alike in both clips
+
+    dla = ex.token_dla(model, pos, c, run=runs.clean)
+    a = ex.region_ablation(model, pos, dla, before=runs.clean.logits)
+    ra = res["region_ablation"]
+    assert ra["tokens"] == a.tokens and (ra["n_tokens"], ra["last_frame"], ra["last_row"], ra["last_col"]) == (
+        len(a.tokens),
+        a.box.t1 - 1,
+        a.box.y1 - 1,
+        a.box.x1 - 1,
+    )
+    assert ra["top1_before"] == a.table[0]["name"] == model.cfg.id2label[c]
+
+    o = ex.outcome_analysis(
+        model,
+        pos,
+        neg,
+        c,
+        pair_masks=pair.masks,
+        divergence_frame=pair.divergence_frame,
+        positive_dla=dla,
+        runs=runs,
+        n_controls=3,
+    )
+    ro = res["outcome"]
+    assert ro["class"] == o.class_index == c and ro["from_frame"] == o.from_frame == pair.divergence_frame
+    diff = o.differential_dla
+    assert ro["differential_dla"]["logit_difference"] == diff.logit_difference
+    slots = np.abs(np.array(diff.heatmap)).sum((1, 2))  # |grid| per frame slot, by hand
+    np.testing.assert_allclose(diff.per_slot_abs, slots, rtol=1e-6)
+    div_slot = model.cfg.grid.frame_slot_of_frame(pair.divergence_frame)
+    assert ro["differential_dla"]["share_after_divergence"] == pytest.approx(slots[div_slot:].sum() / slots.sum())
+    region = o.ablation.regions["object: ball"]
+    assert ro["ablation"]["regions"]["object: ball"]["logit_gap"]["change"] == region.logit_gap.change
+    assert ro["ablation"]["base"]["logit_gap"] == pytest.approx(
+        float(runs.clean.logits[0, c] - runs.corrupted.logits[0, c]), abs=1e-6
+    )
+    e = o.enrichment["ball"]["|differential DLA|"]
+    assert ro["enrichment"]["ball"]["|differential DLA|"]["enrichment"] == e.enrichment == e.mean_share / e.base_rate
+    assert o.to_json()["differential_dla"] == {
+        k: v for k, v in ro["differential_dla"].items() if k != "share_after_divergence"
+    }
+
+    # The probes: the pixel baseline's probe, refitted on the same pairs' features, is what results.json holds.
+    f = ex.probe_features(model, pipeline.rendered_probe_pairs(model, "bowling", 5, pipeline.ANALYSIS_SEEDS["probe"]))
+    pixels = cross_validated_probe(f.pixels, f.labels, f.groups, k=5, repeats=5, seed=0)
+    assert res["probes"]["pixels"] == pixels.to_json()
+    assert pixels.selectivity == pixels.accuracy - pixels.control_accuracy and pixels.test_pairs_per_fold == 1
+    assert f.labels.tolist() == [1, 0] * 5 and f.groups.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert f.cls.shape == (model.cfg.n_layers + 1, 10, model.cfg.d_model) and torch.is_tensor(diff.terms)
