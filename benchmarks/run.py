@@ -331,23 +331,22 @@ def attribution_before_issue_18(model, clean, corrupted, metric, acts=("resid_pr
 
 def attribution_benchmark(device: str, dtype: torch.dtype, layers: int, reps: int) -> dict:
     """Attribution patching (clean forward + corrupted forward + backward, resid_pre / attn_out /
-    mlp_out / z of every layer) vs one forward, before and after issue 18, with a shared clean
-    cache, and of the second half of the layers only (the graph then starts there); and the fused
-    attention's backward / forward, the kernel that sets the floor.
-
-    On CPU the cases run on ONE thread and each is timed in process CPU time as well as wall time:
-    other processes sharing the cores then stretch the wall clock but not the CPU time, and one
-    thread counts no spinning OpenMP workers. Every round runs every case once (round-robin, one
-    warm-up round first); a ratio is taken within each round and the median and range over the
-    rounds are reported."""
-    import torch.nn.functional as F
-
+    mlp_out / z of every layer) vs one forward, before and after issue 18, and of the second half
+    of the layers only (the graph then starts there)."""
     from hooked_vivit.attribution import attribution_patch
     from hooked_vivit.metrics import ClassLogit
 
     _, _, hooked = build_models(device, dtype, layers)
     clean, corrupted = clean_and_corrupted(device, dtype)
     metric = ClassLogit(31)
+    # Also: with a shared clean cache, and the fused attention's backward / forward (the kernel
+    # that sets the floor). On CPU the cases run on ONE thread, timed in process CPU time as well
+    # as wall time: other processes sharing the cores stretch the wall clock but not the CPU time,
+    # and one thread counts no spinning OpenMP workers. Each round runs every case once
+    # (round-robin, one warm-up round first); ratios are taken within a round, and their median and
+    # range over the rounds reported.
+    import torch.nn.functional as F
+
     n = hooked.cfg.n_layers
     half = list(range(n // 2, n))
     new = attribution_patch(hooked, clean, corrupted, metric)
