@@ -339,6 +339,14 @@ def attribution_benchmark(device: str, dtype: torch.dtype, layers: int, reps: in
     _, _, hooked = build_models(device, dtype, layers)
     clean, corrupted = clean_and_corrupted(device, dtype)
     metric = ClassLogit(31)
+    # Also: with a shared clean cache, and the fused attention's backward / forward (the kernel
+    # that sets the floor). On CPU the cases run on ONE thread, timed in process CPU time as well
+    # as wall time: other processes sharing the cores stretch the wall clock but not the CPU time,
+    # and one thread counts no spinning OpenMP workers. Each round runs every case once
+    # (round-robin, one warm-up round first); ratios are taken within a round, and their median and
+    # range over the rounds reported.
+    import torch.nn.functional as F
+
     n = hooked.cfg.n_layers
     half = list(range(n // 2, n))
     new = attribution_patch(hooked, clean, corrupted, metric)
@@ -347,6 +355,20 @@ def attribution_benchmark(device: str, dtype: torch.dtype, layers: int, reps: in
         float((new.scores[a][l] - o.float().cpu()).abs().max())
         for (a, l), o in zip([(a, l) for a in new.scores for l in range(n)], old)
     )
+    with torch.inference_mode():
+        _, clean_cache = hooked.run_with_cache(
+            clean, names_filter=lambda name: name.endswith(("resid_pre", "attn_out", "mlp_out", "hook_z"))
+        )
+    cfg = hooked.cfg
+    qkv = [
+        torch.randn(1, cfg.n_heads, cfg.n_ctx, cfg.d_head, device=device, dtype=dtype, requires_grad=True)
+        for _ in range(3)
+    ]
+    grad_out = torch.randn_like(qkv[0])
+
+    def attention_forward_backward() -> None:
+        torch.autograd.grad(F.scaled_dot_product_attention(*qkv), qkv, grad_out)
+
     cases = {
         "one forward": lambda: hooked(corrupted),
         "one forward (inference_mode)": lambda: torch.inference_mode()(hooked)(corrupted),
@@ -354,26 +376,71 @@ def attribution_benchmark(device: str, dtype: torch.dtype, layers: int, reps: in
             hooked, clean, corrupted, metric
         ),
         "attribution patching before issue 18": lambda: attribution_before_issue_18(hooked, clean, corrupted, metric),
+        "attribution patching with a shared clean cache (corrupted fwd + bwd)": lambda: attribution_patch(
+            hooked, clean, corrupted, metric, clean_cache=clean_cache
+        ),
         f"attribution patching, layers {half[0]}-{half[-1]}": lambda: attribution_patch(
             hooked, clean, corrupted, metric, layers=half
         ),
+        "fused attention forward (one layer)": lambda: torch.inference_mode()(F.scaled_dot_product_attention)(*qkv),
+        "fused attention forward + backward (one layer)": attention_forward_backward,
     }
-    with torch.inference_mode(False):
-        times = time_cases(cases, device, 0, reps)
-    one = times["one forward"]
-    ratios = {
-        "attribution patching / one forward": times["attribution patching (clean fwd + corrupted fwd + bwd)"] / one,
-        "attribution patching before issue 18 / one forward": times["attribution patching before issue 18"] / one,
-        "attribution patching / one forward (inference_mode)": times[
-            "attribution patching (clean fwd + corrupted fwd + bwd)"
-        ]
-        / times["one forward (inference_mode)"],
-        f"attribution patching, layers {half[0]}-{half[-1]} / one forward": times[
-            f"attribution patching, layers {half[0]}-{half[-1]}"
-        ]
-        / one,
+    threads = torch.get_num_threads()
+    if device == "cpu":
+        torch.set_num_threads(1)
+    wall: dict[str, list[float]] = {k: [] for k in cases}
+    cpu: dict[str, list[float]] = {k: [] for k in cases}
+    try:
+        with torch.inference_mode(False):
+            for round_ in range(reps + 1):
+                for name, fn in cases.items():
+                    _sync(device)
+                    w, c = time.perf_counter(), time.process_time()
+                    fn()
+                    _sync(device)
+                    if round_:  # round 0 warms up
+                        wall[name].append(time.perf_counter() - w)
+                        cpu[name].append(time.process_time() - c)
+    finally:
+        torch.set_num_threads(threads)
+
+    def ratio(samples: dict[str, list[float]], num: str, den: str) -> list[float]:
+        return [a / b for a, b in zip(samples[num], samples[den])]
+
+    pairs = {
+        "attribution patching / one forward": ("attribution patching (clean fwd + corrupted fwd + bwd)", "one forward"),
+        "attribution patching before issue 18 / one forward": ("attribution patching before issue 18", "one forward"),
+        "attribution patching / one forward (inference_mode)": (
+            "attribution patching (clean fwd + corrupted fwd + bwd)",
+            "one forward (inference_mode)",
+        ),
+        "attribution patching with a shared clean cache / one forward": (
+            "attribution patching with a shared clean cache (corrupted fwd + bwd)",
+            "one forward",
+        ),
+        f"attribution patching, layers {half[0]}-{half[-1]} / one forward": (
+            f"attribution patching, layers {half[0]}-{half[-1]}",
+            "one forward",
+        ),
+        "fused attention backward / forward": (
+            "fused attention forward + backward (one layer)",
+            "fused attention forward (one layer)",
+        ),
     }
-    return {"seconds": times, "ratios": ratios, "max |new - before| score": same}
+    clock = cpu if device == "cpu" else wall
+    per_round = {k: ratio(clock, *v) for k, v in pairs.items()}
+    # The attention's own backward: (forward + backward) - forward, over the forward.
+    per_round["fused attention backward / forward"] = [r - 1 for r in per_round["fused attention backward / forward"]]
+    return {
+        "clock": "process CPU time, 1 thread" if device == "cpu" else "wall time",
+        "seconds": {k: statistics.median(v) for k, v in clock.items()},
+        "wall_seconds": {k: statistics.median(v) for k, v in wall.items()},
+        "ratios": {k: statistics.median(v) for k, v in per_round.items()},
+        "ratio_range": {k: [min(v), max(v)] for k, v in per_round.items()},
+        "wall_ratios": {k: statistics.median(ratio(wall, *v)) for k, v in pairs.items()},
+        "rounds": reps,
+        "max |new - before| score": same,
+    }
 
 
 def make_bridge(hf_model):

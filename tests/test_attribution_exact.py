@@ -85,3 +85,76 @@ def test_layer_subset_and_metric_reading_an_activation():
             assert close(attr.scores[act][i], brute_force(model, clean, corrupted, metric, act, l)), (act, l)
     with pytest.raises(ValueError, match="layers must be a non-empty list of layers in 0..2"):
         attribution_patch(model, clean, corrupted, metric, layers=[3])
+
+
+def float64_model_and_pair(config: str = "3layers_4x4x4"):
+    kw = SMALL_CONFIGS[config]
+    model = HookedViViT.from_hf_model(make_hf(kw)).to(torch.float64)
+    return model, pixels(kw, batch=2, seed=1).double(), pixels(kw, batch=2, seed=2).double()
+
+
+def test_float64_scores_equal_brute_force():
+    """In float64 the fast path and one full backward per hook agree to 1e-6 of the scores' scale
+    (the float32 the scores are reported in)."""
+    model, clean, corrupted = float64_model_and_pair()
+    metric = LogitDiff(1, 2)
+    attr = attribution_patch(model, clean, corrupted, metric)
+    assert all(s.dtype == torch.float32 for s in attr.scores.values())  # reported as float32, computed in float64
+    for act in DEFAULT_ACTS:
+        for l in range(model.cfg.n_layers):
+            assert close(attr.scores[act][l], brute_force(model, clean, corrupted, metric, act, l).float()), (act, l)
+
+
+def test_truncated_backward_equals_full_backward_and_stops_at_the_first_layer():
+    """layers=[2]: the graph starts at block 2, and the scores equal those of the full backward
+    (every layer attributed, graph from block 0); no gradient reaches blocks 0 and 1."""
+    model, clean, corrupted = float64_model_and_pair()
+    metric = LogitDiff(1, 2)
+    full = attribution_patch(model, clean, corrupted, metric)
+    fired: list[str] = []
+
+    def record(grad, hook):
+        fired.append(hook.name)
+
+    bwd = [(f"blocks.{l}.hook_resid_post", record) for l in range(3)]
+    with model.hooks(bwd_hooks=bwd):
+        truncated = attribution_patch(model, clean, corrupted, metric, layers=[2])
+    assert sorted(fired) == ["blocks.2.hook_resid_post"]
+    for act in DEFAULT_ACTS:
+        assert close(truncated.scores[act][0], full.scores[act][2]), act
+
+
+def test_clean_run_cut_after_the_last_layer_equals_a_full_clean_cache():
+    """layers=[0, 1]: the clean run stops after block 1; the scores equal those from a clean cache
+    of the whole model."""
+    model, clean, corrupted = float64_model_and_pair()
+    metric = LogitDiff(1, 2)
+    with torch.inference_mode():
+        _, clean_cache = model.run_with_cache(clean)
+    given = attribution_patch(model, clean, corrupted, metric, layers=[0, 1], clean_cache=clean_cache)
+    cut = attribution_patch(model, clean, corrupted, metric, layers=[0, 1])
+    for act in DEFAULT_ACTS:
+        # (the full cache takes the explicit attention path, the cut run the fused one: rounding apart)
+        assert close(cut.scores[act], given.scores[act]), act
+
+
+def test_parameter_flags_restored_when_the_metric_fails():
+    """Parameters are frozen during the backward; their requires_grad flags (a mix here) come back
+    as they were, also when the metric raises or returns the wrong shape."""
+    model, clean, corrupted = float64_model_and_pair()
+    params = list(model.parameters())
+    for p in params[::3]:
+        p.requires_grad_(False)
+    before = [p.requires_grad for p in params]
+    assert True in before and False in before
+
+    def broken(logits):
+        raise RuntimeError("metric failed")
+
+    with pytest.raises(RuntimeError, match="metric failed"):
+        attribution_patch(model, clean, corrupted, broken)
+    assert [p.requires_grad for p in params] == before
+    with pytest.raises(ValueError, match="one value per batch row"):
+        attribution_patch(model, clean, corrupted, lambda logits: logits)
+    assert [p.requires_grad for p in params] == before
+    assert not any(hp.has_hooks() for hp in model.hook_dict.values())
