@@ -887,6 +887,7 @@ def study_domain(
         "layers": list(range(L)),
         "headline": ex.HEADLINE_RECOVERY,
         "headline_reason": ex.HEADLINE_REASON,
+        "readout": ex.readout_name(model),  # where the "cls" recovery variants read (CLS, token mean, pooler output)
     }
     out.update(summarize_pair_statistics(deltas_cls, deltas_tok, arrays))
     if temporal[ex.HEADLINE_RECOVERY]:  # TimeSformer: the temporal attention block, beside attn and mlp
@@ -952,6 +953,11 @@ def summarize_outcomes(outcomes: list[dict]) -> dict:
     return out
 
 
+def _at_readout(st: dict) -> str:
+    ro = st.get("readout", "CLS")  # studies written before the readout was recorded read CLS
+    return "CLS" if ro == "CLS" else f"the {ro}"
+
+
 def study_captions(data: dict) -> dict[tuple[str, str], str]:
     cap = rp.Caption(data)
     data["captions"] = cap.captions = []
@@ -976,7 +982,7 @@ def study_captions(data: dict) -> dict[tuple[str, str], str]:
                 f"Mean recovery per component in {m} over {pairs}, every variant side by side, bootstrap {cap.v('ci_level', '.0%')} intervals over "
                 f"pairs. Headline {h}: MLP minus attention recovery (mean over layers), per pair, {cap.v(g + '.mean', '+.1%')} "
                 f"[{cap.v(g + '.ci95.0', '+.1%')}, {cap.v(g + '.ci95.1', '+.1%')}]; MLP higher in {cap.v(g + '.share_of_pairs_mlp_higher', '.0%')} of "
-                f"pairs. A norm ratio at CLS exceeds one in {cap.v(nr + '.cls.count')} of {cap.v(nr + '.cls.of')} (pair, component) cases "
+                f"pairs. A norm ratio at {_at_readout(st)} exceeds one in {cap.v(nr + '.cls.count')} of {cap.v(nr + '.cls.of')} (pair, component) cases "
                 f"({cap.v(nr + '.cls.share_of_pairs_with_any', '.0%')} of pairs have at least one), and in "
                 f"{cap.v(nr + '.cls.with_projection_below_1', '.0%')} of those the projection stays below one: such a ratio does not show "
                 "sufficiency, since the patched run can move away from the clean one."
@@ -1195,7 +1201,7 @@ def study_tables_markdown(summary: dict) -> str:
         nr = st["norm_ratio_above_1"]
         lines += [
             "",
-            f"Norm ratio above 100 %: at CLS in {nr['cls']['count']} of {nr['cls']['of']} (pair, component) cases "
+            f"Norm ratio above 100 %: at {_at_readout(st)} in {nr['cls']['count']} of {nr['cls']['of']} (pair, component) cases "
             f"({nr['cls']['share_of_pairs_with_any']:.0%} of pairs), over all tokens in {nr['tokens']['count']} of {nr['tokens']['of']}; "
             f"the projection stays below 100 % in {nr['cls']['with_projection_below_1']:.0%} / {nr['tokens']['with_projection_below_1']:.0%} "
             "of those cases.",
