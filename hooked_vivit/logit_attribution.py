@@ -39,7 +39,7 @@ def readout_name(model: Any) -> str:
 
 def readout_positions(model: Any) -> int | str:
     """SignalRecovery's positions for the readout: 0, "pooled" (the token mean), or "pooler" (V-JEPA 2:
-    position 0 of ``POOLER_OUTPUT``, not of the residual stream; see readout_site)."""
+    position 0 of ``POOLER_OUTPUT``, not of the residual stream: analysis.experiments.RecoveryVariants)."""
     if is_attentive(model):
         return "pooler"
     return "pooled" if model.cfg.pooling == "mean" else 0
@@ -48,11 +48,6 @@ def readout_positions(model: Any) -> int | str:
 def readout_hook(model: Any) -> str:
     """The activation the readout is read from: the last block's resid_post, or the pooler's output."""
     return POOLER_OUTPUT if is_attentive(model) else f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
-
-
-def readout_site(model: Any) -> tuple[str, int | str]:
-    """(hook, positions) at which SignalRecovery reads the classifier's input vector."""
-    return readout_hook(model), 0 if is_attentive(model) else readout_positions(model)
 
 
 def readout(act: torch.Tensor, model: Any) -> torch.Tensor:
