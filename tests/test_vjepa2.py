@@ -543,6 +543,7 @@ def test_analyze_and_study_run_on_a_tiny_vjepa2(tmp_path):
     assert np.array(data["cls_attention"]["grid"]).shape == (1, 3, 4, 4, 4)  # the pooler query, heads, grid
     html = (tmp_path / "report" / "report.html").read_text()
     assert "attentive pooler&#x27;s learned query" in html or "attentive pooler's learned query" in html
+    assert "(d) Pooler query attention" in html and "(d) CLS attention" not in html
     studies = pipeline.run_study(model, ["golf"], 3, tmp_path / "study", progress=False, outcome_pairs=2, probe_pairs=5)
     assert len(studies[0]["attn"]["per_pair"]) == 3 and (tmp_path / "study" / "report.html").exists()
 

@@ -676,7 +676,14 @@ def write_analysis(out: Path | OutputDir, model: Any, pair: Pair, results: dict,
                 captions["differential_dla"],
                 "",
             ),
-            ("(d) CLS attention", figs["attention"], captions["attention"], ""),
+            (
+                "(d) Pooler query attention"
+                if results["cls_attention"]["layers"] == ["pooler"]
+                else "(d) CLS attention",
+                figs["attention"],
+                captions["attention"],
+                "",
+            ),
         ]
         if "enrichment" in figs:
             sections.append(
