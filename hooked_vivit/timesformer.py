@@ -371,6 +371,26 @@ class HookedTimeSformer(HookedVideoTransformer):
             raise ValueError(f"expected [batch * {N} patches, {T} frames, ...], got shape {tuple(x.shape)}")
         return x.reshape(-1, N, T, *x.shape[2:]).transpose(1, 2).reshape(-1, T * N, *x.shape[2:])
 
+    def batched_hook_on_tokens(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """An additive quantity (e.g. an attribution score) on an attention hook that batches over
+        positions or frames, with a position axis second (ln_temporal.*, temporal_attn / attn q, k, v, z,
+        result), put on the residual stream's tokens: [batch, n_ctx, ...]. A patch token gets its own
+        entry; CLS gets zero from the temporal attention (which skips it) and the sum of its frames'
+        copies from the spatial one (patching CLS there means patching every frame's copy)."""
+        parts = name.split(".")
+        leaf = parts[-1]
+        token_axis = leaf in ("hook_q", "hook_k", "hook_v", "hook_z", "hook_result") or parts[2:3] == ["ln_temporal"]
+        if len(parts) != 4 or parts[2] not in ("temporal_attn", "attn", "ln_temporal") or not token_axis:
+            raise ValueError(
+                f"{name} has no (positions or frames) x tokens layout to put on the token grid; attention maps "
+                "(hook_pattern, hook_attn_scores) have a query and a key axis: read them with temporal_maps / cls_pattern_on_tokens"
+            )
+        if parts[2] == "attn":
+            cls, patches = self.spatial_to_tokens(x, cls="frames")
+            return torch.cat([cls.sum(1, keepdim=True), patches], dim=1)
+        patches = self.temporal_to_tokens(x)
+        return torch.cat([torch.zeros_like(patches[:, :1]), patches], dim=1)
+
     def cls_pattern_on_tokens(
         self, pattern: Float[torch.Tensor, "bt head q k"]
     ) -> Float[torch.Tensor, "batch head n_ctx"]:

@@ -26,14 +26,14 @@ def token_maps(
 ) -> np.ndarray:
     """[layers, heads, frame slots, rows, cols] maps for the first clip of the batch ("query_attention":
     V-JEPA 2's pooler query, one "layer")."""
-    from hooked_vivit.causal.logit_attribution import readout_attention, token_dla
+    from hooked_vivit.causal.logit_attribution import readout_attention, readout_layers, token_dla
 
     grid = model.cfg.grid
     if kind == "cls_attention":
         # The readout's attention: the CLS (token 0) rows on the fused attention path, or under mean
-        # pooling (VideoMAE, no CLS) the mean query row (experiments.readout_attention).
+        # pooling (VideoMAE, no CLS) the mean query row; V-JEPA 2 the pooler query's (readout_attention).
         with torch.inference_mode():
-            rows = readout_attention(model, pixel_values[:1], list(range(model.cfg.n_layers)))  # [L, H, P]
+            rows = readout_attention(model, pixel_values[:1], readout_layers(model))  # [L, H, P]
         return grid.unflatten(rows.float())[1].numpy()
     if kind == "attribution":
         with torch.inference_mode():

@@ -17,6 +17,8 @@ as transformers runs any number of frames.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -216,6 +218,17 @@ class HookedVJEPA2Config(HookedViViTConfig):
         return d
 
 
+def affine_layer_norm(cfg: HookedVJEPA2Config) -> LayerNorm:
+    """A LayerNorm with its weight and bias whatever cfg.normalization_type says: V-JEPA 2's final
+    LayerNorm keeps them after fold_ln (its output is the pooler's residual stream, not read by one
+    linear map). LayerNorm reads the config only to build itself, so a copy does that."""
+    if cfg.normalization_type == "LN":
+        return LayerNorm(cfg)
+    ln_cfg = copy.copy(cfg)
+    ln_cfg.normalization_type = "LN"
+    return LayerNorm(ln_cfg)
+
+
 class HookedVJEPA2(HookedVideoTransformer):
     """V-JEPA 2 (``transformers.VJEPA2ForVideoClassification`` / ``VJEPA2Model``'s encoder), hooked.
 
@@ -236,7 +249,7 @@ class HookedVJEPA2(HookedVideoTransformer):
         self.blocks = nn.ModuleList([TransformerBlock(cfg, layer) for layer in range(cfg.n_layers)])
         for block in self.blocks:
             block.attn = RotaryAttention(cfg)
-        self.ln_final = LayerNorm(cfg)  # transformers' encoder.layernorm, on every token
+        self.ln_final = affine_layer_norm(cfg)  # transformers' encoder.layernorm, on every token
         self.pooler = AttentivePooler(cfg, cfg.n_pooler_layers, cfg.pooler_d_mlp) if cfg.n_classes > 0 else None
         self.unembed = Unembed(cfg) if cfg.n_classes > 0 else None
         if init_weights:
@@ -313,10 +326,33 @@ class HookedVJEPA2(HookedVideoTransformer):
             "V-JEPA 2 has no position embeddings: the positions rotate q and k (blocks.{l}.attn.rotate)"
         )
 
-    def process_weights_(self, *args: Any, **kwargs: Any) -> HookedVJEPA2:
-        raise ValueError(
-            "weight processing (fold_ln, center_writing_weights, fold_value_biases) is not implemented for V-JEPA 2"
-        )
+    def process_weights_(
+        self, fold_ln: bool = True, center_writing_weights: bool = False, fold_value_biases: bool = False
+    ) -> HookedVJEPA2:
+        """fold_ln only (hooked_vivit.weight_processing): every encoder and pooler LayerNorm folds into
+        the weights that read it (the cross-attention's ln1 into its keys and values only: the query is
+        not normalised), except ``ln_final``, whose output is the pooler's residual stream and so keeps
+        its affine part. center_writing_weights and fold_value_biases are refused with the reason."""
+        from hooked_vivit import weight_processing
+
+        if center_writing_weights or fold_value_biases:
+            weight_processing.process_weights(
+                {}, self.cfg, center_writing_weights=center_writing_weights, fold_value_biases=fold_value_biases
+            )  # raises, saying why
+        if not fold_ln or self.cfg.folded_ln:
+            return self
+        p = next(self.parameters())
+        sd, new_cfg = weight_processing.process_weights(self.state_dict(), self.cfg, fold_ln=True)
+        for f in dataclasses.fields(new_cfg):  # every component holds this cfg object: update it in place
+            setattr(self.cfg, f.name, getattr(new_cfg, f.name))
+        blocks = [*self.blocks, *(self.pooler.blocks if self.pooler is not None else [])]
+        for block in blocks:  # parameter-free LNPre modules in place of the LN ones
+            block.ln1, block.ln2 = LayerNorm(self.cfg), LayerNorm(self.cfg)
+        if self.pooler is not None:
+            self.pooler.cross.ln1, self.pooler.cross.ln2 = LayerNorm(self.cfg), LayerNorm(self.cfg)
+        self.setup()
+        self.load_state_dict(sd, strict=True)
+        return self.to(p.device)
 
 
 __all__ = ["HookedVJEPA2", "HookedVJEPA2Config", "VJEPA2_HOOK_AXES"]

@@ -21,9 +21,9 @@ from hooked_vivit.config import HookedViViTConfig
 StateDict = dict[str, torch.Tensor]
 
 
-def _fold_ln_into_heads(sd: StateDict, ln: str, prefix: str) -> None:
+def _fold_ln_into_heads(sd: StateDict, ln: str, prefix: str, mats: str = "QKV") -> None:
     w, b = sd.pop(f"{ln}.w"), sd.pop(f"{ln}.b")
-    for m in "QKV":
+    for m in mats:
         W = sd[f"{prefix}.W_{m}"]  # [n_heads, d_model, d_head]
         sd[f"{prefix}.b_{m}"] = sd[f"{prefix}.b_{m}"] + torch.einsum("d,hde->he", b, W)
         W = W * w[None, :, None]
@@ -47,7 +47,16 @@ def fold_layer_norm(sd: StateDict, cfg: HookedViViTConfig) -> StateDict:
         if f"blocks.{l}.ln_temporal.w" in sd:  # TimeSformer's temporal attention
             _fold_ln_into_heads(sd, f"blocks.{l}.ln_temporal", f"blocks.{l}.temporal_attn")
         _fold_ln_into_linear(sd, f"blocks.{l}.ln2", f"blocks.{l}.mlp.W_in", f"blocks.{l}.mlp.b_in")
-    _fold_ln_into_linear(sd, "ln_final", "unembed.W_U", "unembed.b_U")
+    if cfg.pooling != "attentive":
+        _fold_ln_into_linear(sd, "ln_final", "unembed.W_U", "unembed.b_U")
+        return sd
+    # V-JEPA 2: ln_final's output is the attentive pooler's residual stream (its blocks add to it), so
+    # ln_final keeps its affine part; the pooler's own LayerNorms fold into what reads them.
+    for i in range(cfg.n_pooler_layers):  # type: ignore[attr-defined]
+        _fold_ln_into_heads(sd, f"pooler.blocks.{i}.ln1", f"pooler.blocks.{i}.attn")
+        _fold_ln_into_linear(sd, f"pooler.blocks.{i}.ln2", f"pooler.blocks.{i}.mlp.W_in", f"pooler.blocks.{i}.mlp.b_in")
+    _fold_ln_into_heads(sd, "pooler.cross.ln1", "pooler.cross.attn", mats="KV")  # the query is not normalised
+    _fold_ln_into_linear(sd, "pooler.cross.ln2", "pooler.cross.mlp.W_in", "pooler.cross.mlp.b_in")
     return sd
 
 
@@ -103,10 +112,11 @@ def process_weights(
     """Apply the chosen steps in TransformerLens's order; returns the new state dict and config."""
     if not (fold_ln or center_writing_weights or fold_value_biases):
         return sd, cfg
-    if cfg.pooling == "attentive":  # the final LayerNorm feeds V-JEPA 2's pooler, not the classifier
+    if cfg.pooling == "attentive" and (center_writing_weights or fold_value_biases):
         raise ValueError(
-            "fold_ln, center_writing_weights and fold_value_biases are not implemented for V-JEPA 2 (its final "
-            "LayerNorm feeds the attentive pooler, whose cross-attention has no output projection); load it unprocessed"
+            "center_writing_weights and fold_value_biases are not available for V-JEPA 2: the classifier reads the pooler "
+            "query's stream with no LayerNorm in between, and its cross-attention has no output projection or bias "
+            "to centre or fold into; fold_ln is (the final LayerNorm keeps its affine part: it feeds the pooler's stream)"
         )
     if (
         cfg.folded_ln

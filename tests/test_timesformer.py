@@ -475,3 +475,99 @@ def test_analyze_command_on_a_tiny_timesformer(analysis_model, tmp_path):
     assert {"deltas", "recovery", "dla", "cls_attention", "probes", "outcome"} <= set(data)
     assert np.array(data["cls_attention"]["grid"]).shape == (2, 3, 8, 4, 4)  # layers, heads, frames, rows, cols
     assert (out / "report.html").exists()
+
+
+def test_component_recovery_has_the_temporal_attention_and_equals_hand_written_patches(analysis_model):
+    """analyze's component recovery patches three writers per block (temporal attention, spatial
+    attention, MLP); each value equals a run_with_hooks patch measured by hand on the last resid_post."""
+    from hooked_vivit.analysis import experiments as ex
+
+    model = analysis_model
+    pos, neg = pixels(ANALYSIS, batch=1, seed=5), pixels(ANALYSIS, batch=1, seed=6)
+    assert ex.component_kinds(model) == ("temporal_attn_out", "attn_out", "mlp_out")
+    rec = ex.component_recovery(model, pos, neg)
+    assert set(rec["variants"]["cls_projection"]) == {"temporal_attn", "attn", "mlp"}
+    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    with torch.no_grad():
+        _, clean = model.run_with_cache(pos)
+        _, corrupt = model.run_with_cache(neg, names_filter=last)
+    d_cls = (clean[last] - corrupt[last])[0, 0]
+    d_tok = (clean[last] - corrupt[last])[0].flatten()
+    for l in range(model.cfg.n_layers):
+        for kind in ex.component_kinds(model):
+            name = f"blocks.{l}.hook_{kind}"
+            kept = {}
+            with torch.no_grad():
+                model.run_with_hooks(
+                    neg,
+                    fwd_hooks=[
+                        (name, lambda act, hook: clean[hook.name]),
+                        (last, lambda act, hook: kept.__setitem__("r", act.clone())),
+                    ],
+                )
+            moved = (kept["r"] - corrupt[last])[0]
+            key = kind.removesuffix("_out")
+            cls_projection = float(moved[0] @ d_cls / (d_cls @ d_cls))
+            token_projection = float(moved.flatten() @ d_tok / (d_tok @ d_tok))
+            assert rec["variants"]["cls_projection"][key][l] == pytest.approx(cls_projection, abs=1e-5)
+            assert rec["variants"]["token_projection"][key][l] == pytest.approx(token_projection, abs=1e-5)
+
+
+def test_attribution_patching_scores_both_attentions_per_token(analysis_model):
+    """attribution_patch on TimeSformer's z hooks ([batch * positions, frames, ...] temporal,
+    [batch * frames, 1 + patches, ...] spatial): each (token, head) score is (clean - corrupt) . grad
+    summed over d_head at that token's row, by a hand-written loop; CLS sums its frames' copies."""
+    from hooked_vivit.causal.attribution import attribution_patch
+    from hooked_vivit.causal.metrics import LogitDiff
+
+    model = analysis_model
+    clean, corrupted = pixels(ANALYSIS, batch=1, seed=5), pixels(ANALYSIS, batch=1, seed=6)
+    metric = LogitDiff(1, 3)
+    acts = ("temporal_attn.hook_z", "z", "temporal_attn_out")
+    attr = attribution_patch(model, clean, corrupted, metric, acts=acts)
+    T, N, H = model.cfg.num_frames, model.cfg.grid.n_rows * model.cfg.grid.n_cols, model.cfg.n_heads
+    names = [f"blocks.{l}.{h}" for l in range(2) for h in ("temporal_attn.hook_z", "attn.hook_z")]
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(clean, names_filter=names)
+    kept = {}
+
+    def keep(act, hook):
+        act.retain_grad()
+        kept[hook.name] = act
+        return act
+
+    x = corrupted.clone()
+    with torch.enable_grad(), model.hooks(fwd_hooks=[(n, keep) for n in names]):
+        emb = model(x, stop_at_layer=0).detach().requires_grad_(True)
+        metric(model(emb, start_at_layer=0)).sum().backward()
+    for l in range(2):
+        temporal = ((clean_cache[names[2 * l]] - kept[names[2 * l]].detach()) * kept[names[2 * l]].grad).sum(-1)
+        spatial = ((clean_cache[names[2 * l + 1]] - kept[names[2 * l + 1]].detach()) * kept[names[2 * l + 1]].grad).sum(
+            -1
+        )
+        want_t, want_s = torch.zeros(1 + T * N, H), torch.zeros(1 + T * N, H)
+        for t in range(T):
+            want_s[0] += spatial[t, 0]  # [T, 1 + N, H]: CLS, once per frame
+            for n in range(N):
+                want_t[1 + t * N + n] = temporal[n, t]  # [N, T, H]: CLS takes no part
+                want_s[1 + t * N + n] = spatial[t, 1 + n]
+        torch.testing.assert_close(attr.scores["temporal_attn.hook_z"][l], want_t, atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(attr.scores["z"][l], want_s, atol=1e-6, rtol=1e-4)
+    assert attr.scores["temporal_attn_out"].shape == (2, 1 + T * N)
+    with pytest.raises(ValueError, match="query and a key axis"):
+        attribution_patch(model, clean, corrupted, metric, acts=("temporal_attn.hook_pattern",))
+
+
+def test_study_runs_on_a_tiny_timesformer(analysis_model, tmp_path):
+    from hooked_vivit.analysis import pipeline
+
+    studies = pipeline.run_study(
+        analysis_model, ["golf"], 3, tmp_path / "study", progress=False, outcome_pairs=2, probe_pairs=5
+    )
+    st = studies[0]
+    assert len(st["temporal_attn"]["per_pair"]) == 3 and len(st["temporal_attn"]["mean"]) == 2
+    assert set(st["recovery"]["cls_projection"]) == {"attn", "mlp", "temporal_attn"}
+    np.testing.assert_allclose(
+        st["temporal_attn"]["mean"], np.mean(st["recovery"]["cls_projection"]["temporal_attn"]["per_pair"], 0)
+    )
+    assert (tmp_path / "study" / "report.html").exists()

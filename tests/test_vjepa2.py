@@ -5,6 +5,7 @@ hook shapes, checkpoint layouts both ways, the parity and info commands, patchin
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -356,12 +357,26 @@ def test_save_pretrained_round_trip_and_transformers_reads_it(layout, tmp_path):
             assert max_rel(back(x).logits, hf(x).logits) <= TOL
 
 
-def test_weight_processing_is_refused_with_the_reason():
-    hf = make_hf(CONFIGS["dhead10_ratio3"])
-    with pytest.raises(ValueError, match="not implemented for V-JEPA 2"):
-        HookedVJEPA2.from_hf_model(hf, fold_ln=True)
-    with pytest.raises(ValueError, match="not implemented for V-JEPA 2"):
-        HookedVJEPA2.from_hf_model(hf).process_weights_()
+def test_fold_ln_keeps_the_logits_and_the_rest_is_refused_with_the_reason(pair):
+    """fold_ln folds every encoder and pooler LayerNorm (the cross-attention's ln1 into keys and values
+    only) and keeps ln_final's affine part; folded logits equal transformers' and the unfolded model's."""
+    name, kw, hf, model = pair
+    x = pixels(kw)
+    folded = HookedVJEPA2.from_hf_model(hf, fold_ln=True)
+    in_place = HookedVJEPA2.from_hf_model(hf).process_weights_()
+    assert folded.cfg.folded_ln and folded.cfg.normalization_type == "LNPre"
+    names = dict(folded.named_parameters())
+    assert "ln_final.w" in names and "blocks.0.ln1.w" not in names and "pooler.cross.ln1.w" not in names
+    with torch.no_grad():
+        ref, unfolded = hf(x).logits, model(x)
+        for m in (folded, in_place):
+            out = m(x)
+            assert max_rel(out, ref) <= TOL and max_rel(out, unfolded) <= TOL, name
+            assert m.blocks[0].ln1.w is None and m.pooler.cross.ln2.w is None
+    with pytest.raises(ValueError, match="center_writing_weights and fold_value_biases are not available for V-JEPA 2"):
+        HookedVJEPA2.from_hf_model(hf, center_writing_weights=True)
+    with pytest.raises(ValueError, match="not available for V-JEPA 2"):
+        HookedVJEPA2.from_hf_model(hf).process_weights_(fold_value_biases=True)
 
 
 def test_config_round_trip_and_frames_override():
@@ -414,6 +429,12 @@ def test_query_attention_on_frames_and_viewer(pair, tmp_path):
     token = g.index(g.n_frame_slots - 1, g.n_rows - 1, 0)
     np.testing.assert_array_equal(maps[0, :, -1, -1, 0], pattern[:, token].numpy())
     np.testing.assert_allclose(maps.sum((2, 3, 4)), 1.0, rtol=1e-5)
+    # The readout's attention is the query's; the attribution map is pooler_token_dla's terms on the grid.
+    np.testing.assert_array_equal(viewer.token_maps(model, x, "cls_attention"), maps)
+    from hooked_vivit.causal.logit_attribution import pooler_token_dla
+
+    attribution = viewer.token_maps(model, x, "attribution", class_index=0)
+    np.testing.assert_allclose(attribution, g.unflatten(pooler_token_dla(model, x, 0)["terms"])[1].numpy())
     frames = np.zeros((kw["frames_per_clip"], kw["crop_size"], kw["crop_size"], 3), np.uint8)
     assert viewer.save_grid_png(model, frames, maps, tmp_path / "q.png").exists()
     assert viewer.save_animation(model, frames, maps, tmp_path / "q.gif", layer=0).exists()
@@ -440,6 +461,92 @@ def test_patching_engine_equals_transformer_lens_path():
             corrupted, fwd_hooks=[("blocks.0.hook_resid_pre", lambda act, hook: clean_cache["blocks.0.hook_resid_pre"])]
         )
         torch.testing.assert_close(m(restored), m(model(clean)))
+
+
+def test_analysis_reads_the_pooler_output_and_equals_hand_written_runs():
+    """analyze's readout on V-JEPA 2 is the attentive pooler's output (pooler.cross.hook_resid_post):
+    component recovery at the readout equals a run_with_hooks patch whose pooled vector is projected
+    by hand; deltas, DLA (exact sum to the logit, head sums = the cross-attention's write) and the
+    readout attention (the pooler query's pattern) against the cached hooks."""
+    from hooked_vivit.analysis import experiments as ex
+
+    kw = CONFIGS["dhead10_ratio3"]
+    model = HookedVJEPA2.from_hf_model(make_hf(kw))
+    pos, neg = pixels(kw, batch=1, seed=1), pixels(kw, batch=1, seed=2)
+    pooled, last = "pooler.cross.hook_resid_post", "blocks.1.hook_resid_post"
+    runs = ex.pair_runs(model, pos, neg)
+    rec = ex.component_recovery(model, pos, neg, runs=runs)
+    assert rec["readout"] == "pooler output" and rec["positions"] == "pooler output"
+    with torch.no_grad():
+        _, clean = model.run_with_cache(pos)
+        _, corrupt = model.run_with_cache(neg, names_filter=[pooled, last])
+    d_pooled = (clean[pooled] - corrupt[pooled])[0, 0]
+    d_tokens = (clean[last] - corrupt[last])[0].flatten()
+    for l in range(2):
+        for kind in ("attn", "mlp"):
+            kept = {}
+            with torch.no_grad():
+                model.run_with_hooks(
+                    neg,
+                    fwd_hooks=[
+                        (f"blocks.{l}.hook_{kind}_out", lambda act, hook: clean[hook.name]),
+                        (pooled, lambda act, hook: kept.__setitem__("pooled", act.clone())),
+                        (last, lambda act, hook: kept.__setitem__("last", act.clone())),
+                    ],
+                )
+            at_readout = float((kept["pooled"] - corrupt[pooled])[0, 0] @ d_pooled / (d_pooled @ d_pooled))
+            over_tokens = float((kept["last"] - corrupt[last])[0].flatten() @ d_tokens / (d_tokens @ d_tokens))
+            assert rec["variants"]["cls_projection"][kind][l] == pytest.approx(at_readout, abs=1e-5)
+            assert rec["projection"][kind][l] == pytest.approx(at_readout, abs=1e-5)
+            assert rec["variants"]["token_projection"][kind][l] == pytest.approx(over_tokens, abs=1e-5)
+    deltas = ex.activation_deltas(model, pos, neg, runs=runs)
+    assert deltas.readout == "token mean"  # per layer: the pooler reads only the last layer
+    assert deltas.readout_vector["norm"] == pytest.approx(float(d_pooled.norm()), rel=1e-5)
+    assert deltas.to_json()["readout_vector"] == deltas.readout_vector
+    mean_diff = (clean[last] - corrupt[last])[0].mean(0).norm()
+    assert deltas.at_readout["resid_post"][-1] == pytest.approx(float(mean_diff), rel=1e-5)
+    c = 3
+    dla = ex.token_dla(model, pos, c, run=runs.clean)
+    assert dla["terms"].shape == (1, 3, model.cfg.n_ctx) and dla["layers"] == ["pooler"]
+    assert float(dla["terms"].sum()) + sum(dla["rest"].values()) == pytest.approx(dla["logit"], abs=1e-5)
+    with torch.no_grad():
+        assert dla["logit"] == pytest.approx(float(model(pos)[0, c]), abs=1e-5)
+    W_U = model.W_U[:, c].detach()
+    attn_out = clean["pooler.cross.hook_attn_out"][0, 0]  # the heads side by side, d_head each
+    E = model.cfg.d_head
+    for h in range(3):
+        assert float(dla["terms"][0, h].sum()) == pytest.approx(
+            float(attn_out[h * E : (h + 1) * E] @ W_U[h * E : (h + 1) * E]), abs=1e-5
+        )
+    pattern, v = clean["pooler.cross.attn.hook_pattern"][0, :, 0], clean["pooler.cross.attn.hook_v"][0]
+    assert float(dla["terms"][0, 1, 5]) == pytest.approx(float(pattern[1, 5] * (v[5, 1] @ W_U[E : 2 * E])), abs=1e-6)
+    att = ex.cls_attention(model, pos, run=runs.clean)
+    g = model.cfg.grid
+    assert att["layers"] == ["pooler"]
+    np.testing.assert_allclose(np.array(att["grid"])[0], g.unflatten(pattern)[1].numpy(), atol=1e-6)
+    np.testing.assert_allclose(ex.readout_attention(model, pos, ["pooler"])[0].numpy(), pattern.numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="encoder layers have no readout query"):
+        ex.readout_attention(model, pos, [0, 1])
+    signal = ex.OutcomeSignal(model, pos, neg, c, runs=runs)
+    assert signal.hook == pooled and float(signal.base.direction[0]) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_analyze_and_study_run_on_a_tiny_vjepa2(tmp_path):
+    from hooked_vivit.analysis import pipeline
+
+    kw = dict(CONFIGS["dhead10_ratio3"], crop_size=32, frames_per_clip=8)  # 4 x 4 x 4 tokens
+    model = HookedVJEPA2.from_hf_model(make_hf(kw))
+    pair = pipeline.rendered_pair(model, "bowling", 4000001)
+    results = pipeline.analyze_pair(model, pair, probe_pairs=0, n_controls=2, progress=False)
+    pipeline.write_analysis(tmp_path / "report", model, pair, results)
+    data = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert data["recovery"]["readout"] == data["dla"]["readout"] == "pooler output"
+    assert np.array(data["cls_attention"]["grid"]).shape == (1, 3, 4, 4, 4)  # the pooler query, heads, grid
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "attentive pooler&#x27;s learned query" in html or "attentive pooler's learned query" in html
+    assert "(d) Pooler query attention" in html and "(d) CLS attention" not in html
+    studies = pipeline.run_study(model, ["golf"], 3, tmp_path / "study", progress=False, outcome_pairs=2, probe_pairs=5)
+    assert len(studies[0]["attn"]["per_pair"]) == 3 and (tmp_path / "study" / "report.html").exists()
 
 
 # ------------------------------------------------------------------ the real size

@@ -25,10 +25,17 @@ from hooked_vivit.causal.ablation import (
     topk_table,
 )
 from hooked_vivit.causal.logit_attribution import (  # noqa: F401  (part of this module's API)
+    POOLER_DLA_HOOKS,
+    POOLER_OUTPUT,
     class_direction,
     cls_row_and_values,
+    is_attentive,
+    layer_readout,
+    layer_readout_name,
     readout,
     readout_attention,
+    readout_hook,
+    readout_layers,
     readout_name,
     readout_positions,
     readout_row,
@@ -70,14 +77,22 @@ def _last(model: Any) -> str:
 
 
 def delta_hooks(model: Any) -> list[str]:
-    """(a), and the probes' resid_pre of every layer and last resid_post."""
-    return _names(model.cfg.n_layers)
+    """(a), and the probes' resid_pre of every layer and last resid_post (and V-JEPA 2's pooled vector)."""
+    return _names(model.cfg.n_layers) + ([POOLER_OUTPUT] if is_attentive(model) else [])
+
+
+def component_kinds(model: Any) -> tuple[str, ...]:
+    """The block outputs that write to the residual stream, in forward order: attn_out and mlp_out,
+    and TimeSformer's temporal attention (hook_temporal_attn_out) before them."""
+    temporal = "blocks.0.hook_temporal_attn_out" in model.hook_dict
+    return ("temporal_attn_out", "attn_out", "mlp_out") if temporal else ("attn_out", "mlp_out")
 
 
 def recovery_hooks(model: Any) -> list[str]:
-    """(b): the clean components, the corrupted residual stream each patched batch starts from, the last resid_post."""
+    """(b): the clean components, the corrupted residual stream each patched batch starts from, the last
+    resid_post (and the readout, where it is not the last resid_post: V-JEPA 2's pooled vector)."""
     L = model.cfg.n_layers
-    return _names(L, ("attn_out", "mlp_out", "resid_pre")) + [_last(model)]
+    return list(dict.fromkeys(_names(L, (*component_kinds(model), "resid_pre")) + [_last(model), readout_hook(model)]))
 
 
 def dla_hooks(model: Any) -> list[str]:
@@ -85,6 +100,8 @@ def dla_hooks(model: Any) -> list[str]:
     computed beside the fused attention; every row under mean pooling or TimeSformer's per-frame
     attention), the final LayerNorm's scale, the last resid_post."""
     L = model.cfg.n_layers
+    if is_attentive(model):  # V-JEPA 2: the pooler's cross-attention (pooler_token_dla), no encoder pattern
+        return [*POOLER_DLA_HOOKS, POOLER_OUTPUT, _last(model)]
     rows = "hook_pattern_rows" if uses_pattern_rows(model) else "hook_pattern"
     return (
         [f"blocks.{l}.attn.hook_v" for l in range(L)]
@@ -155,18 +172,23 @@ class ActivationDeltas:
     # (residual-stream units; 0 = the two clips agree there)
     at_readout: dict[str, list[float]]
     token_mean: dict[str, list[float]]
+    # V-JEPA 2 only: {"readout", "hook", "norm"} of the pooled vector's difference (the classifier's input)
+    readout_vector: dict | None = None
 
     def to_json(self) -> dict:
         """results.json's "deltas" (the readout's numbers under "cls", whatever the readout)."""
-        return {"layers": self.layers, "readout": self.readout, "cls": self.at_readout, "tokens": self.token_mean}
+        out = {"layers": self.layers, "readout": self.readout, "cls": self.at_readout, "tokens": self.token_mean}
+        return out if self.readout_vector is None else {**out, "readout_vector": self.readout_vector}
 
 
 def activation_deltas(
     model: Any, positive: torch.Tensor, negative: torch.Tensor, *, runs: PairRuns | None = None
 ) -> ActivationDeltas:
     """L2 norm of (positive - negative) per layer, for resid_pre/post, attn_out and mlp_out: at the
-    readout (the CLS token, or the token mean; see readout_name), and averaged over all tokens
-    (the mean of per-token norms)."""
+    readout ("cls": the CLS token, or the token mean; see layer_readout_name), and averaged over all
+    tokens (the mean of per-token norms). V-JEPA 2, whose attentive pooler reads every token of the
+    last layer only: "cls" is the token mean per layer, and ``readout_vector`` the norm of the pooled
+    vector's own difference (what the classifier reads)."""
     L = model.cfg.n_layers
     runs = runs or pair_runs(model, positive, negative, delta_hooks(model))
     cp, cn = runs.clean.cache, runs.corrupted.cache
@@ -176,9 +198,13 @@ def activation_deltas(
             [(cp[f"blocks.{l}.hook_{kind}"] - cn[f"blocks.{l}.hook_{kind}"])[0].float() for l in range(L)]
         )
         norms = deltas.norm(dim=-1)  # [L, n_ctx]
-        at_readout[kind] = readout(deltas, model).norm(dim=-1).tolist()
+        at_readout[kind] = layer_readout(deltas, model).norm(dim=-1).tolist()
         token_mean[kind] = norms.mean(1).tolist()
-    return ActivationDeltas(list(range(L)), readout_name(model), at_readout, token_mean)
+    readout_vector = None
+    if is_attentive(model):
+        diff = (cp[POOLER_OUTPUT] - cn[POOLER_OUTPUT])[0, 0].float()
+        readout_vector = {"readout": readout_name(model), "hook": POOLER_OUTPUT, "norm": float(diff.norm())}
+    return ActivationDeltas(list(range(L)), layer_readout_name(model), at_readout, token_mean, readout_vector)
 
 
 # ---------------------------------------------------------------------------------------- (b)
@@ -249,21 +275,31 @@ def recovery_variants(
 
 class RecoveryVariants:
     """A patching metric giving, per patched run, every RECOVERY_VARIANTS value and then projection
-    and norm_recovery read at ``positions`` ([rows, len(columns)]): one sweep measures them all."""
+    and norm_recovery read at ``positions`` ([rows, len(columns)]): one sweep measures them all.
+    ``readout="pooler"`` (V-JEPA 2; also allowed as ``positions``): read at the pooler's output
+    instead (POOLER_OUTPUT, its one position), whose clean and corrupt values are ``pooled``."""
 
     def __init__(
-        self, hook: str, clean: torch.Tensor, corrupt: torch.Tensor, positions: Any = 0, readout: int | str = 0
+        self,
+        hook: str,
+        clean: torch.Tensor,
+        corrupt: torch.Tensor,
+        positions: Any = 0,
+        readout: int | str = 0,
+        pooled: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
-        self.hooks = (hook,)
+        def recovery(p: Any, kind: str) -> SignalRecovery:
+            if isinstance(p, str) and p == "pooler":
+                if pooled is None:
+                    raise ValueError(f"reading the pooler's output needs pooled=(clean, corrupt) {POOLER_OUTPUT}")
+                return SignalRecovery(POOLER_OUTPUT, *pooled, positions=0, kind=kind)
+            return SignalRecovery(hook, clean, corrupt, positions=p, kind=kind)
+
         self.columns = [*RECOVERY_VARIANTS, "projection", "norm"]
-        # the "cls" variants (position 0) are read at the readout (0, or "pooled" for a mean-pooling model)
-        self.metrics = [
-            SignalRecovery(hook, clean, corrupt, positions=readout if p == 0 else p, kind=k)
-            for p, k in RECOVERY_VARIANTS.values()
-        ]
-        self.metrics += [
-            SignalRecovery(hook, clean, corrupt, positions=positions, kind=k) for k in ("projection", "norm")
-        ]
+        # the "cls" variants (position 0) are read at the readout (0, "pooled" for a mean-pooling model, "pooler")
+        self.metrics = [recovery(readout if p == 0 else p, k) for p, k in RECOVERY_VARIANTS.values()]
+        self.metrics += [recovery(positions, k) for k in ("projection", "norm")]
+        self.hooks = tuple(dict.fromkeys(m.hook for m in self.metrics))
 
     def __call__(self, logits: Any, activations: dict) -> torch.Tensor:
         return torch.stack([m(logits, activations) for m in self.metrics], -1)
@@ -273,10 +309,12 @@ def component_recovery(
     model: Any, positive: torch.Tensor, negative: torch.Tensor, *, positions: Any = None, runs: PairRuns | None = None
 ) -> dict:
     """Denoising, one component at a time (each layer's attention block and MLP block output, all
-    tokens, positive into negative run), measured on the last layer's resid_post in every variant of
+    tokens, positive into negative run; TimeSformer's temporal attention output too, key
+    "temporal_attn"), measured on the last layer's resid_post in every variant of
     RECOVERY_VARIANTS side by side ("variants"; formulas in hooked_vivit.causal.metrics). "projection" and
     "norm" keep the earlier keys: projection and norm_recovery read at ``positions`` (0 = CLS; by
-    default the readout, see readout_positions). The "cls" variants are read at the readout.
+    default the readout, see readout_positions). The "cls" variants are read at the readout; V-JEPA 2's
+    is the pooler's output, recomputed by the patched run (its pooler runs on the patched last layer).
     The batched engine (hooked_vivit.causal.patching.run_patches) runs each layer's two patches as one
     batch started at that layer, from the corrupted run's residual stream."""
     L = model.cfg.n_layers
@@ -285,17 +323,21 @@ def component_recovery(
     clean, corrupt = runs.clean.cache, runs.corrupted.cache
     positions = readout_positions(model) if positions is None else positions
     at = readout_name(model) if positions == readout_positions(model) else str(positions)
-    metric = RecoveryVariants(last, clean[last], corrupt[last], positions, readout=readout_positions(model))
+    kinds = component_kinds(model)
+    pooled = (clean[POOLER_OUTPUT], corrupt[POOLER_OUTPUT]) if is_attentive(model) else None
+    metric = RecoveryVariants(
+        last, clean[last], corrupt[last], positions, readout=readout_positions(model), pooled=pooled
+    )
     sweep = patching.denoise(
         model,
-        patching.component_patches(model),
+        patching.component_patches(model, kinds),
         clean_cache=clean,
         corrupted=negative[:1],
         metric=metric,
         target_run=(runs.corrupted.logits, corrupt),
         progress=False,
     )
-    values = sweep.per_example[:, 0]  # [2 L, columns], rows (attn, mlp) per layer
+    values = sweep.per_example[:, 0]  # [len(kinds) L, columns], rows (kinds) per layer
     out: dict = {
         "layers": list(range(L)),
         "measured_at": last,
@@ -305,7 +347,8 @@ def component_recovery(
         "headline_reason": HEADLINE_REASON,
         "variants": {},
     }
-    split = lambda v: {"attn": v[0::2], "mlp": v[1::2]}  # noqa: E731
+    keys = [k.removesuffix("_out") for k in kinds]  # "temporal_attn", "attn", "mlp"
+    split = lambda v: {key: v[j :: len(kinds)] for j, key in enumerate(keys)}  # noqa: E731
     for j, name in enumerate(metric.columns):
         if name in RECOVERY_VARIANTS:
             out["variants"][name] = split(values[:, j].tolist())
@@ -338,13 +381,14 @@ def cls_attention(
     *,
     run: ClipRun | None = None,
 ) -> dict:
-    """Readout attention (the CLS query row; under mean pooling the mean query row, see
-    readout_attention) of every head of the chosen layers on the token grid, and with object masks
+    """Readout attention (the CLS query row; under mean pooling the mean query row; V-JEPA 2: the
+    pooler query's cross-attention, layers ["pooler"]; see readout_attention) of every head of the
+    chosen layers (default readout_layers) on the token grid, and with object masks
     the share of each head's attention to patch tokens that lands on each object's tokens. ``run``:
     a ClipRun holding the dla_hooks of the clip (then no forward runs)."""
     cfg = model.cfg
     n_prefix = cfg.grid.n_prefix
-    layers = list(range(cfg.n_layers)) if layers is None else list(layers)
+    layers = readout_layers(model) if layers is None else list(layers)
     if run is not None:
         maps = torch.stack([readout_row(model, run.cache, l) for l in layers]).float()
     else:
@@ -555,7 +599,7 @@ class OutcomeSignal:
     """The outcome signal of a (positive, negative) pair, two ways, for runs of modified clips:
 
     direction = <r(x_pos) - r(x_neg), r_pos - r_neg> / ||r_pos - r_neg||^2, with r the last resid_post
-                at the readout (CLS, or the token mean) and r_pos, r_neg the unmodified pair's (1 before any ablation; the difference
+                at the readout (CLS, or the token mean; V-JEPA 2: the pooler's output) and r_pos, r_neg the unmodified pair's (1 before any ablation; the difference
                 direction of the recovery metric);
     logit_gap = logit_c(x_pos) - logit_c(x_neg), the two clips' logits of class c (the positive's
                 predicted class).
@@ -567,7 +611,7 @@ class OutcomeSignal:
         self, model: Any, positive: torch.Tensor, negative: torch.Tensor, c: int, *, runs: PairRuns | None = None
     ):
         self.model, self.c = model, c
-        self.hook = _last(model)
+        self.hook = readout_hook(model)
         if runs is None:
             logits, r = self._run(torch.cat([positive[:1], negative[:1]]))
         else:
@@ -577,7 +621,7 @@ class OutcomeSignal:
         self.delta = self.r_pos - self.r_neg
         if float(self.delta.pow(2).sum()) == 0:
             raise ValueError(
-                f"the two clips give the same last-layer residual at the readout ({readout_name(self.model)}): there is no outcome signal"
+                f"the two clips give the same readout ({readout_name(self.model)}, {self.hook}): there is no outcome signal"
             )
         self.base = self._signal(logits, r)
 
@@ -791,7 +835,7 @@ def outcome_analysis(
     if objects:
         tokens = object_token_masks(model, objects)
         n_prefix = model.cfg.grid.n_prefix
-        attn = torch.stack([readout_row(model, runs.clean.cache, l) for l in range(model.cfg.n_layers)]).float()[
+        attn = torch.stack([readout_row(model, runs.clean.cache, l) for l in readout_layers(model)]).float()[
             ..., n_prefix:
         ]  # [L, H, patches]
         weights = {

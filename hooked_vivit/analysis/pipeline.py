@@ -123,15 +123,15 @@ def rendered_probe_pairs(model: Any, domain: str, n: int, seed0: int) -> list[tu
 
 def recovery_summary(rec: dict) -> dict:
     """Min / max per variant and component, and how many components have a norm ratio above 1."""
-    out: dict = {"components": 2 * len(rec["layers"]), "threshold": 1.0}
+    comps = list(rec["variants"][ex.HEADLINE_RECOVERY])  # attn, mlp (and TimeSformer's temporal_attn)
+    out: dict = {"components": len(comps) * len(rec["layers"]), "threshold": 1.0}
     for name, v in rec["variants"].items():
         out[name] = {
-            comp: {"min": min(v[comp]), "max": max(v[comp]), "argmax": int(np.argmax(v[comp]))}
-            for comp in ("attn", "mlp")
+            comp: {"min": min(v[comp]), "max": max(v[comp]), "argmax": int(np.argmax(v[comp]))} for comp in comps
         }
     for where in ("cls", "tokens"):
         v = rec["variants"][f"norm_ratio_{where}"]
-        above = [(c, l) for c in ("attn", "mlp") for l, x in enumerate(v[c]) if x > 1]
+        above = [(c, l) for c in comps for l, x in enumerate(v[c]) if x > 1]
         # A ratio above 1 while the projection stays below 1: the patch moved the activation, but not (only) toward the clean run.
         proj = rec["variants"]["cls_projection" if where == "cls" else "token_projection"]
         out[f"norm_ratio_{where}_above_1"] = len(above)
@@ -364,6 +364,10 @@ def analysis_captions(results: dict) -> dict[str, str]:
     # Where the classifier reads: "CLS" (ViViT), or the "token mean" / "first token" of a model without CLS (VideoMAE).
     ro = results["deltas"].get("readout", "CLS")
     at_ro, ro_attn = ("CLS", "CLS attention") if ro == "CLS" else (f"the {ro}", f"{ro} attention")
+    # V-JEPA 2: the classifier reads its attentive pooler's output; per layer the token mean stands in.
+    pooler = "readout_vector" in results["deltas"]
+    if pooler:
+        at_ro, ro_attn = "the pooler output", "pooler query attention"
     pos_name, neg_name = results["pair"]["names"]
     out["frames"] = cap.record(
         "frames",
@@ -381,6 +385,11 @@ def analysis_captions(results: dict) -> dict[str, str]:
                 f"Euclidean norm of the positive-minus-negative activation of {m} on {_pair_phrase(cap, results)}, per layer, at the CLS token (left) "
                 "and averaged over tokens (right). At CLS it is zero before the first attention block by construction (only patch tokens see pixels); "
                 if ro == "CLS"
+                else f"Euclidean norm of the positive-minus-negative activation of {m} on {_pair_phrase(cap, results)}, per layer, at the token "
+                "mean (left; the classifier reads the attentive pooler's output, computed from every token of the last layer, so no layer "
+                "has a readout position of its own) and as the mean of per-token norms (right); the pooled vector the classifier reads differs "
+                f"by {cap.v('deltas.readout_vector.norm', '.3f')}; at the token mean "
+                if pooler
                 else f"Euclidean norm of the positive-minus-negative activation of {m} on {_pair_phrase(cap, results)}, per layer, at the {ro}, which the "
                 "classifier reads (left), and as the mean of per-token norms (right); at the readout "
             )
@@ -396,8 +405,18 @@ def analysis_captions(results: dict) -> dict[str, str]:
         "recovery",
         (
             f"Denoising one component at a time in {m} on {_pair_phrase(cap, results)}: the attention or MLP block output of one layer, all tokens, "
-            f"copied from the positive into the negative run, measured on the last layer's resid_post (layer {cap.v('recovery.layers.-1')}). "
-            f"The figure shows the headline variant, {h}: attention blocks {cap.v(f'recovery.summary.{h}.attn.min', '.0%')} to "
+            f"copied from the positive into the negative run, measured on the last layer's resid_post (layer {cap.v('recovery.layers.-1')})"
+            + (
+                "; the variants at the readout are measured on the attentive pooler's output, recomputed from the patched last layer. "
+                if pooler
+                else ". "
+            )
+            + (
+                "TimeSformer's temporal attention output is its own component (temporal_attn). "
+                if "temporal_attn" in results["recovery"]["variants"][h]
+                else ""
+            )
+            + f"The figure shows the headline variant, {h}: attention blocks {cap.v(f'recovery.summary.{h}.attn.min', '.0%')} to "
             f"{cap.v(f'recovery.summary.{h}.attn.max', '.0%')}, MLP blocks {cap.v(f'recovery.summary.{h}.mlp.min', '.0%')} to "
             f"{cap.v(f'recovery.summary.{h}.mlp.max', '.0%')}. The table gives every variant side by side. "
             f"{cap.v('recovery.summary.norm_ratio_cls_above_1')} of the {cap.v('recovery.summary.components')} components have a norm ratio at {at_ro} "
@@ -431,9 +450,19 @@ def analysis_captions(results: dict) -> dict[str, str]:
     out["dla"] = cap.record(
         "dla",
         (
-            f"Direct contribution of each source token, through every head's {ro_attn} and the final LayerNorm, to the '{dla['class_name']}' "
-            f"logit ({cap.v('dla.logit', '.3f')}) of the positive clip of {_pair_phrase(cap, results)} in {m}, summed over layers and heads, "
-            "one panel per frame slot (red raises the logit, blue lowers it)." + before
+            (
+                f"Direct contribution of each source token, through every head's {ro_attn} and the final LayerNorm, to the '{dla['class_name']}' "
+                f"logit ({cap.v('dla.logit', '.3f')}) of the positive clip of {_pair_phrase(cap, results)} in {m}, summed over layers and heads, "
+                if not pooler
+                else f"Direct contribution of each source token through the attentive pooler's query cross-attention (the query's attention "
+                f"weight times the token's value, read along the class direction) to the '{dla['class_name']}' logit ({cap.v('dla.logit', '.3f')}) "
+                f"of the positive clip of {_pair_phrase(cap, results)} in {m}, summed over the pooler's heads; the query, the pooler's MLP and "
+                f"the classifier bias add {cap.v('dla.rest.query', '+.3f')}, {cap.v('dla.rest.mlp', '+.3f')} and {cap.v('dla.rest.bias', '+.3f')} "
+                "and attribute to no token; encoder layers and heads are not attributed (the pooler's nonlinear blocks stand between them and "
+                "the logit), "
+            )
+            + "one panel per frame slot (red raises the logit, blue lowers it)."
+            + before
         ),
     )
     o = results["outcome"]
@@ -457,15 +486,24 @@ def analysis_captions(results: dict) -> dict[str, str]:
                 f"{cap.v(base + '.base_rate', '.1%')} of the tokens (enrichment {cap.v(base + '.enrichment', '.2f')})"
             )
         att_obj = (
-            f" Mean over all {cap.v('scope.layers')} layers x {cap.v('scope.heads')} heads, object pixels from the divergence on: "
+            (
+                f" Mean over the pooler query's {cap.v('scope.heads')} heads, object pixels from the divergence on: "
+                if pooler
+                else f" Mean over all {cap.v('scope.layers')} layers x {cap.v('scope.heads')} heads, object pixels from the divergence on: "
+            )
             + "; ".join(parts)
             + "."
         )
     out["attention"] = cap.record(
         "attention",
         (
-            f"Where {'the CLS token' if ro == 'CLS' else f'the {ro} (the mean of every query row)'} of {m} looks in the last layer (layer {cap.v('recovery.layers.-1')}), per head, over the positive clip of "
-            f"{_pair_phrase(cap, results)}." + att_obj
+            (
+                f"Where the attentive pooler's learned query of {m} looks (its cross-attention over the last layer's tokens), per head, over the positive clip of "
+                if pooler
+                else f"Where {'the CLS token' if ro == 'CLS' else f'the {ro} (the mean of every query row)'} of {m} looks in the last layer (layer {cap.v('recovery.layers.-1')}), per head, over the positive clip of "
+            )
+            + f"{_pair_phrase(cap, results)}."
+            + att_obj
         ),
     )
     if "enrichment" in o:
@@ -644,7 +682,14 @@ def write_analysis(out: Path | OutputDir, model: Any, pair: Pair, results: dict,
                 captions["differential_dla"],
                 "",
             ),
-            ("(d) CLS attention", figs["attention"], captions["attention"], ""),
+            (
+                "(d) Pooler query attention"
+                if results["cls_attention"]["layers"] == ["pooler"]
+                else "(d) CLS attention",
+                figs["attention"],
+                captions["attention"],
+                "",
+            ),
         ]
         if "enrichment" in figs:
             sections.append(
@@ -781,6 +826,7 @@ def study_domain(
     outcome_pairs = min(n_pairs, 50) if outcome_pairs is None else min(outcome_pairs, n_pairs)
     deltas_cls, deltas_tok = [], []
     variants: dict = {name: [] for name in ex.RECOVERY_VARIANTS}
+    temporal: dict = {name: [] for name in ex.RECOVERY_VARIANTS}  # TimeSformer's temporal attention, [L] per pair
     outcomes, shares_after_divergence, class_tops_before_divergence = [], [], []
     pairs = []
     probe_known = []  # the probe features of the study pairs, read from their shared runs
@@ -806,6 +852,8 @@ def study_domain(
                 rec = ex.component_recovery(model, p, n, runs=runs)
             for name in variants:
                 variants[name].append([rec["variants"][name]["attn"], rec["variants"][name]["mlp"]])  # [2, L]
+                if "temporal_attn" in rec["variants"][name]:
+                    temporal[name].append(rec["variants"][name]["temporal_attn"])
             if i < outcome_pairs:
                 c = int(runs.clean.logits[0].argmax())
                 with cost.section("outcome"):
@@ -851,8 +899,13 @@ def study_domain(
         "layers": list(range(L)),
         "headline": ex.HEADLINE_RECOVERY,
         "headline_reason": ex.HEADLINE_REASON,
+        "readout": ex.readout_name(model),  # where the "cls" recovery variants read (CLS, token mean, pooler output)
     }
     out.update(summarize_pair_statistics(deltas_cls, deltas_tok, arrays))
+    if temporal[ex.HEADLINE_RECOVERY]:  # TimeSformer: the temporal attention block, beside attn and mlp
+        out["temporal_attn"] = _stat(temporal[ex.HEADLINE_RECOVERY], per_pair=True)
+        for name, v in temporal.items():
+            out["recovery"][name]["temporal_attn"] = _stat(v, per_pair=True)
     if outcomes:
         out["outcome"] = summarize_outcomes(outcomes, shares_after_divergence, class_tops_before_divergence)
     out["probes"] = probes
@@ -917,6 +970,11 @@ def summarize_outcomes(
     return out
 
 
+def _at_readout(st: dict) -> str:
+    ro = st.get("readout", "CLS")  # studies written before the readout was recorded read CLS
+    return "CLS" if ro == "CLS" else f"the {ro}"
+
+
 def study_captions(data: dict) -> dict[tuple[str, str], str]:
     cap = rp.Caption(data)
     data["captions"] = cap.captions = []
@@ -941,7 +999,7 @@ def study_captions(data: dict) -> dict[tuple[str, str], str]:
                 f"Mean recovery per component in {m} over {pairs}, every variant side by side, bootstrap {cap.v('ci_level', '.0%')} intervals over "
                 f"pairs. Headline {h}: MLP minus attention recovery (mean over layers), per pair, {cap.v(g + '.mean', '+.1%')} "
                 f"[{cap.v(g + '.ci95.0', '+.1%')}, {cap.v(g + '.ci95.1', '+.1%')}]; MLP higher in {cap.v(g + '.share_of_pairs_mlp_higher', '.0%')} of "
-                f"pairs. A norm ratio at CLS exceeds one in {cap.v(nr + '.cls.count')} of {cap.v(nr + '.cls.of')} (pair, component) cases "
+                f"pairs. A norm ratio at {_at_readout(st)} exceeds one in {cap.v(nr + '.cls.count')} of {cap.v(nr + '.cls.of')} (pair, component) cases "
                 f"({cap.v(nr + '.cls.share_of_pairs_with_any', '.0%')} of pairs have at least one), and in "
                 f"{cap.v(nr + '.cls.with_projection_below_1', '.0%')} of those the projection stays below one: such a ratio does not show "
                 "sufficiency, since the patched run can move away from the clean one."
@@ -1029,9 +1087,9 @@ def write_study(out: Path | OutputDir, model: Any, studies: list[dict], *, overw
             rec = {"projection": {"attn": st["attn"]["mean"], "mlp": st["mlp"]["mean"]}}
             rp.fig_recovery(rec, tmp / f"{dom}_recovery.png", ci={"attn": st["attn"]["ci95"], "mlp": st["mlp"]["ci95"]})
             f2 = rp.fig_recovery_variants(
-                {v: {c: st["recovery"][v][c]["mean"] for c in ("attn", "mlp")} for v in st["recovery"]},
+                {v: {c: st["recovery"][v][c]["mean"] for c in st["recovery"][v]} for v in st["recovery"]},
                 tmp / f"{dom}_recovery_variants.png",
-                ci={v: {c: st["recovery"][v][c]["ci95"] for c in ("attn", "mlp")} for v in st["recovery"]},
+                ci={v: {c: st["recovery"][v][c]["ci95"] for c in st["recovery"][v]} for v in st["recovery"]},
             )
             f3 = rp.fig_probes_ci(st["probes"], tmp / f"{dom}_probes.png")
             sections += [
@@ -1160,7 +1218,7 @@ def study_tables_markdown(summary: dict) -> str:
         nr = st["norm_ratio_above_1"]
         lines += [
             "",
-            f"Norm ratio above 100 %: at CLS in {nr['cls']['count']} of {nr['cls']['of']} (pair, component) cases "
+            f"Norm ratio above 100 %: at {_at_readout(st)} in {nr['cls']['count']} of {nr['cls']['of']} (pair, component) cases "
             f"({nr['cls']['share_of_pairs_with_any']:.0%} of pairs), over all tokens in {nr['tokens']['count']} of {nr['tokens']['of']}; "
             f"the projection stays below 100 % in {nr['cls']['with_projection_below_1']:.0%} / {nr['tokens']['with_projection_below_1']:.0%} "
             "of those cases.",

@@ -21,6 +21,7 @@ COLORS = {
     "mlp_out": "#2ca02c",
     "attn": "#ff7f0e",
     "mlp": "#2ca02c",
+    "temporal_attn": "#d62728",
 }
 
 
@@ -40,24 +41,31 @@ def fig_deltas(deltas: dict, path: Path, ci: dict | None = None) -> Path:
             if ci and where in ci and kind in ci[where]:
                 lo, hi = ci[where][kind]
                 ax.fill_between(x, lo, hi, color=COLORS[kind], alpha=0.2)
-        ax.set_title("at CLS" if where == "cls" else "mean over tokens")
+        ax.set_title(f"at the {deltas.get('readout', 'CLS')}" if where == "cls" else "mean over tokens")
         ax.set_xlabel("layer")
         ax.set_ylabel("||positive - negative||")
     axes[0].legend(fontsize=8)
     return _save(fig, path)
 
 
+def _component_bars(per_component: dict) -> list[tuple[float, str, float]]:
+    """(offset, component, width) of each component's bars: attn and mlp, and TimeSformer's temporal_attn first."""
+    comps = [c for c in ("temporal_attn", "attn", "mlp") if c in per_component]
+    width = 0.8 / len(comps)
+    return [(width * (i - (len(comps) - 1) / 2), c, width) for i, c in enumerate(comps)]
+
+
 def fig_recovery(rec: dict, path: Path, kind: str = "projection", ci: dict | None = None) -> Path:
     fig, ax = plt.subplots(figsize=(7, 3.6))
     L = len(rec[kind]["attn"])
     x = np.arange(L)
-    for offset, comp in ((-0.2, "attn"), (0.2, "mlp")):
+    for offset, comp, width in _component_bars(rec[kind]):
         values = np.array(rec[kind][comp]) * 100
         err = None
         if ci and comp in ci:
             lo, hi = np.array(ci[comp][0]) * 100, np.array(ci[comp][1]) * 100
             err = np.stack([values - lo, hi - values])
-        ax.bar(x + offset, values, 0.4, color=COLORS[comp], label=f"{comp} block", yerr=err, capsize=2)
+        ax.bar(x + offset, values, width, color=COLORS[comp], label=f"{comp} block", yerr=err, capsize=2)
     ax.axhline(100, color="k", lw=0.8, ls="--")
     ax.set_xlabel("patched layer")
     ax.set_ylabel(f"recovery of last-layer difference (%)\n[{kind}]")
@@ -119,7 +127,9 @@ def fig_cls_attention(
             if j == 0:
                 ax.set_ylabel(f"head {h}", fontsize=8)
     fig.suptitle(
-        f"{'CLS' if att.get('readout', 'CLS') == 'CLS' else att['readout']} attention, layer {att['layers'][layer_index]}",
+        "pooler query attention (its cross-attention over the last layer's tokens)"
+        if att["layers"][layer_index] == "pooler"
+        else f"{'CLS' if att.get('readout', 'CLS') == 'CLS' else att['readout']} attention, layer {att['layers'][layer_index]}",
         fontsize=9,
     )
     return _save(fig, path)
@@ -365,13 +375,13 @@ def fig_recovery_variants(variants: dict, path: Path, ci: dict | None = None) ->
     for ax, name in zip(axes[0], names):
         L = len(variants[name]["attn"])
         x = np.arange(L)
-        for offset, comp in ((-0.2, "attn"), (0.2, "mlp")):
+        for offset, comp, width in _component_bars(variants[name]):
             values = np.array(variants[name][comp]) * 100
             err = None
-            if ci and name in ci:
+            if ci and name in ci and comp in ci[name]:
                 lo, hi = np.array(ci[name][comp][0]) * 100, np.array(ci[name][comp][1]) * 100
                 err = np.stack([values - lo, hi - values])
-            ax.bar(x + offset, values, 0.4, color=COLORS[comp], label=comp, yerr=err, capsize=2)
+            ax.bar(x + offset, values, width, color=COLORS[comp], label=comp, yerr=err, capsize=2)
         ax.axhline(100, color="k", lw=0.8, ls="--")
         ax.axhline(0, color="k", lw=0.5)
         ax.set_title(VARIANT_LABELS.get(name, name), fontsize=8)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from jaxtyping import Float
 
+from hooked_vivit.cache_memory import hook_shape
 from hooked_vivit.causal.metrics import metric_rows
 from hooked_vivit.components import hook_layout
 
@@ -66,6 +67,21 @@ def _per_position_and_head(x: torch.Tensor, name: str, cfg: Any) -> torch.Tensor
     return x.permute(*[ranked.index(k) for k in keep])
 
 
+def _scores_on_tokens(model: Any, name: str, x: torch.Tensor) -> torch.Tensor:
+    """_per_position_and_head, also for hooks that batch over positions or frames (TimeSformer's
+    attentions: [batch * positions, frames, ...] / [batch * frames, 1 + patches, ...]), which the
+    model first puts on its tokens (batched_hook_on_tokens): [n_ctx] or [n_ctx, head]."""
+    shape = hook_shape(model.cfg, name, 1)
+    if not shape or shape[0] == 1:
+        return _per_position_and_head(x, name, model.cfg)
+    on_tokens = getattr(model, "batched_hook_on_tokens", None)
+    if on_tokens is None:
+        raise ValueError(
+            f"{name} batches over {shape[0]} rows per clip and {type(model).__name__} cannot put it on its tokens"
+        )
+    return on_tokens(name, x).mean(0).sum(-1)  # the batch mean, summed over the feature axis
+
+
 def _layer_of(name: str, n_layers: int) -> int:
     """The block a hook belongs to: -1 before the blocks, n_layers after them."""
     if name.startswith("blocks."):
@@ -97,7 +113,10 @@ def attribution_patch(
     layers: Sequence[int] | None = None,
 ) -> AttributionResult:
     """Estimate denoising patches (clean into corrupted) for every (layer, position[, head]) of
-    ``layers`` (all by default; the scores' first axis follows ``layers``).
+    ``layers`` (all by default; the scores' first axis follows ``layers``). ``acts``: TransformerLens
+    names (resid_pre, attn_out, z, ...) or a hook inside each block ("temporal_attn.hook_z");
+    TimeSformer's attention hooks, batched over positions or frames, are scored per token
+    (HookedTimeSformer.batched_hook_on_tokens: CLS sums its per-frame copies).
 
     Cost: the clean forward caches only the attributed hooks and stops after the last attributed
     layer; the corrupted forward runs the blocks before the earliest attributed layer without a
@@ -110,7 +129,8 @@ def attribution_patch(
     bad = [l for l in layer_list if not 0 <= l < n_layers]
     if not layer_list or bad:
         raise ValueError(f"layers must be a non-empty list of layers in 0..{n_layers - 1}, got {list(layers or [])}")
-    names = [get_act_name(a, l) for a in acts for l in layer_list]
+    # An act with a dot is a hook inside each block (e.g. TimeSformer's "temporal_attn.hook_z").
+    names = [f"blocks.{l}.{a}" if "." in a else get_act_name(a, l) for a in acts for l in layer_list]
     model.check_hook_names(names)
     metric_hooks = tuple(getattr(metric, "hooks", ()))
     layers = [_layer_of(n, n_layers) for n in names]
@@ -156,7 +176,7 @@ def attribution_patch(
         # Sum over the feature axes, mean over the batch: one number per position (and head),
         # on the same scale as run_patches' batch-mean values. Kept on the device until stacked:
         # one transfer per activation kind, not one per hook.
-        scores[a].append(_per_position_and_head(delta * g, name, model.cfg).detach())
+        scores[a].append(_scores_on_tokens(model, name, delta * g).detach())
     return AttributionResult(
         scores={a: torch.stack(v).float().cpu() for a, v in scores.items()},
         baseline=float(values.detach().float().mean()),
