@@ -30,6 +30,7 @@ from transformer_lens.utilities import get_act_name
 from hooked_vivit.cache_memory import VideoActivationCache, estimate_cache_bytes, free_bytes, hook_shape, without_maps
 from hooked_vivit.compat import in_function_transform
 from hooked_vivit.components import (
+    Attention,
     LayerNorm,
     PosEmbed,
     SinusoidalPosEmbed,
@@ -221,7 +222,7 @@ class HookedVideoTransformer(HookedRootModule):
         if self.cfg.pooling == "mean":
             pooled = norm(resid.mean(1))
         else:
-            pooled = norm(resid)[:, 0 if query_positions is None else list(query_positions).index(0)]
+            pooled = norm(resid)[:, 0 if query_positions is None else query_positions.index(0)]
         logits = self.unembed(pooled) if self.unembed is not None else pooled
         if return_type == "logits":
             return logits
@@ -307,8 +308,6 @@ class HookedVideoTransformer(HookedRootModule):
                     "that can run its MLP half alone and compute some query rows (TransformerBlock)"
                 )
         if query_positions is not None:
-            from hooked_vivit.components import Attention
-
             query_positions = [int(p) for p in query_positions]
             if not query_positions or len(set(query_positions)) != len(query_positions):
                 raise ValueError(f"query_positions must be distinct token positions, got {query_positions}")

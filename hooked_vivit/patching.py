@@ -167,6 +167,8 @@ def _stream_start(model: Any, patch: Patch, metric_hooks: Sequence[str]) -> _Sta
     _, offset, from_mid = _STREAM_PATCHES[kind]
     start = _Start(l + offset, from_mid, True)
     block = model.blocks[l]
+    if model.hook_dict[patch.hook].has_hooks():  # by hook, a user's hook there fires before the patch
+        return None
     if offset and any(isinstance(h, HookPoint) and h.has_hooks() for h in block.modules()):
         return None
     if from_mid and model.partial_run_hooks(l, 1, True, None):

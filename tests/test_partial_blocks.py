@@ -144,10 +144,11 @@ def test_engine_stream_patches_equal_brute_force(setup):
 
 def test_engine_runs_by_hook_where_a_user_hook_sits_on_skipped_work(setup):
     model, _, corrupted, clean_cache, _ = setup
-    patches = patching.component_patches(model, layers=[1])
+    patches = patching.component_patches(model, layers=[1]) + [Patch("blocks.2.hook_resid_mid", (0, 3))]
     halve = lambda act, hook: act * 0.5  # noqa: E731  (a real edit: skipping it would change the numbers)
     model.add_hook("blocks.1.attn.hook_z", halve)
     model.add_hook("blocks.1.hook_mlp_out", halve)
+    model.add_hook("blocks.2.hook_resid_mid", halve)  # on the patched hook itself: it fires before the patch
     try:
         sweep = patching.denoise(model, patches, clean_cache=clean_cache, corrupted=corrupted, metric=LogitDiff(2, 1))
         expected = [_brute_force(model, corrupted, clean_cache, p, LogitDiff(2, 1)) for p in patches]
