@@ -30,6 +30,7 @@ from transformer_lens.utilities import get_act_name
 from hooked_vivit.cache_memory import VideoActivationCache, estimate_cache_bytes, free_bytes, hook_shape, without_maps
 from hooked_vivit.compat import in_function_transform
 from hooked_vivit.components import (
+    Attention,
     LayerNorm,
     PosEmbed,
     SinusoidalPosEmbed,
@@ -159,6 +160,8 @@ class HookedVideoTransformer(HookedRootModule):
         labels: ClassIndices | None = None,
         start_at_layer: int | None = None,
         stop_at_layer: int | None = None,
+        from_resid_mid: bool = False,
+        query_positions: Sequence[int] | None = None,
     ) -> (
         Float[torch.Tensor, "batch n_classes"]
         | Float[torch.Tensor, "batch n_ctx d_model"]
@@ -176,7 +179,14 @@ class HookedVideoTransformer(HookedRootModule):
         ``stop_at_layer=L`` returns the residual stream entering block L (blocks L.. are skipped);
         ``start_at_layer=L`` takes that residual stream [batch, n_ctx, d_model] instead of pixels
         and runs blocks L... A model without classifier returns the pooled embedding [batch, d_model]
-        (ViViT: HF's ``last_hidden_state[:, 0]``; VideoMAE: fc_norm of the token mean)."""
+        (ViViT: HF's ``last_hidden_state[:, 0]``; VideoMAE: fc_norm of the token mean).
+
+        Partial blocks, for work that reads only part of the output (activation patching):
+        ``from_resid_mid=True`` (with ``start_at_layer=L``) takes block L's resid_mid and runs only
+        its MLP half; ``query_positions`` makes the last block run compute only those rows (attention
+        queries and MLP; keys and values from every token), so a stopped run returns
+        [batch, len(query_positions), d_model] and the logits need the readout token 0 among them.
+        A hook on work such a run skips or computes only in part raises (see ``partial_run_hooks``)."""
         if return_type not in ("logits", "loss", "both", None):
             raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
         if return_type in ("loss", "both") and labels is None:
@@ -184,20 +194,35 @@ class HookedVideoTransformer(HookedRootModule):
                 f"return_type={return_type!r} needs labels= (the target class of each clip, an index or a name)"
             )
         if start_at_layer is None:
+            if from_resid_mid:
+                raise ValueError("from_resid_mid=True takes a block's resid_mid: give start_at_layer=<that block>")
             x = self.validate_input(pixel_values)
             resid = self.embed_input(x)
             start_at_layer = 0
         else:
             resid = self._validate_resid(pixel_values, start_at_layer)
-        for block in self.blocks[start_at_layer:stop_at_layer]:
-            resid = block(resid)
+        blocks = self.blocks[start_at_layer:stop_at_layer]
+        partial = from_resid_mid or query_positions is not None
+        if partial:
+            query_positions = self._check_partial_run(
+                start_at_layer, len(blocks), from_resid_mid, query_positions, pools=stop_at_layer is None
+            )
+        for i, block in enumerate(blocks):
+            if not partial:
+                resid = block(resid)
+                continue
+            resid = block(
+                resid,
+                from_resid_mid=from_resid_mid and i == 0,
+                query_positions=query_positions if i == len(blocks) - 1 else None,
+            )
         if stop_at_layer is not None:
             return resid
         norm = self.ln_final if self.ln_final is not None else (lambda r: r)
         if self.cfg.pooling == "mean":
             pooled = norm(resid.mean(1))
         else:
-            pooled = norm(resid)[:, 0]
+            pooled = norm(resid)[:, 0 if query_positions is None else query_positions.index(0)]
         logits = self.unembed(pooled) if self.unembed is not None else pooled
         if return_type == "logits":
             return logits
@@ -228,6 +253,83 @@ class HookedVideoTransformer(HookedRootModule):
         from hooked_vivit.attention_rows import attention_rows
 
         return attention_rows(self, pixel_values, queries, layers)
+
+    def partial_run_hooks(
+        self, start_at_layer: int, n_blocks: int, from_resid_mid: bool, query_positions: Sequence[int] | None
+    ) -> list[str]:
+        """Hook points holding hooks that a run of ``n_blocks`` blocks from ``start_at_layer`` with these
+        partial-block arguments would skip (the attention half of a run from resid_mid) or feed only
+        some rows (the last block's, but its resid_pre, and ln_final's under ``query_positions``)."""
+        names = []
+        if from_resid_mid and n_blocks:
+            block = self.blocks[start_at_layer]
+            names += [
+                f"blocks.{start_at_layer}.{n}"
+                for n, m in block.named_modules()
+                if isinstance(m, HookPoint) and m.has_hooks() and n.split(".")[0] not in block.mlp_half
+            ]
+        if query_positions is not None and n_blocks:
+            last = start_at_layer + n_blocks - 1
+            names += [
+                f"blocks.{last}.{n}"
+                for n, m in self.blocks[last].named_modules()
+                if isinstance(m, HookPoint) and m.has_hooks() and n != "hook_resid_pre"
+            ]
+            if self.ln_final is not None:
+                names += [
+                    f"ln_final.{n}"
+                    for n, m in self.ln_final.named_modules()
+                    if isinstance(m, HookPoint) and m.has_hooks()
+                ]
+        return list(dict.fromkeys(names))
+
+    @property
+    def runs_partial_blocks(self) -> bool:
+        """Whether forward takes ``from_resid_mid`` / ``query_positions`` (its own forward, blocks that run in part)."""
+        return type(self).forward is HookedVideoTransformer.forward and all(
+            getattr(b, "runs_partially", False) for b in self.blocks
+        )
+
+    def _check_partial_run(
+        self, start: int, n_blocks: int, from_resid_mid: bool, query_positions: Sequence[int] | None, pools: bool
+    ) -> list[int] | None:
+        """Clear errors for partial-block arguments this model or run cannot honour; the query positions as a list."""
+        if n_blocks == 0:
+            raise ValueError(
+                "from_resid_mid and query_positions act on the blocks a run runs, and this run runs none "
+                f"(start_at_layer={start})"
+            )
+        used = [self.blocks[start]] if from_resid_mid else []
+        used += [self.blocks[start + n_blocks - 1]] if query_positions is not None else []
+        for block in used:
+            if not getattr(block, "runs_partially", False):
+                raise ValueError(
+                    f"{type(block).__name__} runs only whole: from_resid_mid and query_positions need a block "
+                    "that can run its MLP half alone and compute some query rows (TransformerBlock)"
+                )
+        if query_positions is not None:
+            query_positions = [int(p) for p in query_positions]
+            if not query_positions or len(set(query_positions)) != len(query_positions):
+                raise ValueError(f"query_positions must be distinct token positions, got {query_positions}")
+            bad = [p for p in query_positions if not 0 <= p < self.cfg.n_ctx]
+            if bad:
+                raise ValueError(f"query_positions {bad} are outside 0..{self.cfg.n_ctx - 1}")
+            if pools and (self.cfg.pooling != "first" or 0 not in query_positions):
+                raise ValueError(
+                    f"query_positions {query_positions}: the logits read token 0 (pooling {self.cfg.pooling!r}); "
+                    "they need pooling 'first' and token 0 among the query positions (or stop_at_layer, for the rows)"
+                )
+            if type(used[-1].attn).position_qk is not Attention.position_qk:
+                raise ValueError(
+                    "query_positions: this attention rotates q and k by position, which a run of some query rows does not follow"
+                )
+        skipped = self.partial_run_hooks(start, n_blocks, from_resid_mid, query_positions)
+        if skipped:
+            raise ValueError(
+                f"hooks on {skipped} would not fire (or see only some rows) in this partial-block run "
+                "(from_resid_mid / query_positions); remove them or run the whole blocks"
+            )
+        return query_positions
 
     def _validate_resid(self, resid: Any, layer: int) -> torch.Tensor:
         expected = (self.cfg.n_ctx, self.cfg.d_model)

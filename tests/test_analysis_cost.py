@@ -47,6 +47,14 @@ def close(actual, expected):
     np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64), **TOL)
 
 
+def hand_prices(cfg):
+    """FLOPs by hand: (attention over every token, attention of one query row, MLP on every token, MLP on one row)."""
+    n, d, a, m = cfg.n_ctx, cfg.d_model, cfg.n_heads * cfg.d_head, cfg.d_mlp
+    attn = 2 * n * d * a + 4 * n * d * a + 4 * n * n * a + 2 * n * a * d  # q; k, v; q k^T, pattern v; W_O
+    attn_row = 2 * d * a + 4 * n * d * a + 4 * n * a + 2 * a * d  # one query row against every key
+    return attn, attn_row, 4 * n * d * m, 4 * d * m
+
+
 def fresh(model, x, names):
     """A separate forward of one clip with its own cache."""
     with torch.inference_mode():
@@ -89,6 +97,21 @@ def test_forward_counter_counts_batch_and_blocks(model):
         "other": 0.5,
     }
     assert s["total"] == 6.5 and s["forward_calls"]["started at 1"] == 2 and s["grad_calls"] == 0
+    assert s["whole_blocks"]["per_experiment"] == s["per_experiment"]  # whole blocks only: the two counts agree
+    # Partial blocks are priced by their FLOPs, by hand: one forward of one clip is L (attn + mlp).
+    attn, attn_row, mlp, mlp_row = hand_prices(model.cfg)
+    with torch.inference_mode():
+        mid = model.run_with_cache(x[:2], names_filter=["blocks.1.hook_resid_mid"])[1]["blocks.1.hook_resid_mid"]
+        with ForwardCounter(model) as cost:
+            with cost.section("from resid_mid"):
+                model(mid, start_at_layer=1, from_resid_mid=True)  # 2 clips x block 1's MLP
+            with cost.section("readout row"):
+                model(x[:1], query_positions=[0])  # block 0 whole, block 1 for the CLS row
+    s = cost.summary()
+    assert cost.flops("from resid_mid") == 2 * mlp and cost.flops("readout row") == attn + mlp + attn_row + mlp_row
+    assert s["per_experiment"]["readout row"] == (attn + mlp + attn_row + mlp_row) / (2 * (attn + mlp))
+    assert s["whole_blocks"]["per_experiment"] == {"from resid_mid": 1.0, "readout row": 1.0}
+    assert s["work"]["readout row"] == [["attn", 1, 65, 1], ["attn", 65, 65, 1], ["mlp", 1, 0, 1], ["mlp", 65, 0, 1]]
     assert "forward" not in vars(model)  # the wrapper is gone
     with ForwardCounter(model) as cost:
         model(x[:1])  # autograd on: recorded
@@ -101,12 +124,13 @@ def test_analyze_counts_equal_the_hand_sums(model, analyzed):
     cost = res["cost"]
     regions = len(res["outcome"]["ablation"]["regions"])
     assert regions == 4  # top class-DLA, top differential-DLA, ball, pins
-    # Clip-blocks: 2 shared runs x L; recovery: per layer l one batch of 2 patched runs over L - l blocks;
-    # region ablation: 1 ablated clip; outcome: both clips x regions x (region + 2 boxes); probes: 5 pairs x 2 clips.
+    # Clip-blocks touched: 2 shared runs x L; recovery: per layer l the attn_out patch from block l's MLP
+    # (L - l blocks touched), the mlp_out patch from block l + 1 (L - 1 - l); region ablation: 1 ablated
+    # clip; outcome: both clips x regions x (region + 2 boxes); probes: 5 pairs x 2 clips.
     expected = {
         "shared clean and corrupted runs": 2 * L,
         "deltas": 0,
-        "recovery": sum(2 * (L - l) for l in range(L)),
+        "recovery": sum(2 * (L - l) - 1 for l in range(L)),
         "dla": 0,
         "cls_attention": 0,
         "region_ablation": L,
@@ -114,13 +138,37 @@ def test_analyze_counts_equal_the_hand_sums(model, analyzed):
         "probes": 5 * 2 * L,
     }
     assert cost["clip_blocks"] == expected
-    assert cost["per_experiment"] == {k: v / L for k, v in expected.items()}
-    assert cost["total"] == sum(expected.values()) / L == 2 + 3 + 1 + 24 + 10
+    assert cost["whole_blocks"]["per_experiment"] == {k: v / L for k, v in expected.items()}
+    # FLOPs: the recovery metric reads every token of the last resid_post, so its runs compute every row;
+    # the region ablation reads only the logits, so its last block computes the CLS row only.
+    attn, attn_row, mlp, mlp_row = hand_prices(model.cfg)
+    one = L * (attn + mlp)
+    flops = {
+        "shared clean and corrupted runs": 2 * one,
+        "deltas": 0,
+        "recovery": sum(mlp + 2 * (L - 1 - l) * (attn + mlp) for l in range(L)),
+        "dla": 0,
+        "cls_attention": 0,
+        "region_ablation": (L - 1) * (attn + mlp) + attn_row + mlp_row,
+        "outcome": 2 * regions * 3 * one,
+        "probes": 5 * 2 * one,
+    }
+    assert cost["per_experiment"] == {k: v / one for k, v in flops.items()}
+    assert cost["total"] == pytest.approx(sum(flops.values()) / one, rel=1e-12)
     assert cost["outcome_ablated_clips"] == 24 and cost["probe_pairs"] == 5 and cost["grad_calls"] == 0
 
 
-def test_study_counts_equal_the_hand_sums(model):
-    st = pipeline.study_domain(model, "bowling", 3, outcome_pairs=2, probe_pairs=5, n_controls=2, progress=False)
+def run_study(model):
+    return pipeline.study_domain(model, "bowling", 3, outcome_pairs=2, probe_pairs=5, n_controls=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def studied(model):
+    return run_study(model)
+
+
+def test_study_counts_equal_the_hand_sums(model, studied):
+    st = studied
     L = model.cfg.n_layers
     region_runs = sum(
         per["class_logit"]["pairs"] for per in st["outcome"]["ablation"].values()
@@ -129,12 +177,23 @@ def test_study_counts_equal_the_hand_sums(model):
     expected = {
         "shared clean and corrupted runs": 3 * 2 * L,
         "deltas": 0,
-        "recovery": 3 * sum(2 * (L - l) for l in range(L)),
+        "recovery": 3 * sum(2 * (L - l) - 1 for l in range(L)),
         "outcome": 2 * region_runs * 3 * L,
         "probes": 2 * 2 * L,
     }  # probes: pairs 4 and 5 run; 3 come from the shared runs
     assert st["cost"]["clip_blocks"] == expected
-    assert st["cost"]["total"] == sum(expected.values()) / L and st["cost"]["per_pair"] == st["cost"]["total"] / 3
+    attn, _, mlp, _ = hand_prices(model.cfg)
+    one = L * (attn + mlp)
+    flops = {
+        "shared clean and corrupted runs": 3 * 2 * one,
+        "deltas": 0,
+        "recovery": 3 * sum(mlp + 2 * (L - 1 - l) * (attn + mlp) for l in range(L)),
+        "outcome": 2 * region_runs * 3 * one,
+        "probes": 2 * 2 * one,
+    }
+    assert st["cost"]["per_experiment"] == {k: v / one for k, v in flops.items()}
+    assert st["cost"]["total"] == pytest.approx(sum(flops.values()) / one, rel=1e-12)
+    assert st["cost"]["per_pair"] == st["cost"]["total"] / 3
     # The probe features read from the shared runs equal a fresh probe_features over the same pairs.
     pairs = [
         tuple(
@@ -261,3 +320,47 @@ def test_shared_runs_give_the_brute_force_numbers(model, analyzed):
     ref = ex.layer_probes(model, pairs, features=f)
     for kind in ("cls", "mean"):
         close([r["paired_accuracy"] for r in res["probes"][kind]], [r.paired_accuracy for r in getattr(ref, kind)])
+
+
+def numbers(x, path=""):
+    """Every number of a results dict by path (the cost record and timings left out)."""
+    if isinstance(x, dict):
+        return {
+            k: v
+            for key, val in x.items()
+            if key not in ("cost", "seconds")
+            for k, v in numbers(val, f"{path}.{key}").items()
+        }
+    if isinstance(x, (list, tuple)):
+        return {k: v for i, val in enumerate(x) for k, v in numbers(val, f"{path}.{i}").items()}
+    if isinstance(x, torch.Tensor):
+        return numbers(x.tolist(), path)
+    if isinstance(x, (bool, int, float, np.number, np.bool_)):
+        return {path: float(x)}
+    if isinstance(x, np.ndarray):
+        return numbers(x.tolist(), path)
+    return {}
+
+
+def test_partial_blocks_change_no_number(model, analyzed, studied):
+    """analyze and study with every block run whole (the engine patching by hook from the patched layer,
+    as before partial blocks) give the same numbers, to 1e-6 in float64, at the old cost."""
+    _, res = analyzed
+    pair = pipeline.rendered_pair(model, "bowling", 4_000_000)
+    for block in model.blocks:
+        block.runs_partially = False
+    try:
+        assert not model.runs_partial_blocks
+        whole = pipeline.analyze_pair(model, pair, probe_pairs=5, n_controls=2, progress=False)
+        whole_study = run_study(model)
+    finally:
+        for block in model.blocks:
+            del block.runs_partially
+    L = model.cfg.n_layers
+    assert whole["cost"]["clip_blocks"]["recovery"] == sum(2 * (L - l) for l in range(L))  # the old count
+    assert whole["cost"]["per_experiment"]["recovery"] > res["cost"]["per_experiment"]["recovery"]
+    for new, old in ((res, whole), (studied, whole_study)):
+        a, b = numbers(new), numbers(old)
+        assert a.keys() == b.keys() and len(a) > 500
+        keys = sorted(a)
+        close([a[k] for k in keys], [b[k] for k in keys])

@@ -413,6 +413,15 @@ def cls_attention(
 
 
 # ---------------------------------------------------------------------------------------- (e)
+def _logits(model: Any, x: torch.Tensor) -> torch.Tensor:
+    """The logits of ``x``; where they read only token 0, the last block computes only that row."""
+    L = model.cfg.n_layers
+    if getattr(model, "runs_partial_blocks", False) and model.cfg.pooling == "first":
+        if not model.partial_run_hooks(0, L, False, [0]):
+            return model(x, query_positions=[0])
+    return model(x)
+
+
 @dataclass(frozen=True)
 class RegionAblation:
     """(e): the top classes before and after ablating the pixel box around the tokens of greatest |DLA|."""
@@ -457,7 +466,7 @@ def region_ablation(
     ablated = ablate_pixels(pixel_values[:1], box, mode=mode)
     with torch.inference_mode():
         before = model(pixel_values[:1]) if before is None else before
-        after = model(ablated)
+        after = _logits(model, ablated)
     return RegionAblation(
         tokens=top,
         box=box,

@@ -14,7 +14,12 @@ Two layers:
    optionally a head. k patched variants run as one batched forward (each batch row carries its
    own patch), starting from the first patched layer (the residual stream before it is shared),
    in chunks sized from free memory. Denoising (clean into corrupted) and noising (corrupted into
-   clean) are the same call with source and target swapped.
+   clean) are the same call with source and target swapped. A patch of the residual stream or of
+   a block's attn_out / mlp_out is applied to the stream the run starts from, so the run starts
+   after what it replaces (mlp_out at layer l: at block l + 1; attn_out: at block l's MLP); and a
+   metric that reads only the logits of a first-token readout has the last block compute only
+   that row (keys and values from every token). Same numbers, fewer FLOPs
+   (HookedVideoTransformer.forward's ``from_resid_mid`` and ``query_positions``).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import torch
 from jaxtyping import Float
 from transformer_lens import ActivationCache
 from transformer_lens import patching as tl_patching
+from transformer_lens.hook_points import HookPoint
 from transformer_lens.patching import generic_activation_patch, make_df_from_ranges
 
 from hooked_vivit.cache_memory import free_bytes, hook_shape
@@ -126,6 +132,117 @@ def token_patches(
 
 
 # =========================================================================================== engine
+# A patch of one of these hooks at layer l is applied to the stream a patched run starts from:
+# kind -> (the unpatched stream the patched activation is added to, or None: it is the stream;
+# first block run, as an offset to l; whether the run starts at that block's resid_mid).
+_STREAM_PATCHES = {
+    "resid_pre": (None, 0, False),
+    "resid_mid": (None, 0, True),
+    "attn_out": ("resid_pre", 0, True),  # resid_mid = resid_pre + attn_out
+    "mlp_out": ("resid_mid", 1, False),  # resid_post = resid_mid + mlp_out
+    "resid_post": (None, 1, False),
+}
+_STREAM_HOOK = re.compile(r"^blocks\.(\d+)\.hook_(" + "|".join(_STREAM_PATCHES) + r")$")
+_SUMMED = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_mid|resid_post)$")
+
+
+@dataclass(frozen=True)
+class _Start:
+    """Where a patched run starts: its first block (-1: from pixels, n_layers: no block), from that
+    block's resid_mid or not, and whether the patch is applied to the starting stream (else by its hook)."""
+
+    layer: int
+    from_resid_mid: bool = False
+    in_stream: bool = False
+
+
+def _stream_start(model: Any, patch: Patch, metric_hooks: Sequence[str]) -> _Start | None:
+    """The start of a run with ``patch`` applied to the stream, or None where it must run by hook: the
+    model cannot run part of a block, a hook on the skipped work of the patched block, or a metric
+    hook the run would not reach."""
+    m = _STREAM_HOOK.match(patch.hook)
+    if m is None or not model.runs_partial_blocks:
+        return None
+    l, kind = int(m.group(1)), m.group(2)
+    _, offset, from_mid = _STREAM_PATCHES[kind]
+    start = _Start(l + offset, from_mid, True)
+    block = model.blocks[l]
+    if model.hook_dict[patch.hook].has_hooks():  # by hook, a user's hook there fires before the patch
+        return None
+    if offset and any(isinstance(h, HookPoint) and h.has_hooks() for h in block.modules()):
+        return None
+    if from_mid and model.partial_run_hooks(l, 1, True, None):
+        return None
+    return start if all(_reached(model, h, start) for h in metric_hooks) else None
+
+
+def _reached(model: Any, name: str, start: _Start) -> bool:
+    """Whether hook ``name`` fires in a run from ``start``, or is the stream it starts from."""
+    m = _LAYER.match(name)
+    if m is None:
+        return name.startswith(("ln_final.", "unembed."))
+    l = int(m.group(1))
+    if l == start.layer - 1 and not start.from_resid_mid:
+        return name == f"blocks.{l}.hook_resid_post"
+    if l != start.layer or not start.from_resid_mid:
+        return l >= start.layer
+    return name[len(f"blocks.{l}.") :].split(".")[0] in model.blocks[l].mlp_half
+
+
+def _target_value(cache: Any, name: str) -> torch.Tensor | None:
+    """The unpatched target's activation ``name`` from its cache, or summed as the block sums it
+    (resid_mid = resid_pre + attn_out, resid_post = resid_mid + mlp_out = the next resid_pre)."""
+    if name in cache:
+        return cache[name]
+    m = _SUMMED.match(name)
+    if m is None:
+        return None
+    l, kind = int(m.group(1)), m.group(2)
+    if kind == "resid_pre":
+        return cache[f"blocks.{l - 1}.hook_resid_post"] if f"blocks.{l - 1}.hook_resid_post" in cache else None
+    if kind == "resid_post" and f"blocks.{l + 1}.hook_resid_pre" in cache:
+        return cache[f"blocks.{l + 1}.hook_resid_pre"]
+    first, second = ("resid_pre", "attn_out") if kind == "resid_mid" else ("resid_mid", "mlp_out")
+    a, b = _target_value(cache, f"blocks.{l}.hook_{first}"), _target_value(cache, f"blocks.{l}.hook_{second}")
+    return None if a is None or b is None else a + b
+
+
+def _stream_names(patch: Patch) -> list[str]:
+    """The target activations a stream patch is built from."""
+    m = _STREAM_HOOK.match(patch.hook)
+    base = _STREAM_PATCHES[m.group(2)][0]
+    return ([f"blocks.{m.group(1)}.hook_{base}"] if base else []) + [patch.hook]
+
+
+def _patched_stream(patch: Patch, source_cache: Any, target: dict[str, torch.Tensor], b: int) -> torch.Tensor:
+    """The stream a run with ``patch`` starts from [b, n_ctx, d_model], with the arithmetic of the block
+    (the patched component, added to the unpatched stream it is added to there)."""
+    *base, name = _stream_names(patch)
+    tgt = target[name]
+    src = source_cache[name].to(tgt.device, tgt.dtype)
+    if src.shape[1:] != tgt.shape[1:]:
+        raise ValueError(f"source activation {name} has shape {tuple(src.shape)}, the target run {tuple(tgt.shape)}")
+    src = src.expand(b, *src.shape[1:])
+    if patch.positions is None:
+        patched = src
+    else:
+        patched = tgt.clone()
+        patched[:, list(patch.positions)] = src[:, list(patch.positions)]
+    return target[base[0]] + patched if base else patched
+
+
+def _readout_rows(model: Any, metric_hooks: Sequence[str], start: _Start, hooked_layers: set[int]) -> list[int] | None:
+    """[0] where the last block need compute only the readout row: the metric reads only the logits, the
+    model reads token 0, and no hook (the chunk's patches, or the user's) sits in that block or after it."""
+    L = model.cfg.n_layers
+    if metric_hooks or start.layer >= L or not model.runs_partial_blocks or model.cfg.pooling != "first":
+        return None
+    if L - 1 in hooked_layers or L in hooked_layers:
+        return None
+    first = max(start.layer, 0)
+    return None if model.partial_run_hooks(first, L - first, start.from_resid_mid, [0]) else [0]
+
+
 def _is_pattern(hook: str) -> bool:
     return hook_layout.is_attention_map(hook)
 
@@ -218,7 +335,14 @@ def run_patches(
     The source cache has batch 1 (broadcast to the target batch) or the target's batch.
     ``target_run=(logits, cache)`` of the unpatched target (the target's batch), holding
     ``blocks.{l}.hook_resid_pre`` of every layer a patch starts at (the last resid_post for
-    ln_final patches) and the metric's hooks, replaces the engine's own unpatched forward.
+    ln_final patches) and the metric's hooks, replaces the engine's own unpatched forward; a patch
+    of resid_pre / resid_mid / resid_post / attn_out / mlp_out is built from the unpatched stream
+    where the cache holds it (resid_pre, attn_out and mlp_out of that layer are enough) and then
+    needs no resid_pre.
+
+    Each patched run starts where the patch first changes something: a hook patch at its layer's
+    resid_pre; a residual-stream, attn_out or mlp_out patch past what it replaces (see the module
+    docstring), unless a hook (the user's, or the metric's) sits on the work that skips.
     """
     from tqdm.auto import tqdm
 
@@ -252,28 +376,48 @@ def run_patches(
     model.check_hook_names(metric_hooks)
     n_layers = model.cfg.n_layers
 
-    # The residual stream entering each block a patch starts at, from one unpatched target run.
-    start_names = {
-        l: f"blocks.{l}.hook_resid_pre" if l < n_layers else f"blocks.{n_layers - 1}.hook_resid_post"
-        for l in sorted({p.start_layer(n_layers) for p in patches})
-        if l >= 0
-    }
+    # Where each patched run starts: after what a stream patch replaces, else at the patched layer.
+    stream = [_stream_start(model, p, metric_hooks) for p in patches]
+    hook_start = lambda l: f"blocks.{l}.hook_resid_pre" if l < n_layers else f"blocks.{n_layers - 1}.hook_resid_post"  # noqa: E731
     with torch.inference_mode():
         if target_run is None:
-            names = list(start_names.values()) + list(metric_hooks)
+            names = [n for p, st in zip(patches, stream) if st for n in _stream_names(p)]
+            names += [
+                hook_start(p.start_layer(n_layers))
+                for p, st in zip(patches, stream)
+                if st is None and p.start_layer(n_layers) >= 0
+            ]
+            names += list(metric_hooks)
             base_logits, base_cache = model.run_with_cache(target, names_filter=list(dict.fromkeys(names)))
         else:
             base_logits, base_cache = target_run
-            for name in dict.fromkeys([*start_names.values(), *metric_hooks]):
-                if name not in base_cache or base_cache[name].shape[0] != b:
-                    raise ValueError(
-                        f"target_run's cache needs {name!r} of the unpatched target run (batch {b}); cache it (names_filter)"
-                    )
+        # A stream patch the target run's cache cannot build runs by hook.
+        target_values: dict[str, torch.Tensor] = {}
+        for i, p in enumerate(patches):
+            if stream[i] is None:
+                continue
+            values = {n: _target_value(base_cache, n) for n in _stream_names(p)}
+            if all(v is not None and v.shape[0] == b for v in values.values()):
+                target_values.update(values)
+            else:
+                stream[i] = None
+        start_names = {
+            l: hook_start(l)
+            for l in sorted({p.start_layer(n_layers) for p, st in zip(patches, stream) if st is None})
+            if l >= 0
+        }
+        for name in dict.fromkeys([*start_names.values(), *metric_hooks]):
+            if name not in base_cache or base_cache[name].shape[0] != b:
+                raise ValueError(
+                    f"target_run's cache needs {name!r} of the unpatched target run (batch {b}); cache it (names_filter)"
+                )
         baseline = metric_rows(metric, base_logits, {h: base_cache[h] for h in metric_hooks}).float().cpu()
     starts = {l: base_cache[name] for l, name in start_names.items()}
+    runs = [st or _Start(p.start_layer(n_layers)) for p, st in zip(patches, stream)]
 
-    order = sorted(range(len(patches)), key=lambda i: patches[i].start_layer(n_layers))
-    needs_pattern = any(_is_pattern(p.hook) for p in patches)
+    key = lambda i: (runs[i].layer, runs[i].from_resid_mid, runs[i].in_stream)  # noqa: E731
+    order = sorted(range(len(patches)), key=key)
+    needs_pattern = any(_is_pattern(p.hook) for p, st in zip(patches, stream) if st is None)
     k_max = chunk_size or auto_chunk_size(model, b, target.device, needs_pattern)
     per_example = torch.empty(len(patches), b, *baseline.shape[1:])
     bar = tqdm(
@@ -281,16 +425,18 @@ def run_patches(
     )
     i = 0
     while i < len(order):
-        start = patches[order[i]].start_layer(n_layers)
         chunk = [order[i]]
-        while (
-            len(chunk) < k_max
-            and i + len(chunk) < len(order)
-            and patches[order[i + len(chunk)]].start_layer(n_layers) == start
-        ):
+        while len(chunk) < k_max and i + len(chunk) < len(order) and key(order[i + len(chunk)]) == key(order[i]):
             chunk.append(order[i + len(chunk)])
+        start = runs[order[i]]
+        if start.in_stream:
+            resid = torch.cat([_patched_stream(patches[j], source_cache, target_values, b) for j in chunk])
+        elif start.layer >= 0:
+            resid = starts[start.layer].repeat(len(chunk), 1, 1)
+        else:
+            resid = None  # from the pixels
         values = _run_chunk(
-            model, [patches[j] for j in chunk], source_cache, target, starts, start, metric, metric_hooks
+            model, [patches[j] for j in chunk], source_cache, target, resid, start, metric, metric_hooks
         )
         per_example[chunk] = values
         bar.update(len(chunk))
@@ -302,12 +448,14 @@ def run_patches(
 
 
 def _run_chunk(
-    model, chunk: list[Patch], source_cache, target, starts, start: int, metric, metric_hooks
+    model, chunk: list[Patch], source_cache, target, resid, start: _Start, metric, metric_hooks
 ) -> torch.Tensor:
     b, k = target.shape[0], len(chunk)
+    n_layers = model.cfg.n_layers
     by_hook: dict[str, list[tuple[int, Patch]]] = {}
     for r, p in enumerate(chunk):
-        by_hook.setdefault(p.hook, []).append((r, p))
+        if not start.in_stream:
+            by_hook.setdefault(p.hook, []).append((r, p))
 
     def patch_hook(act: torch.Tensor, hook, entries) -> torch.Tensor:
         src = source_cache[hook.name].to(act.device, act.dtype)
@@ -330,16 +478,27 @@ def _run_chunk(
 
     collected: dict[str, torch.Tensor] = {}
 
-    def collect(act, hook):
-        collected[hook.name] = act
+    def collect(act, hook, name):
+        collected[name] = act
 
+    # The stream a run starts from is the previous block's resid_post: read there, it is the start.
+    entering = f"blocks.{start.layer - 1}.hook_resid_post" if start.in_stream and not start.from_resid_mid else None
     fwd = [(name, partial(patch_hook, entries=entries)) for name, entries in by_hook.items()]
-    fwd += [(h, collect) for h in metric_hooks]
-    with torch.inference_mode(), model.hooks(fwd_hooks=fwd):
-        if start < 0:
-            logits = model(target.repeat(k, 1, 1, 1, 1))
+    for h in metric_hooks:
+        if h == entering and start.layer == n_layers:
+            collected[h] = resid
         else:
-            logits = model(starts[start].repeat(k, 1, 1), start_at_layer=start)
+            fwd.append((f"blocks.{start.layer}.hook_resid_pre" if h == entering else h, partial(collect, name=h)))
+    hooked_layers = {p.start_layer(n_layers) for p in chunk} if by_hook else set()
+    rows = _readout_rows(model, metric_hooks, start, hooked_layers)
+    partial_args = {"query_positions": rows} if rows else {}
+    if start.from_resid_mid:
+        partial_args["from_resid_mid"] = True
+    with torch.inference_mode(), model.hooks(fwd_hooks=fwd):
+        if resid is None:
+            logits = model(target.repeat(k, 1, 1, 1, 1), **partial_args)
+        else:
+            logits = model(resid, start_at_layer=max(start.layer, 0), **partial_args)
     values = metric_rows(metric, logits, collected).float().cpu()
     if values.ndim not in (1, 2) or values.shape[0] != k * b:
         raise ValueError(
