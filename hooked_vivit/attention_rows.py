@@ -18,21 +18,24 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
 
 from hooked_vivit.positions import PositionGroup, resolve_positions
 
+if TYPE_CHECKING:  # annotations only
+    from hooked_vivit.model import HookedVideoTransformer
 
-def _positions(model: Any, queries: PositionGroup) -> tuple[int, ...]:
+
+def _positions(model: HookedVideoTransformer, queries: PositionGroup) -> tuple[int, ...]:
     positions = resolve_positions(model, queries)
     return tuple(range(model.cfg.n_ctx)) if positions is None else positions
 
 
 @contextmanager
-def pattern_row_queries(model: Any, queries: PositionGroup = "cls") -> Iterator[tuple[int, ...]]:
+def pattern_row_queries(model: HookedVideoTransformer, queries: PositionGroup = "cls") -> Iterator[tuple[int, ...]]:
     """Within the block, ``hook_pattern_rows`` of every layer carries the rows of these query
     positions (a position group as in ``hooked_vivit.causal.patching``: "cls", a token index or list,
     ``FrameSlot``, ``Region``, "patches", "all"). Yields the sorted token indices (the row order)."""
@@ -48,7 +51,10 @@ def pattern_row_queries(model: Any, queries: PositionGroup = "cls") -> Iterator[
 
 
 def attention_rows(
-    model: Any, pixel_values: torch.Tensor, queries: PositionGroup = "cls", layers: Sequence[int] | None = None
+    model: HookedVideoTransformer,
+    pixel_values: torch.Tensor,
+    queries: PositionGroup = "cls",
+    layers: Sequence[int] | None = None,
 ) -> Float[torch.Tensor, "batch layers heads n_queries n_ctx"]:
     """Attention pattern rows of the query positions for every head of ``layers`` (all by default),
     in the order of ``layers``; the rows are the sorted query token indices. One forward, stopped

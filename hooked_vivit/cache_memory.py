@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformer_lens import ActivationCache
 
 from hooked_vivit.components import hook_layout
+
+if TYPE_CHECKING:  # annotations only
+    from hooked_vivit.model import HookedVideoTransformer
 
 
 def hook_shape(cfg: Any, name: str, batch: int) -> tuple[int, ...] | None:
@@ -42,7 +45,9 @@ def _filter(names_filter: Any) -> Callable[[str], bool]:
     return names_filter
 
 
-def estimate_cache_bytes(model: Any, names_filter: Any = None, batch: int = 1, dtype: torch.dtype | None = None) -> int:
+def estimate_cache_bytes(
+    model: HookedVideoTransformer, names_filter: Any = None, batch: int = 1, dtype: torch.dtype | None = None
+) -> int:
     keep = _filter(names_filter)
     elem = torch.finfo(dtype or model.cfg.dtype).bits // 8
     total = 0

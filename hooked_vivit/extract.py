@@ -52,12 +52,15 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from hooked_vivit.collection import Clip, Distributed, clip_loader, collection_digest, read_collection
 from hooked_vivit.output_dir import OutputDir
+
+if TYPE_CHECKING:  # annotations only
+    from hooked_vivit.model import HookedVideoTransformer
 
 FORMAT = "hooked-vivit-activations"
 VERSION = 1
@@ -94,7 +97,7 @@ def load_model(name_or_path: str, device: str = "cpu") -> Any:
     return HookedVideoTransformer.from_pretrained(name_or_path, device=device)
 
 
-def resolve_hooks(model: Any, hooks: str | Sequence[str]) -> list[str]:
+def resolve_hooks(model: HookedVideoTransformer, hooks: str | Sequence[str]) -> list[str]:
     """Hook names (comma-separated or a list; shell-style patterns such as ``blocks.*.hook_resid_post``
     allowed), in the model's hook order. Each must have a token axis: activation [batch, n_ctx, ...]."""
     from hooked_vivit.cache_memory import hook_shape
@@ -167,7 +170,7 @@ def position_table(grid: Any, tokens: Sequence[int]) -> list[dict]:
     return out
 
 
-def _store_dtype(dtype: str | torch.dtype | None, model: Any) -> torch.dtype:
+def _store_dtype(dtype: str | torch.dtype | None, model: HookedVideoTransformer) -> torch.dtype:
     if dtype is None:
         return model.W_E.dtype
     if isinstance(dtype, torch.dtype):
@@ -177,7 +180,7 @@ def _store_dtype(dtype: str | torch.dtype | None, model: Any) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def _weights_fingerprint(model: Any) -> float:
+def _weights_fingerprint(model: HookedVideoTransformer) -> float:
     with torch.no_grad():
         return round(float(sum(p.detach().double().abs().sum() for p in model.parameters())), 3)
 
@@ -186,7 +189,7 @@ def _weights_fingerprint(model: Any) -> float:
 class _Plan:
     def __init__(
         self,
-        model: Any,
+        model: HookedVideoTransformer,
         clips: list[Clip],
         hooks: Any,
         positions: Any,
@@ -289,7 +292,7 @@ def _write_shard(
 
 
 def _forward(
-    model: Any, pixels: torch.Tensor, plan: _Plan, token_index: torch.Tensor | None
+    model: HookedVideoTransformer, pixels: torch.Tensor, plan: _Plan, token_index: torch.Tensor | None
 ) -> dict[str, torch.Tensor]:
     captured: dict[str, torch.Tensor] = {}
 
@@ -307,7 +310,14 @@ def _forward(
 
 
 def _extract_shards(
-    model: Any, plan: _Plan, folder: Path, dist: Distributed, *, batch_size: int, workers: int, progress: bool
+    model: HookedVideoTransformer,
+    plan: _Plan,
+    folder: Path,
+    dist: Distributed,
+    *,
+    batch_size: int,
+    workers: int,
+    progress: bool,
 ) -> int:
     """This rank's unfinished shards: decode (workers), run, write. Returns the clips it processed."""
     from tqdm.auto import tqdm
@@ -422,7 +432,7 @@ def _write_index(folder: Path, plan: _Plan, source: str, world: int) -> dict:
 
 
 def extract(
-    model: Any,
+    model: HookedVideoTransformer,
     videos: str | Path,
     out: str | Path,
     *,

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:  # annotations only
+    from hooked_vivit.model import HookedVideoTransformer
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ def checked_indices(x: Any, n: int, what: str) -> list[int]:
     return sorted({checked_index(v, n, what) for v in x})
 
 
-def resolve_positions(model: Any, group: PositionGroup) -> tuple[int, ...] | None:
+def resolve_positions(model: HookedVideoTransformer, group: PositionGroup) -> tuple[int, ...] | None:
     """A position group -> sorted token indices (None means every token).
 
     Accepted: None or "all"; "cls"; "patches" (every token but CLS); "pooled" (the tokens the

@@ -12,17 +12,23 @@ token-level logit attribution over the frames.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import cv2
 import numpy as np
 import torch
 
+if TYPE_CHECKING:  # annotations only
+    from hooked_vivit.model import HookedVideoTransformer
+
 MapKind = Literal["cls_attention", "attribution", "frame_attention", "query_attention"]
 
 
 def token_maps(
-    model: Any, pixel_values: torch.Tensor, kind: MapKind = "cls_attention", class_index: int | None = None
+    model: HookedVideoTransformer,
+    pixel_values: torch.Tensor,
+    kind: MapKind = "cls_attention",
+    class_index: int | None = None,
 ) -> np.ndarray:
     """[layers, heads, frame slots, rows, cols] maps for the first clip of the batch ("query_attention":
     V-JEPA 2's pooler query, one "layer")."""
@@ -116,18 +122,20 @@ def overlay(
     return np.where(seen[..., None].astype(bool), blended, frame)
 
 
-def _frames_for(frames: np.ndarray, model: Any) -> tuple[np.ndarray, int]:
+def _frames_for(frames: np.ndarray, model: HookedVideoTransformer) -> tuple[np.ndarray, int]:
     t = model.cfg.tubelet_size[0]
     if frames.shape[0] != model.cfg.num_frames:
         raise ValueError(f"expected {model.cfg.num_frames} frames (the clip the maps come from), got {frames.shape[0]}")
     return frames, t
 
 
-def _geometry(model: Any) -> dict:
+def _geometry(model: HookedVideoTransformer) -> dict:
     return {"patch_size": tuple(model.cfg.tubelet_size[1:]), "image_size": tuple(model.cfg.image_size)}
 
 
-def _overlay_frame(model: Any, frame: np.ndarray, index: int, slot_maps: np.ndarray, **kwargs: Any) -> np.ndarray:
+def _overlay_frame(
+    model: HookedVideoTransformer, frame: np.ndarray, index: int, slot_maps: np.ndarray, **kwargs: Any
+) -> np.ndarray:
     """Frame ``index`` with its frame slot's map; a trailing frame that no token sees stays bare."""
     slot = model.cfg.grid.frame_slot_of_frame(index)
     if slot is None:
@@ -136,7 +144,13 @@ def _overlay_frame(model: Any, frame: np.ndarray, index: int, slot_maps: np.ndar
 
 
 def render_frames(
-    model: Any, frames: np.ndarray, maps: np.ndarray, layer: int, head: int | None, *, signed: bool = False
+    model: HookedVideoTransformer,
+    frames: np.ndarray,
+    maps: np.ndarray,
+    layer: int,
+    head: int | None,
+    *,
+    signed: bool = False,
 ) -> np.ndarray:
     """Every frame with its frame slot's map (one head, or the sum over heads) -> [T, H, W, 3]."""
     frames, _ = _frames_for(frames, model)
@@ -146,7 +160,7 @@ def render_frames(
 
 
 def save_grid_png(
-    model: Any,
+    model: HookedVideoTransformer,
     frames: np.ndarray,
     maps: np.ndarray,
     path: str | Path,
@@ -174,7 +188,7 @@ def save_grid_png(
 
 
 def save_animation(
-    model: Any,
+    model: HookedVideoTransformer,
     frames: np.ndarray,
     maps: np.ndarray,
     path: str | Path,
@@ -200,7 +214,9 @@ def save_animation(
     raise ValueError(f"{path}: write .gif or .mp4")
 
 
-def interactive(model: Any, pixel_values: torch.Tensor, frames: np.ndarray, *, class_index: int | None = None):
+def interactive(
+    model: HookedVideoTransformer, pixel_values: torch.Tensor, frames: np.ndarray, *, class_index: int | None = None
+):
     """An ipywidgets viewer: frame, layer and head sliders (head -1 = all heads summed) and a map toggle."""
     try:
         import ipywidgets as widgets

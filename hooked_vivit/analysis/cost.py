@@ -33,12 +33,15 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from hooked_vivit.cache_memory import hook_shape
 from hooked_vivit.components import MLP, Attention
+
+if TYPE_CHECKING:  # annotations only
+    from hooked_vivit.model import HookedVideoTransformer
 
 DEFINITION = (
     "forward-equivalents (FE): the transformer blocks' matmul FLOPs relative to one full forward of one clip, "
@@ -83,13 +86,13 @@ def work_flops(shape: Shape, kind: str, batch: int, rows: int, keys: int) -> int
     return attention_flops(shape, batch, rows, keys) if kind == "attn" else mlp_flops(shape, batch, rows)
 
 
-def _blocks_modules(model: Any) -> Iterator[tuple[str, torch.nn.Module]]:
+def _blocks_modules(model: HookedVideoTransformer) -> Iterator[tuple[str, torch.nn.Module]]:
     for name, module in model.blocks.named_modules(prefix="blocks"):
         if isinstance(module, (Attention, MLP)):
             yield name, module
 
 
-def full_forward_work(model: Any) -> list[tuple[str, int, int, int]]:
+def full_forward_work(model: HookedVideoTransformer) -> list[tuple[str, int, int, int]]:
     """The work items (kind, batch, rows, keys) of one full forward of one clip, from the shapes each
     attention's q and k and each MLP's hidden layer fire with (so TimeSformer's divided attentions count
     as they batch)."""
@@ -110,7 +113,7 @@ class ForwardCounter:
     section goes to "other". ``model(x)``, ``run_with_cache`` and ``run_with_hooks`` all pass through
     the wrapped forward."""
 
-    def __init__(self, model: Any):
+    def __init__(self, model: HookedVideoTransformer):
         self.model = model
         self.n_layers = int(model.cfg.n_layers)
         self.shape = Shape.of(model.cfg)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -46,6 +46,9 @@ from hooked_vivit.causal.metrics import SignalRecovery
 from hooked_vivit.causal.probes import CrossValidatedProbe, cross_validated_probe
 from hooked_vivit.labels import top_k
 
+if TYPE_CHECKING:  # annotations only
+    from hooked_vivit.model import HookedVideoTransformer
+
 KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out")
 
 
@@ -72,30 +75,30 @@ class PairRuns:
     corrupted: ClipRun
 
 
-def _last(model: Any) -> str:
+def _last(model: HookedVideoTransformer) -> str:
     return f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
 
 
-def delta_hooks(model: Any) -> list[str]:
+def delta_hooks(model: HookedVideoTransformer) -> list[str]:
     """(a), and the probes' resid_pre of every layer and last resid_post (and V-JEPA 2's pooled vector)."""
     return _names(model.cfg.n_layers) + ([POOLER_OUTPUT] if is_attentive(model) else [])
 
 
-def component_kinds(model: Any) -> tuple[str, ...]:
+def component_kinds(model: HookedVideoTransformer) -> tuple[str, ...]:
     """The block outputs that write to the residual stream, in forward order: attn_out and mlp_out,
     and TimeSformer's temporal attention (hook_temporal_attn_out) before them."""
     temporal = "blocks.0.hook_temporal_attn_out" in model.hook_dict
     return ("temporal_attn_out", "attn_out", "mlp_out") if temporal else ("attn_out", "mlp_out")
 
 
-def recovery_hooks(model: Any) -> list[str]:
+def recovery_hooks(model: HookedVideoTransformer) -> list[str]:
     """(b): the clean components, the corrupted residual stream each patched batch starts from, the last
     resid_post (and the readout, where it is not the last resid_post: V-JEPA 2's pooled vector)."""
     L = model.cfg.n_layers
     return list(dict.fromkeys(_names(L, (*component_kinds(model), "resid_pre")) + [_last(model), readout_hook(model)]))
 
 
-def dla_hooks(model: Any) -> list[str]:
+def dla_hooks(model: HookedVideoTransformer) -> list[str]:
     """(c), (d) and the outcome signal: v, the readout's attention row of every layer (the CLS query row,
     computed beside the fused attention; every row under mean pooling or TimeSformer's per-frame
     attention), the final LayerNorm's scale, the last resid_post."""
@@ -110,12 +113,12 @@ def dla_hooks(model: Any) -> list[str]:
     )
 
 
-def analysis_hooks(model: Any) -> list[str]:
+def analysis_hooks(model: HookedVideoTransformer) -> list[str]:
     """Every hook analyze and study read from the unpatched runs."""
     return list(dict.fromkeys(delta_hooks(model) + recovery_hooks(model) + dla_hooks(model)))
 
 
-def run_clip(model: Any, pixel_values: torch.Tensor, names: Sequence[str]) -> ClipRun:
+def run_clip(model: HookedVideoTransformer, pixel_values: torch.Tensor, names: Sequence[str]) -> ClipRun:
     """One plain (fused-attention) forward of the first clip of ``pixel_values``, caching ``names``.
 
     A ``blocks.{l}.attn.hook_pattern_rows`` name gets the CLS query's row, [1, heads, 1, n_ctx],
@@ -154,7 +157,7 @@ def run_clip(model: Any, pixel_values: torch.Tensor, names: Sequence[str]) -> Cl
 
 
 def pair_runs(
-    model: Any, positive: torch.Tensor, negative: torch.Tensor, names: Sequence[str] | None = None
+    model: HookedVideoTransformer, positive: torch.Tensor, negative: torch.Tensor, names: Sequence[str] | None = None
 ) -> PairRuns:
     """The two unpatched runs of a pair (one forward per clip), caching ``names`` (default: analysis_hooks)."""
     names = analysis_hooks(model) if names is None else names
@@ -182,7 +185,7 @@ class ActivationDeltas:
 
 
 def activation_deltas(
-    model: Any, positive: torch.Tensor, negative: torch.Tensor, *, runs: PairRuns | None = None
+    model: HookedVideoTransformer, positive: torch.Tensor, negative: torch.Tensor, *, runs: PairRuns | None = None
 ) -> ActivationDeltas:
     """L2 norm of (positive - negative) per layer, for resid_pre/post, attn_out and mlp_out: at the
     readout ("cls": the CLS token, or the token mean; see layer_readout_name), and averaged over all
@@ -226,7 +229,7 @@ HEADLINE_REASON = (
 
 
 def component_patched_activations(
-    model: Any, clean_cache: Any, negative: torch.Tensor, hook: str, *, chunk: int | None = None
+    model: HookedVideoTransformer, clean_cache: Any, negative: torch.Tensor, hook: str, *, chunk: int | None = None
 ) -> torch.Tensor:
     """``hook`` on the negative run with one component's output (attn_out, mlp_out of each layer, in
     that order, all tokens) replaced by the positive run's: [2 * n_layers, ...]. k patched variants
@@ -306,7 +309,12 @@ class RecoveryVariants:
 
 
 def component_recovery(
-    model: Any, positive: torch.Tensor, negative: torch.Tensor, *, positions: Any = None, runs: PairRuns | None = None
+    model: HookedVideoTransformer,
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    *,
+    positions: Any = None,
+    runs: PairRuns | None = None,
 ) -> dict:
     """Denoising, one component at a time (each layer's attention block and MLP block output, all
     tokens, positive into negative run; TimeSformer's temporal attention output too, key
@@ -362,7 +370,7 @@ def component_recovery(
 
 
 # ---------------------------------------------------------------------------------------- (d)
-def token_masks(model: Any, masks: np.ndarray) -> torch.Tensor:
+def token_masks(model: HookedVideoTransformer, masks: np.ndarray) -> torch.Tensor:
     """Per-token share of pixels inside an object mask [T, H, W] -> [n_ctx] (a CLS token gets 0)."""
     t, h, w = model.cfg.tubelet_size
     grid = model.cfg.grid
@@ -374,7 +382,7 @@ def token_masks(model: Any, masks: np.ndarray) -> torch.Tensor:
 
 
 def cls_attention(
-    model: Any,
+    model: HookedVideoTransformer,
     pixel_values: torch.Tensor,
     layers: Sequence[int] | None = None,
     masks: dict[str, np.ndarray] | None = None,
@@ -413,7 +421,7 @@ def cls_attention(
 
 
 # ---------------------------------------------------------------------------------------- (e)
-def _logits(model: Any, x: torch.Tensor) -> torch.Tensor:
+def _logits(model: HookedVideoTransformer, x: torch.Tensor) -> torch.Tensor:
     """The logits of ``x``; where they read only token 0, the last block computes only that row."""
     L = model.cfg.n_layers
     if getattr(model, "runs_partial_blocks", False) and model.cfg.pooling == "first":
@@ -447,7 +455,7 @@ class RegionAblation:
 
 
 def region_ablation(
-    model: Any,
+    model: HookedVideoTransformer,
     pixel_values: torch.Tensor,
     dla: dict,
     *,
@@ -509,7 +517,7 @@ class DifferentialDLA:
 
 
 def differential_token_dla(
-    model: Any,
+    model: HookedVideoTransformer,
     positive: torch.Tensor,
     negative: torch.Tensor,
     c: int,
@@ -571,7 +579,9 @@ def enrichment(weights: torch.Tensor | np.ndarray, on_object: torch.Tensor | np.
     return Enrichment(share, mean_share, base, mean_share / base if base > 0 else None)
 
 
-def object_token_masks(model: Any, masks: dict[str, np.ndarray], from_frame: int = 0) -> dict[str, torch.Tensor]:
+def object_token_masks(
+    model: HookedVideoTransformer, masks: dict[str, np.ndarray], from_frame: int = 0
+) -> dict[str, torch.Tensor]:
     """Per object, bool [n_patches]: patch tokens that see any of its pixels (from frame ``from_frame``)."""
     out = {}
     for name, m in masks.items():
@@ -617,7 +627,13 @@ class OutcomeSignal:
     """
 
     def __init__(
-        self, model: Any, positive: torch.Tensor, negative: torch.Tensor, c: int, *, runs: PairRuns | None = None
+        self,
+        model: HookedVideoTransformer,
+        positive: torch.Tensor,
+        negative: torch.Tensor,
+        c: int,
+        *,
+        runs: PairRuns | None = None,
     ):
         self.model, self.c = model, c
         self.hook = readout_hook(model)
@@ -721,7 +737,7 @@ class OutcomeRegionAblation:
 
 
 def outcome_region_ablation(
-    model: Any,
+    model: HookedVideoTransformer,
     positive: torch.Tensor,
     negative: torch.Tensor,
     signal: OutcomeSignal,
@@ -764,7 +780,13 @@ def outcome_region_ablation(
 
 
 def top_token_region(
-    model: Any, scores: torch.Tensor, n_tokens: int, from_frame: int, frames: int, height: int, width: int
+    model: HookedVideoTransformer,
+    scores: torch.Tensor,
+    n_tokens: int,
+    from_frame: int,
+    frames: int,
+    height: int,
+    width: int,
 ) -> tuple[list[int], np.ndarray]:
     """The ``n_tokens`` patch tokens of greatest |score| among frame slots from ``from_frame`` on, and
     the pixel mask of exactly those tokens."""
@@ -811,7 +833,7 @@ class OutcomeAnalysis:
 
 
 def outcome_analysis(
-    model: Any,
+    model: HookedVideoTransformer,
     positive: torch.Tensor,
     negative: torch.Tensor,
     c: int,
@@ -866,7 +888,7 @@ def outcome_analysis(
 
 
 # ---------------------------------------------------------------------------------------- (f)
-def probe_hooks(model: Any) -> list[str]:
+def probe_hooks(model: HookedVideoTransformer) -> list[str]:
     """The probed activations: resid_pre of every layer and the last resid_post."""
     L = model.cfg.n_layers
     return [f"blocks.{l}.hook_resid_pre" for l in range(L)] + [_last(model)]
@@ -916,7 +938,7 @@ class ProbeFeatures:
 
 
 def probe_pair_features(
-    model: Any, positive: torch.Tensor, negative: torch.Tensor, logits: torch.Tensor, acts: dict
+    model: HookedVideoTransformer, positive: torch.Tensor, negative: torch.Tensor, logits: torch.Tensor, acts: dict
 ) -> ProbeFeatures:
     """One pair's rows of ``probe_features`` from its logits [2, ...] and probe_hooks activations
     [2, P, d] (positive first), e.g. from the pair's shared runs."""
@@ -940,7 +962,10 @@ def probe_pair_features(
 
 
 def probe_features(
-    model: Any, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], *, known: Sequence[ProbeFeatures] = ()
+    model: HookedVideoTransformer,
+    pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    known: Sequence[ProbeFeatures] = (),
 ) -> ProbeFeatures:
     """CLS (when the model has one) and mean-token residual stream per layer (resid_pre 0..L-1 and the last resid_post),
     plus two pixel-space baselines: "pixels", spatially resolved (each tubelet's mean colour, every
@@ -1001,7 +1026,7 @@ class LayerProbes:
 
 
 def layer_probes(
-    model: Any,
+    model: HookedVideoTransformer,
     pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
     *,
     seed: int = 0,

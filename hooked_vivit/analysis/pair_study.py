@@ -20,7 +20,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,9 +31,18 @@ from hooked_vivit.analysis import report as rp
 from hooked_vivit.collection import Distributed, clip_loader, group_pairs, read_collection
 from hooked_vivit.output_dir import OutputDir, output_directory
 
+if TYPE_CHECKING:  # annotations only
+    from hooked_vivit.model import HookedVideoTransformer
+
 
 def pair_measures(
-    model: Any, positive: torch.Tensor, negative: torch.Tensor, *, outcome: bool, seed: int = 0, n_controls: int = 20
+    model: HookedVideoTransformer,
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    *,
+    outcome: bool,
+    seed: int = 0,
+    n_controls: int = 20,
 ) -> dict:
     """One pair's numbers, from the rendered study's per-pair functions (the per-pair part of
     pipeline.study_domain, without the rendered masks and divergence frame)."""
@@ -83,7 +92,7 @@ def merge_features(per_pair: list[dict]) -> ex.ProbeFeatures:
     return ex.ProbeFeatures.concat([p["features"] for p in per_pair])
 
 
-def summarize_pairs(model: Any, per_pair: list[dict], *, probe_folds: int = 5) -> dict:
+def summarize_pairs(model: HookedVideoTransformer, per_pair: list[dict], *, probe_folds: int = 5) -> dict:
     """The statistics of pipeline.study_domain over measured pairs (in order)."""
     L = model.cfg.n_layers
     arrays = {name: np.array([p["recovery"][name] for p in per_pair]) for name in ex.RECOVERY_VARIANTS}  # [pairs, 2, L]
@@ -114,7 +123,7 @@ def summarize_pairs(model: Any, per_pair: list[dict], *, probe_folds: int = 5) -
 
 
 def _measure_rank(
-    model: Any,
+    model: HookedVideoTransformer,
     clips: list,
     pairs: list,
     dist: Distributed,
@@ -148,7 +157,7 @@ def _measure_rank(
 
 
 def study_pairs(
-    model: Any,
+    model: HookedVideoTransformer,
     manifest: str | Path,
     out: str | Path,
     *,
@@ -223,7 +232,9 @@ def study_pairs(
     return result
 
 
-def write_pair_study(out: Path | OutputDir, model: Any, st: dict, *, overwrite: bool = False) -> Path:
+def write_pair_study(
+    out: Path | OutputDir, model: HookedVideoTransformer, st: dict, *, overwrite: bool = False
+) -> Path:
     data = {"model": model.cfg.model_name, "scope": rp.scope(model), "ci_level": 0.95, "studies": [st]}
     n = st["pairs"]
     with output_directory(out, overwrite=overwrite, writer="hooked-vivit study") as tmp:

@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ from hooked_vivit.causal.probes import bootstrap_ci
 from hooked_vivit.organism.data import ANALYSIS_SEEDS, recorded_seed_ranges, seed_use
 from hooked_vivit.output_dir import OutputDir, output_directory
 from hooked_vivit.video import load_video, preprocess
+
+if TYPE_CHECKING:  # annotations only
+    from hooked_vivit.model import HookedVideoTransformer
 
 DEFAULT_MODEL = "organism"
 
@@ -76,7 +79,7 @@ def check_seed(seed: int) -> str | None:
     return use
 
 
-def rendered_pair(model: Any, domain: str, seed: int = ANALYSIS_SEEDS["pair"]) -> Pair:
+def rendered_pair(model: HookedVideoTransformer, domain: str, seed: int = ANALYSIS_SEEDS["pair"]) -> Pair:
     check_seed(seed)
     cfg = model.cfg
     pos, neg, meta = synthetic.render_pair(domain, seed, num_frames=cfg.num_frames, size=min(cfg.image_size))
@@ -91,7 +94,7 @@ def rendered_pair(model: Any, domain: str, seed: int = ANALYSIS_SEEDS["pair"]) -
     )
 
 
-def video_pair(model: Any, clean: Path, corrupted: Path) -> Pair:
+def video_pair(model: HookedVideoTransformer, clean: Path, corrupted: Path) -> Pair:
     """Both clips read and checked before any analysis: one size (the report shows them side by side)."""
     n = model.cfg.num_frames
     pos, neg = load_video(clean, n), load_video(corrupted, n)
@@ -106,12 +109,14 @@ def video_pair(model: Any, clean: Path, corrupted: Path) -> Pair:
     return Pair(pos, neg, names)
 
 
-def model_pixels(model: Any, frames: np.ndarray) -> torch.Tensor:
+def model_pixels(model: HookedVideoTransformer, frames: np.ndarray) -> torch.Tensor:
     """uint8 frames -> pixel values [1, T, 3, H, W] sized by the model's config, on its device."""
     return preprocess(frames, config=model.cfg).to(model.W_E.device)
 
 
-def rendered_probe_pairs(model: Any, domain: str, n: int, seed0: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def rendered_probe_pairs(
+    model: HookedVideoTransformer, domain: str, n: int, seed0: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """n rendered (positive, negative) pixel pairs of a domain, seeds seed0.., for the probes."""
     cfg = model.cfg
     out = []
@@ -139,7 +144,7 @@ def recovery_summary(rec: dict) -> dict:
     return out
 
 
-def load_study_summary(model: Any) -> dict | None:
+def load_study_summary(model: HookedVideoTransformer) -> dict | None:
     """The shipped organism's precomputed study (hooked_vivit/organism/checkpoint/study_summary.json)
     when ``model`` is that organism (same name and weight fingerprint), else None."""
     from hooked_vivit import organism
@@ -158,7 +163,7 @@ def load_study_summary(model: Any) -> dict | None:
     return summary
 
 
-def weights_fingerprint(model: Any) -> float:
+def weights_fingerprint(model: HookedVideoTransformer) -> float:
     """Sum of |parameter| over the model, rounded: ties a study summary to the weights it came from."""
     with torch.no_grad():
         return round(float(sum(p.detach().double().abs().sum() for p in model.parameters())), 3)
@@ -201,7 +206,7 @@ def place_in_distribution(rec: dict, summary: dict, domain_key: str) -> dict | N
 
 
 def analyze_pair(
-    model: Any,
+    model: HookedVideoTransformer,
     pair: Pair,
     *,
     probe_pairs: int = 100,
@@ -577,7 +582,9 @@ def analysis_captions(results: dict) -> dict[str, str]:
     return out
 
 
-def write_analysis(out: Path | OutputDir, model: Any, pair: Pair, results: dict, *, overwrite: bool = False) -> Path:
+def write_analysis(
+    out: Path | OutputDir, model: HookedVideoTransformer, pair: Pair, results: dict, *, overwrite: bool = False
+) -> Path:
     """Write the report into ``out`` (see hooked_vivit.output_dir; pass a reserved ``OutputDir`` to have it
     checked and locked before the analysis runs)."""
     captions = analysis_captions(results)
@@ -805,7 +812,7 @@ def summarize_pair_statistics(deltas_cls: list, deltas_tok: list, arrays: dict[s
 
 
 def study_domain(
-    model: Any,
+    model: HookedVideoTransformer,
     domain: str,
     n_pairs: int,
     *,
@@ -1065,7 +1072,9 @@ def study_captions(data: dict) -> dict[tuple[str, str], str]:
     return out
 
 
-def write_study(out: Path | OutputDir, model: Any, studies: list[dict], *, overwrite: bool = False) -> Path:
+def write_study(
+    out: Path | OutputDir, model: HookedVideoTransformer, studies: list[dict], *, overwrite: bool = False
+) -> Path:
     data = {"model": model.cfg.model_name, "scope": rp.scope(model), "ci_level": 0.95, "studies": studies}
     captions = study_captions(data)
     with output_directory(out, overwrite=overwrite, writer="hooked-vivit study") as tmp:
@@ -1157,7 +1166,7 @@ def recovery_table_html(st: dict) -> str:
     return rp.table_html(rows, ["layer", "block", *st["recovery"]])
 
 
-def study_summary(model: Any, studies: list[dict], digits: int = 4) -> dict:
+def study_summary(model: HookedVideoTransformer, studies: list[dict], digits: int = 4) -> dict:
     """The compact summary shipped with the organism: per-pair recovery of every variant (for placing
     a single pair in the distribution), means with intervals, probes and outcome measures."""
     r = lambda x: np.round(np.asarray(x, dtype=np.float64), digits).tolist()  # noqa: E731
@@ -1278,7 +1287,7 @@ def study_tables_markdown(summary: dict) -> str:
 
 
 def run_study(
-    model: Any,
+    model: HookedVideoTransformer,
     domains: Sequence[str],
     n_pairs: int,
     out: Path | OutputDir,

@@ -6,13 +6,16 @@ import base64
 import html
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+if TYPE_CHECKING:  # annotations only
+    from hooked_vivit.model import HookedVideoTransformer
 
 COLORS = {
     "resid_pre": "#1f77b4",
@@ -303,7 +306,7 @@ PAPER_CLAIMS = (
 )
 
 
-def scope(model: Any, trained_on: str | None = None) -> dict:
+def scope(model: HookedVideoTransformer, trained_on: str | None = None) -> dict:
     """What the report is about: the model's shape, its training data and which of the reference
     paper's claims it can and cannot test."""
     cfg = model.cfg

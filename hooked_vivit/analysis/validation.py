@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -40,6 +40,9 @@ from hooked_vivit.causal.attribution import attribution_patch
 from hooked_vivit.causal.metrics import LogitDiff, SignalRecovery
 from hooked_vivit.causal.probes import bootstrap_ci
 from hooked_vivit.organism.data import ANALYSIS_SEEDS
+
+if TYPE_CHECKING:  # annotations only
+    from hooked_vivit.model import HookedVideoTransformer
 
 # Inside the reserved analysis range (no organism saw it), apart from the study's default seeds.
 VALIDATE_SEED0 = ANALYSIS_SEEDS["study"] + 500_000
@@ -71,14 +74,16 @@ class Subject:
     """A model, its minimal pairs per domain and what is known about it."""
 
     name: str
-    model: Any
+    model: HookedVideoTransformer
     pairs: dict[str, list[ValidationPair]]
     outcome_is_label: bool  # the model is known to carry the outcome (trained on it, or planted)
     truth: dict = field(default_factory=dict)  # planted: components, heads, carrying layer
 
 
 # ------------------------------------------------------------------------------------------ subjects
-def organism_pairs(model: Any, domain: str, n: int, seed0: int = VALIDATE_SEED0) -> list[ValidationPair]:
+def organism_pairs(
+    model: HookedVideoTransformer, domain: str, n: int, seed0: int = VALIDATE_SEED0
+) -> list[ValidationPair]:
     """n rendered minimal pairs of a domain at the model's size; the region is every object's pixels
     (either clip) from the divergence frame on. Classes when the model's labels name the outcomes."""
     cfg = model.cfg
@@ -99,7 +104,11 @@ def organism_pairs(model: Any, domain: str, n: int, seed0: int = VALIDATE_SEED0)
 
 
 def organism_subject(
-    name: str, n_pairs: int, domains: Sequence[str] = DOMAINS, seed0: int = VALIDATE_SEED0, model: Any = None
+    name: str,
+    n_pairs: int,
+    domains: Sequence[str] = DOMAINS,
+    seed0: int = VALIDATE_SEED0,
+    model: HookedVideoTransformer = None,
 ) -> Subject:
     from hooked_vivit import organism
 
@@ -168,7 +177,9 @@ def pooled_correlation(
 
 
 # ------------------------------------------------------------------------------------------ methods
-def _residual_patched(model: Any, clean_cache: Any, negative: torch.Tensor, measured: str) -> torch.Tensor:
+def _residual_patched(
+    model: HookedVideoTransformer, clean_cache: Any, negative: torch.Tensor, measured: str
+) -> torch.Tensor:
     """``measured`` on the negative run with the whole residual stream replaced by the positive run's,
     one row per layer (resid_pre 0..L-1, then the last resid_post)."""
     L = model.cfg.n_layers
@@ -191,7 +202,7 @@ def _residual_patched(model: Any, clean_cache: Any, negative: torch.Tensor, meas
     return captured["a"]
 
 
-def recovery(model: Any, pairs: list[ValidationPair], sanity_pairs: int) -> dict:
+def recovery(model: HookedVideoTransformer, pairs: list[ValidationPair], sanity_pairs: int) -> dict:
     """Component recovery in every variant per pair (mean, interval, the top component per variant),
     and the whole-residual patch at every layer on the first ``sanity_pairs`` pairs."""
     L = model.cfg.n_layers
@@ -234,14 +245,14 @@ def recovery(model: Any, pairs: list[ValidationPair], sanity_pairs: int) -> dict
     return out
 
 
-def _outcome_class(model: Any, p: ValidationPair) -> int:
+def _outcome_class(model: HookedVideoTransformer, p: ValidationPair) -> int:
     if p.classes is not None:
         return p.classes[0]
     with torch.inference_mode():
         return int(model(p.positive).argmax())
 
 
-def attribution_maps(model: Any, pairs: list[ValidationPair]) -> dict:
+def attribution_maps(model: HookedVideoTransformer, pairs: list[ValidationPair]) -> dict:
     """Differential token DLA and CLS attention per pair, as shares and enrichments on the region's tokens."""
     grid = model.cfg.grid
     dla_share, dla_enr, after_div, attn_enr, attn_share, dla_zero = [], [], [], [], [], 0
@@ -284,7 +295,7 @@ def attribution_maps(model: Any, pairs: list[ValidationPair]) -> dict:
     return out
 
 
-def region_ablation(model: Any, pairs: list[ValidationPair], n_controls: int, seed: int = 0) -> dict:
+def region_ablation(model: HookedVideoTransformer, pairs: list[ValidationPair], n_controls: int, seed: int = 0) -> dict:
     """Zero the region in each clip of a pair (and ``n_controls`` random equal-size boxes instead):
     the share of clips whose predicted class changes, and (outcome labels) changes to the twin class."""
     changed, twin, ctl_changed, ctl_twin, gap = [], [], [], [], []
@@ -324,7 +335,7 @@ def region_ablation(model: Any, pairs: list[ValidationPair], n_controls: int, se
     return out
 
 
-def attribution_vs_patching(model: Any, pairs: list[ValidationPair]) -> dict:
+def attribution_vs_patching(model: HookedVideoTransformer, pairs: list[ValidationPair]) -> dict:
     """Attribution patching against real denoising patching, per pair: attn_out and mlp_out by layer,
     z by head. Metric: the positive-minus-negative class logit difference when the outcome is the
     label, else the paper's recovery at CLS of the last resid_post."""
@@ -362,7 +373,7 @@ def attribution_vs_patching(model: Any, pairs: list[ValidationPair]) -> dict:
     return {"metric": metric_name, "pairs": len(pairs), **{k: pooled_correlation(est[k], act[k]) for k in est}}
 
 
-def probes(model: Any, pairs: list[ValidationPair]) -> dict:
+def probes(model: HookedVideoTransformer, pairs: list[ValidationPair]) -> dict:
     f = ex.probe_features(model, [(p.positive, p.negative) for p in pairs])
     res = ex.layer_probes(model, None, features=f)
     best = int(np.argmax([e.accuracy for e in res.cls]))

@@ -67,7 +67,7 @@ def _per_position_and_head(x: torch.Tensor, name: str, cfg: Any) -> torch.Tensor
     return x.permute(*[ranked.index(k) for k in keep])
 
 
-def _scores_on_tokens(model: Any, name: str, x: torch.Tensor) -> torch.Tensor:
+def _scores_on_tokens(model: HookedVideoTransformer, name: str, x: torch.Tensor) -> torch.Tensor:
     """_per_position_and_head, also for hooks that batch over positions or frames (TimeSformer's
     attentions: [batch * positions, frames, ...] / [batch * frames, 1 + patches, ...]), which the
     model first puts on its tokens (batched_hook_on_tokens): [n_ctx] or [n_ctx, head]."""

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:  # annotations only: the causal tools take any HookedVideoTransformer (ViViT, VideoMAE, ...)
+    from hooked_vivit.model import HookedVideoTransformer
+
     pass
 
 
@@ -24,12 +26,12 @@ POOLER_OUTPUT = "pooler.cross.hook_resid_post"  # V-JEPA 2's pooled vector, the 
 POOLER_LAYER = "pooler"  # the one readout-attention "layer" of an attentive pooler: its query's cross-attention
 
 
-def is_attentive(model: Any) -> bool:
+def is_attentive(model: HookedVideoTransformer) -> bool:
     """Whether the classifier reads an attentive pooler's output (V-JEPA 2), not a token of the residual stream."""
     return model.cfg.pooling == "attentive"
 
 
-def readout_name(model: Any) -> str:
+def readout_name(model: HookedVideoTransformer) -> str:
     if is_attentive(model):
         return "pooler output"
     if model.cfg.pooling == "mean":
@@ -37,7 +39,7 @@ def readout_name(model: Any) -> str:
     return "CLS" if model.cfg.grid.n_prefix else "first token"
 
 
-def readout_positions(model: Any) -> int | str:
+def readout_positions(model: HookedVideoTransformer) -> int | str:
     """SignalRecovery's positions for the readout: 0, "pooled" (the token mean), or "pooler" (V-JEPA 2:
     position 0 of ``POOLER_OUTPUT``, not of the residual stream: analysis.experiments.RecoveryVariants)."""
     if is_attentive(model):
@@ -45,35 +47,35 @@ def readout_positions(model: Any) -> int | str:
     return "pooled" if model.cfg.pooling == "mean" else 0
 
 
-def readout_hook(model: Any) -> str:
+def readout_hook(model: HookedVideoTransformer) -> str:
     """The activation the readout is read from: the last block's resid_post, or the pooler's output."""
     return POOLER_OUTPUT if is_attentive(model) else f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
 
 
-def readout(act: torch.Tensor, model: Any) -> torch.Tensor:
+def readout(act: torch.Tensor, model: HookedVideoTransformer) -> torch.Tensor:
     """[batch, pos, ...] of readout_hook -> [batch, ...] at the readout (the pooler's output has one position)."""
     return act.mean(1) if model.cfg.pooling == "mean" else act[:, 0]
 
 
-def layer_readout_name(model: Any) -> str:
+def layer_readout_name(model: HookedVideoTransformer) -> str:
     """Where per-layer results ("cls" deltas) read each layer's residual stream: the readout, or, when the
     readout is an attentive pooler that only the last layer feeds, the token mean standing in for it."""
     return "token mean" if is_attentive(model) else readout_name(model)
 
 
-def layer_readout(act: torch.Tensor, model: Any) -> torch.Tensor:
+def layer_readout(act: torch.Tensor, model: HookedVideoTransformer) -> torch.Tensor:
     """[batch, pos, ...] of any layer's residual-stream hook -> [batch, ...] at layer_readout_name."""
     return act.mean(1) if is_attentive(model) else readout(act, model)
 
 
-def readout_layers(model: Any) -> list:
+def readout_layers(model: HookedVideoTransformer) -> list:
     """The layers whose readout attention exists: every block (its CLS / token-0 / mean query row), or
     for an attentive pooler only its query's cross-attention (``POOLER_LAYER``): encoder blocks have no
     query that the classifier reads."""
     return [POOLER_LAYER] if is_attentive(model) else list(range(model.cfg.n_layers))
 
 
-def _check_readout_layers(model: Any, layers: Sequence) -> None:
+def _check_readout_layers(model: HookedVideoTransformer, layers: Sequence) -> None:
     if is_attentive(model) and list(layers) != [POOLER_LAYER]:
         raise ValueError(
             f"{type(model).__name__} reads its attentive pooler: the readout attention is the pooler query's "
@@ -81,7 +83,7 @@ def _check_readout_layers(model: Any, layers: Sequence) -> None:
         )
 
 
-def readout_attention(model: Any, pixel_values: torch.Tensor, layers: Sequence) -> torch.Tensor:
+def readout_attention(model: HookedVideoTransformer, pixel_values: torch.Tensor, layers: Sequence) -> torch.Tensor:
     """[layers, heads, n_ctx]: each head's weight on every source token as the readout sees it: the
     CLS (token 0) query row, or under mean pooling the mean of every query row (the pooled vector
     is that mean: mean_q sum_src pattern[q, src] v[src]); V-JEPA 2 (layers=["pooler"]): the pooler
@@ -113,7 +115,7 @@ def readout_attention(model: Any, pixel_values: torch.Tensor, layers: Sequence) 
     return torch.stack([rows[l] for l in layers])
 
 
-def class_direction(model: Any, c: int) -> torch.Tensor:
+def class_direction(model: HookedVideoTransformer, c: int) -> torch.Tensor:
     """The residual direction whose dot product with the final-LN-normalised (centred, divided by
     scale) readout vector gives the class logit (minus a constant): ln_final.w * W_U[:, c]. V-JEPA 2:
     W_U[:, c], the direction of the pooled vector (the classifier reads it with no norm in between)."""
@@ -123,7 +125,7 @@ def class_direction(model: Any, c: int) -> torch.Tensor:
     return (w * model.W_U[:, c]).detach()
 
 
-def cls_row_and_values(model: Any, cache: Any, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+def cls_row_and_values(model: HookedVideoTransformer, cache: Any, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first clip's readout attention row [H, n_ctx] and values [n_ctx, H, E] of ``layer`` on the token
     grid: the CLS query row, or under mean pooling the mean of every query row. TimeSformer (spatial attention per frame, CLS outputs averaged over frames): CLS's
     effective row and the values of every frame's tokens (hooked_vivit.timesformer)."""
@@ -136,13 +138,13 @@ def cls_row_and_values(model: Any, cache: Any, layer: int) -> tuple[torch.Tensor
     return pattern[0, :, 0], v[0]
 
 
-def uses_pattern_rows(model: Any) -> bool:
+def uses_pattern_rows(model: HookedVideoTransformer) -> bool:
     """Whether the readout reads one query row (token 0, on the fused path) rather than every row
     (mean pooling) or rows spread over frames (TimeSformer)."""
     return model.cfg.pooling == "first" and not hasattr(model, "cls_pattern_on_tokens")
 
 
-def readout_row(model: Any, cache: Any, layer: int | str) -> torch.Tensor:
+def readout_row(model: HookedVideoTransformer, cache: Any, layer: int | str) -> torch.Tensor:
     """[H, n_ctx]: the first clip's readout attention row of ``layer`` from a cache holding that
     layer's ``hook_pattern_rows`` (token 0's row) or its ``hook_pattern`` and ``hook_v``; V-JEPA 2
     (layer "pooler"): the pooler query's row, from ``pooler.cross.attn.hook_pattern``."""
@@ -155,7 +157,7 @@ def readout_row(model: Any, cache: Any, layer: int | str) -> torch.Tensor:
     return cls_row_and_values(model, cache, layer)[0]
 
 
-def token_dla(model: Any, pixel_values: torch.Tensor, c: int, *, run: Any = None) -> dict:
+def token_dla(model: HookedVideoTransformer, pixel_values: torch.Tensor, c: int, *, run: Any = None) -> dict:
     """Direct logit attribution of every (layer, head, source token) to class ``c`` through the
     readout: w[h, src] * (v[src, h] @ W_O[h]), centred and divided by the final LayerNorm's scale at
     the readout (exactly what that LayerNorm does to it), dotted with the class direction; w is the
@@ -212,7 +214,7 @@ POOLER_DLA_HOOKS = (
 )
 
 
-def pooler_token_dla(model: Any, pixel_values: torch.Tensor, c: int, *, run: Any = None) -> dict:
+def pooler_token_dla(model: HookedVideoTransformer, pixel_values: torch.Tensor, c: int, *, run: Any = None) -> dict:
     """Direct logit attribution through V-JEPA 2's attentive pooler: what each (head, source token)
     writes to class ``c`` through the query's cross-attention.
 

@@ -156,7 +156,7 @@ class _Start:
     in_stream: bool = False
 
 
-def _stream_start(model: Any, patch: Patch, metric_hooks: Sequence[str]) -> _Start | None:
+def _stream_start(model: HookedVideoTransformer, patch: Patch, metric_hooks: Sequence[str]) -> _Start | None:
     """The start of a run with ``patch`` applied to the stream, or None where it must run by hook: the
     model cannot run part of a block, a hook on the skipped work of the patched block, or a metric
     hook the run would not reach."""
@@ -176,7 +176,7 @@ def _stream_start(model: Any, patch: Patch, metric_hooks: Sequence[str]) -> _Sta
     return start if all(_reached(model, h, start) for h in metric_hooks) else None
 
 
-def _reached(model: Any, name: str, start: _Start) -> bool:
+def _reached(model: HookedVideoTransformer, name: str, start: _Start) -> bool:
     """Whether hook ``name`` fires in a run from ``start``, or is the stream it starts from."""
     m = _LAYER.match(name)
     if m is None:
@@ -231,7 +231,9 @@ def _patched_stream(patch: Patch, source_cache: Any, target: dict[str, torch.Ten
     return target[base[0]] + patched if base else patched
 
 
-def _readout_rows(model: Any, metric_hooks: Sequence[str], start: _Start, hooked_layers: set[int]) -> list[int] | None:
+def _readout_rows(
+    model: HookedVideoTransformer, metric_hooks: Sequence[str], start: _Start, hooked_layers: set[int]
+) -> list[int] | None:
     """[0] where the last block need compute only the readout row: the metric reads only the logits, the
     model reads token 0, and no hook (the chunk's patches, or the user's) sits in that block or after it."""
     L = model.cfg.n_layers
@@ -255,7 +257,7 @@ def _pos_axis(hook: str, cfg: Any = None) -> int | None:
     return hook_layout.pos_axis(hook, cfg)  # an attention map's query axis
 
 
-def _rows_per_clip(model: Any, hook: str) -> int:
+def _rows_per_clip(model: HookedVideoTransformer, hook: str) -> int:
     """Leading-axis rows per clip: 1, or frames / positions for TimeSformer's attention hooks,
     which batch over [batch * frames] or [batch * positions] (clip-major)."""
     shape = hook_shape(model.cfg, hook, 1)

@@ -22,11 +22,14 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+if TYPE_CHECKING:  # annotations only
+    from hooked_vivit.model import HookedVideoTransformer
 
 PROVENANCE_COLUMNS = ("clip", "token", "slot", "row", "col", "is_prefix")
 # Seeds the SAE data is rendered from: above every range the organism and the analysis use
@@ -37,7 +40,7 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 _NOT_PER_TOKEN = ("hook_attn_scores", "hook_pattern", "hook_pattern_rows")
 
 
-def hook_layer(model: Any, hook: str) -> int | None:
+def hook_layer(model: HookedVideoTransformer, hook: str) -> int | None:
     """The block a hook lives in (None: before the blocks, i.e. the embedding; n_layers: after them)."""
     if hook not in model.hook_dict:
         model.check_hook_names([hook])  # the library's message (nearest names, get_act_name shorthand)
@@ -53,7 +56,7 @@ def hook_layer(model: Any, hook: str) -> int | None:
     return None
 
 
-def hook_d_in(model: Any, hook: str) -> int:
+def hook_d_in(model: HookedVideoTransformer, hook: str) -> int:
     """The SAE input width of a hook: the last dims of its activation flattened (hook_z: heads * d_head)."""
     from hooked_vivit.cache_memory import hook_shape
 
@@ -213,7 +216,7 @@ class ActivationSource:
     decode clips while the model runs. ``include_prefix=False`` drops CLS tokens. Iterating again
     replays the same clips (the same order with the same ``seed``)."""
 
-    model: Any
+    model: HookedVideoTransformer
     hook: str
     clips: Dataset
     batch_size: int = 4096

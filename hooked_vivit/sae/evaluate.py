@@ -15,12 +15,15 @@ classifier, and how steady its features are in time.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from hooked_vivit.sae.activations import ActivationSource
 from hooked_vivit.sae.splice import splice
+
+if TYPE_CHECKING:  # annotations only
+    from hooked_vivit.model import HookedVideoTransformer
 
 DENSE_FREQUENCY = 0.1
 MIN_ACTIVE = 10
@@ -82,7 +85,9 @@ def temporal_coherence(features: torch.Tensor, grid: Any, min_active: int = MIN_
     }
 
 
-def evaluate(model: Any, sae: Any, source: ActivationSource, *, labels: list[int] | None = None) -> dict[str, Any]:
+def evaluate(
+    model: HookedVideoTransformer, sae: Any, source: ActivationSource, *, labels: list[int] | None = None
+) -> dict[str, Any]:
     """Every metric of the module docstring on the clips of ``source`` (unshuffled, all tokens).
 
     ``labels`` (class index per clip) default to the clip set's own (synthetic clips on the organism)."""

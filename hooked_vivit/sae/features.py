@@ -8,15 +8,18 @@ unpatched runs are the model's own and a feature edit is the only change.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from hooked_vivit.sae.splice import feature_acts, splice
 
+if TYPE_CHECKING:  # annotations only
+    from hooked_vivit.model import HookedVideoTransformer
 
-def clip_features(model: Any, sae: Any, hook: str, dataset: Any, *, batch: int = 16) -> torch.Tensor:
+
+def clip_features(model: HookedVideoTransformer, sae: Any, hook: str, dataset: Any, *, batch: int = 16) -> torch.Tensor:
     """Feature activations [clips, n_ctx, d_sae] of every clip of a SyntheticClips / VideoFolder."""
     out = []
     for i in range(0, len(dataset), batch):
@@ -60,7 +63,9 @@ def feature_map(features: torch.Tensor, feature: int, grid: Any) -> tuple[float,
     return cls_value, patches.numpy()
 
 
-def overlay_strip(model: Any, frames: np.ndarray, slot_maps: np.ndarray, vmax: float | None = None) -> np.ndarray:
+def overlay_strip(
+    model: HookedVideoTransformer, frames: np.ndarray, slot_maps: np.ndarray, vmax: float | None = None
+) -> np.ndarray:
     """One row: the first frame of every frame slot with that slot's map blended on (hooked_vivit.viewer.overlay)."""
     from hooked_vivit.viewer import overlay
 
@@ -81,7 +86,12 @@ def overlay_strip(model: Any, frames: np.ndarray, slot_maps: np.ndarray, vmax: f
 
 # ------------------------------------------------------------------------------------ minimal pairs
 def pair_differences(
-    model: Any, sae: Any, hook: str, positive: torch.Tensor, negative: torch.Tensor, divergence_frame: int
+    model: HookedVideoTransformer,
+    sae: Any,
+    hook: str,
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    divergence_frame: int,
 ) -> dict:
     """Per feature, the summed activation difference (positive - negative) over the patch tokens of
     the frame slots from the divergence frame's slot on, and the features ranked by its size."""
@@ -106,7 +116,7 @@ def pair_differences(
 
 
 def feature_patching(
-    model: Any,
+    model: HookedVideoTransformer,
     sae: Any,
     hook: str,
     positive: torch.Tensor,

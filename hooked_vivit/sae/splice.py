@@ -15,11 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from transformer_lens.hook_points import HookPoint
+
+if TYPE_CHECKING:  # annotations only
+    from hooked_vivit.model import HookedVideoTransformer
 
 SAE_HOOKS = ("hook_sae_input", "hook_sae_acts_pre", "hook_sae_acts_post", "hook_sae_recons", "hook_sae_output")
 
@@ -55,13 +58,13 @@ class _Splice(nn.Module):
         return out.to(dtype).reshape(shape)
 
 
-def _hook_point(model: Any, hook: str) -> HookPoint:
+def _hook_point(model: HookedVideoTransformer, hook: str) -> HookPoint:
     if hook not in model.hook_dict:
         model.check_hook_names([hook])
     return model.hook_dict[hook]
 
 
-def _check_width(model: Any, sae: Any, hook: str) -> None:
+def _check_width(model: HookedVideoTransformer, sae: Any, hook: str) -> None:
     from hooked_vivit.sae.activations import hook_d_in
 
     d_in = hook_d_in(model, hook)
@@ -73,7 +76,7 @@ def _check_width(model: Any, sae: Any, hook: str) -> None:
 
 
 @contextmanager
-def splice(model: Any, sae: Any, hook: str, *, use_error_term: bool = False) -> Iterator[Any]:
+def splice(model: HookedVideoTransformer, sae: Any, hook: str, *, use_error_term: bool = False) -> Iterator[Any]:
     """Route ``hook`` through ``sae`` inside the block; yields the model."""
     point = _hook_point(model, hook)
     _check_width(model, sae, hook)
@@ -100,7 +103,7 @@ def splice(model: Any, sae: Any, hook: str, *, use_error_term: bool = False) -> 
 
 
 def feature_acts(
-    model: Any, sae: Any, hook: str, pixel_values: torch.Tensor, *, use_error_term: bool = True
+    model: HookedVideoTransformer, sae: Any, hook: str, pixel_values: torch.Tensor, *, use_error_term: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, feature activations [batch, n_ctx, d_sae]) of a spliced run (default: with the
     error term, so the logits are the model's own)."""
