@@ -1,6 +1,6 @@
 """Patching metrics (after Zhang & Nanda 2024, "Towards best practices of activation patching").
 
-The scoring protocol (``score``), shared by the patching engine and attribution patching: a metric
+The scoring protocol (``metric_rows``), shared by the patching engine and attribution patching: a metric
 returns one value per batch row (``Tensor[batch]``), so a batched sweep scores each patched variant
 separately; ``logits`` are [batch, n_classes].
 
@@ -74,14 +74,11 @@ def metric_hooks(metric: Callable) -> tuple[str, ...]:
     return tuple(getattr(metric, "hooks", ()))
 
 
-def score(metric: Callable, logits: torch.Tensor, activations: Activations) -> torch.Tensor:
+def metric_rows(metric: Callable, logits: torch.Tensor, activations: Activations) -> torch.Tensor:
     """Score a batch under the protocol above: ``metric(logits, activations)`` for a metric with
     ``.hooks`` (a ``Metric``), ``metric(logits)`` for any other callable; [batch] values."""
     out = metric(logits, activations) if hasattr(metric, "hooks") else metric(logits)
     return torch.as_tensor(out)
-
-
-metric_rows = score  # the name the patching engine and attribution patching import
 
 
 def _index(c, logits: torch.Tensor) -> torch.Tensor:
