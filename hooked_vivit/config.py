@@ -62,6 +62,67 @@ def pixel_constants(preprocessor: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def hf_config_fields(
+    hf_config: Any,
+    *,
+    model_type: str,
+    label: str,
+    architecture: str,
+    d_model: int = 768,
+    n_heads: int = 12,
+    n_layers: int = 12,
+    eps: float = 1e-6,
+    act_fn: str = "gelu",
+    head_dim_key: bool = False,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A transformers config (object or config.json dict) as a dict, and the config fields every
+    architecture reads under the same keys (BERT-style names; the defaults are each architecture's).
+    ``head_dim_key``: the heads may span ``head_dim`` dimensions instead of hidden_size / heads (ViViT)."""
+    d = hf_config if isinstance(hf_config, Mapping) else hf_config.to_dict()
+    got = d.get("model_type", model_type)
+    if got != model_type:
+        raise ValueError(f"expected a {label} config (model_type {model_type!r}), got {got!r}")
+    width, heads = int(d.get("hidden_size", d_model)), int(d.get("num_attention_heads", n_heads))
+    if head_dim_key:
+        # transformers reads getattr(config, "head_dim", hidden_size // num_attention_heads): the heads
+        # may span fewer (or more) dimensions than hidden_size; W_O maps them back.
+        head_dim = d.get("head_dim")
+        d_head = int(head_dim) if head_dim is not None else width // max(heads, 1)
+    else:
+        if heads < 1 or width % heads:
+            raise ValueError(
+                f"hidden_size {width} must be a multiple of num_attention_heads {heads} (as transformers requires)"
+            )
+        d_head = width // heads
+    id2label = d.get("id2label") or {}
+    fields = dict(
+        d_model=width,
+        d_head=d_head,
+        n_heads=heads,
+        n_layers=int(d.get("num_hidden_layers", n_layers)),
+        eps=float(d.get("layer_norm_eps", eps)),
+        act_fn=str(d.get("hidden_act", act_fn)),
+        # transformers' save_pretrained leaves the default two labels out of config.json: 2, as it reads.
+        # num_labels <= 0: transformers' head is the identity (the embedding), a backbone here.
+        n_classes=len(id2label) if id2label else max(0, int(d.get("num_labels", 2))),
+        id2label=id2label,
+        qkv_bias=bool(d.get("qkv_bias", True)),
+        initializer_range=float(d.get("initializer_range", 0.02)),
+        model_name=str(d.get("_name_or_path") or model_type),
+        original_architecture=str((d.get("architectures") or [architecture])[0]),
+    )
+    return d, fields
+
+
+def with_saved_settings(d: Mapping[str, Any], fields: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``fields`` updated by the checkpoint's pixel constants (preprocessor_config.json, read into
+    ``d["preprocessor"]`` by the loader), the processing flags save_pretrained wrote, then ``overrides``."""
+    fields.update(pixel_constants(d.get("preprocessor") or {}))
+    fields.update(d.get("hooked_vivit", {}))
+    fields.update(overrides)
+    return fields
+
+
 @dataclass
 class HookedViViTConfig(TransformerLensConfig):
     # TransformerLensConfig's required fields, given ViViT-B defaults (n_ctx is derived).
@@ -192,16 +253,14 @@ class HookedViViTConfig(TransformerLensConfig):
     @classmethod
     def from_hf_config(cls, hf_config: Any, **overrides: Any) -> HookedViViTConfig:
         """Build from a `transformers.VivitConfig` or its config.json dict."""
-        d = hf_config if isinstance(hf_config, Mapping) else hf_config.to_dict()
-        model_type = d.get("model_type", "vivit")
-        if model_type != "vivit":
-            raise ValueError(f"expected a ViViT config (model_type 'vivit'), got {model_type!r}")
-        d_model = int(d.get("hidden_size", 768))
-        n_heads = int(d.get("num_attention_heads", 12))
-        # transformers reads getattr(config, "head_dim", hidden_size // num_attention_heads): the heads
-        # may span fewer (or more) dimensions than hidden_size; W_O maps them back.
-        head_dim = d.get("head_dim")
-        d_head = int(head_dim) if head_dim is not None else d_model // max(n_heads, 1)
+        d, kwargs = hf_config_fields(
+            hf_config,
+            model_type="vivit",
+            label="ViViT",
+            architecture="VivitForVideoClassification",
+            act_fn="gelu_fast",
+            head_dim_key=True,
+        )
         image_size = d.get("image_size", 224)
         if not isinstance(image_size, int):
             # transformers reads image_size[0] and [1] only: a longer list works there, extras ignored.
@@ -209,33 +268,14 @@ class HookedViViTConfig(TransformerLensConfig):
             if len(image_size) < 2:
                 raise ValueError(f"image_size must be an int or (height, width), got {d.get('image_size')!r}")
             image_size = tuple(image_size[:2])
-        id2label = d.get("id2label") or {}
-        archs = d.get("architectures") or ["VivitForVideoClassification"]
-        # transformers' save_pretrained leaves the default two labels out of config.json: 2, as it reads.
-        # num_labels <= 0: transformers' head is the identity (the CLS embedding), as a backbone here.
-        n_classes = len(id2label) if id2label else max(0, int(d.get("num_labels", 2)))
-        kwargs: dict[str, Any] = dict(
-            d_model=d_model,
-            d_head=d_head,
-            n_heads=n_heads,
-            n_layers=int(d.get("num_hidden_layers", 12)),
+        kwargs.update(
             d_mlp=int(d.get("intermediate_size", 3072)),
-            eps=float(d.get("layer_norm_eps", 1e-6)),
-            act_fn=str(d.get("hidden_act", "gelu_fast")),
             num_frames=int(d.get("num_frames", 32)),
             image_size=image_size,
             tubelet_size=tuple(d.get("tubelet_size", (2, 16, 16))),
             n_channels=int(d.get("num_channels", 3)),
-            n_classes=n_classes,
-            id2label=id2label,
-            qkv_bias=bool(d.get("qkv_bias", True)),
-            initializer_range=float(d.get("initializer_range", 0.02)),
-            model_name=str(d.get("_name_or_path") or "vivit"),
-            original_architecture=str(archs[0]),
         )
-        kwargs.update(pixel_constants(d.get("preprocessor") or {}))
-        kwargs.update(d.get("hooked_vivit", {}))  # processing flags saved by save_pretrained
-        kwargs.update(overrides)
+        kwargs = with_saved_settings(d, kwargs, overrides)
         return cls(**kwargs)
 
     def to_hf_config_dict(self) -> dict[str, Any]:

@@ -17,7 +17,7 @@ own batch layout; ``TIMESFORMER_HOOK_AXES`` names every axis, and ``spatial_to_t
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +32,7 @@ from hooked_vivit.components.divided_space_time_block import DividedSpaceTimeBlo
 from hooked_vivit.components.embed import TubeletEmbed
 from hooked_vivit.components.hook_layout import HookLayout
 from hooked_vivit.components.time_embed import FramePosEmbed, TimeEmbed
-from hooked_vivit.config import HookedViViTConfig, pixel_constants
+from hooked_vivit.config import HookedViViTConfig, hf_config_fields, with_saved_settings
 from hooked_vivit.model import HookedVideoTransformer, PixelValues
 
 # Hook leaf -> named axes, for the hooks whose layout differs from [batch, n_ctx, ...]
@@ -150,19 +150,17 @@ class HookedTimeSformerConfig(HookedViViTConfig):
     @classmethod
     def from_hf_config(cls, hf_config: Any, **overrides: Any) -> HookedTimeSformerConfig:
         """Build from a `transformers.TimesformerConfig` or its config.json dict."""
-        d = hf_config if isinstance(hf_config, Mapping) else hf_config.to_dict()
-        if d.get("model_type", "timesformer") != "timesformer":
-            raise ValueError(f"expected a TimeSformer config (model_type 'timesformer'), got {d.get('model_type')!r}")
+        d, kwargs = hf_config_fields(
+            hf_config,
+            model_type="timesformer",
+            label="TimeSformer",
+            architecture="TimesformerForVideoClassification",
+        )
         attention_type = d.get("attention_type", "divided_space_time")
         if attention_type != "divided_space_time":
             raise ValueError(
                 f"HookedTimeSformer supports attention_type 'divided_space_time' only, got {attention_type!r} "
                 "(space_only and joint_space_time checkpoints are not supported)"
-            )
-        d_model, n_heads = int(d.get("hidden_size", 768)), int(d.get("num_attention_heads", 12))
-        if n_heads < 1 or d_model % n_heads:
-            raise ValueError(
-                f"hidden_size {d_model} must be a multiple of num_attention_heads {n_heads} (as transformers requires)"
             )
         image_size, patch = d.get("image_size", 224), d.get("patch_size", 16)
         if not isinstance(image_size, int) or not isinstance(patch, int):
@@ -171,29 +169,14 @@ class HookedTimeSformerConfig(HookedViViTConfig):
                 f"TimeSformer's image_size and patch_size must be ints (square frames and patches, as "
                 f"transformers' TimesformerLayer requires), got {image_size!r} and {patch!r}"
             )
-        id2label = d.get("id2label") or {}
-        kwargs: dict[str, Any] = dict(
-            d_model=d_model,
-            d_head=d_model // n_heads,
-            n_heads=n_heads,
-            n_layers=int(d.get("num_hidden_layers", 12)),
+        kwargs.update(
             d_mlp=int(d.get("intermediate_size", 3072)),
-            eps=float(d.get("layer_norm_eps", 1e-6)),
-            act_fn=str(d.get("hidden_act", "gelu")),
             num_frames=int(d.get("num_frames", 8)),
             image_size=image_size,
             tubelet_size=(1, patch, patch),
             n_channels=int(d.get("num_channels", 3)),
-            n_classes=len(id2label) if id2label else max(0, int(d.get("num_labels", 2))),
-            id2label=id2label,
-            qkv_bias=bool(d.get("qkv_bias", True)),
-            initializer_range=float(d.get("initializer_range", 0.02)),
-            model_name=str(d.get("_name_or_path") or "timesformer"),
-            original_architecture=str((d.get("architectures") or ["TimesformerForVideoClassification"])[0]),
         )
-        kwargs.update(pixel_constants(d.get("preprocessor") or {}))
-        kwargs.update(d.get("hooked_vivit", {}))
-        kwargs.update(overrides)
+        kwargs = with_saved_settings(d, kwargs, overrides)
         return cls(**kwargs)
 
     def to_hf_config_dict(self) -> dict[str, Any]:

@@ -9,14 +9,13 @@ ViViT's; ``ln_final`` is fc_norm and its hooks fire on the pooled vector [batch,
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from jaxtyping import Float
 
-from hooked_vivit.config import HookedViViTConfig, pixel_constants
+from hooked_vivit.config import HookedViViTConfig, hf_config_fields, with_saved_settings
 from hooked_vivit.model import ClassIndices, HookedVideoTransformer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # VideoMAE checkpoints' preprocessor_config.json
@@ -43,44 +42,28 @@ class HookedVideoMAEConfig(HookedViViTConfig):
     @classmethod
     def from_hf_config(cls, hf_config: Any, **overrides: Any) -> HookedVideoMAEConfig:
         """Build from a `transformers.VideoMAEConfig` or its config.json dict."""
-        d = hf_config if isinstance(hf_config, Mapping) else hf_config.to_dict()
-        if d.get("model_type", "videomae") != "videomae":
-            raise ValueError(f"expected a VideoMAE config (model_type 'videomae'), got {d.get('model_type')!r}")
-        d_model, n_heads = int(d.get("hidden_size", 768)), int(d.get("num_attention_heads", 12))
-        if n_heads < 1 or d_model % n_heads:
-            raise ValueError(
-                f"hidden_size {d_model} must be a multiple of num_attention_heads {n_heads} (as transformers requires)"
-            )
+        d, kwargs = hf_config_fields(
+            hf_config,
+            model_type="videomae",
+            label="VideoMAE",
+            architecture="VideoMAEForVideoClassification",
+            eps=1e-12,
+        )
         patch = d.get("patch_size", 16)
         ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)[:2]
         image_size = d.get("image_size", 224)
-        image_size = image_size if isinstance(image_size, int) else tuple(image_size)[:2]
-        id2label = d.get("id2label") or {}
         mean_pooling = bool(d.get("use_mean_pooling", True))
-        kwargs: dict[str, Any] = dict(
-            d_model=d_model,
-            d_head=d_model // n_heads,
-            n_heads=n_heads,
-            n_layers=int(d.get("num_hidden_layers", 12)),
+        kwargs.update(
             d_mlp=int(d.get("intermediate_size", 3072)),
-            eps=float(d.get("layer_norm_eps", 1e-12)),
-            act_fn=str(d.get("hidden_act", "gelu")),
             num_frames=int(d.get("num_frames", 16)),
-            image_size=image_size,
+            image_size=image_size if isinstance(image_size, int) else tuple(image_size)[:2],
             tubelet_size=(int(d.get("tubelet_size", 2)), int(ph), int(pw)),
             n_channels=int(d.get("num_channels", 3)),
-            n_classes=len(id2label) if id2label else max(0, int(d.get("num_labels", 2))),
-            id2label=id2label,
             qkv_bias=bool(d.get("qv_bias", d.get("qkv_bias", True))),
             pooling="mean" if mean_pooling else "first",
             final_norm_eps=1e-5 if mean_pooling else None,
-            initializer_range=float(d.get("initializer_range", 0.02)),
-            model_name=str(d.get("_name_or_path") or "videomae"),
-            original_architecture=str((d.get("architectures") or ["VideoMAEForVideoClassification"])[0]),
         )
-        kwargs.update(pixel_constants(d.get("preprocessor") or {}))
-        kwargs.update(d.get("hooked_vivit", {}))
-        kwargs.update(overrides)
+        kwargs = with_saved_settings(d, kwargs, overrides)
         return cls(**kwargs)
 
     def to_hf_config_dict(self) -> dict[str, Any]:

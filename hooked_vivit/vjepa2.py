@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +33,7 @@ from hooked_vivit.components import LayerNorm, TransformerBlock, TubeletEmbed, U
 from hooked_vivit.components.attentive_pooler import AttentivePooler
 from hooked_vivit.components.hook_layout import HookLayout
 from hooked_vivit.components.rotary_attention import RotaryAttention
-from hooked_vivit.config import HookedViViTConfig, pixel_constants
+from hooked_vivit.config import HookedViViTConfig, hf_config_fields, with_saved_settings
 from hooked_vivit.model import HookedVideoTransformer, PixelValues
 from hooked_vivit.videomae import IMAGENET_MEAN, IMAGENET_STD
 
@@ -149,43 +148,28 @@ class HookedVJEPA2Config(HookedViViTConfig):
     @classmethod
     def from_hf_config(cls, hf_config: Any, **overrides: Any) -> HookedVJEPA2Config:
         """Build from a `transformers.VJEPA2Config` or its config.json dict."""
-        d = hf_config if isinstance(hf_config, Mapping) else hf_config.to_dict()
-        if d.get("model_type", "vjepa2") != "vjepa2":
-            raise ValueError(f"expected a V-JEPA 2 config (model_type 'vjepa2'), got {d.get('model_type')!r}")
-        d_model, n_heads = int(d.get("hidden_size", 1024)), int(d.get("num_attention_heads", 16))
-        if n_heads < 1 or d_model % n_heads:
-            raise ValueError(
-                f"hidden_size {d_model} must be a multiple of num_attention_heads {n_heads} (as transformers requires)"
-            )
+        d, kwargs = hf_config_fields(
+            hf_config,
+            model_type="vjepa2",
+            label="V-JEPA 2",
+            architecture="VJEPA2ForVideoClassification",
+            d_model=1024,
+            n_heads=16,
+            n_layers=24,
+        )
         patch = d.get("patch_size", 16)
-        patch = int(
-            patch if isinstance(patch, int) else tuple(patch)[0]
-        )  # transformers' Conv3d reads patch_size as one int
-        id2label = d.get("id2label") or {}
-        kwargs: dict[str, Any] = dict(
-            d_model=d_model,
-            d_head=d_model // n_heads,
-            n_heads=n_heads,
-            n_layers=int(d.get("num_hidden_layers", 24)),
+        patch = int(patch if isinstance(patch, int) else tuple(patch)[0])  # transformers' Conv3d reads one int
+        d_model = kwargs["d_model"]
+        kwargs.update(
             d_mlp=int(d_model * float(d.get("mlp_ratio", 4.0))),
             pooler_d_mlp=int(d_model * 4.0),
             n_pooler_layers=int(d.get("num_pooler_layers", 3)),
-            eps=float(d.get("layer_norm_eps", 1e-6)),
-            act_fn=str(d.get("hidden_act", "gelu")),
             num_frames=int(d.get("frames_per_clip", 64)),
             image_size=int(d.get("crop_size", 256)),
             tubelet_size=(int(d.get("tubelet_size", 2)), patch, patch),
             n_channels=int(d.get("in_chans", 3)),
-            n_classes=len(id2label) if id2label else max(0, int(d.get("num_labels", 2))),
-            id2label=id2label,
-            qkv_bias=bool(d.get("qkv_bias", True)),
-            initializer_range=float(d.get("initializer_range", 0.02)),
-            model_name=str(d.get("_name_or_path") or "vjepa2"),
-            original_architecture=str((d.get("architectures") or ["VJEPA2ForVideoClassification"])[0]),
         )
-        kwargs.update(pixel_constants(d.get("preprocessor") or {}))
-        kwargs.update(d.get("hooked_vivit", {}))
-        kwargs.update(overrides)
+        kwargs = with_saved_settings(d, kwargs, overrides)
         return cls(**kwargs)
 
     def to_hf_config_dict(self) -> dict[str, Any]:
