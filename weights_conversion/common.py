@@ -80,3 +80,61 @@ def shapes_after_conversion(
     with torch.device("meta"):
         hf = {k: torch.empty(shape) for k, shape in hf_shapes.items()}
     return {k: tuple(v.shape) for k, v in hf_to_hooked(hf, cfg).items()}
+
+
+def activation_shapes(cfg: Any) -> dict[str, tuple[int, ...]]:
+    """The learned activation's tensors (``hidden_act="prelu"``: its weight), by name; {} for most."""
+    from hooked_vivit.components.mlp import make_activation  # the MLP component owns that list
+
+    with torch.device("meta"):
+        act = make_activation(cfg.act_fn)
+    return {k: tuple(v.shape) for k, v in act.state_dict().items()} if isinstance(act, torch.nn.Module) else {}
+
+
+# The MLP and classifier as BERT-style checkpoints (VideoMAE, TimeSformer) name them, per layer prefix p
+# ("encoder.layer.{i}.") and hooked block prefix b ("blocks.{i}."). Linear weights are [out, in] there,
+# [in, out] here.
+def bert_mlp_shapes(cfg: Any, p: str) -> dict[str, tuple[int, ...]]:
+    shapes = {
+        p + "intermediate.dense.weight": (cfg.d_mlp, cfg.d_model),
+        p + "intermediate.dense.bias": (cfg.d_mlp,),
+        p + "output.dense.weight": (cfg.d_model, cfg.d_mlp),
+        p + "output.dense.bias": (cfg.d_model,),
+    }
+    shapes.update({p + f"intermediate.intermediate_act_fn.{name}": s for name, s in activation_shapes(cfg).items()})
+    return shapes
+
+
+def bert_mlp_to_hooked(sd: StateDict, cfg: Any, p: str, b: str) -> StateDict:
+    out = {
+        b + "mlp.W_in": sd[p + "intermediate.dense.weight"].T,
+        b + "mlp.b_in": sd[p + "intermediate.dense.bias"],
+        b + "mlp.W_out": sd[p + "output.dense.weight"].T,
+        b + "mlp.b_out": sd[p + "output.dense.bias"],
+    }
+    out.update(
+        {b + f"mlp.act.{name}": sd[p + f"intermediate.intermediate_act_fn.{name}"] for name in activation_shapes(cfg)}
+    )
+    return out
+
+
+def bert_mlp_to_hf(sd: StateDict, cfg: Any, b: str, p: str) -> StateDict:
+    out = {
+        p + "intermediate.dense.weight": sd[b + "mlp.W_in"].T,
+        p + "intermediate.dense.bias": sd[b + "mlp.b_in"],
+        p + "output.dense.weight": sd[b + "mlp.W_out"].T,
+        p + "output.dense.bias": sd[b + "mlp.b_out"],
+    }
+    out.update(
+        {p + f"intermediate.intermediate_act_fn.{name}": sd[b + f"mlp.act.{name}"] for name in activation_shapes(cfg)}
+    )
+    return out
+
+
+def classifier_shapes(cfg: Any) -> dict[str, tuple[int, ...]]:
+    """A linear head with bias, ``classifier.*``; none for a backbone (n_classes 0)."""
+    return (
+        {"classifier.weight": (cfg.n_classes, cfg.d_model), "classifier.bias": (cfg.n_classes,)}
+        if cfg.n_classes
+        else {}
+    )

@@ -19,12 +19,15 @@ import torch
 from weights_conversion.common import (
     CheckpointError,
     StateDict,
+    bert_mlp_shapes,
+    bert_mlp_to_hf,
+    bert_mlp_to_hooked,
     check_finite,
     check_keys,
+    classifier_shapes,
     is_hooked_layout,
     shapes_after_conversion,
 )
-from weights_conversion.vivit import activation_shapes
 
 if TYPE_CHECKING:  # the converter reads the config only; it never imports the model
     from hooked_vivit.config import HookedViViTConfig
@@ -68,12 +71,8 @@ def expected_hf_shapes(cfg: HookedViViTConfig) -> dict[str, tuple[int, ...]]:
         shapes[p + "temporal_dense.weight"], shapes[p + "temporal_dense.bias"] = (d, d), (d,)
         for hf, _ in _NORMS:
             shapes[p + f"{hf}.weight"] = shapes[p + f"{hf}.bias"] = (d,)
-        shapes[p + "intermediate.dense.weight"], shapes[p + "intermediate.dense.bias"] = (cfg.d_mlp, d), (cfg.d_mlp,)  # type: ignore[assignment]
-        shapes[p + "output.dense.weight"], shapes[p + "output.dense.bias"] = (d, cfg.d_mlp), (d,)  # type: ignore[assignment]
-        for name, shape in activation_shapes(cfg).items():
-            shapes[p + f"intermediate.intermediate_act_fn.{name}"] = shape
-    if cfg.n_classes:
-        shapes["classifier.weight"], shapes["classifier.bias"] = (cfg.n_classes, d), (cfg.n_classes,)
+        shapes.update(bert_mlp_shapes(cfg, p))
+    shapes.update(classifier_shapes(cfg))
     return shapes
 
 
@@ -127,13 +126,7 @@ def _hf_to_hooked(sd: StateDict, cfg: HookedViViTConfig) -> StateDict:
             out[b + f"{ours}.W_O"], out[b + f"{ours}.b_O"] = W_O.reshape(H, E, d), b_O
         for hf, ours in _NORMS:
             out[b + f"{ours}.w"], out[b + f"{ours}.b"] = sd[p + f"{hf}.weight"], sd[p + f"{hf}.bias"]
-        out[b + "mlp.W_in"], out[b + "mlp.b_in"] = (
-            sd[p + "intermediate.dense.weight"].T,
-            sd[p + "intermediate.dense.bias"],
-        )
-        out[b + "mlp.W_out"], out[b + "mlp.b_out"] = sd[p + "output.dense.weight"].T, sd[p + "output.dense.bias"]
-        for name in activation_shapes(cfg):
-            out[b + f"mlp.act.{name}"] = sd[p + f"intermediate.intermediate_act_fn.{name}"]
+        out.update(bert_mlp_to_hooked(sd, cfg, p, b))
     if cfg.n_classes:
         out["unembed.W_U"], out["unembed.b_U"] = sd["classifier.weight"].T, sd["classifier.bias"]
     return {k: v.contiguous() for k, v in out.items()}
@@ -185,13 +178,7 @@ def hooked_to_hf_weights(
         out[p + "temporal_dense.bias"] = torch.zeros(d, dtype=W_E.dtype, device=W_E.device)
         for hf, ours in _NORMS:
             out[p + f"{hf}.weight"], out[p + f"{hf}.bias"] = sd[b + f"{ours}.w"], sd[b + f"{ours}.b"]
-        out[p + "intermediate.dense.weight"], out[p + "intermediate.dense.bias"] = (
-            sd[b + "mlp.W_in"].T,
-            sd[b + "mlp.b_in"],
-        )
-        out[p + "output.dense.weight"], out[p + "output.dense.bias"] = sd[b + "mlp.W_out"].T, sd[b + "mlp.b_out"]
-        for name in activation_shapes(cfg):
-            out[p + f"intermediate.intermediate_act_fn.{name}"] = sd[b + f"mlp.act.{name}"]
+        out.update(bert_mlp_to_hf(sd, cfg, b, p))
     if has_classifier:
         out["classifier.weight"], out["classifier.bias"] = sd["unembed.W_U"].T, sd["unembed.b_U"]
     return {k: v.contiguous() for k, v in out.items()}

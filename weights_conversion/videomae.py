@@ -20,12 +20,16 @@ import torch
 from weights_conversion.common import (
     CheckpointError,
     StateDict,
+    bert_mlp_shapes,
+    bert_mlp_to_hf,
+    bert_mlp_to_hooked,
     check_finite,
     check_keys,
+    classifier_shapes,
     is_hooked_layout,
     shapes_after_conversion,
 )
-from weights_conversion.vivit import activation_shapes, drop_identity_layer_norms
+from weights_conversion.vivit import drop_identity_layer_norms
 
 if TYPE_CHECKING:  # the converter reads the config only; it never imports the model
     from hooked_vivit.config import HookedViViTConfig
@@ -97,12 +101,8 @@ def expected_hf_shapes(cfg: HookedViViTConfig) -> dict[str, tuple[int, ...]]:
         shapes[p + "attention.output.dense.weight"], shapes[p + "attention.output.dense.bias"] = (d, hd), (d,)
         for ln in ("layernorm_before", "layernorm_after"):
             shapes[p + f"{ln}.weight"] = shapes[p + f"{ln}.bias"] = (d,)
-        shapes[p + "intermediate.dense.weight"], shapes[p + "intermediate.dense.bias"] = (cfg.d_mlp, d), (cfg.d_mlp,)  # type: ignore[assignment]
-        shapes[p + "output.dense.weight"], shapes[p + "output.dense.bias"] = (d, cfg.d_mlp), (d,)  # type: ignore[assignment]
-        for name, shape in activation_shapes(cfg).items():
-            shapes[p + f"intermediate.intermediate_act_fn.{name}"] = shape
-    if cfg.n_classes:
-        shapes["classifier.weight"], shapes["classifier.bias"] = (cfg.n_classes, d), (cfg.n_classes,)
+        shapes.update(bert_mlp_shapes(cfg, p))
+    shapes.update(classifier_shapes(cfg))
     return shapes
 
 
@@ -158,13 +158,7 @@ def _hf_to_hooked(sd: StateDict, cfg: HookedViViTConfig) -> StateDict:
         out[b + "attn.b_O"] = sd[p + "attention.output.dense.bias"]
         out[b + "ln1.w"], out[b + "ln1.b"] = sd[p + "layernorm_before.weight"], sd[p + "layernorm_before.bias"]
         out[b + "ln2.w"], out[b + "ln2.b"] = sd[p + "layernorm_after.weight"], sd[p + "layernorm_after.bias"]
-        out[b + "mlp.W_in"], out[b + "mlp.b_in"] = (
-            sd[p + "intermediate.dense.weight"].T,
-            sd[p + "intermediate.dense.bias"],
-        )
-        out[b + "mlp.W_out"], out[b + "mlp.b_out"] = sd[p + "output.dense.weight"].T, sd[p + "output.dense.bias"]
-        for name in activation_shapes(cfg):
-            out[b + f"mlp.act.{name}"] = sd[p + f"intermediate.intermediate_act_fn.{name}"]
+        out.update(bert_mlp_to_hooked(sd, cfg, p, b))
     if cfg.n_classes:
         out["unembed.W_U"], out["unembed.b_U"] = sd["classifier.weight"].T, sd["classifier.bias"]
     if cfg.normalization_type == "LNPre":
@@ -215,13 +209,7 @@ def hooked_to_hf_weights(
         out[p + "attention.output.dense.bias"] = sd[b + "attn.b_O"]
         out[p + "layernorm_before.weight"], out[p + "layernorm_before.bias"] = sd[b + "ln1.w"], sd[b + "ln1.b"]
         out[p + "layernorm_after.weight"], out[p + "layernorm_after.bias"] = sd[b + "ln2.w"], sd[b + "ln2.b"]
-        out[p + "intermediate.dense.weight"], out[p + "intermediate.dense.bias"] = (
-            sd[b + "mlp.W_in"].T,
-            sd[b + "mlp.b_in"],
-        )
-        out[p + "output.dense.weight"], out[p + "output.dense.bias"] = sd[b + "mlp.W_out"].T, sd[b + "mlp.b_out"]
-        for name in activation_shapes(cfg):
-            out[p + f"intermediate.intermediate_act_fn.{name}"] = sd[b + f"mlp.act.{name}"]
+        out.update(bert_mlp_to_hf(sd, cfg, b, p))
     if has_classifier:
         out["classifier.weight"], out["classifier.bias"] = sd["unembed.W_U"].T, sd["unembed.b_U"]
     return {k: v.contiguous() for k, v in out.items()}

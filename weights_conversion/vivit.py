@@ -22,6 +22,7 @@ import torch
 from weights_conversion.common import (
     CheckpointError,
     StateDict,
+    activation_shapes,
     check_finite,
     check_keys,
     is_hooked_layout,
@@ -92,15 +93,6 @@ def checkpoint_spelling(state_dict: StateDict) -> Callable[[str], str]:
         return _PREFIX + key if prefixed and not key.startswith("classifier.") else key
 
     return spell
-
-
-def activation_shapes(cfg: HookedViViTConfig) -> dict[str, tuple[int, ...]]:
-    """The learned activation's tensors (``hidden_act="prelu"``: its weight), by name; {} for most."""
-    from hooked_vivit.components.mlp import make_activation  # the MLP component owns that list
-
-    with torch.device("meta"):
-        act = make_activation(cfg.act_fn)
-    return {k: tuple(v.shape) for k, v in act.state_dict().items()} if isinstance(act, torch.nn.Module) else {}
 
 
 def expected_hf_shapes(cfg: HookedViViTConfig) -> dict[str, tuple[int, ...]]:

@@ -17,12 +17,12 @@ import torch
 from weights_conversion.common import (
     CheckpointError,
     StateDict,
+    activation_shapes,
     check_finite,
     check_keys,
     is_hooked_layout,
     shapes_after_conversion,
 )
-from weights_conversion.vivit import activation_shapes
 
 if TYPE_CHECKING:  # the converter reads the config only; it never imports the model
     from hooked_vivit.vjepa2 import HookedVJEPA2Config
