@@ -69,21 +69,29 @@ def perturb_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
+def make_hf_model(model_cls, config, attn: str = "eager", seed: int = 0):
+    """A transformers model (any architecture) of ``config`` in eval mode, initialised under
+    ``torch.manual_seed(seed)``, every parameter then perturbed (perturb_)."""
+    torch.manual_seed(seed)
+    return perturb_(model_cls._from_config(config, attn_implementation=attn).eval(), seed)
+
+
+def random_pixels(num_frames: int, image_size, batch: int = 2, seed: int = 1, channels: int = 3) -> torch.Tensor:
+    """Standard-normal pixel values [batch, frames, channels, H, W]; ``image_size`` an int or (H, W, ...)
+    (deterministic in ``seed``)."""
+    H, W = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)[:2]
+    return torch.randn(batch, num_frames, channels, H, W, generator=torch.Generator().manual_seed(seed))
+
+
 def make_hf(config_kwargs: dict, attn: str = "eager", seed: int = 0, backbone: bool = False):
     """A perturbed transformers ViViT (classifier, or ``backbone=True``: VivitModel) of a config, in eval mode."""
-    config = VivitConfig(**config_kwargs)
     cls = VivitModel if backbone else VivitForVideoClassification
-    torch.manual_seed(seed)
-    model = cls._from_config(config, attn_implementation=attn)
-    return perturb_(model.eval(), seed)
+    return make_hf_model(cls, VivitConfig(**config_kwargs), attn, seed)
 
 
 def pixels(config_kwargs: dict, batch: int = 2, seed: int = 1) -> torch.Tensor:
-    """Standard-normal pixel values [batch, frames, 3, H, W] for a config (deterministic in ``seed``)."""
-    size = config_kwargs["image_size"]
-    H, W = (size, size) if isinstance(size, int) else size
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, config_kwargs["num_frames"], 3, H, W, generator=gen)
+    """Standard-normal pixel values [batch, frames, 3, H, W] for a ViViT config (deterministic in ``seed``)."""
+    return random_pixels(config_kwargs["num_frames"], config_kwargs["image_size"], batch, seed)
 
 
 def max_rel(actual: torch.Tensor, reference: torch.Tensor) -> float:
@@ -135,11 +143,8 @@ TIMESFORMER_CONFIGS = {
 def make_timesformer(kw: dict, seed: int = 0, cls=None):
     from transformers import TimesformerConfig, TimesformerForVideoClassification
 
-    cls = cls or TimesformerForVideoClassification
-    torch.manual_seed(seed)
-    return perturb_(cls(TimesformerConfig(**kw)).eval(), seed)
+    return make_hf_model(cls or TimesformerForVideoClassification, TimesformerConfig(**kw), "eager", seed)
 
 
 def timesformer_pixels(kw: dict, batch: int = 2, seed: int = 1) -> torch.Tensor:
-    s = kw["image_size"]
-    return torch.randn(batch, kw["num_frames"], 3, s, s, generator=torch.Generator().manual_seed(seed))
+    return random_pixels(kw["num_frames"], kw["image_size"], batch, seed)

@@ -24,6 +24,7 @@ from hooked_vivit import HookedViViT, HookedViViTConfig, viewer
 from hooked_vivit.analysis.experiments import probe_features, token_masks
 from hooked_vivit.causal.ablation import PixelBox, ablate_pixels
 from hooked_vivit.causal.patching import FrameSlot, Region, resolve_positions
+from hooked_vivit.testing import random_pixels
 from hooked_vivit.video import preprocess
 from tests.conftest import make_hf, max_rel
 from tests.test_parity import TOL, _compare
@@ -136,10 +137,7 @@ NEWLY_ACCEPTED = {
 
 
 def clip_pixels(hf_config, batch: int = 2, seed: int = 1) -> torch.Tensor:
-    size = hf_config.image_size
-    H, W = (size, size) if isinstance(size, int) else size[:2]
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, hf_config.num_frames, hf_config.num_channels, H, W, generator=gen)
+    return random_pixels(hf_config.num_frames, hf_config.image_size, batch, seed, channels=hf_config.num_channels)
 
 
 def _worst(diffs: dict[str, float]) -> float:

@@ -15,7 +15,8 @@ from transformers import VideoMAEConfig, VideoMAEForVideoClassification, VideoMA
 
 from hooked_vivit import HookedVideoMAE, HookedVideoTransformer, HookedViViT, TokenGrid, video
 from hooked_vivit.parity import compare
-from tests.conftest import max_rel, perturb_
+from hooked_vivit.testing import make_hf_model, random_pixels
+from tests.conftest import max_rel
 from weights_conversion import CheckpointError, converter
 
 TOL = 1e-5
@@ -64,14 +65,11 @@ CONFIGS = {
 
 
 def make_hf(kw: dict, attn: str = "eager", seed: int = 0, cls=VideoMAEForVideoClassification):
-    torch.manual_seed(seed)
-    hf = cls(VideoMAEConfig(**kw, attn_implementation=attn)).eval()
-    return perturb_(hf, seed)
+    return make_hf_model(cls, VideoMAEConfig(**kw), attn, seed)
 
 
 def pixels(kw: dict, batch: int = 2, seed: int = 1) -> torch.Tensor:
-    size = kw["image_size"] if isinstance(kw["image_size"], list) else [kw["image_size"]] * 2
-    return torch.randn(batch, kw["num_frames"], 3, *size, generator=torch.Generator().manual_seed(seed))
+    return random_pixels(kw["num_frames"], kw["image_size"], batch, seed)
 
 
 @pytest.fixture(params=list(CONFIGS), scope="module")

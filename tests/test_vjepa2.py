@@ -17,7 +17,8 @@ from transformers import VJEPA2Config, VJEPA2ForVideoClassification, VJEPA2Model
 from hooked_vivit import HookedVideoTransformer, HookedVJEPA2
 from hooked_vivit.cache_memory import estimate_cache_bytes, hook_shape
 from hooked_vivit.parity import compare
-from tests.conftest import max_rel, perturb_
+from hooked_vivit.testing import make_hf_model, random_pixels
+from tests.conftest import max_rel
 from weights_conversion import CheckpointError
 
 TOL = 1e-5
@@ -72,13 +73,11 @@ CONFIGS = {
 
 
 def make_hf(kw: dict, attn: str = "eager", seed: int = 0, cls=VJEPA2ForVideoClassification):
-    torch.manual_seed(seed)
-    return perturb_(cls._from_config(VJEPA2Config(**kw), attn_implementation=attn).eval(), seed)
+    return make_hf_model(cls, VJEPA2Config(**kw), attn, seed)
 
 
 def pixels(kw: dict, batch: int = 2, seed: int = 1) -> torch.Tensor:
-    size = kw["crop_size"]
-    return torch.randn(batch, kw["frames_per_clip"], 3, size, size, generator=torch.Generator().manual_seed(seed))
+    return random_pixels(kw["frames_per_clip"], kw["crop_size"], batch, seed)
 
 
 @pytest.fixture(params=list(CONFIGS), scope="module")
