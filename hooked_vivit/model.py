@@ -218,18 +218,26 @@ class HookedVideoTransformer(HookedRootModule):
             )
         if stop_at_layer is not None:
             return resid
-        norm = self.ln_final if self.ln_final is not None else (lambda r: r)
-        if self.cfg.pooling == "mean":
-            pooled = norm(resid.mean(1))
-        else:
-            pooled = norm(resid)[:, 0 if query_positions is None else query_positions.index(0)]
-        logits = self.unembed(pooled) if self.unembed is not None else pooled
+        logits = self.readout_logits(resid, query_positions)
         if return_type == "logits":
             return logits
         if return_type is None:
             return None
         loss = self.loss_fn(logits, labels)  # type: ignore[arg-type]
         return loss if return_type == "loss" else (logits, loss)
+
+    def readout_logits(
+        self, resid: Float[torch.Tensor, "batch rows d_model"], query_positions: Sequence[int] | None = None
+    ) -> Float[torch.Tensor, "batch n_classes"]:
+        """The last block's output -> logits (a backbone: the pooled embedding): the final norm of the
+        pooled tokens (token 0, or the token mean), then the classifier. ``query_positions``: the rows
+        ``resid`` holds (a last block run for those rows only), token 0 among them."""
+        norm = self.ln_final if self.ln_final is not None else (lambda r: r)
+        if self.cfg.pooling == "mean":
+            pooled = norm(resid.mean(1))
+        else:
+            pooled = norm(resid)[:, 0 if query_positions is None else list(query_positions).index(0)]
+        return self.unembed(pooled) if self.unembed is not None else pooled
 
     def loss_fn(self, logits: Float[torch.Tensor, "batch n_classes"], labels: ClassIndices) -> Float[torch.Tensor, ""]:
         """Mean cross-entropy of the logits against class indices or names (one, or one per row)."""

@@ -38,11 +38,20 @@ def brute_force(model, clean, corrupted, metric, act: str, layer: int) -> torch.
     return ((clean_cache[name] - seen[name].detach()) * grad).sum(-1).mean(0)
 
 
-def close(actual: torch.Tensor, expected: torch.Tensor) -> bool:
-    """Within 1e-6 of the scores' own scale (they are ~1e-3 here; in practice bitwise equal)."""
+def close(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-6) -> bool:
+    """Within ``rel`` of the scores' own scale (they are ~1e-3 here)."""
     return (
-        float((actual - expected).abs().max()) <= 1e-6 * float(expected.abs().max()) and float(expected.abs().max()) > 0
+        float((actual - expected).abs().max()) <= rel * float(expected.abs().max()) and float(expected.abs().max()) > 0
     )
+
+
+def float32_tolerance(model, act: str, layer: int) -> float:
+    """The last block runs for the readout row only (a [batch, 1] matmul where the brute force runs
+    every row), so its outputs round differently in float32; their scores are small differences of
+    activations of order 1 (clean minus corrupted), which turns that rounding into up to ~7e-5 of the
+    score (measured); the gradients of earlier layers pass through that block, ~2e-6. In float64
+    both agree to 1e-6 everywhere (test_float64_scores_equal_brute_force): rounding, not a formula."""
+    return 1e-4 if layer == model.cfg.n_layers - 1 and act != "resid_pre" else 1e-5
 
 
 def with_switches(model: HookedViViT, **switches) -> HookedViViT:
@@ -65,7 +74,7 @@ def test_scores_equal_brute_force(config, switches):
         for l in range(model.cfg.n_layers):
             expected = brute_force(model, clean, corrupted, metric, act, l)
             assert attr.scores[act][l].shape == expected.shape
-            assert close(attr.scores[act][l], expected), (act, l)
+            assert close(attr.scores[act][l], expected, float32_tolerance(model, act, l)), (act, l)
     assert all(p.requires_grad for p in model.parameters()) and all(p.grad is None for p in model.parameters())
 
 
@@ -82,7 +91,8 @@ def test_layer_subset_and_metric_reading_an_activation():
     assert attr.layers == [2, 1] and attr.scores["z"].shape[0] == 2
     for act in DEFAULT_ACTS:
         for i, l in enumerate([2, 1]):
-            assert close(attr.scores[act][i], brute_force(model, clean, corrupted, metric, act, l)), (act, l)
+            expected = brute_force(model, clean, corrupted, metric, act, l)
+            assert close(attr.scores[act][i], expected, float32_tolerance(model, act, l)), (act, l)
     with pytest.raises(ValueError, match="layers must be a non-empty list of layers in 0..2"):
         attribution_patch(model, clean, corrupted, metric, layers=[3])
 
@@ -158,3 +168,60 @@ def test_parameter_flags_restored_when_the_metric_fails():
         attribution_patch(model, clean, corrupted, lambda logits: logits)
     assert [p.requires_grad for p in params] == before
     assert not any(hp.has_hooks() for hp in model.hook_dict.values())
+
+
+def test_readout_row_run_equals_the_whole_last_block(monkeypatch):
+    """With a first-token readout both runs compute only token 0 of the last block. The scores equal
+    those of the whole last block run (every hook kind, a full clean cache given or not), the rows a
+    readout-row run skips score exactly 0 (keys and values, computed for every token, do not), and
+    the runs do less work: each attention and MLP call of the last block has one query row."""
+    from hooked_vivit.analysis.cost import ForwardCounter
+    from hooked_vivit.causal import attribution
+
+    model, clean, corrupted = float64_model_and_pair()
+    metric = LogitDiff(1, 2)
+    acts = ("resid_pre", "attn_out", "mlp_out", "z", "q", "k", "v", "pattern")
+    with torch.inference_mode():
+        _, clean_cache = model.run_with_cache(clean)
+    with ForwardCounter(model) as rows_counter:
+        rows = attribution_patch(model, clean, corrupted, metric, acts=acts)
+    given = attribution_patch(model, clean, corrupted, metric, acts=acts, clean_cache=clean_cache)
+    monkeypatch.setattr(attribution, "_readout_row_only", lambda model, metric_hooks: False)
+    with ForwardCounter(model) as whole_counter:
+        whole = attribution_patch(model, clean, corrupted, metric, acts=acts)
+    last = model.cfg.n_layers - 1
+    for act in acts:
+        assert rows.scores[act].shape == whole.scores[act].shape, act
+        assert close(rows.scores[act], whole.scores[act]), act
+        assert close(given.scores[act], whole.scores[act]), act
+        skipped = rows.scores[act][last, 1:]
+        if act in ("k", "v", "resid_pre"):
+            assert skipped.abs().max() > 0, act
+        else:
+            assert torch.equal(skipped, torch.zeros_like(skipped)), act
+    last_block_rows = {
+        name: sorted({r for (_, kind, _, r, _) in c.work if kind == "attn"})
+        for name, c in (("rows", rows_counter), ("whole", whole_counter))
+    }
+    assert 1 in last_block_rows["rows"] and 1 not in last_block_rows["whole"]
+    assert sum(r for (_, _, _, r, _) in rows_counter.work) < sum(r for (_, _, _, r, _) in whole_counter.work)
+
+
+def test_readout_row_run_not_taken_where_other_rows_are_read():
+    """A metric reading an activation, mean pooling or a user's hook on the last block: the whole
+    block runs (the hook sees every row)."""
+    from hooked_vivit.causal.attribution import _readout_row_only
+
+    model, clean, corrupted = float64_model_and_pair()
+    assert _readout_row_only(model, ())
+    assert not _readout_row_only(model, ("blocks.2.hook_resid_post",))
+    seen = []
+    model.add_hook("blocks.2.hook_mlp_out", lambda act, hook: seen.append(act.shape))
+    try:
+        assert not _readout_row_only(model, ())
+        attribution_patch(model, clean, corrupted, LogitDiff(1, 2))
+    finally:
+        model.reset_hooks()
+    assert seen and all(s[1] == model.cfg.n_ctx for s in seen)
+    mean_pooled = with_switches(model, pooling="mean")
+    assert not _readout_row_only(mean_pooled, ())

@@ -89,6 +89,24 @@ def _layer_of(name: str, n_layers: int) -> int:
     return -1 if name.startswith(("hook_embed", "hook_pos_embed")) else n_layers
 
 
+def _readout_row_only(model: HookedVideoTransformer, metric_hooks: Sequence[str]) -> bool:
+    """Whether the last block may run for token 0 alone: the logits read only it (pooling "first"),
+    the metric reads only the logits, the block runs in part, and no other hook (the user's) sits
+    where it would see one row."""
+    if metric_hooks or not model.runs_partial_blocks or model.cfg.n_layers == 0:
+        return False
+    try:
+        model._check_partial_run(model.cfg.n_layers - 1, 1, False, [0], pools=True)
+    except ValueError:
+        return False
+    return True
+
+
+def _run_last_block_readout_row(model: HookedVideoTransformer, resid: torch.Tensor) -> torch.Tensor:
+    """The last block for token 0 only (keys and values from every token), then the logits."""
+    return model.readout_logits(model.blocks[-1](resid, query_positions=[0]), [0])
+
+
 @contextmanager
 def _parameters_frozen(model: HookedVideoTransformer) -> Iterator[None]:
     """No parameter requires grad inside: autograd then keeps only what input gradients need."""
@@ -121,7 +139,10 @@ def attribution_patch(
     Cost: the clean forward caches only the attributed hooks and stops after the last attributed
     layer; the corrupted forward runs the blocks before the earliest attributed layer without a
     graph, makes the residual stream there a leaf, and the backward stops at it. Parameters are
-    frozen meanwhile (only input gradients are taken)."""
+    frozen meanwhile (only input gradients are taken). Where the logits read token 0 alone (pooling
+    "first", a metric of the logits, nothing else hooked in the last block), both runs compute only
+    that row of the last block (its keys and values from every token): the other rows of its
+    outputs reach no logit, so their gradients and scores are exactly 0, and are written as 0."""
     from transformer_lens.utilities import get_act_name
 
     n_layers = model.cfg.n_layers
@@ -134,12 +155,22 @@ def attribution_patch(
     model.check_hook_names(names)
     metric_hooks = tuple(getattr(metric, "hooks", ()))
     layers = [_layer_of(n, n_layers) for n in names]
+    readout_row = _readout_row_only(model, metric_hooks)
     if clean_cache is None:
         last = max(layers)
-        with torch.inference_mode():
-            _, clean_cache = model.run_with_cache(
-                clean, names_filter=names, stop_at_layer=last + 1 if last < n_layers else None
-            )
+        if readout_row and last == n_layers - 1:
+            clean_cache = {}
+
+            def keep_clean(act: torch.Tensor, hook) -> None:
+                clean_cache[hook.name] = act
+
+            with torch.inference_mode(), model.hooks(fwd_hooks=[(n, keep_clean) for n in names]):
+                _run_last_block_readout_row(model, model(clean, stop_at_layer=n_layers - 1))
+        else:
+            with torch.inference_mode():
+                _, clean_cache = model.run_with_cache(
+                    clean, names_filter=names, stop_at_layer=last + 1 if last < n_layers else None
+                )
     corrupted = model.validate_input(corrupted)
     # The leaf: the residual stream entering the earliest attributed block (a metric reading an
     # earlier hook gets its value from the graph-free prefix, which does not depend on the leaf).
@@ -157,7 +188,11 @@ def attribution_patch(
             resid = model(corrupted, stop_at_layer=first)
         with torch.enable_grad():
             resid.requires_grad_(True)
-            logits = model(resid, start_at_layer=first)
+            if readout_row:
+                x = resid if first == n_layers - 1 else model(resid, start_at_layer=first, stop_at_layer=n_layers - 1)
+                logits = _run_last_block_readout_row(model, x)
+            else:
+                logits = model(resid, start_at_layer=first)
             values = metric_rows(metric, logits, {h: stored[h] for h in metric_hooks})
             if values.shape != (resid.shape[0],):
                 raise ValueError(
@@ -171,12 +206,19 @@ def attribution_patch(
     for (name, act, grad), a in zip(
         ((n, stored[n], g) for n, g in zip(names, grads)), [a for a in acts for _ in layer_list]
     ):
-        delta = clean_cache[name].to(act.device, act.dtype) - act.detach()
+        clean_act = clean_cache[name]
+        rows_only = act.shape != clean_act.shape  # a last-block hook of a readout-row run; a full clean cache given
+        if rows_only:
+            clean_act = clean_act.narrow(hook_layout.pos_axis(name, model.cfg), 0, 1)
+        delta = clean_act.to(act.device, act.dtype) - act.detach()
         g = torch.zeros_like(act) if grad is None else grad
         # Sum over the feature axes, mean over the batch: one number per position (and head),
         # on the same scale as run_patches' batch-mean values. Kept on the device until stacked:
         # one transfer per activation kind, not one per hook.
-        scores[a].append(_scores_on_tokens(model, name, delta * g).detach())
+        score = _scores_on_tokens(model, name, delta * g).detach()
+        if score.shape[0] != model.cfg.n_ctx:  # only the readout row was run: every other row scores exactly 0
+            score = torch.cat([score, score.new_zeros((model.cfg.n_ctx - 1, *score.shape[1:]))])
+        scores[a].append(score)
     return AttributionResult(
         scores={a: torch.stack(v).float().cpu() for a, v in scores.items()},
         baseline=float(values.detach().float().mean()),
