@@ -80,10 +80,15 @@ def test_accuracy_on_fresh_held_out_clips(name):
     with torch.inference_mode():
         pred = torch.cat([model(to_pixels(clips[i : i + 18])).argmax(-1) for i in range(0, len(clips), 18)]).numpy()
     correct = pred == labels  # outcomes: the outcome class itself (strike vs gutter are different answers)
-    # Measured on this sample: 81 % (actions; its card's 94.7 % is from test seeds 2,000,000..099 and reproduces
-    # exactly; on 360 clips from 2,000,100 it scores 91.4 %) and 80 % (outcomes, outcome classes; 98 % at the
-    # action level). Chance is 1/6 and 1/9: the bound fails a broken model or a broken renderer, not sampling noise.
-    assert correct.mean() >= 0.75, f"{name}: {correct.mean():.0%} of {len(correct)} fresh clips"
+    action = np.array([a for _, a, _ in classes])
+    same_action = action[pred] == action[labels]
+    # Measured on this sample: actions 81 % (its card's 94.7 % is from test seeds 2,000,000..099 and reproduces
+    # exactly; on 360 clips from 2,000,100 it scores 91.4 %); outcomes 76 % on the outcome classes (card: 79.1 %)
+    # and 94 % at the action level. Chance is 1/6 and 1/9: the bounds fail a broken model or a broken renderer,
+    # not sampling noise (54 clips).
+    class_bound, action_bound = {"actions": (0.7, 0.7), "outcomes": (0.6, 0.85)}[name]
+    assert correct.mean() >= class_bound, f"{name}: {correct.mean():.0%} of {len(correct)} fresh clips"
+    assert same_action.mean() >= action_bound, f"{name}: the action of {same_action.mean():.0%} of {len(correct)} clips"
 
 
 def test_outcome_organism_names_the_action_of_fresh_pairs(outcomes):
@@ -178,11 +183,30 @@ def test_validate_finds_the_single_planted_head(planted_results):
     )  # 8 of 64 tokens
     # Zeroing the blob flips every positive clip to "no blob"; the negative clip has no blob to remove.
     assert r["ablation"]["to_twin"]["positive"]["mean"] == 1.0 and r["ablation"]["changed"]["negative"]["mean"] == 0.0
+    # The verdict reads the flips to the twin class minus the random boxes', per pair (the numbers the row shows).
+    ab = r["ablation"]
+    expected_gap = (
+        (ab["to_twin"]["positive"]["mean"] + ab["to_twin"]["negative"]["mean"])
+        - (ab["controls_to_twin"]["positive"]["mean"] + ab["controls_to_twin"]["negative"]["mean"])
+    ) / 2
+    assert ab["to_twin_minus_controls"]["mean"] == pytest.approx(expected_gap, abs=1e-12)
     assert r["attribution"]["z by head"]["r"] == pytest.approx(1.0, abs=1e-6)
     rows = {f["method"]: f["verdict"] for f in validation.findings(res["planted single_head"], data["settings"])}
     assert rows["component recovery (every variant)"] == "found in 5 of 5 variants"
     assert rows["whole-residual patch (sanity)"] == "passes"
     assert rows["differential DLA on the outcome region"] == "found"
+    assert rows["outcome-region ablation (3 boxes per pair)"] == "found"
+    # A region whose clips flip to the twin no more often than random boxes' is missed, even when the
+    # class changes more often (to a third class).
+    lenient = {**r, "ablation": {**ab, "to_twin_minus_controls": {"mean": 0.0, "ci95": [-0.1, 0.1], "n": 6}}}
+    lenient["ablation"]["changed_minus_controls"] = {"mean": 0.5, "ci95": [0.3, 0.7], "n": 6}
+    rows = {
+        f["method"]: f["verdict"]
+        for f in validation.findings(
+            {**res["planted single_head"], "domains": {"single_head": lenient}}, data["settings"]
+        )
+    }
+    assert rows["outcome-region ablation (3 boxes per pair)"] == "missed"
 
 
 def test_validate_reports_what_misses_the_composition(planted_results):

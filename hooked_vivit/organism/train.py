@@ -79,8 +79,11 @@ TASK_DEFAULTS = {
         "d_model": 96,
         "d_mlp": 384,
         "n_layers": 6,
+        # 4-frame tubelets: half the tokens of (2, 16, 16), so twice the steps in the same time, and one
+        # tubelet sees a ball at four positions, its direction of motion a linear feature of the patch.
+        "tubelet": (4, 16, 16),
         "train_per_class": 500,
-        "epochs": 20,
+        "epochs": 27,
         "fresh_data": True,
         "paired_batches": True,
     },
@@ -279,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         help="actions: the action organism (default); outcomes: the ground-truth organism, the outcome is the label",
     )
     p.add_argument("--n-layers", type=int)
+    p.add_argument("--tubelet", type=int, nargs=3, metavar=("T", "H", "W"), help="tubelet size in frames, px, px")
     p.add_argument("--n-heads", type=int)
     p.add_argument("--val-per-class", type=int)
     p.add_argument("--test-per-class", type=int)
@@ -302,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     tc = TrainConfig.smoke() if args.smoke else TrainConfig(**TASK_DEFAULTS[args.task])
     tc.task = args.task
+    if args.tubelet:
+        tc.tubelet = tuple(args.tubelet)
     if args.d_model:  # the MLP stays 4 x d_model
         tc.d_model, tc.d_mlp = args.d_model, 4 * args.d_model
     for field in (
