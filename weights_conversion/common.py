@@ -105,30 +105,25 @@ def bert_mlp_shapes(cfg: Any, p: str) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def _bert_mlp_keys(cfg: Any, p: str, b: str) -> list[tuple[str, str, bool]]:
+    """(checkpoint key, hooked key, transposed) for each MLP tensor: one table for both directions."""
+    keys = [
+        (p + "intermediate.dense.weight", b + "mlp.W_in", True),
+        (p + "intermediate.dense.bias", b + "mlp.b_in", False),
+        (p + "output.dense.weight", b + "mlp.W_out", True),
+        (p + "output.dense.bias", b + "mlp.b_out", False),
+    ]
+    return keys + [
+        (p + f"intermediate.intermediate_act_fn.{n}", b + f"mlp.act.{n}", False) for n in activation_shapes(cfg)
+    ]
+
+
 def bert_mlp_to_hooked(sd: StateDict, cfg: Any, p: str, b: str) -> StateDict:
-    out = {
-        b + "mlp.W_in": sd[p + "intermediate.dense.weight"].T,
-        b + "mlp.b_in": sd[p + "intermediate.dense.bias"],
-        b + "mlp.W_out": sd[p + "output.dense.weight"].T,
-        b + "mlp.b_out": sd[p + "output.dense.bias"],
-    }
-    out.update(
-        {b + f"mlp.act.{name}": sd[p + f"intermediate.intermediate_act_fn.{name}"] for name in activation_shapes(cfg)}
-    )
-    return out
+    return {ours: sd[hf].T if transposed else sd[hf] for hf, ours, transposed in _bert_mlp_keys(cfg, p, b)}
 
 
 def bert_mlp_to_hf(sd: StateDict, cfg: Any, b: str, p: str) -> StateDict:
-    out = {
-        p + "intermediate.dense.weight": sd[b + "mlp.W_in"].T,
-        p + "intermediate.dense.bias": sd[b + "mlp.b_in"],
-        p + "output.dense.weight": sd[b + "mlp.W_out"].T,
-        p + "output.dense.bias": sd[b + "mlp.b_out"],
-    }
-    out.update(
-        {p + f"intermediate.intermediate_act_fn.{name}": sd[b + f"mlp.act.{name}"] for name in activation_shapes(cfg)}
-    )
-    return out
+    return {hf: sd[ours].T if transposed else sd[ours] for hf, ours, transposed in _bert_mlp_keys(cfg, p, b)}
 
 
 def classifier_shapes(cfg: Any) -> dict[str, tuple[int, ...]]:
