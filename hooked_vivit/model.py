@@ -138,7 +138,8 @@ class HookedVideoTransformer(HookedRootModule):
         return self.hook_embed(self.embed(x)) + self.hook_pos_embed(self.pos_embed(x.shape[0]))
 
     def init_weights(self, seed: int | None = None) -> None:
-        """Random weights as HF initialises ViViT and VideoMAE (normal(0, initializer_range), LN = identity)."""
+        """Random weights as HF initialises ViViT and VideoMAE (normal(0, initializer_range), LN = identity),
+        except the position embeddings: drawn like every W_ (HF: zeros)."""
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         std = self.cfg.initializer_range
         with torch.no_grad():
@@ -148,7 +149,7 @@ class HookedVideoTransformer(HookedRootModule):
                     p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32) * std)
                 elif leaf == "w":
                     p.fill_(1.0)
-                else:  # biases, CLS token and position embeddings start at zero, as in HF
+                else:  # biases and the CLS token start at zero (W_pos is a W_: normal, above)
                     p.zero_()
 
     # ================================================================== forward

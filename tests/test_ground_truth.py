@@ -5,6 +5,7 @@ planted models are known to hold."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -83,10 +84,10 @@ def test_accuracy_on_fresh_held_out_clips(name):
     action = np.array([a for _, a, _ in classes])
     same_action = action[pred] == action[labels]
     # Measured on this sample: actions 81 % (its card's 94.7 % is from test seeds 2,000,000..099 and reproduces
-    # exactly; on 360 clips from 2,000,100 it scores 91.4 %); outcomes 76 % on the outcome classes (card: 79.1 %)
-    # and 94 % at the action level. Chance is 1/6 and 1/9: the bounds fail a broken model or a broken renderer,
-    # not sampling noise (54 clips).
-    class_bound, action_bound = {"actions": (0.7, 0.7), "outcomes": (0.6, 0.85)}[name]
+    # exactly; on 360 clips from 2,000,100 it scores 91.4 %); outcomes 87 % on the outcome classes (card: 86.7 %;
+    # its basketball clips at chance, 50 %, the rest 98 %) and 100 % at the action level. Chance is 1/6 and 1/9:
+    # the bounds fail a broken model or a broken renderer, not sampling noise (54 clips).
+    class_bound, action_bound = {"actions": (0.7, 0.7), "outcomes": (0.8, 0.95)}[name]
     assert correct.mean() >= class_bound, f"{name}: {correct.mean():.0%} of {len(correct)} fresh clips"
     assert same_action.mean() >= action_bound, f"{name}: the action of {same_action.mean():.0%} of {len(correct)} clips"
 
@@ -109,10 +110,65 @@ def test_validation_seeds_are_held_out_from_both_organisms():
             assert seed_use(seed, ranges) is None
 
 
+def test_sincos_positions_code_frame_slot_row_and_column():
+    from hooked_vivit.organism.train import sincos_positions
+
+    grid, d = (4, 6, 6), 96
+    table = sincos_positions(grid, d).double()
+    assert table.shape == (4 * 6 * 6, 96)
+    assert len({tuple(row) for row in table.round(decimals=6).tolist()}) == 4 * 6 * 6  # every token distinct
+    # Rows follow the patch tokens' (t, h, w) order; 32 dims per axis: sin then cos of (k + 1) * pi / (2 n) * pos.
+    t, h, w = 3, 2, 5
+    row = table[t * 36 + h * 6 + w]
+    k = torch.arange(16, dtype=torch.float64) + 1
+    for offset, pos, n in ((0, t, 4), (32, h, 6), (64, w, 6)):
+        torch.testing.assert_close(row[offset : offset + 16], torch.sin(pos * k * np.pi / (2 * n)), atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            row[offset + 16 : offset + 32], torch.cos(pos * k * np.pi / (2 * n)), atol=1e-6, rtol=0
+        )
+    with pytest.raises(ValueError, match="even d_model"):
+        sincos_positions(grid, 97)
+
+
+def test_training_init_options_start_from_init_weights_plus_positions_and_cls():
+    from hooked_vivit.model import HookedViViT
+    from hooked_vivit.organism.train import init_for_training, sincos_positions
+
+    tc = TrainConfig.smoke()
+    plain, started = HookedViViT(model_config(tc)), HookedViViT(model_config(tc))
+    plain.init_weights(seed=tc.seed)
+    init_for_training(started, tc)  # defaults ("normal", no CLS noise): init_weights exactly
+    for (name, a), b in zip(plain.state_dict().items(), started.state_dict().values()):
+        assert torch.equal(a, b), name
+    tc.pos_init, tc.cls_init_std = "sincos", 1.0
+    init_for_training(started, tc)
+    W_pos = started.pos_embed.W_pos.detach()
+    assert torch.equal(W_pos[0], plain.pos_embed.W_pos[0])  # the CLS token's row keeps its init
+    grid = (tc.num_frames // 2, tc.size // 16, tc.size // 16)
+    assert torch.equal(W_pos[1:], sincos_positions(grid, 32))
+    expected_cls = torch.randn(32, generator=torch.Generator().manual_seed(tc.seed + 1))
+    assert torch.equal(started.embed.cls_token.detach(), expected_cls)
+    tc.pos_init = "learned"
+    with pytest.raises(ValueError, match="pos_init must be"):
+        init_for_training(started, tc)
+
+
 def test_train_outcomes_task_smoke(tmp_path):
     tc = TrainConfig.smoke()
     tc.task, tc.paired_batches = "outcomes", True  # the outcomes task's default batching
+    # The outcomes task's starting points and token supervision (here at the smoke model's layer 0).
+    tc.pos_init, tc.cls_init_std, tc.token_supervision = "sincos", 1.0, (0,)
     metrics = train(tc, tmp_path / "gt", progress=False)
+    assert np.isfinite(metrics["history"][0]["token_loss"]) and metrics["train_config"]["token_supervision"] == [0]
+    # The token heads are training-only: the checkpoint holds exactly a plain model's weights.
+    from safetensors.torch import load_file
+
+    from hooked_vivit.model import HookedViViT
+
+    saved_keys = set(load_file(tmp_path / "gt" / "model.safetensors"))
+    plain = HookedViViT(model_config(tc))
+    plain.save_pretrained(tmp_path / "plain")
+    assert saved_keys == set(load_file(tmp_path / "plain" / "model.safetensors"))
     assert list(metrics["test_accuracy_per_class"]) == OUTCOME_LABELS
     assert metrics["confusion_matrix"]["classes"] == OUTCOME_LABELS
     assert model_config(tc).model_name == "hooked-vivit-outcome-organism"
@@ -132,6 +188,44 @@ def test_train_outcomes_task_smoke(tmp_path):
     strike, gutter = clips[0], clips[1]
     div = synthetic.render_clip("bowling", 0, outcome="strike", num_frames=8, size=32).meta["divergence_frame"]
     assert np.array_equal(strike[:div], gutter[:div]) and not np.array_equal(strike, gutter)
+
+
+def test_token_supervision_trains_the_blocks_below_it_and_checks_its_layers(tmp_path):
+    """The token loss reaches the blocks under its layer (its hook keeps the graph): weighted 0 it changes
+    nothing (the run equals one without token heads), weighted 5 it changes layer 0's weights."""
+    from safetensors.torch import load_file
+
+    runs = {}
+    for layers, weight in (((), 0.5), ((0,), 0.0), ((0,), 5.0)):
+        tc = TrainConfig.smoke()
+        tc.token_supervision, tc.token_supervision_weight = layers, weight
+        train(tc, tmp_path / f"{layers}{weight}", progress=False)
+        runs[layers, weight] = load_file(tmp_path / f"{layers}{weight}" / "model.safetensors")
+    off, inert, on = runs[(), 0.5], runs[(0,), 0.0], runs[(0,), 5.0]
+    assert all(torch.equal(off[k], inert[k]) for k in off)
+    layer0 = [k for k in off if re.search(r"\.layers?\.0\.", k)]  # either key layout of transformers
+    assert layer0 and any(not torch.equal(off[k], on[k]) for k in layer0)
+    tc = TrainConfig.smoke()
+    tc.token_supervision = (2,)
+    with pytest.raises(ValueError, match=r"token_supervision layers must be in 0\.\.1"):
+        train(tc, tmp_path / "bad", progress=False)
+
+
+def test_a_curriculum_stage_trains_some_actions_under_the_tasks_labels(tmp_path):
+    from hooked_vivit.organism.train import training_classes
+
+    classes = organism.task_classes("outcomes")
+    trained, label_of = training_classes(classes, ("shooting basketball", "juggling balls"))
+    assert [c[0] for c in trained] == ["basketball make", "basketball miss", "juggling balls"]
+    assert label_of.tolist() == [4, 5, 6]
+    assert training_classes(classes, None)[1].tolist() == list(range(9))
+    with pytest.raises(ValueError, match="actions must be among"):
+        training_classes(classes, ("curling",))
+    tc = TrainConfig.smoke()
+    tc.task, tc.paired_batches, tc.actions = "outcomes", True, ("shooting basketball",)
+    metrics = train(tc, tmp_path / "stage", progress=False)
+    assert metrics["train_config"]["actions"] == ["shooting basketball"]
+    assert list(metrics["test_accuracy_per_class"]) == OUTCOME_LABELS  # tested on every class of the task
 
 
 def test_paired_batches_keep_each_minimal_pair_together():

@@ -59,6 +59,22 @@ def _val_by_epoch(stage: dict) -> str:
     return ", ".join(f"{h['val_accuracy']:.0%}" for h in stage["history"])
 
 
+def _starting_point(tc: dict) -> str:
+    """The training options that differ from init_weights and plain cross-entropy, as a card phrase."""
+    parts = []
+    if tc.get("pos_init", "normal") != "normal":
+        parts.append("position embeddings started from a 3-D sine-cosine table of (frame slot, row, column)")
+    if tc.get("cls_init_std"):
+        parts.append(f"the CLS token from normal(0, {tc['cls_init_std']:g})")
+    if tc.get("token_supervision"):
+        layers = ", ".join(map(str, tc["token_supervision"]))
+        parts.append(
+            f"every patch token at layer{'s' if len(tc['token_supervision']) > 1 else ''} {layers} also predicting the label "
+            f"(weight {tc.get('token_supervision_weight', 0.5):g}; training-only linear heads, not in the checkpoint)"
+        )
+    return "".join(f", {p}" for p in parts)
+
+
 def write_model_card(path: Path, metrics: dict, probes: dict) -> None:
     tc = metrics["train_config"]
     stages, m = [], metrics
@@ -168,6 +184,7 @@ def write_model_card(path: Path, metrics: dict, probes: dict) -> None:
                 if m["train_config"].get("paired_batches")
                 else ""
             )
+            + _starting_point(m["train_config"])
             + f"; {m['train_seconds'] / 60:.1f} min (+{m['render_seconds']:.0f} s rendering)"
             + (f", {m['cpu_seconds'] / 60:.1f} min of process CPU time" if m.get("cpu_seconds") is not None else "")
             + f", final validation accuracy {m['history'][-1]['val_accuracy']:.1%}"
