@@ -228,6 +228,28 @@ def test_a_curriculum_stage_trains_some_actions_under_the_tasks_labels(tmp_path)
     assert list(metrics["test_accuracy_per_class"]) == OUTCOME_LABELS  # tested on every class of the task
 
 
+def test_repeated_actions_and_the_learning_rate_schedules():
+    from hooked_vivit.organism.train import lr_factor, repeat_units, scene_units
+
+    classes = organism.task_classes("outcomes")
+    units = scene_units(classes, 2)
+    repeated = repeat_units(units, classes, {"shooting basketball": 3})
+    basketball = [u for u in units if classes[u[0] % 9][1] == "shooting basketball"]
+    assert [[4, 5], [13, 14]] == basketball  # rows i * 9 + c: clip i of classes 4 and 5
+    assert len(repeated) == len(units) + 2 * 2
+    assert all(repeated.count(u) == (3 if u in basketball else 1) for u in units)
+    for bad in ({"curling": 2}, {"bowling": 0}):
+        with pytest.raises(ValueError, match="repeat takes trained actions"):
+            repeat_units(units, classes, bad)
+    assert lr_factor(0, 100, 10, "cosine") == pytest.approx(0.1 * 0.5 * (1 + np.cos(0)))
+    assert lr_factor(50, 100, 10, "cosine") == pytest.approx(0.5)
+    assert lr_factor(100, 100, 10, "cosine") == pytest.approx(0.0)
+    assert lr_factor(4, 100, 10, "constant") == pytest.approx(0.5)
+    assert lr_factor(99, 100, 10, "constant") == 1.0
+    with pytest.raises(ValueError, match="schedule must be"):
+        lr_factor(0, 100, 10, "linear")
+
+
 def test_paired_batches_keep_each_minimal_pair_together():
     """--paired-batches (the outcomes task's default): every scene unit is both outcome clips of one
     rendered scene, every batch holds whole units, and an epoch sees every row exactly once."""

@@ -8,6 +8,7 @@ outcomes (see organism.task_classes); ``--smoke`` runs a seconds-long version of
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
@@ -62,6 +63,9 @@ class TrainConfig:
     token_supervision_weight: float = 0.5
     # Train on these actions' classes only (a curriculum stage; the labels stay the task's). None: every class.
     actions: tuple[str, ...] | None = None
+    # Each scene of these actions is seen this many times per epoch (each time mirrored anew): {action: times}.
+    repeat: dict[str, int] = dataclasses.field(default_factory=dict)
+    schedule: str = "cosine"  # after the warm-up: "cosine" (to 0 at the end) or "constant"
     seed: int = 0
     task: str = "actions"  # organism.task_classes: "actions" or "outcomes" (the outcome is the label)
 
@@ -171,6 +175,24 @@ def training_classes(classes, actions: tuple[str, ...] | None) -> tuple[tuple, t
     return trained, torch.tensor([names.index(label) for label, _, _ in trained])
 
 
+def repeat_units(units: list[list[int]], trained, repeat: dict[str, int]) -> list[list[int]]:
+    """Each unit of an action in ``repeat`` listed that many times (the others once), in order. Row
+    i * len(trained) + c is clip i of trained class c (render_split), so a unit's action is its first row's."""
+    unknown = set(repeat) - {action for _, action, _ in trained}
+    if unknown or any(times < 1 for times in repeat.values()):
+        raise ValueError(f"repeat takes trained actions and counts >= 1, got {repeat}")
+    return [u for u in units for _ in range(repeat.get(trained[u[0] % len(trained)][1], 1))]
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """The learning rate's multiplier at ``step``: a linear warm-up over ``warmup`` steps, then cosine
+    (to 0 at ``total``) or constant."""
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
+    after = 0.5 * (1 + math.cos(math.pi * min(1.0, step / total))) if schedule == "cosine" else 1.0
+    return min(1.0, (step + 1) / warmup) * after
+
+
 def scene_units(classes, per_class: int) -> list[list[int]]:
     """Row indices of render_split's output grouped by scene: row i * len(classes) + c is clip i of class c,
     and the classes of one action at the same i are one scene in each outcome (a minimal pair)."""
@@ -271,12 +293,12 @@ def train(tc: TrainConfig, out: Path, *, progress: bool = True) -> dict:
 
     token_hooks = [(f"blocks.{layer}.hook_resid_post", keep_resid(layer)) for layer in tc.token_supervision]
     units = scene_units(trained, tc.train_per_class) if tc.paired_batches else [[i] for i in range(len(x_train))]
+    units = repeat_units(units, trained, tc.repeat)
     steps_per_epoch = len(pair_batches(units, tc.batch_size, torch.Generator().manual_seed(0)))
     total = steps_per_epoch * tc.epochs
     warmup = max(1, total // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total)))
-    )
+    lr_factor(0, total, warmup, tc.schedule)  # checks the schedule's name before the first step
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, total, warmup, tc.schedule))
     gen = torch.Generator().manual_seed(tc.seed)
     history = []
     bar = tqdm(total=total, desc="train", disable=not progress)
@@ -409,6 +431,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--actions", nargs="+", metavar="ACTION", help="train on these actions' classes only (a curriculum stage)"
     )
+    p.add_argument(
+        "--repeat",
+        nargs=2,
+        action="append",
+        metavar=("ACTION", "TIMES"),
+        help="see each scene of ACTION TIMES times per epoch (repeatable)",
+    )
+    p.add_argument(
+        "--schedule", choices=["cosine", "constant"], help="learning rate after the warm-up (default cosine)"
+    )
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     tc = TrainConfig.smoke() if args.smoke else TrainConfig(**TASK_DEFAULTS[args.task])
@@ -419,6 +451,10 @@ def main(argv: list[str] | None = None) -> int:
         tc.token_supervision = tuple(args.token_supervision)
     if args.actions:
         tc.actions = tuple(args.actions)
+    if args.repeat:
+        tc.repeat = {action: int(times) for action, times in args.repeat}
+    if args.schedule:
+        tc.schedule = args.schedule
     if args.d_model:  # the MLP stays 4 x d_model
         tc.d_model, tc.d_mlp = args.d_model, 4 * args.d_model
     for field in (
