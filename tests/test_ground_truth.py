@@ -180,6 +180,11 @@ def test_train_outcomes_task_smoke(tmp_path):
     by_epoch = ", ".join(f"{h['val_accuracy']:.0%}" for h in metrics["history"])
     assert f"final validation accuracy {metrics['history'][-1]['val_accuracy']:.1%} (by epoch: {by_epoch})." in card
     assert ("each minimal pair in one batch" in card) == tc.paired_batches
+    assert (
+        "pair in one batch and mirrored alike (`--paired-batches`), position embeddings started from a 3-D sine-cosine"
+        " table of (frame slot, row, column), the CLS token from normal(0, 1), every patch token at layer 0 also"
+        " predicting the label (weight 0.5; training-only linear heads, not in the checkpoint);" in card
+    )
     saved = json.loads((tmp_path / "gt" / "config.json").read_text())
     assert list(saved["id2label"].values()) == OUTCOME_LABELS
     # Both outcome classes of an action are rendered from the same seeds: the training set is made of minimal pairs.
