@@ -84,10 +84,10 @@ def test_accuracy_on_fresh_held_out_clips(name):
     action = np.array([a for _, a, _ in classes])
     same_action = action[pred] == action[labels]
     # Measured on this sample: actions 81 % (its card's 94.7 % is from test seeds 2,000,000..099 and reproduces
-    # exactly; on 360 clips from 2,000,100 it scores 91.4 %); outcomes 87 % on the outcome classes (card: 86.7 %;
-    # its basketball clips at chance, 50 %, the rest 98 %) and 100 % at the action level. Chance is 1/6 and 1/9:
-    # the bounds fail a broken model or a broken renderer, not sampling noise (54 clips).
-    class_bound, action_bound = {"actions": (0.7, 0.7), "outcomes": (0.8, 0.95)}[name]
+    # exactly; on 360 clips from 2,000,100 it scores 91.4 %); outcomes 100 % on the outcome classes and at the
+    # action level (card: 97.6 % on its 100 test clips per class, 98.2 % on 500 per class from 2,001,000). Chance
+    # is 1/6 and 1/9: the bounds fail a broken model or a broken renderer, not sampling noise (54 clips).
+    class_bound, action_bound = {"actions": (0.7, 0.7), "outcomes": (0.9, 0.95)}[name]
     assert correct.mean() >= class_bound, f"{name}: {correct.mean():.0%} of {len(correct)} fresh clips"
     assert same_action.mean() >= action_bound, f"{name}: the action of {same_action.mean():.0%} of {len(correct)} clips"
 
@@ -185,6 +185,23 @@ def test_train_outcomes_task_smoke(tmp_path):
         " table of (frame slot, row, column), the CLS token from normal(0, 1), every patch token at layer 0 also"
         " predicting the label (weight 0.5; training-only linear heads, not in the checkpoint);" in card
     )
+    # With the larger held-out test (evaluate.py), the goal is judged on it too, from its numbers.
+    from hooked_vivit.model import HookedViViT
+    from hooked_vivit.organism.evaluate import held_out_accuracy
+
+    held_out = held_out_accuracy(HookedViViT.from_pretrained(tmp_path / "gt"), organism.task_classes("outcomes"), 2)
+    write_model_card(tmp_path / "gt", metrics, {}, held_out)
+    card = (tmp_path / "gt" / "MODEL_CARD.md").read_text()
+    outcome_accuracy = [held_out["per_class"][n]["accuracy"] for n in OUTCOME_LABELS[:6]]
+    met = held_out["overall"]["accuracy"] >= 0.95 and min(outcome_accuracy) >= 0.9
+    assert (
+        f"- A larger held-out test (2 fresh clips per class, test seeds 2,001,000..2,001,001, rendered by `evaluate.py` "
+        f"after training from seeds no stage trained, validated or tested on): {held_out['overall']['accuracy']:.1%}"
+    ) in card
+    assert card.count("**not met**") == (0 if met else 1) + (
+        metrics["test_accuracy"] < 0.95 or min(metrics["test_accuracy_per_class"][n] for n in OUTCOME_LABELS[:6]) < 0.9
+    )
+    assert f"| golf miss | {held_out['per_class']['golf miss']['accuracy']:.1%} |" in card
     saved = json.loads((tmp_path / "gt" / "config.json").read_text())
     assert list(saved["id2label"].values()) == OUTCOME_LABELS
     # Both outcome classes of an action are rendered from the same seeds: the training set is made of minimal pairs.
@@ -217,7 +234,7 @@ def test_token_supervision_trains_the_blocks_below_it_and_checks_its_layers(tmp_
 
 
 def test_a_curriculum_stage_trains_some_actions_under_the_tasks_labels(tmp_path):
-    from hooked_vivit.organism.train import training_classes
+    from hooked_vivit.organism.train import init_for_training, training_classes
 
     classes = organism.task_classes("outcomes")
     trained, label_of = training_classes(classes, ("shooting basketball", "juggling balls"))
@@ -228,9 +245,51 @@ def test_a_curriculum_stage_trains_some_actions_under_the_tasks_labels(tmp_path)
         training_classes(classes, ("curling",))
     tc = TrainConfig.smoke()
     tc.task, tc.paired_batches, tc.actions = "outcomes", True, ("shooting basketball",)
+    tc.weight_decay = 0.0  # then a row without gradient stays exactly as it started
     metrics = train(tc, tmp_path / "stage", progress=False)
     assert metrics["train_config"]["actions"] == ["shooting basketball"]
     assert list(metrics["test_accuracy_per_class"]) == OUTCOME_LABELS  # tested on every class of the task
+    # The stage is a classifier between its own classes: validated among them, and only their rows of the
+    # task's classifier are trained.
+    assert list(metrics["history"][0]["val_accuracy_per_class"]) == ["basketball make", "basketball miss"]
+    from hooked_vivit.model import HookedViViT
+
+    start = HookedViViT(model_config(tc))
+    init_for_training(start, tc)
+    stage = HookedViViT.from_pretrained(tmp_path / "stage")
+    for name in ("W_U", "b_U"):
+        before, after = getattr(start, name).detach(), getattr(stage, name).detach()
+        others = [c for c in range(9) if c not in (4, 5)]
+        assert torch.equal(before[..., others], after[..., others])
+        assert not torch.equal(before[..., [4, 5]], after[..., [4, 5]])
+    # predict's columns: the argmax among those logits, as an index into them.
+    from hooked_vivit.organism.train import predict
+
+    pixels = torch.randn(5, 8, 3, 32, 32)
+    with torch.no_grad():
+        logits = stage(pixels)
+    assert torch.equal(predict(stage, pixels, columns=label_of), logits[:, label_of].argmax(-1))
+    assert torch.equal(predict(stage, pixels), logits.argmax(-1))
+
+
+def test_bad_training_options_fail_before_rendering(tmp_path, monkeypatch):
+    from hooked_vivit.organism import train as train_module
+
+    def no_render(*args, **kwargs):
+        raise AssertionError("rendered before checking the options")
+
+    monkeypatch.setattr(train_module, "render_split", no_render)
+    for field, value, message in (
+        ("token_supervision", (2,), r"token_supervision layers must be in 0\.\.1"),
+        ("repeat", {"curling": 2}, "repeat takes trained actions"),
+        ("schedule", "linear", "schedule must be"),
+        ("warmup_steps", 0, "warmup_steps must be >= 1"),
+        ("actions", ("curling",), "actions must be among"),
+    ):
+        tc = TrainConfig.smoke()
+        setattr(tc, field, value)
+        with pytest.raises(ValueError, match=message):
+            train_module.train(tc, tmp_path / "bad", progress=False)
 
 
 def test_repeated_actions_and_the_learning_rate_schedules():
@@ -401,3 +460,71 @@ def test_validate_command_writes_the_table(tmp_path):
     with pytest.raises(SystemExit) as e:  # refused while parsing, before anything loads
         main(["validate", "--model", "bowling", "--out", str(tmp_path / "x")])
     assert e.value.code == 2 and not (tmp_path / "x").exists()
+
+
+def test_the_model_cards_stage_command_gives_back_the_stages_config():
+    """The card's command line for a stage, parsed by train's own argument parser, is the stage's TrainConfig."""
+    import dataclasses
+    import shlex
+
+    from hooked_vivit.organism.evaluate import _stage_command
+    from hooked_vivit.organism.train import TASK_DEFAULTS, config_from_args
+
+    def recorded(tc):  # as train() writes train_config into metrics.json
+        return json.loads(json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in tc.__dict__.items()}))
+
+    variants = [
+        {},
+        {"actions": ("shooting basketball",), "schedule": "constant", "warmup_steps": 50, "train_per_class": 150},
+        {
+            "init_from": "STAGE1",
+            "fresh_data": False,
+            "paired_batches": False,
+            "data_offset": 12,
+            "token_supervision": (),
+        },
+        {"repeat": {"shooting basketball": 4, "bowling": 2}, "tubelet": (2, 8, 8), "d_model": 64, "d_mlp": 256},
+        {"seed": 3, "lr": 2e-4, "pos_init": "normal", "cls_init_std": 0.0, "token_supervision_weight": 0.25},
+    ]
+    for task in ("outcomes", "actions"):
+        for change in variants:
+            tc = TrainConfig(**TASK_DEFAULTS[task])
+            tc.task = task
+            for field, value in change.items():
+                setattr(tc, field, value)
+            command = _stage_command(recorded(tc), 1)
+            words = shlex.split(command)
+            assert words[:5] == ["python", "-m", "hooked_vivit.organism.train", "--out", "DIR"]
+            parsed, _ = config_from_args(words[3:])
+            assert dataclasses.asdict(parsed) == dataclasses.asdict(tc), command
+    # Fields without an option are named after the command.
+    assert _stage_command(recorded(TrainConfig.smoke()), 1).endswith("(TrainConfig: num_frames=8, size=32)")
+
+
+def test_the_larger_held_out_test_counts_what_a_loop_counts(outcomes):
+    """evaluate.held_out_accuracy (rendered in chunks) against a plain loop over the same fresh clips; its
+    intervals are Wilson's; its seeds are recorded as used and lie past the card's test set and this file's."""
+    from hooked_vivit.organism.data import HELD_OUT_OFFSET, used_seed_ranges
+    from hooked_vivit.organism.evaluate import held_out_accuracy, wilson_interval
+
+    assert wilson_interval(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)  # the textbook 8 / 10 interval
+    classes = organism.task_classes("outcomes")
+    result = held_out_accuracy(outcomes, classes, per_class=3, chunk=2)
+    clips, labels, _ = render_split("test", 3, 16, 96, classes, offset=HELD_OUT_OFFSET)
+    with torch.inference_mode():
+        pred = torch.cat([outcomes(to_pixels(clips[i : i + 9])).argmax(-1) for i in range(0, len(clips), 9)]).numpy()
+    for c, name in enumerate(OUTCOME_LABELS):
+        hits = int((pred[labels == c] == c).sum())
+        assert result["per_class"][name]["clips"] == 3
+        assert result["per_class"][name]["accuracy"] == hits / 3
+        assert result["per_class"][name]["ci95"] == list(wilson_interval(hits, 3))
+    assert result["overall"]["accuracy"] == float((pred == labels).mean())
+    action = np.array([a for _, a, _ in classes])
+    assert result["action"]["accuracy"] == float((action[pred] == action[labels]).mean())
+    assert (result["first_seed"], result["last_seed"]) == (2_001_000, 2_001_002)
+    ranges = used_seed_ranges({"train_config": TrainConfig().__dict__ | {"fresh_data": False}}, None, result)
+    assert ranges[-1] == {"use": "held-out test (evaluate.py)", "first": 2_001_000, "last": 2_001_002}
+    shipped = recorded_seed_ranges(organism.checkpoint_path("outcomes"))["used"]
+    assert seed_use(2_001_499, shipped) == "held-out test (evaluate.py)" and seed_use(2_001_500, shipped) is None
+    with pytest.raises(ValueError, match="the model's classes"):
+        held_out_accuracy(outcomes, organism.task_classes("actions"), per_class=1)

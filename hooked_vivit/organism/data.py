@@ -11,6 +11,8 @@ from hooked_vivit.video import normalize
 
 # Disjoint seed ranges: a clip's seed fixes every nuisance, so held-out seeds are held-out scenes.
 SPLIT_SEEDS = {"train": 0, "val": 1_000_000, "test": 2_000_000, "probe": 3_000_000}
+HELD_OUT_FILE = "held_out.json"  # evaluate.py's larger held-out test (test seeds past HELD_OUT_OFFSET)
+HELD_OUT_OFFSET = 1_000  # its first clip index in the test split: past the card's test set and the tests' fresh clips
 # Reserved for analysis (analyze, study, their probes): no shipped organism was trained, validated,
 # tested or probed on any seed in [start, stop). render_pair(domain, seed) renders the same scene as
 # render_clip(action, seed), so a training seed would analyse a training clip.
@@ -19,10 +21,10 @@ ANALYSIS_RANGE = (4_000_000, 7_000_000)
 SEED_RANGES_FILE = "seed_ranges.json"
 
 
-def used_seed_ranges(metrics: dict, probes: dict | None = None) -> list[dict]:
+def used_seed_ranges(metrics: dict, probes: dict | None = None, held_out: dict | None = None) -> list[dict]:
     """Every seed range a checkpoint was trained, validated, tested or probed on, derived from its
-    metrics.json (each fine-tuning stage's config, see train.py) and probes.json (evaluate.py):
-    [{"use", "first", "last"}] with inclusive ends."""
+    metrics.json (each fine-tuning stage's config, see train.py), probes.json and held_out.json
+    (evaluate.py): [{"use", "first", "last"}] with inclusive ends."""
     from hooked_vivit import synthetic
 
     stages, m = [], metrics
@@ -59,6 +61,10 @@ def used_seed_ranges(metrics: dict, probes: dict | None = None) -> list[dict]:
     for domain, res in (probes or {}).items():
         seed0 = SPLIT_SEEDS["probe"] + 10_000 * list(synthetic.DOMAINS).index(domain)
         out.append({"use": f"probe ({domain})", "first": seed0, "last": seed0 + res["pairs"] - 1})
+    if held_out:
+        out.append(
+            {"use": "held-out test (evaluate.py)", "first": held_out["first_seed"], "last": held_out["last_seed"]}
+        )
     return out
 
 
@@ -73,15 +79,17 @@ def recorded_seed_ranges(checkpoint=None) -> dict:
 
 
 def write_seed_ranges(checkpoint) -> dict:
-    """Record used_seed_ranges of a checkpoint (from its metrics.json and probes.json) and the analysis range."""
+    """Record used_seed_ranges of a checkpoint (from its metrics.json, probes.json and held_out.json) and the
+    analysis range."""
     import json
     from pathlib import Path
 
     path = Path(checkpoint)
     metrics = json.loads((path / "metrics.json").read_text())
     probes = json.loads((path / "probes.json").read_text()) if (path / "probes.json").exists() else None
+    held_out = json.loads((path / HELD_OUT_FILE).read_text()) if (path / HELD_OUT_FILE).exists() else None
     data = {
-        "used": used_seed_ranges(metrics, probes),
+        "used": used_seed_ranges(metrics, probes, held_out),
         "analysis": {"first": ANALYSIS_RANGE[0], "last": ANALYSIS_RANGE[1] - 1, **ANALYSIS_SEEDS},
         "note": "inclusive seed ranges; a clip's seed fixes its scene in every action",
     }

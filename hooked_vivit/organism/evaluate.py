@@ -8,6 +8,7 @@ mean over tokens of the residual stream, split by pair, with a shuffled-label co
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -20,7 +21,15 @@ from hooked_vivit.analysis.validation import BEGIN, END, validation_markdown
 from hooked_vivit.causal.probes import probe_accuracy
 from hooked_vivit.model import HookedViViT
 from hooked_vivit.organism import checkpoint_path, resolve
-from hooked_vivit.organism.data import SPLIT_SEEDS, write_seed_ranges
+from hooked_vivit.organism.data import (
+    HELD_OUT_FILE,
+    HELD_OUT_OFFSET,
+    SPLIT_SEEDS,
+    clip_seed,
+    render_split,
+    to_pixels,
+    write_seed_ranges,
+)
 
 
 def outcome_probes(model: HookedViViT, n_pairs: int = 60, *, cross_validated: bool = False) -> dict:
@@ -55,6 +64,49 @@ def outcome_probes(model: HookedViViT, n_pairs: int = 60, *, cross_validated: bo
     return out
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion (95 % by default)."""
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(centre - half), float(centre + half)
+
+
+def held_out_accuracy(
+    model: HookedViViT, classes, per_class: int, offset: int = HELD_OUT_OFFSET, chunk: int = 50
+) -> dict:
+    """Accuracy on freshly rendered test clips of seeds clip_seed("test", offset).. (``per_class`` per class,
+    rendered ``chunk`` per class at a time): per class and overall with Wilson 95 % intervals, and at the
+    action level (a clip whose predicted class is of its action counts: twin outcomes merged)."""
+    from hooked_vivit.organism.train import predict
+
+    names = [label for label, _, _ in classes]
+    action = np.array([a for _, a, _ in classes])
+    if list(model.cfg.id2label.values()) != names:
+        raise ValueError(f"the model's classes {list(model.cfg.id2label.values())} are not {names}")
+    preds, labels = [], []
+    for start in range(0, per_class, chunk):
+        n = min(chunk, per_class - start)
+        clips, y, _ = render_split(
+            "test", n, model.cfg.num_frames, model.cfg.image_size[0], classes, offset=offset + start
+        )
+        preds.append(predict(model, to_pixels(clips)).numpy())
+        labels.append(y)
+    pred, y = np.concatenate(preds), np.concatenate(labels)
+
+    def summary(hits: np.ndarray) -> dict:
+        lo, hi = wilson_interval(int(hits.sum()), len(hits))
+        return {"accuracy": float(hits.mean()), "ci95": [lo, hi], "clips": len(hits)}
+
+    return {
+        "first_seed": clip_seed("test", offset),
+        "last_seed": clip_seed("test", offset + per_class - 1),
+        "per_class": {name: summary(pred[y == c] == c) for c, name in enumerate(names)},
+        "overall": summary(pred == y),
+        "action": summary(action[pred] == action[y]),
+    }
+
+
 def _val_by_epoch(stage: dict) -> str:
     return ", ".join(f"{h['val_accuracy']:.0%}" for h in stage["history"])
 
@@ -62,6 +114,8 @@ def _val_by_epoch(stage: dict) -> str:
 def _starting_point(tc: dict) -> str:
     """The training options that differ from init_weights and plain cross-entropy, as a card phrase."""
     parts = []
+    if tc.get("init_from"):  # a later stage starts from the checkpoint: only the token supervision applies
+        tc = {k: v for k, v in tc.items() if k not in ("pos_init", "cls_init_std")}
     if tc.get("pos_init", "normal") != "normal":
         parts.append("position embeddings started from a 3-D sine-cosine table of (frame slot, row, column)")
     if tc.get("cls_init_std"):
@@ -75,7 +129,46 @@ def _starting_point(tc: dict) -> str:
     return "".join(f", {p}" for p in parts)
 
 
-def write_model_card(path: Path, metrics: dict, probes: dict) -> None:
+def _stage_command(tc: dict, index: int) -> str:
+    """The training command of a stage: the options whose values differ from its task's defaults (the
+    previous stage's checkpoint is STAGE{index})."""
+    from hooked_vivit.organism.train import TASK_DEFAULTS, TrainConfig
+
+    task = tc.get("task", "actions")
+    default = dataclasses.asdict(TrainConfig(**TASK_DEFAULTS[task]))
+    words = ["python -m hooked_vivit.organism.train --out DIR"] + ([f"--task {task}"] if task != "actions" else [])
+    unflagged = []  # TrainConfig fields the command line does not set
+    for field, value in tc.items():
+        if field in ("task", "d_mlp") or field not in default:  # d_mlp follows --d-model
+            continue
+        was = default[field]
+        if isinstance(was, tuple):
+            was = list(was)
+        if value == was:
+            continue
+        flag = "--" + field.replace("_", "-")
+        if field in ("num_frames", "size", "weight_decay", "flip"):
+            unflagged.append(f"{field}={value}")
+        elif field == "init_from":
+            words.append(f"{flag} STAGE{index}")
+        elif isinstance(value, bool):
+            words.append(flag if value else f"--no-{field.replace('_', '-')}")
+        elif field == "repeat":
+            words += [f'{flag} "{action}" {times}' for action, times in value.items()]
+        elif field == "actions":
+            words.append(flag + "".join(f' "{a}"' if " " in a else f" {a}" for a in value))
+        elif isinstance(value, list):
+            words.append(flag + "".join(f" {v}" for v in value))
+        else:
+            words.append(f"{flag} {value}")
+    return " ".join(words) + (f" (TrainConfig: {', '.join(unflagged)})" if unflagged else "")
+
+
+def write_model_card(path: Path, metrics: dict, probes: dict, held_out: dict | None = None) -> None:
+    """MODEL_CARD.md from metrics.json, the probes, the larger held-out test (default: held_out.json beside it,
+    if any) and validation.json."""
+    if held_out is None and (path / HELD_OUT_FILE).exists():
+        held_out = json.loads((path / HELD_OUT_FILE).read_text())
     tc = metrics["train_config"]
     stages, m = [], metrics
     while m:  # each fine-tuning stage records the metrics of the one before
@@ -133,12 +226,34 @@ def write_model_card(path: Path, metrics: dict, probes: dict) -> None:
             + (
                 "met."
                 if met
+                else f"**not met** on these {tc['test_per_class']} clips per class (see the larger test below)."
+                if held_out
                 else "**not met**; it carries the outcome only as far as the "
                 "per-class accuracies below show, so read the validation verdicts of this organism in that light."
             ),
             f"- The action (twin outcomes merged): {(cm * same).sum() / cm.sum():.1%} correct.",
-            "",
         ]
+        if held_out:
+            outcome_rows = {n: r for n, r in held_out["per_class"].items() if n in per_outcome}
+            low = min(outcome_rows, key=lambda n: outcome_rows[n]["accuracy"])
+            met_here = held_out["overall"]["accuracy"] >= 0.95 and outcome_rows[low]["accuracy"] >= 0.9
+            ci = held_out["overall"]["ci95"]
+            goal += [
+                f"- A larger held-out test ({held_out['per_class'][names[0]]['clips']} fresh clips per class, test seeds "
+                f"{held_out['first_seed']:,}..{held_out['last_seed']:,}, rendered by `evaluate.py` after training from seeds "
+                f"no stage trained, validated or tested on): {held_out['overall']['accuracy']:.1%} [{ci[0]:.1%}, {ci[1]:.1%}] overall, "
+                f"outcome classes {outcome_rows[low]['accuracy']:.1%} ({low}, [{outcome_rows[low]['ci95'][0]:.1%}, "
+                f"{outcome_rows[low]['ci95'][1]:.1%}]) to {max(r['accuracy'] for r in outcome_rows.values()):.1%}, the action "
+                f"{held_out['action']['accuracy']:.1%}: " + ("met." if met_here else "**not met**."),
+                "",
+                "| class | held-out accuracy | 95 % interval |",
+                "|---|---|---|",
+                *(
+                    f"| {n} | {r['accuracy']:.1%} | [{r['ci95'][0]:.1%}, {r['ci95'][1]:.1%}] |"
+                    for n, r in held_out["per_class"].items()
+                ),
+            ]
+        goal.append("")
     lines = [
         *intro,
         *goal,
@@ -159,21 +274,20 @@ def write_model_card(path: Path, metrics: dict, probes: dict) -> None:
         "",
         "## Training",
         *[
-            f"- Stage {i + 1}: `python -m hooked_vivit.organism.train --out DIR"
-            + (f" --task {task}" if task != "actions" else "")
-            + (
-                f" --init-from STAGE{i} --fresh-data --epochs {m['train_config']['epochs']} --lr {m['train_config']['lr']}"
-                + (
-                    f" --data-offset {m['train_config']['data_offset']}"
-                    if m["train_config"].get("data_offset") is not None
-                    else ""
-                )
-                + "`"
-                if m["train_config"].get("init_from")
-                else "`"
-            )
+            f"- Stage {i + 1}: `{_stage_command(m['train_config'], i)}`"
             + f" (seed {m['train_config']['seed']}): AdamW lr {m['train_config']['lr']}, weight decay {m['train_config']['weight_decay']}, "
-            f"batch {m['train_config']['batch_size']}, {m['train_config']['epochs']} epoch{'s' if m['train_config']['epochs'] != 1 else ''}, cosine schedule"
+            f"batch {m['train_config']['batch_size']}, {m['train_config']['epochs']} epoch{'s' if m['train_config']['epochs'] != 1 else ''}, "
+            f"{m['train_config'].get('schedule', 'cosine')} schedule"
+            + (
+                f" after {m['train_config']['warmup_steps']} warm-up steps"
+                if m["train_config"].get("warmup_steps")
+                else ""
+            )
+            + (
+                f", on the {', '.join(m['train_config']['actions'])} classes only (a classifier among them)"
+                if m["train_config"].get("actions")
+                else ""
+            )
             + (
                 ", a fresh rendered training set every epoch"
                 if m["train_config"].get("fresh_data")
@@ -188,6 +302,7 @@ def write_model_card(path: Path, metrics: dict, probes: dict) -> None:
             + f"; {m['train_seconds'] / 60:.1f} min (+{m['render_seconds']:.0f} s rendering)"
             + (f", {m['cpu_seconds'] / 60:.1f} min of process CPU time" if m.get("cpu_seconds") is not None else "")
             + f", final validation accuracy {m['history'][-1]['val_accuracy']:.1%}"
+            + (" among its classes" if m["train_config"].get("actions") else "")
             + f" (by epoch: {_val_by_epoch(m)})."
             for i, m in enumerate(stages)
         ],
@@ -301,14 +416,33 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also repeated grouped k-fold probes with intervals (default for outcomes)",
     )
+    p.add_argument(
+        "--held-out-per-class",
+        type=int,
+        default=None,
+        help=f"clips per class of a larger held-out test from test seeds {SPLIT_SEEDS['test'] + HELD_OUT_OFFSET:,}.. "
+        "(default: 500 for the outcomes task, none for actions)",
+    )
     args = p.parse_args(argv)
-    path = args.checkpoint or checkpoint_path(args.model)
+    path = Path(args.checkpoint or checkpoint_path(args.model))
     model = HookedViViT.from_pretrained(path)
     metrics = json.loads((path / "metrics.json").read_text())
-    cv = args.cross_validated or metrics["train_config"].get("task") == "outcomes" or resolve(args.model) == "outcomes"
+    task = metrics["train_config"].get("task", "actions")
+    cv = args.cross_validated or task == "outcomes" or resolve(args.model) == "outcomes"
     probes = outcome_probes(model, args.pairs, cross_validated=cv)
+    per_class = args.held_out_per_class if args.held_out_per_class is not None else (500 if task == "outcomes" else 0)
+    held_out = None
+    if per_class > 0:
+        from hooked_vivit.organism import task_classes
+
+        held_out = held_out_accuracy(model, task_classes(task), per_class)
+    from hooked_vivit.output_dir import record_written
+
     (path / "probes.json").write_text(json.dumps(probes, indent=2) + "\n")
-    write_model_card(path, metrics, probes)
+    if held_out:
+        (path / HELD_OUT_FILE).write_text(json.dumps(held_out, indent=2) + "\n")
+        record_written(path, HELD_OUT_FILE)
+    write_model_card(path, metrics, probes, held_out)
     write_seed_ranges(path)  # the seeds this checkpoint has seen, for the analysis defaults' disjointness
     print((path / "MODEL_CARD.md").read_text())
     return 0

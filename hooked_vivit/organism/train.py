@@ -61,11 +61,14 @@ class TrainConfig:
     # through its own linear head (dropped after training), weighted token_supervision_weight against the CLS loss.
     token_supervision: tuple[int, ...] = ()
     token_supervision_weight: float = 0.5
-    # Train on these actions' classes only (a curriculum stage; the labels stay the task's). None: every class.
+    # Train on these actions' classes only (a curriculum stage): the loss, the token heads and the validation
+    # read only those classes' rows of the task's classifier, so the stage is a classifier among its own
+    # classes and the other rows get no gradient (weight decay still shrinks them). None: every class.
     actions: tuple[str, ...] | None = None
     # Each scene of these actions is seen this many times per epoch (each time mirrored anew): {action: times}.
     repeat: dict[str, int] = dataclasses.field(default_factory=dict)
     schedule: str = "cosine"  # after the warm-up: "cosine" (to 0 at the end) or "constant"
+    warmup_steps: int | None = None  # linear warm-up; None: a twentieth of all steps
     seed: int = 0
     task: str = "actions"  # organism.task_classes: "actions" or "outcomes" (the outcome is the label)
 
@@ -100,10 +103,11 @@ TASK_DEFAULTS = {
         # tubelet sees a ball at four positions.
         "tubelet": (4, 16, 16),
         # A make and a miss hold the same objects, in other places at other times: from init_weights alone the
-        # model is nearly blind to both, and basketball stayed at chance. In 6-minute basketball-only pilots these three
-        # with lr 5e-4 learned make vs miss (93 % validation after 300 steps); without the token loss it was
-        # still at chance after 325 steps (the other two were not ablated one by one). In the 9-class run they
-        # lifted golf to 92 / 90 % but basketball stayed at chance (MODEL_CARD, README).
+        # model is nearly blind to both. With these three (and lr 5e-4) a 9-class run learns bowling and golf
+        # but leaves basketball at chance; a basketball-only stage first (--actions "shooting basketball",
+        # --schedule constant --warmup-steps 50) learns make vs miss, and this 9-class stage from it keeps it.
+        # Without the token loss that stage stayed at chance (the other two were not ablated one by one).
+        # The shipped organism's stages: its MODEL_CARD.
         "pos_init": "sincos",
         "cls_init_std": 1.0,
         "token_supervision": (1, 3),
@@ -219,10 +223,17 @@ def pair_batches(units: list[list[int]], batch_size: int, generator: torch.Gener
 
 
 @torch.no_grad()
-def predict(model: HookedViViT, pixels: torch.Tensor, batch: int = 64) -> torch.Tensor:
+def predict(
+    model: HookedViViT, pixels: torch.Tensor, batch: int = 64, columns: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The predicted class of each clip; with ``columns``, the argmax over those logits only (an index into them)."""
     model.eval()
     device = model.W_E.device
-    return torch.cat([model(pixels[i : i + batch].to(device)).argmax(-1).cpu() for i in range(0, len(pixels), batch)])
+    preds = []
+    for i in range(0, len(pixels), batch):
+        logits = model(pixels[i : i + batch].to(device))
+        preds.append((logits if columns is None else logits[:, columns.to(device)]).argmax(-1).cpu())
+    return torch.cat(preds)
 
 
 def confusion(pred: torch.Tensor, labels: np.ndarray, n: int) -> np.ndarray:
@@ -242,6 +253,19 @@ def train(tc: TrainConfig, out: Path, *, progress: bool = True) -> dict:
     classes = task_classes(tc.task)
     names = [label for label, _, _ in classes]
     trained, label_of = training_classes(classes, tc.actions)
+    # Bad options fail here, before a minute of rendering.
+    n_layers = (
+        tc.n_layers
+        if not tc.init_from
+        else json.loads((Path(tc.init_from) / "config.json").read_text())["num_hidden_layers"]
+    )
+    for layer in tc.token_supervision:
+        if not 0 <= layer < n_layers:
+            raise ValueError(f"token_supervision layers must be in 0..{n_layers - 1}, got {layer}")
+    repeat_units([], trained, tc.repeat)
+    lr_factor(0, 1, 1, tc.schedule)
+    if tc.warmup_steps is not None and tc.warmup_steps < 1:
+        raise ValueError(f"warmup_steps must be >= 1, got {tc.warmup_steps}")
 
     def train_set(epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         # Fresh data: new seeds every epoch, past every earlier stage's (stage 1 uses 0..per_class-1).
@@ -256,11 +280,12 @@ def train(tc: TrainConfig, out: Path, *, progress: bool = True) -> dict:
             progress=progress and epoch == 0,
             offset=offset,
         )
-        return torch.from_numpy(clips), label_of[labels]  # uint8 (4x smaller), normalised batch by batch
+        # uint8 (4x smaller), normalised batch by batch; labels index ``trained`` (label_of maps them to the task's)
+        return torch.from_numpy(clips), torch.from_numpy(labels)
 
     x_train, y_train = train_set(0)
-    val_clips, val_y, _ = render_split("val", tc.val_per_class, tc.num_frames, tc.size, classes)
-    x_val = to_pixels(val_clips)
+    val_clips, val_y, _ = render_split("val", tc.val_per_class, tc.num_frames, tc.size, trained)
+    x_val, val_y = to_pixels(val_clips), torch.from_numpy(val_y)
     render_s = time.time() - start
 
     previous = None
@@ -276,9 +301,7 @@ def train(tc: TrainConfig, out: Path, *, progress: bool = True) -> dict:
         model = HookedViViT(model_config(tc))
         init_for_training(model, tc)
     model.to(device).train()
-    for layer in tc.token_supervision:
-        if not 0 <= layer < model.cfg.n_layers:
-            raise ValueError(f"token_supervision layers must be in 0..{model.cfg.n_layers - 1}, got {layer}")
+    columns = label_of.to(device)  # the trained classes' rows of the classifier (all of them without --actions)
     # Training-only heads: never saved, so the checkpoint is the plain ViViT.
     token_heads = torch.nn.ModuleList(
         [torch.nn.Linear(model.cfg.d_model, len(names)) for _ in tc.token_supervision]
@@ -297,7 +320,7 @@ def train(tc: TrainConfig, out: Path, *, progress: bool = True) -> dict:
     units = repeat_units(units, trained, tc.repeat)
     steps_per_epoch = len(pair_batches(units, tc.batch_size, torch.Generator().manual_seed(0)))
     total = steps_per_epoch * tc.epochs
-    warmup = max(1, total // 20)
+    warmup = tc.warmup_steps or max(1, total // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, total, warmup, tc.schedule))
     gen = torch.Generator().manual_seed(tc.seed)
     history = []
@@ -318,11 +341,11 @@ def train(tc: TrainConfig, out: Path, *, progress: bool = True) -> dict:
             y = y_train[idx].to(device)
             with model.hooks(fwd_hooks=token_hooks):
                 logits = model(x.to(device))
-            loss = cls_loss = F.cross_entropy(logits, y)
+            loss = cls_loss = F.cross_entropy(logits[:, columns], y)
             if tc.token_supervision:
                 token_loss = sum(
                     F.cross_entropy(
-                        head(token_resid[layer][:, 1:]).flatten(0, 1),
+                        head(token_resid[layer][:, 1:])[..., columns].flatten(0, 1),
                         y.repeat_interleave(token_resid[layer].shape[1] - 1),
                     )
                     for layer, head in zip(tc.token_supervision, token_heads)
@@ -337,17 +360,24 @@ def train(tc: TrainConfig, out: Path, *, progress: bool = True) -> dict:
             losses.append(cls_loss.item())
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        val_acc = float((predict(model, x_val) == torch.from_numpy(val_y)).float().mean())
+        val_pred = predict(model, x_val, columns=label_of)  # among the trained classes
+        val_acc = float((val_pred == val_y).float().mean())
         history.append(
             {
                 "epoch": epoch + 1,
                 "loss": float(np.mean(losses)),  # the CLS cross-entropy
                 **({"token_loss": float(np.mean(token_losses))} if token_losses else {}),
                 "val_accuracy": val_acc,
+                "val_accuracy_per_class": {
+                    trained[c][0]: float((val_pred[val_y == c] == c).float().mean()) for c in range(len(trained))
+                },
                 "wall_seconds": round(time.time() - start, 1),
                 "cpu_seconds": round(time.process_time() - cpu_start, 1),
             }
         )
+        if progress:
+            per_class = ", ".join(f"{k} {v:.0%}" for k, v in history[-1]["val_accuracy_per_class"].items())
+            bar.write(f"epoch {epoch + 1}: validation {val_acc:.1%} ({per_class})")
     bar.close()
     train_s = time.time() - start - render_s
 
@@ -385,7 +415,8 @@ def train(tc: TrainConfig, out: Path, *, progress: bool = True) -> dict:
     return metrics
 
 
-def main(argv: list[str] | None = None) -> int:
+def config_from_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
+    """The TrainConfig of a command line (the task's defaults, then each option given)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
     p.add_argument("--smoke", action="store_true", help="tiny configuration: every step, in seconds")
@@ -407,7 +438,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--init-from", help="continue training this checkpoint (a fine-tuning stage)")
-    p.add_argument("--fresh-data", action="store_true", help="render a new training set every epoch")
+    p.add_argument(
+        "--fresh-data",
+        action=argparse.BooleanOptionalAction,
+        help="render a new training set every epoch (default for --task outcomes)",
+    )
     p.add_argument(
         "--paired-batches",
         action=argparse.BooleanOptionalAction,
@@ -441,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--schedule", choices=["cosine", "constant"], help="learning rate after the warm-up (default cosine)"
     )
+    p.add_argument("--warmup-steps", type=int, help="linear warm-up steps (default: a twentieth of all steps)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     tc = TrainConfig.smoke() if args.smoke else TrainConfig(**TASK_DEFAULTS[args.task])
@@ -474,9 +510,15 @@ def main(argv: list[str] | None = None) -> int:
         "pos_init",
         "cls_init_std",
         "token_supervision_weight",
+        "warmup_steps",
     ):
-        if getattr(args, field) is not None and (field == "paired_batches" or getattr(args, field) is not False):
+        if getattr(args, field) is not None:
             setattr(tc, field, getattr(args, field))
+    return tc, args
+
+
+def main(argv: list[str] | None = None) -> int:
+    tc, args = config_from_args(argv)
     metrics = train(tc, args.out, progress=not args.quiet)
     print(
         json.dumps(
