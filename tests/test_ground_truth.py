@@ -498,7 +498,10 @@ def test_the_model_cards_stage_command_gives_back_the_stages_config():
             parsed, _ = config_from_args(words[3:])
             assert dataclasses.asdict(parsed) == dataclasses.asdict(tc), command
     # Fields without an option are named after the command.
-    assert _stage_command(recorded(TrainConfig.smoke()), 1).endswith("(TrainConfig: num_frames=8, size=32)")
+    smoke = TrainConfig.smoke()  # d_mlp 64 is not 4 x d_model 32: --d-model cannot say it
+    assert _stage_command(recorded(smoke), 1).endswith("(TrainConfig: num_frames=8, size=32, d_mlp=64)")
+    smoke.d_mlp = 4 * smoke.d_model
+    assert _stage_command(recorded(smoke), 1).endswith("(TrainConfig: num_frames=8, size=32)")
 
 
 def test_the_larger_held_out_test_counts_what_a_loop_counts(outcomes):
@@ -528,3 +531,43 @@ def test_the_larger_held_out_test_counts_what_a_loop_counts(outcomes):
     assert seed_use(2_001_499, shipped) == "held-out test (evaluate.py)" and seed_use(2_001_500, shipped) is None
     with pytest.raises(ValueError, match="the model's classes"):
         held_out_accuracy(outcomes, organism.task_classes("actions"), per_class=1)
+
+
+def test_a_stages_loss_reads_only_its_classes_columns():
+    """stage_loss against F.cross_entropy written out: the CLS part over the trained columns, the token part
+    averaged over heads with every token labelled; logits of untrained classes change nothing."""
+    import torch.nn.functional as F
+
+    from hooked_vivit.organism.train import stage_loss
+
+    gen = torch.Generator().manual_seed(0)
+    logits, y, columns = torch.randn(6, 9, generator=gen), torch.tensor([0, 1, 1, 0, 1, 0]), torch.tensor([4, 5])
+    tokens = [torch.randn(6, 7, 9, generator=gen) for _ in range(2)]
+    loss, cls_part, token_part = stage_loss(logits, tokens, y, columns, 0.5)
+    assert torch.allclose(cls_part, F.cross_entropy(logits[:, [4, 5]], y))
+    by_hand = sum(F.cross_entropy(t[:, :, [4, 5]].reshape(42, 2), y.repeat_interleave(7)) for t in tokens) / 2
+    assert torch.allclose(token_part, by_hand) and torch.allclose(loss, cls_part + 0.5 * by_hand)
+    others = [c for c in range(9) if c not in (4, 5)]
+    moved = logits.clone()
+    moved[:, others] += 100.0
+    moved_tokens = [t.clone() for t in tokens]
+    for t in moved_tokens:
+        t[..., others] -= 100.0
+    assert torch.equal(stage_loss(moved, moved_tokens, y, columns, 0.5)[0], loss)
+    assert stage_loss(logits, [], y, columns, 0.5)[2] is None
+
+
+def test_a_stage_from_a_checkpoint_checks_it_before_rendering(tmp_path, monkeypatch):
+    from hooked_vivit.organism import train as train_module
+
+    tc = TrainConfig.smoke()
+    train(tc, tmp_path / "stage1", progress=False)
+    monkeypatch.setattr(train_module, "render_split", lambda *a, **k: pytest.fail("rendered before the checks"))
+    later = TrainConfig.smoke()
+    later.init_from, later.token_supervision = str(tmp_path / "stage1"), (2,)  # the checkpoint has 2 layers
+    with pytest.raises(ValueError, match=r"token_supervision layers must be in 0\.\.1"):
+        train_module.train(later, tmp_path / "bad", progress=False)
+    other_task = TrainConfig.smoke()
+    other_task.init_from, other_task.task = str(tmp_path / "stage1"), "outcomes"
+    with pytest.raises(ValueError, match="has classes"):
+        train_module.train(other_task, tmp_path / "bad", progress=False)

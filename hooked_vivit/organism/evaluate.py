@@ -28,6 +28,7 @@ from hooked_vivit.organism.data import (
     clip_seed,
     render_split,
     to_pixels,
+    used_seed_ranges,
     write_seed_ranges,
 )
 
@@ -129,6 +130,22 @@ def _starting_point(tc: dict) -> str:
     return "".join(f", {p}" for p in parts)
 
 
+def _training_data(metrics: dict, stages: list[dict]) -> str:
+    """Per stage: clips per class (of which actions), fresh or fixed, and the train seeds it used."""
+    ranges = used_seed_ranges(metrics)
+    parts = []
+    for i, stage in enumerate(stages):
+        tc = stage["train_config"]
+        train = [r for r in ranges if r["use"] == f"train (stage {i + 1})"]
+        seeds = f"seeds {min(r['first'] for r in train):,}..{max(r['last'] for r in train):,}"
+        which = f" of {', '.join(tc['actions'])}" if tc.get("actions") else ""
+        how = "a fresh set every epoch" if tc.get("fresh_data") else "the same set every epoch"
+        parts.append(
+            f"{'stage ' + str(i + 1) + ': ' if len(stages) > 1 else ''}{tc['train_per_class']} per class{which}, {how} ({seeds})"
+        )
+    return "; ".join(parts)
+
+
 def _stage_command(tc: dict, index: int) -> str:
     """The training command of a stage: the options whose values differ from its task's defaults (the
     previous stage's checkpoint is STAGE{index})."""
@@ -139,7 +156,9 @@ def _stage_command(tc: dict, index: int) -> str:
     words = ["python -m hooked_vivit.organism.train --out DIR"] + ([f"--task {task}"] if task != "actions" else [])
     unflagged = []  # TrainConfig fields the command line does not set
     for field, value in tc.items():
-        if field in ("task", "d_mlp") or field not in default:  # d_mlp follows --d-model
+        if field == "d_mlp" and value == 4 * tc["d_model"]:  # --d-model sets d_mlp to 4 x d_model
+            continue
+        if field == "task" or field not in default:
             continue
         was = default[field]
         if isinstance(was, tuple):
@@ -147,7 +166,7 @@ def _stage_command(tc: dict, index: int) -> str:
         if value == was:
             continue
         flag = "--" + field.replace("_", "-")
-        if field in ("num_frames", "size", "weight_decay", "flip"):
+        if field in ("num_frames", "size", "weight_decay", "flip", "d_mlp"):
             unflagged.append(f"{field}={value}")
         elif field == "init_from":
             words.append(f"{flag} STAGE{index}")
@@ -174,7 +193,6 @@ def write_model_card(path: Path, metrics: dict, probes: dict, held_out: dict | N
     while m:  # each fine-tuning stage records the metrics of the one before
         stages.insert(0, m)
         m = m.get("previous_stage")
-    first = stages[0]["train_config"]
     task = tc.get("task", "actions")
     total_min = sum(m["train_seconds"] + m["render_seconds"] for m in stages) / 60
     cpu = [m.get("cpu_seconds") for m in stages]
@@ -267,7 +285,7 @@ def write_model_card(path: Path, metrics: dict, probes: dict, held_out: dict | N
         "",
         "## Data",
         f"- Classes: {', '.join(metrics['confusion_matrix']['classes'])}.",
-        f"- {first['train_per_class']} training clips per class (seeds 0..), {tc['val_per_class']} validation (seeds 1,000,000..), "
+        f"- Training clips: {_training_data(metrics, stages)}; {tc['val_per_class']} validation (seeds 1,000,000..), "
         f"{tc['test_per_class']} test (seeds 2,000,000..): every nuisance (colours, textures, geometry, camera, lighting,",
         "  speeds, start times) differs between splits. Clips are mirrored at random during training.",
         *outcome_line,
@@ -435,6 +453,12 @@ def main(argv: list[str] | None = None) -> int:
     if per_class > 0:
         from hooked_vivit.organism import task_classes
 
+        first, last = clip_seed("test", HELD_OUT_OFFSET), clip_seed("test", HELD_OUT_OFFSET + per_class - 1)
+        seen = [r for r in used_seed_ranges(metrics, probes) if r["first"] <= last and first <= r["last"]]
+        if seen:  # the held-out clips must be new to this checkpoint
+            raise ValueError(
+                f"the held-out test's seeds {first:,}..{last:,} overlap seeds this checkpoint used: {seen}"
+            )
         held_out = held_out_accuracy(model, task_classes(task), per_class)
     from hooked_vivit.output_dir import record_written
 

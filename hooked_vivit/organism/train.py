@@ -106,7 +106,8 @@ TASK_DEFAULTS = {
         # model is nearly blind to both. With these three (and lr 5e-4) a 9-class run learns bowling and golf
         # but leaves basketball at chance; a basketball-only stage first (--actions "shooting basketball",
         # --schedule constant --warmup-steps 50) learns make vs miss, and this 9-class stage from it keeps it.
-        # Without the token loss that stage stayed at chance (the other two were not ablated one by one).
+        # Without the token loss the basketball-only pilot stayed at chance (the other two were not ablated
+        # one by one).
         # The shipped organism's stages: its MODEL_CARD.
         "pos_init": "sincos",
         "cls_init_std": 1.0,
@@ -222,6 +223,26 @@ def pair_batches(units: list[list[int]], batch_size: int, generator: torch.Gener
     return batches + ([batch] if batch else [])
 
 
+def stage_loss(
+    logits: torch.Tensor,
+    token_logits: list[torch.Tensor],
+    y: torch.Tensor,
+    columns: torch.Tensor,
+    token_weight: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A stage's loss and its two parts, read over the trained classes' ``columns`` only: the CLS
+    cross-entropy of logits [batch, classes] against ``y`` (an index into ``columns``), and the token
+    cross-entropy of each head's [batch, tokens, classes] (every token carries its clip's label), averaged
+    over the heads and weighted ``token_weight``. Returns (loss, CLS part, token part or None)."""
+    cls_loss = F.cross_entropy(logits[:, columns], y)
+    if not token_logits:
+        return cls_loss, cls_loss, None
+    token_loss = sum(
+        F.cross_entropy(t[..., columns].flatten(0, 1), y.repeat_interleave(t.shape[1])) for t in token_logits
+    ) / len(token_logits)
+    return cls_loss + token_weight * token_loss, cls_loss, token_loss
+
+
 @torch.no_grad()
 def predict(
     model: HookedViViT, pixels: torch.Tensor, batch: int = 64, columns: torch.Tensor | None = None
@@ -254,18 +275,25 @@ def train(tc: TrainConfig, out: Path, *, progress: bool = True) -> dict:
     names = [label for label, _, _ in classes]
     trained, label_of = training_classes(classes, tc.actions)
     # Bad options fail here, before a minute of rendering.
-    n_layers = (
-        tc.n_layers
-        if not tc.init_from
-        else json.loads((Path(tc.init_from) / "config.json").read_text())["num_hidden_layers"]
-    )
-    for layer in tc.token_supervision:
-        if not 0 <= layer < n_layers:
-            raise ValueError(f"token_supervision layers must be in 0..{n_layers - 1}, got {layer}")
     repeat_units([], trained, tc.repeat)
     lr_factor(0, 1, 1, tc.schedule)
     if tc.warmup_steps is not None and tc.warmup_steps < 1:
         raise ValueError(f"warmup_steps must be >= 1, got {tc.warmup_steps}")
+    previous = None
+    if tc.init_from:
+        model = HookedViViT.from_pretrained(tc.init_from)
+        if list(model.cfg.id2label.values()) != names:
+            raise ValueError(
+                f"--init-from {tc.init_from} has classes {list(model.cfg.id2label.values())}, task {tc.task!r} has {names}"
+            )
+        prev_metrics = Path(tc.init_from) / "metrics.json"
+        previous = json.loads(prev_metrics.read_text()) if prev_metrics.exists() else None
+    else:
+        model = HookedViViT(model_config(tc))
+        init_for_training(model, tc)
+    for layer in tc.token_supervision:
+        if not 0 <= layer < model.cfg.n_layers:
+            raise ValueError(f"token_supervision layers must be in 0..{model.cfg.n_layers - 1}, got {layer}")
 
     def train_set(epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         # Fresh data: new seeds every epoch, past every earlier stage's (stage 1 uses 0..per_class-1).
@@ -283,23 +311,12 @@ def train(tc: TrainConfig, out: Path, *, progress: bool = True) -> dict:
         # uint8 (4x smaller), normalised batch by batch; labels index ``trained`` (label_of maps them to the task's)
         return torch.from_numpy(clips), torch.from_numpy(labels)
 
+    render_start = time.time()
     x_train, y_train = train_set(0)
     val_clips, val_y, _ = render_split("val", tc.val_per_class, tc.num_frames, tc.size, trained)
     x_val, val_y = to_pixels(val_clips), torch.from_numpy(val_y)
-    render_s = time.time() - start
+    render_s = time.time() - render_start
 
-    previous = None
-    if tc.init_from:
-        model = HookedViViT.from_pretrained(tc.init_from)
-        if list(model.cfg.id2label.values()) != names:
-            raise ValueError(
-                f"--init-from {tc.init_from} has classes {list(model.cfg.id2label.values())}, task {tc.task!r} has {names}"
-            )
-        prev_metrics = Path(tc.init_from) / "metrics.json"
-        previous = json.loads(prev_metrics.read_text()) if prev_metrics.exists() else None
-    else:
-        model = HookedViViT(model_config(tc))
-        init_for_training(model, tc)
     model.to(device).train()
     columns = label_of.to(device)  # the trained classes' rows of the classifier (all of them without --actions)
     # Training-only heads: never saved, so the checkpoint is the plain ViViT.
@@ -341,16 +358,9 @@ def train(tc: TrainConfig, out: Path, *, progress: bool = True) -> dict:
             y = y_train[idx].to(device)
             with model.hooks(fwd_hooks=token_hooks):
                 logits = model(x.to(device))
-            loss = cls_loss = F.cross_entropy(logits[:, columns], y)
-            if tc.token_supervision:
-                token_loss = sum(
-                    F.cross_entropy(
-                        head(token_resid[layer][:, 1:])[..., columns].flatten(0, 1),
-                        y.repeat_interleave(token_resid[layer].shape[1] - 1),
-                    )
-                    for layer, head in zip(tc.token_supervision, token_heads)
-                ) / len(token_heads)
-                loss = loss + tc.token_supervision_weight * token_loss
+            token_logits = [head(token_resid[layer][:, 1:]) for layer, head in zip(tc.token_supervision, token_heads)]
+            loss, cls_loss, token_loss = stage_loss(logits, token_logits, y, columns, tc.token_supervision_weight)
+            if token_loss is not None:
                 token_losses.append(token_loss.item())
             opt.zero_grad(set_to_none=True)
             loss.backward()
