@@ -180,6 +180,8 @@ def test_train_outcomes_task_smoke(tmp_path):
     by_epoch = ", ".join(f"{h['val_accuracy']:.0%}" for h in metrics["history"])
     assert f"final validation accuracy {metrics['history'][-1]['val_accuracy']:.1%} (by epoch: {by_epoch})." in card
     assert ("each minimal pair in one batch" in card) == tc.paired_batches
+    # One stage of 4 clips per class, rendered once (no --fresh-data): train seeds 0..3.
+    assert "- Training clips: 4 per class, the same set every epoch (seeds 0..3); 2 validation" in card
     assert (
         "pair in one batch and mirrored alike (`--paired-batches`), position embeddings started from a 3-D sine-cosine"
         " table of (frame slot, row, column), the CLS token from normal(0, 1), every patch token at layer 0 also"
@@ -270,6 +272,19 @@ def test_a_curriculum_stage_trains_some_actions_under_the_tasks_labels(tmp_path)
         logits = stage(pixels)
     assert torch.equal(predict(stage, pixels, columns=label_of), logits[:, label_of].argmax(-1))
     assert torch.equal(predict(stage, pixels), logits.argmax(-1))
+    # A second stage from it, on every class: the card lists each stage's clips and train seeds.
+    from hooked_vivit.organism.evaluate import write_model_card
+
+    later = TrainConfig.smoke()
+    later.task, later.init_from, later.fresh_data, later.data_offset = "outcomes", str(tmp_path / "stage"), True, 5
+    metrics = train(later, tmp_path / "stage2", progress=False)
+    write_model_card(tmp_path / "stage2", metrics, {})
+    card = (tmp_path / "stage2" / "MODEL_CARD.md").read_text()
+    assert (
+        "- Training clips: stage 1: 4 per class of shooting basketball, the same set every epoch (seeds 0..3); "
+        "stage 2: 4 per class, a fresh set every epoch (seeds 20..23);" in card
+    )
+    assert '--actions "shooting basketball"' in card and "--init-from STAGE1 --data-offset 5" in card
 
 
 def test_bad_training_options_fail_before_rendering(tmp_path, monkeypatch):
