@@ -499,8 +499,6 @@ def config_from_args(argv: list[str] | None = None) -> tuple[TrainConfig, argpar
         tc.actions = tuple(args.actions)
     if args.repeat:
         tc.repeat = {action: int(times) for action, times in args.repeat}
-    if args.schedule:
-        tc.schedule = args.schedule
     if args.d_model:  # the MLP stays 4 x d_model
         tc.d_model, tc.d_mlp = args.d_model, 4 * args.d_model
     for field in (
@@ -520,6 +518,7 @@ def config_from_args(argv: list[str] | None = None) -> tuple[TrainConfig, argpar
         "pos_init",
         "cls_init_std",
         "token_supervision_weight",
+        "schedule",
         "warmup_steps",
     ):
         if getattr(args, field) is not None:
