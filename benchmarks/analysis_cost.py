@@ -39,24 +39,38 @@ from hooked_vivit.analysis.cost import DEFINITION, VIVIT_B, attention_flops, mlp
 
 BEFORE = "f3d9857"
 ROOT = Path(__file__).resolve().parent.parent
+# Modules that have only moved since BEFORE: their old name -> where they live now.
+MOVED = {f"hooked_vivit.{m}": f"hooked_vivit.causal.{m}" for m in ("metrics", "ablation", "logit_attribution")}
 GOALS = {"analyze, no probes": 15.0, "analyze, probes": None, "study": 12.0}  # probes: 15 + 2 per probe pair
 
 
 def old_modules() -> types.ModuleType:
-    """pipeline.py as of BEFORE, calling experiments.py and patching.py as of BEFORE."""
-    mods = {}
-    for name, path in (
-        ("patching", "hooked_vivit/patching.py"),
-        ("experiments", "hooked_vivit/analysis/experiments.py"),
-        ("pipeline", "hooked_vivit/analysis/pipeline.py"),
-    ):
-        src = subprocess.run(
-            ["git", "show", f"{BEFORE}:{path}"], cwd=ROOT, check=True, capture_output=True, text=True
-        ).stdout
-        mod = types.ModuleType(f"old_{name}")
-        sys.modules[mod.__name__] = mod  # dataclasses look their module up
-        exec(compile(src, f"{BEFORE}:{path}", "exec"), mod.__dict__)
-        mods[name] = mod
+    """pipeline.py as of BEFORE, calling experiments.py, patching.py and probes.py as of BEFORE; the
+    modules that have only moved since (into hooked_vivit.causal) are the current ones under their old names."""
+    import importlib
+
+    mods: dict[str, types.ModuleType] = {}
+    aliases = {old: importlib.import_module(new) for old, new in MOVED.items()}
+    try:
+        for name, path in (
+            ("probes", "hooked_vivit/probes.py"),
+            ("patching", "hooked_vivit/patching.py"),
+            ("experiments", "hooked_vivit/analysis/experiments.py"),
+            ("pipeline", "hooked_vivit/analysis/pipeline.py"),
+        ):
+            src = subprocess.run(
+                ["git", "show", f"{BEFORE}:{path}"], cwd=ROOT, check=True, capture_output=True, text=True
+            ).stdout
+            mod = types.ModuleType(f"old_{name}")
+            sys.modules[mod.__name__] = mod  # dataclasses look their module up
+            for old, new_mod in {**aliases, **{f"hooked_vivit.{k}": v for k, v in mods.items()}}.items():
+                sys.modules[old] = new_mod  # the old import lines find these
+            exec(compile(src, f"{BEFORE}:{path}", "exec"), mod.__dict__)
+            mods[name] = mod
+    finally:
+        for old in [*aliases, *(f"hooked_vivit.{k}" for k in mods)]:
+            if sys.modules.get(old) is not None and not old.startswith("hooked_vivit.causal"):
+                sys.modules.pop(old, None)
     mods["experiments"].patching = mods["patching"]
     mods["pipeline"].ex = mods["experiments"]
     return mods["pipeline"]
@@ -228,23 +242,29 @@ def to_markdown(r: dict) -> str:
         outcome_b, outcome_a = b["fe_vivit_b"].get("outcome", 0), a["fe_vivit_b"].get("outcome", 0)
         if "pairs" in e:
             P = e["pairs"]
+            clips = 2 * e["outcome_regions_summed_over_pairs"] * (1 + e["n_controls"])
             lines.append(
                 f"Per pair without the outcome methods: before {(b['total_fe_vivit_b'] - outcome_b) / P:.2f}, after "
-                f"{(a['total_fe_vivit_b'] - outcome_a) / P:.2f} FE; the outcome methods (differential DLA from the shared "
-                f"runs, and the outcome ablation's 2R(1 + N) ablated clips, {e['outcome_regions_summed_over_pairs']} "
-                f"regions over {e['outcome_pairs']} pairs x 2 clips x (1 + {e['n_controls']}) boxes = "
-                f"{2 * e['outcome_regions_summed_over_pairs'] * (1 + e['n_controls'])} FE) are the same before and after: "
-                f"{outcome_b:.2f} / {outcome_a:.2f}. The study's recovery reads every token of the last resid_post "
+                f"{(a['total_fe_vivit_b'] - outcome_a) / P:.2f} FE. The outcome methods: differential DLA from the shared "
+                f"runs, and the outcome ablation's 2R(1 + N) ablated clips ({e['outcome_regions_summed_over_pairs']} "
+                f"regions over {e['outcome_pairs']} pairs x 2 clips x (1 + {e['n_controls']}) boxes = {clips} clips): "
+                f"before {outcome_b:.2f}, after {outcome_a:.2f} FE ({outcome_b / clips:.3f} / {outcome_a / clips:.3f} per "
+                "clip; the signal reads the logits and the readout row of the last resid_post, so the last block computes "
+                "only that row). The study's recovery reads every token of the last resid_post "
                 "(its token variants), so no patched run can compute only the readout row of its last block: the sweep "
                 "costs L - 1 + m (m the MLP's share of a block) beside the 2 shared runs."
             )
         else:
             R, N = e["outcome_regions"], e["n_controls"]
+            clips = 2 * R * (1 + N)
+            per_b, per_a = outcome_b / clips, outcome_a / clips
             lines.append(
-                f"The outcome ablation's ablated clips, 2R(1 + N) = 2 x {R} x {1 + N} = {2 * R * (1 + N)} FE (full forwards), "
-                f"are the same before and after ({outcome_b:.2f} / {outcome_a:.2f}); without them: before "
+                f"The outcome ablation's ablated clips, 2R(1 + N) = 2 x {R} x {1 + N} = {clips}: before {outcome_b:.2f} FE, "
+                f"after {outcome_a:.2f} ({per_b:.3f} / {per_a:.3f} per clip; the signal reads the logits and the readout "
+                f"row of the last resid_post, so the last block computes only that row); without them: before "
                 f"{b['total_fe_vivit_b'] - outcome_b:.2f}, after {a['total_fe_vivit_b'] - outcome_a:.2f} FE. With the CLI "
-                f"default of N = 20 boxes the outcome ablation is 2R(1 + 20) = {2 * R * 21} FE."
+                f"default of N = 20 boxes the outcome ablation runs 2R(1 + 20) = {2 * R * 21} clips: before "
+                f"{2 * R * 21 * per_b:.1f}, after {2 * R * 21 * per_a:.1f} FE."
             )
         g = e["agreement_float64"]
         lines += [

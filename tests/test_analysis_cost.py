@@ -140,7 +140,8 @@ def test_analyze_counts_equal_the_hand_sums(model, analyzed):
     assert cost["clip_blocks"] == expected
     assert cost["whole_blocks"]["per_experiment"] == {k: v / L for k, v in expected.items()}
     # FLOPs: the recovery metric reads every token of the last resid_post, so its runs compute every row;
-    # the region ablation reads only the logits, so its last block computes the CLS row only.
+    # the region ablation and the outcome ablation read only the logits and the readout (CLS) row of the
+    # last resid_post, so their last block computes the CLS row only.
     attn, attn_row, mlp, mlp_row = hand_prices(model.cfg)
     one = L * (attn + mlp)
     flops = {
@@ -150,7 +151,7 @@ def test_analyze_counts_equal_the_hand_sums(model, analyzed):
         "dla": 0,
         "cls_attention": 0,
         "region_ablation": (L - 1) * (attn + mlp) + attn_row + mlp_row,
-        "outcome": 2 * regions * 3 * one,
+        "outcome": 2 * regions * 3 * ((L - 1) * (attn + mlp) + attn_row + mlp_row),
         "probes": 5 * 2 * one,
     }
     assert cost["per_experiment"] == {k: v / one for k, v in flops.items()}
@@ -182,13 +183,13 @@ def test_study_counts_equal_the_hand_sums(model, studied):
         "probes": 2 * 2 * L,
     }  # probes: pairs 4 and 5 run; 3 come from the shared runs
     assert st["cost"]["clip_blocks"] == expected
-    attn, _, mlp, _ = hand_prices(model.cfg)
+    attn, attn_row, mlp, mlp_row = hand_prices(model.cfg)
     one = L * (attn + mlp)
     flops = {
         "shared clean and corrupted runs": 3 * 2 * one,
         "deltas": 0,
         "recovery": 3 * sum(mlp + 2 * (L - 1 - l) * (attn + mlp) for l in range(L)),
-        "outcome": 2 * region_runs * 3 * one,
+        "outcome": 2 * region_runs * 3 * ((L - 1) * (attn + mlp) + attn_row + mlp_row),
         "probes": 2 * 2 * one,
     }
     assert st["cost"]["per_experiment"] == {k: v / one for k, v in flops.items()}

@@ -135,3 +135,19 @@ def test_bad_layers_and_queries(tiny):
         model.attention_rows(x, layers=[])
     with pytest.raises(ValueError, match="token position 10000 is out of range"):
         model.attention_rows(x, queries=[10_000])
+
+
+def test_row_index_is_made_once_not_per_forward(tiny, monkeypatch):
+    """The index that writes the rows back is built once per (query positions, device): building it
+    from a Python list on a GPU would stall the host once per layer and forward."""
+    from hooked_vivit.components import attention
+
+    model, x, _ = tiny
+    first = model.attention_rows(x, queries=[3, 1])
+    built = []
+    real = torch.tensor
+    monkeypatch.setattr(attention.torch, "tensor", lambda *a, **k: built.append(a) or real(*a, **k))
+    again = model.attention_rows(x, queries=[1, 3])  # the same positions, sorted: the cached index
+    assert built == [] and torch.equal(first, again)
+    model.attention_rows(x, queries=[2])  # other positions: one new index per layer
+    assert built == [((2,),)] * model.cfg.n_layers

@@ -421,13 +421,33 @@ def cls_attention(
 
 
 # ---------------------------------------------------------------------------------------- (e)
+def _readout_row_only(model: HookedVideoTransformer) -> bool:
+    """Whether the last block may compute token 0 alone: the model reads token 0, its blocks run in
+    part, and no hook sits where it would see one row."""
+    L = model.cfg.n_layers
+    return (
+        L > 0
+        and getattr(model, "runs_partial_blocks", False)
+        and model.cfg.pooling == "first"
+        and not model.partial_run_hooks(0, L, False, [0])
+    )
+
+
 def _logits(model: HookedVideoTransformer, x: torch.Tensor) -> torch.Tensor:
     """The logits of ``x``; where they read only token 0, the last block computes only that row."""
-    L = model.cfg.n_layers
-    if getattr(model, "runs_partial_blocks", False) and model.cfg.pooling == "first":
-        if not model.partial_run_hooks(0, L, False, [0]):
-            return model(x, query_positions=[0])
-    return model(x)
+    return model(x, query_positions=[0]) if _readout_row_only(model) else model(x)
+
+
+def logits_and_readout(model: HookedVideoTransformer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits of ``x`` and the readout of readout_hook ([batch, d_model]: the last resid_post at
+    token 0 or its token mean; V-JEPA 2's pooler output). Where the logits read token 0 alone, the
+    last block computes only that row (its keys and values from every token)."""
+    if _readout_row_only(model):
+        row = model(x, stop_at_layer=model.cfg.n_layers, query_positions=[0])  # [batch, 1, d_model]
+        return model.readout_logits(row, [0]), row[:, 0]
+    hook = readout_hook(model)
+    logits, cache = model.run_with_cache(x, names_filter=[hook])
+    return logits, readout(cache[hook], model)
 
 
 @dataclass(frozen=True)
@@ -655,9 +675,9 @@ class OutcomeSignal:
         logits, acts = [], []
         for i in range(0, len(x), batch):
             with torch.inference_mode():
-                lg, cache = self.model.run_with_cache(x[i : i + batch], names_filter=[self.hook])
+                lg, r = logits_and_readout(self.model, x[i : i + batch])
             logits.append(lg.float())
-            acts.append(readout(cache[self.hook], self.model).float())
+            acts.append(r.float())
         return torch.cat(logits), torch.cat(acts)
 
     def measure(self, x_pos: torch.Tensor, x_neg: torch.Tensor) -> SignalValues:

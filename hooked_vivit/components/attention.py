@@ -53,6 +53,9 @@ class Attention(nn.Module):
         # [batch, head, n_queries, key_pos]: the rows of hook_pattern at pattern_row_positions.
         self.hook_pattern_rows = HookPoint()
         self.pattern_row_positions: tuple[int, ...] = (0,)
+        # ((positions, device), index tensor): made once, not per forward, because building a CUDA
+        # tensor from a Python list blocks the host until the GPU has caught up (one stall per layer).
+        self._row_tensor_cache: tuple[tuple, torch.Tensor] | None = None
         self.hook_z = HookPoint()  # [batch, pos, head, d_head]
         self.hook_result = HookPoint()  # [batch, pos, head, d_model], with cfg.use_attn_result
 
@@ -95,7 +98,10 @@ class Attention(nn.Module):
         return list(pos)
 
     def _row_tensor(self, device: torch.device) -> torch.Tensor:
-        return torch.tensor(self.pattern_row_positions, dtype=torch.long, device=device)
+        key = (tuple(self.pattern_row_positions), torch.device(device))
+        if self._row_tensor_cache is None or self._row_tensor_cache[0] != key:
+            self._row_tensor_cache = (key, torch.tensor(key[0], dtype=torch.long, device=device))
+        return self._row_tensor_cache[1]
 
     def _pattern_rows(self, qh: torch.Tensor, kh: torch.Tensor) -> Float[torch.Tensor, "batch head n_queries key_pos"]:
         return self.row_pattern(qh[:, :, self._row_index()], kh)
