@@ -151,3 +151,17 @@ def test_row_index_is_made_once_not_per_forward(tiny, monkeypatch):
     assert built == [] and torch.equal(first, again)
     model.attention_rows(x, queries=[2])  # other positions: one new index per layer
     assert built == [((2,),)] * model.cfg.n_layers
+
+
+def test_row_index_made_under_inference_mode_serves_a_run_with_autograd(tiny):
+    """The cached index is first built inside attention_rows' inference_mode; a later run that
+    tracks gradients (the explicit path writing the rows back) must still be able to use it."""
+    model, x, _ = tiny
+    model.attention_rows(x, queries="cls")
+    names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
+    with pattern_row_queries(model, "cls"):
+        _, cache = model.run_with_cache(
+            x.requires_grad_(True), names_filter=lambda n: n in names or n.endswith("hook_pattern_rows")
+        )
+    for l, name in enumerate(names):
+        assert torch.equal(cache[f"blocks.{l}.attn.hook_pattern_rows"], cache[name][:, :, :1])

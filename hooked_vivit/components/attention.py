@@ -100,7 +100,10 @@ class Attention(nn.Module):
     def _row_tensor(self, device: torch.device) -> torch.Tensor:
         key = (tuple(self.pattern_row_positions), torch.device(device))
         if self._row_tensor_cache is None or self._row_tensor_cache[0] != key:
-            self._row_tensor_cache = (key, torch.tensor(key[0], dtype=torch.long, device=device))
+            # A normal tensor even when first made under inference_mode, so a later run with autograd may use it.
+            with torch.inference_mode(False):
+                index = torch.tensor(key[0], dtype=torch.long, device=device)
+            self._row_tensor_cache = (key, index)
         return self._row_tensor_cache[1]
 
     def _pattern_rows(self, qh: torch.Tensor, kh: torch.Tensor) -> Float[torch.Tensor, "batch head n_queries key_pos"]:
