@@ -139,6 +139,41 @@ def test_mask_ablation_token_mask_and_equal_size_random_boxes(model):
     assert len({tuple(np.argwhere(b[4])[0]) for b in boxes}) > 10  # the boxes move
 
 
+def test_logits_and_readout_equal_a_cached_run(model):
+    """The logits and the readout row of the last resid_post, from a run whose last block computes only
+    token 0, equal a whole run's; a hook on the last block, or mean pooling, takes the whole run."""
+    from hooked_vivit import HookedVideoMAE
+    from hooked_vivit.analysis.cost import ForwardCounter
+    from tests.test_videomae import CONFIGS
+    from tests.test_videomae import make_hf as make_videomae
+    from tests.test_videomae import pixels as videomae_pixels
+
+    x = torch.randn(3, 8, 3, 32, 32)
+    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    with torch.inference_mode():
+        want_logits, cache = model.run_with_cache(x, names_filter=[last])
+        with ForwardCounter(model) as cost:
+            logits, r = ex.logits_and_readout(model, x)
+        assert torch.allclose(logits, want_logits, atol=1e-5) and torch.allclose(r, cache[last][:, 0], atol=1e-5)
+        # Per block, (attention query rows, keys) and MLP rows: the last block computed the CLS row alone.
+        work = [(kind, rows, keys) for _, kind, _, rows, keys in cost.work]
+        n = model.cfg.n_ctx
+        assert work == [("attn", n, n), ("mlp", n, 0)] * (model.cfg.n_layers - 1) + [("attn", 1, n), ("mlp", 1, 0)]
+        seen = []
+        with model.hooks(fwd_hooks=[(last, lambda act, hook: seen.append(act.shape))]):
+            logits2, r2 = ex.logits_and_readout(model, x)
+        assert seen == [cache[last].shape]  # the hook saw every row: the whole run
+        assert torch.equal(logits2, want_logits) and torch.equal(r2, cache[last][:, 0])
+        kw = CONFIGS["mean_nonsquare_5frames"]
+        mae = HookedVideoMAE.from_hf_model(make_videomae(kw))
+        xm = videomae_pixels(kw)
+        ml, mcache = mae.run_with_cache(xm, names_filter=[f"blocks.{mae.cfg.n_layers - 1}.hook_resid_post"])
+        got_l, got_r = ex.logits_and_readout(mae, xm)
+    assert torch.equal(got_l, ml) and torch.equal(
+        got_r, mcache[f"blocks.{mae.cfg.n_layers - 1}.hook_resid_post"].mean(1)
+    )
+
+
 def test_outcome_signal_and_region_ablation_against_brute_force(model):
     pair = pipeline.rendered_pair(model, "bowling", 4_000_003)
     pos, neg = pipeline.model_pixels(model, pair.positive), pipeline.model_pixels(model, pair.negative)
