@@ -51,6 +51,7 @@ def old_modules() -> types.ModuleType:
 
     mods: dict[str, types.ModuleType] = {}
     aliases = {old: importlib.import_module(new) for old, new in MOVED.items()}
+    sys.modules.update(aliases)  # the old import lines find these, until the old files are loaded
     try:
         for name, path in (
             ("probes", "hooked_vivit/probes.py"),
@@ -63,14 +64,12 @@ def old_modules() -> types.ModuleType:
             ).stdout
             mod = types.ModuleType(f"old_{name}")
             sys.modules[mod.__name__] = mod  # dataclasses look their module up
-            for old, new_mod in {**aliases, **{f"hooked_vivit.{k}": v for k, v in mods.items()}}.items():
-                sys.modules[old] = new_mod  # the old import lines find these
             exec(compile(src, f"{BEFORE}:{path}", "exec"), mod.__dict__)
             mods[name] = mod
+            sys.modules[f"hooked_vivit.{name}"] = mod  # where the later old files import it from
     finally:
         for old in [*aliases, *(f"hooked_vivit.{k}" for k in mods)]:
-            if sys.modules.get(old) is not None and not old.startswith("hooked_vivit.causal"):
-                sys.modules.pop(old, None)
+            sys.modules.pop(old, None)
     mods["experiments"].patching = mods["patching"]
     mods["pipeline"].ex = mods["experiments"]
     return mods["pipeline"]

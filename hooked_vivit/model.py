@@ -299,6 +299,19 @@ class HookedVideoTransformer(HookedRootModule):
             getattr(b, "runs_partially", False) for b in self.blocks
         )
 
+    def readout_row_suffices(self, start_at_layer: int = 0, from_resid_mid: bool = False) -> bool:
+        """Whether a run of blocks ``start_at_layer``.. may compute only token 0 in its last block and still
+        give the logits (``query_positions=[0]``): the logits read token 0 (pooling "first"), the blocks run
+        in part, at least one block runs, and no hook sits on work such a run skips or feeds one row."""
+        L = self.cfg.n_layers
+        first = max(start_at_layer, 0)
+        return (
+            first < L
+            and self.runs_partial_blocks
+            and self.cfg.pooling == "first"
+            and not self.partial_run_hooks(first, L - first, from_resid_mid, [0])
+        )
+
     def _check_partial_run(
         self, start: int, n_blocks: int, from_resid_mid: bool, query_positions: Sequence[int] | None, pools: bool
     ) -> list[int] | None:

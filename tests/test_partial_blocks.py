@@ -64,6 +64,36 @@ def test_query_rows_and_resid_mid_starts_equal_the_full_run(setup):
         assert seen == [torch.Size([1, model.cfg.n_ctx, model.cfg.d_model])]
 
 
+def test_readout_row_suffices(setup):
+    """True exactly where a readout-row run is possible: some block runs, and no hook sits on work it
+    skips or feeds one row (the last block's resid_pre sees every row); mean pooling never."""
+    from hooked_vivit import HookedVideoMAE
+    from tests.test_videomae import CONFIGS
+    from tests.test_videomae import make_hf as make_videomae
+
+    model = setup[0]
+    L = model.cfg.n_layers
+    assert [model.readout_row_suffices(s) for s in (-1, 0, L - 1, L)] == [True, True, True, False]
+    noop = lambda act, hook: None  # noqa: E731
+    cases = {
+        f"blocks.{L - 1}.hook_resid_post": False,
+        f"blocks.{L - 1}.attn.hook_z": False,
+        "ln_final.hook_normalized": False,
+        f"blocks.{L - 1}.hook_resid_pre": True,
+        "blocks.0.hook_resid_post": True,
+    }
+    for name, want in cases.items():
+        with model.hooks(fwd_hooks=[(name, noop)]):
+            assert model.readout_row_suffices() is want, name
+    # A run from a block's resid_mid skips that block's attention: a hook there blocks it; run whole, it fires.
+    with model.hooks(fwd_hooks=[(f"blocks.{L - 2}.attn.hook_z", noop)]):
+        assert model.readout_row_suffices(L - 2, from_resid_mid=True) is False
+        assert model.readout_row_suffices(L - 2) is True
+        assert model.readout_row_suffices(L - 1, from_resid_mid=True) is True  # that block is not in the run
+    mae = HookedVideoMAE.from_hf_model(make_videomae(CONFIGS["mean_nonsquare_5frames"]))
+    assert mae.readout_row_suffices() is False
+
+
 def test_partial_runs_refuse_what_they_cannot_do(setup):
     model, clean, _, cache, _ = setup
     L = model.cfg.n_layers

@@ -421,28 +421,16 @@ def cls_attention(
 
 
 # ---------------------------------------------------------------------------------------- (e)
-def _readout_row_only(model: HookedVideoTransformer) -> bool:
-    """Whether the last block may compute token 0 alone: the model reads token 0, its blocks run in
-    part, and no hook sits where it would see one row."""
-    L = model.cfg.n_layers
-    return (
-        L > 0
-        and getattr(model, "runs_partial_blocks", False)
-        and model.cfg.pooling == "first"
-        and not model.partial_run_hooks(0, L, False, [0])
-    )
-
-
 def _logits(model: HookedVideoTransformer, x: torch.Tensor) -> torch.Tensor:
     """The logits of ``x``; where they read only token 0, the last block computes only that row."""
-    return model(x, query_positions=[0]) if _readout_row_only(model) else model(x)
+    return model(x, query_positions=[0]) if model.readout_row_suffices() else model(x)
 
 
 def logits_and_readout(model: HookedVideoTransformer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The logits of ``x`` and the readout of readout_hook ([batch, d_model]: the last resid_post at
     token 0 or its token mean; V-JEPA 2's pooler output). Where the logits read token 0 alone, the
     last block computes only that row (its keys and values from every token)."""
-    if _readout_row_only(model):
+    if model.readout_row_suffices():
         row = model(x, stop_at_layer=model.cfg.n_layers, query_positions=[0])  # [batch, 1, d_model]
         return model.readout_logits(row, [0]), row[:, 0]
     hook = readout_hook(model)

@@ -237,12 +237,9 @@ def _readout_rows(
     """[0] where the last block need compute only the readout row: the metric reads only the logits, the
     model reads token 0, and no hook (the chunk's patches, or the user's) sits in that block or after it."""
     L = model.cfg.n_layers
-    if metric_hooks or start.layer >= L or not model.runs_partial_blocks or model.cfg.pooling != "first":
+    if metric_hooks or L - 1 in hooked_layers or L in hooked_layers:
         return None
-    if L - 1 in hooked_layers or L in hooked_layers:
-        return None
-    first = max(start.layer, 0)
-    return None if model.partial_run_hooks(first, L - first, start.from_resid_mid, [0]) else [0]
+    return [0] if model.readout_row_suffices(start.layer, start.from_resid_mid) else None
 
 
 def _is_pattern(hook: str) -> bool:
