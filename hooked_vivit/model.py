@@ -301,16 +301,18 @@ class HookedVideoTransformer(HookedRootModule):
 
     def readout_row_suffices(self, start_at_layer: int = 0, from_resid_mid: bool = False) -> bool:
         """Whether a run of blocks ``start_at_layer``.. may compute only token 0 in its last block and still
-        give the logits (``query_positions=[0]``): the logits read token 0 (pooling "first"), the blocks run
-        in part, at least one block runs, and no hook sits on work such a run skips or feeds one row."""
+        give the logits (``query_positions=[0]``): at least one block runs, the blocks run in part, and
+        forward would accept it (pooling "first", no rotary positions, no hook on work such a run skips
+        or feeds one row)."""
         L = self.cfg.n_layers
         first = max(start_at_layer, 0)
-        return (
-            first < L
-            and self.runs_partial_blocks
-            and self.cfg.pooling == "first"
-            and not self.partial_run_hooks(first, L - first, from_resid_mid, [0])
-        )
+        if first >= L or not self.runs_partial_blocks:
+            return False
+        try:
+            self._check_partial_run(first, L - first, from_resid_mid, [0], pools=True)
+        except ValueError:
+            return False
+        return True
 
     def _check_partial_run(
         self, start: int, n_blocks: int, from_resid_mid: bool, query_positions: Sequence[int] | None, pools: bool

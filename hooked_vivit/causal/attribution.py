@@ -90,16 +90,10 @@ def _layer_of(name: str, n_layers: int) -> int:
 
 
 def _readout_row_only(model: HookedVideoTransformer, metric_hooks: Sequence[str]) -> bool:
-    """Whether the last block may run for token 0 alone: the logits read only it (pooling "first"),
-    the metric reads only the logits, the block runs in part, and no other hook (the user's) sits
-    where it would see one row."""
-    if metric_hooks or not model.runs_partial_blocks or model.cfg.n_layers == 0:
-        return False
-    try:
-        model._check_partial_run(model.cfg.n_layers - 1, 1, False, [0], pools=True)
-    except ValueError:
-        return False
-    return True
+    """Whether the last block may run for token 0 alone: the metric reads only the logits, and the model
+    says a readout-row run is possible (its logits read token 0 alone, no other hook, the user's, sits
+    where it would see one row)."""
+    return not metric_hooks and model.readout_row_suffices()
 
 
 def _run_last_block_readout_row(model: HookedVideoTransformer, resid: torch.Tensor) -> torch.Tensor:
