@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import warnings
 from pathlib import Path
 
 
@@ -596,15 +597,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    prog = f"hooked-vivit {args.command}"
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001
+        print(f"{prog}: warning: {_one_line(str(message))}", file=sys.stderr)
+
+    old_show = warnings.showwarning
+    warnings.showwarning = show_warning  # one line each, without the library's source line
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        # The output directory was cleaned up on the way out (hooked_vivit.output_dir); say so, no traceback.
+        out = getattr(args, "out", None)
+        said = f"{prog}: interrupted (Ctrl-C)"
+        if out is not None:
+            said += f"; --out {out} was not written"
+            if args.command == "extract":  # resume mode keeps the finished shards (hooked_vivit.output_dir)
+                said += f" (finished shards stay in {Path(out).parent / f'.{Path(out).name}.resume'}: rerun the same command to continue)"
+        print(said, file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports a process Ctrl-C stopped
     except (OSError, ValueError, KeyError, TypeError, MemoryError) as e:
         message = str(e.args[0]) if type(e) is KeyError and e.args else str(e)  # KeyError's str() is a repr
-        one_line = " ".join(line.strip() for line in message.splitlines() if line.strip()) or type(e).__name__
-        print(f"hooked-vivit {args.command}: error: {one_line}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(message) or type(e).__name__}", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = old_show
 
 
 if __name__ == "__main__":

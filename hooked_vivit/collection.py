@@ -245,7 +245,8 @@ def read_clip(
 
 
 class ClipDataset(torch.utils.data.Dataset):
-    """Item i of ``clips``: {"clip", "pixels" [T, 3, H, W] preprocessed for ``config``, "frames"}, or
+    """Item i of ``clips``: {"clip", "pixels" [T, 3, H, W] preprocessed for ``config``, "frames", "size"
+    (the file's native width, height)}, or
     {"clip", "error"} for a file that cannot be used (the reason names the file)."""
 
     def __init__(self, clips: Sequence[Clip], config: Any):
@@ -262,7 +263,8 @@ class ClipDataset(torch.utils.data.Dataset):
             pixels = preprocess(frames, config=self.config)[0]
         except (OSError, ValueError, cv2.error) as e:
             return {"clip": clip.index, "error": f"{type(e).__name__}: {e}"}
-        return {"clip": clip.index, "pixels": pixels, "frames": indices.tolist()}
+        size = (int(frames.shape[2]), int(frames.shape[1]))  # native (width, height), before preprocessing
+        return {"clip": clip.index, "pixels": pixels, "frames": indices.tolist(), "size": size}
 
 
 def collate(items: list[dict]) -> dict:
@@ -285,6 +287,7 @@ def clip_loader(
 ) -> Iterator[dict]:
     """Decoded batches in the given order: ``batches`` lists positions in ``clips``; ``workers``
     processes decode ahead of the model (0: decode in this process)."""
+        "sizes": [it["size"] for it in ok],
     loader = torch.utils.data.DataLoader(
         ClipDataset(clips, config),
         batch_sampler=batches,

@@ -81,7 +81,8 @@ DTYPES = {
     "fp16": torch.float16,
 }
 _KILL_ENV = (
-    "HOOKED_VIVIT_TEST_KILL"  # tests only: "after:K[:RANK]" or "writing:K[:RANK]", SIGKILL at this process's K-th shard
+    # tests only: "after:K[:RANK[:SIGNAL]]" or "writing:K[:RANK[:SIGNAL]]", SIGKILL (or SIGNAL) at this process's K-th shard
+    "HOOKED_VIVIT_TEST_KILL"
 )
 
 
@@ -266,7 +267,7 @@ def _kill_point(when: str, count: int, rank: int) -> None:
     if spec:
         parts = spec.split(":")
         if parts[0] == when and int(parts[1]) == count and (len(parts) < 3 or int(parts[2]) == rank):
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), getattr(signal, parts[3]) if len(parts) > 3 else signal.SIGKILL)
 
 
 def _write_shard(

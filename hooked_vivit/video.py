@@ -272,18 +272,18 @@ def _pair(size: int | Sequence[int], what: str = "crop_size") -> tuple[int, int]
     return int(hw[0]), int(hw[1])
 
 
-def preprocess(
+def model_view(
     frames: Frames | Sequence[np.ndarray],
     *,
     crop_size: int | Sequence[int] = 224,
     shortest_edge: int | None = None,
     config: Any = None,
-) -> PixelValues:
-    """uint8 RGB frames [T, H, W, 3] -> float32 pixel values [1, T, 3, crop_h, crop_w], equal to
-    ``VivitImageProcessor(size={"shortest_edge": shortest_edge}, crop_size=...)``.
+) -> Frames:
+    """uint8 RGB frames [T, H, W, 3] -> the uint8 frames [T, crop_h, crop_w, 3] the model sees:
+    VivitImageProcessor's shortest-edge resize and centre crop, before the rescale and normalisation.
 
     ``config`` (a HookedViViTConfig, or a model) sets the crop size from the model's image size;
-    ``shortest_edge`` defaults to the crop's shorter side.
+    ``shortest_edge`` defaults to the crop's shorter side. Idempotent: a model view is its own view.
     """
     frames = _check_frames(frames)
     if config is not None:
@@ -314,7 +314,23 @@ def preprocess(
                 Image.fromarray(frame).resize((new_w, new_h), resample=Image.BILINEAR, reducing_gap=None)
             )
         out[i] = frame[top : top + crop_h, left : left + crop_w]
-    return normalize(torch.from_numpy(out), config=cfg if config is not None else None).unsqueeze(0)
+    return out
+
+
+def preprocess(
+    frames: Frames | Sequence[np.ndarray],
+    *,
+    crop_size: int | Sequence[int] = 224,
+    shortest_edge: int | None = None,
+    config: Any = None,
+) -> PixelValues:
+    """uint8 RGB frames [T, H, W, 3] -> float32 pixel values [1, T, 3, crop_h, crop_w], equal to
+    ``VivitImageProcessor(size={"shortest_edge": shortest_edge}, crop_size=...)``: ``model_view``,
+    then ``normalize``.
+    """
+    view = model_view(frames, crop_size=crop_size, shortest_edge=shortest_edge, config=config)
+    cfg = getattr(config, "cfg", config)
+    return normalize(torch.from_numpy(view), config=cfg).unsqueeze(0)
 
 
 def _pixel_constants(config: Any) -> tuple[torch.Tensor, torch.Tensor, float, float]:

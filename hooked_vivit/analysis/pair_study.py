@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import html
 import time
+import warnings
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
@@ -148,9 +149,9 @@ def _measure_rank(
             continue
         x = batch["pixels"].to(device)
         try:
-            out.append(
-                (i, pair_measures(model, x[:1], x[1:], outcome=i < outcome_pairs, seed=i, n_controls=n_controls))
-            )
+            m = pair_measures(model, x[:1], x[1:], outcome=i < outcome_pairs, seed=i, n_controls=n_controls)
+            m["native_sizes"] = [list(wh) for wh in batch["sizes"]]
+            out.append((i, m))
         except ValueError as e:  # e.g. two identical clips: no outcome signal
             out.append((i, {"error": f"{type(e).__name__}: {e}"}))
     return out
@@ -218,12 +219,22 @@ def study_pairs(
                 + "; ".join(f"{s['pair']}: {s['reason']}" for s in skipped[:3])
             )
         result = summarize_pairs(model, [m for _, m in ok])
+        # analyze's rule (pipeline.size_mismatch_warning): measured, and named as not minimal pairs.
+        size_warnings = [
+            {"pair": pairs[i][0], "native_sizes": m["native_sizes"], "warning": w}
+            for i, m in ok
+            if (w := pipeline.size_mismatch_warning((pairs[i][1].file, pairs[i][2].file), m["native_sizes"]))
+        ]
+        for sw in size_warnings:
+            warnings.warn(f"pair {sw['pair']}: {sw['warning']}", stacklevel=2)
         result.update(
             domain=Path(manifest).stem,
             manifest=str(manifest),
             pair_ids=[pairs[i][0] for i, _ in ok],
             files=[[pairs[i][1].file, pairs[i][2].file] for i, _ in ok],
             skipped=skipped,
+            native_sizes=[m["native_sizes"] for _, m in ok],
+            size_warnings=size_warnings,
             world_size=dist.world,
             outcome_pairs=sum("outcome" in m for _, m in ok),
             seconds=time.perf_counter() - t0,
@@ -312,10 +323,19 @@ def write_pair_study(
             )
         rp.write_json(tmp / "results.json", data)
         skipped = "".join(f"<li>{html.escape(s['pair'])}: {html.escape(s['reason'])}</li>" for s in st["skipped"])
+        mismatched = "".join(
+            f"<li>{html.escape(w['pair'])}: {html.escape(w['warning'])}</li>" for w in st["size_warnings"]
+        )
         intro = (
             rp.scope_html(data["scope"])
             + f"<p>{n} clip pairs from <code>{html.escape(st['manifest'])}</code>.</p>"
             + (f"<p>Skipped pairs:</p><ul>{skipped}</ul>" if skipped else "")
+            + (
+                f"<p style='color:#a00'><b>{len(st['size_warnings'])} of {n} pairs are not minimal pairs</b> (their clips "
+                f"differ in native size; each was resized and centre-cropped to the model's input):</p><ul>{mismatched}</ul>"
+                if mismatched
+                else ""
+            )
         )
         rp.write_html(tmp, "hooked-vivit study over clip pairs", intro, sections)
     return out.path if isinstance(out, OutputDir) else Path(out)

@@ -35,7 +35,7 @@ from hooked_vivit.analysis.cost import ForwardCounter
 from hooked_vivit.causal.probes import bootstrap_ci
 from hooked_vivit.organism.data import ANALYSIS_SEEDS, recorded_seed_ranges, seed_use
 from hooked_vivit.output_dir import OutputDir, output_directory
-from hooked_vivit.video import load_video, preprocess
+from hooked_vivit.video import load_video, model_view, preprocess
 
 if TYPE_CHECKING:  # annotations only
     from hooked_vivit.model import HookedVideoTransformer
@@ -62,6 +62,20 @@ class Pair:
     masks: dict | None = None
     divergence_frame: int | None = None
 
+    native_sizes: tuple[tuple[int, int], tuple[int, int]] | None = None  # (width, height) of each file read
+
+
+def size_mismatch_warning(names: Sequence[str], sizes: Sequence[Sequence[int]]) -> str | None:
+    """The one rule analyze and study share for a pair whose files differ in size (width, height): it is
+    analysed (the model sees both preprocessed to its own size), with this warning; None when they agree."""
+    (w0, h0), (w1, h1) = sizes
+    if (w0, h0) == (w1, h1):
+        return None
+    return (
+        f"the clips differ in native size ({names[0]} is {w0}x{h0}, {names[1]} is {w1}x{h1} pixels, width x height): "
+        "they likely come from different sources, so this is not a minimal pair, and differences between them need "
+        "not be about the outcome; both were resized and centre-cropped to the model's input size"
+    )
 
 def check_seed(seed: int) -> str | None:
     """Warn (and return what it was used for) when a seed lies in a range the shipped organism was
@@ -95,18 +109,35 @@ def rendered_pair(model: HookedVideoTransformer, domain: str, seed: int = ANALYS
 
 
 def video_pair(model: HookedVideoTransformer, clean: Path, corrupted: Path) -> Pair:
-    """Both clips read and checked before any analysis: one size (the report shows them side by side)."""
+def clip_sizes_html(pair: dict) -> str:
+    """The clips' native sizes, the size the model saw them at, and the size warning, from results["pair"]."""
+    if not pair.get("native_sizes"):
+        return ""
+    (w0, h0), (w1, h1) = pair["native_sizes"]
+    w, h = pair["model_view"]
+    names = [html.escape(n) for n in pair["names"]]
+    text = (
+        f" Native sizes: {names[0]} {w0}x{h0}, {names[1]} {w1}x{h1} pixels; the model sees both, and the frames figure "
+        f"shows them, resized and centre-cropped to {w}x{h}."
+    )
+    if pair.get("size_warning"):
+        text += f"</p><p style='color:#a00'><b>Not a minimal pair:</b> {html.escape(pair['size_warning'])}."
+    return text
+
+
+    """Both clips read and checked before any analysis, kept as the model sees them (resized and
+    centre-cropped to its input size), with their native sizes. Clips of different sizes are analysed
+    with a warning (``size_mismatch_warning``): they are not a minimal pair."""
     n = model.cfg.num_frames
     pos, neg = load_video(clean, n), load_video(corrupted, n)
-    if pos.shape[1:3] != neg.shape[1:3]:
-        raise ValueError(
-            f"the clips differ in size: {clean} is {pos.shape[2]}x{pos.shape[1]}, {corrupted} is {neg.shape[2]}x{neg.shape[1]} "
-            "pixels (width x height); give two clips of one size (a minimal pair differs only in its outcome)"
-        )
     names = (Path(clean).stem, Path(corrupted).stem)
     if names[0] == names[1]:  # a/clip.mp4 vs b/clip.mp4: name them by path
         names = (str(clean), str(corrupted))
-    return Pair(pos, neg, names)
+    sizes = ((pos.shape[2], pos.shape[1]), (neg.shape[2], neg.shape[1]))
+    warning = size_mismatch_warning(names, sizes)
+    if warning:
+        warnings.warn(warning, stacklevel=2)
+    return Pair(model_view(pos, config=model.cfg), model_view(neg, config=model.cfg), names, native_sizes=sizes)
 
 
 def model_pixels(model: HookedVideoTransformer, frames: np.ndarray) -> torch.Tensor:
@@ -239,6 +270,11 @@ def analyze_pair(
             "pair": {
                 "names": list(pair.names),
                 "domain": pair.domain,
+                "native_sizes": None if pair.native_sizes is None else [list(wh) for wh in pair.native_sizes],
+                "model_view": [pair.positive.shape[2], pair.positive.shape[1]],
+                "size_warning": None
+                if pair.native_sizes is None
+                else size_mismatch_warning(pair.names, pair.native_sizes),
                 "seed": pair.seed,
                 "divergence_frame": pair.divergence_frame,
                 "divergence_slot": None
@@ -629,6 +665,7 @@ def write_analysis(
             rp.scope_html(results["scope"])
             + f"<p>Positive clip <b>{pos_name}</b> is classified <b>{pred['positive']['name']}</b>, negative clip <b>{neg_name}</b> "
             f"<b>{pred['negative']['name']}</b>."
+            + clip_sizes_html(results["pair"])
             + (
                 f" Rendered {pair.domain} pair, seed {pair.seed}; the clips are identical before frame {pair.divergence_frame}."
                 if pair.domain
