@@ -605,11 +605,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     prog = f"hooked-vivit {args.command}"
 
-    def show_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001
-        print(f"{prog}: warning: {_one_line(str(message))}", file=sys.stderr)
+    def format_warning(message, category, filename, lineno, line=None):  # noqa: ARG001
+        return f"{prog}: warning: {_one_line(str(message))}\n"
 
-    old_show = warnings.showwarning
-    warnings.showwarning = show_warning  # one line each, without the library's source line
+    old_format = warnings.formatwarning
+    warnings.formatwarning = format_warning  # one line each, without the library's source line
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -627,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: error: {_one_line(message) or type(e).__name__}", file=sys.stderr)
         return 2
     finally:
-        warnings.showwarning = old_show
+        warnings.formatwarning = old_format
 
 
 if __name__ == "__main__":

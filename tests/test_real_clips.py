@@ -5,6 +5,11 @@ warning that it is not a minimal pair."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -17,6 +22,7 @@ from hooked_vivit.cli import main
 from hooked_vivit.video import load_video, model_view, preprocess, write_video
 from tests.conftest import make_hf
 
+REPO = Path(__file__).resolve().parents[1]
 TINY = dict(
     image_size=32,
     num_frames=8,
@@ -66,13 +72,22 @@ def test_size_mismatch_warning_names_both_sizes_and_is_none_for_equal_sizes():
     assert pipeline.size_mismatch_warning(("a", "b"), [(640, 272), (640, 272)]) is None
 
 
-def test_analyze_runs_on_clips_of_two_sizes_and_reports_them(clips, tmp_path, capsys):
+def test_analyze_runs_on_clips_of_two_sizes_and_reports_them(clips, tmp_path):
     root, ckpt = clips
     clean, corrupted = root / "p0_positive.mp4", root / "p0_negative.mp4"
     out = tmp_path / "report"
     argv = ["analyze", "--model", str(ckpt), "--clean", str(clean), "--corrupted", str(corrupted)]
-    assert main([*argv, "--probe-pairs", "0", "--out", str(out), "--quiet"]) == 0
-    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    # The command as a user runs it: the warning is one line on stderr.
+    proc = subprocess.run(
+        [sys.executable, "-m", "hooked_vivit.cli", *argv, "--probe-pairs", "0", "--out", str(out), "--quiet"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    warned = [line for line in proc.stderr.splitlines() if "warning" in line]
     assert warned == [
         "hooked-vivit analyze: warning: " + pipeline.size_mismatch_warning(("p0_positive", "p0_negative"), [WIDE, HD])
     ]
@@ -93,26 +108,26 @@ def test_analyze_runs_on_clips_of_two_sizes_and_reports_them(clips, tmp_path, ca
         assert results["prediction"][role]["logit"] == pytest.approx(float(row.max()), rel=64 * torch.finfo().eps)
 
 
-def test_analyze_of_one_size_pair_says_its_size_and_warns_nothing(clips, tmp_path, capsys):
+def test_analyze_of_one_size_pair_says_its_size_and_warns_nothing(clips, tmp_path):
     root, ckpt = clips
     argv = ["analyze", "--model", str(ckpt), "--clean", str(root / "p1_positive.mp4")]
     argv += ["--corrupted", str(root / "p1_negative.mp4"), "--probe-pairs", "0"]
-    assert main([*argv, "--out", str(tmp_path / "r"), "--quiet"]) == 0
-    assert "warning" not in capsys.readouterr().err
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no warning at all
+        assert main([*argv, "--out", str(tmp_path / "r"), "--quiet"]) == 0
     pair = json.loads((tmp_path / "r" / "results.json").read_text())["pair"]
     assert pair["native_sizes"] == [list(HD), list(HD)] and pair["size_warning"] is None
     assert "Not a minimal pair" not in (tmp_path / "r" / "report.html").read_text()
 
 
-def test_study_over_pairs_measures_the_mismatched_pair_and_names_it(clips, tmp_path, capsys):
+def test_study_over_pairs_measures_the_mismatched_pair_and_names_it(clips, tmp_path):
     root, ckpt = clips
     out = tmp_path / "study"
     argv = ["study", "--pairs", str(root / "pairs.jsonl"), "--model", str(ckpt), "--out", str(out), "--quiet"]
-    assert main(argv) == 0
     warning = pipeline.size_mismatch_warning(("p0_positive.mp4", "p0_negative.mp4"), [WIDE, HD])
-    assert [line for line in capsys.readouterr().err.splitlines() if "warning" in line] == [
-        f"hooked-vivit study: warning: pair p0: {warning}"
-    ]
+    with pytest.warns(UserWarning) as said:
+        assert main(argv) == 0
+    assert [str(w.message) for w in said if "native size" in str(w.message)] == [f"pair p0: {warning}"]
     st = json.loads((out / "results.json").read_text())["studies"][0]
     assert st["pairs"] == 3 and st["pair_ids"] == ["p0", "p1", "p2"]
     assert st["native_sizes"] == [[list(WIDE), list(HD)], [list(HD), list(HD)], [list(HD), list(HD)]]
