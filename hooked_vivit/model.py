@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import re
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
@@ -95,6 +97,60 @@ class _ReturnChecked:
 
     def __repr__(self) -> str:  # TransformerLens names the torch hook after this
         return f"checked({getattr(self.fn, '__name__', type(self.fn).__name__)})"
+
+
+_TL_PATCHING = "transformer_lens.patching"
+_POSITION_AXES = ("pos", "dest_pos", "src_pos")
+
+
+@dataclasses.dataclass
+class _TLPatchingCall:
+    """A hook that transformer_lens.patching is adding: the helper the user called and the library's twin."""
+
+    tl_name: str  # e.g. "get_act_patch_resid_pre"
+    twin: str | None  # the hooked_vivit.causal.patching function of the same job, if there is one
+    position_axes: tuple[str, ...] = ()  # index axes TransformerLens sized from the input's last dim
+    input_width: int | None = None  # that size: the pixel width of a video
+
+    def twin_hint(self) -> str:
+        if self.twin is None:
+            return ""
+        return (
+            f"use hooked_vivit.causal.patching.{self.twin}, its twin for video models (the same arguments, the "
+            "corrupted video for the tokens)"
+        )
+
+
+def _tl_patching_call(hook: Callable) -> _TLPatchingCall | None:
+    """Whether ``hook`` is one that transformer_lens.patching adds (its patching hook, a partial of a function
+    defined there), and then which helper of it is running: read from the call stack, since TransformerLens
+    passes the model only pixels and hooks. Costs nothing for any other hook."""
+    fn = hook.func if isinstance(hook, functools.partial) else hook
+    if getattr(fn, "__module__", None) != _TL_PATCHING:
+        return None
+    from hooked_vivit.causal import patching as twins  # lazy: the causal tools import this module
+
+    frames, f = [], sys._getframe(1)
+    while f is not None:
+        if f.f_globals.get("__name__") == _TL_PATCHING:
+            frames.append(f)
+        f = f.f_back
+    outer = frames[-1].f_code.co_name if frames else ""  # the helper called (a partial of generic_* has no frame)
+    generic = next((f for f in frames if f.f_code.co_name == "generic_activation_patch"), None)
+    if generic is None:
+        return _TLPatchingCall(outer, outer if outer in twins.__all__ else None)
+    local = generic.f_locals
+    name = twins.TL_TWINS.get((local.get("patch_setter"), local.get("activation_name")))
+    if outer not in ("generic_activation_patch", "_run_sweeps") and outer in twins.__all__:
+        name = outer  # a sweep of several (get_act_patch_block_every ...)
+    tokens = local.get("corrupted_tokens")
+    axes = tuple(a for a in (local.get("index_axis_names") or ()) if a in _POSITION_AXES)
+    return _TLPatchingCall(
+        name or "generic_activation_patch",
+        name,
+        axes,
+        int(tokens.shape[-1]) if isinstance(tokens, torch.Tensor) and tokens.ndim else None,
+    )
 
 
 class HookedVideoTransformer(HookedRootModule):
@@ -474,11 +530,36 @@ class HookedVideoTransformer(HookedRootModule):
         return live.__contains__
 
     def _checked_hook(self, name: Any, hook: Callable) -> tuple[Any, Callable]:
-        if isinstance(name, str):
-            self.check_hook_names([name])
-        else:
-            name = self._live_filter(name)
+        tl = _tl_patching_call(hook)
+        if tl is not None and tl.position_axes:
+            raise ValueError(self._tl_positions_message(tl))
+        try:
+            if isinstance(name, str):
+                self.check_hook_names([name])
+            else:
+                name = self._live_filter(name)
+        except HookNameError as e:
+            if tl is None or tl.twin is None:
+                raise
+            raise HookNameError(
+                f"{e} (transformer_lens.patching.{tl.tl_name} adds this hook, for TransformerLens's own models; "
+                f"on a video model {tl.twin_hint()})"
+            ) from None
         return name, _ReturnChecked(hook)
+
+    def _tl_positions_message(self, tl: _TLPatchingCall) -> str:
+        """TransformerLens's patching helpers size the position axes from the input's last dim: for
+        [batch, frames, C, H, W] pixels, the width. Its index_df path (what the twins pass) is exact."""
+        n, w = self.cfg.n_ctx, tl.input_width
+        which = f"only tokens 0..{min(w, n) - 1} of the {n}" if w is not None else "the wrong tokens"
+        axes = ", ".join(repr(a) for a in tl.position_axes)
+        msg = (
+            f"transformer_lens.patching.{tl.tl_name} counts the {axes} axis along the input's last dim, which for "
+            f"video pixels [batch, frames, C, H, W] is the width ({w}), not the {n} tokens: it would patch {which} "
+            f"and report {w} positions. "
+        )
+        alternative = "pass index_df=hooked_vivit.causal.patching.video_index_df(model, axes) to count tokens"
+        return msg + (f"Instead {tl.twin_hint()}; or {alternative}." if tl.twin else f"Instead {alternative}.")
 
     def _unknown_hook_message(self, name: str) -> str:
         msg = f"unknown hook name {name!r}."
