@@ -465,7 +465,12 @@ def extract(
         if dist.is_main:
             try:
                 reserved = stack.enter_context(
-                    OutputDir(out, overwrite=overwrite, inputs=[videos, local_model], writer="hooked-vivit extract")
+                    OutputDir(
+                        out,
+                        overwrite=overwrite,
+                        inputs=[videos, local_model, *(c.path for c in clips)],  # every clip: never overwritten
+                        writer="hooked-vivit extract",
+                    )
                 )
             except Exception as e:  # noqa: BLE001  every rank learns of it
                 error = e

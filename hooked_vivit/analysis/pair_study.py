@@ -185,7 +185,12 @@ def study_pairs(
         if dist.is_main:
             try:
                 reserved = stack.enter_context(
-                    OutputDir(out, overwrite=overwrite, inputs=[manifest, local_model], writer="hooked-vivit study")
+                    OutputDir(
+                        out,
+                        overwrite=overwrite,
+                        inputs=[manifest, local_model, *(c.path for c in clips)],  # every clip: never overwritten
+                        writer="hooked-vivit study",
+                    )
                 )
             except Exception as e:  # noqa: BLE001  every rank learns of it
                 error = e
