@@ -1,16 +1,23 @@
 """Output directories that appear whole or not at all and never take a file the library did not write.
 
 Every directory hooked-vivit writes (``analyze``, ``study``, ``render``, ``save_pretrained``) carries a
-manifest, ``.hooked-vivit-manifest.json``, naming each file and folder the library put there. Then:
+manifest, ``.hooked-vivit-manifest.json``, naming each file and folder the library put there, with
+each file's size and sha256 taken when it was written. Then:
 
 - a new or empty target is filled; a target holding anything its manifest does not list is refused,
   naming those files, with or without ``overwrite`` (``--out .`` or a folder of clips is never emptied);
+  so is one holding a listed file whose size or hash differs from the recorded one (changed since, so
+  the user's now), and one whose manifest records no hashes (an older hooked-vivit's);
 - an earlier hooked-vivit output is replaced only with ``overwrite``, and only its listed files are
-  deleted (never ``rmtree``); a target that is, or holds, one of the run's inputs, or the current
-  directory, is refused;
-- the checks and a lock (``.NAME.lock`` beside the target, holding the pid) come before the work, so a
-  second run into the same directory is refused at once; the final rename fails if the target
-  appeared meanwhile (rename(2) never replaces a non-empty directory);
+  deleted (never ``rmtree``): each one found inside the old folder (no ``..``, absolute path or
+  symlink leads out of it), still of its recorded size and hash, and not one of the run's inputs;
+  anything else stays, with a warning. A target that is, or holds, one of the run's inputs (for
+  ``extract`` and ``study``: every clip its list names), or the current directory, is refused;
+  so is a target below a file (``--out file.txt/sub``);
+- the checks and a lock (``.NAME.lock`` beside the target, held with flock(2), so it is free again
+  the moment its process ends, however it ended; the file holds the pid, for the message) come
+  before the work, so a second run into the same directory is refused at once; the final rename
+  fails if the target appeared meanwhile (rename(2) never replaces a non-empty directory);
 - a symlinked target is followed (the link then points at the new directory);
 - SIGTERM cleans up like Ctrl-C; folders get the user's umask (``os.mkdir``), not mkdtemp's 0700.
 
@@ -24,17 +31,23 @@ and renamed, so the folder never holds half a piece, only stale temporary files 
 The same checks and lock come first; the folder records the run's settings, and a later run with
 the same settings continues in it, one with other settings is refused (with ``overwrite`` the old
 pieces are deleted: only names the run recognises as its own, never anything else). On success
-the folder gets its manifest and is renamed to the target exactly as ``writing()`` does.
+the folder gets its manifest (which records the settings too) and is renamed to the target exactly as
+``writing()`` does; the settings file goes only once the manifest is whole, and comes back if the
+rename fails, so a failed last step leaves a folder the same command resumes. A folder whose settings
+were lost (a crash between those steps, or an older hooked-vivit's failed last write) is refused
+without ``overwrite`` and discarded with it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import secrets
 import shutil
 import signal
+import stat
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -64,7 +77,83 @@ def _manifest(directory: Path) -> dict | None:
         data = json.loads((directory / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) and isinstance(data.get("files"), list) else None
+    if not (isinstance(data, dict) and isinstance(data.get("files"), list)):
+        return None
+    data["files"] = [f for f in data["files"] if isinstance(f, str)]
+    return data
+
+
+def _temporary(name: str, of: str) -> bool:
+    """``name`` is a temporary file _write_atomic makes for ``of`` (left behind only by a crash)."""
+    return re.fullmatch(rf"\.{re.escape(of)}\.[0-9a-f]+\.tmp", name) is not None
+
+
+def _sha256(fd: int) -> str:
+    h = hashlib.sha256()
+    while chunk := os.read(fd, 1 << 20):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def _record(directory: Path, rel: str) -> dict | None:
+    """What the manifest records of the file ``rel`` the library just wrote: its size and sha256 (a
+    symlink: its target); None for a folder."""
+    path = directory / rel
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        return {"symlink": os.readlink(path)}
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        return {"size": os.fstat(fd).st_size, "sha256": _sha256(fd)}
+    finally:
+        os.close(fd)
+
+
+def _write_manifest(directory: Path, writer: str, **extra) -> None:
+    """The manifest of everything in ``directory`` (written whole or not at all)."""
+    files = [
+        e
+        for e in _entries(directory)
+        if e not in (MANIFEST, RESUME_STATE) and not _temporary(e, MANIFEST) and not _temporary(e, RESUME_STATE)
+    ]
+    content = {e: r for e in files if not e.endswith("/") and (r := _record(directory, e)) is not None}
+    _write_atomic(directory / MANIFEST, {"written_by": writer, "files": files, "content": content, **extra})
+
+
+def _within(rel: str) -> bool:
+    """A manifest name that stays inside its folder: relative, no '..'."""
+    parts = rel.rstrip("/").split("/")
+    return bool(rel) and not rel.startswith("/") and ".." not in parts and "" not in parts
+
+
+def _verified(directory: Path, rel: str, record: object, digests: dict) -> Path | None:
+    """The path of ``rel`` in ``directory`` if it is still what the library wrote there: reached
+    without a symlink leading out of ``directory``, a regular file of the recorded size and sha256
+    (or the recorded symlink); else None. ``digests`` caches hashes by (device, inode, size, times)."""
+    if not isinstance(record, dict) or not _within(rel) or rel.endswith("/"):
+        return None
+    base = Path(os.path.realpath(directory))
+    path = Path(os.path.realpath((directory / rel).parent)) / Path(rel).name
+    if not _inside(path, base) or path == base:
+        return None
+    try:
+        st = os.lstat(path)
+        if "symlink" in record:
+            return path if stat.S_ISLNK(st.st_mode) and os.readlink(path) == record["symlink"] else None
+        if not stat.S_ISREG(st.st_mode) or st.st_size != record.get("size"):
+            return None
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if key not in digests:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            try:
+                digests[key] = _sha256(fd)
+            finally:
+                os.close(fd)
+    except OSError:
+        return None
+    return path if digests[key] == record.get("sha256") else None
 
 
 def _named(items: list[str], n: int = 5) -> str:
@@ -96,6 +185,8 @@ class OutputDir:
         self.inputs = [Path(os.path.realpath(Path(p).expanduser())) for p in inputs if p is not None]
         self.writer = writer
         self._lock: Path | None = None
+        self._lock_fd: int | None = None
+        self._digests: dict = {}  # sha256 of files already read, by (device, inode, size, times)
         self._replacing = False
         self._old_sigterm = None
 
@@ -122,6 +213,12 @@ class OutputDir:
                 raise OutputDirError(
                     f"{shown} lies inside the input {inp}; write the output elsewhere (inputs are never touched)"
                 )
+        blocker = next((p for p in t.parents if os.path.lexists(p)), None)  # the nearest existing folder above
+        if blocker is not None and not blocker.is_dir():
+            raise OutputDirError(
+                f"--out {self.path}: {blocker} is a file, not a folder, so no directory can be made below it; "
+                "choose another output directory"
+            )
         if not (t.exists() or t.is_symlink()):
             return False
         if not t.is_dir():
@@ -131,7 +228,8 @@ class OutputDir:
             return False
         manifest = _manifest(t)
         listed = set(manifest["files"]) if manifest else set()
-        foreign = [e for e in entries if e != MANIFEST and e not in listed]
+        # A manifest that cannot be read is no manifest: the file is named like any other.
+        foreign = [e for e in entries if (e != MANIFEST or manifest is None) and e not in listed]
         # A foreign folder is named once, not with everything inside it.
         foreign = [e for e in foreign if not any(e != f and e.startswith(f) for f in foreign if f.endswith("/"))]
         if foreign:
@@ -139,37 +237,73 @@ class OutputDir:
                 f"{shown} holds {len(foreign)} file(s) hooked-vivit did not write ({_named(foreign)}); such a directory is "
                 "never emptied or overwritten: choose a new or empty directory"
             )
+        writer = manifest.get("written_by", "hooked-vivit")
+        content = manifest.get("content")
+        if not isinstance(content, dict):
+            raise OutputDirError(
+                f"{shown} holds an earlier output of {writer} whose manifest records no size and hash of its files "
+                "(an older hooked-vivit wrote it), so files changed since cannot be told apart; it is never emptied: "
+                "delete it yourself or choose another directory"
+            )
         if not self.overwrite:
             raise OutputDirError(
-                f"{shown} holds an earlier output of {manifest['written_by'] if manifest else 'hooked-vivit'}; pass --overwrite "
+                f"{shown} holds an earlier output of {writer}; pass --overwrite "
                 "(overwrite=True) to replace it, or choose another directory"
+            )
+        changed = [
+            e
+            for e in entries
+            if e in listed and not e.endswith("/") and not _verified(t, e, content.get(e), self._digests)
+        ]
+        if changed:
+            raise OutputDirError(
+                f"{shown} holds {len(changed)} file(s) changed since hooked-vivit wrote them ({_named(changed)}); "
+                "they are yours now and the directory is never emptied or overwritten: move them away or choose "
+                "another directory"
             )
         return True
 
     # ------------------------------------------------------------------ lock and signals
     def _take_lock(self) -> None:
+        """flock(2) on ``.NAME.lock``: held while this run lives, released by the kernel when its process
+        ends (also by SIGKILL), so a leftover file, whatever it holds, is free; one held now is not."""
         lock = self.target.parent / f".{self.target.name}.lock"
         self.target.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): the file's existence is the lock
+            fcntl = None
+        for _ in range(10):
+            flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | (0 if fcntl else os.O_EXCL)
             try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+                fd = os.open(lock, flags, 0o666)
             except FileExistsError:
-                try:
-                    pid = int(lock.read_text().strip() or 0)
-                except (OSError, ValueError):
-                    pid = 0
-                if pid == 0 or _alive(pid):  # 0: its owner is still writing the pid
-                    raise OutputDirError(
-                        f"another hooked-vivit run{f' (pid {pid})' if pid else ''} is writing {self._shown()} (lock {lock}); "
-                        "wait for it to finish or choose another directory"
-                    ) from None
-                lock.unlink(missing_ok=True)  # stale: its process is gone
+                raise OutputDirError(
+                    f"another hooked-vivit run is writing {self._shown()} (lock {lock}); wait for it to finish, "
+                    "or delete the lock if no run is writing there"
+                ) from None
+            try:
+                if fcntl is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                text = os.pread(fd, 64, 0).decode(errors="replace").split()
+                os.close(fd)
+                pid = f" (pid {text[0]})" if text and text[0].isdigit() else ""  # none yet: its owner is starting
+                raise OutputDirError(
+                    f"another hooked-vivit run{pid} is writing {self._shown()} (lock {lock}); "
+                    "wait for it to finish or choose another directory"
+                ) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            if not _same_file(fd, lock):  # the run that held it has just finished and removed it: again
+                os.close(fd)
                 continue
-            with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
-            self._lock = lock
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())  # for the message a second run shows
+            self._lock, self._lock_fd = lock, fd
             return
-        raise OutputDirError(f"could not take the lock {lock}")
+        raise OutputDirError(f"could not take the lock {lock} (other runs keep taking it); try again")
 
     def __enter__(self) -> OutputDir:
         self._replacing = self.check()
@@ -183,9 +317,13 @@ class OutputDir:
         if self._old_sigterm is not None:
             signal.signal(signal.SIGTERM, self._old_sigterm)
             self._old_sigterm = None
-        if self._lock is not None:
-            self._lock.unlink(missing_ok=True)
-            self._lock = None
+        if self._lock_fd is not None:
+            try:
+                if _same_file(self._lock_fd, self._lock):
+                    self._lock.unlink()  # before the lock is released: nobody else holds this file
+            finally:
+                os.close(self._lock_fd)  # releases the flock
+                self._lock, self._lock_fd = None, None
 
     # ------------------------------------------------------------------ writing
     @contextmanager
@@ -199,9 +337,7 @@ class OutputDir:
         os.mkdir(tmp)  # mode 0o777 minus the umask
         try:
             yield tmp
-            (tmp / MANIFEST).write_text(
-                json.dumps({"written_by": self.writer, "files": _entries(tmp)}, indent=1) + "\n"
-            )
+            _write_manifest(tmp, self.writer)
             self._commit(tmp)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)  # every file in it is ours
@@ -229,46 +365,56 @@ class OutputDir:
             raise OutputDirError(
                 f"{folder} exists and is not a folder hooked-vivit made; move it away to run into {self._shown()}"
             )
+        state = {"written_by": self.writer, "settings": settings}
         if folder.is_dir():
             entries = _entries(folder)
-            foreign = [
-                e for e in entries if e != RESUME_STATE and not e.startswith(f".{RESUME_STATE}.") and not owned(e)
-            ]
-            if foreign or not (folder / RESUME_STATE).is_file():
+            mine = (RESUME_STATE, MANIFEST)  # the settings, and the manifest of a last step that failed
+            foreign = [e for e in entries if e not in mine and not any(_temporary(e, m) for m in mine) and not owned(e)]
+            if foreign:
                 raise OutputDirError(
                     f"{folder} (an unfinished run's folder) holds file(s) hooked-vivit did not write "
-                    f"({_named(foreign or ['no ' + RESUME_STATE])}); it is left alone: move them away or choose another output directory"
+                    f"({_named(foreign)}); it is left alone: move them away or choose another output directory"
                 )
-            try:
-                state = json.loads((folder / RESUME_STATE).read_text())
-            except (OSError, ValueError):
-                state = {}
-            if state.get("settings") != settings:
-                old = state.get("settings") or {}
-                differ = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            old = _resume_settings(folder)
+            if old != settings:
                 if not self.overwrite:
+                    if old is None:
+                        raise OutputDirError(
+                            f"{self._shown()}: an unfinished run whose settings were not recorded (its last step failed) "
+                            f"is in {folder}; pass --overwrite (overwrite=True) to discard its pieces, or choose another "
+                            "output directory"
+                        )
+                    differ = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
                     raise OutputDirError(
                         f"{self._shown()}: an unfinished run with other settings (differing in {_named(differ)}) is in {folder}; "
                         "rerun with its settings to finish it, or pass --overwrite (overwrite=True) to discard its pieces"
                     )
-                for e in sorted(entries, key=lambda r: -r.count("/")):
+                for e in sorted(entries, key=lambda r: -r.rstrip("/").count("/")):
                     p = folder / e.rstrip("/")
-                    p.rmdir() if e.endswith("/") else p.unlink()  # all owned (checked above)
-                _write_atomic(folder / RESUME_STATE, {"written_by": self.writer, "settings": settings})
+                    p.rmdir() if e.endswith("/") else p.unlink()  # all the run's own (checked above)
+                _write_atomic(folder / RESUME_STATE, state)
+            else:  # the same run: continue, back from a failed last step if that is where it stopped
+                _write_atomic(folder / RESUME_STATE, state)
+                for e in entries:
+                    if e == MANIFEST or any(_temporary(e, m) for m in mine):
+                        (folder / e).unlink()
         else:
             os.mkdir(folder)
-            _write_atomic(folder / RESUME_STATE, {"written_by": self.writer, "settings": settings})
+            _write_atomic(folder / RESUME_STATE, state)
         yield folder
-        (folder / RESUME_STATE).unlink()
-        (folder / MANIFEST).write_text(
-            json.dumps({"written_by": self.writer, "files": _entries(folder)}, indent=1) + "\n"
-        )
         try:
+            # The manifest (with the settings) is whole before the settings file goes: at every moment
+            # one of them says what the folder is.
+            _write_manifest(folder, self.writer, settings=settings)
+            (folder / RESUME_STATE).unlink()
             self._commit(folder)
         except BaseException:
             # Back to a resumable folder: the pieces stay for the next run.
-            (folder / MANIFEST).unlink(missing_ok=True)
-            _write_atomic(folder / RESUME_STATE, {"written_by": self.writer, "settings": settings})
+            try:
+                _write_atomic(folder / RESUME_STATE, state)
+                (folder / MANIFEST).unlink(missing_ok=True)
+            except OSError:
+                pass  # the manifest, if whole, still records the settings
             raise
 
     def _commit(self, tmp: Path) -> None:
@@ -289,7 +435,9 @@ class OutputDir:
                 raise OutputDirError(
                     f"{self._shown()} appeared while this run was writing; nothing was replaced"
                 ) from e
-            _remove_listed(old)
+            # Inputs are refused by check(); never removed even so (their paths, now under ``old``).
+            keep = [old / inp.relative_to(t) for inp in self.inputs if _inside(inp, t)]
+            _remove_listed(old, keep=keep, digests=self._digests)
             return
         try:
             os.rename(tmp, t)  # replaces at most an empty directory
@@ -301,51 +449,97 @@ class OutputDir:
 
 def _write_atomic(path: Path, data: dict) -> None:
     tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
-def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _resume_settings(folder: Path) -> dict | None:
+    """The settings a resume folder's run recorded: in its settings file, or, if its last step got that
+    far, in its manifest; None if neither says."""
+    for name in (RESUME_STATE, MANIFEST):
+        try:
+            data = json.loads((folder / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("settings"), dict):
+            return data["settings"]
+    return None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """``path`` is still the file open as ``fd``."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
         return False
-    except PermissionError:
-        return True
-    return True
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
 
 
 def _terminate(signum, frame):  # noqa: ARG001 (signal handler signature)
     raise SystemExit(128 + signum)
 
 
-def _remove_listed(old: Path) -> None:
-    """Delete an earlier output: its manifest's files, then its folders; anything else stays, with a warning."""
+def _remove_listed(old: Path, *, keep: Iterable[Path] = (), digests: dict | None = None) -> None:
+    """Delete an earlier output (renamed to ``old``): of what is in it, the files its manifest lists that
+    are still as recorded (size and sha256, reached without leaving ``old``), then its empty listed
+    folders. A name leading out of ``old``, a changed or unrecorded file, and anything at or under a
+    ``keep`` path (the run's inputs) stay, with a warning."""
     manifest = _manifest(old) or {"files": []}
-    for rel in sorted(manifest["files"], key=lambda r: -r.count("/")):
-        p = old / rel.rstrip("/")
+    content = manifest.get("content") if isinstance(manifest.get("content"), dict) else {}
+    listed = set(manifest["files"])
+    keep = [Path(os.path.realpath(k)) for k in keep]
+    digests = {} if digests is None else digests
+    outside = [f for f in manifest["files"] if not _within(f)]
+    if outside:
+        warnings.warn(
+            f"{old}: its manifest names {len(outside)} path(s) outside it ({_named(outside)}); left alone", stacklevel=3
+        )
+    for rel in sorted(_entries(old), key=lambda r: -r.rstrip("/").count("/")):  # what is there, links not followed
+        path = Path(os.path.realpath((old / rel.rstrip("/")).parent)) / Path(rel.rstrip("/")).name
+        if rel not in listed or any(_inside(path, k) or _inside(k, path) for k in keep):
+            continue
         if rel.endswith("/"):
-            try:
-                p.rmdir()
-            except OSError:
-                pass
-        elif p.is_file() or p.is_symlink():
-            p.unlink()
-    (old / MANIFEST).unlink(missing_ok=True)
+            if _inside(path, Path(os.path.realpath(old))):
+                try:
+                    path.rmdir()  # only an empty one
+                except OSError:
+                    pass
+        elif (verified := _verified(old, rel, content.get(rel), digests)) is not None:
+            verified.unlink()
+    if _manifest(old) is not None:
+        (old / MANIFEST).unlink()
     try:
         old.rmdir()
     except OSError:
-        warnings.warn(f"{old} kept: it holds files the manifest did not list ({_named(_entries(old))})", stacklevel=3)
+        warnings.warn(
+            f"{old} kept: it holds files hooked-vivit did not write, changed since, or inputs ({_named(_entries(old))})",
+            stacklevel=3,
+        )
 
 
 def record_written(directory: str | Path, *names: str) -> None:
     """Add files the library wrote into one of its outputs afterwards (a model card, metrics) to the
-    manifest, so that a later overwrite may replace them. A directory without manifest stays as it is."""
+    manifest, with their size and sha256 now, so that a later overwrite may replace them (call it again
+    after rewriting one; a name that is not a file there is skipped). A directory without manifest
+    stays as it is."""
     directory = Path(directory)
     manifest = _manifest(directory)
-    if manifest is not None:
-        manifest["files"] = sorted(set(manifest["files"]) | {Path(n).as_posix() for n in names})
-        (directory / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    if manifest is None:
+        return
+    rels = [Path(n).as_posix() for n in names]
+    outside = [r for r in rels if not _within(r)]
+    if outside:
+        raise ValueError(f"record_written: {_named(outside)} is not a name inside {directory}")
+    rels = [r for r in rels if (directory / r).is_file() and not (directory / r).is_symlink()]  # written: recorded
+    manifest["files"] = sorted(set(manifest["files"]) | set(rels))
+    if isinstance(manifest.get("content"), dict):  # an older manifest without hashes stays one
+        manifest["content"].update({r: _record(directory, r) for r in rels})
+    _write_atomic(directory / MANIFEST, manifest)
 
 
 @contextmanager
