@@ -177,10 +177,16 @@ class VideoActivationCache(ActivationCache):
     def __repr__(self) -> str:
         return self.summary()
 
-    def logit_attrs(self, residual_stack, tokens, *args, **kwargs):
+    def logit_attrs(
+        self, residual_stack, tokens, incorrect_tokens=None, pos_slice=None, batch_slice=None, has_batch_dim=True
+    ):
         """TransformerLens's logit attribution. It divides by the cached final LayerNorm scale but
         does not apply ln_final's weight and bias, so on a model whose LayerNorms are not folded the
-        attributions do not add up to the logit: that case warns with the fix."""
+        attributions do not add up to the logit: that case warns with the fix. Where the classifier
+        does not read one token of the residual stream, no such split is exact: an attentive pooler
+        (V-JEPA 2) refuses, and mean pooling (VideoMAE) takes only the pooled stack (no position
+        axis, no pos_slice); each error names the library's exact decomposition."""
+        self._check_readout_decomposition(residual_stack, pos_slice, has_batch_dim)
         if getattr(self.model.cfg, "normalization_type", None) == "LN":
             warnings.warn(
                 "cache.logit_attrs on a model with unfolded LayerNorms ignores ln_final's weight and bias, so the "
@@ -188,14 +194,58 @@ class VideoActivationCache(ActivationCache):
                 "before run_with_cache, for exact attributions.",
                 stacklevel=2,
             )
-        return super().logit_attrs(residual_stack, tokens, *args, **kwargs)
+        return super().logit_attrs(residual_stack, tokens, incorrect_tokens, pos_slice, batch_slice, has_batch_dim)
+
+    def _check_readout_decomposition(self, residual_stack: Any, pos_slice: Any, has_batch_dim: bool) -> None:
+        from transformer_lens.utilities import Slice
+
+        model = self.model
+        pooling, name = getattr(model.cfg, "pooling", "first"), type(model).__name__
+        if pooling == "attentive":
+            raise ValueError(
+                f"cache.logit_attrs: {name} classifies the output of its attentive pooler (self-attention blocks, a "
+                "cross-attending query, LayerNorms and an MLP stand between the residual stream and the classifier), so "
+                "no split of the residual stream sums to the logit, with fold_ln or without. The exact attribution: "
+                "hooked_vivit.causal.logit_attribution.pooler_token_dla(model, pixel_values, class_index), per pooler "
+                "head and source token, whose terms plus its 'rest' (bias, query, MLP) sum to the logit"
+            )
+        if pooling != "mean":
+            return
+        sliced = pos_slice is not None and not (isinstance(pos_slice, Slice) and pos_slice.slice == slice(None))
+        pooled_ndim = 3 if has_batch_dim else 2  # [components, (batch,) d_model]: no position axis
+        if sliced or getattr(residual_stack, "ndim", pooled_ndim) != pooled_ndim:
+            what = f"pos_slice={pos_slice!r}" if sliced else f"a per-token stack (shape {tuple(residual_stack.shape)})"
+            exact = (
+                "model.pooled_logit_terms(cache, classes) (per component and token, plus a constant), or "
+                if hasattr(model, "pooled_logit_terms")
+                else ""
+            )
+            raise ValueError(
+                f"cache.logit_attrs with {what}: {name} classifies the token mean (mean pooling, no CLS token), and "
+                "ln_final's cached scale is the pooled vector's, so per-token or one-position attributions do not sum "
+                f"to the logit. Exact: {exact}the pooled stack, cache.logit_attrs(cache.decompose_resid().mean(-2), "
+                "tokens) without pos_slice, on a model loaded with fold_ln=True"
+            )
 
     def logit_lens(self, positions: Any = 0, **kwargs: Any) -> Any:
         """TransformerLens's logit lens (TL >= 4), read at CLS (``positions=0``) by default, the token
         the classifier reads; the last entry of the result then equals the model's logits.
         TransformerLens 3 has no ``ActivationCache.logit_lens``; there the same numbers are
-        ``cache.accumulated_resid(apply_ln=True, pos_slice=0) @ model.W_U + model.b_U`` on a folded model."""
+        ``cache.accumulated_resid(apply_ln=True, pos_slice=0) @ model.W_U + model.b_U`` on a folded model.
+        A classifier that reads no single token (mean pooling, an attentive pooler) refuses, naming the
+        exact lens: each layer's residual stream through the model's own head."""
         from hooked_vivit.compat import HAS_LOGIT_LENS, TL_VERSION_STRING
+
+        pooling = getattr(self.model.cfg, "pooling", "first")
+        if pooling in ("mean", "attentive"):
+            head = "token mean, final norm" if pooling == "mean" else "final norm, attentive pooler"
+            raise ValueError(
+                f"cache.logit_lens reads one token (positions={positions!r}) through the final norm and W_U, but "
+                f"{type(self.model).__name__} classifies the {'token mean' if pooling == 'mean' else 'attentive pooler output'}, "
+                f"so its last entry would not be the logits. Exact: each layer's residual stream through the model's "
+                f"own head ({head}, classifier): model(cache['resid_pre', l], start_at_layer=model.cfg.n_layers), and "
+                "cache['resid_post', n_layers - 1] for the last"
+            )
 
         if not HAS_LOGIT_LENS:
             raise NotImplementedError(
