@@ -13,6 +13,7 @@ The SAE reads hook_z-like activations ([batch, pos, heads, d_head]) flattened, a
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -75,11 +76,57 @@ def _check_width(model: HookedVideoTransformer, sae: Any, hook: str) -> None:
         )
 
 
+# model -> (its tensors' identities and versions, their fingerprint): a splice per batch hashes the weights once.
+_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _fingerprint(model: HookedVideoTransformer) -> str:
+    from hooked_vivit.loading import weights_fingerprint
+
+    try:  # any in-place edit bumps a tensor's version; .to() / load_state_dict make new tensors or bump it
+        key = tuple((id(t), t._version) for t in [*model.parameters(), *model.buffers()])
+    except RuntimeError:  # inference tensors keep no version counter: no memo
+        return weights_fingerprint(model)
+    memo = _FINGERPRINTS.get(model)
+    if memo is None or memo[0] != key:
+        memo = _FINGERPRINTS[model] = (key, weights_fingerprint(model))
+    return memo[1]
+
+
+def _check_provenance(model: HookedVideoTransformer, sae: Any, hook: str) -> None:
+    """The hook and the model weights the SAE records (``sae.cfg.metadata``: ``hook_name``, and
+    ``weights_fingerprint``, which load_sae reads from provenance.json) must be this splice's."""
+    metadata = getattr(getattr(sae, "cfg", None), "metadata", None)
+    if metadata is None:
+        return
+    trained_on = metadata.get("hook_name")
+    if trained_on and trained_on != hook:
+        raise ValueError(
+            f"this SAE was trained on {trained_on!r} (sae.cfg.metadata.hook_name), not {hook!r}: splice it at "
+            f"{trained_on!r}, or pass strict=False to splice it elsewhere on purpose"
+        )
+    recorded = metadata.get("weights_fingerprint")
+    if isinstance(recorded, str):  # a sha256 hex; an older record (a float) is another scheme, not comparable
+        current = _fingerprint(model)
+        if current != recorded:
+            raise ValueError(
+                f"this SAE was trained on a model whose weights have the fingerprint {recorded[:16]}..., and this "
+                f"{type(model).__name__}'s is {current[:16]}... (hooked_vivit.loading.weights_fingerprint): another "
+                "model, or other weights (also: the same ones processed differently, fold_ln / center_writing_weights). "
+                "Load the model the SAE was trained on, or pass strict=False to splice it anyway"
+            )
+
+
 @contextmanager
-def splice(model: HookedVideoTransformer, sae: Any, hook: str, *, use_error_term: bool = False) -> Iterator[Any]:
-    """Route ``hook`` through ``sae`` inside the block; yields the model."""
+def splice(
+    model: HookedVideoTransformer, sae: Any, hook: str, *, use_error_term: bool = False, strict: bool = True
+) -> Iterator[Any]:
+    """Route ``hook`` through ``sae`` inside the block; yields the model. The SAE's width must be the
+    hook's; with ``strict`` (the default) the hook and model weights it records must be these too."""
     point = _hook_point(model, hook)
     _check_width(model, sae, hook)
+    if strict:
+        _check_provenance(model, sae, hook)
     if any(name.startswith(hook + ".hook_sae_") for name in model.hook_dict):
         raise ValueError(f"{hook} is already spliced; nest splices on different hooks only")
     sae = sae.to(model.W_E.device)

@@ -188,6 +188,14 @@ def load_sae(path: str | Path, device: str = "cpu") -> tuple[Any, dict]:
     sae = sl.SAE.load_from_disk(path, device=device)
     prov_path = path / PROVENANCE_FILE
     provenance = json.loads(prov_path.read_text()) if prov_path.is_file() else {}
+    # What splice checks (the hook and the model weights the SAE was trained on), where SAELens's cfg lacks it.
+    recorded = {
+        "hook_name": provenance.get("hook"),
+        "weights_fingerprint": provenance.get("model", {}).get("weights_fingerprint"),
+    }
+    for key, value in recorded.items():
+        if value is not None and key not in sae.cfg.metadata:
+            sae.cfg.metadata[key] = value
     return sae, provenance
 
 
