@@ -437,7 +437,7 @@ class OutputDir:
                 ) from e
             # Inputs are refused by check(); never removed even so (their paths, now under ``old``).
             keep = [old / inp.relative_to(t) for inp in self.inputs if _inside(inp, t)]
-            _remove_listed(old, keep=keep, digests=self._digests)
+            _remove_listed(old, keep=keep, digests=self._digests, shown=self._shown())
             return
         try:
             os.rename(tmp, t)  # replaces at most an empty directory
@@ -484,7 +484,7 @@ def _terminate(signum, frame):  # noqa: ARG001 (signal handler signature)
     raise SystemExit(128 + signum)
 
 
-def _remove_listed(old: Path, *, keep: Iterable[Path] = (), digests: dict | None = None) -> None:
+def _remove_listed(old: Path, *, keep: Iterable[Path] = (), digests: dict | None = None, shown: str = "") -> None:
     """Delete an earlier output (renamed to ``old``): of what is in it, the files its manifest lists that
     are still as recorded (size and sha256, reached without leaving ``old``), then its empty listed
     folders. A name leading out of ``old``, a changed or unrecorded file, and anything at or under a
@@ -497,7 +497,9 @@ def _remove_listed(old: Path, *, keep: Iterable[Path] = (), digests: dict | None
     outside = [f for f in manifest["files"] if not _within(f)]
     if outside:
         warnings.warn(
-            f"{old}: its manifest names {len(outside)} path(s) outside it ({_named(outside)}); left alone", stacklevel=3
+            f"the earlier output {shown or old}: its manifest names {len(outside)} path(s) outside it "
+            f"({_named(outside)}); left alone",
+            stacklevel=3,
         )
     for rel in sorted(_entries(old), key=lambda r: -r.rstrip("/").count("/")):  # what is there, links not followed
         path = Path(os.path.realpath((old / rel.rstrip("/")).parent)) / Path(rel.rstrip("/")).name
