@@ -101,3 +101,20 @@ def test_training_script_smoke(tmp_path):
     again = HookedViViT.from_pretrained(tmp_path / "smoke")
     assert again.cfg.num_frames == TrainConfig.smoke().num_frames
     assert json.loads((tmp_path / "smoke" / "metrics.json").read_text())["train_config"]["epochs"] == 1
+
+
+def test_an_evaluated_checkpoint_is_all_the_librarys_own_and_may_be_overwritten(tmp_path):
+    """Every file evaluate adds (probes, card, seed ranges) joins the manifest with its hash, so a later
+    training run into the same --out replaces the whole output (issue 32: seed_ranges.json was not recorded)."""
+    from hooked_vivit.organism import evaluate
+    from hooked_vivit.output_dir import MANIFEST
+
+    out = tmp_path / "smoke"
+    train(TrainConfig.smoke(), out, progress=False)
+    assert evaluate.main(["--checkpoint", str(out), "--pairs", "5", "--held-out-per-class", "0"]) == 0
+    listed = set(json.loads((out / MANIFEST).read_text())["files"])
+    assert (
+        {p.name for p in out.iterdir()} - {MANIFEST} == listed >= {"seed_ranges.json", "probes.json", "MODEL_CARD.md"}
+    )
+    train(TrainConfig.smoke(), out, progress=False)  # save_pretrained(overwrite=True) inside
+    assert not (out / "seed_ranges.json").exists()

@@ -24,6 +24,7 @@ from hooked_vivit.organism import checkpoint_path, resolve
 from hooked_vivit.organism.data import (
     HELD_OUT_FILE,
     HELD_OUT_OFFSET,
+    SEED_RANGES_FILE,
     SPLIT_SEEDS,
     clip_seed,
     render_split,
@@ -468,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         record_written(path, HELD_OUT_FILE)
     write_model_card(path, metrics, probes, held_out)
     write_seed_ranges(path)  # the seeds this checkpoint has seen, for the analysis defaults' disjointness
+    record_written(path, SEED_RANGES_FILE)  # part of this output: an overwrite may replace it
     print((path / "MODEL_CARD.md").read_text())
     return 0
 
