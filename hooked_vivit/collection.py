@@ -272,6 +272,7 @@ def collate(items: list[dict]) -> dict:
     return {
         "clips": [it["clip"] for it in ok],
         "frames": [it["frames"] for it in ok],
+        "sizes": [it["size"] for it in ok],
         "pixels": torch.stack([it["pixels"] for it in ok]) if ok else None,
         "errors": [(it["clip"], it["error"]) for it in items if "error" in it],
     }
@@ -287,7 +288,6 @@ def clip_loader(
 ) -> Iterator[dict]:
     """Decoded batches in the given order: ``batches`` lists positions in ``clips``; ``workers``
     processes decode ahead of the model (0: decode in this process)."""
-        "sizes": [it["size"] for it in ok],
     loader = torch.utils.data.DataLoader(
         ClipDataset(clips, config),
         batch_sampler=batches,

@@ -61,7 +61,6 @@ class Pair:
     seed: int | None = None
     masks: dict | None = None
     divergence_frame: int | None = None
-
     native_sizes: tuple[tuple[int, int], tuple[int, int]] | None = None  # (width, height) of each file read
 
 
@@ -76,6 +75,7 @@ def size_mismatch_warning(names: Sequence[str], sizes: Sequence[Sequence[int]]) 
         "they likely come from different sources, so this is not a minimal pair, and differences between them need "
         "not be about the outcome; both were resized and centre-cropped to the model's input size"
     )
+
 
 def check_seed(seed: int) -> str | None:
     """Warn (and return what it was used for) when a seed lies in a range the shipped organism was
@@ -108,7 +108,6 @@ def rendered_pair(model: HookedVideoTransformer, domain: str, seed: int = ANALYS
     )
 
 
-def video_pair(model: HookedVideoTransformer, clean: Path, corrupted: Path) -> Pair:
 def clip_sizes_html(pair: dict) -> str:
     """The clips' native sizes, the size the model saw them at, and the size warning, from results["pair"]."""
     if not pair.get("native_sizes"):
@@ -125,6 +124,7 @@ def clip_sizes_html(pair: dict) -> str:
     return text
 
 
+def video_pair(model: HookedVideoTransformer, clean: Path, corrupted: Path) -> Pair:
     """Both clips read and checked before any analysis, kept as the model sees them (resized and
     centre-cropped to its input size), with their native sizes. Clips of different sizes are analysed
     with a warning (``size_mismatch_warning``): they are not a minimal pair."""
@@ -270,16 +270,16 @@ def analyze_pair(
             "pair": {
                 "names": list(pair.names),
                 "domain": pair.domain,
-                "native_sizes": None if pair.native_sizes is None else [list(wh) for wh in pair.native_sizes],
-                "model_view": [pair.positive.shape[2], pair.positive.shape[1]],
-                "size_warning": None
-                if pair.native_sizes is None
-                else size_mismatch_warning(pair.names, pair.native_sizes),
                 "seed": pair.seed,
                 "divergence_frame": pair.divergence_frame,
                 "divergence_slot": None
                 if pair.divergence_frame is None
                 else cfg.grid.frame_slot_of_frame(pair.divergence_frame),
+                "native_sizes": None if pair.native_sizes is None else [list(wh) for wh in pair.native_sizes],
+                "model_view": [pair.positive.shape[2], pair.positive.shape[1]],
+                "size_warning": None
+                if pair.native_sizes is None
+                else size_mismatch_warning(pair.names, pair.native_sizes),
             },
             # Keyed by role: two clips may share a name.
             "prediction": {
@@ -665,12 +665,12 @@ def write_analysis(
             rp.scope_html(results["scope"])
             + f"<p>Positive clip <b>{pos_name}</b> is classified <b>{pred['positive']['name']}</b>, negative clip <b>{neg_name}</b> "
             f"<b>{pred['negative']['name']}</b>."
-            + clip_sizes_html(results["pair"])
             + (
                 f" Rendered {pair.domain} pair, seed {pair.seed}; the clips are identical before frame {pair.divergence_frame}."
                 if pair.domain
                 else ""
             )
+            + clip_sizes_html(results["pair"])
             + f"</p><p>Recovery headline: {html.escape(rec['headline_reason'])}.</p>"
         )
         variant_cols = list(rec["variants"])
