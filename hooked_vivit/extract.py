@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from hooked_vivit.collection import Clip, Distributed, clip_loader, collection_digest, read_collection
+from hooked_vivit.loading import weights_fingerprint
 from hooked_vivit.output_dir import OutputDir
 
 if TYPE_CHECKING:  # annotations only
@@ -181,11 +182,6 @@ def _store_dtype(dtype: str | torch.dtype | None, model: HookedVideoTransformer)
     return DTYPES[dtype]
 
 
-def _weights_fingerprint(model: HookedVideoTransformer) -> float:
-    with torch.no_grad():
-        return round(float(sum(p.detach().double().abs().sum() for p in model.parameters())), 3)
-
-
 # ---------------------------------------------------------------------------------------- extraction
 class _Plan:
     def __init__(
@@ -222,7 +218,7 @@ class _Plan:
         self.model_info = {
             "name": cfg.model_name,
             "model_type": getattr(model, "model_type", None),
-            "weights_fingerprint": _weights_fingerprint(model),
+            "weights_fingerprint": weights_fingerprint(model),
             "num_frames": cfg.num_frames,
             "image_size": list(cfg.image_size),
             "tubelet_size": list(cfg.tubelet_size),

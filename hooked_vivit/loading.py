@@ -186,3 +186,19 @@ def save_checkpoint(model: HookedVideoTransformer, path: Path, *, layout: str, o
             metadata={"format": "pt", "layout": layout},
         )
     return path
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 (hex) over every parameter and buffer of ``model``: each one's name, dtype, shape and bytes,
+    in name order. Ties an output (extract's shards, a study summary, an SAE's provenance) to the exact
+    weights it came from: any changed value, however small, changes it; the device does not."""
+    import hashlib
+
+    tensors = dict(model.named_parameters())
+    tensors.update(model.named_buffers())
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach()
+        digest.update(json.dumps([name, str(t.dtype).removeprefix("torch."), list(t.shape)]).encode())
+        digest.update(t.reshape(-1).contiguous().view(torch.uint8).cpu().numpy().tobytes())
+    return digest.hexdigest()

@@ -390,3 +390,66 @@ def test_study_pairs_manifest_errors(setup, tmp_path, capsys):
     assert main(["study", "--pairs", str(bad), "--model", str(ckpt), "--out", str(tmp_path / "s"), "--quiet"]) == 2
     assert "pair 'x' has two positive clips (a.mp4, b.mp4)" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+# ============================================================================ issue 32: resume ties, overflow, disk full, BOM
+def killed_after_first_shard(*args: str) -> None:
+    """Run extract in a child process that is SIGKILLed once its first shard is on disk."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "hooked_vivit.cli", "extract", *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), "HOOKED_VIVIT_TEST_KILL": "after:1"},
+        capture_output=True,
+        timeout=300,
+    )
+    assert proc.returncode == -9, proc.stderr[-2000:]
+
+
+def variant(model, tmp_path: Path, name: str, change) -> Path:
+    """A copy of ``model`` with ``change`` applied to its weights, saved as a checkpoint."""
+    import copy
+
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        change(other)
+    return other.save_pretrained(tmp_path / name)
+
+
+def test_weights_fingerprint_hashes_every_value():
+    from hooked_vivit import loading
+    from hooked_vivit.extract import load_model
+
+    model = HookedViViT.from_hf_model(make_hf(TINY, seed=5))
+    a = loading.weights_fingerprint(model)
+    assert len(a) == 64 and int(a, 16) >= 0 and loading.weights_fingerprint(make_copy(model)) == a
+    with torch.no_grad():
+        model.blocks[0].attn.W_Q.neg_()  # the same sum of |weights|: the old fingerprint could not tell
+    b = loading.weights_fingerprint(model)
+    with torch.no_grad():
+        model.blocks[0].attn.W_Q.neg_()
+        model.blocks[1].mlp.b_out[3] += 1e-6  # one value, by less than the old 3 decimals
+    assert b != a and loading.weights_fingerprint(model) not in (a, b)
+    assert loading.weights_fingerprint(make_copy(model).to(torch.float64)) != loading.weights_fingerprint(model)
+    assert pipeline.weights_fingerprint is loading.weights_fingerprint  # one function (study summary, SAE, extract)
+    organism = load_model("organism")  # the shipped study summary is tied to the shipped weights' hash
+    assert pipeline.load_study_summary(organism)["weights_fingerprint"] == loading.weights_fingerprint(organism)
+
+
+def make_copy(model):
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def test_resume_refuses_a_model_whose_weights_differ(setup, tmp_path, capsys):
+    model, ckpt, clips, _, _ = setup
+    negated = variant(model, tmp_path, "negated", lambda m: m.blocks[0].attn.W_Q.neg_())
+    out = tmp_path / "out"
+    base = ["--videos", str(clips), "--hooks", HOOKS, "--shard-clips", "2", "--workers", "0", "--quiet"]
+    killed_after_first_shard("--model", str(ckpt), *base, "--out", str(out))
+    assert extract_here("--model", str(negated), *base, "--out", str(out)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "other settings (differing in model)" in err, err
+    assert extract_here("--model", str(ckpt), *base, "--out", str(out)) == 0  # the same model resumes
+    assert extract_here("--model", str(ckpt), *base, "--out", str(tmp_path / "reference")) == 0
+    assert_same_output(tmp_path / "reference", out)

@@ -33,6 +33,7 @@ from hooked_vivit.analysis import experiments as ex
 from hooked_vivit.analysis import report as rp
 from hooked_vivit.analysis.cost import ForwardCounter
 from hooked_vivit.causal.probes import bootstrap_ci
+from hooked_vivit.loading import weights_fingerprint
 from hooked_vivit.organism.data import ANALYSIS_SEEDS, recorded_seed_ranges, seed_use
 from hooked_vivit.output_dir import OutputDir, output_directory
 from hooked_vivit.video import load_video, model_view, preprocess
@@ -192,12 +193,6 @@ def load_study_summary(model: HookedVideoTransformer) -> dict | None:
     if summary.get("model") != model.cfg.model_name or summary.get("weights_fingerprint") != weights_fingerprint(model):
         return None
     return summary
-
-
-def weights_fingerprint(model: HookedVideoTransformer) -> float:
-    """Sum of |parameter| over the model, rounded: ties a study summary to the weights it came from."""
-    with torch.no_grad():
-        return round(float(sum(p.detach().double().abs().sum() for p in model.parameters())), 3)
 
 
 def place_in_distribution(rec: dict, summary: dict, domain_key: str) -> dict | None:

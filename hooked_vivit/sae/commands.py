@@ -57,7 +57,7 @@ def train(
     local_model: Path | None = None,
 ) -> dict:
     """Train, evaluate on held-out clips, write SAELens's format + provenance.json + evaluation.json."""
-    from hooked_vivit.analysis.pipeline import weights_fingerprint
+    from hooked_vivit.loading import weights_fingerprint
     from hooked_vivit.output_dir import OutputDir
     from hooked_vivit.sae.evaluate import evaluate
     from hooked_vivit.sae.train import environment, require_sae_lens, save_sae, train_sae
