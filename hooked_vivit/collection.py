@@ -175,6 +175,19 @@ def collection_digest(clips: Sequence[Clip]) -> str:
     return hashlib.sha256(json.dumps([c.provenance() for c in clips], sort_keys=True).encode()).hexdigest()[:16]
 
 
+def file_sha256(path: str | Path) -> str | None:
+    """sha256 (hex) of a file's bytes, read in 1 MiB pieces; None if it cannot be read (a missing file,
+    which the run reports as a skipped clip)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
 def group_pairs(clips: Sequence[Clip], source: Any = "the manifest") -> list[tuple[str, Clip, Clip]]:
     """(pair id, positive, negative) in the order each pair first appears; every pair needs exactly
     one clip of each role."""

@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from hooked_vivit.collection import Clip, Distributed, clip_loader, collection_digest, read_collection
+from hooked_vivit.collection import Clip, Distributed, clip_loader, collection_digest, file_sha256, read_collection
 from hooked_vivit.loading import weights_fingerprint
 from hooked_vivit.output_dir import OutputDir
 
@@ -193,10 +193,12 @@ class _Plan:
         dtype: Any,
         shard_clips: int | None,
         shard_mb: float,
+        clip_sha256: list[str | None],
     ):
         from hooked_vivit.cache_memory import hook_shape
 
         self.clips = clips
+        self.clip_sha256 = clip_sha256
         self.hooks = resolve_hooks(model, hooks)
         self.tokens = parse_positions(positions, model.cfg.grid)
         self.positions_spec = positions if isinstance(positions, str) else ",".join(map(str, positions))
@@ -229,6 +231,7 @@ class _Plan:
             "model": self.model_info,
             "collection": collection_digest(clips),
             "clips": len(clips),
+            "clip_sha256": clip_sha256,  # each file's bytes (None: unreadable): a clip changed between runs is refused
             "hooks": self.hooks,
             "positions": self.tokens,
             "dtype": str(self.dtype).removeprefix("torch."),
@@ -245,6 +248,45 @@ def _digest(settings: dict) -> str:
     import hashlib
 
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _clip_hashes(clips: list[Clip], dist: Distributed) -> list[str | None]:
+    """Each clip's file_sha256, the reading shared among the ranks (clip i on rank i mod W)."""
+    mine = {i: file_sha256(clips[i].path) for i in range(dist.rank, len(clips), dist.world)}
+    merged: dict[int, str | None] = {}
+    for part in dist.all_gather(mine):
+        merged.update(part)
+    return [merged[i] for i in range(len(clips))]
+
+
+def _refuse_changed_clips(reserved: OutputDir, plan: _Plan) -> None:
+    """An unfinished run of this collection whose clips' bytes have changed since: refused naming
+    the clip(s) (output_dir's own check would only say that the settings differ)."""
+    from hooked_vivit.output_dir import RESUME_STATE
+
+    folder = reserved.resume_folder
+    try:
+        old = json.loads((folder / RESUME_STATE).read_text())["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no unfinished run (or one output_dir will judge)
+    before, now = old.get("clip_sha256"), plan.settings["clip_sha256"]
+    if reserved.overwrite or old.get("collection") != plan.settings["collection"] or not isinstance(before, list):
+        return
+    if len(before) != len(now) or before == now:
+        return
+    changed = [
+        f"{c.file} ({'now missing' if b is None else 'missing then' if a is None else 'its bytes differ'})"
+        for c, a, b in zip(plan.clips, before, now)
+        if a != b
+    ]
+    also = sorted(k for k in set(old) | set(plan.settings) if k != "clip_sha256" and old.get(k) != plan.settings.get(k))
+    raise ValueError(
+        f"--videos: {changed[0]}"
+        + (f" and {len(changed) - 1} more clip(s)" if len(changed) > 1 else "")
+        + f" changed since the unfinished run in {folder} began"
+        + (f" (which also differs in {', '.join(also)})" if also else "")
+        + "; put the original file(s) back to resume it, or pass --overwrite to discard its shards"
+    )
 
 
 def _shard_metadata(path: Path) -> dict | None:
@@ -383,7 +425,9 @@ def _extract_shards(
 
 
 def _write_index(folder: Path, plan: _Plan, source: str, world: int) -> dict:
-    clips: list[dict] = [c.provenance() for c in plan.clips]
+    clips: list[dict] = [
+        {**c.provenance(), **({"sha256": h} if h else {})} for c, h in zip(plan.clips, plan.clip_sha256)
+    ]
     errors, shards = [], []
     for k in range(plan.n_shards):
         meta = _shard_metadata(folder / SHARD.format(k))
@@ -475,10 +519,11 @@ def extract(
             model = load_model(str(model), dist.rank_device(device))
         elif dist.world > 1 and torch.device(device).type == "cuda":
             model = model.to(dist.rank_device(device))
-        plan = _Plan(model, clips, hooks, positions, dtype, shard_clips, shard_mb)
+        plan = _Plan(model, clips, hooks, positions, dtype, shard_clips, shard_mb, _clip_hashes(clips, dist))
         folder, error = None, None
         if dist.is_main:
             try:
+                _refuse_changed_clips(reserved, plan)
                 folder = stack.enter_context(reserved.resumable(plan.settings, OWNED))
                 for p in folder.iterdir():
                     if _TEMP.fullmatch(p.name):

@@ -453,3 +453,38 @@ def test_resume_refuses_a_model_whose_weights_differ(setup, tmp_path, capsys):
     assert extract_here("--model", str(ckpt), *base, "--out", str(out)) == 0  # the same model resumes
     assert extract_here("--model", str(ckpt), *base, "--out", str(tmp_path / "reference")) == 0
     assert_same_output(tmp_path / "reference", out)
+
+
+def test_resume_refuses_a_clip_whose_bytes_changed(setup, tmp_path, capsys):
+    import hashlib
+    import shutil
+
+    _, ckpt, clips, _, _ = setup
+    mine = tmp_path / "clips"
+    shutil.copytree(clips, mine)
+    listing = tmp_path / "list.csv"
+    listing.write_text("path\n" + "".join(f"clips/clip{i}.mp4\n" for i in range(7)))
+    out = tmp_path / "out"
+    base = ["--model", str(ckpt), "--videos", str(listing), "--hooks", HOOKS, "--shard-clips", "2", "--workers", "0"]
+    base += ["--quiet", "--out", str(out)]
+    killed_after_first_shard(*base)
+    frames = np.random.default_rng(1).integers(0, 256, (6, 36, 40, 3), dtype=np.uint8)
+    write_video(frames, mine / "clip3.mp4")  # same name, other pixels: the manifest is unchanged
+    assert extract_here(*base) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert (
+        f"--videos: clips/clip3.mp4 (its bytes differ) changed since the unfinished run in {tmp_path / '.out.resume'}"
+        in err
+    )
+    assert "put the original file(s) back to resume it, or pass --overwrite" in err
+    (mine / "clip3.mp4").unlink()
+    assert extract_here(*base) == 2
+    assert "clip3.mp4 (now missing) changed" in capsys.readouterr().err
+    write_video(frames, mine / "clip3.mp4")
+    assert extract_here(*base, "--overwrite") == 0  # the old shards are discarded, every clip redone
+    index = read_index(out)
+    assert [c["sha256"] for c in index["clips"]] == [
+        hashlib.sha256((tmp_path / c["file"]).read_bytes()).hexdigest() for c in index["clips"]
+    ]
+    assert index["settings"]["clip_sha256"] == [c["sha256"] for c in index["clips"]]
