@@ -331,15 +331,22 @@ def _write_shard(
 
 
 def _forward(
-    model: HookedVideoTransformer, pixels: torch.Tensor, plan: _Plan, token_index: torch.Tensor | None
+    model: HookedVideoTransformer,
+    pixels: torch.Tensor,
+    plan: _Plan,
+    token_index: torch.Tensor | None,
+    overflow: dict[str, int],
 ) -> dict[str, torch.Tensor]:
+    """The chosen hooks' activations at the chosen tokens, in the stored dtype, on the CPU. ``overflow``
+    counts per hook the finite values that the stored dtype cannot hold (float16: beyond 65504, stored as inf)."""
     captured: dict[str, torch.Tensor] = {}
 
     def grab(act: torch.Tensor, hook: Any) -> None:
         picked = act if token_index is None else act.index_select(1, token_index)
-        captured[hook.name] = picked.to(dtype=plan.dtype, device="cpu", copy=True).flatten(
-            0, 1
-        )  # [batch * positions, ...]
+        stored = picked.to(dtype=plan.dtype)
+        if torch.finfo(plan.dtype).max < torch.finfo(picked.dtype).max:
+            overflow[hook.name] += int((stored.isinf() & picked.isfinite()).sum())
+        captured[hook.name] = stored.to(device="cpu", copy=True).flatten(0, 1)  # [batch * positions, ...]
 
     with torch.inference_mode():
         model.run_with_hooks(
@@ -381,10 +388,13 @@ def _extract_shards(
         total=sum(len(b) for _, b in batches), desc=f"extract (rank {dist.rank})", disable=not progress, unit="clip"
     )
     shard, acts, entries, errors, written = None, {}, [], [], 0
+    overflow: dict[str, int] = {}
 
     def flush() -> None:
         nonlocal written
         rows = sum(e["rows"] for e in entries)
+        if any(overflow.values()):
+            _refuse_overflow(plan, shard, folder, overflow, rows)
         tensors = {
             h: torch.cat(acts[h]) if acts[h] else torch.empty((0, *plan.shapes[h]), dtype=plan.dtype)
             for h in plan.hooks
@@ -408,10 +418,11 @@ def _extract_shards(
             if shard is not None:
                 flush()
             shard, acts, entries, errors = k, {h: [] for h in plan.hooks}, [], []
+            overflow = dict.fromkeys(plan.hooks, 0)
         for clip, reason in batch["errors"]:
             errors.append({"clip": clip, "file": plan.clips[clip].file, "reason": reason})
         if batch["pixels"] is not None:
-            out = _forward(model, batch["pixels"].to(device, non_blocking=True), plan, token_index)
+            out = _forward(model, batch["pixels"].to(device, non_blocking=True), plan, token_index, overflow)
             for h in plan.hooks:
                 acts[h].append(out[h])
             first = sum(e["rows"] for e in entries)
@@ -422,6 +433,20 @@ def _extract_shards(
         flush()
     bar.close()
     return sum(len(b) for _, b in batches)
+
+
+def _refuse_overflow(plan: _Plan, shard: int, folder: Path, overflow: dict[str, int], rows: int) -> None:
+    over = {h: n for h, n in overflow.items() if n}
+    values = rows * sum(math.prod(plan.shapes[h]) for h in plan.hooks)
+    name = str(plan.dtype).removeprefix("torch.")
+    r = plan.shard_range(shard)
+    raise ValueError(
+        f"--dtype {name}: {sum(over.values())} of {values} values of shard {shard} (clips {r.start}-{r.stop - 1}; "
+        + ", ".join(f"{h}: {n}" for h, n in over.items())
+        + f") lie beyond {name}'s largest value {torch.finfo(plan.dtype).max:g} and would be stored as inf; "
+        f"the shard was not written. Use --dtype bfloat16 (float32's range) or float32, with --overwrite to "
+        f"discard the unfinished run in {folder}"
+    )
 
 
 def _write_index(folder: Path, plan: _Plan, source: str, world: int) -> dict:

@@ -488,3 +488,30 @@ def test_resume_refuses_a_clip_whose_bytes_changed(setup, tmp_path, capsys):
         hashlib.sha256((tmp_path / c["file"]).read_bytes()).hexdigest() for c in index["clips"]
     ]
     assert index["settings"]["clip_sha256"] == [c["sha256"] for c in index["clips"]]
+
+
+def test_float16_overflow_is_refused_with_the_count(setup, tmp_path, capsys):
+    model, _, clips, _, _ = setup
+    big = variant(model, tmp_path, "big", lambda m: m.blocks[1].mlp.W_out.mul_(1e6))
+    base = ["--model", str(big), "--videos", str(clips), "--hooks", HOOKS, "--positions", "all", "--workers", "0"]
+    base += ["--quiet", "--shard-clips", "4"]
+    assert extract_here(*base, "--out", str(tmp_path / "f32"), "--dtype", "float32") == 0
+    acts, prov = load_activations(tmp_path / "f32", "blocks.1.hook_mlp_out")
+    first = prov["clip"] < 4  # shard 0
+    over = int(acts[first].to(torch.float16).isinf().sum())
+    values = int(first.sum()) * (16 + 16)  # two hooks of d_model 16
+    assert 0 < over < values and acts.isfinite().all()
+    out = tmp_path / "f16"
+    assert extract_here(*base, "--out", str(out), "--dtype", "float16") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert (
+        f"--dtype float16: {over} of {values} values of shard 0 (clips 0-3; blocks.1.hook_mlp_out: {over}) lie "
+        "beyond float16's largest value 65504 and would be stored as inf; the shard was not written. Use --dtype "
+        f"bfloat16 (float32's range) or float32, with --overwrite to discard the unfinished run in {tmp_path / '.f16.resume'}"
+    ) in err
+    assert sorted(p.name for p in (tmp_path / ".f16.resume").iterdir()) == [".hooked-vivit-resume.json"]
+    assert extract_here(*base, "--out", str(out), "--dtype", "bfloat16", "--overwrite") == 0
+    stored, _ = load_activations(out, "blocks.1.hook_mlp_out")
+    assert stored.isfinite().all()
+    torch.testing.assert_close(stored.float(), acts, rtol=1e-2, atol=0)
