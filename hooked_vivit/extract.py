@@ -41,6 +41,7 @@ shards (only files extract writes; output_dir's rules hold: nothing else is ever
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import json
 import math
@@ -308,6 +309,26 @@ def _kill_point(when: str, count: int, rank: int) -> None:
             os.kill(os.getpid(), getattr(signal, parts[3]) if len(parts) > 3 else signal.SIGKILL)
 
 
+def _no_space(e: BaseException) -> bool:
+    """The disk (or the user's quota) is full: an OSError, or safetensors' SafetensorError ("I/O error: No
+    space left on device (os error 28)")."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    return type(e).__name__ == "SafetensorError" and any(
+        f"(os error {n})" in str(e) for n in (errno.ENOSPC, errno.EDQUOT)
+    )
+
+
+def _disk_full(folder: Path, what: str) -> OSError:
+    done = sum(1 for p in folder.iterdir() if re.fullmatch(r"shard-\d{5,}\.safetensors", p.name))
+    error = OSError(
+        f"disk full: no space left on the device holding {folder} while writing {what} (nothing of it was kept); "
+        f"the {done} finished shard(s) there are kept: free some space and rerun the same command to resume"
+    )
+    error.errno = errno.ENOSPC
+    return error
+
+
 def _write_shard(
     folder: Path, k: int, tensors: dict[str, torch.Tensor], metadata: dict[str, str], count: int, rank: int
 ) -> None:
@@ -324,8 +345,10 @@ def _write_shard(
             os.fsync(f.fileno())  # on disk before it gets its final name
         _kill_point("writing", count, rank)
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if _no_space(e):
+            raise _disk_full(folder, f"shard {k}") from e
         raise
     _kill_point("after", count, rank)
 
@@ -492,8 +515,14 @@ def _write_index(folder: Path, plan: _Plan, source: str, world: int) -> dict:
         "settings": plan.settings,
     }
     tmp = folder / f".{INDEX}.{secrets.token_hex(4)}.tmp"
-    tmp.write_text(json.dumps(index, indent=1) + "\n")
-    os.replace(tmp, folder / INDEX)
+    try:
+        tmp.write_text(json.dumps(index, indent=1) + "\n")
+        os.replace(tmp, folder / INDEX)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if _no_space(e):
+            raise _disk_full(folder, INDEX) from e
+        raise
     return index
 
 

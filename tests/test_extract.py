@@ -515,3 +515,35 @@ def test_float16_overflow_is_refused_with_the_count(setup, tmp_path, capsys):
     stored, _ = load_activations(out, "blocks.1.hook_mlp_out")
     assert stored.isfinite().all()
     torch.testing.assert_close(stored.float(), acts, rtol=1e-2, atol=0)
+
+
+def test_disk_full_is_one_line_and_keeps_the_finished_shards(setup, tmp_path, capsys, monkeypatch):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    _, ckpt, clips, _, _ = setup
+    real, calls = safetensors.torch.save_file, []
+
+    def full_on_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # what safetensors raises on ENOSPC (checked on a full tmpfs)
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_on_second)
+    out = tmp_path / "out"
+    base = ["--model", str(ckpt), "--videos", str(clips), "--hooks", HOOKS, "--shard-clips", "2", "--workers", "0"]
+    base += ["--quiet", "--out", str(out)]
+    assert extract_here(*base) == 2
+    err = capsys.readouterr().err
+    resume = tmp_path / ".out.resume"
+    assert err == (
+        f"hooked-vivit extract: error: disk full: no space left on the device holding {resume} while writing "
+        "shard 1 (nothing of it was kept); the 1 finished shard(s) there are kept: free some space and rerun the "
+        "same command to resume\n"
+    )
+    assert sorted(p.name for p in resume.iterdir()) == [".hooked-vivit-resume.json", "shard-00000.safetensors"]
+    monkeypatch.setattr(safetensors.torch, "save_file", real)
+    assert extract_here(*base) == 0 and len(calls) == 2  # resumed: shard 0 was not redone
+    assert extract_here(*base[:-1], str(tmp_path / "reference")) == 0
+    assert_same_output(tmp_path / "reference", out)
