@@ -85,12 +85,14 @@ def read_collection(source: str | Path) -> list[Clip]:
     if not source.is_file():
         raise FileNotFoundError(f"{source}: no such folder of videos or manifest file")
     suffix = source.suffix.lower()
-    if suffix == ".csv":
-        rows = _csv_rows(source)
-    elif suffix in (".jsonl", ".ndjson"):
-        rows = _jsonl_rows(source)
-    else:
+    if suffix not in (".csv", ".jsonl", ".ndjson"):
         raise ManifestError(f"{source}: expected a folder of videos, a .csv or a .jsonl manifest")
+    try:
+        rows = _csv_rows(source) if suffix == ".csv" else _jsonl_rows(source)
+    except UnicodeDecodeError as e:
+        raise ManifestError(
+            f"{source}: not UTF-8 text (byte {e.start} cannot be decoded); save the manifest as UTF-8"
+        ) from None
     clips = [_clip(source, line, i, row) for i, (line, row) in enumerate(rows)]
     if not clips:
         raise ManifestError(f"{source}: the manifest lists no clips")
@@ -98,7 +100,7 @@ def read_collection(source: str | Path) -> list[Clip]:
 
 
 def _csv_rows(source: Path) -> list[tuple[int, dict]]:
-    with open(source, newline="") as f:
+    with open(source, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: a byte-order mark is not a column name
         reader = csv.DictReader(f)
         if not reader.fieldnames:
             raise ManifestError(
@@ -119,7 +121,7 @@ def _csv_rows(source: Path) -> list[tuple[int, dict]]:
 
 def _jsonl_rows(source: Path) -> list[tuple[int, dict]]:
     out = []
-    for line_no, line in enumerate(source.read_text().splitlines(), 1):
+    for line_no, line in enumerate(source.read_text(encoding="utf-8-sig").splitlines(), 1):
         if not line.strip():
             continue
         try:

@@ -547,3 +547,17 @@ def test_disk_full_is_one_line_and_keeps_the_finished_shards(setup, tmp_path, ca
     assert extract_here(*base) == 0 and len(calls) == 2  # resumed: shard 0 was not redone
     assert extract_here(*base[:-1], str(tmp_path / "reference")) == 0
     assert_same_output(tmp_path / "reference", out)
+
+
+def test_manifests_with_a_byte_order_mark(setup, tmp_path):
+    _, _, clips, manifest, _ = setup
+    bom = manifest.parent / "bom.csv"  # as Excel saves "CSV UTF-8": the columns are path and label
+    bom.write_bytes(b"\xef\xbb\xbf" + manifest.read_bytes())
+    assert read_collection(bom) == read_collection(manifest) and len(read_collection(bom)) == 9
+    jsonl = tmp_path / "bom.jsonl"
+    jsonl.write_bytes(b"\xef\xbb\xbf" + json.dumps({"path": str(clips / "clip0.mp4"), "label": "é"}).encode() + b"\n")
+    assert [(c.path, c.label) for c in read_collection(jsonl)] == [(str(clips / "clip0.mp4"), "é")]
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("path,label\nx.mp4,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ManifestError, match=r"latin.csv: not UTF-8 text \(byte 20 cannot be decoded\); save"):
+        read_collection(latin)
