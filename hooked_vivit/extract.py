@@ -12,13 +12,14 @@ Output format (a folder, written through hooked_vivit.output_dir in resume mode)
 
 Rows run over the clips in collection order and, within a clip, over ``index["positions"]["tokens"]``
 in order: one row per (clip, position). index.json holds
-    model      name, model_type, weights fingerprint, num_frames, image_size, tubelet_size, n_ctx
+    model      name, model_type, weights fingerprint (loading.weights_fingerprint), num_frames, image_size, tubelet_size, n_ctx
     hooks      {name: {"shape": per-row shape, "dtype"}}
     positions  {"spec": as given, "tokens": [{"token", "label", "frame_slot", "row", "col", "frames"}]}: each
                position's place on the model's TokenGrid (None for CLS) and the positions in the clip's
                sampled frames that its tubelet covers
-    clips      one entry per clip: file, label, pair, role, start, end (as in the manifest), frame_indices
-               (the source frames sampled), shard, rows [first, stop) within the shard; or error for a bad file
+    clips      one entry per clip: file, label, pair, role, start, end (as in the manifest), sha256 (of the
+               file's bytes), frame_indices (the source frames sampled), shard, rows [first, stop) within the
+               shard; or error for a bad file
     errors     [{"clip", "file", "reason"}]: the files that could not be used (skipped)
     shards     [{"file", "clips": [first, stop), "rows"}]
 so the provenance of row r of a shard is: clip = row.clip[r] (its file, frame_indices), token = row.token[r]
@@ -35,7 +36,7 @@ Resume: every shard is written to a temporary name and renamed, so it exists who
 An interrupted run (Ctrl-C, SIGTERM, SIGKILL, a node lost) leaves its shards in ``.OUT.resume``
 beside ``OUT``; running the same command again skips the finished shards, redoes the rest, and
 renames the folder to ``OUT`` when all are written. A different command (other hooks, positions,
-dtype, shard size, collection or model weights) is refused, or with --overwrite discards the old
+dtype, shard size, collection, a clip's bytes or model weights) is refused, or with --overwrite discards the old
 shards (only files extract writes; output_dir's rules hold: nothing else is ever deleted).
 """
 
