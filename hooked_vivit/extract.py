@@ -103,8 +103,19 @@ def load_model(name_or_path: str, device: str = "cpu") -> Any:
 
 def resolve_hooks(model: HookedVideoTransformer, hooks: str | Sequence[str]) -> list[str]:
     """Hook names (comma-separated or a list; shell-style patterns such as ``blocks.*.hook_resid_post``
-    allowed), in the model's hook order. Each must have a token axis: activation [batch, n_ctx, ...]."""
+    allowed), in the model's hook order. Each must have a token axis: activation [batch, n_ctx, ...].
+    A named hook that cannot fire or has no token axis raises; a pattern skips such hooks (and raises
+    only when it keeps none)."""
     from hooked_vivit.cache_memory import hook_shape
+
+    def per_token(n: str) -> bool:
+        shape = hook_shape(model.cfg, n, 1)
+        return not (
+            shape is None
+            or len(shape) < 2
+            or shape[1] != model.cfg.n_ctx
+            or n.endswith(("hook_attn_scores", "hook_pattern"))
+        )
 
     patterns = [h.strip() for h in (hooks.split(",") if isinstance(hooks, str) else hooks) if h and h.strip()]
     if not patterns:
@@ -114,18 +125,35 @@ def resolve_hooks(model: HookedVideoTransformer, hooks: str | Sequence[str]) -> 
     names = list(model.hook_dict)
     chosen: list[str] = []
     for p in patterns:
-        matched = [n for n in names if fnmatch.fnmatchcase(n, p)] if any(ch in p for ch in "*?[") else [p]
+        pattern = any(ch in p for ch in "*?[")
+        matched = [n for n in names if fnmatch.fnmatchcase(n, p)] if pattern else [p]
         if not matched:
             raise ValueError(f"--hooks {p!r} matches no hook of this model (see hooked-vivit info --hooks)")
+        if pattern:  # the hooks that fire under this config and hold one row per token
+            kept = [n for n in matched if model._fires(n) and per_token(n)]
+            if not kept:
+                dead = [n for n in matched if not model._fires(n)]
+                flat = [n for n in matched if n not in dead]
+                raise ValueError(
+                    f"--hooks {p!r} matches {len(matched)} hooks, none of which extract can store: "
+                    + (
+                        f"{len(dead)} cannot fire under this config ({model._dead_hook_message(dead[0])}); "
+                        if dead
+                        else ""
+                    )
+                    + (
+                        f"{len(flat)} have no token axis (e.g. {flat[0]}, shape {list(hook_shape(model.cfg, flat[0], 1))}); "
+                        if flat
+                        else ""
+                    )
+                    + "extract stores per-token activations [batch, tokens, ...] (residual stream, attn_out, mlp_out, "
+                    "hook_z, mlp.hook_post, ...)"
+                )
+            matched = kept
         model.check_hook_names(matched)  # unknown names (with the nearest real ones), hooks that cannot fire
         for n in matched:
-            shape = hook_shape(model.cfg, n, 1)
-            if (
-                shape is None
-                or len(shape) < 2
-                or shape[1] != model.cfg.n_ctx
-                or n.endswith(("hook_attn_scores", "hook_pattern"))
-            ):
+            if not per_token(n):
+                shape = hook_shape(model.cfg, n, 1)
                 raise ValueError(
                     f"--hooks {n}: its activation has shape {list(shape or [])} (batch first), without a token axis of "
                     f"n_ctx = {model.cfg.n_ctx} second; extract stores per-token activations [batch, tokens, ...] "
