@@ -43,10 +43,13 @@ def brute_force(model, corrupted, clean_cache, hook_of, index_sets, setter):
 
 
 def test_transformer_lens_alone_counts_pixels_not_tokens(setup):
-    """Why the twins exist: TransformerLens's helper sizes the position axis by input.shape[-1]."""
+    """Why the twins exist: TransformerLens's helper sizes the position axis by input.shape[-1] (48 pixel
+    columns here), so called on the video model it refuses, naming the twin (tests/test_tl_patching_direct.py)."""
     model, clean, corrupted, clean_cache, *_ = setup
-    wrong = tl_patching.get_act_patch_resid_pre(model, corrupted, clean_cache, metric)
-    assert wrong.shape == (model.cfg.n_layers, corrupted.shape[-1])  # 48 pixel columns
+    with pytest.raises(
+        ValueError, match=r"the width \(48\), not the 49 tokens.*causal\.patching\.get_act_patch_resid_pre"
+    ):
+        tl_patching.get_act_patch_resid_pre(model, corrupted, clean_cache, metric)
     right = patching.get_act_patch_resid_pre(model, corrupted, clean_cache, metric)
     assert right.shape == (model.cfg.n_layers, model.cfg.n_ctx)  # 49 tokens
 
