@@ -80,7 +80,8 @@ def checked_indices(x: Any, n: int, what: str) -> list[int]:
         if mask.shape != (n,):
             raise ValueError(f"a bool mask of {what}s needs shape ({n},), got {tuple(mask.shape)}")
         return mask.nonzero().flatten().tolist()
-    if isinstance(x, (torch.Tensor, np.ndarray)):
+    array = isinstance(x, (torch.Tensor, np.ndarray))
+    if array:
         if x.ndim > 1:
             raise ValueError(
                 f"{what}s must be an index or a 1-d list of indices, got an array of shape {tuple(x.shape)}"
@@ -88,7 +89,20 @@ def checked_indices(x: Any, n: int, what: str) -> list[int]:
         x = list(x) if x.ndim == 1 else [x]
     elif not isinstance(x, (list, tuple, range)):
         x = [x]
-    return sorted({checked_index(v, n, what) for v in x})
+    indices = [checked_index(v, n, what) for v in x]
+    zero_one = len(indices) == n and set(indices) <= {0, 1}
+    if zero_one and (array or len(set(indices)) < n):  # indices [0, 1] of two are what they say
+        raise ValueError(
+            f"{what}s: an integer array of length {n} holding only 0 and 1 is ambiguous (a mask over the {n} "
+            f"{what}s, or the indices 0 and 1?); pass a bool mask (x.bool()) or unique indices"
+        )
+    if len(set(indices)) < len(indices):
+        repeated = sorted({i for i in indices if indices.count(i) > 1})
+        raise ValueError(
+            f"{what}s must be unique indices: {repeated} appear{'s' if len(repeated) == 1 else ''} more than once "
+            f"in {indices if len(indices) <= 20 else f'{len(indices)} indices'} (a mask? pass a bool mask of length {n})"
+        )
+    return sorted(indices)
 
 
 def resolve_positions(model: HookedVideoTransformer, group: PositionGroup) -> tuple[int, ...] | None:
@@ -132,6 +146,11 @@ def resolve_positions(model: HookedVideoTransformer, group: PositionGroup) -> tu
                 f"{group} selects no token (grid of {grid.n_frame_slots} frame slots x {grid.n_rows} rows x {grid.n_cols} cols)"
             )
         return tuple(([0] if group.include_cls else []) + pos)
+    if isinstance(group, (torch.Tensor, np.ndarray)) and not _is_mask(group) and tuple(group.shape) == grid.shape:
+        raise ValueError(
+            f"an integer array of the token grid's shape {grid.shape} (frame slots, rows, cols): a mask over the grid "
+            "must be bool (x.bool()); token indices are a 1-d list"
+        )
     if _is_mask(group) and isinstance(group, (torch.Tensor, np.ndarray)) and tuple(group.shape) == grid.shape:
         pos = [
             grid.n_prefix + i for i in torch.as_tensor(group).flatten().nonzero().flatten().tolist()

@@ -4,6 +4,7 @@ non-integer config sizes, and finite inputs whose logits overflow."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from hooked_vivit import HookedViViT
 from hooked_vivit.model import HookNameError
@@ -50,3 +51,44 @@ def test_a_hook_pattern_skips_hooks_that_cannot_fire_or_hold_no_token_rows(model
         ValueError, match=r"2 have no token axis \(e.g. blocks.0.attn.hook_pattern, shape \[1, 3, 49, 49\]\)"
     ):
         resolve_hooks(model, "blocks.*.attn.hook_pattern")
+
+
+# ------------------------------------------------------------------------------------------ positions
+def test_an_integer_zero_one_array_and_repeated_indices_are_refused(model):
+    import numpy as np
+
+    from hooked_vivit.positions import Region, resolve_positions
+
+    n, grid = model.cfg.n_ctx, model.cfg.grid
+    as_ints = torch.zeros(n, dtype=torch.long)
+    as_ints[[3, 7]] = 1
+    for ambiguous in (as_ints, as_ints.numpy(), as_ints.tolist()):
+        with pytest.raises(ValueError) as e:
+            resolve_positions(model, ambiguous)
+        assert str(e.value) == (
+            "token positions: an integer array of length 49 holding only 0 and 1 is ambiguous (a mask over the 49 "
+            "token positions, or the indices 0 and 1?); pass a bool mask (x.bool()) or unique indices"
+        )
+    assert resolve_positions(model, as_ints.bool()) == (3, 7)
+    with pytest.raises(ValueError, match=r"rows: an integer array of length 4 holding only 0 and 1 is ambiguous"):
+        resolve_positions(model, Region(rows=torch.tensor([0, 1, 1, 0])))
+    on_grid = torch.zeros(grid.shape, dtype=torch.long)
+    on_grid[0, 1, 2] = 1
+    with pytest.raises(ValueError, match=r"an integer array of the token grid's shape \(2, 4, 6\).*must be bool"):
+        resolve_positions(model, on_grid)
+    assert resolve_positions(model, on_grid.bool()) == (grid.index(0, 1, 2),)
+    # Repeated indices are refused, not silently merged.
+    with pytest.raises(ValueError) as e:
+        resolve_positions(model, [5, 5, 2])
+    assert str(e.value) == (
+        "token positions must be unique indices: [5] appears more than once in [5, 5, 2] "
+        "(a mask? pass a bool mask of length 49)"
+    )
+    with pytest.raises(ValueError, match=r"rows must be unique indices: \[1\] appears more than once"):
+        resolve_positions(model, Region(rows=[1, 1]))
+    # Unique indices, in any order and type, are what they say (two 0/1 indices of a two-long axis too).
+    assert resolve_positions(model, np.array([9, 3, 4])) == (3, 4, 9)
+    assert resolve_positions(model, Region(frame_slots=[0, 1], rows=[0], cols=[0])) == (
+        grid.index(0, 0, 0),
+        grid.index(1, 0, 0),
+    )
