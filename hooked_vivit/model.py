@@ -153,6 +153,26 @@ def _tl_patching_call(hook: Callable) -> _TLPatchingCall | None:
     )
 
 
+def _refuse_integer_tensors(state_dict: dict[str, Any], arch: type) -> None:
+    """Every tensor of a supported checkpoint (parameters, the tables and heads a conversion drops) is
+    floating point; load_state_dict would cast integer ones into the float parameters without a word."""
+    ints = [
+        f"{k} ({str(v.dtype).removeprefix('torch.')})"
+        for k, v in state_dict.items()
+        if isinstance(v, torch.Tensor) and not (v.is_floating_point() or v.is_complex())
+    ]
+    if ints:
+        shown = ints if len(ints) <= 10 else [*ints[:10], f"... and {len(ints) - 10} more"]
+        raise ValueError(
+            f"the checkpoint stores {len(ints)} tensor(s) as integers, where every {arch.__name__} weight is floating "
+            "point: "
+            + ", ".join(shown)
+            + ". A quantised or corrupted checkpoint? Loading would cast the integers into "
+            "the float parameters as they are; dequantise to float first (e.g. {k: v.float() for k, v in state_dict.items()} "
+            "if the integers are the real values)"
+        )
+
+
 class HookedVideoTransformer(HookedRootModule):
     """The hooked core of every architecture here (as TransformerLens's HookedEncoder beside
     HookedTransformer): built from the config, converted by ``weights_conversion`` per model_type.
@@ -860,6 +880,7 @@ class HookedVideoTransformer(HookedRootModule):
         from hooked_vivit import weight_processing
 
         arch = cls._architecture(hf_config)
+        _refuse_integer_tensors(state_dict, arch)
         if not checkpoint_has_classifier(state_dict):
             cfg_overrides.setdefault("n_classes", 0)  # a backbone checkpoint
             cfg_overrides.setdefault("id2label", {})

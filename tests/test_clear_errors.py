@@ -92,3 +92,28 @@ def test_an_integer_zero_one_array_and_repeated_indices_are_refused(model):
         grid.index(0, 0, 0),
         grid.index(1, 0, 0),
     )
+
+
+# ------------------------------------------------------------------------------------------ integer weights
+def test_integer_weights_are_refused_naming_each_tensor(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    hf = make_hf(KW)
+    state = {k: v.detach().clone() for k, v in hf.state_dict().items()}
+    state["vivit.layers.0.attention.q_proj.weight"] = (
+        (state["vivit.layers.0.attention.q_proj.weight"] * 100).round().long()
+    )
+    with pytest.raises(ValueError) as e:
+        HookedViViT.from_state_dict(state, hf.config.to_dict())
+    assert str(e.value).startswith(
+        "the checkpoint stores 1 tensor(s) as integers, where every HookedViViT weight is floating point: "
+        "vivit.layers.0.attention.q_proj.weight (int64). A quantised or corrupted checkpoint?"
+    )
+    # From disk too (a saved checkpoint with an int8 classifier bias).
+    HookedViViT.from_hf_model(hf).save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    on_disk = load_file(weights)
+    on_disk["classifier.bias"] = on_disk["classifier.bias"].to(torch.int8)
+    save_file(on_disk, weights)
+    with pytest.raises(ValueError, match=r"1 tensor\(s\) as integers.*: classifier.bias \(int8\)"):
+        HookedViViT.from_pretrained(tmp_path / "m")
