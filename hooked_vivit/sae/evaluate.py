@@ -4,7 +4,9 @@ classifier, and how steady its features are in time.
 - ``fvu``: fraction of variance unexplained, sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 over every
   token (``explained_variance`` = 1 - fvu);
 - ``l0``: mean number of active features per token; ``dead``: features never active on the
-  evaluation tokens; ``dense``: features active on more than ``DENSE_FREQUENCY`` of them;
+  evaluation tokens (``dead_definition`` says so in evaluation.json: cfg.json's ``num_dead_features``
+  is SAELens's count over the last training batches, a different number); ``dense``: features
+  active on more than ``DENSE_FREQUENCY`` of them;
 - ``kl`` / ``accuracy``: mean KL(unspliced || spliced) of the class distributions and class accuracy,
   spliced WITHOUT the error term (the reconstruction replaces the activation), beside the
   unspliced accuracy;
@@ -53,6 +55,10 @@ def reconstruction(sae: Any, acts: torch.Tensor, chunk: int = 16384) -> dict[str
         "l0": float(l0 / n),
         "tokens": n,
         "dead": int((freq == 0).sum()),
+        "dead_definition": (
+            f"features active on none of these {n} evaluation tokens "
+            "(cfg.json's num_dead_features counts the last training batches instead)"
+        ),
         "dense": int((freq > DENSE_FREQUENCY).sum()),
         "d_sae": sae.cfg.d_sae,
         "dense_frequency": DENSE_FREQUENCY,

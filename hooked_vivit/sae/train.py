@@ -132,9 +132,24 @@ def train_sae(
         n_batches_for_norm_estimate=1,
     )
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    trainer = sl.SAETrainer(cfg, sae, source.sae_batches(epochs=None))
+    trainer = _trainer(sl)(cfg, sae, source.sae_batches(epochs=None))
     trained = trainer.fit()
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    # SAELens's end-of-training counts, which cfg.json keeps, are over its last windows of training
+    # batches, not evaluation.json's held-out tokens: each file says what it counts.
+    dead_steps = window + 1  # dead: steps since the feature last fired > dead_feature_window
+    definitions = {
+        "num_dead_features_definition": (
+            f"features that fired on none of the last {dead_steps} training batches ({dead_steps * source.batch_size} "
+            f"tokens; SAELens's dead_feature_window = {window} steps), not the held-out tokens of evaluation.json's dead"
+        ),
+        "l0_definition": (
+            f"mean active features per training token over SAELens's last feature-sampling window (at most {window} "
+            "steps), not the held-out tokens of evaluation.json's l0"
+        ),
+    }
+    for key, value in definitions.items():
+        trained.cfg.metadata[key] = value
     with torch.no_grad():
         inference = _to_inference(trained)
     run = {
@@ -153,8 +168,21 @@ def train_sae(
         "torch_threads": torch.get_num_threads(),
         "saelens_final_l0": trained.cfg.metadata.get("l0"),
         "saelens_dead_features": trained.cfg.metadata.get("num_dead_features"),
+        "saelens_dead_features_definition": definitions["num_dead_features_definition"],
+        "saelens_final_l0_definition": definitions["l0_definition"],
     }
     return inference, run
+
+
+def _trainer(sl):
+    """SAELens's SAETrainer with its progress bar advanced every step: SAELens moves it once per 100
+    steps, so a shorter run sat at 0 % until it ended."""
+
+    class Trainer(sl.SAETrainer):
+        def _update_pbar(self, step_output, pbar, update_interval: int = 100):
+            super()._update_pbar(step_output, pbar, update_interval=1)
+
+    return Trainer
 
 
 def _to_inference(trained):
@@ -173,6 +201,10 @@ def save_sae(sae: Any, path: Path, provenance: dict, evaluation: dict | None = N
     from hooked_vivit.analysis.report import write_json
 
     sae.save_model(path)
+    umask = os.umask(0)
+    os.umask(umask)
+    for weights in Path(path).glob("*.safetensors"):
+        os.chmod(weights, 0o666 & ~umask)  # the user's umask, as cfg.json beside it (safetensors writes 0600)
     write_json(path / PROVENANCE_FILE, provenance)
     if evaluation is not None:
         write_json(path / EVALUATION_FILE, evaluation)
