@@ -62,6 +62,44 @@ def pixel_constants(preprocessor: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Sizes a transformers video config gives as integers (or lists of them): int() would truncate 24.5 to 24
+# without a word, and transformers itself cannot build a layer of 24.5 features.
+_INTEGER_FIELDS = (
+    "hidden_size",
+    "num_attention_heads",
+    "head_dim",
+    "num_hidden_layers",
+    "intermediate_size",
+    "num_labels",
+    "num_frames",
+    "frames_per_clip",
+    "num_channels",
+    "in_chans",
+    "image_size",
+    "crop_size",
+    "patch_size",
+    "tubelet_size",
+    "num_pooler_layers",
+)
+
+
+def check_integer_fields(d: Mapping[str, Any], label: str) -> None:
+    """Each size field present in a config.json dict is an integer (or a list of integers), else ValueError naming it."""
+    for key in _INTEGER_FIELDS:
+        value = d.get(key)
+        if value is None:
+            continue
+        items = value if isinstance(value, (list, tuple)) else [value]
+        bad = [v for v in items if isinstance(v, bool) or not isinstance(v, int)]
+        if bad:
+            raise ValueError(
+                f"{label} config field {key!r} must be "
+                + ("a list of integers" if isinstance(value, (list, tuple)) else "an integer")
+                + f", got {value!r} ({type(bad[0]).__name__} {bad[0]!r}); sizes are whole numbers (transformers "
+                "builds its layers from them)"
+            )
+
+
 def hf_config_fields(
     hf_config: Any,
     *,
@@ -82,6 +120,7 @@ def hf_config_fields(
     got = d.get("model_type", model_type)
     if got != model_type:
         raise ValueError(f"expected a {label} config (model_type {model_type!r}), got {got!r}")
+    check_integer_fields(d, label)
     width, heads = int(d.get("hidden_size", d_model)), int(d.get("num_attention_heads", n_heads))
     if head_dim_key:
         # transformers reads getattr(config, "head_dim", hidden_size // num_attention_heads): the heads

@@ -117,3 +117,24 @@ def test_integer_weights_are_refused_naming_each_tensor(tmp_path):
     save_file(on_disk, weights)
     with pytest.raises(ValueError, match=r"1 tensor\(s\) as integers.*: classifier.bias \(int8\)"):
         HookedViViT.from_pretrained(tmp_path / "m")
+
+
+# ------------------------------------------------------------------------------------------ config sizes
+def test_a_non_integer_size_in_a_config_is_refused_naming_the_field():
+    import transformers
+
+    from hooked_vivit.config import HookedViViTConfig
+    from hooked_vivit.videomae import HookedVideoMAEConfig
+
+    base = transformers.VivitConfig(**KW).to_dict()
+    with pytest.raises(ValueError) as e:
+        HookedViViTConfig.from_hf_config({**base, "hidden_size": 24.5})
+    assert str(e.value) == (
+        "ViViT config field 'hidden_size' must be an integer, got 24.5 (float 24.5); sizes are whole numbers "
+        "(transformers builds its layers from them)"
+    )
+    with pytest.raises(ValueError, match=r"'tubelet_size' must be a list of integers, got \[2, 8.5, 8\]"):
+        HookedViViTConfig.from_hf_config({**base, "tubelet_size": [2, 8.5, 8]})
+    with pytest.raises(ValueError, match=r"VideoMAE config field 'num_frames' must be an integer, got '16'"):
+        HookedVideoMAEConfig.from_hf_config({**transformers.VideoMAEConfig().to_dict(), "num_frames": "16"})
+    assert HookedViViTConfig.from_hf_config(base).d_model == 24
