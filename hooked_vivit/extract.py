@@ -70,10 +70,14 @@ VERSION = 1
 INDEX = "index.json"
 SHARD = "shard-{:05d}.safetensors"
 # The names extract writes into its resume folder (output_dir's resume mode deletes only these).
+# safetensors' save_file writes through its own temporary file beside the target (".tmp" and 6 letters or
+# digits, Rust's tempfile), so a process killed inside it leaves one of those in the resume folder too.
+_SAFETENSORS_TEMP = r"\.tmp[0-9A-Za-z]{6}"
 OWNED = (
-    r"shard-\d{5,}\.safetensors|\.shard-\d{5,}\.safetensors\.[0-9a-f]+\.tmp|index\.json|\.index\.json\.[0-9a-f]+\.tmp"
+    r"shard-\d{5,}\.safetensors|\.shard-\d{5,}\.safetensors\.[0-9a-f]+\.tmp|index\.json|\.index\.json\.[0-9a-f]+\.tmp|"
+    + _SAFETENSORS_TEMP
 )
-_TEMP = re.compile(r"\.(shard-\d{5,}\.safetensors|index\.json)\.[0-9a-f]+\.tmp")
+_TEMP = re.compile(r"\.(shard-\d{5,}\.safetensors|index\.json)\.[0-9a-f]+\.tmp|" + _SAFETENSORS_TEMP)
 MAX_SHARD_CLIPS = 256  # the default cap: how much a lost process redoes, and how finely ranks share the work
 DTYPES = {
     "float32": torch.float32,

@@ -561,3 +561,31 @@ def test_manifests_with_a_byte_order_mark(setup, tmp_path):
     latin.write_bytes("path,label\nx.mp4,caf\xe9\n".encode("latin-1"))
     with pytest.raises(ManifestError, match=r"latin.csv: not UTF-8 text \(byte 20 cannot be decoded\); save"):
         read_collection(latin)
+
+
+def test_a_run_killed_inside_safetensors_own_temporary_file_resumes(setup, tmp_path, monkeypatch):
+    """safetensors' save_file writes through a '.tmpXXXXXX' file of its own beside the target: a process stopped
+    inside it leaves that file in the resume folder, which the next run removes instead of refusing the folder."""
+    import safetensors.torch
+
+    _, ckpt, clips, _, _ = setup
+    real, calls = safetensors.torch.save_file, []
+
+    def stopped_on_second(tensors, filename, metadata=None):
+        calls.append(1)
+        if len(calls) == 2:  # what a SIGKILL inside save_file leaves behind, then the process is gone
+            (Path(filename).parent / ".tmpAb3dE9").write_bytes(b"\x08\x00\x00\x00")
+            raise KeyboardInterrupt
+        return real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", stopped_on_second)
+    out = tmp_path / "out"
+    base = ["--model", str(ckpt), "--videos", str(clips), "--hooks", HOOKS, "--shard-clips", "2", "--workers", "0"]
+    base += ["--quiet", "--out", str(out)]
+    assert extract_here(*base) == 130
+    resume = tmp_path / ".out.resume"
+    assert ".tmpAb3dE9" in {p.name for p in resume.iterdir()}
+    monkeypatch.setattr(safetensors.torch, "save_file", real)
+    assert extract_here(*base) == 0 and not resume.exists()
+    assert extract_here(*base[:-1], str(tmp_path / "reference")) == 0
+    assert_same_output(tmp_path / "reference", out)
