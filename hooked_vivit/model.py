@@ -124,25 +124,37 @@ class _TLPatchingCall:
 def _tl_patching_call(hook: Callable) -> _TLPatchingCall | None:
     """Whether ``hook`` is one that transformer_lens.patching adds (its patching hook, a partial of a function
     defined there), and then which helper of it is running: read from the call stack, since TransformerLens
-    passes the model only pixels and hooks. Costs nothing for any other hook."""
+    passes the model only pixels and hooks. Costs nothing for any other hook. Each of TransformerLens's
+    ``get_act_patch_*`` helpers has a twin of the same name in hooked_vivit.causal.patching (a test holds
+    that), so the twin is named without importing the causal layer from this one."""
     fn = hook.func if isinstance(hook, functools.partial) else hook
     if getattr(fn, "__module__", None) != _TL_PATCHING:
         return None
-    from hooked_vivit.causal import patching as twins  # lazy: the causal tools import this module
-
     frames, f = [], sys._getframe(1)
     while f is not None:
         if f.f_globals.get("__name__") == _TL_PATCHING:
             frames.append(f)
         f = f.f_back
-    outer = frames[-1].f_code.co_name if frames else ""  # the helper called (a partial of generic_* has no frame)
+    # The innermost get_act_patch_* frame: the helper adding the hook, or the sweep calling it (a partial of
+    # generic_activation_patch, as get_act_patch_resid_pre, makes no frame of its own).
+    name = next((f.f_code.co_name for f in frames if f.f_code.co_name.startswith("get_act_patch")), None)
     generic = next((f for f in frames if f.f_code.co_name == "generic_activation_patch"), None)
     if generic is None:
-        return _TLPatchingCall(outer, outer if outer in twins.__all__ else None)
+        return _TLPatchingCall(name or (frames[-1].f_code.co_name if frames else "?"), name)
     local = generic.f_locals
-    name = twins.TL_TWINS.get((local.get("patch_setter"), local.get("activation_name")))
-    if outer not in ("generic_activation_patch", "_run_sweeps") and outer in twins.__all__:
-        name = outer  # a sweep of several (get_act_patch_block_every ...)
+    if name is None:  # which partial was called: the one of this patch setter and activation
+        tl = sys.modules[_TL_PATCHING]
+        name = next(
+            (
+                n
+                for n, v in vars(tl).items()
+                if n.startswith("get_act_patch")
+                and isinstance(v, functools.partial)
+                and v.keywords.get("patch_setter") is local.get("patch_setter")
+                and v.keywords.get("activation_name") == local.get("activation_name")
+            ),
+            None,
+        )
     tokens = local.get("corrupted_tokens")
     axes = tuple(a for a in (local.get("index_axis_names") or ()) if a in _POSITION_AXES)
     return _TLPatchingCall(

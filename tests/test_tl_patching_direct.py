@@ -99,3 +99,28 @@ def test_tl_direct_path_names_the_twin(setup):
     assert not model.cfg.use_split_qkv_input
     twin = vp.get_act_patch_direct_path(model, corrupted, cache, corrupted_cache, metric, 0, 0, verbose=False)
     assert twin.shape == (model.cfg.n_layers, model.cfg.n_heads) and twin[1].abs().sum() > 0
+
+
+def test_every_tl_helper_the_errors_name_has_a_twin_of_that_name():
+    """The model names TransformerLens's helper's twin by its name (the core does not import the causal layer)."""
+    for name in dir(tlp):
+        if name.startswith("get_act_patch") and name != "get_act_patch_direct_path_all_sources":  # calls the next
+            assert callable(getattr(vp, name, None)), name
+
+
+def test_generic_activation_patch_with_position_axes_points_to_index_df(setup):
+    model, _, corrupted, cache = setup
+
+    def setter(act, index, clean):
+        act[:, index[1]] = clean[:, index[1]]
+        return act
+
+    with pytest.raises(ValueError) as e:
+        tlp.generic_activation_patch(
+            model, corrupted, cache, metric, setter, "resid_post", index_axis_names=("layer", "pos")
+        )
+    msg = str(e.value)
+    assert msg.startswith("transformer_lens.patching.generic_activation_patch counts the 'pos' axis")
+    assert msg.endswith(
+        "Instead pass index_df=hooked_vivit.causal.patching.video_index_df(model, axes) to count tokens."
+    )

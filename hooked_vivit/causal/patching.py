@@ -548,14 +548,8 @@ def video_index_df(model: HookedVideoTransformer, axes: Sequence[str]) -> pd.Dat
     return make_df_from_ranges([_AXIS_SIZES[a](model.cfg) for a in axes], list(axes))
 
 
-# (TransformerLens's patch setter, activation name) -> the helper built on them, for the model's error
-# when TransformerLens's own helper is called on a video model (HookedVideoTransformer.hooks).
-TL_TWINS: dict[tuple[Callable, str], str] = {}
-
-
 def _tl_twin(name: str, patch_setter: Callable, activation_name: str, axes: Sequence[str]) -> Callable:
     tl_function = getattr(tl_patching, name)
-    TL_TWINS[(patch_setter, activation_name)] = name
 
     def patch(model, corrupted_video, clean_cache, patching_metric, **kwargs):
         model.validate_input(corrupted_video)
