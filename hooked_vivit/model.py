@@ -165,6 +165,30 @@ def _tl_patching_call(hook: Callable) -> _TLPatchingCall | None:
     )
 
 
+def _checks_finite_output(forward: Callable) -> Callable:
+    """``forward`` with one check on what comes out (every architecture's forward gets it, see
+    __init_subclass__; TransformerLens's run_with_hooks calls forward directly): logits (or the pooled
+    embedding) that hold NaN/Inf although the input passed validate_input's finiteness check raise
+    FloatingPointError naming the first hook point where the activations went non-finite (found by a
+    rerun, on that error path only). Costs one isfinite over [batch, n_classes]; a stopped run
+    (``stop_at_layer``) is not checked."""
+    if getattr(forward, "checks_finite_output", False):
+        return forward
+
+    @functools.wraps(forward)
+    def checked(self: HookedVideoTransformer, *args: Any, **kwargs: Any) -> Any:
+        out = forward(self, *args, **kwargs)
+        if kwargs.get("stop_at_layer") is not None or self._locating_non_finite or in_function_transform():
+            return out
+        logits = out[0] if isinstance(out, tuple) else out
+        if isinstance(logits, torch.Tensor) and logits.is_floating_point() and not torch.isfinite(logits).all():
+            raise FloatingPointError(self._non_finite_message(forward, args, kwargs, logits))
+        return out
+
+    checked.checks_finite_output = True  # type: ignore[attr-defined]
+    return checked
+
+
 def _refuse_integer_tensors(state_dict: dict[str, Any], arch: type) -> None:
     """Every tensor of a supported checkpoint (parameters, the tables and heads a conversion drops) is
     floating point; load_state_dict would cast integer ones into the float parameters without a word."""
@@ -198,6 +222,8 @@ class HookedVideoTransformer(HookedRootModule):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if "forward" in cls.__dict__:  # an architecture's own forward: the same output check
+            cls.forward = _checks_finite_output(cls.__dict__["forward"])
         if cls.__dict__.get("model_type"):
             HookedVideoTransformer.architectures[cls.model_type] = cls  # type: ignore[index]
 
@@ -241,6 +267,7 @@ class HookedVideoTransformer(HookedRootModule):
                     p.zero_()
 
     # ================================================================== forward
+    @_checks_finite_output
     def forward(
         self,
         pixel_values: PixelValues | Float[torch.Tensor, "batch n_ctx d_model"],
@@ -314,6 +341,41 @@ class HookedVideoTransformer(HookedRootModule):
             return None
         loss = self.loss_fn(logits, labels)  # type: ignore[arg-type]
         return loss if return_type == "loss" else (logits, loss)
+
+    _locating_non_finite = False
+
+    def _non_finite_message(self, forward: Callable, args: tuple, kwargs: dict, logits: torch.Tensor) -> str:
+        n_bad = int((~torch.isfinite(logits)).sum())
+        x = args[0] if args else kwargs.get("pixel_values")
+        dtype = str(self.W_E.dtype).removeprefix("torch.")
+        msg = f"the model's output holds {n_bad} NaN/Inf values of {logits.numel()} although its input is finite"
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and x.numel():
+            msg += f" (largest |input| {float(x.detach().abs().max()):.3g})"
+        first: list[str] = []
+
+        def spot(act: torch.Tensor, hook: HookPoint) -> None:
+            if (
+                not first
+                and isinstance(act, torch.Tensor)
+                and act.is_floating_point()
+                and not torch.isfinite(act).all()
+            ):
+                first.append(hook.name)
+
+        self._locating_non_finite = True
+        try:  # rerun with a check on every hook that fires, in the order they fire
+            with torch.no_grad(), self.hooks(fwd_hooks=[(n, spot) for n in self.hook_dict if self._fires(n)]):
+                forward(self, *args, **kwargs)
+        except Exception:  # noqa: BLE001 - a run that cannot take the checks (a partial-block run): no location
+            first.clear()
+        finally:
+            self._locating_non_finite = False
+        if first:
+            msg += f"; the activations first go non-finite at {first[0]!r}"
+        return (
+            msg + f". Values beyond {dtype}'s range ({torch.finfo(self.W_E.dtype).max:.3g}) overflow: preprocessed "
+            "pixels lie in [-3, 1] (hooked_vivit.video.preprocess); or the weights or a hook produce NaN/Inf there"
+        )
 
     def readout_logits(
         self, resid: Float[torch.Tensor, "batch rows d_model"], query_positions: Sequence[int] | None = None

@@ -8,7 +8,7 @@ import torch
 
 from hooked_vivit import HookedViViT
 from hooked_vivit.model import HookNameError
-from tests.conftest import SMALL_CONFIGS, make_hf
+from tests.conftest import SMALL_CONFIGS, make_hf, pixels
 
 KW = SMALL_CONFIGS["nonsquare_2x8x8_3heads"]
 
@@ -138,3 +138,37 @@ def test_a_non_integer_size_in_a_config_is_refused_naming_the_field():
     with pytest.raises(ValueError, match=r"VideoMAE config field 'num_frames' must be an integer, got '16'"):
         HookedVideoMAEConfig.from_hf_config({**transformers.VideoMAEConfig().to_dict(), "num_frames": "16"})
     assert HookedViViTConfig.from_hf_config(base).d_model == 24
+
+
+# ------------------------------------------------------------------------------------------ non-finite logits
+def test_finite_input_with_non_finite_logits_raises_naming_where_it_went_non_finite(model):
+    x = pixels(KW)
+    x[0, 0, 0, 0, 0] = 3e38  # finite, passes validate_input; its token's LayerNorm overflows
+    with pytest.raises(FloatingPointError) as e:
+        model(x)
+    assert str(e.value) == (
+        "the model's output holds 7 NaN/Inf values of 14 although its input is finite (largest |input| 3e+38); the "
+        "activations first go non-finite at 'blocks.0.ln1.hook_scale'. Values beyond float32's range (3.4e+38) "
+        "overflow: preprocessed pixels lie in [-3, 1] (hooked_vivit.video.preprocess); or the weights or a hook "
+        "produce NaN/Inf there"
+    )
+    with pytest.raises(FloatingPointError, match="7 NaN/Inf values of 14"):
+        model(x, return_type="both", labels=0)
+    # A stopped run returns the residual stream as it is; the usual run costs one isfinite over the logits.
+    assert not torch.isfinite(model(x, stop_at_layer=1)).all()
+    assert torch.isfinite(model(pixels(KW))).all()
+
+
+def test_a_hook_that_writes_inf_is_located_on_any_architecture():
+    from hooked_vivit import HookedVJEPA2
+    from tests import test_vjepa2 as tv
+
+    kw = tv.CONFIGS["dhead10_ratio3"]
+    vjepa2 = HookedVJEPA2.from_hf_model(tv.make_hf(kw))  # its own forward, the same check
+
+    def blow_up(act, hook):
+        return act * float("inf")
+
+    with pytest.raises(FloatingPointError, match=r"first go non-finite at 'blocks.1.hook_mlp_out'"):
+        vjepa2.run_with_hooks(tv.pixels(kw), fwd_hooks=[("blocks.1.hook_mlp_out", blow_up)])
+    assert torch.isfinite(vjepa2(tv.pixels(kw))).all()
