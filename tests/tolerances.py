@@ -54,7 +54,8 @@ def fp32_input_error(f: Callable[..., torch.Tensor], *inputs: torch.Tensor, slac
     """First-order bound on |f(inputs rounded to float32) - f(inputs)|: FP32_EPS / 2 * sum_i |df/dx_i| |x_i|
     (f's componentwise condition number at ``inputs``, by autograd in float64), times ``slack`` for
     the float32 arithmetic after the rounding. For a library that reads float64 activations as
-    float32: a difference of nearly equal activations gets a bound as large as its conditioning."""
+    float32: a difference of nearly equal activations gets a bound as large as its conditioning.
+    Two float32 runs through other kernels carry several roundings per activation: slack=SAFETY."""
     with torch.inference_mode(False), torch.enable_grad():
         xs = [torch.as_tensor(x).detach().clone().double().requires_grad_() for x in inputs]
         y = f(*xs)
