@@ -42,7 +42,7 @@ from hooked_vivit.causal.logit_attribution import (  # noqa: F401  (part of this
     token_dla,
     uses_pattern_rows,
 )
-from hooked_vivit.causal.metrics import SignalRecovery
+from hooked_vivit.causal.metrics import LogitDiffRecovery, SignalRecovery
 from hooked_vivit.causal.probes import CrossValidatedProbe, cross_validated_probe
 from hooked_vivit.labels import top_k
 
@@ -219,6 +219,10 @@ RECOVERY_VARIANTS = {
     "norm_ratio_tokens": (None, "norm_ratio"),
     "norm_recovery": (0, "norm"),
 }
+# The normalised logit-difference recovery (hooked_vivit.causal.metrics.LogitDiffRecovery): read from the logits of
+# the same patched runs, so it costs no forward; present where the model has a logit per outcome.
+LOGIT_DIFF_RECOVERY = "logit_diff"
+# The headline where the model has no logit per outcome (the representation variant; also the earlier constant).
 HEADLINE_RECOVERY = "cls_projection"
 HEADLINE_REASON = (
     "the headline is cls_projection: the classifier reads only the CLS token, and a projection counts only movement "
@@ -226,6 +230,69 @@ HEADLINE_REASON = (
     "that measures restoring what the classifier reads; norm ratios count movement in any direction, so a norm ratio "
     "above 100 % does not show that a component is sufficient (the patched run can move away from the clean one)"
 )
+LOGIT_DIFF_REASON = (
+    "the headline is logit_diff, the normalised logit-difference recovery (m(patched) - m(corrupted)) / (m(clean) - "
+    "m(corrupted)) with m = logit(positive outcome) - logit(negative outcome), the measure of the activation-patching "
+    "literature (Zhang & Nanda 2024; Heimersheim & Nanda 2024): it asks whether a component restores the model's "
+    "outcome decision, which the representation variants do not (a component can restore the CLS difference without "
+    "the decision, e.g. a head whose output an MLP must compose with another's: cls_projection ranks the planted AND "
+    "composition's MLP last, logit_diff gives it 100 % and each head 0 %)"
+)
+NO_OUTCOME_LOGITS = (
+    "this model has no logit per outcome (no --outcome-classes, and its labels do not name the pair's outcomes), so "
+    "whether a component restores the outcome decision (logit-difference recovery) cannot be asked; what remains "
+    "answerable is which components restore the last layer's representation difference (cls_projection, the headline "
+    "here, and the other representation variants), not whether that difference is used for the outcome"
+)
+# The question each recovery variant answers (the report labels every variant with it).
+RECOVERY_QUESTIONS = {
+    LOGIT_DIFF_RECOVERY: "does patching this component restore the model's outcome decision "
+    "(positive-minus-negative outcome logit difference)?",
+    "cls_projection": "how much of the last layer's difference at the readout, along the clean-minus-corrupted "
+    "direction, does this component restore (the representation the classifier reads)?",
+    "token_projection": "how much of the last layer's difference over every token, along the clean-minus-corrupted "
+    "direction, does this component restore?",
+    "norm_ratio_cls": "how far does this component move the readout, in any direction (movement, not restoration)?",
+    "norm_ratio_tokens": "how far does this component move every token, in any direction (movement, not restoration)?",
+    "norm_recovery": "how much closer to the clean readout does this component bring the run (at most 1)?",
+}
+
+
+def headline_for(has_outcome_logits: bool) -> tuple[str, str]:
+    """The headline recovery variant of a run and why: logit_diff where the model has a logit per outcome,
+    else cls_projection (with what remains answerable)."""
+    if has_outcome_logits:
+        return LOGIT_DIFF_RECOVERY, LOGIT_DIFF_REASON
+    return HEADLINE_RECOVERY, HEADLINE_REASON + "; " + NO_OUTCOME_LOGITS
+
+
+def outcome_class_pair(model: HookedVideoTransformer, classes: Sequence[int | str] | None) -> tuple[int, int] | None:
+    """(positive, negative) outcome class indices from indices or class names (None stays None)."""
+    if classes is None:
+        return None
+    if len(classes) != 2:
+        raise ValueError(f"outcome classes: give two classes (positive, negative), got {list(classes)!r}")
+    label2id = {str(k): int(v) for k, v in (model.cfg.label2id or {}).items()}
+    n = model.cfg.n_classes
+    out = []
+    for c in classes:
+        if isinstance(c, str) and not c.strip().lstrip("-").isdigit():
+            if c not in label2id:
+                import difflib
+
+                close = difflib.get_close_matches(c, list(label2id), n=3)
+                raise ValueError(
+                    f"outcome class {c!r} is not one of the model's labels"
+                    + (f"; nearest: {close}" if close else f"; the labels are {sorted(label2id)[:12]}")
+                )
+            c = label2id[c]
+        c = int(c)
+        if not 0 <= c < n:
+            raise ValueError(f"outcome class {c} is out of range for a model with {n} classes")
+        out.append(c)
+    if out[0] == out[1]:
+        raise ValueError(f"outcome classes: the positive and negative class must differ, got {out[0]} twice")
+    return out[0], out[1]
 
 
 def component_patched_activations(
@@ -280,7 +347,8 @@ class RecoveryVariants:
     """A patching metric giving, per patched run, every RECOVERY_VARIANTS value and then projection
     and norm_recovery read at ``positions`` ([rows, len(columns)]): one sweep measures them all.
     ``readout="pooler"`` (V-JEPA 2; also allowed as ``positions``): read at the pooler's output
-    instead (POOLER_OUTPUT, its one position), whose clean and corrupt values are ``pooled``."""
+    instead (POOLER_OUTPUT, its one position), whose clean and corrupt values are ``pooled``.
+    ``logit_diff`` (a LogitDiffRecovery): a first column "logit_diff", read from the patched runs' logits."""
 
     def __init__(
         self,
@@ -290,6 +358,7 @@ class RecoveryVariants:
         positions: Any = 0,
         readout: int | str = 0,
         pooled: tuple[torch.Tensor, torch.Tensor] | None = None,
+        logit_diff: LogitDiffRecovery | None = None,
     ):
         def recovery(p: Any, kind: str) -> SignalRecovery:
             if isinstance(p, str) and p == "pooler":
@@ -302,7 +371,10 @@ class RecoveryVariants:
         # the "cls" variants (position 0) are read at the readout (0, "pooled" for a mean-pooling model, "pooler")
         self.metrics = [recovery(readout if p == 0 else p, k) for p, k in RECOVERY_VARIANTS.values()]
         self.metrics += [recovery(positions, k) for k in ("projection", "norm")]
-        self.hooks = tuple(dict.fromkeys(m.hook for m in self.metrics))
+        if logit_diff is not None:
+            self.columns.insert(0, LOGIT_DIFF_RECOVERY)
+            self.metrics.insert(0, logit_diff)
+        self.hooks = tuple(dict.fromkeys(h for m in self.metrics for h in m.hooks))
 
     def __call__(self, logits: Any, activations: dict) -> torch.Tensor:
         return torch.stack([m(logits, activations) for m in self.metrics], -1)
@@ -315,6 +387,8 @@ def component_recovery(
     *,
     positions: Any = None,
     runs: PairRuns | None = None,
+    outcome_classes: Sequence[int | str] | None = None,
+    heads: bool = False,
 ) -> dict:
     """Denoising, one component at a time (each layer's attention block and MLP block output, all
     tokens, positive into negative run; TimeSformer's temporal attention output too, key
@@ -324,7 +398,14 @@ def component_recovery(
     default the readout, see readout_positions). The "cls" variants are read at the readout; V-JEPA 2's
     is the pooler's output, recomputed by the patched run (its pooler runs on the patched last layer).
     The batched engine (hooked_vivit.causal.patching.run_patches) runs each layer's two patches as one
-    batch started at that layer, from the corrupted run's residual stream."""
+    batch started at that layer, from the corrupted run's residual stream.
+
+    ``outcome_classes=(positive, negative)`` (indices or label names), where the model has a logit per
+    outcome: the normalised logit-difference recovery ("logit_diff", LogitDiffRecovery) too, read from
+    the logits of the same patched runs (no extra forward), and the headline. ``heads=True`` (with
+    outcome classes): logit_diff of every head's z patched alone ("heads", [L][H]; one clean forward
+    caching z where ``runs`` lacks it, and the head patches' batched forwards). "headline" names the
+    headline variant of this run, "questions" what each variant asks."""
     L = model.cfg.n_layers
     last = _last(model)
     runs = runs or pair_runs(model, positive, negative, recovery_hooks(model))
@@ -333,8 +414,24 @@ def component_recovery(
     at = readout_name(model) if positions == readout_positions(model) else str(positions)
     kinds = component_kinds(model)
     pooled = (clean[POOLER_OUTPUT], corrupt[POOLER_OUTPUT]) if is_attentive(model) else None
+    classes = outcome_class_pair(model, outcome_classes)
+    logit_diff, undefined = None, None
+    if classes is not None:
+        try:
+            logit_diff = LogitDiffRecovery(*classes, runs.clean.logits[:1], runs.corrupted.logits[:1])
+        except ValueError as e:  # the two clips' logit differences are equal: nothing to recover
+            undefined = str(e)
+    headline, reason = headline_for(logit_diff is not None)
+    if undefined:
+        reason = f"{HEADLINE_REASON}; logit-difference recovery is undefined on this pair: {undefined}"
     metric = RecoveryVariants(
-        last, clean[last], corrupt[last], positions, readout=readout_positions(model), pooled=pooled
+        last,
+        clean[last],
+        corrupt[last],
+        positions,
+        readout=readout_positions(model),
+        pooled=pooled,
+        logit_diff=logit_diff,
     )
     sweep = patching.denoise(
         model,
@@ -351,18 +448,65 @@ def component_recovery(
         "measured_at": last,
         "positions": at,
         "readout": readout_name(model),
-        "headline": HEADLINE_RECOVERY,
-        "headline_reason": HEADLINE_REASON,
+        "headline": headline,
+        "headline_reason": reason,
+        "outcome_classes": None,
         "variants": {},
     }
+    if classes is not None:
+        names = [model.cfg.id2label.get(c, str(c)) for c in classes]
+        out["outcome_classes"] = {
+            "positive": classes[0],
+            "negative": classes[1],
+            "names": names,
+            # m = logit(positive) - logit(negative) of the unpatched runs (the normalisation)
+            "logit_diff_clean": None if logit_diff is None else logit_diff.clean_value,
+            "logit_diff_corrupted": None if logit_diff is None else logit_diff.corrupt_value,
+            "undefined": undefined,
+        }
     keys = [k.removesuffix("_out") for k in kinds]  # "temporal_attn", "attn", "mlp"
     split = lambda v: {key: v[j :: len(kinds)] for j, key in enumerate(keys)}  # noqa: E731
     for j, name in enumerate(metric.columns):
-        if name in RECOVERY_VARIANTS:
+        if name in RECOVERY_VARIANTS or name == LOGIT_DIFF_RECOVERY:
             out["variants"][name] = split(values[:, j].tolist())
         else:
             out[name] = split(values[:, j].tolist())
+    out["questions"] = {name: RECOVERY_QUESTIONS[name] for name in out["variants"]}
+    if heads and logit_diff is not None:
+        out["heads"] = head_logit_diff_recovery(model, positive, negative, logit_diff, runs)
     return out
+
+
+def head_logit_diff_recovery(
+    model: HookedVideoTransformer,
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    metric: LogitDiffRecovery,
+    runs: PairRuns,
+) -> dict:
+    """logit_diff of each head's z (all tokens) patched alone from the positive into the negative run,
+    through the batched engine: {"act": "z", "variant": "logit_diff", "labels", "values": [L][H]}."""
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    z = [f"blocks.{l}.attn.hook_z" for l in range(L)]
+    clean = runs.clean.cache
+    if any(n not in clean for n in z):
+        clean = {**clean, **run_clip(model, positive, z).cache}
+    sweep = patching.denoise(
+        model,
+        patching.head_patches(model, "z"),
+        clean_cache=clean,
+        corrupted=negative[:1],
+        metric=metric,
+        target_run=(runs.corrupted.logits, runs.corrupted.cache),
+        progress=False,
+    )
+    values = sweep.per_example[:, 0].view(L, H)
+    return {
+        "act": "z",
+        "variant": LOGIT_DIFF_RECOVERY,
+        "labels": [[f"L{l}H{h}" for h in range(H)] for l in range(L)],
+        "values": values.tolist(),
+    }
 
 
 # ---------------------------------------------------------------------------------------- (c)

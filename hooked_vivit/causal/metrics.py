@@ -143,6 +143,49 @@ class LogitDiff(Metric):
 
 
 @dataclass
+class LogitDiffRecovery(Metric):
+    """Normalised logit-difference recovery (Zhang & Nanda 2024; Heimersheim & Nanda 2024):
+
+        (m(patched) - m(corrupt)) / (m(clean) - m(corrupt)),   m = logit[c] - logit[other]
+
+    0 for the unpatched corrupted run, 1 for the clean run; can exceed 1 or fall below 0. ``clean_logits``
+    and ``corrupt_logits`` are the two unpatched runs' logits ([1, n_classes] or [n_classes]); reads only
+    the logits, so a sweep that already runs the patches scores it from their logits at no extra forward."""
+
+    c: int
+    other: int
+    clean_logits: torch.Tensor
+    corrupt_logits: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if int(self.c) == int(self.other):
+            raise ValueError(f"LogitDiffRecovery: the two outcome classes must differ, got {self.c} twice")
+        diff = LogitDiff(self.c, self.other)
+        row = lambda l: l.detach().reshape(1, -1).double()  # noqa: E731
+        self._clean = float(diff(row(self.clean_logits))[0])
+        self._corrupt = float(diff(row(self.corrupt_logits))[0])
+        self._scale = self._clean - self._corrupt
+        if self._scale == 0:
+            raise ValueError(
+                f"the clean and corrupted runs have the same logit difference (class {self.c} - class {self.other}): "
+                "nothing to recover"
+            )
+
+    @property
+    def clean_value(self) -> float:
+        """m(clean): the positive-minus-negative logit difference of the clean run."""
+        return self._clean
+
+    @property
+    def corrupt_value(self) -> float:
+        return self._corrupt
+
+    def __call__(self, logits, activations=None):
+        m = LogitDiff(self.c, self.other)(logits.double())
+        return ((m - self._corrupt) / self._scale).float()
+
+
+@dataclass
 class LogProb(Metric):
     """log softmax(logits)[c]."""
 
