@@ -370,6 +370,16 @@ def test_validate_finds_the_single_planted_head(planted_results):
     for v, e in r["recovery"]["variants"].items():
         assert e["top"] == "L1 attn", v
     assert r["recovery"]["variants"]["cls_projection"]["top_mean"] == pytest.approx(1.0, abs=1e-5)
+    # The headline (issue 30): the logit-difference recovery ranks the planted head's layer first, at 1,
+    # and per head the planted head L1H2 alone restores the decision.
+    assert r["recovery"]["headline"] == "logit_diff" and data["headline"]["planted single_head"] == "logit_diff"
+    ld = r["recovery"]["variants"]["logit_diff"]
+    assert ld["top"] == "L1 attn" and ld["top_mean"] == pytest.approx(1.0, abs=1e-5)
+    others = [m for c, m in zip(r["recovery"]["components"], ld["mean"]) if c != "L1 attn"]
+    assert max(abs(m) for m in others) < 1e-5
+    heads = r["recovery"]["heads"]
+    assert heads["top"] == "L1H2" and heads["top_mean"] == pytest.approx(1.0, abs=1e-5)
+    assert max(abs(m) for h, m in zip(heads["labels"], heads["mean"]) if h != "L1H2") < 1e-5
     for s in r["recovery"]["sanity"].values():
         assert s["min"] == pytest.approx(1.0, abs=1e-5) and s["max"] == pytest.approx(1.0, abs=1e-5)
     d = r["maps"]["differential_dla"]
@@ -387,7 +397,8 @@ def test_validate_finds_the_single_planted_head(planted_results):
     assert ab["to_twin_minus_controls"]["mean"] == pytest.approx(expected_gap, abs=1e-12)
     assert r["attribution"]["z by head"]["r"] == pytest.approx(1.0, abs=1e-6)
     rows = {f["method"]: f["verdict"] for f in validation.findings(res["planted single_head"], data["settings"])}
-    assert rows["component recovery (every variant)"] == "found in 5 of 5 variants"
+    assert rows["component recovery (every variant)"] == "found by the headline (logit_diff); found in 6 of 6 variants"
+    assert rows["per-head logit-difference recovery"] == "found"
     assert rows["whole-residual patch (sanity)"] == "passes"
     assert rows["differential DLA on the outcome region"] == "found"
     assert rows["outcome-region ablation (3 boxes per pair)"] == "found"
@@ -412,7 +423,21 @@ def test_validate_reports_what_misses_the_composition(planted_results):
     )  # no head writes the class direction
     assert r["attribution"]["mlp_out by layer"]["r"] == pytest.approx(1.0, abs=1e-3)
     assert np.isnan(r["attribution"]["z by head"]["r"])  # AtP gives every head exactly 0 at the silent neuron
+    # The headline (issue 30): the logit-difference recovery ranks the composing MLP first at 1 and gives every
+    # attention block and every head 0; cls_projection, beside it, ranks the MLP below the heads' layers.
+    rec = r["recovery"]
+    assert rec["headline"] == "logit_diff" and data["headline"]["planted and_composition"] == "logit_diff"
+    ld = rec["variants"]["logit_diff"]
+    assert ld["top"] == "L2 mlp" and ld["top_mean"] == pytest.approx(1.0, abs=1e-5)
+    assert ld["top_ci95"][0] == pytest.approx(1.0, abs=1e-5)  # on every pair
+    assert max(abs(m) for c, m in zip(rec["components"], ld["mean"]) if c != "L2 mlp") < 1e-5
+    assert rec["heads"]["max_abs_mean"] < 1e-5 and len(rec["heads"]["labels"]) == 12
+    proj = rec["variants"]["cls_projection"]
+    assert proj["top"] == "L1 attn" and proj["mean"][rec["components"].index("L2 mlp")] < proj["top_mean"]
+    assert rec["sanity"]["logit_diff"]["min"] == pytest.approx(1.0, abs=1e-5)
     rows = {f["method"]: f["verdict"] for f in validation.findings(res["planted and_composition"], data["settings"])}
+    assert rows["component recovery (every variant)"] == "found by the headline (logit_diff); found in 1 of 6 variants"
+    assert rows["per-head logit-difference recovery"] == "found"
     assert rows["differential DLA on the outcome region"] == "missed (blind to an MLP-composed signal)"
     table = validation.validation_markdown(data)
     assert "| planted and_composition | and_composition | differential DLA on the outcome region |" in table
@@ -471,7 +496,7 @@ def test_validate_command_writes_the_table(tmp_path):
     )
     data = json.loads((out / "validation.json").read_text())
     assert [s["subject"] for s in data["subjects"]] == ["planted single_head"]
-    assert (out / "validation.md").read_text().count("| planted single_head |") == 7
+    assert (out / "validation.md").read_text().count("| planted single_head |") == 8  # with the per-head row
     with pytest.raises(SystemExit) as e:  # refused while parsing, before anything loads
         main(["validate", "--model", "bowling", "--out", str(tmp_path / "x")])
     assert e.value.code == 2 and not (tmp_path / "x").exists()

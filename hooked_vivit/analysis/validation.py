@@ -37,7 +37,7 @@ from hooked_vivit.analysis.pipeline import model_pixels
 from hooked_vivit.causal import patching
 from hooked_vivit.causal.ablation import ablate_pixel_mask, random_boxes_like
 from hooked_vivit.causal.attribution import attribution_patch
-from hooked_vivit.causal.metrics import LogitDiff, SignalRecovery
+from hooked_vivit.causal.metrics import LogitDiff, LogitDiffRecovery, SignalRecovery
 from hooked_vivit.causal.probes import bootstrap_ci
 from hooked_vivit.organism.data import ANALYSIS_SEEDS
 
@@ -178,10 +178,11 @@ def pooled_correlation(
 
 # ------------------------------------------------------------------------------------------ methods
 def _residual_patched(
-    model: HookedVideoTransformer, clean_cache: Any, negative: torch.Tensor, measured: str
-) -> torch.Tensor:
+    model: HookedVideoTransformer, clean_cache: Any, negative: torch.Tensor, measured: str, *, logits: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """``measured`` on the negative run with the whole residual stream replaced by the positive run's,
-    one row per layer (resid_pre 0..L-1, then the last resid_post)."""
+    one row per layer (resid_pre 0..L-1, then the last resid_post); with ``logits``, the patched runs'
+    logits too."""
     L = model.cfg.n_layers
     names = [f"blocks.{l}.hook_resid_pre" for l in range(L)] + [f"blocks.{L - 1}.hook_resid_post"]
     captured = {}
@@ -198,32 +199,74 @@ def _residual_patched(
 
     hooks = [(n, patch(r)) for r, n in enumerate(names)] + [(measured, grab)]
     with torch.inference_mode():
-        model.run_with_hooks(negative[:1].expand(len(names), *negative.shape[1:]), fwd_hooks=hooks)
-    return captured["a"]
+        out = model.run_with_hooks(negative[:1].expand(len(names), *negative.shape[1:]), fwd_hooks=hooks)
+    return (captured["a"], out) if logits else captured["a"]
 
 
 def recovery(model: HookedVideoTransformer, pairs: list[ValidationPair], sanity_pairs: int) -> dict:
     """Component recovery in every variant per pair (mean, interval, the top component per variant),
-    and the whole-residual patch at every layer on the first ``sanity_pairs`` pairs."""
+    and the whole-residual patch at every layer on the first ``sanity_pairs`` pairs. Where every pair
+    has outcome classes (the model has a logit per outcome): the logit-difference recovery too (the
+    headline), per component and per head ("heads": mean and interval per head, the top head)."""
     L = model.cfg.n_layers
     last = f"blocks.{L - 1}.hook_resid_post"
-    per_variant: dict = {v: [] for v in ex.RECOVERY_VARIANTS}
-    sanity: dict = {v: [] for v in ex.RECOVERY_VARIANTS}
+    with_logits = all(p.classes is not None for p in pairs)
+    names = ([ex.LOGIT_DIFF_RECOVERY] if with_logits else []) + list(ex.RECOVERY_VARIANTS)
+    per_variant: dict = {v: [] for v in names}
+    sanity: dict = {v: [] for v in names}
+    heads, headlines = [], set()
     for i, p in enumerate(pairs):
-        rec = ex.component_recovery(model, p.positive, p.negative)
+        rec = ex.component_recovery(
+            model, p.positive, p.negative, outcome_classes=p.classes if with_logits else None, heads=with_logits
+        )
+        headlines.add((rec["headline"], rec["headline_reason"]))
         for v in per_variant:
+            if v not in rec["variants"]:  # logit_diff undefined on this pair (equal logit differences)
+                per_variant[v].append(np.full((2, L), np.nan))
+                continue
             per_variant[v].append(np.stack([rec["variants"][v]["attn"], rec["variants"][v]["mlp"]]))  # [2, L]
+        if "heads" in rec:
+            heads.append(np.ravel(rec["heads"]["values"]))
         if i < sanity_pairs:
             with torch.inference_mode():
-                _, clean = model.run_with_cache(p.positive, names_filter=lambda n: "resid" in n)
-                _, corrupt = model.run_with_cache(p.negative, names_filter=[last])
-            patched = _residual_patched(model, clean, p.negative, last)
+                clean_logits, clean = model.run_with_cache(p.positive, names_filter=lambda n: "resid" in n)
+                corrupt_logits, corrupt = model.run_with_cache(p.negative, names_filter=[last])
+            patched, logits = _residual_patched(model, clean, p.negative, last, logits=True)
             for v, vals in ex.recovery_variants(patched, clean[last], corrupt[last], last).items():
                 sanity[v].append(vals)
+            if with_logits:
+                metric = LogitDiffRecovery(*p.classes, clean_logits, corrupt_logits)
+                sanity[ex.LOGIT_DIFF_RECOVERY].append(metric(logits).tolist())
     labels = [f"L{l} {c}" for c in ("attn", "mlp") for l in range(L)]
-    out: dict = {"components": labels, "variants": {}, "sanity": {}}
+    headline, reason = ex.headline_for(with_logits)
+    if with_logits and any(h != ex.LOGIT_DIFF_RECOVERY for h, _ in headlines):
+        reason += " (undefined on some pairs: their values are left out of the means)"
+    out: dict = {
+        "components": labels,
+        "headline": headline,
+        "headline_reason": reason,
+        "questions": {v: ex.RECOVERY_QUESTIONS[v] for v in names},
+        "variants": {},
+        "sanity": {},
+    }
+    if heads:
+        h_labels = [f"L{l}H{h}" for l in range(L) for h in range(model.cfg.n_heads)]
+        stat = _ci(np.stack(heads))
+        top = int(np.argmax(stat["mean"]))
+        out["heads"] = {
+            "variant": ex.LOGIT_DIFF_RECOVERY,
+            "act": "z",
+            "labels": h_labels,
+            **stat,
+            "top": h_labels[top],
+            "top_mean": stat["mean"][top],
+            "max_abs_mean": float(np.max(np.abs(stat["mean"]))),
+        }
     for v, arr in per_variant.items():
         a = np.stack(arr).reshape(len(arr), -1)  # [pairs, 2L] in the order of labels
+        a = a[np.isfinite(a).all(1)]
+        if not len(a):
+            continue
         stat = _ci(a)
         top = int(np.argmax(stat["mean"]))
         out["variants"][v] = {
@@ -426,6 +469,8 @@ def validate_subject(
         if progress:
             print(f"validate: {subject.name} / {domain}: {r['seconds']} s", flush=True)
         out["domains"][domain] = r
+        if "recovery" in r:  # the headline recovery variant (logit_diff where the model has a logit per outcome)
+            out.setdefault("headline", r["recovery"]["headline"])
     return out
 
 
@@ -481,6 +526,8 @@ def validate(
         "seconds": round(time.time() - t0, 1),
         "cpu_seconds": round(time.process_time() - c0, 1),
         "torch_threads": torch.get_num_threads(),
+        # subject -> its headline recovery variant (logit_diff where the model has a logit per outcome)
+        "headline": {res["subject"]: res.get("headline") for res in results},
         "subjects": results,
     }
 
@@ -538,8 +585,9 @@ def findings(result: dict, settings: dict) -> list[dict]:
             row("outcome probe (held-out by pair)", found, expected, verdict)
         if "recovery" in r:
             rec = r["recovery"]
+            head_v = rec.get("headline", ex.HEADLINE_RECOVERY)
             parts = [
-                f"{v}: top {e['top']} {_pct({'mean': e['top_mean'], 'ci95': e['top_ci95']})}"
+                f"{v}{' (headline)' if v == head_v else ''}: top {e['top']} {_pct({'mean': e['top_mean'], 'ci95': e['top_ci95']})}"
                 for v, e in rec["variants"].items()
             ]
             if (
@@ -550,17 +598,36 @@ def findings(result: dict, settings: dict) -> list[dict]:
                 ]
                 hit = [v for v, e in rec["variants"].items() if e["top"] in want]
                 expected = (
-                    "top component: "
+                    f"top component by the headline ({head_v}): "
                     + " or ".join(want)
                     + (" (the composing MLP)" if truth.get("mlps") else " (the planted head's layer)")
                 )
+                by_headline = head_v in rec["variants"] and rec["variants"][head_v]["top"] in want
                 verdict = (
-                    f"found in {len(hit)} of {len(rec['variants'])} variants" if hit else "missed in every variant"
+                    f"{'found' if by_headline else 'missed'} by the headline ({head_v}); "
+                    f"found in {len(hit)} of {len(rec['variants'])} variants"
+                    if hit
+                    else "missed in every variant"
                 )
             else:
                 expected = "the blocks that carry the outcome (not known in advance)" if gt else "no outcome to carry"
                 verdict = "reported" if gt else "n/a (no ground truth)"
             row("component recovery (every variant)", "; ".join(parts), expected, verdict)
+            if "heads" in rec:  # logit_diff of each head's z patched alone
+                hd = rec["heads"]
+                found = (
+                    f"top head {hd['top']} {hd['top_mean']:.0%}; largest |mean| of any head {hd['max_abs_mean']:.1%} "
+                    f"({hd['n']} pairs, {hd['variant']})"
+                )
+                if planted and truth.get("mlps"):  # an AND: no head alone restores the decision
+                    expected = "every head ~ 0 (one gathered variable alone does not fire the composing MLP)"
+                    verdict = "found" if hd["max_abs_mean"] < 0.01 else "missed"
+                elif planted:
+                    expected = "top head: " + " or ".join(truth["heads"]) + " (~ 100 %)"
+                    verdict = "found" if hd["top"] in truth["heads"] else "missed"
+                else:
+                    expected, verdict = "the heads that carry the outcome (not known in advance)", "reported"
+                row("per-head logit-difference recovery", found, expected, verdict)
             if rec["sanity"]:
                 lo = min(s["min"] for s in rec["sanity"].values())
                 hi = max(s["max"] for s in rec["sanity"].values())
