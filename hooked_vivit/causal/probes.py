@@ -343,3 +343,230 @@ def cross_validated_probe(
         train_accuracy=float(np.mean(train_accs)),
         **measured,
     )
+
+
+# ------------------------------------------------------------------------------ nested selection
+def _standardised_fits(
+    x: torch.Tensor, trains: np.ndarray, ys: np.ndarray, x_index: np.ndarray, l2: float, max_bytes: float = 2**28
+) -> np.ndarray:
+    """Scores [P, n] of P logistic probes on x [n, d]: problem p fits labels ys[p] on the rows
+    trains[x_index[p]] (x standardised with those rows' statistics) and scores every row. Problems
+    that share a training set share its standardised x and span; fitted in chunks of training sets."""
+    n, d = x.shape
+    G = len(trains)
+    chunk = max(1, int(max_bytes // max(1, 8 * n * d)))
+    scores = np.empty((len(x_index), n))
+    for g0 in range(0, G, chunk):
+        gs = list(range(g0, min(G, g0 + chunk)))
+        probs = np.nonzero((x_index >= g0) & (x_index < g0 + len(gs)))[0]
+        if not len(probs):
+            continue
+        xs = []
+        for g in gs:
+            tr = torch.from_numpy(trains[g])
+            mu, sd = x[tr].mean(0), x[tr].std(0).clamp_min(1e-8)
+            xs.append((x - mu) / sd)
+        xs = torch.stack(xs)
+        local = torch.from_numpy(x_index[probs] - g0)
+        train = torch.from_numpy(trains[x_index[probs]])
+        w, b = fit_logistic_batched(xs, torch.as_tensor(ys[probs], dtype=torch.float64), train, l2, x_index=local)
+        scores[probs] = (torch.einsum("pnd,pd->pn", xs[local], w) + b[:, None]).numpy()
+    return scores
+
+
+def _pair_scores(
+    s: np.ndarray, y: np.ndarray, pos: np.ndarray, neg: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per pair: accuracy of its two clips, paired accuracy (ties half) and the mean log-loss of its clips."""
+    correct = ((s > 0) == (y == 1)).astype(float)
+    p_rows, n_rows = np.where(y[pos] == 1, pos, neg), np.where(y[pos] == 1, neg, pos)
+    paired = (s[p_rows] > s[n_rows]) + 0.5 * (s[p_rows] == s[n_rows])
+    loss = np.logaddexp(0, -np.where(y == 1, s, -s))  # binary cross-entropy of each row's score
+    return (correct[pos] + correct[neg]) / 2, paired.astype(float), (loss[pos] + loss[neg]) / 2
+
+
+@dataclass(frozen=True)
+class NestedProbe:
+    """nested_cross_validated_probe's result: the accuracy of *choosing a configuration and then probing
+    with it*, estimated on pairs that neither the choice nor the fit saw. Accuracies as in
+    CrossValidatedProbe (paired accuracy: share of pairs whose positive clip scores above its
+    negative); ``chosen[r][f]`` is the configuration the inner cross-validation of outer fold f in
+    repeat r picked (highest inner paired accuracy, ties by lower inner log-loss)."""
+
+    configurations: list[str]
+    pairs: int
+    folds: int  # outer folds
+    inner_folds: int  # at most; fewer where an outer training set has fewer pairs
+    repeats: int
+    accuracy: float
+    accuracy_ci95: list[float]
+    paired_accuracy: float
+    paired_accuracy_ci95: list[float]
+    chosen: list[list[str]]
+    control_accuracy: float | None = None  # the same procedure on the control task (labels swapped in half the pairs)
+    control_accuracy_ci95: list[float] | None = None
+    control_paired_accuracy: float | None = None
+    control_paired_accuracy_ci95: list[float] | None = None
+    control_chosen: list[list[str]] | None = None
+
+    @property
+    def selectivity(self) -> float | None:
+        """accuracy - control_accuracy (Hewitt & Liang), both of the whole select-then-probe procedure."""
+        return None if self.control_accuracy is None else self.accuracy - self.control_accuracy
+
+    @property
+    def chosen_counts(self) -> dict[str, int]:
+        """How many outer folds (over all repeats) chose each configuration, most chosen first."""
+        flat = [c for rep in self.chosen for c in rep]
+        counts = {c: flat.count(c) for c in self.configurations if c in flat}
+        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+    def to_json(self) -> dict:
+        out = {
+            "configurations": self.configurations,
+            "pairs": self.pairs,
+            "folds": self.folds,
+            "inner_folds": self.inner_folds,
+            "repeats": self.repeats,
+            "selection": "inner grouped cross-validation on the outer training pairs: highest paired accuracy, ties by lower log-loss",
+            "accuracy": self.accuracy,
+            "accuracy_ci95": self.accuracy_ci95,
+            "paired_accuracy": self.paired_accuracy,
+            "paired_accuracy_ci95": self.paired_accuracy_ci95,
+            "chosen": self.chosen,
+            "chosen_counts": self.chosen_counts,
+            "control_accuracy": self.control_accuracy,
+        }
+        if self.control_accuracy is not None:
+            out["control_accuracy_ci95"] = self.control_accuracy_ci95
+            out["control_paired_accuracy"] = self.control_paired_accuracy
+            out["control_paired_accuracy_ci95"] = self.control_paired_accuracy_ci95
+            out["control_chosen"] = self.control_chosen
+        out["selectivity"] = self.selectivity
+        return out
+
+
+def nested_cross_validated_probe(
+    features: dict[str, torch.Tensor | np.ndarray],
+    labels: np.ndarray,
+    groups: np.ndarray,
+    *,
+    k: int = 5,
+    inner_k: int = 4,
+    repeats: int = 5,
+    l2: float = 1e-2,
+    control: bool = True,
+    seed: int = 0,
+    n_boot: int = 2000,
+) -> NestedProbe:
+    """Nested grouped cross-validation of "pick the best configuration, then probe with it".
+
+    ``features``: name -> [n, ...] features of the same rows, one per candidate configuration (e.g.
+    layer x pooling). Each repeat splits the pairs into k outer folds exactly as
+    ``cross_validated_probe`` with the same seed does (same folds, same control labels); within each
+    outer training set an inner grouped ``inner_k``-fold (pairs again; at most one pair per inner fold
+    when fewer pairs train) scores every configuration, the best one (inner paired accuracy, ties by
+    inner log-loss, then by order) is refitted on the whole outer training set and scores the outer
+    test pairs. The outer test pairs take no part in the choice, so the estimate is not inflated by it
+    (the argmax of per-configuration cross-validated accuracies is). Intervals: percentile bootstrap
+    over pairs of each pair's value averaged over repeats. ``control``: the whole procedure again on
+    the control task (choice included); selectivity = accuracy - control accuracy."""
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    if set(np.unique(labels).tolist()) - {0, 1}:
+        raise ValueError("probe labels must be 0/1")
+    names = list(features)
+    if not names:
+        raise ValueError("nested_cross_validated_probe needs at least one configuration")
+    uniq, pos, neg = _pair_index(labels, groups)
+    n_pairs = len(uniq)
+    if n_pairs < k or n_pairs - int(np.ceil(n_pairs / k)) < 2:
+        raise ValueError(f"nested {k}-fold cross-validation needs at least {max(k, 3)} pairs, got {n_pairs}")
+    if inner_k < 2:
+        raise ValueError(f"the inner cross-validation needs at least 2 folds, got {inner_k}")
+    group_pos = {g: i for i, g in enumerate(uniq)}
+    pair_of_row = np.array([group_pos[g] for g in groups])
+    rng = np.random.default_rng(seed)  # the outer folds and control labels: cross_validated_probe's draws
+    inner_rng = np.random.default_rng([seed, 1])
+    task_names = ("probe", "control") if control else ("probe",)
+    trains, fits = [], []  # training row masks; (repeat, outer fold, inner fold or -1, train index)
+    task_labels = []  # per repeat: {task: labels}
+    outer_of_pair = []
+    inner_max = 0
+    for r in range(repeats):
+        outer = np.empty(n_pairs, int)
+        outer[rng.permutation(n_pairs)] = np.arange(n_pairs) % k
+        outer_of_pair.append(outer)
+        flips = np.nonzero(rng.random(n_pairs) < 0.5)[0]
+        per_task = {"probe": labels.copy()}
+        if control:
+            y_c = labels.copy()
+            swap = np.isin(pair_of_row, flips)
+            y_c[swap] = 1 - y_c[swap]
+            per_task["control"] = y_c
+        task_labels.append(per_task)
+        for f in range(k):
+            train_pairs = np.nonzero(outer != f)[0]
+            ki = min(inner_k, len(train_pairs))
+            inner_max = max(inner_max, ki)
+            inner = np.full(n_pairs, -1)
+            inner[inner_rng.permutation(train_pairs)] = np.arange(len(train_pairs)) % ki
+            fits.append((r, f, -1, len(trains)))
+            trains.append((outer != f)[pair_of_row])
+            for j in range(ki):
+                fits.append((r, f, j, len(trains)))
+                trains.append(((inner >= 0) & (inner != j))[pair_of_row])
+    trains_np = np.stack(trains)
+    # Every problem: (fit, task); a probe and its control share the training set (and so the span).
+    problems = [(fit, t) for fit in fits for t in task_names]
+    ys = np.stack([task_labels[fit[0]][t] for fit, t in problems])
+    x_index = np.array([fit[3] for fit, _ in problems])
+    where = {(fit[:3], t): p for p, (fit, t) in enumerate(problems)}
+    scores = {}
+    for name in names:
+        x = torch.as_tensor(np.asarray(features[name]), dtype=torch.float64).flatten(1)
+        scores[name] = _standardised_fits(x, trains_np, ys, x_index, l2)
+    measured: dict = {}
+    chosen_by_task: dict = {}
+    for task, prefix in zip(task_names, ("", "control_")):
+        accs, paireds, chosen = [], [], []
+        for r in range(repeats):
+            y = task_labels[r][task]
+            outer = outer_of_pair[r]
+            s_outer = np.empty(len(labels))
+            chosen_r = []
+            for f in range(k):
+                train_pair = outer != f
+                inner_fits = [fit for fit in fits if fit[:2] == (r, f) and fit[2] >= 0]
+                best = None
+                for ci, name in enumerate(names):
+                    s_in = np.zeros(len(labels))
+                    for fit in inner_fits:
+                        test_rows = trains_np[[ff[3] for ff in fits if ff[:3] == (r, f, -1)][0]] & ~trains_np[fit[3]]
+                        s_in[test_rows] = scores[name][where[(fit[:3], task)]][test_rows]
+                    _, paired_in, loss_in = _pair_scores(s_in, y, pos, neg)
+                    key = (-paired_in[train_pair].mean(), loss_in[train_pair].mean(), ci)
+                    if best is None or key < best[0]:
+                        best = (key, name)
+                name = best[1]
+                chosen_r.append(name)
+                test_rows = ~train_pair[pair_of_row]
+                s_outer[test_rows] = scores[name][where[((r, f, -1), task)]][test_rows]
+            a, p, _ = _pair_scores(s_outer, y, pos, neg)
+            accs.append(a)
+            paireds.append(p)
+            chosen.append(chosen_r)
+        chosen_by_task[task] = chosen
+        for metric, v in (("accuracy", np.mean(accs, 0)), ("paired_accuracy", np.mean(paireds, 0))):
+            lo, hi = bootstrap_ci(v, n_boot, seed)
+            measured[f"{prefix}{metric}"] = float(v.mean())
+            measured[f"{prefix}{metric}_ci95"] = [float(lo), float(hi)]
+    return NestedProbe(
+        configurations=names,
+        pairs=int(n_pairs),
+        folds=k,
+        inner_folds=int(inner_max),
+        repeats=repeats,
+        chosen=chosen_by_task["probe"],
+        control_chosen=chosen_by_task.get("control"),
+        **measured,
+    )
