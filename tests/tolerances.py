@@ -44,9 +44,11 @@ def assert_exact(actual: torch.Tensor, expected: torch.Tensor, scale: float | No
 
 
 def fp32_tol(scale: float, n: int = 1, safety: float = SAFETY) -> float:
-    """Absolute tolerance between two float32 computations of one quantity whose terms have magnitude
-    ``scale``, each rounded along a reduction over ``n`` terms in a different order (other kernels,
-    other BLAS paths): safety * FP32_EPS * scale * sqrt(n), the statistical size of n roundings."""
+    """Absolute tolerance between two float32 computations of one quantity, each rounded along a
+    reduction over ``n`` terms in a different order (other kernels, other BLAS paths), ``scale``
+    bounding its partial sums (the sum of the terms' magnitudes; for a mean, their largest):
+    safety * FP32_EPS * scale * sqrt(n): n roundings of random sign, with room (the worst-case
+    bound, n * FP32_EPS * scale, assumes every rounding goes the same way)."""
     return safety * FP32_EPS * float(scale) * math.sqrt(n)
 
 
