@@ -43,7 +43,12 @@ from hooked_vivit.causal.logit_attribution import (  # noqa: F401  (part of this
     uses_pattern_rows,
 )
 from hooked_vivit.causal.metrics import LogitDiffRecovery, SignalRecovery
-from hooked_vivit.causal.probes import CrossValidatedProbe, cross_validated_probe
+from hooked_vivit.causal.probes import (
+    CrossValidatedProbe,
+    NestedProbe,
+    cross_validated_probe,
+    nested_cross_validated_probe,
+)
 from hooked_vivit.labels import top_k
 
 if TYPE_CHECKING:  # annotations only
@@ -1157,6 +1162,43 @@ class LayerProbes:
     mean: list[CrossValidatedProbe]
     pixels: CrossValidatedProbe  # the pixel baselines (ProbeFeatures.pixels, .pixels_mean)
     pixels_mean: CrossValidatedProbe
+    # the layer x pooling choice cross-validated too (nested: the accuracy of choosing, then probing), the
+    # same nested probe on a random-weights model of the same architecture (None: not run), and the
+    # computed comparisons with the pixel baselines and the random-weights model (pixel_ceiling)
+    nested: NestedProbe | None = None
+    random_weights: NestedProbe | None = None
+    random_weights_seed: int | None = None
+
+    def pixel_ceiling(self) -> dict | None:
+        """The pixel baseline as the ceiling it is: where a probe of raw pixels (no model) reaches the nested
+        probe's paired accuracy (at least the low end of its interval) and decodes the outcome above
+        chance itself (its interval above 0.5), the outcome is decodable from pixels alone, a fingerprint
+        of the clips rather than a finding about the model. Beside it, whether the trained model's nested
+        probe exceeds the random-weights model's (the low end of its interval above the random one)."""
+        if self.nested is None:
+            return None
+        key = max(("pixels", "pixels_mean"), key=lambda k: getattr(self, k).paired_accuracy)
+        px = getattr(self, key)
+        lo = self.nested.paired_accuracy_ci95[0]
+        out = {
+            "metric": "paired_accuracy",
+            "baseline": key,  # the better of the two pixel baselines
+            "pixels": px.paired_accuracy,
+            "pixels_ci95": px.paired_accuracy_ci95,
+            "probe": self.nested.paired_accuracy,
+            "probe_ci95": self.nested.paired_accuracy_ci95,
+            "pixels_above_chance": bool(px.paired_accuracy_ci95[0] > 0.5),
+            "pixels_reach_probe": bool(px.paired_accuracy >= lo),
+        }
+        out["fingerprint"] = out["pixels_above_chance"] and out["pixels_reach_probe"]
+        out["rule"] = (
+            "fingerprint = the better pixel baseline's paired accuracy interval lies above 0.5 and its paired accuracy "
+            "reaches the low end of the nested probe's interval"
+        )
+        if self.random_weights is not None:
+            out["random_weights"] = self.random_weights.paired_accuracy
+            out["above_random_weights"] = bool(lo > self.random_weights.paired_accuracy)
+        return out
 
     def to_json(self) -> dict:
         """results.json's "probes" (before the pipeline's seeds, domain and best)."""
@@ -1174,6 +1216,12 @@ class LayerProbes:
         out["pixels_mean"] = self.pixels_mean.to_json()
         out["train_pairs_per_fold"] = self.pixels.train_pairs_per_fold
         out["test_pairs_per_fold"] = self.pixels.test_pairs_per_fold
+        if self.nested is not None:
+            out["nested"] = self.nested.to_json()
+        if self.random_weights is not None:
+            out["random_weights"] = {"seed": self.random_weights_seed, **self.random_weights.to_json()}
+        if self.nested is not None:
+            out["pixel_ceiling"] = self.pixel_ceiling()
         return out
 
 
@@ -1185,16 +1233,39 @@ def layer_probes(
     k: int = 5,
     repeats: int = 5,
     features: ProbeFeatures | None = None,
+    nested_repeats: int = 2,
+    random_weights: bool = True,
+    random_seed: int = 0,
 ) -> LayerProbes:
     """Outcome probes per layer on CLS and on mean-pooled tokens, repeated grouped k-fold over pairs
     (hooked_vivit.causal.probes.cross_validated_probe: accuracy and paired accuracy with bootstrap 95 %
     intervals over pairs, the shuffled-within-pair control, selectivity), and the two pixel
-    baselines ("pixels": spatially resolved, "pixels_mean": pooled like the mean-token features)."""
+    baselines ("pixels": spatially resolved, "pixels_mean": pooled like the mean-token features).
+
+    The best layer x pooling is a choice among these: ``nested`` is its accuracy cross-validated with
+    the choice inside (nested_cross_validated_probe, ``nested_repeats`` repeats of k outer folds, each
+    choosing by an inner 4-fold CV on its training pairs), the same with the control task. With
+    ``random_weights`` the nested probe also reads a model of the same architecture and config with
+    re-initialised weights (random_weights_model(model, random_seed): a forward of every pair)."""
     f = features or probe_features(model, pairs)
     L = model.cfg.n_layers
     run = lambda feat: cross_validated_probe(feat, f.labels, f.groups, k=k, repeats=repeats, seed=seed)  # noqa: E731
+    layers = [f"resid_pre {l}" for l in range(L)] + [f"resid_post {L - 1}"]
+
+    def nested(g: ProbeFeatures) -> NestedProbe:
+        configs = {
+            f"{kind} {name}": feat
+            for kind in ("cls", "mean")
+            if getattr(g, kind) is not None
+            for name, feat in zip(layers, getattr(g, kind))
+        }
+        return nested_cross_validated_probe(configs, g.labels, g.groups, k=k, repeats=nested_repeats, seed=seed)
+
+    rand = None
+    if random_weights:
+        rand = nested(probe_features(random_weights_model(model, random_seed), pairs))
     return LayerProbes(
-        layers=[f"resid_pre {l}" for l in range(L)] + [f"resid_post {L - 1}"],
+        layers=layers,
         pairs=len(np.unique(f.groups)),
         folds=k,
         repeats=repeats,
@@ -1203,4 +1274,19 @@ def layer_probes(
         mean=[run(feat) for feat in f.mean],
         pixels=run(f.pixels),
         pixels_mean=run(f.pixels_mean),
+        nested=nested(f),
+        random_weights=rand,
+        random_weights_seed=random_seed if random_weights else None,
     )
+
+
+def random_weights_model(model: HookedVideoTransformer, seed: int = 0) -> HookedVideoTransformer:
+    """The random-weights control: the same architecture and config as ``model`` (its class built from a
+    copy of its cfg), weights re-initialised by the class's init_weights(seed) (as training starts), on
+    the model's device and dtype."""
+    import copy
+
+    p = next(model.parameters())
+    rand = type(model)(copy.deepcopy(model.cfg), init_weights=False)
+    rand.init_weights(seed=seed)
+    return rand.to(device=p.device, dtype=p.dtype)
