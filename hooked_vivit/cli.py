@@ -157,7 +157,13 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             pair = pipeline.video_pair(model, args.clean, args.corrupted)
         else:
             pair = pipeline.rendered_pair(model, args.domain, args.seed)
-        results = pipeline.analyze_pair(model, pair, probe_pairs=args.probe_pairs, progress=not args.quiet)
+        if args.outcome_classes:  # checked against the model's labels before anything runs
+            from hooked_vivit.analysis.experiments import outcome_class_pair
+
+            outcome_class_pair(model, args.outcome_classes)
+        results = pipeline.analyze_pair(
+            model, pair, probe_pairs=args.probe_pairs, progress=not args.quiet, outcome_classes=args.outcome_classes
+        )
         pipeline.write_analysis(out, model, pair, results)
     rec = results["recovery"]["projection"]
     print(
@@ -177,7 +183,13 @@ def _cmd_study_manifest(args: argparse.Namespace) -> int:  # study --pairs MANIF
     from hooked_vivit.analysis.pair_study import study_pairs
 
     st = study_pairs(
-        args.model, args.pairs, args.out, device=args.device, overwrite=args.overwrite, progress=not args.quiet
+        args.model,
+        args.pairs,
+        args.out,
+        device=args.device,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        outcome_classes=args.outcome_classes,
     )
     if st is not None:  # rank 0
         g = st["mlp_minus_attn"]
@@ -202,7 +214,13 @@ def _cmd_study(args: argparse.Namespace) -> int:
         args.out, overwrite=args.overwrite, inputs=[_local_dir(args.model)], writer="hooked-vivit study"
     ) as out:
         model = pipeline.load_model(args.model, args.device)
-        studies = pipeline.run_study(model, args.domain, args.pairs, out, progress=not args.quiet)
+        if args.outcome_classes:  # checked against the model's labels before anything runs
+            from hooked_vivit.analysis.experiments import outcome_class_pair
+
+            outcome_class_pair(model, args.outcome_classes)
+        studies = pipeline.run_study(
+            model, args.domain, args.pairs, out, progress=not args.quiet, outcome_classes=args.outcome_classes
+        )
     for st in studies:
         g = st["mlp_minus_attn"]
         print(
@@ -476,6 +494,15 @@ def _organism_name(text: str) -> str:
     return organism.resolve(text)
 
 
+OUTCOME_CLASSES_ARG = dict(
+    nargs=2,
+    metavar=("POSITIVE", "NEGATIVE"),
+    help="the classifier's classes of the positive and negative outcome (label names or indices): component "
+    "patching then reports the normalised logit-difference recovery, as the headline; default: the model's labels "
+    "of a rendered pair's outcomes where it has them (the outcomes organism), else none",
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="hooked-vivit", description="Hooked ViViT: interpretability for video transformers")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -524,6 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument(
         "--probe-pairs", type=_probe_pairs, default=100, help="rendered pairs for the outcome probes (0: skip)"
     )
+    analyze.add_argument("--outcome-classes", **OUTCOME_CLASSES_ARG)
     analyze.add_argument("--out", type=Path, required=True)
     analyze.add_argument(
         "--overwrite", action="store_true", help="replace an earlier analyze output (never other files)"
@@ -541,6 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     study.add_argument("--model", default="organism", help=MODEL_HELP)
     study.add_argument("--device", default="cpu", type=_device)
+    study.add_argument("--outcome-classes", **OUTCOME_CLASSES_ARG)
     study.add_argument("--out", type=Path, required=True)
     study.add_argument("--overwrite", action="store_true", help="replace an earlier study output (never other files)")
     study.add_argument("--quiet", action="store_true")

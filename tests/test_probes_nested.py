@@ -3,8 +3,19 @@ selectivity), on constructed features with known answers."""
 
 import numpy as np
 import pytest
+import torch
 
-from hooked_vivit.causal.probes import cross_validated_probe, nested_cross_validated_probe
+from hooked_vivit import HookedViViT, synthetic
+from hooked_vivit.analysis import experiments as ex
+from hooked_vivit.analysis import pipeline
+from hooked_vivit.analysis import report as rp
+from hooked_vivit.causal.probes import (
+    CrossValidatedProbe,
+    NestedProbe,
+    cross_validated_probe,
+    nested_cross_validated_probe,
+)
+from tests.conftest import make_hf
 
 N_PAIRS, D = 40, 16
 LABELS = np.tile([1, 0], N_PAIRS)
@@ -31,7 +42,7 @@ def test_nested_cv_picks_the_one_informative_configuration():
     assert res.control_paired_accuracy < 0.75 and res.selectivity > 0.25
     assert res.selectivity == pytest.approx(1.0 - res.control_accuracy)
     js = res.to_json()
-    assert js["chosen_counts"] == {"layer 3": 15} and js["selectivity"] == res.selectivity
+    assert js["chosen_counts"] == [{"configuration": "layer 3", "folds": 15}] and js["selectivity"] == res.selectivity
     assert js["configurations"] == [f"layer {i}" for i in range(6)]
 
 
@@ -85,6 +96,92 @@ def test_nested_cv_refuses_too_few_pairs_or_inner_folds():
         nested_cross_validated_probe(
             {"a": np.zeros((20, 3))}, np.tile([1, 0], 10), np.repeat(np.arange(10), 2), inner_k=1
         )
+
+
+def test_layer_probes_nest_the_choice_and_read_a_random_weights_model():
+    cfg = dict(image_size=32, num_frames=8, tubelet_size=[2, 8, 8], hidden_size=32, num_hidden_layers=2)
+    model = HookedViViT.from_hf_model(make_hf({**cfg, "num_attention_heads": 2, "intermediate_size": 64}, seed=3))
+    pairs = [
+        tuple(pipeline.model_pixels(model, v) for v in synthetic.render_pair("golf", s, num_frames=8, size=32)[:2])
+        for s in range(6)
+    ]
+    res = ex.layer_probes(model, pairs)
+    names = [f"{k} {n}" for k in ("cls", "mean") for n in res.layers]
+    assert res.nested.configurations == names and res.nested.pairs == 6 and res.nested.repeats == 2
+    assert all(c in names for rep in res.nested.chosen for c in rep) and len(res.nested.chosen[0]) == 5
+    f = ex.probe_features(model, pairs)
+    again = nested_cross_validated_probe(
+        {f"{k} {n}": v for k in ("cls", "mean") for n, v in zip(res.layers, getattr(f, k))},
+        f.labels,
+        f.groups,
+        repeats=2,
+    )
+    assert res.nested == again
+    # The random-weights control: the same class and config, weights drawn afresh by init_weights(seed).
+    rand = ex.random_weights_model(model, 0)
+    assert type(rand) is type(model) and rand.cfg == model.cfg
+    assert not torch.equal(rand.blocks[0].attn.W_Q, model.blocks[0].attn.W_Q)
+    assert torch.equal(rand.blocks[0].attn.W_Q, ex.random_weights_model(model, 0).blocks[0].attn.W_Q)
+    g = ex.probe_features(rand, pairs)
+    assert res.random_weights == nested_cross_validated_probe(
+        {f"{k} {n}": v for k in ("cls", "mean") for n, v in zip(res.layers, getattr(g, k))},
+        g.labels,
+        g.groups,
+        repeats=2,
+    )
+    js = res.to_json()
+    assert js["nested"] == res.nested.to_json() and js["random_weights"]["seed"] == 0
+    assert js["pixel_ceiling"] == res.pixel_ceiling()
+    without = ex.layer_probes(model, pairs, features=f, random_weights=False)
+    assert without.random_weights is None and "random_weights" not in without.to_json()
+    assert "random_weights" not in without.pixel_ceiling()
+
+
+def _cv(paired: float, ci: list[float]) -> CrossValidatedProbe:
+    return CrossValidatedProbe(6, 5, 5, 4, 2, 1.0, paired, ci, paired, ci)
+
+
+def _nested(paired: float, ci: list[float]) -> NestedProbe:
+    return NestedProbe(["cls resid_pre 0"], 6, 5, 4, 2, paired, ci, paired, ci, [["cls resid_pre 0"] * 5] * 2)
+
+
+@pytest.mark.parametrize(
+    "pixels, probe, random, fingerprint, above_random",
+    [
+        ((1.0, [1.0, 1.0]), (1.0, [1.0, 1.0]), 0.5, True, True),  # the default report's case: pixels decode it all
+        ((0.9, [0.8, 1.0]), (1.0, [0.95, 1.0]), 0.5, False, True),  # the probe exceeds the pixels' interval
+        ((0.6, [0.45, 0.75]), (0.55, [0.4, 0.7]), 0.5, False, False),  # pixels not above chance: no fingerprint
+        ((0.97, [0.9, 1.0]), (0.99, [0.96, 1.0]), 0.99, True, False),  # pixels within the probe's interval
+    ],
+)
+def test_pixel_ceiling_is_a_computed_comparison(pixels, probe, random, fingerprint, above_random):
+    lp = ex.LayerProbes(
+        layers=["resid_pre 0"],
+        pairs=6,
+        folds=5,
+        repeats=5,
+        method="",
+        cls=None,
+        mean=[_cv(*probe)],
+        pixels=_cv(*pixels),
+        pixels_mean=_cv(0.5, [0.3, 0.7]),
+        nested=_nested(*probe),
+        random_weights=_nested(random, [random, random]),
+        random_weights_seed=0,
+    )
+    c = lp.pixel_ceiling()
+    assert c["baseline"] == "pixels" and c["fingerprint"] is fingerprint and c["above_random_weights"] is above_random
+    assert c["pixels"] == pixels[0] and c["probe_ci95"] == probe[1]
+    # The report's words follow the computed comparison, and every number it writes is one of results.json.
+    data = {"probes": {**lp.to_json(), "random_weights": {"seed": 0, **lp.random_weights.to_json()}}}
+    cap = rp.Caption(data)
+    text = pipeline.nested_probe_phrase(cap, "probes", data["probes"])
+    assert ("decodable from pixels alone: a fingerprint" in text.lower()) is fingerprint
+    assert ("interval lies above it" in text) is above_random
+    written = sorted(rp.numbers_in(text, ("Hewitt & Liang",)))
+    assert written == sorted(
+        t for path, fmt in cap.numbers for t in rp.numbers_in(rp.format_number(rp.lookup(data, path), fmt))
+    )
 
 
 # Fixed-seed values (counts of pairs over 40 pairs x 3 repeats, so exact in any float order).

@@ -44,17 +44,17 @@ def pair_measures(
     outcome: bool,
     seed: int = 0,
     n_controls: int = 20,
+    outcome_classes: Any = None,
 ) -> dict:
     """One pair's numbers, from the rendered study's per-pair functions (the per-pair part of
-    pipeline.study_domain, without the rendered masks and divergence frame)."""
+    pipeline.study_domain, without the rendered masks and divergence frame); ``outcome_classes``
+    (positive, negative): the logit-difference recovery too."""
     d = ex.activation_deltas(model, positive, negative)
-    rec = ex.component_recovery(model, positive, negative)
+    rec = ex.component_recovery(model, positive, negative, outcome_classes=outcome_classes)
     out: dict = {
         "deltas_cls": [d.at_readout[k] for k in ex.KINDS],
         "deltas_tokens": [d.token_mean[k] for k in ex.KINDS],
-        "recovery": {
-            name: [rec["variants"][name]["attn"], rec["variants"][name]["mlp"]] for name in ex.RECOVERY_VARIANTS
-        },
+        "recovery": {name: [rec["variants"][name]["attn"], rec["variants"][name]["mlp"]] for name in rec["variants"]},
         "features": ex.probe_features(model, [(positive, negative)]),
     }
     if outcome:
@@ -96,17 +96,22 @@ def merge_features(per_pair: list[dict]) -> ex.ProbeFeatures:
 def summarize_pairs(model: HookedVideoTransformer, per_pair: list[dict], *, probe_folds: int = 5) -> dict:
     """The statistics of pipeline.study_domain over measured pairs (in order)."""
     L = model.cfg.n_layers
-    arrays = {name: np.array([p["recovery"][name] for p in per_pair]) for name in ex.RECOVERY_VARIANTS}  # [pairs, 2, L]
+    with_logits = any(ex.LOGIT_DIFF_RECOVERY in p["recovery"] for p in per_pair)
+    names = ([ex.LOGIT_DIFF_RECOVERY] if with_logits else []) + list(ex.RECOVERY_VARIANTS)
+    missing = np.full((2, L), np.nan)  # logit_diff undefined on a pair (equal logit differences)
+    arrays = {name: np.array([p["recovery"].get(name, missing) for p in per_pair]) for name in names}  # [pairs, 2, L]
+    headline, reason = ex.headline_for(with_logits)
     out: dict = {
         "pairs": len(per_pair),
         "kinds": list(ex.KINDS),
         "layers": list(range(L)),
-        "headline": ex.HEADLINE_RECOVERY,
-        "headline_reason": ex.HEADLINE_REASON,
+        "headline": headline,
+        "headline_reason": reason,
+        "questions": {name: ex.RECOVERY_QUESTIONS[name] for name in names},
     }
     out.update(
         pipeline.summarize_pair_statistics(
-            [p["deltas_cls"] for p in per_pair], [p["deltas_tokens"] for p in per_pair], arrays
+            [p["deltas_cls"] for p in per_pair], [p["deltas_tokens"] for p in per_pair], arrays, headline
         )
     )
     outcomes = [p["outcome"] for p in per_pair if "outcome" in p]
@@ -133,6 +138,7 @@ def _measure_rank(
     n_controls: int,
     workers: int,
     progress: bool,
+    outcome_classes: Any = None,
 ) -> list[tuple[int, dict]]:
     from tqdm.auto import tqdm
 
@@ -149,7 +155,15 @@ def _measure_rank(
             continue
         x = batch["pixels"].to(device)
         try:
-            m = pair_measures(model, x[:1], x[1:], outcome=i < outcome_pairs, seed=i, n_controls=n_controls)
+            m = pair_measures(
+                model,
+                x[:1],
+                x[1:],
+                outcome=i < outcome_pairs,
+                seed=i,
+                n_controls=n_controls,
+                outcome_classes=outcome_classes,
+            )
             m["native_sizes"] = [list(wh) for wh in batch["sizes"]]
             out.append((i, m))
         except ValueError as e:  # e.g. two identical clips: no outcome signal
@@ -168,9 +182,11 @@ def study_pairs(
     workers: int = 2,
     overwrite: bool = False,
     progress: bool = True,
+    outcome_classes: Any = None,
 ) -> dict | None:
     """The study over the manifest's pairs (module docstring); writes report.html, results.json and
-    figures into ``out`` (rank 0) and returns the results (None on the other ranks)."""
+    figures into ``out`` (rank 0) and returns the results (None on the other ranks). ``outcome_classes``
+    (positive, negative; label names or indices): the logit-difference recovery, as the headline."""
     t0 = time.perf_counter()
     clips = read_collection(manifest)
     pairs = group_pairs(clips, manifest)
@@ -203,6 +219,7 @@ def study_pairs(
             raise ValueError(
                 "study --pairs needs class logits; give a checkpoint with a classifier (VivitForVideoClassification)"
             )
+        outcome_classes = ex.outcome_class_pair(model, outcome_classes)
         measured = _measure_rank(
             model,
             clips,
@@ -212,6 +229,7 @@ def study_pairs(
             n_controls=n_controls,
             workers=workers,
             progress=progress and dist.is_main,
+            outcome_classes=outcome_classes,
         )
         gathered = sorted((item for part in dist.all_gather(measured) for item in part), key=lambda t: t[0])
         if not dist.is_main:

@@ -109,6 +109,27 @@ def rendered_pair(model: HookedVideoTransformer, domain: str, seed: int = ANALYS
     )
 
 
+def pair_outcome_classes(
+    model: HookedVideoTransformer,
+    domain: str | None,
+    outcomes: Sequence[str] | None,
+    given: Sequence[int | str] | None = None,
+) -> tuple[int, int] | None:
+    """The (positive, negative) outcome classes whose logits the logit-difference recovery reads: ``given``
+    (--outcome-classes, indices or label names), else, for a rendered pair, the model's labels
+    "{domain} {outcome}" of its two outcomes where the model has both (the outcomes organism), else None."""
+    if given is not None:
+        return ex.outcome_class_pair(model, given)
+    if domain is None or not outcomes:
+        return None
+    key = next((k for k, v in synthetic.DOMAINS.items() if domain in (k, v)), None)
+    names = [f"{key} {o}" for o in outcomes]
+    label2id = model.cfg.label2id or {}
+    if key is None or not all(n in label2id for n in names):
+        return None
+    return ex.outcome_class_pair(model, names)
+
+
 def clip_sizes_html(pair: dict) -> str:
     """The clips' native sizes, the size the model saw them at, and the size warning, from results["pair"]."""
     if not pair.get("native_sizes"):
@@ -160,7 +181,7 @@ def rendered_probe_pairs(
 
 def recovery_summary(rec: dict) -> dict:
     """Min / max per variant and component, and how many components have a norm ratio above 1."""
-    comps = list(rec["variants"][ex.HEADLINE_RECOVERY])  # attn, mlp (and TimeSformer's temporal_attn)
+    comps = list(rec["variants"][rec.get("headline", ex.HEADLINE_RECOVERY)])  # attn, mlp (and temporal_attn)
     out: dict = {"components": len(comps) * len(rec["layers"]), "threshold": 1.0}
     for name, v in rec["variants"].items():
         out[name] = {
@@ -223,7 +244,9 @@ def place_in_distribution(rec: dict, summary: dict, domain_key: str) -> dict | N
                 }
                 for l in range(dist.shape[1])
             ]
-    head = out["variants"][ex.HEADLINE_RECOVERY]
+    h = rec.get("headline", ex.HEADLINE_RECOVERY)
+    out["headline"] = h if h in out["variants"] else ex.HEADLINE_RECOVERY  # a study without it: the representation one
+    head = out["variants"][out["headline"]]
     comp, layer = max(
         ((c, l) for c in ("attn", "mlp") for l in range(len(head[c]))), key=lambda cl: abs(head[cl[0]][cl[1]]["value"])
     )
@@ -239,8 +262,12 @@ def analyze_pair(
     probe_seed: int = ANALYSIS_SEEDS["probe"],
     n_controls: int = 20,
     progress: bool = True,
+    outcome_classes: Sequence[int | str] | None = None,
 ) -> dict:
-    """Run experiments (a)-(f) and the outcome-targeted ones on one pair; returns every number."""
+    """Run experiments (a)-(f) and the outcome-targeted ones on one pair; returns every number.
+    ``outcome_classes`` (positive, negative; indices or label names): the logits the logit-difference
+    recovery reads, the headline of (b); by default the model's labels of a rendered pair's outcomes
+    where it has them (the outcomes organism), else none (the representation headline)."""
     from tqdm.auto import tqdm
 
     if isinstance(probe_pairs, bool) or not isinstance(probe_pairs, int) or (probe_pairs != 0 and probe_pairs < 3):
@@ -291,7 +318,8 @@ def analyze_pair(
             results["deltas"] = ex.activation_deltas(model, pos, neg, runs=runs).to_json()
             steps.update()  # noqa: E702
         with cost.section("recovery"):
-            results["recovery"] = ex.component_recovery(model, pos, neg, runs=runs)
+            classes = pair_outcome_classes(model, pair.domain, pair.names, outcome_classes)
+            results["recovery"] = ex.component_recovery(model, pos, neg, runs=runs, outcome_classes=classes)
         results["recovery"]["summary"] = recovery_summary(results["recovery"])
         steps.update()  # noqa: E702
         with cost.section("dla"):
@@ -384,6 +412,50 @@ def best_probe(probes: dict) -> dict:
     return {"pooling": kind, "index": i, "layer": probes["layers"][i]}
 
 
+def nested_probe_phrase(cap: rp.Caption, path: str, pr: dict) -> str:
+    """The probes' layer x pooling choice cross-validated (nested), its control task, the random-weights
+    model and the pixel ceiling: every number from results.json at ``path``, every verdict from
+    pixel_ceiling's computed comparisons ("" for results without a nested probe)."""
+    if "nested" not in pr:
+        return ""
+    n, c, pc = f"{path}.nested", f"{path}.pixel_ceiling", pr["pixel_ceiling"]
+    text = (
+        f" The best configuration is chosen on these same pairs, so its own accuracy is optimistic. With the choice inside the "
+        f"cross-validation (nested: each of {cap.v(n + '.folds')} outer folds x {cap.v(n + '.repeats')} repeats chooses by an inner "
+        f"grouped cross-validation of at most {cap.v(n + '.inner_folds')} folds on its own training pairs) the paired accuracy is "
+        f"{cap.v(n + '.paired_accuracy', '.0%')} [{cap.v(n + '.paired_accuracy_ci95.0', '.0%')}, {cap.v(n + '.paired_accuracy_ci95.1', '.0%')}], "
+        f"accuracy {cap.v(n + '.accuracy', '.0%')} [{cap.v(n + '.accuracy_ci95.0', '.0%')}, {cap.v(n + '.accuracy_ci95.1', '.0%')}]; chosen most "
+        f"often: {cap.v(n + '.chosen_counts.0.configuration')} (in {cap.v(n + '.chosen_counts.0.folds')} outer folds)."
+    )
+    if pr["nested"].get("control_accuracy") is not None:
+        text += (
+            f" Control task (labels swapped within a random half of the pairs, the choice included): accuracy "
+            f"{cap.v(n + '.control_accuracy', '.0%')}, selectivity {cap.v(n + '.selectivity', '+.0%')} (Hewitt & Liang)."
+        )
+    if "random_weights" in pr:
+        r = f"{path}.random_weights"
+        text += (
+            f" The same nested probe on a random-weights model (same architecture and config, weights re-initialised with seed "
+            f"{cap.v(r + '.seed')}): paired accuracy {cap.v(r + '.paired_accuracy', '.0%')} [{cap.v(r + '.paired_accuracy_ci95.0', '.0%')}, "
+            f"{cap.v(r + '.paired_accuracy_ci95.1', '.0%')}]; the trained model's interval "
+            + ("lies above it." if pc["above_random_weights"] else "does not lie above it.")
+        )
+    if pc["fingerprint"]:
+        text += (
+            f" Decodable from pixels alone: a fingerprint. The {pc['baseline']} baseline, a probe of raw pixels without the model, "
+            f"reaches {cap.v(c + '.pixels', '.0%')} paired accuracy (interval above chance, reaching the nested probe's), so a decodable "
+            "outcome here is no evidence about the model."
+        )
+    elif not pc["pixels_above_chance"]:
+        text += f" The better pixel baseline ({pc['baseline']}) does not decode the outcome above chance: its interval includes chance."
+    else:
+        text += (
+            f" The pixel baselines decode the outcome too, but the better ({pc['baseline']}, {cap.v(c + '.pixels', '.0%')}) falls short of "
+            "the nested probe's interval."
+        )
+    return text
+
+
 def _pair_phrase(cap: rp.Caption, results: dict) -> str:
     p = results["pair"]
     if p["domain"]:
@@ -442,6 +514,14 @@ def analysis_captions(results: dict) -> dict[str, str]:
         (
             f"Denoising one component at a time in {m} on {_pair_phrase(cap, results)}: the attention or MLP block output of one layer, all tokens, "
             f"copied from the positive into the negative run, measured on the last layer's resid_post (layer {cap.v('recovery.layers.-1')})"
+            + (
+                f" and, as the normalised logit-difference recovery (logit_diff), on the logit of "
+                f"{results['recovery']['outcome_classes']['names'][0]!r} minus that of "
+                f"{results['recovery']['outcome_classes']['names'][1]!r} ({cap.v('recovery.outcome_classes.logit_diff_clean', '.3f')} "
+                f"in the positive run, {cap.v('recovery.outcome_classes.logit_diff_corrupted', '.3f')} in the negative)"
+                if h == ex.LOGIT_DIFF_RECOVERY
+                else ""
+            )
             + (
                 "; the variants at the readout are measured on the attentive pooler's output, recomputed from the patched last layer. "
                 if pooler
@@ -603,11 +683,12 @@ def analysis_captions(results: dict) -> dict[str, str]:
                 f"{cap.v('probes.seeds.0')} to {cap.v('probes.seeds.1')}), repeated grouped {cap.v('probes.folds')}-fold cross-validation "
                 f"({cap.v('probes.repeats')} repeats; each fold trains on at least {cap.v('probes.train_pairs_per_fold')} pairs and tests at most "
                 f"{cap.v('probes.test_pairs_per_fold')}, never seeing either clip of a test pair), bootstrap {cap.v('ci_level', '.0%')} intervals over "
-                f"pairs. Best: {b['pooling']} at {cap.v('probes.best.layer')}, accuracy {cap.v(base + '.accuracy', '.0%')} [{cap.v(base + '.accuracy_ci95.0', '.0%')}, "
+                f"pairs. Best (chosen on the same pairs): {b['pooling']} at {cap.v('probes.best.layer')}, accuracy {cap.v(base + '.accuracy', '.0%')} [{cap.v(base + '.accuracy_ci95.0', '.0%')}, "
                 f"{cap.v(base + '.accuracy_ci95.1', '.0%')}], paired accuracy {cap.v(base + '.paired_accuracy', '.0%')} "
                 f"[{cap.v(base + '.paired_accuracy_ci95.0', '.0%')}, {cap.v(base + '.paired_accuracy_ci95.1', '.0%')}]; its shuffled-within-pair "
                 f"control {cap.v(base + '.control_paired_accuracy', '.0%')}. Pixel baselines (paired accuracy): spatially resolved "
                 f"{cap.v('probes.pixels.paired_accuracy', '.0%')}, mean-pooled like the tokens {cap.v('probes.pixels_mean.paired_accuracy', '.0%')}."
+                + nested_probe_phrase(cap, "probes", pr)
             ),
         )
     return out
@@ -623,7 +704,11 @@ def write_analysis(
         figs = {
             "frames": rp.fig_frames(pair.positive, pair.negative, pair.names, tmp / "frames.png"),
             "deltas": rp.fig_deltas(results["deltas"], tmp / "fig1_activation_deltas.png"),
-            "recovery": rp.fig_recovery(results["recovery"], tmp / "fig2_component_recovery.png"),
+            "recovery": rp.fig_recovery(
+                results["recovery"]["variants"],
+                tmp / "fig2_component_recovery.png",
+                kind=results["recovery"]["headline"],
+            ),
             "recovery_variants": rp.fig_recovery_variants(
                 results["recovery"]["variants"], tmp / "fig2b_recovery_variants.png"
             ),
@@ -678,16 +763,27 @@ def write_analysis(
             ("The pair", figs["frames"], captions["frames"], ""),
             ("(a) Activation differences per layer", figs["deltas"], captions["deltas"], ""),
             (
-                "(b) Component patching: what restores the positive run's representation?",
+                "(b) Component patching: what restores the positive run's outcome decision?"
+                if rec["headline"] == ex.LOGIT_DIFF_RECOVERY
+                else "(b) Component patching: what restores the positive run's representation?",
                 figs["recovery"],
                 captions["recovery"],
                 rp.table_html(rows, ["layer", "block", *variant_cols], {v: ".1%" for v in variant_cols}),
             ),
-            ("(b) Every recovery variant", figs["recovery_variants"], captions["recovery"], ""),
+            (
+                "(b) Every recovery variant",
+                figs["recovery_variants"],
+                captions["recovery"],
+                "<p>The question each variant answers:</p>"
+                + rp.table_html(
+                    [{"variant": v, "question": html.escape(q)} for v, q in rec.get("questions", {}).items()],
+                    ["variant", "question"],
+                ),
+            ),
         ]
         if "in_distribution" in results:
             d = results["in_distribution"]
-            h = rec["headline"]
+            h = d.get("headline", rec["headline"])
             drows = [
                 {
                     "layer": l,
@@ -778,7 +874,16 @@ def probe_table_html(pr: dict) -> str:
     for key in ("pixels", "pixels_mean"):
         if key in pr:
             rows.append({"features": key, **_probe_row(pr[key])})
+    for key, name in NESTED_ROWS:
+        if key in pr:
+            rows.append({"features": name, **_probe_row(pr[key])})
     return rp.table_html(rows, ["features", "accuracy", "paired accuracy", "control paired"])
+
+
+NESTED_ROWS = (
+    ("nested", "best layer x pooling, the choice cross-validated (nested)"),
+    ("random_weights", "random-weights model, the same nested probe"),
+)
 
 
 def _probe_row(r: dict) -> dict:
@@ -807,14 +912,16 @@ def _stat(values: Any, per_pair: bool = False) -> dict:
 STUDY_SUMMARY = "study_summary.json"
 
 
-def summarize_pair_statistics(deltas_cls: list, deltas_tok: list, arrays: dict[str, np.ndarray]) -> dict:
+def summarize_pair_statistics(
+    deltas_cls: list, deltas_tok: list, arrays: dict[str, np.ndarray], headline: str = ex.HEADLINE_RECOVERY
+) -> dict:
     """The study's statistics over pairs (rendered or real, hooked_vivit.analysis.pair_study): activation
     deltas, recovery in every variant (``arrays``: name -> [pairs, 2, L], rows attn / mlp), how often a
     norm ratio exceeds 1, and MLP minus attention with a bootstrap interval."""
     out: dict = {}
     out["deltas_cls"] = _stat(deltas_cls, per_pair=True)
     out["deltas_tokens"] = _stat(deltas_tok, per_pair=True)
-    head = arrays[ex.HEADLINE_RECOVERY]
+    head = arrays[headline]
     out["attn"] = _stat(head[:, 0], per_pair=True)  # the headline variant under the earlier keys
     out["mlp"] = _stat(head[:, 1], per_pair=True)
     out["recovery"] = {
@@ -853,19 +960,24 @@ def study_domain(
     outcome_pairs: int | None = None,
     n_controls: int = 20,
     progress: bool = True,
+    outcome_classes: Sequence[int | str] | None = None,
 ) -> dict:
     """(a), (b) in every recovery variant, the outcome-targeted methods (on the first ``outcome_pairs``
     pairs, default min(n_pairs, 50)) and (f) (on ``probe_pairs`` pairs, default n_pairs; more are
     rendered from the following seeds) over rendered pairs seed0.. of a domain, with bootstrap 95 %
-    intervals over pairs."""
+    intervals over pairs. ``outcome_classes`` as in analyze_pair (by default the model's labels of the
+    domain's outcomes where it has them): the logit-difference recovery, then the headline."""
     from tqdm.auto import tqdm
 
     for s in (seed0, seed0 + n_pairs - 1):
         check_seed(s)
     outcome_pairs = min(n_pairs, 50) if outcome_pairs is None else min(outcome_pairs, n_pairs)
     deltas_cls, deltas_tok = [], []
-    variants: dict = {name: [] for name in ex.RECOVERY_VARIANTS}
-    temporal: dict = {name: [] for name in ex.RECOVERY_VARIANTS}  # TimeSformer's temporal attention, [L] per pair
+    classes = pair_outcome_classes(model, domain, synthetic.OUTCOMES[synthetic.DOMAINS[domain]], outcome_classes)
+    headline, headline_reason = ex.headline_for(classes is not None)
+    names = ([ex.LOGIT_DIFF_RECOVERY] if classes else []) + list(ex.RECOVERY_VARIANTS)
+    variants: dict = {name: [] for name in names}
+    temporal: dict = {name: [] for name in names}  # TimeSformer's temporal attention, [L] per pair
     outcomes, shares_after_divergence, class_tops_before_divergence = [], [], []
     pairs = []
     probe_known = []  # the probe features of the study pairs, read from their shared runs
@@ -888,8 +1000,11 @@ def study_domain(
             deltas_cls.append([d.at_readout[k] for k in ex.KINDS])
             deltas_tok.append([d.token_mean[k] for k in ex.KINDS])
             with cost.section("recovery"):
-                rec = ex.component_recovery(model, p, n, runs=runs)
+                rec = ex.component_recovery(model, p, n, runs=runs, outcome_classes=classes)
             for name in variants:
+                if name not in rec["variants"]:  # logit_diff undefined on this pair (equal logit differences)
+                    variants[name].append(np.full((2, L), np.nan))
+                    continue
                 variants[name].append([rec["variants"][name]["attn"], rec["variants"][name]["mlp"]])  # [2, L]
                 if "temporal_attn" in rec["variants"][name]:
                     temporal[name].append(rec["variants"][name]["temporal_attn"])
@@ -936,13 +1051,15 @@ def study_domain(
         "seeds": [seed0, seed0 + n_pairs - 1],
         "kinds": list(ex.KINDS),
         "layers": list(range(L)),
-        "headline": ex.HEADLINE_RECOVERY,
-        "headline_reason": ex.HEADLINE_REASON,
+        "headline": headline,
+        "headline_reason": headline_reason,
+        "outcome_classes": None if classes is None else [model.cfg.id2label.get(c, str(c)) for c in classes],
+        "questions": {name: ex.RECOVERY_QUESTIONS[name] for name in names},
         "readout": ex.readout_name(model),  # where the "cls" recovery variants read (CLS, token mean, pooler output)
     }
-    out.update(summarize_pair_statistics(deltas_cls, deltas_tok, arrays))
-    if temporal[ex.HEADLINE_RECOVERY]:  # TimeSformer: the temporal attention block, beside attn and mlp
-        out["temporal_attn"] = _stat(temporal[ex.HEADLINE_RECOVERY], per_pair=True)
+    out.update(summarize_pair_statistics(deltas_cls, deltas_tok, arrays, headline))
+    if temporal[headline]:  # TimeSformer: the temporal attention block, beside attn and mlp
+        out["temporal_attn"] = _stat(temporal[headline], per_pair=True)
         for name, v in temporal.items():
             out["recovery"][name]["temporal_attn"] = _stat(v, per_pair=True)
     if outcomes:
@@ -1095,10 +1212,11 @@ def study_captions(data: dict) -> dict[tuple[str, str], str]:
             (
                 f"Outcome probes in {m} on {cap.v(pr + '.pairs')} {dom} pairs (seeds {cap.v(pr + '.seeds.0')} to {cap.v(pr + '.seeds.1')}), repeated "
                 f"grouped {cap.v(pr + '.folds')}-fold cross-validation ({cap.v(pr + '.repeats')} repeats, groups = pairs), bootstrap "
-                f"{cap.v('ci_level', '.0%')} intervals over pairs. Best: {b['pooling']} at {cap.v(pr + '.best.layer')}, paired accuracy "
+                f"{cap.v('ci_level', '.0%')} intervals over pairs. Best (chosen on the same pairs): {b['pooling']} at {cap.v(pr + '.best.layer')}, paired accuracy "
                 f"{cap.v(bb + '.paired_accuracy', '.0%')} [{cap.v(bb + '.paired_accuracy_ci95.0', '.0%')}, {cap.v(bb + '.paired_accuracy_ci95.1', '.0%')}], "
                 f"control {cap.v(bb + '.control_paired_accuracy', '.0%')}; pixel baselines {cap.v(pr + '.pixels.paired_accuracy', '.0%')} (spatially "
                 f"resolved) and {cap.v(pr + '.pixels_mean.paired_accuracy', '.0%')} (mean-pooled)."
+                + nested_probe_phrase(cap, pr, st["probes"])
             ),
         )
     return out
@@ -1125,8 +1243,11 @@ def write_study(
                 for where in ("cls", "tokens")
             }
             f1 = rp.fig_deltas(deltas, tmp / f"{dom}_deltas.png", ci)
-            rec = {"projection": {"attn": st["attn"]["mean"], "mlp": st["mlp"]["mean"]}}
-            rp.fig_recovery(rec, tmp / f"{dom}_recovery.png", ci={"attn": st["attn"]["ci95"], "mlp": st["mlp"]["ci95"]})
+            h = st.get("headline", ex.HEADLINE_RECOVERY)
+            rec = {h: {"attn": st["attn"]["mean"], "mlp": st["mlp"]["mean"]}}
+            rp.fig_recovery(
+                rec, tmp / f"{dom}_recovery.png", kind=h, ci={"attn": st["attn"]["ci95"], "mlp": st["mlp"]["ci95"]}
+            )
             f2 = rp.fig_recovery_variants(
                 {v: {c: st["recovery"][v][c]["mean"] for c in st["recovery"][v]} for v in st["recovery"]},
                 tmp / f"{dom}_recovery_variants.png",
@@ -1180,8 +1301,14 @@ def write_study(
         )
         intro = (
             rp.scope_html(data["scope"]) + f'<p>Does "attention gathers evidence, MLPs compose the concept" hold '
-            f"across pairs and domains? {verdict} (headline recovery {ex.HEADLINE_RECOVERY}, 95 % bootstrap intervals over pairs).</p>"
-            f"<p>Recovery headline: {html.escape(ex.HEADLINE_REASON)}.</p>"
+            f"across pairs and domains? {verdict} (headline recovery "
+            + ", ".join(f"{s['domain']}: {s.get('headline', ex.HEADLINE_RECOVERY)}" for s in studies)
+            + ", 95 % bootstrap intervals over pairs).</p>"
+            + "".join(
+                f"<p>Recovery headline ({html.escape(s['domain'])}): "
+                f"{html.escape(s.get('headline_reason', ex.HEADLINE_REASON))}.</p>"
+                for s in studies
+            )
         )
         rp.write_html(tmp, "hooked-vivit multi-pair study", intro, sections)
     return out.path if isinstance(out, OutputDir) else Path(out)
@@ -1305,9 +1432,11 @@ def study_tables_markdown(summary: dict) -> str:
             "| features | accuracy | paired accuracy | control accuracy | control paired |",
             "|---|---|---|---|---|",
         ]
-        rows = [(f"{k} {n}", e) for k in ("cls", "mean") if k in pr for n, e in zip(pr["layers"], pr[k])] + [
-            (k, pr[k]) for k in ("pixels", "pixels_mean")
-        ]
+        rows = (
+            [(f"{k} {n}", e) for k in ("cls", "mean") if k in pr for n, e in zip(pr["layers"], pr[k])]
+            + [(k, pr[k]) for k in ("pixels", "pixels_mean")]
+            + [(name, pr[k]) for k, name in NESTED_ROWS if k in pr]
+        )
         for name, e in rows:
             lines.append(
                 f"| {name} | {e['accuracy']:.0%} [{e['accuracy_ci95'][0]:.0%}, {e['accuracy_ci95'][1]:.0%}] | {e['paired_accuracy']:.0%} "
@@ -1328,13 +1457,22 @@ def run_study(
     overwrite: bool = False,
     outcome_pairs: int | None = None,
     probe_pairs: int | None = None,
+    outcome_classes: Sequence[int | str] | None = None,
 ) -> list[dict]:
     if isinstance(n_pairs, bool) or not isinstance(n_pairs, int) or n_pairs < 3:
         raise ValueError(
             f"--pairs (n_pairs) must be an integer >= 3 (intervals and held-out probes over pairs), got {n_pairs!r}"
         )
     studies = [
-        study_domain(model, d, n_pairs, progress=progress, outcome_pairs=outcome_pairs, probe_pairs=probe_pairs)
+        study_domain(
+            model,
+            d,
+            n_pairs,
+            progress=progress,
+            outcome_pairs=outcome_pairs,
+            probe_pairs=probe_pairs,
+            outcome_classes=outcome_classes,
+        )
         for d in domains
     ]
     write_study(out, model, studies, overwrite=overwrite)

@@ -434,7 +434,8 @@ class NestedProbe:
             "paired_accuracy": self.paired_accuracy,
             "paired_accuracy_ci95": self.paired_accuracy_ci95,
             "chosen": self.chosen,
-            "chosen_counts": self.chosen_counts,
+            # most chosen first; a list (its layout does not depend on the configurations' names)
+            "chosen_counts": [{"configuration": c, "folds": n} for c, n in self.chosen_counts.items()],
             "control_accuracy": self.control_accuracy,
         }
         if self.control_accuracy is not None:
