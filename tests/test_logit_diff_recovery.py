@@ -205,3 +205,71 @@ def test_single_head_logit_diff_ranks_the_planted_head_first(single_head):
         assert heads[1, 2] == pytest.approx(1.0, abs=1e-5)
         heads[1, 2] = 0
         np.testing.assert_allclose(heads, 0.0, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- analyze, study, CLI
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    model = HookedViViT.from_hf_model(make_hf(SQUARE, seed=3))
+    return model.save_pretrained(tmp_path_factory.mktemp("ckpt") / "model")
+
+
+def test_study_with_outcome_classes_headlines_logit_diff(saved_model, tmp_path):
+    """Any classifier given (positive, negative) outcome classes: the study's headline ("attn" / "mlp",
+    results.json's "headline") is the logit-difference recovery, the representation variants beside it."""
+    import json
+
+    model = HookedViViT.from_pretrained(saved_model)
+    studies = pipeline.run_study(
+        model, ["golf"], 5, tmp_path / "study", progress=False, outcome_pairs=2, probe_pairs=5, outcome_classes=(0, 1)
+    )
+    st = studies[0]
+    assert st["headline"] == "logit_diff" and st["outcome_classes"] == [model.cfg.id2label[0], model.cfg.id2label[1]]
+    assert st["attn"]["per_pair"] == st["recovery"]["logit_diff"]["attn"]["per_pair"]
+    assert set(st["recovery"]) == {"logit_diff", *ex.RECOVERY_VARIANTS} == set(st["questions"])
+    data = json.loads((tmp_path / "study" / "results.json").read_text())
+    assert data["studies"][0]["headline"] == "logit_diff"
+    html = (tmp_path / "study" / "report.html").read_text()
+    assert "golf: logit_diff" in html and "Zhang &amp; Nanda" in html
+    # Without outcome classes (a random model's labels name no outcome): the representation headline.
+    st = pipeline.study_domain(model, "golf", 5, outcome_pairs=0, probe_pairs=5, progress=False)
+    assert st["headline"] == "cls_projection" and "logit_diff" not in st["recovery"]
+    assert st["attn"]["per_pair"] == st["recovery"]["cls_projection"]["attn"]["per_pair"]
+
+
+def test_analyze_outcome_classes_on_the_command_line(saved_model, tmp_path, capsys):
+    import json
+
+    from hooked_vivit.cli import main
+
+    out = tmp_path / "a"
+    argv = ["analyze", "--model", str(saved_model), "--probe-pairs", "0", "--quiet", "--out", str(out)]
+    assert main([*argv, "--outcome-classes", "LABEL_0", "1"]) == 0
+    data = json.loads((out / "results.json").read_text())
+    rec = data["recovery"]
+    assert rec["headline"] == "logit_diff" and rec["outcome_classes"]["positive"] == 0
+    assert rec["outcome_classes"]["negative"] == 1 and "logit_diff" in rec["summary"]
+    assert "logit_diff" in (out / "report.html").read_text()
+    assert main([*argv[:-1], str(tmp_path / "b"), "--outcome-classes", "LABEL_0", "nope"]) == 2
+    assert "'nope' is not one of the model's labels" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
+def test_analyze_on_the_outcomes_organism_reads_its_outcome_logits():
+    """The outcomes organism has a logit per outcome ("bowling strike", "bowling gutter"): analyze picks
+    them for a rendered pair without being told, and the logit-difference recovery is the headline; the
+    action organism has none, and its report says which question remains."""
+    from hooked_vivit import organism
+
+    for name, headline in (("outcomes", "logit_diff"), ("actions", "cls_projection")):
+        model = organism.load(name)
+        pair = pipeline.rendered_pair(model, "bowling", 4_000_000)
+        classes = pipeline.pair_outcome_classes(model, pair.domain, pair.names)
+        pos, neg = pipeline.model_pixels(model, pair.positive), pipeline.model_pixels(model, pair.negative)
+        rec = ex.component_recovery(model, pos, neg, outcome_classes=classes)
+        assert rec["headline"] == headline, name
+        if name == "outcomes":
+            assert rec["outcome_classes"]["names"] == ["bowling strike", "bowling gutter"]
+            assert rec["outcome_classes"]["logit_diff_clean"] > rec["outcome_classes"]["logit_diff_corrupted"]
+        else:
+            assert classes is None and "remains answerable" in rec["headline_reason"]

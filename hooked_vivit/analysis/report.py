@@ -71,7 +71,8 @@ def fig_recovery(rec: dict, path: Path, kind: str = "projection", ci: dict | Non
         ax.bar(x + offset, values, width, color=COLORS[comp], label=f"{comp} block", yerr=err, capsize=2)
     ax.axhline(100, color="k", lw=0.8, ls="--")
     ax.set_xlabel("patched layer")
-    ax.set_ylabel(f"recovery of last-layer difference (%)\n[{kind}]")
+    what = "outcome logit difference" if kind == "logit_diff" else "last-layer difference"
+    ax.set_ylabel(f"recovery of {what} (%)\n[{kind}]")
     ax.legend(fontsize=8)
     return _save(fig, path)
 
@@ -363,6 +364,7 @@ def scope_html(sc: dict) -> str:
 
 # ------------------------------------------------------------------------------------- new figures
 VARIANT_LABELS = {
+    "logit_diff": "logit-difference recovery (outcome decision)",
     "cls_projection": "projection at CLS",
     "token_projection": "projection, all tokens",
     "norm_ratio_cls": "norm ratio at CLS",
@@ -390,7 +392,7 @@ def fig_recovery_variants(variants: dict, path: Path, ci: dict | None = None) ->
         ax.set_title(VARIANT_LABELS.get(name, name), fontsize=8)
         ax.set_xlabel("patched layer", fontsize=8)
         ax.set_xticks(x)
-    axes[0][0].set_ylabel("% of last-layer difference")
+    axes[0][0].set_ylabel("% recovered (logit difference or last-layer difference; see titles)")
     axes[0][0].legend(fontsize=7)
     return _save(fig, path)
 
