@@ -165,10 +165,11 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             model, pair, probe_pairs=args.probe_pairs, progress=not args.quiet, outcome_classes=args.outcome_classes
         )
         pipeline.write_analysis(out, model, pair, results)
-    rec = results["recovery"]["projection"]
+    h = results["recovery"]["headline"]
+    rec = results["recovery"]["variants"][h]
     print(
         f"wrote {args.out}/report.html ({results['seconds']:.1f} s): attention blocks recover "
-        f"{min(rec['attn']):.0%}..{max(rec['attn']):.0%}, MLP blocks {min(rec['mlp']):.0%}..{max(rec['mlp']):.0%}"
+        f"{min(rec['attn']):.0%}..{max(rec['attn']):.0%}, MLP blocks {min(rec['mlp']):.0%}..{max(rec['mlp']):.0%} ({h})"
     )
     return 0
 
@@ -194,7 +195,7 @@ def _cmd_study_manifest(args: argparse.Namespace) -> int:  # study --pairs MANIF
     if st is not None:  # rank 0
         g = st["mlp_minus_attn"]
         print(
-            f"{st['domain']}: MLP - attention recovery {g['mean']:+.1%} [{g['ci95'][0]:+.1%}, {g['ci95'][1]:+.1%}] over {st['pairs']} pairs"
+            f"{st['domain']}: MLP - attention recovery ({st['headline']}) {g['mean']:+.1%} [{g['ci95'][0]:+.1%}, {g['ci95'][1]:+.1%}] over {st['pairs']} pairs"
             + (f"; {len(st['skipped'])} pair(s) skipped" if st["skipped"] else "")
         )
         for s in st["skipped"]:
@@ -224,7 +225,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
     for st in studies:
         g = st["mlp_minus_attn"]
         print(
-            f"{st['domain']}: MLP - attention recovery {g['mean']:+.1%} [{g['ci95'][0]:+.1%}, {g['ci95'][1]:+.1%}] over {st['pairs']} pairs"
+            f"{st['domain']}: MLP - attention recovery ({st['headline']}) {g['mean']:+.1%} [{g['ci95'][0]:+.1%}, {g['ci95'][1]:+.1%}] over {st['pairs']} pairs"
         )
     print(f"wrote {args.out}/report.html")
     return 0

@@ -245,6 +245,7 @@ def test_analyze_outcome_classes_on_the_command_line(saved_model, tmp_path, caps
     out = tmp_path / "a"
     argv = ["analyze", "--model", str(saved_model), "--probe-pairs", "0", "--quiet", "--out", str(out)]
     assert main([*argv, "--outcome-classes", "LABEL_0", "1"]) == 0
+    assert "(logit_diff)" in capsys.readouterr().out  # the printed summary is the headline's
     data = json.loads((out / "results.json").read_text())
     rec = data["recovery"]
     assert rec["headline"] == "logit_diff" and rec["outcome_classes"]["positive"] == 0
