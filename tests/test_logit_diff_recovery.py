@@ -251,6 +251,13 @@ def test_analyze_outcome_classes_on_the_command_line(saved_model, tmp_path, caps
     assert rec["headline"] == "logit_diff" and rec["outcome_classes"]["positive"] == 0
     assert rec["outcome_classes"]["negative"] == 1 and "logit_diff" in rec["summary"]
     assert "logit_diff" in (out / "report.html").read_text()
+    # Every number of every caption (the recovery caption names the classes and their logit differences) is
+    # the value at a path of results.json.
+    from tests.test_analysis import check_captions
+
+    check_captions(data, (data["model"], *data["pair"]["names"], data["dla"]["class_name"]))
+    (caption,) = [c["text"] for c in data["captions"] if c["section"] == "recovery"]
+    assert "logit-difference recovery (logit_diff)" in caption and "'LABEL_0' minus that of 'LABEL_1'" in caption
     assert main([*argv[:-1], str(tmp_path / "b"), "--outcome-classes", "LABEL_0", "nope"]) == 2
     assert "'nope' is not one of the model's labels" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()

@@ -516,8 +516,8 @@ def analysis_captions(results: dict) -> dict[str, str]:
             f"copied from the positive into the negative run, measured on the last layer's resid_post (layer {cap.v('recovery.layers.-1')})"
             + (
                 f" and, as the normalised logit-difference recovery (logit_diff), on the logit of "
-                f"{results['recovery']['outcome_classes']['names'][0]!r} minus that of "
-                f"{results['recovery']['outcome_classes']['names'][1]!r} ({cap.v('recovery.outcome_classes.logit_diff_clean', '.3f')} "
+                f"'{cap.v('recovery.outcome_classes.names.0')}' minus that of "
+                f"'{cap.v('recovery.outcome_classes.names.1')}' ({cap.v('recovery.outcome_classes.logit_diff_clean', '.3f')} "
                 f"in the positive run, {cap.v('recovery.outcome_classes.logit_diff_corrupted', '.3f')} in the negative)"
                 if h == ex.LOGIT_DIFF_RECOVERY
                 else ""
