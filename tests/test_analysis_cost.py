@@ -135,7 +135,7 @@ def test_analyze_counts_equal_the_hand_sums(model, analyzed):
         "cls_attention": 0,
         "region_ablation": L,
         "outcome": 2 * regions * 3 * L,
-        "probes": 5 * 2 * L,
+        "probes": 2 * 5 * 2 * L,  # the trained model and its random-weights control, 5 pairs x 2 clips each
     }
     assert cost["clip_blocks"] == expected
     assert cost["whole_blocks"]["per_experiment"] == {k: v / L for k, v in expected.items()}
@@ -152,7 +152,7 @@ def test_analyze_counts_equal_the_hand_sums(model, analyzed):
         "cls_attention": 0,
         "region_ablation": (L - 1) * (attn + mlp) + attn_row + mlp_row,
         "outcome": 2 * regions * 3 * ((L - 1) * (attn + mlp) + attn_row + mlp_row),
-        "probes": 5 * 2 * one,
+        "probes": 2 * 5 * 2 * one,
     }
     assert cost["per_experiment"] == {k: v / one for k, v in flops.items()}
     assert cost["total"] == pytest.approx(sum(flops.values()) / one, rel=1e-12)
@@ -180,8 +180,8 @@ def test_study_counts_equal_the_hand_sums(model, studied):
         "deltas": 0,
         "recovery": 3 * sum(2 * (L - l) - 1 for l in range(L)),
         "outcome": 2 * region_runs * 3 * L,
-        "probes": 2 * 2 * L,
-    }  # probes: pairs 4 and 5 run; 3 come from the shared runs
+        "probes": 2 * 2 * L + 5 * 2 * L,
+    }  # probes: pairs 4 and 5 run; 3 come from the shared runs; the random-weights control runs all 5
     assert st["cost"]["clip_blocks"] == expected
     attn, attn_row, mlp, mlp_row = hand_prices(model.cfg)
     one = L * (attn + mlp)
@@ -190,7 +190,7 @@ def test_study_counts_equal_the_hand_sums(model, studied):
         "deltas": 0,
         "recovery": 3 * sum(mlp + 2 * (L - 1 - l) * (attn + mlp) for l in range(L)),
         "outcome": 2 * region_runs * 3 * ((L - 1) * (attn + mlp) + attn_row + mlp_row),
-        "probes": 2 * 2 * one,
+        "probes": 2 * 2 * one + 5 * 2 * one,
     }
     assert st["cost"]["per_experiment"] == {k: v / one for k, v in flops.items()}
     assert st["cost"]["total"] == pytest.approx(sum(flops.values()) / one, rel=1e-12)

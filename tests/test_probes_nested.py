@@ -188,3 +188,19 @@ def test_pixel_ceiling_is_a_computed_comparison(pixels, probe, random, fingerpri
 NAIVE_ON_NOISE = 71 / 120  # the best of 10 noise configurations' cross-validated paired accuracies
 NESTED_ON_NOISE = 55 / 120
 SELECTIVITY = 0.9125 - 0.5291666666666666
+
+
+def test_forward_counter_counts_the_random_weights_model_beside_the_model():
+    from hooked_vivit.analysis.cost import ForwardCounter
+
+    cfg = dict(image_size=32, num_frames=8, tubelet_size=[2, 8, 8], hidden_size=32, num_hidden_layers=2)
+    model = HookedViViT.from_hf_model(make_hf({**cfg, "num_attention_heads": 2, "intermediate_size": 64}, seed=3))
+    rand = ex.random_weights_model(model, 1)
+    x = torch.randn(2, 8, 3, 32, 32)
+    with ForwardCounter(model) as cost, cost.section("probes"), cost.also(rand):
+        model(x)
+        rand(x)
+    assert cost.clip_blocks("probes") == 2 * 2 * 2 and "forward" not in vars(rand)  # unwrapped on exit
+    other = HookedViViT.from_hf_model(make_hf({**cfg, "num_attention_heads": 4, "intermediate_size": 64}, seed=3))
+    with ForwardCounter(model) as cost, pytest.raises(ValueError, match="same config"), cost.also(other):
+        pass

@@ -147,13 +147,10 @@ class ForwardCounter:
         x = args[0]
         self.work.append((self._section(), "mlp", int(x.shape[0]), int(x.shape[1]), 0))
 
-    def __enter__(self) -> ForwardCounter:
-        if self._handle is not None:
-            raise RuntimeError("this ForwardCounter is already counting")
+    def _wrap(self, model: HookedVideoTransformer) -> tuple:
         # The instance's forward is wrapped rather than hooked: TransformerLens's run_with_hooks
         # calls model.forward directly, past nn.Module's forward (pre-)hooks. The blocks' attention
         # and MLP modules are called as modules, so pre-hooks see them.
-        model = self.model
         previous = vars(model).get("forward")  # an earlier wrapper (a counter counting already), restored on exit
         inner = model.forward
 
@@ -166,18 +163,41 @@ class ForwardCounter:
             m.register_forward_pre_hook(self._record_attention if isinstance(m, Attention) else self._record_mlp)
             for _, m in _blocks_modules(model)
         ]
-        self._handle = (previous, handles)
-        return self
+        return previous, handles
 
-    def __exit__(self, *exc: Any) -> None:
-        previous, handles = self._handle
+    @staticmethod
+    def _unwrap(model: HookedVideoTransformer, handle: tuple) -> None:
+        previous, handles = handle
         for h in handles:
             h.remove()
         if previous is None:
-            del self.model.forward
+            del model.forward
         else:
-            self.model.forward = previous
+            model.forward = previous
+
+    def __enter__(self) -> ForwardCounter:
+        if self._handle is not None:
+            raise RuntimeError("this ForwardCounter is already counting")
+        self._handle = self._wrap(self.model)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._unwrap(self.model, self._handle)
         self._handle = None
+
+    @contextmanager
+    def also(self, other: HookedVideoTransformer) -> Iterator[ForwardCounter]:
+        """Count ``other``'s forwards and block work too, in the open sections, priced as this model's
+        (``other`` must have the same config: e.g. the probes' random-weights control)."""
+        if other.cfg != self.model.cfg:
+            raise ValueError(
+                "ForwardCounter.also counts a model of the same config only (its work is priced as this one's)"
+            )
+        handle = self._wrap(other)
+        try:
+            yield self
+        finally:
+            self._unwrap(other, handle)
 
     @contextmanager
     def section(self, name: str) -> Iterator[ForwardCounter]:

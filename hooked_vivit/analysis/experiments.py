@@ -1236,6 +1236,7 @@ def layer_probes(
     nested_repeats: int = 2,
     random_weights: bool = True,
     random_seed: int = 0,
+    random_model: HookedVideoTransformer | None = None,
 ) -> LayerProbes:
     """Outcome probes per layer on CLS and on mean-pooled tokens, repeated grouped k-fold over pairs
     (hooked_vivit.causal.probes.cross_validated_probe: accuracy and paired accuracy with bootstrap 95 %
@@ -1246,7 +1247,8 @@ def layer_probes(
     the choice inside (nested_cross_validated_probe, ``nested_repeats`` repeats of k outer folds, each
     choosing by an inner 4-fold CV on its training pairs), the same with the control task. With
     ``random_weights`` the nested probe also reads a model of the same architecture and config with
-    re-initialised weights (random_weights_model(model, random_seed): a forward of every pair)."""
+    re-initialised weights (random_weights_model(model, random_seed), or ``random_model`` where given,
+    built by it: a forward of every pair)."""
     f = features or probe_features(model, pairs)
     L = model.cfg.n_layers
     run = lambda feat: cross_validated_probe(feat, f.labels, f.groups, k=k, repeats=repeats, seed=seed)  # noqa: E731
@@ -1263,7 +1265,7 @@ def layer_probes(
 
     rand = None
     if random_weights:
-        rand = nested(probe_features(random_weights_model(model, random_seed), pairs))
+        rand = nested(probe_features(random_model or random_weights_model(model, random_seed), pairs))
     return LayerProbes(
         layers=layers,
         pairs=len(np.unique(f.groups)),

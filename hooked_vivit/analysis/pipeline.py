@@ -368,10 +368,12 @@ def analyze_pair(
         del runs  # the probes need the memory more
         if pair.domain is not None and pair.domain in synthetic.OUTCOMES and probe_pairs >= 5:
             domain_key = next(k for k, v in synthetic.DOMAINS.items() if v == pair.domain)
-            with cost.section("probes"):
+            rand = ex.random_weights_model(model)  # the probes' random-weights control: its forwards are counted too
+            with cost.section("probes"), cost.also(rand):
                 results["probes"] = ex.layer_probes(
-                    model, rendered_probe_pairs(model, domain_key, probe_pairs, probe_seed)
+                    model, rendered_probe_pairs(model, domain_key, probe_pairs, probe_seed), random_model=rand
                 ).to_json()
+            del rand
             results["probes"]["seeds"] = [probe_seed, probe_seed + probe_pairs - 1]
             results["probes"]["domain"] = domain_key
             results["probes"]["best"] = best_probe(results["probes"])
@@ -1040,10 +1042,15 @@ def study_domain(
             del runs
         if probe_pairs > n_pairs:  # more pairs for the probes than for the patching: render the next seeds
             pairs += rendered_probe_pairs(model, domain, probe_pairs - n_pairs, seed0 + n_pairs)
-        with cost.section("probes"):
+        rand = ex.random_weights_model(model)  # the probes' random-weights control: its forwards are counted too
+        with cost.section("probes"), cost.also(rand):
             probes = ex.layer_probes(
-                model, pairs[:probe_pairs], features=ex.probe_features(model, pairs[:probe_pairs], known=probe_known)
+                model,
+                pairs[:probe_pairs],
+                features=ex.probe_features(model, pairs[:probe_pairs], known=probe_known),
+                random_model=rand,
             ).to_json()
+        del rand
     arrays = {name: np.array(v) for name, v in variants.items()}  # [pairs, 2, L]
     out: dict = {
         "domain": domain,

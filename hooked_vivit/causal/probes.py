@@ -11,6 +11,14 @@ to shuffled labels (Hewitt & Liang's control task); selectivity = accuracy - con
 per repeat, by a probe that never saw either of its clips), accuracy and paired accuracy (the share
 of pairs whose positive clip scores above its own negative) with percentile-bootstrap intervals
 over pairs, and the same for the control task (labels swapped within a random half of the pairs).
+
+``nested_cross_validated_probe`` is the estimate for a probe whose layer / pooling was *chosen*: the
+argmax over configurations of their cross-validated accuracies is inflated by the choice (on pure
+noise it sits above chance), so each outer fold chooses by an inner grouped cross-validation on its own
+training pairs and only then scores its held-out pairs; the control task runs through the same
+procedure, choice included (selectivity of the whole procedure). Everything here uses the probe above
+(the batched L2 logistic regression and grouped folds), not scikit-learn, so the nested and per-layer
+numbers come from one and the same probe.
 """
 
 from __future__ import annotations
