@@ -124,17 +124,21 @@ def test_analyze_counts_equal_the_hand_sums(model, analyzed):
     cost = res["cost"]
     regions = len(res["outcome"]["ablation"]["regions"])
     assert regions == 4  # top class-DLA, top differential-DLA, ball, pins
+    # the control boxes matched on size and pixel-difference share (found may fall short of the 2 requested)
+    found = [r["controls"]["found"] for r in res["outcome"]["ablation"]["regions"].values()]
+    box_found = res["region_ablation"]["controls"]["found"]
+    clips = sum(2 * (1 + f) for f in found)  # both clips x (region + its matched boxes)
     # Clip-blocks touched: 2 shared runs x L; recovery: per layer l the attn_out patch from block l's MLP
-    # (L - l blocks touched), the mlp_out patch from block l + 1 (L - 1 - l); region ablation: 1 ablated
-    # clip; outcome: both clips x regions x (region + 2 boxes); probes: 5 pairs x 2 clips.
+    # (L - l blocks touched), the mlp_out patch from block l + 1 (L - 1 - l); region ablation: the ablated
+    # clip and its matched boxes; outcome: both clips x regions x (region + matched boxes); probes: 5 pairs x 2 clips.
     expected = {
         "shared clean and corrupted runs": 2 * L,
         "deltas": 0,
         "recovery": sum(2 * (L - l) - 1 for l in range(L)),
         "dla": 0,
         "cls_attention": 0,
-        "region_ablation": L,
-        "outcome": 2 * regions * 3 * L,
+        "region_ablation": (1 + box_found) * L,
+        "outcome": clips * L,
         "probes": 2 * 5 * 2 * L,  # the trained model and its random-weights control, 5 pairs x 2 clips each
     }
     assert cost["clip_blocks"] == expected
@@ -150,13 +154,13 @@ def test_analyze_counts_equal_the_hand_sums(model, analyzed):
         "recovery": sum(mlp + 2 * (L - 1 - l) * (attn + mlp) for l in range(L)),
         "dla": 0,
         "cls_attention": 0,
-        "region_ablation": (L - 1) * (attn + mlp) + attn_row + mlp_row,
-        "outcome": 2 * regions * 3 * ((L - 1) * (attn + mlp) + attn_row + mlp_row),
+        "region_ablation": (1 + box_found) * ((L - 1) * (attn + mlp) + attn_row + mlp_row),
+        "outcome": clips * ((L - 1) * (attn + mlp) + attn_row + mlp_row),
         "probes": 2 * 5 * 2 * one,
     }
     assert cost["per_experiment"] == {k: v / one for k, v in flops.items()}
     assert cost["total"] == pytest.approx(sum(flops.values()) / one, rel=1e-12)
-    assert cost["outcome_ablated_clips"] == 24 and cost["probe_pairs"] == 5 and cost["grad_calls"] == 0
+    assert cost["outcome_ablated_clips"] == clips and cost["probe_pairs"] == 5 and cost["grad_calls"] == 0
 
 
 def run_study(model):
@@ -175,11 +179,14 @@ def test_study_counts_equal_the_hand_sums(model, studied):
         per["class_logit"]["pairs"] for per in st["outcome"]["ablation"].values()
     )  # regions summed over the 2 outcome pairs
     assert region_runs == 8
+    # both clips x (region + its matched boxes), over the regions of the 2 outcome pairs
+    clips = sum(2 * (1 + f) for found in st["outcome"]["controls_found"].values() for f in found)
+    assert sum(len(found) for found in st["outcome"]["controls_found"].values()) == region_runs
     expected = {
         "shared clean and corrupted runs": 3 * 2 * L,
         "deltas": 0,
         "recovery": 3 * sum(2 * (L - l) - 1 for l in range(L)),
-        "outcome": 2 * region_runs * 3 * L,
+        "outcome": clips * L,
         "probes": 2 * 2 * L + 5 * 2 * L,
     }  # probes: pairs 4 and 5 run; 3 come from the shared runs; the random-weights control runs all 5
     assert st["cost"]["clip_blocks"] == expected
@@ -189,7 +196,7 @@ def test_study_counts_equal_the_hand_sums(model, studied):
         "shared clean and corrupted runs": 3 * 2 * one,
         "deltas": 0,
         "recovery": 3 * sum(mlp + 2 * (L - 1 - l) * (attn + mlp) for l in range(L)),
-        "outcome": 2 * region_runs * 3 * ((L - 1) * (attn + mlp) + attn_row + mlp_row),
+        "outcome": clips * ((L - 1) * (attn + mlp) + attn_row + mlp_row),
         "probes": 2 * 2 * one + 5 * 2 * one,
     }
     assert st["cost"]["per_experiment"] == {k: v / one for k, v in flops.items()}

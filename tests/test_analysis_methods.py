@@ -16,6 +16,7 @@ import torch
 from hooked_vivit import HookedViViT
 from hooked_vivit.analysis import experiments as ex
 from hooked_vivit.analysis import pipeline
+from hooked_vivit.causal import statistics
 from hooked_vivit.causal.ablation import ablate_pixel_mask, random_boxes_like, token_pixel_mask
 from hooked_vivit.causal.metrics import SignalRecovery, norm_ratio
 from hooked_vivit.causal.probes import bootstrap_ci, cross_validated_probe, fit_logistic, fit_logistic_batched
@@ -121,13 +122,31 @@ def test_component_recovery_variants_match_hand_made_patches(model64):
 # ------------------------------------------------------------------------------- enrichment, masks
 def test_enrichment_share_base_rate_and_ratio():
     e = ex.enrichment(torch.tensor([0.5, 0.25, 0.25, 0.0]), torch.tensor([True, False, False, False]))
-    assert e.to_json() == {"share": 0.5, "mean_share": 0.5, "base_rate": 0.25, "enrichment": 2.0}
+    none = {"base_rate_differing": None, "enrichment_differing": None}  # no differing tokens given
+    assert e.to_json() == {"share": 0.5, "mean_share": 0.5, "base_rate": 0.25, "enrichment": 2.0, **none}
     e2 = ex.enrichment(
         torch.tensor([[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]]), torch.tensor([True, True, False, False])
     )
     assert e2.share.tolist() == [0.5, 0.0] and (e2.mean_share, e2.base_rate, e2.enrichment) == (0.25, 0.5, 0.5)
-    assert e2.to_json() == {"share": [0.5, 0.0], "mean_share": 0.25, "base_rate": 0.5, "enrichment": 0.5}
+    assert e2.to_json() == {"share": [0.5, 0.0], "mean_share": 0.25, "base_rate": 0.5, "enrichment": 0.5, **none}
     assert ex.enrichment(torch.ones(3), torch.zeros(3, dtype=torch.bool)).enrichment is None  # no object tokens
+
+
+def test_enrichment_against_the_differing_tokens():
+    """The object is 2 of 8 tokens (all-token base rate 1/4) but 2 of the 4 tokens that differ between the
+    clips (base rate 1/2): 3/4 of the weight on it is an enrichment of 3 over all tokens, 1.5 over what differs."""
+    w = torch.tensor([0.5, 0.25, 0.125, 0.125, 0.0, 0.0, 0.0, 0.0])
+    on = torch.tensor([True, True] + [False] * 6)
+    differing = torch.tensor([True] * 4 + [False] * 4)
+    e = ex.enrichment(w, on, differing)
+    assert (e.mean_share, e.base_rate, e.enrichment) == (0.75, 0.25, 3.0)
+    assert (e.base_rate_differing, e.enrichment_differing) == (0.5, 1.5)
+    assert e.to_json()["base_rate_differing"] == 0.5 and e.to_json()["enrichment_differing"] == 1.5
+    # the object holds none of the differing tokens: base rate 0, no ratio; no token differs: neither
+    off = ex.enrichment(w, on, torch.tensor([False] * 4 + [True] * 2 + [False] * 2))
+    assert (off.base_rate_differing, off.enrichment_differing, off.enrichment) == (0.0, None, 3.0)
+    nothing = ex.enrichment(w, on, torch.zeros(8, dtype=torch.bool))
+    assert (nothing.base_rate_differing, nothing.enrichment_differing) == (None, None)
     with pytest.raises(ValueError, match="non-negative"):
         ex.enrichment(torch.tensor([-1.0, 1.0]), torch.tensor([True, False]))
 
@@ -209,7 +228,10 @@ def test_outcome_signal_and_region_ablation_against_brute_force(model64):
     region[pair.divergence_frame :, 8:20, 4:30] = True
     ablation = ex.outcome_region_ablation(model, pos, neg, sig, {"r": region}, n_controls=3, seed=5)
     res = ablation.regions["r"]
-    boxes = random_boxes_like(region, 3, seed=5)
+    # the controls: boxes matched on size and on share of the pair's pixel difference (statistics.matched_boxes)
+    matched = statistics.matched_boxes(region, statistics.pixel_difference(pos, neg), 3, seed=5)
+    assert matched.found == 3 and res.controls == matched.to_json() and not res.descriptive
+    boxes = matched.masks
     with torch.inference_mode():  # the class logit of each ablated clip: the region, then the 3 boxes
         ap, an = (torch.stack([model(ablate_pixel_mask(x, m))[0, c] for m in [region, *boxes]]) for x in (pos, neg))
 
@@ -226,11 +248,14 @@ def test_outcome_signal_and_region_ablation_against_brute_force(model64):
         value = float(f(ap, an, lp, ln))
         assert getattr(res.logit_gap, key) == pytest.approx(value, abs=fp32_input_error(f, ap, an, lp, ln)), key
     ch = changes(ap, an, lp, ln).numpy()
-    assert res.logit_gap.control_p == pytest.approx(float((np.abs(ch[1:]) >= abs(ch[0])).mean()))
+    # Monte-Carlo p-value: (k + 1)/(n + 1), k of the n = 3 boxes at least as large in magnitude (was k/n, which can be 0)
+    k = int((np.abs(ch[1:]) >= abs(ch[0])).sum())
+    assert res.logit_gap.control_p == (k + 1) / 4 >= 1 / 4
     assert res.pixels == int(region.sum()) and res.frames == [pair.divergence_frame, 7]
     # results.json's layout: the unablated signals (direction first), then per region its size and each signal.
     assert ablation.to_json() == {
         "n_controls": 3,
+        "matching": statistics.matching_rule(),
         "mode": "zero",
         "base": {k: float(getattr(sig.base, k)[0]) for k in ("direction", "logit_gap", "class_logit")},
         "regions": {
@@ -238,6 +263,8 @@ def test_outcome_signal_and_region_ablation_against_brute_force(model64):
                 "pixels": res.pixels,
                 "control_pixels_mean": res.control_pixels_mean,
                 "frames": res.frames,
+                "controls": matched.to_json(),
+                "descriptive": False,
                 **{
                     s: {
                         "change": getattr(res, s).change,

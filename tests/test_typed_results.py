@@ -29,23 +29,52 @@ SQUARE = dict(
 )
 KINDS = {"resid_pre": "list", "resid_post": "list", "attn_out": "list", "mlp_out": "list"}
 CHANGE = {"change": "float", "control_mean": "float", "control_std": "float", "control_p": "float"}
+MATCHED = {
+    "matching": "str",
+    "region_share": "float",
+    "band": "list",
+    "requested": "int",
+    "found": "int",
+    "candidates": "int",
+    "enough": "bool",
+    "shares": "list",
+    "overlap_mean": "float",
+}
 REGION = {
     "pixels": "int",
     "control_pixels_mean": "float",
     "frames": "list",
-    **{s: {**CHANGE, "relative_change": "float"} for s in ("class_logit", "logit_gap", "direction")},
-}
-ENRICHMENT = {
-    "CLS attention (positive clip)": {
-        "share": "list",
-        "mean_share": "float",
-        "base_rate": "float",
-        "enrichment": "float",
-    },
+    "controls": MATCHED,
+    "descriptive": "bool",
+    # control_p_holm: added by the pipeline's Holm adjustment over the report
     **{
-        w: {"share": "float", "mean_share": "float", "base_rate": "float", "enrichment": "float"}
-        for w in ("|class DLA| (positive clip)", "|differential DLA|")
+        s: {**CHANGE, "relative_change": "float", "control_p_holm": "float"}
+        for s in ("class_logit", "logit_gap", "direction")
     },
+}
+# The ball of this pair holds 24 % of the pixel difference and no box elsewhere holds as much: no control,
+# no p-value (None), and the layout says so rather than falling back to unmatched boxes.
+UNMATCHED = {
+    **REGION,
+    "control_pixels_mean": "NoneType",
+    "controls": {**MATCHED, "overlap_mean": "NoneType"},
+    **{
+        s: {
+            "change": "float",
+            "control_mean": "NoneType",
+            "control_std": "NoneType",
+            "control_p": "NoneType",
+            "relative_change": "float",
+            "control_p_holm": "NoneType",
+        }
+        for s in ("class_logit", "logit_gap", "direction")
+    },
+}
+ENRICH = {"mean_share": "float", "base_rate": "float", "enrichment": "float"}
+DIFFERING = {"base_rate_differing": "float", "enrichment_differing": "float"}
+ENRICHMENT = {
+    "CLS attention (positive clip)": {"share": "list", **ENRICH, **DIFFERING},
+    **{w: {"share": "float", **ENRICH, **DIFFERING} for w in ("|class DLA| (positive clip)", "|differential DLA|")},
 }
 PROBE = {
     "pairs": "int",
@@ -93,10 +122,20 @@ LAYOUT = {
         "table": [{"class": "int", "name": "str", "before": "float", "after": "float", "delta": "float"}],
         "top1_before": "str",
         "top1_after": "str",
+        "box_tokens": "int",
+        "class": "int",
+        "change": "float",
+        "relative_change": "float",
+        "controls": {**MATCHED, "control_pixels_mean": "float"},
+        "control_mean": "float",
+        "control_std": "float",
+        "control_p": "float",
+        "descriptive": "bool",
         "n_tokens": "int",
         "last_frame": "int",
         "last_row": "int",
         "last_col": "int",
+        "control_p_holm": "float",
     },
     "outcome": {
         "class": "int",
@@ -117,13 +156,18 @@ LAYOUT = {
         "top_differential_dla_tokens": "list",
         "ablation": {
             "n_controls": "int",
+            "matching": {"relative_tolerance": "float", "absolute_tolerance": "float", "max_overlap": "float"},
             "mode": "str",
             "base": {"direction": "float", "logit_gap": "float", "class_logit": "float"},
             "regions": {
-                r: REGION
-                for r in ("top class-DLA tokens", "top differential-DLA tokens", "object: ball", "object: pins")
+                "top class-DLA tokens": REGION,
+                "top differential-DLA tokens": REGION,
+                "object: ball": UNMATCHED,
+                "object: pins": REGION,
             },
         },
+        "differing_tokens": "int",
+        "descriptive": "str",
         "enrichment": {"ball": ENRICHMENT, "pins": ENRICHMENT},
     },
     "probes": {
@@ -243,3 +287,42 @@ def test_results_hold_the_dataclass_fields(analyzed):
     assert pixels.selectivity == pixels.accuracy - pixels.control_accuracy and pixels.test_pairs_per_fold == 1
     assert f.labels.tolist() == [1, 0] * 5 and f.groups.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
     assert f.cls.shape == (model.cfg.n_layers + 1, 10, model.cfg.d_model) and torch.is_tensor(diff.terms)
+
+
+def test_every_p_value_of_the_report_is_monte_carlo_and_holm_adjusted(analyzed):
+    """Every control_p of results.json is (k + 1)/(n + 1) over its matched boxes (never below 1/(n + 1))
+    and carries its Holm adjustment over the report's family (statsmodels on the same list)."""
+    from statsmodels.stats.multitest import multipletests
+
+    from hooked_vivit.analysis.report import lookup
+
+    model, pair, res = analyzed
+    mc = res["multiple_comparisons"]
+    assert mc["method"] == "holm" and mc["family"] == len(mc["tests"]) == 10  # 3 regions x 3 signals + the class box
+    assert mc["untested"] == [f"outcome.ablation.regions.object: ball.{s}" for s in ex.SIGNALS]
+    raw = [lookup(res, p)["control_p"] for p in mc["tests"]]
+    want = multipletests(raw, method="holm")[1]
+    assert [lookup(res, p)["control_p_holm"] for p in mc["tests"]] == want.tolist()
+    for path in mc["tests"]:
+        d = lookup(res, path)
+        n = res["outcome"]["ablation"]["n_controls"]
+        found = (lookup(res, path.rsplit(".", 1)[0])["controls"] if "regions" in path else d["controls"])["found"]
+        assert (
+            found == n and d["control_p"] >= 1 / (n + 1) and d["control_p"] * (n + 1) == round(d["control_p"] * (n + 1))
+        )
+    assert (mc["min_p"], mc["min_p_holm"]) == (1 / 4, 1.0)
+    # the class-logit box: its controls and p-value from region_ablation given the pair's negative clip
+    pos, neg = pipeline.model_pixels(model, pair.positive), pipeline.model_pixels(model, pair.negative)
+    runs = ex.pair_runs(model, pos, neg)
+    c = res["prediction"]["positive"]["class"]
+    a = ex.region_ablation(
+        model, pos, ex.token_dla(model, pos, c, run=runs.clean), before=runs.clean.logits, negative=neg, n_controls=3
+    )
+    ra = res["region_ablation"]
+    assert (ra["control_p"], ra["controls"], ra["change"], ra["descriptive"]) == (
+        a.control_p,
+        a.controls,
+        a.change,
+        True,
+    )
+    assert ra["box_tokens"] >= ra["n_tokens"]

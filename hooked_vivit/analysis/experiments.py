@@ -15,12 +15,11 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 
-from hooked_vivit.causal import patching
+from hooked_vivit.causal import patching, statistics
 from hooked_vivit.causal.ablation import (
     PixelBox,
     ablate_pixel_mask,
     ablate_pixels,
-    random_boxes_like,
     token_pixel_mask,
     topk_table,
 )
@@ -537,12 +536,15 @@ def cls_attention(
     masks: dict[str, np.ndarray] | None = None,
     *,
     run: ClipRun | None = None,
+    differing: torch.Tensor | None = None,
 ) -> dict:
     """Readout attention (the CLS query row; under mean pooling the mean query row; V-JEPA 2: the
     pooler query's cross-attention, layers ["pooler"]; see readout_attention) of every head of the
     chosen layers (default readout_layers) on the token grid, and with object masks
     the share of each head's attention to patch tokens that lands on each object's tokens. ``run``:
-    a ClipRun holding the dla_hooks of the clip (then no forward runs)."""
+    a ClipRun holding the dla_hooks of the clip (then no forward runs). ``differing`` (bool
+    [n_patches], differing_tokens of a pair): each object's share of the tokens that differ between
+    the clips beside its share of the grid (the base rate a share is measured against, two ways)."""
     cfg = model.cfg
     n_prefix = cfg.grid.n_prefix
     layers = readout_layers(model) if layers is None else list(layers)
@@ -565,6 +567,9 @@ def cls_attention(
             tm = (token_masks(model, mask)[n_prefix:] > 0).float()
             shares[name] = ((patch_attn * tm).sum(-1) / total).tolist()
             shares[f"{name} (token share of the grid)"] = float(tm.mean())
+            if differing is not None and bool(differing.any()):
+                d = differing.to(tm.device)
+                shares[f"{name} (token share of the differing tokens)"] = float(tm[d].mean())
         out["object_share"] = shares
     return out
 
@@ -598,6 +603,21 @@ class RegionAblation:
     table: list[dict]
     top1_before: str  # the top class's name, before and after
     top1_after: str
+    # the patch tokens the box covers (more than ``tokens`` when they are not a box), the top class's
+    # logit change (after - before) and its ratio to the logit before
+    box_tokens: int | None = None
+    class_index: int | None = None
+    change: float | None = None
+    relative_change: float | None = None
+    # with the pair's negative clip: the same change for control boxes matched on size and on share of
+    # the pair's pixel difference (statistics.matched_boxes; found may fall short of requested), their
+    # mean and sd, and the Monte-Carlo p-value (k + 1)/(n + 1) of |change| (None: no controls found)
+    controls: dict | None = None
+    control_mean: float | None = None
+    control_std: float | None = None
+    control_p: float | None = None
+    # the tokens are chosen on this clip and tested on it: descriptive, not a test of a hypothesis
+    descriptive: bool = True
 
     def to_json(self) -> dict:
         """results.json's "region_ablation" (before the pipeline's caption fields)."""
@@ -608,6 +628,15 @@ class RegionAblation:
             "table": self.table,
             "top1_before": self.top1_before,
             "top1_after": self.top1_after,
+            "box_tokens": self.box_tokens,
+            "class": self.class_index,
+            "change": self.change,
+            "relative_change": self.relative_change,
+            "controls": self.controls,
+            "control_mean": self.control_mean,
+            "control_std": self.control_std,
+            "control_p": self.control_p,
+            "descriptive": self.descriptive,
         }
 
 
@@ -620,10 +649,15 @@ def region_ablation(
     k: int = 6,
     mode: str = "zero",
     before: torch.Tensor | None = None,
+    negative: torch.Tensor | None = None,
+    n_controls: int = 20,
+    seed: int = 0,
 ) -> RegionAblation:
     """Top-k classes before and after ablating (zeroing, by default) the pixel box around the
     tokens of greatest absolute direct logit attribution (the paper's Table 1). ``before``: the
-    unablated clip's logits [1, n_classes], when already computed."""
+    unablated clip's logits [1, n_classes], when already computed. With ``negative`` (the pair's other
+    clip), the top class's logit change is compared with ``n_controls`` boxes matched on size and on
+    share of the pair's pixel difference (statistics.matched_boxes), with a Monte-Carlo p-value."""
     n_prefix = model.cfg.grid.n_prefix
     scores = dla["terms"].sum((0, 1))[n_prefix:].abs()
     top = (scores.topk(min(n_tokens, len(scores))).indices + n_prefix).tolist()
@@ -632,6 +666,43 @@ def region_ablation(
     with torch.inference_mode():
         before = model(pixel_values[:1]) if before is None else before
         after = _logits(model, ablated)
+    T, _, H, W = pixel_values.shape[1:]
+    box_mask = np.zeros((T, H, W), dtype=bool)
+    box_mask[box.t0 : box.t1, box.y0 : box.y1, box.x0 : box.x1] = True
+    c = int(before[0].argmax())
+    change = float(after[0, c].double() - before[0, c].double())
+    b = float(before[0, c])
+    extra: dict = {
+        "box_tokens": int((token_masks(model, box_mask)[n_prefix:] > 0).sum()),
+        "class_index": c,
+        "change": change,
+        "relative_change": change / b if b != 0 else None,
+    }
+    if negative is not None and mode in ("zero", "black"):  # the modes a pixel mask ablates
+        matched = statistics.matched_boxes(
+            box_mask, statistics.pixel_difference(pixel_values, negative), n_controls, seed=seed
+        )
+        ctl = torch.empty(0, dtype=torch.float64)
+        if matched.found:
+            batch = 16 if model.cfg.n_ctx <= 1024 else 2
+            rows = []
+            for i in range(0, matched.found, batch):
+                m = matched.masks[i : i + batch]
+                x = ablate_pixel_mask(pixel_values[:1].expand(len(m), *pixel_values.shape[1:]), m, mode=mode)
+                with torch.inference_mode():
+                    rows.append(_logits(model, x)[:, c].double() - before[0, c].double())
+            ctl = torch.cat(rows).cpu()
+        extra.update(
+            controls={
+                **matched.to_json(),
+                "control_pixels_mean": float(matched.masks.reshape(matched.found, -1).sum(1).mean())
+                if matched.found
+                else None,
+            },
+            control_mean=float(ctl.mean()) if len(ctl) else None,
+            control_std=float(ctl.std()) if len(ctl) > 1 else None,
+            control_p=statistics.monte_carlo_p(change, ctl) if len(ctl) else None,
+        )
     return RegionAblation(
         tokens=top,
         box=box,
@@ -639,6 +710,7 @@ def region_ablation(
         table=topk_table(before, after, model.cfg.id2label, k),
         top1_before=top_k(before, model.cfg.id2label, 1)[0][0].label,
         top1_after=top_k(after, model.cfg.id2label, 1)[0][0].label,
+        **extra,
     )
 
 
@@ -711,6 +783,11 @@ class Enrichment:
     mean_share: float  # the mean of share
     base_rate: float  # the object's share of the patch tokens (what share would be without preference)
     enrichment: float | None  # mean_share / base_rate: 1.0 = no preference; None: the object has no tokens
+    # Against the tokens that differ between the two clips (the matched null): the object's share of
+    # those tokens, and mean_share over it (1.0 = no more than its share of what differs). None when no
+    # differing tokens were given, or the object holds none of them.
+    base_rate_differing: float | None = None
+    enrichment_differing: float | None = None
 
     def to_json(self) -> dict:
         return {
@@ -718,14 +795,25 @@ class Enrichment:
             "mean_share": self.mean_share,
             "base_rate": self.base_rate,
             "enrichment": self.enrichment,
+            "base_rate_differing": self.base_rate_differing,
+            "enrichment_differing": self.enrichment_differing,
         }
 
 
-def enrichment(weights: torch.Tensor | np.ndarray, on_object: torch.Tensor | np.ndarray) -> Enrichment:
+def enrichment(
+    weights: torch.Tensor | np.ndarray,
+    on_object: torch.Tensor | np.ndarray,
+    differing: torch.Tensor | np.ndarray | None = None,
+) -> Enrichment:
     """Share of non-negative ``weights`` [..., n_patches] on the object's patch tokens (``on_object``,
     bool [n_patches]) beside the object's base rate (its share of the tokens) and their ratio:
     share = sum(w * on) / sum(w), base_rate = mean(on), enrichment = share / base_rate (1 = no
-    preference for the object). ``share`` keeps the leading dims of ``weights``."""
+    preference for the object). ``share`` keeps the leading dims of ``weights``. With ``differing``
+    (bool [n_patches]: the tokens whose pixels differ between the two clips), also the base rate
+    among those tokens, base_rate_differing = |on and differing| / |differing|, and
+    enrichment_differing = share / base_rate_differing: whether the weight prefers the object more
+    than the object's share of what differs (an object that is most of the difference has an
+    all-token enrichment far above 1 by that alone)."""
     w = torch.as_tensor(np.asarray(weights), dtype=torch.float64)
     on = torch.as_tensor(np.asarray(on_object), dtype=torch.float64)
     if (w < 0).any():
@@ -733,7 +821,19 @@ def enrichment(weights: torch.Tensor | np.ndarray, on_object: torch.Tensor | np.
     base = float(on.mean())
     share = (w * on).sum(-1) / w.sum(-1).clamp_min(1e-30)
     mean_share = float(share.mean())
-    return Enrichment(share, mean_share, base, mean_share / base if base > 0 else None)
+    base_d = enr_d = None
+    if differing is not None:
+        d = torch.as_tensor(np.asarray(differing), dtype=torch.bool)
+        if int(d.sum()) > 0:
+            base_d = float(on[d].sum()) / int(d.sum())
+            enr_d = mean_share / base_d if base_d > 0 else None
+    return Enrichment(share, mean_share, base, mean_share / base if base > 0 else None, base_d, enr_d)
+
+
+def differing_tokens(model: HookedVideoTransformer, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """bool [n_patches]: the patch tokens that see any pixel that differs between the two clips."""
+    diff = statistics.pixel_difference(positive, negative) > 0
+    return token_masks(model, diff)[model.cfg.grid.n_prefix :] > 0
 
 
 def object_token_masks(
@@ -838,11 +938,12 @@ class SignalChange:
 
     change: float  # the region's change, and its ratio to the unablated value (None when that is 0)
     relative_change: float | None
-    # over the random equal-size boxes: mean and standard deviation of the change, and the share of boxes
-    # whose |change| is at least the region's (an empirical p-value; 1.0 = every box changes it as much)
-    control_mean: float
-    control_std: float
-    control_p: float
+    # over the matched control boxes (equal size, equal share of the pair's pixel difference): mean and
+    # standard deviation of the change, and the Monte-Carlo p-value (k + 1)/(n + 1) with k the boxes whose
+    # |change| is at least the region's (never below 1/(n + 1)); None where no (or, for sd, one) box matched
+    control_mean: float | None
+    control_std: float | None
+    control_p: float | None
 
     def to_json(self) -> dict:
         return {
@@ -856,20 +957,26 @@ class SignalChange:
 
 @dataclass(frozen=True)
 class AblatedRegion:
-    """One region ablated in both clips of a pair, beside random boxes of equal size in the same frames."""
+    """One region ablated in both clips of a pair, beside control boxes of equal size and equal share of
+    the pair's pixel difference in the same frames (statistics.matched_boxes)."""
 
-    pixels: int  # pixels in the region, and the random boxes' mean pixel count (about equal)
-    control_pixels_mean: float
+    pixels: int  # pixels in the region, and the control boxes' mean pixel count (about equal; None: none found)
+    control_pixels_mean: float | None
     frames: list[int]  # the region's first and last frame
     class_logit: SignalChange  # the change of each of SIGNALS
     logit_gap: SignalChange
     direction: SignalChange
+    controls: dict | None = None  # MatchedBoxes.to_json(): the matching rule, the region's share, found/requested
+    # the region was selected on this pair and is tested on it (top-DLA tokens): descriptive, no test
+    descriptive: bool = False
 
     def to_json(self) -> dict:
         return {
             "pixels": self.pixels,
             "control_pixels_mean": self.control_pixels_mean,
             "frames": self.frames,
+            "controls": self.controls,
+            "descriptive": self.descriptive,
             **{key: getattr(self, key).to_json() for key in SIGNALS},
         }
 
@@ -878,7 +985,7 @@ class AblatedRegion:
 class OutcomeRegionAblation:
     """outcome_region_ablation's result: each region's signal changes, beside the unablated signals."""
 
-    n_controls: int  # random boxes per region
+    n_controls: int  # matched control boxes requested per region (each region's controls.found says how many matched)
     mode: str  # how pixels were ablated (ablate_pixel_mask: "zero", ...)
     base: dict[str, float]  # each signal of the unablated pair (direction is 1.0 there by construction)
     regions: dict[str, AblatedRegion]
@@ -887,6 +994,7 @@ class OutcomeRegionAblation:
         """results.json's "ablation" of the outcome section."""
         return {
             "n_controls": self.n_controls,
+            "matching": statistics.matching_rule(),
             "mode": self.mode,
             "base": self.base,
             "regions": {name: region.to_json() for name, region in self.regions.items()},
@@ -903,15 +1011,20 @@ def outcome_region_ablation(
     n_controls: int = 20,
     seed: int = 0,
     mode: str = "zero",
+    descriptive: Sequence[str] = (),
 ) -> OutcomeRegionAblation:
     """Ablate each region (bool [T, H, W] pixel mask) in both clips of the pair and measure the change
-    of the class logit, the logit gap and the direction signal, beside ``n_controls`` random boxes of
-    equal size in the same frames (mean, standard deviation, and the share of controls whose change
-    is at least as large in magnitude: an empirical p-value)."""
+    of the class logit, the logit gap and the direction signal, beside up to ``n_controls`` control
+    boxes of equal size in the same frames that hold an equal share of the pair's pixel difference
+    (statistics.matched_boxes; how many matched is recorded, none fall back to unmatched boxes): mean,
+    standard deviation, and the Monte-Carlo p-value (k + 1)/(n + 1) of a change at least as large in
+    magnitude. Regions named in ``descriptive`` were selected on this pair: marked descriptive."""
     base = {k: float(getattr(signal.base, k)[0]) for k in ("direction", "logit_gap", "class_logit")}
+    difference = statistics.pixel_difference(positive, negative)
     ablated = {}
     for i, (name, mask) in enumerate(regions.items()):
-        controls = random_boxes_like(mask, n_controls, seed=seed + i)
+        matched = statistics.matched_boxes(mask, difference, n_controls, seed=seed + i)
+        controls = matched.masks
         all_masks = np.concatenate([np.asarray(mask, dtype=bool)[None], controls])
         xp = ablate_pixel_mask(positive[:1].expand(len(all_masks), *positive.shape[1:]), all_masks, mode=mode)
         xn = ablate_pixel_mask(negative[:1].expand(len(all_masks), *negative.shape[1:]), all_masks, mode=mode)
@@ -919,18 +1032,20 @@ def outcome_region_ablation(
         changes = {}
         for key in SIGNALS:
             change = (getattr(values, key) - getattr(signal.base, key)[0]).double()
-            region, ctl = float(change[0]), change[1:]
+            region, ctl = float(change[0]), change[1:].cpu()
             changes[key] = SignalChange(
                 change=region,
                 relative_change=region / base[key] if base[key] != 0 else None,
-                control_mean=float(ctl.mean()),
-                control_std=float(ctl.std()),
-                control_p=float((ctl.abs() >= abs(region)).double().mean()),
+                control_mean=float(ctl.mean()) if len(ctl) else None,
+                control_std=float(ctl.std()) if len(ctl) > 1 else None,
+                control_p=statistics.monte_carlo_p(region, ctl) if len(ctl) else None,
             )
         ablated[name] = AblatedRegion(
             pixels=int(np.asarray(mask).sum()),
-            control_pixels_mean=float(controls.reshape(n_controls, -1).sum(1).mean()),
+            control_pixels_mean=float(controls.reshape(len(controls), -1).sum(1).mean()) if len(controls) else None,
             frames=[int(t) for t in np.nonzero(np.asarray(mask).any((1, 2)))[0][[0, -1]]],
+            controls=matched.to_json(),
+            descriptive=name in descriptive,
             **changes,
         )
     return OutcomeRegionAblation(n_controls, mode, base, ablated)
@@ -972,6 +1087,13 @@ class OutcomeAnalysis:
     # object -> weight ("CLS attention (positive clip)", "|class DLA| (positive clip)", "|differential DLA|")
     # -> enrichment on the object's tokens; None when the pair has no object masks
     enrichment: dict[str, dict[str, Enrichment]] | None = None
+    # patch tokens that see a pixel differing between the clips (the base rate enrichment_differing uses)
+    differing_tokens: int | None = None
+    # the two top-DLA regions are selected on this pair and tested on it: results on them are descriptive
+    descriptive: str = (
+        "single pair: the top-DLA token regions are selected and tested on the same pair, so their ablation "
+        "is descriptive (no significance is claimed); the object regions come from the renderer's masks"
+    )
 
     def to_json(self) -> dict:
         """results.json's "outcome" (before the pipeline's share_after_divergence)."""
@@ -983,6 +1105,8 @@ class OutcomeAnalysis:
             "top_class_dla_tokens": self.top_class_dla_tokens,
             "top_differential_dla_tokens": self.top_differential_dla_tokens,
             "ablation": self.ablation.to_json(),
+            "differing_tokens": self.differing_tokens,
+            "descriptive": self.descriptive,
         }
         if self.enrichment is not None:
             out["enrichment"] = {obj: {w: e.to_json() for w, e in per.items()} for obj, per in self.enrichment.items()}
@@ -1018,7 +1142,11 @@ def outcome_analysis(
     regions = {"top class-DLA tokens": class_mask, "top differential-DLA tokens": diff_mask}
     objects = object_masks_union(pair_masks, start) if pair_masks else {}
     regions.update({f"object: {k}": v for k, v in objects.items()})
-    ablation = outcome_region_ablation(model, positive, negative, signal, regions, n_controls=n_controls, seed=seed)
+    selected = ("top class-DLA tokens", "top differential-DLA tokens")
+    ablation = outcome_region_ablation(
+        model, positive, negative, signal, regions, n_controls=n_controls, seed=seed, descriptive=selected
+    )
+    differing = differing_tokens(model, positive, negative)
     enrichments = None
     if objects:
         tokens = object_token_masks(model, objects)
@@ -1031,7 +1159,9 @@ def outcome_analysis(
             "|class DLA| (positive clip)": dla["terms"].sum((0, 1))[n_prefix:].abs(),
             "|differential DLA|": diff.terms.sum((0, 1))[n_prefix:].abs(),
         }
-        enrichments = {obj: {w: enrichment(val, tok) for w, val in weights.items()} for obj, tok in tokens.items()}
+        enrichments = {
+            obj: {w: enrichment(val, tok, differing) for w, val in weights.items()} for obj, tok in tokens.items()
+        }
     return OutcomeAnalysis(
         class_index=c,
         divergence_frame=divergence_frame,
@@ -1041,6 +1171,7 @@ def outcome_analysis(
         top_differential_dla_tokens=diff_tokens,
         ablation=ablation,
         enrichment=enrichments,
+        differing_tokens=int(differing.sum()),
     )
 
 

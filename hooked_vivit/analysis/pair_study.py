@@ -315,7 +315,7 @@ def write_pair_study(
                     r: {
                         s: {
                             "change": e[s]["change"]["mean"],
-                            "control_mean": e[s]["control_mean"]["mean"],
+                            "control_mean": e[s]["control_mean"]["mean"] if e[s]["control_mean"] else None,
                             "control_std": e[s]["control_std_mean"],
                         }
                         for s in ex.SIGNALS

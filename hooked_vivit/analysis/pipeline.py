@@ -32,6 +32,7 @@ from hooked_vivit import synthetic
 from hooked_vivit.analysis import experiments as ex
 from hooked_vivit.analysis import report as rp
 from hooked_vivit.analysis.cost import ForwardCounter
+from hooked_vivit.causal import statistics
 from hooked_vivit.causal.probes import bootstrap_ci
 from hooked_vivit.loading import weights_fingerprint
 from hooked_vivit.organism.data import ANALYSIS_SEEDS, recorded_seed_ranges, seed_use
@@ -336,10 +337,12 @@ def analyze_pair(
         steps.update()
         masks = pair.masks["positive"] if pair.masks else None
         with cost.section("cls_attention"):
-            results["cls_attention"] = ex.cls_attention(model, pos, masks=masks, run=runs.clean)
+            results["cls_attention"] = ex.cls_attention(
+                model, pos, masks=masks, run=runs.clean, differing=ex.differing_tokens(model, pos, neg)
+            )
             steps.update()  # noqa: E702
         with cost.section("region_ablation"):
-            ablated = ex.region_ablation(model, pos, dla, before=runs.clean.logits)
+            ablated = ex.region_ablation(model, pos, dla, before=runs.clean.logits, negative=neg, n_controls=n_controls)
         results["region_ablation"] = {
             **ablated.to_json(),
             "n_tokens": len(ablated.tokens),
@@ -378,6 +381,7 @@ def analyze_pair(
             results["probes"]["domain"] = domain_key
             results["probes"]["best"] = best_probe(results["probes"])
         steps.update()
+    results["multiple_comparisons"] = adjust_pvalues(results)
     results["cost"] = cost.summary(**analysis_cost_note(results))
     summary = load_study_summary(model)
     if summary and pair.domain is not None:
@@ -396,10 +400,51 @@ def share_after_divergence(diff: ex.DifferentialDLA, divergence_slot: int) -> fl
     return float(slot_abs[divergence_slot:].sum() / max(slot_abs.sum(), 1e-30))
 
 
+def adjust_pvalues(results: dict, alpha: float = 0.05) -> dict:
+    """Holm's adjustment (statistics.holm) across every Monte-Carlo p-value of a report: each dict of
+    ``results`` holding "control_p" gets "control_p_holm" beside it (None where the test could not
+    run: no matched control). Returns results.json's "multiple_comparisons": the method, the family's
+    size and members (paths into results.json), and the smallest p-value the controls allow."""
+    found: list[tuple[str, dict]] = []
+
+    def walk(node: object, path: str) -> None:
+        if isinstance(node, dict):
+            if "control_p" in node and not isinstance(node["control_p"], (dict, list)):
+                found.append((path, node))
+            for k, v in node.items():
+                walk(v, f"{path}.{k}" if path else str(k))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{path}.{i}")
+
+    walk(results, "")
+    adjusted = statistics.holm([d["control_p"] for _, d in found])
+    for (_, d), a in zip(found, adjusted):
+        d["control_p_holm"] = a
+    tested = [p for (p, d) in found if d["control_p"] is not None]
+    n_controls = results.get("outcome", {}).get("ablation", {}).get("n_controls")
+    return {
+        "method": "holm",
+        "alpha": alpha,
+        "family": len(tested),
+        "tests": tested,
+        "untested": [p for (p, d) in found if d["control_p"] is None],
+        # with n controls a p-value is at least 1/(n + 1), so a Holm-adjusted one at least family/(n + 1)
+        "min_p": None if not n_controls else 1 / (n_controls + 1),
+        "min_p_holm": None if not n_controls or not tested else min(1.0, len(tested) / (n_controls + 1)),
+        "note": (
+            "p-values are Monte-Carlo, (k + 1)/(n + 1) over the matched control boxes; Holm's step-down "
+            "adjustment controls the family-wise error over every test of this report (control_p_holm beside control_p)"
+        ),
+    }
+
+
 def analysis_cost_note(results: dict) -> dict:
     """What the dominant costs scale with: the patched runs of (b) and the ablated clips of the outcome ablation."""
     abl = results["outcome"]["ablation"]
-    out = {"outcome_ablated_clips": 2 * len(abl["regions"]) * (1 + abl["n_controls"])}
+    out = {
+        "outcome_ablated_clips": sum(2 * (1 + (r["controls"] or {}).get("found", 0)) for r in abl["regions"].values())
+    }
     if "probes" in results:
         out["probe_pairs"] = results["probes"]["pairs"]
     return out
@@ -456,6 +501,42 @@ def nested_probe_phrase(cap: rp.Caption, path: str, pr: dict) -> str:
             "the nested probe's interval."
         )
     return text
+
+
+def _descriptive_note() -> str:
+    return (
+        "Descriptive: the top-attribution tokens are chosen on this pair and tested on the same pair, and one pair "
+        "is one unit of inference, so no result here is claimed significant."
+    )
+
+
+def _differing_phrase(cap: rp.Caption, results: dict, base: str) -> str:
+    """ ", against the differing tokens: base rate x, enrichment y" for an enrichment entry at ``base``."""
+    e = rp.lookup(results, base)
+    if e.get("base_rate_differing") is None:
+        return "; no differing token to measure against"
+    text = f"; against the differing tokens: base rate {cap.v(base + '.base_rate_differing', '.1%')}"
+    if e.get("enrichment_differing") is not None:
+        text += f", enrichment {cap.v(base + '.enrichment_differing', '.2f')}"
+    return text
+
+
+def _controls_phrase(cap: rp.Caption, results: dict, base: str, controls_path: str | None, fmt: str = ".3f") -> str:
+    """ " (matched boxes m ± sd, p = .., Holm p = ..)" for a change with control statistics at ``base``,
+    first saying how few boxes matched where fewer than requested did (the MatchedBoxes at ``controls_path``)."""
+    change = rp.lookup(results, base)
+    text = ""
+    if controls_path is not None and rp.lookup(results, controls_path) is not None:
+        if not rp.lookup(results, controls_path)["enough"]:
+            text = (
+                f"; only {cap.v(controls_path + '.found')} of {cap.v(controls_path + '.requested')} matched boxes found "
+                f"among {cap.v(controls_path + '.candidates')} candidates"
+            )
+    if change.get("control_p") is None:
+        return text + " (no matched control box: untested)"
+    sd = f" ± {cap.v(base + '.control_std', fmt)}" if change.get("control_std") is not None else ""
+    holm = f", Holm p = {cap.v(base + '.control_p_holm', '.3f')}" if change.get("control_p_holm") is not None else ""
+    return f"{text} (matched boxes {cap.v(base + '.control_mean', '+' + fmt)}{sd}, p = {cap.v(base + '.control_p', '.3f')}{holm})"
 
 
 def _pair_phrase(cap: rp.Caption, results: dict) -> str:
@@ -601,7 +682,8 @@ def analysis_captions(results: dict) -> dict[str, str]:
             base = f"outcome.enrichment.{obj}.CLS attention (positive clip)"
             parts.append(
                 f"{obj}: {cap.v(base + '.mean_share', '.1%')} of {ro_attn} on patch tokens against a base rate of "
-                f"{cap.v(base + '.base_rate', '.1%')} of the tokens (enrichment {cap.v(base + '.enrichment', '.2f')})"
+                f"{cap.v(base + '.base_rate', '.1%')} of all tokens (enrichment {cap.v(base + '.enrichment', '.2f')})"
+                + _differing_phrase(cap, results, base)
             )
         att_obj = (
             (
@@ -630,16 +712,18 @@ def analysis_captions(results: dict) -> dict[str, str]:
             for w in ("|class DLA| (positive clip)", "|differential DLA|"):
                 base = f"outcome.enrichment.{obj}.{w}"
                 parts.append(
-                    f"{obj}, {w}: share {cap.v(base + '.mean_share', '.1%')}, base rate {cap.v(base + '.base_rate', '.1%')}, "
-                    f"enrichment {cap.v(base + '.enrichment', '.2f')}"
+                    f"{obj}, {w}: share {cap.v(base + '.mean_share', '.1%')}, base rate {cap.v(base + '.base_rate', '.1%')} "
+                    f"of all tokens, enrichment {cap.v(base + '.enrichment', '.2f')}"
+                    + _differing_phrase(cap, results, base)
                 )
         out["enrichment"] = cap.record(
             "enrichment",
             (
                 f"Share of attention and of absolute attribution on each rendered object's tokens in {m}, {_pair_phrase(cap, results)}, "
-                "divided by the object's base rate (its share of the tokens); an enrichment of one means no preference. "
-                + "; ".join(parts)
-                + "."
+                "divided by the object's base rate two ways: its share of all tokens, and its share of the "
+                f"{cap.v('outcome.differing_tokens')} tokens whose pixels differ between the two clips (the matched null: an object "
+                "that is most of what differs is enriched over all tokens by that alone); an enrichment of one means no "
+                "preference. " + "; ".join(parts) + "."
             ),
         )
     a = results["region_ablation"]
@@ -649,29 +733,45 @@ def analysis_captions(results: dict) -> dict[str, str]:
             f"Top classes of the positive clip of {_pair_phrase(cap, results)} in {m} before and after {a['mode']}-ablating the pixel box around "
             f"the {cap.v('region_ablation.n_tokens')} tokens of greatest |attribution| to the class (frames {cap.v('region_ablation.box.t0')} to "
             f"{cap.v('region_ablation.last_frame')}, rows {cap.v('region_ablation.box.y0')} to {cap.v('region_ablation.last_row')}, cols "
-            f"{cap.v('region_ablation.box.x0')} to {cap.v('region_ablation.last_col')}). Top class: {a['top1_before']} -> {a['top1_after']}. "
-            "This targets the class logit, not the outcome; see the outcome-targeted ablation below."
+            f"{cap.v('region_ablation.box.x0')} to {cap.v('region_ablation.last_col')}; the box covers "
+            f"{cap.v('region_ablation.box_tokens')} tokens). Top class: {a['top1_before']} -> {a['top1_after']}, its logit changes by "
+            f"{cap.v('region_ablation.change', '+.3f')}"
+            + (f" ({cap.v('region_ablation.relative_change', '+.0%')})" if a.get("relative_change") is not None else "")
+            + _controls_phrase(cap, results, "region_ablation", "region_ablation.controls")
+            + ". This targets the class logit, not the outcome; see the outcome-targeted ablation below. "
+            + _descriptive_note()
         ),
     )
     parts = []
-    for name in o["ablation"]["regions"]:
+    for name, r in o["ablation"]["regions"].items():
         base = f"outcome.ablation.regions.{name}"
         parts.append(
-            f"{name} ({cap.v(base + '.pixels')} px): logit gap change {cap.v(base + '.logit_gap.change', '+.3f')} "
-            f"(boxes {cap.v(base + '.logit_gap.control_mean', '+.3f')} ± {cap.v(base + '.logit_gap.control_std', '.3f')}, "
-            f"p = {cap.v(base + '.logit_gap.control_p', '.2f')}), direction change {cap.v(base + '.direction.change', '+.2f')} "
-            f"(boxes {cap.v(base + '.direction.control_mean', '+.2f')} ± {cap.v(base + '.direction.control_std', '.2f')}), class logit "
-            f"change {cap.v(base + '.class_logit.change', '+.3f')}"
+            f"{name} ({cap.v(base + '.pixels')} px, {cap.v(base + '.controls.region_share', '.0%')} of the pixel difference"
+            + (", descriptive" if r.get("descriptive") else "")
+            + f"): logit gap change {cap.v(base + '.logit_gap.change', '+.3f')}"
+            + _controls_phrase(cap, results, base + ".logit_gap", base + ".controls")
+            + f", direction change {cap.v(base + '.direction.change', '+.2f')}"
+            + _controls_phrase(cap, results, base + ".direction", None, fmt=".2f")
+            + f", class logit change {cap.v(base + '.class_logit.change', '+.3f')}"
         )
+    mc = results.get("multiple_comparisons")
     out["outcome_ablation"] = cap.record(
         "outcome_ablation",
         (
             f"Outcome-targeted region ablation in {m} on {_pair_phrase(cap, results)}: each region is zeroed in both clips, in frames from the "
-            f"divergence (frame {cap.v('outcome.from_frame')}) on, and compared with {cap.v('outcome.ablation.n_controls')} random boxes of equal "
-            f"size in the same frames (mean ± sd; p = share of boxes with at least as large a change). Unablated: logit gap "
-            f"{cap.v('outcome.ablation.base.logit_gap', '+.3f')}, direction signal {cap.v('outcome.ablation.base.direction', '.2f')}. "
-            + "; ".join(parts)
-            + "."
+            f"divergence (frame {cap.v('outcome.from_frame')}) on, and compared with up to {cap.v('outcome.ablation.n_controls')} control boxes "
+            f"of equal size in the same frames that hold an equal share of the pair's pixel difference (within "
+            f"±{cap.v('outcome.ablation.matching.relative_tolerance', '.0%')} of the region's share, or "
+            f"±{cap.v('outcome.ablation.matching.absolute_tolerance', '.0%')} absolute, whichever is wider; at most "
+            f"{cap.v('outcome.ablation.matching.max_overlap', '.0%')} inside the region); mean ± sd of the change; p = the "
+            f"Monte-Carlo p-value, the share of boxes changing it at least as much with the region counted among them"
+            + (
+                f", Holm-adjusted over the report's {cap.v('multiple_comparisons.family')} tests"
+                if mc and mc["family"]
+                else ""
+            )
+            + f"). Unablated: logit gap {cap.v('outcome.ablation.base.logit_gap', '+.3f')}, direction signal "
+            f"{cap.v('outcome.ablation.base.direction', '.2f')}. " + "; ".join(parts) + ". " + _descriptive_note()
         ),
     )
     if "probes" in results:
@@ -849,10 +949,10 @@ def write_analysis(
                 ),
             ),
             (
-                "(e) Region ablation of the outcome signal, against random boxes",
+                "(e) Region ablation of the outcome signal, against matched control boxes",
                 figs["outcome_ablation"],
                 captions["outcome_ablation"],
-                "",
+                outcome_ablation_table_html(results),
             ),
         ]
         if "probes" in results:
@@ -866,6 +966,37 @@ def write_analysis(
             )
         rp.write_html(tmp, f"hooked-vivit analysis: {pos_name} vs {neg_name}", intro, sections)
     return out.path if isinstance(out, OutputDir) else Path(out)
+
+
+def outcome_ablation_table_html(results: dict) -> str:
+    """Per region and signal: the change, the matched controls' mean and sd, how many matched, the
+    Monte-Carlo p-value and its Holm adjustment over the report, and whether the row is descriptive;
+    the class-logit ablation's box last."""
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    rows = []
+
+    def row(region: str, signal: str, d: dict, controls: dict | None, descriptive: bool) -> dict:
+        return {
+            "region": region,
+            "signal": signal,
+            "change": fmt(d["change"], "+.3f"),
+            "controls (mean ± sd)": "-"
+            if d.get("control_mean") is None
+            else f"{d['control_mean']:+.3f} ± {fmt(d.get('control_std'), '.3f')}",
+            "matched / requested": "-" if controls is None else f"{controls['found']} / {controls['requested']}",
+            "p": fmt(d.get("control_p"), ".3f"),
+            "p (Holm)": fmt(d.get("control_p_holm"), ".3f"),
+            "descriptive": "yes" if descriptive else "no",
+        }
+
+    for name, r in results["outcome"]["ablation"]["regions"].items():
+        for s in ex.SIGNALS:
+            rows.append(row(name, s, r[s], r.get("controls"), bool(r.get("descriptive"))))
+    a = results["region_ablation"]
+    if a.get("change") is not None:
+        rows.append(row("class-logit box (e)", "class_logit (positive clip)", a, a.get("controls"), True))
+    cols = ["region", "signal", "change", "controls (mean ± sd)", "matched / requested", "p", "p (Holm)", "descriptive"]
+    return rp.table_html(rows, cols)
 
 
 def probe_table_html(pr: dict) -> str:
@@ -1102,11 +1233,23 @@ def summarize_outcomes(
             for w, e in per.items():
                 if e.enrichment is None:
                     continue
-                d = enr.setdefault(obj, {}).setdefault(w, {"mean_share": [], "base_rate": [], "enrichment": []})
+                d = enr.setdefault(obj, {}).setdefault(
+                    w,
+                    {
+                        "mean_share": [],
+                        "base_rate": [],
+                        "enrichment": [],
+                        "base_rate_differing": [],
+                        "enrichment_differing": [],
+                    },
+                )
                 for k in d:
-                    d[k].append(getattr(e, k))
+                    if getattr(e, k) is not None:  # against the differing tokens: only where the object holds some
+                        d[k].append(getattr(e, k))
     out["enrichment"] = {
-        obj: {w: {k: _stat(v) for k, v in d.items()} for w, d in per.items()} for obj, per in enr.items()
+        # against the differing tokens: only over the pairs where the object holds some (an interval needs two)
+        obj: {w: {k: _stat(v) for k, v in d.items() if len(v) >= 2} for w, d in per.items()}
+        for obj, per in enr.items()
     }
     abl: dict = {}
     for o in outcomes:
@@ -1121,15 +1264,31 @@ def summarize_outcomes(
     for region, per in abl.items():
         out["ablation"][region] = {}
         for s, d in per.items():
-            ch, cm = np.array(d["change"]), np.array(d["control_mean"])
+            ch = np.array(d["change"])
+            # pairs where no control box matched the region's share of the pixel difference have no control statistics;
+            # with fewer than two such pairs there is no interval over pairs, and no control statistic
+            has = np.array([v is not None for v in d["control_mean"]])
+            cm = np.array([v for v in d["control_mean"] if v is not None], dtype=float)
+            sd = [v for v in d["control_std"] if v is not None]
+            ps = np.array([v for v in d["control_p"] if v is not None], dtype=float)
             out["ablation"][region][s] = {
                 "change": _stat(ch),
-                "control_mean": _stat(cm),
-                "change_minus_control": _stat(ch - cm),
-                "control_std_mean": float(np.mean(d["control_std"])),
-                "share_p_at_most_5pct": float(np.mean(np.array(d["control_p"]) <= 0.05)),
+                "control_mean": _stat(cm) if len(cm) >= 2 else None,
+                "change_minus_control": _stat(ch[has] - cm) if len(cm) >= 2 else None,
+                "control_std_mean": float(np.mean(sd)) if sd else None,
+                "share_p_at_most_5pct": float(np.mean(ps <= 0.05)) if len(ps) else None,
                 "pairs": len(ch),
+                "pairs_with_controls": int(has.sum()),
             }
+    # per region, the matched control boxes found in each pair (of n_controls requested)
+    out["controls_found"] = {
+        region: [
+            (o.ablation.regions[region].controls or {}).get("found", 0)
+            for o in outcomes
+            if region in o.ablation.regions
+        ]
+        for region in abl
+    }
     return out
 
 
@@ -1193,21 +1352,31 @@ def study_captions(data: dict) -> dict[tuple[str, str], str]:
                 ),
             )
             parts = []
-            for region in st["outcome"]["ablation"]:
+            for region, per in st["outcome"]["ablation"].items():
                 b = f"{o}.ablation.{region}.logit_gap"
                 bd = f"{o}.ablation.{region}.direction"
+                if (
+                    per["logit_gap"]["control_mean"] is None
+                ):  # fewer than two pairs had a box matching the region's share of the difference
+                    parts.append(
+                        f"{region}: logit gap change {cap.v(b + '.change.mean', '+.3f')} [{cap.v(b + '.change.ci95.0', '+.3f')}, "
+                        f"{cap.v(b + '.change.ci95.1', '+.3f')}], direction change {cap.v(bd + '.change.mean', '+.2f')} (matched "
+                        f"control boxes in {cap.v(bd + '.pairs_with_controls')} of the pairs, too few for an interval: untested)"
+                    )
+                    continue
                 parts.append(
                     f"{region}: logit gap change {cap.v(b + '.change.mean', '+.3f')} [{cap.v(b + '.change.ci95.0', '+.3f')}, "
                     f"{cap.v(b + '.change.ci95.1', '+.3f')}] against {cap.v(b + '.control_mean.mean', '+.3f')} for the boxes, direction "
                     f"change {cap.v(bd + '.change.mean', '+.2f')} against {cap.v(bd + '.control_mean.mean', '+.2f')} (beyond all but "
-                    f"five per cent of the boxes in {cap.v(bd + '.share_p_at_most_5pct', '.0%')} of pairs)"
+                    f"five per cent of the boxes in {cap.v(bd + '.share_p_at_most_5pct', '.0%')} of the "
+                    f"{cap.v(bd + '.pairs_with_controls')} pairs with matched boxes)"
                 )
             pairs = f"the first {cap.v(o + '.pairs')} of these {dom} pairs"
             out[(dom, "ablation")] = cap.record(
                 f"{dom} ablation",
                 (
                     f"Outcome-targeted region ablation in {m} over {pairs}: each region zeroed in both clips from the divergence on, against "
-                    f"{cap.v(o + '.n_controls')} random equal-size boxes per pair; means over pairs with bootstrap {cap.v('ci_level', '.0%')} "
+                    f"up to {cap.v(o + '.n_controls')} boxes per pair matched on size and on share of the pair's pixel difference; means over pairs with bootstrap {cap.v('ci_level', '.0%')} "
                     "intervals. " + "; ".join(parts) + "."
                 ),
             )
@@ -1281,7 +1450,7 @@ def write_study(
                         r: {
                             s: {
                                 "change": e[s]["change"]["mean"],
-                                "control_mean": e[s]["control_mean"]["mean"],
+                                "control_mean": e[s]["control_mean"]["mean"] if e[s]["control_mean"] else None,
                                 "control_std": e[s]["control_std_mean"],
                             }
                             for s in ex.SIGNALS
@@ -1419,13 +1588,19 @@ def study_tables_markdown(summary: dict) -> str:
                 f"[{o['differential_share_after_divergence']['ci95'][0]:.0%}, {o['differential_share_after_divergence']['ci95'][1]:.0%}]; "
                 f"top-8 class-DLA tokens before the divergence: {o['class_dla_top8_before_divergence']['mean']:.1f} per pair.",
                 "",
-                f"### Outcome-targeted region ablation (both clips, from the divergence on; {o['n_controls']} random equal-size boxes per pair)",
+                f"### Outcome-targeted region ablation (both clips, from the divergence on; up to {o['n_controls']} boxes per pair matched on size and share of the pixel difference)",
                 "",
-                "| region | signal | change | random boxes | change - boxes | pairs with p <= 0.05 |",
+                "| region | signal | change | matched boxes | change - boxes | pairs with p <= 0.05 |",
                 "|---|---|---|---|---|---|",
             ]
             for region, per in o["ablation"].items():
                 for s, e in per.items():
+                    if e["control_mean"] is None:
+                        lines.append(
+                            f"| {region} | {s} | {e['change']['mean']:+.3f} [{e['change']['ci95'][0]:+.3f}, {e['change']['ci95'][1]:+.3f}] | "
+                            f"matched in {e['pairs_with_controls']} pairs (too few) | - | - |"
+                        )
+                        continue
                     lines.append(
                         f"| {region} | {s} | {e['change']['mean']:+.3f} [{e['change']['ci95'][0]:+.3f}, {e['change']['ci95'][1]:+.3f}] | "
                         f"{e['control_mean']['mean']:+.3f} (sd {e['control_std_mean']:.3f}) | {e['change_minus_control']['mean']:+.3f} "

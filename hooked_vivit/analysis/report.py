@@ -398,15 +398,16 @@ def fig_recovery_variants(variants: dict, path: Path, ci: dict | None = None) ->
 
 
 def fig_outcome_ablation(ablation: dict, path: Path) -> Path:
-    """Per region, the change of each outcome signal against the random equal-size boxes (mean +- sd)."""
+    """Per region, the change of each outcome signal against the matched control boxes (mean +- sd)."""
     regions = list(ablation["regions"])
     signals = ("class_logit", "logit_gap", "direction")
     fig, axes = plt.subplots(1, 3, figsize=(12, 0.5 + 0.45 * len(regions) + 1.2), squeeze=False)
     y = np.arange(len(regions))
     for ax, sig in zip(axes[0], signals):
         ch = [ablation["regions"][r][sig]["change"] for r in regions]
-        cm = [ablation["regions"][r][sig]["control_mean"] for r in regions]
-        cs = [ablation["regions"][r][sig]["control_std"] for r in regions]
+        # no matched box (None): no control bar
+        cm = [np.nan if (v := ablation["regions"][r][sig]["control_mean"]) is None else v for r in regions]
+        cs = [np.nan if (v := ablation["regions"][r][sig]["control_std"]) is None else v for r in regions]
         ax.barh(y + 0.2, ch, 0.4, color="#d62728", label="region")
         ax.barh(
             y - 0.2,
@@ -414,7 +415,7 @@ def fig_outcome_ablation(ablation: dict, path: Path) -> Path:
             0.4,
             xerr=cs,
             color="#aaaaaa",
-            label=f"{ablation['n_controls']} random boxes (mean, sd)",
+            label=f"up to {ablation['n_controls']} boxes matched on size and pixel difference (mean, sd)",
             capsize=2,
         )
         ax.axvline(0, color="k", lw=0.5)

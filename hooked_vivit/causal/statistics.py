@@ -86,6 +86,11 @@ def difference_share(mask: np.ndarray, difference: np.ndarray) -> float:
     return float(difference[np.asarray(mask, dtype=bool)].sum()) / total
 
 
+def matching_rule() -> dict:
+    """The matching rule of matched_boxes, as numbers (results.json's "matching")."""
+    return {"relative_tolerance": MATCH_RELATIVE, "absolute_tolerance": MATCH_ABSOLUTE, "max_overlap": MAX_OVERLAP}
+
+
 @dataclass(frozen=True)
 class MatchedBoxes:
     """matched_boxes' result: the accepted control boxes and how they were found."""
