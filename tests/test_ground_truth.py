@@ -386,6 +386,10 @@ def test_validate_finds_the_single_planted_head(planted_results):
     assert d["share"]["mean"] == pytest.approx(1.0, abs=1e-6) and d["enrichment"]["mean"] == pytest.approx(
         8.0, abs=1e-4
     )  # 8 of 64 tokens
+    # Against the tokens that differ between the clips (issue 30's matched null): the blob is all that differs
+    # (base rate 1), so the attribution's preference for it is exactly its share of the difference (1.0), not 8.
+    assert r["maps"]["base_rate_differing"]["mean"] == 1.0
+    assert d["enrichment_differing"]["mean"] == pytest.approx(1.0, abs=1e-6)
     # Zeroing the blob flips every positive clip to "no blob"; the negative clip has no blob to remove.
     assert r["ablation"]["to_twin"]["positive"]["mean"] == 1.0 and r["ablation"]["changed"]["negative"]["mean"] == 0.0
     # The verdict reads the flips to the twin class minus the random boxes', per pair (the numbers the row shows).
@@ -458,6 +462,11 @@ def test_validate_on_the_organisms_tiny(outcomes):
     res = {r["subject"]: r for r in data["subjects"]}
     assert not res["actions organism"]["outcome_is_label"] and res["outcomes organism"]["outcome_is_label"]
     assert "attribution" not in res["actions organism"]["domains"]["golf"]
+    # The headline: logit_diff where the outcome is a label (the outcomes organism), else cls_projection.
+    assert data["headline"] == {"actions organism": "cls_projection", "outcomes organism": "logit_diff"}
+    assert "logit_diff" not in res["actions organism"]["domains"]["golf"]["recovery"]["variants"]
+    assert "remains answerable" in res["actions organism"]["domains"]["golf"]["recovery"]["headline_reason"]
+    assert len(res["outcomes organism"]["domains"]["golf"]["recovery"]["heads"]["mean"]) == 24  # 6 layers x 4 heads
     gt = res["outcomes organism"]["domains"]["golf"]
     for s in gt["recovery"]["sanity"].values():
         assert s["min"] == pytest.approx(1.0, abs=1e-4) and s["max"] == pytest.approx(1.0, abs=1e-4)

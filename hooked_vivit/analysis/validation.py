@@ -295,23 +295,45 @@ def _outcome_class(model: HookedVideoTransformer, p: ValidationPair) -> int:
         return int(model(p.positive).argmax())
 
 
+def _differing_found(mp: dict, enr: dict | None) -> str:
+    """ "; against the differing tokens (base rate b): enrichment e [lo, hi] (enriched / not enriched)" for
+    the validation table; the verdict words come from the interval (its lower end above 1 or not)."""
+    if mp.get("base_rate_differing") is None or enr is None:
+        return "; against the differing tokens: fewer than two pairs whose region holds one"
+    lo = enr["ci95"][0]
+    word = "enriched" if lo is not None and lo > 1 else "not enriched"
+    return (
+        f"; against the differing tokens (base rate {mp['base_rate_differing']['mean']:.0%}): enrichment "
+        f"{_num(enr)}, {word}"
+    )
+
+
 def attribution_maps(model: HookedVideoTransformer, pairs: list[ValidationPair]) -> dict:
-    """Differential token DLA and CLS attention per pair, as shares and enrichments on the region's tokens."""
+    """Differential token DLA and CLS attention per pair, as shares and enrichments on the region's tokens,
+    against two base rates: the region's share of all tokens, and its share of the tokens whose pixels
+    differ between the pair's clips (the matched null: a region that is most of what differs is enriched
+    over all tokens by that alone). Pairs whose region holds no differing token have no second value."""
     grid = model.cfg.grid
     dla_share, dla_enr, after_div, attn_enr, attn_share, dla_zero = [], [], [], [], [], 0
-    base_rates = []
+    base_rates, base_rates_d, dla_enr_d, attn_enr_d = [], [], [], []
     for p in pairs:
         c = _outcome_class(model, p)
         diff = ex.differential_token_dla(model, p.positive, p.negative, c)
         on = ex.token_masks(model, p.region)[1:] > 0
+        differing = ex.differing_tokens(model, p.positive, p.negative)
         w = diff.terms.sum((0, 1))[1:].abs()
         base_rates.append(float(on.float().mean()))
+        base_d = ex.enrichment(torch.ones(len(on)), on, differing).base_rate_differing
+        if base_d is not None:
+            base_rates_d.append(base_d)
         if float(w.sum()) < 1e-9:  # no head writes the class direction: nothing to distribute
             dla_zero += 1
         else:
-            e = ex.enrichment(w, on)
+            e = ex.enrichment(w, on, differing)
             dla_share.append(e.mean_share)
             dla_enr.append(e.enrichment)
+            if e.enrichment_differing is not None:
+                dla_enr_d.append(e.enrichment_differing)
             slots = np.asarray(diff.per_slot_abs)
             after_div.append(float(slots[grid.frame_slot_of_frame(p.divergence_frame) :].sum() / slots.sum()))
         with torch.inference_mode():
@@ -320,11 +342,20 @@ def attribution_maps(model: HookedVideoTransformer, pairs: list[ValidationPair])
         shares = e.share.numpy()  # [L, H]
         attn_share.append(shares.mean(1))  # per layer, mean over heads
         attn_enr.append(shares.mean(1) / e.base_rate)
-    out = {"pairs": len(pairs), "base_rate": _ci(base_rates), "dla_zero_pairs": dla_zero}
+        if base_d:
+            attn_enr_d.append(shares.mean(1) / base_d)
+    ci = lambda v: _ci(v) if len(v) >= 2 else None  # noqa: E731  (an interval over pairs needs two)
+    out = {
+        "pairs": len(pairs),
+        "base_rate": _ci(base_rates),
+        "base_rate_differing": ci(base_rates_d),
+        "dla_zero_pairs": dla_zero,
+    }
     if dla_share:
         out["differential_dla"] = {
             "share": _ci(dla_share),
             "enrichment": _ci(dla_enr),
+            "enrichment_differing": ci(dla_enr_d),
             "share_after_divergence": _ci(after_div),
         }
     a = np.stack(attn_enr)  # [pairs, L]
@@ -334,6 +365,8 @@ def attribution_maps(model: HookedVideoTransformer, pairs: list[ValidationPair])
         "share_per_layer": _ci(np.stack(attn_share)),
         "best_layer": best,
         "best_enrichment": _ci(a[:, best]),
+        # against the differing tokens, at the same layer
+        "best_enrichment_differing": ci(np.stack(attn_enr_d)[:, best]) if len(attn_enr_d) >= 2 else None,
     }
     return out
 
@@ -420,7 +453,9 @@ def attribution_vs_patching(model: HookedVideoTransformer, pairs: list[Validatio
 
 def probes(model: HookedVideoTransformer, pairs: list[ValidationPair]) -> dict:
     f = ex.probe_features(model, [(p.positive, p.negative) for p in pairs])
-    res = ex.layer_probes(model, None, features=f)
+    res = ex.layer_probes(
+        model, [(p.positive, p.negative) for p in pairs], features=f
+    )  # pairs: the random-weights control
     best = int(np.argmax([e.accuracy for e in res.cls]))
     keep = ("accuracy", "accuracy_ci95", "paired_accuracy", "paired_accuracy_ci95", "control_accuracy", "selectivity")
     return {
@@ -644,8 +679,9 @@ def findings(result: dict, settings: dict) -> list[dict]:
             if "differential_dla" in mp:
                 d = mp["differential_dla"]
                 found = (
-                    f"share on region {_pct(d['share'])} (base rate {base:.0%}), enrichment {_num(d['enrichment'])}; "
-                    f"{_pct(d['share_after_divergence'])} of its mass after the divergence"
+                    f"share on region {_pct(d['share'])} (base rate {base:.0%} of all tokens), enrichment {_num(d['enrichment'])}"
+                    + _differing_found(mp, d.get("enrichment_differing"))
+                    + f"; {_pct(d['share_after_divergence'])} of its mass after the divergence"
                 )
                 if mp["dla_zero_pairs"]:
                     found += f"; zero in {mp['dla_zero_pairs']} pairs"
@@ -663,7 +699,8 @@ def findings(result: dict, settings: dict) -> list[dict]:
             a = mp["attention"]
             found = (
                 f"CLS attention enrichment, best layer {a['best_layer']}: {_num(a['best_enrichment'])} (share "
-                f"{a['share_per_layer']['mean'][a['best_layer']]:.0%}, base rate {base:.0%})"
+                f"{a['share_per_layer']['mean'][a['best_layer']]:.0%}, base rate {base:.0%} of all tokens)"
+                + _differing_found(mp, a.get("best_enrichment_differing"))
             )
             enriched = a["best_enrichment"]["ci95"][0] is not None and a["best_enrichment"]["ci95"][0] > 1
             verdict = (
