@@ -465,6 +465,15 @@ def fig_probes_ci(probes: dict, path: Path) -> Path:
         for key, ls in (("pixels", "--"), ("pixels_mean", "-.")):
             if key in probes:
                 ax.axhline(probes[key][metric] * 100, color="gray", ls=ls, label=f"{key} baseline")
+        if "nested" in probes:  # the best layer x pooling with the choice cross-validated: its value and interval
+            n = probes["nested"]
+            lo, hi = (v * 100 for v in n[f"{metric}_ci95"])
+            ax.axhspan(lo, hi, color="#d62728", alpha=0.12, lw=0, label="best, choice cross-validated (nested, CI)")
+            ax.axhline(n[metric] * 100, color="#d62728", lw=1)
+        if "random_weights" in probes:
+            ax.axhline(
+                probes["random_weights"][metric] * 100, color="#9467bd", ls=":", label="random-weights model (nested)"
+            )
         ax.axhline(50, color="k", lw=0.5)
         ax.set_xticks(x, probes["layers"], rotation=30, fontsize=7)
         ax.set_ylim(0, 105)
