@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -124,9 +125,19 @@ def numbers(x: Any, path: str = "") -> dict[str, float]:
     return out
 
 
+# Numbers whose definition issue 30 changed, so "before" and "after" measure different things: the
+# ablations' controls (random boxes then, boxes matched on size and pixel-difference share now) and their
+# p-values (k/n then, (k + 1)/(n + 1) now). They are left out of the agreement; numbers only "after"
+# has (new fields) are counted, not compared.
+CHANGED_DEFINITION = re.compile(
+    r"\.(controls|control_mean|control_std|control_p|control_p_holm|control_pixels_mean)(\.|$)"
+)
+
+
 def largest_difference(a: dict, b: dict) -> dict:
-    na, nb = numbers(a), numbers(b)
-    if set(na) != set(nb):
+    na = {k: v for k, v in numbers(a).items() if not CHANGED_DEFINITION.search(k)}
+    nb = {k: v for k, v in numbers(b).items() if not CHANGED_DEFINITION.search(k)}
+    if set(na) - set(nb):
         return {
             "same_keys": False,
             "only_before": sorted(set(na) - set(nb))[:10],
@@ -136,6 +147,7 @@ def largest_difference(a: dict, b: dict) -> dict:
     worst = max(diffs, key=diffs.get)
     return {
         "same_keys": True,
+        "new_in_after": len(set(nb) - set(na)),
         "numbers": len(na),
         "max_abs_difference": diffs[worst],
         "at": worst,
@@ -181,8 +193,14 @@ def measure(args: argparse.Namespace) -> dict:
             entry.update(pairs=args.study_pairs, outcome_pairs=after["outcome"]["pairs"] if "outcome" in after else 0)
             regions = sum(per["class_logit"]["pairs"] for per in after["outcome"]["ablation"].values())
             entry["outcome_regions_summed_over_pairs"] = regions
+            # the matched control boxes found (at most n_controls per region): the ablated clips "after" ran
+            found = after["outcome"].get("controls_found", {})
+            entry["outcome_clips_after"] = sum(2 * (1 + f) for per in found.values() for f in per)
         else:
             entry.update(probe_pairs=probe_pairs, outcome_regions=len(after["outcome"]["ablation"]["regions"]))
+            entry["outcome_clips_after"] = after["cost"]["outcome_ablated_clips"]
+            # the class-logit box and its matched control boxes (issue 30), each one ablated clip
+            entry["region_ablation_clips_after"] = 1 + (after["region_ablation"].get("controls") or {}).get("found", 0)
         entry["n_controls"] = args.controls
         out[label] = entry
     return out
@@ -242,12 +260,13 @@ def to_markdown(r: dict) -> str:
         if "pairs" in e:
             P = e["pairs"]
             clips = 2 * e["outcome_regions_summed_over_pairs"] * (1 + e["n_controls"])
+            clips_a = e.get("outcome_clips_after", clips)  # after: the matched boxes found (at most N per region)
             lines.append(
                 f"Per pair without the outcome methods: before {(b['total_fe_vivit_b'] - outcome_b) / P:.2f}, after "
                 f"{(a['total_fe_vivit_b'] - outcome_a) / P:.2f} FE. The outcome methods: differential DLA from the shared "
                 f"runs, and the outcome ablation's 2R(1 + N) ablated clips ({e['outcome_regions_summed_over_pairs']} "
                 f"regions over {e['outcome_pairs']} pairs x 2 clips x (1 + {e['n_controls']}) boxes = {clips} clips): "
-                f"before {outcome_b:.2f}, after {outcome_a:.2f} FE ({outcome_b / clips:.3f} / {outcome_a / clips:.3f} per "
+                f"before {outcome_b:.2f}, after {outcome_a:.2f} FE over {clips_a} clips ({outcome_b / clips:.3f} / {outcome_a / clips_a:.3f} per "
                 "clip; the signal reads the logits and the readout row of the last resid_post, so the last block computes "
                 "only that row). The study's recovery reads every token of the last resid_post "
                 "(its token variants), so no patched run can compute only the readout row of its last block: the sweep "
@@ -256,7 +275,7 @@ def to_markdown(r: dict) -> str:
         else:
             R, N = e["outcome_regions"], e["n_controls"]
             clips = 2 * R * (1 + N)
-            per_b, per_a = outcome_b / clips, outcome_a / clips
+            per_b, per_a = outcome_b / clips, outcome_a / e.get("outcome_clips_after", clips)
             lines.append(
                 f"The outcome ablation's ablated clips, 2R(1 + N) = 2 x {R} x {1 + N} = {clips}: before {outcome_b:.2f} FE, "
                 f"after {outcome_a:.2f} ({per_b:.3f} / {per_a:.3f} per clip; the signal reads the logits and the readout "

@@ -35,11 +35,16 @@ def test_analysis_cost_before_and_after_agree():
     assert agreement["same_keys"] and agreement["above_1e-6"] == 0 and agreement["numbers"] > 1000
     before, after = entry["before"]["fe_vivit_b"], entry["after"]["fe_vivit_b"]
     assert set(before) == set(after)
-    assert all(after[k] <= before[k] + 1e-12 for k in before)
-    # The outcome ablation's clips compute only the CLS row of the last block: (L - 1 + r) / L each.
+    # The region ablation now also runs its matched control boxes (issue 30): more clips, each cheaper.
+    assert all(after[k] <= before[k] + 1e-12 for k in before if k != "region_ablation")
+    # The outcome ablation's clips compute only the CLS row of the last block: (L - 1 + r) / L each; "after"
+    # runs the matched boxes it found (at most the 2 asked for per region), "before" 2 random boxes per region.
     clips = 2 * entry["outcome_regions"] * (1 + args.controls)
     assert before["outcome"] == pytest.approx(clips)
-    assert after["outcome"] == pytest.approx(clips * after["region_ablation"])
+    per_clip = after["region_ablation"] / entry["region_ablation_clips_after"]
+    assert per_clip < before["region_ablation"] == 1.0
+    assert entry["outcome_clips_after"] <= clips
+    assert after["outcome"] == pytest.approx(entry["outcome_clips_after"] * per_clip)
 
 
 @pytest.mark.skipif(TL_MAJOR < 4, reason="TransformerBridge is TransformerLens 4.x")
