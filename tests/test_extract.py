@@ -378,6 +378,9 @@ def test_study_over_pairs_in_two_processes_equals_the_per_pair_functions(setup, 
     probes = ex.layer_probes(model, direct)  # all pairs at once, as the rendered study runs them
     assert [r["accuracy"] for r in st["probes"]["cls"]] == pytest.approx([r.accuracy for r in probes.cls])
     assert st["probes"]["pixels"]["paired_accuracy"] == pytest.approx(probes.pixels.paired_accuracy)
+    # the nested probe and its random-weights control (each rank builds the same random model, seed 0)
+    assert st["probes"]["nested"]["paired_accuracy"] == pytest.approx(probes.nested.paired_accuracy)
+    assert st["probes"]["random_weights"]["paired_accuracy"] == pytest.approx(probes.random_weights.paired_accuracy)
     assert (tmp_path / "study" / "report.html").is_file()
 
 

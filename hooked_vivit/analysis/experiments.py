@@ -1368,6 +1368,7 @@ def layer_probes(
     random_weights: bool = True,
     random_seed: int = 0,
     random_model: HookedVideoTransformer | None = None,
+    random_features: ProbeFeatures | None = None,
 ) -> LayerProbes:
     """Outcome probes per layer on CLS and on mean-pooled tokens, repeated grouped k-fold over pairs
     (hooked_vivit.causal.probes.cross_validated_probe: accuracy and paired accuracy with bootstrap 95 %
@@ -1379,7 +1380,7 @@ def layer_probes(
     choosing by an inner 4-fold CV on its training pairs), the same with the control task. With
     ``random_weights`` the nested probe also reads a model of the same architecture and config with
     re-initialised weights (random_weights_model(model, random_seed), or ``random_model`` where given,
-    built by it: a forward of every pair)."""
+    built by it: a forward of every pair; or ``random_features``, its probe_features of the same pairs)."""
     f = features or probe_features(model, pairs)
     L = model.cfg.n_layers
     run = lambda feat: cross_validated_probe(feat, f.labels, f.groups, k=k, repeats=repeats, seed=seed)  # noqa: E731
@@ -1396,7 +1397,13 @@ def layer_probes(
 
     rand = None
     if random_weights:
-        rand = nested(probe_features(random_model or random_weights_model(model, random_seed), pairs))
+        if random_features is None:
+            if not pairs:
+                raise ValueError(
+                    "the random-weights control needs the pairs (or random_features); random_weights=False skips it"
+                )
+            random_features = probe_features(random_model or random_weights_model(model, random_seed), pairs)
+        rand = nested(random_features)
     return LayerProbes(
         layers=layers,
         pairs=len(np.unique(f.groups)),

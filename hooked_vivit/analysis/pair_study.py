@@ -45,10 +45,12 @@ def pair_measures(
     seed: int = 0,
     n_controls: int = 20,
     outcome_classes: Any = None,
+    random_model: HookedVideoTransformer | None = None,
 ) -> dict:
     """One pair's numbers, from the rendered study's per-pair functions (the per-pair part of
     pipeline.study_domain, without the rendered masks and divergence frame); ``outcome_classes``
-    (positive, negative): the logit-difference recovery too."""
+    (positive, negative): the logit-difference recovery too; ``random_model`` (the probes'
+    random-weights control, experiments.random_weights_model): its probe features of the pair too."""
     d = ex.activation_deltas(model, positive, negative)
     rec = ex.component_recovery(model, positive, negative, outcome_classes=outcome_classes)
     out: dict = {
@@ -57,6 +59,8 @@ def pair_measures(
         "recovery": {name: [rec["variants"][name]["attn"], rec["variants"][name]["mlp"]] for name in rec["variants"]},
         "features": ex.probe_features(model, [(positive, negative)]),
     }
+    if random_model is not None:
+        out["random_features"] = ex.probe_features(random_model, [(positive, negative)])
     if outcome:
         with torch.inference_mode():
             c = int(model(positive).argmax())
@@ -119,7 +123,20 @@ def summarize_pairs(model: HookedVideoTransformer, per_pair: list[dict], *, prob
         # No divergence frame in a real pair: the two divergence measures do not apply.
         out["outcome"] = pipeline.summarize_outcomes(outcomes)
     if len(per_pair) >= probe_folds:
-        out["probes"] = ex.layer_probes(model, [], k=probe_folds, features=merge_features(per_pair)).to_json()
+        # the random-weights control where every pair measured it (pair_measures' random_model)
+        rand = (
+            ex.ProbeFeatures.concat([p["random_features"] for p in per_pair])
+            if all("random_features" in p for p in per_pair)
+            else None
+        )
+        out["probes"] = ex.layer_probes(
+            model,
+            [],
+            k=probe_folds,
+            features=merge_features(per_pair),
+            random_weights=rand is not None,
+            random_features=rand,
+        ).to_json()
         out["probes"]["best"] = pipeline.best_probe(out["probes"])
     else:
         out["probes_skipped"] = (
@@ -145,6 +162,7 @@ def _measure_rank(
     mine = list(range(dist.rank, len(pairs), dist.world))
     batches = [[pairs[i][1].index, pairs[i][2].index] for i in mine]
     device = model.W_E.device
+    rand = ex.random_weights_model(model)  # the probes' random-weights control (the same seed on every rank)
     out = []
     loader = clip_loader(clips, model.cfg, batches, workers=workers)
     for i, batch in tqdm(
@@ -163,6 +181,7 @@ def _measure_rank(
                 seed=i,
                 n_controls=n_controls,
                 outcome_classes=outcome_classes,
+                random_model=rand,
             )
             m["native_sizes"] = [list(wh) for wh in batch["sizes"]]
             out.append((i, m))
