@@ -311,6 +311,14 @@ def test_every_p_value_of_the_report_is_monte_carlo_and_holm_adjusted(analyzed):
             found == n and d["control_p"] >= 1 / (n + 1) and d["control_p"] * (n + 1) == round(d["control_p"] * (n + 1))
         )
     assert (mc["min_p"], mc["min_p_holm"]) == (1 / 4, 1.0)
+    # ... so the caption says no test can reach 5 % with 3 boxes per region (min_p_holm 1.0 > alpha 0.05)
+    import copy
+
+    captions = pipeline.analysis_captions(copy.deepcopy(res))
+    assert (
+        "after Holm over 10 tests at least 1.00, above 5%: no test here can reach significance"
+        in captions["outcome_ablation"]
+    )
     # the class-logit box: its controls and p-value from region_ablation given the pair's negative clip
     pos, neg = pipeline.model_pixels(model, pair.positive), pipeline.model_pixels(model, pair.negative)
     runs = ex.pair_runs(model, pos, neg)

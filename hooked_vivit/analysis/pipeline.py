@@ -503,6 +503,19 @@ def nested_probe_phrase(cap: rp.Caption, path: str, pr: dict) -> str:
     return text
 
 
+def _attainable_note(cap: rp.Caption, mc: dict | None) -> str:
+    """Where the control count cannot reach the threshold after Holm: the smallest attainable adjusted p, said
+    with the family and the threshold (a computed comparison, multiple_comparisons.min_p_holm > alpha)."""
+    if not mc or mc.get("min_p_holm") is None or mc["min_p_holm"] <= mc["alpha"]:
+        return ""
+    return (
+        f"With {cap.v('outcome.ablation.n_controls')} boxes per region a p-value is at least "
+        f"{cap.v('multiple_comparisons.min_p', '.3f')}, and after Holm over {cap.v('multiple_comparisons.family')} tests at least "
+        f"{cap.v('multiple_comparisons.min_p_holm', '.2f')}, above {cap.v('multiple_comparisons.alpha', '.0%')}: no test here can reach "
+        "significance at that level with this many controls. "
+    )
+
+
 def _descriptive_note() -> str:
     return (
         "Descriptive: the top-attribution tokens are chosen on this pair and tested on the same pair, and one pair "
@@ -771,7 +784,11 @@ def analysis_captions(results: dict) -> dict[str, str]:
                 else ""
             )
             + f"). Unablated: logit gap {cap.v('outcome.ablation.base.logit_gap', '+.3f')}, direction signal "
-            f"{cap.v('outcome.ablation.base.direction', '.2f')}. " + "; ".join(parts) + ". " + _descriptive_note()
+            f"{cap.v('outcome.ablation.base.direction', '.2f')}. "
+            + "; ".join(parts)
+            + ". "
+            + _attainable_note(cap, mc)
+            + _descriptive_note()
         ),
     )
     if "probes" in results:
