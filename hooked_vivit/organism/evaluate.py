@@ -57,7 +57,7 @@ def outcome_probes(model: HookedViViT, n_pairs: int = 60, *, cross_validated: bo
         for kind, per_layer in (("cls", f.cls), ("mean", f.mean)):
             res[kind] = [probe_accuracy(feat, f.labels, f.groups).to_dict() for feat in per_layer]
         if cross_validated:
-            cv = layer_probes(model, None, features=f).to_json()
+            cv = layer_probes(model, None, features=f, random_weights=False).to_json()  # per layer only
             res["cross_validated"] = {
                 "method": cv["method"],
                 **{kind: cv[kind] for kind in ("cls", "mean", "pixels", "pixels_mean")},
