@@ -231,6 +231,18 @@ def test_study_with_outcome_classes_headlines_logit_diff(saved_model, tmp_path):
     assert data["studies"][0]["headline"] == "logit_diff"
     html = (tmp_path / "study" / "report.html").read_text()
     assert "golf: logit_diff" in html and "Zhang &amp; Nanda" in html
+    # A pair placed among the study's pairs: by the headline where the study has it, else by cls_projection.
+    summary = pipeline.study_summary(model, studies)
+    first = {
+        "headline": "logit_diff",
+        "variants": {v: {c: r[c]["per_pair"][0] for c in ("attn", "mlp")} for v, r in st["recovery"].items()},
+    }
+    placed = pipeline.place_in_distribution(first, summary, "golf")
+    assert placed["headline"] == "logit_diff" and placed["largest"]["value"] == max(
+        (first["variants"]["logit_diff"][c][l] for c in ("attn", "mlp") for l in range(2)), key=abs
+    )
+    summary["domains"]["golf"]["recovery_per_pair"].pop("logit_diff")
+    assert pipeline.place_in_distribution(first, summary, "golf")["headline"] == "cls_projection"
     # Without outcome classes (a random model's labels name no outcome): the representation headline.
     st = pipeline.study_domain(model, "golf", 5, outcome_pairs=0, probe_pairs=5, progress=False)
     assert st["headline"] == "cls_projection" and "logit_diff" not in st["recovery"]

@@ -642,7 +642,7 @@ def analysis_captions(results: dict) -> dict[str, str]:
         out["in_distribution"] = cap.record(
             "in_distribution",
             (
-                f"Single pairs vary a lot. This pair's largest headline recovery, the layer {cap.v('in_distribution.largest.layer')} "
+                f"Single pairs vary a lot. This pair's largest {results['in_distribution'].get('headline', 'headline')} recovery, the layer {cap.v('in_distribution.largest.layer')} "
                 f"{d['component']} block at {cap.v('in_distribution.largest.value', '.0%')}, lies at percentile "
                 f"{cap.v('in_distribution.largest.percentile', '.0f')} of the {cap.v('in_distribution.pairs')} held-out "
                 f"{results['in_distribution']['domain']} pairs of the shipped study of {m} (seeds {cap.v('in_distribution.seeds.0')} to "
