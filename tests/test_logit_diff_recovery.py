@@ -293,3 +293,21 @@ def test_analyze_on_the_outcomes_organism_reads_its_outcome_logits():
             assert rec["outcome_classes"]["logit_diff_clean"] > rec["outcome_classes"]["logit_diff_corrupted"]
         else:
             assert classes is None and "remains answerable" in rec["headline_reason"]
+
+
+def test_study_over_real_pairs_with_outcome_classes(saved_model):
+    """study --pairs MANIFEST's per-pair measures and summary (pair_study): with outcome classes every pair
+    carries logit_diff and the summary's headline (attn / mlp) is it; without, cls_projection."""
+    from hooked_vivit.analysis import pair_study
+
+    model = HookedViViT.from_pretrained(saved_model)
+    pairs = [pipeline.rendered_pair(model, "golf", 4_000_100 + i) for i in range(5)]
+    pixels = [(pipeline.model_pixels(model, p.positive), pipeline.model_pixels(model, p.negative)) for p in pairs]
+    for classes, headline in (((0, 1), "logit_diff"), (None, "cls_projection")):
+        per_pair = [
+            pair_study.pair_measures(model, pos, neg, outcome=False, outcome_classes=classes) for pos, neg in pixels
+        ]
+        st = pair_study.summarize_pairs(model, per_pair)
+        assert st["headline"] == headline and set(st["questions"]) == set(st["recovery"])
+        assert st["attn"]["per_pair"] == st["recovery"][headline]["attn"]["per_pair"]
+        assert (ex.LOGIT_DIFF_RECOVERY in st["recovery"]) == (classes is not None)
