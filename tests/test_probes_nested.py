@@ -204,3 +204,20 @@ def test_forward_counter_counts_the_random_weights_model_beside_the_model():
     other = HookedViViT.from_hf_model(make_hf({**cfg, "num_attention_heads": 4, "intermediate_size": 64}, seed=3))
     with ForwardCounter(model) as cost, pytest.raises(ValueError, match="same config"), cost.also(other):
         pass
+
+
+def test_batched_fit_survives_set_num_threads():
+    # Batched LU through MKL failed for ~200-unknown Newton systems once torch.set_num_threads had been
+    # called (tests and benchmarks call it); the fitter's Cholesky solve does not.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    try:
+        rng = np.random.default_rng(4)
+        n = 100
+        labels, groups = np.tile([1, 0], n), np.repeat(np.arange(n), 2)
+        x = rng.normal(size=(2 * n, 400))
+        x[:, 0] += 2 * (labels - 0.5)
+        res = cross_validated_probe(x, labels, groups, repeats=1)
+        assert np.isfinite(res.accuracy) and res.paired_accuracy > 0.6
+    finally:
+        torch.set_num_threads(threads)

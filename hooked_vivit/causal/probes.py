@@ -194,6 +194,18 @@ def _pair_index(labels: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.
     return uniq, pos, neg
 
 
+def _spd_solve(H: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """H^-1 g for a batch of symmetric positive-definite H (Newton systems: Hessian + ridge) by Cholesky;
+    LU only for a system Cholesky refuses. (Batched LU through MKL fails for systems of ~200 unknowns
+    once torch.set_num_threads has been called: DLASWP errors, then "pivots ... >= 1"; Cholesky does not.)"""
+    L, info = torch.linalg.cholesky_ex(H)
+    out = torch.cholesky_solve(g, L)
+    bad = info != 0
+    if bad.any():
+        out[bad] = torch.linalg.solve(H[bad], g[bad])
+    return out
+
+
 def fit_logistic_batched(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -241,7 +253,7 @@ def fit_logistic_batched(
         p = torch.sigmoid((z @ theta[..., None])[..., 0])
         g = (z.transpose(1, 2) @ ((p - y) * m / n_train)[..., None])[..., 0] + reg * theta
         H = (z * (p * (1 - p) * m / n_train)[..., None]).transpose(1, 2) @ z + torch.diag(reg)
-        step = torch.linalg.solve(H, g[..., None])[..., 0]
+        step = _spd_solve(H, g[..., None])[..., 0]
         t = torch.ones(P, 1, dtype=torch.float64)
         for _ in range(30):  # halve the step of the problems whose loss would rise
             new = loss(theta - t * step)
