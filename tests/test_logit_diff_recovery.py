@@ -231,6 +231,7 @@ def test_study_with_outcome_classes_headlines_logit_diff(saved_model, tmp_path):
     assert data["studies"][0]["headline"] == "logit_diff"
     html = (tmp_path / "study" / "report.html").read_text()
     assert "golf: logit_diff" in html and "Zhang &amp; Nanda" in html
+    assert "The question each variant answers" in html and "outcome decision" in html
     # A pair placed among the study's pairs: by the headline where the study has it, else by cls_projection.
     summary = pipeline.study_summary(model, studies)
     first = {

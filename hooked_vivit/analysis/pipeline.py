@@ -1515,7 +1515,12 @@ def recovery_table_html(st: dict) -> str:
             for v, r in st["recovery"].items():
                 row[v] = f"{r[comp]['mean'][l]:.1%} [{r[comp]['ci95'][0][l]:.1%}, {r[comp]['ci95'][1][l]:.1%}]"
             rows.append(row)
-    return rp.table_html(rows, ["layer", "block", *st["recovery"]])
+    table = rp.table_html(rows, ["layer", "block", *st["recovery"]])
+    if st.get("questions"):  # each variant labelled with the question it answers; the headline first
+        table += f"<p>Headline: {html.escape(st['headline'])}. The question each variant answers:</p>" + rp.table_html(
+            [{"variant": v, "question": html.escape(q)} for v, q in st["questions"].items()], ["variant", "question"]
+        )
+    return table
 
 
 def study_summary(model: HookedVideoTransformer, studies: list[dict], digits: int = 4) -> dict:
