@@ -442,6 +442,8 @@ def test_validate_reports_what_misses_the_composition(planted_results):
     rows = {f["method"]: f["verdict"] for f in validation.findings(res["planted and_composition"], data["settings"])}
     assert rows["component recovery (every variant)"] == "found by the headline (logit_diff); found in 1 of 6 variants"
     assert rows["per-head logit-difference recovery"] == "found"
+    found = {f["method"]: f["found"] for f in validation.findings(res["planted and_composition"], data["settings"])}
+    assert found["per-head logit-difference recovery"].startswith("every head ~ 0 (largest |mean| 0.0%)")
     assert rows["differential DLA on the outcome region"] == "missed (blind to an MLP-composed signal)"
     table = validation.validation_markdown(data)
     assert "| planted and_composition | and_composition | differential DLA on the outcome region |" in table

@@ -652,8 +652,9 @@ def findings(result: dict, settings: dict) -> list[dict]:
                 hd = rec["heads"]
                 found = (
                     f"top head {hd['top']} {hd['top_mean']:.0%}; largest |mean| of any head {hd['max_abs_mean']:.1%} "
-                    f"({hd['n']} pairs, {hd['variant']})"
-                )
+                    if hd["max_abs_mean"] >= 0.005
+                    else f"every head ~ 0 (largest |mean| {hd['max_abs_mean']:.1%}) "
+                ) + f"({hd['n']} pairs, {hd['variant']})"
                 if planted and truth.get("mlps"):  # an AND: no head alone restores the decision
                     expected = "every head ~ 0 (one gathered variable alone does not fire the composing MLP)"
                     verdict = "found" if hd["max_abs_mean"] < 0.01 else "missed"
