@@ -319,6 +319,12 @@ def test_every_p_value_of_the_report_is_monte_carlo_and_holm_adjusted(analyzed):
         "after Holm over 10 tests at least 1.00, above 5%: no test here can reach significance"
         in captions["outcome_ablation"]
     )
+    # the ball, which no other place matches, is said to be untested (and has no p-value in the family)
+    n = res["outcome"]["ablation"]["regions"]["object: ball"]["controls"]["candidates"]
+    assert (
+        f"no box of the region's size among {n} candidates holds a matching share of the pixel difference: untested"
+        in captions["outcome_ablation"]
+    )
     # the class-logit box: its controls and p-value from region_ablation given the pair's negative clip
     pos, neg = pipeline.model_pixels(model, pair.positive), pipeline.model_pixels(model, pair.negative)
     runs = ex.pair_runs(model, pos, neg)

@@ -539,14 +539,19 @@ def _controls_phrase(cap: rp.Caption, results: dict, base: str, controls_path: s
     first saying how few boxes matched where fewer than requested did (the MatchedBoxes at ``controls_path``)."""
     change = rp.lookup(results, base)
     text = ""
-    if controls_path is not None and rp.lookup(results, controls_path) is not None:
-        if not rp.lookup(results, controls_path)["enough"]:
-            text = (
-                f"; only {cap.v(controls_path + '.found')} of {cap.v(controls_path + '.requested')} matched boxes found "
-                f"among {cap.v(controls_path + '.candidates')} candidates"
-            )
+    controls = rp.lookup(results, controls_path) if controls_path is not None else None
+    if controls is not None and controls["found"] == 0:  # no other place differs as much: said, not replaced
+        return (
+            f" (no box of the region's size among {cap.v(controls_path + '.candidates')} candidates holds a matching share "
+            "of the pixel difference: untested)"
+        )
+    if controls is not None and not controls["enough"]:
+        text = (
+            f"; only {cap.v(controls_path + '.found')} of {cap.v(controls_path + '.requested')} matched boxes found "
+            f"among {cap.v(controls_path + '.candidates')} candidates"
+        )
     if change.get("control_p") is None:
-        return text + " (no matched control box: untested)"
+        return text + " (untested)"
     sd = f" ± {cap.v(base + '.control_std', fmt)}" if change.get("control_std") is not None else ""
     holm = f", Holm p = {cap.v(base + '.control_p_holm', '.3f')}" if change.get("control_p_holm") is not None else ""
     return f"{text} (matched boxes {cap.v(base + '.control_mean', '+' + fmt)}{sd}, p = {cap.v(base + '.control_p', '.3f')}{holm})"
