@@ -397,11 +397,12 @@ def test_study_pairs_manifest_errors(setup, tmp_path, capsys):
 
 # ============================================================================ issue 32: resume ties, overflow, disk full, BOM
 def killed_after_first_shard(*args: str) -> None:
-    """Run extract in a child process that is SIGKILLed once its first shard is on disk."""
+    """Run extract in a child process that is SIGKILLed once its first shard is on disk; one thread, as
+    extract_here (the resumed run) has: other thread counts may sum in other orders (MKL_CBWR=COMPATIBLE does)."""
     proc = subprocess.run(
         [sys.executable, "-m", "hooked_vivit.cli", "extract", *args],
         cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO), "HOOKED_VIVIT_TEST_KILL": "after:1"},
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HOOKED_VIVIT_TEST_KILL": "after:1"},
         capture_output=True,
         timeout=300,
     )
