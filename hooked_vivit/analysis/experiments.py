@@ -755,8 +755,9 @@ def differential_token_dla(
     negative_run: ClipRun | None = None,
 ) -> DifferentialDLA:
     """Token DLA of the positive clip minus that of the negative clip, per (layer, head, source token),
-    both to class ``c``: static scenery, seen alike in both clips, cancels; what is left is what the
-    outcome changes. Its total is logit_c(positive) - logit_c(negative) minus the difference of the
+    both to class ``c``. Tokens whose pixels are alike in both clips need not cancel (attention and values
+    change downstream of the first difference), so the difference is not confined to what the outcome
+    changes. Its total is logit_c(positive) - logit_c(negative) minus the difference of the
     non-attention terms."""
     pos = positive_dla or token_dla(model, positive, c)
     neg = token_dla(model, negative, c, run=negative_run)

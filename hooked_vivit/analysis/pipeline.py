@@ -687,7 +687,7 @@ def analysis_captions(results: dict) -> dict[str, str]:
         "differential_dla",
         (
             f"Differential token attribution on {_pair_phrase(cap, results)} in {m}: the positive clip's token attribution to '{dla['class_name']}' "
-            f"minus the negative clip's, per source token, so scenery seen alike in both cancels. It sums to "
+            f"minus the negative clip's, per source token (tokens whose pixels are alike need not cancel: attention and values change downstream). It sums to "
             f"{cap.v('outcome.differential_dla.attention_total', '+.3f')} over tokens and heads (the logit difference of the two clips is "
             f"{cap.v('outcome.differential_dla.logit_difference', '+.3f')}); {cap.v('outcome.differential_dla.share_after_divergence', '.0%')} of its "
             f"absolute mass lies in frame slots from the divergence on."
