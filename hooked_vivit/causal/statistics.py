@@ -5,6 +5,12 @@
   returns). It is never below 1 / (n + 1): a region beating all 20 controls has p = 1/21, not 0.
 - ``holm``: Holm's step-down adjustment of a family of p-values (``statsmodels.stats.multitest``),
   controlling the family-wise error rate without assuming independence between the tests.
+- ``sequential_monte_carlo_p``: Besag & Clifford's (1991) sequential Monte-Carlo p-value: controls are
+  drawn until ``h`` are at least as extreme (p = h / n then) or ``n_max`` are used ((k + 1)/(n_max + 1)):
+  a clear null stops after about h / p controls, a clear effect can reach 1 / (n_max + 1).
+- ``paired_test``: the across-pairs test of a per-pair effect (region minus its matched controls,
+  MLP minus attention): Wilcoxon's signed-rank test (``scipy.stats.wilcoxon``, two-sided), the
+  matched-pairs rank-biserial correlation as effect size, the mean with a bootstrap interval.
 - ``pixel_difference`` and ``matched_boxes``: control boxes of the region's size *and* of its share of
   the pair's pixel difference (within a stated tolerance), drawn by rejection from random boxes, so a
   region ablation asks "does this region matter more than other places that differ as much?" rather
@@ -42,17 +48,91 @@ def monte_carlo_p(
     c = c.reshape(-1)
     if c.size == 0:
         raise ValueError("a Monte-Carlo p-value needs at least one control")
-    o = float(observed)
-    gamma = abs(o) * np.finfo(np.float64).eps * 100
-    if alternative == "abs":
-        k = int((np.abs(c) >= abs(o) - gamma).sum())
-    elif alternative == "greater":
-        k = int((c >= o - gamma).sum())
-    elif alternative == "less":
-        k = int((c <= o + gamma).sum())
-    else:
-        raise ValueError(f"alternative must be 'abs', 'greater' or 'less', got {alternative!r}")
+    k = int(_extreme(observed, c, alternative).sum())
     return (k + 1) / (c.size + 1)
+
+
+@dataclass(frozen=True)
+class SequentialP:
+    """sequential_monte_carlo_p's result."""
+
+    p: float
+    used: int  # controls used before stopping (the rest were drawn but do not enter the p-value)
+    exceedances: int  # controls among them at least as extreme as the observed value
+    stopped_early: bool  # h exceedances were reached (p = h / used), not the end of the controls
+
+    def to_json(self) -> dict:
+        return {"p": self.p, "used": self.used, "exceedances": self.exceedances, "stopped_early": self.stopped_early}
+
+
+def _extreme(observed: float, c: np.ndarray, alternative: Alternative) -> np.ndarray:
+    o = float(observed)
+    gamma = abs(o) * np.finfo(np.float64).eps * 100  # ties, as in monte_carlo_p
+    if alternative == "abs":
+        return np.abs(c) >= abs(o) - gamma
+    if alternative == "greater":
+        return c >= o - gamma
+    if alternative == "less":
+        return c <= o + gamma
+    raise ValueError(f"alternative must be 'abs', 'greater' or 'less', got {alternative!r}")
+
+
+def sequential_monte_carlo_p(
+    observed: float,
+    controls: Sequence[float] | np.ndarray | torch.Tensor,
+    h: int = 10,
+    alternative: Alternative = "abs",
+) -> SequentialP:
+    """Besag & Clifford's sequential Monte-Carlo p-value over ``controls`` taken in order (n_max =
+    len(controls)): stop at the first control L where h of controls[:L] are at least as extreme as
+    ``observed`` and return p = h / L; if that never happens, p = (k + 1) / (n_max + 1) as in
+    ``monte_carlo_p``. The p-value is valid (P(p <= a) <= a under the null) and never below
+    1 / (n_max + 1); the caller may evaluate controls in batches and stop once ``stopped_early``."""
+    c = np.asarray(controls.detach().cpu() if isinstance(controls, torch.Tensor) else controls, dtype=np.float64)
+    c = c.reshape(-1)
+    if c.size == 0:
+        raise ValueError("a Monte-Carlo p-value needs at least one control")
+    if isinstance(h, bool) or not isinstance(h, int) or h < 1:
+        raise ValueError(f"h (exceedances before stopping) must be a positive integer, got {h!r}")
+    hits = np.cumsum(_extreme(observed, c, alternative))
+    reached = np.nonzero(hits >= h)[0]
+    if len(reached):
+        used = int(reached[0]) + 1
+        return SequentialP(p=h / used, used=used, exceedances=h, stopped_early=True)
+    k = int(hits[-1])
+    return SequentialP(p=(k + 1) / (c.size + 1), used=int(c.size), exceedances=k, stopped_early=False)
+
+
+def paired_test(differences: Sequence[float] | np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> dict | None:
+    """The across-pairs test of per-pair differences (one value per pair: the pair is the unit):
+    Wilcoxon's signed-rank test of a zero median difference (two-sided; zero differences dropped,
+    scipy's default "wilcox" zero method), the matched-pairs rank-biserial correlation r = (W+ - W-) /
+    (W+ + W-) as effect size (+1: every pair positive), and the mean difference with a percentile-
+    bootstrap 95 % interval. None with fewer than 5 non-zero differences (no two-sided test at 5 %)."""
+    from scipy.stats import rankdata, wilcoxon
+
+    from hooked_vivit.causal.probes import bootstrap_ci
+
+    d = np.asarray(differences, dtype=np.float64).reshape(-1)
+    if not np.isfinite(d).all():
+        raise ValueError("paired_test: the differences must be finite")
+    nz = d[d != 0]
+    if len(nz) < 5:
+        return None
+    ranks = rankdata(np.abs(nz))
+    w_plus, w_minus = float(ranks[nz > 0].sum()), float(ranks[nz < 0].sum())
+    lo, hi = bootstrap_ci(d, n_boot, seed)
+    return {
+        "test": "Wilcoxon signed-rank, two-sided (scipy.stats.wilcoxon), over pairs",
+        "p": float(wilcoxon(nz).pvalue),
+        "statistic": float(min(w_plus, w_minus)),
+        "rank_biserial": (w_plus - w_minus) / (w_plus + w_minus),
+        "mean": float(d.mean()),
+        "ci95": [float(lo), float(hi)],
+        "pairs": int(len(d)),
+        "nonzero": int(len(nz)),
+        "share_positive": float((d > 0).mean()),
+    }
 
 
 def holm(pvalues: Sequence[float | None]) -> list[float | None]:
