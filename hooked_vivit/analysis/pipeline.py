@@ -815,6 +815,8 @@ def analysis_captions(results: dict) -> dict[str, str]:
                 + nested_probe_phrase(cap, "probes", pr)
             ),
         )
+    # The scope box: what this run found on each of the paper's claims it can test (from the numbers above).
+    rp.scope_findings(results, cap)
     return out
 
 
@@ -852,7 +854,7 @@ def write_analysis(
                 patch_size=model.cfg.tubelet_size[1:],
             ),
             "outcome_ablation": rp.fig_outcome_ablation(
-                results["outcome"]["ablation"], tmp / "fig6_outcome_ablation.png"
+                results["outcome"]["ablation"], tmp / "fig6_outcome_ablation.png", labels=outcome_region_labels(results)
             ),
         }
         if "enrichment" in results["outcome"]:
@@ -961,14 +963,15 @@ def write_analysis(
             )
         sections += [
             (
-                "(e) Region ablation of the class logit",
+                f"(e) Region ablation of the class logit: a box of {results['region_ablation']['box_tokens']} tokens",
                 None,
                 captions["region_ablation"],
                 rp.table_html(
                     results["region_ablation"]["table"],
                     ["class", "name", "before", "after", "delta"],
                     {"before": ".4f", "after": ".4f", "delta": "+.4f"},
-                ),
+                )
+                + class_logit_ablation_table_html(results),
             ),
             (
                 "(e) Region ablation of the outcome signal, against matched control boxes",
@@ -1016,9 +1019,50 @@ def outcome_ablation_table_html(results: dict) -> str:
             rows.append(row(name, s, r[s], r.get("controls"), bool(r.get("descriptive"))))
     a = results["region_ablation"]
     if a.get("change") is not None:
-        rows.append(row("class-logit box (e)", "class_logit (positive clip)", a, a.get("controls"), True))
+        rows.append(row(class_box_label(a), "class_logit (positive clip)", a, a.get("controls"), True))
     cols = ["region", "signal", "change", "controls (mean ± sd)", "matched / requested", "p", "p (Holm)", "descriptive"]
     return rp.table_html(rows, cols)
+
+
+def class_box_label(a: dict) -> str:
+    """The class-logit ablation's box, named with its size: the tokens it covers and the top tokens it was drawn around."""
+    return f"class-logit box (e): {a['box_tokens']} tokens around the top {a['n_tokens']}"
+
+
+def outcome_region_labels(results: dict) -> dict[str, str]:
+    """Figure 6's name for each region of the outcome ablation, with its size: the top-DLA regions are
+    exactly their tokens; an object's mask is counted in pixels (it need not fill a token)."""
+    o = results["outcome"]
+    tokens = {
+        "top class-DLA tokens": len(o.get("top_class_dla_tokens") or []),
+        "top differential-DLA tokens": len(o.get("top_differential_dla_tokens") or []),
+    }
+    out = {}
+    for name, r in o["ablation"]["regions"].items():
+        px = f"{r['pixels']} px"
+        out[name] = f"{name} ({tokens[name]} tokens, {px})" if tokens.get(name) else f"{name} ({px})"
+    return out
+
+
+def class_logit_ablation_table_html(results: dict) -> str:
+    """The class-logit ablation's measured change beside its matched control boxes and p-values."""
+    a = results["region_ablation"]
+    if a.get("change") is None:
+        return ""
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    controls = a.get("controls")
+    row = {
+        "box": class_box_label(a),
+        "class logit change": fmt(a["change"], "+.3f"),
+        "relative": fmt(a.get("relative_change"), "+.0%"),
+        "matched boxes (mean ± sd)": "-"
+        if a.get("control_mean") is None
+        else f"{a['control_mean']:+.3f} ± {fmt(a.get('control_std'), '.3f')}",
+        "matched / requested": "-" if controls is None else f"{controls['found']} / {controls['requested']}",
+        "p": fmt(a.get("control_p"), ".3f"),
+        "p (Holm)": fmt(a.get("control_p_holm"), ".3f"),
+    }
+    return "<p>The class logit's change against the matched control boxes:</p>" + rp.table_html([row], list(row))
 
 
 def probe_table_html(pr: dict) -> str:
