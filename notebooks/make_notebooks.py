@@ -106,7 +106,9 @@ REPRODUCE = [
     ),
     new_markdown_cell(
         "**(c)** Direct logit attribution over space and time (Figure 3), and its differential version: the positive clip's "
-        "attribution minus the negative's, so the scenery both clips share cancels."
+        "attribution minus the negative's, per source token. Identical clips give exactly zero; tokens whose pixels are "
+        "alike in both clips need not cancel (attention and values change downstream), so it is not a map of where the "
+        "pixels differ."
     ),
     new_code_cell(
         "c = model.cfg.label2id['bowling']\ndla = ex.token_dla(model, pos, c)\ndisplay(Image(report.fig_dla(dla, tmp / 'dla.png')))\n"
@@ -117,7 +119,8 @@ REPRODUCE = [
     ),
     new_markdown_cell(
         "**(d)** CLS attention per head (Figure 4); **(e)** the outcome-targeted analysis: region ablation after the divergence "
-        "against 20 random equal-size boxes, and each object's attention / attribution share beside its base rate."
+        "against control boxes of equal size matched on their share of the pair's pixel difference, and each object's "
+        "attention / attribution share beside its base rate."
     ),
     new_code_cell(
         "att = ex.cls_attention(model, pos, masks=pair.masks['positive'])\n"
