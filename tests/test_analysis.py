@@ -301,9 +301,15 @@ def test_analyze_command_writes_a_whole_report(saved_model, tmp_path, capsys):
     assert "Scope." in html and "<b>not testable</b>" in html and "This run:" in html
     assert f"class-logit box (e): {data['region_ablation']['box_tokens']} tokens around the top 8" in html
     assert "does not show that a component is sufficient" in html
-    # Outcome-targeted parts: 20 random boxes per region, each object's share beside its base rate.
+    # Outcome-targeted parts: up to 199 matched boxes per region, evaluated sequentially (Besag-Clifford,
+    # stopping at 10 as extreme), each object's share beside its base rate.
     abl = data["outcome"]["ablation"]
-    assert abl["n_controls"] == 20 and {
+    for r in abl["regions"].values():
+        for s in ex.SIGNALS:
+            q = r[s]["sequential"]
+            assert q is None if r["controls"]["found"] == 0 else (q["n_max"], q["h"]) == (199, 10)
+            assert q is None or q["used"] <= r["controls"]["used"] <= r["controls"]["found"]
+    assert abl["n_controls"] == 199 and {
         "top class-DLA tokens",
         "top differential-DLA tokens",
         "object: ball",

@@ -230,7 +230,7 @@ def test_outcome_signal_and_region_ablation_against_brute_force(model64):
     res = ablation.regions["r"]
     # the controls: boxes matched on size and on share of the pair's pixel difference (statistics.matched_boxes)
     matched = statistics.matched_boxes(region, statistics.pixel_difference(pos, neg), 3, seed=5)
-    assert matched.found == 3 and res.controls == matched.to_json() and not res.descriptive
+    assert matched.found == 3 and res.controls == {**matched.to_json(), "used": matched.found} and not res.descriptive
     boxes = matched.masks
     with torch.inference_mode():  # the class logit of each ablated clip: the region, then the 3 boxes
         ap, an = (torch.stack([model(ablate_pixel_mask(x, m))[0, c] for m in [region, *boxes]]) for x in (pos, neg))
@@ -263,7 +263,7 @@ def test_outcome_signal_and_region_ablation_against_brute_force(model64):
                 "pixels": res.pixels,
                 "control_pixels_mean": res.control_pixels_mean,
                 "frames": res.frames,
-                "controls": matched.to_json(),
+                "controls": {**matched.to_json(), "used": 3},
                 "descriptive": False,
                 **{
                     s: {
@@ -271,6 +271,7 @@ def test_outcome_signal_and_region_ablation_against_brute_force(model64):
                         "control_mean": getattr(res, s).control_mean,
                         "control_std": getattr(res, s).control_std,
                         "control_p": getattr(res, s).control_p,
+                        "sequential": None,
                         "relative_change": getattr(res, s).relative_change,
                     }
                     for s in ("class_logit", "logit_gap", "direction")

@@ -129,7 +129,7 @@ def _besag_clifford_loop(observed, controls, h):
 
 def test_sequential_p_matches_a_loop_and_stops_at_h():
     rng = np.random.default_rng(3)
-    for trial in range(200):
+    for _ in range(200):
         controls = rng.standard_normal(int(rng.integers(1, 60)))
         observed = float(rng.standard_normal() * rng.choice([0.5, 2.0, 4.0]))
         h = int(rng.integers(1, 8))
@@ -144,9 +144,7 @@ def test_sequential_p_is_valid_under_the_null():
     """Observed and controls exchangeable: P(p <= a) <= a (Besag & Clifford), checked at a = 0.05 and 0.2
     over 4,000 draws (binomial standard error about 0.0035 at 0.05)."""
     rng = np.random.default_rng(0)
-    ps = np.array(
-        [st.sequential_monte_carlo_p(x[0], x[1:], h=5).p for x in rng.standard_normal((4000, 100))]
-    )
+    ps = np.array([st.sequential_monte_carlo_p(x[0], x[1:], h=5).p for x in rng.standard_normal((4000, 100))])
     for a in (0.05, 0.2):
         assert (ps <= a).mean() <= a + 3 * np.sqrt(a * (1 - a) / len(ps))
 
@@ -179,3 +177,34 @@ def test_paired_test_against_scipy_and_a_hand_computed_effect_size():
     assert (got["pairs"], got["nonzero"]) == (40, 37)
     assert st.paired_test(np.ones(30))["rank_biserial"] == 1.0
     assert st.paired_test([0.0, 0.0, 1.0, 2.0]) is None  # fewer than 5 non-zero differences
+
+
+def test_control_changes_stops_once_every_signal_is_decided_and_keeps_each_p():
+    """analysis.experiments.control_changes evaluates boxes in batches and stops after the batch in which
+    every signal has h controls at least as extreme; each signal's p is the sequential p of the whole
+    sequence (its own stopping point lies in the evaluated prefix), so stopping changes no p-value."""
+    from hooked_vivit.analysis.experiments import control_changes
+
+    rng = np.random.default_rng(7)
+    table = torch.tensor(rng.standard_normal((199, 3)))
+    observed = [0.3, 2.0, 4.0]  # a clear null, a middling effect, a strong one
+    calls = []
+
+    def evaluate(i0, i1):
+        calls.append((i0, i1))
+        return table[i0:i1]
+
+    ctl, ps, seq = control_changes(evaluate, observed, 199, stop_after=3, batch=20)
+    assert len(ctl) == 199 and calls[-1] == (180, 199)  # the strong effect never reaches 3: every box is used
+    for j, o in enumerate(observed):
+        want = st.sequential_monte_carlo_p(o, table[:, j], h=3)
+        assert ps[j] == want.p and seq[j]["used"] == want.used and seq[j]["n_max"] == 199
+    calls.clear()
+    ctl, ps, seq = control_changes(lambda i0, i1: evaluate(i0, i1)[:, :2], [0.3, 0.1], 199, stop_after=3, batch=20)
+    first = max(st.sequential_monte_carlo_p(o, table[:, j], h=3).used for j, o in enumerate([0.3, 0.1]))
+    assert len(ctl) == 20 * -(-first // 20) < 199 and len(calls) == -(-first // 20)
+    assert ps == [st.sequential_monte_carlo_p(o, table[:, j], h=3).p for j, o in enumerate([0.3, 0.1])]
+    # fixed n (stop_after None): every box, p = (k + 1)/(n + 1)
+    ctl, ps, seq = control_changes(evaluate, observed, 199, batch=50)
+    assert len(ctl) == 199 and seq == [None] * 3
+    assert ps == [st.monte_carlo_p(o, table[:, j]) for j, o in enumerate(observed)]

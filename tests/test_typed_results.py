@@ -28,7 +28,15 @@ SQUARE = dict(
     num_labels=6,
 )
 KINDS = {"resid_pre": "list", "resid_post": "list", "attn_out": "list", "mlp_out": "list"}
-CHANGE = {"change": "float", "control_mean": "float", "control_std": "float", "control_p": "float"}
+SEQUENTIAL = {"p": "float", "used": "int", "exceedances": "int", "stopped_early": "bool", "n_max": "int", "h": "int"}
+# analyze's region tests run Besag-Clifford's sequential test (stop_after): each change records where it stopped
+CHANGE = {
+    "change": "float",
+    "control_mean": "float",
+    "control_std": "float",
+    "control_p": "float",
+    "sequential": SEQUENTIAL,
+}
 MATCHED = {
     "matching": "str",
     "region_share": "float",
@@ -39,6 +47,7 @@ MATCHED = {
     "enough": "bool",
     "shares": "list",
     "overlap_mean": "float",
+    "used": "int",
 }
 REGION = {
     "pixels": "int",
@@ -64,6 +73,7 @@ UNMATCHED = {
             "control_mean": "NoneType",
             "control_std": "NoneType",
             "control_p": "NoneType",
+            "sequential": "NoneType",
             "relative_change": "float",
             "control_p_holm": "NoneType",
         }
@@ -130,6 +140,7 @@ LAYOUT = {
         "control_mean": "float",
         "control_std": "float",
         "control_p": "float",
+        "sequential": SEQUENTIAL,
         "descriptive": "bool",
         "n_tokens": "int",
         "last_frame": "int",

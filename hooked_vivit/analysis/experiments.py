@@ -7,7 +7,7 @@ positive = the clip with the outcome of interest (strike), negative = its minima
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -616,6 +616,8 @@ class RegionAblation:
     control_mean: float | None = None
     control_std: float | None = None
     control_p: float | None = None
+    # Besag-Clifford's stopping record when the controls were evaluated sequentially (control_changes)
+    sequential: dict | None = None
     # the tokens are chosen on this clip and tested on it: descriptive, not a test of a hypothesis
     descriptive: bool = True
 
@@ -636,8 +638,44 @@ class RegionAblation:
             "control_mean": self.control_mean,
             "control_std": self.control_std,
             "control_p": self.control_p,
+            "sequential": self.sequential,
             "descriptive": self.descriptive,
         }
+
+
+def control_changes(
+    evaluate: Callable[[int, int], torch.Tensor],
+    observed: Sequence[float],
+    n: int,
+    *,
+    stop_after: int | None = None,
+    batch: int = 20,
+) -> tuple[torch.Tensor, list[float | None], list[dict | None]]:
+    """The control boxes' changes [used, signals] (float64, CPU), evaluated ``batch`` boxes at a time by
+    ``evaluate(i0, i1)`` -> [i1 - i0, signals], and one p-value per signal of the ``observed`` changes.
+    ``stop_after`` = h: Besag & Clifford's sequential test (statistics.sequential_monte_carlo_p):
+    evaluation stops once every signal has h controls at least as extreme, so a clear null costs about
+    h / p boxes and a clear effect all ``n`` (p down to 1/(n + 1)); None: all ``n`` boxes, p = (k + 1)/(n + 1).
+    Returns the changes, the p-values and (sequential) each signal's stopping record."""
+    rows: list[torch.Tensor] = []
+    used = 0
+    while used < n:
+        rows.append(evaluate(used, min(used + batch, n)).double().cpu())
+        used += len(rows[-1])
+        if stop_after is not None:
+            done = torch.cat(rows)
+            hits = (done.abs() >= torch.tensor(observed, dtype=torch.float64).abs()[None]).sum(0)
+            if bool((hits >= stop_after).all()):
+                break
+    ctl = torch.cat(rows) if rows else torch.empty(0, len(observed), dtype=torch.float64)
+    if not len(ctl):
+        return ctl, [None] * len(observed), [None] * len(observed)
+    if stop_after is None:
+        return ctl, [statistics.monte_carlo_p(o, ctl[:, j]) for j, o in enumerate(observed)], [None] * len(observed)
+    seq = [statistics.sequential_monte_carlo_p(o, ctl[:, j], h=stop_after) for j, o in enumerate(observed)]
+    if used < n:  # stopped early: each signal's p stands at its own stopping point (checked, not assumed)
+        assert all(q.stopped_early for q in seq)
+    return ctl, [q.p for q in seq], [{**q.to_json(), "n_max": n, "h": stop_after} for q in seq]
 
 
 def region_ablation(
@@ -652,6 +690,7 @@ def region_ablation(
     negative: torch.Tensor | None = None,
     n_controls: int = 20,
     seed: int = 0,
+    stop_after: int | None = None,
 ) -> RegionAblation:
     """Top-k classes before and after ablating (zeroing, by default) the pixel box around the
     tokens of greatest absolute direct logit attribution (the paper's Table 1). ``before``: the
@@ -682,26 +721,28 @@ def region_ablation(
         matched = statistics.matched_boxes(
             box_mask, statistics.pixel_difference(pixel_values, negative), n_controls, seed=seed
         )
-        ctl = torch.empty(0, dtype=torch.float64)
-        if matched.found:
-            batch = 16 if model.cfg.n_ctx <= 1024 else 2
-            rows = []
-            for i in range(0, matched.found, batch):
-                m = matched.masks[i : i + batch]
-                x = ablate_pixel_mask(pixel_values[:1].expand(len(m), *pixel_values.shape[1:]), m, mode=mode)
-                with torch.inference_mode():
-                    rows.append(_logits(model, x)[:, c].double() - before[0, c].double())
-            ctl = torch.cat(rows).cpu()
+        batch = 16 if model.cfg.n_ctx <= 1024 else 2
+
+        def evaluate(i0: int, i1: int) -> torch.Tensor:
+            m = matched.masks[i0:i1]
+            x = ablate_pixel_mask(pixel_values[:1].expand(len(m), *pixel_values.shape[1:]), m, mode=mode)
+            with torch.inference_mode():
+                return (_logits(model, x)[:, c].double() - before[0, c].double())[:, None]
+
+        ctl, (p,), (seq,) = control_changes(evaluate, [change], matched.found, stop_after=stop_after, batch=batch)
+        ctl = ctl[:, 0]
         extra.update(
             controls={
                 **matched.to_json(),
+                "used": len(ctl),
                 "control_pixels_mean": float(matched.masks.reshape(matched.found, -1).sum(1).mean())
                 if matched.found
                 else None,
             },
             control_mean=float(ctl.mean()) if len(ctl) else None,
             control_std=float(ctl.std()) if len(ctl) > 1 else None,
-            control_p=statistics.monte_carlo_p(change, ctl) if len(ctl) else None,
+            control_p=p,
+            sequential=seq,
         )
     return RegionAblation(
         tokens=top,
@@ -945,6 +986,7 @@ class SignalChange:
     control_mean: float | None
     control_std: float | None
     control_p: float | None
+    sequential: dict | None = None  # Besag-Clifford's stopping record (control_changes), when sequential
 
     def to_json(self) -> dict:
         return {
@@ -952,6 +994,7 @@ class SignalChange:
             "control_mean": self.control_mean,
             "control_std": self.control_std,
             "control_p": self.control_p,
+            "sequential": self.sequential,
             "relative_change": self.relative_change,
         }
 
@@ -1013,39 +1056,50 @@ def outcome_region_ablation(
     seed: int = 0,
     mode: str = "zero",
     descriptive: Sequence[str] = (),
+    stop_after: int | None = None,
 ) -> OutcomeRegionAblation:
     """Ablate each region (bool [T, H, W] pixel mask) in both clips of the pair and measure the change
     of the class logit, the logit gap and the direction signal, beside up to ``n_controls`` control
     boxes of equal size in the same frames that hold an equal share of the pair's pixel difference
     (statistics.matched_boxes; how many matched is recorded, none fall back to unmatched boxes): mean,
     standard deviation, and the Monte-Carlo p-value (k + 1)/(n + 1) of a change at least as large in
-    magnitude. Regions named in ``descriptive`` were selected on this pair: marked descriptive."""
+    magnitude; with ``stop_after`` = h, Besag-Clifford's sequential p-value over up to ``n_controls``
+    boxes (control_changes). Regions named in ``descriptive`` were selected on this pair: marked descriptive."""
     base = {k: float(getattr(signal.base, k)[0]) for k in ("direction", "logit_gap", "class_logit")}
     difference = statistics.pixel_difference(positive, negative)
     ablated = {}
     for i, (name, mask) in enumerate(regions.items()):
         matched = statistics.matched_boxes(mask, difference, n_controls, seed=seed + i)
         controls = matched.masks
-        all_masks = np.concatenate([np.asarray(mask, dtype=bool)[None], controls])
-        xp = ablate_pixel_mask(positive[:1].expand(len(all_masks), *positive.shape[1:]), all_masks, mode=mode)
-        xn = ablate_pixel_mask(negative[:1].expand(len(all_masks), *negative.shape[1:]), all_masks, mode=mode)
-        values = signal.measure(xp, xn)
+
+        def measure(masks: np.ndarray) -> torch.Tensor:  # [len(masks), signals]: each signal's change
+            xp = ablate_pixel_mask(positive[:1].expand(len(masks), *positive.shape[1:]), masks, mode=mode)
+            xn = ablate_pixel_mask(negative[:1].expand(len(masks), *negative.shape[1:]), masks, mode=mode)
+            values = signal.measure(xp, xn)
+            return torch.stack(
+                [(getattr(values, key) - getattr(signal.base, key)[0]).double() for key in SIGNALS], 1
+            ).cpu()
+
+        region = measure(np.asarray(mask, dtype=bool)[None])[0]
+        ctl, ps, seq = control_changes(
+            lambda i0, i1: measure(controls[i0:i1]), region.tolist(), len(controls), stop_after=stop_after
+        )
         changes = {}
-        for key in SIGNALS:
-            change = (getattr(values, key) - getattr(signal.base, key)[0]).double()
-            region, ctl = float(change[0]), change[1:].cpu()
+        for j, key in enumerate(SIGNALS):
+            r, c = float(region[j]), ctl[:, j]
             changes[key] = SignalChange(
-                change=region,
-                relative_change=region / base[key] if base[key] != 0 else None,
-                control_mean=float(ctl.mean()) if len(ctl) else None,
-                control_std=float(ctl.std()) if len(ctl) > 1 else None,
-                control_p=statistics.monte_carlo_p(region, ctl) if len(ctl) else None,
+                change=r,
+                relative_change=r / base[key] if base[key] != 0 else None,
+                control_mean=float(c.mean()) if len(c) else None,
+                control_std=float(c.std()) if len(c) > 1 else None,
+                control_p=ps[j],
+                sequential=seq[j],
             )
         ablated[name] = AblatedRegion(
             pixels=int(np.asarray(mask).sum()),
             control_pixels_mean=float(controls.reshape(len(controls), -1).sum(1).mean()) if len(controls) else None,
             frames=[int(t) for t in np.nonzero(np.asarray(mask).any((1, 2)))[0][[0, -1]]],
-            controls=matched.to_json(),
+            controls={**matched.to_json(), "used": len(ctl)},
             descriptive=name in descriptive,
             **changes,
         )
@@ -1127,6 +1181,7 @@ def outcome_analysis(
     n_controls: int = 20,
     seed: int = 0,
     runs: PairRuns | None = None,
+    stop_after: int | None = None,
 ) -> OutcomeAnalysis:
     """The outcome-targeted methods on one pair: differential token DLA, the outcome signal, region
     ablation after the divergence (top class-DLA tokens, top differential-DLA tokens, each rendered
@@ -1145,7 +1200,15 @@ def outcome_analysis(
     regions.update({f"object: {k}": v for k, v in objects.items()})
     selected = ("top class-DLA tokens", "top differential-DLA tokens")
     ablation = outcome_region_ablation(
-        model, positive, negative, signal, regions, n_controls=n_controls, seed=seed, descriptive=selected
+        model,
+        positive,
+        negative,
+        signal,
+        regions,
+        n_controls=n_controls,
+        seed=seed,
+        descriptive=selected,
+        stop_after=stop_after,
     )
     differing = differing_tokens(model, positive, negative)
     enrichments = None

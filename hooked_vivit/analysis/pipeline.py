@@ -261,11 +261,15 @@ def analyze_pair(
     *,
     probe_pairs: int = 100,
     probe_seed: int = ANALYSIS_SEEDS["probe"],
-    n_controls: int = 20,
+    n_controls: int = 199,
+    stop_after: int | None = 10,
     progress: bool = True,
     outcome_classes: Sequence[int | str] | None = None,
 ) -> dict:
     """Run experiments (a)-(f) and the outcome-targeted ones on one pair; returns every number.
+    Region tests: up to ``n_controls`` matched control boxes per region, evaluated sequentially until
+    ``stop_after`` are at least as extreme (Besag-Clifford; None: all of them), so that after Holm over
+    the report's tests a p-value can still reach 5 % (1 / (n_controls + 1) times the family's size).
     ``outcome_classes`` (positive, negative; indices or label names): the logits the logit-difference
     recovery reads, the headline of (b); by default the model's labels of a rendered pair's outcomes
     where it has them (the outcomes organism), else none (the representation headline)."""
@@ -342,7 +346,9 @@ def analyze_pair(
             )
             steps.update()  # noqa: E702
         with cost.section("region_ablation"):
-            ablated = ex.region_ablation(model, pos, dla, before=runs.clean.logits, negative=neg, n_controls=n_controls)
+            ablated = ex.region_ablation(
+                model, pos, dla, before=runs.clean.logits, negative=neg, n_controls=n_controls, stop_after=stop_after
+            )
         results["region_ablation"] = {
             **ablated.to_json(),
             "n_tokens": len(ablated.tokens),
@@ -362,6 +368,7 @@ def analyze_pair(
                 positive_dla=dla,
                 n_controls=n_controls,
                 runs=runs,
+                stop_after=stop_after,
             )
         results["outcome"] = outcome.to_json()
         results["outcome"]["differential_dla"]["share_after_divergence"] = share_after_divergence(
@@ -443,7 +450,11 @@ def analysis_cost_note(results: dict) -> dict:
     """What the dominant costs scale with: the patched runs of (b) and the ablated clips of the outcome ablation."""
     abl = results["outcome"]["ablation"]
     out = {
-        "outcome_ablated_clips": sum(2 * (1 + (r["controls"] or {}).get("found", 0)) for r in abl["regions"].values())
+        # the boxes evaluated (a sequential test stops early: "used"), else every matched one
+        "outcome_ablated_clips": sum(
+            2 * (1 + (r["controls"] or {}).get("used", (r["controls"] or {}).get("found", 0)))
+            for r in abl["regions"].values()
+        )
     }
     if "probes" in results:
         out["probe_pairs"] = results["probes"]["pairs"]
@@ -554,7 +565,13 @@ def _controls_phrase(cap: rp.Caption, results: dict, base: str, controls_path: s
         return text + " (untested)"
     sd = f" ± {cap.v(base + '.control_std', fmt)}" if change.get("control_std") is not None else ""
     holm = f", Holm p = {cap.v(base + '.control_p_holm', '.3f')}" if change.get("control_p_holm") is not None else ""
-    return f"{text} (matched boxes {cap.v(base + '.control_mean', '+' + fmt)}{sd}, p = {cap.v(base + '.control_p', '.3f')}{holm})"
+    seq = ""
+    if change.get("sequential"):  # Besag-Clifford: how many boxes were evaluated before the answer was clear
+        seq = (
+            f" over {cap.v(base + '.sequential.used')} boxes (sequential: stops at {cap.v(base + '.sequential.h')} "
+            f"at least as large, up to {cap.v(base + '.sequential.n_max')})"
+        )
+    return f"{text} (matched boxes {cap.v(base + '.control_mean', '+' + fmt)}{sd}{seq}, p = {cap.v(base + '.control_p', '.3f')}{holm})"
 
 
 def _pair_phrase(cap: rp.Caption, results: dict) -> str:
