@@ -342,7 +342,7 @@ def test_scope_findings_are_generated_from_the_numbers(model12, model):
     assert found["region_ablation"].startswith(
         "The class logit changes by -2.742 (-31%) when the box of 24 tokens around the 8"
     )
-    assert "p = 0.005, Holm p = 0.035: beyond the matched boxes at the 5% level" in found["region_ablation"]
+    assert "p = 0.005, Holm p = 0.035, below 5%; descriptive, not claimed significant" in found["region_ablation"]
     # claim 7: the pixel-ceiling rule's verdict, not a word of its own
     assert "a pixel fingerprint by the report's rule" in found["probe_fingerprint"]
     assert claims["gather_compose"]["finding"] is None and not claims["gather_compose"]["testable"]
@@ -354,7 +354,7 @@ def test_scope_findings_are_generated_from_the_numbers(model12, model):
     found = rp.scope_findings(res)
     _check(res)
     assert "no rise shown at the 5% level" in found["deltas"] and "rises" not in found["deltas"]
-    assert "not distinguishable from matched boxes at the 5% level" in found["region_ablation"]
+    assert "Holm p = 0.333, above 5%; descriptive" in found["region_ablation"]
     assert "not a pixel fingerprint" in found["probe_fingerprint"]
 
     # a run that read outcome logits makes claim 8 testable, its finding from the logit-difference recovery

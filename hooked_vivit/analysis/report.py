@@ -688,11 +688,12 @@ def scope_findings(results: dict, cap: Caption | None = None, alpha: float = 0.0
                     f"; matched boxes {cap.v(b + '.control_mean', '+.3f')}, p = {cap.v(b + '.control_p', '.3f')}"
                     + (f", Holm p = {cap.v(b + '.control_p_holm', '.3f')}" if t["control_p_holm"] is not None else "")
                     + (
-                        ": not distinguishable from matched boxes at the "
+                        ", above "
                         if (t["control_p_holm"] if t["control_p_holm"] is not None else t["control_p"]) > alpha
-                        else ": beyond the matched boxes at the "
+                        else ", below "
                     )
-                    + f"{cap.v(b + '.alpha', '.0%')} level (descriptive: chosen and tested on one pair)."
+                    + f"{cap.v(b + '.alpha', '.0%')}; descriptive, not claimed significant: the box is chosen on this pair "
+                    "and tested on it."
                     if t["control_p"] is not None
                     else "; no matched boxes, so no test."
                 )
