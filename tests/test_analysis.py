@@ -401,9 +401,63 @@ def test_analyze_with_video_files_and_bad_input(saved_model, tmp_path, capsys):
     assert not bad_out.exists()
 
 
+def check_cross_fitting_and_paired_tests(model, st, data):
+    """The cross-fitted region is selected and tested on disjoint pairs, its tokens are what the other half's
+    differential DLA picks, its ablation is what outcome_region_ablation gives on them; every test over
+    pairs is scipy's Wilcoxon, and the study's Holm family is statsmodels' over them."""
+    from scipy.stats import wilcoxon
+    from statsmodels.stats.multitest import multipletests
+
+    from hooked_vivit.analysis.report import lookup
+
+    cf = st["outcome"]["cross_fitting"]
+    assert [f["tested_on"] for f in cf["folds"]] == [[0, 2], [1, 3]]
+    for f in cf["folds"]:
+        assert not set(f["tested_on"]) & set(f["selected_on"]) and set(f["tested_on"]) | set(f["selected_on"]) == {
+            0,
+            1,
+            2,
+            3,
+        }
+    region = pipeline.CROSS_FITTED
+    assert region in st["outcome"]["ablation"] and region not in st["outcome"]["descriptive_regions"]
+    assert set(st["outcome"]["descriptive_regions"]) == {"top class-DLA tokens", "top differential-DLA tokens"}
+    # by hand for pair 1 (fold 1, selected on pairs 0 and 2): its tokens and the ablation's change
+    maps = []
+    for i in range(4):
+        pos, neg, meta = synthetic.render_pair("golf", st["seeds"][0] + i, num_frames=model.cfg.num_frames, size=32)
+        x, y = px(model, pos), px(model, neg)
+        c = int(model(x).argmax())
+        d = ex.differential_token_dla(model, x, y, c).terms.sum((0, 1)).abs().double()
+        g = model.cfg.grid
+        d[: g.n_prefix + g.frame_slot_of_frame(meta["divergence_frame"]) * g.n_rows * g.n_cols] = 0
+        maps.append((d / d.sum(), x, y, c))
+    want = sorted((maps[0][0] + maps[2][0]).div(2).topk(8).indices.tolist())
+    assert cf["folds"][1]["tokens"] == want
+    _, x, y, c = maps[1]
+    mask = ex.token_pixel_mask(model.cfg.grid, want, *x.shape[1:2], *x.shape[3:])
+    ab = ex.outcome_region_ablation(
+        model, x, y, ex.OutcomeSignal(model, x, y, c), {region: mask}, n_controls=20, seed=10_001
+    )
+    per_pair = st["outcome"]["ablation"][region]["logit_gap"]
+    assert per_pair["change"]["per_pair"][1] == ab.regions[region].logit_gap.change
+    # the MLP-minus-attention gap over pairs: scipy's Wilcoxon on the per-pair gaps
+    head = np.array(st["mlp"]["per_pair"]).mean(1) - np.array(st["attn"]["per_pair"]).mean(1)
+    t = st["mlp_minus_attn"]["paired_test"]
+    assert t["p"] == pytest.approx(wilcoxon(head).pvalue) and t["pairs"] == 5
+    for r in st["outcome"]["descriptive_regions"]:
+        assert all(st["outcome"]["ablation"][r][s]["paired_test"] is None for s in ex.SIGNALS)
+    mc = data["multiple_comparisons"]
+    assert mc["method"] == "holm" and mc["family"] == len(mc["tests"]) >= 1
+    raw = [lookup(data, p)["p"] for p in mc["tests"]]
+    assert [lookup(data, p)["p_holm"] for p in mc["tests"]] == pytest.approx(
+        multipletests(raw, method="holm")[1].tolist()
+    )
+
+
 def test_study_has_intervals(saved_model, tmp_path):
     model = HookedViViT.from_pretrained(saved_model)
-    studies = pipeline.run_study(model, ["golf"], 5, tmp_path / "study", progress=False, outcome_pairs=2, probe_pairs=6)
+    studies = pipeline.run_study(model, ["golf"], 5, tmp_path / "study", progress=False, outcome_pairs=4, probe_pairs=6)
     st = studies[0]
     lo, hi = np.array(st["attn"]["ci95"][0]), np.array(st["attn"]["ci95"][1])
     mean = np.array(st["attn"]["mean"])
@@ -418,8 +472,9 @@ def test_study_has_intervals(saved_model, tmp_path):
     nr = np.array(st["recovery"]["norm_ratio_cls"]["attn"]["per_pair"])
     assert st["norm_ratio_above_1"]["cls"]["per_component"]["attn"] == (nr > 1).mean(0).tolist()
     assert st["recovery"]["cls_projection"]["attn"]["per_pair"] == st["attn"]["per_pair"]
-    assert st["outcome"]["pairs"] == 2 and "object: ball" in st["outcome"]["ablation"]
+    assert st["outcome"]["pairs"] == 4 and "object: ball" in st["outcome"]["ablation"]
     data = json.loads((tmp_path / "study" / "results.json").read_text())
+    check_cross_fitting_and_paired_tests(model, st, data)
     check_captions(data, (data["model"],))
     summary = pipeline.study_summary(model, studies)
     first_pair = {"variants": {v: {c: r[c]["per_pair"][0] for c in ("attn", "mlp")} for v, r in st["recovery"].items()}}

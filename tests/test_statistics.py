@@ -208,3 +208,30 @@ def test_control_changes_stops_once_every_signal_is_decided_and_keeps_each_p():
     ctl, ps, seq = control_changes(evaluate, observed, 199, batch=50)
     assert len(ctl) == 199 and seq == [None] * 3
     assert ps == [st.monte_carlo_p(o, table[:, j]) for j, o in enumerate(observed)]
+
+
+def test_cross_fit_selection_never_reads_the_pairs_it_tests():
+    """A fold's tokens depend on the other folds' maps only: scrambling a fold's own maps leaves its
+    selection unchanged, scrambling the others' changes it; test and selection pairs are disjoint and
+    cover every pair; the tokens are the top of the mean of the normalised maps (by hand)."""
+    from hooked_vivit.analysis.pipeline import cross_fit_selection
+
+    rng = np.random.default_rng(11)
+    maps = [torch.tensor(rng.exponential(1.0, 40) * (rng.random(40) < 0.5)) for _ in range(7)]
+    sel = cross_fit_selection(maps, 5, folds=2)
+    assert [s["tested_on"] for s in sel] == [[0, 2, 4, 6], [1, 3, 5]]
+    for s in sel:
+        assert not set(s["tested_on"]) & set(s["selected_on"]) and sorted(s["tested_on"] + s["selected_on"]) == list(
+            range(7)
+        )
+        norm = np.mean([maps[i].numpy() / maps[i].numpy().sum() for i in s["selected_on"]], 0)
+        assert s["tokens"] == sorted(np.argsort(-norm)[:5].tolist())
+    scrambled = [
+        m if i % 2 else torch.tensor(rng.exponential(1.0, 40)) for i, m in enumerate(maps)
+    ]  # fold 0's own maps
+    again = cross_fit_selection(scrambled, 5, folds=2)
+    assert again[0]["tokens"] == sel[0]["tokens"] and again[1]["tokens"] != sel[1]["tokens"]
+    with pytest.raises(ValueError, match="non-negative"):
+        cross_fit_selection([-m for m in maps], 5)
+    with pytest.raises(ValueError, match="at least one pair per fold"):
+        cross_fit_selection(maps[:1], 5)

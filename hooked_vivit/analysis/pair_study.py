@@ -289,6 +289,7 @@ def write_pair_study(
     out: Path | OutputDir, model: HookedVideoTransformer, st: dict, *, overwrite: bool = False
 ) -> Path:
     data = {"model": model.cfg.model_name, "scope": rp.scope(model), "ci_level": 0.95, "studies": [st]}
+    data["multiple_comparisons"] = pipeline.adjust_study_pvalues(data)
     n = st["pairs"]
     with output_directory(out, overwrite=overwrite, writer="hooked-vivit study") as tmp:
         deltas = {

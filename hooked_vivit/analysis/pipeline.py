@@ -33,6 +33,7 @@ from hooked_vivit.analysis import experiments as ex
 from hooked_vivit.analysis import report as rp
 from hooked_vivit.analysis.cost import ForwardCounter
 from hooked_vivit.causal import statistics
+from hooked_vivit.causal.ablation import token_pixel_mask
 from hooked_vivit.causal.probes import bootstrap_ci
 from hooked_vivit.loading import weights_fingerprint
 from hooked_vivit.organism.data import ANALYSIS_SEEDS, recorded_seed_ranges, seed_use
@@ -1162,8 +1163,43 @@ def summarize_pair_statistics(
         "mean": float(gap.mean()),
         "ci95": [float(lo), float(hi)],
         "share_of_pairs_mlp_higher": float((gap > 0).mean()),
+        # the pair is the unit: Wilcoxon signed-rank of the per-pair gap, rank-biserial effect size
+        "paired_test": statistics.paired_test(gap),
     }
     return out
+
+
+def adjust_study_pvalues(data: dict, alpha: float = 0.05) -> dict:
+    """Holm's adjustment across every paired test over pairs in a study (every domain: the MLP-minus-
+    attention gap and each tested region x signal): each "paired_test" dict gets "p_holm" beside "p".
+    Returns results.json's "multiple_comparisons" (the family as paths into the results)."""
+    found: list[tuple[str, dict]] = []
+
+    def walk(node: object, path: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == "paired_test" and isinstance(v, dict) and "p" in v:
+                    found.append((f"{path}.{k}" if path else k, v))
+                else:
+                    walk(v, f"{path}.{k}" if path else str(k))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{path}.{i}")
+
+    walk(data, "")
+    for (_, d), a in zip(found, statistics.holm([d["p"] for _, d in found])):
+        d["p_holm"] = a
+        d["significant_holm"] = bool(a <= alpha)
+    return {
+        "method": "holm",
+        "alpha": alpha,
+        "family": len(found),
+        "tests": [p for p, _ in found],
+        "note": (
+            "every test over pairs in this study (Wilcoxon signed-rank, the pair the unit), Holm-adjusted together; "
+            "regions selected on the pair they are tested on are descriptive and not in the family"
+        ),
+    }
 
 
 def study_domain(
@@ -1254,6 +1290,10 @@ def study_domain(
                     ex.probe_pair_features(model, p, n, torch.cat([runs.clean.logits, runs.corrupted.logits]), acts)
                 )
             del runs
+        cross_fitting = None
+        if len(outcomes) >= 4:  # two folds of at least two pairs: select on one half, test on the other
+            with cost.section("outcome (cross-fitted region)"):
+                cross_fitting = cross_fitted_ablation(model, pairs[: len(outcomes)], outcomes, n_controls=n_controls)
         if probe_pairs > n_pairs:  # more pairs for the probes than for the patching: render the next seeds
             pairs += rendered_probe_pairs(model, domain, probe_pairs - n_pairs, seed0 + n_pairs)
         rand = ex.random_weights_model(model)  # the probes' random-weights control: its forwards are counted too
@@ -1285,6 +1325,8 @@ def study_domain(
             out["recovery"][name]["temporal_attn"] = _stat(v, per_pair=True)
     if outcomes:
         out["outcome"] = summarize_outcomes(outcomes, shares_after_divergence, class_tops_before_divergence)
+        if cross_fitting is not None:
+            out["outcome"]["cross_fitting"] = cross_fitting
     out["probes"] = probes
     out["probes"]["seeds"] = [seed0, seed0 + probe_pairs - 1]
     out["probes"]["best"] = best_probe(out["probes"])
@@ -1296,6 +1338,93 @@ def study_domain(
         outcome_ablated_clips=sum(2 * len(o.ablation.regions) * (1 + o.ablation.n_controls) for o in outcomes),
     )
     return out
+
+
+CROSS_FITTED = "top differential-DLA tokens, selected on the other pairs"
+
+
+def cross_fit_selection(score_maps: Sequence[torch.Tensor], n_tokens: int, folds: int = 2) -> list[dict]:
+    """Cross-fitted token selection: pairs are split by index modulo ``folds``; fold f's tokens are the
+    ``n_tokens`` of greatest mean score over the *other* folds' pairs (each pair's map [tokens] of
+    non-negative scores normalised to sum 1 first, so no pair dominates; a map of zeros counts as none).
+    Fold f's pairs are then tested on tokens their own scores never saw. Returns per fold its test
+    pairs, the pairs it was selected on, and the tokens."""
+    n = len(score_maps)
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2 or n < folds:
+        raise ValueError(
+            f"cross-fitting needs folds >= 2 and at least one pair per fold, got {folds} folds of {n} pairs"
+        )
+    maps = torch.stack([m.detach().double().cpu() for m in score_maps])
+    if (maps < 0).any():
+        raise ValueError("cross_fit_selection: the score maps must be non-negative (e.g. |differential DLA|)")
+    totals = maps.sum(1, keepdim=True)
+    maps = torch.where(totals > 0, maps / totals.clamp_min(1e-300), torch.zeros_like(maps))
+    out = []
+    for f in range(folds):
+        test = [i for i in range(n) if i % folds == f]
+        train = [i for i in range(n) if i % folds != f]
+        mean = maps[train].mean(0)
+        k = min(n_tokens, int((mean > 0).sum()))
+        tokens = mean.topk(k).indices.tolist() if k else []
+        out.append({"fold": f, "tested_on": test, "selected_on": train, "tokens": sorted(tokens)})
+    return out
+
+
+def cross_fitted_ablation(
+    model: HookedVideoTransformer,
+    pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    outcomes: Sequence[ex.OutcomeAnalysis],
+    *,
+    n_tokens: int = 8,
+    n_controls: int = 20,
+    folds: int = 2,
+) -> dict:
+    """The top differential-DLA tokens as a region tested where they were not chosen: each outcome pair's
+    |differential DLA| per patch token from its divergence frame on scores the tokens
+    (cross_fit_selection), and every pair is ablated on its fold's tokens beside matched control boxes
+    (outcome_region_ablation). The result is added to each OutcomeAnalysis's ablation regions (under
+    CROSS_FITTED, not descriptive) for summarize_outcomes; returns results.json's "cross_fitting"."""
+    grid = model.cfg.grid
+    maps = []
+    for o in outcomes:
+        m = o.differential_dla.terms.sum((0, 1)).abs().float().cpu()
+        m[: grid.n_prefix] = 0  # the readout's prefix tokens see no pixels
+        first = grid.n_prefix + grid.frame_slot_of_frame(o.from_frame) * grid.n_rows * grid.n_cols
+        m[grid.n_prefix : first] = 0  # before the pair's divergence: the clips are alike there
+        maps.append(m)
+    selection = cross_fit_selection(maps, n_tokens, folds)
+    for sel in selection:
+        for i in sel["tested_on"]:
+            pos, neg = pairs[i]
+            T, _, H, W = pos.shape[1:]
+            mask = token_pixel_mask(grid, sel["tokens"], T, H, W)
+            if not sel["tokens"] or not mask.any():
+                continue
+            signal = ex.OutcomeSignal(model, pos, neg, outcomes[i].class_index)
+            ablation = ex.outcome_region_ablation(
+                model, pos, neg, signal, {CROSS_FITTED: mask}, n_controls=n_controls, seed=10_000 + i
+            )
+            outcomes[i].ablation.regions[CROSS_FITTED] = ablation.regions[CROSS_FITTED]
+    return {
+        "region": CROSS_FITTED,
+        "folds": selection,
+        "tokens_per_fold": n_tokens,
+        "note": (
+            f"pairs split by index modulo {folds}; each fold's tokens are chosen on the other folds' pairs "
+            "(mean normalised |differential DLA| from each pair's divergence on) and tested on its own pairs"
+        ),
+    }
+
+
+def _paired_cell(e: dict, descriptive: bool) -> str:
+    """A markdown cell of an ablation entry's paired test over pairs (summarize_outcomes)."""
+    t = e.get("paired_test")
+    if descriptive:
+        return "descriptive (selected on each pair it is tested on)"
+    if t is None:
+        return "untested (fewer than 5 pairs with a non-zero difference)"
+    holm = f" ({t['p_holm']:.3g})" if t.get("p_holm") is not None else ""
+    return f"{t['p']:.3g}{holm}, r = {t['rank_biserial']:+.2f}"
 
 
 def summarize_outcomes(
@@ -1335,8 +1464,10 @@ def summarize_outcomes(
         for obj, per in enr.items()
     }
     abl: dict = {}
+    descriptive: dict[str, bool] = {}
     for o in outcomes:
         for region, e in o.ablation.regions.items():
+            descriptive[region] = descriptive.get(region, False) or e.descriptive
             d = abl.setdefault(
                 region, {s: {"change": [], "control_mean": [], "control_std": [], "control_p": []} for s in ex.SIGNALS}
             )
@@ -1355,14 +1486,20 @@ def summarize_outcomes(
             sd = [v for v in d["control_std"] if v is not None]
             ps = np.array([v for v in d["control_p"] if v is not None], dtype=float)
             out["ablation"][region][s] = {
-                "change": _stat(ch),
+                "change": _stat(ch, per_pair=True),
                 "control_mean": _stat(cm) if len(cm) >= 2 else None,
                 "change_minus_control": _stat(ch[has] - cm) if len(cm) >= 2 else None,
                 "control_std_mean": float(np.mean(sd)) if sd else None,
                 "share_p_at_most_5pct": float(np.mean(ps <= 0.05)) if len(ps) else None,
+                # across pairs (the pair is the unit): region minus its matched boxes, Wilcoxon signed-rank;
+                # none for a region selected on the pair it is tested on (descriptive)
+                "paired_test": None if descriptive[region] else statistics.paired_test(ch[has] - cm),
                 "pairs": len(ch),
                 "pairs_with_controls": int(has.sum()),
             }
+
+    # regions selected on the pair they are tested on (top-DLA tokens per pair): no test over pairs
+    out["descriptive_regions"] = [r for r in abl if descriptive[r]]
     # per region, the matched control boxes found in each pair (of n_controls requested)
     out["controls_found"] = {
         region: [
@@ -1378,6 +1515,28 @@ def summarize_outcomes(
 def _at_readout(st: dict) -> str:
     ro = st.get("readout", "CLS")  # studies written before the readout was recorded read CLS
     return "CLS" if ro == "CLS" else f"the {ro}"
+
+
+def _paired_phrase(cap: rp.Caption, entry: dict, base: str, what: str = "") -> str:
+    """ "; over pairs (Wilcoxon signed-rank) p = .., Holm p = .., rank-biserial r = .." for an entry holding a
+    paired_test at ``base`` (every number from results.json; "significant" only from its Holm value)."""
+    t = entry.get("paired_test")
+    if t is None:
+        return "; over pairs: untested (too few pairs with a non-zero difference)"
+    b = base + ".paired_test"
+    text = (
+        f"; over pairs{' (' + what + ')' if what else ''}, Wilcoxon signed-rank p = {cap.v(b + '.p', '.3g')}"
+        + (f", Holm p = {cap.v(b + '.p_holm', '.3g')}" if t.get("p_holm") is not None else "")
+        + f", rank-biserial r = {cap.v(b + '.rank_biserial', '+.2f')}"
+    )
+    if t.get("significant_holm") is not None:
+        alpha = cap.v("multiple_comparisons.alpha", ".0%")
+        text += (
+            f" (significant after Holm at {alpha})"
+            if t["significant_holm"]
+            else f" (not significant after Holm at {alpha})"
+        )
+    return text
 
 
 def study_captions(data: dict) -> dict[tuple[str, str], str]:
@@ -1404,7 +1563,7 @@ def study_captions(data: dict) -> dict[tuple[str, str], str]:
                 f"Mean recovery per component in {m} over {pairs}, every variant side by side, bootstrap {cap.v('ci_level', '.0%')} intervals over "
                 f"pairs. Headline {h}: MLP minus attention recovery (mean over layers), per pair, {cap.v(g + '.mean', '+.1%')} "
                 f"[{cap.v(g + '.ci95.0', '+.1%')}, {cap.v(g + '.ci95.1', '+.1%')}]; MLP higher in {cap.v(g + '.share_of_pairs_mlp_higher', '.0%')} of "
-                f"pairs. A norm ratio at {_at_readout(st)} exceeds one in {cap.v(nr + '.cls.count')} of {cap.v(nr + '.cls.of')} (pair, component) cases "
+                f"pairs{_paired_phrase(cap, st['mlp_minus_attn'], g)}. A norm ratio at {_at_readout(st)} exceeds one in {cap.v(nr + '.cls.count')} of {cap.v(nr + '.cls.of')} (pair, component) cases "
                 f"({cap.v(nr + '.cls.share_of_pairs_with_any', '.0%')} of pairs have at least one), and in "
                 f"{cap.v(nr + '.cls.with_projection_below_1', '.0%')} of those the projection stays below one: such a ratio does not show "
                 "sufficiency, since the patched run can move away from the clean one."
@@ -1447,14 +1606,27 @@ def study_captions(data: dict) -> dict[tuple[str, str], str]:
                         f"control boxes in {cap.v(bd + '.pairs_with_controls')} of the pairs, too few for an interval: untested)"
                     )
                     continue
+                descriptive = region in st["outcome"].get("descriptive_regions", ())
                 parts.append(
                     f"{region}: logit gap change {cap.v(b + '.change.mean', '+.3f')} [{cap.v(b + '.change.ci95.0', '+.3f')}, "
-                    f"{cap.v(b + '.change.ci95.1', '+.3f')}] against {cap.v(b + '.control_mean.mean', '+.3f')} for the boxes, direction "
+                    f"{cap.v(b + '.change.ci95.1', '+.3f')}] against {cap.v(b + '.control_mean.mean', '+.3f')} for the boxes"
+                    + ("" if descriptive else _paired_phrase(cap, per["logit_gap"], b, "the region minus its boxes"))
+                    + f", direction "
                     f"change {cap.v(bd + '.change.mean', '+.2f')} against {cap.v(bd + '.control_mean.mean', '+.2f')} (beyond all but "
                     f"five per cent of the boxes in {cap.v(bd + '.share_p_at_most_5pct', '.0%')} of the "
                     f"{cap.v(bd + '.pairs_with_controls')} pairs with matched boxes)"
+                    + (
+                        " (selected on each pair it is tested on: descriptive, no test over pairs)"
+                        if descriptive
+                        else _paired_phrase(cap, per["direction"], bd, "the region minus its boxes")
+                    )
                 )
             pairs = f"the first {cap.v(o + '.pairs')} of these {dom} pairs"
+            if "cross_fitting" in st["outcome"]:
+                parts.append(
+                    f"the cross-fitted region holds the top {cap.v(o + '.cross_fitting.tokens_per_fold')} differential-DLA tokens "
+                    f"of the other half of the pairs (pairs split by index parity), so selection and test never share a pair"
+                )
             out[(dom, "ablation")] = cap.record(
                 f"{dom} ablation",
                 (
@@ -1485,6 +1657,7 @@ def write_study(
     out: Path | OutputDir, model: HookedVideoTransformer, studies: list[dict], *, overwrite: bool = False
 ) -> Path:
     data = {"model": model.cfg.model_name, "scope": rp.scope(model), "ci_level": 0.95, "studies": studies}
+    data["multiple_comparisons"] = adjust_study_pvalues(data)
     captions = study_captions(data)
     with output_directory(out, overwrite=overwrite, writer="hooked-vivit study") as tmp:
         sections = []
@@ -1678,21 +1851,22 @@ def study_tables_markdown(summary: dict) -> str:
                 "",
                 f"### Outcome-targeted region ablation (both clips, from the divergence on; up to {o['n_controls']} boxes per pair matched on size and share of the pixel difference)",
                 "",
-                "| region | signal | change | matched boxes | change - boxes | pairs with p <= 0.05 |",
-                "|---|---|---|---|---|---|",
+                "| region | signal | change | matched boxes | change - boxes | pairs with p <= 0.05 | over pairs: Wilcoxon p (Holm), rank-biserial r |",
+                "|---|---|---|---|---|---|---|",
             ]
             for region, per in o["ablation"].items():
                 for s, e in per.items():
                     if e["control_mean"] is None:
                         lines.append(
                             f"| {region} | {s} | {e['change']['mean']:+.3f} [{e['change']['ci95'][0]:+.3f}, {e['change']['ci95'][1]:+.3f}] | "
-                            f"matched in {e['pairs_with_controls']} pairs (too few) | - | - |"
+                            f"matched in {e['pairs_with_controls']} pairs (too few) | - | - | untested |"
                         )
                         continue
                     lines.append(
                         f"| {region} | {s} | {e['change']['mean']:+.3f} [{e['change']['ci95'][0]:+.3f}, {e['change']['ci95'][1]:+.3f}] | "
                         f"{e['control_mean']['mean']:+.3f} (sd {e['control_std_mean']:.3f}) | {e['change_minus_control']['mean']:+.3f} "
-                        f"[{e['change_minus_control']['ci95'][0]:+.3f}, {e['change_minus_control']['ci95'][1]:+.3f}] | {e['share_p_at_most_5pct']:.0%} |"
+                        f"[{e['change_minus_control']['ci95'][0]:+.3f}, {e['change_minus_control']['ci95'][1]:+.3f}] | {e['share_p_at_most_5pct']:.0%} | "
+                        f"{_paired_cell(e, region in o.get('descriptive_regions', ()))} |"
                     )
         pr = st["probes"]
         lines += [
