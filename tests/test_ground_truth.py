@@ -392,31 +392,33 @@ def test_validate_finds_the_single_planted_head(planted_results):
     assert d["enrichment_differing"]["mean"] == pytest.approx(1.0, abs=1e-6)
     # Zeroing the blob flips every positive clip to "no blob"; the negative clip has no blob to remove.
     assert r["ablation"]["to_twin"]["positive"]["mean"] == 1.0 and r["ablation"]["changed"]["negative"]["mean"] == 0.0
-    # The verdict reads the flips to the twin class minus the random boxes', per pair (the numbers the row shows).
+    # The blob is all that differs between the clips: no control box of its size holds as much of the pair's
+    # pixel difference, so no pair has a matched control and the ablation is untested (issue 30: nothing
+    # falls back to unmatched random boxes; tests/test_validation_statistics.py tests the matched path).
     ab = r["ablation"]
-    expected_gap = (
-        (ab["to_twin"]["positive"]["mean"] + ab["to_twin"]["negative"]["mean"])
-        - (ab["controls_to_twin"]["positive"]["mean"] + ab["controls_to_twin"]["negative"]["mean"])
-    ) / 2
-    assert ab["to_twin_minus_controls"]["mean"] == pytest.approx(expected_gap, abs=1e-12)
+    assert ab["region_share"]["mean"] == 1.0 and ab["tested_pairs"] == 0 and ab["test"] is None
     assert r["attribution"]["z by head"]["r"] == pytest.approx(1.0, abs=1e-6)
     rows = {f["method"]: f["verdict"] for f in validation.findings(res["planted single_head"], data["settings"])}
     assert rows["component recovery (every variant)"] == "found by the headline (logit_diff); found in 6 of 6 variants"
     assert rows["per-head logit-difference recovery"] == "found"
     assert rows["whole-residual patch (sanity)"] == "passes"
-    assert rows["differential DLA on the outcome region"] == "found"
-    assert rows["outcome-region ablation (3 boxes per pair)"] == "found"
-    # A region whose clips flip to the twin no more often than random boxes' is missed, even when the
-    # class changes more often (to a third class).
-    lenient = {**r, "ablation": {**ab, "to_twin_minus_controls": {"mean": 0.0, "ci95": [-0.1, 0.1], "n": 6}}}
-    lenient["ablation"]["changed_minus_controls"] = {"mean": 0.5, "ci95": [0.3, 0.7], "n": 6}
-    rows = {
-        f["method"]: f["verdict"]
-        for f in validation.findings(
-            {**res["planted single_head"], "domains": {"single_head": lenient}}, data["settings"]
-        )
-    }
-    assert rows["outcome-region ablation (3 boxes per pair)"] == "missed"
+    # The verdicts read the matched nulls: against the differing tokens the blob's enrichment cannot exceed 1
+    # (it is every differing token), and no place outside it differs as much: both untestable, not "found".
+    assert rows["differential DLA on the outcome region"].startswith(
+        "untestable: the region holds every differing token"
+    )
+    assert rows["attention enrichment on the outcome region"].startswith("untestable: the region holds every")
+    assert rows["outcome-region ablation (3 matched boxes per pair)"].startswith(
+        "untestable: no pair has a matched control"
+    )
+    # Probes: the layer x pooling choice is nested-cross-validated; raw pixels decode the blob (brightness)
+    # as well as the model: a fingerprint, by the computed comparison.
+    pr = r["probes"]
+    assert pr["chosen"] == pr["nested"]["chosen_counts"][0]["configuration"] and pr["pixel_ceiling"]["fingerprint"]
+    assert pr["random_weights"]["configuration"] == pr["chosen"]
+    assert rows["outcome probe (held-out by pair)"].startswith("found") and rows[
+        "outcome probe (held-out by pair)"
+    ].endswith("decodable from pixels alone: a fingerprint")
 
 
 def test_validate_reports_what_misses_the_composition(planted_results):

@@ -7,16 +7,26 @@ pairs of each domain (rendered seeds in the reserved analysis range, the same sc
 organisms), each method reports what it finds, with percentile-bootstrap 95 % intervals over pairs,
 beside what is known to be there; a method that misses a known mechanism is reported as a miss:
 
-- probes: outcome probes per layer (CLS, repeated grouped k-fold, groups = pairs);
+- probes: outcome probes per layer (CLS, repeated grouped k-fold, groups = pairs); the layer x pooling
+  choice by nested cross-validation (not the argmax over layers), a random-weights model's probe at the
+  chosen configuration, and the pixel baseline as the ceiling (a fingerprint where pixels alone reach it);
 - recovery: component recovery (denoising each attn_out / mlp_out into the negative run, every
   variant of experiments.RECOVERY_VARIANTS) and, as a sanity check, the whole residual stream
   patched at every layer (must restore 100 % in every variant);
-- differential DLA / attention enrichment on the outcome objects' tokens from the divergence on;
-- ablation: the outcome objects' pixels (from the divergence on) zeroed, against random boxes of
-  equal size: how often the predicted class changes (and, where the outcome is a label, to the twin);
+- differential DLA / attention enrichment on the outcome objects' tokens from the divergence on, against
+  two nulls: all tokens, and the tokens whose pixels differ between the clips (the matched null; the
+  verdict reads it: a region that is most of what differs is enriched over all tokens by that alone);
+- ablation: the outcome objects' pixels (from the divergence on) zeroed, against control boxes matched
+  on size and on share of the pair's pixel difference (statistics.matched_boxes): per pair the region's
+  effect against its controls (Monte-Carlo p), across pairs a one-sided Wilcoxon signed-rank test of
+  region minus mean control (the pair is the unit); pairs with no matched control are untested;
 - attribution: attribution patching against real patching (Pearson r of attn_out / mlp_out by layer
   and z by head), on the subjects whose outcome is known to be carried (the planted models and the
   ground-truth organism).
+
+Inference: each verdict word reads a test whose result validation.json holds ("test", "p", "p_holm");
+the across-pair tests of the whole report are one family, Holm-adjusted (statistics.holm) in
+``validate``; the per-pair Monte-Carlo p-values of an ablation are a family of their own (its pairs).
 """
 
 from __future__ import annotations
@@ -34,11 +44,11 @@ import torch
 from hooked_vivit import synthetic
 from hooked_vivit.analysis import experiments as ex
 from hooked_vivit.analysis.pipeline import model_pixels
-from hooked_vivit.causal import patching
-from hooked_vivit.causal.ablation import ablate_pixel_mask, random_boxes_like
+from hooked_vivit.causal import patching, statistics
+from hooked_vivit.causal.ablation import ablate_pixel_mask
 from hooked_vivit.causal.attribution import attribution_patch
 from hooked_vivit.causal.metrics import LogitDiff, LogitDiffRecovery, SignalRecovery
-from hooked_vivit.causal.probes import bootstrap_ci
+from hooked_vivit.causal.probes import bootstrap_ci, cross_validated_probe
 from hooked_vivit.organism.data import ANALYSIS_SEEDS
 
 if TYPE_CHECKING:  # annotations only
@@ -49,6 +59,8 @@ VALIDATE_SEED0 = ANALYSIS_SEEDS["study"] + 500_000
 DOMAINS = tuple(synthetic.DOMAINS)
 PROBE_GOAL = 0.9  # last-layer outcome probe on the ground-truth organism
 ATTRIBUTION_GOAL = 0.9  # attribution vs real patching, Pearson r
+ALPHA = 0.05  # every test's level, after Holm's adjustment across the report
+MIN_TEST_PAIRS = 5  # a one-sided signed-rank test needs 5 non-zero pairs to reach p < 0.05 (1/32)
 METHODS = (
     "probes",
     "recovery",
@@ -150,6 +162,83 @@ def _ci(values: Sequence[float] | np.ndarray) -> dict:
         return {"mean": mean, "ci95": [None, None] if v.ndim == 1 else [[None] * v.shape[1]] * 2, "n": int(len(v))}
     lo, hi = bootstrap_ci(v)
     return {"mean": mean, "ci95": [np.asarray(lo).tolist(), np.asarray(hi).tolist()], "n": int(len(v))}
+
+
+def signed_rank_test(
+    values: Sequence[float] | np.ndarray, null: float = 0.0, *, atol: float = 1e-9, n_boot: int = 2000, seed: int = 0
+) -> dict | None:
+    """The across-pairs test of one value per pair (the pair is the unit) against ``null``: Wilcoxon's
+    signed-rank test of values - null, one-sided (greater: the values exceed the null), by
+    ``scipy.stats.wilcoxon`` (zero differences dropped, its default), with the matched-pairs rank-biserial
+    correlation (W+ - W-) / (W+ + W-) as effect size and the mean difference with a percentile-bootstrap
+    95 % interval over pairs. Differences within ``atol`` of 0 count as zero (float rounding is not a
+    direction). None with fewer than MIN_TEST_PAIRS non-zero differences (a one-sided test of 4 pairs
+    cannot go below 1/16)."""
+    from scipy.stats import rankdata, wilcoxon
+
+    d = np.asarray(values, dtype=np.float64).reshape(-1) - null
+    d = d[np.isfinite(d)]
+    d[np.abs(d) <= atol] = 0.0
+    nz = d[d != 0]
+    if len(nz) < MIN_TEST_PAIRS:
+        return None
+    ranks = rankdata(np.abs(nz))
+    w_plus, w_minus = float(ranks[nz > 0].sum()), float(ranks[nz < 0].sum())
+    lo, hi = bootstrap_ci(d, n_boot, seed)
+    return {
+        "test": "Wilcoxon signed-rank (scipy.stats.wilcoxon), one-sided (greater), over pairs",
+        "null": null,
+        "p": float(wilcoxon(nz, alternative="greater").pvalue),
+        "w_plus": w_plus,
+        "rank_biserial": (w_plus - w_minus) / (w_plus + w_minus),
+        "mean_difference": float(d.mean()),
+        "mean_difference_ci95": [float(lo), float(hi)],
+        "pairs": int(len(d)),
+        "nonzero": int(len(nz)),
+    }
+
+
+def _tests(node: Any, path: str = "") -> list[tuple[str, dict]]:
+    """(path, dict) of every across-pair test in ``node`` (a dict holding "test" and "p"), in order."""
+    out = []
+    if isinstance(node, dict):
+        if "test" in node and "p" in node and not isinstance(node["p"], (dict, list)):
+            out.append((path, node))
+        for k, v in node.items():
+            out += _tests(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            out += _tests(v, f"{path}.{i}")
+    return out
+
+
+def adjust_validation(subjects: list[dict], alpha: float = ALPHA) -> dict:
+    """Holm's adjustment (statistics.holm) across every across-pair test of the report (every subject,
+    domain and method): each test dict gets "p_holm" beside its "p". Returns validation.json's
+    "multiple_comparisons": the method, the family's size and members."""
+    found = [(f"{s['subject']}: {path}", d) for s in subjects for path, d in _tests(s["domains"])]
+    for (_, d), a in zip(found, statistics.holm([d["p"] for _, d in found])):
+        d["p_holm"] = a
+    return {
+        "method": "holm",
+        "alpha": alpha,
+        "scope": "the whole report: every across-pair test of every subject, domain and method",
+        "family": len(found),
+        "tests": [p for p, _ in found],
+        "note": (
+            "a verdict word reads its test's Holm-adjusted p (p_holm < alpha); the per-pair Monte-Carlo p-values "
+            "of an ablation (control_p) are a family of their own, Holm-adjusted over its pairs (control_p_holm), "
+            "and no verdict reads them"
+        ),
+    }
+
+
+def _holm_of(result: dict) -> None:
+    """p_holm within one subject where ``validate`` has not set it across the report (a subject's result
+    from validate_subject alone)."""
+    tests = _tests(result["domains"])
+    if any("p_holm" not in d for _, d in tests):
+        adjust_validation([result])
 
 
 def pooled_correlation(
@@ -295,19 +384,6 @@ def _outcome_class(model: HookedVideoTransformer, p: ValidationPair) -> int:
         return int(model(p.positive).argmax())
 
 
-def _differing_found(mp: dict, enr: dict | None) -> str:
-    """ "; against the differing tokens (base rate b): enrichment e [lo, hi] (enriched / not enriched)" for
-    the validation table; the verdict words come from the interval (its lower end above 1 or not)."""
-    if mp.get("base_rate_differing") is None or enr is None:
-        return "; against the differing tokens: fewer than two pairs whose region holds one"
-    lo = enr["ci95"][0]
-    word = "enriched" if lo is not None and lo > 1 else "not enriched"
-    return (
-        f"; against the differing tokens (base rate {mp['base_rate_differing']['mean']:.0%}): enrichment "
-        f"{_num(enr)}, {word}"
-    )
-
-
 def attribution_maps(model: HookedVideoTransformer, pairs: list[ValidationPair]) -> dict:
     """Differential token DLA and CLS attention per pair, as shares and enrichments on the region's tokens,
     against two base rates: the region's share of all tokens, and its share of the tokens whose pixels
@@ -345,10 +421,17 @@ def attribution_maps(model: HookedVideoTransformer, pairs: list[ValidationPair])
         if base_d:
             attn_enr_d.append(shares.mean(1) / base_d)
     ci = lambda v: _ci(v) if len(v) >= 2 else None  # noqa: E731  (an interval over pairs needs two)
+    test = lambda v: signed_rank_test(v, 1.0) if len(v) else None  # noqa: E731  (enrichment > 1 over pairs)
+    # A region holding every differing token in every pair cannot be enriched against them: no test to run.
+    testable_d = bool(base_rates_d) and min(base_rates_d) < 1 - 1e-12
+    test_d = lambda v: test(v) if testable_d else None  # noqa: E731
     out = {
         "pairs": len(pairs),
         "base_rate": _ci(base_rates),
         "base_rate_differing": ci(base_rates_d),
+        # the largest enrichment against the differing tokens a pair allows (1 / its base rate among them):
+        # a region holding every differing token (base rate 1) cannot be enriched against them
+        "max_enrichment_differing": 1 / min(b for b in base_rates_d if b > 0) if any(base_rates_d) else None,
         "dla_zero_pairs": dla_zero,
     }
     if dla_share:
@@ -357,59 +440,153 @@ def attribution_maps(model: HookedVideoTransformer, pairs: list[ValidationPair])
             "enrichment": _ci(dla_enr),
             "enrichment_differing": ci(dla_enr_d),
             "share_after_divergence": _ci(after_div),
+            # one-sided signed-rank tests of enrichment > 1 over pairs, against each null
+            "enrichment_test": test(dla_enr),
+            "enrichment_differing_test": test_d(dla_enr_d),
         }
     a = np.stack(attn_enr)  # [pairs, L]
+    a_d = np.stack(attn_enr_d) if attn_enr_d else np.zeros((0, a.shape[1]))
     best = int(np.argmax(a.mean(0)))
     out["attention"] = {
         "enrichment_per_layer": _ci(a),
         "share_per_layer": _ci(np.stack(attn_share)),
-        "best_layer": best,
+        "best_layer": best,  # the largest mean all-token enrichment: descriptive (chosen on these pairs)
         "best_enrichment": _ci(a[:, best]),
         # against the differing tokens, at the same layer
-        "best_enrichment_differing": ci(np.stack(attn_enr_d)[:, best]) if len(attn_enr_d) >= 2 else None,
+        "best_enrichment_differing": ci(a_d[:, best]) if len(a_d) >= 2 else None,
+        # every layer tested (no layer is chosen before its test; Holm across the report covers them all)
+        "enrichment_differing_per_layer": ci(a_d),
+        "tests_per_layer": [test(a[:, l]) for l in range(a.shape[1])],
+        "tests_differing_per_layer": [test_d(a_d[:, l]) for l in range(a.shape[1])],
     }
     return out
 
 
+def _ablated_logits(model: HookedVideoTransformer, x: torch.Tensor, masks: np.ndarray, batch: int = 32) -> torch.Tensor:
+    """Logits [clips, masks, classes] of each clip of ``x`` [clips, T, C, H, W] with each mask's pixels zeroed."""
+    rows = []
+    for clip in x:
+        out = []
+        for j in range(0, len(masks), batch):
+            m = masks[j : j + batch]
+            with torch.inference_mode():
+                out.append(model(ablate_pixel_mask(clip[None].expand(len(m), *clip.shape), m)).double())
+        rows.append(torch.cat(out))
+    return torch.stack(rows)
+
+
 def region_ablation(model: HookedVideoTransformer, pairs: list[ValidationPair], n_controls: int, seed: int = 0) -> dict:
-    """Zero the region in each clip of a pair (and ``n_controls`` random equal-size boxes instead):
-    the share of clips whose predicted class changes, and (outcome labels) changes to the twin class."""
-    changed, twin, ctl_changed, ctl_twin, gap, twin_gap = [], [], [], [], [], []
+    """Zero the region in each clip of a pair, and instead up to ``n_controls`` control boxes matched on
+    size and on share of the pair's pixel difference (statistics.matched_boxes; how many matched is
+    recorded per pair, a pair with none is untested and nothing falls back to unmatched boxes).
+
+    Per pair, the effect of zeroing a set of pixels is a continuous signal averaged over the pair's two
+    clips: |change of the positive - negative class logit difference| where every pair has outcome
+    classes, else |change of the clip's top-class logit|; the region's effect against its controls'
+    gives a per-pair Monte-Carlo p ((k + 1)/(n + 1), one-sided: controls at least as large), Holm-adjusted
+    over the pairs. Across the tested pairs (the pair is the unit of inference): region effect minus the
+    mean of its controls', tested by a one-sided Wilcoxon signed-rank test (signed_rank_test), with the
+    rank-biserial correlation and the mean difference's bootstrap interval as effect sizes. Beside it,
+    the share of clips whose predicted class changes (and, with outcome classes, changes to the twin)."""
+    with_classes = all(p.classes is not None for p in pairs)
+    changed, twin, ctl_changed, ctl_twin, twin_gap, changed_gap = [], [], [], [], [], []
+    region_effects, control_means, per_pair = [], [], []
     for i, p in enumerate(pairs):
-        controls = random_boxes_like(p.region, n_controls, seed=seed + i)
-        masks = np.concatenate([p.region[None], controls])
+        difference = statistics.pixel_difference(p.positive, p.negative)
+        entry: dict = {"pair": i}
+        try:
+            matched = statistics.matched_boxes(p.region, difference, n_controls, seed=seed + i)
+        except ValueError as e:  # identical clips (no difference to share) or an empty region
+            matched, entry["untested"] = None, str(e)
+        masks = np.concatenate([p.region[None], matched.masks]) if matched is not None else p.region[None]
         x = torch.cat([p.positive, p.negative])
         with torch.inference_mode():
-            before = model(x).argmax(-1)
-            ablated = torch.cat([ablate_pixel_mask(clip[None].expand(len(masks), *clip.shape), masks) for clip in x])
-            after = model(ablated).argmax(-1).reshape(2, len(masks))
-        ch = (after != before[:, None]).double()  # [2 clips, 1 + controls]
+            before = model(x).double()  # [2, classes]
+        after = _ablated_logits(model, x, masks)  # [2 clips, 1 + found, classes]
+        pred_before, pred_after = before.argmax(-1), after.argmax(-1)
+        if with_classes:
+            pos, neg = p.classes
+            sig_before, sig_after = before[:, pos] - before[:, neg], after[..., pos] - after[..., neg]
+        else:
+            top = pred_before[:, None, None]
+            sig_before = before.gather(1, pred_before[:, None])[:, 0]
+            sig_after = after.gather(2, top.expand(2, len(masks), 1))[..., 0]
+        effect = (sig_after - sig_before[:, None]).abs().mean(0).numpy()  # [1 + found], mean over the two clips
+        ch = (pred_after != pred_before[:, None]).double()  # [2 clips, 1 + found]
         changed.append(ch[:, 0].tolist())
-        ctl_changed.append(ch[:, 1:].mean(1).tolist())
+        region_effects.append(float(effect[0]))
         if p.classes is not None:
             other = torch.tensor([p.classes[1], p.classes[0]])[:, None]
-            tw = (after == other).double()
+            tw = (pred_after == other).double()
             twin.append(tw[:, 0].tolist())
-            ctl_twin.append(tw[:, 1:].mean(1).tolist())
-            twin_gap.append(float(tw[:, 0].mean() - tw[:, 1:].mean()))
-        gap.append(float(ch[:, 0].mean() - ch[:, 1:].mean()))
-    # Per clip of the pair ([positive, negative]) and for the pair (the mean of its two clips).
-    both = lambda v: {
-        "positive": _ci(np.asarray(v)[:, 0]),
-        "negative": _ci(np.asarray(v)[:, 1]),
-        "pair": _ci(np.asarray(v).mean(1)),
-    }  # noqa: E731
+        found = 0 if matched is None else matched.found
+        if matched is not None:
+            entry.update(
+                found=found,
+                region_share=matched.region_share,
+                band=list(matched.band),
+                candidates=matched.candidates,
+            )
+        entry["region_effect"] = float(effect[0])
+        if found:
+            ctl = effect[1:]
+            entry.update(
+                control_effects=ctl.tolist(),
+                control_share_range=[min(matched.shares), max(matched.shares)],
+                control_p=statistics.monte_carlo_p(effect[0], ctl, "greater"),
+                untested=False,
+            )
+            control_means.append(float(ctl.mean()))
+            ctl_changed.append(ch[:, 1:].mean(1).tolist())
+            changed_gap.append(float(ch[:, 0].mean() - ch[:, 1:].mean()))
+            if p.classes is not None:
+                ctl_twin.append(tw[:, 1:].mean(1).tolist())
+                twin_gap.append(float(tw[:, 0].mean() - tw[:, 1:].mean()))
+        else:
+            entry.setdefault("untested", "no matched control box")
+            entry["control_p"] = None
+        per_pair.append(entry)
+    for e, a in zip(per_pair, statistics.holm([e["control_p"] for e in per_pair])):
+        e["control_p_holm"] = a  # over this ablation's pairs (descriptive: no verdict reads it)
+
+    def both(v):  # per clip of the pair ([positive, negative]) and for the pair (the mean of its two clips)
+        if not v:
+            return None
+        a = np.asarray(v)
+        return {"positive": _ci(a[:, 0]), "negative": _ci(a[:, 1]), "pair": _ci(a.mean(1))}
+
+    tested = [e for e in per_pair if not e["untested"]]
     out = {
         "pairs": len(pairs),
         "n_controls": n_controls,
+        "matching": statistics.matching_rule(),
+        "tested_pairs": len(tested),
+        "untested_pairs": len(pairs) - len(tested),
+        "controls_found": [e.get("found", 0) for e in per_pair],
+        "region_share": _ci([e["region_share"] for e in per_pair if "region_share" in e]),
+        "signal": (
+            "|change of the positive - negative class logit difference|, mean over the pair's two clips"
+            if with_classes
+            else "|change of the clip's top-class logit|, mean over the pair's two clips"
+        ),
+        "region_effect": _ci(region_effects),
+        "controls_effect": _ci(control_means) if control_means else None,
+        # region minus the mean of its matched controls, over the tested pairs (None: fewer than
+        # MIN_TEST_PAIRS pairs with a non-zero difference)
+        "test": signed_rank_test(np.asarray(region_effects)[[not e["untested"] for e in per_pair]] - control_means)
+        if tested
+        else None,
+        "min_control_p": 1 / (n_controls + 1),
+        "per_pair": per_pair,
         "changed": both(changed),
         "controls_changed": both(ctl_changed),
-        "changed_minus_controls": _ci(gap),
+        "changed_minus_controls": _ci(changed_gap) if changed_gap else None,
     }
     if twin:
         out["to_twin"] = both(twin)
         out["controls_to_twin"] = both(ctl_twin)
-        out["to_twin_minus_controls"] = _ci(twin_gap)  # per pair: its clips' flips minus the random boxes'
+        # per tested pair: its clips' flips minus its matched controls'
+        out["to_twin_minus_controls"] = _ci(twin_gap) if twin_gap else None
     return out
 
 
@@ -451,21 +628,62 @@ def attribution_vs_patching(model: HookedVideoTransformer, pairs: list[Validatio
     return {"metric": metric_name, "pairs": len(pairs), **{k: pooled_correlation(est[k], act[k]) for k in est}}
 
 
-def probes(model: HookedVideoTransformer, pairs: list[ValidationPair]) -> dict:
-    f = ex.probe_features(model, [(p.positive, p.negative) for p in pairs])
-    res = ex.layer_probes(
-        model, [(p.positive, p.negative) for p in pairs], features=f
-    )  # pairs: the random-weights control
-    best = int(np.argmax([e.accuracy for e in res.cls]))
+def probes(model: HookedVideoTransformer, pairs: list[ValidationPair], *, random_weights: str = "chosen") -> dict:
+    """Outcome probes per layer (experiments.layer_probes: CLS and mean-pooled, repeated grouped k-fold),
+    the layer x pooling choice by nested cross-validation ("nested": the accuracy of choosing, then
+    probing; "chosen": the configuration most outer folds chose, not the argmax over layers), and two
+    controls: a random-weights model of the same architecture (experiments.random_weights_model) probed
+    at the chosen configuration ("chosen", the default: one cross-validated probe; "nested": the whole
+    nested procedure on it, as analyze does; "none": skipped), and the pixel baseline as the ceiling
+    (LayerProbes.pixel_ceiling: "fingerprint" where raw pixels reach the nested probe's accuracy).
+    Comparisons use paired accuracy (the share of pairs whose positive clip scores above its negative)."""
+    if random_weights not in ("chosen", "nested", "none"):
+        raise ValueError(f"random_weights must be 'chosen', 'nested' or 'none', got {random_weights!r}")
+    xy = [(p.positive, p.negative) for p in pairs]
+    f = ex.probe_features(model, xy)
+    res = ex.layer_probes(model, xy, features=f, random_weights=random_weights == "nested")
     keep = ("accuracy", "accuracy_ci95", "paired_accuracy", "paired_accuracy_ci95", "control_accuracy", "selectivity")
-    return {
+    nested = res.nested.to_json()
+    chosen = next(iter(res.nested.chosen_counts))  # most chosen first (ties: configuration order)
+    kind, layer = chosen.split(" ", 1)
+    ceiling = res.pixel_ceiling()
+    out: dict = {
         "pairs": res.pairs,
         "layers": res.layers,
         "method": res.method,
         "cls": [{k: e.to_json()[k] for k in keep} for e in res.cls],
-        "best_layer": res.layers[best],
+        "nested": {k: nested[k] for k in (*keep[:-2], "chosen_counts", "selection", "selectivity", "control_accuracy")},
+        "chosen": chosen,
+        "chosen_folds": res.nested.chosen_counts[chosen],
+        "folds_total": sum(res.nested.chosen_counts.values()),
+        "best_layer": layer,  # the layer of the configuration the nested choice made most often
         "pixels": {k: res.pixels.to_json()[k] for k in keep},
+        "pixel_ceiling": ceiling,
     }
+    lo = res.nested.paired_accuracy_ci95[0]
+    if random_weights == "chosen":
+        rand = ex.probe_features(ex.random_weights_model(model), xy)
+        feat = getattr(rand, kind)[res.layers.index(layer)]
+        cv = cross_validated_probe(feat, rand.labels, rand.groups, k=res.folds, repeats=res.repeats)
+        out["random_weights"] = {
+            "configuration": chosen,
+            "procedure": "cross-validated probe at the trained model's chosen configuration (no choice of its own)",
+            **{k: cv.to_json()[k] for k in keep},
+        }
+    elif random_weights == "nested":
+        out["random_weights"] = {
+            "configuration": "nested choice of its own",
+            **{k: res.random_weights.to_json()[k] for k in keep},
+        }
+    if "random_weights" in out:
+        r = out["random_weights"]["paired_accuracy"]
+        out["above_random_weights"] = {
+            "rule": "the nested probe's paired-accuracy interval lies above the random-weights model's paired accuracy",
+            "random_weights": r,
+            "probe_ci95": res.nested.paired_accuracy_ci95,
+            "above": bool(lo > r),
+        }
+    return out
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -477,7 +695,10 @@ def validate_subject(
     n_controls: int = 4,
     methods: Sequence[str] = METHODS,
     progress: bool = True,
+    random_weights: str = "chosen",
 ) -> dict:
+    """Every method on one subject. Its tests' p-values are raw: ``validate`` adds the Holm-adjusted
+    ones across the report (``findings`` adjusts within the subject where they are missing)."""
     out: dict = {
         "subject": subject.name,
         "model": subject.model.cfg.model_name,
@@ -489,7 +710,7 @@ def validate_subject(
         t0 = time.time()
         r: dict = {"pairs": len(pairs)}
         if "probes" in methods:
-            r["probes"] = probes(subject.model, pairs)
+            r["probes"] = probes(subject.model, pairs, random_weights=random_weights)
         if "recovery" in methods or "residual sanity" in methods:
             r["recovery"] = recovery(subject.model, pairs, sanity_pairs if "residual sanity" in methods else 0)
         if "differential DLA" in methods or "attention enrichment" in methods:
@@ -522,9 +743,12 @@ def validate(
     methods: Sequence[str] = METHODS,
     progress: bool = True,
     models: dict | None = None,
+    random_weights: str = "chosen",
 ) -> dict:
     """Every method on every subject (see the module docstring); ``models`` maps an organism name to an
-    already loaded model (tests). Returns plain data; ``validation_markdown`` turns it into the table."""
+    already loaded model (tests); ``random_weights``: the probes' random-weights control (see ``probes``).
+    Every across-pair test of the report is Holm-adjusted as one family ("multiple_comparisons").
+    Returns plain data; ``validation_markdown`` turns it into the table."""
     from hooked_vivit import planted
 
     if isinstance(n_pairs, bool) or not isinstance(n_pairs, int) or n_pairs < 5:
@@ -544,9 +768,11 @@ def validate(
             n_controls=n_controls,
             methods=methods,
             progress=progress,
+            random_weights=random_weights,
         )
         for s in subjects
     ]
+    multiple = adjust_validation(results)
     return {
         "settings": {
             "pairs_per_domain": n_pairs,
@@ -557,7 +783,10 @@ def validate(
             "methods": list(methods),
             "probe_goal": PROBE_GOAL,
             "attribution_goal": ATTRIBUTION_GOAL,
+            "alpha": ALPHA,
+            "random_weights": random_weights,
         },
+        "multiple_comparisons": multiple,
         "seconds": round(time.time() - t0, 1),
         "cpu_seconds": round(time.process_time() - c0, 1),
         "torch_threads": torch.get_num_threads(),
@@ -580,16 +809,64 @@ def _num(stat: dict, fmt: str = ".2f", i: int | None = None) -> str:
     return f"{m:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]" if lo is not None else f"{m:{fmt}}"
 
 
+def _ptext(test: dict | None) -> str:
+    """ "p = .. (Holm ..)" of a test, "" without one."""
+    if test is None:
+        return ""
+    holm = test.get("p_holm")
+    return f"p = {test['p']:.2g}" + (f" (Holm {holm:.2g})" if holm is not None else "")
+
+
+def _significant(test: dict | None) -> bool:
+    return test is not None and test.get("p_holm") is not None and test["p_holm"] < ALPHA
+
+
+def _enriched(stat: dict | None, test: dict | None, i: int | None = None) -> bool:
+    """An enrichment is called enriched when its 95 % interval over pairs lies above 1 and its one-sided
+    signed-rank test of enrichment > 1 (signed_rank_test) holds after Holm's adjustment."""
+    if stat is None or test is None:
+        return False
+    lo = stat["ci95"][0] if i is None else stat["ci95"][0][i]
+    return lo is not None and lo > 1 and _significant(test)
+
+
+def _untestable_differing(mp: dict, stat: dict | None, tests: Sequence[dict | None]) -> str | None:
+    """Why the enrichment against the differing tokens cannot be tested, or None where it can."""
+    if "max_enrichment_differing" not in mp:
+        return "n/a: this validation.json predates the matched-null tests (rerun validate)"
+    if mp.get("base_rate_differing") is None or stat is None:
+        return "untestable: fewer than two pairs whose region holds a differing token"
+    if mp.get("max_enrichment_differing") is not None and mp["max_enrichment_differing"] <= 1 + 1e-9:
+        return (
+            "untestable: the region holds every differing token (base rate 1 among them), so no enrichment "
+            "against them can exceed 1"
+        )
+    if all(t is None for t in tests):
+        return f"untestable: fewer than {MIN_TEST_PAIRS} pairs whose enrichment differs from 1"
+    return None
+
+
+def _word(enriched: bool) -> str:
+    return "enriched" if enriched else "not enriched"
+
+
 def findings(result: dict, settings: dict) -> list[dict]:
     """One row per (method, domain) of a subject: what the method found, what is known, and a verdict
-    (found / missed / correct negative / false positive / n/a), every number from ``result``."""
+    (found / missed / untestable / correct negative / false positive / n/a), every number and verdict word
+    from ``result``: each test's "p" and "p_holm" (Holm across the report, set by ``validate``; within the
+    subject where missing) are the row's "p" and "p_holm" too."""
+    import copy
+
+    if any("p_holm" not in d for _, d in _tests(result["domains"])):
+        result = copy.deepcopy(result)
+        _holm_of(result)
     rows = []
     gt = result["outcome_is_label"]
     truth = result["truth"]
     planted = bool(truth)
     for domain, r in result["domains"].items():
 
-        def row(method, found, expected, verdict):
+        def row(method, found, expected, verdict, test=None):
             rows.append(
                 {
                     "model": result["subject"],
@@ -598,6 +875,8 @@ def findings(result: dict, settings: dict) -> list[dict]:
                     "found": found,
                     "expected": expected,
                     "verdict": verdict,
+                    "p": None if test is None else test["p"],
+                    "p_holm": None if test is None else test.get("p_holm"),
                 }
             )
 
@@ -605,10 +884,30 @@ def findings(result: dict, settings: dict) -> list[dict]:
             pr = r["probes"]
             last = pr["cls"][-1]
             acc = {"mean": last["accuracy"], "ci95": last["accuracy_ci95"]}
-            found = (
-                f"CLS probe at {pr['layers'][-1]}: {_pct(acc)} (control {last['control_accuracy']:.0%}); "
-                f"best layer {pr['best_layer']}"
-            )
+            found = f"CLS probe at {pr['layers'][-1]}: {_pct(acc)} (control {last['control_accuracy']:.0%})"
+            qualifiers = []
+            if "nested" in pr:
+                nest = pr["nested"]
+                found += (
+                    f"; layer x pooling chosen by nested cross-validation: {pr['chosen']} ({pr['chosen_folds']} of "
+                    f"{pr['folds_total']} outer folds), paired accuracy {_pct({'mean': nest['paired_accuracy'], 'ci95': nest['paired_accuracy_ci95']})}"
+                )
+                if "above_random_weights" in pr:
+                    rw = pr["above_random_weights"]
+                    found += (
+                        f"; random-weights model ({pr['random_weights']['configuration']}): {rw['random_weights']:.0%}"
+                    )
+                    if not rw["above"]:
+                        qualifiers.append("not above the random-weights model")
+                pc = pr["pixel_ceiling"]
+                found += (
+                    f"; pixel baseline ({pc['baseline']}): "
+                    f"{_pct({'mean': pc['pixels'], 'ci95': pc['pixels_ci95']})} paired accuracy"
+                )
+                if pc["fingerprint"]:
+                    qualifiers.append("decodable from pixels alone: a fingerprint")
+            else:
+                found += f"; best layer {pr['best_layer']}"
             if planted:  # resid_pre k is before layer k: the last planted head's layer, then the one after it
                 k = truth["last_head_layer"]
                 found += f"; before it (resid_pre {k}): {pr['cls'][k]['accuracy']:.0%}, after (resid_pre {k + 1}): {pr['cls'][k + 1]['accuracy']:.0%}"
@@ -617,7 +916,7 @@ def findings(result: dict, settings: dict) -> list[dict]:
             verdict = (
                 ("found" if decodes else "missed") if gt else ("false positive" if decodes else "correct negative")
             )
-            row("outcome probe (held-out by pair)", found, expected, verdict)
+            row("outcome probe (held-out by pair)", found, expected, "; ".join([verdict, *qualifiers]))
         if "recovery" in r:
             rec = r["recovery"]
             head_v = rec.get("headline", ex.HEADLINE_RECOVERY)
@@ -677,59 +976,177 @@ def findings(result: dict, settings: dict) -> list[dict]:
         if "maps" in r:
             mp = r["maps"]
             base = mp["base_rate"]["mean"]
+            bd = mp.get("base_rate_differing")
+            base_d = f"base rate {bd['mean']:.0%}" if bd else "no base rate"
+            if bd and mp.get("max_enrichment_differing") is not None:  # the headroom the null leaves
+                base_d += f", at most {mp['max_enrichment_differing']:.2f} possible"
+            rule = "(interval above 1 and one-sided signed-rank p < 5 % after Holm)"
+            negative: dict = {}  # the negative-control row's words (subjects whose outcome is not a label)
             if "differential_dla" in mp:
                 d = mp["differential_dla"]
+                t_all, t_d = d.get("enrichment_test"), d.get("enrichment_differing_test")
+                why = _untestable_differing(mp, d.get("enrichment_differing"), [t_d])
+                on_d = why is None and _enriched(d.get("enrichment_differing"), t_d)
+                on_all = _enriched(d["enrichment"], t_all)
                 found = (
-                    f"share on region {_pct(d['share'])} (base rate {base:.0%} of all tokens), enrichment {_num(d['enrichment'])}"
-                    + _differing_found(mp, d.get("enrichment_differing"))
-                    + f"; {_pct(d['share_after_divergence'])} of its mass after the divergence"
+                    f"share on region {_pct(d['share'])}; against the differing tokens ({base_d}, the verdict's null): "
+                    + (f"enrichment {_num(d['enrichment_differing'])}" if d.get("enrichment_differing") else "no value")
+                    + (f", {_ptext(t_d)}" if t_d else "")
+                    + f"; against all tokens (base rate {base:.0%}; not the verdict's null): enrichment "
+                    f"{_num(d['enrichment'])}" + (f", {_ptext(t_all)}" if t_all else "") + f", {_word(on_all)}"
+                    f"; {_pct(d['share_after_divergence'])} of its mass after the divergence"
                 )
                 if mp["dla_zero_pairs"]:
                     found += f"; zero in {mp['dla_zero_pairs']} pairs"
-                enriched = d["enrichment"]["ci95"][0] is not None and d["enrichment"]["ci95"][0] > 1
-                verdict = ("found" if enriched else "missed") if gt else ("enriched" if enriched else "not enriched")
+                if why is not None:
+                    verdict = why
+                else:
+                    verdict = ("found" if on_d else "missed") if gt else _word(on_d)
+                negative["differential DLA"] = (
+                    on_all,
+                    None if why else on_d,
+                    d["enrichment"],
+                    d.get("enrichment_differing"),
+                )
+                row(
+                    "differential DLA on the outcome region",
+                    found,
+                    f"enrichment > 1 against the differing tokens {rule}" if gt else "no outcome signal",
+                    verdict,
+                    t_d,
+                )
             else:
                 found = f"zero in all {mp['dla_zero_pairs']} pairs: no head writes the class direction"
                 verdict = "missed (blind to an MLP-composed signal)" if gt else "n/a"
-            row(
-                "differential DLA on the outcome region",
-                found,
-                "enrichment > 1 on the region" if gt else "no outcome signal",
-                verdict,
-            )
+                row(
+                    "differential DLA on the outcome region",
+                    found,
+                    "enrichment > 1 on the region" if gt else "no outcome signal",
+                    verdict,
+                )
             a = mp["attention"]
+            n_layers = len(a["enrichment_per_layer"]["mean"])
+            t_all = a.get("tests_per_layer") or [None] * n_layers
+            t_d = a.get("tests_differing_per_layer") or [None] * n_layers
+            st_d = a.get("enrichment_differing_per_layer")
+            why = _untestable_differing(mp, st_d, t_d)
+            layers_d = [] if why else [l for l in range(n_layers) if _enriched(st_d, t_d[l], l)]
+            layers_all = [l for l in range(n_layers) if _enriched(a["enrichment_per_layer"], t_all[l], l)]
+            tested_d = [t for t in t_d if t is not None]
+            best_t = min(tested_d, key=lambda t: t.get("p_holm", t["p"])) if tested_d else None
+            fmt_layers = lambda ls: ("layers " + ", ".join(map(str, ls))) if ls else "no layer"  # noqa: E731
             found = (
-                f"CLS attention enrichment, best layer {a['best_layer']}: {_num(a['best_enrichment'])} (share "
-                f"{a['share_per_layer']['mean'][a['best_layer']]:.0%}, base rate {base:.0%} of all tokens)"
-                + _differing_found(mp, a.get("best_enrichment_differing"))
+                f"CLS attention against the differing tokens ({base_d}, the verdict's null): "
+                + (
+                    f"best layer {int(np.argmax(st_d['mean']))} {_num(st_d, i=int(np.argmax(st_d['mean'])))}, "
+                    f"enriched in {fmt_layers(layers_d)} of {n_layers}"
+                    + (f" (smallest {_ptext(best_t)})" if best_t else "")
+                    if st_d
+                    else "no value"
+                )
+                + f"; against all tokens (base rate {base:.0%}; not the verdict's null): best layer {a['best_layer']} "
+                f"{_num(a['best_enrichment'])} (share {a['share_per_layer']['mean'][a['best_layer']]:.0%}), "
+                f"enriched in {fmt_layers(layers_all)}"
             )
-            enriched = a["best_enrichment"]["ci95"][0] is not None and a["best_enrichment"]["ci95"][0] > 1
-            verdict = (
-                ("found" if enriched else "missed")
-                if gt
-                else ("enriched (attention without outcome use)" if enriched else "not enriched")
-            )
+            if why is not None:
+                verdict = why
+            elif gt:
+                verdict = f"found ({fmt_layers(layers_d)})" if layers_d else "missed"
+            else:
+                verdict = (
+                    f"enriched in {fmt_layers(layers_d)} (attention without outcome use)"
+                    if layers_d
+                    else "not enriched"
+                )
+            negative["attention"] = (bool(layers_all), None if why else bool(layers_d), layers_all, layers_d)
             row(
                 "attention enrichment on the outcome region",
                 found,
-                "enrichment > 1 in some layer" if gt else "-",
+                f"enrichment > 1 against the differing tokens in some layer {rule}" if gt else "-",
                 verdict,
+                best_t,
             )
+            if not gt:  # the action organism: the outcome was never a label, so any enrichment is the null's
+                parts, calls_all, calls_d = [], [], []
+                if "differential DLA" in negative:
+                    on_all, on_d, e_all, e_d = negative["differential DLA"]
+                    parts.append(
+                        f"differential DLA: all tokens {_num(e_all)} {_word(on_all)}; differing tokens "
+                        + (f"{_num(e_d)} {_word(on_d)}" if on_d is not None else "untestable")
+                    )
+                    calls_all.append(on_all)
+                    calls_d.append(on_d)
+                on_all, on_d, l_all, l_d = negative["attention"]
+                parts.append(
+                    f"attention: all tokens enriched in {fmt_layers(l_all)}; differing tokens "
+                    + (f"enriched in {fmt_layers(l_d)}" if on_d is not None else "untestable")
+                )
+                calls_all.append(on_all)
+                calls_d.append(on_d)
+
+                def call(c):
+                    if all(x is None for x in c):
+                        return "untestable"
+                    return "false positive" if any(c) else "correct negative"
+
+                row(
+                    "negative control: enrichment under each null",
+                    "; ".join(parts),
+                    "not enriched (the outcome was never a label)",
+                    f"all-token null: {call(calls_all)}; differing-token null: {call(calls_d)}",
+                )
         if "ablation" in r:
             ab = r["ablation"]
+            if "per_pair" not in ab:  # a validation.json from before matched controls
+                row("outcome-region ablation", "random-box controls (rerun validate for matched controls)", "-", "n/a")
+                continue
+            test = ab["test"]
+            found = f"{ab['signal']}: region {_num(ab['region_effect'])}"
+            if ab["controls_effect"]:
+                found += f" vs its matched controls {_num(ab['controls_effect'])}"
+            counts = ab["controls_found"]
+            found += (
+                f"; {ab['tested_pairs']} of {ab['pairs']} pairs tested (matched controls per pair {min(counts)}..{max(counts)}; "
+                f"the region holds {_pct(ab['region_share'])} of the pair's pixel difference)"
+            )
+            pp = [e for e in ab["per_pair"] if e["control_p"] is not None]
+            if pp:
+                found += (
+                    f"; per pair (Monte-Carlo, smallest possible p {ab['min_control_p']:.2g}): p < 5 % in "
+                    f"{sum(e['control_p'] < ALPHA for e in pp)}, after Holm over pairs in "
+                    f"{sum(e['control_p_holm'] < ALPHA for e in pp)} of {len(pp)}"
+                )
+            if test:
+                found += (
+                    f"; region minus controls {test['mean_difference']:.3g} "
+                    f"[{test['mean_difference_ci95'][0]:.3g}, {test['mean_difference_ci95'][1]:.3g}], rank-biserial "
+                    f"{test['rank_biserial']:.2f}, {_ptext(test)} ({test['test']})"
+                )
             key = "to_twin" if "to_twin" in ab else "changed"
             what = "flips to the twin outcome" if key == "to_twin" else "prediction changes"
-            found = "; ".join(
-                f"{clip} clip {what}: region {_pct(ab[key][clip])} vs equal random boxes {_pct(ab['controls_' + key][clip])}"
+            found += "; " + "; ".join(
+                f"{clip} clip {what}: region {_pct(ab[key][clip])}"
+                + (f" vs matched controls {_pct(ab['controls_' + key][clip])}" if ab["controls_" + key] else "")
                 for clip in ("positive", "negative")
             )
-            # With outcome labels the question is whether the outcome flips (the numbers shown), not
-            # whether the class changes at all; without them, whether the action class is kept.
-            gap = ab.get("to_twin_minus_controls", ab["changed_minus_controls"])
-            flips = gap["ci95"][0] is not None and gap["ci95"][0] > 0
-            expected = "flips more than random boxes" if gt else "action class kept"
-            verdict = ("found" if flips else "missed") if gt else ("class changes" if flips else "correct negative")
-            row(f"outcome-region ablation ({ab['n_controls']} boxes per pair)", found, expected, verdict)
+            if test is None:
+                verdict = (
+                    "untestable: no pair has a matched control (no other place of the region's size differs as much)"
+                    if ab["tested_pairs"] == 0
+                    else f"untestable: {ab['tested_pairs']} pairs with matched controls, fewer than {MIN_TEST_PAIRS} "
+                    "with a non-zero region-minus-controls difference (a one-sided signed-rank test of fewer cannot "
+                    "reach 5 %)"
+                )
+            elif gt:
+                verdict = "found" if _significant(test) else "missed"
+            else:
+                verdict = "matters more than matched controls" if _significant(test) else "correct negative"
+            expected = (
+                "the region's effect above its matched controls' (signed-rank over pairs, Holm p < 5 %)"
+                if gt
+                else "no more than matched controls (the outcome was never a label)"
+            )
+            row(f"outcome-region ablation ({ab['n_controls']} matched boxes per pair)", found, expected, verdict, test)
         if "attribution" in r:
             at = r["attribution"]
             parts, ok = [], []
@@ -760,18 +1177,33 @@ def findings(result: dict, settings: dict) -> list[dict]:
 def validation_markdown(data: dict) -> str:
     s = data["settings"]
     lines = [
-        "| model | domain | method | what it found (mean [95 % CI over pairs]) | known / goal | verdict |",
-        "|---|---|---|---|---|---|",
+        "| model | domain | method | what it found (mean [95 % CI over pairs]) | known / goal | verdict | p (Holm) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for res in data["subjects"]:
         for f in findings(res, s):
             cells = [f[k].replace("|", "\\|") for k in ("model", "domain", "method", "found", "expected", "verdict")]
-            lines.append("| " + " | ".join(cells) + " |")
+            p = (
+                "-"
+                if f["p"] is None
+                else f"{f['p']:.2g} ({f['p_holm']:.2g})"
+                if f["p_holm"] is not None
+                else f"{f['p']:.2g}"
+            )
+            lines.append("| " + " | ".join([*cells, p]) + " |")
     head = (
         f"Generated by `hooked-vivit validate` ({s['pairs_per_domain']} held-out pairs per domain, seeds {s['seeds'][0]:,}..{s['seeds'][1]:,}; "
         f"residual sanity on {s['sanity_pairs']}, attribution on {s['attribution_pairs']} pairs per domain; "
         f"{data['seconds'] / 60:.1f} min wall, {data['cpu_seconds'] / 60:.1f} min CPU on {data['torch_threads']} threads)."
     )
+    mc = data.get("multiple_comparisons")
+    if mc:
+        head += (
+            f" Verdict words read one-sided Wilcoxon signed-rank tests over pairs, Holm-adjusted across the whole report "
+            f"({mc['family']} tests; p beside its Holm-adjusted value, alpha {mc['alpha']:.0%}); enrichments are tested "
+            "against the tokens whose pixels differ between the clips, ablations against control boxes matched on size "
+            "and share of the pair's pixel difference."
+        )
     return head + "\n\n" + "\n".join(lines) + "\n"
 
 
