@@ -1,34 +1,77 @@
 """Planted-mechanism models: tiny HookedViViTs whose weights are set by hand, so that the mechanism
-is known exactly and every method of the library can be checked against it (positive controls).
+is known exactly and every method of the library can be checked against it (positive controls), and
+a null model whose decision does not depend on what its pairs change (a negative control).
 
-Two models (``build(name)``), both 8 frames of 32x32 px, tubelet 2x8x8 (a 4x4x4 token grid, 65
-tokens with CLS), 3 layers of 4 heads, d_model 32, ReLU MLPs:
+Every model (``build(name, level=...)``) has 8 frames of 32x32 px, tubelet 2x8x8 (a 4x4x4 token grid,
+65 tokens with CLS), 3 layers of 4 heads, d_model 40, ReLU MLPs:
 
-- ``single_head``: head (1, 2)'s CLS query attends only to the 8 tokens of one box (frame slots
-  2-3, rows 1-2, cols 2-3: a blob there appears from frame 4 on), its OV circuit carries the box's
-  brightness to one residual direction at CLS, and the classifier reads that direction alone
-  ("blob" vs "no blob").
-- ``and_composition``: head (0, 1) gathers blob A (frame slots 0-1, rows 0-1, cols 1-2), head
-  (1, 3) gathers blob B (frame slots 2-3, rows 2-3, cols 0-1), each into its own direction at CLS;
-  one neuron of layer 2's MLP fires only when both are there and writes the only direction the
-  classifier reads ("a and b" vs "not both"): attention gathers, the MLP composes.
+- ``single_head``: head (1, 2)'s CLS query attends to the 8 tokens of one box (frame slots 2-3, rows
+  1-2, cols 2-3: a blob there appears from frame 4 on), its OV circuit carries the box's brightness to
+  one residual direction at CLS, and the classifier reads that direction alone ("blob" vs "no blob").
+- ``and_composition``: head (0, 1) gathers blob A (frame slots 0-1, rows 0-1, cols 1-2), head (1, 3)
+  blob B (frame slots 2-3, rows 2-3, cols 0-1), each into its own direction at CLS; one neuron of
+  layer 2's MLP fires only when both are there and writes the only direction the classifier reads
+  ("a and b" vs "not both"): attention gathers, the MLP composes.
+- ``temporal``: motion decides. A blob sits in box P (rows 1-2, cols 0-1) for frame slots 0-1 and in
+  box Q (rows 1-2, cols 2-3) for slots 2-3 ("rightward"), or in Q first and P second ("leftward"). Both
+  clips hold the same blob pixels summed over time (their time-pooled images are equal). Head (1, 2)
+  attends to P-early and Q-late (its keys are position markers that carry the frame slot), so its
+  value is +1 for rightward and -1 for leftward. Head (1, 0) attends to P and Q in every slot (where,
+  not when): it sees both clips alike.
+- ``spread``: evidence summed along a trajectory. Head (1, 2) attends uniformly to 8 scattered tokens
+  (two per frame slot, no two adjacent in a box); a blob on every one of them is "trail", none is "no
+  trail". No box of fewer than all 64 tokens holds the set: region methods must find a set
+  (``truth.positions("trail")``, ``pixel_mask("trail")``), and zeroing one tubelet moves the decision
+  by an eighth of its range.
+- ``redundant``: heads (0, 1) and (1, 2) both gather box A into the same direction; layer 2's MLP
+  reads it through a saturating pair of neurons, relu(u - 0.1) - relu(u - 0.4) with u = 0 (none), 1/2
+  (one head carries the blob), 1 (both): one head alone gives the whole readout, so noising or
+  ablating one head alone changes nothing, and denoising either alone restores all of it.
+- ``null``: the pair changes the blob of box A, which the model sees (head (1, 2) gathers it exactly
+  as in ``single_head``, and every distractor below responds to it), but the classifier reads the
+  decoy box (gathered by head (0, 1)), which is fixed within a pair and varies from pair to pair
+  (probability 1/2 per seed). No component carries the pair's difference to the decision: the two
+  clips of a pair get the same logits (to float rounding) and the truth has no heads or MLPs. Its
+  levels scale the distractors only (its heads stay sharp: a leaky head's output has a different norm
+  in the two clips, which would reach the logits through the final LayerNorm).
 
-Around the planted paths sit distractors that are active but carry nothing about the planted
-variables: heads that average a colour texture over every patch, a head with the planted head's
-exact attention map that reads the texture instead of brightness (attention alone cannot tell it
-from the planted head), a head that reads a decoy blob in another box, an MLP neuron reading the
-texture summary. The texture and the decoy change from clip to clip (``seed``) but never within a
-minimal pair, so probes and patching see real variation that must be told apart from the signal.
+Distractors (every model, every level but 0 in size): components off the decision path that read the
+changed pixels, so the two clips of a minimal pair differ in more than the planted features:
 
-Residual-stream layout. d_model = 32 holds 16 named features (``FEATURES``); feature i is the unit
-direction (e_i - e_{16+i}) / sqrt(2). Every vector any weight writes is a combination of them, so
-every token's residual stream has zero mean over d_model and LayerNorm (w = 1, b = 0) only divides
-by the token's scale: a head reads feature f as coefficient_f / scale. Brightness is written as a
-pair (lum_on = s, lum_off = 1 - s), so a token's norm is the same with and without a blob, and the
-two clips of a minimal pair differ in nothing but the planted features (every other activation is
-equal, hence patching any other component changes nothing). The QK circuits read position-embedding
-markers with large gains, so a planted head puts all but ~1e-15 of its CLS attention on its box;
-patch-token queries attend to CLS (whose value is zero), so no head writes anything at patch tokens.
+- a mirror head: attends to the planted tokens (always sharply) and writes their brightness to
+  ``mirror``, which nothing reads;
+- a reacting MLP pair: two neurons at CLS, relu(+f) writing ``mirror_on`` and relu(-f) writing
+  ``mirror_off``, f a feature that carries the blob to CLS;
+- a cancelled head: the planted head's attention map (same sharpness), writing brightness to a
+  direction the decision reads plus ``echo``; two neurons of the same layer's MLP read ``echo`` and
+  write the exact negative (calibrated on a texture-free clip), so its output never reaches the
+  decision - but direct attribution credits it, and patching the MLP alone does move the logits
+  (single_head, temporal, spread), or not (and_composition, redundant: the readout there is a
+  threshold the cancelling error does not cross);
+- the nuisance of the earlier version: heads averaging a colour texture over every patch, a
+  look-alike head with the planted head's attention reading texture, decoy-box heads, an MLP neuron
+  of the texture summary. The texture and the decoy change from clip to clip (``seed``) but never
+  within a minimal pair.
+
+Which components respond within a pair is pinned down by ``component_changes`` (the L2 norm of the
+difference of each attn_out / mlp_out at CLS between the pair's clips). ``level`` (``LEVELS``) is a
+difficulty ladder: the distractors' gain relative to the planted heads' and the planted heads' QK gain
+(attention sharpness). At level k at least ``MIN_DISTRACTORS`` non-planted components change by at
+least ``LEVELS[k].ratio`` times the largest planted component's change (tests/test_planted.py); the
+ratio grows from 0.05 (level 0) past 1 (levels 3 and 4: the planted component changes no more than
+the distractors). ``DEFAULT_LEVEL`` (1) is what ``build(name)`` ships. At sharpness 1 a planted
+head puts all but ~1e-15 of its CLS attention on its tokens; below 1 it leaks attention to every
+other token (whose brightness, the background's -1 or the decoy's +1, shifts its value in both clips
+alike), and the classifier's bias is set at the midpoint of the two classes' readouts on texture-free
+clips, so the decision is still the rule's (``label_of``) on every clip.
+
+Residual-stream layout. d_model = 40 holds 20 named features (``FEATURES``); feature i is the unit
+direction (e_i - e_{20+i}) / sqrt(2). Every vector any weight writes is a combination of them, so every
+token's residual stream has zero mean over d_model and LayerNorm (w = 1, b = 0) only divides by the
+token's scale: a head reads feature f as coefficient_f / scale. Brightness is written as a pair
+(lum_on = s, lum_off = 1 - s) and every head reading it writes +-g, so at sharpness 1 a token's norm is
+the same with and without a blob and LayerNorm scales are equal across a pair's clips. Patch-token
+queries attend to CLS (whose value is zero), so no head writes anything at patch tokens.
 
 ``GroundTruth`` (``build(name).truth``, ``truth.to_dict()``) says which heads, MLPs, tokens, directions
 and classes carry what, for tests and for a validation table.
@@ -36,9 +79,10 @@ and classes carry what, for tests and for a validation table.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -56,18 +100,23 @@ FEATURES = (
     "lum_on",  # brightness s of a tubelet: 1 inside a blob, 0 on the background
     "lum_off",  # 1 - s (keeps the token's norm the same with and without a blob)
     "texture",  # mean (G - B) / 2 of a tubelet: a nuisance colour texture
-    "region_a",  # position marker of the tokens of box A (the planted region)
-    "region_b",  # position marker of box B (second planted region, or the decoy box)
+    "region_a",  # position marker of the planted tokens (box A, the motion set, the trail)
+    "region_b",  # position marker of box B (second planted region, the decoy box, or P and Q at every slot)
     "signal_a",  # written at CLS by the head that gathers blob A
     "signal_b",  # written at CLS by the head that gathers blob B
-    "composed",  # written at CLS by the MLP neuron that composes A and B
+    "composed",  # written at CLS by the MLP neurons that compose (AND) or saturate (redundant)
     "texture_sum",  # texture averaged over all patches, written at CLS by distractor heads
-    "decoy",  # brightness of the decoy box, written at CLS by a distractor head
+    "decoy",  # brightness of the decoy box, written at CLS by a distractor head (null: the decision)
     "texture_mlp",  # written by a distractor MLP neuron (ReLU of texture_sum)
     "lookalike",  # texture of the planted box, written at CLS by the look-alike head
-    "spare",
+    "mirror",  # brightness of the planted tokens, written by the mirror head; nothing reads it
+    "mirror_on",  # written by the reacting MLP neuron relu(+f)
+    "mirror_off",  # written by the reacting MLP neuron relu(-f)
+    "echo",  # the cancelled head's private direction, read by the neurons that cancel it
+    "spare",  # temporal: a marker that keeps every token of P and Q at one norm
 )
-D_MODEL = 2 * len(FEATURES)
+N_FEATURES = len(FEATURES)
+D_MODEL = 2 * N_FEATURES
 CONFIG = dict(
     d_model=D_MODEL,
     d_head=8,
@@ -82,19 +131,39 @@ CONFIG = dict(
 )
 
 # Magnitudes (residual-stream coefficients). Anchor >> everything else, so the nuisance moves a
-# LayerNorm scale by < 0.1 %; QK gain 6 gives CLS -> box scores of about 38 against 0 elsewhere.
+# LayerNorm scale by < 0.1 %; QK gain 6 gives CLS -> box scores of about 30 against 0 elsewhere.
 ANCHOR, MARKER, QK_GAIN, HEAD_GAIN, NUISANCE_GAIN, CLASS_GAIN = 6.0, 2.0, 6.0, 2.0, 0.2, 2.0
 BLOB = 0.5  # luminance added by a blob (normalised pixel units)
 TEXTURE = 0.4  # texture amplitude per tubelet
-DECOY_P = 0.5  # probability that a clip shows the decoy blob (single_head)
+DECOY_P = 0.5  # probability that a clip shows the decoy blob (single_head, null)
+MIN_DISTRACTORS = 2  # non-planted components the ladder's property counts
+
+
+@dataclass(frozen=True)
+class Level:
+    """One rung of the difficulty ladder."""
+
+    distractor: float  # distractor gain as a fraction of HEAD_GAIN
+    sharpness: float  # the planted heads' (and the cancelled head's) QK gain as a fraction of QK_GAIN
+    ratio: float  # guaranteed: >= MIN_DISTRACTORS non-planted components change by >= ratio x the planted one
+
+
+LEVELS = (
+    Level(distractor=0.05, sharpness=1.0, ratio=0.04),
+    Level(distractor=0.3, sharpness=1.0, ratio=0.2),
+    Level(distractor=0.5, sharpness=0.1, ratio=0.4),
+    Level(distractor=0.8, sharpness=0.07, ratio=0.75),
+    Level(distractor=1.2, sharpness=0.05, ratio=1.0),
+)
+DEFAULT_LEVEL = 1
 
 
 def direction(feature: str) -> torch.Tensor:
-    """The unit residual direction of a named feature: (e_i - e_{16+i}) / sqrt(2)."""
+    """The unit residual direction of a named feature: (e_i - e_{N+i}) / sqrt(2)."""
     if feature not in FEATURES:
         raise KeyError(f"unknown feature {feature!r}; features: {FEATURES}")
     i, v = FEATURES.index(feature), torch.zeros(D_MODEL)
-    v[i], v[i + len(FEATURES)] = 1 / math.sqrt(2), -1 / math.sqrt(2)
+    v[i], v[i + N_FEATURES] = 1 / math.sqrt(2), -1 / math.sqrt(2)
     return v
 
 
@@ -105,13 +174,14 @@ def _vec(**coefficients: float) -> torch.Tensor:
 # =========================================================================================== ground truth
 @dataclass(frozen=True)
 class PlantedHead:
-    """A head that carries ``variable`` (a blob in ``region``) to CLS: its CLS query attends to
-    the region's tokens only, its OV circuit maps their brightness to ``writes``."""
+    """A head that carries ``variable`` to CLS: its CLS query attends to ``positions`` only (a box,
+    ``region``, where there is one; None for a set that is not a box), its OV circuit maps their
+    brightness to ``writes``."""
 
     layer: int
     head: int
     variable: str
-    region: Region
+    region: Region | None
     positions: tuple[int, ...]
     writes: str
 
@@ -124,12 +194,15 @@ class Distractor:
     reads: str
     writes: str
     positions: tuple[int, ...] | None = None  # tokens its CLS query attends to (heads)
+    responds: bool = False  # whether its CLS output differs between the clips of a minimal pair
 
 
 @dataclass(frozen=True)
 class GroundTruth:
     """What is planted. ``label_of(**variables)`` gives the class the model predicts; the
-    ``positive`` class is predicted exactly when ``rule`` holds."""
+    ``positive`` class is predicted exactly when ``rule`` holds. ``variables`` are what a minimal pair
+    changes; ``context`` variables are fixed within a pair (drawn from its seed) and the rule may read
+    them (the null's decoy); ``decided_by`` are the variables the rule reads."""
 
     name: str
     summary: str
@@ -139,21 +212,31 @@ class GroundTruth:
     reads: str  # the one direction the classifier reads
     positive: int
     negative: int
-    rule: str  # "blob", "a and b"
+    rule: str  # "blob", "a and b", "rightward", "trail", "decoy"
+    changed: dict[str, tuple[int, ...]]  # variable -> the patch tokens whose pixels it changes
     distractors: tuple[Distractor, ...] = ()
     decoy_region: Region | None = None
+    context: tuple[str, ...] = ()
+    decided_by: tuple[str, ...] | None = None
+    level: int = DEFAULT_LEVEL
 
-    def region(self, variable: str) -> Region:
-        return next(h.region for h in self.heads if h.variable == variable)
+    def region(self, variable: str) -> Region | None:
+        """The box of a variable's planted head (None where its tokens are not a box or no head carries it)."""
+        return next((h.region for h in self.heads if h.variable == variable), None)
 
     def positions(self, variable: str) -> tuple[int, ...]:
-        return next(h.positions for h in self.heads if h.variable == variable)
+        """The patch tokens whose pixels the variable changes (the set a region method must find)."""
+        if variable not in self.changed:
+            raise KeyError(f"{self.name} has variables {self.variables}, got {variable!r}")
+        return self.changed[variable]
 
     def label_of(self, **on: bool) -> int:
-        missing = set(self.variables) - set(on)
+        missing = set(self.variables) | set(self.context)
+        missing -= set(on)
         if missing:
             raise ValueError(f"give every variable of {self.name}: missing {sorted(missing)}")
-        return self.positive if all(on[v] for v in self.variables) else self.negative
+        decided = self.decided_by if self.decided_by is not None else self.variables
+        return self.positive if all(on[v] for v in decided) else self.negative
 
     @property
     def head_labels(self) -> tuple[str, ...]:
@@ -163,7 +246,8 @@ class GroundTruth:
     @property
     def component_labels(self) -> tuple[str, ...]:
         """The planted components as ``patching.component_patches`` labels them: "L1 attn_out", ..."""
-        return tuple(sorted({f"L{h.layer} attn_out" for h in self.heads} | {f"L{l} mlp_out" for l in self.mlps}))
+        labels = {f"L{h.layer} attn_out" for h in self.heads} | {f"L{l} mlp_out" for l in self.mlps}
+        return tuple(sorted(labels))
 
     @property
     def carrying_layers(self) -> dict[str, int]:
@@ -179,26 +263,34 @@ class GroundTruth:
 class PlantedModel:
     model: HookedViViT
     truth: GroundTruth
+    # variable -> (token boxes with a blob when it is True, ... when it is False)
+    blobs: dict[str, tuple[tuple[Region, ...], tuple[Region, ...]]] = field(default_factory=dict)
 
     @property
     def cfg(self) -> HookedViViTConfig:
         return self.model.cfg
 
-    def render(self, seed: int = 0, **on: bool) -> torch.Tensor:
+    def render(self, seed: int = 0, *, texture: bool = True, **on: bool) -> torch.Tensor:
         """A clip [1, 8, 3, 32, 32] in normalised pixel units: a random colour texture (from
-        ``seed``), a blob in the box of every variable set True, and (single_head) a decoy blob in
-        the decoy box with probability 1/2 (also from ``seed``, so both clips of a pair share it)."""
+        ``seed``), the blobs of every variable (``blobs``: its boxes when True, others when False), and
+        (single_head, null) a decoy blob in the decoy box with probability 1/2 (also from ``seed``, so
+        both clips of a pair share it). Variables not given are False."""
         unknown = set(on) - set(self.truth.variables)
         if unknown:
             raise ValueError(f"{self.truth.name} has variables {self.truth.variables}, got {sorted(unknown)}")
-        boxes = [self.truth.region(v) for v in self.truth.variables if on.get(v, False)]
+        boxes = [r for v in self.truth.variables for r in self.blobs[v][0 if on.get(v, False) else 1]]
         if self.decoy(seed):
             boxes.append(self.truth.decoy_region)
-        return render_clip(self.cfg, boxes, seed)
+        return render_clip(self.cfg, boxes, seed, texture=texture)
 
     def decoy(self, seed: int) -> bool:
-        """Whether the clips of ``seed`` show the decoy blob (a nuisance; never in and_composition)."""
+        """Whether the clips of ``seed`` show the decoy blob (a nuisance; the null's decision)."""
         return self.truth.decoy_region is not None and bool(np.random.default_rng([seed, 1]).random() < DECOY_P)
+
+    def label(self, seed: int = 0, **on: bool) -> int:
+        """The class ``render(seed, **on)`` must get: ``label_of`` with the seed's context filled in."""
+        context = {"decoy": self.decoy(seed)} if "decoy" in self.truth.context else {}
+        return self.truth.label_of(**{v: on.get(v, False) for v in self.truth.variables}, **context)
 
     def pair(
         self, seed: int = 0, positive: dict[str, bool] | None = None, negative: dict[str, bool] | None = None
@@ -211,8 +303,17 @@ class PlantedModel:
     def pairs(self, n: int, seed: int = 0, **kwargs: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return [self.pair(seed + i, **kwargs) for i in range(n)]
 
+    def pixel_mask(self, variable: str) -> np.ndarray:
+        """bool [T, H, W]: the pixels whose value the variable changes (its blobs when True or False)."""
+        if variable not in self.truth.variables:
+            raise KeyError(f"{self.truth.name} has variables {self.truth.variables}, got {variable!r}")
+        on = render_clip(self.cfg, self.blobs[variable][0], texture=False)[0, :, 0]
+        off = render_clip(self.cfg, self.blobs[variable][1], texture=False)[0, :, 0]
+        return (on != off).numpy()
+
     def pixel_box(self, variable: str) -> PixelBox:
-        """The pixel box of a variable's blob (frames, rows, cols)."""
+        """The pixel box (frames, rows, cols) around a variable's changed pixels; for a set that is not
+        a box (spread) it covers more than the set: use ``pixel_mask`` for the set."""
         return PixelBox.from_tokens(self.cfg.grid, self.truth.positions(variable))
 
 
@@ -258,19 +359,61 @@ def equal_boxes(grid: Any, region: Region) -> list[Region]:
     ]
 
 
+def component_changes(pm: PlantedModel, seed: int = 0, **pair_kwargs: Any) -> dict[str, float]:
+    """ "L{l} attn_out" / "L{l} mlp_out" -> the L2 norm of the difference of that component's output
+    at CLS between the two clips of ``pm.pair(seed)``."""
+    pos, neg = pm.pair(seed, **pair_kwargs)
+    names = lambda n: n.endswith(("hook_attn_out", "hook_mlp_out"))  # noqa: E731
+    with torch.inference_mode():
+        _, cp = pm.model.run_with_cache(pos, names_filter=names)
+        _, cn = pm.model.run_with_cache(neg, names_filter=names)
+    return {
+        f"L{l} {kind}": float((cp[f"blocks.{l}.hook_{kind}"][0, 0] - cn[f"blocks.{l}.hook_{kind}"][0, 0]).norm())
+        for l in range(pm.cfg.n_layers)
+        for kind in ("attn_out", "mlp_out")
+    }
+
+
+def distractor_ratios(pm: PlantedModel, seed: int = 0) -> dict[str, float]:
+    """Non-planted component -> its within-pair change (``component_changes``) over the largest planted
+    component's change; for the null (no planted component) the changes themselves."""
+    changes = component_changes(pm, seed)
+    planted = set(pm.truth.component_labels)
+    scale = max((changes[c] for c in planted), default=1.0)
+    return {c: v / scale for c, v in changes.items() if c not in planted}
+
+
 # =========================================================================================== building
+def _level(level: int) -> Level:
+    if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level < len(LEVELS):
+        raise ValueError(f"level must be an integer in 0..{len(LEVELS) - 1}, got {level!r}")
+    return LEVELS[level]
+
+
+def _tokens(cfg: HookedViViTConfig, regions: Sequence[Region]) -> tuple[int, ...]:
+    return tuple(sorted({p for r in regions for p in resolve_positions(cfg, r)}))
+
+
 class _Weights:
     """Sets a fresh model's weights feature by feature; everything not set stays zero."""
 
-    def __init__(self, name: str, id2label: dict[int, str]):
+    def __init__(self, name: str, id2label: dict[int, str], level: int):
         cfg = HookedViViTConfig(**CONFIG, id2label=id2label, model_name=f"planted-{name}")
         self.model = HookedViViT(cfg, init_weights=False)
         self.cfg = cfg
+        self.level, self.lv = level, _level(level)
+        self.distractors: list[Distractor] = []
         with torch.no_grad():
             for pname, p in self.model.named_parameters():
                 p.fill_(1.0 if pname.endswith(".w") else 0.0)  # LayerNorm w = 1; all else 0
 
-    def embeddings(self, regions: dict[str, Region]) -> None:
+    @property
+    def g(self) -> float:
+        """The distractors' gain at this level."""
+        return self.lv.distractor * HEAD_GAIN
+
+    def embeddings(self, markers: dict[str, Sequence[int]]) -> None:
+        """Tubelet embedding (brightness pair, texture) and position markers on the given tokens."""
         emb, t, h, w = self.model.embed, *self.cfg.tubelet_size
         n = t * h * w
         with torch.no_grad():
@@ -281,26 +424,49 @@ class _Weights:
             emb.W_E.copy_(lum[:, None, None, None, None].expand_as(emb.W_E))
             emb.W_E[:, 1] += (direction("texture") / (2 * n))[:, None, None, None]
             emb.W_E[:, 2] -= (direction("texture") / (2 * n))[:, None, None, None]
-            for marker, region in regions.items():
-                for p in resolve_positions(self.model, region):
+            for marker, tokens in markers.items():
+                for p in tokens:
                     self.model.pos_embed.W_pos[p] += MARKER * direction(marker)
 
-    def cls_head(self, layer: int, head: int, *, key: str, value: dict[str, float], writes: str, gain: float) -> None:
-        """CLS attends to the tokens marked ``key``; patch tokens attend to CLS (value 0, a sink).
-        The value reads ``value`` (feature -> coefficient) and W_O writes it to ``writes``."""
+    def cls_head(
+        self,
+        layer: int,
+        head: int,
+        *,
+        key: str,
+        value: dict[str, float],
+        writes: str | dict[str, float],
+        gain: float,
+        sharpness: float = 1.0,
+    ) -> None:
+        """CLS attends to the tokens marked ``key`` (QK gain x ``sharpness``); patch tokens attend to
+        CLS (value 0, a sink). The value reads ``value`` (feature -> coefficient) and W_O writes it to
+        ``writes`` (a feature, or a unit combination of features)."""
         attn = self.model.blocks[layer].attn
+        out = direction(writes) if isinstance(writes, str) else _vec(**writes) / float(_vec(**writes).norm())
         with torch.no_grad():
-            attn.W_Q[head, :, 0], attn.W_K[head, :, 0] = QK_GAIN * direction("is_cls"), QK_GAIN * direction(key)
+            attn.W_Q[head, :, 0] = QK_GAIN * direction("is_cls")
+            attn.W_K[head, :, 0] = QK_GAIN * sharpness * direction(key)
             attn.W_Q[head, :, 1], attn.W_K[head, :, 1] = QK_GAIN * direction("is_patch"), QK_GAIN * direction("is_cls")
             attn.W_V[head, :, 0] = _vec(**value)
-            attn.W_O[head, 0] = gain * direction(writes)
+            attn.W_O[head, 0] = gain * out
 
-    def neuron(self, layer: int, index: int, *, reads: dict[str, float], bias: float, writes: str, gain: float) -> None:
+    def neuron(
+        self,
+        layer: int,
+        index: int,
+        *,
+        reads: dict[str, float],
+        bias: float,
+        writes: str | dict[str, float],
+        gain: float,
+    ) -> None:
         mlp = self.model.blocks[layer].mlp
+        out = direction(writes) if isinstance(writes, str) else _vec(**writes)
         with torch.no_grad():
             mlp.W_in[:, index] = _vec(**reads)
             mlp.b_in[index] = bias
-            mlp.W_out[index] = gain * direction(writes)
+            mlp.W_out[index] = gain * out
 
     def classifier(self, reads: str, positive: int, negative: int, bias: float = 0.0) -> None:
         with torch.no_grad():
@@ -308,76 +474,228 @@ class _Weights:
             self.model.unembed.W_U[:, negative] = -CLASS_GAIN * direction(reads)
             self.model.unembed.b_U[positive], self.model.unembed.b_U[negative] = -bias, bias
 
+    # ------------------------------------------------------------------ measurements for calibration
+    def coord(self, clip: torch.Tensor, hook: str, feature: str) -> float:
+        """The coefficient of ``feature`` at CLS at ``hook`` on ``clip`` (the model as built so far)."""
+        with torch.inference_mode():
+            _, cache = self.model.run_with_cache(clip, names_filter=hook)
+        return float(cache[hook][0, 0] @ direction(feature))
+
+    def centre_classifier(self, reads: str, positive: int, negative: int, pos: list, neg: list) -> None:
+        """Where the planted heads leak attention (sharpness < 1): the classifier's bias at the midpoint
+        between the lowest positive and the highest negative readout on the given clips."""
+        hook = "ln_final.hook_normalized"
+        lo = min(self.coord(x, hook, reads) for x in pos)
+        hi = max(self.coord(x, hook, reads) for x in neg)
+        if not lo > hi:
+            raise RuntimeError(f"planted readout does not separate the classes: {lo} <= {hi}")
+        self.classifier(reads, positive, negative, bias=CLASS_GAIN * (lo + hi) / 2)
+
+    # ------------------------------------------------------------------ distractors
+    def mirror_head(self, layer: int, head: int, key: str, tokens: Sequence[int]) -> None:
+        """A head that attends (always sharply) to the planted tokens and writes their brightness to
+        ``mirror``, which nothing reads."""
+        self.cls_head(layer, head, key=key, value=BRIGHTNESS, writes="mirror", gain=self.g)
+        self.distractors.append(
+            Distractor(f"L{layer}H{head}", f"brightness of the {key} tokens", "mirror", tuple(tokens), True)
+        )
+
+    def reacting_pair(self, layer: int, first: int, reads: str, clip: torch.Tensor) -> None:
+        """Two neurons at CLS: relu(+f) writes mirror_on, relu(-f) mirror_off (f: ``reads`` normalised,
+        1 on ``clip``); the output's change within a pair is sqrt(2) x gain."""
+        a = self.coord(clip, f"blocks.{layer}.ln2.hook_normalized", reads)
+        gain = self.g * math.sqrt(2)
+        self.neuron(layer, first, reads={reads: 1 / a}, bias=0.0, writes="mirror_on", gain=gain)
+        self.neuron(layer, first + 1, reads={reads: -1 / a}, bias=0.0, writes="mirror_off", gain=gain)
+        self.distractors.append(
+            Distractor(f"L{layer} mlp neurons {first}-{first + 1}", reads, "mirror_on / mirror_off", None, True)
+        )
+
+    def cancelled_head(
+        self,
+        layer: int,
+        head: int,
+        first: int,
+        key: str,
+        tokens: Sequence[int],
+        target: str,
+        clip: torch.Tensor,
+        sign: float = 1.0,
+    ) -> None:
+        """A head with the planted head's attention map (same sharpness) writing brightness to
+        ``sign`` x ``target`` + echo, and two neurons of the same layer's MLP that write its exact
+        negative (calibrated on ``clip``): relu(+-echo) x -+sigma (sign target + echo), sigma = raw /
+        normalised echo."""
+        self.cls_head(
+            layer,
+            head,
+            key=key,
+            value=BRIGHTNESS,
+            writes={target: sign, "echo": 1.0},
+            gain=self.g,
+            sharpness=self.lv.sharpness,
+        )
+        if self.g == 0:
+            return
+        raw = self.coord(clip, f"blocks.{layer}.hook_resid_mid", "echo")
+        normed = self.coord(clip, f"blocks.{layer}.ln2.hook_normalized", "echo")
+        sigma = raw / normed
+        writes = target if sign > 0 else f"-{target}"
+        back = {target: sign, "echo": 1.0}
+        self.neuron(layer, first, reads={"echo": 1.0}, bias=0.0, writes=back, gain=-sigma)
+        self.neuron(layer, first + 1, reads={"echo": -1.0}, bias=0.0, writes=back, gain=sigma)
+        self.distractors += [
+            Distractor(f"L{layer}H{head}", f"brightness of the {key} tokens", f"{writes} + echo", tuple(tokens), True),
+            Distractor(
+                f"L{layer} mlp neurons {first}-{first + 1}",
+                "echo",
+                f"-({writes} + echo): cancels L{layer}H{head}",
+                None,
+                True,
+            ),
+        ]
+
+    def texture_heads(self, heads: Sequence[tuple[int, int]], patches: Sequence[int]) -> None:
+        for layer, head in heads:
+            self.cls_head(layer, head, key="is_patch", value=TEXTURE_V, writes="texture_sum", gain=NUISANCE_GAIN)
+            self.distractors.append(Distractor(f"L{layer}H{head}", "texture", "texture_sum", tuple(patches)))
+
 
 BRIGHTNESS = {"lum_on": 1.0, "lum_off": -1.0}  # V reads 2s - 1: +1 in a blob, -1 on the background
+TEXTURE_V = {"texture": 1.0}
 
 
-def single_head() -> PlantedModel:
+def single_head(level: int = DEFAULT_LEVEL) -> PlantedModel:
+    return _single("single_head", level)
+
+
+def null(level: int = DEFAULT_LEVEL) -> PlantedModel:
+    return _single("null", level)
+
+
+def _single(name: str, level: int) -> PlantedModel:
+    """single_head, and the null built like it (the classifier reads the decoy instead of signal_a)."""
     region = Region(frame_slots=(2, 3), rows=(1, 2), cols=(2, 3))
     decoy = Region(frame_slots=(0, 1), rows=(2, 3), cols=(0, 1))
-    wts = _Weights("single_head", {0: "blob", 1: "no blob"})
-    wts.embeddings({"region_a": region, "region_b": decoy})
-    texture = {"texture": 1.0}
-    # Layer 0: texture summary (H0), decoy-box brightness (H1). Its MLP: a ReLU of the summary.
-    wts.cls_head(0, 0, key="is_patch", value=texture, writes="texture_sum", gain=NUISANCE_GAIN)
-    wts.cls_head(0, 1, key="region_b", value=BRIGHTNESS, writes="decoy", gain=NUISANCE_GAIN)
+    is_null = name == "null"
+    labels = {0: "decoy", 1: "no decoy"} if is_null else {0: "blob", 1: "no blob"}
+    wts = _Weights(name, labels, level)
+    if is_null:  # no planted head to blur; leaky heads would make the CLS norm (so the logits' scale) differ
+        wts.lv = Level(wts.lv.distractor, 1.0, wts.lv.ratio)
+    cfg, lv = wts.cfg, wts.lv
+    box, decoy_tokens = _tokens(cfg, [region]), _tokens(cfg, [decoy])
+    wts.embeddings({"region_a": box, "region_b": decoy_tokens})
+    patches = tuple(range(1, cfg.n_ctx))
+    on = render_clip(cfg, [region], texture=False)
+    # Layer 0: texture summary (H0), decoy-box brightness (H1: the null's decision), the mirror head (H2).
+    wts.texture_heads([(0, 0)], patches)
+    wts.cls_head(0, 1, key="region_b", value=BRIGHTNESS, writes="decoy", gain=HEAD_GAIN if is_null else NUISANCE_GAIN)
+    if not is_null:
+        wts.distractors.append(Distractor("L0H1", "brightness of the decoy box", "decoy", decoy_tokens))
+    wts.mirror_head(0, 2, "region_a", box)
+    # Layer 0's MLP: a ReLU of the texture summary (neuron 0), the reacting pair on mirror (1, 2).
     wts.neuron(0, 0, reads={"texture_sum": 10.0}, bias=0.0, writes="texture_mlp", gain=NUISANCE_GAIN)
-    # Layer 1: the planted head H2; H0 looks at the same box but reads its texture.
-    wts.cls_head(1, 2, key="region_a", value=BRIGHTNESS, writes="signal_a", gain=HEAD_GAIN)
-    wts.cls_head(1, 0, key="region_a", value=texture, writes="lookalike", gain=NUISANCE_GAIN)
-    # Layer 2: the decoy box again (H3).
+    wts.distractors.append(Distractor("L0 mlp neuron 0", "texture_sum", "texture_mlp"))
+    if wts.g:
+        wts.reacting_pair(0, 1, "mirror", on)
+    # Layer 1: the planted head H2 (the null: the same head, which the classifier ignores); H0 looks
+    # at the same box but reads its texture.
+    wts.cls_head(1, 2, key="region_a", value=BRIGHTNESS, writes="signal_a", gain=HEAD_GAIN, sharpness=lv.sharpness)
+    wts.cls_head(1, 0, key="region_a", value=TEXTURE_V, writes="lookalike", gain=NUISANCE_GAIN, sharpness=lv.sharpness)
+    wts.distractors.append(Distractor("L1H0", "texture of box A (same attention as L1H2)", "lookalike", box))
+    if is_null:
+        wts.distractors.append(Distractor("L1H2", "brightness of box A", "signal_a (ignored)", box, True))
+    # Layer 2: the decoy box again (H3); the cancelled head (H1) and its cancelling neurons (0, 1).
     wts.cls_head(2, 3, key="region_b", value=BRIGHTNESS, writes="decoy", gain=NUISANCE_GAIN)
-    wts.classifier("signal_a", positive=0, negative=1)
-    model, grid_pos = wts.model, lambda r: tuple(resolve_positions(wts.model, r))
-    patches = tuple(range(1, model.cfg.n_ctx))
-    truth = GroundTruth(
-        name="single_head",
-        summary="head L1H2's CLS query attends only to the 8 tokens of box A (frame slots 2-3, rows 1-2, cols 2-3); "
-        "its OV circuit writes their brightness to signal_a, the only direction the classifier reads",
-        variables=("blob",),
-        heads=(PlantedHead(1, 2, "blob", region, grid_pos(region), "signal_a"),),
-        mlps=(),
-        reads="signal_a",
-        positive=0,
-        negative=1,
-        rule="blob",
-        distractors=(
-            Distractor("L0H0", "texture", "texture_sum", patches),
-            Distractor("L0H1", "brightness of the decoy box", "decoy", grid_pos(decoy)),
-            Distractor("L0 mlp", "texture_sum", "texture_mlp"),
-            Distractor("L1H0", "texture of box A (same attention as L1H2)", "lookalike", grid_pos(region)),
-            Distractor("L2H3", "brightness of the decoy box", "decoy", grid_pos(decoy)),
-        ),
-        decoy_region=decoy,
-    )
-    return PlantedModel(model, truth)
+    wts.distractors.append(Distractor("L2H3", "brightness of the decoy box", "decoy", decoy_tokens))
+    wts.cancelled_head(2, 1, 0, "region_a", box, "signal_a", on)
+    reads = "decoy" if is_null else "signal_a"
+    wts.classifier(reads, positive=0, negative=1)
+    if lv.sharpness < 1 and not is_null:
+        with_decoy = [render_clip(cfg, [region, decoy], texture=False), render_clip(cfg, [decoy], texture=False)]
+        wts.centre_classifier(reads, 0, 1, [on, with_decoy[0]], [render_clip(cfg, [], texture=False), with_decoy[1]])
+    if is_null:
+        truth = GroundTruth(
+            name="null",
+            summary="the pair changes the blob of box A (frame slots 2-3, rows 1-2, cols 2-3), which head L1H2 "
+            "gathers and every distractor responds to; the classifier reads only the decoy box (frame slots 0-1, "
+            "rows 2-3, cols 0-1, gathered by L0H1), the same in both clips of a pair: nothing carries the pair's "
+            "difference to the decision",
+            variables=("blob",),
+            heads=(),
+            mlps=(),
+            reads="decoy",
+            positive=0,
+            negative=1,
+            rule="decoy",
+            changed={"blob": box},
+            distractors=tuple(wts.distractors),
+            decoy_region=decoy,
+            context=("decoy",),
+            decided_by=("decoy",),
+            level=level,
+        )
+    else:
+        truth = GroundTruth(
+            name="single_head",
+            summary="head L1H2's CLS query attends only to the 8 tokens of box A (frame slots 2-3, rows 1-2, "
+            "cols 2-3); its OV circuit writes their brightness to signal_a, the only direction the classifier "
+            "reads",
+            variables=("blob",),
+            heads=(PlantedHead(1, 2, "blob", region, box, "signal_a"),),
+            mlps=(),
+            reads="signal_a",
+            positive=0,
+            negative=1,
+            rule="blob",
+            changed={"blob": box},
+            distractors=tuple(wts.distractors),
+            decoy_region=decoy,
+            level=level,
+        )
+    return PlantedModel(wts.model, truth, {"blob": ((region,), ())})
 
 
-def and_composition() -> PlantedModel:
+def and_composition(level: int = DEFAULT_LEVEL) -> PlantedModel:
     region_a = Region(frame_slots=(0, 1), rows=(0, 1), cols=(1, 2))
     region_b = Region(frame_slots=(2, 3), rows=(2, 3), cols=(0, 1))
-    wts = _Weights("and_composition", {0: "a and b", 1: "not both"})
-    wts.embeddings({"region_a": region_a, "region_b": region_b})
-    texture = {"texture": 1.0}
-    wts.cls_head(0, 0, key="is_patch", value=texture, writes="texture_sum", gain=NUISANCE_GAIN)
-    wts.cls_head(0, 1, key="region_a", value=BRIGHTNESS, writes="signal_a", gain=HEAD_GAIN)
-    wts.cls_head(1, 0, key="is_patch", value=texture, writes="texture_sum", gain=NUISANCE_GAIN)
-    wts.cls_head(1, 3, key="region_b", value=BRIGHTNESS, writes="signal_b", gain=HEAD_GAIN)
-    wts.cls_head(2, 2, key="region_a", value=texture, writes="lookalike", gain=NUISANCE_GAIN)
+    wts = _Weights("and_composition", {0: "a and b", 1: "not both"}, level)
+    cfg, lv = wts.cfg, wts.lv
+    box_a, box_b = _tokens(cfg, [region_a]), _tokens(cfg, [region_b])
+    wts.embeddings({"region_a": box_a, "region_b": box_b})
+    patches = tuple(range(1, cfg.n_ctx))
+    clip = lambda *r: render_clip(cfg, list(r), texture=False)  # noqa: E731
+    both = clip(region_a, region_b)
+    wts.texture_heads([(0, 0), (1, 0)], patches)
+    wts.cls_head(0, 1, key="region_a", value=BRIGHTNESS, writes="signal_a", gain=HEAD_GAIN, sharpness=lv.sharpness)
+    wts.cls_head(1, 3, key="region_b", value=BRIGHTNESS, writes="signal_b", gain=HEAD_GAIN, sharpness=lv.sharpness)
+    wts.cls_head(2, 2, key="region_a", value=TEXTURE_V, writes="lookalike", gain=NUISANCE_GAIN, sharpness=lv.sharpness)
+    wts.distractors.append(Distractor("L2H2", "texture of box A (same attention as L0H1)", "lookalike", box_a))
+    # Distractors: the cancelled head L0H2 (into -signal_a, against L0H1 in layer 0's output; cancelled
+    # by layer 0's MLP), the reacting pair on signal_b in layer 1's MLP, the mirror head L2H1 on box B.
+    wts.cancelled_head(0, 2, 0, "region_a", box_a, "signal_a", both, sign=-1.0)
+    if wts.g:
+        wts.reacting_pair(1, 0, "signal_b", both)
+    wts.mirror_head(2, 1, "region_b", box_b)
     model = wts.model
-    # The AND neuron: x = (signal_a + signal_b) / scale at CLS is +2c (both), 0 (one), -2c (none);
-    # c is measured on a texture-free clip, and the neuron fires on x > c only: relu(x / c - 1).
-    with torch.inference_mode():
-        hook = "blocks.2.ln2.hook_normalized"
-        _, cache = model.run_with_cache(render_clip(model.cfg, [region_a, region_b], texture=False), names_filter=hook)
-        x = cache[hook][0, 0] @ (direction("signal_a") + direction("signal_b"))
-    c = float(x) / 2
-    wts.neuron(2, 0, reads={"signal_a": 1 / c, "signal_b": 1 / c}, bias=-1.0, writes="composed", gain=HEAD_GAIN)
+    # The AND neuron: x = (signal_a + signal_b) / scale at CLS, measured on texture-free clips with
+    # both blobs, one, or none; the neuron fires above the midpoint t between "one" and "both" only:
+    # relu((x - t) / (x_both - t)) (at sharpness 1: x = +2c, 0, -2c, and the neuron is relu(x / c - 1)).
+    hook = "blocks.2.ln2.hook_normalized"
+
+    def x(c):
+        return wts.coord(c, hook, "signal_a") + wts.coord(c, hook, "signal_b")
+
+    x_both, x_one = x(both), max(x(clip(region_a)), x(clip(region_b)))
+    t = (x_both + x_one) / 2
+    span = x_both - t
+    wts.neuron(
+        2, 0, reads={"signal_a": 1 / span, "signal_b": 1 / span}, bias=-t / span, writes="composed", gain=HEAD_GAIN
+    )
     wts.neuron(2, 1, reads={"texture_sum": 10.0}, bias=0.0, writes="texture_mlp", gain=NUISANCE_GAIN)
+    wts.distractors.append(Distractor("L2 mlp neuron 1", "texture_sum", "texture_mlp"))
     # Bias: with the neuron silent the classifier says "not both".
     wts.classifier("composed", positive=0, negative=1, bias=1.0)
-    pos = lambda r: tuple(resolve_positions(model, r))  # noqa: E731
-    patches = tuple(range(1, model.cfg.n_ctx))
     truth = GroundTruth(
         name="and_composition",
         summary="head L0H1 gathers blob A (frame slots 0-1, rows 0-1, cols 1-2) into signal_a, head L1H3 blob B "
@@ -385,48 +703,234 @@ def and_composition() -> PlantedModel:
         "both are there and writes composed, the only direction the classifier reads",
         variables=("a", "b"),
         heads=(
-            PlantedHead(0, 1, "a", region_a, pos(region_a), "signal_a"),
-            PlantedHead(1, 3, "b", region_b, pos(region_b), "signal_b"),
+            PlantedHead(0, 1, "a", region_a, box_a, "signal_a"),
+            PlantedHead(1, 3, "b", region_b, box_b, "signal_b"),
         ),
         mlps=(2,),
         reads="composed",
         positive=0,
         negative=1,
         rule="a and b",
-        distractors=(
-            Distractor("L0H0", "texture", "texture_sum", patches),
-            Distractor("L1H0", "texture", "texture_sum", patches),
-            Distractor("L2H2", "texture of box A (same attention as L0H1)", "lookalike", pos(region_a)),
-            Distractor("L2 mlp neuron 1", "texture_sum", "texture_mlp"),
-        ),
+        changed={"a": box_a, "b": box_b},
+        distractors=tuple(wts.distractors),
+        level=level,
     )
-    return PlantedModel(model, truth)
+    return PlantedModel(model, truth, {"a": ((region_a,), ()), "b": ((region_b,), ())})
 
 
-BUILDERS: dict[str, Callable[[], PlantedModel]] = {"single_head": single_head, "and_composition": and_composition}
+def _one_head(
+    name: str,
+    level: int,
+    variable: str,
+    on_boxes: Sequence[Region],
+    off_boxes: Sequence[Region],
+    attended: tuple[int, ...],
+    labels: dict[int, str],
+    summary: str,
+    extra_markers: dict[str, Sequence[int]] | None = None,
+    extra: Callable[[_Weights], None] | None = None,
+) -> PlantedModel:
+    """A single planted head L1H2 attending to ``attended`` (temporal, spread), with single_head's
+    distractors: texture head L0H0, mirror head L0H2 + reacting pair in layer 0's MLP, the cancelled
+    head L2H1 + its neurons in layer 2's MLP."""
+    wts = _Weights(name, labels, level)
+    cfg, lv = wts.cfg, wts.lv
+    wts.embeddings({"region_a": attended, **(extra_markers or {})})
+    patches = tuple(range(1, cfg.n_ctx))
+    on = render_clip(cfg, list(on_boxes), texture=False)
+    off = render_clip(cfg, list(off_boxes), texture=False)
+    wts.texture_heads([(0, 0)], patches)
+    wts.mirror_head(0, 2, "region_a", attended)
+    if wts.g:
+        wts.reacting_pair(0, 0, "mirror", on)
+    wts.cls_head(1, 2, key="region_a", value=BRIGHTNESS, writes="signal_a", gain=HEAD_GAIN, sharpness=lv.sharpness)
+    if extra is not None:
+        extra(wts)
+    wts.cancelled_head(2, 1, 0, "region_a", attended, "signal_a", on)
+    wts.classifier("signal_a", positive=0, negative=1)
+    if lv.sharpness < 1:
+        wts.centre_classifier("signal_a", 0, 1, [on], [off])
+    mask_on, mask_off = (render_clip(cfg, list(b), texture=False)[0, :, 0] for b in (on_boxes, off_boxes))
+    changed = _mask_tokens(cfg, (mask_on != mask_off).numpy())
+    truth = GroundTruth(
+        name=name,
+        summary=summary,
+        variables=(variable,),
+        heads=(PlantedHead(1, 2, variable, None, tuple(attended), "signal_a"),),
+        mlps=(),
+        reads="signal_a",
+        positive=0,
+        negative=1,
+        rule=variable,
+        changed={variable: changed},
+        distractors=tuple(wts.distractors),
+        level=level,
+    )
+    return PlantedModel(wts.model, truth, {variable: (tuple(on_boxes), tuple(off_boxes))})
+
+
+def _mask_tokens(cfg: HookedViViTConfig, mask: np.ndarray) -> tuple[int, ...]:
+    """The patch tokens whose tubelet holds a pixel of ``mask`` [T, H, W]."""
+    grid, (t, h, w) = cfg.grid, cfg.tubelet_size
+    S, R, C = grid.shape
+    per = mask.reshape(S, t, R, h, C, w).any(axis=(1, 3, 5))
+    return tuple(sorted(grid.index(*map(int, i)) for i in np.argwhere(per)))
+
+
+def temporal(level: int = DEFAULT_LEVEL) -> PlantedModel:
+    p_early, q_late = Region((0, 1), (1, 2), (0, 1)), Region((2, 3), (1, 2), (2, 3))
+    q_early, p_late = Region((0, 1), (1, 2), (2, 3)), Region((2, 3), (1, 2), (0, 1))
+    cfg = HookedViViTConfig(**CONFIG)
+    attended = _tokens(cfg, [p_early, q_late])
+    everywhere = _tokens(cfg, [p_early, q_late, q_early, p_late])
+
+    def where_not_when(wts: _Weights) -> None:
+        # L1H0 attends to P and Q in every frame slot: the same half-lit set in both clips.
+        wts.cls_head(1, 0, key="region_b", value=BRIGHTNESS, writes="lookalike", gain=NUISANCE_GAIN)
+        wts.distractors.append(
+            Distractor("L1H0", "brightness of P and Q at every frame slot (where, not when)", "lookalike", everywhere)
+        )
+
+    return _one_head(
+        "temporal",
+        level,
+        "rightward",
+        (p_early, q_late),
+        (q_early, p_late),
+        attended,
+        {0: "rightward", 1: "leftward"},
+        "a blob in box P (rows 1-2, cols 0-1) then box Q (rows 1-2, cols 2-3) is rightward, Q then P leftward; "
+        "head L1H2 attends to P in frame slots 0-1 and Q in slots 2-3 and writes their brightness to signal_a, "
+        "the only direction the classifier reads; both clips hold the same blob pixels summed over time",
+        # "spare" on the other half keeps every token of the set at one norm, so L1H0 attends to all alike
+        extra_markers={"region_b": everywhere, "spare": _tokens(cfg, [q_early, p_late])},
+        extra=where_not_when,
+    )
+
+
+TRAIL = ((0, 0, 0), (0, 2, 3), (1, 1, 1), (1, 3, 2), (2, 0, 2), (2, 2, 0), (3, 1, 3), (3, 3, 1))
+
+
+def spread(level: int = DEFAULT_LEVEL) -> PlantedModel:
+    boxes = tuple(Region((t,), (r,), (c,)) for t, r, c in TRAIL)
+    cfg = HookedViViTConfig(**CONFIG)
+    return _one_head(
+        "spread",
+        level,
+        "trail",
+        boxes,
+        (),
+        _tokens(cfg, boxes),
+        {0: "trail", 1: "no trail"},
+        "head L1H2 attends uniformly to 8 scattered tokens (two per frame slot, frame slot / row / col "
+        f"{list(TRAIL)}) and writes their mean brightness to signal_a, the only direction the classifier reads; "
+        "a blob on every one of them is 'trail'",
+    )
+
+
+def redundant(level: int = DEFAULT_LEVEL) -> PlantedModel:
+    region = Region(frame_slots=(2, 3), rows=(1, 2), cols=(2, 3))
+    wts = _Weights("redundant", {0: "blob", 1: "no blob"}, level)
+    cfg, lv = wts.cfg, wts.lv
+    box = _tokens(cfg, [region])
+    wts.embeddings({"region_a": box})
+    patches = tuple(range(1, cfg.n_ctx))
+    on, off = render_clip(cfg, [region], texture=False), render_clip(cfg, [], texture=False)
+    wts.texture_heads([(0, 0)], patches)
+    for layer, head in ((0, 1), (1, 2)):
+        wts.cls_head(
+            layer, head, key="region_a", value=BRIGHTNESS, writes="signal_a", gain=HEAD_GAIN, sharpness=lv.sharpness
+        )
+    # Distractors: reacting pair on signal_a (layer 0's MLP), the cancelled head L1H1 into composed
+    # (cancelled by layer 1's MLP), the mirror head L2H0.
+    if wts.g:
+        wts.reacting_pair(0, 0, "signal_a", on)
+    wts.cancelled_head(1, 1, 0, "region_a", box, "composed", on)
+    wts.mirror_head(2, 0, "region_a", box)
+    # The saturating readout: u = (x - x_none) / (x_both - x_none) of x = signal_a at layer 2's MLP
+    # input (0 none, 1/2 one head, 1 both); relu(u - 0.1) - relu(u - 0.4) = 0, 0.3, 0.3.
+    hook = "blocks.2.ln2.hook_normalized"
+    x_on, x_off = wts.coord(on, hook, "signal_a"), wts.coord(off, hook, "signal_a")
+    span = x_on - x_off
+    for i, kink in enumerate((0.1, 0.4)):
+        wts.neuron(
+            2,
+            i,
+            reads={"signal_a": 1 / span},
+            bias=-x_off / span - kink,
+            writes="composed",
+            gain=(1 if i == 0 else -1) * HEAD_GAIN / 0.3,
+        )
+    wts.classifier("composed", positive=0, negative=1)
+    wts.centre_classifier("composed", 0, 1, [on], [off])
+    truth = GroundTruth(
+        name="redundant",
+        summary="heads L0H1 and L1H2 both gather box A (frame slots 2-3, rows 1-2, cols 2-3) into signal_a; two "
+        "neurons of layer 2's MLP read it saturating (either head alone gives the whole readout) and write "
+        "composed, the only direction the classifier reads",
+        variables=("blob",),
+        heads=(PlantedHead(0, 1, "blob", region, box, "signal_a"), PlantedHead(1, 2, "blob", region, box, "signal_a")),
+        mlps=(2,),
+        reads="composed",
+        positive=0,
+        negative=1,
+        rule="blob",
+        changed={"blob": box},
+        distractors=tuple(wts.distractors),
+        level=level,
+    )
+    return PlantedModel(wts.model, truth, {"blob": ((region,), ())})
+
+
+BUILDERS: dict[str, Callable[..., PlantedModel]] = {
+    "single_head": single_head,
+    "and_composition": and_composition,
+    "temporal": temporal,
+    "spread": spread,
+    "redundant": redundant,
+    "null": null,
+}
 NAMES = tuple(BUILDERS)
 
 
-def build(name: str) -> PlantedModel:
-    """A planted model by name (``NAMES``); deterministic, built in milliseconds."""
+def build(name: str, level: int = DEFAULT_LEVEL) -> PlantedModel:
+    """A planted model by name (``NAMES``) at a difficulty ``level`` (``LEVELS``); deterministic, built
+    in milliseconds."""
     if name not in BUILDERS:
         raise KeyError(f"unknown planted model {name!r}; available: {NAMES}")
-    return BUILDERS[name]()
+    _level(level)
+    return BUILDERS[name](level)
+
+
+def variable_combinations(truth: GroundTruth) -> list[dict[str, bool]]:
+    """Every assignment of the variables a pair changes."""
+    return [dict(zip(truth.variables, v)) for v in itertools.product([False, True], repeat=len(truth.variables))]
 
 
 __all__ = [
     "BUILDERS",
+    "DEFAULT_LEVEL",
     "D_MODEL",
     "FEATURES",
+    "LEVELS",
+    "MIN_DISTRACTORS",
     "NAMES",
     "Distractor",
     "GroundTruth",
+    "Level",
     "PlantedHead",
     "PlantedModel",
-    "build",
-    "direction",
-    "equal_boxes",
-    "render_clip",
     "and_composition",
+    "build",
+    "component_changes",
+    "direction",
+    "distractor_ratios",
+    "equal_boxes",
+    "null",
+    "redundant",
+    "render_clip",
     "single_head",
+    "spread",
+    "temporal",
+    "variable_combinations",
 ]

@@ -132,15 +132,16 @@ def organism_subject(
 
 def planted_subject(name: str, n_pairs: int, seed0: int = 0) -> Subject:
     """A planted model's pairs (every variable on vs off, one background per pair); the region is the
-    planted boxes' pixels."""
+    pixels the pair changes (a set, not always a box: planted.PlantedModel.pixel_mask). The null model
+    has no planted head: its "last_head_layer" is the last layer (probes are read around the end) and
+    "null" says that nothing carries the pair's difference."""
     from hooked_vivit import planted
 
     pm = planted.build(name)
     cfg = pm.cfg
     region = np.zeros((cfg.num_frames, *cfg.image_size), dtype=bool)
     for v in pm.truth.variables:
-        b = pm.pixel_box(v)
-        region[b.t0 : b.t1, b.y0 : b.y1, b.x0 : b.x1] = True
+        region |= pm.pixel_mask(v)
     start = int(np.nonzero(region.any((1, 2)))[0][0])
     classes = (pm.truth.positive, pm.truth.negative)
     pairs = [ValidationPair(p, n, region, start, classes) for p, n in pm.pairs(n_pairs, seed=seed0)]
@@ -148,8 +149,9 @@ def planted_subject(name: str, n_pairs: int, seed0: int = 0) -> Subject:
         "components": list(pm.truth.component_labels),
         "heads": list(pm.truth.head_labels),
         "mlps": list(pm.truth.mlps),
-        "last_head_layer": max(h.layer for h in pm.truth.heads),
+        "last_head_layer": max((h.layer for h in pm.truth.heads), default=cfg.n_layers - 1),
         "rule": pm.truth.rule,
+        "null": not pm.truth.heads and not pm.truth.mlps,
     }
     return Subject(f"planted {name}", pm.model, {name: pairs}, True, truth)
 
