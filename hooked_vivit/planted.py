@@ -42,12 +42,16 @@ changed pixels, so the two clips of a minimal pair differ in more than the plant
   ``mirror``, which nothing reads;
 - a reacting MLP pair: two neurons at CLS, relu(+f) writing ``mirror_on`` and relu(-f) writing
   ``mirror_off``, f a feature that carries the blob to CLS;
-- a cancelled head: the planted head's attention map (same sharpness), writing brightness to a
-  direction the decision reads plus ``echo``; two neurons of the same layer's MLP read ``echo`` and
-  write the exact negative (calibrated on a texture-free clip), so its output never reaches the
-  decision - but direct attribution credits it, and patching the MLP alone does move the logits
-  (single_head, temporal, spread), or not (and_composition, redundant: the readout there is a
-  threshold the cancelling error does not cross);
+- a cancelled head: the planted head's attention map (same sharpness), writing brightness times g
+  to a direction the decision reads and to ``echo`` (direct attribution gives it g / H of the planted
+  head's share); two neurons of the same layer's MLP read ``echo`` and
+  write the exact negative (calibrated on a texture-free clip; its residue is ~1e-5 of the planted
+  signal at CLS), so its output never reaches the decision - but direct attribution credits it, and
+  patching the cancelling neurons alone moves the logits (denoised into the negative run they add the
+  head's output twice; in and_composition only noising shows it: denoised, the AND neuron stays
+  below its threshold). Patched alone, the cancelled head itself moves the logit difference by under
+  1 %: its part along the planted direction then opposes the planted head's, the CLS norm changes, and
+  the cancelling neurons read echo through a changed LayerNorm scale;
 - the nuisance of the earlier version: heads averaging a colour texture over every patch, a
   look-alike head with the planted head's attention reading texture, decoy-box heads, an MLP neuron
   of the texture summary. The texture and the decoy change from clip to clip (``seed``) but never
@@ -58,8 +62,8 @@ difference of each attn_out / mlp_out at CLS between the pair's clips). ``level`
 difficulty ladder: the distractors' gain relative to the planted heads' and the planted heads' QK gain
 (attention sharpness). At level k at least ``MIN_DISTRACTORS`` non-planted components change by at
 least ``LEVELS[k].ratio`` times the largest planted component's change (tests/test_planted.py); the
-ratio grows from 0.05 (level 0) past 1 (levels 3 and 4: the planted component changes no more than
-the distractors). ``DEFAULT_LEVEL`` (1) is what ``build(name)`` ships. At sharpness 1 a planted
+ratio grows from 0.04 (level 0) to 1 (level 4: the planted component changes no more than two
+distractors). ``DEFAULT_LEVEL`` (1) is what ``build(name)`` ships. At sharpness 1 a planted
 head puts all but ~1e-15 of its CLS attention on its tokens; below 1 it leaks attention to every
 other token (whose brightness, the background's -1 or the decoy's +1, shifts its value in both clips
 alike), and the classifier's bias is set at the midpoint of the two classes' readouts on texture-free
@@ -152,7 +156,7 @@ LEVELS = (
     Level(distractor=0.05, sharpness=1.0, ratio=0.04),
     Level(distractor=0.3, sharpness=1.0, ratio=0.2),
     Level(distractor=0.5, sharpness=0.1, ratio=0.4),
-    Level(distractor=0.8, sharpness=0.07, ratio=0.75),
+    Level(distractor=0.8, sharpness=0.07, ratio=0.65),
     Level(distractor=1.2, sharpness=0.05, ratio=1.0),
 )
 DEFAULT_LEVEL = 1
@@ -532,7 +536,7 @@ class _Weights:
             key=key,
             value=BRIGHTNESS,
             writes={target: sign, "echo": 1.0},
-            gain=self.g,
+            gain=self.g * math.sqrt(2),  # g along the target, as much along echo
             sharpness=self.lv.sharpness,
         )
         if self.g == 0:

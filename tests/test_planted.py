@@ -199,13 +199,13 @@ def test_attribution_patching_ranks_the_planted_head_first(single):
     # the final one (the gradient assumes the CLS norm grows with signal_a, but the norm is the same in
     # both clips: ratio 1 - c^2 / (|r|^2 + d eps), r the corrupted CLS residual, c its signal_a part), and
     # layer 2's in front of the cancelling neurons (the gradient assumes they read echo through a scale
-    # that signal_a moves, so that they would overshoot), which gives back 1.5 %.
+    # that signal_a moves, so that they would overshoot), which gives back 2 %.
     _, cn = m.run_with_cache(neg)
     r = cn["resid_post", 2][0, 0].double()
     c = r @ planted.direction("signal_a").double()
     final_ln = float(1 - c**2 / (r @ r + m.cfg.d_model * m.cfg.eps))
     ratio = float(by_head[1, 2]) / float(real[1, 2])
-    assert final_ln == pytest.approx(0.921, abs=1e-3) and ratio == pytest.approx(final_ln + 0.015, abs=2e-3)
+    assert final_ln == pytest.approx(0.921, abs=1e-3) and ratio == pytest.approx(final_ln + 0.02, abs=2e-3)
 
 
 def test_token_dla_puts_its_mass_on_the_region(single):
@@ -217,12 +217,12 @@ def test_token_dla_puts_its_mass_on_the_region(single):
         terms = dla["terms"]  # [layers, heads, tokens]
         mass = float(terms[:, :, region].abs().sum() / terms.abs().sum())
         assert mass > 1 - 1e-6  # the issue asks >= 0.95
-        # Finding: DLA credits the cancelled head L2H1 (same attention, writes signal_a + echo) with
-        # g / (sqrt(2) H) of the planted head's term, though the layer-2 MLP erases its output: the terms
-        # add to more than the logit by that share. The planted head's term is the logit (to the
+        # Finding: DLA credits the cancelled head L2H1 (same attention, writes g signal_a + g echo) with
+        # g / H of the planted head's term, though the layer-2 MLP erases its output: the terms add to
+        # more than the logit by that share. The planted head's term is the logit (to the
         # cancellation's residue); every other head writes orthogonally to the classifier.
         per_head = torch.tensor(dla["per_head"])
-        share = planted.LEVELS[planted.DEFAULT_LEVEL].distractor / math.sqrt(2)
+        share = planted.LEVELS[planted.DEFAULT_LEVEL].distractor
         assert float(per_head[2, 1] / per_head[1, 2]) == pytest.approx(share, abs=1e-5)
         assert per_head[1, 2] == pytest.approx(dla["logit"], rel=1e-3)
         assert float(terms.sum()) == pytest.approx(dla["logit"] * (1 + share), rel=1e-3)
@@ -342,7 +342,7 @@ def test_component_patching_finds_the_composition(comp):
     # Both blobs vs neither: the MLP alone restores everything, each head's layer alone nothing;
     # noising shows all three are necessary - and a fourth destroys part of it: layer 0's MLP, whose
     # cancelling neurons, taken from the run without blob A, add the cancelled head L0H2's -signal_a
-    # twice instead of removing it (below: the AND neuron's activation drops by sqrt(2) g / H).
+    # twice instead of removing it (below: the AND neuron's input along signal_a drops by 2 g / H).
     den, noi = sweep({"a": False, "b": False})
     only(den, {"L2 mlp_out": 1.0})
     share = noi.pop("L0 mlp_out")
@@ -360,7 +360,7 @@ def test_component_patching_finds_the_composition(comp):
         m.run_with_hooks(pos, fwd_hooks=hooks)
     u = planted.direction("signal_a")
     g_over_h = planted.LEVELS[planted.DEFAULT_LEVEL].distractor
-    assert float(acts["mid"] @ u) / float(cc[mid][0, 0] @ u) == pytest.approx(1 - math.sqrt(2) * g_over_h, abs=1e-3)
+    assert float(acts["mid"] @ u) / float(cc[mid][0, 0] @ u) == pytest.approx(1 - 2 * g_over_h, abs=1e-3)
     assert 0 < share < 1
     # One blob missing: its head's layer and the MLP each restore everything.
     only(sweep({"a": True, "b": False})[0], {"L1 attn_out": 1.0, "L2 mlp_out": 1.0})
@@ -384,9 +384,9 @@ def test_head_patching_finds_each_gathering_head(comp):
             m, patching.head_patches(m, "z"), clean_cache=cc, corrupted=neg, metric=DIFF, progress=False
         )
         rec = recovered(sweep, logit_diff(m, pos), logit_diff(m, neg))
-        # L0H1 overshoots by 0.5 %: patched alone it leaves the cancelled head L0H2 (same box, -signal_a)
+        # L0H1 overshoots by 1 %: patched alone it leaves the cancelled head L0H2 (same box, -signal_a)
         # in the other clip's state, and the cancelling neurons read echo through a changed LayerNorm scale.
-        assert max(rec, key=rec.get) == head and rec.pop(head) == pytest.approx(1.0, abs=0.01)
+        assert max(rec, key=rec.get) == head and rec.pop(head) == pytest.approx(1.0, abs=0.02)
         assert max(abs(v) for v in rec.values()) < 1e-5
 
 
