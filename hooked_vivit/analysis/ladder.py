@@ -1,0 +1,258 @@
+"""Where each method breaks: per-pair decision rules of the validation methods, run over the planted
+models' difficulty ladder (hooked_vivit.planted.LEVELS), as recall per level and, on the null model, as a
+false-positive rate, each with a Clopper-Pearson 95 % interval over pairs.
+
+Each rule turns one minimal pair (every variable on vs off, one background) into "found" (True) or
+"missed" (False); ``None`` where the rule cannot decide on that pair (counted apart, not in the rate).
+On the planted models a True is a hit; on the null (nothing carries the pair's difference to the
+decision) a True is a false positive:
+
+- ``recovery``: the logit-difference recovery of each attn_out / mlp_out (validation.recovery, the
+  headline). Planted: the top component is the composing MLP (models with one) or a planted head's
+  layer. Null: some component's recovery exceeds 0.5 (the recovery is defined whenever the two clips'
+  logit differences differ at all - on the null by float rounding only).
+- ``heads``: the logit-difference recovery of each head's z patched alone (validation.recovery's
+  "heads"). Planted: the top head is a planted head - except for an AND (``rule`` "a and b"), where the
+  known answer is that no head alone restores the decision: every head below 0.5. Null: some head's
+  recovery exceeds 0.5.
+- ``dla``: differential direct logit attribution per head (experiments.differential_token_dla, to the
+  positive class, summed over tokens). Planted: the head with the largest |attribution| is a planted
+  head (a model whose heads write nothing the classifier reads - the composition - is missed). Null:
+  some head's |attribution| exceeds ``LOGIT_THRESHOLD`` logits.
+- ``dla_region``: the planted heads' attended tokens' share of |differential DLA| against their share
+  of the tokens whose pixels differ (experiments.enrichment's enrichment_differing) exceeds 1. None where
+  the attended tokens are every differing token (the enrichment cannot exceed 1) or the attribution is
+  zero. Null (region: the changed tokens): False when the total |attribution| is at most
+  ``LOGIT_THRESHOLD`` logits, else the same test (a True is a false positive).
+- ``attribution``: attribution patching (AtP) against real denoising patching of each attn_out /
+  mlp_out, logit difference: the top |estimate| is the top |real effect|. Null: some |estimate|
+  exceeds ``LOGIT_THRESHOLD`` logits (every real effect is 0 to rounding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from statsmodels.stats.proportion import proportion_confint
+
+from hooked_vivit import planted
+from hooked_vivit.analysis import experiments as ex
+from hooked_vivit.analysis import validation
+from hooked_vivit.causal import patching
+from hooked_vivit.causal.attribution import attribution_patch
+from hooked_vivit.causal.metrics import LogitDiff
+
+METHODS = ("recovery", "heads", "dla", "dla_region", "attribution")
+RECOVERY_THRESHOLD = 0.5  # null: a component or head "restores" the decision
+LOGIT_THRESHOLD = 0.1  # null: an attribution of more than this many logits is a finding
+ALPHA = 0.05
+
+
+@dataclass
+class Rate:
+    """k of n pairs (``undecided`` more left out), with a Clopper-Pearson interval."""
+
+    k: int
+    n: int
+    undecided: int
+    ci95: tuple[float, float] | None
+
+    @property
+    def rate(self) -> float | None:
+        return self.k / self.n if self.n else None
+
+    def to_json(self) -> dict:
+        return {"k": self.k, "n": self.n, "rate": self.rate, "ci95": self.ci95, "undecided": self.undecided}
+
+
+def rate(decisions: Sequence[bool | None]) -> Rate:
+    decided = [d for d in decisions if d is not None]
+    k, n = int(sum(decided)), len(decided)
+    ci = None
+    if n:
+        lo, hi = proportion_confint(k, n, alpha=ALPHA, method="beta")
+        ci = (float(lo), float(hi))
+    return Rate(k, n, len(decisions) - n, ci)
+
+
+def _pair(pm: planted.PlantedModel, seed: int) -> validation.ValidationPair:
+    pos, neg = pm.pair(seed)
+    region = np.zeros((pm.cfg.num_frames, *pm.cfg.image_size), dtype=bool)
+    for v in pm.truth.variables:
+        region |= pm.pixel_mask(v)
+    start = int(np.nonzero(region.any((1, 2)))[0][0])
+    return validation.ValidationPair(pos, neg, region, start, (pm.truth.positive, pm.truth.negative))
+
+
+def is_null(truth: planted.GroundTruth) -> bool:
+    return not truth.heads and not truth.mlps
+
+
+def pair_decisions(pm: planted.PlantedModel, seed: int) -> dict[str, bool | None]:
+    """Every rule (module docstring) on ``pm.pair(seed)``."""
+    model, truth = pm.model, pm.truth
+    null = is_null(truth)
+    p = _pair(pm, seed)
+    out: dict[str, bool | None] = {}
+    rec = validation.recovery(model, [p], 0)
+    ld = rec["variants"].get(ex.LOGIT_DIFF_RECOVERY)
+    if null:
+        out["recovery"] = ld is not None and max(ld["mean"]) > RECOVERY_THRESHOLD
+    else:
+        want = {f"L{l} mlp" for l in truth.mlps} or {f"L{h.layer} attn" for h in truth.heads}
+        out["recovery"] = ld is not None and ld["top"] in want
+    hd = rec.get("heads")
+    heads = None if hd is None else np.asarray(hd["mean"], dtype=np.float64)
+    if heads is None or not np.isfinite(heads).all():
+        out["heads"] = False if not null else None
+    elif null:
+        out["heads"] = bool(heads.max() > RECOVERY_THRESHOLD)
+    elif truth.rule == "a and b":
+        out["heads"] = bool(np.abs(heads).max() < RECOVERY_THRESHOLD)
+    else:
+        out["heads"] = hd["top"] in truth.head_labels
+    # differential DLA per head, and on the planted heads' tokens against the differing tokens
+    diff = ex.differential_token_dla(model, p.positive, p.negative, truth.positive)
+    terms = diff.terms.double()  # [layers, heads, tokens]
+    per_head = terms.sum(-1)
+    H = model.cfg.n_heads
+    if null:
+        out["dla"] = bool(per_head.abs().max() > LOGIT_THRESHOLD)
+    else:
+        top = int(per_head.abs().argmax())
+        out["dla"] = bool(per_head.abs().max() > 1e-9) and f"L{top // H}H{top % H}" in truth.head_labels
+    tokens = sorted({q for h in truth.heads for q in h.positions}) or sorted(
+        {q for v in truth.variables for q in truth.positions(v)}
+    )
+    n_prefix = model.cfg.grid.n_prefix
+    on = torch.zeros(model.cfg.n_ctx - n_prefix, dtype=torch.bool)
+    on[[q - n_prefix for q in tokens]] = True
+    differing = ex.differing_tokens(model, p.positive, p.negative)
+    w = terms.sum((0, 1))[n_prefix:].abs()
+    if null and float(w.sum()) <= LOGIT_THRESHOLD:  # (float rounding) no attribution to place: no finding
+        out["dla_region"] = False
+    elif float(w.sum()) < 1e-9:
+        out["dla_region"] = None
+    else:
+        e = ex.enrichment(w, on, differing)
+        if e.enrichment_differing is None or e.base_rate_differing == 1.0:
+            out["dla_region"] = None
+        else:
+            out["dla_region"] = bool(e.enrichment_differing > 1)
+    # attribution patching against real patching, attn_out and mlp_out by layer
+    metric = LogitDiff(truth.positive, truth.negative)
+    with torch.inference_mode():
+        _, clean_cache = model.run_with_cache(p.positive)
+    res = attribution_patch(model, p.positive, p.negative, metric, clean_cache=clean_cache)
+    est = torch.cat([res.by_component("attn_out"), res.by_component("mlp_out")]).double()
+    if null:
+        out["attribution"] = bool(est.abs().max() > LOGIT_THRESHOLD)
+    else:
+        real = []
+        for kind in ("attn_out", "mlp_out"):
+            sweep = patching.denoise(
+                model,
+                patching.component_patches(model, (kind,)),
+                clean_cache=clean_cache,
+                corrupted=p.negative,
+                metric=metric,
+                progress=False,
+            )
+            real.append((sweep.values - sweep.baseline).double())
+        real = torch.cat(real)
+        out["attribution"] = int(est.abs().argmax()) == int(real.abs().argmax())
+    return out
+
+
+def ladder(
+    names: Sequence[str] = planted.NAMES,
+    levels: Sequence[int] | None = None,
+    *,
+    n_pairs: int = 20,
+    null_pairs: int = 100,
+    seed0: int = 0,
+) -> dict:
+    """Every rule on ``n_pairs`` pairs (``null_pairs`` on the null) of each model at each level:
+    {"settings", "rows": [{"model", "level", "null", "pairs", "rates": {method: Rate.to_json()}}]}."""
+    levels = range(len(planted.LEVELS)) if levels is None else levels
+    for n, what in ((n_pairs, "n_pairs"), (null_pairs, "null_pairs")):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"{what} must be a positive integer, got {n!r}")
+    unknown = set(names) - set(planted.NAMES)
+    if unknown:
+        raise ValueError(f"unknown planted models {sorted(unknown)}; available: {planted.NAMES}")
+    rows = []
+    for name in names:
+        for level in levels:
+            pm = planted.build(name, level=level)
+            null = is_null(pm.truth)
+            n = null_pairs if null else n_pairs
+            per_pair = [pair_decisions(pm, seed0 + i) for i in range(n)]
+            rows.append(
+                {
+                    "model": name,
+                    "level": level,
+                    "null": null,
+                    "pairs": n,
+                    "rates": {m: rate([d[m] for d in per_pair]).to_json() for m in METHODS},
+                }
+            )
+    return {
+        "settings": {
+            "n_pairs": n_pairs,
+            "null_pairs": null_pairs,
+            "seed0": seed0,
+            "levels": [dict(level=k, **vars(planted.LEVELS[k])) for k in levels],
+            "recovery_threshold": RECOVERY_THRESHOLD,
+            "logit_threshold": LOGIT_THRESHOLD,
+            "interval": "Clopper-Pearson 95 %",
+        },
+        "rows": rows,
+    }
+
+
+def breaks(data: dict, below: float = 0.5) -> dict[str, dict[str, int | None]]:
+    """Per planted model (not the null) and method, the first level whose recall is below ``below``
+    (None: never)."""
+    out: dict = {}
+    for row in data["rows"]:
+        if row["null"]:
+            continue
+        per = out.setdefault(row["model"], {m: None for m in METHODS})
+        for m, r in row["rates"].items():
+            if per[m] is None and r["rate"] is not None and r["rate"] < below:
+                per[m] = row["level"]
+    return out
+
+
+def _cell(r: dict) -> str:
+    if not r["n"]:
+        return f"n/a ({r['undecided']} undecided)"
+    lo, hi = r["ci95"]
+    extra = f", {r['undecided']} undecided" if r["undecided"] else ""
+    return f"{r['k']}/{r['n']} = {r['rate']:.0%} [{lo:.0%}, {hi:.0%}]{extra}"
+
+
+def ladder_markdown(data: dict) -> str:
+    """The table: one row per model and level; recall on the planted models, the false-positive rate
+    on the null (Clopper-Pearson 95 % intervals over pairs)."""
+    lines = [
+        "| model | level (distractor gain, sharpness) | measure | " + " | ".join(METHODS) + " |",
+        "|---|---|---|" + "---|" * len(METHODS),
+    ]
+    for row in data["rows"]:
+        lv = planted.LEVELS[row["level"]]
+        cells = [_cell(row["rates"][m]) for m in METHODS]
+        what = "false-positive rate" if row["null"] else "recall"
+        lines.append(
+            f"| {row['model']} | {row['level']} ({lv.distractor:g}, {lv.sharpness:g}) | {what} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["METHODS", "Rate", "breaks", "ladder", "ladder_markdown", "pair_decisions", "rate"]
