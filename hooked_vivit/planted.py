@@ -52,6 +52,11 @@ changed pixels, so the two clips of a minimal pair differ in more than the plant
   below its threshold). Patched alone, the cancelled head itself moves the logit difference by under
   1 %: its part along the planted direction then opposes the planted head's, the CLS norm changes, and
   the cancelling neurons read echo through a changed LayerNorm scale;
+- a backup (self-repair; single_head, temporal, spread at the sharp levels 0-1): four neurons of
+  layer 2's MLP compare the cancelled head's echo with the planted head's part of signal_a. They are
+  silent on every clip and when the planted head is patched from the other clip, and write R = g / H
+  of its signal when it is ablated (zero or mean): ablation underestimates the planted head (at the
+  default level, zero-ablating L1H2 leaves 26 % of the logit difference instead of ~0);
 - the nuisance of the earlier version: heads averaging a colour texture over every patch, a
   look-alike head with the planted head's attention reading texture, decoy-box heads, an MLP neuron
   of the texture summary. The texture and the decoy change from clip to clip (``seed``) but never
@@ -141,6 +146,7 @@ BLOB = 0.5  # luminance added by a blob (normalised pixel units)
 TEXTURE = 0.4  # texture amplitude per tubelet
 DECOY_P = 0.5  # probability that a clip shows the decoy blob (single_head, null)
 MIN_DISTRACTORS = 2  # non-planted components the ladder's property counts
+BACKUP_MARGIN = 0.05  # the backup neurons' kinks sit this far from d = 0 (no gradient at the silent state)
 
 
 @dataclass(frozen=True)
@@ -559,6 +565,38 @@ class _Weights:
             ),
         ]
 
+    def backup(self, layer: int, first: int, planted: str, clip: torch.Tensor) -> None:
+        """Self-repair: four neurons of ``layer``'s MLP (after the cancelled head of that layer, whose
+        echo carries the planted tokens' brightness on its own) read d = m - s, m = echo and s = the
+        planted head's part of signal_a (signal_a - echo), each in units of its value on ``clip``, and
+        write R x f(d) times the planted head's signal_a along signal_a, f(d) = relu(d - e) - relu(-d - e)
+        - (2 - e) relu(d - 1) + (2 - e) relu(-d - 1), e = BACKUP_MARGIN. On every clip d = 0 (both read the
+        same tokens alike): silent. With the planted head ablated (s = 0, d = +-1) they write +-(1 - e) R x
+        its signal: the backup takes over. With its output patched from the other clip (d = +-2) f = 0:
+        denoising and noising see no repair.
+        R = the level's distractor gain / HEAD_GAIN. Only at sharpness 1: a leaky planted head's value is
+        not +-1 (background tokens add -1 in both clips), and as it nears 0 on a blob clip the ablated
+        and the patched states coincide, so no readout can repair the one and not the other."""
+        if self.lv.sharpness != 1.0:
+            return
+        hook, mid = f"blocks.{layer}.ln2.hook_normalized", f"blocks.{layer}.hook_resid_mid"
+        e0, sa0 = self.coord(clip, hook, "echo"), self.coord(clip, hook, planted)
+        p_raw = self.coord(clip, mid, planted) - self.coord(clip, mid, "echo")  # the planted head's signal_a
+        reads = {"echo": 1 / e0 + 1 / (sa0 - e0), planted: -1 / (sa0 - e0)}  # d
+        minus = {f: -c for f, c in reads.items()}
+        repair = self.lv.distractor
+        m = BACKUP_MARGIN  # the first pair's kinks just off d = 0: silent, and without gradient, on every clip
+        pairs = ((reads, -m, 1), (minus, -m, -1), (reads, -1, m - 2), (minus, -1, 2 - m))
+        for i, (r, bias, gain) in enumerate(pairs):
+            self.neuron(layer, first + i, reads=r, bias=bias, writes=planted, gain=gain * repair * p_raw)
+        self.distractors.append(
+            Distractor(
+                f"L{layer} mlp neurons {first}-{first + 3}",
+                "echo - the planted head's signal_a (0 unless the planted head is ablated)",
+                f"{planted}: backup (self-repair, {repair:g} of the planted head's signal)",
+            )
+        )
+
     def texture_heads(self, heads: Sequence[tuple[int, int]], patches: Sequence[int]) -> None:
         for layer, head in heads:
             self.cls_head(layer, head, key="is_patch", value=TEXTURE_V, writes="texture_sum", gain=NUISANCE_GAIN)
@@ -613,6 +651,8 @@ def _single(name: str, level: int) -> PlantedModel:
     wts.cls_head(2, 3, key="region_b", value=BRIGHTNESS, writes="decoy", gain=NUISANCE_GAIN)
     wts.distractors.append(Distractor("L2H3", "brightness of the decoy box", "decoy", decoy_tokens))
     wts.cancelled_head(2, 1, 0, "region_a", box, "signal_a", on)
+    if not is_null:
+        wts.backup(2, 2, "signal_a", on)
     reads = "decoy" if is_null else "signal_a"
     wts.classifier(reads, positive=0, negative=1)
     if lv.sharpness < 1 and not is_null:
@@ -751,6 +791,7 @@ def _one_head(
     if extra is not None:
         extra(wts)
     wts.cancelled_head(2, 1, 0, "region_a", attended, "signal_a", on)
+    wts.backup(2, 2, "signal_a", on)
     wts.classifier("signal_a", positive=0, negative=1)
     if lv.sharpness < 1:
         wts.centre_classifier("signal_a", 0, 1, [on], [off])
