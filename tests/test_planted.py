@@ -67,6 +67,11 @@ def test_build_and_ground_truth():
             planted.build("single_head", level=bad)
     assert planted.NAMES == ("single_head", "and_composition", "temporal", "spread", "redundant", "null")
     assert planted.build("single_head").truth.level == planted.DEFAULT_LEVEL == 1
+    for name in planted.NAMES:  # every truth is plain data, and says which distractors respond
+        t = planted.build(name).truth
+        d = json.loads(json.dumps(t.to_dict()))
+        assert d["name"] == name and set(d["changed"]) == set(t.variables)
+        assert sum(x["responds"] for x in d["distractors"]) >= 3
     pm = planted.build("single_head")
     head = pm.truth.heads[0]
     assert (head.layer, head.head, head.writes) == (1, 2, "signal_a")
