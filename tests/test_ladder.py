@@ -33,7 +33,14 @@ def test_decisions_on_the_default_single_head():
     # every causal rule finds the planted head; the planted head's tokens are every differing token, so
     # the region's enrichment against them cannot exceed 1: undecided
     d = ladder.pair_decisions(planted.build("single_head"), 0)
-    assert d == {"recovery": True, "heads": True, "dla": True, "dla_region": None, "attribution": True}
+    assert d == {
+        "recovery": True,
+        "cls_projection": True,
+        "heads": True,
+        "dla": True,
+        "dla_region": None,
+        "attribution": True,
+    }
 
 
 def test_dla_prefers_the_cancelled_head_at_the_hardest_level():
@@ -65,6 +72,16 @@ def test_composition_is_invisible_to_dla_and_the_null_fools_recovery_where_it_is
         pos, neg = null.pair(seed)
         rec = component_recovery(null.model, pos, neg, outcome_classes=(0, 1))
         assert d["dla"] is False  # no head writes the decoy direction differently in the two clips
+        # L1H2 gathers the blob (ignored by the classifier): its layer restores signal_a's share of the
+        # last residual's CLS difference, (delta . signal_a)^2 / |delta|^2 = 84 % (to 1 %: patched, its
+        # signal_a opposes the cancelled head's, and the cancelling neurons read a changed CLS scale)
+        _, cp = null.model.run_with_cache(pos, names_filter="blocks.2.hook_resid_post")
+        _, cn = null.model.run_with_cache(neg, names_filter="blocks.2.hook_resid_post")
+        delta = (cp["blocks.2.hook_resid_post"] - cn["blocks.2.hook_resid_post"])[0, 0]
+        share = float((delta @ planted.direction("signal_a")) ** 2 / (delta @ delta))
+        proj = rec["variants"]["cls_projection"]
+        assert d["cls_projection"] is True and proj["attn"][1] == pytest.approx(share, abs=0.01)
+        assert share == pytest.approx(0.84, abs=0.01)
         if "logit_diff" not in rec["variants"]:  # the two logit differences are equal: nothing to recover
             assert d["recovery"] is False and d["heads"] is None
         else:
@@ -81,7 +98,14 @@ def test_ladder_table_and_breaks():
     assert rows["null", 1]["null"] and rows["null", 1]["pairs"] == 3 and rows["single_head", 4]["pairs"] == 2
     assert rows["single_head", 4]["rates"]["dla"]["k"] == 0 and rows["single_head", 1]["rates"]["dla"]["k"] == 2
     assert ladder.breaks(data) == {
-        "single_head": {"recovery": None, "heads": None, "dla": 4, "dla_region": None, "attribution": None}
+        "single_head": {
+            "recovery": None,
+            "cls_projection": 4,
+            "heads": None,
+            "dla": 4,
+            "dla_region": None,
+            "attribution": None,
+        }
     }
     table = ladder.ladder_markdown(data)
     assert "| single_head | 4 (1.2, 0.05) | recall | 2/2 = 100% [16%, 100%] |" in table

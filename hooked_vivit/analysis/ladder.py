@@ -11,6 +11,9 @@ decision) a True is a false positive:
   headline). Planted: the top component is the composing MLP (models with one) or a planted head's
   layer. Null: some component's recovery exceeds 0.5 (the recovery is defined whenever the two clips'
   logit differences differ at all - on the null by float rounding only).
+- ``cls_projection``: the same ranking by the representation variant cls_projection (the share of the
+  last residual's CLS difference each component restores; validation reports it beside the headline).
+  Planted: the top component is the one ``recovery`` wants. Null: some component exceeds 0.5.
 - ``heads``: the logit-difference recovery of each head's z patched alone (validation.recovery's
   "heads"). Planted: the top head is a planted head - except for an AND (``rule`` "a and b"), where the
   known answer is that no head alone restores the decision: every head below 0.5. Null: some head's
@@ -45,7 +48,7 @@ from hooked_vivit.causal import patching
 from hooked_vivit.causal.attribution import attribution_patch
 from hooked_vivit.causal.metrics import LogitDiff
 
-METHODS = ("recovery", "heads", "dla", "dla_region", "attribution")
+METHODS = ("recovery", "cls_projection", "heads", "dla", "dla_region", "attribution")
 RECOVERY_THRESHOLD = 0.5  # null: a component or head "restores" the decision
 LOGIT_THRESHOLD = 0.1  # null: an attribution of more than this many logits is a finding
 ALPHA = 0.05
@@ -104,6 +107,11 @@ def pair_decisions(pm: planted.PlantedModel, seed: int) -> dict[str, bool | None
     else:
         want = {f"L{l} mlp" for l in truth.mlps} or {f"L{h.layer} attn" for h in truth.heads}
         out["recovery"] = ld is not None and ld["top"] in want
+    proj = rec["variants"]["cls_projection"]
+    if null:
+        out["cls_projection"] = max(proj["mean"]) > RECOVERY_THRESHOLD
+    else:
+        out["cls_projection"] = proj["top"] in want
     hd = rec.get("heads")
     heads = None if hd is None else np.asarray(hd["mean"], dtype=np.float64)
     if heads is None or not np.isfinite(heads).all():
