@@ -511,11 +511,11 @@ def test_the_ladder_property_per_level():
 
 @pytest.mark.parametrize("name", planted.NAMES)
 def test_the_decision_is_the_rule_on_every_clip_and_level(name):
-    """label_of (the rule) on every combination of the variables, 12 backgrounds, every level."""
+    """label_of (the rule) on every combination of the variables, 40 backgrounds, every level."""
     for k in range(len(planted.LEVELS)):
         pm = planted.build(name, level=k)
         combos = planted.variable_combinations(pm.truth)
-        clips = [(seed, on) for seed in range(12) for on in combos]
+        clips = [(seed, on) for seed in range(40) for on in combos]
         x = torch.cat([pm.render(seed, **on) for seed, on in clips])
         with torch.inference_mode():
             pred = pm.model(x).argmax(-1).tolist()
