@@ -181,6 +181,7 @@ def _pairs_or_manifest(text: str) -> int | Path:
 
 
 def _cmd_study_manifest(args: argparse.Namespace) -> int:  # study --pairs MANIFEST (issue 20)
+    from hooked_vivit.analysis import pipeline
     from hooked_vivit.analysis.pair_study import study_pairs
 
     st = study_pairs(
@@ -195,7 +196,7 @@ def _cmd_study_manifest(args: argparse.Namespace) -> int:  # study --pairs MANIF
     if st is not None:  # rank 0
         g = st["mlp_minus_attn"]
         print(
-            f"{st['domain']}: MLP - attention recovery ({st['headline']}) {g['mean']:+.1%} [{g['ci95'][0]:+.1%}, {g['ci95'][1]:+.1%}] over {st['pairs']} pairs"
+            f"{st['domain']}: MLP - attention recovery ({st['headline']}) {pipeline.gap_text(g)} over {st['pairs']} pairs"
             + (f"; {len(st['skipped'])} pair(s) skipped" if st["skipped"] else "")
         )
         for s in st["skipped"]:
@@ -225,7 +226,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
     for st in studies:
         g = st["mlp_minus_attn"]
         print(
-            f"{st['domain']}: MLP - attention recovery ({st['headline']}) {g['mean']:+.1%} [{g['ci95'][0]:+.1%}, {g['ci95'][1]:+.1%}] over {st['pairs']} pairs"
+            f"{st['domain']}: MLP - attention recovery ({st['headline']}) {pipeline.gap_text(g)} over {st['pairs']} pairs"
         )
     print(f"wrote {args.out}/report.html")
     return 0

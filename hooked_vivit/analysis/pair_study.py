@@ -322,8 +322,8 @@ def write_pair_study(
                 "component recovery, every variant",
                 f2,
                 f"Mean recovery per component over {n} pairs, bootstrap 95 % intervals; "
-                f"MLP minus attention ({st['headline']}) {g['mean']:+.1%} [{g['ci95'][0]:+.1%}, {g['ci95'][1]:+.1%}], MLP higher in "
-                f"{g['share_of_pairs_mlp_higher']:.0%} of pairs.",
+                f"MLP minus attention ({st['headline']}) {pipeline.gap_text(g)}"
+                + (f", MLP higher in {g['share_of_pairs_mlp_higher']:.0%} of pairs." if g["mean"] is not None else "."),
                 pipeline.recovery_table_html(st),
             ),
         ]

@@ -1158,15 +1158,36 @@ def summarize_pair_statistics(
             "of": int(above.size),
         }
     gap = head[:, 1].mean(1) - head[:, 0].mean(1)
+    defined = np.isfinite(gap)  # the logit-difference headline is undefined on a pair that leaves the outcome alone
+    gap = gap[defined]
+    if len(gap) < 2:  # no interval and no test: said, not hidden
+        out["mlp_minus_attn"] = {
+            "mean": None,
+            "ci95": [None, None],
+            "share_of_pairs_mlp_higher": None,
+            "pairs": int(len(gap)),
+            "pairs_undefined": int((~defined).sum()),
+            "paired_test": None,
+        }
+        return out
     lo, hi = bootstrap(gap)
     out["mlp_minus_attn"] = {
         "mean": float(gap.mean()),
         "ci95": [float(lo), float(hi)],
         "share_of_pairs_mlp_higher": float((gap > 0).mean()),
+        "pairs": int(len(gap)),
+        "pairs_undefined": int((~defined).sum()),
         # the pair is the unit: Wilcoxon signed-rank of the per-pair gap, rank-biserial effect size
         "paired_test": statistics.paired_test(gap),
     }
     return out
+
+
+def gap_text(g: dict) -> str:
+    """MLP minus attention recovery as "+x% [lo, hi]", or why there is none."""
+    if g["mean"] is None:
+        return f"undefined (the headline is defined on {g['pairs']} pair(s); {g['pairs_undefined']} leave the outcome alone)"
+    return f"{g['mean']:+.1%} [{g['ci95'][0]:+.1%}, {g['ci95'][1]:+.1%}]"
 
 
 def adjust_study_pvalues(data: dict, alpha: float = 0.05) -> dict:
@@ -1726,11 +1747,7 @@ def write_study(
                 ]
             sections.append((f"{dom}: outcome probes", f3, captions[(dom, "probes")], probe_table_html(st["probes"])))
         rp.write_json(tmp / "results.json", data)
-        verdict = "; ".join(
-            f"{s['domain']}: MLP - attention = {s['mlp_minus_attn']['mean']:+.1%} "
-            f"[{s['mlp_minus_attn']['ci95'][0]:+.1%}, {s['mlp_minus_attn']['ci95'][1]:+.1%}]"
-            for s in studies
-        )
+        verdict = "; ".join(f"{s['domain']}: MLP - attention = {gap_text(s['mlp_minus_attn'])}" for s in studies)
         intro = (
             rp.scope_html(data["scope"]) + f'<p>Does "attention gathers evidence, MLPs compose the concept" hold '
             f"across pairs and domains? {verdict} (headline recovery "

@@ -142,6 +142,13 @@ class LogitDiff(Metric):
         return ClassLogit(self.c)(logits) - ClassLogit(self.other)(logits)
 
 
+# LogitDiffRecovery is undefined when the pair's logit-difference gap is at most this share of the
+# largest |logit| of the two runs: about 80 float32 epsilons. The planted null model's pairs, whose
+# logits are equal but for rounding, reach 7; a random tiny ViViT's smallest real gap on rendered
+# pairs is 2e-4 of its largest logit.
+MIN_RELATIVE_GAP = 1e-5
+
+
 @dataclass
 class LogitDiffRecovery(Metric):
     """Normalised logit-difference recovery (Zhang & Nanda 2024; Heimersheim & Nanda 2024):
@@ -165,10 +172,16 @@ class LogitDiffRecovery(Metric):
         self._clean = float(diff(row(self.clean_logits))[0])
         self._corrupt = float(diff(row(self.corrupt_logits))[0])
         self._scale = self._clean - self._corrupt
-        if self._scale == 0:
+        # A pair whose outcome logit difference moves by no more than float rounding does not change the
+        # outcome: dividing by that gap would turn rounding noise into "recovery" (the planted null model).
+        floor = MIN_RELATIVE_GAP * max(
+            float(row(self.clean_logits).abs().max()), float(row(self.corrupt_logits).abs().max())
+        )
+        if abs(self._scale) <= floor:
             raise ValueError(
-                f"the clean and corrupted runs have the same logit difference (class {self.c} - class {self.other}): "
-                "nothing to recover"
+                f"the clean and corrupted runs have the same logit difference (class {self.c} - class {self.other}) "
+                f"to within {floor:.2g} (|gap| = {abs(self._scale):.2g}, at most {MIN_RELATIVE_GAP:g} of the largest "
+                "|logit|, a gap float rounding can produce): nothing to recover"
             )
 
     @property
