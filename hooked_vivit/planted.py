@@ -62,6 +62,25 @@ changed pixels, so the two clips of a minimal pair differ in more than the plant
   of the texture summary. The texture and the decoy change from clip to clip (``seed``) but never
   within a minimal pair.
 
+The confound (``build(name, confound=True)`` and ``pair(seed, confound=True)``; off by default, and
+without it the shipped models and pairs are unchanged). A minimal pair changes pixels only inside the
+planted region, so no other place differs as much and a matched null (``causal.statistics.
+matched_boxes``: boxes of the region's size and share of the pair's pixel difference) has nothing to
+match. With the confound the two clips also differ in a blob in a box clear of the planted and decoy
+tokens (``CONFOUNDS``, ``confound_mask()``), on in the positive clip for even seeds and in the negative
+one for odd (``confound_on_positive``). A distractor head of layer 2 (L2H0; redundant L2H1) attends to
+its tokens sharply and writes their brightness (+-g) to a feature nothing reads; its tokens carry a
+large negative coefficient on the planted position markers, so the blurred heads give them almost no
+weight. The decision ignores it: the logit difference moves by under 1e-6 of itself at levels 0-2
+(float32 rounding; in float64 1e-9 at levels 0-1, the rounding of the float32 pixels), 1e-4 at level 3
+and 2e-3 at level 4 (what the blurred heads still leak onto it), and the label is the rule on every clip. The region of interest stays the planted pixels (``pixel_mask``).
+Shares of the pair's pixel difference: planted 1/2, confound 1/2 (single_head, null, redundant: a
+2x2-token box in box A's frames; and_composition: a 2x2-token square in all 8 frames, as many pixels
+as A and B together; spread: two tokens per frame slot, like the trail); temporal 2/3 and 1/3 (the
+bottom row: rows 1-2 hold the motion in every column, so every box of the region's size lies mostly
+inside it and matched_boxes finds none for temporal, confound or not). The null's confound is another
+box, not its decoy (which decides its label and is fixed within a pair).
+
 Which components respond within a pair is pinned down by ``component_changes`` (the L2 norm of the
 difference of each attn_out / mlp_out at CLS between the pair's clips). ``level`` (``LEVELS``) is a
 difficulty ladder: the distractors' gain relative to the planted heads' and the planted heads' QK gain
@@ -91,7 +110,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -147,6 +166,8 @@ TEXTURE = 0.4  # texture amplitude per tubelet
 DECOY_P = 0.5  # probability that a clip shows the decoy blob (single_head, null)
 MIN_DISTRACTORS = 2  # non-planted components the ladder's property counts
 BACKUP_MARGIN = 0.05  # the backup neurons' kinks sit this far from d = 0 (no gradient at the silent state)
+CONFOUND_MARKER = 6.0  # the confound box's position marker (its reader's key)
+CONFOUND_SHIELD = 20.0  # minus this on the planted position markers at the confound's tokens
 
 
 @dataclass(frozen=True)
@@ -166,6 +187,34 @@ LEVELS = (
     Level(distractor=1.2, sharpness=0.05, ratio=1.0),
 )
 DEFAULT_LEVEL = 1
+
+
+@dataclass(frozen=True)
+class Confound:
+    """A model's confound (``build(name, confound=True)``): a blob in ``region`` (a box clear of the
+    planted and decoy tokens) whose tokens carry the position marker ``marker``; head (``layer``,
+    ``head``) attends to them sharply and writes their brightness (+-g) to ``writes``, a feature that
+    model has no other use for and nothing reads."""
+
+    region: Region
+    marker: str
+    writes: str
+    layer: int
+    head: int
+
+
+_CORNER = Confound(Region((2, 3), (0, 1), (0, 1)), "spare", "composed", 2, 0)  # box A's frames, top-left
+CONFOUNDS = {
+    "single_head": _CORNER,
+    "null": _CORNER,
+    # both planted boxes' frames (as many pixels as A and B together, the same square in every frame)
+    "and_composition": Confound(Region((0, 1, 2, 3), (2, 3), (2, 3)), "spare", "decoy", 2, 0),
+    # the bottom row in every frame slot (16 tokens, a clip's blob); "spare" already marks half of P and Q
+    "temporal": Confound(Region((0, 1, 2, 3), (3,), (0, 1, 2, 3)), "decoy", "composed", 2, 0),
+    # two tokens per frame slot like the trail, none of them on it
+    "spread": Confound(Region((0, 1, 2, 3), (1, 2), (2,)), "spare", "decoy", 2, 0),
+    "redundant": Confound(Region((2, 3), (0, 1), (0, 1)), "spare", "decoy", 2, 1),
+}
 
 
 def direction(feature: str) -> torch.Tensor:
@@ -229,6 +278,7 @@ class GroundTruth:
     context: tuple[str, ...] = ()
     decided_by: tuple[str, ...] | None = None
     level: int = DEFAULT_LEVEL
+    confound_region: Region | None = None  # build(..., confound=True): the confound box (not a variable)
 
     def region(self, variable: str) -> Region | None:
         """The box of a variable's planted head (None where its tokens are not a box or no head carries it)."""
@@ -275,23 +325,53 @@ class PlantedModel:
     truth: GroundTruth
     # variable -> (token boxes with a blob when it is True, ... when it is False)
     blobs: dict[str, tuple[tuple[Region, ...], tuple[Region, ...]]] = field(default_factory=dict)
+    confound: Region | None = None  # the confound box (build(..., confound=True)), else None
 
     @property
     def cfg(self) -> HookedViViTConfig:
         return self.model.cfg
 
-    def render(self, seed: int = 0, *, texture: bool = True, **on: bool) -> torch.Tensor:
+    def render(self, seed: int = 0, *, texture: bool = True, confound: bool = False, **on: bool) -> torch.Tensor:
         """A clip [1, 8, 3, 32, 32] in normalised pixel units: a random colour texture (from
-        ``seed``), the blobs of every variable (``blobs``: its boxes when True, others when False), and
+        ``seed``), the blobs of every variable (``blobs``: its boxes when True, others when False),
         (single_head, null) a decoy blob in the decoy box with probability 1/2 (also from ``seed``, so
-        both clips of a pair share it). Variables not given are False."""
+        both clips of a pair share it), and with ``confound`` the confound blob (a model built with
+        ``confound=True`` only). Variables not given are False."""
         unknown = set(on) - set(self.truth.variables)
         if unknown:
             raise ValueError(f"{self.truth.name} has variables {self.truth.variables}, got {sorted(unknown)}")
         boxes = [r for v in self.truth.variables for r in self.blobs[v][0 if on.get(v, False) else 1]]
         if self.decoy(seed):
             boxes.append(self.truth.decoy_region)
+        if confound:
+            boxes.append(self._confound_region())
         return render_clip(self.cfg, boxes, seed, texture=texture)
+
+    def _confound_region(self) -> Region:
+        if self.confound is None:
+            raise ValueError(
+                f"this {self.truth.name} was built without a confound (nothing would read it): "
+                f"build({self.truth.name!r}, confound=True)"
+            )
+        return self.confound
+
+    @staticmethod
+    def confound_on_positive(seed: int) -> bool:
+        """Which clip of ``pair(seed, confound=True)`` shows the confound blob: the positive one for even
+        seeds, the negative one for odd seeds (over consecutive seeds it is independent of the variables)."""
+        return seed % 2 == 0
+
+    def confound_mask(self) -> np.ndarray:
+        """bool [T, H, W]: the confound box's pixels (the same for every pair; where a pair with
+        ``confound=True`` differs besides ``pixel_mask``)."""
+        region = self._confound_region()
+        return (render_clip(self.cfg, [region], texture=False) != render_clip(self.cfg, [], texture=False))[
+            0, :, 0
+        ].numpy()
+
+    def confound_positions(self) -> tuple[int, ...]:
+        """The patch tokens of the confound box."""
+        return _tokens(self.cfg, [self._confound_region()])
 
     def decoy(self, seed: int) -> bool:
         """Whether the clips of ``seed`` show the decoy blob (a nuisance; the null's decision)."""
@@ -303,12 +383,22 @@ class PlantedModel:
         return self.truth.label_of(**{v: on.get(v, False) for v in self.truth.variables}, **context)
 
     def pair(
-        self, seed: int = 0, positive: dict[str, bool] | None = None, negative: dict[str, bool] | None = None
+        self,
+        seed: int = 0,
+        positive: dict[str, bool] | None = None,
+        negative: dict[str, bool] | None = None,
+        *,
+        confound: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A minimal pair on one background: by default every variable on vs every variable off."""
+        """A minimal pair on one background: by default every variable on vs every variable off. With
+        ``confound`` the clips also differ in the confound blob (on in the positive clip for even seeds,
+        in the negative one for odd: ``confound_on_positive``), which the decision ignores."""
         positive = positive or {v: True for v in self.truth.variables}
         negative = negative or {v: False for v in self.truth.variables}
-        return self.render(seed, **positive), self.render(seed, **negative)
+        c = self.confound_on_positive(seed)
+        return self.render(seed, confound=confound and c, **positive), self.render(
+            seed, confound=confound and not c, **negative
+        )
 
     def pairs(self, n: int, seed: int = 0, **kwargs: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return [self.pair(seed + i, **kwargs) for i in range(n)]
@@ -407,11 +497,13 @@ def _tokens(cfg: HookedViViTConfig, regions: Sequence[Region]) -> tuple[int, ...
 class _Weights:
     """Sets a fresh model's weights feature by feature; everything not set stays zero."""
 
-    def __init__(self, name: str, id2label: dict[int, str], level: int):
-        cfg = HookedViViTConfig(**CONFIG, id2label=id2label, model_name=f"planted-{name}")
+    def __init__(self, name: str, id2label: dict[int, str], level: int, confound: bool = False):
+        suffix = "-confound" if confound else ""
+        cfg = HookedViViTConfig(**CONFIG, id2label=id2label, model_name=f"planted-{name}{suffix}")
         self.model = HookedViViT(cfg, init_weights=False)
         self.cfg = cfg
         self.level, self.lv = level, _level(level)
+        self.confound = CONFOUNDS[name] if confound else None
         self.distractors: list[Distractor] = []
         with torch.no_grad():
             for pname, p in self.model.named_parameters():
@@ -437,6 +529,43 @@ class _Weights:
             for marker, tokens in markers.items():
                 for p in tokens:
                     self.model.pos_embed.W_pos[p] += MARKER * direction(marker)
+        if self.confound is not None:  # first, so that every calibration below includes the reader
+            c = self.confound
+            tokens = _tokens(self.cfg, [c.region])
+            if c.marker in markers or set(tokens) & {p for ts in markers.values() for p in ts}:
+                raise RuntimeError(f"confound {c} collides with the model's markers")
+            # Its own marker (large: the shield makes these tokens' LayerNorm scale ~3x), and the shield: a
+            # large negative coefficient on the planted position markers, which every planted or blurred
+            # head keys on, so that even the blurred heads (sharpness < 1) give its tokens almost no weight.
+            shield = _vec(**{f: -CONFOUND_SHIELD for f in ("region_a", "region_b") if f in markers})
+            with torch.no_grad():
+                for p in tokens:
+                    self.model.pos_embed.W_pos[p] += CONFOUND_MARKER * direction(c.marker) + shield
+            self.cls_head(c.layer, c.head, key=c.marker, value=BRIGHTNESS, writes=c.writes, gain=self.g)
+            # Scale its output to +-g at CLS (the shield's LayerNorm scale shrinks what it reads).
+            off = self.coord(render_clip(self.cfg, [], texture=False), f"blocks.{c.layer}.hook_resid_mid", c.writes)
+            with torch.no_grad():
+                self.model.blocks[c.layer].attn.W_O[c.head] *= self.g / abs(off)
+            self.distractors.append(
+                Distractor(
+                    f"L{c.layer}H{c.head}",
+                    "brightness of the confound box (differs within a pair only with confound=True)",
+                    c.writes,
+                    tokens,
+                )
+            )
+
+    def with_confound(self, *blob_sets: Sequence[Region]) -> list[torch.Tensor]:
+        """Texture-free calibration clips: each set of blobs, and (a model with a confound) each again
+        with the confound blob."""
+        extra: list[list[Region]] = [[]] + ([[self.confound.region]] if self.confound is not None else [])
+        return [render_clip(self.cfg, [*blobs, *e], texture=False) for blobs in blob_sets for e in extra]
+
+    def planted_model(self, truth: GroundTruth, blobs: dict) -> PlantedModel:
+        region = self.confound.region if self.confound is not None else None
+        if region is not None:
+            truth = replace(truth, confound_region=region)
+        return PlantedModel(self.model, truth, blobs, confound=region)
 
     def cls_head(
         self,
@@ -453,6 +582,8 @@ class _Weights:
         CLS (value 0, a sink). The value reads ``value`` (feature -> coefficient) and W_O writes it to
         ``writes`` (a feature, or a unit combination of features)."""
         attn = self.model.blocks[layer].attn
+        if bool(attn.W_O[head].any()):
+            raise RuntimeError(f"head L{layer}H{head} is already set")
         out = direction(writes) if isinstance(writes, str) else _vec(**writes) / float(_vec(**writes).norm())
         with torch.no_grad():
             attn.W_Q[head, :, 0] = QK_GAIN * direction("is_cls")
@@ -607,21 +738,21 @@ BRIGHTNESS = {"lum_on": 1.0, "lum_off": -1.0}  # V reads 2s - 1: +1 in a blob, -
 TEXTURE_V = {"texture": 1.0}
 
 
-def single_head(level: int = DEFAULT_LEVEL) -> PlantedModel:
-    return _single("single_head", level)
+def single_head(level: int = DEFAULT_LEVEL, confound: bool = False) -> PlantedModel:
+    return _single("single_head", level, confound)
 
 
-def null(level: int = DEFAULT_LEVEL) -> PlantedModel:
-    return _single("null", level)
+def null(level: int = DEFAULT_LEVEL, confound: bool = False) -> PlantedModel:
+    return _single("null", level, confound)
 
 
-def _single(name: str, level: int) -> PlantedModel:
+def _single(name: str, level: int, confound: bool = False) -> PlantedModel:
     """single_head, and the null built like it (the classifier reads the decoy instead of signal_a)."""
     region = Region(frame_slots=(2, 3), rows=(1, 2), cols=(2, 3))
     decoy = Region(frame_slots=(0, 1), rows=(2, 3), cols=(0, 1))
     is_null = name == "null"
     labels = {0: "decoy", 1: "no decoy"} if is_null else {0: "blob", 1: "no blob"}
-    wts = _Weights(name, labels, level)
+    wts = _Weights(name, labels, level, confound)
     if is_null:  # no planted head to blur; leaky heads would make the CLS norm (so the logits' scale) differ
         wts.lv = Level(wts.lv.distractor, 1.0, wts.lv.ratio)
     cfg, lv = wts.cfg, wts.lv
@@ -656,8 +787,8 @@ def _single(name: str, level: int) -> PlantedModel:
     reads = "decoy" if is_null else "signal_a"
     wts.classifier(reads, positive=0, negative=1)
     if lv.sharpness < 1 and not is_null:
-        with_decoy = [render_clip(cfg, [region, decoy], texture=False), render_clip(cfg, [decoy], texture=False)]
-        wts.centre_classifier(reads, 0, 1, [on, with_decoy[0]], [render_clip(cfg, [], texture=False), with_decoy[1]])
+        pos, neg = wts.with_confound([region], [region, decoy]), wts.with_confound([], [decoy])
+        wts.centre_classifier(reads, 0, 1, pos, neg)
     if is_null:
         truth = GroundTruth(
             name="null",
@@ -697,13 +828,13 @@ def _single(name: str, level: int) -> PlantedModel:
             decoy_region=decoy,
             level=level,
         )
-    return PlantedModel(wts.model, truth, {"blob": ((region,), ())})
+    return wts.planted_model(truth, {"blob": ((region,), ())})
 
 
-def and_composition(level: int = DEFAULT_LEVEL) -> PlantedModel:
+def and_composition(level: int = DEFAULT_LEVEL, confound: bool = False) -> PlantedModel:
     region_a = Region(frame_slots=(0, 1), rows=(0, 1), cols=(1, 2))
     region_b = Region(frame_slots=(2, 3), rows=(2, 3), cols=(0, 1))
-    wts = _Weights("and_composition", {0: "a and b", 1: "not both"}, level)
+    wts = _Weights("and_composition", {0: "a and b", 1: "not both"}, level, confound)
     cfg, lv = wts.cfg, wts.lv
     box_a, box_b = _tokens(cfg, [region_a]), _tokens(cfg, [region_b])
     wts.embeddings({"region_a": box_a, "region_b": box_b})
@@ -721,7 +852,6 @@ def and_composition(level: int = DEFAULT_LEVEL) -> PlantedModel:
     if wts.g:
         wts.reacting_pair(1, 0, "signal_b", both)
     wts.mirror_head(2, 1, "region_b", box_b)
-    model = wts.model
     # The AND neuron: x = (signal_a + signal_b) / scale at CLS, measured on texture-free clips with
     # both blobs, one, or none; the neuron fires above the midpoint t between "one" and "both" only:
     # relu((x - t) / (x_both - t)) (at sharpness 1: x = +2c, 0, -2c, and the neuron is relu(x / c - 1)).
@@ -730,7 +860,8 @@ def and_composition(level: int = DEFAULT_LEVEL) -> PlantedModel:
     def x(c):
         return wts.coord(c, hook, "signal_a") + wts.coord(c, hook, "signal_b")
 
-    x_both, x_one = x(both), max(x(clip(region_a)), x(clip(region_b)))
+    x_both = min(x(c) for c in wts.with_confound([region_a, region_b]))
+    x_one = max(x(c) for c in wts.with_confound([region_a], [region_b]))
     t = (x_both + x_one) / 2
     span = x_both - t
     wts.neuron(
@@ -759,7 +890,7 @@ def and_composition(level: int = DEFAULT_LEVEL) -> PlantedModel:
         distractors=tuple(wts.distractors),
         level=level,
     )
-    return PlantedModel(model, truth, {"a": ((region_a,), ()), "b": ((region_b,), ())})
+    return wts.planted_model(truth, {"a": ((region_a,), ()), "b": ((region_b,), ())})
 
 
 def _one_head(
@@ -773,16 +904,16 @@ def _one_head(
     summary: str,
     extra_markers: dict[str, Sequence[int]] | None = None,
     extra: Callable[[_Weights], None] | None = None,
+    confound: bool = False,
 ) -> PlantedModel:
     """A single planted head L1H2 attending to ``attended`` (temporal, spread), with single_head's
     distractors: texture head L0H0, mirror head L0H2 + reacting pair in layer 0's MLP, the cancelled
     head L2H1 + its neurons in layer 2's MLP."""
-    wts = _Weights(name, labels, level)
+    wts = _Weights(name, labels, level, confound)
     cfg, lv = wts.cfg, wts.lv
     wts.embeddings({"region_a": attended, **(extra_markers or {})})
     patches = tuple(range(1, cfg.n_ctx))
     on = render_clip(cfg, list(on_boxes), texture=False)
-    off = render_clip(cfg, list(off_boxes), texture=False)
     wts.texture_heads([(0, 0)], patches)
     wts.mirror_head(0, 2, "region_a", attended)
     if wts.g:
@@ -794,7 +925,7 @@ def _one_head(
     wts.backup(2, 2, "signal_a", on)
     wts.classifier("signal_a", positive=0, negative=1)
     if lv.sharpness < 1:
-        wts.centre_classifier("signal_a", 0, 1, [on], [off])
+        wts.centre_classifier("signal_a", 0, 1, wts.with_confound(on_boxes), wts.with_confound(off_boxes))
     mask_on, mask_off = (render_clip(cfg, list(b), texture=False)[0, :, 0] for b in (on_boxes, off_boxes))
     changed = _mask_tokens(cfg, (mask_on != mask_off).numpy())
     truth = GroundTruth(
@@ -811,7 +942,7 @@ def _one_head(
         distractors=tuple(wts.distractors),
         level=level,
     )
-    return PlantedModel(wts.model, truth, {variable: (tuple(on_boxes), tuple(off_boxes))})
+    return wts.planted_model(truth, {variable: (tuple(on_boxes), tuple(off_boxes))})
 
 
 def _mask_tokens(cfg: HookedViViTConfig, mask: np.ndarray) -> tuple[int, ...]:
@@ -822,7 +953,7 @@ def _mask_tokens(cfg: HookedViViTConfig, mask: np.ndarray) -> tuple[int, ...]:
     return tuple(sorted(grid.index(*map(int, i)) for i in np.argwhere(per)))
 
 
-def temporal(level: int = DEFAULT_LEVEL) -> PlantedModel:
+def temporal(level: int = DEFAULT_LEVEL, confound: bool = False) -> PlantedModel:
     p_early, q_late = Region((0, 1), (1, 2), (0, 1)), Region((2, 3), (1, 2), (2, 3))
     q_early, p_late = Region((0, 1), (1, 2), (2, 3)), Region((2, 3), (1, 2), (0, 1))
     cfg = HookedViViTConfig(**CONFIG)
@@ -850,13 +981,14 @@ def temporal(level: int = DEFAULT_LEVEL) -> PlantedModel:
         # "spare" on the other half keeps every token of the set at one norm, so L1H0 attends to all alike
         extra_markers={"region_b": everywhere, "spare": _tokens(cfg, [q_early, p_late])},
         extra=where_not_when,
+        confound=confound,
     )
 
 
 TRAIL = ((0, 0, 0), (0, 2, 3), (1, 1, 1), (1, 3, 2), (2, 0, 2), (2, 2, 0), (3, 1, 3), (3, 3, 1))
 
 
-def spread(level: int = DEFAULT_LEVEL) -> PlantedModel:
+def spread(level: int = DEFAULT_LEVEL, confound: bool = False) -> PlantedModel:
     boxes = tuple(Region((t,), (r,), (c,)) for t, r, c in TRAIL)
     cfg = HookedViViTConfig(**CONFIG)
     return _one_head(
@@ -870,12 +1002,13 @@ def spread(level: int = DEFAULT_LEVEL) -> PlantedModel:
         "head L1H2 attends uniformly to 8 scattered tokens (two per frame slot, frame slot / row / col "
         f"{list(TRAIL)}) and writes their mean brightness to signal_a, the only direction the classifier reads; "
         "a blob on every one of them is 'trail'",
+        confound=confound,
     )
 
 
-def redundant(level: int = DEFAULT_LEVEL) -> PlantedModel:
+def redundant(level: int = DEFAULT_LEVEL, confound: bool = False) -> PlantedModel:
     region = Region(frame_slots=(2, 3), rows=(1, 2), cols=(2, 3))
-    wts = _Weights("redundant", {0: "blob", 1: "no blob"}, level)
+    wts = _Weights("redundant", {0: "blob", 1: "no blob"}, level, confound)
     cfg, lv = wts.cfg, wts.lv
     box = _tokens(cfg, [region])
     wts.embeddings({"region_a": box})
@@ -907,7 +1040,7 @@ def redundant(level: int = DEFAULT_LEVEL) -> PlantedModel:
             gain=(1 if i == 0 else -1) * HEAD_GAIN / 0.3,
         )
     wts.classifier("composed", positive=0, negative=1)
-    wts.centre_classifier("composed", 0, 1, [on], [off])
+    wts.centre_classifier("composed", 0, 1, wts.with_confound([region]), wts.with_confound([]))
     truth = GroundTruth(
         name="redundant",
         summary="heads L0H1 and L1H2 both gather box A (frame slots 2-3, rows 1-2, cols 2-3) into signal_a; two "
@@ -924,7 +1057,7 @@ def redundant(level: int = DEFAULT_LEVEL) -> PlantedModel:
         distractors=tuple(wts.distractors),
         level=level,
     )
-    return PlantedModel(wts.model, truth, {"blob": ((region,), ())})
+    return wts.planted_model(truth, {"blob": ((region,), ())})
 
 
 BUILDERS: dict[str, Callable[..., PlantedModel]] = {
@@ -938,13 +1071,14 @@ BUILDERS: dict[str, Callable[..., PlantedModel]] = {
 NAMES = tuple(BUILDERS)
 
 
-def build(name: str, level: int = DEFAULT_LEVEL) -> PlantedModel:
+def build(name: str, level: int = DEFAULT_LEVEL, *, confound: bool = False) -> PlantedModel:
     """A planted model by name (``NAMES``) at a difficulty ``level`` (``LEVELS``); deterministic, built
-    in milliseconds."""
+    in milliseconds. ``confound=True`` adds the confound's reader (``CONFOUNDS``; module docstring), for
+    ``pairs(..., confound=True)``; without it the model is the shipped one, unchanged."""
     if name not in BUILDERS:
         raise KeyError(f"unknown planted model {name!r}; available: {NAMES}")
     _level(level)
-    return BUILDERS[name](level)
+    return BUILDERS[name](level, confound=bool(confound))
 
 
 def variable_combinations(truth: GroundTruth) -> list[dict[str, bool]]:
@@ -954,12 +1088,14 @@ def variable_combinations(truth: GroundTruth) -> list[dict[str, bool]]:
 
 __all__ = [
     "BUILDERS",
+    "CONFOUNDS",
     "DEFAULT_LEVEL",
     "D_MODEL",
     "FEATURES",
     "LEVELS",
     "MIN_DISTRACTORS",
     "NAMES",
+    "Confound",
     "Distractor",
     "GroundTruth",
     "Level",
