@@ -39,6 +39,15 @@ from hooked_vivit.analysis import pipeline
 from hooked_vivit.analysis.cost import DEFINITION, VIVIT_B, attention_flops, mlp_flops, reprice
 
 BEFORE = "f3d9857"
+def _analyze_default(name: str) -> int:
+    import inspect
+
+    from hooked_vivit.analysis import pipeline
+
+    return inspect.signature(pipeline.analyze_pair).parameters[name].default
+
+
+ANALYZE_CONTROLS, ANALYZE_STOP = _analyze_default("n_controls"), _analyze_default("stop_after")
 ROOT = Path(__file__).resolve().parent.parent
 # Modules that have only moved since BEFORE: their old name -> where they live now.
 MOVED = {f"hooked_vivit.{m}": f"hooked_vivit.causal.{m}" for m in ("metrics", "ablation", "logit_attribution")}
@@ -126,11 +135,13 @@ def numbers(x: Any, path: str = "") -> dict[str, float]:
 
 
 # Numbers whose definition issue 30 changed, so "before" and "after" measure different things: the
-# ablations' controls (random boxes then, boxes matched on size and pixel-difference share now) and their
-# p-values (k/n then, (k + 1)/(n + 1) now). They are left out of the agreement; numbers only "after"
+# ablations' controls (random boxes then, boxes matched on size and pixel-difference share now), what
+# the study derives from them (region minus controls, pairs with controls) and their p-values (k/n
+# then, (k + 1)/(n + 1) now). They are left out of the agreement; numbers only "after"
 # has (new fields) are counted, not compared.
 CHANGED_DEFINITION = re.compile(
-    r"\.(controls|control_mean|control_std|control_p|control_p_holm|control_pixels_mean)(\.|$)"
+    r"\.(controls|control_mean|control_std|control_p|control_p_holm|control_pixels_mean|change_minus_control"
+    r"|control_std_mean|share_p_at_most_5pct|pairs_with_controls|controls_found)(\.|$)"
 )
 
 
@@ -227,7 +238,8 @@ def to_markdown(r: dict) -> str:
         "12-head model (ViViT-B's depth; 65 tokens, 96 wide) and priced at ViViT-B's shape (3137 tokens, d_model 768, "
         "d_mlp 3072): every full-length row and key becomes 3137 tokens, the readout row stays one. At that shape one "
         f"block is attention {block_shares()}. "
-        f"Outcome ablation with {r['n_controls']} random boxes per region (the CLI default is 20). Whole-block count: "
+        f"Outcome ablation with {r['n_controls']} boxes per region (the CLI default: up to {ANALYZE_CONTROLS} matched boxes, "
+        f"drawn sequentially until {ANALYZE_STOP} are at least as extreme, so their number depends on the pair). Whole-block count: "
         "the earlier definition (batch x blocks touched / n_layers).",
         "",
     ]
@@ -280,9 +292,12 @@ def to_markdown(r: dict) -> str:
                 f"The outcome ablation's ablated clips, 2R(1 + N) = 2 x {R} x {1 + N} = {clips}: before {outcome_b:.2f} FE, "
                 f"after {outcome_a:.2f} ({per_b:.3f} / {per_a:.3f} per clip; the signal reads the logits and the readout "
                 f"row of the last resid_post, so the last block computes only that row); without them: before "
-                f"{b['total_fe_vivit_b'] - outcome_b:.2f}, after {a['total_fe_vivit_b'] - outcome_a:.2f} FE. With the CLI "
-                f"default of N = 20 boxes the outcome ablation runs 2R(1 + 20) = {2 * R * 21} clips: before "
-                f"{2 * R * 21 * per_b:.1f}, after {2 * R * 21 * per_a:.1f} FE."
+                f"{b['total_fe_vivit_b'] - outcome_b:.2f}, after {a['total_fe_vivit_b'] - outcome_a:.2f} FE. With 20 boxes "
+                f"per region (the earlier default) the outcome ablation runs 2R(1 + 20) = {2 * R * 21} clips: before "
+                f"{2 * R * 21 * per_b:.1f}, after {2 * R * 21 * per_a:.1f} FE; the CLI's sequential test runs between "
+                f"2R(1 + {ANALYZE_STOP}) = {2 * R * (1 + ANALYZE_STOP)} and 2R(1 + {ANALYZE_CONTROLS}) = "
+                f"{2 * R * (1 + ANALYZE_CONTROLS)} clips (after: {2 * R * (1 + ANALYZE_STOP) * per_a:.1f} to "
+                f"{2 * R * (1 + ANALYZE_CONTROLS) * per_a:.1f} FE)."
             )
         g = e["agreement_float64"]
         lines += [
