@@ -362,24 +362,125 @@ def planted_results():
     return {r["subject"]: r for r in data["subjects"]}, data
 
 
+def _logit_diff(logits: torch.Tensor, c: int, o: int) -> torch.Tensor:
+    return (logits[..., c] - logits[..., o]).double()
+
+
+def _raw_patch_recovery(pm, seed: int, hook: str, head: int | None = None) -> float:
+    """The logit-difference recovery of ``hook`` (its every position; with ``head``, that head of hook_z
+    alone) patched from the positive run of ``pm.pair(seed)`` into its negative run by a raw hook."""
+    m, c, o = pm.model, pm.truth.positive, pm.truth.negative
+    pos, neg = pm.pair(seed)
+    with torch.inference_mode():
+        clean_logits, cache = m.run_with_cache(pos)
+        corrupt = _logit_diff(m(neg), c, o)
+
+        def patch(act, hook):
+            if head is None:
+                return cache[hook.name]
+            act[:, :, head] = cache[hook.name][:, :, head]
+            return act
+
+        patched = _logit_diff(m.run_with_hooks(neg, fwd_hooks=[(hook, patch)]), c, o)
+    clean = _logit_diff(clean_logits, c, o)
+    return float(((patched - corrupt) / (clean - corrupt))[0])
+
+
+def _cls_projection_by_hand(pm, seed: int, hook: str) -> float:
+    """cls_projection of ``hook`` patched (raw hook): <a_patched - a_corrupt, a_clean - a_corrupt> /
+    ||a_clean - a_corrupt||^2 at CLS of the last resid_post."""
+    m = pm.model
+    last = f"blocks.{m.cfg.n_layers - 1}.hook_resid_post"
+    pos, neg = pm.pair(seed)
+    with torch.inference_mode():
+        _, cache = m.run_with_cache(pos)
+        _, corrupt = m.run_with_cache(neg, names_filter=[last])
+        got = {}
+        m.run_with_hooks(
+            neg, fwd_hooks=[(hook, lambda a, hook: cache[hook.name]), (last, lambda a, hook: got.setdefault("a", a))]
+        )
+    a_clean, a_corrupt, a_patched = (x[0, 0].double() for x in (cache[last], corrupt[last], got["a"]))
+    d = a_clean - a_corrupt
+    return float((a_patched - a_corrupt) @ d / (d @ d))
+
+
+def _atp_and_real_by_head(pm, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per head (layer-major): the attribution-patching estimate of patching its z from the positive into
+    the negative run (dM/dz on the negative run . (z_clean - z_corrupt), M the logit difference) and the
+    real change of M by a raw-hook patch."""
+    m, c, o = pm.model, pm.truth.positive, pm.truth.negative
+    L, H = m.cfg.n_layers, m.cfg.n_heads
+    names = [f"blocks.{l}.attn.hook_z" for l in range(L)]
+    pos, neg = pm.pair(seed)
+    with torch.inference_mode():
+        _, clean = m.run_with_cache(pos, names_filter=names)
+        _, corrupt = m.run_with_cache(neg, names_filter=names)
+        base = _logit_diff(m(neg), c, o)[0]
+    z = {}
+
+    def grab(act, hook):  # a zero added to the activation: its gradient is the total derivative
+        z[hook.name] = torch.zeros_like(act, requires_grad=True)
+        return act + z[hook.name]
+
+    with torch.enable_grad():
+        metric = _logit_diff(m.run_with_hooks(neg, fwd_hooks=[(n, grab) for n in names]), c, o)[0]
+        grads = torch.autograd.grad(metric, [z[n] for n in names])
+    est = np.array(
+        [float(((clean[n] - corrupt[n]) * g)[..., h, :].sum()) for n, g in zip(names, grads) for h in range(H)]
+    )
+    real = []
+    for n in names:
+        for h in range(H):
+
+            def patch(act, hook, h=h):
+                act[:, :, h] = clean[hook.name][:, :, h]
+                return act
+
+            with torch.inference_mode():
+                real.append(float(_logit_diff(m.run_with_hooks(neg, fwd_hooks=[(n, patch)]), c, o)[0] - base))
+    return est, np.array(real)
+
+
 def test_validate_finds_the_single_planted_head(planted_results):
+    from hooked_vivit import planted
+
     res, data = planted_results
     r = res["planted single_head"]["domains"]["single_head"]
-    # Probe: the blob reaches CLS in layer 1, so resid_pre 1 sees both clips of a pair alike and resid_pre 2 on decodes it.
-    assert r["probes"]["cls"][1]["accuracy"] == 0.5 and r["probes"]["cls"][2]["accuracy"] == 1.0
+    pm = planted.build("single_head")
+    pairs = r["pairs"]
+    # Probe: before any layer (resid_pre 0) CLS is the same token in both clips of a pair (chance, ties
+    # half); layer 0's mirror head and reacting neurons (distractors) already write the blob at CLS, so
+    # resid_pre 1 decodes it - along their features, with nothing on signal_a yet - and so does every later layer.
+    assert r["probes"]["cls"][0]["accuracy"] == 0.5
+    assert [e["accuracy"] for e in r["probes"]["cls"][1:]] == [1.0] * (len(r["probes"]["cls"]) - 1)
+    pos, neg = pm.pair(0)
+    with torch.inference_mode():
+        _, cp = pm.model.run_with_cache(pos, names_filter="blocks.1.hook_resid_pre")
+        _, cn = pm.model.run_with_cache(neg, names_filter="blocks.1.hook_resid_pre")
+    delta = (cp["blocks.1.hook_resid_pre"] - cn["blocks.1.hook_resid_pre"])[0, 0].double()
+    along = {f: float(delta @ planted.direction(f).double()) for f in ("signal_a", "mirror", "mirror_on")}
+    assert along["signal_a"] == pytest.approx(0.0, abs=1e-6) and abs(along["mirror"]) > 0.1
     for v, e in r["recovery"]["variants"].items():
         assert e["top"] == "L1 attn", v
-    assert r["recovery"]["variants"]["cls_projection"]["top_mean"] == pytest.approx(1.0, abs=1e-5)
-    # The headline (issue 30): the logit-difference recovery ranks the planted head's layer first, at 1,
-    # and per head the planted head L1H2 alone restores the decision.
+    # cls_projection of L1 attn recomputed by a raw-hook patch (the distractors at CLS keep it below 1).
+    proj = r["recovery"]["variants"]["cls_projection"]
+    by_hand = np.mean([_cls_projection_by_hand(pm, s, "blocks.1.hook_attn_out") for s in range(pairs)])
+    assert proj["top_mean"] == pytest.approx(by_hand, abs=1e-4)
+    # The headline (issue 30): the logit-difference recovery of every component and every head, each
+    # recomputed by a raw-hook patch over the same pairs; the planted head's layer and the planted head
+    # rank first (the cancelled head L2H1 and the cancelling neurons move it by a few %).
     assert r["recovery"]["headline"] == "logit_diff" and data["headline"]["planted single_head"] == "logit_diff"
     ld = r["recovery"]["variants"]["logit_diff"]
-    assert ld["top"] == "L1 attn" and ld["top_mean"] == pytest.approx(1.0, abs=1e-5)
-    others = [m for c, m in zip(r["recovery"]["components"], ld["mean"]) if c != "L1 attn"]
-    assert max(abs(m) for m in others) < 1e-5
+    hooks = [f"blocks.{l}.hook_{k}_out" for k in ("attn", "mlp") for l in range(pm.cfg.n_layers)]
+    by_hand = [np.mean([_raw_patch_recovery(pm, s, h) for s in range(pairs)]) for h in hooks]
+    assert ld["mean"] == pytest.approx(by_hand, abs=1e-4) and ld["top"] == "L1 attn"
     heads = r["recovery"]["heads"]
-    assert heads["top"] == "L1H2" and heads["top_mean"] == pytest.approx(1.0, abs=1e-5)
-    assert max(abs(m) for h, m in zip(heads["labels"], heads["mean"]) if h != "L1H2") < 1e-5
+    by_hand = [
+        np.mean([_raw_patch_recovery(pm, s, f"blocks.{l}.attn.hook_z", h) for s in range(pairs)])
+        for l in range(pm.cfg.n_layers)
+        for h in range(pm.cfg.n_heads)
+    ]
+    assert heads["mean"] == pytest.approx(by_hand, abs=1e-4) and heads["top"] == "L1H2"
     for s in r["recovery"]["sanity"].values():
         assert s["min"] == pytest.approx(1.0, abs=1e-5) and s["max"] == pytest.approx(1.0, abs=1e-5)
     d = r["maps"]["differential_dla"]
@@ -397,7 +498,11 @@ def test_validate_finds_the_single_planted_head(planted_results):
     # falls back to unmatched random boxes; tests/test_validation_statistics.py tests the matched path).
     ab = r["ablation"]
     assert ab["region_share"]["mean"] == 1.0 and ab["tested_pairs"] == 0 and ab["test"] is None
-    assert r["attribution"]["z by head"]["r"] == pytest.approx(1.0, abs=1e-6)
+    # Attribution patching of z by head against real patching: both recomputed by hand (the gradient of
+    # the logit difference on the negative run times the clean-minus-corrupt z; a raw-hook patch), pooled r.
+    est, real = zip(*[_atp_and_real_by_head(pm, s) for s in range(r["attribution"]["pairs"])])
+    r_by_hand = np.corrcoef(np.concatenate(est), np.concatenate(real))[0, 1]
+    assert r["attribution"]["z by head"]["r"] == pytest.approx(r_by_hand, abs=1e-4)
     rows = {f["method"]: f["verdict"] for f in validation.findings(res["planted single_head"], data["settings"])}
     assert rows["component recovery (every variant)"] == "found by the headline (logit_diff); found in 6 of 6 variants"
     assert rows["per-head logit-difference recovery"] == "found"
@@ -449,6 +554,145 @@ def test_validate_reports_what_misses_the_composition(planted_results):
     assert rows["differential DLA on the outcome region"] == "missed (blind to an MLP-composed signal)"
     table = validation.validation_markdown(data)
     assert "| planted and_composition | and_composition | differential DLA on the outcome region |" in table
+
+
+def test_validate_reads_each_planted_mechanism_from_its_truth(planted_results):
+    """Expectations follow the truth's kind of mechanism, not "has an MLP": redundant (two heads into one
+    saturating readout) is found when each planted head - and each of their layers and the MLP - restores
+    the decision alone (each recomputed by a raw-hook patch); temporal and spread by their one head."""
+    from hooked_vivit import planted
+
+    res, data = planted_results
+    kinds = {n: validation._mechanism(res[f"planted {n}"]["truth"]) for n in planted.NAMES if n != "null"}
+    assert kinds == {
+        "single_head": "head",
+        "and_composition": "composition",
+        "temporal": "head",
+        "spread": "head",
+        "redundant": "redundant",
+    }
+    pm = planted.build("redundant")
+    r = res["planted redundant"]["domains"]["redundant"]
+    n = r["pairs"]
+    heads = r["recovery"]["heads"]
+    for label in pm.truth.head_labels:
+        l, h = (int(x) for x in label[1:].split("H"))
+        by_hand = np.mean([_raw_patch_recovery(pm, s, f"blocks.{l}.attn.hook_z", h) for s in range(n)])
+        assert heads["mean"][heads["labels"].index(label)] == pytest.approx(by_hand, abs=1e-4)
+        assert by_hand > 0.5, label  # alone, either head's z restores (more than) the whole decision
+    ld = r["recovery"]["variants"]["logit_diff"]
+    for component, hook in (("L0 attn", "blocks.0.hook_attn_out"), ("L1 attn", "blocks.1.hook_attn_out")):
+        by_hand = np.mean([_raw_patch_recovery(pm, s, hook) for s in range(n)])
+        assert ld["mean"][r["recovery"]["components"].index(component)] == pytest.approx(by_hand, abs=1e-4)
+    rows = {f["method"]: f for f in validation.findings(res["planted redundant"], data["settings"])}
+    assert rows["per-head logit-difference recovery"]["verdict"] == "found"
+    assert rows["per-head logit-difference recovery"]["expected"].startswith("each of L0H1 and L1H2 alone restores")
+    assert rows["component recovery (every variant)"]["verdict"].startswith("found by the headline (logit_diff)")
+    for name in ("temporal", "spread"):
+        rows = {f["method"]: f["verdict"] for f in validation.findings(res[f"planted {name}"], data["settings"])}
+        assert rows["per-head logit-difference recovery"] == "found", name
+        assert rows["component recovery (every variant)"].startswith("found by the headline (logit_diff)"), name
+
+
+def _component_atp_and_real(pm, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """attn_out then mlp_out by layer: the attribution-patching estimate of the logit difference's change
+    (gradient on the negative run . (clean - corrupt), every position) and the real change by a raw-hook patch."""
+    m, c, o = pm.model, pm.truth.positive, pm.truth.negative
+    names = [f"blocks.{l}.hook_{k}_out" for k in ("attn", "mlp") for l in range(m.cfg.n_layers)]
+    pos, neg = pm.pair(seed)
+    with torch.inference_mode():
+        _, clean = m.run_with_cache(pos, names_filter=names)
+        _, corrupt = m.run_with_cache(neg, names_filter=names)
+        base = _logit_diff(m(neg), c, o)[0]
+    acts = {}
+
+    def grab(act, hook):  # a zero added to the activation: its gradient is the total derivative
+        acts[hook.name] = torch.zeros_like(act, requires_grad=True)
+        return act + acts[hook.name]
+
+    with torch.enable_grad():
+        metric = _logit_diff(m.run_with_hooks(neg, fwd_hooks=[(n, grab) for n in names]), c, o)[0]
+        grads = torch.autograd.grad(metric, [acts[n] for n in names])
+    est = np.array([float(((clean[n] - corrupt[n]) * g).sum()) for n, g in zip(names, grads)])
+    real = []
+    for n in names:
+        with torch.inference_mode():
+            patched = m.run_with_hooks(neg, fwd_hooks=[(n, lambda a, hook: clean[hook.name])])
+        real.append(float(_logit_diff(patched, c, o)[0] - base))
+    return est, np.array(real)
+
+
+def test_validate_on_the_null_reports_no_finding_and_each_methods_false_positive_rate(planted_results):
+    """The null (issue 31): 100 pairs whatever the others get; per method its per-pair rule's false-positive
+    rate with statsmodels' Clopper-Pearson interval; no row reports "found". The rates that matter are
+    recomputed by hand: the pair's two logit differences are equal to rounding (logit_diff undefined: no
+    finding), L1H2's layer restores most of the CLS difference (cls_projection: the representation does
+    differ), and attribution patching's estimates exceed 0.1 logits while every real patch moves nothing."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    from hooked_vivit import planted
+    from hooked_vivit.analysis import ladder
+
+    res, data = planted_results
+    sub = res["planted null"]
+    r = sub["domains"]["null"]
+    assert data["settings"]["null_pairs"] == 100 and r["pairs"] == 100
+    assert res["planted single_head"]["domains"]["single_head"]["pairs"] == data["settings"]["pairs_per_domain"] == 6
+    fp = r["false_positive"]
+    assert set(fp) == set(validation.NULL_RULES)
+    for m, e in fp.items():
+        d = e["decisions"]
+        k, n = sum(x is True for x in d), sum(x is not None for x in d)
+        assert len(d) == 100 and (e["false_positive_pairs"], e["pairs"], e["undecided"]) == (k, n, 100 - n), m
+        if n:
+            assert e["false_positive_rate"] == k / n
+            assert e["false_positive_ci95"] == pytest.approx(list(proportion_confint(k, n, alpha=0.05, method="beta")))
+    pm = planted.build("null")
+    c, o = pm.truth.positive, pm.truth.negative
+    for seed in range(100):  # LogitDiffRecovery's rule: equal to within 1e-5 of the largest |logit|
+        pos, neg = pm.pair(seed)
+        with torch.inference_mode():
+            lp, ln = pm.model(pos).double(), pm.model(neg).double()
+        gap = abs(float(_logit_diff(lp, c, o)[0] - _logit_diff(ln, c, o)[0]))
+        assert gap <= 1e-5 * float(torch.cat([lp, ln]).abs().max()), seed
+    assert "logit_diff" not in r["recovery"]["variants"] and r["recovery"]["sanity_undefined"]["pairs"] == 2
+    assert [(fp[m]["false_positive_pairs"], fp[m]["pairs"]) for m in ("recovery", "heads")] == [(0, 100)] * 2
+    l1 = r["recovery"]["components"].index("L1 attn")
+    for seed in range(3):
+        by_hand = _cls_projection_by_hand(pm, seed, "blocks.1.hook_attn_out")
+        assert r["recovery"]["per_pair"]["cls_projection"][seed][l1] == pytest.approx(by_hand, abs=1e-4)
+        assert by_hand > ladder.RECOVERY_THRESHOLD
+        est, real = _component_atp_and_real(pm, seed)
+        assert r["attribution"]["per_pair"][seed]["estimates"] == pytest.approx(list(est), abs=1e-4)
+        assert r["attribution"]["per_pair"][seed]["real"] == pytest.approx(list(real), abs=1e-4)
+        # AtP's largest estimate is L1 attn (L1H2 gathers the blob the classifier ignores; the final
+        # LayerNorm's linearisation): its real patch moves the logit difference the other way; the largest
+        # real effect is layer 2's MLP (the cancelling neurons patched without the head they cancel).
+        labels = [f"L{l} {k}" for k in ("attn", "mlp") for l in range(pm.cfg.n_layers)]
+        top_est, top_real = int(np.abs(est).argmax()), int(np.abs(real).argmax())
+        assert (labels[top_est], labels[top_real]) == ("L1 attn", "L2 mlp")
+        assert np.sign(est[top_est]) == -np.sign(real[top_est]) != 0
+    assert (fp["cls_projection"]["false_positive_pairs"], fp["attribution"]["false_positive_pairs"]) == (100, 100)
+    assert fp["cls_projection"]["false_positive_ci95"] == pytest.approx(
+        list(proportion_confint(100, 100, alpha=0.05, method="beta"))
+    )
+    rows = validation.findings(sub, data["settings"])
+    assert rows and not any("found" in f["verdict"] for f in rows)
+    by_row = {f["method"]: f for f in rows}
+    for e in fp.values():
+        want = (
+            "untestable: the rule decides no pair"
+            if not e["pairs"]
+            else "false positive"
+            if e["false_positive_pairs"]
+            else "correct negative"
+        )
+        assert by_row[e["row"]]["verdict"] == want
+        assert f"answers: {validation.QUESTIONS[e['question']]}" in by_row[e["row"]]["found"]
+    assert by_row["component recovery (logit_diff, the headline)"]["verdict"] == "correct negative"
+    assert by_row["attribution patching (AtP)"]["verdict"] == "false positive"
+    assert by_row["whole-residual patch (sanity)"]["verdict"] == "passes"
+    assert "| planted null | null | component recovery (cls_projection) |" in validation.validation_markdown(data)
 
 
 def test_validate_on_the_organisms_tiny(outcomes):

@@ -83,7 +83,7 @@ def test_composition_is_invisible_to_dla_and_the_null_fools_recovery_where_it_is
         assert d["cls_projection"] is True and proj["attn"][1] == pytest.approx(share, abs=0.01)
         assert share == pytest.approx(0.84, abs=0.01)
         if "logit_diff" not in rec["variants"]:  # the two logit differences are equal: nothing to recover
-            assert d["recovery"] is False and d["heads"] is None
+            assert d["recovery"] is False and d["heads"] is False
         else:
             ld = rec["variants"]["logit_diff"]
             assert d["recovery"] == (max(ld["attn"] + ld["mlp"]) > ladder.RECOVERY_THRESHOLD)

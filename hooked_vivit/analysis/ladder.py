@@ -9,15 +9,16 @@ decision) a True is a false positive:
 
 - ``recovery``: the logit-difference recovery of each attn_out / mlp_out (validation.recovery, the
   headline). Planted: the top component is the composing MLP (models with one) or a planted head's
-  layer. Null: some component's recovery exceeds 0.5 (the recovery is defined whenever the two clips'
-  logit differences differ at all - on the null by float rounding only).
+  layer. Null: some component's recovery exceeds 0.5. Where the recovery is undefined on the pair (the
+  two clips' logit differences equal to float rounding: LogitDiffRecovery's "nothing to recover", the
+  null's pairs) the method reports nothing: False.
 - ``cls_projection``: the same ranking by the representation variant cls_projection (the share of the
   last residual's CLS difference each component restores; validation reports it beside the headline).
   Planted: the top component is the one ``recovery`` wants. Null: some component exceeds 0.5.
 - ``heads``: the logit-difference recovery of each head's z patched alone (validation.recovery's
   "heads"). Planted: the top head is a planted head - except for an AND (``rule`` "a and b"), where the
   known answer is that no head alone restores the decision: every head below 0.5. Null: some head's
-  recovery exceeds 0.5.
+  recovery exceeds 0.5. Undefined on the pair (as ``recovery``): False, it reports nothing.
 - ``dla``: differential direct logit attribution per head (experiments.differential_token_dla, to the
   positive class, summed over tokens). Planted: the head with the largest |attribution| is a planted
   head (a model whose heads write nothing the classifier reads - the composition - is missed). Null:
@@ -29,7 +30,23 @@ decision) a True is a false positive:
   ``LOGIT_THRESHOLD`` logits, else the same test (a True is a false positive).
 - ``attribution``: attribution patching (AtP) against real denoising patching of each attn_out /
   mlp_out, logit difference: the top |estimate| is the top |real effect|. Null: some |estimate|
-  exceeds ``LOGIT_THRESHOLD`` logits (every real effect is 0 to rounding).
+  exceeds ``LOGIT_THRESHOLD`` logits. (The real effects on the null are not all 0: patched alone into
+  the negative run, layer 2's MLP - the cancelling neurons without the head they cancel - moves the
+  logit difference by ~0.47 through the final LayerNorm, while AtP ranks L1 attn first, ~1.1 logits
+  against a real 0.007 of the opposite sign; validation reports the same rule on the real effects.)
+
+Rules that validation also applies to the null subject's pairs (validation.null_false_positives; not
+in ``METHODS``, so not in the ladder's table):
+
+- ``rule_probe``: the pair's held-out paired accuracy of the nested probe (positive clip above
+  negative, over repeats) exceeds 1/2. It answers what the representation carries, not what decides.
+- ``rule_attention``: the region's share of CLS attention (mean over heads) exceeds its share of the
+  differing tokens (or of all tokens) in some layer; None where that base rate is 1.
+- ``rule_ablation``: zeroing the region moves the logit difference by more than ``LOGIT_THRESHOLD``
+  (mean over the pair's clips) and by more than each matched control box.
+
+The rules are functions of one pair's measured values (``rule_*``); ``pair_decisions`` and
+validation both call them, so each rule has one definition.
 """
 
 from __future__ import annotations
@@ -94,6 +111,93 @@ def is_null(truth: planted.GroundTruth) -> bool:
     return not truth.heads and not truth.mlps
 
 
+# ------------------------------------------------------------------------------ the per-pair rules
+# One definition of each rule, on one pair's measured values; pair_decisions and validation (the
+# null's false-positive rates, validation.null_false_positives) both call these.
+def wanted_components(truth: planted.GroundTruth) -> set[str]:
+    """The components a recovery ranking should put first: the composing MLP (models with one), else
+    the planted heads' layers' attention ("L2 mlp", "L1 attn": validation.recovery's labels)."""
+    return {f"L{l} mlp" for l in truth.mlps} or {f"L{h.layer} attn" for h in truth.heads}
+
+
+def rule_recovery(values: Sequence[float] | None, labels: Sequence[str], truth: planted.GroundTruth) -> bool:
+    """``recovery`` (logit_diff per component, in ``labels``' order; None where the recovery is undefined
+    on the pair - nothing to recover, so nothing is reported) and ``cls_projection`` (the same on its values)."""
+    v = None if values is None else np.asarray(values, dtype=np.float64)
+    if v is None or not np.isfinite(v).all():
+        return False
+    if is_null(truth):
+        return bool(v.max() > RECOVERY_THRESHOLD)
+    return labels[int(np.argmax(v))] in wanted_components(truth)
+
+
+def rule_heads(values: Sequence[float] | None, labels: Sequence[str], truth: planted.GroundTruth) -> bool | None:
+    """``heads``: logit_diff of each head's z patched alone (``labels`` "L1H2", ...); values None where the
+    recovery is undefined on the pair (nothing to recover: the method reports nothing, False)."""
+    v = None if values is None else np.asarray(values, dtype=np.float64)
+    if v is None or not np.isfinite(v).all():
+        return False
+    if is_null(truth):
+        return bool(v.max() > RECOVERY_THRESHOLD)
+    if truth.rule == "a and b":
+        return bool(np.abs(v).max() < RECOVERY_THRESHOLD)
+    return labels[int(np.argmax(v))] in truth.head_labels
+
+
+def rule_dla(per_head: Sequence[float], n_heads: int, truth: planted.GroundTruth) -> bool:
+    """``dla``: differential DLA per head ([layers * heads], layer-major), summed over tokens."""
+    a = np.abs(np.asarray(per_head, dtype=np.float64)).ravel()
+    if is_null(truth):
+        return bool(a.max() > LOGIT_THRESHOLD)
+    top = int(a.argmax())
+    return bool(a.max() > 1e-9) and f"L{top // n_heads}H{top % n_heads}" in truth.head_labels
+
+
+def rule_dla_region(
+    total: float, enrichment_differing: float | None, base_rate_differing: float | None, null: bool
+) -> bool | None:
+    """``dla_region`` from the pair's total |differential DLA| over patch tokens and the region's
+    enrichment against the differing tokens (experiments.enrichment)."""
+    if null and total <= LOGIT_THRESHOLD:  # (float rounding) no attribution to place: no finding
+        return False
+    if total < 1e-9:
+        return None
+    if enrichment_differing is None or base_rate_differing is None or base_rate_differing >= 1.0:
+        return None
+    return bool(enrichment_differing > 1)
+
+
+def rule_attention(shares_per_layer: Sequence[float], base_rate: float | None) -> bool | None:
+    """``attention``: the region's share of the CLS attention (mean over heads) above ``base_rate`` (its
+    share of the differing tokens, the validation verdict's null; or of all tokens) in some layer. None
+    where the base rate is 1 or missing (the region holds every such token: no enrichment can exceed 1)."""
+    if base_rate is None or base_rate >= 1.0:
+        return None
+    return bool((np.asarray(shares_per_layer, dtype=np.float64) / base_rate).max() > 1)
+
+
+def rule_attribution(estimates: Sequence[float], real: Sequence[float] | None, null: bool) -> bool:
+    """``attribution``: AtP estimates and real denoising effects of attn_out / mlp_out by layer (logit
+    difference). Null: some |estimate| exceeds LOGIT_THRESHOLD; planted: the top |estimate| is the top |real|."""
+    e = np.abs(np.asarray(estimates, dtype=np.float64))
+    if null:
+        return bool(e.max() > LOGIT_THRESHOLD)
+    return int(e.argmax()) == int(np.abs(np.asarray(real, dtype=np.float64)).argmax())
+
+
+def rule_probe(paired_accuracy: float) -> bool:
+    """``probes``: the pair's held-out paired accuracy (its positive clip's out-of-fold score above its
+    negative's, mean over repeats; nested probe) above 1/2: the probe tells the pair's clips apart."""
+    return bool(paired_accuracy > 0.5)
+
+
+def rule_ablation(region_effect: float, control_effects: Sequence[float] | None) -> bool:
+    """``ablation``: zeroing the region moves the logit difference by more than LOGIT_THRESHOLD (mean over
+    the pair's two clips) and by more than each matched control box (where the pair has any)."""
+    ctl = np.asarray(control_effects if control_effects is not None else [], dtype=np.float64)
+    return bool(region_effect > LOGIT_THRESHOLD and (not len(ctl) or region_effect > ctl.max()))
+
+
 def pair_decisions(pm: planted.PlantedModel, seed: int) -> dict[str, bool | None]:
     """Every rule (module docstring) on ``pm.pair(seed)``."""
     model, truth = pm.model, pm.truth
@@ -101,37 +205,16 @@ def pair_decisions(pm: planted.PlantedModel, seed: int) -> dict[str, bool | None
     p = _pair(pm, seed)
     out: dict[str, bool | None] = {}
     rec = validation.recovery(model, [p], 0)
+    labels = rec["components"]
     ld = rec["variants"].get(ex.LOGIT_DIFF_RECOVERY)
-    if null:
-        out["recovery"] = ld is not None and max(ld["mean"]) > RECOVERY_THRESHOLD
-    else:
-        want = {f"L{l} mlp" for l in truth.mlps} or {f"L{h.layer} attn" for h in truth.heads}
-        out["recovery"] = ld is not None and ld["top"] in want
-    proj = rec["variants"]["cls_projection"]
-    if null:
-        out["cls_projection"] = max(proj["mean"]) > RECOVERY_THRESHOLD
-    else:
-        out["cls_projection"] = proj["top"] in want
+    out["recovery"] = rule_recovery(None if ld is None else ld["mean"], labels, truth)
+    out["cls_projection"] = rule_recovery(rec["variants"]["cls_projection"]["mean"], labels, truth)
     hd = rec.get("heads")
-    heads = None if hd is None else np.asarray(hd["mean"], dtype=np.float64)
-    if heads is None or not np.isfinite(heads).all():
-        out["heads"] = False if not null else None
-    elif null:
-        out["heads"] = bool(heads.max() > RECOVERY_THRESHOLD)
-    elif truth.rule == "a and b":
-        out["heads"] = bool(np.abs(heads).max() < RECOVERY_THRESHOLD)
-    else:
-        out["heads"] = hd["top"] in truth.head_labels
+    out["heads"] = rule_heads(None if hd is None else hd["mean"], None if hd is None else hd["labels"], truth)
     # differential DLA per head, and on the planted heads' tokens against the differing tokens
     diff = ex.differential_token_dla(model, p.positive, p.negative, truth.positive)
     terms = diff.terms.double()  # [layers, heads, tokens]
-    per_head = terms.sum(-1)
-    H = model.cfg.n_heads
-    if null:
-        out["dla"] = bool(per_head.abs().max() > LOGIT_THRESHOLD)
-    else:
-        top = int(per_head.abs().argmax())
-        out["dla"] = bool(per_head.abs().max() > 1e-9) and f"L{top // H}H{top % H}" in truth.head_labels
+    out["dla"] = rule_dla(terms.sum(-1).ravel().tolist(), model.cfg.n_heads, truth)
     tokens = sorted({q for h in truth.heads for q in h.positions}) or sorted(
         {q for v in truth.variables for q in truth.positions(v)}
     )
@@ -140,25 +223,21 @@ def pair_decisions(pm: planted.PlantedModel, seed: int) -> dict[str, bool | None
     on[[q - n_prefix for q in tokens]] = True
     differing = ex.differing_tokens(model, p.positive, p.negative)
     w = terms.sum((0, 1))[n_prefix:].abs()
-    if null and float(w.sum()) <= LOGIT_THRESHOLD:  # (float rounding) no attribution to place: no finding
-        out["dla_region"] = False
-    elif float(w.sum()) < 1e-9:
-        out["dla_region"] = None
-    else:
-        e = ex.enrichment(w, on, differing)
-        if e.enrichment_differing is None or e.base_rate_differing == 1.0:
-            out["dla_region"] = None
-        else:
-            out["dla_region"] = bool(e.enrichment_differing > 1)
+    e = ex.enrichment(w, on, differing) if float(w.sum()) >= 1e-9 else None
+    out["dla_region"] = rule_dla_region(
+        float(w.sum()),
+        None if e is None else e.enrichment_differing,
+        None if e is None else e.base_rate_differing,
+        null,
+    )
     # attribution patching against real patching, attn_out and mlp_out by layer
     metric = LogitDiff(truth.positive, truth.negative)
     with torch.inference_mode():
         _, clean_cache = model.run_with_cache(p.positive)
     res = attribution_patch(model, p.positive, p.negative, metric, clean_cache=clean_cache)
     est = torch.cat([res.by_component("attn_out"), res.by_component("mlp_out")]).double()
-    if null:
-        out["attribution"] = bool(est.abs().max() > LOGIT_THRESHOLD)
-    else:
+    real = None
+    if not null:
         real = []
         for kind in ("attn_out", "mlp_out"):
             sweep = patching.denoise(
@@ -170,8 +249,8 @@ def pair_decisions(pm: planted.PlantedModel, seed: int) -> dict[str, bool | None
                 progress=False,
             )
             real.append((sweep.values - sweep.baseline).double())
-        real = torch.cat(real)
-        out["attribution"] = int(est.abs().argmax()) == int(real.abs().argmax())
+        real = torch.cat(real).tolist()
+    out["attribution"] = rule_attribution(est.tolist(), real, null)
     return out
 
 

@@ -24,6 +24,14 @@ beside what is known to be there; a method that misses a known mechanism is repo
   and z by head), on the subjects whose outcome is known to be carried (the planted models and the
   ground-truth organism).
 
+The planted null (nothing carries the pair's difference to the decision) gets ``null_pairs`` pairs (100
+by default) and no "found": each method's per-pair rule (analysis.ladder's ``rule_*``, NULL_RULES)
+gives its false-positive rate over the pairs with a Clopper-Pearson interval ("false_positive"), and
+its row says "correct negative" or "false positive", with the question the rule answers (what drives
+the decision, or what carries the representation difference - the blob is represented on the null).
+Elsewhere the expectations follow the truth's kind of mechanism (``_mechanism``: one head, a
+composition, redundant heads).
+
 Inference: each verdict word reads a test whose result validation.json holds ("test", "p", "p_holm");
 the across-pair tests of the whole report are one family, Holm-adjusted (statistics.holm) in
 ``validate``; the per-pair Monte-Carlo p-values of an ablation are a family of their own (its pairs).
@@ -90,6 +98,7 @@ class Subject:
     pairs: dict[str, list[ValidationPair]]
     outcome_is_label: bool  # the model is known to carry the outcome (trained on it, or planted)
     truth: dict = field(default_factory=dict)  # planted: components, heads, carrying layer
+    ground_truth: Any = None  # planted: the model's planted.GroundTruth (the per-pair rules read it)
 
 
 # ------------------------------------------------------------------------------------------ subjects
@@ -152,8 +161,10 @@ def planted_subject(name: str, n_pairs: int, seed0: int = 0) -> Subject:
         "last_head_layer": max((h.layer for h in pm.truth.heads), default=cfg.n_layers - 1),
         "rule": pm.truth.rule,
         "null": not pm.truth.heads and not pm.truth.mlps,
+        "head_writes": [h.writes for h in pm.truth.heads],  # the direction each planted head writes
+        "level": pm.truth.level,
     }
-    return Subject(f"planted {name}", pm.model, {name: pairs}, True, truth)
+    return Subject(f"planted {name}", pm.model, {name: pairs}, True, truth, pm.truth)
 
 
 # ------------------------------------------------------------------------------------------ statistics
@@ -306,6 +317,8 @@ def recovery(model: HookedVideoTransformer, pairs: list[ValidationPair], sanity_
     per_variant: dict = {v: [] for v in names}
     sanity: dict = {v: [] for v in names}
     heads, headlines = [], set()
+    per_pair: dict = {ex.LOGIT_DIFF_RECOVERY: [], "cls_projection": [], "heads": []}
+    sanity_undefined = 0
     for i, p in enumerate(pairs):
         rec = ex.component_recovery(
             model, p.positive, p.negative, outcome_classes=p.classes if with_logits else None, heads=with_logits
@@ -316,8 +329,13 @@ def recovery(model: HookedVideoTransformer, pairs: list[ValidationPair], sanity_
                 per_variant[v].append(np.full((2, L), np.nan))
                 continue
             per_variant[v].append(np.stack([rec["variants"][v]["attn"], rec["variants"][v]["mlp"]]))  # [2, L]
+        for v in (ex.LOGIT_DIFF_RECOVERY, "cls_projection"):  # per pair, in the order of labels (None: undefined)
+            if v in per_variant:
+                values = per_variant[v][-1].reshape(-1)
+                per_pair[v].append(values.tolist() if np.isfinite(values).all() else None)
         if "heads" in rec:
             heads.append(np.ravel(rec["heads"]["values"]))
+        per_pair["heads"].append(np.ravel(rec["heads"]["values"]).tolist() if "heads" in rec else None)
         if i < sanity_pairs:
             with torch.inference_mode():
                 clean_logits, clean = model.run_with_cache(p.positive, names_filter=lambda n: "resid" in n)
@@ -326,8 +344,12 @@ def recovery(model: HookedVideoTransformer, pairs: list[ValidationPair], sanity_
             for v, vals in ex.recovery_variants(patched, clean[last], corrupt[last], last).items():
                 sanity[v].append(vals)
             if with_logits:
-                metric = LogitDiffRecovery(*p.classes, clean_logits, corrupt_logits)
-                sanity[ex.LOGIT_DIFF_RECOVERY].append(metric(logits).tolist())
+                try:
+                    metric = LogitDiffRecovery(*p.classes, clean_logits, corrupt_logits)
+                except ValueError:  # equal logit differences (float rounding): undefined on this pair
+                    sanity_undefined += 1
+                else:
+                    sanity[ex.LOGIT_DIFF_RECOVERY].append(metric(logits).tolist())
     labels = [f"L{l} {c}" for c in ("attn", "mlp") for l in range(L)]
     headline, reason = ex.headline_for(with_logits)
     if with_logits and any(h != ex.LOGIT_DIFF_RECOVERY for h, _ in headlines):
@@ -339,7 +361,16 @@ def recovery(model: HookedVideoTransformer, pairs: list[ValidationPair], sanity_
         "questions": {v: ex.RECOVERY_QUESTIONS[v] for v in names},
         "variants": {},
         "sanity": {},
+        # per pair (in pair order): logit_diff and cls_projection per component (labels' order) and
+        # logit_diff per head; None where logit_diff is undefined on the pair (nothing to recover)
+        "per_pair": {k: v for k, v in per_pair.items() if k in names or k == "heads"},
     }
+    if with_logits and sanity_undefined:
+        out["sanity_undefined"] = {
+            "variant": ex.LOGIT_DIFF_RECOVERY,
+            "pairs": sanity_undefined,
+            "why": "the two clips' logit differences are equal to float rounding: nothing to recover",
+        }
     if heads:
         h_labels = [f"L{l}H{h}" for l in range(L) for h in range(model.cfg.n_heads)]
         stat = _ci(np.stack(heads))
@@ -394,6 +425,7 @@ def attribution_maps(model: HookedVideoTransformer, pairs: list[ValidationPair])
     grid = model.cfg.grid
     dla_share, dla_enr, after_div, attn_enr, attn_share, dla_zero = [], [], [], [], [], 0
     base_rates, base_rates_d, dla_enr_d, attn_enr_d = [], [], [], []
+    per_pair = []  # the values the per-pair rules read (analysis.ladder)
     for p in pairs:
         c = _outcome_class(model, p)
         diff = ex.differential_token_dla(model, p.positive, p.negative, c)
@@ -404,10 +436,19 @@ def attribution_maps(model: HookedVideoTransformer, pairs: list[ValidationPair])
         base_d = ex.enrichment(torch.ones(len(on)), on, differing).base_rate_differing
         if base_d is not None:
             base_rates_d.append(base_d)
+        entry = {
+            "dla_per_head": diff.terms.double().sum(-1).ravel().tolist(),  # [layers * heads]
+            "dla_total": float(w.double().sum()),
+            "dla_enrichment_differing": None,
+            "base_rate": base_rates[-1],
+            "base_rate_differing": base_d,
+        }
+        per_pair.append(entry)
         if float(w.sum()) < 1e-9:  # no head writes the class direction: nothing to distribute
             dla_zero += 1
         else:
             e = ex.enrichment(w, on, differing)
+            entry["dla_enrichment_differing"] = e.enrichment_differing
             dla_share.append(e.mean_share)
             dla_enr.append(e.enrichment)
             if e.enrichment_differing is not None:
@@ -418,6 +459,7 @@ def attribution_maps(model: HookedVideoTransformer, pairs: list[ValidationPair])
             rows = model.attention_rows(p.positive, queries="cls")[0, :, :, 0, 1:].float()  # [L, H, patches]
         e = ex.enrichment(rows, on)
         shares = e.share.numpy()  # [L, H]
+        entry["attention_share_per_layer"] = shares.mean(1).tolist()
         attn_share.append(shares.mean(1))  # per layer, mean over heads
         attn_enr.append(shares.mean(1) / e.base_rate)
         if base_d:
@@ -435,6 +477,7 @@ def attribution_maps(model: HookedVideoTransformer, pairs: list[ValidationPair])
         # a region holding every differing token (base rate 1) cannot be enriched against them
         "max_enrichment_differing": 1 / min(b for b in base_rates_d if b > 0) if any(base_rates_d) else None,
         "dla_zero_pairs": dla_zero,
+        "per_pair": per_pair,
     }
     if dla_share:
         out["differential_dla"] = {
@@ -600,6 +643,7 @@ def attribution_vs_patching(model: HookedVideoTransformer, pairs: list[Validatio
     last = f"blocks.{L - 1}.hook_resid_post"
     est: dict = {"attn_out by layer": [], "mlp_out by layer": [], "z by head": []}
     act: dict = {k: [] for k in est}
+    per_pair = []  # attn_out then mlp_out by layer: the estimates and the real effects (analysis.ladder's rule)
     metric_name = None
     for p in pairs:
         with torch.inference_mode():
@@ -627,7 +671,18 @@ def attribution_vs_patching(model: HookedVideoTransformer, pairs: list[Validatio
         act["mlp_out by layer"].append(real(patching.component_patches(model, ("mlp_out",))))
         est["z by head"].append(res.by_head("z").numpy().ravel())
         act["z by head"].append(real(patching.head_patches(model, "z")))
-    return {"metric": metric_name, "pairs": len(pairs), **{k: pooled_correlation(est[k], act[k]) for k in est}}
+        per_pair.append(
+            {
+                k: np.concatenate([d["attn_out by layer"][-1], d["mlp_out by layer"][-1]]).astype(float).tolist()
+                for k, d in (("estimates", est), ("real", act))
+            }
+        )
+    return {
+        "metric": metric_name,
+        "pairs": len(pairs),
+        **{k: pooled_correlation(est[k], act[k]) for k in est},
+        "per_pair": per_pair,
+    }
 
 
 def probes(model: HookedVideoTransformer, pairs: list[ValidationPair], *, random_weights: str = "chosen") -> dict:
@@ -661,6 +716,8 @@ def probes(model: HookedVideoTransformer, pairs: list[ValidationPair], *, random
         "best_layer": layer,  # the layer of the configuration the nested choice made most often
         "pixels": {k: res.pixels.to_json()[k] for k in keep},
         "pixel_ceiling": ceiling,
+        # each pair's held-out paired accuracy of the nested probe (mean over repeats; analysis.ladder's rule)
+        "per_pair_paired_accuracy": res.nested.per_pair_paired_accuracy,
     }
     lo = res.nested.paired_accuracy_ci95[0]
     if random_weights == "chosen":
@@ -684,6 +741,139 @@ def probes(model: HookedVideoTransformer, pairs: list[ValidationPair], *, random
             "random_weights": r,
             "probe_ci95": res.nested.paired_accuracy_ci95,
             "above": bool(lo > r),
+        }
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the null
+# Each method's per-pair rule on the null (analysis.ladder's rule functions: one definition), the
+# question it answers, and the row it belongs to. On the null nothing carries the pair's difference to
+# the decision, so for the decision question every True is a false positive; the representation rules
+# are right that the blob is represented (L1H2 gathers it), and count as false positives for the
+# decision question all the same.
+NULL_RULES = {
+    "probes": (
+        "outcome probe (held-out by pair)",
+        "representation",
+        "the nested probe's held-out paired accuracy of the pair > 1/2 (ladder.rule_probe)",
+    ),
+    "recovery": (
+        "component recovery (logit_diff, the headline)",
+        "decision",
+        "some attn_out / mlp_out's logit-difference recovery > 0.5; undefined (nothing to recover) is no "
+        "finding (ladder.rule_recovery)",
+    ),
+    "cls_projection": (
+        "component recovery (cls_projection)",
+        "representation",
+        "some attn_out / mlp_out restores > 0.5 of the last residual's CLS difference (ladder.rule_recovery)",
+    ),
+    "heads": (
+        "per-head logit-difference recovery",
+        "decision",
+        "some head's z restores > 0.5 of the logit difference; undefined (nothing to recover) is no finding (ladder.rule_heads)",
+    ),
+    "dla": (
+        "differential DLA by head",
+        "decision",
+        "some head's |differential DLA| > 0.1 logits (ladder.rule_dla)",
+    ),
+    "dla_region": (
+        "differential DLA on the outcome region",
+        "decision",
+        "total |differential DLA| > 0.1 logits and the region enriched against the differing tokens; "
+        "undecided where it is more and the region holds every differing token (ladder.rule_dla_region)",
+    ),
+    "attention": (
+        "attention enrichment on the outcome region",
+        "representation",
+        "the region's share of CLS attention above its share of the differing tokens in some layer; "
+        "undecided where it holds every differing token (ladder.rule_attention)",
+    ),
+    "attention_all_tokens": (
+        "attention on the outcome region (all-token null)",
+        "representation",
+        "the region's share of CLS attention above its share of all tokens in some layer (ladder.rule_attention)",
+    ),
+    "ablation": (
+        "outcome-region ablation",
+        "decision",
+        "zeroing the region moves the logit difference by > 0.1 logits and more than each matched control "
+        "(ladder.rule_ablation)",
+    ),
+    "attribution": (
+        "attribution patching (AtP)",
+        "decision",
+        "some attn_out / mlp_out's |AtP estimate| of the logit difference > 0.1 logits (ladder.rule_attribution)",
+    ),
+    "attribution_real": (
+        "real denoising patching (logit difference, not normalised)",
+        "decision",
+        "some attn_out / mlp_out patched alone moves the logit difference by > 0.1 logits (ladder.rule_attribution "
+        "on the real effects)",
+    ),
+}
+QUESTIONS = {
+    "decision": "what drives the outcome (the decision)",
+    "representation": "what carries the representation difference",
+}
+
+
+def null_false_positives(r: dict, truth: Any, n_heads: int) -> dict:
+    """Per method (NULL_RULES), its per-pair rule on every pair of the null subject's domain result
+    ``r``, and the false-positive rate over the decided pairs with its Clopper-Pearson 95 % interval."""
+    from hooked_vivit.analysis import ladder
+
+    decisions: dict = {}
+    if "probes" in r and r["probes"].get("per_pair_paired_accuracy") is not None:
+        decisions["probes"] = [ladder.rule_probe(a) for a in r["probes"]["per_pair_paired_accuracy"]]
+    if "recovery" in r:
+        rec = r["recovery"]
+        labels, pp = rec["components"], rec["per_pair"]
+        if ex.LOGIT_DIFF_RECOVERY in pp:
+            decisions["recovery"] = [ladder.rule_recovery(v, labels, truth) for v in pp[ex.LOGIT_DIFF_RECOVERY]]
+        decisions["cls_projection"] = [ladder.rule_recovery(v, labels, truth) for v in pp["cls_projection"]]
+        h_labels = [f"L{l}H{h}" for l in range(len(labels) // 2) for h in range(n_heads)]
+        decisions["heads"] = [ladder.rule_heads(v, h_labels, truth) for v in pp["heads"]]
+    if "maps" in r:
+        pp = r["maps"]["per_pair"]
+        decisions["dla"] = [ladder.rule_dla(e["dla_per_head"], n_heads, truth) for e in pp]
+        decisions["dla_region"] = [
+            ladder.rule_dla_region(e["dla_total"], e["dla_enrichment_differing"], e["base_rate_differing"], True)
+            for e in pp
+        ]
+        decisions["attention"] = [
+            ladder.rule_attention(e["attention_share_per_layer"], e["base_rate_differing"]) for e in pp
+        ]
+        decisions["attention_all_tokens"] = [
+            ladder.rule_attention(e["attention_share_per_layer"], e["base_rate"]) for e in pp
+        ]
+    if "ablation" in r:
+        decisions["ablation"] = [
+            ladder.rule_ablation(e["region_effect"], e.get("control_effects")) for e in r["ablation"]["per_pair"]
+        ]
+    if "attribution" in r:
+        decisions["attribution"] = [
+            ladder.rule_attribution(e["estimates"], None, True) for e in r["attribution"]["per_pair"]
+        ]
+        decisions["attribution_real"] = [
+            ladder.rule_attribution(e["real"], None, True) for e in r["attribution"]["per_pair"]
+        ]
+    out = {}
+    for m, d in decisions.items():
+        row, question, rule = NULL_RULES[m]
+        rt = ladder.rate(d)
+        out[m] = {
+            "row": row,
+            "question": question,
+            "rule": rule,
+            "false_positive_pairs": rt.k,
+            "pairs": rt.n,
+            "undecided": rt.undecided,
+            "false_positive_rate": rt.rate,
+            "false_positive_ci95": None if rt.ci95 is None else list(rt.ci95),
+            "interval": "Clopper-Pearson 95 % (statsmodels proportion_confint, method='beta')",
+            "decisions": d,
         }
     return out
 
@@ -719,10 +909,13 @@ def validate_subject(
             r["maps"] = attribution_maps(subject.model, pairs)
         if "ablation" in methods:
             r["ablation"] = region_ablation(subject.model, pairs, n_controls)
+        null = bool(subject.truth.get("null"))
         if (
             "attribution" in methods and attribution_pairs > 0 and subject.outcome_is_label
-        ):  # the issue's target: known mechanisms
-            r["attribution"] = attribution_vs_patching(subject.model, pairs[:attribution_pairs])
+        ):  # the issue's target: known mechanisms (the null: every pair, for its false-positive rate)
+            r["attribution"] = attribution_vs_patching(subject.model, pairs if null else pairs[:attribution_pairs])
+        if null:
+            r["false_positive"] = null_false_positives(r, subject.ground_truth, subject.model.cfg.n_heads)
         r["seconds"] = round(time.time() - t0, 1)
         if progress:
             print(f"validate: {subject.name} / {domain}: {r['seconds']} s", flush=True)
@@ -746,12 +939,14 @@ def validate(
     progress: bool = True,
     models: dict | None = None,
     random_weights: str = "chosen",
+    null_pairs: int = 100,
 ) -> dict:
     """Every method on every subject (see the module docstring); ``models`` maps an organism name to an
     already loaded model (tests); ``random_weights``: the probes' random-weights control (see ``probes``).
     Every across-pair test of the report is Holm-adjusted as one family ("multiple_comparisons").
     Returns plain data; ``validation_markdown`` turns it into the table."""
     from hooked_vivit import planted
+    from hooked_vivit.analysis import ladder as ladder_mod
 
     if isinstance(n_pairs, bool) or not isinstance(n_pairs, int) or n_pairs < 5:
         raise ValueError(f"n_pairs must be an integer >= 5 (5-fold probes over pairs), got {n_pairs!r}")
@@ -760,7 +955,14 @@ def validate(
         raise ValueError(f"unknown methods {sorted(unknown)}; known: {list(METHODS)}")
     planted_models = planted.NAMES if planted_models is None else tuple(planted_models)
     t0, c0 = time.time(), time.process_time()
-    subjects = [planted_subject(n, n_pairs) for n in planted_models]
+    # The planted null gets null_pairs pairs (its false-positive rates; every method on every pair,
+    # attribution included), whatever n_pairs the other subjects get.
+    if isinstance(null_pairs, bool) or not isinstance(null_pairs, int) or null_pairs < 5:
+        raise ValueError(f"null_pairs must be an integer >= 5 (5-fold probes over pairs), got {null_pairs!r}")
+    subjects = [
+        planted_subject(n, null_pairs if ladder_mod.is_null(planted.build(n).truth) else n_pairs)
+        for n in planted_models
+    ]
     subjects += [organism_subject(n, n_pairs, domains, seed0, model=(models or {}).get(n)) for n in organisms]
     results = [
         validate_subject(
@@ -779,6 +981,8 @@ def validate(
         "settings": {
             "pairs_per_domain": n_pairs,
             "seeds": [seed0, seed0 + n_pairs - 1],
+            # the planted null's pairs (seeds 0..null_pairs - 1; every method on each, attribution included)
+            "null_pairs": null_pairs,
             "sanity_pairs": sanity_pairs,
             "attribution_pairs": attribution_pairs,
             "n_controls": n_controls,
@@ -852,6 +1056,60 @@ def _word(enriched: bool) -> str:
     return "enriched" if enriched else "not enriched"
 
 
+def _head_layer(label: str) -> int:
+    """The layer of a head label "L1H2"."""
+    return int(label[1:].split("H")[0])
+
+
+def _mechanism(truth: dict) -> str:
+    """The planted mechanism's kind, from its truth: "composition" (an MLP composes heads that write
+    different directions: no head alone restores the decision), "redundant" (an MLP reads several heads
+    that write the same direction, saturating: each head alone restores it) or "head" (no MLP: the
+    planted head's layer carries it). A validation.json without "head_writes": an MLP is a composition."""
+    if not truth.get("mlps"):
+        return "head"
+    writes = truth.get("head_writes")
+    if writes is not None and len(set(writes)) < len(writes):
+        return "redundant"
+    return "composition"
+
+
+def _null_rows(r: dict, row: Any) -> None:
+    """The null's rows: per method (NULL_RULES), its per-pair rule's false-positive rate over the pairs
+    (Clopper-Pearson 95 %) and the question the rule answers. Verdict: "correct negative" where no pair
+    is a false positive, "false positive" where some is, "untestable" where the rule decides no pair.
+    Nothing is reported as found: nothing carries the pair's difference to the decision."""
+    for fp in r["false_positive"].values():
+        k, n, u = fp["false_positive_pairs"], fp["pairs"], fp["undecided"]
+        if n:
+            lo, hi = fp["false_positive_ci95"]
+            rate = f"{k}/{n} = {fp['false_positive_rate']:.0%} [{lo:.0%}, {hi:.0%}]"
+            text = f"false-positive rate {rate} (Clopper-Pearson)"
+        else:
+            text = "no pair decided"
+        text += f"{f', {u} pairs undecided' if u else ''}; rule: {fp['rule']}; answers: {QUESTIONS[fp['question']]}"
+        if fp["question"] == "representation" and k:
+            text += (
+                " - true of the null (L1H2 gathers the blob; the representation differs), a false positive "
+                "for what drives the outcome"
+            )
+        verdict = "untestable: the rule decides no pair" if not n else "false positive" if k else "correct negative"
+        row(fp["row"], text, "no finding: nothing carries the pair's difference to the decision", verdict)
+    rec = r.get("recovery", {})
+    if rec.get("sanity"):
+        lo = min(s["min"] for s in rec["sanity"].values())
+        hi = max(s["max"] for s in rec["sanity"].values())
+        n = next(iter(rec["sanity"].values()))["pairs"]
+        und = rec.get("sanity_undefined")
+        row(
+            "whole-residual patch (sanity)",
+            f"recovery {lo:.4%} to {hi:.4%} over every layer and defined variant ({n} pairs)"
+            + (f"; {und['variant']} undefined on {und['pairs']} pairs ({und['why']})" if und else ""),
+            "100 % at every layer",
+            "passes" if abs(lo - 1) < 1e-3 and abs(hi - 1) < 1e-3 else "FAILS",
+        )
+
+
 def findings(result: dict, settings: dict) -> list[dict]:
     """One row per (method, domain) of a subject: what the method found, what is known, and a verdict
     (found / missed / untestable / correct negative / false positive / n/a), every number and verdict word
@@ -882,6 +1140,9 @@ def findings(result: dict, settings: dict) -> list[dict]:
                 }
             )
 
+        if truth.get("null") and "false_positive" in r:
+            _null_rows(r, row)
+            continue
         if "probes" in r:
             pr = r["probes"]
             last = pr["cls"][-1]
@@ -926,19 +1187,24 @@ def findings(result: dict, settings: dict) -> list[dict]:
                 f"{v}{' (headline)' if v == head_v else ''}: top {e['top']} {_pct({'mean': e['top_mean'], 'ci95': e['top_ci95']})}"
                 for v, e in rec["variants"].items()
             ]
-            if (
-                planted
-            ):  # a composition is found when its MLP ranks first; a single head, when its layer's attention does
-                want = [f"L{l} mlp" for l in truth.get("mlps", [])] or [
-                    f"L{h[1]} attn" for h in (c.split("H")[0].split("L") for c in truth["heads"])
-                ]
+            if planted:  # what ranks first follows from the truth's kind of mechanism (_mechanism)
+                kind = _mechanism(truth)
+                head_layers = sorted({f"L{_head_layer(h)} attn" for h in truth["heads"]})
+                want = [f"L{l} mlp" for l in truth.get("mlps", [])] or head_layers
+                if kind == "redundant":  # either head's layer alone saturates the readout, as the MLP does
+                    want = head_layers + want
                 hit = [v for v, e in rec["variants"].items() if e["top"] in want]
-                expected = (
-                    f"top component by the headline ({head_v}): "
-                    + " or ".join(want)
-                    + (" (the composing MLP)" if truth.get("mlps") else " (the planted head's layer)")
-                )
-                by_headline = head_v in rec["variants"] and rec["variants"][head_v]["top"] in want
+                expected = f"top component by the headline ({head_v}): " + " or ".join(want)
+                expected += {
+                    "composition": " (the composing MLP; no gathering head's layer alone fires it)",
+                    "redundant": " (the saturating MLP, and each planted head's layer alone restores ~ 100 %)",
+                    "head": " (the planted head's layer)",
+                }[kind]
+                top_v = rec["variants"].get(head_v)
+                by_headline = top_v is not None and top_v["top"] in want
+                if kind == "redundant" and top_v is not None:  # and every one of them restores at least half
+                    means = [top_v["mean"][rec["components"].index(c)] for c in want]
+                    by_headline = by_headline and min(means) >= 0.5
                 verdict = (
                     f"{'found' if by_headline else 'missed'} by the headline ({head_v}); "
                     f"found in {len(hit)} of {len(rec['variants'])} variants"
@@ -956,9 +1222,15 @@ def findings(result: dict, settings: dict) -> list[dict]:
                     if hd["max_abs_mean"] >= 0.005
                     else f"every head ~ 0 (largest |mean| {hd['max_abs_mean']:.1%}) "
                 ) + f"({hd['n']} pairs, {hd['variant']})"
-                if planted and truth.get("mlps"):  # an AND: no head alone restores the decision
+                kind = _mechanism(truth) if planted else None
+                if kind == "composition":  # an AND: no head alone restores the decision
                     expected = "every head ~ 0 (one gathered variable alone does not fire the composing MLP)"
                     verdict = "found" if hd["max_abs_mean"] < 0.01 else "missed"
+                elif kind == "redundant":  # either planted head alone saturates the readout
+                    expected = "each of " + " and ".join(truth["heads"]) + " alone restores ~ 100 % (redundant heads)"
+                    each = [hd["mean"][hd["labels"].index(h)] for h in truth["heads"]]
+                    found += "; " + ", ".join(f"{h} {m:.0%}" for h, m in zip(truth["heads"], each))
+                    verdict = "found" if hd["top"] in truth["heads"] and min(each) >= 0.5 else "missed"
                 elif planted:
                     expected = "top head: " + " or ".join(truth["heads"]) + " (~ 100 %)"
                     verdict = "found" if hd["top"] in truth["heads"] else "missed"

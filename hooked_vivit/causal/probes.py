@@ -428,6 +428,8 @@ class NestedProbe:
     control_paired_accuracy: float | None = None
     control_paired_accuracy_ci95: list[float] | None = None
     control_chosen: list[list[str]] | None = None
+    # each pair's held-out paired accuracy (positive above negative, ties half), mean over repeats (probe task)
+    per_pair_paired_accuracy: list[float] | None = None
 
     @property
     def selectivity(self) -> float | None:
@@ -577,6 +579,8 @@ def nested_cross_validated_probe(
             paireds.append(p)
             chosen.append(chosen_r)
         chosen_by_task[task] = chosen
+        if task == "probe":
+            per_pair = np.mean(paireds, 0).tolist()
         for metric, v in (("accuracy", np.mean(accs, 0)), ("paired_accuracy", np.mean(paireds, 0))):
             lo, hi = bootstrap_ci(v, n_boot, seed)
             measured[f"{prefix}{metric}"] = float(v.mean())
@@ -589,5 +593,6 @@ def nested_cross_validated_probe(
         repeats=repeats,
         chosen=chosen_by_task["probe"],
         control_chosen=chosen_by_task.get("control"),
+        per_pair_paired_accuracy=per_pair,
         **measured,
     )
