@@ -482,6 +482,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             ladder=args.ladder,
             ladder_pairs=args.ladder_pairs,
             ladder_null_pairs=args.ladder_null_pairs,
+            null_pairs=args.null_pairs,
         )
         validation.write_validation(out, data)
     print(validation.validation_markdown(data))
@@ -642,6 +643,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_int_at_least(100),
         default=100,
         help="ladder pairs per level of the null model (default and minimum 100)",
+    )
+    validate.add_argument(
+        "--null-pairs",
+        type=_int_at_least(100),
+        default=100,
+        help="pairs of the planted null (its false-positive rates, every method on each; default and minimum 100)",
     )
     validate.add_argument("--out", type=Path, required=True)
     validate.add_argument(

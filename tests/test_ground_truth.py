@@ -757,6 +757,9 @@ def test_validate_command_writes_the_table(tmp_path):
     with pytest.raises(SystemExit) as e:  # refused while parsing, before anything loads
         main(["validate", "--model", "bowling", "--out", str(tmp_path / "x")])
     assert e.value.code == 2 and not (tmp_path / "x").exists()
+    with pytest.raises(SystemExit) as e:  # the null's false-positive rates need at least 100 pairs
+        main(["validate", "--model", "--planted", "null", "--null-pairs", "99", "--out", str(tmp_path / "y")])
+    assert e.value.code == 2 and not (tmp_path / "y").exists()
 
 
 def test_the_model_cards_stage_command_gives_back_the_stages_config():
