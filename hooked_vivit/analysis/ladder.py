@@ -51,8 +51,10 @@ validation both call them, so each rule has one definition.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -69,6 +71,8 @@ METHODS = ("recovery", "cls_projection", "heads", "dla", "dla_region", "attribut
 RECOVERY_THRESHOLD = 0.5  # null: a component or head "restores" the decision
 LOGIT_THRESHOLD = 0.1  # null: an attribution of more than this many logits is a finding
 ALPHA = 0.05
+BREAK_BELOW = 0.5  # a method breaks on a model at the first level whose recall is below this
+FP_TOLERANCE = 0.05  # the null fails a method where the false-positive rate's interval lies above this
 
 
 @dataclass
@@ -263,8 +267,15 @@ def ladder(
     seed0: int = 0,
 ) -> dict:
     """Every rule on ``n_pairs`` pairs (``null_pairs`` on the null) of each model at each level:
-    {"settings", "rows": [{"model", "level", "null", "pairs", "rates": {method: Rate.to_json()}}]}."""
-    levels = range(len(planted.LEVELS)) if levels is None else levels
+    {"settings", "rows": [{"model", "level", "null", "pairs", "rates": {method: Rate.to_json()}}],
+    "recall": {model: {method: [{"level", **rate}]}}, "false_positive": {method: [{"level", **rate}]}
+    (the null's rows; {} without the null), "breaks" (``breaks``), "breaks_below", "null_fails"
+    (``null_fails``), "fp_tolerance", "seconds"}."""
+    t0 = time.time()
+    levels = list(range(len(planted.LEVELS)) if levels is None else levels)
+    bad = [k for k in levels if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < len(planted.LEVELS)]
+    if bad or not levels:
+        raise ValueError(f"levels must be a non-empty list of 0..{len(planted.LEVELS) - 1}, got {levels!r}")
     for n, what in ((n_pairs, "n_pairs"), (null_pairs, "null_pairs")):
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"{what} must be a positive integer, got {n!r}")
@@ -287,7 +298,7 @@ def ladder(
                     "rates": {m: rate([d[m] for d in per_pair]).to_json() for m in METHODS},
                 }
             )
-    return {
+    data = {
         "settings": {
             "n_pairs": n_pairs,
             "null_pairs": null_pairs,
@@ -299,6 +310,38 @@ def ladder(
         },
         "rows": rows,
     }
+    recall: dict = {}
+    false_positive: dict = {}
+    for row in rows:
+        per = false_positive if row["null"] else recall.setdefault(row["model"], {})
+        for m in METHODS:
+            per.setdefault(m, []).append({"level": row["level"], **row["rates"][m]})
+    data.update(
+        recall=recall,
+        false_positive=false_positive,
+        breaks=breaks(data, BREAK_BELOW),
+        breaks_below=BREAK_BELOW,
+        null_fails=null_fails(data, FP_TOLERANCE),
+        fp_tolerance=FP_TOLERANCE,
+        seconds=round(time.time() - t0, 1),
+    )
+    return data
+
+
+def null_fails(data: dict, tolerance: float = 0.05) -> dict[str, list[int]]:
+    """Per method, the null's levels whose false-positive rate is above ``tolerance`` by its test: the
+    Clopper-Pearson 95 % interval's lower bound exceeds ``tolerance`` ({} without a null row)."""
+    out: dict = {}
+    for row in data["rows"]:
+        if not row["null"]:
+            continue
+        for m in METHODS:
+            r = row["rates"][m]
+            hit = r["ci95"] is not None and r["ci95"][0] > tolerance
+            out.setdefault(m, [])
+            if hit:
+                out[m].append(row["level"])
+    return out
 
 
 def breaks(data: dict, below: float = 0.5) -> dict[str, dict[str, int | None]]:
@@ -342,4 +385,200 @@ def ladder_markdown(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["METHODS", "Rate", "breaks", "ladder", "ladder_markdown", "pair_decisions", "rate"]
+def _pct(r: dict) -> str:
+    lo, hi = r["ci95"]
+    return f"{r['k']}/{r['n']} = {r['rate']:.0%} [{lo:.0%}, {hi:.0%}]"
+
+
+def _levels_text(levels: Sequence[int]) -> str:
+    levels = sorted(levels)
+    if len(levels) > 2 and levels == list(range(levels[0], levels[-1] + 1)):
+        return f"levels {levels[0]}-{levels[-1]}"
+    return ("level " if len(levels) == 1 else "levels ") + ", ".join(map(str, levels))
+
+
+def break_sentences(data: dict) -> dict[str, str]:
+    """Per method, one sentence generated from ``data`` (``ladder``'s output): the first level where its
+    recall on each planted model falls below ``breaks_below`` (``breaks``), the models where it holds at
+    every decided level, the models where it never decides, and the null's false-positive rate per level
+    with the levels where its interval lies above ``fp_tolerance`` (``null_fails``)."""
+    below = data.get("breaks_below", BREAK_BELOW)
+    tol = data.get("fp_tolerance", FP_TOLERANCE)
+    brk = data.get("breaks") or breaks(data, below)
+    fails = data.get("null_fails") or null_fails(data, tol)
+    first = min(s["level"] for s in data["settings"]["levels"])
+    out = {}
+    for m in METHODS:
+        broke, held, undecided = [], [], []
+        for model, per in data["recall"].items():
+            rows = per[m]
+            level = brk[model][m]
+            decided = [r["level"] for r in rows if r["n"]]
+            if level is not None:
+                r = next(r for r in rows if r["level"] == level)
+                when = f"already at level {level}, the easiest run" if level == first else f"at level {level}"
+                broke.append(f"{model} {when} (recall {_pct(r)})")
+            elif decided:
+                gaps = [r["level"] for r in rows if not r["n"]]
+                held.append(model + (f" (undecided at {_levels_text(gaps)})" if gaps else ""))
+            else:
+                undecided.append(model)
+        parts = []
+        if broke:
+            parts.append(f"breaks (recall below {below:.0%}) on " + "; ".join(broke))
+        if held:
+            parts.append(f"holds (recall at least {below:.0%}) at every level run on " + ", ".join(held))
+        if undecided:
+            parts.append("cannot decide on any pair of " + ", ".join(undecided))
+        fp = data.get("false_positive", {}).get(m)
+        if fp:
+            n = sorted({r["n"] + r["undecided"] for r in fp})
+            rates = {r["level"]: r for r in fp if r["n"]}
+            if not rates:
+                parts.append(f"on the null it cannot decide on any of {'/'.join(map(str, n))} pairs per level")
+            else:
+                ks = {(r["k"], r["n"]) for r in rates.values()}
+                if len(ks) == 1 and len(rates) == len(fp):
+                    what = f"{_pct(next(iter(rates.values())))} at every level"
+                else:
+                    what = "; ".join(f"level {lv}: {_pct(r)}" for lv, r in sorted(rates.items()))
+                bad = fails.get(m, [])
+                verdict = (
+                    f"above {tol:.0%} (interval's lower bound) at {_levels_text(bad)}"
+                    if bad
+                    else f"not shown above {tol:.0%} at any level"
+                )
+                parts.append(f"on the null ({'/'.join(map(str, n))} pairs per level) false positives {what}: {verdict}")
+        out[m] = f"`{m}` " + "; ".join(parts) + "."
+    return out
+
+
+def ladder_figure(data: dict, path: Path | str) -> Path:
+    """``ladder.png`` (``ladder_plot``) written to ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig = ladder_plot(data)
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def ladder_plot(data: dict):
+    """The figure: one panel per planted model (recall per level, one line per method, Clopper-Pearson
+    95 % intervals as error bars) and a panel for the null's false-positive rate per level; levels on
+    integer ticks. Undecided cells (no pair decided) are left out. Returns the matplotlib Figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(model, "recall", per) for model, per in data["recall"].items()]
+    if data.get("false_positive"):
+        panels.append(("null", "false-positive rate", data["false_positive"]))
+    levels = [s["level"] for s in data["settings"]["levels"]]
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    colors = plt.get_cmap("tab10").colors
+    offsets = np.linspace(-0.25, 0.25, len(METHODS))  # side by side: lines at equal rates would hide each other
+    for ax, (model, what, per) in zip(axes.flat, panels):
+        for i, m in enumerate(METHODS):
+            pts = [r for r in per[m] if r["n"]]
+            if not pts:
+                continue
+            x = np.array([r["level"] for r in pts]) + offsets[i]
+            y = np.array([100 * r["rate"] for r in pts])
+            err = np.array([[y_ - 100 * r["ci95"][0], 100 * r["ci95"][1] - y_] for y_, r in zip(y, pts)]).T
+            ax.errorbar(
+                x, y, yerr=err, marker="o", ms=4, lw=1.2, elinewidth=0.7, capsize=2, color=colors[i % 10], label=m
+            )
+        n = sorted({r["n"] + r["undecided"] for m in METHODS for r in per[m]})
+        ax.set_title(f"{model}: {what} ({'/'.join(map(str, n))} pairs per level)", fontsize=9)
+        ax.set_xticks(levels)
+        ax.set_xticklabels([str(k) for k in levels])
+        ax.set_xlim(min(levels) - 0.4, max(levels) + 0.4)
+        ax.set_ylim(-5, 105)
+        ax.set_xlabel("difficulty level (integer rung of planted.LEVELS)")
+        ax.set_ylabel(f"{what} (% of pairs)")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=colors[i % 10], marker="o", ms=4, label=m) for i, m in enumerate(METHODS)]
+    fig.legend(handles=handles, loc="lower center", ncol=len(METHODS), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
+def figure_caption(data: dict) -> str:
+    """The figure's sentence, from ``data``: the models and pairs behind it."""
+    s = data["settings"]
+    levels = [x["level"] for x in s["levels"]]
+    models = list(data["recall"])
+    text = (
+        f"Recall of each method per difficulty level ({_levels_text(levels)}) on the planted models "
+        f"{', '.join(models)} ({s['n_pairs']} pairs per model and level, seeds {s['seed0']}..{s['seed0'] + s['n_pairs'] - 1})"
+    )
+    if data.get("false_positive"):
+        text += (
+            f", and the null model's false-positive rate ({s['null_pairs']} pairs per level, seeds "
+            f"{s['seed0']}..{s['seed0'] + s['null_pairs'] - 1})"
+        )
+    return text + "; error bars: Clopper-Pearson 95 % intervals over pairs."
+
+
+def ladder_section(data: dict, figure: str | None = None) -> str:
+    """The ladder in markdown: a generated lead sentence, the table, the sentence per method saying where
+    it breaks, and (``figure``: a relative path) the figure with its caption."""
+    s = data["settings"]
+    levels = [x["level"] for x in s["levels"]]
+    lead = (
+        f"Planted-model difficulty ladder ({_levels_text(levels)}; distractor gain and planted-head sharpness per "
+        f"level in the table): each method's per-pair decision rule (`hooked_vivit.analysis.ladder`) on "
+        f"{s['n_pairs']} pairs per planted model and level"
+        + (f" and {s['null_pairs']} pairs per level of the null model" if data.get("false_positive") else "")
+        + f" ({data['seconds']:.0f} s wall). Recall on the planted models, false-positive rate on the null; "
+        f"Clopper-Pearson 95 % intervals over pairs; undecided pairs counted apart."
+    )
+    lines = [lead, "", ladder_markdown(data).rstrip("\n"), "", "Where each method breaks:", ""]
+    lines += [f"- {t}" for t in break_sentences(data).values()]
+    if figure:
+        lines += ["", f"![ladder]({figure})", "", figure_caption(data)]
+    return "\n".join(lines) + "\n"
+
+
+BEGIN = "<!-- ladder table: begin (generated) -->"
+END = "<!-- ladder table: end -->"
+
+
+def insert_section(path: Path | str, text: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace exactly the text between the ``begin`` and ``end`` markers of a markdown file (each once)."""
+    path = Path(path)
+    old = path.read_text()
+    if old.count(begin) != 1 or old.count(end) != 1 or old.index(begin) > old.index(end):
+        raise ValueError(f"{path} needs one {begin!r} before one {end!r}")
+    head, rest = old.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(head + begin + "\n" + text + end + tail)
+
+
+__all__ = [
+    "BEGIN",
+    "END",
+    "METHODS",
+    "Rate",
+    "break_sentences",
+    "breaks",
+    "figure_caption",
+    "insert_section",
+    "ladder",
+    "ladder_figure",
+    "ladder_markdown",
+    "ladder_plot",
+    "ladder_section",
+    "null_fails",
+    "pair_decisions",
+    "rate",
+]

@@ -939,11 +939,19 @@ def validate(
     progress: bool = True,
     models: dict | None = None,
     random_weights: str = "chosen",
+    ladder: bool = False,
+    ladder_pairs: int = 20,
+    ladder_null_pairs: int = 100,
+    ladder_levels: Sequence[int] | None = None,
     null_pairs: int = 100,
 ) -> dict:
     """Every method on every subject (see the module docstring); ``models`` maps an organism name to an
     already loaded model (tests); ``random_weights``: the probes' random-weights control (see ``probes``).
     Every across-pair test of the report is Holm-adjusted as one family ("multiple_comparisons").
+    ``ladder``: also run ``hooked_vivit.analysis.ladder.ladder`` over ``planted_models`` (``ladder_pairs``
+    pairs per model and level, ``ladder_null_pairs`` per level of the null, ``ladder_levels``: every level
+    of planted.LEVELS by default), kept under "ladder" (recall and the null's false-positive rate per
+    method and level, with intervals, and ``breaks``); about 0.06 s per pair on one CPU thread.
     Returns plain data; ``validation_markdown`` turns it into the table."""
     from hooked_vivit import planted
     from hooked_vivit.analysis import ladder as ladder_mod
@@ -955,6 +963,13 @@ def validate(
         raise ValueError(f"unknown methods {sorted(unknown)}; known: {list(METHODS)}")
     planted_models = planted.NAMES if planted_models is None else tuple(planted_models)
     t0, c0 = time.time(), time.process_time()
+    ladder_data = None
+    if ladder and planted_models:  # first: cheap, and its argument checks fail before the long run
+        ladder_data = ladder_mod.ladder(
+            planted_models, ladder_levels, n_pairs=ladder_pairs, null_pairs=ladder_null_pairs
+        )
+        if progress:
+            print(f"validate: ladder: {ladder_data['seconds']} s", flush=True)
     # The planted null gets null_pairs pairs (its false-positive rates; every method on every pair,
     # attribution included), whatever n_pairs the other subjects get.
     if isinstance(null_pairs, bool) or not isinstance(null_pairs, int) or null_pairs < 5:
@@ -977,7 +992,7 @@ def validate(
         for s in subjects
     ]
     multiple = adjust_validation(results)
-    return {
+    out = {
         "settings": {
             "pairs_per_domain": n_pairs,
             "seeds": [seed0, seed0 + n_pairs - 1],
@@ -991,6 +1006,7 @@ def validate(
             "attribution_goal": ATTRIBUTION_GOAL,
             "alpha": ALPHA,
             "random_weights": random_weights,
+            "ladder": ladder_data is not None,
         },
         "multiple_comparisons": multiple,
         "seconds": round(time.time() - t0, 1),
@@ -1000,6 +1016,9 @@ def validate(
         "headline": {res["subject"]: res.get("headline") for res in results},
         "subjects": results,
     }
+    if ladder_data is not None:
+        out["ladder"] = ladder_data
+    return out
 
 
 # ------------------------------------------------------------------------------------------ the table
@@ -1448,7 +1467,10 @@ def findings(result: dict, settings: dict) -> list[dict]:
     return rows
 
 
-def validation_markdown(data: dict) -> str:
+def validation_markdown(data: dict, *, ladder: bool = True, figure: str | None = None) -> str:
+    """The table; with ``ladder`` (and a "ladder" in ``data``) followed by the planted ladder's section
+    (``hooked_vivit.analysis.ladder.ladder_section``: its table and where each method breaks; ``figure``:
+    the relative path of its figure, shown with its caption)."""
     s = data["settings"]
     lines = [
         "| model | domain | method | what it found (mean [95 % CI over pairs]) | known / goal | verdict | p (Holm) |",
@@ -1478,7 +1500,12 @@ def validation_markdown(data: dict) -> str:
             "against the tokens whose pixels differ between the clips, ablations against control boxes matched on size "
             "and share of the pair's pixel difference."
         )
-    return head + "\n\n" + "\n".join(lines) + "\n"
+    text = head + "\n\n" + "\n".join(lines) + "\n"
+    if ladder and data.get("ladder"):
+        from hooked_vivit.analysis.ladder import ladder_section
+
+        text += "\n**Where each method breaks.** " + ladder_section(data["ladder"], figure)
+    return text
 
 
 def write_validation(out: Any, data: dict, *, overwrite: bool = False) -> Path:
@@ -1487,7 +1514,14 @@ def write_validation(out: Any, data: dict, *, overwrite: bool = False) -> Path:
 
     with output_directory(out, overwrite=overwrite, writer="hooked-vivit validate") as tmp:
         (tmp / "validation.json").write_text(json.dumps(to_jsonable(data), indent=1) + "\n")
-        (tmp / "validation.md").write_text("# Validation against known mechanisms\n\n" + validation_markdown(data))
+        figure = None
+        if data.get("ladder"):
+            from hooked_vivit.analysis.ladder import ladder_figure
+
+            figure = ladder_figure(data["ladder"], tmp / "ladder.png").name
+        (tmp / "validation.md").write_text(
+            "# Validation against known mechanisms\n\n" + validation_markdown(data, figure=figure)
+        )
     return out.path if isinstance(out, OutputDir) else Path(out)
 
 
