@@ -114,3 +114,24 @@ def test_ladder_table_and_breaks():
         ladder.ladder(("single_head",), n_pairs=0)
     with pytest.raises(ValueError, match="unknown planted"):
         ladder.ladder(("nope",))
+
+
+def test_redundant_heads_are_found_by_either_layer_and_the_confound_makes_the_region_rule_decide():
+    """Redundant heads: the MLP and each head's layer restore the decision alone (each >= 1 by a raw
+    patch), so any of them ranked first is a hit; without the confound the planted tokens are every
+    differing token and the region rule cannot decide, with it (half the difference elsewhere) it does."""
+    red = planted.build("redundant")
+    assert ladder.wanted_components(red.truth) == {"L0 attn", "L1 attn", "L2 mlp"}
+    pos, neg = red.pair(0)
+    m, c, o = red.model, red.truth.positive, red.truth.negative
+    with torch.inference_mode():
+        clean_logits, cache = m.run_with_cache(pos)
+        gap = lambda logits: float(logits[0, c] - logits[0, o])  # noqa: E731
+        clean, corrupt = gap(clean_logits), gap(m(neg))
+        for name in ("blocks.0.hook_attn_out", "blocks.1.hook_attn_out", "blocks.2.hook_mlp_out"):
+            patched = gap(m.run_with_hooks(neg, fwd_hooks=[(name, lambda a, hook: cache[hook.name])]))
+            assert (patched - corrupt) / (clean - corrupt) >= 1 - 1e-4, name
+    assert ladder.pair_decisions(red, 0)["recovery"] is True
+    single = planted.build("single_head")
+    assert ladder.pair_decisions(single, 0)["dla_region"] is None
+    assert ladder.pair_decisions(planted.build("single_head", confound=True), 0)["dla_region"] is True

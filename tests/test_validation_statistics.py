@@ -96,8 +96,10 @@ def test_region_ablation_misses_a_region_the_model_ignores_and_reports_unmatched
     pm, pairs = _pairs(6, region_at_blob=False)  # the region is the copy: the blob's box is among its controls
     ab = validation.region_ablation(pm.model, pairs, n_controls=4)
     assert ab["tested_pairs"] == 6 and ab["test"]["p"] > 0.5
-    rows = {f["method"]: f["verdict"] for f in validation.findings(_subject(ab), {})}
-    assert rows["outcome-region ablation (4 matched boxes per pair)"] == "missed"
+    row = {f["method"]: f for f in validation.findings(_subject(ab), {})}[
+        "outcome-region ablation (4 matched boxes per pair)"
+    ]
+    assert row["verdict"] == f"missed (Holm p = {row['p_holm']:.2g} >= 5% over 6 pairs; one-sided p >= 1/2^6)"
     # single_head's own pairs differ only inside the blob: no other place of its size differs as much
     pm = planted.build("single_head")
     b = pm.pixel_box(pm.truth.variables[0])
@@ -152,6 +154,11 @@ def _maps(differing: np.ndarray, base_differing: float = 0.5, all_tokens: float 
     }
 
 
+def _maps_test(row: dict) -> dict:
+    """The test a findings row reports (its p and Holm p), as _missed reads it."""
+    return {"p": row["p"], "p_holm": row["p_holm"], "pairs": 8}
+
+
 def _verdicts(maps: dict, outcome_is_label: bool = True) -> dict:
     res = {
         "subject": "constructed",
@@ -168,7 +175,11 @@ def test_the_enrichment_verdict_reads_the_differing_tokens(level, verdict):
     enrichment against the differing tokens across 1, and the all-token one is printed beside it."""
     rows = _verdicts(_maps(level * np.linspace(0.97, 1.03, 8)))
     dla, att = rows["differential DLA on the outcome region"], rows["attention enrichment on the outcome region"]
-    assert dla["verdict"] == verdict and att["verdict"] == ("found (layers 0)" if verdict == "found" else "missed")
+    if verdict == "found":
+        assert dla["verdict"] == "found" and att["verdict"] == "found (layers 0)"
+    else:  # the test said no: the verdict says which test and over how many pairs
+        assert dla["verdict"] == validation._missed(dla_test := _maps_test(dla)) and dla_test["p"] == 1.0
+        assert att["verdict"].startswith("missed (Holm p = 1 >= 5% over 8 pairs")
     assert "against all tokens (base rate 10%; not the verdict's null): enrichment 8.00" in dla["found"]
     assert dla["found"].endswith("enriched; 90% [90%, 90%] of its mass after the divergence")
     # the row's p is the differing-token test's: 8 pairs all above (below) 1 give 1/256 (255/256... = 1)
@@ -207,9 +218,11 @@ def test_validate_holm_adjusts_every_test_of_the_report_as_one_family():
     expected = multipletests([t["p"] for t in tests], method="holm")[1]
     assert [t["p_holm"] for t in tests] == pytest.approx(list(expected))
     # the all-token enrichments are tested (8 of 64 tokens, 5 pairs: 1/32 each) but set no verdict; the
-    # differing-token ones are untestable (the planted boxes are all that differs)
+    # differing-token ones are tested too: validate's planted pairs show a confound box as large as the
+    # blob, so the blob is half of what differs and its attribution (all of it) is 2-fold enriched in each pair
     sh = data["subjects"][0]["domains"]["single_head"]["maps"]
     assert sh["differential_dla"]["enrichment_test"]["p"] == pytest.approx(1 / 32)
-    assert sh["differential_dla"]["enrichment_differing_test"] is None
+    assert sh["differential_dla"]["enrichment_differing_test"]["p"] == pytest.approx(1 / 32)
+    assert sh["differential_dla"]["enrichment_differing"]["mean"] == pytest.approx(2.0, abs=1e-6)
     table = validation.validation_markdown(data)
     assert "| p (Holm) |" in table and f"Holm-adjusted across the whole report ({len(tests)} tests" in table

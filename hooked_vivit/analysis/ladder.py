@@ -103,7 +103,9 @@ def rate(decisions: Sequence[bool | None]) -> Rate:
 
 
 def _pair(pm: planted.PlantedModel, seed: int) -> validation.ValidationPair:
-    pos, neg = pm.pair(seed)
+    # a model built with a confound (planted.build(..., confound=True)) shows it in its pairs: the region
+    # methods then have other differing places to be compared with; the region stays the planted pixels
+    pos, neg = pm.pair(seed, confound=pm.truth.confound_region is not None)
     region = np.zeros((pm.cfg.num_frames, *pm.cfg.image_size), dtype=bool)
     for v in pm.truth.variables:
         region |= pm.pixel_mask(v)
@@ -119,9 +121,16 @@ def is_null(truth: planted.GroundTruth) -> bool:
 # One definition of each rule, on one pair's measured values; pair_decisions and validation (the
 # null's false-positive rates, validation.null_false_positives) both call these.
 def wanted_components(truth: planted.GroundTruth) -> set[str]:
-    """The components a recovery ranking should put first: the composing MLP (models with one), else
-    the planted heads' layers' attention ("L2 mlp", "L1 attn": validation.recovery's labels)."""
-    return {f"L{l} mlp" for l in truth.mlps} or {f"L{h.layer} attn" for h in truth.heads}
+    """The components a recovery ranking should put first (validation.recovery's labels): the composing
+    MLP of a composition; for redundant heads (an MLP reading several heads that write the same
+    direction, saturating) the MLP or either head's layer, each of which restores the decision alone
+    (as validation's findings, ``validation._mechanism``); else the planted heads' layers' attention."""
+    heads = {f"L{h.layer} attn" for h in truth.heads}
+    mlps = {f"L{l} mlp" for l in truth.mlps}
+    writes = [h.writes for h in truth.heads]
+    if mlps and len(set(writes)) < len(writes):  # redundant
+        return mlps | heads
+    return mlps or heads
 
 
 def rule_recovery(values: Sequence[float] | None, labels: Sequence[str], truth: planted.GroundTruth) -> bool:
@@ -265,6 +274,7 @@ def ladder(
     n_pairs: int = 20,
     null_pairs: int = 100,
     seed0: int = 0,
+    confound: bool = True,
 ) -> dict:
     """Every rule on ``n_pairs`` pairs (``null_pairs`` on the null) of each model at each level:
     {"settings", "rows": [{"model", "level", "null", "pairs", "rates": {method: Rate.to_json()}}],
@@ -285,7 +295,7 @@ def ladder(
     rows = []
     for name in names:
         for level in levels:
-            pm = planted.build(name, level=level)
+            pm = planted.build(name, level=level, confound=confound)
             null = is_null(pm.truth)
             n = null_pairs if null else n_pairs
             per_pair = [pair_decisions(pm, seed0 + i) for i in range(n)]

@@ -139,21 +139,25 @@ def organism_subject(
     return Subject(f"{organism.resolve(name)} organism", model, pairs, outcome_is_label)
 
 
-def planted_subject(name: str, n_pairs: int, seed0: int = 0) -> Subject:
+def planted_subject(name: str, n_pairs: int, seed0: int = 0, *, confound: bool = True) -> Subject:
     """A planted model's pairs (every variable on vs off, one background per pair); the region is the
-    pixels the pair changes (a set, not always a box: planted.PlantedModel.pixel_mask). The null model
-    has no planted head: its "last_head_layer" is the last layer (probes are read around the end) and
-    "null" says that nothing carries the pair's difference."""
+    pixels the planted variables change (a set, not always a box: planted.PlantedModel.pixel_mask). With
+    ``confound`` (the default) the model is built with a confound reader and its pairs also differ in a
+    confound box the decision ignores (planted.build(..., confound=True)): the region methods' matched
+    nulls then have another place that differs as much to compare with (without it the region is every
+    differing pixel and those tests are untestable). The null model has no planted head: its
+    "last_head_layer" is the last layer (probes are read around the end) and "null" says that nothing
+    carries the pair's difference."""
     from hooked_vivit import planted
 
-    pm = planted.build(name)
+    pm = planted.build(name, confound=confound)
     cfg = pm.cfg
     region = np.zeros((cfg.num_frames, *cfg.image_size), dtype=bool)
     for v in pm.truth.variables:
         region |= pm.pixel_mask(v)
     start = int(np.nonzero(region.any((1, 2)))[0][0])
     classes = (pm.truth.positive, pm.truth.negative)
-    pairs = [ValidationPair(p, n, region, start, classes) for p, n in pm.pairs(n_pairs, seed=seed0)]
+    pairs = [ValidationPair(p, n, region, start, classes) for p, n in pm.pairs(n_pairs, seed=seed0, confound=confound)]
     truth = {
         "components": list(pm.truth.component_labels),
         "heads": list(pm.truth.head_labels),
@@ -163,6 +167,7 @@ def planted_subject(name: str, n_pairs: int, seed0: int = 0) -> Subject:
         "null": not pm.truth.heads and not pm.truth.mlps,
         "head_writes": [h.writes for h in pm.truth.heads],  # the direction each planted head writes
         "level": pm.truth.level,
+        "confound": confound,
     }
     return Subject(f"planted {name}", pm.model, {name: pairs}, True, truth, pm.truth)
 
@@ -1046,6 +1051,14 @@ def _significant(test: dict | None) -> bool:
     return test is not None and test.get("p_holm") is not None and test["p_holm"] < ALPHA
 
 
+def _missed(test: dict | None) -> str:
+    """ "missed", with the test that did not reach significance where there is one: with few pairs a
+    one-sided signed-rank test cannot go below 1 / 2^n before Holm, so a miss may be a lack of pairs."""
+    if test is None or test.get("p_holm") is None:
+        return "missed"
+    return f"missed (Holm p = {test['p_holm']:.2g} >= {ALPHA:.0%} over {test['pairs']} pairs; one-sided p >= 1/2^{test['pairs']})"
+
+
 def _enriched(stat: dict | None, test: dict | None, i: int | None = None) -> bool:
     """An enrichment is called enriched when its 95 % interval over pairs lies above 1 and its one-sided
     signed-rank test of enrichment > 1 (signed_rank_test) holds after Holm's adjustment."""
@@ -1294,7 +1307,7 @@ def findings(result: dict, settings: dict) -> list[dict]:
                 if why is not None:
                     verdict = why
                 else:
-                    verdict = ("found" if on_d else "missed") if gt else _word(on_d)
+                    verdict = ("found" if on_d else _missed(t_d)) if gt else _word(on_d)
                 negative["differential DLA"] = (
                     on_all,
                     None if why else on_d,
@@ -1344,7 +1357,7 @@ def findings(result: dict, settings: dict) -> list[dict]:
             if why is not None:
                 verdict = why
             elif gt:
-                verdict = f"found ({fmt_layers(layers_d)})" if layers_d else "missed"
+                verdict = f"found ({fmt_layers(layers_d)})" if layers_d else _missed(best_t)
             else:
                 verdict = (
                     f"enriched in {fmt_layers(layers_d)} (attention without outcome use)"
@@ -1431,7 +1444,7 @@ def findings(result: dict, settings: dict) -> list[dict]:
                     "reach 5 %)"
                 )
             elif gt:
-                verdict = "found" if _significant(test) else "missed"
+                verdict = "found" if _significant(test) else _missed(test)
             else:
                 verdict = "matters more than matched controls" if _significant(test) else "correct negative"
             expected = (
