@@ -192,27 +192,24 @@ def signed_rank_test(
     95 % interval over pairs. Differences within ``atol`` of 0 count as zero (float rounding is not a
     direction). None with fewer than MIN_TEST_PAIRS non-zero differences (a one-sided test of 4 pairs
     cannot go below 1/16)."""
-    from scipy.stats import rankdata, wilcoxon
+    from hooked_vivit.causal import statistics
 
     d = np.asarray(values, dtype=np.float64).reshape(-1) - null
-    d = d[np.isfinite(d)]
-    d[np.abs(d) <= atol] = 0.0
-    nz = d[d != 0]
-    if len(nz) < MIN_TEST_PAIRS:
+    t = statistics.paired_test(
+        d[np.isfinite(d)], alternative="greater", atol=atol, min_nonzero=MIN_TEST_PAIRS, n_boot=n_boot, seed=seed
+    )
+    if t is None:
         return None
-    ranks = rankdata(np.abs(nz))
-    w_plus, w_minus = float(ranks[nz > 0].sum()), float(ranks[nz < 0].sum())
-    lo, hi = bootstrap_ci(d, n_boot, seed)
     return {
-        "test": "Wilcoxon signed-rank (scipy.stats.wilcoxon), one-sided (greater), over pairs",
+        "test": t["test"],
         "null": null,
-        "p": float(wilcoxon(nz, alternative="greater").pvalue),
-        "w_plus": w_plus,
-        "rank_biserial": (w_plus - w_minus) / (w_plus + w_minus),
-        "mean_difference": float(d.mean()),
-        "mean_difference_ci95": [float(lo), float(hi)],
-        "pairs": int(len(d)),
-        "nonzero": int(len(nz)),
+        "p": t["p"],
+        "w_plus": t["w_plus"],
+        "rank_biserial": t["rank_biserial"],
+        "mean_difference": t["mean"],
+        "mean_difference_ci95": t["ci95"],
+        "pairs": t["pairs"],
+        "nonzero": t["nonzero"],
     }
 
 

@@ -103,29 +103,46 @@ def sequential_monte_carlo_p(
     return SequentialP(p=(k + 1) / (c.size + 1), used=int(c.size), exceedances=k, stopped_early=False)
 
 
-def paired_test(differences: Sequence[float] | np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> dict | None:
+def paired_test(
+    differences: Sequence[float] | np.ndarray,
+    *,
+    alternative: Literal["two-sided", "greater", "less"] = "two-sided",
+    atol: float = 0.0,
+    min_nonzero: int = 5,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict | None:
     """The across-pairs test of per-pair differences (one value per pair: the pair is the unit):
-    Wilcoxon's signed-rank test of a zero median difference (two-sided; zero differences dropped,
-    scipy's default "wilcox" zero method), the matched-pairs rank-biserial correlation r = (W+ - W-) /
-    (W+ + W-) as effect size (+1: every pair positive), and the mean difference with a percentile-
-    bootstrap 95 % interval. None with fewer than 5 non-zero differences (no two-sided test at 5 %)."""
+    Wilcoxon's signed-rank test of a zero median difference (``scipy.stats.wilcoxon``, ``alternative``
+    as scipy's; zero differences dropped, scipy's default "wilcox" zero method; differences within
+    ``atol`` of 0 count as zero: float rounding is not a direction), the matched-pairs rank-biserial
+    correlation r = (W+ - W-) / (W+ + W-) as effect size (+1: every pair positive), and the mean
+    difference with a percentile-bootstrap 95 % interval. None with fewer than ``min_nonzero`` non-zero
+    differences (5: with fewer, an exact one-sided test cannot go below 1/16)."""
     from scipy.stats import rankdata, wilcoxon
 
     from hooked_vivit.causal.probes import bootstrap_ci
 
-    d = np.asarray(differences, dtype=np.float64).reshape(-1)
+    d = np.asarray(differences, dtype=np.float64).reshape(-1).copy()
     if not np.isfinite(d).all():
         raise ValueError("paired_test: the differences must be finite")
+    d[np.abs(d) <= atol] = 0.0
     nz = d[d != 0]
-    if len(nz) < 5:
+    if len(nz) < min_nonzero:
         return None
     ranks = rankdata(np.abs(nz))
     w_plus, w_minus = float(ranks[nz > 0].sum()), float(ranks[nz < 0].sum())
     lo, hi = bootstrap_ci(d, n_boot, seed)
+    name = (
+        "Wilcoxon signed-rank, two-sided (scipy.stats.wilcoxon), over pairs"
+        if alternative == "two-sided"
+        else f"Wilcoxon signed-rank (scipy.stats.wilcoxon), one-sided ({alternative}), over pairs"
+    )
     return {
-        "test": "Wilcoxon signed-rank, two-sided (scipy.stats.wilcoxon), over pairs",
-        "p": float(wilcoxon(nz).pvalue),
+        "test": name,
+        "p": float(wilcoxon(nz, alternative=alternative).pvalue),
         "statistic": float(min(w_plus, w_minus)),
+        "w_plus": w_plus,
         "rank_biserial": (w_plus - w_minus) / (w_plus + w_minus),
         "mean": float(d.mean()),
         "ci95": [float(lo), float(hi)],
