@@ -33,10 +33,23 @@ def ship_ladder(data: dict, readme: Path = ROOT / "README.md") -> str:
     return text
 
 
+def _round(x: object) -> object:
+    """Floats to 6 significant digits, recursively."""
+    if isinstance(x, float):
+        return float(f"{x:.6g}")
+    if isinstance(x, dict):
+        return {k: _round(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_round(v) for v in x]
+    return x
+
+
 def ship(data: dict) -> str:
     for name in organism.ORGANISMS:
         path = organism.checkpoint_path(name)
-        (path / VALIDATION_FILE).write_text(json.dumps(to_jsonable(data), indent=1) + "\n")
+        # compact, 6 significant digits: the per-pair values the verdicts read make the indented file ~2 MB
+        # per organism; the model card's table (validation_markdown) reads the same from either
+        (path / VALIDATION_FILE).write_text(json.dumps(_round(to_jsonable(data)), separators=(",", ":")) + "\n")
         write_model_card(
             path, json.loads((path / "metrics.json").read_text()), json.loads((path / "probes.json").read_text())
         )
