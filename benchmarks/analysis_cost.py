@@ -39,6 +39,8 @@ from hooked_vivit.analysis import pipeline
 from hooked_vivit.analysis.cost import DEFINITION, VIVIT_B, attention_flops, mlp_flops, reprice
 
 BEFORE = "f3d9857"
+
+
 def _analyze_default(name: str) -> int:
     import inspect
 
