@@ -4,6 +4,7 @@ extract keeps its finished shards for the same command to continue."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +79,9 @@ def test_sigint_during_extract_keeps_the_finished_shards_and_the_same_command_co
         capture_output=True,
         text=True,
         timeout=300,
+        # a suite started in the background by a non-interactive shell inherits SIGINT ignored, and Python
+        # then installs no KeyboardInterrupt handler: give the child the default a terminal would
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     resume = tmp_path / ".acts.resume"
     assert proc.returncode == 130, proc.stderr

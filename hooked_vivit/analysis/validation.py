@@ -1053,7 +1053,10 @@ def _missed(test: dict | None) -> str:
     one-sided signed-rank test cannot go below 1 / 2^n before Holm, so a miss may be a lack of pairs."""
     if test is None or test.get("p_holm") is None:
         return "missed"
-    return f"missed (Holm p = {test['p_holm']:.2g} >= {ALPHA:.0%} over {test['pairs']} pairs; one-sided p >= 1/2^{test['pairs']})"
+    text = f"missed (Holm p = {test['p_holm']:.2g} >= {ALPHA:.0%} over {test['pairs']} pairs"
+    if test.get("p") is not None and test["p"] <= 1.0001 / 2 ** test["pairs"]:  # every pair agreed: a lack of pairs
+        text += f"; every pair in the expected direction, but one-sided p cannot go below 1/2^{test['pairs']}"
+    return text + ")"
 
 
 def _enriched(stat: dict | None, test: dict | None, i: int | None = None) -> bool:
