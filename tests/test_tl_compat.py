@@ -50,25 +50,6 @@ def test_compat_reads_the_installed_transformer_lens():
     assert compat.TL_MAJOR in (3, 4)
 
 
-def test_compat_bootstrap_is_transformer_lens_where_it_exists():
-    values = torch.randn(40, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    ours = compat._bootstrap_ci(values, dim=0, n_resamples=700, generator=compat._derive_generator(5, "study"))
-    if TL4:
-        from transformer_lens.utilities import statistics
-
-        theirs = statistics.bootstrap_ci(
-            values, dim=0, n_resamples=700, generator=statistics.derive_generator(5, "study")
-        )
-        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)  # the same resamples, bit for bit
-    # A percentile bootstrap of the mean approaches mean -/+ 1.96 * standard error.
-    lo, hi = compat.bootstrap_ci(values, dim=0, n_resamples=4000, generator=compat.derive_generator(1))
-    se = values.std(0) / 40**0.5
-    torch.testing.assert_close(lo, values.mean(0) - 1.96 * se, atol=0.25 * se.max().item(), rtol=0)
-    torch.testing.assert_close(hi, values.mean(0) + 1.96 * se, atol=0.25 * se.max().item(), rtol=0)
-    const = torch.full((10,), 2.5, dtype=torch.float64)
-    assert [float(v) for v in compat.bootstrap_ci(const, dim=0, n_resamples=50)] == [2.5, 2.5]
-
-
 def test_per_example_patching_on_each_generation(model, x):
     _, clean_cache = model.run_with_cache(x)
     corrupted = x + 0.3
