@@ -13,7 +13,6 @@ import torch
 if TYPE_CHECKING:
     from hooked_vivit.model import HookedVideoTransformer
 
-REAL_VIVIT = "google/vivit-b-16x2-kinetics400"
 WEIGHT_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",

@@ -560,6 +560,3 @@ def output_directory(
         return
     with OutputDir(out, overwrite=overwrite, inputs=inputs, writer=writer) as reserved, reserved.writing() as tmp:
         yield tmp
-
-
-atomic_directory = output_directory  # the earlier name

@@ -170,9 +170,6 @@ def test_every_figure_labels_its_axes_and_ticks_layers_as_integers(tmp_path, fig
     for ax in fig.axes:
         _layer_ticks(ax, L + 1)
         assert [t.get_text() for t in ax.get_xticklabels()] == names and "%" in ax.get_ylabel()
-    rp.fig_probes(probes, tmp_path / "p_old.png")
-    _labelled(figures[-1])
-    _layer_ticks(figures[-1].axes[0], L + 1)
 
     dla = {"heatmap": rng.normal(size=(4, 3, 3)).tolist(), "class_name": "bowling"}
     rp.fig_dla(dla, tmp_path / "dla.png")

@@ -299,36 +299,6 @@ def outcome_class_pair(model: HookedVideoTransformer, classes: Sequence[int | st
     return out[0], out[1]
 
 
-def component_patched_activations(
-    model: HookedVideoTransformer, clean_cache: Any, negative: torch.Tensor, hook: str, *, chunk: int | None = None
-) -> torch.Tensor:
-    """``hook`` on the negative run with one component's output (attn_out, mlp_out of each layer, in
-    that order, all tokens) replaced by the positive run's: [2 * n_layers, ...]. k patched variants
-    run as one batch, each row carrying its own patch."""
-    L = model.cfg.n_layers
-    comps = [f"blocks.{l}.hook_{k}" for l in range(L) for k in ("attn_out", "mlp_out")]
-    chunk = chunk or (len(comps) if model.cfg.n_ctx <= 1024 else 1)
-    outs = []
-    for i in range(0, len(comps), chunk):
-        names = comps[i : i + chunk]
-        captured = {}
-
-        def patch(act, hook, row):
-            act[row] = clean_cache[hook.name][0].to(act.dtype)
-            return act
-
-        def grab(act, hook):
-            captured["a"] = act.detach().clone()
-
-        hooks = [(n, (lambda r: lambda act, hook: patch(act, hook, r))(r)) for r, n in enumerate(names)] + [
-            (hook, grab)
-        ]
-        with torch.inference_mode():
-            model.run_with_hooks(negative[:1].expand(len(names), *negative.shape[1:]), fwd_hooks=hooks)
-        outs.append(captured["a"])
-    return torch.cat(outs)
-
-
 def recovery_variants(
     patched: torch.Tensor,
     clean: torch.Tensor,

@@ -164,25 +164,6 @@ def fig_cls_attention(
     return _save(fig, path)
 
 
-def fig_probes(probes: dict, path: Path, ci: dict | None = None) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    x = np.arange(len(probes["layers"]))
-    for kind, color in [
-        (k, c) for k, c in (("cls", "#1f77b4"), ("mean", "#2ca02c")) if k in probes
-    ]:  # no CLS: "mean" only
-        acc = np.array([r["accuracy"] for r in probes[kind]]) * 100
-        ctl = np.array([r["control_accuracy"] for r in probes[kind]]) * 100
-        ax.plot(x, acc, "o-", color=color, label=f"{kind} probe")
-        ax.plot(x, ctl, "x:", color=color, label=f"{kind} control (shuffled by pair)")
-    ax.axhline(probes["pixels"]["accuracy"] * 100, color="gray", ls="--", label="pixel-space baseline")
-    ax.axhline(50, color="k", lw=0.5)
-    _layer_axis(ax, len(probes["layers"]), probes["layers"], "probed activation (layer)", rotation=30, fontsize=7)
-    ax.set_ylim(0, 105)
-    ax.set_ylabel("held-out outcome accuracy (%)")
-    ax.legend(fontsize=7)
-    return _save(fig, path)
-
-
 def fig_frames(pos: np.ndarray, neg: np.ndarray, names: tuple[str, str], path: Path) -> Path:
     from hooked_vivit.synthetic import frame_grid
 
