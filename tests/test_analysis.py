@@ -442,7 +442,8 @@ def check_cross_fitting_and_paired_tests(model, st, data):
     per_pair = st["outcome"]["ablation"][region]["logit_gap"]
     assert per_pair["change"]["per_pair"][1] == ab.regions[region].logit_gap.change
     # the MLP-minus-attention gap over pairs: scipy's Wilcoxon on the per-pair gaps
-    head = np.array(st["mlp"]["per_pair"]).mean(1) - np.array(st["attn"]["per_pair"]).mean(1)
+    rec = st["recovery"][st["headline"]]
+    head = np.array(rec["mlp"]["per_pair"]).mean(1) - np.array(rec["attn"]["per_pair"]).mean(1)
     t = st["mlp_minus_attn"]["paired_test"]
     assert t["p"] == pytest.approx(wilcoxon(head).pvalue) and t["pairs"] == 5
     for r in st["outcome"]["descriptive_regions"]:
@@ -459,10 +460,12 @@ def test_study_has_intervals(saved_model, tmp_path):
     model = HookedViViT.from_pretrained(saved_model)
     studies = pipeline.run_study(model, ["golf"], 5, tmp_path / "study", progress=False, outcome_pairs=4, probe_pairs=6)
     st = studies[0]
-    lo, hi = np.array(st["attn"]["ci95"][0]), np.array(st["attn"]["ci95"][1])
-    mean = np.array(st["attn"]["mean"])
+    assert st["headline"] == "cls_projection" and "attn" not in st  # the headline's numbers: recovery[headline]
+    head = st["recovery"]["cls_projection"]
+    lo, hi = np.array(head["attn"]["ci95"][0]), np.array(head["attn"]["ci95"][1])
+    mean = np.array(head["attn"]["mean"])
     assert (lo <= mean + 1e-9).all() and (mean <= hi + 1e-9).all()
-    assert np.array(st["mlp"]["per_pair"]).shape == (5, model.cfg.n_layers)
+    assert np.array(head["mlp"]["per_pair"]).shape == (5, model.cfg.n_layers)
     assert (tmp_path / "study" / "report.html").exists()
     assert (
         st["seeds"] == [6_000_000, 6_000_004]
@@ -471,7 +474,6 @@ def test_study_has_intervals(saved_model, tmp_path):
     )
     nr = np.array(st["recovery"]["norm_ratio_cls"]["attn"]["per_pair"])
     assert st["norm_ratio_above_1"]["cls"]["per_component"]["attn"] == (nr > 1).mean(0).tolist()
-    assert st["recovery"]["cls_projection"]["attn"]["per_pair"] == st["attn"]["per_pair"]
     assert st["outcome"]["pairs"] == 4 and "object: ball" in st["outcome"]["ablation"]
     data = json.loads((tmp_path / "study" / "results.json").read_text())
     check_cross_fitting_and_paired_tests(model, st, data)
@@ -479,7 +481,7 @@ def test_study_has_intervals(saved_model, tmp_path):
     summary = pipeline.study_summary(model, studies)
     first_pair = {"variants": {v: {c: r[c]["per_pair"][0] for c in ("attn", "mlp")} for v, r in st["recovery"].items()}}
     placed = pipeline.place_in_distribution(first_pair, summary, "golf")
-    dist = np.array(st["attn"]["per_pair"])
+    dist = np.array(head["attn"]["per_pair"])
     shipped = np.round(dist, 4)  # the summary ships 4 decimals
     assert placed["pairs"] == 5
     for layer, e in enumerate(placed["variants"]["cls_projection"]["attn"]):

@@ -369,8 +369,9 @@ def test_study_over_pairs_in_two_processes_equals_the_per_pair_functions(setup, 
     np.testing.assert_allclose(st["deltas_cls"]["per_pair"], deltas, rtol=1e-5)
     np.testing.assert_allclose(st["deltas_cls"]["mean"], np.mean(deltas, 0), rtol=1e-5)
     head = np.array(head)
-    np.testing.assert_allclose(st["attn"]["per_pair"], head[:, 0], rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(st["attn"]["ci95"], pipeline._stat(head[:, 0])["ci95"], rtol=1e-4, atol=1e-7)
+    attn = st["recovery"][st["headline"]]["attn"]
+    np.testing.assert_allclose(attn["per_pair"], head[:, 0], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(attn["ci95"], pipeline._stat(head[:, 0])["ci95"], rtol=1e-4, atol=1e-7)
     gap = head[:, 1].mean(1) - head[:, 0].mean(1)
     assert st["mlp_minus_attn"]["mean"] == pytest.approx(gap.mean(), rel=1e-5, abs=1e-8)
     e = st["outcome"]["ablation"]["top class-DLA tokens"]["logit_gap"]["change"]

@@ -551,7 +551,10 @@ def test_analyze_and_study_run_on_a_tiny_vjepa2(tmp_path):
     assert "attentive pooler&#x27;s learned query" in html or "attentive pooler's learned query" in html
     assert "(d) Pooler query attention" in html and "(d) CLS attention" not in html
     studies = pipeline.run_study(model, ["golf"], 3, tmp_path / "study", progress=False, outcome_pairs=2, probe_pairs=5)
-    assert len(studies[0]["attn"]["per_pair"]) == 3 and (tmp_path / "study" / "report.html").exists()
+    assert (
+        len(studies[0]["recovery"][studies[0]["headline"]]["attn"]["per_pair"]) == 3
+        and (tmp_path / "study" / "report.html").exists()
+    )
 
 
 # ------------------------------------------------------------------ the real size

@@ -1139,8 +1139,6 @@ def summarize_pair_statistics(
     out["deltas_cls"] = _stat(deltas_cls, per_pair=True)
     out["deltas_tokens"] = _stat(deltas_tok, per_pair=True)
     head = arrays[headline]
-    out["attn"] = _stat(head[:, 0], per_pair=True)  # the headline variant under the earlier keys
-    out["mlp"] = _stat(head[:, 1], per_pair=True)
     out["recovery"] = {
         name: {comp: _stat(a[:, j], per_pair=True) for j, comp in enumerate(("attn", "mlp"))}
         for name, a in arrays.items()
@@ -1341,7 +1339,6 @@ def study_domain(
     }
     out.update(summarize_pair_statistics(deltas_cls, deltas_tok, arrays, headline))
     if temporal[headline]:  # TimeSformer: the temporal attention block, beside attn and mlp
-        out["temporal_attn"] = _stat(temporal[headline], per_pair=True)
         for name, v in temporal.items():
             out["recovery"][name]["temporal_attn"] = _stat(v, per_pair=True)
     if outcomes:
@@ -1697,9 +1694,10 @@ def write_study(
             }
             f1 = rp.fig_deltas(deltas, tmp / f"{dom}_deltas.png", ci)
             h = st.get("headline", ex.HEADLINE_RECOVERY)
-            rec = {h: {"attn": st["attn"]["mean"], "mlp": st["mlp"]["mean"]}}
+            head = st["recovery"][h]
+            rec = {h: {"attn": head["attn"]["mean"], "mlp": head["mlp"]["mean"]}}
             rp.fig_recovery(
-                rec, tmp / f"{dom}_recovery.png", kind=h, ci={"attn": st["attn"]["ci95"], "mlp": st["mlp"]["ci95"]}
+                rec, tmp / f"{dom}_recovery.png", kind=h, ci={"attn": head["attn"]["ci95"], "mlp": head["mlp"]["ci95"]}
             )
             f2 = rp.fig_recovery_variants(
                 {v: {c: st["recovery"][v][c]["mean"] for c in st["recovery"][v]} for v in st["recovery"]},
