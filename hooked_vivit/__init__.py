@@ -11,6 +11,7 @@ from hooked_vivit.model import HookedVideoTransformer, HookedViViT, HookNameErro
 from hooked_vivit.timesformer import HookedTimeSformer, HookedTimeSformerConfig
 from hooked_vivit.token_grid import TokenGrid
 from hooked_vivit.videomae import HookedVideoMAE, HookedVideoMAEConfig
+from hooked_vivit.videoprism import HookedVideoPrism, HookedVideoPrismConfig
 from hooked_vivit.vjepa2 import HookedVJEPA2, HookedVJEPA2Config
 
 __version__ = "0.1.0"
@@ -21,6 +22,8 @@ __all__ = [
     "HookedTimeSformerConfig",
     "HookedVideoMAE",
     "HookedVideoMAEConfig",
+    "HookedVideoPrism",
+    "HookedVideoPrismConfig",
     "HookedVJEPA2",
     "HookedVJEPA2Config",
     "HookedVideoTransformer",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
-from weights_conversion import timesformer, videomae, vivit, vjepa2
+from weights_conversion import timesformer, videomae, videoprism, vivit, vjepa2
 from weights_conversion.common import CheckpointError, check_keys, checkpoint_has_classifier, is_hooked_layout
 from weights_conversion.vivit import convert_vivit_weights, expected_hf_shapes, hooked_to_hf_weights, normalize_hf_keys
 
@@ -24,6 +24,9 @@ CONVERTERS: dict[str, Converter] = {
     "videomae": Converter(videomae.convert_videomae_weights, videomae.hooked_to_hf_weights),
     "timesformer": Converter(timesformer.convert_timesformer_weights, timesformer.hooked_to_hf_weights),
     "vjepa2": Converter(vjepa2.convert_vjepa2_weights, vjepa2.hooked_to_hf_weights),
+    # VideoPrismForVideoClassification / VisionModel / VideoModel; "videoprism" (the CLIP model) is its video tower.
+    "videoprism_vision_model": Converter(videoprism.convert_videoprism_weights, videoprism.hooked_to_hf_weights),
+    "videoprism": Converter(videoprism.convert_videoprism_weights, videoprism.hooked_to_hf_weights),
 }
 
 

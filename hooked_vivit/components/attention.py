@@ -44,6 +44,10 @@ class Attention(nn.Module):
         self.b_V: Float[torch.Tensor, "n_heads d_head"] = nn.Parameter(torch.zeros(H, E, dtype=cfg.dtype))
         self.b_O: Float[torch.Tensor, d_model] = nn.Parameter(torch.zeros(d, dtype=cfg.dtype))
         self.attn_scale = math.sqrt(E)
+        # Attention-logit soft-capping (TransformerLens's attn_scores_soft_cap; VideoPrism, Gemma 2):
+        # scores -> cap * tanh(scores / cap) before hook_attn_scores. The fused kernel cannot cap, so a
+        # capped attention always takes the explicit path.
+        self.softcap: float | None = float(getattr(cfg, "attn_scores_soft_cap", 0.0) or 0.0) or None
 
         self.hook_q = HookPoint()  # [batch, pos, head, d_head]
         self.hook_k = HookPoint()  # [batch, pos, head, d_head]
@@ -69,7 +73,19 @@ class Attention(nn.Module):
         return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
 
     def needs_pattern(self) -> bool:
-        return not self.cfg.use_sdpa or self.hook_attn_scores.has_hooks() or self.hook_pattern.has_hooks()
+        return (
+            self.softcap is not None
+            or not self.cfg.use_sdpa
+            or self.hook_attn_scores.has_hooks()
+            or self.hook_pattern.has_hooks()
+        )
+
+    def scores(self, qh: torch.Tensor, kh: torch.Tensor) -> Float[torch.Tensor, "batch head query_pos key_pos"]:
+        """q·kᵀ / sqrt(d_head), soft-capped when ``softcap`` is set (what hook_attn_scores sees)."""
+        scores = torch.matmul(qh, kh.transpose(-1, -2)) / self.attn_scale
+        if self.softcap is not None:
+            scores = torch.tanh(scores / self.softcap) * self.softcap
+        return scores
 
     def _project(self, x: AttnInput, W: torch.Tensor, b: torch.Tensor) -> Float[torch.Tensor, "batch pos head d_head"]:
         if x.ndim == 4:  # per-head input copies
@@ -116,7 +132,7 @@ class Attention(nn.Module):
     ) -> Float[torch.Tensor, "batch head n_queries key_pos"]:
         """The pattern rows of some queries, with the explicit path's arithmetic (fp32 softmax of
         q·kᵀ / sqrt(d_head)), so equal to those rows of hook_pattern."""
-        scores = torch.matmul(q_rows, kh.transpose(-1, -2)) / self.attn_scale
+        scores = self.scores(q_rows, kh)
         return F.softmax(scores, dim=-1, dtype=torch.float32).to(q_rows.dtype)
 
     # ------------------------------------------------------------------ forward
@@ -134,7 +150,7 @@ class Attention(nn.Module):
         # [batch, head, pos, d_head] views for the matmuls.
         qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if self.needs_pattern():
-            scores = self.hook_attn_scores(torch.matmul(qh, kh.transpose(-1, -2)) / self.attn_scale)
+            scores = self.hook_attn_scores(self.scores(qh, kh))
             pattern = self.hook_pattern(F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype))
             if self.hook_pattern_rows.has_hooks():
                 # A copy (a cached slice would keep the whole pattern alive); written back out of
