@@ -14,8 +14,9 @@ each file's size and sha256 taken when it was written. Then:
   anything else stays, with a warning. A target that is, or holds, one of the run's inputs (for
   ``extract`` and ``study``: every clip its list names), or the current directory, is refused;
   so is a target below a file (``--out file.txt/sub``);
-- the checks and a lock (``.NAME.lock`` beside the target, held with flock(2), so it is free again
-  the moment its process ends, however it ended; the file holds the pid, for the message) come
+- the checks and a lock (``.NAME.lock`` beside the target, a ``filelock.FileLock``: flock(2) on Unix,
+  so it is free again the moment its process ends, however it ended; the file holds the pid, for the
+  message, and goes with the run) come
   before the work, so a second run into the same directory is refused at once; the final rename
   fails if the target appeared meanwhile (rename(2) never replaces a non-empty directory);
 - a symlinked target is followed (the link then points at the new directory);
@@ -53,6 +54,8 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 MANIFEST = ".hooked-vivit-manifest.json"
 RESUME_STATE = ".hooked-vivit-resume.json"  # in a resume folder: who writes it and with which settings
@@ -185,7 +188,8 @@ class OutputDir:
         self.inputs = [Path(os.path.realpath(Path(p).expanduser())) for p in inputs if p is not None]
         self.writer = writer
         self._lock: Path | None = None
-        self._lock_fd: int | None = None
+        self._file_lock: FileLock | None = None
+        self._lock_stat: os.stat_result | None = None  # the lock file this run holds
         self._digests: dict = {}  # sha256 of files already read, by (device, inode, size, times)
         self._replacing = False
         self._old_sigterm = None
@@ -265,43 +269,34 @@ class OutputDir:
 
     # ------------------------------------------------------------------ lock and signals
     def _take_lock(self) -> None:
-        """flock(2) on ``.NAME.lock``: held while this run lives, released by the kernel when its process
+        """``.NAME.lock``, a FileLock: held while this run lives, released by the kernel when its process
         ends (also by SIGKILL), so a leftover file, whatever it holds, is free; one held now is not."""
         lock = self.target.parent / f".{self.target.name}.lock"
         self.target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            import fcntl
-        except ImportError:  # no flock (Windows): the file's existence is the lock
-            fcntl = None
         for _ in range(10):
-            flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | (0 if fcntl else os.O_EXCL)
+            held: list[os.stat_result] = []
+
+            def own(fd: int) -> None:  # FileLock's descriptor, just locked
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())  # for the message a second run shows
+                held.append(os.fstat(fd))
+
+            file_lock = FileLock(lock, blocking=False, thread_local=False, on_acquired=own)
             try:
-                fd = os.open(lock, flags, 0o666)
-            except FileExistsError:
-                raise OutputDirError(
-                    f"another hooked-vivit run is writing {self._shown()} (lock {lock}); wait for it to finish, "
-                    "or delete the lock if no run is writing there"
-                ) from None
-            try:
-                if fcntl is not None:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                text = os.pread(fd, 64, 0).decode(errors="replace").split()
-                os.close(fd)
+                file_lock.acquire()
+            except Timeout:
+                if not os.path.lexists(lock):  # the run that held it has just finished and removed it: again
+                    continue
+                try:
+                    text = lock.read_bytes()[:64].decode(errors="replace").split()
+                except OSError:
+                    text = []
                 pid = f" (pid {text[0]})" if text and text[0].isdigit() else ""  # none yet: its owner is starting
                 raise OutputDirError(
                     f"another hooked-vivit run{pid} is writing {self._shown()} (lock {lock}); "
                     "wait for it to finish or choose another directory"
                 ) from None
-            except BaseException:
-                os.close(fd)
-                raise
-            if not _same_file(fd, lock):  # the run that held it has just finished and removed it: again
-                os.close(fd)
-                continue
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())  # for the message a second run shows
-            self._lock, self._lock_fd = lock, fd
+            self._lock, self._file_lock, self._lock_stat = lock, file_lock, held[0]
             return
         raise OutputDirError(f"could not take the lock {lock} (other runs keep taking it); try again")
 
@@ -317,13 +312,14 @@ class OutputDir:
         if self._old_sigterm is not None:
             signal.signal(signal.SIGTERM, self._old_sigterm)
             self._old_sigterm = None
-        if self._lock_fd is not None:
+        if self._file_lock is not None:
             try:
-                if _same_file(self._lock_fd, self._lock):
+                # Windows: an open file cannot be removed (FileLock removes it after the release there).
+                if _same_file(self._lock_stat, self._lock) and os.name != "nt":
                     self._lock.unlink()  # before the lock is released: nobody else holds this file
             finally:
-                os.close(self._lock_fd)  # releases the flock
-                self._lock, self._lock_fd = None, None
+                self._file_lock.release()
+                self._lock, self._file_lock, self._lock_stat = None, None, None
 
     # ------------------------------------------------------------------ writing
     @contextmanager
@@ -470,14 +466,12 @@ def _resume_settings(folder: Path) -> dict | None:
     return None
 
 
-def _same_file(fd: int, path: Path) -> bool:
-    """``path`` is still the file open as ``fd``."""
+def _same_file(own: os.stat_result, path: Path) -> bool:
+    """``path`` is still the file ``own`` describes."""
     try:
-        st = os.stat(path, follow_symlinks=False)
+        return os.path.samestat(os.stat(path, follow_symlinks=False), own)
     except OSError:
         return False
-    own = os.fstat(fd)
-    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
 
 
 def _terminate(signum, frame):  # noqa: ARG001 (signal handler signature)
