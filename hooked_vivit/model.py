@@ -755,7 +755,7 @@ class HookedVideoTransformer(HookedRootModule):
 
     def accumulated_bias(
         self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
-    ) -> Float[torch.Tensor, d_model]:
+    ) -> Float[torch.Tensor, " d_model"]:
         """Sum of the output biases (b_O, and b_out if asked) written before ``layer``'s input."""
         bias = torch.zeros(self.cfg.d_model, device=self.W_E.device, dtype=self.W_E.dtype)
         for l in range(layer):
@@ -850,7 +850,7 @@ class HookedVideoTransformer(HookedRootModule):
         return self.unembed.W_U
 
     @property
-    def b_U(self) -> Float[torch.Tensor, n_classes]:
+    def b_U(self) -> Float[torch.Tensor, " n_classes"]:
         if self.unembed is None:
             raise AttributeError("this model has no classifier head")
         return self.unembed.b_U

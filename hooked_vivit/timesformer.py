@@ -265,7 +265,7 @@ class HookedTimeSformer(HookedVideoTransformer):
 
     def accumulated_bias(
         self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
-    ) -> Float[torch.Tensor, d_model]:
+    ) -> Float[torch.Tensor, " d_model"]:
         raise NotImplementedError(
             "TimeSformer's temporal attention writes its bias to patch tokens only (not CLS), so no single "
             "accumulated bias vector describes every token; read the biases per block"

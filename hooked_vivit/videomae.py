@@ -122,7 +122,7 @@ class HookedVideoMAE(HookedVideoTransformer):
 
     def pooled_logit_terms(
         self, cache: Any, classes: ClassIndices
-    ) -> tuple[Float[torch.Tensor, "component batch n_ctx"], list[str], Float[torch.Tensor, batch]]:
+    ) -> tuple[Float[torch.Tensor, "component batch n_ctx"], list[str], Float[torch.Tensor, " batch"]]:
         """Exact direct logit attribution through mean pooling: (terms, labels, constant).
 
         ``terms[c, b, p]`` is what component c (embed, pos_embed, each attn_out / mlp_out) wrote at

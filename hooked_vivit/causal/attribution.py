@@ -44,7 +44,7 @@ class AttributionResult:
             s = s.sum(-1)
         return self.grid.unflatten(s, dim=1)[1].sum(dim=(-1, -2))
 
-    def by_component(self, act: str) -> Float[torch.Tensor, n_layers]:
+    def by_component(self, act: str) -> Float[torch.Tensor, " n_layers"]:
         """Sum over all tokens: the estimate for patching the whole component of each layer."""
         s = self.scores[act]
         return s.sum(dim=tuple(range(1, s.ndim)))

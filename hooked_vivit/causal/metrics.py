@@ -45,7 +45,7 @@ class Metric:
 
     hooks: tuple[str, ...] = ()
 
-    def __call__(self, logits: Logits, activations: Activations | None = None) -> Float[torch.Tensor, batch]:
+    def __call__(self, logits: Logits, activations: Activations | None = None) -> Float[torch.Tensor, " batch"]:
         raise NotImplementedError
 
     def mean_over_batch(self, logits: Logits) -> torch.Tensor:

@@ -42,7 +42,7 @@ class Attention(nn.Module):
         self.b_Q: Float[torch.Tensor, "n_heads d_head"] = nn.Parameter(torch.zeros(H, E, dtype=cfg.dtype))
         self.b_K: Float[torch.Tensor, "n_heads d_head"] = nn.Parameter(torch.zeros(H, E, dtype=cfg.dtype))
         self.b_V: Float[torch.Tensor, "n_heads d_head"] = nn.Parameter(torch.zeros(H, E, dtype=cfg.dtype))
-        self.b_O: Float[torch.Tensor, d_model] = nn.Parameter(torch.zeros(d, dtype=cfg.dtype))
+        self.b_O: Float[torch.Tensor, " d_model"] = nn.Parameter(torch.zeros(d, dtype=cfg.dtype))
         self.attn_scale = math.sqrt(E)
         # Attention-logit soft-capping (TransformerLens's attn_scores_soft_cap; VideoPrism, Gemma 2):
         # scores -> cap * tanh(scores / cap) before hook_attn_scores. The fused kernel cannot cap, so a

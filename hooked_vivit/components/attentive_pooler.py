@@ -114,7 +114,7 @@ class AttentivePooler(nn.Module):
     def __init__(self, cfg: HookedViViTConfig, n_layers: int, d_mlp: int):
         super().__init__()
         self.cfg = cfg
-        self.query: Float[torch.Tensor, d_model] = nn.Parameter(torch.zeros(cfg.d_model, dtype=cfg.dtype))
+        self.query: Float[torch.Tensor, " d_model"] = nn.Parameter(torch.zeros(cfg.d_model, dtype=cfg.dtype))
         self.blocks = nn.ModuleList([TransformerBlock(cfg, layer) for layer in range(n_layers)])
         self.cross = CrossAttentionBlock(cfg)
         # transformers builds the pooler's MLPs with its default ratio 4 whatever config.mlp_ratio says.

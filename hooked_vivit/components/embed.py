@@ -23,9 +23,9 @@ class TubeletEmbed(nn.Module):
         self.W_E: Float[torch.Tensor, "d_model channels t h w"] = nn.Parameter(
             torch.empty(cfg.d_model, cfg.n_channels, t, h, w, dtype=cfg.dtype)
         )
-        self.b_E: Float[torch.Tensor, d_model] = nn.Parameter(torch.zeros(cfg.d_model, dtype=cfg.dtype))
+        self.b_E: Float[torch.Tensor, " d_model"] = nn.Parameter(torch.zeros(cfg.d_model, dtype=cfg.dtype))
         if cfg.n_prefix_tokens:
-            self.cls_token: Float[torch.Tensor, d_model] = nn.Parameter(torch.zeros(cfg.d_model, dtype=cfg.dtype))
+            self.cls_token: Float[torch.Tensor, " d_model"] = nn.Parameter(torch.zeros(cfg.d_model, dtype=cfg.dtype))
 
     def forward(
         self, pixel_values: Float[torch.Tensor, "batch frames channels height width"]

@@ -21,8 +21,8 @@ class LayerNorm(nn.Module):
         self.cfg = cfg
         self.eps = cfg.eps if eps is None else eps
         if cfg.normalization_type == "LN":
-            self.w: Float[torch.Tensor, d_model] | None = nn.Parameter(torch.ones(cfg.d_model, dtype=cfg.dtype))
-            self.b: Float[torch.Tensor, d_model] | None = nn.Parameter(torch.zeros(cfg.d_model, dtype=cfg.dtype))
+            self.w: Float[torch.Tensor, " d_model"] | None = nn.Parameter(torch.ones(cfg.d_model, dtype=cfg.dtype))
+            self.b: Float[torch.Tensor, " d_model"] | None = nn.Parameter(torch.zeros(cfg.d_model, dtype=cfg.dtype))
         elif cfg.normalization_type == "LNPre":
             self.w = self.b = None
         else:

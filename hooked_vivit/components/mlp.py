@@ -67,11 +67,11 @@ class MLP(nn.Module):
         self.W_in: Float[torch.Tensor, "d_model d_mlp"] = nn.Parameter(
             torch.empty(cfg.d_model, cfg.d_mlp, dtype=cfg.dtype)
         )
-        self.b_in: Float[torch.Tensor, d_mlp] = nn.Parameter(torch.zeros(cfg.d_mlp, dtype=cfg.dtype))
+        self.b_in: Float[torch.Tensor, " d_mlp"] = nn.Parameter(torch.zeros(cfg.d_mlp, dtype=cfg.dtype))
         self.W_out: Float[torch.Tensor, "d_mlp d_model"] = nn.Parameter(
             torch.empty(cfg.d_mlp, cfg.d_model, dtype=cfg.dtype)
         )
-        self.b_out: Float[torch.Tensor, d_model] = nn.Parameter(torch.zeros(cfg.d_model, dtype=cfg.dtype))
+        self.b_out: Float[torch.Tensor, " d_model"] = nn.Parameter(torch.zeros(cfg.d_model, dtype=cfg.dtype))
         self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
         self.hook_post = HookPoint()  # [batch, pos, d_mlp]
 
