@@ -40,7 +40,7 @@ def make_model(name: str):
     from hooked_vivit.extract import load_model
 
     if name == "organism":
-        return load_model("organism")
+        return load_model("actions")
     cfg = HookedViViTConfig(
         n_layers=12,
         d_model=768,
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_scaling:
                 ckpt = tmp / f"{name}-ckpt"
                 if name == "organism":
-                    model_arg = "organism"
+                    model_arg = "actions"
                 else:
                     model.save_pretrained(ckpt)
                     model_arg = str(ckpt)

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("study_organism"))
     p.add_argument("--raw", type=Path, help="also keep every number of the studies here (JSON)")
     args = p.parse_args(argv)
-    model = pipeline.load_model("organism")
+    model = pipeline.load_model("actions")
     studies = pipeline.run_study(
         model,
         args.domain,

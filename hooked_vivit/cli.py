@@ -300,7 +300,7 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
         help="activations of chosen hooks over a folder or manifest of clips, to safetensors shards "
         "(resumable; data-parallel under torchrun)",
     )
-    p.add_argument("--model", default="organism", help="checkpoint directory or hub id; default: the shipped organism")
+    p.add_argument("--model", default="actions", help="checkpoint directory, hub id or organism name; default: actions")
     p.add_argument(
         "--videos",
         required=True,
@@ -406,7 +406,9 @@ def _add_sae_parser(sub) -> None:
     tr = sae_sub.add_parser(
         "train", help="train an SAE on one hook's token activations, evaluate it, save it (SAELens format)"
     )
-    tr.add_argument("--model", default="organism", help="checkpoint directory or hub id; default: the shipped organism")
+    tr.add_argument(
+        "--model", default="actions", help="checkpoint directory, hub id or organism name; default: actions"
+    )
     tr.add_argument(
         "--hook", default="blocks.2.hook_resid_post", help="a per-token hook (resid, attn_out, mlp_out, hook_z ...)"
     )
@@ -460,9 +462,7 @@ def _add_sae_parser(sub) -> None:
     rep.set_defaults(func=_cmd_sae_report)
 
 
-MODEL_HELP = (
-    "checkpoint directory, hub id or organism name (actions = organism, outcomes); default: the action organism"
-)
+MODEL_HELP = "checkpoint directory, hub id or organism name (actions, outcomes); default: the action organism"
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -495,9 +495,7 @@ def _organism_name(text: str) -> str:
     from hooked_vivit import organism
 
     if organism.resolve(text) is None:
-        raise argparse.ArgumentTypeError(
-            f"unknown organism {text!r}; expected one of {sorted(organism.ORGANISMS)} (or organism = actions)"
-        )
+        raise argparse.ArgumentTypeError(f"unknown organism {text!r}; expected one of {sorted(organism.ORGANISMS)}")
     return organism.resolve(text)
 
 
@@ -515,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="load a checkpoint and describe the hooked model")
     info.add_argument(
-        "--model", required=True, help="checkpoint directory, hub id or organism name (actions = organism, outcomes)"
+        "--model", required=True, help="checkpoint directory, hub id or organism name (actions, outcomes)"
     )
     info.add_argument("--device", default="cpu", type=_device)
     info.add_argument("--hooks", action="store_true", help="list every hook name")
@@ -553,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=4_000_000,
         help="render seed; 4,000,000-6,999,999 are held out from the organism (default: 4,000,000)",
     )
-    analyze.add_argument("--model", default="organism", help=MODEL_HELP)
+    analyze.add_argument("--model", default="actions", help=MODEL_HELP)
     analyze.add_argument("--device", default="cpu", type=_device)
     analyze.add_argument(
         "--probe-pairs", type=_probe_pairs, default=100, help="rendered pairs for the outcome probes (0: skip)"
@@ -574,7 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=50,
         help="rendered pairs per domain (an integer >= 3), or a CSV / JSONL manifest of real clip pairs (path, pair, role)",
     )
-    study.add_argument("--model", default="organism", help=MODEL_HELP)
+    study.add_argument("--model", default="actions", help=MODEL_HELP)
     study.add_argument("--device", default="cpu", type=_device)
     study.add_argument("--outcome-classes", **OUTCOME_CLASSES_ARG)
     study.add_argument("--out", type=Path, required=True)
@@ -585,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     parity = sub.add_parser(
         "parity", help="compare the hooked model with transformers on a checkpoint (exit 1 above tolerance)"
     )
-    parity.add_argument("--model", default="organism", help=MODEL_HELP)
+    parity.add_argument("--model", default="actions", help=MODEL_HELP)
     parity.add_argument("--video", type=Path, help="a clip to run (default: seeded random pixels)")
     parity.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parity.add_argument("--device", default="cpu", type=_device)

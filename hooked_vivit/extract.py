@@ -95,14 +95,12 @@ _KILL_ENV = (
 
 # ---------------------------------------------------------------------------------------- settings
 def load_model(name_or_path: str, device: str = "cpu") -> Any:
-    """A hooked model by checkpoint directory or hub id ("organism": the shipped one), its class by model_type."""
+    """A hooked model by checkpoint directory, hub id or organism name (organism.model_source; None: the
+    action organism), its class by model_type."""
+    from hooked_vivit import organism
     from hooked_vivit.model import HookedVideoTransformer
 
-    if name_or_path in (None, "", "organism"):
-        from hooked_vivit import organism
-
-        name_or_path = organism.checkpoint_path()
-    return HookedVideoTransformer.from_pretrained(name_or_path, device=device)
+    return HookedVideoTransformer.from_pretrained(organism.model_source(name_or_path), device=device)
 
 
 def resolve_hooks(model: HookedVideoTransformer, hooks: str | Sequence[str]) -> list[str]:
@@ -577,7 +575,7 @@ def extract(
 ) -> dict:
     """Extract ``hooks`` at ``positions`` for every clip of ``videos`` (a folder or a CSV / JSONL
     manifest, see hooked_vivit.collection) into ``out`` (format: module docstring). ``model`` is a
-    hooked model or a checkpoint name / directory ("organism"). Under torchrun every rank calls
+    hooked model or a checkpoint name / directory ("actions": the shipped organism). Under torchrun every rank calls
     this with the same arguments. Returns a summary (on every rank): clips, extracted, errors,
     shards, seconds, and index (rank 0 only)."""
     t0 = time.perf_counter()

@@ -72,7 +72,7 @@ REPRODUCE = [
     new_code_cell(
         "%matplotlib inline\nimport matplotlib.pyplot as plt\nimport numpy as np\nimport pandas as pd\n\n"
         "from hooked_vivit.analysis import experiments as ex, pipeline, report\nfrom hooked_vivit.organism.data import ANALYSIS_SEEDS\n\n"
-        "model = pipeline.load_model('organism')\npair = pipeline.rendered_pair(model, 'bowling', seed=4_000_000)\n"
+        "model = pipeline.load_model('actions')\npair = pipeline.rendered_pair(model, 'bowling', seed=4_000_000)\n"
         "pos, neg = pipeline.model_pixels(model, pair.positive), pipeline.model_pixels(model, pair.negative)\n"
         "print(pair.names, 'diverge at frame', pair.divergence_frame, '| analysis seeds:', ANALYSIS_SEEDS)"
     ),
@@ -160,7 +160,7 @@ STUDY = [
     new_code_cell(
         "%matplotlib inline\nimport json\nimport tempfile\nfrom pathlib import Path\nfrom IPython.display import Image, Markdown, display\n\n"
         "from hooked_vivit import organism\nfrom hooked_vivit.analysis import pipeline, report\n\n"
-        "model = pipeline.load_model('organism')\nsummary = pipeline.load_study_summary(model)\n"
+        "model = pipeline.load_model('actions')\nsummary = pipeline.load_study_summary(model)\n"
         "{d: (st['pairs'], st['seeds']) for d, st in summary['domains'].items()}"
     ),
     new_code_cell("display(Markdown(pipeline.study_tables_markdown(summary)))"),

@@ -436,7 +436,7 @@ def test_weights_fingerprint_hashes_every_value():
     assert b != a and loading.weights_fingerprint(model) not in (a, b)
     assert loading.weights_fingerprint(make_copy(model).to(torch.float64)) != loading.weights_fingerprint(model)
     assert pipeline.weights_fingerprint is loading.weights_fingerprint  # one function (study summary, SAE, extract)
-    organism = load_model("organism")  # the shipped study summary is tied to the shipped weights' hash
+    organism = load_model("actions")  # the shipped study summary is tied to the shipped weights' hash
     assert pipeline.load_study_summary(organism)["weights_fingerprint"] == loading.weights_fingerprint(organism)
 
 

@@ -37,9 +37,9 @@ def outcomes():
 def test_organism_names_resolve_in_one_place():
     assert organism.CLASSES is synthetic.ACTIONS
     assert [
-        organism.resolve(n) for n in (None, "organism", "actions", "outcomes", "google/vivit-b-16x2-kinetics400")
-    ] == ["actions", "actions", "actions", "outcomes", None]
-    assert organism.checkpoint_path() == organism.checkpoint_path("actions") == organism.checkpoint_path("organism")
+        organism.resolve(n) for n in (None, "actions", "outcomes", "organism", "google/vivit-b-16x2-kinetics400")
+    ] == ["actions", "actions", "outcomes", None, None]  # "organism" is no longer a name for the default
+    assert organism.checkpoint_path() == organism.checkpoint_path("actions")
     assert organism.checkpoint_path("outcomes") != organism.checkpoint_path()
     assert organism.model_source("outcomes") == organism.checkpoint_path("outcomes")
     assert organism.model_source("some/dir") == "some/dir"
@@ -61,9 +61,7 @@ def test_outcome_organism_loads_by_name_everywhere(outcomes):
     }
     by_cli_name = pipeline.load_model("outcomes")
     assert all(torch.equal(a, b) for a, b in zip(by_cli_name.state_dict().values(), outcomes.state_dict().values()))
-    assert pipeline.load_model("organism").cfg.n_classes == len(
-        synthetic.ACTIONS
-    )  # the default stays the action organism
+    assert pipeline.load_model(None).cfg.n_classes == len(synthetic.ACTIONS)  # the default stays the action organism
 
 
 @pytest.mark.parametrize("name", ["actions", "outcomes"])

@@ -30,7 +30,7 @@ def trained(tmp_path_factory):
     old = os.umask(0o027)
     try:
         result = commands.train(
-            model_name="organism",
+            model_name="actions",
             hook="blocks.2.hook_resid_post",
             clips=4,
             eval_clips=3,

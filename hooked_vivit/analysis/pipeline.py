@@ -43,7 +43,7 @@ from hooked_vivit.video import load_video, model_view, preprocess
 if TYPE_CHECKING:  # annotations only
     from hooked_vivit.model import HookedVideoTransformer
 
-DEFAULT_MODEL = "organism"
+DEFAULT_MODEL = "actions"
 
 
 def load_model(name_or_path: str | None, device: str = "cpu"):

@@ -28,8 +28,6 @@ CLASSES = ACTIONS
 # Each organism: its checkpoint folder inside the package and its training task (train.py --task).
 ORGANISMS = {"actions": "checkpoint", "outcomes": "checkpoints/outcomes"}
 DEFAULT = "actions"
-# "organism" is the name the commands' --model has always accepted for the default.
-ALIASES = {"organism": DEFAULT}
 
 
 def task_classes(task: str) -> tuple[tuple[str, str, str | None], ...]:
@@ -46,11 +44,10 @@ def task_classes(task: str) -> tuple[tuple[str, str, str | None], ...]:
 
 
 def resolve(name: str | None = None) -> str | None:
-    """The organism a name means ("actions", "outcomes", "organism" or None for the default), or None
-    when the name is not an organism's (a checkpoint directory or hub id). The one place names resolve."""
+    """The organism a name means ("actions", "outcomes" or None for the default), or None when the name
+    is not an organism's (a checkpoint directory or hub id). The one place names resolve."""
     if name is None:
         return DEFAULT
-    name = ALIASES.get(name, name)
     return name if name in ORGANISMS else None
 
 

@@ -179,7 +179,7 @@ def report(
         t0 = time.perf_counter()
         sae, prov = load_sae(sae_path, device=device)
         hook = prov.get("hook") or sae.cfg.metadata.get("hook_name")
-        model_name = prov.get("model", {}).get("name") or "organism"
+        model_name = prov.get("model", {}).get("name") or "actions"
         if not hook:
             raise ValueError(f"{sae_path}: provenance.json names no hook (write the SAE with hooked-vivit sae train)")
         model = _load_model(model_name, device)
