@@ -954,6 +954,17 @@ class HookedVideoTransformer(HookedRootModule):
         from hooked_vivit import weight_processing
 
         arch = cls._architecture(hf_config)
+        if arch is not cls and "from_state_dict" in vars(arch):  # the architecture's own loading steps (VideoPrism)
+            return arch.from_state_dict(
+                state_dict,
+                hf_config,
+                device=device,
+                dtype=dtype,
+                fold_ln=fold_ln,
+                center_writing_weights=center_writing_weights,
+                fold_value_biases=fold_value_biases,
+                **cfg_overrides,
+            )
         _refuse_integer_tensors(state_dict, arch)
         if not checkpoint_has_classifier(state_dict):
             cfg_overrides.setdefault("n_classes", 0)  # a backbone checkpoint

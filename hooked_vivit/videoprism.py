@@ -42,7 +42,6 @@ analysis code's ``blocks.{l}`` names), start_at_layer / stop_at_layer and fold_l
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -290,7 +289,7 @@ class PoolingAttention(Attention):
 
     def __init__(self, cfg: HookedVideoPrismConfig):
         super().__init__(_PoolCfg(cfg))  # type: ignore[arg-type]
-        self.per_dim_scale: Float[torch.Tensor, d_head_pool] = nn.Parameter(
+        self.per_dim_scale = nn.Parameter(  # [d_head_pool]
             torch.zeros(cfg.d_head_pool, dtype=cfg.dtype)
         )
 
@@ -304,14 +303,14 @@ class AttentionPoolingHead(nn.Module):
 
     def __init__(self, cfg: HookedVideoPrismConfig):
         super().__init__()
-        self.query: Float[torch.Tensor, d_model] = nn.Parameter(torch.zeros(cfg.d_model, dtype=cfg.dtype))
+        self.query = nn.Parameter(torch.zeros(cfg.d_model, dtype=cfg.dtype))  # [d_model]
         self.attn = PoolingAttention(cfg)
         self.hook_resid_pre = HookPoint()  # [batch, 1, d_model]: the learned query
         self.hook_attn_out = HookPoint()  # [batch, 1, d_model]: the pooled vector
 
-    def forward(self, tokens: Float[torch.Tensor, "batch n_ctx d_model"]) -> Float[torch.Tensor, "batch d_model"]:
+    def forward(self, tokens: Float[torch.Tensor, "batch n_ctx d_model"]) -> Float[torch.Tensor, "batch 1 d_model"]:
         query = self.hook_resid_pre(self.query.view(1, 1, -1).repeat(tokens.shape[0], 1, 1))  # a copy per clip
-        return self.hook_attn_out(self.attn(query, tokens, tokens))[:, 0]
+        return self.hook_attn_out(self.attn(query, tokens, tokens))
 
 
 class FramePatchPosEmbed(nn.Module):
@@ -441,7 +440,7 @@ class HookedVideoPrism(HookedVideoTransformer):
         else:
             for block in self.aux_blocks:
                 tokens = block(tokens)
-            pooled = self.head_ln(self.head(tokens))
+            pooled = self.head_ln(self.head(tokens))[:, 0]  # head_ln on [batch, 1, d_model], as transformers
             if cfg.readout == "classifier":
                 out = self.unembed(pooled)  # type: ignore[misc]
             else:
@@ -461,6 +460,10 @@ class HookedVideoPrism(HookedVideoTransformer):
             gen = torch.Generator().manual_seed(seed) if seed is not None else None
             with torch.no_grad():
                 self.head.query.copy_(torch.randn(self.head.query.shape, generator=gen) * self.cfg.initializer_range)
+
+    def parity_report(self, hf_model: Any, pixel_values: torch.Tensor) -> Any:
+        """compare_videoprism(self, hf_model, pixel_values): hooked_vivit.parity's report for VideoPrism."""
+        return compare_videoprism(self, hf_model, pixel_values)
 
     @property
     def W_pos(self):  # noqa: D102
@@ -494,6 +497,8 @@ class HookedVideoPrism(HookedVideoTransformer):
             raise NotImplementedError(
                 "weight processing (fold_ln, center_writing_weights, fold_value_biases) is not implemented for VideoPrism"
             )
+        # The CLIP model's text tower (with its integer position_ids buffer) is no part of this model.
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("text_model.")}
         return super().from_state_dict(state_dict, hf_config, **kwargs)  # type: ignore[return-value]
 
 
@@ -521,7 +526,9 @@ def compare_videoprism(model: HookedVideoPrism, hf_model: Any, pixel_values: tor
     }
     kept: dict[str, torch.Tensor] = {}
     handles = [
-        m.register_forward_hook(lambda mod, i, o, name=name: kept.__setitem__(name, o[0] if isinstance(o, tuple) else o))
+        m.register_forward_hook(
+            lambda mod, i, o, name=name: kept.__setitem__(name, o[0] if isinstance(o, tuple) else o)
+        )
         for name, m in layers.items()
     ]
     if eager:
@@ -530,7 +537,9 @@ def compare_videoprism(model: HookedVideoPrism, hf_model: Any, pixel_values: tor
             for name, m in layers.items()
         ]
         if hasattr(hf_model, "head"):
-            handles.append(hf_model.head.register_forward_hook(lambda mod, i, o: kept.__setitem__("head.pattern", o[1])))
+            handles.append(
+                hf_model.head.register_forward_hook(lambda mod, i, o: kept.__setitem__("head.pattern", o[1]))
+            )
     dtype = next(hf_model.parameters()).dtype
     x = pixel_values.to(next(hf_model.parameters()).device, dtype)
     names = ["spatial_blocks.0.hook_resid_pre", "hook_tokens"]
@@ -547,8 +556,9 @@ def compare_videoprism(model: HookedVideoPrism, hf_model: Any, pixel_values: tor
         for h in handles:
             h.remove()
     hidden = ref.hidden_states
-    if type(hf_model).__name__ == "VideoPrismVideoModel":
-        tokens_ref = vision(x).last_hidden_state
+    if type(hf_model).__name__ == "VideoPrismVideoModel":  # its last_hidden_state is after the auxiliary layers
+        with torch.inference_mode():
+            tokens_ref = vision(x).last_hidden_state
     else:
         tokens_ref = ref.last_hidden_state if hasattr(ref, "last_hidden_state") else None
     rows = [_row("embeddings (spatial resid_pre 0)", cache["spatial_blocks.0.hook_resid_pre"], hidden[0])]
@@ -564,7 +574,8 @@ def compare_videoprism(model: HookedVideoPrism, hf_model: Any, pixel_values: tor
     if model.cfg.readout == "classifier":
         rows.append(_row("logits", out, ref.logits[:, 0]))
     elif model.cfg.readout == "video_embedding":
-        rows.append(_row("video embedding (pooler_output)", out, ref.pooler_output))
+        # transformers' pooler_output is [batch, 1, d_model]; VideoPrismClipModel reshapes it to video_embeds [batch, d_model]
+        rows.append(_row("video embedding (pooler_output)", out, ref.pooler_output.reshape(out.shape)))
     notes = [] if eager else [f"attention patterns not compared ({vision.config._attn_implementation} returns none)"]
     return ParityReport(rows, dtype, eager, notes)
 
