@@ -289,7 +289,7 @@ class PoolingAttention(Attention):
 
     def __init__(self, cfg: HookedVideoPrismConfig):
         super().__init__(_PoolCfg(cfg))  # type: ignore[arg-type]
-        self.per_dim_scale = nn.Parameter(  # [d_head_pool]
+        self.per_dim_scale: Float[torch.Tensor, " d_head_pool"] = nn.Parameter(
             torch.zeros(cfg.d_head_pool, dtype=cfg.dtype)
         )
 
@@ -303,7 +303,7 @@ class AttentionPoolingHead(nn.Module):
 
     def __init__(self, cfg: HookedVideoPrismConfig):
         super().__init__()
-        self.query = nn.Parameter(torch.zeros(cfg.d_model, dtype=cfg.dtype))  # [d_model]
+        self.query: Float[torch.Tensor, " d_model"] = nn.Parameter(torch.zeros(cfg.d_model, dtype=cfg.dtype))
         self.attn = PoolingAttention(cfg)
         self.hook_resid_pre = HookPoint()  # [batch, 1, d_model]: the learned query
         self.hook_attn_out = HookPoint()  # [batch, 1, d_model]: the pooled vector

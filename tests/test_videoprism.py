@@ -297,3 +297,20 @@ def test_config_round_trip():
     hf_cfg = VideoPrismVisionConfig(**{k: v for k, v in d.items() if k not in ("architectures", "_name_or_path")})
     assert hf_cfg.num_spatial_layers == 2 and hf_cfg.attn_logit_softcapping == 0.5
     assert list(hf_cfg.image_size) == [16, 24] and hf_cfg.intermediate_size == 27
+
+
+@pytest.mark.parametrize("cls", [VideoPrismVisionModel, VideoPrismClipModel])
+def test_hook_shapes_of_the_backbone_and_the_clip_video_tower(cls):
+    kw = CONFIGS["nonsquare_cap05"]
+    model = HookedVideoPrism.from_hf_model(make_hf(kw, "eager", cls))
+    _, cache = model.run_with_cache(pixels(kw))
+    fired = 0
+    for name in model.hook_dict:
+        expected = hook_shape(model.cfg, name, 2)
+        assert (name in cache) == (expected is not None), name
+        if expected is not None:
+            fired += 1
+            assert tuple(cache[name].shape) == expected, (name, tuple(cache[name].shape), expected)
+    tower = cls is VideoPrismClipModel
+    assert ("hook_video_embedding" in cache) == tower and ("aux_blocks.0.hook_resid_post" in cache) == tower
+    assert ("head.attn.hook_pattern" in cache) == tower and fired > 50
