@@ -112,6 +112,20 @@ class HookedVideoPrismConfig(HookedViViTConfig):
                 "transformers' pooling head splits it into the heads"
             )
 
+    def __repr__(self) -> str:
+        layers = f"{self.n_spatial_layers} spatial + {self.n_temporal_layers} temporal" + (
+            f" + {self.n_aux_layers} auxiliary" if self.n_aux_layers else ""
+        )
+        path = f"soft-capped at {self.attn_scores_soft_cap:g} (explicit path; the head: " + (
+            "SDPA unless scores/pattern hooked)" if self.use_sdpa else "explicit)"
+        )
+        text = super().__repr__().replace(f"{self.n_layers} layers", f"{layers} layers", 1)
+        if self.attn_scores_soft_cap:
+            text = text.replace("SDPA unless scores/pattern hooked", path, 1).replace(
+                "explicit (pattern always)", path, 1
+            )
+        return text.replace(", dtype", f", readout {self.readout}, dtype", 1)
+
     @property
     def d_head_pool(self) -> int:
         """The pooling head's per-head width: transformers' intermediate_size // num_attention_heads."""
