@@ -314,3 +314,52 @@ def test_hook_shapes_of_the_backbone_and_the_clip_video_tower(cls):
     tower = cls is VideoPrismClipModel
     assert ("hook_video_embedding" in cache) == tower and ("aux_blocks.0.hook_resid_post" in cache) == tower
     assert ("head.attn.hook_pattern" in cache) == tower and fired > 50
+
+
+def test_defaults_are_transformers_defaults():
+    """HookedVideoPrismConfig() is VideoPrism-B as transformers' VideoPrismVisionConfig() describes it."""
+    ours = HookedVideoPrism.config_class()
+    theirs = HookedVideoPrism.config_class.from_hf_config(VideoPrismVisionConfig(num_labels=400))
+    for field in (
+        "d_model",
+        "d_head",
+        "n_heads",
+        "d_mlp",
+        "eps",
+        "act_fn",
+        "num_frames",
+        "image_size",
+        "tubelet_size",
+        "n_spatial_layers",
+        "n_temporal_layers",
+        "attn_scores_soft_cap",
+        "n_ctx",
+    ):
+        assert getattr(ours, field) == getattr(theirs, field), field
+    assert ours.n_ctx == 16 * 16 * 16 and ours.d_head_pool == 3072 // 12
+
+
+@pytest.mark.parametrize(
+    "hook, hf_module",
+    [
+        ("spatial_blocks.1.hook_attn_out", lambda hf: hf.vision_model.spatial_layers[1].attention.o_proj),
+        ("temporal_blocks.0.hook_mlp_out", lambda hf: hf.vision_model.temporal_layers[0].mlp.fc2),
+        ("temporal_blocks.1.hook_attn_out", lambda hf: hf.vision_model.temporal_layers[1].attention.o_proj),
+        ("head.hook_attn_out", lambda hf: hf.head.o_proj),
+    ],
+)
+def test_zero_ablating_an_output_hook_equals_zeroing_that_layer_in_transformers(hook, hf_module):
+    """The hooks sit on the live path: zeroing a block's attention or MLP output at its hook is
+    transformers with that output projection zeroed."""
+    kw = CONFIGS["nonsquare_cap05"]
+    hf = make_hf(kw)
+    model = HookedVideoPrism.from_hf_model(hf)
+    x = pixels(kw)
+    with torch.inference_mode():
+        clean = model(x)
+        ablated = model.run_with_hooks(x, fwd_hooks=[(hook, lambda act, hook: torch.zeros_like(act))])
+        module = hf_module(hf)
+        module.weight.zero_()
+        module.bias.zero_()
+        ref = hf(x).logits[:, 0]
+    assert max_rel(ablated, ref) <= TOL and max_rel(clean, ref) > 1e-3
