@@ -406,3 +406,21 @@ def test_videoprism_b_16_frames_288px_random_weights():
         assert rows["logits"] <= TOL, report.to_markdown(TOL)
         assert max(rows.values()) <= max(TOL, 2 * own), (own, report.to_markdown(TOL))
     print(f"VideoPrism-B ({n} spatial layers) parity seconds: {timings}; hf flex vs eager {own:.2e}")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_parity(dtype):
+    """transformers' LayerNorm adds 1 to its weight in the model's dtype; the converter adds it in the
+    checkpoint's, so the rounding is the same: within parity.TOLERANCE (fp16 1e-2, bf16 5e-2)."""
+    kw = CONFIGS["nonsquare_cap05"]
+    hf = make_hf(kw).to(dtype)
+    model = HookedVideoPrism.from_hf_model(hf)
+    assert model.cfg.dtype == dtype
+    report = model.parity_report(hf, pixels(kw))
+    assert report.dtype == dtype and report.ok(), report.to_markdown()
+
+
+def test_a_shared_analysis_hook_name_points_to_the_factorised_names(pair):
+    _, kw, _, model = pair
+    with pytest.raises(KeyError, match="spatial_blocks.0.hook_resid_post"):
+        model.run_with_hooks(pixels(kw), fwd_hooks=[("blocks.0.hook_resid_post", lambda act, hook: act)])
