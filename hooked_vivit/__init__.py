@@ -1,4 +1,4 @@
-"""hooked-vivit: TransformerLens-style interpretability for video transformers (ViViT, VideoMAE, TimeSformer, V-JEPA 2).
+"""hooked-vivit: TransformerLens-style interpretability for video transformers (ViViT, VideoMAE, TimeSformer, V-JEPA 2, VideoPrism).
 
 from hooked_vivit import HookedViViT
 model = HookedViViT.from_pretrained("path/to/vivit")       # or google/vivit-b-16x2-kinetics400
