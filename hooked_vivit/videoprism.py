@@ -29,15 +29,16 @@ Hook names and layouts. The two block lists batch differently, as transformers r
   (frame-major, transformers' ``last_hidden_state``); ``aux_blocks.{l}.*`` on the same layout.
 - ``head.hook_resid_pre`` [batch, 1, d_model] (the learned query), ``head.attn.*`` (q [batch, 1,
   head, d_head_pool], k/v [batch, n_ctx, head, d_head_pool], pattern [batch, head, 1, n_ctx]),
-  ``head.hook_attn_out`` [batch, 1, d_model]; ``head_ln.*``; ``hook_video_embedding`` [batch, d_model].
+  ``head.hook_attn_out`` [batch, 1, d_model]; ``head_ln.*`` [batch, 1, ...]; ``hook_video_embedding`` [batch, d_model].
 Each attention's map is over its own axis: spatial [.., head, patches, patches], temporal
 [.., head, frames, frames]. ``cfg.hook_shape`` sizes every hook (hooked_vivit.cache_memory).
 
 The token grid (cfg.grid: frame slots = frames, rows x cols = patches, no prefix) describes
 ``hook_tokens``, ``aux_blocks`` and the head's keys; the spatial and temporal blocks' residual
-streams are its two factorisations (``to_grid_tokens`` maps either onto it). What does not fit:
-no single residual stream runs from the embedding to the readout, so ``blocks`` (the shared
-analysis code's ``blocks.{l}`` names), start_at_layer / stop_at_layer and fold_ln are not offered.
+streams are its two factorisations (``spatial_to_grid`` / ``temporal_to_grid`` map them onto it).
+What does not fit: no single residual stream runs from the embedding to the readout, so the shared
+analysis code's ``blocks.{l}.*`` hook names (``model.blocks`` is only every block in forward order,
+for the weight helpers), start_at_layer / stop_at_layer and fold_ln are not offered.
 """
 
 from __future__ import annotations
