@@ -108,7 +108,9 @@ class ParityReport:
     _repr_markdown_ = to_markdown
 
 
-def _row(name: str, ours: torch.Tensor, ref: torch.Tensor) -> ParityRow:
+def parity_row(name: str, ours: torch.Tensor, ref: torch.Tensor) -> ParityRow:
+    """One row of a parity report: the largest absolute and relative difference of ``ours`` against the
+    reference ``ref`` (both read in float64), or the shape mismatch; shared by every architecture's report."""
     ours, ref = ours.detach().double().cpu(), ref.detach().double().cpu()
     if ours.shape != ref.shape:
         return ParityRow(
@@ -153,22 +155,24 @@ def compare(hooked_model: Any, hf_model: Any, pixel_values: torch.Tensor, *, att
     hidden = [h if order is None else h[:, order.to(h.device)] for h in ref.hidden_states]
     # Forward order, each row named by the layer that produced it, so the first failure names the
     # broken layer.
-    rows = [_row("embeddings (resid_pre 0)", cache["blocks.0.hook_resid_pre"], hidden[0])]
+    rows = [parity_row("embeddings (resid_pre 0)", cache["blocks.0.hook_resid_pre"], hidden[0])]
     for l in range(n):
         if hf_temporal:
-            rows.append(_row(f"temporal pattern {l}", cache[f"blocks.{l}.temporal_attn.hook_pattern"], hf_temporal[l]))
+            rows.append(
+                parity_row(f"temporal pattern {l}", cache[f"blocks.{l}.temporal_attn.hook_pattern"], hf_temporal[l])
+            )
         if patterns:
-            rows.append(_row(f"pattern {l}", cache[f"blocks.{l}.attn.hook_pattern"], ref.attentions[l]))
-        rows.append(_row(f"resid_post {l}", cache[f"blocks.{l}.hook_resid_post"], hidden[l + 1]))
+            rows.append(parity_row(f"pattern {l}", cache[f"blocks.{l}.attn.hook_pattern"], ref.attentions[l]))
+        rows.append(parity_row(f"resid_post {l}", cache[f"blocks.{l}.hook_resid_post"], hidden[l + 1]))
     if hasattr(ref, "logits"):
-        rows.append(_row("logits", out, ref.logits))
+        rows.append(parity_row("logits", out, ref.logits))
     elif hooked_model.cfg.pooling == "mean":  # VideoMAEModel: no pooling of its own, the token mean is ours
-        rows.append(_row("pooled embedding (last_hidden_state.mean(1))", out, ref.last_hidden_state.mean(1)))
+        rows.append(parity_row("pooled embedding (last_hidden_state.mean(1))", out, ref.last_hidden_state.mean(1)))
     elif out.ndim == 3:  # a backbone that returns every token (V-JEPA 2's encoder)
-        rows.append(_row("last_hidden_state", out, ref.last_hidden_state))
+        rows.append(parity_row("last_hidden_state", out, ref.last_hidden_state))
     else:
         first = "CLS" if hooked_model.cfg.n_prefix_tokens else "first-token"
-        rows.append(_row(f"{first} embedding (last_hidden_state[:, 0])", out, ref.last_hidden_state[:, 0]))
+        rows.append(parity_row(f"{first} embedding (last_hidden_state[:, 0])", out, ref.last_hidden_state[:, 0]))
     if not patterns:
         notes.append("attention patterns not compared (HF sdpa returns none; use attn='eager')")
     return ParityReport(rows, dtype, patterns, notes)

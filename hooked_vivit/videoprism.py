@@ -527,7 +527,7 @@ def compare_videoprism(model: HookedVideoPrism, hf_model: Any, pixel_values: tor
     layers), ``last_hidden_state`` and the readout (logits / video embedding). ``hf_model``: a
     VideoPrismForVideoClassification, VideoPrismVisionModel, VideoPrismVideoModel or VideoPrismClipModel
     (its video tower)."""
-    from hooked_vivit.parity import ParityReport, _row
+    from hooked_vivit.parity import ParityReport, parity_row
 
     if type(hf_model).__name__ == "VideoPrismClipModel":
         hf_model = hf_model.video_model
@@ -576,21 +576,21 @@ def compare_videoprism(model: HookedVideoPrism, hf_model: Any, pixel_values: tor
             tokens_ref = vision(x).last_hidden_state
     else:
         tokens_ref = ref.last_hidden_state if hasattr(ref, "last_hidden_state") else None
-    rows = [_row("embeddings (spatial resid_pre 0)", cache["spatial_blocks.0.hook_resid_pre"], hidden[0])]
+    rows = [parity_row("embeddings (spatial resid_pre 0)", cache["spatial_blocks.0.hook_resid_pre"], hidden[0])]
     for name in layers:
         if eager:
-            rows.append(_row(f"{name} pattern", cache[f"{name}.attn.hook_pattern"], kept[name + ".pattern"]))
-        rows.append(_row(f"{name} resid_post", cache[f"{name}.hook_resid_post"], kept[name]))
+            rows.append(parity_row(f"{name} pattern", cache[f"{name}.attn.hook_pattern"], kept[name + ".pattern"]))
+        rows.append(parity_row(f"{name} resid_post", cache[f"{name}.hook_resid_post"], kept[name]))
     if tokens_ref is None:  # the classifier returns no last_hidden_state: its hidden_states end with it
         tokens_ref = hidden[-1]
-    rows.append(_row("last_hidden_state (hook_tokens)", cache["hook_tokens"], tokens_ref))
+    rows.append(parity_row("last_hidden_state (hook_tokens)", cache["hook_tokens"], tokens_ref))
     if eager and model.cfg.readout != "none":
-        rows.append(_row("head pattern", cache["head.attn.hook_pattern"], kept["head.pattern"]))
+        rows.append(parity_row("head pattern", cache["head.attn.hook_pattern"], kept["head.pattern"]))
     if model.cfg.readout == "classifier":
-        rows.append(_row("logits", out, ref.logits[:, 0]))
+        rows.append(parity_row("logits", out, ref.logits[:, 0]))
     elif model.cfg.readout == "video_embedding":
         # transformers' pooler_output is [batch, 1, d_model]; VideoPrismClipModel reshapes it to video_embeds [batch, d_model]
-        rows.append(_row("video embedding (pooler_output)", out, ref.pooler_output.reshape(out.shape)))
+        rows.append(parity_row("video embedding (pooler_output)", out, ref.pooler_output.reshape(out.shape)))
     notes = [] if eager else [f"attention patterns not compared ({vision.config._attn_implementation} returns none)"]
     return ParityReport(rows, dtype, eager, notes)
 

@@ -42,6 +42,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "hooked_vivit.token_grid",
         "hooked_vivit.video",
         "hooked_vivit.videomae",
+        "hooked_vivit.videoprism",
         "hooked_vivit.vjepa2",
         "hooked_vivit.weight_processing",
         "weights_conversion",
