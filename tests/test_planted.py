@@ -775,7 +775,11 @@ def test_the_confound_is_an_option_and_the_shipped_models_are_unchanged():
         with torch.inference_mode():
             _, cache = pc.model.run_with_cache(pc.render(0, confound=True), names_filter="blocks.2.attn.hook_pattern")
         pattern = cache["blocks.2.attn.hook_pattern"][0, c.head, 0]
-        assert float(pattern[list(tokens)].sum()) > 1 - 1e-9
+        # the attention left for every other token: its float32 entries are tiny numbers held exactly
+        # enough, whereas a float32 sum of the 16 entries near 1 rounds by ~1e-7 on some kernels
+        others = torch.ones(len(pattern), dtype=torch.bool)
+        others[list(tokens)] = False
+        assert float(pattern[others].double().sum()) < 1e-9
 
 
 @pytest.mark.parametrize("name", planted.NAMES)
